@@ -1,0 +1,141 @@
+//! Streaming aggregation: updates are folded in as they arrive, so memory stays O(model), never
+//! O(clients × model).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AggregateError;
+
+/// Weighted federated averaging (McMahan et al. 2017), folded one update at a time.
+///
+/// The running sum is kept in `f64`, so the result does not depend measurably on arrival order and a
+/// thousand `f32` updates lose no precision. The output is `Σ wᵢ·xᵢ / Σ wᵢ`, rounded once to `f32`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FedAvg {
+    sum: Vec<f64>,
+    total_weight: f64,
+    count: usize,
+}
+
+impl FedAvg {
+    /// An empty aggregate for vectors of `len` values.
+    pub fn new(len: usize) -> Self {
+        Self { sum: vec![0.0; len], total_weight: 0.0, count: 0 }
+    }
+
+    /// Number of values per update.
+    pub fn len(&self) -> usize {
+        self.sum.len()
+    }
+
+    /// Whether the aggregate is for zero-length vectors.
+    pub fn is_empty(&self) -> bool {
+        self.sum.is_empty()
+    }
+
+    /// How many updates have been folded in.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Sum of the weights folded in so far.
+    pub fn total_weight(&self) -> f64 {
+        self.total_weight
+    }
+
+    /// Folds one update with weight `weight` (normally its sample count) into the running sum.
+    ///
+    /// Checks length, weight and finiteness first; on error the aggregate is unchanged.
+    pub fn accept(&mut self, update: &[f32], weight: f64) -> Result<(), AggregateError> {
+        if update.len() != self.sum.len() {
+            return Err(AggregateError::Length { expected: self.sum.len(), actual: update.len() });
+        }
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(AggregateError::Weight(weight));
+        }
+        if let Some(index) = update.iter().position(|v| !v.is_finite()) {
+            return Err(AggregateError::NonFinite { index });
+        }
+        // Chunked so the compiler vectorises the inner loop; order within the sum is fixed.
+        const CHUNK: usize = 4096;
+        for (acc, upd) in self.sum.chunks_mut(CHUNK).zip(update.chunks(CHUNK)) {
+            for (a, &u) in acc.iter_mut().zip(upd) {
+                *a += weight * f64::from(u);
+            }
+        }
+        self.total_weight += weight;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The weighted mean of everything folded in, or an error if nothing was.
+    pub fn finish(&self) -> Result<Vec<f32>, AggregateError> {
+        if self.count == 0 {
+            return Err(AggregateError::Empty);
+        }
+        let inv = 1.0 / self.total_weight;
+        Ok(self.sum.iter().map(|s| (s * inv) as f32).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn weighted_mean_of_two() {
+        let mut a = FedAvg::new(2);
+        a.accept(&[1.0, 2.0], 1.0).unwrap();
+        a.accept(&[3.0, 6.0], 3.0).unwrap();
+        assert_eq!(a.finish().unwrap(), vec![2.5, 5.0]);
+    }
+
+    #[test]
+    fn rejects_bad_updates_without_changing_state() {
+        let mut a = FedAvg::new(3);
+        a.accept(&[1.0, 1.0, 1.0], 2.0).unwrap();
+        let before = a.clone();
+        assert!(matches!(a.accept(&[1.0, 1.0], 1.0), Err(AggregateError::Length { .. })));
+        assert!(matches!(a.accept(&[1.0, f32::NAN, 1.0], 1.0), Err(AggregateError::NonFinite { index: 1 })));
+        assert!(matches!(a.accept(&[1.0, 1.0, f32::INFINITY], 1.0), Err(AggregateError::NonFinite { index: 2 })));
+        assert!(matches!(a.accept(&[1.0, 1.0, 1.0], 0.0), Err(AggregateError::Weight(_))));
+        assert!(matches!(a.accept(&[1.0, 1.0, 1.0], f64::NAN), Err(AggregateError::Weight(_))));
+        assert_eq!(a, before);
+        assert!(matches!(FedAvg::new(3).finish(), Err(AggregateError::Empty)));
+    }
+
+    proptest! {
+        /// FedAvg equals the plain weighted mean computed the textbook way, to f32 rounding.
+        #[test]
+        fn equals_weighted_mean(
+            rows in proptest::collection::vec(
+                (proptest::collection::vec(-1e3f32..1e3, 17), 1u32..10_000), 1..20)
+        ) {
+            let mut agg = FedAvg::new(17);
+            for (v, w) in &rows {
+                agg.accept(v, f64::from(*w)).unwrap();
+            }
+            let got = agg.finish().unwrap();
+            let total: f64 = rows.iter().map(|(_, w)| f64::from(*w)).sum();
+            for j in 0..17 {
+                let want: f64 = rows.iter().map(|(v, w)| f64::from(v[j]) * f64::from(*w)).sum::<f64>() / total;
+                let tol = 1e-6 * want.abs().max(1.0);
+                prop_assert!((f64::from(got[j]) - want).abs() <= tol, "j={j} got={} want={want}", got[j]);
+            }
+        }
+
+        /// The mean of identical updates is that update, whatever the weights.
+        #[test]
+        fn identical_updates_are_fixed_point(
+            v in proptest::collection::vec(-1e6f32..1e6, 1..50),
+            ws in proptest::collection::vec(1u32..1000, 1..10)
+        ) {
+            let mut agg = FedAvg::new(v.len());
+            for w in &ws { agg.accept(&v, f64::from(*w)).unwrap(); }
+            let got = agg.finish().unwrap();
+            for (g, x) in got.iter().zip(&v) {
+                prop_assert!((g - x).abs() <= x.abs() * 1e-6);
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Sans-IO protocol core of Flotilla: parameter layouts, update validation, aggregation strategies and the
+//! round state machine. Nothing here touches a socket, a clock, a file or a global random source.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod params;
+
+pub use params::{params_sha256, ParamLayout, TensorSpec};
+pub mod aggregate;
+pub mod error;
+pub mod round;
+
+pub use aggregate::FedAvg;
+pub use error::{AggregateError, ConfigError};

@@ -1,0 +1,764 @@
+//! The round state machine of one training job: selection → configuration → reporting → aggregation →
+//! commit, repeated until the job has committed all its rounds.
+//!
+//! It is sans-IO: the driver (the in-process simulator, or the networked coordinator) feeds it
+//! [`Event`]s stamped with the current time in milliseconds and carries out the [`Action`]s it returns.
+//! It never reads a clock, never sleeps, and owns its random number generators, seeded from the job
+//! seed, so one seed and one event sequence always give the same run.
+//!
+//! A round is a sequence of client-visible *stages* ([`StageKind`]). Plain federated averaging has one
+//! (`Train`); secure aggregation will add key advertisement, key sharing, masked input and unmasking as
+//! further stages of the same machine. Each stage has its own cohort (the survivors of the previous
+//! stage), its own reports and its own deadline.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::seq::index;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::FedAvg;
+use crate::error::{AggregateError, ConfigError};
+use crate::params::ParamLayout;
+
+/// Identity of a client within a job, assigned by whoever authenticated it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(pub u64);
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client-{}", self.0)
+    }
+}
+
+/// A client-visible stage of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageKind {
+    /// Train locally from the current global model and report the new parameters.
+    Train,
+}
+
+/// Round and selection policy of a job. Times are in milliseconds of the driver's clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundPolicy {
+    /// Rounds to commit before the job is finished.
+    pub rounds: u64,
+    /// Reports needed for a full round; the round commits as soon as this many have arrived.
+    pub clients_per_round: usize,
+    /// Live clients that must be available before a round is started (≥ `clients_per_round`).
+    pub min_clients: usize,
+    /// Select `ceil(clients_per_round × over_selection)` clients to absorb dropouts (≥ 1).
+    pub over_selection: f64,
+    /// Time a stage may take before stragglers are ignored.
+    pub stage_deadline_ms: u64,
+    /// Fraction of `clients_per_round` that must report for a round to commit at its deadline;
+    /// below it the round is abandoned and retried.
+    pub min_report_fraction: f64,
+    /// Attempts per round before the job fails.
+    pub max_attempts: u32,
+    /// Once enough clients are available, wait this long for more before selecting.
+    pub selection_window_ms: u64,
+    /// A check-in counts as "available" for this long.
+    pub checkin_ttl_ms: u64,
+    /// Base delay for `RetryAfter`; the delay sent is uniform in `[base, 2·base)`.
+    pub retry_after_ms: u64,
+    /// Largest sample count a report may claim (its aggregation weight).
+    pub max_samples_per_report: u64,
+    /// The stages of every round, in order.
+    pub stages: Vec<StageKind>,
+}
+
+impl RoundPolicy {
+    /// A policy with production-minded defaults for `rounds` rounds of `clients_per_round` reports.
+    pub fn new(rounds: u64, clients_per_round: usize) -> Self {
+        Self {
+            rounds,
+            clients_per_round,
+            min_clients: clients_per_round,
+            over_selection: 1.0,
+            stage_deadline_ms: 10 * 60 * 1000,
+            min_report_fraction: 0.8,
+            max_attempts: 3,
+            selection_window_ms: 1000,
+            checkin_ttl_ms: 5 * 60 * 1000,
+            retry_after_ms: 5000,
+            max_samples_per_report: 1 << 32,
+            stages: vec![StageKind::Train],
+        }
+    }
+
+    /// Checks every field; the error names the field and its valid range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.rounds == 0 {
+            return Err(ConfigError::new("rounds", "must be ≥ 1"));
+        }
+        if self.clients_per_round == 0 {
+            return Err(ConfigError::new("clients_per_round", "must be ≥ 1"));
+        }
+        if self.min_clients < self.clients_per_round {
+            return Err(ConfigError::new(
+                "min_clients",
+                format!("must be ≥ clients_per_round ({}), got {}", self.clients_per_round, self.min_clients),
+            ));
+        }
+        if !(self.over_selection.is_finite() && (1.0..=10.0).contains(&self.over_selection)) {
+            return Err(ConfigError::new(
+                "over_selection",
+                format!("must be in [1, 10], got {}", self.over_selection),
+            ));
+        }
+        if self.stage_deadline_ms == 0 {
+            return Err(ConfigError::new("round_deadline", "must be > 0"));
+        }
+        if !(self.min_report_fraction > 0.0 && self.min_report_fraction <= 1.0) {
+            return Err(ConfigError::new(
+                "min_report_fraction",
+                format!("must be in (0, 1], got {}", self.min_report_fraction),
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new("max_attempts", "must be ≥ 1"));
+        }
+        if self.checkin_ttl_ms == 0 {
+            return Err(ConfigError::new("checkin_ttl", "must be > 0"));
+        }
+        if self.max_samples_per_report == 0 {
+            return Err(ConfigError::new("max_samples_per_report", "must be ≥ 1"));
+        }
+        if self.stages.is_empty() {
+            return Err(ConfigError::new("stages", "a round needs at least one stage"));
+        }
+        if self.stages.last() != Some(&StageKind::Train) {
+            return Err(ConfigError::new("stages", "the last stage must produce the update (Train)"));
+        }
+        Ok(())
+    }
+
+    /// Clients selected per round: `ceil(clients_per_round × over_selection)`.
+    pub fn selection_size(&self) -> usize {
+        ((self.clients_per_round as f64) * self.over_selection).ceil() as usize
+    }
+
+    /// Reports needed at the deadline: `ceil(clients_per_round × min_report_fraction)`, at least 1.
+    pub fn min_reports(&self) -> usize {
+        (((self.clients_per_round as f64) * self.min_report_fraction).ceil() as usize).max(1)
+    }
+}
+
+/// What a selected client is asked to do. The driver adds the global parameters and the training
+/// hyper-parameters of the job when it sends this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Round number, from 1.
+    pub round: u64,
+    /// Attempt of this round, from 1 (a round abandoned below its minimum is retried).
+    pub attempt: u32,
+    /// Index of the stage within the round.
+    pub stage: u32,
+    /// What the stage is.
+    pub kind: StageKind,
+    /// Version of the global model the client must start from (= rounds committed so far).
+    pub model_version: u64,
+    /// Seed for the client's local randomness (shuffling), derived from the job seed.
+    pub seed: u64,
+}
+
+/// Timers the machine asks its driver to fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Timer {
+    /// The selection window of a round attempt has closed.
+    Selection {
+        /// Round number.
+        round: u64,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// A stage's deadline has passed.
+    Deadline {
+        /// Round number.
+        round: u64,
+        /// Attempt number.
+        attempt: u32,
+        /// Stage index.
+        stage: u32,
+    },
+}
+
+/// Metrics a client reports with its update.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ReportMetrics {
+    /// Mean training loss over the client's last local epoch.
+    pub train_loss: f64,
+}
+
+/// Something that happened, as the driver observed it. Nothing in an event is trusted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// A client says it is available for work.
+    CheckIn {
+        /// Who.
+        client: ClientId,
+    },
+    /// A client reports the result of a stage.
+    Report {
+        /// Who.
+        client: ClientId,
+        /// The round it claims to report for.
+        round: u64,
+        /// The attempt it claims to report for.
+        attempt: u32,
+        /// The stage it claims to report for.
+        stage: u32,
+        /// Its sample count, the aggregation weight.
+        num_samples: u64,
+        /// Its new parameters, in the job's layout.
+        update: &'a [f32],
+        /// Its training metrics.
+        metrics: ReportMetrics,
+    },
+    /// The driver knows the client is gone (connection lost, process dead).
+    ClientLost {
+        /// Who.
+        client: ClientId,
+    },
+    /// A timer set by [`Action::SetTimer`] fired.
+    TimerFired(Timer),
+}
+
+/// Why a report was refused. The driver maps each to a status code; none of them changes state.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RejectReason {
+    /// The job is not running a round that takes reports.
+    #[error("no round is accepting reports (job is {0})")]
+    NotAccepting(&'static str),
+    /// The report names another round or attempt than the current one.
+    #[error("report is for round {got_round} attempt {got_attempt}, current is round {round} attempt {attempt}")]
+    WrongRound {
+        /// Current round.
+        round: u64,
+        /// Current attempt.
+        attempt: u32,
+        /// Round in the report.
+        got_round: u64,
+        /// Attempt in the report.
+        got_attempt: u32,
+    },
+    /// The report names another stage than the current one.
+    #[error("report is for stage {got}, current stage is {expected}")]
+    WrongStage {
+        /// Current stage.
+        expected: u32,
+        /// Stage in the report.
+        got: u32,
+    },
+    /// The client is not in this stage's cohort.
+    #[error("client was not selected for this round")]
+    NotSelected,
+    /// The client already reported for this stage.
+    #[error("duplicate report for this stage")]
+    Duplicate,
+    /// The round already has all the reports it needs.
+    #[error("round is full; report arrived too late")]
+    RoundFull,
+    /// The claimed sample count is zero or above the policy's maximum.
+    #[error("num_samples {got} must be in 1..={max}")]
+    BadSampleCount {
+        /// Claimed count.
+        got: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// The update itself is malformed.
+    #[error("invalid update: {0}")]
+    BadUpdate(AggregateError),
+}
+
+/// What a committed round produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    /// Round number, from 1.
+    pub round: u64,
+    /// The attempt that committed.
+    pub attempt: u32,
+    /// New global model version (equals `round`).
+    pub model_version: u64,
+    /// Clients whose updates were aggregated, sorted.
+    pub participants: Vec<ClientId>,
+    /// Total samples behind the aggregate.
+    pub num_samples: u64,
+    /// Sample-weighted mean of the participants' training loss.
+    pub train_loss: f64,
+}
+
+/// What the driver must do. Actions are returned in the order they must be carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send `task` (with the current global model) to `client`.
+    Configure {
+        /// Who.
+        client: ClientId,
+        /// What to do.
+        task: Task,
+    },
+    /// Tell `client` to come back after `after_ms` (pace steering).
+    RetryAfter {
+        /// Who.
+        client: ClientId,
+        /// Delay, jittered.
+        after_ms: u64,
+    },
+    /// The report from `client` was validated and folded into the aggregate.
+    Accepted {
+        /// Who.
+        client: ClientId,
+    },
+    /// The report from `client` was refused; state is unchanged.
+    Reject {
+        /// Who.
+        client: ClientId,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// Fire `timer` when the driver's clock reaches `at_ms`.
+    SetTimer {
+        /// Which.
+        timer: Timer,
+        /// When.
+        at_ms: u64,
+    },
+    /// A round committed; [`RoundMachine::global`] now holds the new model.
+    Commit(CommitInfo),
+    /// A round attempt ended below its minimum and will be retried.
+    RoundAbandoned {
+        /// Round number.
+        round: u64,
+        /// The attempt that was abandoned.
+        attempt: u32,
+        /// Reports received.
+        reports: usize,
+        /// Reports needed.
+        needed: usize,
+    },
+    /// Every round committed.
+    JobFinished,
+    /// The job cannot go on.
+    JobFailed {
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StageState {
+    index: u32,
+    cohort: BTreeSet<ClientId>,
+    reported: BTreeSet<ClientId>,
+    dropped: BTreeSet<ClientId>,
+    aggregate: FedAvg,
+    loss_weighted: f64,
+    num_samples: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Phase {
+    /// Waiting for `min_clients` live check-ins.
+    Waiting,
+    /// The selection window is open.
+    SelectionPending,
+    /// A stage is collecting reports.
+    Running(Box<StageState>),
+    Finished,
+    Failed(String),
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting for clients",
+            Phase::SelectionPending => "selecting",
+            Phase::Running(_) => "running",
+            Phase::Finished => "finished",
+            Phase::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The round state machine of one job. See the module documentation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundMachine {
+    policy: RoundPolicy,
+    layout: ParamLayout,
+    global: Vec<f32>,
+    seed: u64,
+    round: u64,
+    attempt: u32,
+    committed: u64,
+    pool: BTreeMap<ClientId, u64>,
+    phase: Phase,
+    select_rng: ChaCha8Rng,
+    jitter_rng: ChaCha8Rng,
+}
+
+/// Derives independent 64-bit seeds from one (SplitMix64 finaliser).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl RoundMachine {
+    /// A machine for a job with `policy`, a model of `layout` starting from `initial`, seeded by `seed`.
+    pub fn new(policy: RoundPolicy, layout: ParamLayout, initial: Vec<f32>, seed: u64) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        if initial.len() != layout.len() {
+            return Err(ConfigError::new(
+                "initial_parameters",
+                format!("has {} values, the layout has {}", initial.len(), layout.len()),
+            ));
+        }
+        if initial.iter().any(|v| !v.is_finite()) {
+            return Err(ConfigError::new("initial_parameters", "must all be finite"));
+        }
+        Ok(Self {
+            policy,
+            layout,
+            global: initial,
+            seed,
+            round: 1,
+            attempt: 1,
+            committed: 0,
+            pool: BTreeMap::new(),
+            phase: Phase::Waiting,
+            select_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x5E1E_C7)),
+            jitter_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x717E_5)),
+        })
+    }
+
+    /// The current global model.
+    pub fn global(&self) -> &[f32] {
+        &self.global
+    }
+
+    /// The model's layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// The policy the machine runs.
+    pub fn policy(&self) -> &RoundPolicy {
+        &self.policy
+    }
+
+    /// Rounds committed so far (= the global model's version).
+    pub fn rounds_committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Whether every round has committed.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// The failure reason, if the job failed.
+    pub fn failure(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Failed(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Current round number and attempt.
+    pub fn current_round(&self) -> (u64, u32) {
+        (self.round, self.attempt)
+    }
+
+    /// Clients in the current stage's cohort that have not reported yet.
+    pub fn outstanding(&self) -> Vec<ClientId> {
+        match &self.phase {
+            Phase::Running(s) => s
+                .cohort
+                .iter()
+                .filter(|c| !s.reported.contains(c) && !s.dropped.contains(c))
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Feeds one event at time `now_ms`; returns what the driver must do, in order.
+    pub fn handle(&mut self, now_ms: u64, event: Event<'_>) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::CheckIn { client } => self.on_check_in(now_ms, client, &mut out),
+            Event::Report { client, round, attempt, stage, num_samples, update, metrics } => {
+                self.on_report(now_ms, client, (round, attempt, stage), num_samples, update, metrics, &mut out)
+            }
+            Event::ClientLost { client } => self.on_lost(now_ms, client, &mut out),
+            Event::TimerFired(timer) => self.on_timer(now_ms, timer, &mut out),
+        }
+        out
+    }
+
+    fn live_pool(&self, now_ms: u64) -> Vec<ClientId> {
+        let ttl = self.policy.checkin_ttl_ms;
+        self.pool.iter().filter(|(_, seen)| now_ms.saturating_sub(**seen) <= ttl).map(|(c, _)| *c).collect()
+    }
+
+    fn task_for(&self, client: ClientId, stage: u32) -> Task {
+        Task {
+            round: self.round,
+            attempt: self.attempt,
+            stage,
+            kind: self.policy.stages[stage as usize],
+            model_version: self.committed,
+            seed: mix(mix(self.seed ^ self.round.rotate_left(32) ^ u64::from(self.attempt)) ^ client.0),
+        }
+    }
+
+    fn retry_after(&mut self, client: ClientId, out: &mut Vec<Action>) {
+        let base = self.policy.retry_after_ms.max(1);
+        let after_ms = base + self.jitter_rng.random_range(0..base);
+        out.push(Action::RetryAfter { client, after_ms });
+    }
+
+    fn on_check_in(&mut self, now_ms: u64, client: ClientId, out: &mut Vec<Action>) {
+        match &self.phase {
+            Phase::Finished | Phase::Failed(_) => {
+                self.retry_after(client, out);
+                return;
+            }
+            Phase::Running(s) if s.cohort.contains(&client) && !s.reported.contains(&client) => {
+                // A reconnecting member of the cohort gets the same task again: idempotent.
+                let task = self.task_for(client, s.index);
+                if let Phase::Running(s) = &mut self.phase {
+                    s.dropped.remove(&client);
+                }
+                out.push(Action::Configure { client, task });
+                return;
+            }
+            _ => {}
+        }
+        self.pool.insert(client, now_ms);
+        match self.phase {
+            Phase::Waiting => {
+                if self.live_pool(now_ms).len() >= self.policy.min_clients {
+                    self.phase = Phase::SelectionPending;
+                    out.push(Action::SetTimer {
+                        timer: Timer::Selection { round: self.round, attempt: self.attempt },
+                        at_ms: now_ms + self.policy.selection_window_ms,
+                    });
+                }
+                self.retry_after(client, out);
+            }
+            _ => self.retry_after(client, out),
+        }
+    }
+
+    fn on_timer(&mut self, now_ms: u64, timer: Timer, out: &mut Vec<Action>) {
+        match (timer, &self.phase) {
+            (Timer::Selection { round, attempt }, Phase::SelectionPending)
+                if round == self.round && attempt == self.attempt =>
+            {
+                self.select(now_ms, out)
+            }
+            (Timer::Deadline { round, attempt, stage }, Phase::Running(s))
+                if round == self.round && attempt == self.attempt && stage == s.index =>
+            {
+                self.close_stage(now_ms, out)
+            }
+            // Timers of rounds, attempts or stages that are over are stale: ignore them.
+            _ => {}
+        }
+    }
+
+    fn select(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let live = self.live_pool(now_ms);
+        if live.len() < self.policy.min_clients {
+            self.phase = Phase::Waiting;
+            return;
+        }
+        let k = self.policy.selection_size().min(live.len());
+        let mut chosen: Vec<ClientId> =
+            index::sample(&mut self.select_rng, live.len(), k).into_iter().map(|i| live[i]).collect();
+        chosen.sort();
+        for c in &chosen {
+            self.pool.remove(c);
+        }
+        self.start_stage(now_ms, 0, chosen.into_iter().collect(), out);
+    }
+
+    fn start_stage(&mut self, now_ms: u64, index: u32, cohort: BTreeSet<ClientId>, out: &mut Vec<Action>) {
+        for &client in &cohort {
+            out.push(Action::Configure { client, task: self.task_for(client, index) });
+        }
+        out.push(Action::SetTimer {
+            timer: Timer::Deadline { round: self.round, attempt: self.attempt, stage: index },
+            at_ms: now_ms + self.policy.stage_deadline_ms,
+        });
+        self.phase = Phase::Running(Box::new(StageState {
+            index,
+            cohort,
+            reported: BTreeSet::new(),
+            dropped: BTreeSet::new(),
+            aggregate: FedAvg::new(self.layout.len()),
+            loss_weighted: 0.0,
+            num_samples: 0,
+        }));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_report(
+        &mut self,
+        now_ms: u64,
+        client: ClientId,
+        (round, attempt, stage): (u64, u32, u32),
+        num_samples: u64,
+        update: &[f32],
+        metrics: ReportMetrics,
+        out: &mut Vec<Action>,
+    ) {
+        let max_samples = self.policy.max_samples_per_report;
+        let cpr = self.policy.clients_per_round;
+        let (cur_round, cur_attempt) = (self.round, self.attempt);
+        let reject = |reason| Action::Reject { client, reason };
+        let Phase::Running(s) = &mut self.phase else {
+            out.push(reject(RejectReason::NotAccepting(self.phase.name())));
+            return;
+        };
+        if round != cur_round || attempt != cur_attempt {
+            out.push(reject(RejectReason::WrongRound {
+                round: cur_round,
+                attempt: cur_attempt,
+                got_round: round,
+                got_attempt: attempt,
+            }));
+            return;
+        }
+        if stage != s.index {
+            out.push(reject(RejectReason::WrongStage { expected: s.index, got: stage }));
+            return;
+        }
+        if !s.cohort.contains(&client) {
+            out.push(reject(RejectReason::NotSelected));
+            return;
+        }
+        if s.reported.contains(&client) {
+            out.push(reject(RejectReason::Duplicate));
+            return;
+        }
+        if s.reported.len() >= cpr {
+            out.push(reject(RejectReason::RoundFull));
+            return;
+        }
+        if num_samples == 0 || num_samples > max_samples {
+            out.push(reject(RejectReason::BadSampleCount { got: num_samples, max: max_samples }));
+            return;
+        }
+        let loss = if metrics.train_loss.is_finite() { metrics.train_loss } else { f64::NAN };
+        if let Err(e) = s.aggregate.accept(update, num_samples as f64) {
+            out.push(reject(RejectReason::BadUpdate(e)));
+            return;
+        }
+        s.reported.insert(client);
+        s.dropped.remove(&client);
+        s.num_samples += num_samples;
+        s.loss_weighted += loss * num_samples as f64;
+        out.push(Action::Accepted { client });
+        self.maybe_close_early(now_ms, out);
+    }
+
+    fn on_lost(&mut self, now_ms: u64, client: ClientId, out: &mut Vec<Action>) {
+        self.pool.remove(&client);
+        if let Phase::Running(s) = &mut self.phase
+            && s.cohort.contains(&client)
+            && !s.reported.contains(&client)
+        {
+            s.dropped.insert(client);
+            self.maybe_close_early(now_ms, out);
+        }
+    }
+
+    /// Closes the stage before its deadline when waiting cannot change the outcome: all needed reports
+    /// are in, or every selected client has either reported or dropped.
+    fn maybe_close_early(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if let Phase::Running(s) = &self.phase {
+            let pending = s.cohort.len() - s.reported.len() - s.dropped.len();
+            if s.reported.len() >= self.policy.clients_per_round || pending == 0 {
+                self.close_stage(now_ms, out);
+            }
+        }
+    }
+
+    fn close_stage(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let Phase::Running(s) = std::mem::replace(&mut self.phase, Phase::Waiting) else {
+            return;
+        };
+        let needed = self.policy.min_reports();
+        if s.reported.len() < needed {
+            out.push(Action::RoundAbandoned {
+                round: self.round,
+                attempt: self.attempt,
+                reports: s.reported.len(),
+                needed,
+            });
+            if self.attempt >= self.policy.max_attempts {
+                let reason = format!(
+                    "round {} failed {} times: fewer than {} of {} clients reported",
+                    self.round, self.attempt, needed, self.policy.clients_per_round
+                );
+                self.phase = Phase::Failed(reason.clone());
+                out.push(Action::JobFailed { reason });
+                return;
+            }
+            self.attempt += 1;
+            self.after_round(now_ms, out);
+            return;
+        }
+        if (s.index as usize) + 1 < self.policy.stages.len() {
+            // Survivors of this stage are the cohort of the next one.
+            self.start_stage(now_ms, s.index + 1, s.reported.clone(), out);
+            return;
+        }
+        let new_global = match s.aggregate.finish() {
+            Ok(g) => g,
+            Err(e) => {
+                let reason = format!("round {} aggregation failed: {e}", self.round);
+                self.phase = Phase::Failed(reason.clone());
+                out.push(Action::JobFailed { reason });
+                return;
+            }
+        };
+        self.global = new_global;
+        self.committed += 1;
+        let info = CommitInfo {
+            round: self.round,
+            attempt: self.attempt,
+            model_version: self.committed,
+            participants: s.reported.iter().copied().collect(),
+            num_samples: s.num_samples,
+            train_loss: s.loss_weighted / s.num_samples.max(1) as f64,
+        };
+        out.push(Action::Commit(info));
+        if self.committed >= self.policy.rounds {
+            self.phase = Phase::Finished;
+            out.push(Action::JobFinished);
+            return;
+        }
+        self.round += 1;
+        self.attempt = 1;
+        self.after_round(now_ms, out);
+    }
+
+    fn after_round(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.phase = Phase::Waiting;
+        if self.live_pool(now_ms).len() >= self.policy.min_clients {
+            self.phase = Phase::SelectionPending;
+            out.push(Action::SetTimer {
+                timer: Timer::Selection { round: self.round, attempt: self.attempt },
+                at_ms: now_ms + self.policy.selection_window_ms,
+            });
+        }
+    }
+}
