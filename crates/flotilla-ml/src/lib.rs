@@ -1,0 +1,277 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! Local training for Flotilla: small models behind a backend-free [`Trainer`] trait.
+//!
+//! A [`Trainer`] owns one model and exposes it as a flat `f32` vector described by a
+//! [`ParamLayout`]. The simulator (and later a networked client) only ever sees this crate's
+//! types: the tensor backend (burn with its pure-Rust CPU `flex` backend) stays an implementation
+//! detail.
+//!
+//! ```
+//! use flotilla_ml::{build, FitConfig, ModelKind, ModelSpec, Samples};
+//!
+//! let spec = ModelSpec { kind: ModelKind::LogReg, input_shape: vec![2], num_classes: 2 };
+//! let mut trainer = build(&spec, 7).unwrap();
+//! let features = [0.0, 1.0, 1.0, 0.0, 0.0, 0.9, 0.9, 0.0];
+//! let labels = [0, 1, 0, 1];
+//! let indices = [0, 1, 2, 3];
+//! let data = Samples { features: &features, feature_len: 2, labels: &labels, indices: &indices };
+//! let cfg = FitConfig { epochs: 20, batch_size: 2, learning_rate: 0.5, seed: 1 };
+//! let report = trainer.fit(&data, &cfg).unwrap();
+//! assert_eq!(report.steps, 40);
+//! assert!(trainer.evaluate(&data).unwrap().accuracy > 0.99);
+//! ```
+
+mod model;
+mod rng;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use flotilla_core::{ParamLayout, TensorSpec};
+
+/// Errors reported by trainers and by [`build`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainerError {
+    /// A flat parameter vector does not have the length of the model's layout.
+    #[error("parameter vector has {got} values but the layout needs {expected}")]
+    ParamLength {
+        /// Length required by the layout.
+        expected: usize,
+        /// Length that was supplied.
+        got: usize,
+    },
+    /// A flat parameter vector contains NaN or an infinity.
+    #[error("parameter {index} (in tensor `{tensor}`) is not finite: {value}")]
+    NonFiniteParam {
+        /// Position in the flat vector.
+        index: usize,
+        /// Name of the tensor holding that position.
+        tensor: String,
+        /// The offending value.
+        value: f32,
+    },
+    /// The samples view is inconsistent or does not fit the model.
+    #[error("invalid samples: {0}")]
+    InvalidData(String),
+    /// The samples view selects no samples.
+    #[error("no samples selected (indices is empty)")]
+    EmptyData,
+    /// A [`FitConfig`] value is out of range.
+    #[error("invalid fit configuration: {0}")]
+    InvalidConfig(String),
+    /// A [`ModelSpec`] describes a model that cannot be built.
+    #[error("invalid model spec: {0}")]
+    InvalidSpec(String),
+    /// A model name did not match any known [`ModelKind`].
+    #[error("unknown model `{name}`; valid models are: {valid}")]
+    UnknownModel {
+        /// The name that was given.
+        name: String,
+        /// Comma-separated list of valid names.
+        valid: String,
+    },
+    /// Training produced a non-finite loss; the parameters are restored to their values before
+    /// the call to [`Trainer::fit`].
+    #[error("training diverged: non-finite loss at epoch {epoch}, step {step} (try a smaller learning rate)")]
+    Diverged {
+        /// Zero-based epoch in which the loss became non-finite.
+        epoch: u32,
+        /// Zero-based global step at which the loss became non-finite.
+        step: u64,
+    },
+    /// The tensor backend failed (should not happen; reported instead of panicking).
+    #[error("tensor backend error: {0}")]
+    Backend(String),
+}
+
+/// A view of some samples of a dataset: the rows of `features`/`labels` at `indices`.
+#[derive(Debug, Clone, Copy)]
+pub struct Samples<'a> {
+    /// All feature rows, `n_total * feature_len` values, row-major.
+    pub features: &'a [f32],
+    /// Number of values per feature row.
+    pub feature_len: usize,
+    /// One label per row (`n_total` values).
+    pub labels: &'a [u32],
+    /// The rows that make up this view, in order.
+    pub indices: &'a [u32],
+}
+
+impl Samples<'_> {
+    /// Number of samples in the view.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Whether the view selects no samples.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// Hyper-parameters of one call to [`Trainer::fit`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitConfig {
+    /// Number of passes over the local samples (at least 1).
+    pub epochs: u32,
+    /// Minibatch size (at least 1); the last, partial batch of an epoch is included.
+    pub batch_size: usize,
+    /// SGD learning rate (finite, > 0).
+    pub learning_rate: f32,
+    /// Seed of the per-epoch shuffles (ChaCha8).
+    pub seed: u64,
+}
+
+/// What a call to [`Trainer::fit`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitReport {
+    /// Number of samples in the training view.
+    pub num_samples: usize,
+    /// Mean per-sample training loss over the last epoch (measured before each step's update).
+    pub mean_loss: f64,
+    /// Number of SGD steps taken.
+    pub steps: u64,
+}
+
+/// Result of [`Trainer::evaluate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalReport {
+    /// Number of samples evaluated.
+    pub num_samples: usize,
+    /// Mean cross-entropy loss.
+    pub loss: f64,
+    /// Fraction of samples whose arg-max prediction equals the label.
+    pub accuracy: f64,
+}
+
+/// A model that can be trained locally and exchanged as a flat parameter vector.
+///
+/// Implementations are deterministic: the same parameters, data and [`FitConfig`] give
+/// bit-identical parameters after [`fit`](Trainer::fit), whatever the thread or process.
+pub trait Trainer: Send {
+    /// The named, stable layout of the flat parameter vector.
+    fn layout(&self) -> &ParamLayout;
+
+    /// The current parameters, flat, in layout order.
+    fn parameters(&self) -> Vec<f32>;
+
+    /// Replaces all parameters; the vector must have the layout's length and be finite.
+    fn set_parameters(&mut self, params: &[f32]) -> Result<(), TrainerError>;
+
+    /// Plain minibatch SGD on the mean cross-entropy: `cfg.epochs` passes, each over a fresh
+    /// shuffle of `data` drawn from `cfg.seed`, last partial batch included.
+    fn fit(&mut self, data: &Samples<'_>, cfg: &FitConfig) -> Result<FitReport, TrainerError>;
+
+    /// Mean loss and accuracy of the current parameters on `data`.
+    fn evaluate(&mut self, data: &Samples<'_>) -> Result<EvalReport, TrainerError>;
+}
+
+/// The model families this crate can build.
+///
+/// [`FromStr`] accepts `"logreg"`, `"mlp"`, `"cnn"` and `"char_mlp"`; the sizes of `mlp` and
+/// `char_mlp` parsed that way are the defaults ([`ModelKind::DEFAULT_MLP_HIDDEN`],
+/// [`ModelKind::DEFAULT_CHAR_EMBED`], [`ModelKind::DEFAULT_CHAR_HIDDEN`]) and callers may
+/// overwrite them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelKind {
+    /// Multinomial logistic regression: one linear layer, `input_len -> num_classes`.
+    LogReg,
+    /// One hidden ReLU layer: `input_len -> hidden -> num_classes`.
+    Mlp {
+        /// Width of the hidden layer.
+        hidden: usize,
+    },
+    /// A small CNN for `[1, 28, 28]` inputs (see [`build`] for the architecture).
+    Cnn,
+    /// Next-character model: features are character ids (as `f32`) of a fixed window;
+    /// `embedding(num_classes, embed) -> flatten -> hidden (ReLU) -> num_classes`.
+    CharMlp {
+        /// Embedding width per character.
+        embed: usize,
+        /// Width of the hidden layer.
+        hidden: usize,
+    },
+}
+
+impl ModelKind {
+    /// All names accepted by [`FromStr`], in a stable order.
+    pub const NAMES: [&'static str; 4] = ["logreg", "mlp", "cnn", "char_mlp"];
+    /// Hidden width used when `"mlp"` is parsed.
+    pub const DEFAULT_MLP_HIDDEN: usize = 64;
+    /// Embedding width used when `"char_mlp"` is parsed.
+    pub const DEFAULT_CHAR_EMBED: usize = 8;
+    /// Hidden width used when `"char_mlp"` is parsed.
+    pub const DEFAULT_CHAR_HIDDEN: usize = 256;
+
+    /// The name of this family, as accepted by [`FromStr`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelKind::LogReg => "logreg",
+            ModelKind::Mlp { .. } => "mlp",
+            ModelKind::Cnn => "cnn",
+            ModelKind::CharMlp { .. } => "char_mlp",
+        }
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ModelKind {
+    type Err = TrainerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "logreg" => Ok(ModelKind::LogReg),
+            "mlp" => Ok(ModelKind::Mlp { hidden: Self::DEFAULT_MLP_HIDDEN }),
+            "cnn" => Ok(ModelKind::Cnn),
+            "char_mlp" => Ok(ModelKind::CharMlp {
+                embed: Self::DEFAULT_CHAR_EMBED,
+                hidden: Self::DEFAULT_CHAR_HIDDEN,
+            }),
+            _ => Err(TrainerError::UnknownModel {
+                name: s.to_string(),
+                valid: Self::NAMES.join(", "),
+            }),
+        }
+    }
+}
+
+/// What to build: a model family, the shape of one input sample and the number of classes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelSpec {
+    /// The model family and its sizes.
+    pub kind: ModelKind,
+    /// Shape of one sample's features; their product must equal [`Samples::feature_len`].
+    /// `[1, 28, 28]` for [`ModelKind::Cnn`]; `[window]` for [`ModelKind::CharMlp`].
+    pub input_shape: Vec<usize>,
+    /// Number of classes (for [`ModelKind::CharMlp`] also the vocabulary size).
+    pub num_classes: usize,
+}
+
+/// Builds a trainer whose initial parameters are a deterministic function of `spec` and `seed`.
+///
+/// Architectures and layouts (weights are `[in, out]` for linear layers and
+/// `[out_channels, in_channels, kh, kw]` for convolutions):
+///
+/// * `logreg`: `linear.weight [in, C]`, `linear.bias [C]`.
+/// * `mlp`: `fc1.weight [in, H]`, `fc1.bias [H]`, `fc2.weight [H, C]`, `fc2.bias [C]`.
+/// * `cnn` (input `[1, 28, 28]`): conv 3×3 pad 1 (1→8), ReLU, max-pool 2, conv 3×3 pad 1
+///   (8→16), ReLU, max-pool 2, flatten (channel-major, 16·7·7 = 784), linear 784→64, ReLU,
+///   linear 64→C: `conv1.weight [8,1,3,3]`, `conv1.bias [8]`, `conv2.weight [16,8,3,3]`,
+///   `conv2.bias [16]`, `fc1.weight [784,64]`, `fc1.bias [64]`, `fc2.weight [64,C]`, `fc2.bias [C]`
+///   (52 138 parameters for C = 10).
+/// * `char_mlp` (input `[W]`): `embedding.weight [C, E]`, `fc1.weight [W*E, H]`, `fc1.bias [H]`,
+///   `fc2.weight [H, C]`, `fc2.bias [C]`.
+///
+/// Invalid combinations (empty input, zero classes or widths, `cnn` on anything but
+/// `[1, 28, 28]`, …) are reported as [`TrainerError::InvalidSpec`].
+pub fn build(spec: &ModelSpec, seed: u64) -> Result<Box<dyn Trainer>, TrainerError> {
+    let trainer = model::BurnTrainer::new(spec, seed)?;
+    Ok(Box::new(trainer))
+}
