@@ -1,0 +1,390 @@
+//! The simulator: many virtual clients in one process, driving the same [`RoundMachine`] the
+//! coordinator drives, on a virtual clock.
+//!
+//! Determinism: client selection and per-client seeds come from the machine (seeded by the scenario),
+//! each client's training depends only on the global model, its own data and its task seed, and
+//! reports are fed back in cohort order whatever thread trained them. So one scenario and seed give a
+//! bit-identical final model, with any number of worker threads.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use flotilla_core::round::{
+    Action, ClientId, CommitInfo, Event, RejectReason, ReportMetrics, RoundMachine, RoundPolicy, Task, Timer,
+};
+use flotilla_core::{params_sha256, ParamLayout};
+use flotilla_data::{Dataset, LoadOptions, Partition, TrainTest};
+use flotilla_ml::{FitConfig, FitReport, ModelSpec, Samples, Trainer};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::error::SimError;
+use crate::scenario::Scenario;
+
+/// A scenario's data, loaded and partitioned: what `flotilla data partition-stats` shows.
+pub struct Prepared {
+    /// Train and test sets.
+    pub data: TrainTest,
+    /// Sample indices of the training set per client.
+    pub partition: Partition,
+}
+
+/// Loads the scenario's dataset from `data_dir` and partitions its training set.
+pub fn prepare(scenario: &Scenario, data_dir: &Path) -> Result<Prepared, SimError> {
+    let opts = LoadOptions { test_fraction: scenario.data.test_fraction, split_seed: scenario.data.split_seed };
+    let data = flotilla_data::load(scenario.data.dataset, data_dir, &opts)?;
+    let partition = flotilla_data::partition(
+        &data.train.labels,
+        data.train.groups.as_deref(),
+        data.train.num_classes,
+        scenario.clients,
+        &scenario.partition.spec,
+        scenario.partition.seed,
+    )?;
+    Ok(Prepared { data, partition })
+}
+
+/// One committed round as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoundRecord {
+    /// Round number, from 1.
+    pub round: u64,
+    /// Attempts the round took (more than 1 when dropouts forced a retry).
+    pub attempt: u32,
+    /// Clients whose updates were aggregated.
+    pub participants: usize,
+    /// Samples behind the aggregate.
+    pub num_samples: u64,
+    /// Sample-weighted mean of the participants' training loss.
+    pub train_loss: f64,
+    /// Test accuracy of the new global model, if this round was evaluated.
+    pub test_accuracy: Option<f64>,
+    /// Test loss of the new global model, if this round was evaluated.
+    pub test_loss: Option<f64>,
+    /// Wall-clock seconds since the simulation started.
+    pub elapsed_seconds: f64,
+}
+
+/// What the simulator reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimEvent {
+    /// Data is loaded and partitioned; training starts.
+    Started {
+        /// Training samples.
+        train_samples: usize,
+        /// Test samples.
+        test_samples: usize,
+        /// Model parameters.
+        num_params: usize,
+        /// Accuracy of the initial model on the test set.
+        initial_accuracy: f64,
+    },
+    /// A round committed (and was evaluated if it was due).
+    Round(RoundRecord),
+    /// A round attempt ended below its minimum report fraction and is retried.
+    RoundAbandoned {
+        /// Round number.
+        round: u64,
+        /// The failed attempt.
+        attempt: u32,
+        /// Reports received.
+        reports: usize,
+        /// Reports needed.
+        needed: usize,
+    },
+}
+
+/// The result of a finished simulation.
+#[derive(Debug, Clone)]
+pub struct SimOutcome {
+    /// Every committed round, in order.
+    pub history: Vec<RoundRecord>,
+    /// Accuracy of the initial model.
+    pub initial_accuracy: f64,
+    /// Test accuracy of the final model.
+    pub final_accuracy: f64,
+    /// Test loss of the final model.
+    pub final_loss: f64,
+    /// The final global parameters.
+    pub final_params: Vec<f32>,
+    /// Their layout.
+    pub layout: ParamLayout,
+    /// SHA-256 of the final parameters as little-endian f32 bytes.
+    pub model_sha256: String,
+    /// Round attempts abandoned along the way.
+    pub abandoned_attempts: u64,
+    /// Reports refused because their round had already closed (over-selected stragglers).
+    pub late_reports: u64,
+    /// Training samples.
+    pub train_samples: usize,
+    /// Test samples.
+    pub test_samples: usize,
+}
+
+fn samples<'a>(d: &'a Dataset, indices: &'a [u32]) -> Samples<'a> {
+    Samples { features: &d.features, feature_len: d.feature_len(), labels: &d.labels, indices }
+}
+
+/// The round policy the simulator runs: the scenario's knobs, on a virtual clock where simulated
+/// clients stay available and a stage never times out before every selected client has answered.
+pub fn round_policy(s: &Scenario) -> RoundPolicy {
+    let mut p = RoundPolicy::new(s.rounds, s.clients_per_round);
+    p.over_selection = s.round.over_selection;
+    p.min_report_fraction = s.round.min_report_fraction;
+    p.selection_window_ms = 0;
+    p.checkin_ttl_ms = u64::MAX / 4;
+    p.max_attempts = 5;
+    p
+}
+
+/// Runs the scenario's federation with its data already prepared, reporting progress to `observe`.
+pub fn run_prepared(
+    scenario: &Scenario,
+    prepared: &Prepared,
+    observe: &mut dyn FnMut(&SimEvent),
+) -> Result<SimOutcome, SimError> {
+    let started = Instant::now();
+    let train = &prepared.data.train;
+    let test = &prepared.data.test;
+    let spec = ModelSpec {
+        kind: scenario.model.kind,
+        input_shape: train.feature_shape.clone(),
+        num_classes: train.num_classes,
+    };
+    let threads = match scenario.simulation.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(scenario.clients_per_round.max(1));
+    let mut trainers: Vec<Box<dyn Trainer>> =
+        (0..threads).map(|_| flotilla_ml::build(&spec, scenario.seed)).collect::<Result<_, _>>()?;
+    let layout = trainers[0].layout().clone();
+    let initial = trainers[0].parameters();
+    let test_idx: Vec<u32> = (0..test.len() as u32).collect();
+    let test_view = samples(test, &test_idx);
+    let init_eval = trainers[0].evaluate(&test_view)?;
+    observe(&SimEvent::Started {
+        train_samples: train.len(),
+        test_samples: test.len(),
+        num_params: layout.len(),
+        initial_accuracy: init_eval.accuracy,
+    });
+
+    let mut machine = RoundMachine::new(round_policy(scenario), layout.clone(), initial, scenario.seed)?;
+    let mut dropout_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD209_0u64);
+    let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
+    let mut timer_seq = 0u64;
+    let mut pending: Vec<(ClientId, Task)> = Vec::new();
+    let mut history = Vec::new();
+    let mut abandoned = 0u64;
+    let mut late_reports = 0u64;
+    let mut last_eval = (init_eval.accuracy, init_eval.loss);
+    let mut now = 0u64;
+
+    // Carries out the machine's actions; returns true once the job has finished.
+    let mut apply = |actions: Vec<Action>,
+                     trainers: &mut [Box<dyn Trainer>],
+                     machine: &RoundMachine,
+                     pending: &mut Vec<(ClientId, Task)>,
+                     timers: &mut BTreeMap<(u64, u64), Timer>|
+     -> Result<bool, SimError> {
+        let mut finished = false;
+        for a in actions {
+            match a {
+                Action::Configure { client, task } => pending.push((client, task)),
+                Action::SetTimer { timer, at_ms } => {
+                    timer_seq += 1;
+                    timers.insert((at_ms, timer_seq), timer);
+                }
+                Action::Commit(info) => {
+                    let record = evaluate_commit(scenario, &info, machine, trainers, &test_view, started)?;
+                    if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
+                        last_eval = (a, l);
+                    }
+                    observe(&SimEvent::Round(record.clone()));
+                    history.push(record);
+                }
+                Action::RoundAbandoned { round, attempt, reports, needed } => {
+                    abandoned += 1;
+                    observe(&SimEvent::RoundAbandoned { round, attempt, reports, needed });
+                }
+                Action::JobFinished => finished = true,
+                Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
+                // Simulated clients are always online, so pace steering has nothing to do.
+                Action::RetryAfter { .. } | Action::Accepted { .. } => {}
+                // Over-selected clients that finish after the round filled up are refused as late:
+                // that is the protocol working. Anything else means an honest simulated client was
+                // refused, which is a bug worth surfacing.
+                Action::Reject {
+                    reason: RejectReason::RoundFull | RejectReason::NotAccepting(_) | RejectReason::WrongRound { .. },
+                    ..
+                } => late_reports += 1,
+                Action::Reject { client, reason } => {
+                    return Err(SimError::JobFailed(format!("simulated {client} was refused: {reason}")));
+                }
+            }
+        }
+        Ok(finished)
+    };
+
+    for c in 0..scenario.clients as u64 {
+        let acts = machine.handle(now, Event::CheckIn { client: ClientId(c) });
+        apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+    }
+
+    let mut finished = false;
+    while !finished {
+        if !pending.is_empty() {
+            let cohort = std::mem::take(&mut pending);
+            // Each selected client drops out with probability `dropout`, decided in cohort order.
+            let drops: Vec<bool> =
+                cohort.iter().map(|_| dropout_rng.random_bool(scenario.round.dropout)).collect();
+            let work: Vec<(ClientId, Task)> =
+                cohort.iter().zip(&drops).filter(|(_, d)| !**d).map(|(c, _)| c.clone()).collect();
+            let results = train_cohort(scenario, prepared, machine.global(), &work, &mut trainers)?;
+            now += 1;
+            for ((client, task), (params, report)) in work.iter().zip(results) {
+                let acts = machine.handle(
+                    now,
+                    Event::Report {
+                        client: *client,
+                        round: task.round,
+                        attempt: task.attempt,
+                        stage: task.stage,
+                        num_samples: report.num_samples as u64,
+                        update: &params,
+                        metrics: ReportMetrics { train_loss: report.mean_loss },
+                    },
+                );
+                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+            }
+            for ((client, _), _) in cohort.iter().zip(&drops).filter(|(_, d)| **d) {
+                let acts = machine.handle(now, Event::ClientLost { client: *client });
+                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+            }
+            // Everyone in the cohort, dropped or not, is available again for later rounds.
+            for (client, _) in &cohort {
+                let acts = machine.handle(now, Event::CheckIn { client: *client });
+                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+            }
+        } else if let Some(((at, _), timer)) = timers.pop_first() {
+            now = now.max(at);
+            let acts = machine.handle(now, Event::TimerFired(timer));
+            finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+        } else {
+            return Err(SimError::JobFailed("simulation stalled: no work and no timer pending".into()));
+        }
+    }
+
+    let final_params = machine.global().to_vec();
+    Ok(SimOutcome {
+        model_sha256: params_sha256(&final_params),
+        initial_accuracy: init_eval.accuracy,
+        final_accuracy: last_eval.0,
+        final_loss: last_eval.1,
+        history,
+        final_params,
+        layout,
+        abandoned_attempts: abandoned,
+        late_reports,
+        train_samples: train.len(),
+        test_samples: test.len(),
+    })
+}
+
+/// Loads, partitions and runs a scenario.
+pub fn run(scenario: &Scenario, data_dir: &Path, observe: &mut dyn FnMut(&SimEvent)) -> Result<SimOutcome, SimError> {
+    let prepared = prepare(scenario, data_dir)?;
+    run_prepared(scenario, &prepared, observe)
+}
+
+fn evaluate_commit(
+    scenario: &Scenario,
+    info: &CommitInfo,
+    machine: &RoundMachine,
+    trainers: &mut [Box<dyn Trainer>],
+    test_view: &Samples<'_>,
+    started: Instant,
+) -> Result<RoundRecord, SimError> {
+    let due = info.round % scenario.eval_every == 0 || info.round == scenario.rounds;
+    let (mut acc, mut loss) = (None, None);
+    if due {
+        trainers[0].set_parameters(machine.global())?;
+        let e = trainers[0].evaluate(test_view)?;
+        acc = Some(e.accuracy);
+        loss = Some(e.loss);
+    }
+    Ok(RoundRecord {
+        round: info.round,
+        attempt: info.attempt,
+        participants: info.participants.len(),
+        num_samples: info.num_samples,
+        train_loss: info.train_loss,
+        test_accuracy: acc,
+        test_loss: loss,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Trains every client of `work` from `global`, spread over the worker trainers; results come back in
+/// `work` order, whichever thread produced them.
+fn train_cohort(
+    scenario: &Scenario,
+    prepared: &Prepared,
+    global: &[f32],
+    work: &[(ClientId, Task)],
+    trainers: &mut [Box<dyn Trainer>],
+) -> Result<Vec<(Vec<f32>, FitReport)>, SimError> {
+    let n_threads = trainers.len();
+    let train = &prepared.data.train;
+    let fit_one = |trainer: &mut Box<dyn Trainer>, (client, task): &(ClientId, Task)| {
+        let idx = &prepared.partition.clients[client.0 as usize];
+        trainer.set_parameters(global)?;
+        let cfg = FitConfig {
+            epochs: scenario.train.local_epochs,
+            batch_size: scenario.train.batch_size,
+            learning_rate: scenario.train.learning_rate,
+            seed: task.seed,
+        };
+        let report = trainer.fit(&samples(train, idx), &cfg)?;
+        Ok::<_, SimError>((trainer.parameters(), report))
+    };
+    if n_threads == 1 || work.len() == 1 {
+        return work.iter().map(|w| fit_one(&mut trainers[0], w)).collect();
+    }
+    let mut slots: Vec<Option<Result<(Vec<f32>, FitReport), SimError>>> = (0..work.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = trainers
+            .iter_mut()
+            .enumerate()
+            .map(|(t, trainer)| {
+                let fit_one = &fit_one;
+                scope.spawn(move || {
+                    // Static assignment: worker t trains clients t, t+T, t+2T, …
+                    work.iter()
+                        .enumerate()
+                        .skip(t)
+                        .step_by(n_threads)
+                        .map(|(i, w)| (i, fit_one(trainer, w)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(done) => {
+                    for (i, r) in done {
+                        slots[i] = Some(r);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| s.unwrap_or_else(|| Err(SimError::JobFailed("a training worker panicked".into()))))
+        .collect()
+}

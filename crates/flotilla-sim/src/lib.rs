@@ -1,0 +1,12 @@
+//! The Flotilla simulator: a whole federation in one process, on real data, driving the same sans-IO
+//! round state machine as the coordinator. Deterministic from the scenario's seed.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod scenario;
+
+pub use engine::{prepare, round_policy, run, run_prepared, Prepared, RoundRecord, SimEvent, SimOutcome};
+pub use error::{ScenarioError, SimError};
+pub use scenario::Scenario;

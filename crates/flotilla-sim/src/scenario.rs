@@ -1,0 +1,436 @@
+//! Scenario files: every knob of a simulated federation, in TOML, validated before anything runs.
+//!
+//! Parsing is two steps: serde reads the file into a raw form that refuses unknown keys, then
+//! [`Scenario::from_raw`] checks ranges and names and builds the typed form. Every error is one line
+//! that names the field (`partition.alpha: must be > 0, got -1`).
+
+use std::path::Path;
+use std::str::FromStr;
+
+use flotilla_data::{DatasetName, PartitionSpec};
+use flotilla_ml::ModelKind;
+use serde::Deserialize;
+
+use crate::error::ScenarioError;
+
+/// A simulated federation: data, partition, model, training and selection settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// A short name used in results.
+    pub name: String,
+    /// Master seed: model initialisation, client selection and local shuffling derive from it.
+    pub seed: u64,
+    /// Rounds to run.
+    pub rounds: u64,
+    /// Number of simulated clients.
+    pub clients: usize,
+    /// Reports aggregated per round.
+    pub clients_per_round: usize,
+    /// Evaluate the global model on the test set every this many rounds (the last round always).
+    pub eval_every: u64,
+    /// Dataset and split.
+    pub data: DataSettings,
+    /// How the training set is spread over clients.
+    pub partition: PartitionSettings,
+    /// The model.
+    pub model: ModelSettings,
+    /// Local training on each client.
+    pub train: TrainSettings,
+    /// Selection and deadline policy.
+    pub round: RoundSettings,
+    /// Engine settings that do not change results.
+    pub simulation: SimulationSettings,
+}
+
+/// Dataset and train/test split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSettings {
+    /// Which dataset.
+    pub dataset: DatasetName,
+    /// Fraction held out for testing, where the dataset has no fixed test set.
+    pub test_fraction: f64,
+    /// Seed of the stratified split.
+    pub split_seed: u64,
+}
+
+/// Partitioning of the training set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionSettings {
+    /// The partitioner and its parameters.
+    pub spec: PartitionSpec,
+    /// Its seed.
+    pub seed: u64,
+}
+
+/// The model and its hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSettings {
+    /// Which model.
+    pub kind: ModelKind,
+}
+
+/// Local training settings sent to every selected client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSettings {
+    /// Local epochs per round.
+    pub local_epochs: u32,
+    /// Minibatch size.
+    pub batch_size: usize,
+    /// SGD learning rate.
+    pub learning_rate: f32,
+}
+
+/// Selection policy knobs of the round state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundSettings {
+    /// Over-selection factor (≥ 1).
+    pub over_selection: f64,
+    /// Fraction of `clients_per_round` needed to commit at the deadline.
+    pub min_report_fraction: f64,
+    /// Fraction of selected clients that drop out mid-round (simulated failures).
+    pub dropout: f64,
+}
+
+/// Engine settings: they change speed, never results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulationSettings {
+    /// Worker threads training clients in parallel (0 = one per core).
+    pub threads: usize,
+}
+
+/// Values given on the command line that replace the file's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replaces `rounds`.
+    pub rounds: Option<u64>,
+    /// Replaces `seed` (and so the partition seed, unless the file sets `partition.seed`).
+    pub seed: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw form: what serde reads. Counts are signed so that a negative value gets our message.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<String>,
+    seed: Option<i64>,
+    rounds: i64,
+    clients: i64,
+    clients_per_round: i64,
+    eval_every: Option<i64>,
+    data: RawData,
+    partition: RawPartition,
+    model: RawModel,
+    train: RawTrain,
+    round: Option<RawRound>,
+    simulation: Option<RawSimulation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    dataset: String,
+    test_fraction: Option<f64>,
+    split_seed: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartition {
+    kind: String,
+    alpha: Option<f64>,
+    min_samples: Option<i64>,
+    classes_per_client: Option<i64>,
+    seed: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    kind: String,
+    hidden: Option<i64>,
+    embed: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    local_epochs: i64,
+    batch_size: i64,
+    learning_rate: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRound {
+    over_selection: Option<f64>,
+    min_report_fraction: Option<f64>,
+    dropout: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimulation {
+    threads: Option<i64>,
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> ScenarioError {
+    ScenarioError::Invalid { field: field.to_string(), message: message.to_string() }
+}
+
+/// A count that must be ≥ `min`.
+fn count(field: &str, v: i64, min: i64) -> Result<usize, ScenarioError> {
+    if v < min {
+        return Err(invalid(field, format!("must be ≥ {min}, got {v}")));
+    }
+    usize::try_from(v).map_err(|_| invalid(field, format!("{v} is too large")))
+}
+
+fn seed(field: &str, v: Option<i64>, default: u64) -> Result<u64, ScenarioError> {
+    match v {
+        None => Ok(default),
+        Some(s) => u64::try_from(s).map_err(|_| invalid(field, format!("must be ≥ 0, got {s}"))),
+    }
+}
+
+fn fraction(field: &str, v: f64, lo_inclusive: bool, hi_inclusive: bool) -> Result<f64, ScenarioError> {
+    let ok = v.is_finite()
+        && (if lo_inclusive { v >= 0.0 } else { v > 0.0 })
+        && (if hi_inclusive { v <= 1.0 } else { v < 1.0 });
+    if !ok {
+        let (l, h) = (if lo_inclusive { '[' } else { '(' }, if hi_inclusive { ']' } else { ')' });
+        return Err(invalid(field, format!("must be in {l}0, 1{h}, got {v}")));
+    }
+    Ok(v)
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file, with command-line overrides applied.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        Self::parse(&text, overrides)
+    }
+
+    /// Parses and validates scenario TOML, with overrides applied.
+    pub fn parse(text: &str, overrides: &Overrides) -> Result<Self, ScenarioError> {
+        let mut raw: RawScenario = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text.get(..s.start).unwrap_or(text).lines().count().max(1));
+            // Quote the offending line when it is short: it names the key even when the parser's
+            // message only names a type ("invalid type: string, expected i64").
+            let quoted = line
+                .and_then(|l| text.lines().nth(l - 1))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && l.chars().count() <= 60)
+                .map(|l| format!("`{l}`: "))
+                .unwrap_or_default();
+            ScenarioError::Syntax { line, message: format!("{quoted}{}", e.message().trim().replace('\n', " ")) }
+        })?;
+        if let Some(r) = overrides.rounds {
+            raw.rounds = i64::try_from(r).map_err(|_| invalid("rounds", format!("{r} is too large")))?;
+        }
+        let partition_seed_explicit = raw.partition.seed.is_some();
+        let mut scenario = Self::from_raw(raw)?;
+        if let Some(s) = overrides.seed {
+            scenario.seed = s;
+            if !partition_seed_explicit {
+                scenario.partition.seed = s;
+            }
+        }
+        Ok(scenario)
+    }
+
+    fn from_raw(r: RawScenario) -> Result<Self, ScenarioError> {
+        let master_seed = seed("seed", r.seed, 0)?;
+        let rounds = count("rounds", r.rounds, 1)? as u64;
+        let clients = count("clients", r.clients, 1)?;
+        let clients_per_round = count("clients_per_round", r.clients_per_round, 1)?;
+        if clients_per_round > clients {
+            return Err(invalid(
+                "clients_per_round",
+                format!("must be ≤ clients ({clients}), got {clients_per_round}"),
+            ));
+        }
+        let eval_every = count("eval_every", r.eval_every.unwrap_or(1), 1)? as u64;
+
+        let dataset = DatasetName::from_str(&r.data.dataset).map_err(|e| invalid("data.dataset", e))?;
+        let data = DataSettings {
+            dataset,
+            test_fraction: fraction("data.test_fraction", r.data.test_fraction.unwrap_or(0.2), false, false)?,
+            split_seed: seed("data.split_seed", r.data.split_seed, 42)?,
+        };
+
+        let p = &r.partition;
+        let alpha = |default: f64| -> Result<f64, ScenarioError> {
+            let a = p.alpha.unwrap_or(default);
+            if !(a.is_finite() && a > 0.0) {
+                return Err(invalid("partition.alpha", format!("must be a finite number > 0, got {a}")));
+            }
+            Ok(a)
+        };
+        let min_samples = |default: i64| count("partition.min_samples", p.min_samples.unwrap_or(default), 1);
+        let only = |allowed: &[&str]| -> Result<(), ScenarioError> {
+            let given = [
+                ("alpha", p.alpha.is_some()),
+                ("min_samples", p.min_samples.is_some()),
+                ("classes_per_client", p.classes_per_client.is_some()),
+            ];
+            for (name, set) in given {
+                if set && !allowed.contains(&name) {
+                    return Err(invalid(
+                        &format!("partition.{name}"),
+                        format!("does not apply to partition kind `{}`", p.kind),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let spec = match p.kind.as_str() {
+            "iid" => {
+                only(&[])?;
+                PartitionSpec::Iid
+            }
+            "dirichlet" => {
+                only(&["alpha", "min_samples"])?;
+                PartitionSpec::Dirichlet { alpha: alpha(0.5)?, min_samples: min_samples(1)? }
+            }
+            "shards" => {
+                only(&["classes_per_client"])?;
+                PartitionSpec::Shards {
+                    classes_per_client: count("partition.classes_per_client", p.classes_per_client.unwrap_or(2), 1)?,
+                }
+            }
+            "natural" => {
+                only(&["min_samples"])?;
+                PartitionSpec::Natural { min_samples: min_samples(1)? }
+            }
+            "quantity_skew" => {
+                only(&["alpha", "min_samples"])?;
+                PartitionSpec::QuantitySkew { alpha: alpha(1.0)?, min_samples: min_samples(1)? }
+            }
+            other => {
+                return Err(invalid(
+                    "partition.kind",
+                    format!("unknown partitioner `{other}`; expected one of iid, dirichlet, shards, natural, quantity_skew"),
+                ));
+            }
+        };
+        let partition = PartitionSettings { spec, seed: seed("partition.seed", p.seed, master_seed)? };
+
+        let m = &r.model;
+        let kind = match m.kind.as_str() {
+            "logreg" => ModelKind::LogReg,
+            "mlp" => ModelKind::Mlp { hidden: count("model.hidden", m.hidden.unwrap_or(64), 1)? },
+            "cnn" => ModelKind::Cnn,
+            "char_mlp" => ModelKind::CharMlp {
+                embed: count("model.embed", m.embed.unwrap_or(8), 1)?,
+                hidden: count("model.hidden", m.hidden.unwrap_or(256), 1)?,
+            },
+            other => {
+                return Err(invalid(
+                    "model.kind",
+                    format!("unknown model `{other}`; expected one of logreg, mlp, cnn, char_mlp"),
+                ));
+            }
+        };
+        if m.hidden.is_some() && !matches!(kind, ModelKind::Mlp { .. } | ModelKind::CharMlp { .. }) {
+            return Err(invalid("model.hidden", format!("does not apply to model `{}`", m.kind)));
+        }
+        if m.embed.is_some() && !matches!(kind, ModelKind::CharMlp { .. }) {
+            return Err(invalid("model.embed", format!("does not apply to model `{}`", m.kind)));
+        }
+
+        let t = &r.train;
+        let lr = t.learning_rate;
+        if !(lr.is_finite() && lr > 0.0 && lr <= 100.0) {
+            return Err(invalid("train.learning_rate", format!("must be in (0, 100], got {lr}")));
+        }
+        let train = TrainSettings {
+            local_epochs: u32::try_from(count("train.local_epochs", t.local_epochs, 1)?)
+                .map_err(|_| invalid("train.local_epochs", "is too large"))?,
+            batch_size: count("train.batch_size", t.batch_size, 1)?,
+            learning_rate: lr as f32,
+        };
+
+        let rr = r.round.unwrap_or_default();
+        let over_selection = rr.over_selection.unwrap_or(1.0);
+        if !(over_selection.is_finite() && (1.0..=10.0).contains(&over_selection)) {
+            return Err(invalid("round.over_selection", format!("must be in [1, 10], got {over_selection}")));
+        }
+        let round = RoundSettings {
+            over_selection,
+            min_report_fraction: fraction("round.min_report_fraction", rr.min_report_fraction.unwrap_or(0.5), false, true)?,
+            dropout: fraction("round.dropout", rr.dropout.unwrap_or(0.0), true, false)?,
+        };
+        let sim = r.simulation.unwrap_or_default();
+        let simulation = SimulationSettings { threads: count("simulation.threads", sim.threads.unwrap_or(0), 0)? };
+
+        Ok(Scenario {
+            name: r.name.unwrap_or_else(|| dataset.to_string()),
+            seed: master_seed,
+            rounds,
+            clients,
+            clients_per_round,
+            eval_every,
+            data,
+            partition,
+            model: ModelSettings { kind },
+            train,
+            round,
+            simulation,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+rounds = 5
+clients = 10
+clients_per_round = 2
+[data]
+dataset = "digits"
+[partition]
+kind = "iid"
+[model]
+kind = "logreg"
+[train]
+local_epochs = 1
+batch_size = 8
+learning_rate = 0.1
+"#;
+
+    fn err(text: &str) -> String {
+        Scenario::parse(text, &Overrides::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s = Scenario::parse(MINIMAL, &Overrides::default()).unwrap();
+        assert_eq!((s.seed, s.partition.seed, s.eval_every), (0, 0, 1));
+        assert_eq!(s.round.min_report_fraction, 0.5);
+        let s = Scenario::parse(MINIMAL, &Overrides { rounds: Some(9), seed: Some(u64::MAX) }).unwrap();
+        assert_eq!((s.rounds, s.seed, s.partition.seed), (9, u64::MAX, u64::MAX));
+        let pinned = MINIMAL.replace("kind = \"iid\"", "kind = \"iid\"\nseed = 3");
+        let s = Scenario::parse(&pinned, &Overrides { rounds: None, seed: Some(8) }).unwrap();
+        assert_eq!((s.seed, s.partition.seed), (8, 3), "an explicit partition seed is kept");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&MINIMAL.replace("[train]", "[train]\nmomentum = 0.9")).contains("momentum"));
+        assert!(err(&MINIMAL.replace("kind = \"iid\"", "kind = \"iid\"\nalpha = 1")).starts_with("partition.alpha"));
+        assert!(err(&MINIMAL.replace("kind = \"logreg\"", "kind = \"logreg\"\nhidden = 3")).starts_with("model.hidden"));
+        assert!(err(&MINIMAL.replace("seed", "x").replace("rounds = 5", "rounds = 5\nseed = -1")).starts_with("seed"));
+        assert!(err(&MINIMAL.replace("[train]", "[round]\ndropout = 1.0\n[train]")).starts_with("round.dropout"));
+        assert!(err(&MINIMAL.replace("[train]", "[round]\nover_selection = 0.5\n[train]")).starts_with("round.over_selection"));
+        assert!(err(&MINIMAL.replace("kind = \"iid\"", "kind = \"shards\"\nclasses_per_client = 0")).starts_with("partition.classes_per_client"));
+        assert!(err(&MINIMAL.replace("rounds = 5\n", "")).contains("rounds"));
+        for e in [err("rounds = [1"), err(&MINIMAL.replace("[train]", "[train]\nx = 1"))] {
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+}

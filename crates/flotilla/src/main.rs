@@ -1,0 +1,58 @@
+//! `flotilla`: the command-line interface. The only crate that knows about terminals.
+#![forbid(unsafe_code)]
+
+mod data_cmd;
+mod plot;
+mod sim_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Flotilla: federated learning you can run on a laptop and trust in production.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole federation in this process, as a scenario file describes it.
+    Sim(sim_cmd::SimArgs),
+    /// Fetch datasets and inspect partitions.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+}
+
+/// `--data-dir`, shared by the commands that read datasets.
+#[derive(Debug, Clone, clap::Args)]
+struct DataDirArg {
+    /// Where datasets live [default: $FLOTILLA_DATA_DIR, else ./data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDirArg {
+    fn resolve(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(flotilla_data::default_data_dir)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(args) => sim_cmd::run(args),
+        Command::Data(cmd) => data_cmd::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context and its causes, joined.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `flotilla sim`: run a scenario in-process, print progress, write results JSON and a plot.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use flotilla_sim::scenario::Overrides;
+use flotilla_sim::{Scenario, SimEvent};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::DataDirArg;
+
+/// Arguments of `flotilla sim`.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// The scenario file (TOML), e.g. examples/digits.toml.
+    scenario: PathBuf,
+    /// Run this many rounds instead of the scenario's.
+    #[arg(long)]
+    rounds: Option<u64>,
+    /// Use this seed instead of the scenario's.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write results as JSON here, and a convergence plot (SVG) beside it.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Print only the summary.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), if the platform tells.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn run(args: SimArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let overrides = Overrides { rounds: args.rounds, seed: args.seed };
+    let scenario = Scenario::load(&args.scenario, &overrides)
+        .with_context(|| format!("scenario {}", args.scenario.display()))?;
+    let data_dir = args.data_dir.resolve();
+    let prepared = flotilla_sim::prepare(&scenario, &data_dir)?;
+
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(scenario.rounds) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let quiet = args.quiet;
+    let mut observe = |e: &SimEvent| match e {
+        SimEvent::Started { train_samples, test_samples, num_params, initial_accuracy } => {
+            if !quiet {
+                bar.println(format!(
+                    "{}: {} on {} ({} train / {} test samples), {} clients, {} per round, model {} ({} parameters); initial test accuracy {:.4}",
+                    scenario.name,
+                    scenario.rounds,
+                    scenario.data.dataset,
+                    train_samples,
+                    test_samples,
+                    scenario.clients,
+                    scenario.clients_per_round,
+                    scenario.model.kind,
+                    num_params,
+                    initial_accuracy
+                ));
+            }
+        }
+        SimEvent::Round(r) => {
+            bar.set_position(r.round);
+            if let (Some(acc), false) = (r.test_accuracy, quiet) {
+                bar.println(format!(
+                    "round {:>4}  train_loss {:.4}  test_acc {:.4}  clients {:>3}  elapsed {:.2}s",
+                    r.round, r.train_loss, acc, r.participants, r.elapsed_seconds
+                ));
+            }
+        }
+        SimEvent::RoundAbandoned { round, attempt, reports, needed } => {
+            if !quiet {
+                bar.println(format!(
+                    "round {round:>4}  attempt {attempt} abandoned: {reports} of {needed} needed reports; retrying"
+                ));
+            }
+        }
+    };
+    let outcome = flotilla_sim::run_prepared(&scenario, &prepared, &mut observe)?;
+    bar.finish_and_clear();
+    let wall = t0.elapsed().as_secs_f64();
+    let rss = peak_rss_bytes();
+
+    println!(
+        "done: {} rounds, final test accuracy {:.4} (loss {:.4}), wall {:.2}s, peak RSS {}, model sha256 {}",
+        outcome.history.len(),
+        outcome.final_accuracy,
+        outcome.final_loss,
+        wall,
+        rss.map_or("unknown".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6)),
+        outcome.model_sha256
+    );
+
+    if let Some(out) = &args.out {
+        let evaluated: Vec<_> = outcome.history.iter().filter(|r| r.test_accuracy.is_some()).collect();
+        let plot_path = out.with_extension("svg");
+        let points: Vec<(u64, f64)> = std::iter::once((0, outcome.initial_accuracy))
+            .chain(evaluated.iter().filter_map(|r| r.test_accuracy.map(|a| (r.round, a))))
+            .collect();
+        crate::plot::accuracy_svg(&plot_path, &scenario.name, &points)
+            .with_context(|| format!("writing plot {}", plot_path.display()))?;
+        let result = json!({
+            "scenario": scenario.name,
+            "scenario_file": args.scenario.display().to_string(),
+            "dataset": scenario.data.dataset.to_string(),
+            "model": scenario.model.kind.to_string(),
+            "num_params": outcome.layout.len(),
+            "seed": scenario.seed,
+            "rounds": outcome.history.len(),
+            "clients": scenario.clients,
+            "clients_per_round": scenario.clients_per_round,
+            "local_epochs": scenario.train.local_epochs,
+            "batch_size": scenario.train.batch_size,
+            "learning_rate": scenario.train.learning_rate,
+            "train_samples": outcome.train_samples,
+            "test_samples": outcome.test_samples,
+            "initial_accuracy": outcome.initial_accuracy,
+            "final_accuracy": outcome.final_accuracy,
+            "final_loss": outcome.final_loss,
+            "accuracy_per_round": evaluated.iter().filter_map(|r| r.test_accuracy).collect::<Vec<_>>(),
+            "evaluated_rounds": evaluated.iter().map(|r| r.round).collect::<Vec<_>>(),
+            "abandoned_attempts": outcome.abandoned_attempts,
+            "late_reports": outcome.late_reports,
+            "history": outcome.history,
+            "wall_seconds": wall,
+            "seconds_per_round": wall / outcome.history.len().max(1) as f64,
+            "peak_rss_bytes": rss,
+            "model_sha256": outcome.model_sha256,
+            "plot": plot_path.display().to_string(),
+            "flotilla_version": env!("CARGO_PKG_VERSION"),
+        });
+        let text = serde_json::to_string_pretty(&result).context("encoding results")?;
+        std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
+        if !args.quiet {
+            println!("results: {}  plot: {}", out.display(), plot_path.display());
+        }
+    }
+    Ok(())
+}
