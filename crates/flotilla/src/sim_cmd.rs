@@ -106,6 +106,9 @@ pub fn run(args: SimArgs) -> Result<()> {
     );
 
     if let Some(out) = &args.out {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let evaluated: Vec<_> = outcome.history.iter().filter(|r| r.test_accuracy.is_some()).collect();
         let plot_path = out.with_extension("svg");
         let points: Vec<(u64, f64)> = std::iter::once((0, outcome.initial_accuracy))
