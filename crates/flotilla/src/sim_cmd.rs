@@ -55,11 +55,14 @@ pub fn run(args: SimArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let quiet = args.quiet;
+    // indicatif drops `println` on a hidden bar (output not a terminal): print plainly then, so
+    // logs and pipes still get one line per round.
+    let say = |line: String| if bar.is_hidden() { println!("{line}") } else { bar.println(line) };
     let mut observe = |e: &SimEvent| match e {
         SimEvent::Started { train_samples, test_samples, num_params, initial_accuracy } => {
             if !quiet {
-                bar.println(format!(
-                    "{}: {} on {} ({} train / {} test samples), {} clients, {} per round, model {} ({} parameters); initial test accuracy {:.4}",
+                say(format!(
+                    "{}: {} rounds on {} ({} train / {} test samples), {} clients, {} per round, model {} ({} parameters); initial test accuracy {:.4}",
                     scenario.name,
                     scenario.rounds,
                     scenario.data.dataset,
@@ -76,7 +79,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         SimEvent::Round(r) => {
             bar.set_position(r.round);
             if let (Some(acc), false) = (r.test_accuracy, quiet) {
-                bar.println(format!(
+                say(format!(
                     "round {:>4}  train_loss {:.4}  test_acc {:.4}  clients {:>3}  elapsed {:.2}s",
                     r.round, r.train_loss, acc, r.participants, r.elapsed_seconds
                 ));
@@ -84,7 +87,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         }
         SimEvent::RoundAbandoned { round, attempt, reports, needed } => {
             if !quiet {
-                bar.println(format!(
+                say(format!(
                     "round {round:>4}  attempt {attempt} abandoned: {reports} of {needed} needed reports; retrying"
                 ));
             }
