@@ -304,6 +304,19 @@ fn split_dataset(all: &Dataset, opts: &LoadOptions) -> TrainTest {
     }
 }
 
+/// Sample indices grouped by label, ascending; labels at or above `num_classes` are left out.
+/// Sized by the largest label present, so an absurd `num_classes` allocates nothing extra.
+pub(crate) fn indices_by_class(labels: &[u32], num_classes: usize) -> Vec<Vec<u32>> {
+    let classes = labels.iter().max().map_or(0, |&m| m as usize + 1).min(num_classes);
+    let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        if let Some(v) = by_class.get_mut(l as usize) {
+            v.push(i as u32);
+        }
+    }
+    by_class
+}
+
 /// Stratified train/test split of sample indices; returns `(train, test)`.
 ///
 /// Like scikit-learn's `train_test_split(stratify=...)`: the test part has
@@ -321,17 +334,7 @@ pub fn stratified_split(
     test_fraction: f64,
     seed: u64,
 ) -> (Vec<u32>, Vec<u32>) {
-    let classes = labels
-        .iter()
-        .max()
-        .map_or(0, |&m| m as usize + 1)
-        .min(num_classes);
-    let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); classes];
-    for (i, &l) in labels.iter().enumerate() {
-        if let Some(v) = by_class.get_mut(l as usize) {
-            v.push(i as u32);
-        }
-    }
+    let by_class = indices_by_class(labels, num_classes);
     let n: usize = by_class.iter().map(Vec::len).sum();
     let frac = if test_fraction.is_finite() {
         test_fraction.clamp(0.0, 1.0)
@@ -341,8 +344,8 @@ pub fn stratified_split(
     let n_test = ((frac * n as f64).ceil() as usize).min(n);
 
     // Largest-remainder allocation of n_test among classes.
-    let mut quota: Vec<usize> = Vec::with_capacity(classes);
-    let mut remainders: Vec<(f64, usize)> = Vec::with_capacity(classes);
+    let mut quota: Vec<usize> = Vec::with_capacity(by_class.len());
+    let mut remainders: Vec<(f64, usize)> = Vec::with_capacity(by_class.len());
     for (c, idx) in by_class.iter().enumerate() {
         let exact = if n == 0 {
             0.0

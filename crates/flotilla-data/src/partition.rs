@@ -220,18 +220,7 @@ fn dirichlet(
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<Vec<u32>>, PartitionError> {
     let dist = make_dirichlet(alpha, k)?;
-    // Labels were checked to be below num_classes; size by the largest one.
-    let classes = labels
-        .iter()
-        .max()
-        .map_or(0, |&m| m as usize + 1)
-        .min(num_classes);
-    let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); classes];
-    for (i, &l) in labels.iter().enumerate() {
-        if let Some(c) = by_class.get_mut(l as usize) {
-            c.push(i as u32);
-        }
-    }
+    let mut by_class = crate::dataset::indices_by_class(labels, num_classes);
     by_class.retain(|c| !c.is_empty());
     for _ in 0..DIRICHLET_MAX_TRIES {
         let mut parts: Vec<Vec<u32>> = vec![Vec::new(); k];
