@@ -393,6 +393,8 @@ pub struct RoundMachine {
     seed: u64,
     round: u64,
     attempt: u32,
+    /// Attempts of the current round abandoned for too few reports (a crash does not count).
+    failed_attempts: u32,
     committed: u64,
     pool: BTreeMap<ClientId, u64>,
     phase: Phase,
@@ -428,6 +430,7 @@ impl RoundMachine {
             seed,
             round: 1,
             attempt: 1,
+            failed_attempts: 0,
             committed: 0,
             pool: BTreeMap::new(),
             phase: Phase::Waiting,
@@ -472,6 +475,25 @@ impl RoundMachine {
     /// Current round number and attempt.
     pub fn current_round(&self) -> (u64, u32) {
         (self.round, self.attempt)
+    }
+
+    /// Prepares a machine restored from a persisted snapshot after the process died.
+    ///
+    /// Whatever was in flight — reports and the partial aggregate of the current attempt — may not
+    /// have been persisted, so that attempt is abandoned: the attempt number moves on (late reports
+    /// for the old attempt are refused as stale), the pool is emptied (clients must check in again)
+    /// and the same round is selected afresh. Committed rounds and the global model are untouched,
+    /// and a crash does not count towards `max_attempts`. Clock values from before the restart are
+    /// meaningless to the new driver, which is why nothing time-based survives.
+    pub fn recover(&mut self) {
+        self.pool.clear();
+        match self.phase {
+            Phase::Running(_) | Phase::SelectionPending => {
+                self.attempt += 1;
+                self.phase = Phase::Waiting;
+            }
+            Phase::Waiting | Phase::Finished | Phase::Failed(_) => {}
+        }
     }
 
     /// Clients in the current stage's cohort that have not reported yet.
@@ -703,10 +725,11 @@ impl RoundMachine {
                 reports: s.reported.len(),
                 needed,
             });
-            if self.attempt >= self.policy.max_attempts {
+            self.failed_attempts += 1;
+            if self.failed_attempts >= self.policy.max_attempts {
                 let reason = format!(
                     "round {} failed {} times: fewer than {} of {} clients reported",
-                    self.round, self.attempt, needed, self.policy.clients_per_round
+                    self.round, self.failed_attempts, needed, self.policy.clients_per_round
                 );
                 self.phase = Phase::Failed(reason.clone());
                 out.push(Action::JobFailed { reason });
@@ -748,6 +771,7 @@ impl RoundMachine {
         }
         self.round += 1;
         self.attempt = 1;
+        self.failed_attempts = 0;
         self.after_round(now_ms, out);
     }
 

@@ -215,3 +215,78 @@ fn waits_for_min_clients_and_rejects_invalid_policy() {
     bad.min_clients = 2;
     assert_eq!(RoundMachine::new(bad, layout(2), vec![0.0; 2], 0).unwrap_err().field, "min_clients");
 }
+
+#[test]
+fn snapshot_restore_and_recover_commit_every_round_exactly_once() {
+    // Uninterrupted reference run: 3 rounds, 2 of 3 clients per round, fixed updates.
+    let upd = |r: u64, c: ClientId| vec![r as f32 + c.0 as f32, 1.0];
+    let drive_round = |m: &mut RoundMachine, now: u64, clients: u64| -> Vec<Action> {
+        let acts = check_in_all(m, now, 0..clients);
+        let t = timers(&acts);
+        let acts = m.handle(t[0].1, Event::TimerFired(t[0].0));
+        let mut out = Vec::new();
+        for (c, task) in configured(&acts) {
+            out.extend(report(m, now + 20, c, &task, 1, &upd(task.round, c)));
+        }
+        out
+    };
+    let mut reference = RoundMachine::new(policy(3, 2), layout(2), vec![0.0; 2], 9).unwrap();
+    for r in 0..3 {
+        drive_round(&mut reference, 100 * r, 3);
+    }
+    assert!(reference.is_finished());
+
+    // Interrupted run: commit round 1, persist, start round 2, get one report in, then "kill -9".
+    let mut m = RoundMachine::new(policy(3, 2), layout(2), vec![0.0; 2], 9).unwrap();
+    drive_round(&mut m, 0, 3);
+    let persisted = serde_json::to_string(&m).unwrap();
+    let acts = check_in_all(&mut m, 100, 0..3);
+    let t = timers(&acts);
+    let cohort = configured(&m.handle(t[0].1, Event::TimerFired(t[0].0)));
+    report(&mut m, 120, cohort[0].0, &cohort[0].1, 1, &upd(2, cohort[0].0));
+    drop(m);
+
+    let mut m: RoundMachine = serde_json::from_str(&persisted).unwrap();
+    assert_eq!(m.rounds_committed(), 1);
+    m.recover();
+    // A report addressed to the round as the dead process knew it: round 2, attempt 1. After a
+    // restart at a commit boundary the machine never started that attempt, so it is not selected.
+    assert!(matches!(report(&mut m, 5, cohort[1].0, &cohort[1].1, 1, &upd(2, cohort[1].0))[0], Action::Reject { .. }));
+    let mut commits = Vec::new();
+    for r in 1..3 {
+        for a in drive_round(&mut m, 1000 + 100 * r, 3) {
+            if let Action::Commit(info) = a {
+                commits.push(info.round);
+            }
+        }
+    }
+    assert_eq!(commits, vec![2, 3], "rounds after the last commit are each committed once");
+    assert!(m.is_finished());
+    assert_eq!(m.rounds_committed(), 3);
+    assert_eq!(m.global(), reference.global(), "restored from the commit point, the run ends where the reference does");
+
+    // Recovering in the middle of a running attempt abandons it: its reports become stale.
+    let mut m = RoundMachine::new(policy(3, 2), layout(2), vec![0.0; 2], 9).unwrap();
+    let acts = check_in_all(&mut m, 0, 0..3);
+    let t = timers(&acts);
+    let cohort = configured(&m.handle(t[0].1, Event::TimerFired(t[0].0)));
+    let mut m: RoundMachine = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+    m.recover();
+    assert_eq!(m.current_round(), (1, 2));
+    assert!(matches!(report(&mut m, 30, cohort[0].0, &cohort[0].1, 1, &[1.0, 1.0])[0], Action::Reject { .. }));
+    assert_eq!(m.global(), &[0.0, 0.0]);
+}
+
+#[test]
+fn crashes_do_not_count_towards_max_attempts() {
+    let mut m = RoundMachine::new(policy(1, 2), layout(2), vec![0.0; 2], 1).unwrap();
+    for i in 0..5u64 {
+        let acts = check_in_all(&mut m, i * 10, 0..2);
+        let t = timers(&acts);
+        assert_eq!(t.len(), 1, "a new attempt is selected after recovery {i}");
+        m.handle(t[0].1, Event::TimerFired(t[0].0));
+        m.recover();
+    }
+    assert!(m.failure().is_none());
+    assert_eq!(m.current_round(), (1, 6));
+}
