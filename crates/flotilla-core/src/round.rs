@@ -434,8 +434,8 @@ impl RoundMachine {
             committed: 0,
             pool: BTreeMap::new(),
             phase: Phase::Waiting,
-            select_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x5E1E_C7)),
-            jitter_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x717E_5)),
+            select_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x5E_1EC7)),
+            jitter_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x7_17E5)),
         })
     }
 

@@ -260,7 +260,7 @@ impl BurnTrainer {
         if data.feature_len != want {
             return bad(format!("feature_len is {} but the model expects {want}", data.feature_len));
         }
-        if data.features.len() % want != 0 {
+        if !data.features.len().is_multiple_of(want) {
             return bad(format!(
                 "features has {} values, not a multiple of feature_len {want}",
                 data.features.len()

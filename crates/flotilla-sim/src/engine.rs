@@ -173,7 +173,7 @@ pub fn run_prepared(
     });
 
     let mut machine = RoundMachine::new(round_policy(scenario), layout.clone(), initial, scenario.seed)?;
-    let mut dropout_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD209_0u64);
+    let mut dropout_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
     let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
     let mut timer_seq = 0u64;
     let mut pending: Vec<(ClientId, Task)> = Vec::new();
@@ -308,7 +308,7 @@ fn evaluate_commit(
     test_view: &Samples<'_>,
     started: Instant,
 ) -> Result<RoundRecord, SimError> {
-    let due = info.round % scenario.eval_every == 0 || info.round == scenario.rounds;
+    let due = info.round.is_multiple_of(scenario.eval_every) || info.round == scenario.rounds;
     let (mut acc, mut loss) = (None, None);
     if due {
         trainers[0].set_parameters(machine.global())?;
@@ -328,6 +328,9 @@ fn evaluate_commit(
     })
 }
 
+/// A client's new parameters and its training report.
+type Fitted = (Vec<f32>, FitReport);
+
 /// Trains every client of `work` from `global`, spread over the worker trainers; results come back in
 /// `work` order, whichever thread produced them.
 fn train_cohort(
@@ -336,7 +339,7 @@ fn train_cohort(
     global: &[f32],
     work: &[(ClientId, Task)],
     trainers: &mut [Box<dyn Trainer>],
-) -> Result<Vec<(Vec<f32>, FitReport)>, SimError> {
+) -> Result<Vec<Fitted>, SimError> {
     let n_threads = trainers.len();
     let train = &prepared.data.train;
     let fit_one = |trainer: &mut Box<dyn Trainer>, (client, task): &(ClientId, Task)| {
@@ -354,7 +357,7 @@ fn train_cohort(
     if n_threads == 1 || work.len() == 1 {
         return work.iter().map(|w| fit_one(&mut trainers[0], w)).collect();
     }
-    let mut slots: Vec<Option<Result<(Vec<f32>, FitReport), SimError>>> = (0..work.len()).map(|_| None).collect();
+    let mut slots: Vec<Option<Result<Fitted, SimError>>> = (0..work.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
         let handles: Vec<_> = trainers
             .iter_mut()
@@ -373,13 +376,11 @@ fn train_cohort(
             })
             .collect();
         for h in handles {
-            match h.join() {
-                Ok(done) => {
-                    for (i, r) in done {
-                        slots[i] = Some(r);
-                    }
+            // A panicked worker leaves its slots empty; they become errors below.
+            if let Ok(done) = h.join() {
+                for (i, r) in done {
+                    slots[i] = Some(r);
                 }
-                Err(_) => {}
             }
         }
     });

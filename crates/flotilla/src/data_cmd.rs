@@ -1,6 +1,6 @@
 //! `flotilla data …`: fetch datasets, show partition statistics.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Context, Result};
@@ -83,7 +83,7 @@ fn fetch(name: &str, dir: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn partition_stats(path: &PathBuf, per_client: bool, json: bool, dir: PathBuf) -> Result<()> {
+fn partition_stats(path: &Path, per_client: bool, json: bool, dir: PathBuf) -> Result<()> {
     let scenario =
         Scenario::load(path, &Overrides::default()).with_context(|| format!("scenario {}", path.display()))?;
     let prepared = flotilla_sim::prepare(&scenario, &dir)?;
