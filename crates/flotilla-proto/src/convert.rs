@@ -126,13 +126,14 @@ impl ExpectedLayout {
 /// payload SHA-256 of `params`.
 ///
 /// `params.len()` should equal `layout.len()`; this is the sender's responsibility (the receiver
-/// checks it).
+/// checks it). `spec` (what architecture to build) is left empty for the caller to set.
 pub fn model_info(layout: &ParamLayout, params: &[f32]) -> v1::ModelInfo {
     v1::ModelInfo {
         size_bytes: 4 * params.len() as u64,
         layout: Some(layout_to_proto(layout)),
         sha256: payload_sha256(params).to_vec(),
         layout_fingerprint: layout.fingerprint().to_vec(),
+        spec: None,
     }
 }
 

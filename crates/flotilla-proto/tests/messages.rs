@@ -21,7 +21,16 @@ fn task() -> v1::Task {
         attempt: 2,
         stage: v1::Stage::Train as i32,
         model_version: 6,
-        model: Some(model_info(&common::layout(10), &p)),
+        model: Some(v1::ModelInfo {
+            spec: Some(v1::ModelSpec {
+                kind: "mlp".into(),
+                input_shape: vec![10],
+                num_classes: 3,
+                hidden: 4,
+                embed: 0,
+            }),
+            ..model_info(&common::layout(10), &p)
+        }),
         training: Some(v1::TrainingConfig {
             epochs: 1,
             batch_size: 32,
@@ -29,6 +38,7 @@ fn task() -> v1::Task {
             seed: u64::MAX,
         }),
         deadline_unix_ms: 1_750_000_000_000,
+        stage_index: 0,
     }
 }
 

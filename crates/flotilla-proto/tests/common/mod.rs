@@ -28,6 +28,7 @@ pub fn header_for(params: &[f32]) -> v1::UpdateHeader {
         sha256: payload_sha256(params).to_vec(),
         upload_id: "up-0123.abc_Z".into(),
         base_model_version: 2,
+        stage_index: 0,
     }
 }
 
