@@ -1,0 +1,159 @@
+//! Typed errors of the client SDK.
+
+use std::path::PathBuf;
+
+/// An invalid [`crate::ClientConfig`]: caught by [`crate::Client::new`] before any network traffic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The coordinator address is not a valid `https://host:port` / `http://host:port` URL.
+    #[error("invalid coordinator address {url:?}: {reason}")]
+    InvalidUrl {
+        /// The address as configured.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A plain-text `http://` address was given without `insecure`.
+    #[error(
+        "refusing plain-text coordinator address {url:?}: use https:// with a CA certificate, or set \
+         `insecure` (--insecure) to allow an unencrypted connection (credentials travel in clear text)"
+    )]
+    InsecureNotAllowed {
+        /// The address as configured.
+        url: String,
+    },
+    /// An `https://` address was given without a CA certificate to verify the coordinator with.
+    #[error(
+        "coordinator address {url:?} uses TLS but no CA certificate file (ca_cert) is configured"
+    )]
+    MissingCaCert {
+        /// The address as configured.
+        url: String,
+    },
+    /// The CA certificate file could not be read.
+    #[error("cannot read CA certificate file {}: {source}", path.display())]
+    ReadCaCert {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The CA certificate file holds no usable PEM certificate.
+    #[error("CA certificate file {} is not usable: {reason}", path.display())]
+    BadCaCert {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS configuration was refused by the transport.
+    #[error("TLS configuration for {url:?} failed: {reason}")]
+    Tls {
+        /// The address as configured.
+        url: String,
+        /// The transport's error.
+        reason: String,
+    },
+    /// A [`crate::Backoff`] value is out of range.
+    #[error("invalid backoff: {0}")]
+    InvalidBackoff(String),
+    /// `client_name` is empty.
+    #[error("client_name must not be empty")]
+    EmptyClientName,
+    /// `upload_chunk_bytes` is zero or above the protocol's chunk limit.
+    #[error("upload_chunk_bytes must be in 1..={max}, got {got}")]
+    InvalidChunkSize {
+        /// The configured value.
+        got: usize,
+        /// [`flotilla_proto::MAX_CHUNK_BYTES`].
+        max: usize,
+    },
+}
+
+/// Why a client stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state directory or credential file could not be read or written.
+    #[error("client state {}: {source}", path.display())]
+    State {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The credential file exists but cannot be used.
+    #[error("credential file {} is corrupt: {reason} (delete it to enroll again)", path.display())]
+    CorruptCredential {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The stored credential was issued by another coordinator.
+    #[error(
+        "credential file {} belongs to coordinator {stored:?}, not {configured:?}; use another \
+         state directory or delete the file to enroll again",
+        path.display()
+    )]
+    CoordinatorMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The coordinator the credential was issued by.
+        stored: String,
+        /// The configured coordinator.
+        configured: String,
+    },
+    /// There is no stored credential and no enrollment token to obtain one.
+    #[error(
+        "not enrolled: no credential in {} and no enrollment token given",
+        path.display()
+    )]
+    NotEnrolled {
+        /// The credential file that was looked for.
+        path: PathBuf,
+    },
+    /// The coordinator refused the enrollment (token unknown, used or expired, or a bad request).
+    #[error("enrollment refused by the coordinator ({code:?}): {message}")]
+    EnrollmentRefused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The coordinator's message.
+        message: String,
+    },
+    /// The coordinator answered the enrollment with something unusable.
+    #[error("invalid enrollment response: {0}")]
+    BadEnrollment(String),
+    /// The coordinator no longer accepts the credential (unknown or revoked): re-enroll.
+    #[error(
+        "the coordinator rejected this client's credential (revoked or unknown; re-enroll): {message}"
+    )]
+    Unauthenticated {
+        /// The coordinator's message.
+        message: String,
+    },
+    /// The [`crate::LocalTrainer`] panicked (its state is lost, so the client cannot go on).
+    #[error("the local trainer panicked: {0}")]
+    TrainerPanicked(String),
+    /// The coordinator does not allow this client to participate.
+    #[error("the coordinator denied this client: {message}")]
+    PermissionDenied {
+        /// The coordinator's message.
+        message: String,
+    },
+}
+
+/// Error of a [`crate::Client::run`] that ended early, with the counters up to that point.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct RunError {
+    /// Why the run ended.
+    #[source]
+    pub error: ClientError,
+    /// What the run did before it ended.
+    pub stats: crate::ClientStats,
+}

@@ -1,0 +1,43 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! Flotilla's client SDK: join a federation, train locally, send updates — raw data never leaves.
+//!
+//! A [`Client`] talks to a coordinator over gRPC (`flotilla.v1`, see `flotilla-proto`):
+//!
+//! 1. **Enrollment** (first start only): a one-time enrollment token is exchanged for a client id and
+//!    a long-lived credential, stored in `state_dir/credential.json` (atomic write, mode 0600). Later
+//!    starts reuse it; every call then carries `authorization: Bearer <credential>`.
+//! 2. **Check-in loop**: the client announces how many samples it holds and which jobs it serves. The
+//!    coordinator answers `RetryAfter` (the client sleeps that long plus jitter) or a `Task`.
+//! 3. **Task**: download the global model (resumable, SHA-256 verified), train it with the user's
+//!    [`LocalTrainer`] on a blocking thread, upload the new parameters (resumable and idempotent: the
+//!    upload id is derived from job, round, attempt, stage and client id).
+//!
+//! Transport errors and `UNAVAILABLE` (e.g. a coordinator restart) are retried after a jittered
+//! exponential [`Backoff`]; a revoked credential (`UNAUTHENTICATED`) ends the run with
+//! [`ClientError::Unauthenticated`].
+//!
+//! TLS is the default: `https://` addresses are verified against the CA certificate file in
+//! [`ClientConfig::ca_cert`]. Plain `http://` is refused unless [`ClientConfig::insecure`] is set.
+//!
+//! Bring your own model and data by implementing [`LocalTrainer`], or use [`DatasetTrainer`], which
+//! trains `flotilla-ml`'s reference models on a partition of a `flotilla-data` dataset.
+//!
+//! The library logs through `tracing` and prints nothing.
+
+mod client;
+mod config;
+mod credential;
+mod error;
+mod trainer;
+
+pub use client::{
+    Client, ClientStats, DEADLINE_GRACE, MAX_MODEL_BYTES, MAX_RETRY_AFTER, upload_id,
+};
+pub use config::{Backoff, ClientConfig};
+pub use credential::{CREDENTIAL_FILE, StoredCredential};
+pub use error::{ClientError, ConfigError, RunError};
+pub use trainer::{
+    BoxError, DatasetTrainer, DatasetTrainerError, LocalTrainer, ModelDescription, PARTITION_SEED,
+    TaskInfo, TrainOutcome, TrainingConfig,
+};

@@ -1,0 +1,106 @@
+//! TLS end to end: a throw-away CA and server certificate made with `rcgen`, a TLS fake coordinator,
+//! and a client that trusts only that CA. A client trusting another CA never reaches the coordinator.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Fake, Faults};
+use flotilla_client::{Client, ClientConfig, DatasetTrainer};
+use flotilla_data::DatasetName;
+use flotilla_proto::v1::coordinator_server::CoordinatorServer;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+/// A CA certificate (PEM) and its issuer.
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// Serves `fake` over TLS with a certificate for localhost / 127.0.0.1 issued by `issuer`.
+async fn serve_tls(
+    fake: Arc<Fake>,
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    let identity = Identity::from_pem(cert.pem(), key.serialize_pem());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))
+        .unwrap()
+        .add_service(CoordinatorServer::from_arc(fake))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    (
+        addr,
+        tokio::spawn(async move {
+            let _ = server.await;
+        }),
+    )
+}
+
+fn tls_config(addr: std::net::SocketAddr, dir: &Path, ca_pem: &str) -> ClientConfig {
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let mut c = common::config(addr, &dir.join("state"));
+    c.coordinator = format!("https://{addr}");
+    c.insecure = false;
+    c.ca_cert = Some(ca_path);
+    c
+}
+
+fn trainer() -> DatasetTrainer {
+    DatasetTrainer::from_partition(DatasetName::Digits, Path::new("."), 0, 10).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_round_over_tls() {
+    let authority = ca("flotilla test CA");
+    let fake = Fake::new(Faults::default());
+    let (addr, server) = serve_tls(Arc::clone(&fake), &authority).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(tls_config(addr, dir.path(), &authority.pem())).unwrap();
+    let f = Arc::clone(&fake);
+    let stats = tokio::time::timeout(
+        Duration::from_secs(120),
+        client.run(trainer(), async move { f.finished.notified().await }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((stats.tasks_done, stats.uploads_accepted), (1, 1));
+    common::check_accepted(&fake, trainer().indices().len() as u64);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_certificate_is_never_talked_to() {
+    let authority = ca("flotilla test CA");
+    let other = ca("someone else's CA");
+    let fake = Fake::new(Faults::default());
+    let (addr, server) = serve_tls(Arc::clone(&fake), &authority).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(tls_config(addr, dir.path(), &other.pem())).unwrap();
+    let stats = client
+        .run(trainer(), tokio::time::sleep(Duration::from_millis(600)))
+        .await
+        .unwrap();
+    assert!(stats.reconnects >= 1, "{stats:?}");
+    assert!(!stats.enrolled);
+    assert_eq!(fake.seen.lock().unwrap().enroll_calls, 0);
+    assert!(
+        !dir.path()
+            .join("state")
+            .join(flotilla_client::CREDENTIAL_FILE)
+            .exists()
+    );
+    server.abort();
+}
