@@ -1,7 +1,9 @@
 //! `flotilla`: the command-line interface. The only crate that knows about terminals.
 #![forbid(unsafe_code)]
 
+mod admin_cmd;
 mod data_cmd;
+mod net_cmd;
 mod plot;
 mod sim_cmd;
 
@@ -25,6 +27,14 @@ enum Command {
     /// Fetch datasets and inspect partitions.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Run a client that enrolls, trains on local data and uploads updates; or `client list|revoke`.
+    Client(net_cmd::ClientArgs),
+    /// Create enrollment tokens on a coordinator.
+    #[command(subcommand)]
+    EnrollToken(admin_cmd::EnrollTokenCommand),
+    /// Submit, list, inspect and cancel jobs on a coordinator.
+    #[command(subcommand)]
+    Job(admin_cmd::JobCommand),
 }
 
 /// `--data-dir`, shared by the commands that read datasets.
@@ -46,6 +56,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
+        Command::Client(args) => net_cmd::client(args),
+        Command::EnrollToken(cmd) => admin_cmd::enroll_token(cmd),
+        Command::Job(cmd) => admin_cmd::job(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,261 @@
+//! Commands that talk to a coordinator's admin HTTP/JSON API: `enroll-token`, `job`, `client`.
+//!
+//! Every request carries `authorization: Bearer $FLOTILLA_ADMIN_TOKEN`. TLS is verified against the
+//! CA given with `--ca-cert` (and only that CA); plain `http://` needs `--insecure`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Where the admin API is and how to trust it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Admin API of the coordinator, e.g. https://127.0.0.1:7443
+    #[arg(long, env = "FLOTILLA_ADMIN_URL", value_name = "URL")]
+    admin_url: String,
+    /// CA certificate (PEM) that signed the coordinator's certificate
+    #[arg(long, env = "FLOTILLA_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Allow a plain-text http:// admin URL (development only)
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// `flotilla enroll-token …`
+#[derive(Debug, clap::Subcommand)]
+pub enum EnrollTokenCommand {
+    /// Create an enrollment token; prints it as the last line of stdout.
+    Create {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Tenant the enrolled clients belong to
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// How many clients may enroll with it
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it stays valid, e.g. 30m, 24h, 7d
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        expires: String,
+    },
+}
+
+/// `flotilla job …`
+#[derive(Debug, clap::Subcommand)]
+pub enum JobCommand {
+    /// Submit a job spec (TOML); prints the job id as the last line of stdout.
+    Submit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The job spec, e.g. examples/job-digits.toml
+        file: PathBuf,
+    },
+    /// List jobs.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job's state and committed rounds.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Job id
+        id: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Job id
+        id: String,
+    },
+}
+
+/// `flotilla client …` (administration of enrolled clients)
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientAdminCommand {
+    /// List enrolled clients.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a client's credential; its next call is refused.
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Client id
+        id: String,
+    },
+}
+
+struct Admin {
+    base: String,
+    token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Admin {
+    fn new(args: &AdminArgs) -> Result<Self> {
+        let token = std::env::var("FLOTILLA_ADMIN_TOKEN")
+            .map_err(|_| anyhow!("FLOTILLA_ADMIN_TOKEN is not set; it must hold the coordinator's admin token"))?;
+        let base = args.admin_url.trim_end_matches('/').to_string();
+        // reqwest is built without a default crypto provider; use ring, as the rest of the stack does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        if base.starts_with("http://") {
+            if !args.insecure {
+                bail!("--admin-url {base} is plain text; use https:// or pass --insecure");
+            }
+        } else if base.starts_with("https://") {
+            let path = args
+                .ca_cert
+                .as_ref()
+                .ok_or_else(|| anyhow!("--ca-cert is required for an https:// admin URL"))?;
+            let pem = std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--ca-cert {} is not a PEM certificate", path.display()))?;
+            builder = builder.tls_certs_only([cert]);
+        } else {
+            bail!("--admin-url must start with https:// (or http:// with --insecure), got {base}");
+        }
+        let http = builder.build().context("building the HTTP client")?;
+        Ok(Self { base, token, http })
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        req = match body {
+            Some(Body::Json(v)) => req.json(&v),
+            Some(Body::Toml(t)) => req.header("content-type", "application/toml").body(t),
+            None => req,
+        };
+        let resp = req.send().with_context(|| format!("calling {url}"))?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(text);
+            bail!("{status}: {}", msg.trim());
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("{url} answered with invalid JSON"))
+    }
+}
+
+enum Body {
+    Json(Value),
+    Toml(String),
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value> {
+    v.get(key).ok_or_else(|| anyhow!("the coordinator's answer has no `{key}`: {v}"))
+}
+
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn enroll_token(cmd: EnrollTokenCommand) -> Result<()> {
+    let EnrollTokenCommand::Create { admin, tenant, uses, expires } = cmd;
+    let expires_in = humantime::parse_duration(&expires).with_context(|| format!("--expires {expires}"))?;
+    if uses == 0 {
+        bail!("--uses must be ≥ 1");
+    }
+    let a = Admin::new(&admin)?;
+    let body = json!({"tenant": tenant, "uses": uses, "expires_in_seconds": expires_in.as_secs()});
+    let v = a.call(reqwest::Method::POST, "/v1/enrollment-tokens", Some(Body::Json(body)))?;
+    println!("{}", as_text(field(&v, "token")?));
+    Ok(())
+}
+
+pub fn job(cmd: JobCommand) -> Result<()> {
+    match cmd {
+        JobCommand::Submit { admin, file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let v = Admin::new(&admin)?.call(reqwest::Method::POST, "/v1/jobs", Some(Body::Toml(text)))?;
+            println!("{}", as_text(field(&v, "job_id")?));
+        }
+        JobCommand::List { admin, json } => {
+            let v = Admin::new(&admin)?.call(reqwest::Method::GET, "/v1/jobs", None)?;
+            if json {
+                println!("{v}");
+            } else {
+                let jobs = v.get("jobs").unwrap_or(&v);
+                println!("{:<24} {:<20} {:<10} rounds", "id", "name", "state");
+                for j in jobs.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<20} {:<10} {}/{}",
+                        as_text(&j["job_id"]),
+                        as_text(&j["name"]),
+                        as_text(&j["state"]),
+                        j["rounds_completed"],
+                        j["rounds_total"]
+                    );
+                }
+            }
+        }
+        JobCommand::Status { admin, id, json } => {
+            let v = Admin::new(&admin)?.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "job {} ({}): {}, {}/{} rounds",
+                    as_text(&v["job_id"]),
+                    as_text(&v["name"]),
+                    as_text(&v["state"]),
+                    v["rounds_completed"],
+                    v["rounds_total"]
+                );
+                for r in v["history"].as_array().into_iter().flatten() {
+                    println!("round {:>4}  participants {}  metrics {}", r["round"], r["participants"], r["metrics"]);
+                }
+            }
+        }
+        JobCommand::Cancel { admin, id } => {
+            Admin::new(&admin)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), None)?;
+            println!("job {id} cancelled");
+        }
+    }
+    Ok(())
+}
+
+pub fn client_admin(cmd: ClientAdminCommand) -> Result<()> {
+    match cmd {
+        ClientAdminCommand::List { admin, json } => {
+            let v = Admin::new(&admin)?.call(reqwest::Method::GET, "/v1/clients", None)?;
+            if json {
+                println!("{v}");
+            } else {
+                let clients = v.get("clients").unwrap_or(&v);
+                for c in clients.as_array().into_iter().flatten() {
+                    println!("{c}");
+                }
+            }
+        }
+        ClientAdminCommand::Revoke { admin, id } => {
+            Admin::new(&admin)?.call(reqwest::Method::POST, &format!("/v1/clients/{id}/revoke"), None)?;
+            println!("client {id} revoked");
+        }
+    }
+    Ok(())
+}

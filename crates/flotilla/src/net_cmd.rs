@@ -1,0 +1,115 @@
+//! `flotilla client`: a federated client process, plus shared plumbing of the networked commands.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use flotilla_client::{Client, ClientConfig, DatasetTrainer};
+use flotilla_data::DatasetName;
+
+use crate::admin_cmd::{self, ClientAdminCommand};
+use crate::DataDirArg;
+
+/// Arguments of `flotilla client`: run a client, or administer clients (`client list`, `client revoke`).
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ClientArgs {
+    #[command(subcommand)]
+    admin: Option<ClientAdminCommand>,
+    /// Coordinator gRPC URL, e.g. https://127.0.0.1:7070
+    #[arg(long, value_name = "URL", required = true)]
+    coordinator: Option<String>,
+    /// Enrollment token (needed only on the first start; the credential is kept in --state-dir)
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Where the client keeps its credential
+    #[arg(long, value_name = "DIR", required = true)]
+    state_dir: Option<PathBuf>,
+    /// Built-in dataset to train on (with --partition)
+    #[arg(long, value_name = "NAME", requires = "partition")]
+    dataset: Option<String>,
+    /// This client's share of the dataset: I/N (part I of an IID split into N)
+    #[arg(long, value_name = "I/N", requires = "dataset")]
+    partition: Option<String>,
+    /// CA certificate (PEM) that signed the coordinator's certificate
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    ca_cert: Option<PathBuf>,
+    /// Allow a plain-text http:// coordinator (development only)
+    #[arg(long)]
+    insecure: bool,
+    /// Name shown in the admin API
+    #[arg(long, default_value = "flotilla-client")]
+    name: String,
+    /// Only serve these jobs (repeatable); default: any job this client is eligible for
+    #[arg(long = "job", value_name = "ID")]
+    jobs: Vec<String>,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+}
+
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn parse_partition(s: &str) -> Result<(usize, usize)> {
+    let (i, n) = s.split_once('/').ok_or_else(|| anyhow!("--partition must look like I/N, e.g. 3/10, got {s}"))?;
+    let i: usize = i.trim().parse().with_context(|| format!("--partition {s}: I is not a number"))?;
+    let n: usize = n.trim().parse().with_context(|| format!("--partition {s}: N is not a number"))?;
+    if n == 0 || i >= n {
+        bail!("--partition {s}: need 0 ≤ I < N");
+    }
+    Ok((i, n))
+}
+
+pub fn client(args: ClientArgs) -> Result<()> {
+    if let Some(cmd) = args.admin {
+        return admin_cmd::client_admin(cmd);
+    }
+    init_logging();
+    let coordinator = args.coordinator.ok_or_else(|| anyhow!("--coordinator is required"))?;
+    let state_dir = args.state_dir.ok_or_else(|| anyhow!("--state-dir is required"))?;
+    let (Some(dataset), Some(partition)) = (args.dataset, args.partition) else {
+        bail!("give the client data to train on: --dataset NAME --partition I/N");
+    };
+    let dataset = DatasetName::from_str(&dataset)?;
+    let (index, of) = parse_partition(&partition)?;
+    let trainer = DatasetTrainer::from_partition(dataset, &args.data_dir.resolve(), index, of)
+        .with_context(|| format!("loading {dataset} part {index}/{of}"))?;
+    let mut config = ClientConfig::new(coordinator, state_dir);
+    config.ca_cert = args.ca_cert;
+    config.insecure = args.insecure;
+    config.enrollment_token = args.token;
+    config.client_name = args.name;
+    config.job_ids = args.jobs;
+    let client = Client::new(config).context("configuring the client")?;
+    let stats = runtime()?.block_on(client.run(trainer, shutdown_signal())).context("client stopped")?;
+    tracing::info!(?stats, "client finished");
+    Ok(())
+}
