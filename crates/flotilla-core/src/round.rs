@@ -480,19 +480,21 @@ impl RoundMachine {
     /// Prepares a machine restored from a persisted snapshot after the process died.
     ///
     /// Whatever was in flight — reports and the partial aggregate of the current attempt — may not
-    /// have been persisted, so that attempt is abandoned: the attempt number moves on (late reports
-    /// for the old attempt are refused as stale), the pool is emptied (clients must check in again)
+    /// have been persisted, so that attempt is abandoned: the attempt number always moves on (late
+    /// reports for any attempt the dead process may have started are refused as stale), the pool is emptied (clients must check in again)
     /// and the same round is selected afresh. Committed rounds and the global model are untouched,
     /// and a crash does not count towards `max_attempts`. Clock values from before the restart are
     /// meaningless to the new driver, which is why nothing time-based survives.
     pub fn recover(&mut self) {
         self.pool.clear();
         match self.phase {
-            Phase::Running(_) | Phase::SelectionPending => {
+            Phase::Finished | Phase::Failed(_) => {}
+            // Even a machine persisted between rounds moves to a new attempt: the dead process may
+            // have selected and configured clients for the old one after its last snapshot.
+            Phase::Running(_) | Phase::SelectionPending | Phase::Waiting => {
                 self.attempt += 1;
                 self.phase = Phase::Waiting;
             }
-            Phase::Waiting | Phase::Finished | Phase::Failed(_) => {}
         }
     }
 
