@@ -1,0 +1,199 @@
+//! The admin HTTP/JSON API (axum). Every request needs `authorization: Bearer <admin token>`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flotilla_store::{ClientId, JobId, JobRecord, JobState, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::jobs::{Shared, SubmitError, now_ms};
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    token: Arc<str>,
+}
+
+/// An error answer: `{"error": "<one line>"}` with a status code.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let msg = self.1.replace('\n', " ");
+        (self.0, Json(json!({ "error": msg }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::JobNotFound(_) | StoreError::ClientNotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::InvalidTransition { .. } | StoreError::JobNotRunning { .. } => StatusCode::CONFLICT,
+            StoreError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if code == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "admin request failed on the store");
+        }
+        ApiError(code, e.to_string())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Constant-time comparison of two byte strings (length is not secret).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if same(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
+        _ => {
+            Metrics::inc(&st.shared.metrics.auth_failures);
+            st.shared.metrics.reject("admin_unauthenticated");
+            ApiError(StatusCode::UNAUTHORIZED, "missing or wrong admin token (authorization: Bearer <FLOTILLA_ADMIN_TOKEN>)".into()).into_response()
+        }
+    }
+}
+
+/// The admin router.
+pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
+    let st = AdminState { shared, token: Arc::from(token) };
+    Router::new()
+        .route("/v1/enrollment-tokens", post(create_token))
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/clients", get(list_clients))
+        .route("/v1/clients/{id}/revoke", post(revoke_client))
+        .route("/v1/metrics", get(metrics))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(middleware::from_fn_with_state(st.clone(), auth))
+        .with_state(st)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    tenant: Option<String>,
+    uses: Option<u32>,
+    expires_in_seconds: Option<u64>,
+}
+
+async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult {
+    let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
+    };
+    let tenant = req.tenant.unwrap_or_else(|| "default".to_owned());
+    let uses = req.uses.unwrap_or(1);
+    let secs = req.expires_in_seconds.unwrap_or(86_400);
+    if secs == 0 || secs > 10 * 365 * 86_400 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "expires_in_seconds: must be in 1..=315360000".into()));
+    }
+    let expires_at_ms = now_ms().saturating_add(secs * 1000) as i64;
+    let t = st.shared.store.create_enrollment_token(&tenant, uses, expires_at_ms).await?;
+    Ok(Json(json!({ "token": t.secret, "token_id": t.id.0, "tenant": tenant, "uses": uses, "expires_at_ms": expires_at_ms })))
+}
+
+async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult {
+    let text = String::from_utf8(body.to_vec()).map_err(|_| ApiError(StatusCode::BAD_REQUEST, "toml: body is not UTF-8".into()))?;
+    match st.shared.submit_job(text).await {
+        Ok(id) => Ok(Json(json!({ "job_id": id.0 }))),
+        Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
+        Err(SubmitError::Internal(m)) => {
+            tracing::error!(error = %m, "job submission failed");
+            Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, m))
+        }
+    }
+}
+
+fn job_summary(j: &JobRecord) -> Value {
+    json!({
+        "job_id": j.id.0,
+        "name": j.name,
+        "tenant": j.tenant,
+        "state": j.state.as_str(),
+        "rounds_completed": j.rounds_completed,
+        "rounds_total": j.rounds_total,
+        "model_version": j.model_version,
+        "created_at_ms": j.created_at_ms,
+        "updated_at_ms": j.updated_at_ms,
+    })
+}
+
+async fn list_jobs(State(st): State<AdminState>) -> ApiResult {
+    let jobs = st.shared.store.list_jobs(None).await?;
+    Ok(Json(Value::Array(jobs.iter().map(job_summary).collect())))
+}
+
+fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
+    s.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{what}: not a number: {:?}", s.chars().take(32).collect::<String>())))
+}
+
+async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let id = JobId(parse_id(&id, "job id")?);
+    let job = st.shared.store.get_job(id).await?;
+    let history = st.shared.store.job_history(id).await?;
+    let mut out = job_summary(&job);
+    out["history"] = Value::Array(
+        history
+            .iter()
+            .map(|r| {
+                json!({
+                    "round": r.round,
+                    "attempt": r.attempt,
+                    "participants": r.participants.iter().map(|c| c.0).collect::<Vec<_>>(),
+                    "metrics": r.metrics,
+                    "committed_at_ms": r.committed_at_ms,
+                })
+            })
+            .collect(),
+    );
+    if let Some(rt) = st.shared.job(&id.0.to_string()) {
+        let inner = rt.inner.lock().await;
+        let (round, attempt) = inner.machine.current_round();
+        out["current"] = json!({ "round": round, "attempt": attempt, "halted": inner.halted });
+    }
+    Ok(Json(out))
+}
+
+async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let id = JobId(parse_id(&id, "job id")?);
+    st.shared.store.set_job_state(id, JobState::Cancelled).await?;
+    st.shared.remove_job(id.0);
+    tracing::info!(job = id.0, "job cancelled");
+    Ok(Json(json!({ "job_id": id.0, "state": "cancelled" })))
+}
+
+async fn list_clients(State(st): State<AdminState>) -> ApiResult {
+    let clients = st.shared.store.list_clients(None).await?;
+    Ok(Json(serde_json::to_value(clients).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?))
+}
+
+async fn revoke_client(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let id = ClientId(parse_id(&id, "client id")?);
+    st.shared.store.revoke_client(id).await?;
+    tracing::info!(client = id.0, "client revoked");
+    Ok(Json(json!({ "client_id": id.0, "revoked": true })))
+}
+
+async fn metrics(State(st): State<AdminState>) -> ApiResult {
+    Ok(Json(serde_json::to_value(st.shared.metrics.snapshot()).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?))
+}

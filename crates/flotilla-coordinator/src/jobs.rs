@@ -1,0 +1,534 @@
+//! Running jobs: one [`RoundMachine`] per job, driven by check-ins, uploads and timers, with every
+//! commit made durable (model blob, then `commit_round` with the machine snapshot) before any other
+//! action of the machine is carried out.
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_core::ParamLayout;
+use flotilla_core::round::{Action, ClientId, CommitInfo, Event, RejectReason, RoundMachine, Task, Timer};
+use flotilla_data::Dataset;
+use flotilla_ml::{Samples, Trainer};
+use flotilla_proto::{ExpectedLayout, v1};
+use flotilla_store::{JobId, JobState, RoundCommit, Store, StoreError};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+
+use crate::metrics::Metrics;
+use crate::spec::JobSpec;
+
+/// Unix time in milliseconds: the clock the machines are driven with.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Little-endian `f32` bytes of `params` (the blob and wire encoding).
+pub(crate) fn encode_params(params: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * params.len());
+    for v in params {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn decode_params(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// One committed model version held in memory for downloads.
+#[derive(Debug)]
+pub(crate) struct ModelVersion {
+    pub version: u64,
+    pub params: Arc<Vec<f32>>,
+    pub info: v1::ModelInfo,
+}
+
+impl ModelVersion {
+    fn new(version: u64, params: Vec<f32>, layout: &ParamLayout, spec: &v1::ModelSpec) -> Self {
+        let mut info = flotilla_proto::model_info(layout, &params);
+        info.spec = Some(spec.clone());
+        Self { version, params: Arc::new(params), info }
+    }
+}
+
+/// Server-side evaluation of committed models on a dataset's test split.
+pub(crate) struct Evaluator {
+    trainer: Box<dyn Trainer>,
+    test: Dataset,
+    indices: Vec<u32>,
+}
+
+impl Evaluator {
+    fn evaluate(&mut self, params: &[f32]) -> Result<flotilla_ml::EvalReport, String> {
+        self.trainer.set_parameters(params).map_err(|e| e.to_string())?;
+        let data = Samples {
+            features: &self.test.features,
+            feature_len: self.test.feature_len(),
+            labels: &self.test.labels,
+            indices: &self.indices,
+        };
+        self.trainer.evaluate(&data).map_err(|e| e.to_string())
+    }
+}
+
+/// Idempotency key of an update: (round, attempt, stage, client) within a job.
+pub(crate) type UploadKey = (u64, u32, u32, ClientId);
+
+/// Mutable state of a running job, behind the job's lock.
+pub(crate) struct JobInner {
+    pub machine: RoundMachine,
+    pub current: Arc<ModelVersion>,
+    pub previous: Option<Arc<ModelVersion>>,
+    /// Deadline (Unix ms) of the stage currently collecting reports.
+    pub deadline_ms: Option<u64>,
+    /// SHA-256 of every accepted update of the current and previous round.
+    pub accepted: HashMap<UploadKey, Vec<u8>>,
+    /// Set when a commit could not be persisted: the in-memory machine is ahead of the database,
+    /// so the job takes no more events until a restart recovers it from its last durable commit.
+    pub halted: Option<String>,
+}
+
+/// A job being run by this process.
+pub(crate) struct JobRuntime {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub model_spec: v1::ModelSpec,
+    pub layout: ParamLayout,
+    pub expected: ExpectedLayout,
+    pub inner: Mutex<JobInner>,
+    evaluator: Option<Arc<StdMutex<Evaluator>>>,
+}
+
+/// What feeding one event produced for the client that caused it.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub task: Option<Task>,
+    pub retry_after_ms: Option<u64>,
+    pub accepted: bool,
+    pub reject: Option<RejectReason>,
+    /// The event led to a commit that could not be persisted.
+    pub persist_failed: Option<String>,
+}
+
+/// A timer to fire for a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct TimerEntry {
+    pub at_ms: u64,
+    pub job: u64,
+    pub timer: Timer,
+}
+
+/// Everything a built job needs besides its machine.
+pub(crate) struct Prepared {
+    layout: ParamLayout,
+    initial: Vec<f32>,
+    evaluator: Option<Evaluator>,
+}
+
+/// Builds the model (initial parameters, layout) and the evaluator of a spec. Blocking (burn,
+/// dataset loading): call from `spawn_blocking`.
+pub(crate) fn prepare(spec: &JobSpec, data_dir: &Path) -> Result<Prepared, String> {
+    let ml = spec.ml_spec().map_err(|e| e.to_string())?;
+    let trainer = flotilla_ml::build(&ml, spec.seed).map_err(|e| format!("model: {e}"))?;
+    let layout = trainer.layout().clone();
+    let initial = trainer.parameters();
+    let evaluator = match &spec.evaluation_dataset {
+        None => None,
+        Some(name) => {
+            let ds = name.parse().map_err(|e| format!("evaluation.dataset: {e}"))?;
+            let tt = flotilla_data::load(ds, data_dir, &flotilla_data::LoadOptions::default())
+                .map_err(|e| format!("evaluation.dataset: {e}"))?;
+            let n = u32::try_from(tt.test.len()).map_err(|_| "evaluation.dataset: too large".to_owned())?;
+            Some(Evaluator { trainer, test: tt.test, indices: (0..n).collect() })
+        }
+    };
+    Ok(Prepared { layout, initial, evaluator })
+}
+
+/// Process-wide state shared by the gRPC service, the admin API and the timer task.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub jobs: RwLock<BTreeMap<u64, Arc<JobRuntime>>>,
+    pub timers: mpsc::UnboundedSender<TimerEntry>,
+    pub upload_slots: Arc<Semaphore>,
+    pub partial_uploads: StdMutex<crate::service::PartialUploads>,
+    pub limits: crate::Limits,
+    pub data_dir: PathBuf,
+    pub last_touch: StdMutex<HashMap<u64, u64>>,
+    pub rotate: AtomicU64,
+}
+
+/// Store operations are retried this many times on infrastructure errors.
+const STORE_ATTEMPTS: u32 = 3;
+
+fn retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(_) | StoreError::Blob(_) | StoreError::Io { .. })
+}
+
+impl Shared {
+    /// Running jobs, in id order.
+    pub fn job_list(&self) -> Vec<Arc<JobRuntime>> {
+        self.jobs.read().map(|j| j.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// A running job by its wire id.
+    pub fn job(&self, id: &str) -> Option<Arc<JobRuntime>> {
+        let id: u64 = id.parse().ok()?;
+        self.jobs.read().ok()?.get(&id).cloned()
+    }
+
+    pub fn insert_job(&self, job: Arc<JobRuntime>) {
+        if let Ok(mut j) = self.jobs.write() {
+            j.insert(job.id.0, job);
+        }
+    }
+
+    pub fn remove_job(&self, id: u64) -> Option<Arc<JobRuntime>> {
+        self.jobs.write().ok()?.remove(&id)
+    }
+
+    /// Builds the runtime of a new or recovered job.
+    pub fn runtime(
+        &self,
+        id: JobId,
+        spec: JobSpec,
+        prepared: Prepared,
+        machine: Option<RoundMachine>,
+    ) -> Result<Arc<JobRuntime>, String> {
+        let Prepared { layout, initial, evaluator } = prepared;
+        let machine = match machine {
+            Some(m) => {
+                if m.layout() != &layout {
+                    return Err("the saved machine's layout differs from the spec's model".into());
+                }
+                m
+            }
+            None => RoundMachine::new(spec.policy(), layout.clone(), initial, spec.seed).map_err(|e| e.to_string())?,
+        };
+        let model_spec = spec.proto_model_spec();
+        let current = Arc::new(ModelVersion::new(machine.rounds_committed(), machine.global().to_vec(), &layout, &model_spec));
+        Ok(Arc::new(JobRuntime {
+            id,
+            expected: ExpectedLayout::of(&layout),
+            model_spec,
+            layout,
+            spec,
+            inner: Mutex::new(JobInner {
+                machine,
+                current,
+                previous: None,
+                deadline_ms: None,
+                accepted: HashMap::new(),
+                halted: None,
+            }),
+            evaluator: evaluator.map(|e| Arc::new(StdMutex::new(e))),
+        }))
+    }
+
+    /// Feeds `event` to the job's machine at the current time and carries out the actions.
+    /// `me` is the client that caused the event (its task / retry / verdict is returned).
+    pub async fn drive(&self, job: &JobRuntime, inner: &mut JobInner, event: Event<'_>, me: Option<ClientId>) -> Outcome {
+        let mut out = Outcome::default();
+        if let Some(h) = &inner.halted {
+            out.persist_failed = Some(h.clone());
+            return out;
+        }
+        let now = now_ms();
+        let actions = inner.machine.handle(now, event);
+        // The snapshot is taken right after the event, before anything is acted upon: it is what a
+        // restart resumes from if the commit below is the last durable thing.
+        let snapshot = if actions.iter().any(|a| matches!(a, Action::Commit(_))) {
+            match serde_json::to_string(&inner.machine) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let msg = format!("could not serialise the round machine: {e}");
+                    tracing::error!(job = job.id.0, "{msg}");
+                    inner.halted = Some(msg.clone());
+                    out.persist_failed = Some(msg);
+                    return out;
+                }
+            }
+        } else {
+            None
+        };
+        for action in actions {
+            match action {
+                Action::Configure { client, task } => {
+                    if Some(client) == me {
+                        out.task = Some(task);
+                    }
+                }
+                Action::RetryAfter { client, after_ms } => {
+                    if Some(client) == me {
+                        out.retry_after_ms = Some(after_ms);
+                    }
+                }
+                Action::Accepted { client } => {
+                    if Some(client) == me {
+                        out.accepted = true;
+                    }
+                }
+                Action::Reject { client, reason } => {
+                    if Some(client) == me {
+                        out.reject = Some(reason);
+                    }
+                }
+                Action::SetTimer { timer, at_ms } => {
+                    if let Timer::Deadline { .. } = timer {
+                        inner.deadline_ms = Some(at_ms);
+                    }
+                    let _ = self.timers.send(TimerEntry { at_ms, job: job.id.0, timer });
+                }
+                Action::Commit(info) => {
+                    let snap = snapshot.as_deref().unwrap_or("null");
+                    if let Err(msg) = self.persist_commit(job, inner, &info, snap).await {
+                        tracing::error!(job = job.id.0, round = info.round, "commit not persisted; job halted until restart: {msg}");
+                        inner.halted = Some(msg.clone());
+                        out.persist_failed = Some(msg);
+                        return out;
+                    }
+                    Metrics::inc(&self.metrics.rounds_committed);
+                    tracing::info!(job = job.id.0, round = info.round, participants = info.participants.len(), "round committed");
+                }
+                Action::RoundAbandoned { round, attempt, reports, needed } => {
+                    Metrics::inc(&self.metrics.rounds_abandoned);
+                    tracing::warn!(job = job.id.0, round, attempt, reports, needed, "round attempt abandoned");
+                }
+                Action::JobFinished => {
+                    tracing::info!(job = job.id.0, "job completed");
+                }
+                Action::JobFailed { reason } => {
+                    tracing::warn!(job = job.id.0, %reason, "job failed");
+                    if let Err(e) = self.store.set_job_state(job.id, JobState::Failed).await {
+                        tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn persist_commit(&self, job: &JobRuntime, inner: &mut JobInner, info: &CommitInfo, snapshot: &str) -> Result<(), String> {
+        let params = inner.machine.global().to_vec();
+        let bytes = encode_params(&params);
+        let mut key = None;
+        for attempt in 1..=STORE_ATTEMPTS {
+            match self.store.put_model(job.id, info.model_version, bytes.clone()).await {
+                Ok(k) => {
+                    key = Some(k);
+                    break;
+                }
+                Err(e) if retryable(&e) && attempt < STORE_ATTEMPTS => {
+                    tracing::warn!(job = job.id.0, error = %e, "put_model failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(format!("storing model version {}: {e}", info.model_version)),
+            }
+        }
+        let key = key.ok_or("storing the model failed")?;
+        drop(bytes);
+
+        let mut metrics = serde_json::json!({
+            "attempt": info.attempt,
+            "num_samples": info.num_samples,
+            "train_loss": if info.train_loss.is_finite() { serde_json::json!(info.train_loss) } else { serde_json::Value::Null },
+            "model_sha256": flotilla_core::params_sha256(&params),
+        });
+        if let Some(ev) = &job.evaluator {
+            let ev = ev.clone();
+            let p = params.clone();
+            let res = tokio::task::spawn_blocking(move || match ev.lock() {
+                Ok(mut e) => e.evaluate(&p),
+                Err(_) => Err("evaluator poisoned".to_owned()),
+            })
+            .await;
+            match res {
+                Ok(Ok(r)) => {
+                    metrics["eval_accuracy"] = serde_json::json!(r.accuracy);
+                    metrics["eval_loss"] = if r.loss.is_finite() { serde_json::json!(r.loss) } else { serde_json::Value::Null };
+                    metrics["eval_samples"] = serde_json::json!(r.num_samples);
+                }
+                Ok(Err(e)) => tracing::warn!(job = job.id.0, error = %e, "evaluation failed"),
+                Err(e) => tracing::warn!(job = job.id.0, error = %e, "evaluation task failed"),
+            }
+        }
+        let participants: Vec<flotilla_store::ClientId> = info.participants.iter().map(|c| flotilla_store::ClientId(c.0)).collect();
+        let commit = RoundCommit {
+            attempt: info.attempt,
+            participants: &participants,
+            metrics: &metrics,
+            model_blob_key: &key,
+            machine_state_json: snapshot,
+        };
+        for attempt in 1..=STORE_ATTEMPTS {
+            match self.store.commit_round(job.id, info.round, &commit).await {
+                Ok(_) => break,
+                Err(e) if retryable(&e) && attempt < STORE_ATTEMPTS => {
+                    tracing::warn!(job = job.id.0, error = %e, "commit_round failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(format!("committing round {}: {e}", info.round)),
+            }
+        }
+        let version = Arc::new(ModelVersion::new(info.model_version, params, &job.layout, &job.model_spec));
+        inner.previous = Some(std::mem::replace(&mut inner.current, version));
+        inner.deadline_ms = None;
+        let round = info.round;
+        inner.accepted.retain(|k, _| k.0 >= round);
+        Ok(())
+    }
+
+    /// A committed model version of a job: from memory, else from the blob store.
+    pub async fn model_version(&self, job: &JobRuntime, version: u64) -> Result<Arc<ModelVersion>, tonic::Status> {
+        {
+            let inner = job.inner.lock().await;
+            if inner.current.version == version {
+                return Ok(inner.current.clone());
+            }
+            if let Some(p) = inner.previous.as_ref().filter(|p| p.version == version) {
+                return Ok(p.clone());
+            }
+            if version > inner.current.version {
+                return Err(tonic::Status::not_found(format!("model version {version} of job {} does not exist yet", job.id)));
+            }
+        }
+        let not_found = || tonic::Status::not_found(format!("model version {version} of job {} is not retained", job.id));
+        if version == 0 {
+            return Err(not_found());
+        }
+        let history = self.store.job_history(job.id).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let round = history.into_iter().find(|r| r.model_version == version).ok_or_else(not_found)?;
+        let bytes = self.store.get_model(&round.model_blob_key).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let params = decode_params(&bytes).ok_or_else(|| tonic::Status::data_loss("stored model is not f32 data"))?;
+        Ok(Arc::new(ModelVersion::new(version, params, &job.layout, &job.model_spec)))
+    }
+
+    /// Restores every running job from the store: snapshot → `recover()` → continue.
+    pub async fn recover_jobs(&self) -> Result<usize, crate::CoordinatorError> {
+        let recovered = self.store.load_running_jobs().await?;
+        let mut n = 0;
+        for rj in recovered {
+            let id = rj.job.id;
+            let spec: JobSpec = match serde_json::from_value(rj.job.spec.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(job = id.0, error = %e, "stored job spec is unreadable; job left as is");
+                    continue;
+                }
+            };
+            let machine = match &rj.machine_state_json {
+                Some(s) => match serde_json::from_str::<RoundMachine>(s) {
+                    Ok(mut m) => {
+                        m.recover();
+                        if m.rounds_committed() != rj.job.rounds_completed {
+                            tracing::error!(job = id.0, "snapshot is at round {} but the store at {}; job left as is", m.rounds_committed(), rj.job.rounds_completed);
+                            continue;
+                        }
+                        Some(m)
+                    }
+                    Err(e) => {
+                        tracing::error!(job = id.0, error = %e, "stored machine snapshot is unreadable; job left as is");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let dir = self.data_dir.clone();
+            let spec2 = spec.clone();
+            let prepared = match tokio::task::spawn_blocking(move || prepare(&spec2, &dir)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::error!(job = id.0, error = %e, "cannot rebuild the job's model; job left as is");
+                    continue;
+                }
+                Err(e) => return Err(crate::CoordinatorError::Task(e.to_string())),
+            };
+            match self.runtime(id, spec, prepared, machine) {
+                Ok(rt) => {
+                    tracing::info!(job = id.0, rounds_completed = rj.job.rounds_completed, "job resumed");
+                    self.insert_job(rt);
+                    n += 1;
+                }
+                Err(e) => tracing::error!(job = id.0, error = %e, "cannot resume job"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Validates, stores and starts a job from its TOML text.
+    pub async fn submit_job(&self, text: String) -> Result<JobId, SubmitError> {
+        let dir = self.data_dir.clone();
+        let (spec, prepared) = tokio::task::spawn_blocking(move || {
+            let spec = JobSpec::from_toml(&text, &dir).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+            let prepared = prepare(&spec, &dir).map_err(SubmitError::Invalid)?;
+            Ok::<_, SubmitError>((spec, prepared))
+        })
+        .await
+        .map_err(|e| SubmitError::Internal(e.to_string()))??;
+        // Build the machine before storing anything, so an invalid job leaves no trace.
+        let machine = RoundMachine::new(spec.policy(), prepared.layout.clone(), prepared.initial.clone(), spec.seed)
+            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let spec_json = serde_json::to_value(&spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
+        let id = self
+            .store
+            .create_job(&spec.tenant, &spec.name, &spec_json, spec.rounds)
+            .await
+            .map_err(|e| match e {
+                StoreError::InvalidArgument(m) => SubmitError::Invalid(m),
+                e => SubmitError::Internal(e.to_string()),
+            })?;
+        self.store.set_job_state(id, JobState::Running).await.map_err(|e| SubmitError::Internal(e.to_string()))?;
+        let rt = self.runtime(id, spec, prepared, Some(machine)).map_err(SubmitError::Internal)?;
+        self.insert_job(rt);
+        tracing::info!(job = id.0, "job submitted and running");
+        Ok(id)
+    }
+}
+
+/// Why a job submission failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Fires machine timers on the real clock. One task for all jobs.
+pub(crate) async fn timer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<TimerEntry>) {
+    let mut heap: BinaryHeap<Reverse<TimerEntry>> = BinaryHeap::new();
+    loop {
+        let wait = heap.peek().map(|Reverse(e)| e.at_ms.saturating_sub(now_ms()));
+        let sleep = async {
+            match wait {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(e) => heap.push(Reverse(e)),
+                None => return,
+            },
+            () = sleep => {
+                let now = now_ms();
+                while let Some(Reverse(e)) = heap.peek().copied() {
+                    if e.at_ms > now {
+                        break;
+                    }
+                    heap.pop();
+                    let Some(job) = shared.jobs.read().ok().and_then(|j| j.get(&e.job).cloned()) else { continue };
+                    let mut inner = job.inner.lock().await;
+                    let _ = shared.drive(&job, &mut inner, Event::TimerFired(e.timer), None).await;
+                }
+            }
+        }
+    }
+}

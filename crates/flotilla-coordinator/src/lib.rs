@@ -1,0 +1,296 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! Flotilla's networked coordinator: the gRPC `flotilla.v1.Coordinator` service that drives one
+//! sans-IO [`flotilla_core::round::RoundMachine`] per job with real clients, the admin HTTP/JSON API,
+//! persistence through `flotilla-store` and recovery after a crash.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), flotilla_coordinator::CoordinatorError> {
+//! use flotilla_coordinator::{Server, ServerConfig, TlsMode};
+//! let certs = flotilla_coordinator::write_dev_certs("certs".as_ref(), &["localhost", "127.0.0.1"])?;
+//! let config = ServerConfig {
+//!     tls: TlsMode::Files { cert: certs.server_cert, key: certs.server_key },
+//!     ..ServerConfig::new("data", "secret-admin-token")
+//! };
+//! let server = Server::bind(config).await?;
+//! println!("gRPC on {}, admin on {}", server.grpc_addr(), server.admin_addr());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! See `README.md` next to this crate's `Cargo.toml` for the admin API, the job TOML, the status
+//! code mapping and the memory bound of uploads.
+
+mod admin;
+mod error;
+mod jobs;
+mod metrics;
+mod service;
+pub mod spec;
+mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::v1::coordinator_server::CoordinatorServer;
+use flotilla_store::{Store, StoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use error::CoordinatorError;
+pub use metrics::MetricsSnapshot;
+pub use spec::{JobSpec, SpecError};
+pub use tls::{DevCerts, write_dev_certs};
+
+/// How the gRPC and admin listeners are secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// TLS with this PEM certificate chain and private key (both listeners).
+    Files {
+        /// Certificate chain, PEM.
+        cert: PathBuf,
+        /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// Plain text on both listeners. Only for local experiments; logged as a warning.
+    Insecure,
+}
+
+/// Resource limits of the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest update payload accepted, bytes (default 1 GiB).
+    pub max_upload_bytes: u64,
+    /// Uploads assembled at the same time (default 8). Update memory is
+    /// O((upload_concurrency + max_partial_uploads) × model size), independent of the number of clients.
+    pub upload_concurrency: usize,
+    /// Interrupted uploads kept for resume (default 8); the oldest is dropped first.
+    pub max_partial_uploads: usize,
+    /// How long an upload waits for a free slot before `RESOURCE_EXHAUSTED` (default 30 s).
+    pub upload_slot_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 1 << 30,
+            upload_concurrency: 8,
+            max_partial_uploads: 8,
+            upload_slot_wait: service::DEFAULT_SLOT_WAIT,
+        }
+    }
+}
+
+/// Configuration of [`Server::bind`] / [`serve`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory for the default SQLite database (`flotilla.db`), model blobs (`models/`) and
+    /// datasets used for server-side evaluation (`data/`, or `$FLOTILLA_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// gRPC listen address (port 0 picks a free port; see [`Server::grpc_addr`]).
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address.
+    pub admin_listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`; default SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Model blob store (directory, `file:///…`, `s3://…`); default `data_dir/models`.
+    pub blob_url: Option<String>,
+    /// TLS or plain text.
+    pub tls: TlsMode,
+    /// The bearer token the admin API requires (`FLOTILLA_ADMIN_TOKEN`). Must not be empty.
+    pub admin_token: String,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// A configuration with the defaults: both listeners on `127.0.0.1:0`, SQLite and blobs in
+    /// `data_dir`, **insecure** (set `tls` for production), default limits.
+    pub fn new(data_dir: impl Into<PathBuf>, admin_token: impl Into<String>) -> Self {
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data_dir: data_dir.into(),
+            listen: local,
+            admin_listen: local,
+            database_url: None,
+            blob_url: None,
+            tls: TlsMode::Insecure,
+            admin_token: admin_token.into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A coordinator whose sockets are bound and whose jobs are recovered, ready to [`Server::run`].
+pub struct Server {
+    shared: Arc<jobs::Shared>,
+    timer_rx: mpsc::UnboundedReceiver<jobs::TimerEntry>,
+    grpc: TcpListener,
+    admin: TcpListener,
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
+    admin_token: String,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("grpc_addr", &self.grpc_addr).field("admin_addr", &self.admin_addr).finish_non_exhaustive()
+    }
+}
+
+/// Aborts background tasks when the server stops (or its future is dropped).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+impl Server {
+    /// Opens the store (running migrations), resumes every running job from its last commit,
+    /// loads TLS material and binds both listeners.
+    pub async fn bind(config: ServerConfig) -> Result<Server, CoordinatorError> {
+        if config.admin_token.trim().is_empty() {
+            return Err(CoordinatorError::Config("the admin token must not be empty".into()));
+        }
+        if config.limits.upload_concurrency == 0 {
+            return Err(CoordinatorError::Config("limits.upload_concurrency must be ≥ 1".into()));
+        }
+        let tls = match &config.tls {
+            TlsMode::Files { cert, key } => Some((
+                tls::server_config(cert, key, &[b"h2"])?,
+                tls::server_config(cert, key, &[b"http/1.1"])?,
+            )),
+            TlsMode::Insecure => {
+                tracing::warn!("running WITHOUT TLS (insecure mode): credentials and models travel in plain text");
+                None
+            }
+        };
+        let mut store_cfg = StoreConfig::in_dir(&config.data_dir);
+        if let Some(url) = &config.database_url {
+            store_cfg.database_url = url.clone();
+        }
+        if let Some(url) = &config.blob_url {
+            store_cfg.blob_url = url.clone();
+        }
+        let store = Store::open(&store_cfg).await?;
+        let data_dir = match std::env::var_os("FLOTILLA_DATA_DIR") {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => config.data_dir.join("data"),
+        };
+        let (timer_tx, timer_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(jobs::Shared {
+            store,
+            metrics: Arc::new(metrics::Metrics::default()),
+            jobs: Default::default(),
+            timers: timer_tx,
+            upload_slots: Arc::new(Semaphore::new(config.limits.upload_concurrency)),
+            partial_uploads: Default::default(),
+            limits: config.limits.clone(),
+            data_dir,
+            last_touch: Default::default(),
+            rotate: Default::default(),
+        });
+        let n = shared.recover_jobs().await?;
+        if n > 0 {
+            tracing::info!(jobs = n, "resumed running jobs");
+        }
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|source| CoordinatorError::Net { what, addr: addr.to_string(), source })
+        };
+        let grpc = bind(config.listen, "binding the gRPC listener").await?;
+        let admin = bind(config.admin_listen, "binding the admin listener").await?;
+        let addr_of = |l: &TcpListener, what: &'static str, a: SocketAddr| {
+            l.local_addr().map_err(|source| CoordinatorError::Net { what, addr: a.to_string(), source })
+        };
+        let grpc_addr = addr_of(&grpc, "gRPC listener address", config.listen)?;
+        let admin_addr = addr_of(&admin, "admin listener address", config.admin_listen)?;
+        Ok(Server { shared, timer_rx, grpc, admin, grpc_addr, admin_addr, tls, admin_token: config.admin_token })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound admin API address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// and closes the store. Nothing is lost by stopping mid-round: the next start resumes
+    /// every job from its last committed round.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
+        let Server { shared, timer_rx, grpc, admin, grpc_addr, admin_addr, tls, admin_token } = self;
+        let mut tasks = AbortOnDrop(Vec::new());
+        tasks.0.push(tokio::spawn(jobs::timer_loop(shared.clone(), timer_rx)));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tasks.0.push(tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        }));
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let service = CoordinatorServer::new(service::CoordinatorService { shared: shared.clone() })
+            .max_decoding_message_size(flotilla_proto::MAX_CHUNK_BYTES + (64 << 10));
+        let router = admin::router(shared.clone(), &admin_token);
+        let grpc_builder = || {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .timeout(Duration::from_secs(600))
+                .add_service(service.clone())
+        };
+        tracing::info!(%grpc_addr, %admin_addr, tls = tls.is_some(), "coordinator listening");
+        let (grpc_res, admin_res) = match tls {
+            Some((grpc_tls, admin_tls)) => {
+                let (grx, gh) = tls::spawn_tls_accept(grpc, grpc_tls, shared.metrics.clone());
+                let (arx, ah) = tls::spawn_tls_accept(admin, admin_tls, shared.metrics.clone());
+                tasks.0.extend([gh, ah]);
+                let incoming = ReceiverStream::new(grx).map(|(io, _)| Ok::<_, std::io::Error>(io));
+                let listener = tls::ChannelListener { rx: arx, addr: admin_addr };
+                tokio::join!(
+                    grpc_builder().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+                    axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone())).into_future()
+                )
+            }
+            None => {
+                let (grx, gh) = tls::spawn_plain_accept(grpc);
+                let (arx, ah) = tls::spawn_plain_accept(admin);
+                tasks.0.extend([gh, ah]);
+                let incoming = ReceiverStream::new(grx).map(|(io, _)| Ok::<_, std::io::Error>(io));
+                let listener = tls::ChannelListener { rx: arx, addr: admin_addr };
+                tokio::join!(
+                    grpc_builder().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+                    axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone())).into_future()
+                )
+            }
+        };
+        drop(tasks);
+        shared.store.close().await;
+        tracing::info!("coordinator stopped");
+        grpc_res.map_err(|e| CoordinatorError::Grpc(e.to_string()))?;
+        admin_res.map_err(|source| CoordinatorError::Net { what: "serving the admin API", addr: admin_addr.to_string(), source })?;
+        Ok(())
+    }
+
+    /// Counters (the same as `GET /v1/metrics`).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+}
+
+/// [`Server::bind`] then [`Server::run`].
+pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
+    Server::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,102 @@
+//! Counters exposed by `GET /v1/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Process-wide counters. All are monotonic since start.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Check-ins answered (task or retry).
+    pub checkins: AtomicU64,
+    /// Tasks handed out.
+    pub tasks: AtomicU64,
+    /// `RetryAfter` answers.
+    pub retry_afters: AtomicU64,
+    /// Enrollments that succeeded.
+    pub enrollments: AtomicU64,
+    /// Model downloads started.
+    pub downloads: AtomicU64,
+    /// Updates accepted into an aggregate.
+    pub uploads_accepted: AtomicU64,
+    /// Re-uploads answered `DUPLICATE`.
+    pub uploads_duplicate: AtomicU64,
+    /// Upload streams that ended early (`INCOMPLETE`).
+    pub uploads_incomplete: AtomicU64,
+    /// Rounds committed.
+    pub rounds_committed: AtomicU64,
+    /// Round attempts abandoned below their minimum.
+    pub rounds_abandoned: AtomicU64,
+    /// Requests refused for a missing, unknown or revoked credential (or a bad admin token).
+    pub auth_failures: AtomicU64,
+    /// TLS handshakes that failed (garbage bytes, wrong protocol, timeouts).
+    pub tls_handshake_failures: AtomicU64,
+    rejections: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A snapshot of [`Metrics`], as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsSnapshot {
+    /// See [`Metrics::checkins`].
+    pub checkins: u64,
+    /// See [`Metrics::tasks`].
+    pub tasks: u64,
+    /// See [`Metrics::retry_afters`].
+    pub retry_afters: u64,
+    /// See [`Metrics::enrollments`].
+    pub enrollments: u64,
+    /// See [`Metrics::downloads`].
+    pub downloads: u64,
+    /// See [`Metrics::uploads_accepted`].
+    pub uploads_accepted: u64,
+    /// See [`Metrics::uploads_duplicate`].
+    pub uploads_duplicate: u64,
+    /// See [`Metrics::uploads_incomplete`].
+    pub uploads_incomplete: u64,
+    /// See [`Metrics::rounds_committed`].
+    pub rounds_committed: u64,
+    /// See [`Metrics::rounds_abandoned`].
+    pub rounds_abandoned: u64,
+    /// See [`Metrics::auth_failures`].
+    pub auth_failures: u64,
+    /// See [`Metrics::tls_handshake_failures`].
+    pub tls_handshake_failures: u64,
+    /// Refused requests by reason (e.g. `unauthenticated`, `wrong_round`, `non_finite`).
+    pub rejections: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused request under `reason`.
+    pub fn reject(&self, reason: &str) {
+        if let Ok(mut m) = self.rejections.lock() {
+            *m.entry(reason.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            checkins: g(&self.checkins),
+            tasks: g(&self.tasks),
+            retry_afters: g(&self.retry_afters),
+            enrollments: g(&self.enrollments),
+            downloads: g(&self.downloads),
+            uploads_accepted: g(&self.uploads_accepted),
+            uploads_duplicate: g(&self.uploads_duplicate),
+            uploads_incomplete: g(&self.uploads_incomplete),
+            rounds_committed: g(&self.rounds_committed),
+            rounds_abandoned: g(&self.rounds_abandoned),
+            auth_failures: g(&self.auth_failures),
+            tls_handshake_failures: g(&self.tls_handshake_failures),
+            rejections: self.rejections.lock().map(|m| m.clone()).unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The gRPC `flotilla.v1.Coordinator` service.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_core::round::{ClientId, Event, RejectReason, ReportMetrics};
+use flotilla_proto::v1::coordinator_server::Coordinator;
+use flotilla_proto::v1::{self, upload_message};
+use flotilla_proto::{
+    DEFAULT_CHUNK_BYTES, HeaderError, MAX_CHUNK_BYTES, TransferError, UploadAssembler, UploadLimits,
+    chunk_f32_from, validate_header,
+};
+use flotilla_store::StoreError;
+use futures_util::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::jobs::{JobInner, JobRuntime, Shared, now_ms};
+use crate::metrics::Metrics;
+
+/// An upload whose stream ended before its last byte, kept for resume.
+pub(crate) struct Partial {
+    assembler: UploadAssembler,
+    values: Vec<f32>,
+    seq: u64,
+}
+
+/// Partial uploads by (client, upload_id), at most `max` of them; the oldest is evicted first.
+#[derive(Default)]
+pub(crate) struct PartialUploads {
+    map: HashMap<(u64, String), Partial>,
+    seq: u64,
+}
+
+impl PartialUploads {
+    fn take(&mut self, key: &(u64, String)) -> Option<Partial> {
+        self.map.remove(key)
+    }
+
+    fn put(&mut self, key: (u64, String), mut p: Partial, max: usize) {
+        self.seq += 1;
+        p.seq = self.seq;
+        while self.map.len() >= max.max(1) {
+            let Some(oldest) = self.map.iter().min_by_key(|(_, v)| v.seq).map(|(k, _)| k.clone()) else { break };
+            self.map.remove(&oldest);
+        }
+        self.map.insert(key, p);
+    }
+
+    fn received(&self, key: &(u64, String)) -> Option<(u64, u64)> {
+        self.map.get(key).map(|p| (p.assembler.received(), p.assembler.total_bytes()))
+    }
+}
+
+/// The tonic service.
+#[derive(Clone)]
+pub(crate) struct CoordinatorService {
+    pub shared: Arc<Shared>,
+}
+
+fn reject_name(r: &RejectReason) -> &'static str {
+    match r {
+        RejectReason::NotAccepting(_) => "not_accepting",
+        RejectReason::WrongRound { .. } => "wrong_round",
+        RejectReason::WrongStage { .. } => "wrong_stage",
+        RejectReason::NotSelected => "not_selected",
+        RejectReason::Duplicate => "duplicate",
+        RejectReason::RoundFull => "round_full",
+        RejectReason::BadSampleCount { .. } => "bad_sample_count",
+        RejectReason::BadUpdate(_) => "bad_update",
+    }
+}
+
+fn transfer_reason(e: &TransferError) -> &'static str {
+    match e {
+        TransferError::InvalidHeader(HeaderError::LayoutMismatch | HeaderError::BadFingerprintLength(_)) => "layout_mismatch",
+        TransferError::InvalidHeader(HeaderError::TooLarge { .. }) => "too_large",
+        TransferError::InvalidHeader(HeaderError::SizeMismatch { .. }) => "size_mismatch",
+        TransferError::InvalidHeader(_) | TransferError::InvalidModelInfo(_) => "invalid_header",
+        TransferError::UnexpectedOffset { .. } => "unexpected_offset",
+        TransferError::ConflictingChunk { .. } | TransferError::EmptyChunk { .. } => "bad_chunk",
+        TransferError::ChunkTooLarge { .. } => "chunk_too_large",
+        TransferError::PastEnd { .. } => "past_end",
+        TransferError::Incomplete { .. } => "incomplete",
+        TransferError::ShaMismatch => "sha_mismatch",
+        TransferError::NonFinite { .. } => "non_finite",
+    }
+}
+
+fn upload_response(status: v1::UploadStatus, message: impl Into<String>, resume_offset: u64) -> Response<v1::UploadResponse> {
+    Response::new(v1::UploadResponse { status: status as i32, message: message.into(), resume_offset })
+}
+
+impl CoordinatorService {
+    fn refuse(&self, reason: &str, status: Status) -> Status {
+        self.shared.metrics.reject(reason);
+        status
+    }
+
+    /// The client behind the request's bearer credential.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<ClientId, Status> {
+        let m = &self.shared.metrics;
+        let cred = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && c.len() <= 512);
+        let Some(cred) = cred else {
+            Metrics::inc(&m.auth_failures);
+            return Err(self.refuse("unauthenticated", Status::unauthenticated("missing credential: send `authorization: Bearer <credential>`")));
+        };
+        match self.shared.store.authenticate(cred).await {
+            Ok(c) => {
+                let id = c.client_id.0;
+                let now = now_ms();
+                let stale = self
+                    .shared
+                    .last_touch
+                    .lock()
+                    .map(|mut t| {
+                        let last = t.entry(id).or_insert(0);
+                        let stale = now.saturating_sub(*last) > 60_000;
+                        if stale {
+                            *last = now;
+                        }
+                        stale
+                    })
+                    .unwrap_or(false);
+                if stale && let Err(e) = self.shared.store.touch_client(c.client_id, now as i64).await {
+                    tracing::debug!(error = %e, "touch_client failed");
+                }
+                Ok(ClientId(id))
+            }
+            Err(StoreError::UnknownCredential) => {
+                Metrics::inc(&m.auth_failures);
+                Err(self.refuse("unauthenticated", Status::unauthenticated("unknown credential")))
+            }
+            Err(StoreError::ClientRevoked(id)) => {
+                Metrics::inc(&m.auth_failures);
+                Err(self.refuse("revoked", Status::unauthenticated(format!("credential of client {id} was revoked"))))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "authentication failed on the store");
+                Err(Status::unavailable("coordinator store unavailable; retry later"))
+            }
+        }
+    }
+
+    fn task_proto(job: &JobRuntime, inner: &JobInner, task: &flotilla_core::round::Task) -> v1::Task {
+        let t = &job.spec.train;
+        v1::Task {
+            job_id: job.id.to_string(),
+            round: task.round,
+            attempt: task.attempt,
+            stage: v1::Stage::from(task.kind) as i32,
+            model_version: task.model_version,
+            model: Some(inner.current.info.clone()),
+            training: Some(v1::TrainingConfig {
+                epochs: t.local_epochs,
+                batch_size: t.batch_size,
+                learning_rate: t.learning_rate,
+                seed: task.seed,
+            }),
+            deadline_unix_ms: inner.deadline_ms.unwrap_or(0),
+            stage_index: task.stage,
+        }
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::ModelChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn enroll(&self, req: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
+        let r = req.into_inner();
+        let m = &self.shared.metrics;
+        if r.enrollment_token.is_empty() || r.enrollment_token.len() > 512 || r.client_name.len() > 256 {
+            return Err(self.refuse("invalid_enroll", Status::invalid_argument("enrollment_token must be 1..=512 bytes and client_name ≤ 256 bytes")));
+        }
+        match self.shared.store.redeem_enrollment_token(r.enrollment_token.trim(), now_ms() as i64).await {
+            Ok(e) => {
+                Metrics::inc(&m.enrollments);
+                tracing::info!(client = e.client_id.0, tenant = %e.tenant, name = %r.client_name, "client enrolled");
+                Ok(Response::new(v1::EnrollResponse { client_id: e.client_id.to_string(), credential: e.credential }))
+            }
+            Err(e @ (StoreError::UnknownToken | StoreError::TokenExpired { .. } | StoreError::TokenUsedUp { .. })) => {
+                Metrics::inc(&m.auth_failures);
+                Err(self.refuse("enroll_denied", Status::permission_denied(e.to_string())))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "enrollment failed on the store");
+                Err(Status::unavailable("coordinator store unavailable; retry later"))
+            }
+        }
+    }
+
+    async fn check_in(&self, req: Request<v1::CheckInRequest>) -> Result<Response<v1::CheckInResponse>, Status> {
+        let client = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let m = &self.shared.metrics;
+        Metrics::inc(&m.checkins);
+        if r.job_ids.len() > 1024 {
+            return Err(self.refuse("invalid_checkin", Status::invalid_argument("at most 1024 job_ids")));
+        }
+        let wanted: Vec<&str> = r.job_ids.iter().map(String::as_str).collect();
+        let mut jobs: Vec<Arc<JobRuntime>> = self
+            .shared
+            .job_list()
+            .into_iter()
+            .filter(|j| wanted.is_empty() || wanted.iter().any(|w| *w == j.id.to_string()))
+            .collect();
+        let any_job = !jobs.is_empty();
+        jobs.retain(|j| r.num_samples >= j.spec.min_samples);
+        let mut retry: Option<u64> = None;
+        if !jobs.is_empty() {
+            // Spread load: start with a different job on every check-in.
+            let start = (self.shared.rotate.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize) % jobs.len();
+            jobs.rotate_left(start);
+        }
+        for job in &jobs {
+            let mut inner = job.inner.lock().await;
+            if inner.halted.is_some() || inner.machine.is_finished() || inner.machine.failure().is_some() {
+                continue;
+            }
+            let out = self.shared.drive(job, &mut inner, Event::CheckIn { client }, Some(client)).await;
+            if let Some(task) = out.task {
+                let t = Self::task_proto(job, &inner, &task);
+                Metrics::inc(&m.tasks);
+                return Ok(Response::new(v1::CheckInResponse { outcome: Some(v1::check_in_response::Outcome::Task(t)) }));
+            }
+            if let Some(ms) = out.retry_after_ms {
+                retry = Some(retry.map_or(ms, |r| r.min(ms)));
+            }
+        }
+        Metrics::inc(&m.retry_afters);
+        let reason = match (retry, any_job) {
+            (Some(_), _) => "no task for this client now",
+            (None, false) => "no running job matches",
+            (None, true) if jobs.is_empty() => "not eligible: num_samples below the jobs' eligibility.min_samples",
+            (None, true) => "no job has work now",
+        };
+        let retry_after_ms = retry.unwrap_or(5000);
+        Ok(Response::new(v1::CheckInResponse {
+            outcome: Some(v1::check_in_response::Outcome::RetryAfter(v1::RetryAfter { retry_after_ms, reason: reason.to_owned() })),
+        }))
+    }
+
+    type DownloadModelStream = ChunkStream;
+
+    async fn download_model(&self, req: Request<v1::DownloadRequest>) -> Result<Response<ChunkStream>, Status> {
+        let _client = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let Some(job) = self.shared.job(&r.job_id) else {
+            return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&r.job_id)))));
+        };
+        let model = match self.shared.model_version(&job, r.model_version).await {
+            Ok(m) => m,
+            Err(s) => return Err(self.refuse("unknown_model_version", s)),
+        };
+        let total = 4 * model.params.len() as u64;
+        if r.offset > total {
+            return Err(self.refuse("bad_offset", Status::out_of_range(format!("offset {} is past the end of the {total}-byte model", r.offset))));
+        }
+        Metrics::inc(&self.shared.metrics.downloads);
+        let params = model.params.clone();
+        let stream = futures_util::stream::unfold(r.offset, move |offset| {
+            let params = params.clone();
+            async move {
+                let (off, data) = chunk_f32_from(&params, DEFAULT_CHUNK_BYTES, offset).next()?;
+                let next = off + data.len() as u64;
+                Some((Ok(v1::ModelChunk { offset: off, data }), next))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn upload_update(&self, req: Request<Streaming<v1::UploadMessage>>) -> Result<Response<v1::UploadResponse>, Status> {
+        let client = self.authenticate(&req).await?;
+        let shared = &self.shared;
+        let m = &shared.metrics;
+        let mut stream = req.into_inner();
+        let header = match stream.message().await? {
+            Some(v1::UploadMessage { kind: Some(upload_message::Kind::Header(h)) }) => h,
+            Some(_) => return Err(self.refuse("invalid_header", Status::invalid_argument("the first message of an upload must be the header"))),
+            None => return Err(self.refuse("invalid_header", Status::invalid_argument("empty upload stream"))),
+        };
+        let Some(job) = shared.job(&header.job_id) else {
+            return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&header.job_id)))));
+        };
+        let key = (header.round, header.attempt, header.stage_index, client);
+        // Cheap verdicts before any payload byte is read.
+        {
+            let inner = job.inner.lock().await;
+            if let Some(sha) = inner.accepted.get(&key) {
+                return Ok(if *sha == header.sha256 {
+                    Metrics::inc(&m.uploads_duplicate);
+                    shared.metrics.reject("duplicate");
+                    upload_response(v1::UploadStatus::Duplicate, "this update was already accepted", header.total_bytes)
+                } else {
+                    shared.metrics.reject("conflicting_update");
+                    upload_response(v1::UploadStatus::Rejected, "a different update was already accepted for this round, attempt and stage", 0)
+                });
+            }
+            if inner.machine.is_finished() || inner.machine.failure().is_some() {
+                shared.metrics.reject("not_accepting");
+                return Ok(upload_response(v1::UploadStatus::Rejected, "the job is no longer running rounds", 0));
+            }
+            let (round, attempt) = inner.machine.current_round();
+            if (header.round, header.attempt) != (round, attempt) {
+                shared.metrics.reject("wrong_round");
+                let msg = RejectReason::WrongRound { round, attempt, got_round: header.round, got_attempt: header.attempt };
+                return Ok(upload_response(v1::UploadStatus::Rejected, msg.to_string(), 0));
+            }
+        }
+        let limits = UploadLimits {
+            max_total_bytes: shared.limits.max_upload_bytes,
+            max_chunk_bytes: MAX_CHUNK_BYTES,
+            max_samples: job.spec.policy().max_samples_per_report,
+        };
+        if let Err(e) = validate_header(&header, &job.expected, &limits) {
+            let e = TransferError::from(e);
+            return Err(self.refuse(transfer_reason(&e), e.into()));
+        }
+        // Bounded memory: at most `upload_concurrency` payloads are being assembled at once.
+        let permit = match tokio::time::timeout(shared.limits.upload_slot_wait, shared.upload_slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(self.refuse("busy", Status::resource_exhausted("too many concurrent uploads; retry later"))),
+        };
+        let pkey = (client.0, header.upload_id.clone());
+        let previous = shared.partial_uploads.lock().ok().and_then(|mut p| p.take(&pkey));
+        let mut part = match previous {
+            Some(p) if *p.assembler.header() == header => p,
+            Some(p) => {
+                // Keep the original transfer; this stream is refused.
+                if let Ok(mut map) = shared.partial_uploads.lock() {
+                    map.put(pkey, p, shared.limits.max_partial_uploads);
+                }
+                return Err(self.refuse("invalid_header", Status::invalid_argument("header differs from the one first sent under this upload_id")));
+            }
+            None => {
+                let assembler = UploadAssembler::new(header.clone(), &job.expected, &limits).map_err(|e| self.refuse(transfer_reason(&e), e.into()))?;
+                let cap = usize::try_from(header.total_bytes / 4).unwrap_or(0);
+                Partial { assembler, values: Vec::with_capacity(cap), seq: 0 }
+            }
+        };
+        let save = |p: Partial| {
+            if let Ok(mut map) = shared.partial_uploads.lock() {
+                map.put(pkey.clone(), p, shared.limits.max_partial_uploads);
+            }
+        };
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(status) => {
+                    // Broken stream: keep what arrived for a resume.
+                    save(part);
+                    Metrics::inc(&m.uploads_incomplete);
+                    return Err(status);
+                }
+            };
+            let chunk = match msg.kind {
+                Some(upload_message::Kind::Chunk(c)) => c,
+                _ => {
+                    save(part);
+                    return Err(self.refuse("invalid_header", Status::invalid_argument("only the first message may be a header")));
+                }
+            };
+            if let Err(e) = part.assembler.push(&chunk) {
+                save(part);
+                return Err(self.refuse(transfer_reason(&e), e.into()));
+            }
+            let values = &mut part.values;
+            if let Err(e) = part.assembler.drain_f32(&mut |vs| values.extend_from_slice(vs)) {
+                // A non-finite value: the payload can never be accepted; drop it.
+                return Err(self.refuse(transfer_reason(&e), e.into()));
+            }
+        }
+        if !part.assembler.is_complete() {
+            let received = part.assembler.received();
+            save(part);
+            Metrics::inc(&m.uploads_incomplete);
+            return Ok(upload_response(v1::UploadStatus::Incomplete, "stream ended before total_bytes; resume from resume_offset", received));
+        }
+        let Partial { assembler, mut values, .. } = part;
+        let total = assembler.total_bytes();
+        match assembler.finish() {
+            Ok(rest) => values.extend_from_slice(&rest),
+            Err(e) => return Err(self.refuse(transfer_reason(&e), e.into())),
+        }
+        let train_loss = header.metrics.get("train_loss").copied().unwrap_or(f64::NAN);
+        let mut inner = job.inner.lock().await;
+        if let Some(sha) = inner.accepted.get(&key) {
+            let dup = *sha == header.sha256;
+            shared.metrics.reject(if dup { "duplicate" } else { "conflicting_update" });
+            return Ok(if dup {
+                Metrics::inc(&m.uploads_duplicate);
+                upload_response(v1::UploadStatus::Duplicate, "this update was already accepted", total)
+            } else {
+                upload_response(v1::UploadStatus::Rejected, "a different update was already accepted for this round, attempt and stage", 0)
+            });
+        }
+        let event = Event::Report {
+            client,
+            round: header.round,
+            attempt: header.attempt,
+            stage: header.stage_index,
+            num_samples: header.num_samples,
+            update: &values,
+            metrics: ReportMetrics { train_loss },
+        };
+        let out = shared.drive(&job, &mut inner, event, Some(client)).await;
+        drop(permit);
+        if out.accepted {
+            inner.accepted.insert(key, header.sha256.clone());
+        }
+        if let Some(msg) = out.persist_failed {
+            return Err(Status::unavailable(format!("the coordinator could not persist the round ({msg}); retry later")));
+        }
+        if out.accepted {
+            Metrics::inc(&m.uploads_accepted);
+            return Ok(upload_response(v1::UploadStatus::Accepted, "update accepted", total));
+        }
+        let reason = out.reject.unwrap_or(RejectReason::NotAccepting("unknown"));
+        shared.metrics.reject(reject_name(&reason));
+        Ok(upload_response(v1::UploadStatus::Rejected, reason.to_string(), 0))
+    }
+
+    async fn query_upload(&self, req: Request<v1::QueryUploadRequest>) -> Result<Response<v1::UploadResponse>, Status> {
+        let client = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let key = (client.0, r.upload_id);
+        let found = self.shared.partial_uploads.lock().ok().and_then(|p| p.received(&key));
+        match found {
+            Some((received, _total)) => Ok(upload_response(v1::UploadStatus::Incomplete, "upload in progress", received)),
+            None => Err(self.refuse("unknown_upload", Status::not_found("no such upload for this client: start again from offset 0"))),
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// How long an upload waits for a free slot by default.
+pub(crate) const DEFAULT_SLOT_WAIT: Duration = Duration::from_secs(30);

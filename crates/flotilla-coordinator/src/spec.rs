@@ -1,0 +1,393 @@
+//! Job specifications: the TOML an operator submits, validated into a [`JobSpec`].
+//!
+//! Every validation error is one line that starts with the offending field, e.g.
+//! `clients_per_round: must be ≥ 1`. See the crate README for the format.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use flotilla_core::round::{RoundPolicy, StageKind};
+use flotilla_data::DatasetName;
+use flotilla_ml::{ModelKind, ModelSpec};
+use flotilla_proto::v1;
+use serde::{Deserialize, Serialize};
+
+/// A job specification that failed to parse or validate. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The offending field, dotted (`model.kind`), or `toml` for a syntax error.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: Option<String>,
+    tenant: Option<String>,
+    seed: Option<u64>,
+    rounds: Option<u64>,
+    clients_per_round: Option<usize>,
+    min_clients: Option<usize>,
+    over_selection: Option<f64>,
+    round_deadline_seconds: Option<f64>,
+    min_report_fraction: Option<f64>,
+    max_attempts: Option<u32>,
+    selection_window_ms: Option<u64>,
+    retry_after_ms: Option<u64>,
+    checkin_ttl_seconds: Option<u64>,
+    model: Option<RawModel>,
+    train: Option<RawTrain>,
+    eligibility: Option<RawEligibility>,
+    evaluation: Option<RawEvaluation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    kind: Option<String>,
+    dataset: Option<String>,
+    input_shape: Option<Vec<usize>>,
+    num_classes: Option<usize>,
+    hidden: Option<usize>,
+    embed: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    local_epochs: Option<u32>,
+    batch_size: Option<u32>,
+    learning_rate: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEligibility {
+    min_samples: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvaluation {
+    dataset: Option<String>,
+}
+
+/// The model of a job, resolved (input shape and classes known).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSection {
+    /// `logreg`, `mlp`, `cnn` or `char_mlp`.
+    pub kind: String,
+    /// Shape of one input sample.
+    pub input_shape: Vec<usize>,
+    /// Number of classes (vocabulary size for `char_mlp`).
+    pub num_classes: usize,
+    /// Hidden width (`mlp`, `char_mlp`).
+    pub hidden: usize,
+    /// Embedding width (`char_mlp`).
+    pub embed: usize,
+}
+
+/// Local training hyper-parameters sent with every task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSection {
+    /// Local epochs per round.
+    pub local_epochs: u32,
+    /// Minibatch size.
+    pub batch_size: u32,
+    /// SGD learning rate.
+    pub learning_rate: f64,
+}
+
+/// A validated job specification (stored as JSON with the job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Human-readable name.
+    pub name: String,
+    /// Tenant the job belongs to.
+    pub tenant: String,
+    /// Seed of model initialisation, selection and task seeds.
+    pub seed: u64,
+    /// Rounds to commit.
+    pub rounds: u64,
+    /// Reports for a full round.
+    pub clients_per_round: usize,
+    /// Live clients needed before a round starts.
+    pub min_clients: usize,
+    /// Over-selection factor.
+    pub over_selection: f64,
+    /// Deadline of a round's stage, milliseconds.
+    pub round_deadline_ms: u64,
+    /// Fraction of `clients_per_round` needed at the deadline.
+    pub min_report_fraction: f64,
+    /// Attempts per round before the job fails.
+    pub max_attempts: u32,
+    /// Selection window, milliseconds.
+    pub selection_window_ms: u64,
+    /// Base `RetryAfter` delay, milliseconds.
+    pub retry_after_ms: u64,
+    /// How long a check-in counts as "available", milliseconds.
+    pub checkin_ttl_ms: u64,
+    /// The model.
+    pub model: ModelSection,
+    /// Local training.
+    pub train: TrainSection,
+    /// Smallest `num_samples` a client must announce to be given work.
+    pub min_samples: u64,
+    /// Dataset whose test split evaluates every committed model, if any.
+    pub evaluation_dataset: Option<String>,
+}
+
+fn need<T>(v: Option<T>, field: &str) -> Result<T, SpecError> {
+    v.ok_or_else(|| SpecError::new(field, "is required"))
+}
+
+/// Input shape and classes of a known dataset. Shakespeare's vocabulary is only known after
+/// loading it, so it is loaded (from `data_dir`) when named.
+fn dataset_shape(name: &str, field: &str, data_dir: &Path) -> Result<(Vec<usize>, usize), SpecError> {
+    let ds = DatasetName::from_str(name).map_err(|e| SpecError::new(field, e.to_string()))?;
+    match ds {
+        DatasetName::Digits => Ok((vec![64], 10)),
+        DatasetName::Mnist | DatasetName::FashionMnist => Ok((vec![1, 28, 28], 10)),
+        DatasetName::Shakespeare => {
+            let tt = flotilla_data::load(ds, data_dir, &flotilla_data::LoadOptions::default())
+                .map_err(|e| SpecError::new(field, e.to_string()))?;
+            Ok((tt.train.feature_shape.clone(), tt.train.num_classes))
+        }
+    }
+}
+
+impl JobSpec {
+    /// Parses and validates a job TOML. `data_dir` is where fetched datasets live (only needed
+    /// for datasets whose shape is not built in, and for evaluation).
+    pub fn from_toml(text: &str, data_dir: &Path) -> Result<Self, SpecError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            SpecError::new("toml", msg.trim().to_owned())
+        })?;
+        let name = raw.name.unwrap_or_else(|| "job".to_owned());
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(SpecError::new("name", "must be 1..=200 bytes"));
+        }
+        let tenant = raw.tenant.unwrap_or_else(|| "default".to_owned());
+        let rounds = need(raw.rounds, "rounds")?;
+        let clients_per_round = need(raw.clients_per_round, "clients_per_round")?;
+        let deadline_s = raw.round_deadline_seconds.unwrap_or(600.0);
+        if !(deadline_s.is_finite() && deadline_s > 0.0 && deadline_s <= 30.0 * 86_400.0) {
+            return Err(SpecError::new("round_deadline_seconds", format!("must be in (0, 2592000], got {deadline_s}")));
+        }
+        let checkin_ttl_s = raw.checkin_ttl_seconds.unwrap_or(300);
+        if checkin_ttl_s == 0 || checkin_ttl_s > 86_400 {
+            return Err(SpecError::new("checkin_ttl_seconds", "must be in 1..=86400"));
+        }
+        let selection_window_ms = raw.selection_window_ms.unwrap_or(1000);
+        if selection_window_ms > 3_600_000 {
+            return Err(SpecError::new("selection_window_ms", "must be ≤ 3600000"));
+        }
+        let retry_after_ms = raw.retry_after_ms.unwrap_or(2000);
+        if retry_after_ms == 0 || retry_after_ms > 3_600_000 {
+            return Err(SpecError::new("retry_after_ms", "must be in 1..=3600000"));
+        }
+
+        let m = need(raw.model, "model")?;
+        let kind_name = need(m.kind, "model.kind")?;
+        let kind = ModelKind::from_str(&kind_name).map_err(|e| SpecError::new("model.kind", e.to_string()))?;
+        let (input_shape, num_classes) = match (&m.dataset, m.input_shape, m.num_classes) {
+            (Some(d), None, None) => dataset_shape(d, "model.dataset", data_dir)?,
+            (Some(_), _, _) => {
+                return Err(SpecError::new("model.dataset", "give either dataset or input_shape and num_classes, not both"));
+            }
+            (None, Some(s), Some(c)) => (s, c),
+            (None, None, _) => return Err(SpecError::new("model.input_shape", "is required without model.dataset")),
+            (None, Some(_), None) => return Err(SpecError::new("model.num_classes", "is required without model.dataset")),
+        };
+        if input_shape.is_empty() || input_shape.contains(&0) || input_shape.iter().product::<usize>() > 1 << 24 {
+            return Err(SpecError::new("model.input_shape", "must be non-empty with dimensions ≥ 1 (at most 2^24 values)"));
+        }
+        if num_classes < 2 || num_classes > 1 << 20 {
+            return Err(SpecError::new("model.num_classes", "must be in 2..=1048576"));
+        }
+        let (hidden, embed) = match kind {
+            ModelKind::Mlp { hidden } => {
+                if m.embed.is_some() {
+                    return Err(SpecError::new("model.embed", "does not apply to model mlp"));
+                }
+                (m.hidden.unwrap_or(hidden), 0)
+            }
+            ModelKind::CharMlp { embed, hidden } => (m.hidden.unwrap_or(hidden), m.embed.unwrap_or(embed)),
+            ModelKind::LogReg | ModelKind::Cnn => {
+                if m.hidden.is_some() {
+                    return Err(SpecError::new("model.hidden", format!("does not apply to model {kind_name}")));
+                }
+                if m.embed.is_some() {
+                    return Err(SpecError::new("model.embed", format!("does not apply to model {kind_name}")));
+                }
+                (0, 0)
+            }
+        };
+        if matches!(kind, ModelKind::Mlp { .. } | ModelKind::CharMlp { .. }) && !(1..=65_536).contains(&hidden) {
+            return Err(SpecError::new("model.hidden", "must be in 1..=65536"));
+        }
+        if matches!(kind, ModelKind::CharMlp { .. }) && !(1..=4096).contains(&embed) {
+            return Err(SpecError::new("model.embed", "must be in 1..=4096"));
+        }
+
+        let t = need(raw.train, "train")?;
+        let train = TrainSection {
+            local_epochs: t.local_epochs.unwrap_or(1),
+            batch_size: t.batch_size.unwrap_or(32),
+            learning_rate: need(t.learning_rate, "train.learning_rate")?,
+        };
+        if train.local_epochs == 0 || train.local_epochs > 10_000 {
+            return Err(SpecError::new("train.local_epochs", "must be in 1..=10000"));
+        }
+        if train.batch_size == 0 {
+            return Err(SpecError::new("train.batch_size", "must be ≥ 1"));
+        }
+        if !(train.learning_rate.is_finite() && train.learning_rate > 0.0) {
+            return Err(SpecError::new("train.learning_rate", format!("must be finite and > 0, got {}", train.learning_rate)));
+        }
+        let min_samples = raw.eligibility.and_then(|e| e.min_samples).unwrap_or(1);
+        let evaluation_dataset = match raw.evaluation {
+            None => None,
+            Some(e) => {
+                let d = need(e.dataset, "evaluation.dataset")?;
+                let (shape, classes) = dataset_shape(&d, "evaluation.dataset", data_dir)?;
+                if shape.iter().product::<usize>() != input_shape.iter().product::<usize>() || classes != num_classes {
+                    return Err(SpecError::new("evaluation.dataset", format!("{d} does not fit the model's input_shape/num_classes")));
+                }
+                Some(d)
+            }
+        };
+
+        let spec = JobSpec {
+            name,
+            tenant,
+            seed: raw.seed.unwrap_or(0),
+            rounds,
+            clients_per_round,
+            min_clients: raw.min_clients.unwrap_or(clients_per_round),
+            over_selection: raw.over_selection.unwrap_or(1.0),
+            round_deadline_ms: (deadline_s * 1000.0).ceil() as u64,
+            min_report_fraction: raw.min_report_fraction.unwrap_or(0.8),
+            max_attempts: raw.max_attempts.unwrap_or(3),
+            selection_window_ms,
+            retry_after_ms,
+            checkin_ttl_ms: checkin_ttl_s * 1000,
+            model: ModelSection { kind: kind.name().to_owned(), input_shape, num_classes, hidden, embed },
+            train,
+            min_samples,
+            evaluation_dataset,
+        };
+        spec.policy().validate().map_err(|e| {
+            let field = match e.field {
+                "round_deadline" => "round_deadline_seconds",
+                "checkin_ttl" => "checkin_ttl_seconds",
+                f => f,
+            };
+            SpecError::new(field, e.message)
+        })?;
+        Ok(spec)
+    }
+
+    /// The round policy of the job.
+    pub fn policy(&self) -> RoundPolicy {
+        let mut p = RoundPolicy::new(self.rounds, self.clients_per_round);
+        p.min_clients = self.min_clients;
+        p.over_selection = self.over_selection;
+        p.stage_deadline_ms = self.round_deadline_ms;
+        p.min_report_fraction = self.min_report_fraction;
+        p.max_attempts = self.max_attempts;
+        p.selection_window_ms = self.selection_window_ms;
+        p.retry_after_ms = self.retry_after_ms;
+        p.checkin_ttl_ms = self.checkin_ttl_ms;
+        p.stages = vec![StageKind::Train];
+        p
+    }
+
+    /// The `flotilla-ml` model spec.
+    pub fn ml_spec(&self) -> Result<ModelSpec, SpecError> {
+        let kind = match self.model.kind.as_str() {
+            "logreg" => ModelKind::LogReg,
+            "mlp" => ModelKind::Mlp { hidden: self.model.hidden },
+            "cnn" => ModelKind::Cnn,
+            "char_mlp" => ModelKind::CharMlp { embed: self.model.embed, hidden: self.model.hidden },
+            other => return Err(SpecError::new("model.kind", format!("unknown model {other}"))),
+        };
+        Ok(ModelSpec { kind, input_shape: self.model.input_shape.clone(), num_classes: self.model.num_classes })
+    }
+
+    /// The wire form of the model spec (`ModelInfo.spec`).
+    pub fn proto_model_spec(&self) -> v1::ModelSpec {
+        v1::ModelSpec {
+            kind: self.model.kind.clone(),
+            input_shape: self.model.input_shape.iter().map(|&d| d as u64).collect(),
+            num_classes: u32::try_from(self.model.num_classes).unwrap_or(u32::MAX),
+            hidden: u32::try_from(self.model.hidden).unwrap_or(u32::MAX),
+            embed: u32::try_from(self.model.embed).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGITS: &str = r#"
+name = "digits"
+seed = 42
+rounds = 20
+clients_per_round = 10
+min_clients = 10
+over_selection = 1.0
+round_deadline_seconds = 60
+min_report_fraction = 0.8
+[model]
+kind = "logreg"
+dataset = "digits"
+[train]
+local_epochs = 1
+batch_size = 32
+learning_rate = 0.1
+[eligibility]
+min_samples = 1
+[evaluation]
+dataset = "digits"
+"#;
+
+    fn err(text: &str) -> String {
+        JobSpec::from_toml(text, Path::new("/nonexistent")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let s = JobSpec::from_toml(DIGITS, Path::new("/nonexistent")).unwrap();
+        assert_eq!(s.model.input_shape, vec![64]);
+        assert_eq!(s.model.num_classes, 10);
+        assert_eq!(s.round_deadline_ms, 60_000);
+        assert_eq!(s.evaluation_dataset.as_deref(), Some("digits"));
+        s.policy().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&DIGITS.replace("clients_per_round = 10", "clients_per_round = 0")).starts_with("clients_per_round:"));
+        assert!(err(&DIGITS.replace("min_clients = 10", "min_clients = 3")).starts_with("min_clients:"));
+        assert!(err(&DIGITS.replace("over_selection = 1.0", "over_selection = 0.5")).starts_with("over_selection:"));
+        assert!(err(&DIGITS.replace("kind = \"logreg\"", "kind = \"nope\"")).starts_with("model.kind:"));
+        assert!(err(&DIGITS.replace("learning_rate = 0.1", "learning_rate = -1.0")).starts_with("train.learning_rate:"));
+        assert!(err(&DIGITS.replace("rounds = 20", "rounds = 0")).starts_with("rounds:"));
+        assert!(err(&DIGITS.replace("round_deadline_seconds = 60", "round_deadline_seconds = 0")).starts_with("round_deadline_seconds:"));
+        assert!(err(&DIGITS.replace("seed = 42", "seed = 42\nbogus = 1")).starts_with("toml:"));
+        assert!(err(&DIGITS.replace("dataset = \"digits\"\n[train]", "dataset = \"nope\"\n[train]")).starts_with("model.dataset:"));
+        assert!(!err("rounds = ").contains('\n'));
+    }
+}

@@ -1,0 +1,194 @@
+//! TLS: development certificates (rcgen), loading PEM files into a rustls server configuration
+//! (ring provider), and accept loops that complete handshakes concurrently so one slow or hostile
+//! peer never blocks the listener.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::CoordinatorError;
+use crate::metrics::Metrics;
+
+/// Longest time a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Accepted connections waiting to be picked up by the server.
+const ACCEPT_QUEUE: usize = 256;
+
+/// Paths of the PEM files written by [`write_dev_certs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevCerts {
+    /// The development CA's certificate (`ca.pem`): what clients trust (`--ca-cert`).
+    pub ca_cert: PathBuf,
+    /// The server certificate (`server.pem`), signed by the CA.
+    pub server_cert: PathBuf,
+    /// The server's private key (`server-key.pem`).
+    pub server_key: PathBuf,
+}
+
+fn cert_err(e: rcgen::Error) -> CoordinatorError {
+    CoordinatorError::CertGen(e.to_string())
+}
+
+/// Writes a fresh development CA and a server certificate for `hosts` (DNS names or IP
+/// addresses, e.g. `["localhost", "127.0.0.1"]`) signed by it, as PEM files in `dir`
+/// (created if needed): `ca.pem`, `server.pem`, `server-key.pem`. For tests and demos only.
+pub fn write_dev_certs(dir: &Path, hosts: &[&str]) -> Result<DevCerts, CoordinatorError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+    if hosts.is_empty() {
+        return Err(CoordinatorError::CertGen("at least one host name is needed".into()));
+    }
+    let ca_key = KeyPair::generate().map_err(cert_err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "Flotilla development CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let names: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
+    let mut params = CertificateParams::new(names).map_err(cert_err)?;
+    params.distinguished_name.push(DnType::CommonName, hosts[0]);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
+
+    std::fs::create_dir_all(dir).map_err(|source| CoordinatorError::Io { path: dir.to_path_buf(), source })?;
+    let out = DevCerts {
+        ca_cert: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+    };
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|source| CoordinatorError::Io { path: path.to_path_buf(), source })
+    };
+    write(&out.ca_cert, ca_cert.pem())?;
+    write(&out.server_cert, cert.pem())?;
+    write(&out.server_key, key.serialize_pem())?;
+    Ok(out)
+}
+
+/// A rustls server configuration (ring provider) from PEM files, advertising `alpn`.
+pub(crate) fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, CoordinatorError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|source| CoordinatorError::Io { path: p.to_path_buf(), source });
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(CoordinatorError::Tls(format!("{}: no certificate found", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CoordinatorError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts TCP connections on `listener`, completes the TLS handshake (if `tls`) on its own task per
+/// connection, and queues established connections. Failed handshakes are counted and dropped.
+pub(crate) fn spawn_tls_accept(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    metrics: Arc<Metrics>,
+) -> (mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let acceptor = TlsAcceptor::from(tls);
+    let handle = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.is_closed() {
+                return;
+            }
+            let acceptor = acceptor.clone();
+            let conn_tx = tx.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send((tls, peer)).await;
+                    }
+                    Ok(Err(e)) => {
+                        Metrics::inc(&metrics.tls_handshake_failures);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        Metrics::inc(&metrics.tls_handshake_failures);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    (rx, handle)
+}
+
+/// Plain-TCP counterpart of [`spawn_tls_accept`] (insecure mode).
+pub(crate) fn spawn_plain_accept(listener: TcpListener) -> (mpsc::Receiver<(TcpStream, SocketAddr)>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let handle = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    if tx.send((tcp, peer)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    (rx, handle)
+}
+
+/// An [`axum::serve::Listener`] fed by one of the accept loops above.
+pub(crate) struct ChannelListener<IO> {
+    pub(crate) rx: mpsc::Receiver<(IO, SocketAddr)>,
+    pub(crate) addr: SocketAddr,
+}
+
+impl<IO> axum::serve::Listener for ChannelListener<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = IO;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (IO, SocketAddr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
