@@ -4,6 +4,7 @@
 mod admin_cmd;
 mod data_cmd;
 mod net_cmd;
+mod server_cmd;
 mod plot;
 mod sim_cmd;
 
@@ -27,8 +28,12 @@ enum Command {
     /// Fetch datasets and inspect partitions.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Run a coordinator: gRPC for clients, HTTP/JSON for administration.
+    Server(server_cmd::ServerArgs),
     /// Run a client that enrolls, trains on local data and uploads updates; or `client list|revoke`.
     Client(net_cmd::ClientArgs),
+    /// Write a development CA and server certificate (for local federations and tests).
+    DevCerts(server_cmd::DevCertsArgs),
     /// Create enrollment tokens on a coordinator.
     #[command(subcommand)]
     EnrollToken(admin_cmd::EnrollTokenCommand),
@@ -56,7 +61,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
+        Command::Server(args) => server_cmd::server(args),
         Command::Client(args) => net_cmd::client(args),
+        Command::DevCerts(args) => server_cmd::dev_certs(args),
         Command::EnrollToken(cmd) => admin_cmd::enroll_token(cmd),
         Command::Job(cmd) => admin_cmd::job(cmd),
     };

@@ -1,0 +1,82 @@
+//! `flotilla server` and `flotilla dev-certs`: the coordinator process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use flotilla_coordinator::{ServerConfig, TlsMode};
+
+use crate::net_cmd::{init_logging, runtime, shutdown_signal};
+
+/// Arguments of `flotilla server`.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Directory for the embedded database, model blobs and evaluation data
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// gRPC address for clients
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// HTTP/JSON admin API address
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
+    admin_listen: SocketAddr,
+    /// postgres://… to keep state in PostgreSQL instead of SQLite inside --data-dir
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Model blob store: a directory, file:///…, or s3://bucket/prefix [default: DIR/models]
+    #[arg(long, value_name = "URL")]
+    blob_url: Option<String>,
+    /// TLS certificate chain (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "insecure")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert", conflicts_with = "insecure")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain text (development only; logged as a warning)
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// Arguments of `flotilla dev-certs`.
+#[derive(Debug, clap::Args)]
+pub struct DevCertsArgs {
+    /// Directory to write ca.pem, server.pem and server-key.pem into
+    dir: PathBuf,
+    /// Host names and IP addresses the server certificate is valid for
+    #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+    hosts: Vec<String>,
+}
+
+pub fn server(args: ServerArgs) -> Result<()> {
+    init_logging();
+    let admin_token = std::env::var("FLOTILLA_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| anyhow!("FLOTILLA_ADMIN_TOKEN must be set to the token the admin API will require"))?;
+    let tls = match (args.tls_cert, args.tls_key, args.insecure) {
+        (Some(cert), Some(key), false) => TlsMode::Files { cert, key },
+        (None, None, true) => TlsMode::Insecure,
+        _ => bail!("give --tls-cert and --tls-key, or --insecure for plain text"),
+    };
+    let mut config = ServerConfig::new(&args.data_dir, admin_token);
+    config.listen = args.listen;
+    config.admin_listen = args.admin_listen;
+    config.database_url = args.database_url;
+    config.blob_url = args.blob_url;
+    config.tls = tls;
+    runtime()?.block_on(async move {
+        let server = flotilla_coordinator::Server::bind(config).await.context("starting the coordinator")?;
+        tracing::info!(grpc = %server.grpc_addr(), admin = %server.admin_addr(), "coordinator listening");
+        server.run(shutdown_signal()).await.context("coordinator stopped")
+    })
+}
+
+pub fn dev_certs(args: DevCertsArgs) -> Result<()> {
+    let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
+    let certs = flotilla_coordinator::write_dev_certs(&args.dir, &hosts)
+        .with_context(|| format!("writing certificates to {}", args.dir.display()))?;
+    println!("CA certificate (give clients --ca-cert): {}", certs.ca_cert.display());
+    println!("server certificate (--tls-cert): {}", certs.server_cert.display());
+    println!("server key (--tls-key): {}", certs.server_key.display());
+    Ok(())
+}

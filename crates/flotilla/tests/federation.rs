@@ -1,0 +1,290 @@
+//! Real federations over the network, with real processes: a coordinator (`flotilla server`) and
+//! client processes (`flotilla client`) on loopback with TLS, driven through the CLI exactly as the
+//! README describes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flotilla")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Kills its processes when dropped, so a failing test leaves nothing running.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Federation {
+    dir: PathBuf,
+    grpc: u16,
+    admin: u16,
+    database_url: Option<String>,
+    server: Procs,
+    clients: Procs,
+}
+
+impl Federation {
+    fn new(name: &str, database_url: Option<String>) -> Self {
+        let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new(bin()).args(["dev-certs", dir.join("certs").to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "dev-certs: {}", String::from_utf8_lossy(&out.stderr));
+        let mut f = Federation {
+            dir,
+            grpc: free_port(),
+            admin: free_port(),
+            database_url,
+            server: Procs(Vec::new()),
+            clients: Procs(Vec::new()),
+        };
+        f.start_server();
+        f
+    }
+
+    fn ca(&self) -> String {
+        self.dir.join("certs/ca.pem").display().to_string()
+    }
+
+    fn admin_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.admin)
+    }
+
+    fn start_server(&mut self) {
+        let certs = self.dir.join("certs");
+        let mut cmd = Command::new(bin());
+        cmd.args(["server", "--data-dir"])
+            .arg(self.dir.join("server"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.grpc)])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin)])
+            .arg("--tls-cert")
+            .arg(certs.join("server.pem"))
+            .arg("--tls-key")
+            .arg(certs.join("server-key.pem"))
+            .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(format!("server-{}.log", self.server.0.len()))).unwrap());
+        if let Some(url) = &self.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        self.server.0.push(cmd.spawn().unwrap());
+        // Ready when the admin API answers.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.admin_cli(&["job", "list"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("coordinator did not come up; see {}", self.dir.display());
+    }
+
+    /// `kill -9` of the coordinator.
+    fn kill_server(&mut self) {
+        for c in &mut self.server.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn admin_cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .args(["--admin-url", &self.admin_url(), "--ca-cert", &self.ca()])
+            .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
+            .current_dir(workspace_root());
+        cmd.output().unwrap()
+    }
+
+    fn last_line(&self, args: &[&str]) -> String {
+        let out = self.admin_cli(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_string()
+    }
+
+    fn start_clients(&mut self, n: usize) {
+        let token = self.last_line(&["enroll-token", "create", "--uses", &n.to_string(), "--expires", "1h"]);
+        for i in 0..n {
+            let child = Command::new(bin())
+                .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", self.grpc)])
+                .args(["--ca-cert", &self.ca(), "--token", &token])
+                .arg("--state-dir")
+                .arg(self.dir.join(format!("client-{i}")))
+                .args(["--dataset", "digits", "--partition", &format!("{i}/{n}")])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(self.dir.join(format!("client-{i}.log"))).unwrap())
+                .spawn()
+                .unwrap();
+            self.clients.0.push(child);
+        }
+    }
+
+    fn submit(&self, spec: &str) -> String {
+        let path = self.dir.join("job.toml");
+        std::fs::write(&path, spec).unwrap();
+        self.last_line(&["job", "submit", path.to_str().unwrap()])
+    }
+
+    fn status(&self, job: &str) -> Value {
+        let out = self.admin_cli(&["job", "status", job, "--json"]);
+        if !out.status.success() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn wait_for(&self, job: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(job);
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status {s}; logs in {}", self.dir.display());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn job_spec(rounds: u64, clients: usize, deadline_s: u64, min_fraction: f64) -> String {
+    let base = std::fs::read_to_string(workspace_root().join("examples/job-digits.toml")).unwrap();
+    base.replace("rounds = 20", &format!("rounds = {rounds}"))
+        .replace("clients_per_round = 10", &format!("clients_per_round = {clients}"))
+        .replace("min_clients = 10", &format!("min_clients = {clients}"))
+        .replace("round_deadline_seconds = 60", &format!("round_deadline_seconds = {deadline_s}"))
+        .replace("min_report_fraction = 0.8", &format!("min_report_fraction = {min_fraction}"))
+}
+
+/// Every round 1..=n appears exactly once, in order, with participants.
+fn assert_history(status: &Value, n: u64, min_participants: u64) {
+    let history = status["history"].as_array().expect("history");
+    let rounds: Vec<u64> = history.iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    assert_eq!(rounds, (1..=n).collect::<Vec<_>>(), "each round exactly once: {status}");
+    for r in history {
+        let p = r["participants"].as_u64().or_else(|| r["participants"].as_array().map(|a| a.len() as u64));
+        assert!(p.unwrap_or(0) >= min_participants, "round {r}");
+    }
+}
+
+fn completed(s: &Value) -> bool {
+    s["state"] == "completed"
+}
+
+fn run_ten_clients(name: &str, database_url: Option<String>) {
+    let mut f = Federation::new(name, database_url);
+    f.start_clients(10);
+    let job = f.submit(&job_spec(5, 10, 60, 0.8));
+    let s = f.wait_for(&job, "5 rounds", Duration::from_secs(240), completed);
+    assert_eq!(s["rounds_completed"], 5);
+    assert_eq!(s["rounds_total"], 5);
+    assert_history(&s, 5, 8);
+    let acc = s["history"][4]["metrics"]["eval_accuracy"].as_f64().expect("server-side evaluation accuracy");
+    assert!(acc > 0.6, "accuracy after 5 rounds {acc}");
+}
+
+#[test]
+fn ten_clients_five_rounds_tls_sqlite() {
+    run_ten_clients("sqlite", None);
+}
+
+#[test]
+fn ten_clients_five_rounds_tls_postgres() {
+    let schema = format!("flotilla_e2e_{}", std::process::id());
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+    };
+    match psql(&format!("CREATE SCHEMA {schema}")) {
+        Ok(o) if o.status.success() => {}
+        other => {
+            if std::env::var_os("FLOTILLA_SKIP_PG").is_some() {
+                eprintln!("skipping: PostgreSQL not reachable and FLOTILLA_SKIP_PG is set");
+                return;
+            }
+            panic!("PostgreSQL at 127.0.0.1:5432 is needed (set FLOTILLA_SKIP_PG=1 to skip): {other:?}");
+        }
+    }
+    let url = format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}");
+    let result = std::panic::catch_unwind(|| run_ten_clients("postgres", Some(url)));
+    let _ = psql(&format!("DROP SCHEMA {schema} CASCADE"));
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn coordinator_killed_mid_job_resumes_and_commits_each_round_once() {
+    let mut f = Federation::new("kill9", None);
+    f.start_clients(6);
+    let job = f.submit(&job_spec(6, 6, 30, 0.5));
+    f.wait_for(&job, "round 2 committed", Duration::from_secs(180), |s| s["rounds_completed"].as_u64().unwrap_or(0) >= 2);
+    f.kill_server();
+    std::thread::sleep(Duration::from_millis(500));
+    f.start_server();
+    let s = f.wait_for(&job, "completion after restart", Duration::from_secs(300), completed);
+    assert_history(&s, 6, 3);
+}
+
+#[test]
+fn dropouts_commit_from_survivors_above_the_minimum() {
+    let mut f = Federation::new("dropout", None);
+    f.start_clients(10);
+    // Short deadline so the round with dead clients closes quickly; 7 of 10 ≥ 0.6.
+    let job = f.submit(&job_spec(3, 10, 8, 0.6));
+    f.wait_for(&job, "round 1 committed", Duration::from_secs(180), |s| s["rounds_completed"].as_u64().unwrap_or(0) >= 1);
+    // 30% of the clients die.
+    for c in f.clients.0.iter_mut().take(3) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let s = f.wait_for(&job, "round 2 from the survivors", Duration::from_secs(180), |s| {
+        s["rounds_completed"].as_u64().unwrap_or(0) >= 2
+    });
+    let participants = |s: &Value, i: usize| s["history"][i]["participants"].as_array().map_or(0, Vec::len);
+    assert!(participants(&s, 0) == 10, "round 1 had everyone: {s}");
+    let p2 = participants(&s, 1);
+    assert!((6..=7).contains(&p2), "round 2 commits from the 7 survivors (≥ 6 needed): {s}");
+    // With 7 live clients and clients_per_round = 10 the next round waits; three newcomers let it run.
+    let first_new = f.clients.0.len();
+    let token = f.last_line(&["enroll-token", "create", "--uses", "3"]);
+    for i in 0..3 {
+        let child = Command::new(bin())
+            .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", f.grpc)])
+            .args(["--ca-cert", &f.ca(), "--token", &token])
+            .arg("--state-dir")
+            .arg(f.dir.join(format!("client-new-{i}")))
+            .args(["--dataset", "digits", "--partition", &format!("{}/10", i)])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        f.clients.0.push(child);
+    }
+    assert_eq!(f.clients.0.len(), first_new + 3);
+    let s = f.wait_for(&job, "completion", Duration::from_secs(180), completed);
+    assert_history(&s, 3, 6);
+}
