@@ -702,7 +702,7 @@ impl Session<'_> {
         match v1::UploadStatus::try_from(resp.status) {
             Ok(v1::UploadStatus::Accepted) => {
                 self.stats.uploads_accepted += 1;
-                tracing::info!(message = %resp.message, "update accepted");
+                tracing::info!(detail = %resp.message, "update accepted");
                 Some(Done::Ok(()))
             }
             Ok(v1::UploadStatus::Duplicate) => {
