@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod csv_file;
 pub mod dataset;
 mod digits;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod partition;
 pub mod pins;
 pub mod shakespeare;
 
+pub use csv_file::{MAX_CSV_CLASSES, load_csv};
 pub use dataset::{
     Dataset, DatasetName, LoadOptions, TrainTest, default_data_dir, load, stratified_split,
 };

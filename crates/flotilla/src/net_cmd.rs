@@ -31,6 +31,9 @@ pub struct ClientArgs {
     /// This client's share of the dataset: I/N (part I of an IID split into N)
     #[arg(long, value_name = "I/N", requires = "dataset")]
     partition: Option<String>,
+    /// Train on your own data instead: a CSV file, one sample per line, features then an integer label
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["dataset", "partition"])]
+    data: Option<PathBuf>,
     /// CA certificate (PEM) that signed the coordinator's certificate
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca_cert: Option<PathBuf>,
@@ -97,13 +100,20 @@ pub fn client(args: ClientArgs) -> Result<()> {
     init_logging();
     let coordinator = args.coordinator.ok_or_else(|| anyhow!("--coordinator is required"))?;
     let state_dir = args.state_dir.ok_or_else(|| anyhow!("--state-dir is required"))?;
-    let (Some(dataset), Some(partition)) = (args.dataset, args.partition) else {
-        bail!("give the client data to train on: --dataset NAME --partition I/N");
+    let trainer = match (args.data, args.dataset, args.partition) {
+        (Some(path), _, _) => {
+            let data = flotilla_data::load_csv(&path)?;
+            let all: Vec<u32> = (0..data.len() as u32).collect();
+            DatasetTrainer::new(data, all).with_context(|| format!("using {}", path.display()))?
+        }
+        (None, Some(dataset), Some(partition)) => {
+            let dataset = DatasetName::from_str(&dataset)?;
+            let (index, of) = parse_partition(&partition)?;
+            DatasetTrainer::from_partition(dataset, &args.data_dir.resolve(), index, of)
+                .with_context(|| format!("loading {dataset} part {index}/{of}"))?
+        }
+        _ => bail!("give the client data to train on: --dataset NAME --partition I/N, or --data FILE.csv"),
     };
-    let dataset = DatasetName::from_str(&dataset)?;
-    let (index, of) = parse_partition(&partition)?;
-    let trainer = DatasetTrainer::from_partition(dataset, &args.data_dir.resolve(), index, of)
-        .with_context(|| format!("loading {dataset} part {index}/{of}"))?;
     let mut config = ClientConfig::new(coordinator, state_dir);
     config.ca_cert = args.ca_cert;
     config.insecure = args.insecure;

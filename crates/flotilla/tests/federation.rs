@@ -267,16 +267,34 @@ fn dropouts_commit_from_survivors_above_the_minimum() {
     assert!(participants(&s, 0) == 10, "round 1 had everyone: {s}");
     let p2 = participants(&s, 1);
     assert!((6..=7).contains(&p2), "round 2 commits from the 7 survivors (≥ 6 needed): {s}");
-    // With 7 live clients and clients_per_round = 10 the next round waits; three newcomers let it run.
+    // With 7 live clients and clients_per_round = 10 the next round waits; three newcomers let it
+    // run. They bring their own data as CSV files (`--data`), here rows of the digits train split.
+    let train = flotilla_data::load(
+        flotilla_data::DatasetName::Digits,
+        Path::new("."),
+        &flotilla_data::LoadOptions::default(),
+    )
+    .unwrap()
+    .train;
     let first_new = f.clients.0.len();
     let token = f.last_line(&["enroll-token", "create", "--uses", "3"]);
     for i in 0..3 {
+        let csv: String = (i * 100..i * 100 + 100)
+            .map(|r| {
+                let x = &train.features[r * 64..(r + 1) * 64];
+                let cols: Vec<String> = x.iter().map(|v| v.to_string()).collect();
+                format!("{},{}\n", cols.join(","), train.labels[r])
+            })
+            .collect();
+        let csv_path = f.dir.join(format!("own-{i}.csv"));
+        std::fs::write(&csv_path, csv).unwrap();
         let child = Command::new(bin())
             .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", f.grpc)])
             .args(["--ca-cert", &f.ca(), "--token", &token])
             .arg("--state-dir")
             .arg(f.dir.join(format!("client-new-{i}")))
-            .args(["--dataset", "digits", "--partition", &format!("{}/10", i)])
+            .arg("--data")
+            .arg(&csv_path)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
