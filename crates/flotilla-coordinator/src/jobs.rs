@@ -466,7 +466,7 @@ impl Shared {
     pub async fn submit_job(&self, text: String) -> Result<JobId, SubmitError> {
         let dir = self.data_dir.clone();
         let (spec, prepared) = tokio::task::spawn_blocking(move || {
-            let spec = JobSpec::from_toml(&text, &dir).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+            let spec = JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
             let prepared = prepare(&spec, &dir).map_err(SubmitError::Invalid)?;
             Ok::<_, SubmitError>((spec, prepared))
         })

@@ -3,7 +3,6 @@
 //! Every validation error is one line that starts with the offending field, e.g.
 //! `clients_per_round: must be ≥ 1`. See the crate README for the format.
 
-use std::path::Path;
 use std::str::FromStr;
 
 use flotilla_core::round::{RoundPolicy, StageKind};
@@ -150,25 +149,16 @@ fn need<T>(v: Option<T>, field: &str) -> Result<T, SpecError> {
     v.ok_or_else(|| SpecError::new(field, "is required"))
 }
 
-/// Input shape and classes of a known dataset. Shakespeare's vocabulary is only known after
-/// loading it, so it is loaded (from `data_dir`) when named.
-fn dataset_shape(name: &str, field: &str, data_dir: &Path) -> Result<(Vec<usize>, usize), SpecError> {
+/// Input shape and classes of a known dataset, as `flotilla-data` defines them (nothing is loaded).
+fn dataset_shape(name: &str, field: &str) -> Result<(Vec<usize>, usize), SpecError> {
     let ds = DatasetName::from_str(name).map_err(|e| SpecError::new(field, e.to_string()))?;
-    match ds {
-        DatasetName::Digits => Ok((vec![64], 10)),
-        DatasetName::Mnist | DatasetName::FashionMnist => Ok((vec![1, 28, 28], 10)),
-        DatasetName::Shakespeare => {
-            let tt = flotilla_data::load(ds, data_dir, &flotilla_data::LoadOptions::default())
-                .map_err(|e| SpecError::new(field, e.to_string()))?;
-            Ok((tt.train.feature_shape.clone(), tt.train.num_classes))
-        }
-    }
+    Ok(ds.sample_shape())
 }
 
 impl JobSpec {
-    /// Parses and validates a job TOML. `data_dir` is where fetched datasets live (only needed
-    /// for datasets whose shape is not built in, and for evaluation).
-    pub fn from_toml(text: &str, data_dir: &Path) -> Result<Self, SpecError> {
+    /// Parses and validates a job TOML. Nothing is read from disk: dataset shapes are known
+    /// statically, and an evaluation dataset is loaded when the job starts.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
         let raw: RawSpec = toml::from_str(text).map_err(|e| {
             let msg = e.message().replace('\n', " ");
             SpecError::new("toml", msg.trim().to_owned())
@@ -201,7 +191,7 @@ impl JobSpec {
         let kind_name = need(m.kind, "model.kind")?;
         let kind = ModelKind::from_str(&kind_name).map_err(|e| SpecError::new("model.kind", e.to_string()))?;
         let (input_shape, num_classes) = match (&m.dataset, m.input_shape, m.num_classes) {
-            (Some(d), None, None) => dataset_shape(d, "model.dataset", data_dir)?,
+            (Some(d), None, None) => dataset_shape(d, "model.dataset")?,
             (Some(_), _, _) => {
                 return Err(SpecError::new("model.dataset", "give either dataset or input_shape and num_classes, not both"));
             }
@@ -260,7 +250,7 @@ impl JobSpec {
             None => None,
             Some(e) => {
                 let d = need(e.dataset, "evaluation.dataset")?;
-                let (shape, classes) = dataset_shape(&d, "evaluation.dataset", data_dir)?;
+                let (shape, classes) = dataset_shape(&d, "evaluation.dataset")?;
                 if shape.iter().product::<usize>() != input_shape.iter().product::<usize>() || classes != num_classes {
                     return Err(SpecError::new("evaluation.dataset", format!("{d} does not fit the model's input_shape/num_classes")));
                 }
@@ -364,12 +354,12 @@ dataset = "digits"
 "#;
 
     fn err(text: &str) -> String {
-        JobSpec::from_toml(text, Path::new("/nonexistent")).unwrap_err().to_string()
+        JobSpec::from_toml(text).unwrap_err().to_string()
     }
 
     #[test]
     fn parses_the_documented_example() {
-        let s = JobSpec::from_toml(DIGITS, Path::new("/nonexistent")).unwrap();
+        let s = JobSpec::from_toml(DIGITS).unwrap();
         assert_eq!(s.model.input_shape, vec![64]);
         assert_eq!(s.model.num_classes, 10);
         assert_eq!(s.round_deadline_ms, 60_000);

@@ -168,6 +168,16 @@ impl DatasetName {
         }
     }
 
+    /// Shape of one sample's features and the number of classes, known without loading anything
+    /// (what a model for this dataset must accept and predict).
+    pub fn sample_shape(self) -> (Vec<usize>, usize) {
+        match self {
+            DatasetName::Digits => (vec![64], 10),
+            DatasetName::FashionMnist | DatasetName::Mnist => (vec![1, 28, 28], 10),
+            DatasetName::Shakespeare => (vec![crate::shakespeare::SEQ_LEN], crate::shakespeare::VOCAB_SIZE),
+        }
+    }
+
     /// Whether the data ships inside this crate (no fetch needed).
     pub fn is_builtin(self) -> bool {
         matches!(self, DatasetName::Digits)
@@ -501,5 +511,24 @@ mod tests {
         assert_eq!(s.labels, vec![0, 0]);
         assert_eq!(s.groups, Some(vec![1, 1]));
         assert!(d.validate("t").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    /// `sample_shape` is the same fact as the loaded data, for every dataset that is present.
+    #[test]
+    fn sample_shape_matches_loaded_data() {
+        for name in DatasetName::ALL {
+            match load(name, &crate::test_data_dir(), &LoadOptions::default()) {
+                Ok(tt) => {
+                    assert_eq!((tt.train.feature_shape.clone(), tt.train.num_classes), name.sample_shape(), "{name}");
+                }
+                Err(DataError::Missing { .. }) => eprintln!("note: {name} not fetched; shape not cross-checked"),
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
     }
 }
