@@ -25,22 +25,6 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Little-endian `f32` bytes of `params` (the blob and wire encoding).
-pub(crate) fn encode_params(params: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 * params.len());
-    for v in params {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
-}
-
-fn decode_params(bytes: &[u8]) -> Option<Vec<f32>> {
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-}
-
 /// One committed model version held in memory for downloads.
 #[derive(Debug)]
 pub(crate) struct ModelVersion {
@@ -317,7 +301,7 @@ impl Shared {
 
     async fn persist_commit(&self, job: &JobRuntime, inner: &mut JobInner, info: &CommitInfo, snapshot: &str) -> Result<(), String> {
         let params = inner.machine.global().to_vec();
-        let bytes = encode_params(&params);
+        let bytes = flotilla_core::params_to_le_bytes(&params);
         let mut key = None;
         for attempt in 1..=STORE_ATTEMPTS {
             match self.store.put_model(job.id, info.model_version, bytes.clone()).await {
@@ -406,7 +390,7 @@ impl Shared {
         let history = self.store.job_history(job.id).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let round = history.into_iter().find(|r| r.model_version == version).ok_or_else(not_found)?;
         let bytes = self.store.get_model(&round.model_blob_key).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let params = decode_params(&bytes).ok_or_else(|| tonic::Status::data_loss("stored model is not f32 data"))?;
+        let params = flotilla_core::params_from_le_bytes(&bytes).ok_or_else(|| tonic::Status::data_loss("stored model is not f32 data"))?;
         Ok(Arc::new(ModelVersion::new(version, params, &job.layout, &job.model_spec)))
     }
 

@@ -5,7 +5,7 @@
 
 pub mod params;
 
-pub use params::{params_sha256, ParamLayout, TensorSpec};
+pub use params::{params_digest, params_from_le_bytes, params_sha256, params_to_le_bytes, ParamLayout, TensorSpec};
 pub mod aggregate;
 pub mod error;
 pub mod round;

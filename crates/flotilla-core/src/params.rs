@@ -75,17 +75,36 @@ impl ParamLayout {
     }
 }
 
-/// SHA-256 of parameters as little-endian `f32` bytes, hex encoded: the identity of a model version.
-pub fn params_sha256(params: &[f32]) -> String {
-    let mut h = Sha256::new();
-    for chunk in params.chunks(4096) {
-        let mut buf = Vec::with_capacity(chunk.len() * 4);
-        for v in chunk {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        h.update(&buf);
+/// Parameters as their wire and blob encoding: little-endian `f32`, in order.
+pub fn params_to_le_bytes(params: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * params.len());
+    for v in params {
+        out.extend_from_slice(&v.to_le_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    out
+}
+
+/// The inverse of [`params_to_le_bytes`]; `None` if the length is not a multiple of 4.
+pub fn params_from_le_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// SHA-256 of parameters as little-endian `f32` bytes: the identity of a model version (and the
+/// digest a wire payload carries). Hashed in blocks, so no second copy of the model is made.
+pub fn params_digest(params: &[f32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for block in params.chunks(4096) {
+        h.update(params_to_le_bytes(block));
+    }
+    h.finalize().into()
+}
+
+/// [`params_digest`], hex encoded: the `model_sha256` users see.
+pub fn params_sha256(params: &[f32]) -> String {
+    params_digest(params).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -105,6 +124,16 @@ mod tests {
         let a = ParamLayout::new(vec![TensorSpec::new("w", [3, 2])]);
         let b = ParamLayout::new(vec![TensorSpec::new("w", [2, 3])]);
         assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn le_bytes_round_trip() {
+        let p = [1.5f32, -0.0, f32::MAX, 3.25e-20];
+        let b = params_to_le_bytes(&p);
+        assert_eq!(&b[..4], &1.5f32.to_le_bytes());
+        let back = params_from_le_bytes(&b).unwrap();
+        assert_eq!(back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), p.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert!(params_from_le_bytes(&b[..5]).is_none());
     }
 
     #[test]

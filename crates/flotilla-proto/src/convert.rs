@@ -4,7 +4,6 @@ use std::collections::HashSet;
 
 use flotilla_core::round::StageKind;
 use flotilla_core::{ParamLayout, TensorSpec};
-use sha2::{Digest, Sha256};
 
 use crate::error::{LayoutError, ModelInfoError, quote};
 use crate::v1;
@@ -18,16 +17,7 @@ pub const MAX_NAME_LEN: usize = 256;
 ///
 /// `hex(&payload_sha256(p))` equals `flotilla_core::params_sha256(p)`.
 pub fn payload_sha256(params: &[f32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    let mut buf = Vec::with_capacity(4 * params.len().min(4096));
-    for block in params.chunks(4096) {
-        buf.clear();
-        for v in block {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        h.update(&buf);
-    }
-    h.finalize().into()
+    flotilla_core::params_digest(params)
 }
 
 /// Lower-case hexadecimal encoding of `bytes`.
