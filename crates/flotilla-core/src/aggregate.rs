@@ -1,9 +1,11 @@
 //! Streaming aggregation: updates are folded in as they arrive, so memory stays O(model), never
 //! O(clients × model).
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AggregateError;
+use crate::robust::{PAR_MIN, first_non_finite, in_pool, simd, simd_kernel};
 
 /// Weighted federated averaging (McMahan et al. 2017), folded one update at a time.
 ///
@@ -52,16 +54,23 @@ impl FedAvg {
         if !(weight.is_finite() && weight > 0.0) {
             return Err(AggregateError::Weight(weight));
         }
-        if let Some(index) = update.iter().position(|v| !v.is_finite()) {
-            return Err(AggregateError::NonFinite { index });
-        }
-        // Chunked so the compiler vectorises the inner loop; order within the sum is fixed.
-        const CHUNK: usize = 4096;
-        for (acc, upd) in self.sum.chunks_mut(CHUNK).zip(update.chunks(CHUNK)) {
-            for (a, &u) in acc.iter_mut().zip(upd) {
-                *a += weight * f64::from(u);
+        // Two passes, so a rejected update changes nothing: find any non-finite value, then fold. Each
+        // coordinate is `sum += weight·u` (multiply, then add: no fused multiply-add), computed
+        // independently, so splitting the vector into chunks across rayon threads changes no bit.
+        const CHUNK: usize = 1 << 14;
+        let fold = |(acc, upd): (&mut [f64], &[f32])| simd(Fold { acc, upd, weight });
+        let sum = &mut self.sum;
+        in_pool(update.len(), || {
+            if let Some(index) = first_non_finite(update) {
+                return Err(AggregateError::NonFinite { index });
             }
-        }
+            if update.len() < PAR_MIN {
+                sum.chunks_mut(CHUNK).zip(update.chunks(CHUNK)).for_each(fold);
+            } else {
+                sum.par_chunks_mut(CHUNK).zip(update.par_chunks(CHUNK)).for_each(fold);
+            }
+            Ok(())
+        })?;
         self.total_weight += weight;
         self.count += 1;
         Ok(())
@@ -73,7 +82,25 @@ impl FedAvg {
             return Err(AggregateError::Empty);
         }
         let inv = 1.0 / self.total_weight;
-        Ok(self.sum.iter().map(|s| (s * inv) as f32).collect())
+        if self.sum.len() < PAR_MIN {
+            Ok(self.sum.iter().map(|s| (s * inv) as f32).collect())
+        } else {
+            Ok(self.sum.par_iter().map(|s| (s * inv) as f32).collect())
+        }
+    }
+}
+
+simd_kernel! {
+    /// [`fold_chunk`] through [`simd`].
+    struct Fold<'a> { acc: &'a mut [f64], upd: &'a [f32], weight: f64 } -> () => fold_chunk
+}
+
+/// `acc += weight·upd`, element by element (vectorises; no fused multiply-add, so the bits are those of
+/// the plain loop on every CPU).
+#[inline(always)]
+fn fold_chunk(acc: &mut [f64], upd: &[f32], weight: f64) {
+    for (a, &u) in acc.iter_mut().zip(upd) {
+        *a += weight * f64::from(u);
     }
 }
 

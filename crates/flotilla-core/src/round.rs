@@ -18,9 +18,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::FedAvg;
 use crate::error::{AggregateError, ConfigError};
 use crate::params::ParamLayout;
+use crate::strategy::{Quarantined, RoundAggregate, Strategy, StrategySpec};
 
 /// Identity of a client within a job, assigned by whoever authenticated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -289,6 +289,9 @@ pub struct CommitInfo {
     pub num_samples: u64,
     /// Sample-weighted mean of the participants' training loss.
     pub train_loss: f64,
+    /// Reporters the strategy left out of the aggregate (anomaly filter, Krum), with the reason.
+    #[serde(default)]
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// What the driver must do. Actions are returned in the order they must be carried out.
@@ -355,7 +358,7 @@ struct StageState {
     cohort: BTreeSet<ClientId>,
     reported: BTreeSet<ClientId>,
     dropped: BTreeSet<ClientId>,
-    aggregate: FedAvg,
+    aggregate: RoundAggregate,
     loss_weighted: f64,
     num_samples: u64,
 }
@@ -390,6 +393,8 @@ pub struct RoundMachine {
     policy: RoundPolicy,
     layout: ParamLayout,
     global: Vec<f32>,
+    /// Aggregation strategy and its server state (optimizer moments, control variates).
+    strategy: Strategy,
     seed: u64,
     round: u64,
     attempt: u32,
@@ -413,6 +418,18 @@ fn mix(mut z: u64) -> u64 {
 impl RoundMachine {
     /// A machine for a job with `policy`, a model of `layout` starting from `initial`, seeded by `seed`.
     pub fn new(policy: RoundPolicy, layout: ParamLayout, initial: Vec<f32>, seed: u64) -> Result<Self, ConfigError> {
+        Self::with_strategy(policy, layout, initial, seed, StrategySpec::fedavg())
+    }
+
+    /// As [`RoundMachine::new`], aggregating with `strategy` (validated by
+    /// [`StrategySpec::from_config`] against this policy's minimum report count).
+    pub fn with_strategy(
+        policy: RoundPolicy,
+        layout: ParamLayout,
+        initial: Vec<f32>,
+        seed: u64,
+        strategy: StrategySpec,
+    ) -> Result<Self, ConfigError> {
         policy.validate()?;
         if initial.len() != layout.len() {
             return Err(ConfigError::new(
@@ -423,10 +440,12 @@ impl RoundMachine {
         if initial.iter().any(|v| !v.is_finite()) {
             return Err(ConfigError::new("initial_parameters", "must all be finite"));
         }
+        let strategy = Strategy::new(strategy, layout.len());
         Ok(Self {
             policy,
             layout,
             global: initial,
+            strategy,
             seed,
             round: 1,
             attempt: 1,
@@ -442,6 +461,11 @@ impl RoundMachine {
     /// The current global model.
     pub fn global(&self) -> &[f32] {
         &self.global
+    }
+
+    /// The aggregation strategy, with its server state.
+    pub fn strategy(&self) -> &Strategy {
+        &self.strategy
     }
 
     /// The model's layout.
@@ -626,7 +650,7 @@ impl RoundMachine {
             cohort,
             reported: BTreeSet::new(),
             dropped: BTreeSet::new(),
-            aggregate: FedAvg::new(self.layout.len()),
+            aggregate: self.strategy.begin_round(),
             loss_weighted: 0.0,
             num_samples: 0,
         }));
@@ -681,7 +705,7 @@ impl RoundMachine {
             return;
         }
         let loss = if metrics.train_loss.is_finite() { metrics.train_loss } else { f64::NAN };
-        if let Err(e) = s.aggregate.accept(update, num_samples as f64) {
+        if let Err(e) = self.strategy.accept(&mut s.aggregate, &self.global, client.0, update, num_samples as f64) {
             out.push(reject(RejectReason::BadUpdate(e)));
             return;
         }
@@ -746,8 +770,31 @@ impl RoundMachine {
             self.start_stage(now_ms, s.index + 1, s.reported.clone(), out);
             return;
         }
-        let new_global = match s.aggregate.finish() {
-            Ok(g) => g,
+        let result = match self.strategy.finish(&s.aggregate, &self.global) {
+            Ok(r) => r,
+            Err(AggregateError::Empty) => {
+                // Every report was quarantined: nothing usable, so the attempt is abandoned like one
+                // that received too few reports.
+                out.push(Action::RoundAbandoned {
+                    round: self.round,
+                    attempt: self.attempt,
+                    reports: 0,
+                    needed,
+                });
+                self.failed_attempts += 1;
+                if self.failed_attempts >= self.policy.max_attempts {
+                    let reason = format!(
+                        "round {} failed {} times: every report was quarantined",
+                        self.round, self.failed_attempts
+                    );
+                    self.phase = Phase::Failed(reason.clone());
+                    out.push(Action::JobFailed { reason });
+                    return;
+                }
+                self.attempt += 1;
+                self.after_round(now_ms, out);
+                return;
+            }
             Err(e) => {
                 let reason = format!("round {} aggregation failed: {e}", self.round);
                 self.phase = Phase::Failed(reason.clone());
@@ -755,15 +802,17 @@ impl RoundMachine {
                 return;
             }
         };
-        self.global = new_global;
+        self.global = result.global;
         self.committed += 1;
+        let quarantined: BTreeSet<u64> = result.quarantined.iter().map(|q| q.client).collect();
         let info = CommitInfo {
             round: self.round,
             attempt: self.attempt,
             model_version: self.committed,
-            participants: s.reported.iter().copied().collect(),
+            participants: s.reported.iter().copied().filter(|c| !quarantined.contains(&c.0)).collect(),
             num_samples: s.num_samples,
             train_loss: s.loss_weighted / s.num_samples.max(1) as f64,
+            quarantined: result.quarantined,
         };
         out.push(Action::Commit(info));
         if self.committed >= self.policy.rounds {

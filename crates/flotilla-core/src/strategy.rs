@@ -1,0 +1,744 @@
+//! Aggregation strategies: how a round's reports become the next global model.
+//!
+//! A strategy is three orthogonal choices, so every combination a user may want is one value:
+//!
+//! - an **aggregator** that combines the round's client deltas (`new − global`): the sample-weighted
+//!   mean (a streaming fold, O(model) memory), or a robust rule — coordinate-wise median, trimmed
+//!   mean, Krum / Multi-Krum — which must see every delta at once (O(reports × model) memory, which
+//!   is inherent to those rules);
+//! - **update filters** applied to each delta before it counts: norm bounding (clip to an L2 norm) and
+//!   an anomaly filter that quarantines outliers with a recorded reason;
+//! - a **server optimizer** that turns the aggregated delta into a step (Reddi et al. 2021, "Adaptive
+//!   Federated Optimization"): plain SGD (FedAvg, server learning rate 1 is McMahan's FedAvg),
+//!   momentum (FedAvgM), Adagrad, Adam, Yogi.
+//!
+//! Two strategies also change what clients do: FedProx adds a proximal term `μ/2‖w − w_global‖²` to
+//! the local objective, and SCAFFOLD (Karimireddy et al. 2020, option II) corrects local gradients
+//! with control variates. Both are described to clients by [`Strategy::client_directive`].
+//!
+//! The strategy's server state (optimizer moments, control variate) is a plain serialisable value
+//! inside the round machine's snapshot, so a restarted coordinator continues exactly where it stopped.
+//!
+//! Strategies are configured by name in scenario and job TOML (`[strategy]`, see [`StrategyConfig`]);
+//! every parameter is range-checked when the file is loaded, and the error names the parameter.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::FedAvg;
+use crate::error::{AggregateError, ConfigError};
+use crate::robust;
+
+/// How the deltas of one round are combined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregator {
+    /// Sample-weighted mean, folded as reports arrive.
+    Mean,
+    /// Coordinate-wise median (unweighted).
+    Median,
+    /// Coordinate-wise trimmed mean dropping the `⌊β·n⌋` smallest and largest values (unweighted).
+    TrimmedMean {
+        /// Fraction trimmed at each end, in `[0, 0.5)`.
+        beta: f64,
+    },
+    /// Krum (`m = 1`) or Multi-Krum: the unweighted mean of the `m` deltas closest to their
+    /// `n − f − 2` nearest neighbours.
+    Krum {
+        /// Number of Byzantine clients tolerated; the round needs `n ≥ 2f + 3` reports.
+        f: usize,
+        /// Number of deltas selected and averaged.
+        m: usize,
+    },
+}
+
+/// How the aggregated delta `Δ` moves the global model `x`. `η` is [`StrategySpec::server_lr`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerOptimizer {
+    /// `x ← x + η·Δ`.
+    Sgd,
+    /// FedAvgM: `v ← μ·v + Δ; x ← x + η·v`.
+    Momentum {
+        /// Momentum `μ` in `[0, 1)`.
+        momentum: f64,
+    },
+    /// FedAdagrad: `m ← β₁m + (1−β₁)Δ; v ← v + Δ²; x ← x + η·m/(√v + τ)`.
+    Adagrad {
+        /// First-moment decay in `[0, 1)`.
+        beta1: f64,
+        /// Adaptivity `τ > 0`.
+        tau: f64,
+    },
+    /// FedAdam: `m ← β₁m + (1−β₁)Δ; v ← β₂v + (1−β₂)Δ²; x ← x + η·m/(√v + τ)`.
+    Adam {
+        /// First-moment decay in `[0, 1)`.
+        beta1: f64,
+        /// Second-moment decay in `[0, 1)`.
+        beta2: f64,
+        /// Adaptivity `τ > 0`.
+        tau: f64,
+    },
+    /// FedYogi: as Adam but `v ← v − (1−β₂)·Δ²·sign(v − Δ²)`.
+    Yogi {
+        /// First-moment decay in `[0, 1)`.
+        beta1: f64,
+        /// Second-moment decay in `[0, 1)`.
+        beta2: f64,
+        /// Adaptivity `τ > 0`.
+        tau: f64,
+    },
+}
+
+/// Thresholds of the anomaly filter; see [`robust::anomaly_filter`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalySpec {
+    /// Largest robust z-score (median/MAD) of an update's norm within its round.
+    pub max_norm_z: f64,
+    /// Largest cosine distance (`1 − cos`, in `[0, 2]`) to the coordinate-wise median.
+    pub max_cosine_distance: f64,
+}
+
+/// A validated strategy. Build one with [`StrategySpec::from_config`] or [`StrategySpec::fedavg`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategySpec {
+    /// The name the strategy was configured by (for results and status).
+    pub name: String,
+    /// How deltas are combined.
+    pub aggregator: Aggregator,
+    /// How the combined delta is applied.
+    pub optimizer: ServerOptimizer,
+    /// Server learning rate `η > 0`.
+    pub server_lr: f64,
+    /// Norm bounding: each delta is scaled to at most this L2 norm before it counts.
+    pub clip_norm: Option<f64>,
+    /// Anomaly filter; when set, the round's deltas are buffered so they can be compared.
+    pub anomaly: Option<AnomalySpec>,
+    /// FedProx proximal coefficient `μ ≥ 0` sent to clients (0 = plain local SGD).
+    pub proximal_mu: f64,
+    /// SCAFFOLD control variates: reports carry `Δcᵢ` after the parameters.
+    pub scaffold: bool,
+}
+
+/// The `[strategy]` table of scenario and job files, before validation. Every key but `name` is
+/// optional; a key that the named strategy does not take is refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConfig {
+    /// One of [`STRATEGY_NAMES`].
+    pub name: String,
+    /// Server learning rate (all strategies; default 1, or 0.01 for the adaptive ones).
+    pub server_lr: Option<f64>,
+    /// FedAvgM momentum (default 0.9).
+    pub momentum: Option<f64>,
+    /// FedProx μ (default 0.01).
+    pub mu: Option<f64>,
+    /// Adaptive optimizers' first-moment decay (default 0.9; 0 for fedadagrad).
+    pub beta1: Option<f64>,
+    /// FedAdam / FedYogi second-moment decay (default 0.99).
+    pub beta2: Option<f64>,
+    /// Adaptive optimizers' τ (default 1e-3).
+    pub tau: Option<f64>,
+    /// Trimmed-mean β (required for trimmed_mean).
+    pub beta: Option<f64>,
+    /// Krum's f (required for krum).
+    pub f: Option<usize>,
+    /// Multi-Krum's m (default 1).
+    pub m: Option<usize>,
+    /// norm_bound's bound (required for norm_bound).
+    pub max_norm: Option<f64>,
+    /// Norm bounding on top of any strategy.
+    pub clip_norm: Option<f64>,
+    /// Anomaly filter on top of any strategy.
+    pub anomaly: Option<AnomalySpec>,
+}
+
+/// Every strategy name [`StrategyConfig::name`] accepts.
+pub const STRATEGY_NAMES: &[&str] = &[
+    "fedavg",
+    "fedavgm",
+    "fedprox",
+    "fedadagrad",
+    "fedadam",
+    "fedyogi",
+    "scaffold",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "norm_bound",
+];
+
+fn in_open_unit(field: &'static str, v: f64, lo_closed: bool) -> Result<f64, ConfigError> {
+    let ok = v.is_finite() && v < 1.0 && if lo_closed { v >= 0.0 } else { v > 0.0 };
+    if ok {
+        Ok(v)
+    } else {
+        let lo = if lo_closed { "[0" } else { "(0" };
+        Err(ConfigError::new(field, format!("must be in {lo}, 1), got {v}")))
+    }
+}
+
+fn positive(field: &'static str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(ConfigError::new(field, format!("must be finite and > 0, got {v}")))
+    }
+}
+
+impl StrategySpec {
+    /// Plain FedAvg (McMahan et al. 2017): weighted mean, server learning rate 1.
+    pub fn fedavg() -> Self {
+        Self {
+            name: "fedavg".into(),
+            aggregator: Aggregator::Mean,
+            optimizer: ServerOptimizer::Sgd,
+            server_lr: 1.0,
+            clip_norm: None,
+            anomaly: None,
+            proximal_mu: 0.0,
+            scaffold: false,
+        }
+    }
+
+    /// Validates `cfg` for a round that aggregates at least `min_reports` reports (Krum needs
+    /// `min_reports ≥ 2f + 3`). Errors name the parameter (`strategy.beta`, …) and its valid range.
+    pub fn from_config(cfg: &StrategyConfig, min_reports: usize) -> Result<Self, ConfigError> {
+        let name = cfg.name.as_str();
+        if !STRATEGY_NAMES.contains(&name) {
+            return Err(ConfigError::new(
+                "strategy.name",
+                format!("unknown strategy `{name}`; valid: {}", STRATEGY_NAMES.join(", ")),
+            ));
+        }
+        // Refuse keys the named strategy does not take: a typo'd strategy must not silently run
+        // with defaults.
+        let takes: &[&str] = match name {
+            "fedavgm" => &["momentum"],
+            "fedprox" => &["mu"],
+            "fedadagrad" => &["beta1", "tau"],
+            "fedadam" | "fedyogi" => &["beta1", "beta2", "tau"],
+            "trimmed_mean" => &["beta"],
+            "krum" => &["f", "m"],
+            "norm_bound" => &["max_norm"],
+            _ => &[],
+        };
+        let given: [(&str, bool); 9] = [
+            ("momentum", cfg.momentum.is_some()),
+            ("mu", cfg.mu.is_some()),
+            ("beta1", cfg.beta1.is_some()),
+            ("beta2", cfg.beta2.is_some()),
+            ("tau", cfg.tau.is_some()),
+            ("beta", cfg.beta.is_some()),
+            ("f", cfg.f.is_some()),
+            ("m", cfg.m.is_some()),
+            ("max_norm", cfg.max_norm.is_some()),
+        ];
+        if let Some((key, _)) = given.iter().find(|(k, set)| *set && !takes.contains(k)) {
+            return Err(ConfigError::new(
+                "strategy",
+                format!(
+                    "`{key}` is not a parameter of {name} (it takes: {})",
+                    if takes.is_empty() { "only server_lr, clip_norm, anomaly".to_string() } else { takes.join(", ") }
+                ),
+            ));
+        }
+        let adaptive = matches!(name, "fedadagrad" | "fedadam" | "fedyogi");
+        let server_lr = positive("strategy.server_lr", cfg.server_lr.unwrap_or(if adaptive { 0.01 } else { 1.0 }))?;
+        let tau = || positive("strategy.tau", cfg.tau.unwrap_or(1e-3));
+        let beta1 = |d: f64| in_open_unit("strategy.beta1", cfg.beta1.unwrap_or(d), true);
+        let beta2 = || in_open_unit("strategy.beta2", cfg.beta2.unwrap_or(0.99), true);
+        let mut spec = Self { name: name.to_string(), server_lr, ..Self::fedavg() };
+        match name {
+            "fedavgm" => {
+                spec.optimizer =
+                    ServerOptimizer::Momentum { momentum: in_open_unit("strategy.momentum", cfg.momentum.unwrap_or(0.9), true)? }
+            }
+            "fedprox" => {
+                let mu = cfg.mu.unwrap_or(0.01);
+                if !(mu.is_finite() && mu >= 0.0) {
+                    return Err(ConfigError::new("strategy.mu", format!("must be finite and ≥ 0, got {mu}")));
+                }
+                spec.proximal_mu = mu;
+            }
+            "fedadagrad" => spec.optimizer = ServerOptimizer::Adagrad { beta1: beta1(0.0)?, tau: tau()? },
+            "fedadam" => spec.optimizer = ServerOptimizer::Adam { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
+            "fedyogi" => spec.optimizer = ServerOptimizer::Yogi { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
+            "scaffold" => spec.scaffold = true,
+            "median" => spec.aggregator = Aggregator::Median,
+            "trimmed_mean" => {
+                let beta = cfg.beta.ok_or_else(|| ConfigError::new("strategy.beta", "required for trimmed_mean, in [0, 0.5)"))?;
+                if !(beta.is_finite() && (0.0..0.5).contains(&beta)) {
+                    return Err(ConfigError::new("strategy.beta", format!("must be in [0, 0.5), got {beta}")));
+                }
+                spec.aggregator = Aggregator::TrimmedMean { beta };
+            }
+            "krum" => {
+                let f = cfg.f.ok_or_else(|| ConfigError::new("strategy.f", "required for krum"))?;
+                // n ≥ 2f + 3 must hold for the smallest round that can commit.
+                let max_f = min_reports.saturating_sub(3) / 2;
+                if min_reports < 3 || f > max_f {
+                    return Err(ConfigError::new(
+                        "strategy.f",
+                        format!(
+                            "krum needs at least 2f + 3 reports; a round may commit with {min_reports}, so f must be in 0..={max_f}, got {f}"
+                        ),
+                    ));
+                }
+                let m = cfg.m.unwrap_or(1);
+                let max_m = min_reports - f;
+                if m == 0 || m > max_m {
+                    return Err(ConfigError::new("strategy.m", format!("must be in 1..={max_m} (n − f), got {m}")));
+                }
+                spec.aggregator = Aggregator::Krum { f, m };
+            }
+            "norm_bound" => {
+                let max_norm = cfg.max_norm.ok_or_else(|| ConfigError::new("strategy.max_norm", "required for norm_bound, > 0"))?;
+                spec.clip_norm = Some(positive("strategy.max_norm", max_norm)?);
+            }
+            _ => {}
+        }
+        if let Some(c) = cfg.clip_norm {
+            if spec.clip_norm.is_some() {
+                return Err(ConfigError::new("strategy.clip_norm", "norm_bound already sets the bound with max_norm"));
+            }
+            spec.clip_norm = Some(positive("strategy.clip_norm", c)?);
+        }
+        if let Some(a) = cfg.anomaly {
+            positive("strategy.anomaly.max_norm_z", a.max_norm_z)?;
+            if !(a.max_cosine_distance.is_finite() && a.max_cosine_distance > 0.0 && a.max_cosine_distance <= 2.0) {
+                return Err(ConfigError::new(
+                    "strategy.anomaly.max_cosine_distance",
+                    format!("must be in (0, 2], got {}", a.max_cosine_distance),
+                ));
+            }
+            spec.anomaly = Some(a);
+        }
+        Ok(spec)
+    }
+
+    /// Whether the round's deltas must all be held at once (robust aggregators, anomaly filter).
+    pub fn buffers_updates(&self) -> bool {
+        self.anomaly.is_some() || !matches!(self.aggregator, Aggregator::Mean)
+    }
+}
+
+/// What a selected client must do besides plain local SGD, sent with its task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientDirective<'a> {
+    /// FedProx μ (0 = none).
+    pub proximal_mu: f64,
+    /// SCAFFOLD's server control variate `c`; the client keeps its own `cᵢ` and reports `Δcᵢ`.
+    pub server_control: Option<&'a [f32]>,
+}
+
+/// A client that was left out of the aggregate by a robustness rule, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// The client's id (`ClientId.0`).
+    pub client: u64,
+    /// Human-readable reason with the numbers behind it.
+    pub reason: String,
+}
+
+/// Server state of a strategy: what must survive between rounds and across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ServerState {
+    /// FedAvgM velocity, or the adaptive optimizers' first moment.
+    m: Option<Vec<f32>>,
+    /// Adaptive optimizers' second moment.
+    v: Option<Vec<f32>>,
+    /// SCAFFOLD server control variate.
+    control: Option<Vec<f32>>,
+    /// SCAFFOLD: distinct clients that ever reported (the population `N` of the control update).
+    population: BTreeSet<u64>,
+}
+
+/// A strategy with its server state. Lives inside the round machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Strategy {
+    spec: StrategySpec,
+    dim: usize,
+    state: ServerState,
+}
+
+/// One buffered report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Buffered {
+    client: u64,
+    weight: f64,
+    delta: Vec<f32>,
+}
+
+/// The reports of one round as the strategy collects them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundAggregate {
+    /// Streaming sum — of the new parameters when nothing per-update is needed (bit-compatible with
+    /// plain FedAvg), of clipped deltas otherwise.
+    stream: Option<FedAvg>,
+    of_deltas: bool,
+    buffer: Vec<Buffered>,
+    /// SCAFFOLD: unweighted mean of the reported `Δcᵢ`.
+    control: Option<FedAvg>,
+    reporters: Vec<u64>,
+}
+
+/// What a round's aggregation produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundResult {
+    /// The new global model.
+    pub global: Vec<f32>,
+    /// Clients left out by the anomaly filter or Krum's selection.
+    pub quarantined: Vec<Quarantined>,
+}
+
+fn check_update(update: &[f32], expected: usize) -> Result<(), AggregateError> {
+    if update.len() != expected {
+        return Err(AggregateError::Length { expected, actual: update.len() });
+    }
+    if let Some(index) = update.iter().position(|v| !v.is_finite()) {
+        return Err(AggregateError::NonFinite { index });
+    }
+    Ok(())
+}
+
+impl Strategy {
+    /// A strategy for models of `dim` parameters.
+    pub fn new(spec: StrategySpec, dim: usize) -> Self {
+        let control = spec.scaffold.then(|| vec![0.0; dim]);
+        Self { spec, dim, state: ServerState { control, ..ServerState::default() } }
+    }
+
+    /// The validated configuration.
+    pub fn spec(&self) -> &StrategySpec {
+        &self.spec
+    }
+
+    /// Values per report: the parameters, followed by `Δcᵢ` under SCAFFOLD.
+    pub fn report_len(&self) -> usize {
+        if self.spec.scaffold { 2 * self.dim } else { self.dim }
+    }
+
+    /// What clients must be told besides the global model.
+    pub fn client_directive(&self) -> ClientDirective<'_> {
+        ClientDirective { proximal_mu: self.spec.proximal_mu, server_control: self.state.control.as_deref() }
+    }
+
+    /// An empty collector for one round.
+    pub fn begin_round(&self) -> RoundAggregate {
+        let buffered = self.spec.buffers_updates();
+        let of_deltas = self.spec.clip_norm.is_some();
+        RoundAggregate {
+            stream: (!buffered).then(|| FedAvg::new(self.dim)),
+            of_deltas,
+            buffer: Vec::new(),
+            control: self.spec.scaffold.then(|| FedAvg::new(self.dim)),
+            reporters: Vec::new(),
+        }
+    }
+
+    /// Validates one report against `global` and folds (or buffers) it. On error nothing changes.
+    pub fn accept(
+        &self,
+        agg: &mut RoundAggregate,
+        global: &[f32],
+        client: u64,
+        update: &[f32],
+        weight: f64,
+    ) -> Result<(), AggregateError> {
+        check_update(update, self.report_len())?;
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(AggregateError::Weight(weight));
+        }
+        let (params, control) = update.split_at(self.dim);
+        let delta = |clip: Option<f64>| {
+            let mut d: Vec<f32> = params.iter().zip(global).map(|(p, g)| p - g).collect();
+            if let Some(c) = clip {
+                robust::clip_to_norm(&mut d, c);
+            }
+            d
+        };
+        match &mut agg.stream {
+            Some(sum) if !agg.of_deltas => sum.accept(params, weight)?,
+            Some(sum) => sum.accept(&delta(self.spec.clip_norm), weight)?,
+            None => agg.buffer.push(Buffered { client, weight, delta: delta(self.spec.clip_norm) }),
+        }
+        if let Some(c) = &mut agg.control {
+            // Cannot fail: length and finiteness were checked above.
+            c.accept(control, 1.0)?;
+        }
+        agg.reporters.push(client);
+        Ok(())
+    }
+
+    /// Combines the round's reports and takes the server step from `global`.
+    ///
+    /// Fails (and leaves the strategy's state unchanged) when nothing usable was reported or the step
+    /// is not finite.
+    pub fn finish(&mut self, agg: &RoundAggregate, global: &[f32]) -> Result<RoundResult, AggregateError> {
+        let mut quarantined = Vec::new();
+        let mut state = self.state.clone();
+        let new_global = match &agg.stream {
+            // Plain FedAvg: the weighted mean of the parameters *is* the new model; skip the round
+            // trip through a delta so results are bit-identical to the fold.
+            Some(sum) if !agg.of_deltas && self.plain_fedavg() => sum.finish()?,
+            Some(sum) => {
+                let mean = sum.finish()?;
+                let delta: Vec<f32> =
+                    if agg.of_deltas { mean } else { mean.iter().zip(global).map(|(m, g)| m - g).collect() };
+                self.step(&mut state, global, &delta)
+            }
+            None => {
+                let delta = self.robust_delta(agg, &mut quarantined)?;
+                self.step(&mut state, global, &delta)
+            }
+        };
+        if let Some(index) = new_global.iter().position(|v| !v.is_finite()) {
+            return Err(AggregateError::NonFinite { index });
+        }
+        if let (Some(c), Some(sum)) = (&mut state.control, &agg.control) {
+            // c ← c + (|S|/N)·mean(Δcᵢ), N = clients that ever reported.
+            state.population.extend(agg.reporters.iter().copied());
+            let mean = sum.finish()?;
+            let frac = agg.reporters.len() as f64 / state.population.len().max(1) as f64;
+            for (ci, d) in c.iter_mut().zip(&mean) {
+                *ci = (f64::from(*ci) + frac * f64::from(*d)) as f32;
+            }
+        }
+        self.state = state;
+        Ok(RoundResult { global: new_global, quarantined })
+    }
+
+    fn plain_fedavg(&self) -> bool {
+        self.spec.optimizer == ServerOptimizer::Sgd && self.spec.server_lr == 1.0
+    }
+
+    fn robust_delta(&self, agg: &RoundAggregate, quarantined: &mut Vec<Quarantined>) -> Result<Vec<f32>, AggregateError> {
+        let mut kept: Vec<&Buffered> = agg.buffer.iter().collect();
+        if let Some(a) = &self.spec.anomaly {
+            let views: Vec<&[f32]> = kept.iter().map(|b| b.delta.as_slice()).collect();
+            let cfg = robust::AnomalyConfig { max_norm_z: a.max_norm_z, max_cosine_distance: a.max_cosine_distance };
+            let verdicts = robust::anomaly_filter(&views, &cfg);
+            let mut next = Vec::with_capacity(kept.len());
+            for (b, v) in kept.into_iter().zip(verdicts) {
+                match v {
+                    robust::Verdict::Keep => next.push(b),
+                    robust::Verdict::Quarantine(reason) => quarantined.push(Quarantined { client: b.client, reason }),
+                }
+            }
+            kept = next;
+        }
+        if kept.is_empty() {
+            return Err(AggregateError::Empty);
+        }
+        let views: Vec<&[f32]> = kept.iter().map(|b| b.delta.as_slice()).collect();
+        let weighted_mean = |items: &[&Buffered]| -> Result<Vec<f32>, AggregateError> {
+            let mut sum = FedAvg::new(self.dim);
+            for b in items {
+                sum.accept(&b.delta, b.weight)?;
+            }
+            sum.finish()
+        };
+        match &self.spec.aggregator {
+            Aggregator::Mean => weighted_mean(&kept),
+            Aggregator::Median => robust::coordinate_median(&views),
+            Aggregator::TrimmedMean { beta } => robust::trimmed_mean(&views, *beta),
+            Aggregator::Krum { f, m } => {
+                let sel = robust::krum(&views, *f, *m)?;
+                let chosen: BTreeSet<usize> = sel.selected.iter().copied().collect();
+                for (i, b) in kept.iter().enumerate() {
+                    if !chosen.contains(&i) {
+                        quarantined.push(Quarantined {
+                            client: b.client,
+                            reason: format!("not selected by krum (score {:.4e}, f = {f}, m = {m})", sel.scores[i]),
+                        });
+                    }
+                }
+                let picked: Vec<&[f32]> = sel.selected.iter().map(|&i| views[i]).collect();
+                // Multi-Krum averages its selection without weights (Blanchard et al. 2017).
+                let mut sum = FedAvg::new(self.dim);
+                for d in picked {
+                    sum.accept(d, 1.0)?;
+                }
+                sum.finish()
+            }
+        }
+    }
+
+    /// One server-optimizer step; updates `state` (moments) and returns the new global.
+    fn step(&self, state: &mut ServerState, global: &[f32], delta: &[f32]) -> Vec<f32> {
+        let lr = self.spec.server_lr;
+        let n = global.len();
+        match self.spec.optimizer {
+            ServerOptimizer::Sgd => global.iter().zip(delta).map(|(&x, &d)| (f64::from(x) + lr * f64::from(d)) as f32).collect(),
+            ServerOptimizer::Momentum { momentum } => {
+                let v = state.m.get_or_insert_with(|| vec![0.0; n]);
+                let mut out = Vec::with_capacity(n);
+                for ((vi, &x), &d) in v.iter_mut().zip(global).zip(delta) {
+                    let nv = momentum * f64::from(*vi) + f64::from(d);
+                    *vi = nv as f32;
+                    out.push((f64::from(x) + lr * nv) as f32);
+                }
+                out
+            }
+            ServerOptimizer::Adagrad { beta1, tau } => self.adaptive(state, global, delta, beta1, tau, |v, d2| v + d2),
+            ServerOptimizer::Adam { beta1, beta2, tau } => {
+                self.adaptive(state, global, delta, beta1, tau, |v, d2| beta2 * v + (1.0 - beta2) * d2)
+            }
+            ServerOptimizer::Yogi { beta1, beta2, tau } => {
+                self.adaptive(state, global, delta, beta1, tau, |v, d2| v - (1.0 - beta2) * d2 * (v - d2).signum())
+            }
+        }
+    }
+
+    fn adaptive(
+        &self,
+        state: &mut ServerState,
+        global: &[f32],
+        delta: &[f32],
+        beta1: f64,
+        tau: f64,
+        second: impl Fn(f64, f64) -> f64,
+    ) -> Vec<f32> {
+        let n = global.len();
+        let lr = self.spec.server_lr;
+        let m = state.m.get_or_insert_with(|| vec![0.0; n]);
+        // Reddi et al. initialise v ≥ τ²; starting at τ² keeps the first step bounded by η/2·|Δ|/τ.
+        let v = state.v.get_or_insert_with(|| vec![(tau * tau) as f32; n]);
+        let mut out = Vec::with_capacity(n);
+        for (((mi, vi), &x), &d) in m.iter_mut().zip(v.iter_mut()).zip(global).zip(delta) {
+            let d = f64::from(d);
+            let nm = beta1 * f64::from(*mi) + (1.0 - beta1) * d;
+            let nv = second(f64::from(*vi), d * d).max(0.0);
+            *mi = nm as f32;
+            *vi = nv as f32;
+            out.push((f64::from(x) + lr * nm / (nv.sqrt() + tau)) as f32);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(name: &str) -> StrategyConfig {
+        StrategyConfig { name: name.into(), ..StrategyConfig::default() }
+    }
+
+    fn run_round(s: &mut Strategy, global: &[f32], reports: &[(&[f32], f64)]) -> Vec<f32> {
+        let mut agg = s.begin_round();
+        for (i, (u, w)) in reports.iter().enumerate() {
+            s.accept(&mut agg, global, i as u64, u, *w).unwrap();
+        }
+        s.finish(&agg, global).unwrap().global
+    }
+
+    #[test]
+    fn fedavg_is_weighted_mean_of_parameters() {
+        let mut s = Strategy::new(StrategySpec::fedavg(), 2);
+        let g = run_round(&mut s, &[0.0, 0.0], &[(&[1.0, 2.0], 1.0), (&[3.0, 6.0], 3.0)]);
+        assert_eq!(g, vec![2.5, 5.0]);
+    }
+
+    #[test]
+    fn fedavgm_accumulates_velocity() {
+        let spec = StrategySpec::from_config(&StrategyConfig { momentum: Some(0.5), ..cfg("fedavgm") }, 1).unwrap();
+        let mut s = Strategy::new(spec, 1);
+        // Δ = 1 → v = 1, x = 1; then Δ = 1 again → v = 0.5 + 1 = 1.5, x = 2.5.
+        let g1 = run_round(&mut s, &[0.0], &[(&[1.0], 1.0)]);
+        assert_eq!(g1, vec![1.0]);
+        let g2 = run_round(&mut s, &g1, &[(&[2.0], 1.0)]);
+        assert_eq!(g2, vec![2.5]);
+    }
+
+    #[test]
+    fn fedadam_and_fedyogi_match_hand_computed_steps() {
+        // η = 0.1, β₁ = 0.9, β₂ = 0.99, τ = 0.1; Δ = 2 from x = 0.
+        for (name, want_v) in [("fedadam", 0.99 * 0.01 + 0.01 * 4.0), ("fedyogi", 0.01 - 0.01 * 4.0 * (0.01f64 - 4.0).signum())] {
+            let c = StrategyConfig { server_lr: Some(0.1), beta1: Some(0.9), beta2: Some(0.99), tau: Some(0.1), ..cfg(name) };
+            let mut s = Strategy::new(StrategySpec::from_config(&c, 1).unwrap(), 1);
+            let g = run_round(&mut s, &[0.0], &[(&[2.0], 1.0)]);
+            let m = 0.1 * 2.0;
+            let want = 0.1 * m / (f64::sqrt(want_v) + 0.1);
+            assert!((f64::from(g[0]) - want).abs() < 1e-6, "{name}: got {} want {want}", g[0]);
+        }
+        // Adagrad: v = τ² + Δ² = 0.01 + 4, m = Δ (β₁ = 0).
+        let c = StrategyConfig { server_lr: Some(0.1), tau: Some(0.1), ..cfg("fedadagrad") };
+        let mut s = Strategy::new(StrategySpec::from_config(&c, 1).unwrap(), 1);
+        let g = run_round(&mut s, &[0.0], &[(&[2.0], 1.0)]);
+        let want = 0.1 * 2.0 / (4.01f64.sqrt() + 0.1);
+        assert!((f64::from(g[0]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn scaffold_updates_control_variate_by_participation_fraction() {
+        let mut s = Strategy::new(StrategySpec::from_config(&cfg("scaffold"), 1).unwrap(), 2);
+        // Two reporters, both new: N = 2, |S| = 2 → c = mean(Δc).
+        let g = run_round(&mut s, &[0.0, 0.0], &[(&[1.0, 1.0, 0.5, -1.0], 1.0), (&[3.0, 3.0, 1.5, 1.0], 1.0)]);
+        assert_eq!(g, vec![2.0, 2.0]);
+        assert_eq!(s.client_directive().server_control.unwrap(), &[1.0, 0.0]);
+        // Wrong length (parameters only) is refused.
+        let mut agg = s.begin_round();
+        assert!(matches!(s.accept(&mut agg, &g, 0, &[1.0, 1.0], 1.0), Err(AggregateError::Length { .. })));
+    }
+
+    #[test]
+    fn norm_bound_clips_each_delta() {
+        let spec = StrategySpec::from_config(&StrategyConfig { max_norm: Some(1.0), ..cfg("norm_bound") }, 1).unwrap();
+        let mut s = Strategy::new(spec, 2);
+        let g = run_round(&mut s, &[0.0, 0.0], &[(&[30.0, 40.0], 1.0), (&[0.6, 0.8], 1.0)]);
+        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+    }
+
+    #[test]
+    fn median_ignores_a_minority_of_attackers() {
+        let spec = StrategySpec::from_config(&cfg("median"), 3).unwrap();
+        let mut s = Strategy::new(spec, 1);
+        let g = run_round(&mut s, &[0.0], &[(&[1.0], 1.0), (&[1.2], 1.0), (&[-1000.0], 1.0)]);
+        assert_eq!(g, vec![1.0]);
+    }
+
+    #[test]
+    fn state_is_unchanged_when_the_step_fails() {
+        let spec = StrategySpec::from_config(&cfg("fedavgm"), 1).unwrap();
+        let mut s = Strategy::new(spec, 1);
+        let before = s.clone();
+        let agg = s.begin_round();
+        assert!(matches!(s.finish(&agg, &[0.0]), Err(AggregateError::Empty)));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn parameters_are_range_checked_by_name() {
+        let err = |c: StrategyConfig, min: usize| StrategySpec::from_config(&c, min).unwrap_err();
+        assert_eq!(err(StrategyConfig { beta: Some(0.5), ..cfg("trimmed_mean") }, 10).field, "strategy.beta");
+        assert_eq!(err(cfg("trimmed_mean"), 10).field, "strategy.beta");
+        let e = err(StrategyConfig { f: Some(4), ..cfg("krum") }, 10);
+        assert_eq!(e.field, "strategy.f");
+        assert!(e.message.contains("0..=3"), "{e}");
+        assert_eq!(err(StrategyConfig { mu: Some(-0.1), ..cfg("fedprox") }, 10).field, "strategy.mu");
+        assert_eq!(err(StrategyConfig { server_lr: Some(0.0), ..cfg("fedadam") }, 10).field, "strategy.server_lr");
+        assert_eq!(err(StrategyConfig { server_lr: Some(-1.0), ..cfg("fedavg") }, 10).field, "strategy.server_lr");
+        assert_eq!(err(StrategyConfig { beta: Some(0.1), ..cfg("fedavg") }, 10).field, "strategy");
+        assert_eq!(err(cfg("fedsgd"), 10).field, "strategy.name");
+        assert!(StrategySpec::from_config(&StrategyConfig { f: Some(3), m: Some(7), ..cfg("krum") }, 10).is_ok());
+    }
+
+    #[test]
+    fn server_state_roundtrips_bit_exactly() {
+        let spec = StrategySpec::from_config(&StrategyConfig { server_lr: Some(0.3), ..cfg("fedyogi") }, 1).unwrap();
+        let mut s = Strategy::new(spec, 3);
+        run_round(&mut s, &[0.1, 0.2, 0.3], &[(&[0.7, -0.1, 1e-7], 5.0), (&[0.3, 0.3, 0.3], 2.0)]);
+        let text = serde_json::to_string(&s).unwrap();
+        let back: Strategy = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+        let mut a = s.clone();
+        let mut b = back;
+        let ga = run_round(&mut a, &[0.5, 0.5, 0.5], &[(&[0.1, 0.9, 0.4], 1.0)]);
+        let gb = run_round(&mut b, &[0.5, 0.5, 0.5], &[(&[0.1, 0.9, 0.4], 1.0)]);
+        assert_eq!(ga.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), gb.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+}
