@@ -124,6 +124,20 @@ pub struct FitConfig {
     pub seed: u64,
 }
 
+/// Extra terms of the local objective that some strategies ask for.
+///
+/// Both are applied as gradient terms inside each SGD step, so they cost one extra tensor
+/// operation per parameter tensor per step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LocalObjective<'a> {
+    /// FedProx (Li et al. 2020): adds `μ/2·‖w − w₀‖²`, where `w₀` are the parameters at the start of
+    /// the call, i.e. the gradient gains `μ·(w − w₀)`. 0 disables it.
+    pub proximal_mu: f32,
+    /// SCAFFOLD (Karimireddy et al. 2020): a constant `c − cᵢ` added to every gradient, flat, in
+    /// layout order.
+    pub gradient_correction: Option<&'a [f32]>,
+}
+
 /// What a call to [`Trainer::fit`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FitReport {
@@ -162,7 +176,17 @@ pub trait Trainer: Send {
 
     /// Plain minibatch SGD on the mean cross-entropy: `cfg.epochs` passes, each over a fresh
     /// shuffle of `data` drawn from `cfg.seed`, last partial batch included.
-    fn fit(&mut self, data: &Samples<'_>, cfg: &FitConfig) -> Result<FitReport, TrainerError>;
+    fn fit(&mut self, data: &Samples<'_>, cfg: &FitConfig) -> Result<FitReport, TrainerError> {
+        self.fit_with(data, cfg, &LocalObjective::default())
+    }
+
+    /// As [`fit`](Trainer::fit), with the extra objective terms of `objective`.
+    fn fit_with(
+        &mut self,
+        data: &Samples<'_>,
+        cfg: &FitConfig,
+        objective: &LocalObjective<'_>,
+    ) -> Result<FitReport, TrainerError>;
 
     /// Mean loss and accuracy of the current parameters on `data`.
     fn evaluate(&mut self, data: &Samples<'_>) -> Result<EvalReport, TrainerError>;

@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::rng;
 use crate::{
-    EvalReport, FitConfig, FitReport, ModelKind, ModelSpec, ParamLayout, Samples, TensorSpec,
+    EvalReport, FitConfig, FitReport, LocalObjective, ModelKind, ModelSpec, ParamLayout, Samples, TensorSpec,
     Trainer, TrainerError,
 };
 
@@ -390,7 +390,12 @@ impl Trainer for BurnTrainer {
         Ok(())
     }
 
-    fn fit(&mut self, data: &Samples<'_>, cfg: &FitConfig) -> Result<FitReport, TrainerError> {
+    fn fit_with(
+        &mut self,
+        data: &Samples<'_>,
+        cfg: &FitConfig,
+        objective: &LocalObjective<'_>,
+    ) -> Result<FitReport, TrainerError> {
         if cfg.epochs == 0 {
             return Err(TrainerError::InvalidConfig("epochs must be at least 1".into()));
         }
@@ -403,9 +408,34 @@ impl Trainer for BurnTrainer {
                 cfg.learning_rate
             )));
         }
+        if !(objective.proximal_mu.is_finite() && objective.proximal_mu >= 0.0) {
+            return Err(TrainerError::InvalidConfig(format!(
+                "proximal_mu must be finite and ≥ 0, got {}",
+                objective.proximal_mu
+            )));
+        }
         self.check_samples(data)?;
         let snapshot = self.snapshot();
         let lr = f64::from(cfg.learning_rate);
+        let mu = f64::from(objective.proximal_mu);
+        // The correction as one constant tensor per parameter tensor, split by the layout.
+        let correction: Option<Vec<Tensor<1>>> = match objective.gradient_correction {
+            None => None,
+            Some(c) => {
+                if c.len() != self.layout.len() {
+                    return Err(TrainerError::ParamLength { expected: self.layout.len(), got: c.len() });
+                }
+                if let Some(i) = c.iter().position(|v| !v.is_finite()) {
+                    return Err(TrainerError::InvalidConfig(format!("gradient_correction[{i}] is not finite")));
+                }
+                let mut parts = Vec::with_capacity(self.layout.tensors.len());
+                for (t, start) in self.layout.offsets() {
+                    let n = t.numel();
+                    parts.push(Tensor::<1>::from_data(TensorData::new(c[start..start + n].to_vec(), [n]), &self.device));
+                }
+                Some(parts)
+            }
+        };
         let n = data.indices.len();
         let mut order: Vec<u32> = data.indices.to_vec();
         // Stream 1 of the fit seed drives the shuffles; one generator for all epochs.
@@ -428,12 +458,19 @@ impl Trainer for BurnTrainer {
                 let mut grads = loss.backward();
                 let old = std::mem::take(&mut self.params);
                 let mut updated = Vec::with_capacity(old.len());
-                for p in old {
-                    let Some(g) = p.grad_remove(&mut grads) else {
+                for (i, p) in old.into_iter().enumerate() {
+                    let Some(mut g) = p.grad_remove(&mut grads) else {
                         self.restore(snapshot);
                         return Err(TrainerError::Backend("a parameter got no gradient".into()));
                     };
-                    updated.push((p.inner() - g.mul_scalar(lr)).autodiff().require_grad());
+                    let w = p.inner();
+                    if mu > 0.0 {
+                        g = g + (w.clone() - snapshot[i].clone()).mul_scalar(mu);
+                    }
+                    if let Some(c) = &correction {
+                        g = g + c[i].clone();
+                    }
+                    updated.push((w - g.mul_scalar(lr)).autodiff().require_grad());
                 }
                 self.params = updated;
                 steps += 1;

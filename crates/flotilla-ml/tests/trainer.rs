@@ -1,6 +1,6 @@
 //! Behaviour of the trainers through the public API only.
 
-use flotilla_ml::{FitConfig, ModelKind, ModelSpec, Samples, Trainer, TrainerError, build};
+use flotilla_ml::{FitConfig, LocalObjective, ModelKind, ModelSpec, Samples, Trainer, TrainerError, build};
 
 /// A tiny deterministic generator for synthetic data (independent of the crate's own RNG).
 struct SplitMix(u64);
@@ -366,4 +366,33 @@ fn divergence_is_reported_and_parameters_restored() {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn proximal_term_and_gradient_correction_shape_local_training() {
+    let train = blobs(200, 10, 4, 1);
+    let start = logreg(10, 4, 3).parameters();
+    let fit = |objective: &LocalObjective<'_>| {
+        let mut t = logreg(10, 4, 3);
+        t.set_parameters(&start).unwrap();
+        let r = t.fit_with(&train.view(), &cfg(3, 16, 0.1, 4), objective).expect("fit");
+        (t.parameters(), r.steps)
+    };
+    let dist = |p: &[f32]| p.iter().zip(&start).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
+    let (plain, steps) = fit(&LocalObjective::default());
+    assert_eq!(fit(&LocalObjective { proximal_mu: 0.0, gradient_correction: None }).0, plain, "μ = 0 is plain SGD");
+    let (prox, _) = fit(&LocalObjective { proximal_mu: 5.0, gradient_correction: None });
+    assert!(dist(&prox) < 0.5 * dist(&plain), "FedProx μ=5 stays near the start: {} vs {}", dist(&prox), dist(&plain));
+    // A constant +1 correction pushes every parameter down by ≈ η per step.
+    let ones = vec![1.0f32; start.len()];
+    let (corrected, _) = fit(&LocalObjective { proximal_mu: 0.0, gradient_correction: Some(&ones) });
+    let mean_shift: f64 =
+        corrected.iter().zip(&plain).map(|(c, p)| f64::from(c - p)).sum::<f64>() / start.len() as f64;
+    let want = -0.1 * steps as f64;
+    assert!((mean_shift - want).abs() < 0.25 * want.abs(), "mean shift {mean_shift}, want ≈ {want}");
+    // Bad objectives are errors, not panics.
+    let mut t = logreg(10, 4, 3);
+    let short = vec![0.0f32; 3];
+    assert!(t.fit_with(&train.view(), &cfg(1, 16, 0.1, 4), &LocalObjective { proximal_mu: 0.0, gradient_correction: Some(&short) }).is_err());
+    assert!(t.fit_with(&train.view(), &cfg(1, 16, 0.1, 4), &LocalObjective { proximal_mu: -1.0, gradient_correction: None }).is_err());
 }

@@ -15,11 +15,13 @@ use flotilla_core::round::{
 };
 use flotilla_core::{params_sha256, ParamLayout};
 use flotilla_data::{Dataset, LoadOptions, Partition, TrainTest};
-use flotilla_ml::{FitConfig, FitReport, ModelSpec, Samples, Trainer};
+use flotilla_core::strategy::Quarantined;
+use flotilla_ml::{FitConfig, FitReport, LocalObjective, ModelSpec, Samples, Trainer};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::attack::Attackers;
 use crate::error::SimError;
 use crate::scenario::Scenario;
 
@@ -63,6 +65,15 @@ pub struct RoundRecord {
     pub test_accuracy: Option<f64>,
     /// Test loss of the new global model, if this round was evaluated.
     pub test_loss: Option<f64>,
+    /// Backdoor attacks: fraction of triggered test inputs classified as the target, if evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backdoor_success: Option<f64>,
+    /// Reporters the strategy left out of the aggregate, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Quarantined>,
+    /// Of the quarantined, how many were simulated attackers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined_attackers: Option<usize>,
     /// Wall-clock seconds since the simulation started.
     pub elapsed_seconds: f64,
 }
@@ -107,6 +118,10 @@ pub struct SimOutcome {
     pub final_accuracy: f64,
     /// Test loss of the final model.
     pub final_loss: f64,
+    /// Backdoor success rate of the final model (backdoor attacks only).
+    pub final_backdoor_success: Option<f64>,
+    /// The simulated attackers' ids (empty without `[attack]`).
+    pub attackers: Vec<u64>,
     /// The final global parameters.
     pub final_params: Vec<f32>,
     /// Their layout.
@@ -172,7 +187,18 @@ pub fn run_prepared(
         initial_accuracy: init_eval.accuracy,
     });
 
-    let mut machine = RoundMachine::new(round_policy(scenario), layout.clone(), initial, scenario.seed)?;
+    let mut machine = RoundMachine::with_strategy(
+        round_policy(scenario),
+        layout.clone(),
+        initial,
+        scenario.seed,
+        scenario.strategy.clone(),
+    )?;
+    let mut attackers =
+        scenario.attack.map(|a| Attackers::new(a, scenario.seed, train, test, &prepared.partition));
+    // SCAFFOLD client control variates cᵢ, kept by each simulated client across rounds.
+    let mut controls: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
+    let mut last_backdoor = None;
     let mut dropout_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
     let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
     let mut timer_seq = 0u64;
@@ -188,7 +214,8 @@ pub fn run_prepared(
                      trainers: &mut [Box<dyn Trainer>],
                      machine: &RoundMachine,
                      pending: &mut Vec<(ClientId, Task)>,
-                     timers: &mut BTreeMap<(u64, u64), Timer>|
+                     timers: &mut BTreeMap<(u64, u64), Timer>,
+                     attackers: Option<&Attackers>|
      -> Result<bool, SimError> {
         let mut finished = false;
         for a in actions {
@@ -199,9 +226,13 @@ pub fn run_prepared(
                     timers.insert((at_ms, timer_seq), timer);
                 }
                 Action::Commit(info) => {
-                    let record = evaluate_commit(scenario, &info, machine, trainers, &test_view, started)?;
+                    let record =
+                        evaluate_commit(scenario, &info, machine, trainers, &test_view, attackers, started)?;
                     if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
                         last_eval = (a, l);
+                    }
+                    if record.backdoor_success.is_some() {
+                        last_backdoor = record.backdoor_success;
                     }
                     observe(&SimEvent::Round(record.clone()));
                     history.push(record);
@@ -231,7 +262,7 @@ pub fn run_prepared(
 
     for c in 0..scenario.clients as u64 {
         let acts = machine.handle(now, Event::CheckIn { client: ClientId(c) });
-        apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+        apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
     }
 
     let mut finished = false;
@@ -243,9 +274,44 @@ pub fn run_prepared(
                 cohort.iter().map(|_| dropout_rng.random_bool(scenario.round.dropout)).collect();
             let work: Vec<(ClientId, Task)> =
                 cohort.iter().zip(&drops).filter(|(_, d)| !**d).map(|(c, _)| c.clone()).collect();
-            let results = train_cohort(scenario, prepared, machine.global(), &work, &mut trainers)?;
+            let directive = machine.strategy().client_directive();
+            let jobs: Vec<ClientJob<'_>> = work
+                .iter()
+                .map(|(client, task)| {
+                    let data = match &attackers {
+                        Some(a) if a.is_attacker(client.0) => a.poisoned_train.as_ref().unwrap_or(train),
+                        _ => train,
+                    };
+                    // SCAFFOLD: local gradients are corrected by c − cᵢ (cᵢ = 0 before the first round).
+                    let correction = directive.server_control.map(|c| match controls.get(&client.0) {
+                        Some(ci) => c.iter().zip(ci).map(|(a, b)| a - b).collect(),
+                        None => c.to_vec(),
+                    });
+                    ClientJob { client: *client, seed: task.seed, data, correction }
+                })
+                .collect();
+            let results = train_cohort(scenario, prepared, machine.global(), directive.proximal_mu as f32, &jobs, &mut trainers)?;
+            let server_control = directive.server_control.map(<[f32]>::to_vec);
             now += 1;
-            for ((client, task), (params, report)) in work.iter().zip(results) {
+            for ((client, task), (mut params, report)) in work.iter().zip(results) {
+                if let Some(a) = &mut attackers
+                    && a.is_attacker(client.0)
+                {
+                    a.tamper(machine.global(), &mut params);
+                }
+                if let Some(c) = &server_control {
+                    // SCAFFOLD option II: cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η); report Δcᵢ = cᵢ⁺ − cᵢ after
+                    // the parameters.
+                    let k_eta = report.steps.max(1) as f32 * scenario.train.learning_rate;
+                    let ci = controls.entry(client.0).or_insert_with(|| vec![0.0; c.len()]);
+                    let mut delta_c = Vec::with_capacity(c.len());
+                    for ((cij, cj), (x, y)) in ci.iter_mut().zip(c).zip(machine.global().iter().zip(&params)) {
+                        let new = *cij - cj + (x - y) / k_eta;
+                        delta_c.push(new - *cij);
+                        *cij = new;
+                    }
+                    params.extend_from_slice(&delta_c);
+                }
                 let acts = machine.handle(
                     now,
                     Event::Report {
@@ -258,21 +324,21 @@ pub fn run_prepared(
                         metrics: ReportMetrics { train_loss: report.mean_loss },
                     },
                 );
-                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
             }
             for ((client, _), _) in cohort.iter().zip(&drops).filter(|(_, d)| **d) {
                 let acts = machine.handle(now, Event::ClientLost { client: *client });
-                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
             }
             // Everyone in the cohort, dropped or not, is available again for later rounds.
             for (client, _) in &cohort {
                 let acts = machine.handle(now, Event::CheckIn { client: *client });
-                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
             }
         } else if let Some(((at, _), timer)) = timers.pop_first() {
             now = now.max(at);
             let acts = machine.handle(now, Event::TimerFired(timer));
-            finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers)?;
+            finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
         } else {
             return Err(SimError::JobFailed("simulation stalled: no work and no timer pending".into()));
         }
@@ -280,6 +346,8 @@ pub fn run_prepared(
 
     let final_params = machine.global().to_vec();
     Ok(SimOutcome {
+        final_backdoor_success: last_backdoor,
+        attackers: attackers.as_ref().map(|a| a.clients.iter().copied().collect()).unwrap_or_default(),
         model_sha256: params_sha256(&final_params),
         initial_accuracy: init_eval.accuracy,
         final_accuracy: last_eval.0,
@@ -306,16 +374,23 @@ fn evaluate_commit(
     machine: &RoundMachine,
     trainers: &mut [Box<dyn Trainer>],
     test_view: &Samples<'_>,
+    attackers: Option<&Attackers>,
     started: Instant,
 ) -> Result<RoundRecord, SimError> {
     let due = info.round.is_multiple_of(scenario.eval_every) || info.round == scenario.rounds;
-    let (mut acc, mut loss) = (None, None);
+    let (mut acc, mut loss, mut backdoor) = (None, None, None);
     if due {
         trainers[0].set_parameters(machine.global())?;
         let e = trainers[0].evaluate(test_view)?;
         acc = Some(e.accuracy);
         loss = Some(e.loss);
+        if let Some(t) = attackers.and_then(|a| a.backdoor_test.as_ref()) {
+            let idx: Vec<u32> = (0..t.len() as u32).collect();
+            backdoor = Some(trainers[0].evaluate(&samples(t, &idx))?.accuracy);
+        }
     }
+    let quarantined_attackers =
+        attackers.map(|a| info.quarantined.iter().filter(|q| a.is_attacker(q.client)).count());
     Ok(RoundRecord {
         round: info.round,
         attempt: info.attempt,
@@ -324,6 +399,9 @@ fn evaluate_commit(
         train_loss: info.train_loss,
         test_accuracy: acc,
         test_loss: loss,
+        backdoor_success: backdoor,
+        quarantined: info.quarantined.clone(),
+        quarantined_attackers,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -331,27 +409,38 @@ fn evaluate_commit(
 /// A client's new parameters and its training report.
 type Fitted = (Vec<f32>, FitReport);
 
+/// One selected client's training work.
+struct ClientJob<'a> {
+    client: ClientId,
+    seed: u64,
+    /// The training set it reads (the poisoned copy for data-poisoning attackers).
+    data: &'a Dataset,
+    /// SCAFFOLD gradient correction `c − cᵢ`.
+    correction: Option<Vec<f32>>,
+}
+
 /// Trains every client of `work` from `global`, spread over the worker trainers; results come back in
 /// `work` order, whichever thread produced them.
 fn train_cohort(
     scenario: &Scenario,
     prepared: &Prepared,
     global: &[f32],
-    work: &[(ClientId, Task)],
+    proximal_mu: f32,
+    work: &[ClientJob<'_>],
     trainers: &mut [Box<dyn Trainer>],
 ) -> Result<Vec<Fitted>, SimError> {
     let n_threads = trainers.len();
-    let train = &prepared.data.train;
-    let fit_one = |trainer: &mut Box<dyn Trainer>, (client, task): &(ClientId, Task)| {
-        let idx = &prepared.partition.clients[client.0 as usize];
+    let fit_one = |trainer: &mut Box<dyn Trainer>, job: &ClientJob<'_>| {
+        let idx = &prepared.partition.clients[job.client.0 as usize];
         trainer.set_parameters(global)?;
         let cfg = FitConfig {
             epochs: scenario.train.local_epochs,
             batch_size: scenario.train.batch_size,
             learning_rate: scenario.train.learning_rate,
-            seed: task.seed,
+            seed: job.seed,
         };
-        let report = trainer.fit(&samples(train, idx), &cfg)?;
+        let objective = LocalObjective { proximal_mu, gradient_correction: job.correction.as_deref() };
+        let report = trainer.fit_with(&samples(job.data, idx), &cfg, &objective)?;
         Ok::<_, SimError>((trainer.parameters(), report))
     };
     if n_threads == 1 || work.len() == 1 {

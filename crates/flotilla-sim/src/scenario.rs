@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::{DatasetName, PartitionSpec};
 use flotilla_ml::ModelKind;
 use serde::Deserialize;
@@ -40,6 +41,49 @@ pub struct Scenario {
     pub round: RoundSettings,
     /// Engine settings that do not change results.
     pub simulation: SimulationSettings,
+    /// How reports are aggregated (`[strategy]`; FedAvg when absent).
+    pub strategy: StrategySpec,
+    /// Simulated attackers (`[attack]`), if any.
+    pub attack: Option<AttackSettings>,
+}
+
+/// What malicious clients do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttackKind {
+    /// Report `global − scale·Δ` (the honest delta, reversed and boosted).
+    SignFlip {
+        /// The boost `k`.
+        scale: f32,
+    },
+    /// Report `global + scale·Δ` (model-replacement boosting).
+    Scaling {
+        /// The boost.
+        scale: f32,
+    },
+    /// Report `global + N(0, σ²)` per coordinate, without training.
+    GaussianNoise {
+        /// Noise standard deviation.
+        sigma: f32,
+    },
+    /// Train honestly on labels flipped to `C − 1 − y`.
+    LabelFlip,
+    /// Train on data where a fraction of samples carry a fixed trigger (a bright 3×3 patch in the
+    /// image's bottom-right corner) and are relabelled to `target`.
+    Backdoor {
+        /// The class triggered inputs should be classified as.
+        target: u32,
+        /// Fraction of the attacker's samples that are poisoned, in (0, 1].
+        poison_fraction: f64,
+    },
+}
+
+/// Attackers: which fraction of the clients and what they do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttackSettings {
+    /// The attack.
+    pub kind: AttackKind,
+    /// Fraction of clients that are malicious, chosen from the scenario seed.
+    pub fraction: f64,
 }
 
 /// Dataset and train/test split.
@@ -125,6 +169,19 @@ struct RawScenario {
     train: RawTrain,
     round: Option<RawRound>,
     simulation: Option<RawSimulation>,
+    strategy: Option<StrategyConfig>,
+    attack: Option<RawAttack>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttack {
+    kind: String,
+    fraction: f64,
+    scale: Option<f64>,
+    sigma: Option<f64>,
+    target: Option<i64>,
+    poison_fraction: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,6 +420,16 @@ impl Scenario {
             min_report_fraction: fraction("round.min_report_fraction", rr.min_report_fraction.unwrap_or(0.5), false, true)?,
             dropout: fraction("round.dropout", rr.dropout.unwrap_or(0.0), true, false)?,
         };
+        let min_reports =
+            (((clients_per_round as f64) * round.min_report_fraction).ceil() as usize).max(1);
+        let strategy = match &r.strategy {
+            None => StrategySpec::fedavg(),
+            Some(c) => StrategySpec::from_config(c, min_reports).map_err(|e| invalid(e.field, e.message))?,
+        };
+        let attack = match &r.attack {
+            None => None,
+            Some(a) => Some(parse_attack(a, dataset)?),
+        };
         let sim = r.simulation.unwrap_or_default();
         let simulation = SimulationSettings { threads: count("simulation.threads", sim.threads.unwrap_or(0), 0)? };
 
@@ -379,8 +446,80 @@ impl Scenario {
             train,
             round,
             simulation,
+            strategy,
+            attack,
         })
     }
+}
+
+fn parse_attack(a: &RawAttack, dataset: DatasetName) -> Result<AttackSettings, ScenarioError> {
+    let attackers = fraction("attack.fraction", a.fraction, false, false)?;
+    let takes: &[&str] = match a.kind.as_str() {
+        "sign_flip" | "scaling" => &["scale"],
+        "gaussian" => &["sigma"],
+        "label_flip" => &[],
+        "backdoor" => &["target", "poison_fraction"],
+        other => {
+            return Err(invalid(
+                "attack.kind",
+                format!("unknown attack `{other}`; expected one of sign_flip, scaling, gaussian, label_flip, backdoor"),
+            ));
+        }
+    };
+    for (name, set) in [
+        ("scale", a.scale.is_some()),
+        ("sigma", a.sigma.is_some()),
+        ("target", a.target.is_some()),
+        ("poison_fraction", a.poison_fraction.is_some()),
+    ] {
+        if set && !takes.contains(&name) {
+            return Err(invalid(&format!("attack.{name}"), format!("does not apply to attack `{}`", a.kind)));
+        }
+    }
+    let positive = |field: &str, v: f64| {
+        if v.is_finite() && v > 0.0 && v <= 1e6 {
+            Ok(v as f32)
+        } else {
+            Err(invalid(field, format!("must be in (0, 1e6], got {v}")))
+        }
+    };
+    let kind = match a.kind.as_str() {
+        "sign_flip" => AttackKind::SignFlip { scale: positive("attack.scale", a.scale.unwrap_or(1.0))? },
+        "scaling" => AttackKind::Scaling { scale: positive("attack.scale", a.scale.unwrap_or(10.0))? },
+        "gaussian" => AttackKind::GaussianNoise { sigma: positive("attack.sigma", a.sigma.unwrap_or(1.0))? },
+        "label_flip" => AttackKind::LabelFlip,
+        _ => {
+            let (_, classes) = dataset.sample_shape();
+            let t = a.target.unwrap_or(0);
+            if t < 0 || t as usize >= classes {
+                return Err(invalid("attack.target", format!("must be a class in 0..{classes}, got {t}")));
+            }
+            let shape = dataset.sample_shape().0;
+            if dataset == DatasetName::Shakespeare || !is_image(&shape) {
+                return Err(invalid("attack.kind", format!("backdoor needs an image dataset, `{dataset}` is not one")));
+            }
+            AttackKind::Backdoor {
+                target: t as u32,
+                poison_fraction: fraction("attack.poison_fraction", a.poison_fraction.unwrap_or(0.5), false, true)?,
+            }
+        }
+    };
+    Ok(AttackSettings { kind, fraction: attackers })
+}
+
+/// Whether a sample shape is a square image (`[1, H, W]`, `[H, W]` or a square `[H·W]`) large enough
+/// for the 3×3 trigger.
+pub(crate) fn is_image(shape: &[usize]) -> bool {
+    image_side(shape).is_some()
+}
+
+/// The side of a square image sample, if the shape is one.
+pub(crate) fn image_side(shape: &[usize]) -> Option<usize> {
+    let n: usize = shape.iter().product();
+    let side = (n as f64).sqrt().round() as usize;
+    let square = side * side == n && side >= 6;
+    let plausible = matches!(shape.len(), 1..=3) && shape.iter().rev().skip(2).all(|&d| d == 1);
+    (square && plausible && !(shape.len() == 1 && n < 36)).then_some(side)
 }
 
 #[cfg(test)]
