@@ -1,0 +1,283 @@
+//! Protocol messages: plain structs, encoded with `postcard` (serde). Decoding untrusted bytes checks
+//! a size limit first, refuses trailing bytes, and never panics; the state machines then validate
+//! every field against the round.
+//!
+//! Public keys are raw 32-byte X25519 Montgomery `u` coordinates; shares and masked vectors are byte
+//! strings (masked vectors as little-endian `u32` words).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DecodeError;
+use crate::{ClientId, Params, Stage};
+
+/// Stage 0, client → server: the client's two X25519 public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertiseKeys {
+    /// Round identifier.
+    pub round: u64,
+    /// The sender.
+    pub sender: ClientId,
+    /// Public key for encrypting shares (`c_pk`).
+    pub c_pk: [u8; 32],
+    /// Public key for pairwise masks (`s_pk`).
+    pub s_pk: [u8; 32],
+}
+
+/// One roster entry: a client that advertised keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterEntry {
+    /// The client.
+    pub client: ClientId,
+    /// Its share-encryption public key.
+    pub c_pk: [u8; 32],
+    /// Its mask public key.
+    pub s_pk: [u8; 32],
+}
+
+/// Stage 1, server → every client on the roster: who takes part and the graph seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Roster {
+    /// Round identifier.
+    pub round: u64,
+    /// The round's parameters (a client refuses a roster whose parameters differ from its own).
+    pub params: Params,
+    /// Seed of the communication graph's permutation.
+    pub graph_seed: [u8; 32],
+    /// Clients that advertised keys, sorted by id, no duplicates.
+    pub clients: Vec<RosterEntry>,
+}
+
+/// One encrypted share pair on its way from its owner to a neighbour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingShare {
+    /// The neighbour that will hold the shares.
+    pub recipient: ClientId,
+    /// ChaCha20-Poly1305 ciphertext of the self-mask-seed share and the mask-key share.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+    /// Commitment to the self-mask-seed share (checked by the server at unmasking).
+    pub seed_share_commitment: [u8; 32],
+    /// Commitment to the mask-key share (checked by the server at unmasking).
+    pub key_share_commitment: [u8; 32],
+}
+
+/// Stage 1, client → server: shares of the client's secrets for each of its neighbours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareKeys {
+    /// Round identifier.
+    pub round: u64,
+    /// The sender (owner of the shared secrets).
+    pub sender: ClientId,
+    /// Commitment to the self-mask seed, checked after reconstruction.
+    pub seed_commitment: [u8; 32],
+    /// One entry per neighbour, sorted by recipient.
+    pub shares: Vec<OutgoingShare>,
+}
+
+/// One encrypted share pair delivered to its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingShare {
+    /// The owner of the shared secrets.
+    pub sender: ClientId,
+    /// The ciphertext, as the owner sent it.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Stage 2, server → each client that completed stage 1: the shares its neighbours sent it. The
+/// senders are exactly the client's neighbours that completed stage 1, with whom it masks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareBundle {
+    /// Round identifier.
+    pub round: u64,
+    /// The holder.
+    pub recipient: ClientId,
+    /// Shares, sorted by sender.
+    pub shares: Vec<IncomingShare>,
+}
+
+/// Stage 2, client → server: the masked, fixed-point-encoded update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedInput {
+    /// Round identifier.
+    pub round: u64,
+    /// The sender.
+    pub sender: ClientId,
+    /// Masked vector in Z_2^32.
+    #[serde(with = "u32_le")]
+    pub masked: Vec<u32>,
+}
+
+/// Stage 3, server → each client that sent a masked input: which of its neighbours survived
+/// (reveal their self-mask-seed shares) and which dropped (reveal their mask-key shares).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskRequest {
+    /// Round identifier.
+    pub round: u64,
+    /// The client asked.
+    pub recipient: ClientId,
+    /// Neighbours whose masked input arrived, sorted.
+    pub survivors: Vec<ClientId>,
+    /// Neighbours that shared keys but whose masked input did not arrive, sorted.
+    pub dropped: Vec<ClientId>,
+}
+
+/// One revealed share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevealedShare {
+    /// Whose secret.
+    pub owner: ClientId,
+    /// The share: identifier byte, then 32 bytes.
+    #[serde(with = "serde_bytes")]
+    pub share: Vec<u8>,
+}
+
+/// Stage 3, client → server: the shares the request asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskResponse {
+    /// Round identifier.
+    pub round: u64,
+    /// The sender (holder of the shares).
+    pub sender: ClientId,
+    /// Shares of the survivors' self-mask seeds, in the request's order.
+    pub seed_shares: Vec<RevealedShare>,
+    /// Shares of the dropped clients' mask keys, in the request's order.
+    pub key_shares: Vec<RevealedShare>,
+}
+
+/// Any client → server message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// Stage 0.
+    AdvertiseKeys(AdvertiseKeys),
+    /// Stage 1.
+    ShareKeys(ShareKeys),
+    /// Stage 2.
+    MaskedInput(MaskedInput),
+    /// Stage 3.
+    Unmask(UnmaskResponse),
+}
+
+/// Any server → client message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// Starts stage 1.
+    Roster(Roster),
+    /// Starts stage 2.
+    Shares(ShareBundle),
+    /// Starts stage 3.
+    UnmaskRequest(UnmaskRequest),
+}
+
+impl ClientMessage {
+    /// The stage this message belongs to.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Self::AdvertiseKeys(_) => Stage::AdvertiseKeys,
+            Self::ShareKeys(_) => Stage::ShareKeys,
+            Self::MaskedInput(_) => Stage::MaskedInput,
+            Self::Unmask(_) => Stage::Unmasking,
+        }
+    }
+
+    /// Encodes to bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes untrusted bytes, refusing anything over [`Params::max_client_message_len`].
+    pub fn from_bytes(bytes: &[u8], params: &Params) -> Result<Self, DecodeError> {
+        decode(bytes, params.max_client_message_len())
+    }
+}
+
+impl ServerMessage {
+    /// The stage this message starts.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Self::Roster(_) => Stage::ShareKeys,
+            Self::Shares(_) => Stage::MaskedInput,
+            Self::UnmaskRequest(_) => Stage::Unmasking,
+        }
+    }
+
+    /// Encodes to bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes untrusted bytes, refusing anything over [`Params::max_server_message_len`].
+    pub fn from_bytes(bytes: &[u8], params: &Params) -> Result<Self, DecodeError> {
+        decode(bytes, params.max_server_message_len())
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    match postcard::to_allocvec(value) {
+        Ok(v) => v,
+        // Every message type is plain data with known lengths; postcard cannot fail on it.
+        Err(e) => unreachable!("postcard encoding of a protocol message failed: {e}"),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::TooLarge { len: bytes.len(), max });
+    }
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+mod u32_le {
+    use serde::de::Error as _;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(v.len() * 4);
+        for w in v {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        let bytes: &[u8] = serde_bytes::deserialize(d)?;
+        if !bytes.len().is_multiple_of(4) {
+            return Err(D::Error::custom(format!("{} bytes is not a whole number of u32 words", bytes.len())));
+        }
+        Ok(bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params::new(10, 3, 4, 3, 1.0).unwrap()
+    }
+
+    #[test]
+    fn roundtrip_and_limits() {
+        let m = ClientMessage::MaskedInput(MaskedInput { round: 1, sender: ClientId(2), masked: vec![1, 2, u32::MAX] });
+        let b = m.to_bytes();
+        assert_eq!(ClientMessage::from_bytes(&b, &params()).unwrap(), m);
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(ClientMessage::from_bytes(&long, &params()), Err(DecodeError::TrailingBytes(1)));
+        assert!(matches!(ClientMessage::from_bytes(&b[..b.len() - 1], &params()), Err(DecodeError::Malformed(_))));
+        let huge = vec![0u8; params().max_client_message_len() + 1];
+        assert!(matches!(ClientMessage::from_bytes(&huge, &params()), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(ClientMessage::from_bytes(&[9, 9, 9], &params()), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn odd_byte_vectors_are_refused() {
+        // Variant 2 (MaskedInput), round 1, sender 2, 5 bytes.
+        let bytes = [2u8, 1, 2, 5, 1, 2, 3, 4, 5];
+        assert!(matches!(ClientMessage::from_bytes(&bytes, &params()), Err(DecodeError::Malformed(_))));
+    }
+}
