@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_proto::v1::{self, check_in_response::Outcome, coordinator_client::CoordinatorClient};
-use flotilla_proto::{ExpectedLayout, ModelReceiver, TransferError, UploadLimits};
+use flotilla_proto::{AuthError, ExpectedLayout, ModelReceiver, TransferError, UploadLimits};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -62,6 +62,8 @@ pub struct ClientStats {
     pub reconnects: u64,
     /// Whether this run enrolled (false when a stored credential was reused).
     pub enrolled: bool,
+    /// Times this run enrolled again because the coordinator reported the credential expired.
+    pub re_enrollments: u64,
 }
 
 /// Adds `authorization: Bearer <credential>` to every call.
@@ -141,8 +143,12 @@ impl Client {
     /// model (resuming a broken stream from the bytes already verified, SHA-256 checked), train it
     /// with `trainer` on a blocking thread, and upload the update (resuming a broken upload after
     /// `QueryUpload`). Transport errors and `UNAVAILABLE` are retried after a jittered exponential
-    /// backoff ([`ClientConfig::backoff`]). `UNAUTHENTICATED` (credential revoked or unknown), a refused
-    /// enrollment, a state-file error or a panicking trainer end the run with an error.
+    /// backoff ([`ClientConfig::backoff`]). When the coordinator reports the credential expired
+    /// (`UNAUTHENTICATED` with `flotilla-auth-error: expired`) the stored credential is deleted and
+    /// the client enrolls again with its enrollment token (a new client id); without a token the run
+    /// ends with [`ClientError::CredentialExpired`]. Any other `UNAUTHENTICATED` (credential revoked
+    /// or unknown), a refused enrollment, a state-file error or a panicking trainer end the run with
+    /// an error.
     ///
     /// When `shutdown` completes, whatever is in flight is dropped (an interrupted training finishes
     /// on its thread and is discarded) and the counters are returned.
@@ -159,6 +165,7 @@ impl Client {
                 trainer: Some(Box::new(trainer)),
                 rpc: None,
                 failures: 0,
+                fresh_credential: false,
             };
             tokio::select! {
                 biased;
@@ -193,6 +200,12 @@ enum Failure {
 
 fn classify(status: &Status) -> Failure {
     match status.code() {
+        // `Session::run_loop` turns an expired credential into a new enrollment when it can.
+        Code::Unauthenticated if AuthError::of(status) == Some(AuthError::Expired) => {
+            Failure::Fatal(ClientError::CredentialExpired {
+                message: status.message().to_owned(),
+            })
+        }
         Code::Unauthenticated => Failure::Fatal(ClientError::Unauthenticated {
             message: status.message().to_owned(),
         }),
@@ -251,6 +264,8 @@ struct Session<'a> {
     rpc: Option<Rpc>,
     /// Consecutive transient failures (drives the backoff); reset by every successful call.
     failures: u32,
+    /// The credential was enrolled by this run and no check-in has succeeded with it yet.
+    fresh_credential: bool,
 }
 
 impl Session<'_> {
@@ -291,7 +306,60 @@ impl Session<'_> {
         tokio::time::sleep(self.client.config.backoff.delay(0)).await;
     }
 
+    /// [`Session::serve`], enrolling again whenever the coordinator reports the credential expired
+    /// (the stored credential is deleted first). Without an enrollment token, or if a credential
+    /// enrolled moments ago is refused as expired too, the run ends with
+    /// [`ClientError::CredentialExpired`].
     async fn run_loop(&mut self) -> Result<(), ClientError> {
+        loop {
+            let message = match self.serve().await {
+                Err(ClientError::CredentialExpired { message }) => message,
+                other => return other,
+            };
+            let fresh = self.fresh_credential;
+            self.discard_credential()?;
+            let has_token = self
+                .client
+                .config
+                .enrollment_token
+                .as_deref()
+                .is_some_and(|t| !t.is_empty());
+            if !has_token {
+                return Err(ClientError::CredentialExpired {
+                    message: format!("{message}; no enrollment token is configured"),
+                });
+            }
+            if fresh {
+                return Err(ClientError::CredentialExpired {
+                    message: format!(
+                        "{message}; a credential enrolled moments ago was refused as expired too \
+                         (check the coordinator's --credential-ttl and clock)"
+                    ),
+                });
+            }
+            self.stats.re_enrollments += 1;
+            tracing::warn!(coordinator_says = %message, "credential expired; enrolling again with the enrollment token");
+        }
+    }
+
+    /// Deletes the stored credential (file and memory) and drops the channel that sends it.
+    fn discard_credential(&mut self) -> Result<(), ClientError> {
+        let path = self.client.config.credential_path();
+        self.client.credential = None;
+        self.rpc = None;
+        self.fresh_credential = false;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "expired credential deleted");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ClientError::State { path, source }),
+        }
+    }
+
+    /// Enrolls if needed, then checks in and carries out tasks until an error ends the run.
+    async fn serve(&mut self) -> Result<(), ClientError> {
         let bearer = self.ensure_enrolled().await?;
         loop {
             let num_samples = self.trainer.as_ref().map_or(0, |t| t.num_samples());
@@ -306,6 +374,7 @@ impl Session<'_> {
             match rpc.check_in(req).await {
                 Ok(resp) => {
                     self.succeeded();
+                    self.fresh_credential = false;
                     match resp.into_inner().outcome {
                         Some(Outcome::RetryAfter(r)) => {
                             let delay = retry_delay(r.retry_after_ms);
@@ -398,6 +467,7 @@ impl Session<'_> {
         tracing::info!(client_id = %cred.client_id, path = %path.display(), "enrolled; credential stored");
         self.client.credential = Some(cred);
         self.stats.enrolled = true;
+        self.fresh_credential = true;
         Ok(bearer)
     }
 
@@ -851,9 +921,14 @@ fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver), String> {
             learning_rate: t.learning_rate,
             seed: t.seed,
         },
-        deadline: (task.deadline_unix_ms > 0)
-            .then(|| UNIX_EPOCH.checked_add(Duration::from_millis(task.deadline_unix_ms)))
-            .flatten(),
+        // Relative first: the coordinator's clock and ours need not agree.
+        deadline: if task.time_remaining_ms > 0 {
+            SystemTime::now().checked_add(Duration::from_millis(task.time_remaining_ms))
+        } else {
+            (task.deadline_unix_ms > 0)
+                .then(|| UNIX_EPOCH.checked_add(Duration::from_millis(task.deadline_unix_ms)))
+                .flatten()
+        },
     };
     Ok((info, receiver))
 }
@@ -974,6 +1049,61 @@ mod tests {
             );
         }
         assert!(retry_delay(u64::MAX) <= MAX_RETRY_AFTER + Duration::from_secs(400));
+    }
+
+    #[test]
+    fn task_deadline_is_relative_to_receipt() {
+        let layout =
+            flotilla_core::ParamLayout::new(vec![flotilla_core::TensorSpec::new("w", [3])]);
+        let mut task = v1::Task {
+            job_id: "j".into(),
+            round: 1,
+            attempt: 1,
+            stage: v1::Stage::Train as i32,
+            model_version: 0,
+            model: Some(flotilla_proto::model_info(&layout, &[0.0; 3])),
+            training: Some(v1::TrainingConfig {
+                epochs: 1,
+                batch_size: 1,
+                learning_rate: 0.1,
+                seed: 0,
+            }),
+            // A coordinator whose clock is wildly behind ours: its absolute deadline is long past.
+            deadline_unix_ms: 1_000,
+            stage_index: 0,
+            time_remaining_ms: 3_600_000,
+        };
+        let before = SystemTime::now();
+        let deadline = check_task(&task).unwrap().0.deadline.unwrap();
+        assert!(
+            deadline >= before + Duration::from_secs(3600),
+            "{deadline:?}"
+        );
+        // Without the relative field (an older coordinator), the absolute deadline is used.
+        task.time_remaining_ms = 0;
+        let deadline = check_task(&task).unwrap().0.deadline.unwrap();
+        assert_eq!(deadline, UNIX_EPOCH + Duration::from_millis(1_000));
+        task.deadline_unix_ms = 0;
+        assert_eq!(check_task(&task).unwrap().0.deadline, None);
+    }
+
+    #[test]
+    fn expired_credentials_are_told_apart_from_revoked_ones() {
+        let expired = AuthError::Expired.status("credential expired; enroll again");
+        assert!(matches!(
+            classify(&expired),
+            Failure::Fatal(ClientError::CredentialExpired { .. })
+        ));
+        for other in [
+            AuthError::Revoked.status("revoked"),
+            AuthError::Unknown.status("unknown"),
+            Status::unauthenticated("credential expired; enroll again"), // no metadata: not trusted
+        ] {
+            assert!(matches!(
+                classify(&other),
+                Failure::Fatal(ClientError::Unauthenticated { .. })
+            ));
+        }
     }
 
     #[test]

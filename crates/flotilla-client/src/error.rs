@@ -136,6 +136,17 @@ pub enum ClientError {
         /// The coordinator's message.
         message: String,
     },
+    /// The credential expired and the client could not enroll again by itself: no enrollment token
+    /// is configured, or a credential enrolled moments before was refused as expired too. The
+    /// stored credential has been deleted.
+    #[error(
+        "this client's credential expired and it cannot enroll again by itself ({message}); the \
+         stored credential was deleted: start the client with an enrollment token (--token) to enroll again"
+    )]
+    CredentialExpired {
+        /// What the coordinator said, and why the client did not enroll again.
+        message: String,
+    },
     /// The [`crate::LocalTrainer`] panicked (its state is lost, so the client cannot go on).
     #[error("the local trainer panicked: {0}")]
     TrainerPanicked(String),

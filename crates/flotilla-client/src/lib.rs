@@ -15,7 +15,8 @@
 //!
 //! Transport errors and `UNAVAILABLE` (e.g. a coordinator restart) are retried after a jittered
 //! exponential [`Backoff`]; a revoked credential (`UNAUTHENTICATED`) ends the run with
-//! [`ClientError::Unauthenticated`].
+//! [`ClientError::Unauthenticated`]. An expired credential is deleted and the client enrolls again
+//! with its enrollment token, or stops with [`ClientError::CredentialExpired`] if it has none.
 //!
 //! TLS is the default: `https://` addresses are verified against the CA certificate file in
 //! [`ClientConfig::ca_cert`]. Plain `http://` is refused unless [`ClientConfig::insecure`] is set.

@@ -104,7 +104,9 @@ pub struct TaskInfo {
     pub model: Option<ModelDescription>,
     /// Hyper-parameters.
     pub training: TrainingConfig,
-    /// Upload deadline (coordinator clock), if any.
+    /// Upload deadline on this machine's clock, if any: the time of receipt plus the task's
+    /// `time_remaining_ms` (relative, so clock skew with the coordinator does not matter), or the
+    /// coordinator's absolute `deadline_unix_ms` from a coordinator that does not send it.
     pub deadline: Option<SystemTime>,
 }
 

@@ -1,7 +1,7 @@
 //! End-to-end runs of the client against an in-process fake coordinator (plain-text HTTP/2 on
 //! 127.0.0.1): enrollment and credential reuse, training on digits, resumed download and upload,
-//! backoff on UNAVAILABLE and on a coordinator that is not up yet, rejected uploads, revoked and
-//! refused credentials.
+//! backoff on UNAVAILABLE and on a coordinator that is not up yet, rejected uploads, revoked,
+//! expired and refused credentials.
 
 mod common;
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::{Fake, Faults};
 use flotilla_client::{
     CREDENTIAL_FILE, Client, ClientConfig, ClientError, ClientStats, DatasetTrainer, RunError,
+    StoredCredential,
 };
 use flotilla_data::DatasetName;
 
@@ -253,5 +254,106 @@ async fn a_refused_enrollment_ends_the_run_and_stores_nothing() {
         "{err}"
     );
     assert_eq!(fake.seen.lock().unwrap().enroll_calls, 1);
+    server.abort();
+}
+
+/// Writes a credential file as an earlier run would have left it.
+fn store_credential(state: &Path, addr: std::net::SocketAddr, client_id: &str, credential: &str) {
+    StoredCredential {
+        client_id: client_id.into(),
+        credential: credential.into(),
+        coordinator: format!("http://{addr}"),
+    }
+    .save(&state.join(CREDENTIAL_FILE))
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_credential_is_replaced_by_enrolling_again() {
+    let fake = Fake::new(Faults {
+        first_credential_expired: true,
+        ..Faults::default()
+    });
+    let (addr, server) = common::serve(Arc::clone(&fake)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    store_credential(&state, addr, common::CLIENT_ID, common::CREDENTIAL);
+
+    let stats = run(&fake, common::config(addr, &state)).await.unwrap();
+    assert_eq!(stats.re_enrollments, 1);
+    assert!(stats.enrolled);
+    assert_eq!((stats.tasks_done, stats.uploads_accepted), (1, 1));
+    {
+        let s = fake.seen.lock().unwrap();
+        assert_eq!((s.enroll_calls, s.expired_refusals), (1, 1));
+        // The update was sent under the new identity.
+        let (h, _) = s.accepted.as_ref().expect("update accepted");
+        assert_eq!(
+            h.upload_id,
+            flotilla_client::upload_id(common::JOB, 1, 0, 0, common::CLIENT_ID_2)
+        );
+    }
+    // The expired credential was replaced on disk.
+    let stored = StoredCredential::load(&state.join(CREDENTIAL_FILE))
+        .unwrap()
+        .expect("new credential stored");
+    assert_eq!(
+        (stored.client_id.as_str(), stored.credential.as_str()),
+        (common::CLIENT_ID_2, common::CREDENTIAL_2)
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_credential_without_a_token_stops_the_client_and_is_deleted() {
+    let fake = Fake::new(Faults {
+        first_credential_expired: true,
+        ..Faults::default()
+    });
+    let (addr, server) = common::serve(Arc::clone(&fake)).await;
+    let dir = tempfile::tempdir().unwrap();
+    store_credential(dir.path(), addr, common::CLIENT_ID, common::CREDENTIAL);
+    let mut config = common::config(addr, dir.path());
+    config.enrollment_token = None;
+
+    let err = run(&fake, config).await.unwrap_err();
+    assert!(
+        matches!(&err.error, ClientError::CredentialExpired { message }
+            if message.contains("credential expired; enroll again") && message.contains("no enrollment token")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--token"), "{err}");
+    assert!(!dir.path().join(CREDENTIAL_FILE).exists());
+    assert_eq!((err.stats.enrolled, err.stats.re_enrollments), (false, 0));
+    assert_eq!(err.stats.tasks_received, 0);
+    let s = fake.seen.lock().unwrap();
+    assert_eq!((s.enroll_calls, s.expired_refusals), (0, 1));
+    drop(s);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_credential_refused_as_expired_stops_instead_of_looping() {
+    let fake = Fake::new(Faults {
+        every_credential_expired: true,
+        ..Faults::default()
+    });
+    let (addr, server) = common::serve(Arc::clone(&fake)).await;
+    let dir = tempfile::tempdir().unwrap();
+    store_credential(dir.path(), addr, common::CLIENT_ID, common::CREDENTIAL);
+
+    let err = run(&fake, common::config(addr, dir.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err.error, ClientError::CredentialExpired { message } if message.contains("moments ago")),
+        "{err}"
+    );
+    // The stored credential expired, the client enrolled once more, and that one was refused too.
+    assert_eq!((err.stats.re_enrollments, err.stats.enrolled), (1, true));
+    let s = fake.seen.lock().unwrap();
+    assert_eq!((s.enroll_calls, s.expired_refusals), (1, 2));
+    drop(s);
+    assert!(!dir.path().join(CREDENTIAL_FILE).exists());
     server.abort();
 }

@@ -147,6 +147,8 @@ pub(crate) struct Shared {
     pub data_dir: PathBuf,
     pub last_touch: StdMutex<HashMap<u64, u64>>,
     pub rotate: AtomicU64,
+    /// Lifetime of the credentials `Enroll` issues.
+    pub credential_ttl: Duration,
 }
 
 /// Store operations are retried this many times on infrastructure errors.
@@ -194,7 +196,7 @@ impl Shared {
                 }
                 m
             }
-            None => RoundMachine::new(spec.policy(), layout.clone(), initial, spec.seed).map_err(|e| e.to_string())?,
+            None => RoundMachine::with_strategy(spec.policy(), layout.clone(), initial, spec.seed, spec.strategy.clone()).map_err(|e| e.to_string())?,
         };
         let model_spec = spec.proto_model_spec();
         let current = Arc::new(ModelVersion::new(machine.rounds_committed(), machine.global().to_vec(), &layout, &model_spec));
@@ -325,6 +327,10 @@ impl Shared {
             "train_loss": if info.train_loss.is_finite() { serde_json::json!(info.train_loss) } else { serde_json::Value::Null },
             "model_sha256": flotilla_core::params_sha256(&params),
         });
+        if !info.quarantined.is_empty() {
+            // Robust strategies record whom they left out and why; operators see it in job status.
+            metrics["quarantined"] = serde_json::json!(info.quarantined);
+        }
         if let Some(ev) = &job.evaluator {
             let ev = ev.clone();
             let p = params.clone();
@@ -457,7 +463,13 @@ impl Shared {
         .await
         .map_err(|e| SubmitError::Internal(e.to_string()))??;
         // Build the machine before storing anything, so an invalid job leaves no trace.
-        let machine = RoundMachine::new(spec.policy(), prepared.layout.clone(), prepared.initial.clone(), spec.seed)
+        let machine = RoundMachine::with_strategy(
+            spec.policy(),
+            prepared.layout.clone(),
+            prepared.initial.clone(),
+            spec.seed,
+            spec.strategy.clone(),
+        )
             .map_err(|e| SubmitError::Invalid(e.to_string()))?;
         let spec_json = serde_json::to_value(&spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
         let id = self

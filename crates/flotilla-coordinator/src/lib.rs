@@ -106,7 +106,16 @@ pub struct ServerConfig {
     pub admin_token: String,
     /// Resource limits.
     pub limits: Limits,
+    /// How long a credential issued by `Enroll` is valid (default [`DEFAULT_CREDENTIAL_TTL`], 30
+    /// days). Once it has expired every call with it fails with `UNAUTHENTICATED` ("credential
+    /// expired; enroll again") and the client must enroll again with an enrollment token.
+    pub credential_ttl: Duration,
 }
+
+/// Default [`ServerConfig::credential_ttl`]: 30 days.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Longest [`ServerConfig::credential_ttl`] accepted: 10 years.
+pub const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 impl ServerConfig {
     /// A configuration with the defaults: both listeners on `127.0.0.1:0`, SQLite and blobs in
@@ -122,6 +131,7 @@ impl ServerConfig {
             tls: TlsMode::Insecure,
             admin_token: admin_token.into(),
             limits: Limits::default(),
+            credential_ttl: DEFAULT_CREDENTIAL_TTL,
         }
     }
 }
@@ -165,6 +175,13 @@ impl Server {
         if config.limits.upload_concurrency == 0 {
             return Err(CoordinatorError::Config("limits.upload_concurrency must be ≥ 1".into()));
         }
+        if config.credential_ttl.is_zero() || config.credential_ttl > MAX_CREDENTIAL_TTL {
+            return Err(CoordinatorError::Config(format!(
+                "credential_ttl must be in 1 ms..={} days, got {:?}",
+                MAX_CREDENTIAL_TTL.as_secs() / 86_400,
+                config.credential_ttl
+            )));
+        }
         let tls = match &config.tls {
             TlsMode::Files { cert, key } => Some((
                 tls::server_config(cert, key, &[b"h2"])?,
@@ -199,6 +216,7 @@ impl Server {
             data_dir,
             last_touch: Default::default(),
             rotate: Default::default(),
+            credential_ttl: config.credential_ttl,
         });
         let n = shared.recover_jobs().await?;
         if n > 0 {

@@ -9,7 +9,7 @@ use flotilla_core::round::{ClientId, Event, RejectReason, ReportMetrics};
 use flotilla_proto::v1::coordinator_server::Coordinator;
 use flotilla_proto::v1::{self, upload_message};
 use flotilla_proto::{
-    DEFAULT_CHUNK_BYTES, HeaderError, MAX_CHUNK_BYTES, TransferError, UploadAssembler, UploadLimits,
+    AuthError, DEFAULT_CHUNK_BYTES, HeaderError, MAX_CHUNK_BYTES, TransferError, UploadAssembler, UploadLimits,
     chunk_f32_from, validate_header,
 };
 use flotilla_store::StoreError;
@@ -51,6 +51,12 @@ impl PartialUploads {
     fn received(&self, key: &(u64, String)) -> Option<(u64, u64)> {
         self.map.get(key).map(|p| (p.assembler.received(), p.assembler.total_bytes()))
     }
+}
+
+/// An authenticated caller.
+pub(crate) struct Caller {
+    pub id: ClientId,
+    pub tenant: String,
 }
 
 /// The tonic service.
@@ -98,8 +104,18 @@ impl CoordinatorService {
         status
     }
 
-    /// The client behind the request's bearer credential.
-    async fn authenticate<T>(&self, req: &Request<T>) -> Result<ClientId, Status> {
+    /// `PERMISSION_DENIED` unless the job belongs to the caller's tenant.
+    fn check_tenant(&self, caller: &Caller, job: &JobRuntime) -> Result<(), Status> {
+        if job.spec.tenant == caller.tenant {
+            return Ok(());
+        }
+        Err(self.refuse("tenant_mismatch", Status::permission_denied(format!("job {} belongs to another tenant than client {}", job.id, caller.id.0))))
+    }
+
+    /// The client behind the request's bearer credential. Refusals are `UNAUTHENTICATED` with the
+    /// reason in the `flotilla-auth-error` metadata; they count in `auth_failures` and a rejection
+    /// reason, and change no state.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let m = &self.shared.metrics;
         let cred = req
             .metadata()
@@ -110,7 +126,7 @@ impl CoordinatorService {
             .filter(|c| !c.is_empty() && c.len() <= 512);
         let Some(cred) = cred else {
             Metrics::inc(&m.auth_failures);
-            return Err(self.refuse("unauthenticated", Status::unauthenticated("missing credential: send `authorization: Bearer <credential>`")));
+            return Err(self.refuse("unauthenticated", AuthError::Missing.status("missing credential: send `authorization: Bearer <credential>`")));
         };
         match self.shared.store.authenticate(cred).await {
             Ok(c) => {
@@ -132,15 +148,20 @@ impl CoordinatorService {
                 if stale && let Err(e) = self.shared.store.touch_client(c.client_id, now as i64).await {
                     tracing::debug!(error = %e, "touch_client failed");
                 }
-                Ok(ClientId(id))
+                Ok(Caller { id: ClientId(id), tenant: c.tenant })
             }
             Err(StoreError::UnknownCredential) => {
                 Metrics::inc(&m.auth_failures);
-                Err(self.refuse("unauthenticated", Status::unauthenticated("unknown credential")))
+                Err(self.refuse("unauthenticated", AuthError::Unknown.status("unknown credential")))
             }
             Err(StoreError::ClientRevoked(id)) => {
                 Metrics::inc(&m.auth_failures);
-                Err(self.refuse("revoked", Status::unauthenticated(format!("credential of client {id} was revoked"))))
+                Err(self.refuse("revoked", AuthError::Revoked.status(format!("credential of client {id} was revoked"))))
+            }
+            Err(StoreError::CredentialExpired { client_id, .. }) => {
+                Metrics::inc(&m.auth_failures);
+                tracing::info!(client = client_id.0, "expired credential refused");
+                Err(self.refuse("credential_expired", AuthError::Expired.status("credential expired; enroll again")))
             }
             Err(e) => {
                 tracing::error!(error = %e, "authentication failed on the store");
@@ -165,6 +186,8 @@ impl CoordinatorService {
                 seed: task.seed,
             }),
             deadline_unix_ms: inner.deadline_ms.unwrap_or(0),
+            // Relative to now, because client clocks are not trusted; ≥ 1 so 0 keeps meaning "none".
+            time_remaining_ms: inner.deadline_ms.map_or(0, |d| d.saturating_sub(now_ms()).max(1)),
             stage_index: task.stage,
         }
     }
@@ -180,7 +203,10 @@ impl Coordinator for CoordinatorService {
         if r.enrollment_token.is_empty() || r.enrollment_token.len() > 512 || r.client_name.len() > 256 {
             return Err(self.refuse("invalid_enroll", Status::invalid_argument("enrollment_token must be 1..=512 bytes and client_name ≤ 256 bytes")));
         }
-        match self.shared.store.redeem_enrollment_token(r.enrollment_token.trim(), now_ms() as i64).await {
+        let now = now_ms() as i64;
+        let ttl_ms = i64::try_from(self.shared.credential_ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires_at_ms = now.saturating_add(ttl_ms);
+        match self.shared.store.redeem_enrollment_token(r.enrollment_token.trim(), now, Some(expires_at_ms)).await {
             Ok(e) => {
                 Metrics::inc(&m.enrollments);
                 tracing::info!(client = e.client_id.0, tenant = %e.tenant, name = %r.client_name, "client enrolled");
@@ -198,7 +224,7 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn check_in(&self, req: Request<v1::CheckInRequest>) -> Result<Response<v1::CheckInResponse>, Status> {
-        let client = self.authenticate(&req).await?;
+        let Caller { id: client, tenant } = self.authenticate(&req).await?;
         let r = req.into_inner();
         let m = &self.shared.metrics;
         Metrics::inc(&m.checkins);
@@ -210,7 +236,7 @@ impl Coordinator for CoordinatorService {
             .shared
             .job_list()
             .into_iter()
-            .filter(|j| wanted.is_empty() || wanted.iter().any(|w| *w == j.id.to_string()))
+            .filter(|j| j.spec.tenant == tenant && (wanted.is_empty() || wanted.iter().any(|w| *w == j.id.to_string())))
             .collect();
         let any_job = !jobs.is_empty();
         jobs.retain(|j| r.num_samples >= j.spec.min_samples);
@@ -251,11 +277,12 @@ impl Coordinator for CoordinatorService {
     type DownloadModelStream = ChunkStream;
 
     async fn download_model(&self, req: Request<v1::DownloadRequest>) -> Result<Response<ChunkStream>, Status> {
-        let _client = self.authenticate(&req).await?;
+        let caller = self.authenticate(&req).await?;
         let r = req.into_inner();
         let Some(job) = self.shared.job(&r.job_id) else {
             return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&r.job_id)))));
         };
+        self.check_tenant(&caller, &job)?;
         let model = match self.shared.model_version(&job, r.model_version).await {
             Ok(m) => m,
             Err(s) => return Err(self.refuse("unknown_model_version", s)),
@@ -278,7 +305,8 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn upload_update(&self, req: Request<Streaming<v1::UploadMessage>>) -> Result<Response<v1::UploadResponse>, Status> {
-        let client = self.authenticate(&req).await?;
+        let caller = self.authenticate(&req).await?;
+        let client = caller.id;
         let shared = &self.shared;
         let m = &shared.metrics;
         let mut stream = req.into_inner();
@@ -290,6 +318,7 @@ impl Coordinator for CoordinatorService {
         let Some(job) = shared.job(&header.job_id) else {
             return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&header.job_id)))));
         };
+        self.check_tenant(&caller, &job)?;
         let key = (header.round, header.attempt, header.stage_index, client);
         // Cheap verdicts before any payload byte is read.
         {
@@ -430,7 +459,7 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn query_upload(&self, req: Request<v1::QueryUploadRequest>) -> Result<Response<v1::UploadResponse>, Status> {
-        let client = self.authenticate(&req).await?;
+        let client = self.authenticate(&req).await?.id;
         let r = req.into_inner();
         let key = (client.0, r.upload_id);
         let found = self.shared.partial_uploads.lock().ok().and_then(|p| p.received(&key));

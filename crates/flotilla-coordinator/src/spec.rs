@@ -6,6 +6,7 @@
 use std::str::FromStr;
 
 use flotilla_core::round::{RoundPolicy, StageKind};
+use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::DatasetName;
 use flotilla_ml::{ModelKind, ModelSpec};
 use flotilla_proto::v1;
@@ -47,6 +48,7 @@ struct RawSpec {
     train: Option<RawTrain>,
     eligibility: Option<RawEligibility>,
     evaluation: Option<RawEvaluation>,
+    strategy: Option<StrategyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +145,9 @@ pub struct JobSpec {
     pub min_samples: u64,
     /// Dataset whose test split evaluates every committed model, if any.
     pub evaluation_dataset: Option<String>,
+    /// How reports are aggregated (`[strategy]`; FedAvg when absent).
+    #[serde(default = "StrategySpec::fedavg")]
+    pub strategy: StrategySpec,
 }
 
 fn need<T>(v: Option<T>, field: &str) -> Result<T, SpecError> {
@@ -258,6 +263,24 @@ impl JobSpec {
             }
         };
 
+        let min_reports = {
+            let fraction = raw.min_report_fraction.unwrap_or(0.8);
+            (((clients_per_round as f64) * fraction).ceil() as usize).max(1)
+        };
+        let strategy = match &raw.strategy {
+            None => StrategySpec::fedavg(),
+            Some(c) => {
+                let s = StrategySpec::from_config(c, min_reports).map_err(|e| SpecError::new(e.field, e.message))?;
+                // Both change what a client computes, which the wire protocol does not carry yet.
+                if s.scaffold || s.proximal_mu > 0.0 {
+                    return Err(SpecError::new(
+                        "strategy.name",
+                        format!("{} needs client-side support that the coordinator does not ship yet; it runs in `flotilla sim`", s.name),
+                    ));
+                }
+                s
+            }
+        };
         let spec = JobSpec {
             name,
             tenant,
@@ -276,6 +299,7 @@ impl JobSpec {
             train,
             min_samples,
             evaluation_dataset,
+            strategy,
         };
         spec.policy().validate().map_err(|e| {
             let field = match e.field {
@@ -379,5 +403,15 @@ dataset = "digits"
         assert!(err(&DIGITS.replace("seed = 42", "seed = 42\nbogus = 1")).starts_with("toml:"));
         assert!(err(&DIGITS.replace("dataset = \"digits\"\n[train]", "dataset = \"nope\"\n[train]")).starts_with("model.dataset:"));
         assert!(!err("rounds = ").contains('\n'));
+        assert!(err(&format!("{DIGITS}[strategy]\nname = \"trimmed_mean\"\nbeta = 0.5\n")).starts_with("strategy.beta:"));
+        assert!(err(&format!("{DIGITS}[strategy]\nname = \"krum\"\nf = 3\n")).starts_with("strategy.f:"));
+        assert!(err(&format!("{DIGITS}[strategy]\nname = \"fedadam\"\nserver_lr = 0\n")).starts_with("strategy.server_lr:"));
+    }
+
+    #[test]
+    fn strategy_defaults_to_fedavg_and_parses_by_name() {
+        assert_eq!(JobSpec::from_toml(DIGITS).unwrap().strategy, StrategySpec::fedavg());
+        let s = JobSpec::from_toml(&format!("{DIGITS}[strategy]\nname = \"krum\"\nf = 2\nm = 4\n")).unwrap();
+        assert_eq!(s.strategy.name, "krum");
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use flotilla_proto::{payload_sha256, v1};
+use flotilla_proto::{AuthError, payload_sha256, v1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -19,7 +19,14 @@ fn rejections(m: &serde_json::Value, k: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_the_server_stays_up() {
     let (_dir, data, certs) = tmp();
+    // A client enrolled by an earlier run of the coordinator configured with a 1 ms credential
+    // lifetime: its expiry is stored with it, so by the time the coordinator below is up it has
+    // expired.
+    let short = start_with(&data, &certs, |c| c.credential_ttl = Duration::from_millis(1)).await;
+    let mut expired = short.enroll("expired").await;
+    short.stop().await;
     let h = start(&data, &certs, None).await;
+    expired.grpc = h.grpc().await;
     let job = h.submit(&job_toml(1, 2)).await;
     let mut ab = vec![h.enroll("a").await, h.enroll("b").await];
     let t = wait_tasks(&mut ab).await;
@@ -31,9 +38,11 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     let mut g = h.grpc().await;
     let e = g.check_in(v1::CheckInRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(AuthError::of(&e), Some(AuthError::Missing));
     // Wrong credential.
     let e = g.check_in(authed(v1::CheckInRequest::default(), "flt_client_nope")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
+    assert_eq!(AuthError::of(&e), Some(AuthError::Unknown));
     let m = h.metrics().await;
     assert_eq!(m["auth_failures"], 2, "{m}");
     assert_eq!(rejections(&m, "unauthenticated"), 2);
@@ -46,13 +55,54 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("revoked"), "{}", e.message());
     assert_eq!(rejections(&h.metrics().await, "revoked"), 1);
+    assert_eq!(AuthError::of(&e), Some(AuthError::Revoked));
 
-    // Bad enrollment token.
+    // Expired credential: UNAUTHENTICATED, machine-readable reason, nothing changed.
+    let clients_before = h.admin("GET", "/v1/clients", "").await.1;
+    let m0 = h.metrics().await;
+    let e = expired.check_in(10).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(e.message(), "credential expired; enroll again");
+    assert_eq!(AuthError::of(&e), Some(AuthError::Expired));
+    let m1 = h.metrics().await;
+    assert_eq!(rejections(&m1, "credential_expired"), 1, "{m1}");
+    assert_eq!(m1["auth_failures"].as_u64(), m0["auth_failures"].as_u64().map(|n| n + 1), "{m1}");
+    assert_eq!(m1["checkins"], m0["checkins"], "a refused call is not a check-in");
+    // Every authenticated RPC refuses it the same way.
+    let e = expired.upload(&ta, &update(9, 1, LEN), 10).await.unwrap_err();
+    assert_eq!((e.code(), AuthError::of(&e)), (Code::Unauthenticated, Some(AuthError::Expired)));
+    let req = authed(v1::QueryUploadRequest { upload_id: "x".into() }, &expired.credential);
+    let e = expired.grpc.query_upload(req).await.unwrap_err();
+    assert_eq!((e.code(), AuthError::of(&e)), (Code::Unauthenticated, Some(AuthError::Expired)));
+    assert_eq!(rejections(&h.metrics().await, "credential_expired"), 3);
+    assert_eq!(h.admin("GET", "/v1/clients", "").await.1, clients_before, "state unchanged");
+    let listed = clients_before.as_array().unwrap().iter().find(|c| c["client_id"] == expired.id).cloned().unwrap();
+    assert!(listed["credential_expires_at_ms"].as_i64().is_some(), "{listed}");
+    // Enrolling again gives a new identity with a working credential (default lifetime).
+    let mut renewed = h.enroll("renewed").await;
+    assert_ne!(renewed.id, expired.id);
+    assert!(renewed.check_in(1).await.is_ok());
+
+    // A client of another tenant: offered no task, and the job's model and uploads are closed to it.
+    let mut other = h.enroll_in("other", "other").await;
+    match other.check_in(10).await.unwrap() {
+        v1::check_in_response::Outcome::RetryAfter(r) => assert_eq!(r.reason, "no running job matches"),
+        t => panic!("a job of another tenant was offered: {t:?}"),
+    }
+    let req = authed(v1::DownloadRequest { job_id: ta.job_id.clone(), model_version: 0, offset: 0 }, &other.credential);
+    let e = other.grpc.download_model(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = other.upload(&ta, &update(8, 1, LEN), 10).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(rejections(&h.metrics().await, "tenant_mismatch"), 2);
+
+    // Bad enrollment token: PERMISSION_DENIED (see coordinator.proto for why not UNAUTHENTICATED).
     let e = g
         .enroll(v1::EnrollRequest { enrollment_token: "flt_enroll_bogus".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(AuthError::of(&e), None);
 
     // Admin API without the token.
     let (code, body) = h.admin_with("GET", "/v1/jobs", "", None).await;

@@ -13,13 +13,17 @@
 //!   `DownloadModel`): offset-checked, size-limited, SHA-256-verified reassembly of an `f32` payload.
 //! - [`chunk_f32`], [`upload_messages`], [`model_chunks`]: the sending side.
 //! - [`validate_header`]: structural checks of an [`v1::UpdateHeader`].
+//! - [`AuthError`]: why a credential was refused (`flotilla-auth-error` metadata of
+//!   `UNAUTHENTICATED` statuses).
 //!
 //! Payloads are little-endian `f32` values in layout order; see [`payload_sha256`].
 
+mod auth;
 mod convert;
 mod error;
 mod transfer;
 
+pub use auth::{AUTH_ERROR_KEY, AuthError};
 pub use convert::{
     ExpectedLayout, MAX_NAME_LEN, MAX_TENSORS, hex, layout_from_proto, layout_to_proto, model_info,
     payload_sha256,

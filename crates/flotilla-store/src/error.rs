@@ -69,6 +69,14 @@ pub enum StoreError {
     /// The client's credential was revoked.
     #[error("client {0} is revoked")]
     ClientRevoked(ClientId),
+    /// The client's credential has expired; the client must enroll again.
+    #[error("the credential of client {client_id} expired at {expired_at_ms} ms")]
+    CredentialExpired {
+        /// The client.
+        client_id: ClientId,
+        /// Its credential's expiry, Unix milliseconds.
+        expired_at_ms: i64,
+    },
     /// No client has this id.
     #[error("client {0} not found")]
     ClientNotFound(ClientId),

@@ -15,7 +15,8 @@
 //!   checks that the blob exists. A crash between the two leaves an orphan blob, never a commit
 //!   without its model. Blob keys are content addresses, so re-putting after a crash is harmless.
 //! * **Secrets are never stored.** Enrollment token secrets and client credentials are 32 bytes
-//!   from the operating system's RNG; the database keeps only their SHA-256.
+//!   from the operating system's RNG; the database keeps only their SHA-256. Tokens have limited
+//!   uses and an expiry; credentials have an optional expiry and can be revoked.
 //!
 //! # Backends
 //!
@@ -117,6 +118,8 @@ pub struct Store {
     blobs: blobs::Blobs,
 }
 
+const CLIENT_COLUMNS: &str =
+    "id, tenant, revoked, created_at_ms, last_seen_ms, credential_expires_at_ms";
 const JOB_COLUMNS: &str = "id, tenant, name, spec_json, state, rounds_total, rounds_completed, \
                            model_version, model_blob_key, created_at_ms, updated_at_ms";
 const ROUND_COLUMNS: &str = "job_id, round, attempt, model_version, participants_json, \
@@ -222,9 +225,24 @@ impl Store {
     /// Redeems an enrollment token at time `now_ms`: atomically uses it up by one and enrolls a new
     /// client of the token's tenant with a fresh credential (only its SHA-256 is stored).
     ///
+    /// The credential is valid until `credential_expires_at_ms` (Unix milliseconds, exclusive), or
+    /// forever if `None`; an expiry that is not after `now_ms` is [`StoreError::InvalidArgument`].
+    ///
     /// Refuses with [`StoreError::UnknownToken`], [`StoreError::TokenExpired`] or
     /// [`StoreError::TokenUsedUp`] (in that order of precedence), changing nothing.
-    pub async fn redeem_enrollment_token(&self, secret: &str, now_ms: i64) -> Result<Enrollment> {
+    pub async fn redeem_enrollment_token(
+        &self,
+        secret: &str,
+        now_ms: i64,
+        credential_expires_at_ms: Option<i64>,
+    ) -> Result<Enrollment> {
+        if let Some(exp) = credential_expires_at_ms
+            && exp <= now_ms
+        {
+            return Err(StoreError::InvalidArgument(format!(
+                "credential expiry {exp} ms is not after the enrollment time {now_ms} ms"
+            )));
+        }
         let hash = sha256_hex(secret);
         let mut tx = self.begin_write().await?;
         let used = sqlx::query(
@@ -261,13 +279,14 @@ impl Store {
         let tenant: String = used.try_get("tenant")?;
         let credential = new_secret(CREDENTIAL_PREFIX)?;
         let row = sqlx::query(
-            "INSERT INTO clients (tenant, credential_sha256, enrollment_token, revoked, created_at_ms) \
-             VALUES ($1, $2, $3, 0, $4) RETURNING id",
+            "INSERT INTO clients (tenant, credential_sha256, enrollment_token, revoked, created_at_ms, \
+             credential_expires_at_ms) VALUES ($1, $2, $3, 0, $4, $5) RETURNING id",
         )
         .bind(&tenant)
         .bind(sha256_hex(&credential))
         .bind(token_id)
         .bind(now_ms)
+        .bind(credential_expires_at_ms)
         .fetch_one(&mut *tx)
         .await?;
         let client_id = ClientId::from_db(row.try_get("id")?)?;
@@ -276,16 +295,25 @@ impl Store {
             client_id,
             tenant,
             credential,
+            credential_expires_at_ms,
         })
     }
 
-    /// Looks up the client a credential belongs to. Refuses unknown credentials
-    /// ([`StoreError::UnknownCredential`]) and revoked clients ([`StoreError::ClientRevoked`]).
+    /// [`Store::authenticate_at`] at the current system time.
     pub async fn authenticate(&self, credential: &str) -> Result<ClientRecord> {
-        let row = sqlx::query(
-            "SELECT id, tenant, revoked, created_at_ms, last_seen_ms FROM clients \
-             WHERE credential_sha256 = $1",
-        )
+        self.authenticate_at(credential, now_ms()).await
+    }
+
+    /// Looks up the client a credential belongs to, at time `now_ms` (Unix milliseconds). Read-only.
+    ///
+    /// Refuses unknown credentials ([`StoreError::UnknownCredential`]), revoked clients
+    /// ([`StoreError::ClientRevoked`]) and credentials whose expiry is at or before `now_ms`
+    /// ([`StoreError::CredentialExpired`]), in that order of precedence: a revoked client is told it
+    /// is revoked even once its credential has also expired, so it does not try to enroll again.
+    pub async fn authenticate_at(&self, credential: &str, now_ms: i64) -> Result<ClientRecord> {
+        let row = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients WHERE credential_sha256 = $1"
+        ))
         .bind(sha256_hex(credential))
         .fetch_optional(&self.pool)
         .await?
@@ -293,6 +321,14 @@ impl Store {
         let client = client_from_row(&row)?;
         if client.revoked {
             return Err(StoreError::ClientRevoked(client.client_id));
+        }
+        if let Some(expired_at_ms) = client.credential_expires_at_ms
+            && expired_at_ms <= now_ms
+        {
+            return Err(StoreError::CredentialExpired {
+                client_id: client.client_id,
+                expired_at_ms,
+            });
         }
         Ok(client)
     }
@@ -324,9 +360,9 @@ impl Store {
 
     /// One client, revoked or not.
     pub async fn get_client(&self, client_id: ClientId) -> Result<ClientRecord> {
-        let row = sqlx::query(
-            "SELECT id, tenant, revoked, created_at_ms, last_seen_ms FROM clients WHERE id = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients WHERE id = $1"
+        ))
         .bind(client_id.to_db()?)
         .fetch_optional(&self.pool)
         .await?
@@ -336,7 +372,7 @@ impl Store {
 
     /// All clients (of one tenant, if given), revoked ones included, in enrollment order.
     pub async fn list_clients(&self, tenant: Option<&str>) -> Result<Vec<ClientRecord>> {
-        let columns = "SELECT id, tenant, revoked, created_at_ms, last_seen_ms FROM clients";
+        let columns = format!("SELECT {CLIENT_COLUMNS} FROM clients");
         let rows = match tenant {
             Some(t) => {
                 sqlx::query(&format!("{columns} WHERE tenant = $1 ORDER BY id"))
@@ -691,6 +727,7 @@ fn client_from_row(row: &AnyRow) -> Result<ClientRecord> {
         revoked: revoked != 0,
         created_at_ms: row.try_get("created_at_ms")?,
         last_seen_ms: row.try_get("last_seen_ms")?,
+        credential_expires_at_ms: row.try_get("credential_expires_at_ms")?,
     })
 }
 

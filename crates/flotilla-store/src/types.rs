@@ -151,6 +151,8 @@ pub struct Enrollment {
     pub tenant: String,
     /// The bearer credential the client authenticates with from now on.
     pub credential: String,
+    /// When the credential expires, Unix milliseconds (exclusive); `None`: never.
+    pub credential_expires_at_ms: Option<i64>,
 }
 
 /// A registered client.
@@ -166,6 +168,9 @@ pub struct ClientRecord {
     pub created_at_ms: i64,
     /// When it was last seen ([`crate::Store::touch_client`]), Unix milliseconds.
     pub last_seen_ms: Option<i64>,
+    /// When its credential expires, Unix milliseconds (exclusive); `None`: never (credentials
+    /// issued without an expiry, including every one issued before expiry existed).
+    pub credential_expires_at_ms: Option<i64>,
 }
 
 /// A job as stored.

@@ -15,6 +15,7 @@ both_backends!(
     concurrent_redemptions_respect_uses,
     secrets_are_stored_only_as_hashes,
     credential_authentication_and_revocation,
+    credential_expiry,
     job_lifecycle,
     commit_round_refuses_sequential_duplicate,
     commit_round_exactly_once_under_concurrency,
@@ -77,17 +78,20 @@ async fn enrollment_token_uses_expiry_and_unknown(db: TestDb) {
         .await
         .unwrap();
     let a = store
-        .redeem_enrollment_token(&token.secret, now)
+        .redeem_enrollment_token(&token.secret, now, None)
         .await
         .unwrap();
     let b = store
-        .redeem_enrollment_token(&token.secret, now)
+        .redeem_enrollment_token(&token.secret, now, None)
         .await
         .unwrap();
     assert_ne!(a.client_id, b.client_id);
     assert_ne!(a.credential, b.credential);
     assert_eq!((a.tenant.as_str(), b.tenant.as_str()), ("acme", "acme"));
-    match store.redeem_enrollment_token(&token.secret, now).await {
+    match store
+        .redeem_enrollment_token(&token.secret, now, None)
+        .await
+    {
         Err(StoreError::TokenUsedUp { token_id }) => assert_eq!(token_id, token.id),
         other => panic!("expected TokenUsedUp, got {other:?}"),
     }
@@ -98,11 +102,11 @@ async fn enrollment_token_uses_expiry_and_unknown(db: TestDb) {
         .await
         .unwrap();
     store
-        .redeem_enrollment_token(&short.secret, now + 999)
+        .redeem_enrollment_token(&short.secret, now + 999, None)
         .await
         .unwrap();
     match store
-        .redeem_enrollment_token(&short.secret, now + 1_000)
+        .redeem_enrollment_token(&short.secret, now + 1_000, None)
         .await
     {
         Err(StoreError::TokenExpired {
@@ -115,11 +119,13 @@ async fn enrollment_token_uses_expiry_and_unknown(db: TestDb) {
     }
 
     assert!(matches!(
-        store.redeem_enrollment_token("flt_enroll_nope", now).await,
+        store
+            .redeem_enrollment_token("flt_enroll_nope", now, None)
+            .await,
         Err(StoreError::UnknownToken)
     ));
     assert!(matches!(
-        store.redeem_enrollment_token("", now).await,
+        store.redeem_enrollment_token("", now, None).await,
         Err(StoreError::UnknownToken)
     ));
     assert!(matches!(
@@ -144,7 +150,7 @@ async fn concurrent_redemptions_respect_uses(db: TestDb) {
             let (store, secret, barrier) = (store.clone(), secret.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.redeem_enrollment_token(&secret, now_ms()).await
+                store.redeem_enrollment_token(&secret, now_ms(), None).await
             })
         })
         .collect();
@@ -164,7 +170,7 @@ async fn secrets_are_stored_only_as_hashes(db: TestDb) {
     let store = db.open().await;
     let token = store.create_enrollment_token("acme", 1, FAR).await.unwrap();
     let enrolled = store
-        .redeem_enrollment_token(&token.secret, now_ms())
+        .redeem_enrollment_token(&token.secret, now_ms(), None)
         .await
         .unwrap();
     assert!(token.secret.len() >= 64 && enrolled.credential.len() >= 64);
@@ -198,15 +204,15 @@ async fn credential_authentication_and_revocation(db: TestDb) {
         .await
         .unwrap();
     let a = store
-        .redeem_enrollment_token(&t1.secret, 1_000)
+        .redeem_enrollment_token(&t1.secret, 1_000, None)
         .await
         .unwrap();
     let b = store
-        .redeem_enrollment_token(&t1.secret, 1_000)
+        .redeem_enrollment_token(&t1.secret, 1_000, None)
         .await
         .unwrap();
     let c = store
-        .redeem_enrollment_token(&t2.secret, 1_000)
+        .redeem_enrollment_token(&t2.secret, 1_000, None)
         .await
         .unwrap();
 
@@ -264,6 +270,133 @@ async fn credential_authentication_and_revocation(db: TestDb) {
     assert_eq!(all.len(), 3);
     assert_eq!(all[2].client_id, c.client_id);
     assert_eq!(all[2].tenant, "globex");
+}
+
+async fn credential_expiry(db: TestDb) {
+    let store = db.open().await;
+    let token = store.create_enrollment_token("acme", 4, FAR).await.unwrap();
+    // An expiry that is not after the enrollment time is refused and uses nothing up.
+    for bad in [1_000, 999] {
+        assert!(matches!(
+            store
+                .redeem_enrollment_token(&token.secret, 1_000, Some(bad))
+                .await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+    }
+    assert!(store.list_clients(None).await.unwrap().is_empty());
+
+    let a = store
+        .redeem_enrollment_token(&token.secret, 1_000, Some(10_000))
+        .await
+        .unwrap();
+    assert_eq!(a.credential_expires_at_ms, Some(10_000));
+    let forever = store
+        .redeem_enrollment_token(&token.secret, 1_000, None)
+        .await
+        .unwrap();
+    assert_eq!(forever.credential_expires_at_ms, None);
+
+    // Valid strictly before the expiry.
+    let rec = store.authenticate_at(&a.credential, 9_999).await.unwrap();
+    assert_eq!(
+        (rec.client_id, rec.credential_expires_at_ms),
+        (a.client_id, Some(10_000))
+    );
+    store.touch_client(a.client_id, 9_999).await.unwrap();
+    let before = store.list_clients(None).await.unwrap();
+    for now in [10_000, 10_001, i64::MAX] {
+        match store.authenticate_at(&a.credential, now).await {
+            Err(StoreError::CredentialExpired {
+                client_id,
+                expired_at_ms,
+            }) => assert_eq!((client_id, expired_at_ms), (a.client_id, 10_000)),
+            other => panic!("expected CredentialExpired at {now}, got {other:?}"),
+        }
+    }
+    // The system clock is long past 10 s after the epoch.
+    assert!(matches!(
+        store.authenticate(&a.credential).await,
+        Err(StoreError::CredentialExpired { .. })
+    ));
+    // Refusing an expired credential changes nothing.
+    assert_eq!(store.list_clients(None).await.unwrap(), before);
+    let stored = store.get_client(a.client_id).await.unwrap();
+    assert_eq!(
+        (
+            stored.revoked,
+            stored.last_seen_ms,
+            stored.credential_expires_at_ms
+        ),
+        (false, Some(9_999), Some(10_000))
+    );
+
+    // No expiry: valid at any time.
+    assert_eq!(
+        store
+            .authenticate_at(&forever.credential, i64::MAX)
+            .await
+            .unwrap()
+            .credential_expires_at_ms,
+        None
+    );
+
+    // Revocation takes precedence over expiry, so a revoked client is not told to enroll again.
+    let b = store
+        .redeem_enrollment_token(&token.secret, 1_000, Some(2_000))
+        .await
+        .unwrap();
+    store.revoke_client(b.client_id).await.unwrap();
+    assert!(matches!(
+        store.authenticate_at(&b.credential, 5_000).await,
+        Err(StoreError::ClientRevoked(id)) if id == b.client_id
+    ));
+
+    // Enrolling again gives a new client with a new credential; the old one stays expired.
+    let again = store
+        .redeem_enrollment_token(&token.secret, 20_000, Some(30_000))
+        .await
+        .unwrap();
+    assert_ne!(again.client_id, a.client_id);
+    assert_ne!(again.credential, a.credential);
+    assert_eq!(
+        store
+            .authenticate_at(&again.credential, 20_001)
+            .await
+            .unwrap()
+            .client_id,
+        again.client_id
+    );
+    assert!(matches!(
+        store.authenticate_at(&a.credential, 20_001).await,
+        Err(StoreError::CredentialExpired { .. })
+    ));
+
+    // The expiry survives a reopen and is stored beside the hash, never the credential.
+    store.close().await;
+    drop(store);
+    let store = db.open().await;
+    assert_eq!(
+        store
+            .get_client(a.client_id)
+            .await
+            .unwrap()
+            .credential_expires_at_ms,
+        Some(10_000)
+    );
+    let raw = db.raw().await;
+    let row = sqlx::query(
+        "SELECT credential_sha256, credential_expires_at_ms FROM clients WHERE id = $1",
+    )
+    .bind(a.client_id.0 as i64)
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    let hash: String = row.try_get("credential_sha256").unwrap();
+    let expires: Option<i64> = row.try_get("credential_expires_at_ms").unwrap();
+    assert_eq!(hash, hex::encode(Sha256::digest(a.credential.as_bytes())));
+    assert_eq!(expires, Some(10_000));
+    raw.close().await;
 }
 
 async fn job_lifecycle(db: TestDb) {
@@ -605,11 +738,11 @@ async fn reopen_keeps_everything_committed(db: TestDb) {
     let store = db.open().await;
     let token = store.create_enrollment_token("acme", 3, FAR).await.unwrap();
     let a = store
-        .redeem_enrollment_token(&token.secret, 10)
+        .redeem_enrollment_token(&token.secret, 10, None)
         .await
         .unwrap();
     let b = store
-        .redeem_enrollment_token(&token.secret, 10)
+        .redeem_enrollment_token(&token.secret, 10, None)
         .await
         .unwrap();
     store.revoke_client(b.client_id).await.unwrap();
@@ -637,11 +770,11 @@ async fn reopen_keeps_everything_committed(db: TestDb) {
     ));
     // The token has exactly one use left.
     store
-        .redeem_enrollment_token(&token.secret, 10)
+        .redeem_enrollment_token(&token.secret, 10, None)
         .await
         .unwrap();
     assert!(matches!(
-        store.redeem_enrollment_token(&token.secret, 10).await,
+        store.redeem_enrollment_token(&token.secret, 10, None).await,
         Err(StoreError::TokenUsedUp { .. })
     ));
     let recovered = store.load_running_jobs().await.unwrap();

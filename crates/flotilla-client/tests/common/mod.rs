@@ -14,7 +14,9 @@ use flotilla_core::ParamLayout;
 use flotilla_ml::{ModelKind, ModelSpec};
 use flotilla_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use flotilla_proto::v1::{self, check_in_response::Outcome};
-use flotilla_proto::{ExpectedLayout, UploadAssembler, UploadLimits, model_chunks, model_info};
+use flotilla_proto::{
+    AuthError, ExpectedLayout, UploadAssembler, UploadLimits, model_chunks, model_info,
+};
 use tokio::sync::Notify;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -22,6 +24,9 @@ use tonic::{Request, Response, Status, Streaming};
 pub const TOKEN: &str = "tok-1";
 pub const CLIENT_ID: &str = "client-1";
 pub const CREDENTIAL: &str = "cred-1";
+/// Issued by `Enroll` instead of the first identity when `Faults::first_credential_expired` is set.
+pub const CLIENT_ID_2: &str = "client-2";
+pub const CREDENTIAL_2: &str = "cred-2";
 pub const JOB: &str = "job-1";
 /// Download chunk size of the fake (the logreg model is 650 values = 2600 bytes: 6 chunks).
 pub const DOWNLOAD_CHUNK: usize = 512;
@@ -39,6 +44,11 @@ pub struct Faults {
     pub unavailable_check_ins: u32,
     /// Answer every authenticated call with UNAUTHENTICATED (credential revoked).
     pub revoked: bool,
+    /// `CREDENTIAL` is refused as expired (UNAUTHENTICATED, `flotilla-auth-error: expired`);
+    /// `Enroll` issues `CLIENT_ID_2` / `CREDENTIAL_2`, which works.
+    pub first_credential_expired: bool,
+    /// Every credential is refused as expired, including freshly enrolled ones.
+    pub every_credential_expired: bool,
     /// Answer uploads with REJECTED.
     pub reject_uploads: bool,
 }
@@ -55,6 +65,8 @@ pub struct Seen {
     pub accepted: Option<(v1::UpdateHeader, Vec<f32>)>,
     pub rejected: u32,
     pub tasks_given: u32,
+    /// Calls refused because the credential expired.
+    pub expired_refusals: u32,
     download_dropped: bool,
     download_corrupted: bool,
     upload_broken: bool,
@@ -101,12 +113,28 @@ impl Fake {
         })
     }
 
+    /// The identity `Enroll` hands out.
+    fn identity(&self) -> (&'static str, &'static str) {
+        if self.faults.first_credential_expired {
+            (CLIENT_ID_2, CREDENTIAL_2)
+        } else {
+            (CLIENT_ID, CREDENTIAL)
+        }
+    }
+
     fn auth<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let ok = req
+        let given = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            == Some(&format!("Bearer {CREDENTIAL}"));
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let expired = self.faults.every_credential_expired
+            || (self.faults.first_credential_expired && given == Some(CREDENTIAL));
+        if expired {
+            self.seen.lock().unwrap().expired_refusals += 1;
+            return Err(AuthError::Expired.status("credential expired; enroll again"));
+        }
+        let ok = given == Some(self.identity().1);
         if !ok {
             return Err(Status::unauthenticated("missing or unknown credential"));
         }
@@ -133,6 +161,7 @@ impl Fake {
             }),
             deadline_unix_ms: deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64,
             stage_index: 0,
+            time_remaining_ms: 600_000,
         }
     }
 }
@@ -166,9 +195,10 @@ impl Coordinator for Fake {
             return Err(Status::permission_denied("unknown enrollment token"));
         }
         assert!(!r.client_name.is_empty());
+        let (client_id, credential) = self.identity();
         Ok(Response::new(v1::EnrollResponse {
-            client_id: CLIENT_ID.into(),
-            credential: CREDENTIAL.into(),
+            client_id: client_id.into(),
+            credential: credential.into(),
         }))
     }
 

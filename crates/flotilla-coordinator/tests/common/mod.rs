@@ -32,6 +32,11 @@ pub struct Harness {
 
 /// Starts a TLS coordinator on `data_dir` (certificates in `certs_dir`, created if absent).
 pub async fn start(data_dir: &Path, certs_dir: &Path, database_url: Option<String>) -> Harness {
+    start_with(data_dir, certs_dir, |c| c.database_url = database_url).await
+}
+
+/// [`start`] with a configuration adjusted by `configure`.
+pub async fn start_with(data_dir: &Path, certs_dir: &Path, configure: impl FnOnce(&mut ServerConfig)) -> Harness {
     let certs = if certs_dir.join("ca.pem").exists() {
         flotilla_coordinator::DevCerts {
             ca_cert: certs_dir.join("ca.pem"),
@@ -43,7 +48,7 @@ pub async fn start(data_dir: &Path, certs_dir: &Path, database_url: Option<Strin
     };
     let mut config = ServerConfig::new(data_dir, ADMIN_TOKEN);
     config.tls = TlsMode::Files { cert: certs.server_cert.clone(), key: certs.server_key.clone() };
-    config.database_url = database_url;
+    configure(&mut config);
     let server = Server::bind(config).await.expect("bind");
     let (stop, rx) = oneshot::channel();
     let (grpc_addr, admin_addr) = (server.grpc_addr(), server.admin_addr());
@@ -124,7 +129,13 @@ impl Harness {
 
     /// Creates an enrollment token through the admin API and enrolls a client with it.
     pub async fn enroll(&self, name: &str) -> Client {
-        let (code, body) = self.admin("POST", "/v1/enrollment-tokens", r#"{"uses": 1}"#).await;
+        self.enroll_in("default", name).await
+    }
+
+    /// [`Harness::enroll`] into `tenant`.
+    pub async fn enroll_in(&self, tenant: &str, name: &str) -> Client {
+        let req = serde_json::json!({"uses": 1, "tenant": tenant}).to_string();
+        let (code, body) = self.admin("POST", "/v1/enrollment-tokens", &req).await;
         assert_eq!(code, 200, "{body}");
         let token = body["token"].as_str().unwrap().to_owned();
         let mut g = self.grpc().await;
