@@ -2,7 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod admin_cmd;
+mod bench_aggregate;
+mod bench_cmd;
 mod data_cmd;
+mod dp_cmd;
 mod net_cmd;
 mod server_cmd;
 mod plot;
@@ -40,6 +43,12 @@ enum Command {
     /// Submit, list, inspect and cancel jobs on a coordinator.
     #[command(subcommand)]
     Job(admin_cmd::JobCommand),
+    /// Measure aggregation, secure aggregation and the coordinator; prints JSON with --json.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
+    /// Differential privacy: ε of a DP-FedAvg schedule (`dp epsilon`).
+    #[command(subcommand)]
+    Dp(dp_cmd::DpCommand),
 }
 
 /// `--data-dir`, shared by the commands that read datasets.
@@ -66,6 +75,8 @@ fn main() -> ExitCode {
         Command::DevCerts(args) => server_cmd::dev_certs(args),
         Command::EnrollToken(cmd) => admin_cmd::enroll_token(cmd),
         Command::Job(cmd) => admin_cmd::job(cmd),
+        Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Dp(cmd) => dp_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,10 @@ pub struct ServerArgs {
     /// Serve plain text (development only; logged as a warning)
     #[arg(long)]
     insecure: bool,
+    /// How long a client credential issued at enrollment stays valid (e.g. 30d, 12h); an expired
+    /// client must enroll again with an enrollment token
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+    credential_ttl: std::time::Duration,
 }
 
 /// Arguments of `flotilla dev-certs`.
@@ -64,6 +68,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.database_url = args.database_url;
     config.blob_url = args.blob_url;
     config.tls = tls;
+    config.credential_ttl = args.credential_ttl;
     runtime()?.block_on(async move {
         let server = flotilla_coordinator::Server::bind(config).await.context("starting the coordinator")?;
         tracing::info!(grpc = %server.grpc_addr(), admin = %server.admin_addr(), "coordinator listening");

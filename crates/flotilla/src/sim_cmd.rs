@@ -98,6 +98,9 @@ pub fn run(args: SimArgs) -> Result<()> {
     let wall = t0.elapsed().as_secs_f64();
     let rss = peak_rss_bytes();
 
+    if let Some(b) = outcome.final_backdoor_success {
+        println!("backdoor success on triggered test inputs: {b:.4}");
+    }
     println!(
         "done: {} rounds, final test accuracy {:.4} (loss {:.4}), wall {:.2}s, peak RSS {}, model sha256 {}",
         outcome.history.len(),
@@ -139,6 +142,12 @@ pub fn run(args: SimArgs) -> Result<()> {
             "final_loss": outcome.final_loss,
             "accuracy_per_round": evaluated.iter().filter_map(|r| r.test_accuracy).collect::<Vec<_>>(),
             "evaluated_rounds": evaluated.iter().map(|r| r.round).collect::<Vec<_>>(),
+            "strategy": scenario.strategy,
+            "attack": scenario.attack.map(|a| format!("{:?} on {:.0}% of clients", a.kind, a.fraction * 100.0)),
+            "attackers": outcome.attackers,
+            "final_backdoor_success": outcome.final_backdoor_success,
+            "quarantined_total": outcome.history.iter().map(|r| r.quarantined.len()).sum::<usize>(),
+            "quarantined_attackers_total": outcome.history.iter().filter_map(|r| r.quarantined_attackers).sum::<usize>(),
             "abandoned_attempts": outcome.abandoned_attempts,
             "late_reports": outcome.late_reports,
             "history": outcome.history,

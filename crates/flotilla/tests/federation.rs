@@ -126,19 +126,24 @@ impl Federation {
     fn start_clients(&mut self, n: usize) {
         let token = self.last_line(&["enroll-token", "create", "--uses", &n.to_string(), "--expires", "1h"]);
         for i in 0..n {
-            let child = Command::new(bin())
-                .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", self.grpc)])
-                .args(["--ca-cert", &self.ca(), "--token", &token])
-                .arg("--state-dir")
-                .arg(self.dir.join(format!("client-{i}")))
-                .args(["--dataset", "digits", "--partition", &format!("{i}/{n}")])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(self.dir.join(format!("client-{i}.log"))).unwrap())
-                .spawn()
-                .unwrap();
-            self.clients.0.push(child);
+            self.spawn_client(&format!("client-{i}"), &token, &format!("{i}/{n}"));
         }
+    }
+
+    /// A client process with state in `name/` and log in `name.log`, training on a digits partition.
+    fn spawn_client(&mut self, name: &str, token: &str, partition: &str) {
+        let child = Command::new(bin())
+            .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", self.grpc)])
+            .args(["--ca-cert", &self.ca(), "--token", token])
+            .arg("--state-dir")
+            .arg(self.dir.join(name))
+            .args(["--dataset", "digits", "--partition", partition])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        self.clients.0.push(child);
     }
 
     fn submit(&self, spec: &str) -> String {
@@ -305,4 +310,41 @@ fn dropouts_commit_from_survivors_above_the_minimum() {
     assert_eq!(f.clients.0.len(), first_new + 3);
     let s = f.wait_for(&job, "completion", Duration::from_secs(180), completed);
     assert_history(&s, 3, 6);
+}
+
+#[test]
+fn a_round_below_the_minimum_is_abandoned_and_retried() {
+    let mut f = Federation::new("retry", None);
+    f.start_clients(10);
+    // 10 per round and at least 8 reports (0.8) to commit. A 4 s deadline closes the crippled
+    // attempt quickly; a 3 s selection window leaves time to kill clients after a commit and before
+    // the next round's cohort is chosen.
+    let spec = job_spec(3, 10, 4, 0.8).replace("[model]", "selection_window_ms = 3000\n\n[model]");
+    assert!(spec.contains("selection_window_ms = 3000"));
+    let job = f.submit(&spec);
+    f.wait_for(&job, "round 1 committed", Duration::from_secs(180), |s| s["rounds_completed"].as_u64().unwrap_or(0) >= 1);
+    // 3 of the 10 die. They checked in after their round-1 upload, so round 2 selects all 10
+    // available clients; only the 7 survivors report: below the minimum of 8.
+    for c in f.clients.0.iter_mut().take(3) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // At the deadline the attempt is abandoned and round 2 is retried as attempt 2, which waits for
+    // 10 live clients: the dead are not available any more.
+    let s = f.wait_for(&job, "round 2 retried as attempt 2", Duration::from_secs(180), |s| {
+        s["current"]["round"] == 2 && s["current"]["attempt"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(s["current"]["attempt"], 2, "{s}");
+    assert_eq!(s["rounds_completed"], 1, "the abandoned attempt committed nothing: {s}");
+    assert_eq!(s["history"].as_array().map(Vec::len), Some(1), "{s}");
+    // Three newcomers join the seven survivors; the retry runs and the job completes.
+    let token = f.last_line(&["enroll-token", "create", "--uses", "3"]);
+    for i in 0..3 {
+        f.spawn_client(&format!("client-new-{i}"), &token, &format!("{i}/10"));
+    }
+    let s = f.wait_for(&job, "completion", Duration::from_secs(180), completed);
+    assert_history(&s, 3, 8);
+    // `job status --json` shows the retry: round 2 was committed by its second attempt.
+    assert_eq!(s["history"][1]["attempt"], 2, "{s}");
+    assert_eq!(s["history"][1]["metrics"]["attempt"], 2, "{s}");
 }
