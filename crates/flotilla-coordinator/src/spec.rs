@@ -263,10 +263,12 @@ impl JobSpec {
             }
         };
 
-        let min_reports = {
-            let fraction = raw.min_report_fraction.unwrap_or(0.8);
-            (((clients_per_round as f64) * fraction).ceil() as usize).max(1)
-        };
+        // The smallest round that can commit, by the machine's own rule (Krum's f is checked against it).
+        let min_reports = RoundPolicy {
+            min_report_fraction: raw.min_report_fraction.unwrap_or(0.8),
+            ..RoundPolicy::new(rounds, clients_per_round)
+        }
+        .min_reports();
         let strategy = match &raw.strategy {
             None => StrategySpec::fedavg(),
             Some(c) => {

@@ -745,24 +745,8 @@ impl RoundMachine {
         };
         let needed = self.policy.min_reports();
         if s.reported.len() < needed {
-            out.push(Action::RoundAbandoned {
-                round: self.round,
-                attempt: self.attempt,
-                reports: s.reported.len(),
-                needed,
-            });
-            self.failed_attempts += 1;
-            if self.failed_attempts >= self.policy.max_attempts {
-                let reason = format!(
-                    "round {} failed {} times: fewer than {} of {} clients reported",
-                    self.round, self.failed_attempts, needed, self.policy.clients_per_round
-                );
-                self.phase = Phase::Failed(reason.clone());
-                out.push(Action::JobFailed { reason });
-                return;
-            }
-            self.attempt += 1;
-            self.after_round(now_ms, out);
+            let why = format!("fewer than {} of {} clients reported", needed, self.policy.clients_per_round);
+            self.abandon_attempt(now_ms, s.reported.len(), needed, &why, out);
             return;
         }
         if (s.index as usize) + 1 < self.policy.stages.len() {
@@ -775,24 +759,7 @@ impl RoundMachine {
             Err(AggregateError::Empty) => {
                 // Every report was quarantined: nothing usable, so the attempt is abandoned like one
                 // that received too few reports.
-                out.push(Action::RoundAbandoned {
-                    round: self.round,
-                    attempt: self.attempt,
-                    reports: 0,
-                    needed,
-                });
-                self.failed_attempts += 1;
-                if self.failed_attempts >= self.policy.max_attempts {
-                    let reason = format!(
-                        "round {} failed {} times: every report was quarantined",
-                        self.round, self.failed_attempts
-                    );
-                    self.phase = Phase::Failed(reason.clone());
-                    out.push(Action::JobFailed { reason });
-                    return;
-                }
-                self.attempt += 1;
-                self.after_round(now_ms, out);
+                self.abandon_attempt(now_ms, 0, needed, "every report was quarantined", out);
                 return;
             }
             Err(e) => {
@@ -823,6 +790,21 @@ impl RoundMachine {
         self.round += 1;
         self.attempt = 1;
         self.failed_attempts = 0;
+        self.after_round(now_ms, out);
+    }
+
+    /// Ends the current attempt without a commit; the job fails once `max_attempts` attempts of this
+    /// round have been abandoned (`why` completes "round R failed N times: …").
+    fn abandon_attempt(&mut self, now_ms: u64, reports: usize, needed: usize, why: &str, out: &mut Vec<Action>) {
+        out.push(Action::RoundAbandoned { round: self.round, attempt: self.attempt, reports, needed });
+        self.failed_attempts += 1;
+        if self.failed_attempts >= self.policy.max_attempts {
+            let reason = format!("round {} failed {} times: {why}", self.round, self.failed_attempts);
+            self.phase = Phase::Failed(reason.clone());
+            out.push(Action::JobFailed { reason });
+            return;
+        }
+        self.attempt += 1;
         self.after_round(now_ms, out);
     }
 

@@ -394,14 +394,12 @@ pub struct RoundResult {
     pub quarantined: Vec<Quarantined>,
 }
 
-fn check_update(update: &[f32], expected: usize) -> Result<(), AggregateError> {
-    if update.len() != expected {
-        return Err(AggregateError::Length { expected, actual: update.len() });
+/// Refuses NaN/±∞ in `values`, reporting the index as `offset + i` (the position in the report).
+fn check_finite(values: &[f32], offset: usize) -> Result<(), AggregateError> {
+    match robust::first_non_finite(values) {
+        Some(i) => Err(AggregateError::NonFinite { index: offset + i }),
+        None => Ok(()),
     }
-    if let Some(index) = update.iter().position(|v| !v.is_finite()) {
-        return Err(AggregateError::NonFinite { index });
-    }
-    Ok(())
 }
 
 impl Strategy {
@@ -448,22 +446,31 @@ impl Strategy {
         update: &[f32],
         weight: f64,
     ) -> Result<(), AggregateError> {
-        check_update(update, self.report_len())?;
+        let expected = self.report_len();
+        if update.len() != expected {
+            return Err(AggregateError::Length { expected, actual: update.len() });
+        }
         if !(weight.is_finite() && weight > 0.0) {
             return Err(AggregateError::Weight(weight));
         }
         let (params, control) = update.split_at(self.dim);
-        let delta = |clip: Option<f64>| {
-            let mut d: Vec<f32> = params.iter().zip(global).map(|(p, g)| p - g).collect();
-            if let Some(c) = clip {
-                robust::clip_to_norm(&mut d, c);
-            }
-            d
-        };
+        // Everything is checked before anything is folded, so a refused report changes nothing.
+        check_finite(control, self.dim)?;
         match &mut agg.stream {
+            // FedAvg::accept checks the parameters itself (and changes nothing on error).
             Some(sum) if !agg.of_deltas => sum.accept(params, weight)?,
-            Some(sum) => sum.accept(&delta(self.spec.clip_norm), weight)?,
-            None => agg.buffer.push(Buffered { client, weight, delta: delta(self.spec.clip_norm) }),
+            stream => {
+                // Checked before the delta is formed: clipping would turn NaN into a zero vector.
+                check_finite(params, 0)?;
+                let mut delta: Vec<f32> = params.iter().zip(global).map(|(p, g)| p - g).collect();
+                if let Some(c) = self.spec.clip_norm {
+                    robust::clip_to_norm(&mut delta, c);
+                }
+                match stream {
+                    Some(sum) => sum.accept(&delta, weight)?,
+                    None => agg.buffer.push(Buffered { client, weight, delta }),
+                }
+            }
         }
         if let Some(c) = &mut agg.control {
             // Cannot fail: length and finiteness were checked above.
@@ -691,6 +698,33 @@ mod tests {
         let mut s = Strategy::new(spec, 2);
         let g = run_round(&mut s, &[0.0, 0.0], &[(&[30.0, 40.0], 1.0), (&[0.6, 0.8], 1.0)]);
         assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+    }
+
+    #[test]
+    fn non_finite_reports_are_refused_on_every_path_without_changing_state() {
+        for (c, dim) in [
+            (StrategyConfig { max_norm: Some(1.0), ..cfg("norm_bound") }, 2),
+            (cfg("median"), 2),
+            (cfg("fedavg"), 2),
+            (cfg("scaffold"), 2),
+        ] {
+            let s = Strategy::new(StrategySpec::from_config(&c, 3).unwrap(), dim);
+            let mut agg = s.begin_round();
+            let before = agg.clone();
+            let mut report = vec![1.0; s.report_len()];
+            report[1] = f32::NAN;
+            assert_eq!(s.accept(&mut agg, &[0.0; 2], 0, &report, 1.0), Err(AggregateError::NonFinite { index: 1 }), "{}", c.name);
+            let last = report.len() - 1;
+            report[1] = 1.0;
+            report[last] = f32::INFINITY;
+            assert_eq!(
+                s.accept(&mut agg, &[0.0; 2], 0, &report, 1.0),
+                Err(AggregateError::NonFinite { index: last }),
+                "{}",
+                c.name
+            );
+            assert_eq!(agg, before, "{}: a refused report changes nothing", c.name);
+        }
     }
 
     #[test]

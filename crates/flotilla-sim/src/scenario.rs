@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use flotilla_core::round::RoundPolicy;
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::{DatasetName, PartitionSpec};
 use flotilla_ml::ModelKind;
@@ -420,8 +421,9 @@ impl Scenario {
             min_report_fraction: fraction("round.min_report_fraction", rr.min_report_fraction.unwrap_or(0.5), false, true)?,
             dropout: fraction("round.dropout", rr.dropout.unwrap_or(0.0), true, false)?,
         };
-        let min_reports =
-            (((clients_per_round as f64) * round.min_report_fraction).ceil() as usize).max(1);
+        // The smallest round that can commit, by the machine's own rule (Krum's f is checked against it).
+        let min_reports = RoundPolicy { min_report_fraction: round.min_report_fraction, ..RoundPolicy::new(rounds, clients_per_round) }
+            .min_reports();
         let strategy = match &r.strategy {
             None => StrategySpec::fedavg(),
             Some(c) => StrategySpec::from_config(c, min_reports).map_err(|e| invalid(e.field, e.message))?,
