@@ -190,6 +190,8 @@ async fn list_clients(State(st): State<AdminState>) -> ApiResult {
 async fn revoke_client(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     let id = ClientId(parse_id(&id, "client id")?);
     st.shared.store.revoke_client(id).await?;
+    // After the store has it, so a concurrent call cannot re-cache the credential as valid.
+    st.shared.credentials.forget_client(id);
     tracing::info!(client = id.0, "client revoked");
     Ok(Json(json!({ "client_id": id.0, "revoked": true })))
 }

@@ -3,7 +3,7 @@
 //!
 //! Only successes are cached (unknown, revoked and expired credentials always go to the store, so
 //! their errors are exactly the store's). A cached entry is used only while all of these hold:
-//! - it is younger than [`CACHE_TTL`]: changes made outside this process (another coordinator on
+//! - it is younger than [`CACHE_TTL_MS`] (10 s): changes made outside this process (another coordinator on
 //!   the same PostgreSQL database, a manual `UPDATE`) are seen within that time;
 //! - the credential's own expiry (`credential_expires_at_ms`) is still in the future: an expired
 //!   credential is refused on its first call after expiry, cached or not;
@@ -23,8 +23,6 @@ use crate::jobs::now_ms;
 
 /// How long a successful lookup is trusted without asking the store again, milliseconds.
 pub(crate) const CACHE_TTL_MS: u64 = 10_000;
-/// [`CACHE_TTL_MS`] as a duration, for documentation.
-pub(crate) const CACHE_TTL: std::time::Duration = std::time::Duration::from_millis(CACHE_TTL_MS);
 /// Most credentials cached at once.
 pub(crate) const CACHE_MAX_ENTRIES: usize = 1 << 20;
 

@@ -147,6 +147,8 @@ pub(crate) struct Shared {
     pub data_dir: PathBuf,
     pub last_touch: StdMutex<HashMap<u64, u64>>,
     pub rotate: AtomicU64,
+    /// Successful credential lookups, so authenticated calls skip the database.
+    pub credentials: crate::auth_cache::CredentialCache,
     /// Lifetime of the credentials `Enroll` issues.
     pub credential_ttl: Duration,
 }

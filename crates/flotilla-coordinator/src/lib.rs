@@ -22,6 +22,7 @@
 //! code mapping and the memory bound of uploads.
 
 mod admin;
+mod auth_cache;
 mod error;
 mod jobs;
 mod metrics;
@@ -46,6 +47,14 @@ pub use error::CoordinatorError;
 pub use metrics::MetricsSnapshot;
 pub use spec::{JobSpec, SpecError};
 pub use tls::{DevCerts, write_dev_certs};
+
+/// HTTP/2 streams (concurrent calls) one client connection may have open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// HTTP/2 receive window of one stream, bytes: how much of an upload the coordinator buffers before
+/// it reads it. The connection window is this × [`MAX_STREAMS_PER_CONNECTION`], so uploads that wait
+/// for an upload slot (and are not read meanwhile) can never use up the window of those being read
+/// on the same connection; HTTP/2 buffering stays ≤ 64 KiB per open stream.
+pub const STREAM_WINDOW_BYTES: u32 = 64 << 10;
 
 /// How the gRPC and admin listeners are secured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +225,7 @@ impl Server {
             data_dir,
             last_touch: Default::default(),
             rotate: Default::default(),
+            credentials: Default::default(),
             credential_ttl: config.credential_ttl,
         });
         let n = shared.recover_jobs().await?;
@@ -267,6 +277,9 @@ impl Server {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .timeout(Duration::from_secs(600))
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+                .initial_stream_window_size(STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(MAX_STREAMS_PER_CONNECTION * STREAM_WINDOW_BYTES)
                 .add_service(service.clone())
         };
         tracing::info!(%grpc_addr, %admin_addr, tls = tls.is_some(), "coordinator listening");

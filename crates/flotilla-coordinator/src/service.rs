@@ -128,7 +128,7 @@ impl CoordinatorService {
             Metrics::inc(&m.auth_failures);
             return Err(self.refuse("unauthenticated", AuthError::Missing.status("missing credential: send `authorization: Bearer <credential>`")));
         };
-        match self.shared.store.authenticate(cred).await {
+        match self.shared.credentials.authenticate(&self.shared.store, cred).await {
             Ok(c) => {
                 let id = c.client_id.0;
                 let now = now_ms();
@@ -145,8 +145,15 @@ impl CoordinatorService {
                         stale
                     })
                     .unwrap_or(false);
-                if stale && let Err(e) = self.shared.store.touch_client(c.client_id, now as i64).await {
-                    tracing::debug!(error = %e, "touch_client failed");
+                if stale {
+                    // Off the request path: `last_seen` is informational and must not put a
+                    // database write into the latency of a call.
+                    let (store, client_id) = (self.shared.store.clone(), c.client_id);
+                    tokio::spawn(async move {
+                        if let Err(e) = store.touch_client(client_id, now as i64).await {
+                            tracing::debug!(error = %e, "touch_client failed");
+                        }
+                    });
                 }
                 Ok(Caller { id: ClientId(id), tenant: c.tenant })
             }
@@ -398,14 +405,15 @@ impl Coordinator for CoordinatorService {
                     return Err(self.refuse("invalid_header", Status::invalid_argument("only the first message may be a header")));
                 }
             };
-            if let Err(e) = part.assembler.push(&chunk) {
-                save(part);
-                return Err(self.refuse(transfer_reason(&e), e.into()));
-            }
-            let values = &mut part.values;
-            if let Err(e) = part.assembler.drain_f32(&mut |vs| values.extend_from_slice(vs)) {
+            // Decoded straight from the chunk into the update's buffer: no intermediate copies.
+            match part.assembler.push_into(&chunk, &mut part.values) {
+                Ok(_) => {}
                 // A non-finite value: the payload can never be accepted; drop it.
-                return Err(self.refuse(transfer_reason(&e), e.into()));
+                Err(e @ TransferError::NonFinite { .. }) => return Err(self.refuse(transfer_reason(&e), e.into())),
+                Err(e) => {
+                    save(part);
+                    return Err(self.refuse(transfer_reason(&e), e.into()));
+                }
             }
         }
         if !part.assembler.is_complete() {

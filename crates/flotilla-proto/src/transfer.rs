@@ -152,6 +152,17 @@ pub enum PushOutcome {
     Duplicate,
 }
 
+/// What identifies the most recent accepted chunk: its place, the hash state before it and the
+/// digest of everything up to its end. A re-sent chunk is the same bytes exactly when hashing it
+/// from `before` gives `digest` again (SHA-256 collision resistance), so no copy of the bytes is kept.
+#[derive(Debug, Clone)]
+struct LastChunk {
+    offset: u64,
+    len: usize,
+    before: Sha256,
+    digest: [u8; 32],
+}
+
 /// Offset-checked, size-limited, hashing reassembly of a byte stream; shared by both receivers.
 #[derive(Debug, Clone)]
 struct Reassembly {
@@ -160,8 +171,8 @@ struct Reassembly {
     max_chunk: usize,
     expected_sha: [u8; 32],
     hasher: Sha256,
-    /// Offset and bytes of the most recent accepted chunk, to recognise an exact re-send.
-    last: Option<(u64, Vec<u8>)>,
+    /// The most recent accepted chunk, to recognise an exact re-send without keeping a copy of it.
+    last: Option<LastChunk>,
     /// Bytes received but not yet decoded into `f32` values.
     pending: Vec<u8>,
     /// Number of `f32` values decoded and handed out so far.
@@ -193,11 +204,14 @@ impl Reassembly {
             });
         }
         if offset != self.received {
-            if let Some((last_offset, last)) = &self.last
-                && *last_offset == offset
-                && last.len() == data.len()
+            if let Some(last) = &self.last
+                && last.offset == offset
+                && last.len == data.len()
             {
-                return if last.as_slice() == data {
+                let mut h = last.before.clone();
+                h.update(data);
+                let digest: [u8; 32] = h.finalize().into();
+                return if digest == last.digest {
                     Ok(PushOutcome::Duplicate)
                 } else {
                     Err(TransferError::ConflictingChunk { offset })
@@ -219,13 +233,66 @@ impl Reassembly {
         if end > self.total {
             return Err(past_end);
         }
-        self.hasher.update(data);
+        self.accept(offset, data, end);
         self.pending.extend_from_slice(data);
+        Ok(PushOutcome::Appended { bytes: data.len() })
+    }
+
+    /// Records an accepted chunk (already checked by `push`'s rules): hash, resume offset, last chunk.
+    fn accept(&mut self, offset: u64, data: &[u8], end: u64) {
+        let before = self.hasher.clone();
+        self.hasher.update(data);
+        // Finalising a clone only pads the last block: cheap next to hashing the chunk.
+        let digest: [u8; 32] = self.hasher.clone().finalize().into();
+        self.last = Some(LastChunk { offset, len: data.len(), before, digest });
         self.received = end;
-        let last = self.last.get_or_insert_with(|| (offset, Vec::new()));
-        last.0 = offset;
-        last.1.clear();
-        last.1.extend_from_slice(data);
+    }
+
+    /// `push` followed by decoding every whole value straight from `data` into `out`, without
+    /// buffering the chunk: the receiving fast path. Values appended to `out` are finite; on a
+    /// non-finite value `out` keeps only the values before it and the error names its index.
+    fn push_into(&mut self, offset: u64, data: &[u8], out: &mut Vec<f32>) -> Result<PushOutcome, TransferError> {
+        // Values still buffered by an earlier `push` go first.
+        if self.pending.len() >= 4 {
+            self.drain(&mut |vs| out.extend_from_slice(vs))?;
+        }
+        if data.is_empty() || offset != self.received || data.len() > self.max_chunk {
+            // Not the next bytes: `push` gives the verdict (duplicate, conflict or error) and, for a
+            // duplicate, accepts nothing.
+            return self.push(offset, data).inspect(|o| debug_assert_eq!(*o, PushOutcome::Duplicate));
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= self.total)
+            .ok_or(TransferError::PastEnd { offset, len: data.len(), total: self.total })?;
+        self.accept(offset, data, end);
+        let mut rest = data;
+        if !self.pending.is_empty() {
+            // Complete the value split across the previous chunk and this one.
+            let take = (4 - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() == 4 {
+                let v = f32::from_le_bytes([self.pending[0], self.pending[1], self.pending[2], self.pending[3]]);
+                if !v.is_finite() {
+                    return Err(TransferError::NonFinite { index: self.decoded });
+                }
+                self.pending.clear();
+                out.push(v);
+                self.decoded += 1;
+            }
+        }
+        let whole = rest.len() / 4;
+        let start = out.len();
+        out.extend(rest[..4 * whole].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        if !out[start..].iter().all(|v| v.is_finite()) {
+            let i = out[start..].iter().position(|v| !v.is_finite()).unwrap_or(0);
+            out.truncate(start + i);
+            self.decoded += i as u64;
+            return Err(TransferError::NonFinite { index: self.decoded });
+        }
+        self.decoded += whole as u64;
+        self.pending.extend_from_slice(&rest[4 * whole..]);
         Ok(PushOutcome::Appended { bytes: data.len() })
     }
 
@@ -329,6 +396,16 @@ impl UploadAssembler {
     /// Accepts the next chunk. See the module docs for the offset rules. A failed push changes nothing.
     pub fn push(&mut self, chunk: &v1::UpdateChunk) -> Result<PushOutcome, TransferError> {
         self.inner.push(chunk.offset, &chunk.data)
+    }
+
+    /// [`UploadAssembler::push`] and [`UploadAssembler::drain_f32`] in one step, without buffering the
+    /// chunk: the values it completes are decoded straight into `out` (appended, in order). The fast
+    /// path for a receiver that keeps the values anyway.
+    ///
+    /// Offset and size errors change nothing (as `push`). On [`TransferError::NonFinite`], `out` ends
+    /// with the last finite value before it and the upload can never complete; drop it.
+    pub fn push_into(&mut self, chunk: &v1::UpdateChunk, out: &mut Vec<f32>) -> Result<PushOutcome, TransferError> {
+        self.inner.push_into(chunk.offset, &chunk.data, out)
     }
 
     /// Hands every complete value received so far to `sink` (possibly in several calls, in order) and

@@ -557,3 +557,58 @@ proptest! {
         let _ = a.finish();
     }
 }
+
+/// `push_into`: the receiving fast path decodes values split across chunks, recognises re-sends
+/// and conflicts like `push`, and stops at a non-finite value with the values before it.
+#[test]
+fn push_into_decodes_straight_into_the_buffer() {
+    let p = params(50);
+    let bytes = le_bytes(&p);
+    let mut a = assembler(&p);
+    let mut out = Vec::new();
+    // 7-byte chunks: most values straddle two chunks.
+    let mut off = 0;
+    while off < bytes.len() {
+        let end = (off + 7).min(bytes.len());
+        let c = chunk(off as u64, bytes[off..end].to_vec());
+        assert_eq!(a.push_into(&c, &mut out), Ok(PushOutcome::Appended { bytes: end - off }));
+        assert_eq!(out.len() as u64, a.received() / 4);
+        // Exact re-send of the most recent chunk: ignored; different bytes: a conflict.
+        assert_eq!(a.push_into(&c, &mut out), Ok(PushOutcome::Duplicate));
+        let mut bad = c.clone();
+        bad.data[0] ^= 1;
+        assert_eq!(a.push_into(&bad, &mut out), Err(TransferError::ConflictingChunk { offset: off as u64 }));
+        assert_eq!(out.len() as u64, a.received() / 4, "a refused chunk adds nothing");
+        off = end;
+    }
+    assert!(a.push_into(&chunk(0, bytes[..4].to_vec()), &mut out).is_err());
+    assert!(a.finish().unwrap().is_empty());
+    assert_eq!(bits(&out), bits(&p));
+
+    // Mixed with `push` (buffered bytes are decoded first).
+    let mut a = assembler(&p);
+    let mut out = Vec::new();
+    a.push(&chunk(0, bytes[..10].to_vec())).unwrap();
+    a.push_into(&chunk(10, bytes[10..].to_vec()), &mut out).unwrap();
+    assert_eq!(bits(&out), bits(&p));
+    assert!(a.finish().unwrap().is_empty());
+
+    // A NaN inside a chunk and one split across chunks.
+    for (at, size) in [(17usize, 40usize), (3, 6)] {
+        let mut q = p.clone();
+        q[at] = f32::NAN;
+        let qb = le_bytes(&q);
+        let mut a = assembler(&q);
+        let mut out = Vec::new();
+        let mut off = 0;
+        let err = loop {
+            let end = (off + size).min(qb.len());
+            if let Err(e) = a.push_into(&chunk(off as u64, qb[off..end].to_vec()), &mut out) {
+                break e;
+            }
+            off = end;
+        };
+        assert_eq!(err, TransferError::NonFinite { index: at as u64 });
+        assert_eq!(bits(&out), bits(&q[..at]));
+    }
+}

@@ -75,8 +75,8 @@ pub struct CoordinatorArgs {
     /// Payload bytes per upload chunk
     #[arg(long, default_value_t = flotilla_proto::DEFAULT_CHUNK_BYTES)]
     chunk_bytes: usize,
-    /// Upload streams in flight at once
-    #[arg(long, default_value_t = 16)]
+    /// Upload streams in flight at once (the coordinator assembles 8 at a time by default)
+    #[arg(long, default_value_t = 8)]
     upload_concurrency: usize,
     /// Skip the ingest phase
     #[arg(long)]
