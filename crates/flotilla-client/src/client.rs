@@ -18,7 +18,9 @@ use tonic::{Code, Request, Status};
 use crate::config::{ClientConfig, error_chain};
 use crate::credential::StoredCredential;
 use crate::error::{ClientError, RunError};
+use crate::scaffold::ControlStore;
 use crate::trainer::{LocalTrainer, ModelDescription, TaskInfo, TrainOutcome, TrainingConfig};
+use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
 /// Timeout of unary calls (enroll, check-in, query-upload) and of opening a download.
 const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -483,7 +485,7 @@ impl Session<'_> {
         bearer: &MetadataValue<Ascii>,
         task: v1::Task,
     ) -> Result<(), ClientError> {
-        let (info, receiver) = match check_task(&task) {
+        let (mut info, receiver, control_receiver) = match check_task(&task) {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(job = %task.job_id, round = task.round, %reason, "skipping task");
@@ -500,12 +502,28 @@ impl Session<'_> {
         );
         let deadline = info.deadline.map(|d| d + DEADLINE_GRACE);
 
-        let global = match self.download(bearer, &task, receiver, deadline).await? {
-            Done::Ok(p) => p,
+        let global = match self.download(bearer, &task, v1::ModelPart::Global, receiver, deadline).await? {
+            Done::Ok(p) => Arc::new(p),
             Done::Abandoned => {
                 self.pause_after_failed_task().await;
                 return Ok(());
             }
+        };
+        // SCAFFOLD: the server control variate `c`, and this client's own `cᵢ` (zero at first).
+        let controls = ControlStore::new(&self.client.config.state_dir);
+        let scaffold = match control_receiver {
+            None => None,
+            Some(r) => match self.download(bearer, &task, v1::ModelPart::ServerControl, r, deadline).await? {
+                Done::Ok(c) => {
+                    let ci = controls.load(&info.job_id, c.len());
+                    info.gradient_correction = Some(scaffold_correction(&c, ci.as_deref()));
+                    Some((c, ci.unwrap_or_default()))
+                }
+                Done::Abandoned => {
+                    self.pause_after_failed_task().await;
+                    return Ok(());
+                }
+            },
         };
 
         let Some(mut trainer) = self.trainer.take() else {
@@ -513,8 +531,9 @@ impl Session<'_> {
         };
         let info = Arc::new(info);
         let task_info = Arc::clone(&info);
+        let task_global = Arc::clone(&global);
         let joined = tokio::task::spawn_blocking(move || {
-            let r = trainer.train(&task_info, &global);
+            let r = trainer.train(&task_info, &task_global);
             (trainer, r)
         })
         .await;
@@ -534,7 +553,23 @@ impl Session<'_> {
             }
         };
 
-        let (header, params) = match build_header(&info, outcome, self.client_id()) {
+        // SCAFFOLD option II: `cᵢ⁺` from this round's local steps; `Δcᵢ` is reported after the
+        // parameters and `cᵢ⁺` kept only once the coordinator has accepted the report.
+        let scaffold = match scaffold {
+            None => None,
+            Some((c, mut ci)) => {
+                if outcome.local_steps == 0 || outcome.params.len() != c.len() {
+                    tracing::warn!(job = %info.job_id, round = info.round, steps = outcome.local_steps, "SCAFFOLD needs the trainer to report local_steps > 0 and a full parameter vector; task abandoned");
+                    self.pause_after_failed_task().await;
+                    return Ok(());
+                }
+                let lr = info.training.learning_rate as f32;
+                let delta = scaffold_client_update(&mut ci, &c, &global, &outcome.params, outcome.local_steps, lr);
+                Some((ci, delta))
+            }
+        };
+        let extra = scaffold.as_ref().map(|(_, delta)| delta.as_slice());
+        let (header, params) = match build_header(&info, outcome, extra, self.client_id()) {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(job = %info.job_id, round = info.round, %reason, "trainer output unusable; task abandoned");
@@ -546,7 +581,15 @@ impl Session<'_> {
             .upload(bearer, header, Arc::new(params), deadline)
             .await?
         {
-            Done::Ok(()) => self.stats.tasks_done += 1,
+            Done::Ok(()) => {
+                self.stats.tasks_done += 1;
+                if let Some((ci, _)) = &scaffold
+                    && let Err(e) = controls.save(&info.job_id, ci)
+                {
+                    // Not fatal: the next round starts from the previous cᵢ, which only slows SCAFFOLD.
+                    tracing::warn!(error = %e, "could not keep the SCAFFOLD control variate");
+                }
+            }
             Done::Abandoned => self.pause_after_failed_task().await,
         }
         Ok(())
@@ -557,6 +600,7 @@ impl Session<'_> {
         &mut self,
         bearer: &MetadataValue<Ascii>,
         task: &v1::Task,
+        part: v1::ModelPart,
         receiver: ModelReceiver,
         deadline: Option<SystemTime>,
     ) -> Result<Done<Vec<f32>>, ClientError> {
@@ -577,6 +621,7 @@ impl Session<'_> {
                 job_id: task.job_id.clone(),
                 model_version: task.model_version,
                 offset,
+                part: part as i32,
             };
             let mut rpc = self.rpc(bearer);
             let result = stream_model(&mut rpc, req, &mut receiver).await;
@@ -872,7 +917,7 @@ fn status_text(s: &Status) -> String {
 }
 
 /// Checks a task and prepares the model receiver. Errors are reasons to skip the task.
-fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver), String> {
+fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver, Option<ModelReceiver>), String> {
     match v1::Stage::try_from(task.stage) {
         Ok(v1::Stage::Train) => {}
         Ok(other) => return Err(format!("stage {} is not supported", other.as_str_name())),
@@ -896,10 +941,23 @@ fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver), String> {
     if fingerprint != receiver.layout().fingerprint() {
         return Err("layout_fingerprint does not match the announced layout".into());
     }
+    let control = match &task.server_control {
+        None => None,
+        Some(c) => {
+            let r = ModelReceiver::new(c, MAX_MODEL_BYTES).map_err(|e| format!("server_control: {e}"))?;
+            if r.layout() != receiver.layout() {
+                return Err("server_control has another layout than the model".into());
+            }
+            Some(r)
+        }
+    };
     let t = task
         .training
         .as_ref()
         .ok_or("the task has no training configuration")?;
+    if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
+        return Err(format!("proximal_mu must be finite and ≥ 0, got {}", t.proximal_mu));
+    }
     let info = TaskInfo {
         job_id: task.job_id.clone(),
         round: task.round,
@@ -920,7 +978,9 @@ fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver), String> {
             batch_size: t.batch_size,
             learning_rate: t.learning_rate,
             seed: t.seed,
+            proximal_mu: t.proximal_mu,
         },
+        gradient_correction: None,
         // Relative first: the coordinator's clock and ours need not agree.
         deadline: if task.time_remaining_ms > 0 {
             SystemTime::now().checked_add(Duration::from_millis(task.time_remaining_ms))
@@ -930,7 +990,7 @@ fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver), String> {
                 .flatten()
         },
     };
-    Ok((info, receiver))
+    Ok((info, receiver, control))
 }
 
 /// Deterministic upload id of a task: hex SHA-256 of (job, round, attempt, stage, stage index,
@@ -960,12 +1020,14 @@ pub fn upload_id(
 fn build_header(
     info: &TaskInfo,
     outcome: TrainOutcome,
+    extra: Option<&[f32]>,
     client_id: &str,
 ) -> Result<(v1::UpdateHeader, Vec<f32>), String> {
     let TrainOutcome {
-        params,
+        mut params,
         num_samples,
         metrics,
+        local_steps: _,
     } = outcome;
     if params.len() != info.layout.len() {
         return Err(format!(
@@ -979,6 +1041,13 @@ fn build_header(
     }
     if num_samples == 0 {
         return Err("trainer reported 0 samples".into());
+    }
+    // SCAFFOLD's Δcᵢ follows the parameters.
+    if let Some(extra) = extra {
+        if extra.len() != params.len() || extra.iter().any(|v| !v.is_finite()) {
+            return Err("SCAFFOLD control-variate update is not a finite vector of the model's size".into());
+        }
+        params.extend_from_slice(extra);
     }
     let mut kept = HashMap::new();
     for (name, value) in metrics {
@@ -1011,7 +1080,10 @@ fn build_header(
     };
     flotilla_proto::validate_header(
         &header,
-        &ExpectedLayout::of(&info.layout),
+        &ExpectedLayout {
+            len: params.len() as u64,
+            fingerprint: info.layout_fingerprint,
+        },
         &UploadLimits::default(),
     )
     .map_err(|e| e.to_string())?;
@@ -1067,11 +1139,13 @@ mod tests {
                 batch_size: 1,
                 learning_rate: 0.1,
                 seed: 0,
+                ..Default::default()
             }),
             // A coordinator whose clock is wildly behind ours: its absolute deadline is long past.
             deadline_unix_ms: 1_000,
             stage_index: 0,
             time_remaining_ms: 3_600_000,
+            ..Default::default()
         };
         let before = SystemTime::now();
         let deadline = check_task(&task).unwrap().0.deadline.unwrap();
@@ -1124,21 +1198,30 @@ mod tests {
                 batch_size: 1,
                 learning_rate: 0.1,
                 seed: 0,
+                proximal_mu: 0.0,
             },
+            gradient_correction: None,
             deadline: None,
         };
         let out = |params: Vec<f32>, n| TrainOutcome {
             params,
             num_samples: n,
             metrics: [("train_loss".into(), 0.5), ("bad".into(), f64::NAN)].into(),
+            local_steps: 4,
         };
-        let (h, p) = build_header(&info, out(vec![1.0, 2.0, 3.0], 7), "c").unwrap();
+        let (h, p) = build_header(&info, out(vec![1.0, 2.0, 3.0], 7), None, "c").unwrap();
         assert_eq!(p, vec![1.0, 2.0, 3.0]);
         assert_eq!(h.total_bytes, 12);
         assert_eq!(h.base_model_version, 5);
         assert_eq!(h.metrics.len(), 1);
-        assert!(build_header(&info, out(vec![1.0, 2.0], 7), "c").is_err());
-        assert!(build_header(&info, out(vec![1.0, f32::NAN, 3.0], 7), "c").is_err());
-        assert!(build_header(&info, out(vec![1.0, 2.0, 3.0], 0), "c").is_err());
+        assert!(build_header(&info, out(vec![1.0, 2.0], 7), None, "c").is_err());
+        assert!(build_header(&info, out(vec![1.0, f32::NAN, 3.0], 7), None, "c").is_err());
+        assert!(build_header(&info, out(vec![1.0, 2.0, 3.0], 0), None, "c").is_err());
+        // SCAFFOLD: Δcᵢ follows the parameters and must match them in size and be finite.
+        let (h, p) = build_header(&info, out(vec![1.0, 2.0, 3.0], 7), Some(&[0.5, 0.0, -0.5]), "c").unwrap();
+        assert_eq!(p, vec![1.0, 2.0, 3.0, 0.5, 0.0, -0.5]);
+        assert_eq!(h.total_bytes, 24);
+        assert!(build_header(&info, out(vec![1.0, 2.0, 3.0], 7), Some(&[0.5]), "c").is_err());
+        assert!(build_header(&info, out(vec![1.0, 2.0, 3.0], 7), Some(&[0.5, f32::INFINITY, 0.0]), "c").is_err());
     }
 }

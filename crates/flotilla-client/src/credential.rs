@@ -97,22 +97,31 @@ impl StoredCredential {
             path: path.to_owned(),
             source: std::io::Error::other(e),
         })?;
-        let tmp = temp_path(path);
-        let result = (|| {
-            let mut f = open_private(&tmp)?;
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, path)
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err(path)(e));
-        }
-        sync_dir(dir);
-        Ok(())
+        let mut json = json;
+        json.push(b'\n');
+        write_private_atomic(path, &json).map_err(err(path))
     }
+}
+
+/// Replaces `path` with `bytes` atomically (temporary file with mode 0600, fsync, rename, fsync of
+/// the directory): after a crash the file holds either the old or the new bytes, never a mix.
+/// The directory must exist.
+pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = open_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir);
+    Ok(())
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -125,7 +134,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 #[cfg(unix)]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
@@ -137,7 +146,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() {
         return Ok(());
     }

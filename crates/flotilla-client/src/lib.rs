@@ -30,6 +30,7 @@ mod client;
 mod config;
 mod credential;
 mod error;
+mod scaffold;
 mod trainer;
 
 pub use client::{

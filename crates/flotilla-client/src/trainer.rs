@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use flotilla_core::ParamLayout;
 use flotilla_data::{Dataset, DatasetName, LoadOptions, PartitionSpec};
-use flotilla_ml::{FitConfig, ModelKind, ModelSpec, Samples, Trainer, TrainerError};
+use flotilla_ml::{FitConfig, LocalObjective, ModelKind, ModelSpec, Samples, Trainer, TrainerError};
 
 /// Error type a [`LocalTrainer`] returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,6 +80,9 @@ pub struct TrainingConfig {
     pub learning_rate: f64,
     /// Seed for shuffling and any other randomness of this task.
     pub seed: u64,
+    /// FedProx μ: weight of the proximal term `μ/2·‖w − w_global‖²` added to the local loss
+    /// (0 = plain local SGD).
+    pub proximal_mu: f64,
 }
 
 /// Everything a [`LocalTrainer`] needs to know about one task.
@@ -104,6 +107,10 @@ pub struct TaskInfo {
     pub model: Option<ModelDescription>,
     /// Hyper-parameters.
     pub training: TrainingConfig,
+    /// SCAFFOLD only: `c − cᵢ` (server minus this client's control variate, flat in layout order),
+    /// to be added to every local gradient. The SDK keeps `cᵢ` and computes `Δcᵢ` itself; a trainer
+    /// only applies the correction and reports [`TrainOutcome::local_steps`].
+    pub gradient_correction: Option<Vec<f32>>,
     /// Upload deadline on this machine's clock, if any: the time of receipt plus the task's
     /// `time_remaining_ms` (relative, so clock skew with the coordinator does not matter), or the
     /// coordinator's absolute `deadline_unix_ms` from a coordinator that does not send it.
@@ -120,6 +127,9 @@ pub struct TrainOutcome {
     /// Training metrics such as `"train_loss"` (finite values; at most
     /// [`flotilla_proto::MAX_METRICS`]).
     pub metrics: BTreeMap<String, f64>,
+    /// Local optimisation steps taken (minibatches). Required (> 0) under SCAFFOLD, whose control
+    /// variate update divides by it; otherwise informational (0 = not reported).
+    pub local_steps: u64,
 }
 
 /// The one trait an SDK user implements to bring their own model and data.
@@ -333,7 +343,11 @@ impl DatasetTrainer {
             labels: &self.data.labels,
             indices: &self.indices,
         };
-        let report = trainer.fit(&data, &cfg)?;
+        let objective = LocalObjective {
+            proximal_mu: task.training.proximal_mu as f32,
+            gradient_correction: task.gradient_correction.as_deref(),
+        };
+        let report = trainer.fit_with(&data, &cfg, &objective)?;
         let params = trainer.parameters();
         let mut metrics = BTreeMap::new();
         if report.mean_loss.is_finite() {
@@ -343,6 +357,7 @@ impl DatasetTrainer {
             params,
             num_samples: report.num_samples as u64,
             metrics,
+            local_steps: report.steps,
         })
     }
 }
@@ -354,6 +369,10 @@ fn fit_config(t: &TrainingConfig) -> Result<FitConfig, DatasetTrainerError> {
     }
     if t.batch_size == 0 {
         return Err(bad("batch_size must be at least 1".into()));
+    }
+    let mu = t.proximal_mu;
+    if !(mu.is_finite() && mu >= 0.0) {
+        return Err(bad(format!("proximal_mu must be finite and ≥ 0, got {mu}")));
     }
     let lr = t.learning_rate as f32;
     if !(lr.is_finite() && lr > 0.0) {
@@ -406,7 +425,9 @@ mod tests {
                 batch_size: 16,
                 learning_rate: 0.1,
                 seed: 3,
+                proximal_mu: 0.0,
             },
+            gradient_correction: None,
             deadline: None,
         }
     }

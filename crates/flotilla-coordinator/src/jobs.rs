@@ -31,13 +31,17 @@ pub(crate) struct ModelVersion {
     pub version: u64,
     pub params: Arc<Vec<f32>>,
     pub info: v1::ModelInfo,
+    /// SCAFFOLD's server control variate paired with this version, and its description (kept for
+    /// the versions held in memory only: a task is always for the current version).
+    pub control: Option<(Arc<Vec<f32>>, v1::ModelInfo)>,
 }
 
 impl ModelVersion {
-    fn new(version: u64, params: Vec<f32>, layout: &ParamLayout, spec: &v1::ModelSpec) -> Self {
+    fn new(version: u64, params: Vec<f32>, layout: &ParamLayout, spec: &v1::ModelSpec, control: Option<&[f32]>) -> Self {
         let mut info = flotilla_proto::model_info(layout, &params);
         info.spec = Some(spec.clone());
-        Self { version, params: Arc::new(params), info }
+        let control = control.map(|c| (Arc::new(c.to_vec()), flotilla_proto::model_info(layout, c)));
+        Self { version, params: Arc::new(params), info, control }
     }
 }
 
@@ -201,10 +205,12 @@ impl Shared {
             None => RoundMachine::with_strategy(spec.policy(), layout.clone(), initial, spec.seed, spec.strategy.clone()).map_err(|e| e.to_string())?,
         };
         let model_spec = spec.proto_model_spec();
-        let current = Arc::new(ModelVersion::new(machine.rounds_committed(), machine.global().to_vec(), &layout, &model_spec));
+        let control = machine.strategy().client_directive().server_control;
+        let current = Arc::new(ModelVersion::new(machine.rounds_committed(), machine.global().to_vec(), &layout, &model_spec, control));
         Ok(Arc::new(JobRuntime {
             id,
-            expected: ExpectedLayout::of(&layout),
+            // Under SCAFFOLD a report is the parameters followed by Δcᵢ: twice the model.
+            expected: ExpectedLayout { len: machine.strategy().report_len() as u64, fingerprint: layout.fingerprint() },
             model_spec,
             layout,
             spec,
@@ -369,7 +375,8 @@ impl Shared {
                 Err(e) => return Err(format!("committing round {}: {e}", info.round)),
             }
         }
-        let version = Arc::new(ModelVersion::new(info.model_version, params, &job.layout, &job.model_spec));
+        let control = inner.machine.strategy().client_directive().server_control;
+        let version = Arc::new(ModelVersion::new(info.model_version, params, &job.layout, &job.model_spec, control));
         inner.previous = Some(std::mem::replace(&mut inner.current, version));
         inner.deadline_ms = None;
         let round = info.round;
@@ -399,10 +406,17 @@ impl Shared {
         let round = history.into_iter().find(|r| r.model_version == version).ok_or_else(not_found)?;
         let bytes = self.store.get_model(&round.model_blob_key).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let params = flotilla_core::params_from_le_bytes(&bytes).ok_or_else(|| tonic::Status::data_loss("stored model is not f32 data"))?;
-        Ok(Arc::new(ModelVersion::new(version, params, &job.layout, &job.model_spec)))
+        Ok(Arc::new(ModelVersion::new(version, params, &job.layout, &job.model_spec, None)))
     }
 
-    /// Restores every running job from the store: snapshot → `recover()` → continue.
+    /// The model of a job's last committed version, from the blob store.
+    async fn committed_model(&self, job: &flotilla_store::JobRecord) -> Result<Vec<f32>, String> {
+        let key = job.model_blob_key.as_deref().ok_or("the job has a snapshot but no committed model")?;
+        let bytes = self.store.get_model(key).await.map_err(|e| e.to_string())?;
+        flotilla_core::params_from_le_bytes(&bytes).ok_or_else(|| "the stored model is not f32 data".to_owned())
+    }
+
+    /// Restores every running job from the store: snapshot (+ committed model) → `recover()` → continue.
     pub async fn recover_jobs(&self) -> Result<usize, crate::CoordinatorError> {
         let recovered = self.store.load_running_jobs().await?;
         let mut n = 0;
@@ -418,9 +432,20 @@ impl Shared {
             let machine = match &rj.machine_state_json {
                 Some(s) => match serde_json::from_str::<RoundMachine>(s) {
                     Ok(mut m) => {
-                        m.recover();
                         if m.rounds_committed() != rj.job.rounds_completed {
                             tracing::error!(job = id.0, "snapshot is at round {} but the store at {}; job left as is", m.rounds_committed(), rj.job.rounds_completed);
+                            continue;
+                        }
+                        // The snapshot holds no model: it is the blob of the last committed version.
+                        let global = match self.committed_model(&rj.job).await {
+                            Ok(g) => g,
+                            Err(e) => {
+                                tracing::error!(job = id.0, error = %e, "cannot load the job's committed model; job left as is");
+                                continue;
+                            }
+                        };
+                        if let Err(e) = m.recover(global) {
+                            tracing::error!(job = id.0, error = %e, "the committed model does not fit the job; job left as is");
                             continue;
                         }
                         Some(m)

@@ -191,11 +191,13 @@ impl CoordinatorService {
                 batch_size: t.batch_size,
                 learning_rate: t.learning_rate,
                 seed: task.seed,
+                proximal_mu: job.spec.strategy.proximal_mu,
             }),
             deadline_unix_ms: inner.deadline_ms.unwrap_or(0),
             // Relative to now, because client clocks are not trusted; ≥ 1 so 0 keeps meaning "none".
             time_remaining_ms: inner.deadline_ms.map_or(0, |d| d.saturating_sub(now_ms()).max(1)),
             stage_index: task.stage,
+            server_control: inner.current.control.as_ref().map(|(_, info)| info.clone()),
         }
     }
 }
@@ -294,12 +296,22 @@ impl Coordinator for CoordinatorService {
             Ok(m) => m,
             Err(s) => return Err(self.refuse("unknown_model_version", s)),
         };
-        let total = 4 * model.params.len() as u64;
+        let params = match v1::ModelPart::try_from(r.part) {
+            Ok(v1::ModelPart::Global) => model.params.clone(),
+            Ok(v1::ModelPart::ServerControl) => match &model.control {
+                Some((c, _)) => c.clone(),
+                None => {
+                    let msg = format!("job {} has no server control variate for model version {}", job.id, r.model_version);
+                    return Err(self.refuse("unknown_model_version", Status::not_found(msg)));
+                }
+            },
+            Err(_) => return Err(self.refuse("invalid_download", Status::invalid_argument(format!("unknown model part {}", r.part)))),
+        };
+        let total = 4 * params.len() as u64;
         if r.offset > total {
             return Err(self.refuse("bad_offset", Status::out_of_range(format!("offset {} is past the end of the {total}-byte model", r.offset))));
         }
         Metrics::inc(&self.shared.metrics.downloads);
-        let params = model.params.clone();
         let stream = futures_util::stream::unfold(r.offset, move |offset| {
             let params = params.clone();
             async move {

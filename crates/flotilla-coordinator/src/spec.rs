@@ -271,17 +271,9 @@ impl JobSpec {
         .min_reports();
         let strategy = match &raw.strategy {
             None => StrategySpec::fedavg(),
-            Some(c) => {
-                let s = StrategySpec::from_config(c, min_reports).map_err(|e| SpecError::new(e.field, e.message))?;
-                // Both change what a client computes, which the wire protocol does not carry yet.
-                if s.scaffold || s.proximal_mu > 0.0 {
-                    return Err(SpecError::new(
-                        "strategy.name",
-                        format!("{} needs client-side support that the coordinator does not ship yet; it runs in `flotilla sim`", s.name),
-                    ));
-                }
-                s
-            }
+            // FedProx's μ travels in `TrainingConfig.proximal_mu`, SCAFFOLD's control variate as a
+            // second download (`Task.server_control`); the client SDK implements both.
+            Some(c) => StrategySpec::from_config(c, min_reports).map_err(|e| SpecError::new(e.field, e.message))?,
         };
         let spec = JobSpec {
             name,

@@ -89,7 +89,7 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
         v1::check_in_response::Outcome::RetryAfter(r) => assert_eq!(r.reason, "no running job matches"),
         t => panic!("a job of another tenant was offered: {t:?}"),
     }
-    let req = authed(v1::DownloadRequest { job_id: ta.job_id.clone(), model_version: 0, offset: 0 }, &other.credential);
+    let req = authed(v1::DownloadRequest { job_id: ta.job_id.clone(), model_version: 0, offset: 0, ..Default::default() }, &other.credential);
     let e = other.grpc.download_model(req).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = other.upload(&ta, &update(8, 1, LEN), 10).await.unwrap_err();

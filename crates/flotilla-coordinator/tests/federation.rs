@@ -58,7 +58,7 @@ async fn two_rounds(database_url: Option<String>) {
         assert_eq!(r["metrics"]["num_samples"], 100);
     }
     // The committed model (version 2) is the weighted mean of the round-2 uploads.
-    let req = authed(v1::DownloadRequest { job_id: job.to_string(), model_version: 2, offset: 0 }, &clients[0].credential);
+    let req = authed(v1::DownloadRequest { job_id: job.to_string(), model_version: 2, offset: 0, ..Default::default() }, &clients[0].credential);
     let mut s = clients[0].grpc.download_model(req).await.expect("download v2").into_inner();
     let mut bytes = Vec::new();
     while let Some(c) = s.message().await.unwrap() {

@@ -74,7 +74,7 @@ async fn resume(c: &mut Client, header: v1::UpdateHeader, params: &[f32], offset
 
 /// The whole payload of a committed model version.
 async fn download_version(c: &mut Client, job: &str, version: u64) -> Vec<f32> {
-    let req = authed(v1::DownloadRequest { job_id: job.into(), model_version: version, offset: 0 }, &c.credential);
+    let req = authed(v1::DownloadRequest { job_id: job.into(), model_version: version, offset: 0, ..Default::default() }, &c.credential);
     let mut s = c.grpc.download_model(req).await.expect("download").into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = s.message().await.expect("chunk") {

@@ -392,6 +392,9 @@ impl Phase {
 pub struct RoundMachine {
     policy: RoundPolicy,
     layout: ParamLayout,
+    /// Not part of a snapshot: the model is as large as the job's model and is persisted by the
+    /// driver as a blob anyway; [`RoundMachine::recover`] takes it back.
+    #[serde(skip)]
     global: Vec<f32>,
     /// Aggregation strategy and its server state (optimizer moments, control variates).
     strategy: Strategy,
@@ -501,15 +504,28 @@ impl RoundMachine {
         (self.round, self.attempt)
     }
 
-    /// Prepares a machine restored from a persisted snapshot after the process died.
+    /// Prepares a machine restored from a persisted snapshot after the process died, giving it back
+    /// its global model (a snapshot does not hold it): the model of version
+    /// [`RoundMachine::rounds_committed`], as the driver persisted it. Refused, changing nothing,
+    /// unless it has the layout's length and only finite values.
     ///
     /// Whatever was in flight — reports and the partial aggregate of the current attempt — may not
     /// have been persisted, so that attempt is abandoned: the attempt number always moves on (late
     /// reports for any attempt the dead process may have started are refused as stale), the pool is emptied (clients must check in again)
-    /// and the same round is selected afresh. Committed rounds and the global model are untouched,
+    /// and the same round is selected afresh. Committed rounds are untouched,
     /// and a crash does not count towards `max_attempts`. Clock values from before the restart are
     /// meaningless to the new driver, which is why nothing time-based survives.
-    pub fn recover(&mut self) {
+    pub fn recover(&mut self, global: Vec<f32>) -> Result<(), ConfigError> {
+        if global.len() != self.layout.len() {
+            return Err(ConfigError::new(
+                "global",
+                format!("has {} values, the layout has {}", global.len(), self.layout.len()),
+            ));
+        }
+        if global.iter().any(|v| !v.is_finite()) {
+            return Err(ConfigError::new("global", "must all be finite"));
+        }
+        self.global = global;
         self.pool.clear();
         match self.phase {
             Phase::Finished | Phase::Failed(_) => {}
@@ -520,6 +536,7 @@ impl RoundMachine {
                 self.phase = Phase::Waiting;
             }
         }
+        Ok(())
     }
 
     /// Clients in the current stage's cohort that have not reported yet.

@@ -240,6 +240,8 @@ fn snapshot_restore_and_recover_commit_every_round_exactly_once() {
     let mut m = RoundMachine::new(policy(3, 2), layout(2), vec![0.0; 2], 9).unwrap();
     drive_round(&mut m, 0, 3);
     let persisted = serde_json::to_string(&m).unwrap();
+    let persisted_model = m.global().to_vec();
+    assert!(persisted.len() < 4096, "a snapshot does not carry the model");
     let acts = check_in_all(&mut m, 100, 0..3);
     let t = timers(&acts);
     let cohort = configured(&m.handle(t[0].1, Event::TimerFired(t[0].0)));
@@ -248,7 +250,9 @@ fn snapshot_restore_and_recover_commit_every_round_exactly_once() {
 
     let mut m: RoundMachine = serde_json::from_str(&persisted).unwrap();
     assert_eq!(m.rounds_committed(), 1);
-    m.recover();
+    assert!(m.recover(vec![0.0; 3]).is_err(), "a model of the wrong length is refused");
+    assert!(m.recover(vec![f32::NAN, 0.0]).is_err(), "a non-finite model is refused");
+    m.recover(persisted_model).unwrap();
     // A report addressed to the round as the dead process knew it: round 2, attempt 1. After a
     // restart at a commit boundary the machine never started that attempt, so it is not selected.
     assert!(matches!(report(&mut m, 5, cohort[1].0, &cohort[1].1, 1, &upd(2, cohort[1].0))[0], Action::Reject { .. }));
@@ -271,7 +275,7 @@ fn snapshot_restore_and_recover_commit_every_round_exactly_once() {
     let t = timers(&acts);
     let cohort = configured(&m.handle(t[0].1, Event::TimerFired(t[0].0)));
     let mut m: RoundMachine = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
-    m.recover();
+    m.recover(vec![0.0; 2]).unwrap();
     assert_eq!(m.current_round(), (1, 2));
     assert!(matches!(report(&mut m, 30, cohort[0].0, &cohort[0].1, 1, &[1.0, 1.0])[0], Action::Reject { .. }));
     assert_eq!(m.global(), &[0.0, 0.0]);
@@ -285,7 +289,7 @@ fn crashes_do_not_count_towards_max_attempts() {
         let t = timers(&acts);
         assert_eq!(t.len(), 1, "a new attempt is selected after recovery {i}");
         m.handle(t[0].1, Event::TimerFired(t[0].0));
-        m.recover();
+        m.recover(vec![0.0; 2]).unwrap();
     }
     assert!(m.failure().is_none());
     assert_eq!(m.current_round(), (1, 6));

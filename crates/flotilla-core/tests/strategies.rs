@@ -94,8 +94,9 @@ fn fedadam_state_survives_snapshot_and_restore_bit_exactly() {
         round(&mut m, r * 100, 3, &upd).expect("commit");
     }
     let text = serde_json::to_string(&m).unwrap();
+    let global = m.global().to_vec();
     let mut m: RoundMachine = serde_json::from_str(&text).unwrap();
-    m.recover();
+    m.recover(global).unwrap();
     for r in 2..4 {
         round(&mut m, 1000 + r * 100, 3, &upd).expect("commit");
     }

@@ -136,6 +136,7 @@ async fn stubs_work_in_process() {
         job_id: "job-1".into(),
         model_version: 2,
         offset: 0,
+        ..Default::default()
     };
     let mut s = client
         .download_model(req.clone())

@@ -36,10 +36,12 @@ fn task() -> v1::Task {
             batch_size: 32,
             learning_rate: 0.05,
             seed: u64::MAX,
+            ..Default::default()
         }),
         deadline_unix_ms: 1_750_000_000_000,
         stage_index: 0,
         time_remaining_ms: 60_000,
+        ..Default::default()
     }
 }
 
@@ -88,12 +90,14 @@ fn every_message_round_trips() {
         batch_size: 10,
         learning_rate: 1e-3,
         seed: 9,
+        ..Default::default()
     });
     round_trip(task());
     round_trip(v1::DownloadRequest {
         job_id: "digits".into(),
         model_version: 6,
         offset: 1 << 33,
+        ..Default::default()
     });
     round_trip(v1::ModelChunk {
         offset: 4096,

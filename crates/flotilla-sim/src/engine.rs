@@ -15,7 +15,7 @@ use flotilla_core::round::{
 };
 use flotilla_core::{params_sha256, ParamLayout};
 use flotilla_data::{Dataset, LoadOptions, Partition, TrainTest};
-use flotilla_core::strategy::Quarantined;
+use flotilla_core::strategy::{Quarantined, scaffold_client_update, scaffold_correction};
 use flotilla_ml::{FitConfig, FitReport, LocalObjective, ModelSpec, Samples, Trainer};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -283,10 +283,8 @@ pub fn run_prepared(
                         _ => train,
                     };
                     // SCAFFOLD: local gradients are corrected by c − cᵢ (cᵢ = 0 before the first round).
-                    let correction = directive.server_control.map(|c| match controls.get(&client.0) {
-                        Some(ci) => c.iter().zip(ci).map(|(a, b)| a - b).collect(),
-                        None => c.to_vec(),
-                    });
+                    let correction =
+                        directive.server_control.map(|c| scaffold_correction(c, controls.get(&client.0).map(Vec::as_slice)));
                     ClientJob { client: *client, seed: task.seed, data, correction }
                 })
                 .collect();
@@ -302,14 +300,15 @@ pub fn run_prepared(
                 if let Some(c) = &server_control {
                     // SCAFFOLD option II: cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η); report Δcᵢ = cᵢ⁺ − cᵢ after
                     // the parameters.
-                    let k_eta = report.steps.max(1) as f32 * scenario.train.learning_rate;
-                    let ci = controls.entry(client.0).or_insert_with(|| vec![0.0; c.len()]);
-                    let mut delta_c = Vec::with_capacity(c.len());
-                    for ((cij, cj), (x, y)) in ci.iter_mut().zip(c).zip(machine.global().iter().zip(&params)) {
-                        let new = *cij - cj + (x - y) / k_eta;
-                        delta_c.push(new - *cij);
-                        *cij = new;
-                    }
+                    let ci = controls.entry(client.0).or_default();
+                    let delta_c = scaffold_client_update(
+                        ci,
+                        c,
+                        machine.global(),
+                        &params,
+                        report.steps,
+                        scenario.train.learning_rate,
+                    );
                     params.extend_from_slice(&delta_c);
                 }
                 let acts = machine.handle(

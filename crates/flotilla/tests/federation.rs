@@ -2,176 +2,14 @@
 //! client processes (`flotilla client`) on loopback with TLS, driven through the CLI exactly as the
 //! README describes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::{Command, Stdio};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
 use serde_json::Value;
-
-const ADMIN_TOKEN: &str = "e2e-admin-token";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_flotilla")
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Kills its processes when dropped, so a failing test leaves nothing running.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Federation {
-    dir: PathBuf,
-    grpc: u16,
-    admin: u16,
-    database_url: Option<String>,
-    server: Procs,
-    clients: Procs,
-}
-
-impl Federation {
-    fn new(name: &str, database_url: Option<String>) -> Self {
-        let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new(bin()).args(["dev-certs", dir.join("certs").to_str().unwrap()]).output().unwrap();
-        assert!(out.status.success(), "dev-certs: {}", String::from_utf8_lossy(&out.stderr));
-        let mut f = Federation {
-            dir,
-            grpc: free_port(),
-            admin: free_port(),
-            database_url,
-            server: Procs(Vec::new()),
-            clients: Procs(Vec::new()),
-        };
-        f.start_server();
-        f
-    }
-
-    fn ca(&self) -> String {
-        self.dir.join("certs/ca.pem").display().to_string()
-    }
-
-    fn admin_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.admin)
-    }
-
-    fn start_server(&mut self) {
-        let certs = self.dir.join("certs");
-        let mut cmd = Command::new(bin());
-        cmd.args(["server", "--data-dir"])
-            .arg(self.dir.join("server"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.grpc)])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin)])
-            .arg("--tls-cert")
-            .arg(certs.join("server.pem"))
-            .arg("--tls-key")
-            .arg(certs.join("server-key.pem"))
-            .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join(format!("server-{}.log", self.server.0.len()))).unwrap());
-        if let Some(url) = &self.database_url {
-            cmd.args(["--database-url", url]);
-        }
-        self.server.0.push(cmd.spawn().unwrap());
-        // Ready when the admin API answers.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self.admin_cli(&["job", "list"]).status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("coordinator did not come up; see {}", self.dir.display());
-    }
-
-    /// `kill -9` of the coordinator.
-    fn kill_server(&mut self) {
-        for c in &mut self.server.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn admin_cli(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::new(bin());
-        cmd.args(args)
-            .args(["--admin-url", &self.admin_url(), "--ca-cert", &self.ca()])
-            .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
-            .current_dir(workspace_root());
-        cmd.output().unwrap()
-    }
-
-    fn last_line(&self, args: &[&str]) -> String {
-        let out = self.admin_cli(args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_string()
-    }
-
-    fn start_clients(&mut self, n: usize) {
-        let token = self.last_line(&["enroll-token", "create", "--uses", &n.to_string(), "--expires", "1h"]);
-        for i in 0..n {
-            self.spawn_client(&format!("client-{i}"), &token, &format!("{i}/{n}"));
-        }
-    }
-
-    /// A client process with state in `name/` and log in `name.log`, training on a digits partition.
-    fn spawn_client(&mut self, name: &str, token: &str, partition: &str) {
-        let child = Command::new(bin())
-            .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", self.grpc)])
-            .args(["--ca-cert", &self.ca(), "--token", token])
-            .arg("--state-dir")
-            .arg(self.dir.join(name))
-            .args(["--dataset", "digits", "--partition", partition])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .unwrap();
-        self.clients.0.push(child);
-    }
-
-    fn submit(&self, spec: &str) -> String {
-        let path = self.dir.join("job.toml");
-        std::fs::write(&path, spec).unwrap();
-        self.last_line(&["job", "submit", path.to_str().unwrap()])
-    }
-
-    fn status(&self, job: &str) -> Value {
-        let out = self.admin_cli(&["job", "status", job, "--json"]);
-        if !out.status.success() {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-
-    fn wait_for(&self, job: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.status(job);
-            if done(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status {s}; logs in {}", self.dir.display());
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
 
 fn job_spec(rounds: u64, clients: usize, deadline_s: u64, min_fraction: f64) -> String {
     let base = std::fs::read_to_string(workspace_root().join("examples/job-digits.toml")).unwrap();
@@ -191,10 +29,6 @@ fn assert_history(status: &Value, n: u64, min_participants: u64) {
         let p = r["participants"].as_u64().or_else(|| r["participants"].as_array().map(|a| a.len() as u64));
         assert!(p.unwrap_or(0) >= min_participants, "round {r}");
     }
-}
-
-fn completed(s: &Value) -> bool {
-    s["state"] == "completed"
 }
 
 fn run_ten_clients(name: &str, database_url: Option<String>) {
@@ -347,4 +181,27 @@ fn a_round_below_the_minimum_is_abandoned_and_retried() {
     // `job status --json` shows the retry: round 2 was committed by its second attempt.
     assert_eq!(s["history"][1]["attempt"], 2, "{s}");
     assert_eq!(s["history"][1]["metrics"]["attempt"], 2, "{s}");
+}
+
+/// FedProx and SCAFFOLD through the coordinator: μ travels in the task's training configuration,
+/// SCAFFOLD's server control variate is a second download and `Δcᵢ` the second half of each upload.
+/// Both jobs run at once on the same five client processes, and both learn.
+#[test]
+fn fedprox_and_scaffold_jobs_run_side_by_side() {
+    let mut f = Federation::new("prox-scaffold", None);
+    f.start_clients(5);
+    let base = job_spec(4, 5, 60, 0.8);
+    let prox = f.submit(&format!("{base}\n[strategy]\nname = \"fedprox\"\nmu = 0.01\n"));
+    let scaffold = f.submit(&format!("{base}\n[strategy]\nname = \"scaffold\"\n"));
+    for (job, what) in [(&prox, "fedprox"), (&scaffold, "scaffold")] {
+        let s = f.wait_for(job, what, Duration::from_secs(300), completed);
+        assert_history(&s, 4, 4);
+        let acc = s["history"][3]["metrics"]["eval_accuracy"].as_f64().expect("server-side evaluation accuracy");
+        assert!(acc > 0.6, "{what}: accuracy after 4 rounds {acc}");
+    }
+    // Every client that served the SCAFFOLD job keeps its own control variate cᵢ for it.
+    let kept = (0..5)
+        .filter(|i| f.dir.join(format!("client-{i}/scaffold")).read_dir().is_ok_and(|d| d.count() == 1))
+        .count();
+    assert!(kept >= 4, "{kept} of 5 clients kept a SCAFFOLD control variate");
 }

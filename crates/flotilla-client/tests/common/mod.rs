@@ -158,10 +158,12 @@ impl Fake {
                 batch_size: 16,
                 learning_rate: 0.1,
                 seed: 7,
+                ..Default::default()
             }),
             deadline_unix_ms: deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64,
             stage_index: 0,
             time_remaining_ms: 600_000,
+            ..Default::default()
         }
     }
 }

@@ -185,7 +185,7 @@ impl Client {
 
     pub async fn download(&mut self, task: &v1::Task) -> Vec<f32> {
         let info = task.model.clone().expect("model info");
-        let req = authed(v1::DownloadRequest { job_id: task.job_id.clone(), model_version: task.model_version, offset: 0 }, &self.credential);
+        let req = authed(v1::DownloadRequest { job_id: task.job_id.clone(), model_version: task.model_version, offset: 0, ..Default::default() }, &self.credential);
         let mut stream = self.grpc.download_model(req).await.expect("download").into_inner();
         let mut rx = ModelReceiver::new(&info, 1 << 30).expect("receiver");
         while let Some(chunk) = stream.message().await.expect("chunk") {
