@@ -285,9 +285,13 @@ impl Shared {
                     Metrics::inc(&self.metrics.rounds_committed);
                     tracing::info!(job = job.id.0, round = info.round, participants = info.participants.len(), "round committed");
                 }
-                Action::RoundAbandoned { round, attempt, reports, needed } => {
+                Action::RoundAbandoned { round, attempt, reports, needed, reason } => {
                     Metrics::inc(&self.metrics.rounds_abandoned);
-                    tracing::warn!(job = job.id.0, round, attempt, reports, needed, "round attempt abandoned");
+                    tracing::warn!(job = job.id.0, round, attempt, reports, needed, %reason, "round attempt abandoned");
+                }
+                // Only secure-aggregation rounds produce these; plain job specs never configure one.
+                Action::StageClosed { .. } | Action::Finalize { .. } => {
+                    tracing::error!(job = job.id.0, "secure-aggregation action in a plain job; ignored");
                 }
                 Action::JobFinished => {
                     tracing::info!(job = job.id.0, "job completed");

@@ -75,6 +75,7 @@ fn reject_name(r: &RejectReason) -> &'static str {
         RejectReason::RoundFull => "round_full",
         RejectReason::BadSampleCount { .. } => "bad_sample_count",
         RejectReason::BadUpdate(_) => "bad_update",
+        RejectReason::WrongStageKind { .. } => "wrong_stage_kind",
     }
 }
 

@@ -237,11 +237,15 @@ pub fn run_prepared(
                     observe(&SimEvent::Round(record.clone()));
                     history.push(record);
                 }
-                Action::RoundAbandoned { round, attempt, reports, needed } => {
+                Action::RoundAbandoned { round, attempt, reports, needed, .. } => {
                     abandoned += 1;
                     observe(&SimEvent::RoundAbandoned { round, attempt, reports, needed });
                 }
                 Action::JobFinished => finished = true,
+                // Scenarios do not configure secure aggregation yet, so plain rounds never emit these.
+                Action::StageClosed { .. } | Action::Finalize { .. } => {
+                    return Err(SimError::JobFailed("secure-aggregation action in a plain round".into()));
+                }
                 Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
                 // Simulated clients are always online, so pace steering has nothing to do.
                 Action::RetryAfter { .. } | Action::Accepted { .. } => {}
