@@ -20,6 +20,9 @@ use crate::credential::StoredCredential;
 use crate::error::{ClientError, RunError};
 use crate::trainer::{LocalTrainer, ModelDescription, TaskInfo, TrainOutcome, TrainingConfig};
 
+mod secagg;
+pub use secagg::EXIT_AFTER_MASKED_INPUT_ENV;
+
 /// Timeout of unary calls (enroll, check-in, query-upload) and of opening a download.
 const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest silence tolerated between two messages of a download, or before an upload's answer.
@@ -166,6 +169,7 @@ impl Client {
                 rpc: None,
                 failures: 0,
                 fresh_credential: false,
+                secagg: None,
             };
             tokio::select! {
                 biased;
@@ -266,6 +270,8 @@ struct Session<'a> {
     failures: u32,
     /// The credential was enrolled by this run and no check-in has succeeded with it yet.
     fresh_credential: bool,
+    /// Secure aggregation: this client's state in the round attempt it takes part in.
+    secagg: Option<secagg::SecAggState>,
 }
 
 impl Session<'_> {
@@ -491,6 +497,11 @@ impl Session<'_> {
                 return Ok(());
             }
         };
+        match v1::Stage::try_from(task.stage) {
+            Ok(v1::Stage::Train) => {}
+            Ok(stage) => return self.do_secagg_task(bearer, task, info, receiver, stage).await,
+            Err(_) => return Ok(()),
+        }
         tracing::info!(
             job = %info.job_id,
             round = info.round,
@@ -874,7 +885,13 @@ fn status_text(s: &Status) -> String {
 /// Checks a task and prepares the model receiver. Errors are reasons to skip the task.
 fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver), String> {
     match v1::Stage::try_from(task.stage) {
-        Ok(v1::Stage::Train) => {}
+        Ok(
+            v1::Stage::Train
+            | v1::Stage::AdvertiseKeys
+            | v1::Stage::ShareKeys
+            | v1::Stage::MaskedInput
+            | v1::Stage::Unmasking,
+        ) => {}
         Ok(other) => return Err(format!("stage {} is not supported", other.as_str_name())),
         Err(_) => return Err(format!("unknown stage {}", task.stage)),
     }
@@ -1008,6 +1025,7 @@ fn build_header(
         ),
         base_model_version: info.model_version,
         stage_index: info.stage_index,
+        ..Default::default()
     };
     flotilla_proto::validate_header(
         &header,
@@ -1072,6 +1090,7 @@ mod tests {
             deadline_unix_ms: 1_000,
             stage_index: 0,
             time_remaining_ms: 3_600_000,
+            ..Default::default()
         };
         let before = SystemTime::now();
         let deadline = check_task(&task).unwrap().0.deadline.unwrap();

@@ -394,7 +394,7 @@ pub enum RejectReason {
     BadUpdate(AggregateError),
     /// A `Report` (with parameters) for a secure-aggregation stage, or a `StageReport` for a
     /// `Train` stage.
-    #[error("stage {stage} is a {kind} stage and takes no such report")]
+    #[error("stage {stage} ({kind}) takes no such report")]
     WrongStageKind {
         /// The stage index.
         stage: u32,

@@ -40,6 +40,7 @@ fn task() -> v1::Task {
         deadline_unix_ms: 1_750_000_000_000,
         stage_index: 0,
         time_remaining_ms: 60_000,
+        ..Default::default()
     }
 }
 

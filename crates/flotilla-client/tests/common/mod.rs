@@ -162,6 +162,7 @@ impl Fake {
             deadline_unix_ms: deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64,
             stage_index: 0,
             time_remaining_ms: 600_000,
+            ..Default::default()
         }
     }
 }
@@ -362,6 +363,13 @@ impl Coordinator for Fake {
             "counted",
             total,
         )))
+    }
+
+    async fn submit_stage_message(
+        &self,
+        _: Request<v1::StageMessageRequest>,
+    ) -> Result<Response<v1::StageMessageResponse>, Status> {
+        Err(Status::failed_precondition("this fake runs no secure aggregation"))
     }
 
     async fn query_upload(
