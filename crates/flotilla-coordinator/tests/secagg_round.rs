@@ -1,6 +1,8 @@
 //! Secure aggregation through the coordinator, in process: the stage rpc refuses bad input with a
 //! clear status and a counter while the round goes on, and a round in which a client vanishes after
 //! its masked input commits the mean of everyone's (clipped) delta.
+// Clients are addressed by index in both `cs` and the secagg client map.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 
@@ -188,9 +190,11 @@ async fn stage_rpc_refuses_bad_input_and_a_round_with_a_dropout_commits_the_secu
     assert_eq!(status["history"][0]["metrics"]["num_samples"], 10 + 11 + 12 + 13);
 
     // The committed model is the unweighted mean of the clipped deltas, within the quantization bound.
-    let t1 = v1::Task { model_version: 1, model: None, ..tasks[0].clone() };
     let model = {
-        let req = authed(v1::DownloadRequest { job_id: t1.job_id.clone(), model_version: 1, offset: 0, ..Default::default() }, &cs[0].credential);
+        // `..Default::default()` keeps this compiling when fields are added to the request.
+        #[allow(clippy::needless_update)]
+        let download = v1::DownloadRequest { job_id: tasks[0].job_id.clone(), model_version: 1, offset: 0, ..Default::default() };
+        let req = authed(download, &cs[0].credential);
         let mut stream = cs[0].grpc.download_model(req).await.expect("download v1").into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await.expect("chunk") {
