@@ -22,6 +22,9 @@ use crate::scaffold::ControlStore;
 use crate::trainer::{LocalTrainer, ModelDescription, TaskInfo, TrainOutcome, TrainingConfig};
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
+mod secagg;
+pub use secagg::EXIT_AFTER_MASKED_INPUT_ENV;
+
 /// Timeout of unary calls (enroll, check-in, query-upload) and of opening a download.
 const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest silence tolerated between two messages of a download, or before an upload's answer.
@@ -168,6 +171,7 @@ impl Client {
                 rpc: None,
                 failures: 0,
                 fresh_credential: false,
+                secagg: None,
             };
             tokio::select! {
                 biased;
@@ -268,6 +272,8 @@ struct Session<'a> {
     failures: u32,
     /// The credential was enrolled by this run and no check-in has succeeded with it yet.
     fresh_credential: bool,
+    /// Secure aggregation: this client's state in the round attempt it takes part in.
+    secagg: Option<secagg::SecAggState>,
 }
 
 impl Session<'_> {
@@ -493,6 +499,11 @@ impl Session<'_> {
                 return Ok(());
             }
         };
+        match v1::Stage::try_from(task.stage) {
+            Ok(v1::Stage::Train) => {}
+            Ok(stage) => return self.do_secagg_task(bearer, task, info, receiver, stage).await,
+            Err(_) => return Ok(()),
+        }
         tracing::info!(
             job = %info.job_id,
             round = info.round,
@@ -919,7 +930,13 @@ fn status_text(s: &Status) -> String {
 /// Checks a task and prepares the model receiver. Errors are reasons to skip the task.
 fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver, Option<ModelReceiver>), String> {
     match v1::Stage::try_from(task.stage) {
-        Ok(v1::Stage::Train) => {}
+        Ok(
+            v1::Stage::Train
+            | v1::Stage::AdvertiseKeys
+            | v1::Stage::ShareKeys
+            | v1::Stage::MaskedInput
+            | v1::Stage::Unmasking,
+        ) => {}
         Ok(other) => return Err(format!("stage {} is not supported", other.as_str_name())),
         Err(_) => return Err(format!("unknown stage {}", task.stage)),
     }
@@ -1077,6 +1094,7 @@ fn build_header(
         ),
         base_model_version: info.model_version,
         stage_index: info.stage_index,
+        ..Default::default()
     };
     flotilla_proto::validate_header(
         &header,

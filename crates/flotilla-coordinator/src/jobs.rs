@@ -80,6 +80,8 @@ pub(crate) struct JobInner {
     /// Set when a commit could not be persisted: the in-memory machine is ahead of the database,
     /// so the job takes no more events until a restart recovers it from its last durable commit.
     pub halted: Option<String>,
+    /// Secure aggregation (`[secagg]` jobs): the current attempt's secagg server and payloads.
+    pub secagg: Option<crate::secagg_round::SecAggRound>,
 }
 
 /// A job being run by this process.
@@ -204,6 +206,7 @@ impl Shared {
             }
             None => RoundMachine::with_strategy(spec.policy(), layout.clone(), initial, spec.seed, spec.strategy.clone()).map_err(|e| e.to_string())?,
         };
+        let secagg = crate::secagg_round::for_job(&spec, layout.len())?;
         let model_spec = spec.proto_model_spec();
         let control = machine.strategy().client_directive().server_control;
         let current = Arc::new(ModelVersion::new(machine.rounds_committed(), machine.global().to_vec(), &layout, &model_spec, control));
@@ -221,6 +224,7 @@ impl Shared {
                 deadline_ms: None,
                 accepted: HashMap::new(),
                 halted: None,
+                secagg,
             }),
             evaluator: evaluator.map(|e| Arc::new(StdMutex::new(e))),
         }))
@@ -230,9 +234,30 @@ impl Shared {
     /// `me` is the client that caused the event (its task / retry / verdict is returned).
     pub async fn drive(&self, job: &JobRuntime, inner: &mut JobInner, event: Event<'_>, me: Option<ClientId>) -> Outcome {
         let mut out = Outcome::default();
+        let mut followups = std::collections::VecDeque::new();
+        self.drive_one(job, inner, event, me, &mut out, &mut followups).await;
+        // Secure aggregation: what the secagg server concluded (sum or failure) goes back in.
+        while let Some(f) = followups.pop_front() {
+            if out.persist_failed.is_some() {
+                break;
+            }
+            self.drive_one(job, inner, f.event(), None, &mut out, &mut followups).await;
+        }
+        out
+    }
+
+    async fn drive_one(
+        &self,
+        job: &JobRuntime,
+        inner: &mut JobInner,
+        event: Event<'_>,
+        me: Option<ClientId>,
+        out: &mut Outcome,
+        followups: &mut std::collections::VecDeque<crate::secagg_round::Followup>,
+    ) {
         if let Some(h) = &inner.halted {
             out.persist_failed = Some(h.clone());
-            return out;
+            return;
         }
         let now = now_ms();
         let actions = inner.machine.handle(now, event);
@@ -246,7 +271,7 @@ impl Shared {
                     tracing::error!(job = job.id.0, "{msg}");
                     inner.halted = Some(msg.clone());
                     out.persist_failed = Some(msg);
-                    return out;
+                    return;
                 }
             }
         } else {
@@ -255,6 +280,10 @@ impl Shared {
         for action in actions {
             match action {
                 Action::Configure { client, task } => {
+                    let seed = inner.machine.attempt_seed();
+                    if let Some(sa) = inner.secagg.as_mut() {
+                        sa.on_configure(&task, seed);
+                    }
                     if Some(client) == me {
                         out.task = Some(task);
                     }
@@ -286,14 +315,37 @@ impl Shared {
                         tracing::error!(job = job.id.0, round = info.round, "commit not persisted; job halted until restart: {msg}");
                         inner.halted = Some(msg.clone());
                         out.persist_failed = Some(msg);
-                        return out;
+                        return;
                     }
                     Metrics::inc(&self.metrics.rounds_committed);
                     tracing::info!(job = job.id.0, round = info.round, participants = info.participants.len(), "round committed");
                 }
-                Action::RoundAbandoned { round, attempt, reports, needed } => {
+                Action::RoundAbandoned { round, attempt, reports, needed, reason } => {
                     Metrics::inc(&self.metrics.rounds_abandoned);
-                    tracing::warn!(job = job.id.0, round, attempt, reports, needed, "round attempt abandoned");
+                    tracing::warn!(job = job.id.0, round, attempt, reports, needed, %reason, "round attempt abandoned");
+                }
+                Action::StageClosed { round, attempt, stage, survivors, .. } => {
+                    tracing::info!(job = job.id.0, round, attempt, stage, survivors = survivors.len(), "secure-aggregation stage closed");
+                    let f = match inner.secagg.as_mut() {
+                        Some(sa) => sa.on_stage_closed(round, attempt, stage, &survivors),
+                        None => Some(crate::secagg_round::Followup::Failed {
+                            round,
+                            attempt,
+                            reason: "the job has no secure-aggregation state".into(),
+                        }),
+                    };
+                    followups.extend(f);
+                }
+                Action::Finalize { round, attempt, contributors } => {
+                    let f = match inner.secagg.as_mut() {
+                        Some(sa) => sa.on_finalize(round, attempt, &contributors),
+                        None => crate::secagg_round::Followup::Failed {
+                            round,
+                            attempt,
+                            reason: "the job has no secure-aggregation state".into(),
+                        },
+                    };
+                    followups.push_back(f);
                 }
                 Action::JobFinished => {
                     tracing::info!(job = job.id.0, "job completed");
@@ -306,7 +358,6 @@ impl Shared {
                 }
             }
         }
-        out
     }
 
     async fn persist_commit(&self, job: &JobRuntime, inner: &mut JobInner, info: &CommitInfo, snapshot: &str) -> Result<(), String> {

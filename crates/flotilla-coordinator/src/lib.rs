@@ -26,6 +26,7 @@ mod auth_cache;
 mod error;
 mod jobs;
 mod metrics;
+pub mod secagg_round;
 mod service;
 pub mod spec;
 mod tls;

@@ -75,6 +75,7 @@ fn reject_name(r: &RejectReason) -> &'static str {
         RejectReason::RoundFull => "round_full",
         RejectReason::BadSampleCount { .. } => "bad_sample_count",
         RejectReason::BadUpdate(_) => "bad_update",
+        RejectReason::WrongStageKind { .. } => "wrong_stage_kind",
     }
 }
 
@@ -177,7 +178,7 @@ impl CoordinatorService {
         }
     }
 
-    fn task_proto(job: &JobRuntime, inner: &JobInner, task: &flotilla_core::round::Task) -> v1::Task {
+    fn task_proto(job: &JobRuntime, inner: &JobInner, client: ClientId, task: &flotilla_core::round::Task) -> v1::Task {
         let t = &job.spec.train;
         v1::Task {
             job_id: job.id.to_string(),
@@ -198,6 +199,8 @@ impl CoordinatorService {
             time_remaining_ms: inner.deadline_ms.map_or(0, |d| d.saturating_sub(now_ms()).max(1)),
             stage_index: task.stage,
             server_control: inner.current.control.as_ref().map(|(_, info)| info.clone()),
+            secagg_payload: inner.secagg.as_ref().map(|s| s.payload(client, task)).unwrap_or_default(),
+            secagg: inner.secagg.as_ref().map(crate::secagg_round::SecAggRound::config_proto),
         }
     }
 }
@@ -262,7 +265,7 @@ impl Coordinator for CoordinatorService {
             }
             let out = self.shared.drive(job, &mut inner, Event::CheckIn { client }, Some(client)).await;
             if let Some(task) = out.task {
-                let t = Self::task_proto(job, &inner, &task);
+                let t = Self::task_proto(job, &inner, client, &task);
                 Metrics::inc(&m.tasks);
                 return Ok(Response::new(v1::CheckInResponse { outcome: Some(v1::check_in_response::Outcome::Task(t)) }));
             }
@@ -436,6 +439,7 @@ impl Coordinator for CoordinatorService {
         }
         let Partial { assembler, mut values, .. } = part;
         let total = assembler.total_bytes();
+        let assembler_masked = assembler.is_masked();
         match assembler.finish() {
             Ok(rest) => values.extend_from_slice(&rest),
             Err(e) => return Err(self.refuse(transfer_reason(&e), e.into())),
@@ -451,6 +455,21 @@ impl Coordinator for CoordinatorService {
             } else {
                 upload_response(v1::UploadStatus::Rejected, "a different update was already accepted for this round, attempt and stage", 0)
             });
+        }
+        if assembler_masked {
+            // Secure aggregation: the words go to the secagg server's running masked sum.
+            let words = flotilla_proto::masked_words(&values);
+            drop(values);
+            let res = crate::secagg_round::accept_masked(shared, &job, &mut inner, client, &header, words).await;
+            drop(permit);
+            return match res {
+                Ok(()) => {
+                    inner.accepted.insert(key, header.sha256.clone());
+                    Metrics::inc(&m.uploads_accepted);
+                    Ok(upload_response(v1::UploadStatus::Accepted, "masked input accepted", total))
+                }
+                Err((reason, status)) => Err(self.refuse(reason, status)),
+            };
         }
         let event = Event::Report {
             client,
@@ -476,6 +495,20 @@ impl Coordinator for CoordinatorService {
         let reason = out.reject.unwrap_or(RejectReason::NotAccepting("unknown"));
         shared.metrics.reject(reject_name(&reason));
         Ok(upload_response(v1::UploadStatus::Rejected, reason.to_string(), 0))
+    }
+
+    async fn submit_stage_message(&self, req: Request<v1::StageMessageRequest>) -> Result<Response<v1::StageMessageResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let Some(job) = self.shared.job(&r.job_id) else {
+            return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&r.job_id)))));
+        };
+        self.check_tenant(&caller, &job)?;
+        let mut inner = job.inner.lock().await;
+        match crate::secagg_round::submit_stage(&self.shared, &job, &mut inner, caller.id, &r).await {
+            Ok(()) => Ok(Response::new(v1::StageMessageResponse { message: "stage message accepted".into() })),
+            Err((reason, status)) => Err(self.refuse(reason, status)),
+        }
     }
 
     async fn query_upload(&self, req: Request<v1::QueryUploadRequest>) -> Result<Response<v1::UploadResponse>, Status> {

@@ -23,7 +23,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
 }
@@ -49,6 +49,7 @@ struct RawSpec {
     eligibility: Option<RawEligibility>,
     evaluation: Option<RawEvaluation>,
     strategy: Option<StrategyConfig>,
+    secagg: Option<crate::secagg_round::SecAggSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +149,10 @@ pub struct JobSpec {
     /// How reports are aggregated (`[strategy]`; FedAvg when absent).
     #[serde(default = "StrategySpec::fedavg")]
     pub strategy: StrategySpec,
+    /// Secure aggregation (`[secagg]`): rounds run the four SecAgg+ stages; see
+    /// [`crate::secagg_round`].
+    #[serde(default)]
+    pub secagg: Option<crate::secagg_round::SecAggSpec>,
 }
 
 fn need<T>(v: Option<T>, field: &str) -> Result<T, SpecError> {
@@ -294,7 +299,13 @@ impl JobSpec {
             min_samples,
             evaluation_dataset,
             strategy,
+            secagg: raw.secagg.clone(),
         };
+        if let Some(sa) = &spec.secagg {
+            // The vector length is only known once the model is built; 1 checks everything else.
+            sa.params(spec.clients_per_round, 1)?;
+            spec.strategy.check_secure_aggregation().map_err(|e| SpecError::new(e.field, e.message))?;
+        }
         spec.policy().validate().map_err(|e| {
             let field = match e.field {
                 "round_deadline" => "round_deadline_seconds",
@@ -317,7 +328,7 @@ impl JobSpec {
         p.selection_window_ms = self.selection_window_ms;
         p.retry_after_ms = self.retry_after_ms;
         p.checkin_ttl_ms = self.checkin_ttl_ms;
-        p.stages = vec![StageKind::Train];
+        p.stages = if self.secagg.is_some() { StageKind::SECURE_AGGREGATION.to_vec() } else { vec![StageKind::Train] };
         p
     }
 
@@ -407,5 +418,30 @@ dataset = "digits"
         assert_eq!(JobSpec::from_toml(DIGITS).unwrap().strategy, StrategySpec::fedavg());
         let s = JobSpec::from_toml(&format!("{DIGITS}[strategy]\nname = \"krum\"\nf = 2\nm = 4\n")).unwrap();
         assert_eq!(s.strategy.name, "krum");
+    }
+
+    #[test]
+    fn secagg_section_sets_the_stages_and_refuses_per_update_strategies() {
+        let s = JobSpec::from_toml(&format!("{DIGITS}[secagg]\nclip_range = 0.5\n")).unwrap();
+        assert!(s.policy().secure_aggregation());
+        assert_eq!(s.secagg.as_ref().unwrap().clip_range, 0.5);
+        assert!(!JobSpec::from_toml(DIGITS).unwrap().policy().secure_aggregation());
+        // Stored specs without the key still load.
+        let mut json = serde_json::to_value(JobSpec::from_toml(DIGITS).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("secagg");
+        assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap().secagg, None);
+        let sa = "[secagg]\nclip_range = 0.5\n";
+        assert!(err(&format!("{DIGITS}[strategy]\nname = \"median\"\n{sa}")).starts_with("strategy.name:"));
+        assert!(err(&format!("{DIGITS}[strategy]\nname = \"krum\"\nf = 1\n{sa}")).starts_with("strategy.name:"));
+        assert!(err(&format!("{DIGITS}[strategy]\nname = \"trimmed_mean\"\nbeta = 0.1\n{sa}")).starts_with("strategy.name:"));
+        assert!(err(&format!("{DIGITS}[strategy]\nname = \"fedavg\"\n[strategy.anomaly]\nmax_norm_z = 3.0\nmax_cosine_distance = 1.0\n{sa}"))
+            .starts_with("strategy.anomaly:"));
+        assert!(err(&format!("{DIGITS}[secagg]\nclip_range = -1.0\n")).starts_with("secagg.clip_range:"));
+        assert!(err(&format!("{DIGITS}[secagg]\nclip_range = 1.0\nthreshold = 50\n")).starts_with("secagg.threshold:"));
+        assert!(err(&format!("{DIGITS}[secagg]\nclip_range = 1.0\nneighbours = 3\n")).starts_with("secagg.neighbours:"));
+        assert!(err(&format!("{DIGITS}[secagg]\nclip_range = 1.0\nbogus = 3\n")).starts_with("toml:"));
+        for ok in ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] {
+            assert!(JobSpec::from_toml(&format!("{DIGITS}[strategy]\nname = \"{ok}\"\n{sa}")).is_ok(), "{ok}");
+        }
     }
 }

@@ -7,9 +7,44 @@
 //! seed, so one seed and one event sequence always give the same run.
 //!
 //! A round is a sequence of client-visible *stages* ([`StageKind`]). Plain federated averaging has one
-//! (`Train`); secure aggregation will add key advertisement, key sharing, masked input and unmasking as
-//! further stages of the same machine. Each stage has its own cohort (the survivors of the previous
+//! (`Train`); a secure-aggregation round has four ([`StageKind::SECURE_AGGREGATION`]: advertise keys,
+//! share keys, masked input, unmasking). Each stage has its own cohort (the survivors of the previous
 //! stage), its own reports and its own deadline.
+//!
+//! # Secure-aggregation rounds
+//!
+//! The machine does the bookkeeping of a secure-aggregation round; the cryptography is the driver's
+//! (`flotilla-secagg`'s `Server`), so this crate stays free of it:
+//!
+//! 1. A client's stage message (keys, shares, masked vector, unmasking shares) is first checked
+//!    against the machine without changing it ([`RoundMachine::check_stage_report`]: round, attempt,
+//!    stage, cohort, duplicate, full stage; the sample count at the `MaskedInput` stage, where clients
+//!    train), then validated and absorbed by the driver's secagg server, and only if both accepted it
+//!    does the driver feed [`Event::StageReport`] for the bookkeeping. Checking the machine first
+//!    matters: otherwise the secagg server could hold keys or a masked vector from a client the machine
+//!    then refuses (e.g. an over-selected client after the stage filled up), and its roster or sum
+//!    would cover a different set of clients than the machine's survivors.
+//!    The machine never sees a vector of a secure-aggregation round.
+//! 2. When a stage closes with enough reports the machine emits [`Action::StageClosed`] with the
+//!    survivors *before* the next stage's [`Action::Configure`]s, so the driver can close the secagg
+//!    stage and compute each survivor's server→client payload (roster, share bundle, unmasking request)
+//!    before it sends the tasks.
+//! 3. After the unmasking stage the machine emits [`Action::Finalize`] with the contributors (the
+//!    clients whose masked input was accepted — including those that dropped out during unmasking)
+//!    and waits. The driver runs the secagg server's `finish` and feeds either [`Event::Aggregated`]
+//!    (the sum of the contributors' clipped deltas; the machine divides by their number — an
+//!    *unweighted* mean — and takes the strategy's server step, see
+//!    [`Strategy::apply_mean_delta`]) or [`Event::AggregationFailed`] with the reason (e.g. a
+//!    neighbourhood below the secagg threshold t), which abandons the attempt with that reason.
+//!    The driver may also feed `AggregationFailed` while a stage is running (a secagg `close_*`
+//!    failed); the attempt is then abandoned at once.
+//!
+//! The minimum report count ([`RoundPolicy::min_reports`]) applies to every stage up to the masked
+//! input; the unmasking stage needs one answer, because whether the answers suffice is decided per
+//! neighbourhood by the secagg threshold, which only the driver's secagg server can check.
+//! Only sum-based strategies can run under secure aggregation
+//! ([`StrategySpec::check_secure_aggregation`]). The secagg server's state is not persisted:
+//! [`RoundMachine::recover`] abandons an in-flight secure-aggregation attempt like any other.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,7 +55,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AggregateError, ConfigError};
 use crate::params::ParamLayout;
-use crate::strategy::{Quarantined, RoundAggregate, Strategy, StrategySpec};
+use crate::strategy::{Quarantined, RoundAggregate, RoundResult, Strategy, StrategySpec};
 
 /// Identity of a client within a job, assigned by whoever authenticated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -37,6 +72,37 @@ impl std::fmt::Display for ClientId {
 pub enum StageKind {
     /// Train locally from the current global model and report the new parameters.
     Train,
+    /// Secure aggregation, stage 0: advertise public keys.
+    AdvertiseKeys,
+    /// Secure aggregation, stage 1: receive the roster, send encrypted secret shares.
+    ShareKeys,
+    /// Secure aggregation, stage 2: receive the share bundle, train, send the masked clipped delta.
+    MaskedInput,
+    /// Secure aggregation, stage 3: receive the unmasking request, reveal the requested shares.
+    Unmasking,
+}
+
+impl StageKind {
+    /// The stages of a secure-aggregation round, in order (their indices match
+    /// `flotilla_secagg::Stage::index`).
+    pub const SECURE_AGGREGATION: [StageKind; 4] =
+        [StageKind::AdvertiseKeys, StageKind::ShareKeys, StageKind::MaskedInput, StageKind::Unmasking];
+
+    /// Whether clients train at this stage (its reports carry a sample count and a training loss).
+    pub fn trains(self) -> bool {
+        matches!(self, StageKind::Train | StageKind::MaskedInput)
+    }
+
+    /// A short lowercase name (`train`, `advertise_keys`, …) for logs and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Train => "train",
+            StageKind::AdvertiseKeys => "advertise_keys",
+            StageKind::ShareKeys => "share_keys",
+            StageKind::MaskedInput => "masked_input",
+            StageKind::Unmasking => "unmasking",
+        }
+    }
 }
 
 /// Round and selection policy of a job. Times are in milliseconds of the driver's clock.
@@ -129,10 +195,27 @@ impl RoundPolicy {
         if self.stages.is_empty() {
             return Err(ConfigError::new("stages", "a round needs at least one stage"));
         }
-        if self.stages.last() != Some(&StageKind::Train) {
-            return Err(ConfigError::new("stages", "the last stage must produce the update (Train)"));
+        if self.stages.as_slice() != [StageKind::Train] && !self.secure_aggregation() {
+            return Err(ConfigError::new(
+                "stages",
+                "must be [Train] (plain) or [AdvertiseKeys, ShareKeys, MaskedInput, Unmasking] (secure aggregation)",
+            ));
         }
         Ok(())
+    }
+
+    /// Whether rounds run secure aggregation (`stages` is [`StageKind::SECURE_AGGREGATION`]).
+    pub fn secure_aggregation(&self) -> bool {
+        self.stages.as_slice() == StageKind::SECURE_AGGREGATION
+    }
+
+    /// Reports needed for stage `index` to close: [`RoundPolicy::min_reports`], except 1 for the
+    /// unmasking stage, where the secagg threshold (checked by the driver) decides.
+    pub fn min_reports_at(&self, index: u32) -> usize {
+        match self.stages.get(index as usize) {
+            Some(StageKind::Unmasking) => 1,
+            _ => self.min_reports(),
+        }
     }
 
     /// Clients selected per round: `ceil(clients_per_round × over_selection)`.
@@ -200,7 +283,7 @@ pub enum Event<'a> {
         /// Who.
         client: ClientId,
     },
-    /// A client reports the result of a stage.
+    /// A client reports the result of a `Train` stage.
     Report {
         /// Who.
         client: ClientId,
@@ -216,6 +299,43 @@ pub enum Event<'a> {
         update: &'a [f32],
         /// Its training metrics.
         metrics: ReportMetrics,
+    },
+    /// A client's message for a secure-aggregation stage was accepted by the driver's secagg server
+    /// (which validated and absorbed the payload); the machine does the bookkeeping.
+    StageReport {
+        /// Who.
+        client: ClientId,
+        /// The round it claims to report for.
+        round: u64,
+        /// The attempt it claims to report for.
+        attempt: u32,
+        /// The stage it claims to report for.
+        stage: u32,
+        /// Its sample count; checked and recorded only at a training stage (`MaskedInput`).
+        num_samples: u64,
+        /// Its training metrics; recorded only at a training stage.
+        metrics: ReportMetrics,
+    },
+    /// The driver's secagg server unmasked the sum after [`Action::Finalize`].
+    Aggregated {
+        /// Round of the `Finalize`.
+        round: u64,
+        /// Attempt of the `Finalize`.
+        attempt: u32,
+        /// Per coordinate, the sum of the contributors' clipped deltas (`new − global`).
+        sum: &'a [f64],
+        /// How many clients the sum covers (must equal the `Finalize`'s contributors).
+        contributors: usize,
+    },
+    /// The driver's secagg server could not produce the sum (e.g. a neighbourhood fell below the
+    /// threshold t). Abandons the attempt with `reason`.
+    AggregationFailed {
+        /// Round of the failed attempt.
+        round: u64,
+        /// The failed attempt.
+        attempt: u32,
+        /// Why, for logs and the `RoundAbandoned` action.
+        reason: String,
     },
     /// The driver knows the client is gone (connection lost, process dead).
     ClientLost {
@@ -272,6 +392,15 @@ pub enum RejectReason {
     /// The update itself is malformed.
     #[error("invalid update: {0}")]
     BadUpdate(AggregateError),
+    /// A `Report` (with parameters) for a secure-aggregation stage, or a `StageReport` for a
+    /// `Train` stage.
+    #[error("stage {stage} ({kind}) takes no such report")]
+    WrongStageKind {
+        /// The stage index.
+        stage: u32,
+        /// Its kind's name.
+        kind: &'static str,
+    },
 }
 
 /// What a committed round produced.
@@ -332,7 +461,32 @@ pub enum Action {
     },
     /// A round committed; [`RoundMachine::global`] now holds the new model.
     Commit(CommitInfo),
-    /// A round attempt ended below its minimum and will be retried.
+    /// A secure-aggregation stage closed; `survivors` (sorted) are the next stage's cohort. Comes
+    /// before that stage's `Configure`s: close the secagg server's stage and prepare each survivor's
+    /// payload first.
+    StageClosed {
+        /// Round number.
+        round: u64,
+        /// Attempt number.
+        attempt: u32,
+        /// Index of the stage that closed.
+        stage: u32,
+        /// Its kind.
+        kind: StageKind,
+        /// The clients whose report for it was accepted.
+        survivors: Vec<ClientId>,
+    },
+    /// The last stage of a secure-aggregation round closed: unmask the sum of `contributors`'
+    /// inputs and feed [`Event::Aggregated`] or [`Event::AggregationFailed`].
+    Finalize {
+        /// Round number.
+        round: u64,
+        /// Attempt number.
+        attempt: u32,
+        /// Clients whose masked input was accepted, sorted.
+        contributors: Vec<ClientId>,
+    },
+    /// A round attempt ended without a commit and will be retried (unless the job failed).
     RoundAbandoned {
         /// Round number.
         round: u64,
@@ -342,6 +496,8 @@ pub enum Action {
         reports: usize,
         /// Reports needed.
         needed: usize,
+        /// Why, in words (too few reports, every report quarantined, secure aggregation failed…).
+        reason: String,
     },
     /// Every round committed.
     JobFinished,
@@ -361,6 +517,17 @@ struct StageState {
     aggregate: RoundAggregate,
     loss_weighted: f64,
     num_samples: u64,
+    /// Secure aggregation: clients whose masked input was accepted (set when that stage closes).
+    #[serde(default)]
+    contributors: BTreeSet<ClientId>,
+}
+
+/// A secure-aggregation round waiting for the driver's unmasked sum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Finalizing {
+    contributors: BTreeSet<ClientId>,
+    loss_weighted: f64,
+    num_samples: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -371,6 +538,8 @@ enum Phase {
     SelectionPending,
     /// A stage is collecting reports.
     Running(Box<StageState>),
+    /// Secure aggregation: every stage closed; waiting for `Aggregated` / `AggregationFailed`.
+    Finalizing(Box<Finalizing>),
     Finished,
     Failed(String),
 }
@@ -381,6 +550,7 @@ impl Phase {
             Phase::Waiting => "waiting for clients",
             Phase::SelectionPending => "selecting",
             Phase::Running(_) => "running",
+            Phase::Finalizing(_) => "finalizing",
             Phase::Finished => "finished",
             Phase::Failed(_) => "failed",
         }
@@ -434,6 +604,9 @@ impl RoundMachine {
         strategy: StrategySpec,
     ) -> Result<Self, ConfigError> {
         policy.validate()?;
+        if policy.secure_aggregation() {
+            strategy.check_secure_aggregation()?;
+        }
         if initial.len() != layout.len() {
             return Err(ConfigError::new(
                 "initial_parameters",
@@ -531,12 +704,26 @@ impl RoundMachine {
             Phase::Finished | Phase::Failed(_) => {}
             // Even a machine persisted between rounds moves to a new attempt: the dead process may
             // have selected and configured clients for the old one after its last snapshot.
-            Phase::Running(_) | Phase::SelectionPending | Phase::Waiting => {
+            Phase::Running(_) | Phase::Finalizing(_) | Phase::SelectionPending | Phase::Waiting => {
                 self.attempt += 1;
                 self.phase = Phase::Waiting;
             }
         }
         Ok(())
+    }
+
+    /// A seed for the current round attempt's server-side randomness (e.g. the secagg communication
+    /// graph, which is published to clients), derived from the job seed, round and attempt.
+    pub fn attempt_seed(&self) -> u64 {
+        mix(mix(self.seed ^ 0x5EC_A66) ^ self.round.rotate_left(17) ^ u64::from(self.attempt))
+    }
+
+    /// The current stage's index and kind, while a stage is running.
+    pub fn current_stage(&self) -> Option<(u32, StageKind)> {
+        match &self.phase {
+            Phase::Running(s) => Some((s.index, self.policy.stages[s.index as usize])),
+            _ => None,
+        }
     }
 
     /// Clients in the current stage's cohort that have not reported yet.
@@ -559,6 +746,15 @@ impl RoundMachine {
             Event::CheckIn { client } => self.on_check_in(now_ms, client, &mut out),
             Event::Report { client, round, attempt, stage, num_samples, update, metrics } => {
                 self.on_report(now_ms, client, (round, attempt, stage), num_samples, update, metrics, &mut out)
+            }
+            Event::StageReport { client, round, attempt, stage, num_samples, metrics } => {
+                self.on_stage_report(now_ms, client, (round, attempt, stage), num_samples, metrics, &mut out)
+            }
+            Event::Aggregated { round, attempt, sum, contributors } => {
+                self.on_aggregated(now_ms, (round, attempt), sum, contributors, &mut out)
+            }
+            Event::AggregationFailed { round, attempt, reason } => {
+                self.on_aggregation_failed(now_ms, (round, attempt), &reason, &mut out)
             }
             Event::ClientLost { client } => self.on_lost(now_ms, client, &mut out),
             Event::TimerFired(timer) => self.on_timer(now_ms, timer, &mut out),
@@ -655,6 +851,19 @@ impl RoundMachine {
     }
 
     fn start_stage(&mut self, now_ms: u64, index: u32, cohort: BTreeSet<ClientId>, out: &mut Vec<Action>) {
+        self.start_stage_with(now_ms, index, cohort, (BTreeSet::new(), 0.0, 0), out);
+    }
+
+    /// Opens stage `index` for `cohort`, carrying the round's training tally so far (contributors,
+    /// loss-weighted sum, samples) from the previous stage of a secure-aggregation round.
+    fn start_stage_with(
+        &mut self,
+        now_ms: u64,
+        index: u32,
+        cohort: BTreeSet<ClientId>,
+        (contributors, loss_weighted, num_samples): (BTreeSet<ClientId>, f64, u64),
+        out: &mut Vec<Action>,
+    ) {
         for &client in &cohort {
             out.push(Action::Configure { client, task: self.task_for(client, index) });
         }
@@ -668,8 +877,9 @@ impl RoundMachine {
             reported: BTreeSet::new(),
             dropped: BTreeSet::new(),
             aggregate: self.strategy.begin_round(),
-            loss_weighted: 0.0,
-            num_samples: 0,
+            loss_weighted,
+            num_samples,
+            contributors,
         }));
     }
 
@@ -685,38 +895,12 @@ impl RoundMachine {
         out: &mut Vec<Action>,
     ) {
         let max_samples = self.policy.max_samples_per_report;
-        let cpr = self.policy.clients_per_round;
-        let (cur_round, cur_attempt) = (self.round, self.attempt);
         let reject = |reason| Action::Reject { client, reason };
-        let Phase::Running(s) = &mut self.phase else {
-            out.push(reject(RejectReason::NotAccepting(self.phase.name())));
-            return;
-        };
-        if round != cur_round || attempt != cur_attempt {
-            out.push(reject(RejectReason::WrongRound {
-                round: cur_round,
-                attempt: cur_attempt,
-                got_round: round,
-                got_attempt: attempt,
-            }));
+        if let Err(reason) = self.check_report(client, (round, attempt, stage), true) {
+            out.push(reject(reason));
             return;
         }
-        if stage != s.index {
-            out.push(reject(RejectReason::WrongStage { expected: s.index, got: stage }));
-            return;
-        }
-        if !s.cohort.contains(&client) {
-            out.push(reject(RejectReason::NotSelected));
-            return;
-        }
-        if s.reported.contains(&client) {
-            out.push(reject(RejectReason::Duplicate));
-            return;
-        }
-        if s.reported.len() >= cpr {
-            out.push(reject(RejectReason::RoundFull));
-            return;
-        }
+        let Phase::Running(s) = &mut self.phase else { return };
         if num_samples == 0 || num_samples > max_samples {
             out.push(reject(RejectReason::BadSampleCount { got: num_samples, max: max_samples }));
             return;
@@ -732,6 +916,135 @@ impl RoundMachine {
         s.loss_weighted += loss * num_samples as f64;
         out.push(Action::Accepted { client });
         self.maybe_close_early(now_ms, out);
+    }
+
+    /// The checks every report passes, plain or secure-aggregation: a stage is running, the report
+    /// names the current round, attempt and stage, the stage takes this kind of report (`plain`:
+    /// a `Report` with parameters), the client is in the cohort and has not reported, and the stage
+    /// is not full.
+    fn check_report(&self, client: ClientId, (round, attempt, stage): (u64, u32, u32), plain: bool) -> Result<(), RejectReason> {
+        let Phase::Running(s) = &self.phase else {
+            return Err(RejectReason::NotAccepting(self.phase.name()));
+        };
+        if round != self.round || attempt != self.attempt {
+            return Err(RejectReason::WrongRound {
+                round: self.round,
+                attempt: self.attempt,
+                got_round: round,
+                got_attempt: attempt,
+            });
+        }
+        if stage != s.index {
+            return Err(RejectReason::WrongStage { expected: s.index, got: stage });
+        }
+        let kind = self.policy.stages[s.index as usize];
+        if (kind == StageKind::Train) != plain {
+            return Err(RejectReason::WrongStageKind { stage, kind: kind.name() });
+        }
+        if !s.cohort.contains(&client) {
+            return Err(RejectReason::NotSelected);
+        }
+        if s.reported.contains(&client) {
+            return Err(RejectReason::Duplicate);
+        }
+        if s.reported.len() >= self.policy.clients_per_round {
+            return Err(RejectReason::RoundFull);
+        }
+        Ok(())
+    }
+
+    /// Whether [`Event::StageReport`] with these fields would be accepted now, without changing
+    /// anything. A driver calls this *before* its secagg server absorbs the client's payload, so the
+    /// secagg server never holds a message the machine then refuses (a late over-selected client, a
+    /// bad sample count); feeding the event right after a successful check (with no other event in
+    /// between) is then accepted.
+    pub fn check_stage_report(
+        &self,
+        client: ClientId,
+        round: u64,
+        attempt: u32,
+        stage: u32,
+        num_samples: u64,
+    ) -> Result<(), RejectReason> {
+        self.check_report(client, (round, attempt, stage), false)?;
+        let max = self.policy.max_samples_per_report;
+        if self.policy.stages[stage as usize].trains() && (num_samples == 0 || num_samples > max) {
+            return Err(RejectReason::BadSampleCount { got: num_samples, max });
+        }
+        Ok(())
+    }
+
+    fn on_stage_report(
+        &mut self,
+        now_ms: u64,
+        client: ClientId,
+        (round, attempt, stage): (u64, u32, u32),
+        num_samples: u64,
+        metrics: ReportMetrics,
+        out: &mut Vec<Action>,
+    ) {
+        if let Err(reason) = self.check_stage_report(client, round, attempt, stage, num_samples) {
+            out.push(Action::Reject { client, reason });
+            return;
+        }
+        let trains = self.policy.stages[stage as usize].trains();
+        let Phase::Running(s) = &mut self.phase else { return };
+        if trains {
+            let loss = if metrics.train_loss.is_finite() { metrics.train_loss } else { f64::NAN };
+            s.num_samples += num_samples;
+            s.loss_weighted += loss * num_samples as f64;
+        }
+        s.reported.insert(client);
+        s.dropped.remove(&client);
+        out.push(Action::Accepted { client });
+        self.maybe_close_early(now_ms, out);
+    }
+
+    fn on_aggregated(&mut self, now_ms: u64, (round, attempt): (u64, u32), sum: &[f64], count: usize, out: &mut Vec<Action>) {
+        if round != self.round || attempt != self.attempt {
+            return; // stale: an attempt that is over
+        }
+        let Phase::Finalizing(f) = std::mem::replace(&mut self.phase, Phase::Waiting) else {
+            // Not waiting for a sum: ignore, like a stale timer.
+            return;
+        };
+        let expected = f.contributors.len();
+        let mean: Result<Vec<f32>, String> = if count != expected {
+            Err(format!("the unmasked sum covers {count} clients, {expected} contributed"))
+        } else if sum.len() != self.layout.len() {
+            Err(format!("the unmasked sum has {} values, the layout has {}", sum.len(), self.layout.len()))
+        } else {
+            Ok(sum.iter().map(|v| (v / count.max(1) as f64) as f32).collect())
+        };
+        let result = mean.and_then(|m| {
+            self.strategy
+                .apply_mean_delta(&self.global, &m)
+                .map_err(|e| format!("secure aggregation produced an unusable mean: {e}"))
+        });
+        match result {
+            Ok(r) => {
+                let participants = f.contributors.iter().copied().collect();
+                self.commit(now_ms, r, participants, f.num_samples, f.loss_weighted, out);
+            }
+            Err(why) => {
+                let needed = self.policy.min_reports();
+                self.abandon_attempt(now_ms, expected, needed, &why, out);
+            }
+        }
+    }
+
+    fn on_aggregation_failed(&mut self, now_ms: u64, (round, attempt): (u64, u32), reason: &str, out: &mut Vec<Action>) {
+        if round != self.round || attempt != self.attempt || !self.policy.secure_aggregation() {
+            return; // stale, or not a secure-aggregation job
+        }
+        let reports = match &self.phase {
+            Phase::Running(s) => s.reported.len(),
+            Phase::Finalizing(f) => f.contributors.len(),
+            _ => return,
+        };
+        self.phase = Phase::Waiting;
+        let why = format!("secure aggregation failed: {reason}");
+        self.abandon_attempt(now_ms, reports, self.policy.min_reports(), &why, out);
     }
 
     fn on_lost(&mut self, now_ms: u64, client: ClientId, out: &mut Vec<Action>) {
@@ -760,10 +1073,47 @@ impl RoundMachine {
         let Phase::Running(s) = std::mem::replace(&mut self.phase, Phase::Waiting) else {
             return;
         };
-        let needed = self.policy.min_reports();
+        let needed = self.policy.min_reports_at(s.index);
+        let kind = self.policy.stages[s.index as usize];
         if s.reported.len() < needed {
-            let why = format!("fewer than {} of {} clients reported", needed, self.policy.clients_per_round);
+            let why = format!(
+                "fewer than {} of {} clients reported at stage {} ({})",
+                needed,
+                self.policy.clients_per_round,
+                s.index,
+                kind.name()
+            );
             self.abandon_attempt(now_ms, s.reported.len(), needed, &why, out);
+            return;
+        }
+        if kind != StageKind::Train {
+            // Secure aggregation: the driver's secagg server holds the data; the machine hands over
+            // the survivors and carries the training tally to the end of the round.
+            let s = *s;
+            let contributors = if kind == StageKind::MaskedInput { s.reported.clone() } else { s.contributors };
+            let last = (s.index as usize) + 1 == self.policy.stages.len();
+            if last {
+                out.push(Action::Finalize {
+                    round: self.round,
+                    attempt: self.attempt,
+                    contributors: contributors.iter().copied().collect(),
+                });
+                self.phase = Phase::Finalizing(Box::new(Finalizing {
+                    contributors,
+                    loss_weighted: s.loss_weighted,
+                    num_samples: s.num_samples,
+                }));
+            } else {
+                out.push(Action::StageClosed {
+                    round: self.round,
+                    attempt: self.attempt,
+                    stage: s.index,
+                    kind,
+                    survivors: s.reported.iter().copied().collect(),
+                });
+                let carry = (contributors, s.loss_weighted, s.num_samples);
+                self.start_stage_with(now_ms, s.index + 1, s.reported, carry, out);
+            }
             return;
         }
         if (s.index as usize) + 1 < self.policy.stages.len() {
@@ -786,16 +1136,30 @@ impl RoundMachine {
                 return;
             }
         };
+        let quarantined: BTreeSet<u64> = result.quarantined.iter().map(|q| q.client).collect();
+        let participants = s.reported.iter().copied().filter(|c| !quarantined.contains(&c.0)).collect();
+        self.commit(now_ms, result, participants, s.num_samples, s.loss_weighted, out);
+    }
+
+    /// Installs the new global model and moves to the next round (or finishes the job).
+    fn commit(
+        &mut self,
+        now_ms: u64,
+        result: RoundResult,
+        participants: Vec<ClientId>,
+        num_samples: u64,
+        loss_weighted: f64,
+        out: &mut Vec<Action>,
+    ) {
         self.global = result.global;
         self.committed += 1;
-        let quarantined: BTreeSet<u64> = result.quarantined.iter().map(|q| q.client).collect();
         let info = CommitInfo {
             round: self.round,
             attempt: self.attempt,
             model_version: self.committed,
-            participants: s.reported.iter().copied().filter(|c| !quarantined.contains(&c.0)).collect(),
-            num_samples: s.num_samples,
-            train_loss: s.loss_weighted / s.num_samples.max(1) as f64,
+            participants,
+            num_samples,
+            train_loss: loss_weighted / num_samples.max(1) as f64,
             quarantined: result.quarantined,
         };
         out.push(Action::Commit(info));
@@ -813,7 +1177,13 @@ impl RoundMachine {
     /// Ends the current attempt without a commit; the job fails once `max_attempts` attempts of this
     /// round have been abandoned (`why` completes "round R failed N times: …").
     fn abandon_attempt(&mut self, now_ms: u64, reports: usize, needed: usize, why: &str, out: &mut Vec<Action>) {
-        out.push(Action::RoundAbandoned { round: self.round, attempt: self.attempt, reports, needed });
+        out.push(Action::RoundAbandoned {
+            round: self.round,
+            attempt: self.attempt,
+            reports,
+            needed,
+            reason: why.to_string(),
+        });
         self.failed_attempts += 1;
         if self.failed_attempts >= self.policy.max_attempts {
             let reason = format!("round {} failed {} times: {why}", self.round, self.failed_attempts);

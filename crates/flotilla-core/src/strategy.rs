@@ -323,6 +323,48 @@ impl StrategySpec {
     pub fn buffers_updates(&self) -> bool {
         self.anomaly.is_some() || !matches!(self.aggregator, Aggregator::Mean)
     }
+
+    /// Checks that the strategy needs only the *sum* of the round's updates, which is all secure
+    /// aggregation reveals to the server.
+    ///
+    /// Allowed: the mean aggregator with any server optimizer (fedavg, fedavgm, fedprox, fedadagrad,
+    /// fedadam, fedyogi). The mean is then **unweighted** (each contributor counts once), because a
+    /// client's sample count is not part of the masked sum. Refused, with the key that selects it:
+    /// robust aggregators (median, trimmed_mean, krum) and SCAFFOLD (`strategy.name`), the anomaly
+    /// filter (`strategy.anomaly`) and server-side norm bounding (`strategy.clip_norm`, or
+    /// `strategy.name` for norm_bound) — under secure aggregation clients clip their own update to
+    /// the secure-aggregation clip range instead.
+    pub fn check_secure_aggregation(&self) -> Result<(), ConfigError> {
+        let sum_only = "secure aggregation reveals only the sum of the updates; \
+                        use fedavg, fedavgm, fedprox, fedadagrad, fedadam or fedyogi";
+        if !matches!(self.aggregator, Aggregator::Mean) {
+            return Err(ConfigError::new(
+                "strategy.name",
+                format!("`{}` needs every individual update, but {sum_only}", self.name),
+            ));
+        }
+        if self.scaffold {
+            return Err(ConfigError::new(
+                "strategy.name",
+                format!("`{}` needs each client's control-variate update, but {sum_only}", self.name),
+            ));
+        }
+        if self.anomaly.is_some() {
+            return Err(ConfigError::new(
+                "strategy.anomaly",
+                format!("the anomaly filter compares individual updates, but {sum_only}"),
+            ));
+        }
+        if self.clip_norm.is_some() {
+            let field = if self.name == "norm_bound" { "strategy.name" } else { "strategy.clip_norm" };
+            return Err(ConfigError::new(
+                field,
+                "server-side norm bounding needs individual updates, but secure aggregation reveals only \
+                 their sum; clients clip to the secure-aggregation clip_range instead",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a selected client must do besides plain local SGD, sent with its task.
@@ -552,6 +594,35 @@ impl Strategy {
         }
         self.state = state;
         Ok(RoundResult { global: new_global, quarantined })
+    }
+
+    /// Takes the server step from `global` with a mean delta computed elsewhere — by secure
+    /// aggregation, which only reveals the sum of the clients' (clipped) deltas. The aggregator and
+    /// the per-update filters are bypassed, so this is only meaningful for strategies that pass
+    /// [`StrategySpec::check_secure_aggregation`]; the others are refused with
+    /// [`AggregateError::Parameter`].
+    ///
+    /// Fails (and leaves the strategy's state unchanged) when `mean_delta` has the wrong length or
+    /// holds a non-finite value, or the step is not finite.
+    pub fn apply_mean_delta(&mut self, global: &[f32], mean_delta: &[f32]) -> Result<RoundResult, AggregateError> {
+        if self.spec.buffers_updates() || self.spec.scaffold || self.spec.clip_norm.is_some() {
+            return Err(AggregateError::Parameter {
+                name: "strategy",
+                value: f64::NAN,
+                valid: format!("a sum-only strategy for a precomputed mean, not `{}`", self.spec.name),
+            });
+        }
+        if mean_delta.len() != self.dim || global.len() != self.dim {
+            return Err(AggregateError::Length { expected: self.dim, actual: mean_delta.len() });
+        }
+        check_finite(mean_delta, 0)?;
+        let mut state = self.state.clone();
+        let new_global = self.step(&mut state, global, mean_delta);
+        if let Some(index) = new_global.iter().position(|v| !v.is_finite()) {
+            return Err(AggregateError::NonFinite { index });
+        }
+        self.state = state;
+        Ok(RoundResult { global: new_global, quarantined: Vec::new() })
     }
 
     fn plain_fedavg(&self) -> bool {

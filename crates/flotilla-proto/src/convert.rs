@@ -169,17 +169,25 @@ impl From<StageKind> for v1::Stage {
     fn from(kind: StageKind) -> Self {
         match kind {
             StageKind::Train => v1::Stage::Train,
+            StageKind::AdvertiseKeys => v1::Stage::AdvertiseKeys,
+            StageKind::ShareKeys => v1::Stage::ShareKeys,
+            StageKind::MaskedInput => v1::Stage::MaskedInput,
+            StageKind::Unmasking => v1::Stage::Unmasking,
         }
     }
 }
 
 impl TryFrom<v1::Stage> for StageKind {
-    /// The stage, which `flotilla-core` does not implement (yet).
+    /// The stage, which `flotilla-core` does not know (`STAGE_UNSPECIFIED`).
     type Error = v1::Stage;
 
     fn try_from(stage: v1::Stage) -> Result<Self, Self::Error> {
         match stage {
             v1::Stage::Train => Ok(StageKind::Train),
+            v1::Stage::AdvertiseKeys => Ok(StageKind::AdvertiseKeys),
+            v1::Stage::ShareKeys => Ok(StageKind::ShareKeys),
+            v1::Stage::MaskedInput => Ok(StageKind::MaskedInput),
+            v1::Stage::Unmasking => Ok(StageKind::Unmasking),
             other => Err(other),
         }
     }
@@ -298,10 +306,9 @@ mod tests {
     fn stage_conversions() {
         assert_eq!(v1::Stage::from(StageKind::Train), v1::Stage::Train);
         assert_eq!(StageKind::try_from(v1::Stage::Train), Ok(StageKind::Train));
-        assert_eq!(
-            StageKind::try_from(v1::Stage::MaskedInput),
-            Err(v1::Stage::MaskedInput)
-        );
+        for kind in StageKind::SECURE_AGGREGATION {
+            assert_eq!(StageKind::try_from(v1::Stage::from(kind)), Ok(kind));
+        }
         assert_eq!(
             StageKind::try_from(v1::Stage::Unspecified),
             Err(v1::Stage::Unspecified)

@@ -82,7 +82,9 @@ pub fn validate_header(
             max: MAX_UPLOAD_ID_LEN,
         });
     }
-    if h.stage != v1::Stage::Train as i32 {
+    let plain = h.stage == v1::Stage::Train as i32 && h.payload_kind == v1::PayloadKind::ParametersF32 as i32;
+    let masked = h.stage == v1::Stage::MaskedInput as i32 && h.payload_kind == v1::PayloadKind::MaskedU32 as i32;
+    if !(plain || masked) {
         return Err(HeaderError::UnsupportedStage(h.stage));
     }
     if h.num_samples == 0 {
@@ -177,6 +179,10 @@ struct Reassembly {
     pending: Vec<u8>,
     /// Number of `f32` values decoded and handed out so far.
     decoded: u64,
+    /// The payload is raw 32-bit words (a secure-aggregation masked input), not parameters: any bit
+    /// pattern is valid, so the finiteness checks are off. Values still travel as `f32` whose bits
+    /// are the words (`f32::to_bits` recovers them exactly; no arithmetic touches them).
+    raw_words: bool,
 }
 
 impl Reassembly {
@@ -190,6 +196,7 @@ impl Reassembly {
             last: None,
             pending: Vec::new(),
             decoded: 0,
+            raw_words: false,
         }
     }
 
@@ -274,7 +281,7 @@ impl Reassembly {
             rest = &rest[take..];
             if self.pending.len() == 4 {
                 let v = f32::from_le_bytes([self.pending[0], self.pending[1], self.pending[2], self.pending[3]]);
-                if !v.is_finite() {
+                if !self.raw_words && !v.is_finite() {
                     return Err(TransferError::NonFinite { index: self.decoded });
                 }
                 self.pending.clear();
@@ -285,7 +292,7 @@ impl Reassembly {
         let whole = rest.len() / 4;
         let start = out.len();
         out.extend(rest[..4 * whole].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-        if !out[start..].iter().all(|v| v.is_finite()) {
+        if !self.raw_words && !out[start..].iter().all(|v| v.is_finite()) {
             let i = out[start..].iter().position(|v| !v.is_finite()).unwrap_or(0);
             out.truncate(start + i);
             self.decoded += i as u64;
@@ -310,7 +317,7 @@ impl Reassembly {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
-            if let Some(i) = batch.iter().position(|v| !v.is_finite()) {
+            if let Some(i) = batch.iter().position(|v| !self.raw_words && !v.is_finite()) {
                 result = Err(TransferError::NonFinite {
                     index: self.decoded + (done + i) as u64,
                 });
@@ -369,8 +376,16 @@ impl UploadAssembler {
             .as_slice()
             .try_into()
             .map_err(|_| HeaderError::BadShaLength(header.sha256.len()))?;
-        let inner = Reassembly::new(header.total_bytes, limits.max_chunk_bytes, sha);
+        let mut inner = Reassembly::new(header.total_bytes, limits.max_chunk_bytes, sha);
+        inner.raw_words = header.payload_kind == v1::PayloadKind::MaskedU32 as i32;
         Ok(Self { header, inner })
+    }
+
+    /// Whether the payload is a secure-aggregation masked input (`PAYLOAD_KIND_MASKED_U32`): 32-bit
+    /// words with no finiteness check. The decoded "values" are then `f32`s carrying the words'
+    /// bits; recover the words with [`masked_words`].
+    pub fn is_masked(&self) -> bool {
+        self.inner.raw_words
     }
 
     /// The validated header this upload was started with.
@@ -432,6 +447,13 @@ impl UploadAssembler {
         self.inner.drain(&mut |vs| rest.extend_from_slice(vs))?;
         Ok(rest)
     }
+}
+
+/// The `u32` words of a masked-input upload, from the `f32` values an [`UploadAssembler`] decoded
+/// (bit-exact: `f32::from_le_bytes` followed by `to_bits` returns the original word, NaN patterns
+/// included).
+pub fn masked_words(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
 }
 
 /// Client side of `DownloadModel`: reassembles, hashes and decodes a model payload described by a

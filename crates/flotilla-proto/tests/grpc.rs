@@ -104,6 +104,13 @@ impl Coordinator for Fake {
     ) -> Result<Response<v1::UploadResponse>, Status> {
         Err(Status::not_found("no such upload"))
     }
+
+    async fn submit_stage_message(
+        &self,
+        _: Request<v1::StageMessageRequest>,
+    ) -> Result<Response<v1::StageMessageResponse>, Status> {
+        Err(Status::failed_precondition("this fake runs no secure aggregation"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,3 +96,10 @@ pub(crate) fn check_public_key(client: ClientId, pk: &[u8; 32]) -> Result<(), Re
     }
     Ok(())
 }
+
+/// The secure-aggregation round number of a round machine's `(round, attempt)`: `round · 2^32 +
+/// attempt`. Every attempt gets its own number, so messages of an abandoned attempt are refused as
+/// another round's, and the client and server drivers agree on it without talking.
+pub fn round_id(round: u64, attempt: u32) -> u64 {
+    (round << 32) | u64::from(attempt)
+}

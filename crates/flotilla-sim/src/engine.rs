@@ -138,7 +138,7 @@ pub struct SimOutcome {
     pub test_samples: usize,
 }
 
-fn samples<'a>(d: &'a Dataset, indices: &'a [u32]) -> Samples<'a> {
+pub(crate) fn samples<'a>(d: &'a Dataset, indices: &'a [u32]) -> Samples<'a> {
     Samples { features: &d.features, feature_len: d.feature_len(), labels: &d.labels, indices }
 }
 
@@ -151,6 +151,9 @@ pub fn round_policy(s: &Scenario) -> RoundPolicy {
     p.selection_window_ms = 0;
     p.checkin_ttl_ms = u64::MAX / 4;
     p.max_attempts = 5;
+    if s.secagg.is_some() {
+        p.stages = flotilla_core::round::StageKind::SECURE_AGGREGATION.to_vec();
+    }
     p
 }
 
@@ -160,6 +163,9 @@ pub fn run_prepared(
     prepared: &Prepared,
     observe: &mut dyn FnMut(&SimEvent),
 ) -> Result<SimOutcome, SimError> {
+    if let Some(sa) = &scenario.secagg {
+        return crate::secagg::run_prepared(scenario, sa, prepared, observe);
+    }
     let started = Instant::now();
     let train = &prepared.data.train;
     let test = &prepared.data.test;
@@ -237,11 +243,15 @@ pub fn run_prepared(
                     observe(&SimEvent::Round(record.clone()));
                     history.push(record);
                 }
-                Action::RoundAbandoned { round, attempt, reports, needed } => {
+                Action::RoundAbandoned { round, attempt, reports, needed, .. } => {
                     abandoned += 1;
                     observe(&SimEvent::RoundAbandoned { round, attempt, reports, needed });
                 }
                 Action::JobFinished => finished = true,
+                // Secure-aggregation rounds are driven by `crate::secagg`, never by this loop.
+                Action::StageClosed { .. } | Action::Finalize { .. } => {
+                    return Err(SimError::JobFailed("secure-aggregation action in a plain round".into()));
+                }
                 Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
                 // Simulated clients are always online, so pace steering has nothing to do.
                 Action::RetryAfter { .. } | Action::Accepted { .. } => {}
@@ -367,7 +377,7 @@ pub fn run(scenario: &Scenario, data_dir: &Path, observe: &mut dyn FnMut(&SimEve
     run_prepared(scenario, &prepared, observe)
 }
 
-fn evaluate_commit(
+pub(crate) fn evaluate_commit(
     scenario: &Scenario,
     info: &CommitInfo,
     machine: &RoundMachine,
@@ -406,21 +416,21 @@ fn evaluate_commit(
 }
 
 /// A client's new parameters and its training report.
-type Fitted = (Vec<f32>, FitReport);
+pub(crate) type Fitted = (Vec<f32>, FitReport);
 
 /// One selected client's training work.
-struct ClientJob<'a> {
-    client: ClientId,
-    seed: u64,
+pub(crate) struct ClientJob<'a> {
+    pub(crate) client: ClientId,
+    pub(crate) seed: u64,
     /// The training set it reads (the poisoned copy for data-poisoning attackers).
-    data: &'a Dataset,
+    pub(crate) data: &'a Dataset,
     /// SCAFFOLD gradient correction `c − cᵢ`.
-    correction: Option<Vec<f32>>,
+    pub(crate) correction: Option<Vec<f32>>,
 }
 
 /// Trains every client of `work` from `global`, spread over the worker trainers; results come back in
 /// `work` order, whichever thread produced them.
-fn train_cohort(
+pub(crate) fn train_cohort(
     scenario: &Scenario,
     prepared: &Prepared,
     global: &[f32],

@@ -7,6 +7,7 @@ pub mod attack;
 pub mod engine;
 pub mod error;
 pub mod scenario;
+pub mod secagg;
 
 pub use engine::{prepare, round_policy, run, run_prepared, Prepared, RoundRecord, SimEvent, SimOutcome};
 pub use error::{ScenarioError, SimError};

@@ -46,6 +46,8 @@ pub struct Scenario {
     pub strategy: StrategySpec,
     /// Simulated attackers (`[attack]`), if any.
     pub attack: Option<AttackSettings>,
+    /// Secure aggregation (`[secagg]`), if rounds run it; see [`crate::secagg`].
+    pub secagg: Option<crate::secagg::SecAggSettings>,
 }
 
 /// What malicious clients do.
@@ -172,6 +174,7 @@ struct RawScenario {
     simulation: Option<RawSimulation>,
     strategy: Option<StrategyConfig>,
     attack: Option<RawAttack>,
+    secagg: Option<crate::secagg::RawSecAgg>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,6 +435,10 @@ impl Scenario {
             None => None,
             Some(a) => Some(parse_attack(a, dataset)?),
         };
+        let secagg = match &r.secagg {
+            None => None,
+            Some(raw) => Some(crate::secagg::SecAggSettings::from_raw(raw, clients_per_round, &strategy, attack.is_some())?),
+        };
         let sim = r.simulation.unwrap_or_default();
         let simulation = SimulationSettings { threads: count("simulation.threads", sim.threads.unwrap_or(0), 0)? };
 
@@ -450,6 +457,7 @@ impl Scenario {
             simulation,
             strategy,
             attack,
+            secagg,
         })
     }
 }

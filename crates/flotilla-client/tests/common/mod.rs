@@ -366,6 +366,13 @@ impl Coordinator for Fake {
         )))
     }
 
+    async fn submit_stage_message(
+        &self,
+        _: Request<v1::StageMessageRequest>,
+    ) -> Result<Response<v1::StageMessageResponse>, Status> {
+        Err(Status::failed_precondition("this fake runs no secure aggregation"))
+    }
+
     async fn query_upload(
         &self,
         req: Request<v1::QueryUploadRequest>,

@@ -240,6 +240,7 @@ pub fn header(task: &v1::Task, params: &[f32], num_samples: u64) -> v1::UpdateHe
         upload_id: format!("j{}-r{}-a{}", task.job_id, task.round, task.attempt),
         base_model_version: task.model_version,
         stage_index: task.stage_index,
+        ..Default::default()
     }
 }
 

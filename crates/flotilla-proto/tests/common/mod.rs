@@ -29,6 +29,7 @@ pub fn header_for(params: &[f32]) -> v1::UpdateHeader {
         upload_id: "up-0123.abc_Z".into(),
         base_model_version: 2,
         stage_index: 0,
+        ..Default::default()
     }
 }
 

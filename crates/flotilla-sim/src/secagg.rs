@@ -1,0 +1,474 @@
+//! Secure aggregation in the simulator (`[secagg]` in a scenario).
+//!
+//! Every round runs the round machine's four secure-aggregation stages with in-process
+//! `flotilla_secagg` clients and one secagg server per round attempt, through the same encoded
+//! messages the network carries:
+//!
+//! | stage | a simulated client | the driver (this module) |
+//! |---|---|---|
+//! | 0 advertise keys | `Client::new` (secrets from the scenario seed), `advertise` | — |
+//! | 1 share keys | `handle_roster` | `close_advertise` → roster, on [`Action::StageClosed`] |
+//! | 2 masked input | `handle_shares`, trains, masks its delta `new − global` | `close_share_keys` → share bundles |
+//! | 3 unmasking | `handle_unmask` | `close_masked_input` → unmasking requests |
+//! | — | — | on [`Action::Finalize`]: `finish` → [`Event::Aggregated`] / [`Event::AggregationFailed`] |
+//!
+//! Each client message is first checked against the machine (`check_stage_report`), then handed to
+//! the secagg server, and only then fed as [`Event::StageReport`]. Dropouts: `round.dropout` is the
+//! chance a selected client vanishes before sending its masked input (its pairwise masks are then
+//! recovered from its mask-key shares); `[secagg].unmasking_dropout` the chance a client vanishes
+//! right *after* sending its masked input (its input still counts; its self mask is recovered from
+//! its neighbours' shares). If a neighbourhood falls below the threshold t the attempt is abandoned
+//! with the secagg server's reason, and after `max_attempts` the run fails with it.
+//!
+//! The machine commits the **unweighted** mean of the contributors' deltas, each clipped to
+//! `[-clip_range, clip_range]` per coordinate and fixed-point encoded; the decoded mean is within
+//! `1 / (2s) = clip_range / M` (M = ⌊(2^32 − 1) / clients_per_round⌋) of the exact mean of the clipped
+//! deltas (`flotilla_secagg::Params::quantization_error_bound` divided by the contributors).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use flotilla_core::round::{Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer};
+use flotilla_core::strategy::StrategySpec;
+use flotilla_core::params_sha256;
+use flotilla_ml::ModelSpec;
+use flotilla_secagg::{Client, ClientMessage, Params, Server, ServerMessage};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+use crate::engine::{evaluate_commit, round_policy, samples, train_cohort, ClientJob, Prepared, SimEvent, SimOutcome};
+use crate::error::{ScenarioError, SimError};
+use crate::scenario::Scenario;
+
+/// `[secagg]` as read from the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecAgg {
+    clip_range: f64,
+    threshold: Option<i64>,
+    neighbours: Option<i64>,
+    unmasking_dropout: Option<f64>,
+}
+
+/// Secure-aggregation settings of a scenario (`[secagg]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecAggSettings {
+    /// Each coordinate of a client's delta is clipped to `[-clip_range, clip_range]` before masking.
+    pub clip_range: f64,
+    /// Shares needed to reconstruct a secret (t); default `k/2 + 1`.
+    pub threshold: Option<usize>,
+    /// Degree k of the communication graph; default ≈ 3·log2(clients_per_round), even.
+    pub neighbours: Option<usize>,
+    /// Chance that a client vanishes right after sending its masked input.
+    pub unmasking_dropout: f64,
+}
+
+impl SecAggSettings {
+    /// Validates `[secagg]` against the rest of the scenario: the parameters with
+    /// [`flotilla_secagg::Params`] (for a roster of `clients_per_round`), the strategy with
+    /// [`StrategySpec::check_secure_aggregation`]; attacks are not simulated under secure aggregation.
+    pub(crate) fn from_raw(
+        raw: &RawSecAgg,
+        clients_per_round: usize,
+        strategy: &StrategySpec,
+        attack: bool,
+    ) -> Result<Self, ScenarioError> {
+        let invalid = |field: &str, message: String| ScenarioError::Invalid { field: field.into(), message };
+        let positive = |field: &str, v: Option<i64>| -> Result<Option<usize>, ScenarioError> {
+            v.map(|v| usize::try_from(v).map_err(|_| invalid(field, format!("must be ≥ 0, got {v}")))).transpose()
+        };
+        let u = raw.unmasking_dropout.unwrap_or(0.0);
+        if !(u.is_finite() && (0.0..1.0).contains(&u)) {
+            return Err(invalid("secagg.unmasking_dropout", format!("must be in [0, 1), got {u}")));
+        }
+        let settings = Self {
+            clip_range: raw.clip_range,
+            threshold: positive("secagg.threshold", raw.threshold)?,
+            neighbours: positive("secagg.neighbours", raw.neighbours)?,
+            unmasking_dropout: u,
+        };
+        // The vector length is only known once the model is built; 1 checks everything else.
+        settings.params(clients_per_round, 1)?;
+        strategy.check_secure_aggregation().map_err(|e| invalid(e.field, e.message))?;
+        if attack {
+            return Err(invalid("attack", "attacks are not simulated with [secagg]".into()));
+        }
+        Ok(settings)
+    }
+
+    /// The secagg parameters for rosters of up to `clients_per_round` clients and vectors of
+    /// `vector_len`: `neighbours`/`threshold` as given, else [`Params::recommended`]'s (with only
+    /// `neighbours` given, `t = k/2 + 1`). Errors name the scenario key.
+    pub fn params(&self, clients_per_round: usize, vector_len: usize) -> Result<Params, ScenarioError> {
+        let n = clients_per_round;
+        let result = match (self.neighbours, self.threshold) {
+            (None, None) => Params::recommended(n, vector_len, self.clip_range),
+            (k, t) => {
+                let rec_k = Params::recommended(n.max(3), 1, 1.0).map(|p| p.neighbours()).unwrap_or(2);
+                let k = k.unwrap_or(rec_k);
+                Params::new(n, t.unwrap_or(k / 2 + 1), k, vector_len, self.clip_range)
+            }
+        };
+        result.map_err(|e| {
+            let field = match e.name {
+                "n" => "clients_per_round",
+                "t" => "secagg.threshold",
+                "k" => "secagg.neighbours",
+                "clip_range" => "secagg.clip_range",
+                _ => "model",
+            };
+            ScenarioError::Invalid { field: field.into(), message: format!("secure aggregation: {}", e.reason) }
+        })
+    }
+}
+
+/// The secure-aggregation state of one round attempt.
+struct Attempt {
+    round: u64,
+    attempt: u32,
+    server: Server,
+    clients: BTreeMap<ClientId, Client>,
+    /// The current stage's server→client message per client, as sent over the wire.
+    payloads: BTreeMap<ClientId, Vec<u8>>,
+    /// Set when the secagg server failed; the attempt's remaining tasks are not carried out.
+    failed: bool,
+}
+
+/// Something the driver must feed the machine after the current batch of actions.
+enum Followup {
+    Aggregated { round: u64, attempt: u32, sum: Vec<f64>, contributors: usize },
+    Failed { round: u64, attempt: u32, reason: String },
+}
+
+/// A client's 32-byte secret seed: derived from the scenario seed (the simulator is deterministic;
+/// a real client draws it from the operating system).
+fn client_seed(scenario_seed: u64, client: ClientId, round_id: u64) -> [u8; 32] {
+    let mut rng = ChaCha8Rng::seed_from_u64(scenario_seed ^ 0x5EC_C11E_u64 ^ client.0.rotate_left(29) ^ round_id.rotate_left(7));
+    let mut seed = [0u8; 32];
+    for chunk in seed.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.random::<u64>().to_le_bytes());
+    }
+    seed
+}
+
+fn graph_seed(attempt_seed: u64) -> [u8; 32] {
+    let mut rng = ChaCha8Rng::seed_from_u64(attempt_seed);
+    let mut seed = [0u8; 32];
+    for chunk in seed.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.random::<u64>().to_le_bytes());
+    }
+    seed
+}
+
+fn bug(what: impl std::fmt::Display) -> SimError {
+    SimError::JobFailed(format!("secure aggregation: {what}"))
+}
+
+/// Runs a scenario with `[secagg]`; called by [`crate::engine::run_prepared`].
+pub(crate) fn run_prepared(
+    scenario: &Scenario,
+    sa: &SecAggSettings,
+    prepared: &Prepared,
+    observe: &mut dyn FnMut(&SimEvent),
+) -> Result<SimOutcome, SimError> {
+    let started = Instant::now();
+    let train = &prepared.data.train;
+    let test = &prepared.data.test;
+    let spec = ModelSpec { kind: scenario.model.kind, input_shape: train.feature_shape.clone(), num_classes: train.num_classes };
+    let threads = match scenario.simulation.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(scenario.clients_per_round.max(1));
+    let mut trainers: Vec<Box<dyn flotilla_ml::Trainer>> =
+        (0..threads).map(|_| flotilla_ml::build(&spec, scenario.seed)).collect::<Result<_, _>>()?;
+    let layout = trainers[0].layout().clone();
+    let initial = trainers[0].parameters();
+    let test_idx: Vec<u32> = (0..test.len() as u32).collect();
+    let test_view = samples(test, &test_idx);
+    let init_eval = trainers[0].evaluate(&test_view)?;
+    observe(&SimEvent::Started {
+        train_samples: train.len(),
+        test_samples: test.len(),
+        num_params: layout.len(),
+        initial_accuracy: init_eval.accuracy,
+    });
+    let params = sa.params(scenario.clients_per_round, layout.len())?;
+    let mut machine =
+        RoundMachine::with_strategy(round_policy(scenario), layout.clone(), initial, scenario.seed, scenario.strategy.clone())?;
+
+    let mut drop_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
+    let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
+    let mut timer_seq = 0u64;
+    let mut pending: Vec<(ClientId, Task)> = Vec::new();
+    let mut followups: VecDeque<Followup> = VecDeque::new();
+    let mut current: Option<Attempt> = None;
+    let mut history = Vec::new();
+    let (mut abandoned, mut late_reports) = (0u64, 0u64);
+    let mut last_eval = (init_eval.accuracy, init_eval.loss);
+    let mut now = 0u64;
+    let mut finished = false;
+
+    // Carries out the machine's actions. Returns whether the attempt ended (commit or abandon), so
+    // the simulated clients check in again.
+    let mut apply = |actions: Vec<Action>,
+                     machine: &RoundMachine,
+                     trainers: &mut [Box<dyn flotilla_ml::Trainer>],
+                     current: &mut Option<Attempt>,
+                     pending: &mut Vec<(ClientId, Task)>,
+                     timers: &mut BTreeMap<(u64, u64), Timer>,
+                     followups: &mut VecDeque<Followup>,
+                     finished: &mut bool|
+     -> Result<bool, SimError> {
+        let mut ended = false;
+        for a in actions {
+            match a {
+                Action::Configure { client, task } => {
+                    if task.stage == 0 && current.as_ref().is_none_or(|c| (c.round, c.attempt) != (task.round, task.attempt)) {
+                        let rid = flotilla_secagg::round_id(task.round, task.attempt);
+                        *current = Some(Attempt {
+                            round: task.round,
+                            attempt: task.attempt,
+                            server: Server::new(params, rid, graph_seed(machine.attempt_seed())),
+                            clients: BTreeMap::new(),
+                            payloads: BTreeMap::new(),
+                            failed: false,
+                        });
+                    }
+                    match current {
+                        Some(c) if (c.round, c.attempt) == (task.round, task.attempt) && !c.failed => {
+                            pending.push((client, task))
+                        }
+                        _ => {}
+                    }
+                }
+                Action::SetTimer { timer, at_ms } => {
+                    timer_seq += 1;
+                    timers.insert((at_ms, timer_seq), timer);
+                }
+                Action::StageClosed { round, attempt, stage, survivors, .. } => {
+                    let Some(c) = current.as_mut().filter(|c| (c.round, c.attempt) == (round, attempt)) else {
+                        return Err(bug(format!("stage {stage} of round {round} attempt {attempt} closed without its server")));
+                    };
+                    let payloads: Result<BTreeMap<ClientId, Vec<u8>>, flotilla_secagg::RoundError> = match stage {
+                        0 => c.server.close_advertise().map(|r| {
+                            let bytes = ServerMessage::Roster(r).to_bytes();
+                            survivors.iter().map(|s| (*s, bytes.clone())).collect()
+                        }),
+                        1 => c.server.close_share_keys().map(|b| {
+                            b.into_iter().map(|(id, b)| (ClientId(id.0), ServerMessage::Shares(b).to_bytes())).collect()
+                        }),
+                        2 => c.server.close_masked_input().map(|r| {
+                            r.into_iter().map(|(id, r)| (ClientId(id.0), ServerMessage::UnmaskRequest(r).to_bytes())).collect()
+                        }),
+                        _ => return Err(bug(format!("unexpected StageClosed for stage {stage}"))),
+                    };
+                    match payloads {
+                        Ok(p) => c.payloads = p,
+                        Err(e) => {
+                            c.failed = true;
+                            followups.push_back(Followup::Failed { round, attempt, reason: e.to_string() });
+                        }
+                    }
+                }
+                Action::Finalize { round, attempt, contributors } => {
+                    let Some(c) = current.as_mut().filter(|c| (c.round, c.attempt) == (round, attempt)) else {
+                        return Err(bug(format!("round {round} attempt {attempt} finalized without its server")));
+                    };
+                    match c.server.finish() {
+                        Ok(agg) => {
+                            let theirs: Vec<u64> = agg.contributors.iter().map(|c| c.0).collect();
+                            let ours: Vec<u64> = contributors.iter().map(|c| c.0).collect();
+                            if theirs != ours {
+                                followups.push_back(Followup::Failed {
+                                    round,
+                                    attempt,
+                                    reason: format!("the secagg sum covers {theirs:?}, the machine's contributors are {ours:?}"),
+                                });
+                            } else {
+                                let n = agg.contributors.len();
+                                followups.push_back(Followup::Aggregated { round, attempt, sum: agg.sum, contributors: n });
+                            }
+                        }
+                        Err(e) => followups.push_back(Followup::Failed { round, attempt, reason: e.to_string() }),
+                    }
+                }
+                Action::Commit(info) => {
+                    let record = evaluate_commit(scenario, &info, machine, trainers, &test_view, None, started)?;
+                    if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
+                        last_eval = (a, l);
+                    }
+                    observe(&SimEvent::Round(record.clone()));
+                    history.push(record);
+                    ended = true;
+                }
+                Action::RoundAbandoned { round, attempt, reports, needed, .. } => {
+                    abandoned += 1;
+                    observe(&SimEvent::RoundAbandoned { round, attempt, reports, needed });
+                    ended = true;
+                }
+                Action::JobFinished => *finished = true,
+                Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
+                Action::RetryAfter { .. } | Action::Accepted { .. } => {}
+                Action::Reject { client, reason } => {
+                    return Err(bug(format!("simulated {client} was refused after a successful check: {reason}")));
+                }
+            }
+        }
+        Ok(ended)
+    };
+
+    // Feeds `event`, carries out what follows, and lets every client check in again once an attempt
+    // ended (they are all available for the next one).
+    macro_rules! feed {
+        ($event:expr) => {{
+            let acts = machine.handle(now, $event);
+            let ended = apply(acts, &machine, &mut trainers, &mut current, &mut pending, &mut timers, &mut followups, &mut finished)?;
+            if ended && !finished {
+                for c in 0..scenario.clients as u64 {
+                    let acts = machine.handle(now, Event::CheckIn { client: ClientId(c) });
+                    apply(acts, &machine, &mut trainers, &mut current, &mut pending, &mut timers, &mut followups, &mut finished)?;
+                }
+            }
+        }};
+    }
+
+    for c in 0..scenario.clients as u64 {
+        feed!(Event::CheckIn { client: ClientId(c) });
+    }
+    while !finished {
+        if let Some(f) = followups.pop_front() {
+            match f {
+                Followup::Aggregated { round, attempt, sum, contributors } => {
+                    feed!(Event::Aggregated { round, attempt, sum: &sum, contributors })
+                }
+                Followup::Failed { round, attempt, reason } => feed!(Event::AggregationFailed { round, attempt, reason }),
+            }
+        } else if !pending.is_empty() {
+            let cohort = std::mem::take(&mut pending);
+            now += 1;
+            let Some(att) = current.as_mut() else { return Err(bug("tasks without a round attempt")) };
+            let stage = cohort[0].1.stage;
+            if cohort.iter().any(|(_, t)| t.stage != stage) {
+                return Err(bug("one batch of tasks spans two stages"));
+            }
+            let rid = flotilla_secagg::round_id(att.round, att.attempt);
+            // (client, task, message, samples, loss) to submit, in cohort order; and who vanished.
+            let mut out: Vec<(ClientId, Task, ClientMessage, u64, f64)> = Vec::new();
+            let mut lost: Vec<ClientId> = Vec::new();
+            let payload = |att: &Attempt, id: ClientId| -> Result<ServerMessage, SimError> {
+                let bytes = att.payloads.get(&id).ok_or_else(|| bug(format!("no payload for {id} at stage {stage}")))?;
+                ServerMessage::from_bytes(bytes, &params).map_err(bug)
+            };
+            match stage {
+                0 => {
+                    for (id, task) in &cohort {
+                        let client = Client::new(params, flotilla_secagg::ClientId(id.0), rid, client_seed(scenario.seed, *id, rid));
+                        out.push((*id, task.clone(), ClientMessage::AdvertiseKeys(client.advertise()), 0, 0.0));
+                        att.clients.insert(*id, client);
+                    }
+                }
+                1 => {
+                    for (id, task) in &cohort {
+                        let ServerMessage::Roster(r) = payload(att, *id)? else { return Err(bug("expected a roster")) };
+                        let c = att.clients.get_mut(id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
+                        out.push((*id, task.clone(), ClientMessage::ShareKeys(c.handle_roster(&r).map_err(bug)?), 0, 0.0));
+                    }
+                }
+                2 => {
+                    let mut work = Vec::new();
+                    for (id, task) in &cohort {
+                        if drop_rng.random_bool(scenario.round.dropout) {
+                            lost.push(*id);
+                            continue;
+                        }
+                        let ServerMessage::Shares(b) = payload(att, *id)? else { return Err(bug("expected shares")) };
+                        let c = att.clients.get_mut(id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
+                        c.handle_shares(&b).map_err(bug)?;
+                        work.push((*id, task.clone()));
+                    }
+                    let jobs: Vec<ClientJob<'_>> =
+                        work.iter().map(|(c, t)| ClientJob { client: *c, seed: t.seed, data: train, correction: None }).collect();
+                    let mu = machine.strategy().client_directive().proximal_mu as f32;
+                    let results = train_cohort(scenario, prepared, machine.global(), mu, &jobs, &mut trainers)?;
+                    for ((id, task), (new, report)) in work.into_iter().zip(results) {
+                        let delta: Vec<f32> = new.iter().zip(machine.global()).map(|(n, g)| n - g).collect();
+                        let c = att.clients.get_mut(&id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
+                        let m = c.masked_input(&delta).map_err(bug)?;
+                        out.push((id, task, ClientMessage::MaskedInput(m), report.num_samples as u64, report.mean_loss));
+                    }
+                }
+                3 => {
+                    for (id, task) in &cohort {
+                        // Sent its masked input, then vanished.
+                        if drop_rng.random_bool(sa.unmasking_dropout) {
+                            lost.push(*id);
+                            continue;
+                        }
+                        let ServerMessage::UnmaskRequest(r) = payload(att, *id)? else { return Err(bug("expected a request")) };
+                        let c = att.clients.get_mut(id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
+                        out.push((*id, task.clone(), ClientMessage::Unmask(c.handle_unmask(&r).map_err(bug)?), 0, 0.0));
+                    }
+                }
+                s => return Err(bug(format!("no stage {s}"))),
+            }
+            for (id, task, msg, n, loss) in out {
+                match machine.check_stage_report(id, task.round, task.attempt, task.stage, n) {
+                    Ok(()) => {}
+                    // Over-selected clients after the stage filled up (and closed), or an attempt that ended.
+                    Err(
+                        RejectReason::RoundFull
+                        | RejectReason::NotAccepting(_)
+                        | RejectReason::WrongRound { .. }
+                        | RejectReason::WrongStage { .. },
+                    ) => {
+                        late_reports += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(bug(format!("simulated {id} would be refused: {e}"))),
+                }
+                let Some(att) = current.as_mut().filter(|a| (a.round, a.attempt) == (task.round, task.attempt)) else {
+                    late_reports += 1;
+                    continue;
+                };
+                att.server
+                    .receive(flotilla_secagg::ClientId(id.0), &msg.to_bytes())
+                    .map_err(|e| bug(format!("the secagg server refused simulated {id}: {e}")))?;
+                feed!(Event::StageReport {
+                    client: id,
+                    round: task.round,
+                    attempt: task.attempt,
+                    stage: task.stage,
+                    num_samples: n,
+                    metrics: ReportMetrics { train_loss: loss },
+                });
+            }
+            for id in lost {
+                feed!(Event::ClientLost { client: id });
+            }
+        } else if let Some(((at, _), timer)) = timers.pop_first() {
+            now = now.max(at);
+            feed!(Event::TimerFired(timer));
+        } else {
+            return Err(SimError::JobFailed("simulation stalled: no work and no timer pending".into()));
+        }
+    }
+
+    let final_params = machine.global().to_vec();
+    Ok(SimOutcome {
+        final_backdoor_success: None,
+        attackers: Vec::new(),
+        model_sha256: params_sha256(&final_params),
+        initial_accuracy: init_eval.accuracy,
+        final_accuracy: last_eval.0,
+        final_loss: last_eval.1,
+        history,
+        final_params,
+        layout,
+        abandoned_attempts: abandoned,
+        late_reports,
+        train_samples: train.len(),
+        test_samples: test.len(),
+    })
+}
