@@ -19,7 +19,7 @@ use crate::config::{ClientConfig, error_chain};
 use crate::credential::StoredCredential;
 use crate::error::{ClientError, RunError};
 use crate::scaffold::ControlStore;
-use crate::trainer::{LocalTrainer, ModelDescription, TaskInfo, TrainOutcome, TrainingConfig};
+use crate::trainer::{BoxError, LocalTrainer, ModelDescription, TaskInfo, TrainOutcome, TrainingConfig};
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
 mod secagg;
@@ -537,25 +537,8 @@ impl Session<'_> {
             },
         };
 
-        let Some(mut trainer) = self.trainer.take() else {
-            return Err(ClientError::TrainerPanicked("trainer missing".into()));
-        };
         let info = Arc::new(info);
-        let task_info = Arc::clone(&info);
-        let task_global = Arc::clone(&global);
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = trainer.train(&task_info, &task_global);
-            (trainer, r)
-        })
-        .await;
-        let outcome = match joined {
-            Ok((trainer, r)) => {
-                self.trainer = Some(trainer);
-                r
-            }
-            Err(e) => return Err(ClientError::TrainerPanicked(e.to_string())),
-        };
-        let outcome = match outcome {
+        let outcome = match self.train(&info, &global).await? {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(job = %info.job_id, round = info.round, error = %error_chain(e.as_ref()), "training failed; task abandoned");
@@ -604,6 +587,31 @@ impl Session<'_> {
             Done::Abandoned => self.pause_after_failed_task().await,
         }
         Ok(())
+    }
+
+    /// Runs the user's trainer on a blocking thread. The outer error is fatal (the trainer
+    /// panicked); the inner one is the trainer's own failure, which abandons only this task.
+    async fn train(
+        &mut self,
+        info: &Arc<TaskInfo>,
+        global: &Arc<Vec<f32>>,
+    ) -> Result<Result<TrainOutcome, BoxError>, ClientError> {
+        let Some(mut trainer) = self.trainer.take() else {
+            return Err(ClientError::TrainerPanicked("trainer missing".into()));
+        };
+        let (info, global) = (Arc::clone(info), Arc::clone(global));
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = trainer.train(&info, &global);
+            (trainer, r)
+        })
+        .await;
+        match joined {
+            Ok((trainer, r)) => {
+                self.trainer = Some(trainer);
+                Ok(r)
+            }
+            Err(e) => Err(ClientError::TrainerPanicked(e.to_string())),
+        }
     }
 
     /// Downloads and verifies the task's model, resuming broken streams.

@@ -54,25 +54,8 @@ impl SecAggSpec {
     /// The secagg parameters for rosters of up to `clients_per_round` and vectors of `vector_len`.
     /// Errors name the job-spec key.
     pub fn params(&self, clients_per_round: usize, vector_len: usize) -> Result<Params, SpecError> {
-        let n = clients_per_round;
-        let result = match (self.neighbours, self.threshold) {
-            (None, None) => Params::recommended(n, vector_len, self.clip_range),
-            (k, t) => {
-                let rec_k = Params::recommended(n.max(3), 1, 1.0).map(|p| p.neighbours()).unwrap_or(2);
-                let k = k.unwrap_or(rec_k);
-                Params::new(n, t.unwrap_or(k / 2 + 1), k, vector_len, self.clip_range)
-            }
-        };
-        result.map_err(|e| {
-            let field = match e.name {
-                "n" => "clients_per_round",
-                "t" => "secagg.threshold",
-                "k" => "secagg.neighbours",
-                "clip_range" => "secagg.clip_range",
-                _ => "model",
-            };
-            SpecError::new(field, format!("secure aggregation: {}", e.reason))
-        })
+        Params::configured(clients_per_round, vector_len, self.clip_range, self.neighbours, self.threshold)
+            .map_err(|e| SpecError::new(e.config_key(), format!("secure aggregation: {}", e.reason)))
     }
 }
 

@@ -101,25 +101,8 @@ impl SecAggSettings {
     /// `vector_len`: `neighbours`/`threshold` as given, else [`Params::recommended`]'s (with only
     /// `neighbours` given, `t = k/2 + 1`). Errors name the scenario key.
     pub fn params(&self, clients_per_round: usize, vector_len: usize) -> Result<Params, ScenarioError> {
-        let n = clients_per_round;
-        let result = match (self.neighbours, self.threshold) {
-            (None, None) => Params::recommended(n, vector_len, self.clip_range),
-            (k, t) => {
-                let rec_k = Params::recommended(n.max(3), 1, 1.0).map(|p| p.neighbours()).unwrap_or(2);
-                let k = k.unwrap_or(rec_k);
-                Params::new(n, t.unwrap_or(k / 2 + 1), k, vector_len, self.clip_range)
-            }
-        };
-        result.map_err(|e| {
-            let field = match e.name {
-                "n" => "clients_per_round",
-                "t" => "secagg.threshold",
-                "k" => "secagg.neighbours",
-                "clip_range" => "secagg.clip_range",
-                _ => "model",
-            };
-            ScenarioError::Invalid { field: field.into(), message: format!("secure aggregation: {}", e.reason) }
-        })
+        Params::configured(clients_per_round, vector_len, self.clip_range, self.neighbours, self.threshold)
+            .map_err(|e| ScenarioError::Invalid { field: e.config_key().into(), message: format!("secure aggregation: {}", e.reason) })
     }
 }
 

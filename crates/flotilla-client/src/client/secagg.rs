@@ -200,31 +200,14 @@ impl Session<'_> {
             return self.skip_secagg(&task, &e.to_string()).await;
         }
         let global = match self.download(bearer, &task, v1::ModelPart::Global, receiver, deadline).await? {
-            Done::Ok(p) => p,
+            Done::Ok(p) => Arc::new(p),
             Done::Abandoned => {
                 self.pause_after_failed_task().await;
                 return Ok(());
             }
         };
-        let Some(mut trainer) = self.trainer.take() else {
-            return Err(ClientError::TrainerPanicked("trainer missing".into()));
-        };
         let info = Arc::new(info);
-        let task_info = Arc::clone(&info);
-        let g = global.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = trainer.train(&task_info, &g);
-            (trainer, r)
-        })
-        .await;
-        let outcome = match joined {
-            Ok((trainer, r)) => {
-                self.trainer = Some(trainer);
-                r
-            }
-            Err(e) => return Err(ClientError::TrainerPanicked(e.to_string())),
-        };
-        let outcome = match outcome {
+        let outcome = match self.train(&info, &global).await? {
             Ok(o) => o,
             Err(e) => return self.skip_secagg(&task, &format!("training failed: {e}")).await,
         };
