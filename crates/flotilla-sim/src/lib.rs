@@ -6,6 +6,7 @@
 pub mod attack;
 pub mod engine;
 pub mod error;
+pub mod privacy;
 pub mod scenario;
 
 pub use engine::{prepare, round_policy, run, run_prepared, Prepared, RoundRecord, SimEvent, SimOutcome};

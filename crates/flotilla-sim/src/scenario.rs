@@ -8,6 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use flotilla_core::round::RoundPolicy;
+use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::{DatasetName, PartitionSpec};
 use flotilla_ml::ModelKind;
@@ -46,6 +47,8 @@ pub struct Scenario {
     pub strategy: StrategySpec,
     /// Simulated attackers (`[attack]`), if any.
     pub attack: Option<AttackSettings>,
+    /// Differential privacy (`[privacy]`), if any; the mechanism is also in `strategy.dp`.
+    pub privacy: Option<PrivacySpec>,
 }
 
 /// What malicious clients do.
@@ -172,6 +175,7 @@ struct RawScenario {
     simulation: Option<RawSimulation>,
     strategy: Option<StrategyConfig>,
     attack: Option<RawAttack>,
+    privacy: Option<PrivacyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,6 +432,12 @@ impl Scenario {
             None => StrategySpec::fedavg(),
             Some(c) => StrategySpec::from_config(c, min_reports).map_err(|e| invalid(e.field, e.message))?,
         };
+        let policy = RoundPolicy {
+            over_selection: round.over_selection,
+            min_report_fraction: round.min_report_fraction,
+            ..RoundPolicy::new(rounds, clients_per_round)
+        };
+        let (strategy, privacy) = crate::privacy::configure(r.privacy.as_ref(), strategy, &policy)?;
         let attack = match &r.attack {
             None => None,
             Some(a) => Some(parse_attack(a, dataset)?),
@@ -450,6 +460,7 @@ impl Scenario {
             simulation,
             strategy,
             attack,
+            privacy,
         })
     }
 }
