@@ -6,6 +6,7 @@
 use std::str::FromStr;
 
 use flotilla_core::round::{RoundPolicy, StageKind};
+use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::DatasetName;
 use flotilla_ml::{ModelKind, ModelSpec};
@@ -23,7 +24,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
 }
@@ -49,6 +50,7 @@ struct RawSpec {
     eligibility: Option<RawEligibility>,
     evaluation: Option<RawEvaluation>,
     strategy: Option<StrategyConfig>,
+    privacy: Option<PrivacyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +150,9 @@ pub struct JobSpec {
     /// How reports are aggregated (`[strategy]`; FedAvg when absent).
     #[serde(default = "StrategySpec::fedavg")]
     pub strategy: StrategySpec,
+    /// Differential privacy (`[privacy]`, central DP-FedAvg); the mechanism is also in `strategy.dp`.
+    #[serde(default)]
+    pub privacy: Option<PrivacySpec>,
 }
 
 fn need<T>(v: Option<T>, field: &str) -> Result<T, SpecError> {
@@ -283,6 +288,12 @@ impl JobSpec {
                 s
             }
         };
+        let dp_policy = RoundPolicy {
+            over_selection: raw.over_selection.unwrap_or(1.0),
+            min_report_fraction: raw.min_report_fraction.unwrap_or(0.8),
+            ..RoundPolicy::new(rounds, clients_per_round)
+        };
+        let (strategy, privacy) = crate::privacy::configure(raw.privacy.as_ref(), strategy, &dp_policy)?;
         let spec = JobSpec {
             name,
             tenant,
@@ -302,6 +313,7 @@ impl JobSpec {
             min_samples,
             evaluation_dataset,
             strategy,
+            privacy,
         };
         spec.policy().validate().map_err(|e| {
             let field = match e.field {
