@@ -156,16 +156,29 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
         history
             .iter()
             .map(|r| {
-                json!({
+                let mut e = json!({
                     "round": r.round,
                     "attempt": r.attempt,
                     "participants": r.participants.iter().map(|c| c.0).collect::<Vec<_>>(),
                     "metrics": r.metrics,
                     "committed_at_ms": r.committed_at_ms,
-                })
+                });
+                if let Some(eps) = r.metrics["privacy"]["epsilon_spent"].as_f64() {
+                    e["epsilon_spent"] = json!(eps);
+                    e["delta"] = r.metrics["privacy"]["delta"].clone();
+                }
+                e
             })
             .collect(),
     );
+    if let Some(p) = st.shared.privacy.status(&job, history.last().map(|r| &r.metrics)) {
+        out["epsilon_spent"] = p["epsilon_spent"].clone();
+        out["delta"] = p["delta"].clone();
+        if !p["stopped_reason"].is_null() {
+            out["stopped_reason"] = p["stopped_reason"].clone();
+        }
+        out["privacy"] = p;
+    }
     if let Some(rt) = st.shared.job(&id.0.to_string()) {
         let inner = rt.inner.lock().await;
         let (round, attempt) = inner.machine.current_round();

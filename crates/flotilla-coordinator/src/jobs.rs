@@ -157,6 +157,8 @@ pub(crate) struct Shared {
     pub credentials: crate::auth_cache::CredentialCache,
     /// Lifetime of the credentials `Enroll` issues.
     pub credential_ttl: Duration,
+    /// Differential-privacy accountants and budgets of jobs and tenants.
+    pub privacy: crate::privacy::PrivacyBook,
 }
 
 /// Store operations are retried this many times on infrastructure errors.
@@ -319,6 +321,13 @@ impl Shared {
                     }
                     Metrics::inc(&self.metrics.rounds_committed);
                     tracing::info!(job = job.id.0, round = info.round, participants = info.participants.len(), "round committed");
+                    // The next round is admitted (and charged) by the privacy budgets before any
+                    // client is configured for it; a refusal ends the job here.
+                    if let Err(why) = self.privacy.admit_next(&self.store, job.id, &job.spec, info.round).await {
+                        self.stop_for_privacy(job, inner, why).await;
+                        out.task = None;
+                        return;
+                    }
                 }
                 Action::RoundAbandoned { round, attempt, reports, needed, reason } => {
                     Metrics::inc(&self.metrics.rounds_abandoned);
@@ -386,6 +395,9 @@ impl Shared {
             "train_loss": if info.train_loss.is_finite() { serde_json::json!(info.train_loss) } else { serde_json::Value::Null },
             "model_sha256": flotilla_core::params_sha256(&params),
         });
+        if let Some(p) = self.privacy.round_metrics(job.id, &job.spec, info.round, info.dp.as_ref()) {
+            metrics["privacy"] = p;
+        }
         if !info.quarantined.is_empty() {
             // Robust strategies record whom they left out and why; operators see it in job status.
             metrics["quarantined"] = serde_json::json!(info.quarantined);
@@ -433,6 +445,17 @@ impl Shared {
         let round = info.round;
         inner.accepted.retain(|k, _| k.0 >= round);
         Ok(())
+    }
+
+    /// Ends a job whose next round the privacy budget refused: `failed` (the store reaches
+    /// `completed` only through the last round), with the reason in its status.
+    async fn stop_for_privacy(&self, job: &JobRuntime, inner: &mut JobInner, why: String) {
+        tracing::warn!(job = job.id.0, reason = %why, "job stopped by its privacy budget");
+        if let Err(e) = self.store.set_job_state(job.id, JobState::Failed).await {
+            tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
+        }
+        inner.halted = Some(why);
+        self.remove_job(job.id.0);
     }
 
     /// A committed model version of a job: from memory, else from the blob store.
@@ -541,7 +564,7 @@ impl Shared {
         .await
         .map_err(|e| SubmitError::Internal(e.to_string()))??;
         // Build the machine before storing anything, so an invalid job leaves no trace.
-        let machine = RoundMachine::with_strategy(
+        let mut machine = RoundMachine::with_strategy(
             spec.policy(),
             prepared.layout.clone(),
             prepared.initial.clone(),
@@ -549,6 +572,15 @@ impl Shared {
             spec.strategy.clone(),
         )
             .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        if spec.privacy.is_some() {
+            // The central noise must not be reproducible from the job seed (clients can recover it
+            // from their task seeds): a fresh secret key, kept in the machine snapshot.
+            let mut key = [0u8; 32];
+            rand::Rng::fill_bytes(&mut rand::rng(), &mut key);
+            machine.set_noise_key(key);
+        }
+        // A job whose first round would already exceed its own or its tenant's budget is refused.
+        self.privacy.check_new(&self.store, &spec).await.map_err(SubmitError::Invalid)?;
         let spec_json = serde_json::to_value(&spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
         let id = self
             .store
@@ -558,6 +590,11 @@ impl Shared {
                 StoreError::InvalidArgument(m) => SubmitError::Invalid(m),
                 e => SubmitError::Internal(e.to_string()),
             })?;
+        if let Err(why) = self.privacy.register(&self.store, id, &spec).await {
+            // Another job of the tenant took the budget in the meantime.
+            let _ = self.store.set_job_state(id, JobState::Failed).await;
+            return Err(SubmitError::Invalid(why));
+        }
         self.store.set_job_state(id, JobState::Running).await.map_err(|e| SubmitError::Internal(e.to_string()))?;
         let rt = self.runtime(id, spec, prepared, Some(machine)).map_err(SubmitError::Internal)?;
         self.insert_job(rt);

@@ -27,6 +27,7 @@ mod error;
 mod jobs;
 mod metrics;
 pub mod secagg_round;
+mod privacy;
 mod service;
 pub mod spec;
 mod tls;
@@ -46,6 +47,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub use error::CoordinatorError;
 pub use metrics::MetricsSnapshot;
+pub use privacy::TenantPrivacy;
 pub use spec::{JobSpec, SpecError};
 pub use tls::{DevCerts, write_dev_certs};
 
@@ -120,6 +122,9 @@ pub struct ServerConfig {
     /// days). Once it has expired every call with it fails with `UNAUTHENTICATED` ("credential
     /// expired; enroll again") and the client must enroll again with an enrollment token.
     pub credential_ttl: Duration,
+    /// A differential-privacy budget every tenant's DP jobs share (`--tenant-epsilon-budget`,
+    /// `--tenant-delta`); none: only each job's own `[privacy] max_epsilon` applies.
+    pub tenant_privacy: Option<TenantPrivacy>,
 }
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
@@ -142,6 +147,7 @@ impl ServerConfig {
             admin_token: admin_token.into(),
             limits: Limits::default(),
             credential_ttl: DEFAULT_CREDENTIAL_TTL,
+            tenant_privacy: None,
         }
     }
 }
@@ -209,6 +215,8 @@ impl Server {
         if let Some(url) = &config.blob_url {
             store_cfg.blob_url = url.clone();
         }
+        let privacy = privacy::PrivacyBook::new(config.tenant_privacy)
+            .map_err(|e| CoordinatorError::Config(format!("tenant privacy budget: {e}")))?;
         let store = Store::open(&store_cfg).await?;
         let data_dir = match std::env::var_os("FLOTILLA_DATA_DIR") {
             Some(d) if !d.is_empty() => PathBuf::from(d),
@@ -228,7 +236,10 @@ impl Server {
             rotate: Default::default(),
             credentials: Default::default(),
             credential_ttl: config.credential_ttl,
+            privacy,
         });
+        // Privacy spend is rebuilt from the committed rounds before any job resumes.
+        shared.privacy.rebuild(&shared.store).await?;
         let n = shared.recover_jobs().await?;
         if n > 0 {
             tracing::info!(jobs = n, "resumed running jobs");

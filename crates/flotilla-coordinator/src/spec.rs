@@ -6,6 +6,7 @@
 use std::str::FromStr;
 
 use flotilla_core::round::{RoundPolicy, StageKind};
+use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::DatasetName;
 use flotilla_ml::{ModelKind, ModelSpec};
@@ -50,6 +51,7 @@ struct RawSpec {
     evaluation: Option<RawEvaluation>,
     strategy: Option<StrategyConfig>,
     secagg: Option<crate::secagg_round::SecAggSpec>,
+    privacy: Option<PrivacyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +155,9 @@ pub struct JobSpec {
     /// [`crate::secagg_round`].
     #[serde(default)]
     pub secagg: Option<crate::secagg_round::SecAggSpec>,
+    /// Differential privacy (`[privacy]`, central DP-FedAvg); the mechanism is also in `strategy.dp`.
+    #[serde(default)]
+    pub privacy: Option<PrivacySpec>,
 }
 
 fn need<T>(v: Option<T>, field: &str) -> Result<T, SpecError> {
@@ -280,6 +285,12 @@ impl JobSpec {
             // second download (`Task.server_control`); the client SDK implements both.
             Some(c) => StrategySpec::from_config(c, min_reports).map_err(|e| SpecError::new(e.field, e.message))?,
         };
+        let dp_policy = RoundPolicy {
+            over_selection: raw.over_selection.unwrap_or(1.0),
+            min_report_fraction: raw.min_report_fraction.unwrap_or(0.8),
+            ..RoundPolicy::new(rounds, clients_per_round)
+        };
+        let (strategy, privacy) = crate::privacy::configure(raw.privacy.as_ref(), strategy, &dp_policy)?;
         let spec = JobSpec {
             name,
             tenant,
@@ -300,6 +311,7 @@ impl JobSpec {
             evaluation_dataset,
             strategy,
             secagg: raw.secagg.clone(),
+            privacy,
         };
         if let Some(sa) = &spec.secagg {
             // The vector length is only known once the model is built; 1 checks everything else.

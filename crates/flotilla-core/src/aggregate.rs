@@ -39,6 +39,11 @@ impl FedAvg {
         self.count
     }
 
+    /// The running weighted sum `Σ wᵢ·xᵢ` (`f64`).
+    pub fn sum(&self) -> &[f64] {
+        &self.sum
+    }
+
     /// Sum of the weights folded in so far.
     pub fn total_weight(&self) -> f64 {
         self.total_weight

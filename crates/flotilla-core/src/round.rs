@@ -421,6 +421,9 @@ pub struct CommitInfo {
     /// Reporters the strategy left out of the aggregate (anomaly filter, Krum), with the reason.
     #[serde(default)]
     pub quarantined: Vec<Quarantined>,
+    /// Under `[privacy]`: the clip norm and noise of this round.
+    #[serde(default)]
+    pub dp: Option<crate::dp::DpRoundInfo>,
 }
 
 /// What the driver must do. Actions are returned in the order they must be carried out.
@@ -616,7 +619,10 @@ impl RoundMachine {
         if initial.iter().any(|v| !v.is_finite()) {
             return Err(ConfigError::new("initial_parameters", "must all be finite"));
         }
-        let strategy = Strategy::new(strategy, layout.len());
+        let mut strategy = Strategy::new(strategy, layout.len());
+        if strategy.spec().dp.is_some() {
+            strategy.set_noise_key(crate::dp::default_noise_key(seed));
+        }
         Ok(Self {
             policy,
             layout,
@@ -642,6 +648,14 @@ impl RoundMachine {
     /// The aggregation strategy, with its server state.
     pub fn strategy(&self) -> &Strategy {
         &self.strategy
+    }
+
+    /// Installs the secret key of the central DP noise (see [`Strategy::set_noise_key`]). The default
+    /// is derived from the job seed, which clients can recover from their task seeds: a networked
+    /// coordinator must call this with a key from OS entropy before the first round. The key is part
+    /// of the snapshot, so a restored machine draws the same noise.
+    pub fn set_noise_key(&mut self, key: [u8; 32]) {
+        self.strategy.set_noise_key(key);
     }
 
     /// The model's layout.
@@ -876,7 +890,7 @@ impl RoundMachine {
             cohort,
             reported: BTreeSet::new(),
             dropped: BTreeSet::new(),
-            aggregate: self.strategy.begin_round(),
+            aggregate: self.strategy.begin_round_at(self.round, self.attempt),
             loss_weighted,
             num_samples,
             contributors,
@@ -1161,6 +1175,7 @@ impl RoundMachine {
             num_samples,
             train_loss: loss_weighted / num_samples.max(1) as f64,
             quarantined: result.quarantined,
+            dp: result.dp,
         };
         out.push(Action::Commit(info));
         if self.committed >= self.policy.rounds {

@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::FedAvg;
+use crate::dp::{self, ClipRule, DpMode, DpRoundInfo, DpSpec};
 use crate::error::{AggregateError, ConfigError};
 use crate::robust;
 
@@ -120,6 +121,10 @@ pub struct StrategySpec {
     pub proximal_mu: f64,
     /// SCAFFOLD control variates: reports carry `Δcᵢ` after the parameters.
     pub scaffold: bool,
+    /// DP-FedAvg (`[privacy]`): clipping, unweighted sum, Gaussian noise, fixed denominator. Set with
+    /// [`StrategySpec::with_privacy`].
+    #[serde(default)]
+    pub dp: Option<DpSpec>,
 }
 
 /// The `[strategy]` table of scenario and job files, before validation. Every key but `name` is
@@ -200,7 +205,38 @@ impl StrategySpec {
             anomaly: None,
             proximal_mu: 0.0,
             scaffold: false,
+            dp: None,
         }
+    }
+
+    /// Adds DP-FedAvg to this strategy, refusing the combinations where its guarantee does not hold:
+    /// robust aggregators and the anomaly filter (whether a client counts, or how much, depends on the
+    /// other clients' updates, so one client's influence is no longer bounded by `C` over a fixed
+    /// denominator), SCAFFOLD (the control variates would be released without noise), and
+    /// `clip_norm`/`norm_bound` (DP sets its own clip norm in `[privacy]`). FedProx and the server
+    /// optimizers are post-processing or local, and are allowed.
+    pub fn with_privacy(mut self, dp: DpSpec) -> Result<Self, ConfigError> {
+        let refuse = |why: String| Err(ConfigError::new("privacy", why));
+        if !matches!(self.aggregator, Aggregator::Mean) {
+            return refuse(format!(
+                "differential privacy needs the mean aggregator; strategy `{}` is a robust rule whose per-client sensitivity is not bounded by the clip norm",
+                self.name
+            ));
+        }
+        if self.anomaly.is_some() {
+            return refuse("differential privacy cannot be combined with strategy.anomaly (which clients count would depend on the others' updates)".into());
+        }
+        if self.scaffold {
+            return refuse("differential privacy cannot be combined with scaffold (its control variates would be released without noise)".into());
+        }
+        if self.clip_norm.is_some() {
+            return refuse(format!(
+                "strategy `{}` sets clip_norm/max_norm; under differential privacy the clip norm is privacy.clip_norm (remove it from [strategy])",
+                self.name
+            ));
+        }
+        self.dp = Some(dp);
+        Ok(self)
     }
 
     /// Validates `cfg` for a round that aggregates at least `min_reports` reports (Krum needs
@@ -355,6 +391,15 @@ impl StrategySpec {
                 format!("the anomaly filter compares individual updates, but {sum_only}"),
             ));
         }
+        if self.dp.is_some() {
+            // Distributed DP (noise shares added by the clients before masking) is the right pairing;
+            // its client side exists (`dp::privatize_client_update`) but is not wired into secagg rounds.
+            return Err(ConfigError::new(
+                "privacy",
+                "[privacy] together with [secagg] is not supported yet (distributed DP over secure \
+                 aggregation is the next step); use one or the other",
+            ));
+        }
         if self.clip_norm.is_some() {
             let field = if self.name == "norm_bound" { "strategy.name" } else { "strategy.clip_norm" };
             return Err(ConfigError::new(
@@ -432,6 +477,12 @@ struct ServerState {
     control: Option<Vec<f32>>,
     /// SCAFFOLD: distinct clients that ever reported (the population `N` of the control update).
     population: BTreeSet<u64>,
+    /// DP: the current clip norm as `f64` bits (adaptive clipping moves it; bits so it restores exactly).
+    #[serde(default)]
+    dp_clip_bits: Option<u64>,
+    /// DP: the key of the central noise RNG (secret on a coordinator; see [`dp`]).
+    #[serde(default)]
+    noise_key: Option<[u8; 32]>,
 }
 
 /// A strategy with its server state. Lives inside the round machine.
@@ -461,6 +512,12 @@ pub struct RoundAggregate {
     /// SCAFFOLD: unweighted mean of the reported `Δcᵢ`.
     control: Option<FedAvg>,
     reporters: Vec<u64>,
+    /// DP: reports whose delta was within the clip norm.
+    #[serde(default)]
+    unclipped: u64,
+    /// DP: the (round, attempt) the noise of this aggregate is drawn for.
+    #[serde(default)]
+    noise_at: (u64, u32),
 }
 
 /// What a round's aggregation produced.
@@ -470,6 +527,8 @@ pub struct RoundResult {
     pub global: Vec<f32>,
     /// Clients left out by the anomaly filter or Krum's selection.
     pub quarantined: Vec<Quarantined>,
+    /// What the DP mechanism did, under `[privacy]`.
+    pub dp: Option<DpRoundInfo>,
 }
 
 /// Refuses NaN/±∞ in `values`, reporting the index as `offset + i` (the position in the report).
@@ -484,7 +543,20 @@ impl Strategy {
     /// A strategy for models of `dim` parameters.
     pub fn new(spec: StrategySpec, dim: usize) -> Self {
         let control = spec.scaffold.then(|| vec![0.0; dim]);
-        Self { spec, dim, state: ServerState { control, ..ServerState::default() } }
+        let dp_clip_bits = spec.dp.map(|d| d.initial_clip_norm().to_bits());
+        Self { spec, dim, state: ServerState { control, dp_clip_bits, ..ServerState::default() } }
+    }
+
+    /// Installs the key of the central DP noise RNG. Whoever knows it can remove the noise, so a
+    /// networked coordinator installs one from OS entropy; the round machine's default is derived
+    /// from the job seed ([`dp::default_noise_key`]), which is reproducible but not secret.
+    pub fn set_noise_key(&mut self, key: [u8; 32]) {
+        self.state.noise_key = Some(key);
+    }
+
+    /// DP: the clip norm the next round uses (moves under adaptive clipping).
+    pub fn dp_clip_norm(&self) -> Option<f64> {
+        self.state.dp_clip_bits.map(f64::from_bits)
     }
 
     /// The validated configuration.
@@ -502,16 +574,24 @@ impl Strategy {
         ClientDirective { proximal_mu: self.spec.proximal_mu, server_control: self.state.control.as_deref() }
     }
 
-    /// An empty collector for one round.
+    /// An empty collector for one round (DP noise drawn as for round 0, attempt 0).
     pub fn begin_round(&self) -> RoundAggregate {
+        self.begin_round_at(0, 0)
+    }
+
+    /// An empty collector for attempt `attempt` of round `round`; DP noise is drawn from
+    /// [`dp::noise_rng`]`(key, round, attempt)`.
+    pub fn begin_round_at(&self, round: u64, attempt: u32) -> RoundAggregate {
         let buffered = self.spec.buffers_updates();
-        let of_deltas = self.spec.clip_norm.is_some();
+        let of_deltas = self.spec.clip_norm.is_some() || self.spec.dp.is_some();
         RoundAggregate {
             stream: (!buffered).then(|| FedAvg::new(self.dim)),
             of_deltas,
             buffer: Vec::new(),
             control: self.spec.scaffold.then(|| FedAvg::new(self.dim)),
             reporters: Vec::new(),
+            unclipped: 0,
+            noise_at: (round, attempt),
         }
     }
 
@@ -544,10 +624,24 @@ impl Strategy {
                 if let Some(c) = self.spec.clip_norm {
                     robust::clip_to_norm(&mut delta, c);
                 }
+                // DP: clip to the current C (central mode; in distributed mode the client clipped and
+                // noised), and sum unweighted: one client moves the sum by at most C.
+                let mut unclipped = false;
+                let weight = match &self.spec.dp {
+                    Some(d) => {
+                        if d.mode == DpMode::Central {
+                            let c = self.dp_clip_norm().unwrap_or_else(|| d.initial_clip_norm());
+                            unclipped = !dp::clip_delta(&mut delta, c).clipped;
+                        }
+                        1.0
+                    }
+                    None => weight,
+                };
                 match stream {
                     Some(sum) => sum.accept(&delta, weight)?,
                     None => agg.buffer.push(Buffered { client, weight, delta }),
                 }
+                agg.unclipped += u64::from(unclipped);
             }
         }
         if let Some(c) = &mut agg.control {
@@ -565,7 +659,13 @@ impl Strategy {
     pub fn finish(&mut self, agg: &RoundAggregate, global: &[f32]) -> Result<RoundResult, AggregateError> {
         let mut quarantined = Vec::new();
         let mut state = self.state.clone();
+        let mut dp_info = None;
         let new_global = match &agg.stream {
+            Some(sum) if self.spec.dp.is_some() => {
+                let (delta, info) = self.dp_delta(&mut state, agg, sum)?;
+                dp_info = Some(info);
+                self.step(&mut state, global, &delta)
+            }
             // Plain FedAvg: the weighted mean of the parameters *is* the new model; skip the round
             // trip through a delta so results are bit-identical to the fold.
             Some(sum) if !agg.of_deltas && self.plain_fedavg() => sum.finish()?,
@@ -593,7 +693,35 @@ impl Strategy {
             }
         }
         self.state = state;
-        Ok(RoundResult { global: new_global, quarantined })
+        Ok(RoundResult { global: new_global, quarantined, dp: dp_info })
+    }
+
+    /// DP-FedAvg's aggregate: the unweighted sum of clipped deltas, plus `N(0, (zC)²)` in central
+    /// mode, over the fixed denominator `m`; moves the adaptive clip norm in `state`.
+    fn dp_delta(&self, state: &mut ServerState, agg: &RoundAggregate, sum: &FedAvg) -> Result<(Vec<f32>, DpRoundInfo), AggregateError> {
+        let Some(d) = &self.spec.dp else { return Err(AggregateError::Empty) };
+        if sum.count() == 0 {
+            return Err(AggregateError::Empty);
+        }
+        let mut total: Vec<f64> = sum.sum().to_vec();
+        let clip = state.dp_clip_bits.map_or_else(|| d.initial_clip_norm(), f64::from_bits);
+        let reports = sum.count() as u64;
+        let mut info = DpRoundInfo { clip_norm: clip, noise_std: 0.0, unclipped: agg.unclipped, reports, next_clip_norm: clip };
+        if d.mode == DpMode::Central {
+            // Validated at load; a failure here would mean a corrupted snapshot.
+            let z = d.update_noise_multiplier().map_err(|_| AggregateError::Empty)?;
+            let key = state.noise_key.unwrap_or_else(|| dp::default_noise_key(0));
+            let mut rng = dp::noise_rng(&key, agg.noise_at.0, agg.noise_at.1);
+            info.noise_std = z * clip;
+            dp::add_gaussian_noise(&mut total, info.noise_std, &mut rng);
+            if matches!(d.clip, ClipRule::Adaptive { .. }) {
+                let (next, _) = dp::adaptive_clip_step(clip, agg.unclipped, reports, d, &mut rng);
+                state.dp_clip_bits = Some(next.to_bits());
+                info.next_clip_norm = next;
+            }
+        }
+        let m = d.expected_clients.max(1) as f64;
+        Ok((total.iter().map(|v| (v / m) as f32).collect(), info))
     }
 
     /// Takes the server step from `global` with a mean delta computed elsewhere — by secure
@@ -605,7 +733,7 @@ impl Strategy {
     /// Fails (and leaves the strategy's state unchanged) when `mean_delta` has the wrong length or
     /// holds a non-finite value, or the step is not finite.
     pub fn apply_mean_delta(&mut self, global: &[f32], mean_delta: &[f32]) -> Result<RoundResult, AggregateError> {
-        if self.spec.buffers_updates() || self.spec.scaffold || self.spec.clip_norm.is_some() {
+        if self.spec.buffers_updates() || self.spec.scaffold || self.spec.clip_norm.is_some() || self.spec.dp.is_some() {
             return Err(AggregateError::Parameter {
                 name: "strategy",
                 value: f64::NAN,
@@ -622,7 +750,7 @@ impl Strategy {
             return Err(AggregateError::NonFinite { index });
         }
         self.state = state;
-        Ok(RoundResult { global: new_global, quarantined: Vec::new() })
+        Ok(RoundResult { global: new_global, quarantined: Vec::new(), dp: None })
     }
 
     fn plain_fedavg(&self) -> bool {
@@ -866,6 +994,100 @@ mod tests {
         assert_eq!(err(StrategyConfig { beta: Some(0.1), ..cfg("fedavg") }, 10).field, "strategy");
         assert_eq!(err(cfg("fedsgd"), 10).field, "strategy.name");
         assert!(StrategySpec::from_config(&StrategyConfig { f: Some(3), m: Some(7), ..cfg("krum") }, 10).is_ok());
+    }
+
+    fn dp(sigma: f64, clip: f64, m: usize) -> DpSpec {
+        DpSpec { mode: DpMode::Central, clip: ClipRule::Fixed { clip_norm: clip }, noise_multiplier: sigma, expected_clients: m, min_contributors: m }
+    }
+
+    fn dp_strategy(spec: DpSpec, dim: usize) -> Strategy {
+        let mut s = Strategy::new(StrategySpec::fedavg().with_privacy(spec).unwrap(), dim);
+        s.set_noise_key(dp::default_noise_key(1));
+        s
+    }
+
+    #[test]
+    fn dp_clips_sums_unweighted_and_divides_by_the_expected_cohort() {
+        // σ so small the noise is invisible at f32 precision of these values.
+        let mut s = dp_strategy(dp(1e-12, 1.0, 4), 2);
+        // Deltas (3,4) → clipped to (0.6, 0.8); (0.3, 0) is within C. Weights are ignored.
+        let g = run_round(&mut s, &[1.0, 1.0], &[(&[4.0, 5.0], 100.0), (&[1.3, 1.0], 1.0)]);
+        assert!((g[0] - (1.0 + 0.9 / 4.0)).abs() < 1e-6 && (g[1] - (1.0 + 0.8 / 4.0)).abs() < 1e-6, "{g:?}");
+    }
+
+    #[test]
+    fn dp_noise_std_is_sigma_c_over_m_and_reproducible() {
+        let (sigma, clip, m, dim) = (1.5, 2.0, 5, 40_000);
+        let global = vec![0.0f32; dim];
+        let zero = vec![0.0f32; dim];
+        let run = |round: u64, attempt: u32| {
+            let s = dp_strategy(dp(sigma, clip, m), dim);
+            let mut agg = s.begin_round_at(round, attempt);
+            s.accept(&mut agg, &global, 0, &zero, 1.0).unwrap();
+            let mut s2 = s.clone();
+            let r = s2.finish(&agg, &global).unwrap();
+            assert_eq!(r.dp.unwrap().noise_std, sigma * clip);
+            r.global
+        };
+        let a = run(3, 1);
+        let want = sigma * clip / m as f64;
+        let var = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / dim as f64;
+        assert!((var.sqrt() / want - 1.0).abs() < 0.02, "std {} want {want}", var.sqrt());
+        assert_eq!(a, run(3, 1), "same key, round and attempt: same noise");
+        assert_ne!(a, run(3, 2), "another attempt draws other noise");
+    }
+
+    #[test]
+    fn dp_refuses_strategies_whose_math_does_not_hold() {
+        for c in [
+            cfg("median"),
+            StrategyConfig { beta: Some(0.1), ..cfg("trimmed_mean") },
+            StrategyConfig { f: Some(1), ..cfg("krum") },
+            cfg("scaffold"),
+            StrategyConfig { max_norm: Some(1.0), ..cfg("norm_bound") },
+            StrategyConfig { clip_norm: Some(1.0), ..cfg("fedavg") },
+            StrategyConfig { anomaly: Some(AnomalySpec { max_norm_z: 3.0, max_cosine_distance: 1.0 }), ..cfg("fedavg") },
+        ] {
+            let spec = StrategySpec::from_config(&c, 10).unwrap();
+            let e = spec.with_privacy(dp(1.0, 1.0, 10)).unwrap_err();
+            assert_eq!(e.field, "privacy", "{}", c.name);
+        }
+        for name in ["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"] {
+            assert!(StrategySpec::from_config(&cfg(name), 10).unwrap().with_privacy(dp(1.0, 1.0, 10)).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn dp_adaptive_clip_moves_and_survives_a_restore_bit_exactly() {
+        let spec = DpSpec {
+            mode: DpMode::Central,
+            clip: ClipRule::Adaptive { initial_clip_norm: 0.1, target_quantile: 0.5, learning_rate: 0.2, count_noise_std: 2.0 },
+            noise_multiplier: 1.0,
+            expected_clients: 3,
+            min_contributors: 3,
+        };
+        let mut s = Strategy::new(StrategySpec::from_config(&cfg("fedadam"), 3).unwrap().with_privacy(spec).unwrap(), 2);
+        s.set_noise_key([7; 32]);
+        let reports: [(&[f32], f64); 3] = [(&[5.0, 0.0], 1.0), (&[0.0, 5.0], 1.0), (&[3.0, 4.0], 1.0)];
+        let g = run_round(&mut s, &[0.0, 0.0], &reports);
+        // Every delta was clipped, so C grows (b̃ ≈ 0 < γ) unless the count noise was huge.
+        let c1 = s.dp_clip_norm().unwrap();
+        assert!(c1 != 0.1 && c1.is_finite() && c1 > 0.0);
+        let back: Strategy = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let (mut a, mut b) = (s, back);
+        let ga = run_round(&mut a, &g, &reports);
+        let gb = run_round(&mut b, &g, &reports);
+        assert_eq!(ga.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), gb.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert_eq!(a.dp_clip_norm().unwrap().to_bits(), b.dp_clip_norm().unwrap().to_bits());
+    }
+
+    #[test]
+    fn dp_distributed_mode_adds_no_server_noise_and_does_not_clip() {
+        let spec = DpSpec { mode: DpMode::Distributed, ..dp(1.0, 1.0, 2) };
+        let mut s = dp_strategy(spec, 2);
+        let g = run_round(&mut s, &[0.0, 0.0], &[(&[3.0, 4.0], 5.0), (&[1.0, 0.0], 1.0)]);
+        assert_eq!(g, vec![2.0, 2.0]);
     }
 
     #[test]

@@ -202,6 +202,19 @@ impl JobPrivacy {
         }
     }
 
+    /// A job whose past rounds are `accountant`, e.g. rebuilt from the rounds a coordinator committed
+    /// after a restart. Spend already released is kept as it is, even if it exceeds `budget` (a budget
+    /// lowered since): every further round is then refused.
+    pub fn restore(job_id: impl Into<String>, budget: Budget, accountant: RdpAccountant) -> Self {
+        let spent = spend_of(&accountant, budget.delta);
+        Self {
+            job_id: job_id.into(),
+            budget,
+            accountant,
+            spent,
+        }
+    }
+
     /// The job's id (used in refusals).
     pub fn job_id(&self) -> &str {
         &self.job_id
@@ -368,6 +381,15 @@ impl TenantLedger {
         Ok(())
     }
 
+    /// Registers a job with its past spend (see [`JobPrivacy::restore`]).
+    pub fn insert_job(&mut self, job: JobPrivacy) -> Result<(), PrivacyError> {
+        if self.jobs.contains_key(&job.job_id) {
+            return Err(PrivacyError::DuplicateJob(job.job_id));
+        }
+        self.jobs.insert(job.job_id.clone(), job);
+        Ok(())
+    }
+
     /// A registered job.
     pub fn job(&self, job_id: &str) -> Option<&JobPrivacy> {
         self.jobs.get(job_id)
@@ -504,6 +526,30 @@ mod tests {
         let fresh = JobPrivacy::new("digits", Budget::new(1.0, 1e-5).unwrap());
         assert_eq!(fresh.rounds_left(0.1, 3.0, 1_000_000).unwrap(), recorded);
         assert_eq!(fresh.rounds_left(0.1, 3.0, 1).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_restored_job_equals_the_one_that_recorded_its_rounds() {
+        let budget = Budget::new(4.0, 1e-5).unwrap();
+        let mut live = JobPrivacy::new("j", budget);
+        for _ in 0..5 {
+            live.record_round(0.1, 1.2).unwrap();
+        }
+        let mut acc = RdpAccountant::new();
+        acc.compose(0.1, 1.2, 5).unwrap();
+        let restored = JobPrivacy::restore("j", budget, acc);
+        assert_eq!(restored, live);
+        assert_eq!(restored.spent().epsilon.to_bits(), live.spent().epsilon.to_bits());
+        // Past spend over a (lowered) budget is kept, and refuses every further round.
+        let mut big = RdpAccountant::new();
+        big.compose(0.5, 0.5, 100).unwrap();
+        let over = JobPrivacy::restore("k", Budget::new(1.0, 1e-5).unwrap(), big);
+        assert!(over.spent().epsilon > 1.0);
+        assert!(matches!(over.check_round(0.1, 1.2), Err(PrivacyError::BudgetExceeded { .. })));
+        let mut ledger = TenantLedger::new(Budget::new(100.0, 1e-5).unwrap());
+        ledger.insert_job(restored.clone()).unwrap();
+        assert_eq!(ledger.insert_job(restored), Err(PrivacyError::DuplicateJob("j".into())));
+        assert_eq!(ledger.rounds(), 5);
     }
 
     #[test]

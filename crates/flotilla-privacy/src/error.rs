@@ -17,20 +17,6 @@ pub enum Param {
     Steps,
     /// Maximum ε of a budget: finite, > 0.
     Epsilon,
-    /// L2 clip norm `C`: finite, > 0.
-    ClipNorm,
-    /// Target quantile `γ` of adaptive clipping: in [0, 1].
-    TargetQuantile,
-    /// Learning rate `η_C` of adaptive clipping: finite, ≥ 0.
-    LearningRate,
-    /// Standard deviation `σ_b` of the noise on the unclipped count: finite, ≥ 0.
-    CountNoiseStd,
-    /// Expected number of clients per round (the denominator of the unclipped fraction): finite, > 0.
-    ExpectedClients,
-    /// Noise standard deviation added to a vector: finite, ≥ 0.
-    NoiseStd,
-    /// Minimum number of clients whose noise shares make up the full noise: ≥ 1.
-    MinClients,
 }
 
 impl Param {
@@ -42,13 +28,6 @@ impl Param {
             Param::Delta => "delta",
             Param::Steps => "steps",
             Param::Epsilon => "epsilon budget",
-            Param::ClipNorm => "clip norm C",
-            Param::TargetQuantile => "target quantile",
-            Param::LearningRate => "clip learning rate",
-            Param::CountNoiseStd => "count noise std",
-            Param::ExpectedClients => "expected clients per round",
-            Param::NoiseStd => "noise std",
-            Param::MinClients => "minimum clients",
         }
     }
 
@@ -56,13 +35,9 @@ impl Param {
     pub fn valid_range(self) -> &'static str {
         match self {
             Param::SamplingRate => "in (0, 1]",
-            Param::NoiseMultiplier | Param::Epsilon | Param::ClipNorm | Param::ExpectedClients => {
-                "finite and > 0"
-            }
+            Param::NoiseMultiplier | Param::Epsilon => "finite and > 0",
             Param::Delta => "in (0, 1)",
-            Param::Steps | Param::MinClients => "at least 1",
-            Param::TargetQuantile => "in [0, 1]",
-            Param::LearningRate | Param::CountNoiseStd | Param::NoiseStd => "finite and >= 0",
+            Param::Steps => "at least 1",
         }
     }
 }
@@ -116,23 +91,9 @@ pub enum PrivacyError {
     /// A job id is registered twice in a tenant ledger.
     #[error("job {0:?} is already registered in the tenant ledger")]
     DuplicateJob(String),
-    /// A vector to clip or to add noise to holds NaN or infinity.
-    #[error("the vector holds a non-finite value (NaN or infinity)")]
-    NonFinite,
     /// The step counter would overflow `u64`.
     #[error("step count overflows: more than 2^64 - 1 steps")]
     StepOverflow,
-    /// Adaptive clipping's count noise is too small for the requested total noise multiplier:
-    /// `2·σ_b` must exceed `σ` (Andrew et al. 2021, Theorem 1).
-    #[error(
-        "count noise std {count_noise_std} is too small for noise multiplier {sigma}: adaptive clipping needs 2 * count noise std > sigma"
-    )]
-    CountNoiseTooSmall {
-        /// The requested total noise multiplier.
-        sigma: f64,
-        /// The count noise standard deviation.
-        count_noise_std: f64,
-    },
     /// A serialised accountant holds an invalid or unreadable entry.
     #[error("invalid accountant state: {0}")]
     InvalidState(String),
@@ -195,24 +156,6 @@ pub fn check_steps(steps: u64) -> Result<u64, PrivacyError> {
 /// Finite and `> 0`.
 pub(crate) fn positive(param: Param, value: f64) -> Result<f64, PrivacyError> {
     if value.is_finite() && value > 0.0 {
-        Ok(value)
-    } else {
-        Err(invalid(param, value))
-    }
-}
-
-/// Finite and `≥ 0`.
-pub(crate) fn non_negative(param: Param, value: f64) -> Result<f64, PrivacyError> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(value)
-    } else {
-        Err(invalid(param, value))
-    }
-}
-
-/// In `[0, 1]`.
-pub(crate) fn unit_interval(param: Param, value: f64) -> Result<f64, PrivacyError> {
-    if (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
         Err(invalid(param, value))

@@ -1,5 +1,6 @@
-//! Differential privacy for Flotilla, sans-IO: a Rényi-DP accountant, privacy budgets, and the
-//! mechanisms of DP-FedAvg.
+//! Differential privacy for Flotilla, sans-IO: a Rényi-DP accountant and privacy budgets. The
+//! mechanisms of DP-FedAvg live in `flotilla_core::dp` (the round machine runs them) and are
+//! re-exported here as [`mechanisms`].
 //!
 //! * [`RdpAccountant`] composes rounds of the Poisson-sampled Gaussian mechanism (Mironov, Talwar,
 //!   Zhang 2019) with varying sampling rate `q` and noise multiplier `σ`, and converts to
@@ -9,11 +10,11 @@
 //!   table that `scripts/dp_reference.py` generates with `dp-accounting`.
 //! * [`JobPrivacy`] and [`TenantLedger`] hold budgets (max ε at δ) and refuse a round that would
 //!   exceed one *before* it starts, with an explanation naming the numbers.
-//! * [`mechanisms`]: L2 clipping (fixed and adaptive), central Gaussian noise and distributed
-//!   noise shares, over `f32`/`f64` slices, with randomness from an RNG the caller passes in.
+//! * [`mechanisms`] (= `flotilla_core::dp`): L2 clipping (fixed and adaptive), central Gaussian
+//!   noise and the client's distributed noise share, with randomness from an RNG the caller passes.
 //!
-//! No I/O, no clocks, no threads, no global randomness; every state (accountant, budgets, adaptive
-//! clip) is serde-serialisable and restores bit-exactly.
+//! No I/O, no clocks, no threads, no global randomness; every state (accountant, budgets) is
+//! serde-serialisable and restores bit-exactly.
 //!
 //! ```
 //! use flotilla_privacy::{Budget, JobPrivacy, RdpAccountant};
@@ -35,7 +36,6 @@ mod accountant;
 mod budget;
 mod error;
 mod exact_f64;
-pub mod mechanisms;
 mod rdp;
 
 pub use accountant::{RdpAccountant, RoundEpsilon, Segment, SegmentReport, Spend, epsilon};
@@ -44,5 +44,6 @@ pub use error::{
     Param, PrivacyError, Scope, check_delta, check_noise_multiplier, check_sampling_rate,
     check_steps,
 };
-pub use mechanisms::{AdaptiveClipping, ClipOutcome, DistributedNoise, add_central_noise, clip_l2};
+/// The DP-FedAvg mechanisms: one implementation, in the sans-IO core.
+pub use flotilla_core::dp as mechanisms;
 pub use rdp::{DEFAULT_ORDER_COUNT, DEFAULT_ORDERS};

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::attack::Attackers;
 use crate::error::SimError;
+use crate::privacy::{PrivacySummary, RoundPrivacy, SimPrivacy};
 use crate::scenario::Scenario;
 
 /// A scenario's data, loaded and partitioned: what `flotilla data partition-stats` shows.
@@ -74,6 +75,9 @@ pub struct RoundRecord {
     /// Of the quarantined, how many were simulated attackers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantined_attackers: Option<usize>,
+    /// Under `[privacy]`: cumulative (ε, δ) after this round, and the round's clip norm and noise.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<RoundPrivacy>,
     /// Wall-clock seconds since the simulation started.
     pub elapsed_seconds: f64,
 }
@@ -136,6 +140,8 @@ pub struct SimOutcome {
     pub train_samples: usize,
     /// Test samples.
     pub test_samples: usize,
+    /// Under `[privacy]`: ε spent, δ, and why the run stopped early if the budget ended it.
+    pub privacy: Option<PrivacySummary>,
 }
 
 pub(crate) fn samples<'a>(d: &'a Dataset, indices: &'a [u32]) -> Samples<'a> {
@@ -214,6 +220,13 @@ pub fn run_prepared(
     let mut late_reports = 0u64;
     let mut last_eval = (init_eval.accuracy, init_eval.loss);
     let mut now = 0u64;
+    let mut privacy = scenario.privacy.map(|p| SimPrivacy::new(p, &round_policy(scenario), scenario.clients)).transpose()?;
+    let dp_spec = scenario.strategy.dp;
+    // A first round that would already exceed the budget is refused before anything is trained.
+    let refused_first = match &mut privacy {
+        Some(p) => !p.admit_next_round()?,
+        None => false,
+    };
 
     // Carries out the machine's actions; returns true once the job has finished.
     let mut apply = |actions: Vec<Action>,
@@ -232,8 +245,16 @@ pub fn run_prepared(
                     timers.insert((at_ms, timer_seq), timer);
                 }
                 Action::Commit(info) => {
-                    let record =
+                    let mut record =
                         evaluate_commit(scenario, &info, machine, trainers, &test_view, attackers, started)?;
+                    if let Some(p) = &mut privacy {
+                        record.privacy = Some(p.record(info.dp.as_ref())?);
+                        // The budget is checked before the next round is trained: a refusal ends the
+                        // run here, with the explanation in the results.
+                        if info.round < scenario.rounds && !p.admit_next_round()? {
+                            finished = true;
+                        }
+                    }
                     if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
                         last_eval = (a, l);
                     }
@@ -270,12 +291,12 @@ pub fn run_prepared(
         Ok(finished)
     };
 
+    let mut finished = refused_first;
     for c in 0..scenario.clients as u64 {
         let acts = machine.handle(now, Event::CheckIn { client: ClientId(c) });
         apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
     }
 
-    let mut finished = false;
     while !finished {
         if !pending.is_empty() {
             let cohort = std::mem::take(&mut pending);
@@ -306,6 +327,9 @@ pub fn run_prepared(
                     && a.is_attacker(client.0)
                 {
                     a.tamper(machine.global(), &mut params);
+                }
+                if let Some(dp) = &dp_spec {
+                    SimPrivacy::client_share(dp, machine.global(), &mut params, task.seed);
                 }
                 if let Some(c) = &server_control {
                     // SCAFFOLD option II: cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η); report Δcᵢ = cᵢ⁺ − cᵢ after
@@ -368,6 +392,7 @@ pub fn run_prepared(
         late_reports,
         train_samples: train.len(),
         test_samples: test.len(),
+        privacy: privacy.as_ref().map(SimPrivacy::summary),
     })
 }
 
@@ -411,6 +436,7 @@ pub(crate) fn evaluate_commit(
         backdoor_success: backdoor,
         quarantined: info.quarantined.clone(),
         quarantined_attackers,
+        privacy: None,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use flotilla_core::round::RoundPolicy;
+use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::{DatasetName, PartitionSpec};
 use flotilla_ml::ModelKind;
@@ -48,6 +49,8 @@ pub struct Scenario {
     pub attack: Option<AttackSettings>,
     /// Secure aggregation (`[secagg]`), if rounds run it; see [`crate::secagg`].
     pub secagg: Option<crate::secagg::SecAggSettings>,
+    /// Differential privacy (`[privacy]`), if any; the mechanism is also in `strategy.dp`.
+    pub privacy: Option<PrivacySpec>,
 }
 
 /// What malicious clients do.
@@ -175,6 +178,7 @@ struct RawScenario {
     strategy: Option<StrategyConfig>,
     attack: Option<RawAttack>,
     secagg: Option<crate::secagg::RawSecAgg>,
+    privacy: Option<PrivacyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,6 +435,12 @@ impl Scenario {
             None => StrategySpec::fedavg(),
             Some(c) => StrategySpec::from_config(c, min_reports).map_err(|e| invalid(e.field, e.message))?,
         };
+        let policy = RoundPolicy {
+            over_selection: round.over_selection,
+            min_report_fraction: round.min_report_fraction,
+            ..RoundPolicy::new(rounds, clients_per_round)
+        };
+        let (strategy, privacy) = crate::privacy::configure(r.privacy.as_ref(), strategy, &policy)?;
         let attack = match &r.attack {
             None => None,
             Some(a) => Some(parse_attack(a, dataset)?),
@@ -458,6 +468,7 @@ impl Scenario {
             strategy,
             attack,
             secagg,
+            privacy,
         })
     }
 }

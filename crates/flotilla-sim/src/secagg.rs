@@ -451,6 +451,8 @@ pub(crate) fn run_prepared(
         layout,
         abandoned_attempts: abandoned,
         late_reports,
+        // `[privacy]` is refused together with `[secagg]` (see `StrategySpec::check_secure_aggregation`).
+        privacy: None,
         train_samples: train.len(),
         test_samples: test.len(),
     })

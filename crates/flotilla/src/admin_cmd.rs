@@ -226,6 +226,12 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                     v["rounds_completed"],
                     v["rounds_total"]
                 );
+                if let Some(eps) = v["epsilon_spent"].as_f64() {
+                    println!("differential privacy: epsilon {eps:.4} spent at delta {}", v["delta"]);
+                }
+                if let Some(why) = v["stopped_reason"].as_str() {
+                    println!("stopped: {why}");
+                }
                 for r in v["history"].as_array().into_iter().flatten() {
                     println!("round {:>4}  participants {}  metrics {}", r["round"], r["participants"], r["metrics"]);
                 }

@@ -39,6 +39,13 @@ pub struct ServerArgs {
     /// client must enroll again with an enrollment token
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
     credential_ttl: std::time::Duration,
+    /// Differential privacy: the ε budget each tenant's DP jobs share (composed over all of them);
+    /// a round that would exceed it is refused before it starts. Needs --tenant-delta
+    #[arg(long, value_name = "EPS", requires = "tenant_delta")]
+    tenant_epsilon_budget: Option<f64>,
+    /// The δ at which --tenant-epsilon-budget is measured, in (0, 1)
+    #[arg(long, value_name = "D", requires = "tenant_epsilon_budget")]
+    tenant_delta: Option<f64>,
 }
 
 /// Arguments of `flotilla dev-certs`.
@@ -69,6 +76,9 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.blob_url = args.blob_url;
     config.tls = tls;
     config.credential_ttl = args.credential_ttl;
+    if let (Some(max_epsilon), Some(delta)) = (args.tenant_epsilon_budget, args.tenant_delta) {
+        config.tenant_privacy = Some(flotilla_coordinator::TenantPrivacy { max_epsilon, delta });
+    }
     runtime()?.block_on(async move {
         let server = flotilla_coordinator::Server::bind(config).await.context("starting the coordinator")?;
         tracing::info!(grpc = %server.grpc_addr(), admin = %server.admin_addr(), "coordinator listening");

@@ -98,6 +98,15 @@ pub fn run(args: SimArgs) -> Result<()> {
     let wall = t0.elapsed().as_secs_f64();
     let rss = peak_rss_bytes();
 
+    if let Some(p) = &outcome.privacy {
+        if let Some(why) = &p.stopped_reason {
+            println!("stopped early: {why}");
+        }
+        println!(
+            "privacy: ({:.4}, {:e})-DP after {} rounds ({} mode, q = {}, noise multiplier {})",
+            p.epsilon_spent, p.delta, p.rounds, if p.mode == flotilla_core::dp::DpMode::Central { "central" } else { "distributed" }, p.sampling_rate, p.noise_multiplier
+        );
+    }
     if let Some(b) = outcome.final_backdoor_success {
         println!("backdoor success on triggered test inputs: {b:.4}");
     }
@@ -150,6 +159,10 @@ pub fn run(args: SimArgs) -> Result<()> {
             "quarantined_attackers_total": outcome.history.iter().filter_map(|r| r.quarantined_attackers).sum::<usize>(),
             "abandoned_attempts": outcome.abandoned_attempts,
             "late_reports": outcome.late_reports,
+            "privacy": outcome.privacy,
+            "epsilon_spent": outcome.privacy.as_ref().map(|p| p.epsilon_spent),
+            "delta": outcome.privacy.as_ref().map(|p| p.delta),
+            "stopped_reason": outcome.privacy.as_ref().and_then(|p| p.stopped_reason.clone()),
             "history": outcome.history,
             "wall_seconds": wall,
             "seconds_per_round": wall / outcome.history.len().max(1) as f64,

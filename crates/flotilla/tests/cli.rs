@@ -130,3 +130,34 @@ fn fetch_of_builtin_digits_needs_no_network() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("digits: already present"));
     assert_refused(&["data", "fetch", "cifar"], "cifar");
 }
+
+/// `[privacy]` end to end: ε and δ at the top of the results and per round, the budget stopping the
+/// run early with its reason, and a bad privacy key refused by name.
+#[test]
+fn sim_with_privacy_reports_epsilon_and_stops_at_the_budget() {
+    let dir = scratch("dp");
+    let path = scenario_with(&dir, "dp", |s| {
+        format!("{s}\n[privacy]\nnoise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-5\nmax_epsilon = 3.0\n")
+    });
+    let out = dir.join("dp.json");
+    let o = flotilla(&["sim", path.to_str().unwrap(), "--rounds", "20", "--quiet", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("stopped early: privacy budget") && stdout.contains("privacy: ("), "{stdout}");
+    let r = read_json(&out);
+    let eps = r["epsilon_spent"].as_f64().unwrap();
+    assert!(eps > 0.0 && eps <= 3.0, "{r}");
+    assert_eq!(r["delta"], 1e-5);
+    let rounds = r["rounds"].as_u64().unwrap();
+    assert!((1..20).contains(&rounds), "the budget ends the run early: {rounds}");
+    // q = 10 / 100: the CLI's accountant agrees with the results.
+    let want = flotilla_privacy::epsilon(0.1, 1.0, rounds, 1e-5).unwrap().epsilon;
+    assert!((eps - want).abs() < 1e-12, "{eps} vs {want}");
+    assert!(r["stopped_reason"].as_str().unwrap().contains(&format!("round {}", rounds + 1)));
+    let last = &r["history"].as_array().unwrap()[rounds as usize - 1];
+    assert_eq!(last["epsilon_spent"].as_f64().unwrap(), eps);
+    assert_eq!(last["dp_noise_std"], 1.0);
+
+    let bad = scenario_with(&dir, "dp-bad", |s| format!("{s}\n[privacy]\nnoise_multiplier = 1.0\nclip_norm = -1\ndelta = 1e-5\n"));
+    assert_refused(&["sim", bad.to_str().unwrap()], "privacy.clip_norm");
+}
