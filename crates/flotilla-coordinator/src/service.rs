@@ -76,6 +76,8 @@ fn reject_name(r: &RejectReason) -> &'static str {
         RejectReason::BadSampleCount { .. } => "bad_sample_count",
         RejectReason::BadUpdate(_) => "bad_update",
         RejectReason::WrongStageKind { .. } => "wrong_stage_kind",
+        RejectReason::TooStale { .. } => "too_stale",
+        RejectReason::NoTask => "no_task",
     }
 }
 

@@ -120,6 +120,34 @@ pub struct StrategySpec {
     pub proximal_mu: f64,
     /// SCAFFOLD control variates: reports carry `Δcᵢ` after the parameters.
     pub scaffold: bool,
+    /// FedBuff: buffered asynchronous aggregation instead of rounds (see [`FedBuffSpec`]).
+    #[serde(default)]
+    pub fedbuff: Option<FedBuffSpec>,
+}
+
+/// Buffered asynchronous aggregation after FedBuff (Nguyen et al. 2022). The round machine then runs
+/// no rounds: a client that checks in gets a task at once while fewer than `concurrency` are
+/// training; each accepted report `i` adds `s(τᵢ)·Δᵢ`, where `Δᵢ` = its parameters − the model
+/// version its task started from and `τᵢ` = versions committed since then; every `buffer_size`
+/// accepted reports the server steps `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)`.
+/// Sample counts are validated but do not weight the step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FedBuffSpec {
+    /// `K`: accepted reports per server step (≥ 1).
+    pub buffer_size: usize,
+    /// Reports whose base model is more than this many versions old are refused.
+    pub max_staleness: u64,
+    /// Most clients training at once (≥ 1).
+    pub concurrency: usize,
+    /// `a` in the staleness weight `s(τ) = 1/(1+τ)^a` (in `[0, 10]`; 0 = no discount).
+    pub staleness_exponent: f64,
+}
+
+impl FedBuffSpec {
+    /// The staleness weight `s(τ) = (1 + τ)^(−a)`.
+    pub fn staleness_weight(&self, staleness: u64) -> f64 {
+        (1.0 + staleness as f64).powf(-self.staleness_exponent)
+    }
 }
 
 /// The `[strategy]` table of scenario and job files, before validation. Every key but `name` is
@@ -153,6 +181,14 @@ pub struct StrategyConfig {
     pub clip_norm: Option<f64>,
     /// Anomaly filter on top of any strategy.
     pub anomaly: Option<AnomalySpec>,
+    /// FedBuff's K, reports per server step (default 10).
+    pub buffer_size: Option<usize>,
+    /// FedBuff's largest accepted staleness in versions (default 10).
+    pub max_staleness: Option<u64>,
+    /// FedBuff's limit on clients training at once (default 100).
+    pub concurrency: Option<usize>,
+    /// FedBuff's staleness exponent `a` in `s(τ) = 1/(1+τ)^a` (default 0.5).
+    pub staleness_exponent: Option<f64>,
 }
 
 /// Every strategy name [`StrategyConfig::name`] accepts.
@@ -168,6 +204,7 @@ pub const STRATEGY_NAMES: &[&str] = &[
     "trimmed_mean",
     "krum",
     "norm_bound",
+    "fedbuff",
 ];
 
 fn in_open_unit(field: &'static str, v: f64, lo_closed: bool) -> Result<f64, ConfigError> {
@@ -200,6 +237,7 @@ impl StrategySpec {
             anomaly: None,
             proximal_mu: 0.0,
             scaffold: false,
+            fedbuff: None,
         }
     }
 
@@ -223,9 +261,14 @@ impl StrategySpec {
             "trimmed_mean" => &["beta"],
             "krum" => &["f", "m"],
             "norm_bound" => &["max_norm"],
+            "fedbuff" => &["buffer_size", "max_staleness", "concurrency", "staleness_exponent"],
             _ => &[],
         };
-        let given: [(&str, bool); 9] = [
+        let given: [(&str, bool); 13] = [
+            ("buffer_size", cfg.buffer_size.is_some()),
+            ("max_staleness", cfg.max_staleness.is_some()),
+            ("concurrency", cfg.concurrency.is_some()),
+            ("staleness_exponent", cfg.staleness_exponent.is_some()),
             ("momentum", cfg.momentum.is_some()),
             ("mu", cfg.mu.is_some()),
             ("beta1", cfg.beta1.is_some()),
@@ -298,6 +341,37 @@ impl StrategySpec {
                 let max_norm = cfg.max_norm.ok_or_else(|| ConfigError::new("strategy.max_norm", "required for norm_bound, > 0"))?;
                 spec.clip_norm = Some(positive("strategy.max_norm", max_norm)?);
             }
+            "fedbuff" => {
+                if cfg.clip_norm.is_some() {
+                    return Err(ConfigError::new("strategy.clip_norm", "is not supported with fedbuff"));
+                }
+                if cfg.anomaly.is_some() {
+                    return Err(ConfigError::new(
+                        "strategy.anomaly",
+                        "is not supported with fedbuff (its server step folds each update as it arrives)",
+                    ));
+                }
+                let buffer_size = cfg.buffer_size.unwrap_or(10);
+                if !(1..=1_000_000).contains(&buffer_size) {
+                    return Err(ConfigError::new("strategy.buffer_size", format!("must be in 1..=1000000, got {buffer_size}")));
+                }
+                let max_staleness = cfg.max_staleness.unwrap_or(10);
+                if max_staleness > 1000 {
+                    return Err(ConfigError::new(
+                        "strategy.max_staleness",
+                        format!("must be in 0..=1000 (the server may keep that many old models), got {max_staleness}"),
+                    ));
+                }
+                let concurrency = cfg.concurrency.unwrap_or(100);
+                if !(1..=1_000_000).contains(&concurrency) {
+                    return Err(ConfigError::new("strategy.concurrency", format!("must be in 1..=1000000, got {concurrency}")));
+                }
+                let a = cfg.staleness_exponent.unwrap_or(0.5);
+                if !(a.is_finite() && (0.0..=10.0).contains(&a)) {
+                    return Err(ConfigError::new("strategy.staleness_exponent", format!("must be in [0, 10], got {a}")));
+                }
+                spec.fedbuff = Some(FedBuffSpec { buffer_size, max_staleness, concurrency, staleness_exponent: a });
+            }
             _ => {}
         }
         if let Some(c) = cfg.clip_norm {
@@ -337,6 +411,16 @@ impl StrategySpec {
     pub fn check_secure_aggregation(&self) -> Result<(), ConfigError> {
         let sum_only = "secure aggregation reveals only the sum of the updates; \
                         use fedavg, fedavgm, fedprox, fedadagrad, fedadam or fedyogi";
+        if self.fedbuff.is_some() {
+            return Err(ConfigError::new(
+                "strategy.name",
+                format!(
+                    "`{}` is asynchronous (no rounds, each update weighted by its own staleness), but secure \
+                     aggregation needs a synchronous cohort; {sum_only}",
+                    self.name
+                ),
+            ));
+        }
         if !matches!(self.aggregator, Aggregator::Mean) {
             return Err(ConfigError::new(
                 "strategy.name",
@@ -866,6 +950,35 @@ mod tests {
         assert_eq!(err(StrategyConfig { beta: Some(0.1), ..cfg("fedavg") }, 10).field, "strategy");
         assert_eq!(err(cfg("fedsgd"), 10).field, "strategy.name");
         assert!(StrategySpec::from_config(&StrategyConfig { f: Some(3), m: Some(7), ..cfg("krum") }, 10).is_ok());
+    }
+
+    #[test]
+    fn fedbuff_parameters_and_staleness_weight() {
+        let spec = StrategySpec::from_config(&cfg("fedbuff"), 1).unwrap();
+        let fb = spec.fedbuff.unwrap();
+        assert_eq!((fb.buffer_size, fb.max_staleness, fb.concurrency, fb.staleness_exponent), (10, 10, 100, 0.5));
+        // s(τ) = 1/(1+τ)^a: a = 0.5 → 1, 1/√2, 1/2 (τ = 3); a = 2, τ = 4 → 1/25; a = 0 → 1.
+        assert_eq!(fb.staleness_weight(0), 1.0);
+        assert!((fb.staleness_weight(1) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-15);
+        assert_eq!(fb.staleness_weight(3), 0.5);
+        let a2 = FedBuffSpec { staleness_exponent: 2.0, ..fb };
+        assert!((a2.staleness_weight(4) - 0.04).abs() < 1e-15);
+        assert_eq!(FedBuffSpec { staleness_exponent: 0.0, ..fb }.staleness_weight(7), 1.0);
+        let err = |c: StrategyConfig| StrategySpec::from_config(&c, 1).unwrap_err();
+        let e = err(StrategyConfig { buffer_size: Some(0), ..cfg("fedbuff") });
+        assert_eq!(e.field, "strategy.buffer_size");
+        assert!(e.message.contains("1..="), "{e}");
+        assert_eq!(err(StrategyConfig { concurrency: Some(0), ..cfg("fedbuff") }).field, "strategy.concurrency");
+        assert_eq!(err(StrategyConfig { max_staleness: Some(5000), ..cfg("fedbuff") }).field, "strategy.max_staleness");
+        for a in [-0.1, f64::NAN, 10.5] {
+            let e = err(StrategyConfig { staleness_exponent: Some(a), ..cfg("fedbuff") });
+            assert_eq!(e.field, "strategy.staleness_exponent");
+        }
+        assert_eq!(err(StrategyConfig { clip_norm: Some(1.0), ..cfg("fedbuff") }).field, "strategy.clip_norm");
+        assert_eq!(err(StrategyConfig { buffer_size: Some(3), ..cfg("fedavg") }).field, "strategy");
+        let e = spec.check_secure_aggregation().unwrap_err();
+        assert_eq!(e.field, "strategy.name");
+        assert!(e.message.contains("asynchronous"), "{e}");
     }
 
     #[test]
