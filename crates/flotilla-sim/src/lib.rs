@@ -6,6 +6,7 @@
 pub mod attack;
 pub mod engine;
 pub mod error;
+pub mod fedbuff;
 pub mod scenario;
 pub mod secagg;
 

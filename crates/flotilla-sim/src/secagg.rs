@@ -468,6 +468,7 @@ pub(crate) fn run_prepared(
         layout,
         abandoned_attempts: abandoned,
         late_reports,
+        stale_reports: 0,
         train_samples: train.len(),
         test_samples: test.len(),
     })

@@ -150,6 +150,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             "quarantined_attackers_total": outcome.history.iter().filter_map(|r| r.quarantined_attackers).sum::<usize>(),
             "abandoned_attempts": outcome.abandoned_attempts,
             "late_reports": outcome.late_reports,
+            "stale_reports": outcome.stale_reports,
             "history": outcome.history,
             "wall_seconds": wall,
             "seconds_per_round": wall / outcome.history.len().max(1) as f64,
