@@ -45,6 +45,22 @@
 //! Only sum-based strategies can run under secure aggregation
 //! ([`StrategySpec::check_secure_aggregation`]). The secagg server's state is not persisted:
 //! [`RoundMachine::recover`] abandons an in-flight secure-aggregation attempt like any other.
+//!
+//! # FedBuff: buffered asynchronous aggregation
+//!
+//! With a FedBuff strategy ([`FedBuffSpec`]) the machine runs no rounds. A checking-in client gets a
+//! task at once while fewer than `concurrency` are in flight (otherwise `RetryAfter`); the task's
+//! `model_version` is its base model and `round` is that version + 1. A report must answer the
+//! client's outstanding task ([`RejectReason::NoTask`], or [`RejectReason::Duplicate`] for its last
+//! accepted one) and be at most `max_staleness` versions behind ([`RejectReason::TooStale`]), besides
+//! the usual checks; a refused report changes nothing. An accepted report adds `s(τ)·(params − base)`
+//! to an `f64` buffer; every `buffer_size` accepted reports the machine takes the server step
+//! `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)` and emits [`Action::Commit`] with each update's
+//! staleness in [`CommitInfo::staleness`]. An old model is kept only while an in-flight task started
+//! from it and it is within `max_staleness` (O((max_staleness + 1) × model) memory at worst). A
+//! `Deadline` timer drops every task older than the stage deadline. [`RoundMachine::recover`]
+//! abandons in-flight tasks and the partly filled buffer (neither the buffer sum nor old models are
+//! in a snapshot).
 
 use std::collections::{BTreeMap, BTreeSet};
 
