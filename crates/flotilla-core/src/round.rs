@@ -1294,6 +1294,43 @@ impl RoundMachine {
         self.strategy.spec().fedbuff
     }
 
+    /// Whether a report from `client` naming `round` and `attempt` could be accepted now, judged
+    /// before its payload is read (changes nothing). Round-based jobs: the round and attempt must be
+    /// the current ones. FedBuff: they must name the client's outstanding task, whose base model is
+    /// at most `max_staleness` versions old.
+    pub fn precheck_report(&self, client: ClientId, round: u64, attempt: u32) -> Result<(), RejectReason> {
+        let Some(fb) = self.fedbuff_spec() else {
+            if (round, attempt) != (self.round, self.attempt) {
+                return Err(RejectReason::WrongRound {
+                    round: self.round,
+                    attempt: self.attempt,
+                    got_round: round,
+                    got_attempt: attempt,
+                });
+            }
+            return Ok(());
+        };
+        if matches!(self.phase, Phase::Finished | Phase::Failed(_)) {
+            return Err(RejectReason::NotAccepting(self.phase.name()));
+        }
+        let Some(t) = self.fedbuff.in_flight.get(&client) else {
+            return Err(if self.fedbuff.done.get(&client) == Some(&(round, attempt)) {
+                RejectReason::Duplicate
+            } else {
+                RejectReason::NoTask
+            });
+        };
+        let t = &t.task;
+        if (round, attempt) != (t.round, t.attempt) {
+            return Err(RejectReason::WrongRound { round: t.round, attempt: t.attempt, got_round: round, got_attempt: attempt });
+        }
+        let staleness = self.committed - t.model_version;
+        if staleness > fb.max_staleness {
+            return Err(RejectReason::TooStale { staleness, base: t.model_version, max: fb.max_staleness });
+        }
+        Ok(())
+    }
+
     /// FedBuff: updates accepted into the buffer of the next server step (0 for round-based jobs).
     pub fn buffered_updates(&self) -> usize {
         self.fedbuff.contributors.len()

@@ -122,6 +122,11 @@ fn too_stale_duplicate_and_unknown_reports_change_nothing() {
     let t1 = check_in(&mut m, 0, 1).unwrap();
     assert_eq!(commits(&report(&mut m, 1, 0, &t0, 1.0)).len(), 1);
     let t2 = check_in(&mut m, 1, 2).unwrap();
+    // The payload-free pre-check a networked driver runs agrees with the machine.
+    assert_eq!(m.precheck_report(ClientId(1), t1.round, t1.attempt), Err(RejectReason::TooStale { staleness: 1, base: 0, max: 0 }));
+    assert_eq!(m.precheck_report(ClientId(0), t0.round, t0.attempt), Err(RejectReason::Duplicate));
+    assert_eq!(m.precheck_report(ClientId(9), 1, 1), Err(RejectReason::NoTask));
+    assert_eq!(m.precheck_report(ClientId(2), t2.round, t2.attempt), Ok(()));
     let cases: Vec<(u64, Task, f32, &str)> = vec![
         (1, t1.clone(), 1.0, "stale"),
         (0, t0.clone(), 1.0, "duplicate"),
