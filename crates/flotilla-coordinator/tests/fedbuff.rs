@@ -69,3 +69,49 @@ async fn fedbuff_job_steps_every_k_uploads_and_refuses_stale_ones() {
     assert_eq!(st["rounds_completed"], 2);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_but_allowed_uploads_count_against_their_own_base_version() {
+    let (_dir, data, certs) = tmp();
+    let h = start(&data, &certs, None).await;
+    // K = 1: every accepted upload is a server step; a = 0, so each step is global += Δ.
+    let toml = format!(
+        "{}[strategy]\nname = \"fedbuff\"\nbuffer_size = 1\nconcurrency = 3\nmax_staleness = 2\nstaleness_exponent = 0.0\n",
+        job_toml(3, 1)
+    );
+    let job = h.submit(&toml).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(h.enroll(&format!("c{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        tasks.push(c.wait_task(samples(i)).await);
+    }
+    let m0 = clients[0].download(&tasks[0]).await;
+    let mut want = m0.clone();
+    for i in 0..3 {
+        // Client 2 downloads version 0 only after two server steps, then reports with τ = 2.
+        assert_eq!(clients[i].download(&tasks[i]).await, m0, "client {i} gets its task's base version 0");
+        let u = update(i, 1, LEN);
+        let r = clients[i].upload(&tasks[i], &u, samples(i)).await.expect("upload");
+        assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{}", r.message);
+        for ((w, n), b) in want.iter_mut().zip(&u).zip(&m0) {
+            *w += n - b;
+        }
+    }
+    let (code, st) = h.admin("GET", &format!("/v1/jobs/{job}"), "").await;
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(st["state"], "completed", "{st}");
+    let req = authed(v1::DownloadRequest { job_id: job.to_string(), model_version: 3, offset: 0, ..Default::default() }, &clients[0].credential);
+    let mut s = clients[0].grpc.download_model(req).await.expect("download v3").into_inner();
+    let mut bytes = Vec::new();
+    while let Some(c) = s.message().await.unwrap() {
+        bytes.extend_from_slice(&c.data);
+    }
+    let got: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-5, "{got:?} vs {want:?}");
+    }
+    h.stop().await;
+}
