@@ -73,6 +73,9 @@ pub(crate) struct JobInner {
     pub machine: RoundMachine,
     pub current: Arc<ModelVersion>,
     pub previous: Option<Arc<ModelVersion>>,
+    /// FedBuff jobs started in this process: version 0, which the blob store does not hold, for
+    /// tasks that started from it and download after later versions were committed.
+    pub origin: Option<Arc<ModelVersion>>,
     /// Deadline (Unix ms) of the stage currently collecting reports.
     pub deadline_ms: Option<u64>,
     /// SHA-256 of every accepted update of the current and previous round.
@@ -212,6 +215,7 @@ impl Shared {
         let model_spec = spec.proto_model_spec();
         let control = machine.strategy().client_directive().server_control;
         let current = Arc::new(ModelVersion::new(machine.rounds_committed(), machine.global().to_vec(), &layout, &model_spec, control));
+        let origin = (machine.strategy().spec().fedbuff.is_some() && machine.rounds_committed() == 0).then(|| current.clone());
         Ok(Arc::new(JobRuntime {
             id,
             // Under SCAFFOLD a report is the parameters followed by Δcᵢ: twice the model.
@@ -223,6 +227,7 @@ impl Shared {
                 machine,
                 current,
                 previous: None,
+                origin,
                 deadline_ms: None,
                 accepted: HashMap::new(),
                 halted: None,
@@ -467,6 +472,9 @@ impl Shared {
             }
             if let Some(p) = inner.previous.as_ref().filter(|p| p.version == version) {
                 return Ok(p.clone());
+            }
+            if let Some(o) = inner.origin.as_ref().filter(|o| o.version == version) {
+                return Ok(o.clone());
             }
             if version > inner.current.version {
                 return Err(tonic::Status::not_found(format!("model version {version} of job {} does not exist yet", job.id)));

@@ -225,6 +225,9 @@ fn machine_refusal(r: &RejectReason) -> Refusal {
         RejectReason::RoundFull => ("round_full", Status::failed_precondition(msg)),
         RejectReason::BadSampleCount { .. } => ("bad_sample_count", Status::invalid_argument(msg)),
         RejectReason::BadUpdate(_) => ("bad_update", Status::invalid_argument(msg)),
+        // FedBuff reasons; secure aggregation never runs FedBuff.
+        RejectReason::TooStale { .. } => ("too_stale", Status::failed_precondition(msg)),
+        RejectReason::NoTask => ("no_task", Status::failed_precondition(msg)),
     }
 }
 

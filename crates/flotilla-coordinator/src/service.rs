@@ -76,6 +76,8 @@ fn reject_name(r: &RejectReason) -> &'static str {
         RejectReason::BadSampleCount { .. } => "bad_sample_count",
         RejectReason::BadUpdate(_) => "bad_update",
         RejectReason::WrongStageKind { .. } => "wrong_stage_kind",
+        RejectReason::TooStale { .. } => "too_stale",
+        RejectReason::NoTask => "no_task",
     }
 }
 
@@ -359,11 +361,11 @@ impl Coordinator for CoordinatorService {
                 shared.metrics.reject("not_accepting");
                 return Ok(upload_response(v1::UploadStatus::Rejected, "the job is no longer running rounds", 0));
             }
-            let (round, attempt) = inner.machine.current_round();
-            if (header.round, header.attempt) != (round, attempt) {
-                shared.metrics.reject("wrong_round");
-                let msg = RejectReason::WrongRound { round, attempt, got_round: header.round, got_attempt: header.attempt };
-                return Ok(upload_response(v1::UploadStatus::Rejected, msg.to_string(), 0));
+            // Round-based jobs: the current round and attempt; FedBuff: the client's outstanding,
+            // not too stale task.
+            if let Err(reason) = inner.machine.precheck_report(client, header.round, header.attempt) {
+                shared.metrics.reject(reject_name(&reason));
+                return Ok(upload_response(v1::UploadStatus::Rejected, reason.to_string(), 0));
             }
         }
         let limits = UploadLimits {

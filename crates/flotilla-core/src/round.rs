@@ -45,6 +45,22 @@
 //! Only sum-based strategies can run under secure aggregation
 //! ([`StrategySpec::check_secure_aggregation`]). The secagg server's state is not persisted:
 //! [`RoundMachine::recover`] abandons an in-flight secure-aggregation attempt like any other.
+//!
+//! # FedBuff: buffered asynchronous aggregation
+//!
+//! With a FedBuff strategy ([`FedBuffSpec`]) the machine runs no rounds. A checking-in client gets a
+//! task at once while fewer than `concurrency` are in flight (otherwise `RetryAfter`); the task's
+//! `model_version` is its base model and `round` is that version + 1. A report must answer the
+//! client's outstanding task ([`RejectReason::NoTask`], or [`RejectReason::Duplicate`] for its last
+//! accepted one) and be at most `max_staleness` versions behind ([`RejectReason::TooStale`]), besides
+//! the usual checks; a refused report changes nothing. An accepted report adds `s(τ)·(params − base)`
+//! to an `f64` buffer; every `buffer_size` accepted reports the machine takes the server step
+//! `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)` and emits [`Action::Commit`] with each update's
+//! staleness in [`CommitInfo::staleness`]. An old model is kept only while an in-flight task started
+//! from it and it is within `max_staleness` (O((max_staleness + 1) × model) memory at worst). A
+//! `Deadline` timer drops every task older than the stage deadline. [`RoundMachine::recover`]
+//! abandons in-flight tasks and the partly filled buffer (neither the buffer sum nor old models are
+//! in a snapshot).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,7 +71,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AggregateError, ConfigError};
 use crate::params::ParamLayout;
-use crate::strategy::{Quarantined, RoundAggregate, RoundResult, Strategy, StrategySpec};
+use crate::strategy::{FedBuffSpec, Quarantined, RoundAggregate, RoundResult, Strategy, StrategySpec};
 
 /// Identity of a client within a job, assigned by whoever authenticated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -392,6 +408,20 @@ pub enum RejectReason {
     /// The update itself is malformed.
     #[error("invalid update: {0}")]
     BadUpdate(AggregateError),
+    /// FedBuff: the report's base model is more versions behind the global model than allowed.
+    #[error("update is {staleness} versions stale (based on version {base}); at most {max} are accepted")]
+    TooStale {
+        /// Versions committed since the task's base model.
+        staleness: u64,
+        /// The task's base model version.
+        base: u64,
+        /// `strategy.max_staleness`.
+        max: u64,
+    },
+    /// FedBuff: the client has no outstanding task (never given one, already reported, or its task
+    /// was dropped at its deadline or replaced).
+    #[error("client has no outstanding task")]
+    NoTask,
     /// A `Report` (with parameters) for a secure-aggregation stage, or a `StageReport` for a
     /// `Train` stage.
     #[error("stage {stage} ({kind}) takes no such report")]
@@ -424,6 +454,9 @@ pub struct CommitInfo {
     /// Under `[privacy]`: the clip norm and noise of this round.
     #[serde(default)]
     pub dp: Option<crate::dp::DpRoundInfo>,
+    /// FedBuff: the staleness τ of each aggregated update, in acceptance order (empty for rounds).
+    #[serde(default)]
+    pub staleness: Vec<u64>,
 }
 
 /// What the driver must do. Actions are returned in the order they must be carried out.
@@ -581,6 +614,42 @@ pub struct RoundMachine {
     phase: Phase,
     select_rng: ChaCha8Rng,
     jitter_rng: ChaCha8Rng,
+    /// FedBuff mode: tasks in flight and the buffer of the next server step.
+    #[serde(default)]
+    fedbuff: AsyncState,
+}
+
+/// A FedBuff task in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct AsyncTask {
+    task: Task,
+    started_ms: u64,
+}
+
+/// FedBuff state. The model-sized parts (`sum`, `bases`) are not part of a snapshot:
+/// [`RoundMachine::recover`] abandons the in-flight tasks and the partly filled buffer anyway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct AsyncState {
+    /// Tasks issued so far (for per-task seeds).
+    issued: u64,
+    /// Outstanding tasks, at most one per client and `concurrency` in all.
+    in_flight: BTreeMap<ClientId, AsyncTask>,
+    /// Each client's last accepted task `(round, attempt)`, to name duplicates as such.
+    done: BTreeMap<ClientId, (u64, u32)>,
+    /// Models of versions older than the current one that outstanding tasks started from, and
+    /// within `max_staleness` of it: at most `max_staleness` models besides the global one.
+    #[serde(skip)]
+    bases: BTreeMap<u64, Vec<f32>>,
+    /// `Σ s(τᵢ)·Δᵢ` of the buffered updates, per coordinate.
+    #[serde(skip)]
+    sum: Vec<f64>,
+    /// `Σ s(τᵢ)`.
+    weight: f64,
+    /// Buffered updates' clients and staleness, in acceptance order.
+    contributors: Vec<ClientId>,
+    staleness: Vec<u64>,
+    num_samples: u64,
+    loss_weighted: f64,
 }
 
 /// Derives independent 64-bit seeds from one (SplitMix64 finaliser).
@@ -637,6 +706,7 @@ impl RoundMachine {
             phase: Phase::Waiting,
             select_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x5E_1EC7)),
             jitter_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x7_17E5)),
+            fedbuff: AsyncState::default(),
         })
     }
 
@@ -714,6 +784,9 @@ impl RoundMachine {
         }
         self.global = global;
         self.pool.clear();
+        // FedBuff: in-flight tasks and the partly filled buffer are abandoned (the bumped attempt
+        // makes their late reports stale).
+        self.fedbuff = AsyncState { issued: self.fedbuff.issued, ..AsyncState::default() };
         match self.phase {
             Phase::Finished | Phase::Failed(_) => {}
             // Even a machine persisted between rounds moves to a new attempt: the dead process may
@@ -742,6 +815,9 @@ impl RoundMachine {
 
     /// Clients in the current stage's cohort that have not reported yet.
     pub fn outstanding(&self) -> Vec<ClientId> {
+        if self.fedbuff_spec().is_some() {
+            return self.fedbuff.in_flight.keys().copied().collect();
+        }
         match &self.phase {
             Phase::Running(s) => s
                 .cohort
@@ -756,6 +832,10 @@ impl RoundMachine {
     /// Feeds one event at time `now_ms`; returns what the driver must do, in order.
     pub fn handle(&mut self, now_ms: u64, event: Event<'_>) -> Vec<Action> {
         let mut out = Vec::new();
+        if let Some(fb) = self.fedbuff_spec() {
+            self.handle_async(fb, now_ms, event, &mut out);
+            return out;
+        }
         match event {
             Event::CheckIn { client } => self.on_check_in(now_ms, client, &mut out),
             Event::Report { client, round, attempt, stage, num_samples, update, metrics } => {
@@ -1176,6 +1256,7 @@ impl RoundMachine {
             train_loss: loss_weighted / num_samples.max(1) as f64,
             quarantined: result.quarantined,
             dp: result.dp,
+            staleness: Vec::new(),
         };
         out.push(Action::Commit(info));
         if self.committed >= self.policy.rounds {
@@ -1219,5 +1300,287 @@ impl RoundMachine {
                 at_ms: now_ms + self.policy.selection_window_ms,
             });
         }
+    }
+}
+
+/// FedBuff: buffered asynchronous aggregation (see [`FedBuffSpec`] and the module documentation).
+impl RoundMachine {
+    fn fedbuff_spec(&self) -> Option<FedBuffSpec> {
+        self.strategy.spec().fedbuff
+    }
+
+    /// Whether a report from `client` naming `round` and `attempt` could be accepted now, judged
+    /// before its payload is read (changes nothing). Round-based jobs: the round and attempt must be
+    /// the current ones. FedBuff: they must name the client's outstanding task, whose base model is
+    /// at most `max_staleness` versions old.
+    pub fn precheck_report(&self, client: ClientId, round: u64, attempt: u32) -> Result<(), RejectReason> {
+        let Some(fb) = self.fedbuff_spec() else {
+            if (round, attempt) != (self.round, self.attempt) {
+                return Err(RejectReason::WrongRound {
+                    round: self.round,
+                    attempt: self.attempt,
+                    got_round: round,
+                    got_attempt: attempt,
+                });
+            }
+            return Ok(());
+        };
+        if matches!(self.phase, Phase::Finished | Phase::Failed(_)) {
+            return Err(RejectReason::NotAccepting(self.phase.name()));
+        }
+        let Some(t) = self.fedbuff.in_flight.get(&client) else {
+            return Err(if self.fedbuff.done.get(&client) == Some(&(round, attempt)) {
+                RejectReason::Duplicate
+            } else {
+                RejectReason::NoTask
+            });
+        };
+        let t = &t.task;
+        if (round, attempt) != (t.round, t.attempt) {
+            return Err(RejectReason::WrongRound { round: t.round, attempt: t.attempt, got_round: round, got_attempt: attempt });
+        }
+        let staleness = self.committed - t.model_version;
+        if staleness > fb.max_staleness {
+            return Err(RejectReason::TooStale { staleness, base: t.model_version, max: fb.max_staleness });
+        }
+        Ok(())
+    }
+
+    /// FedBuff: updates accepted into the buffer of the next server step (0 for round-based jobs).
+    pub fn buffered_updates(&self) -> usize {
+        self.fedbuff.contributors.len()
+    }
+
+    fn handle_async(&mut self, fb: FedBuffSpec, now_ms: u64, event: Event<'_>, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Finished | Phase::Failed(_)) {
+            match event {
+                Event::CheckIn { client } => self.retry_after(client, out),
+                Event::Report { client, .. } | Event::StageReport { client, .. } => {
+                    out.push(Action::Reject { client, reason: RejectReason::NotAccepting(self.phase.name()) })
+                }
+                _ => {}
+            }
+            return;
+        }
+        match event {
+            Event::CheckIn { client } => self.async_check_in(fb, now_ms, client, out),
+            Event::Report { client, round, attempt, stage, num_samples, update, metrics } => {
+                match self.check_async_report(fb, client, (round, attempt, stage), num_samples, update) {
+                    Err(reason) => out.push(Action::Reject { client, reason }),
+                    Ok((base, staleness)) => {
+                        self.accept_async(fb, client, base, staleness, num_samples, update, metrics, out)
+                    }
+                }
+            }
+            Event::StageReport { client, stage, .. } => out.push(Action::Reject {
+                client,
+                reason: RejectReason::WrongStageKind { stage, kind: StageKind::Train.name() },
+            }),
+            Event::Aggregated { .. } | Event::AggregationFailed { .. } => {}
+            Event::ClientLost { client } => {
+                if self.fedbuff.in_flight.remove(&client).is_some() {
+                    self.prune_bases(fb);
+                }
+            }
+            Event::TimerFired(Timer::Deadline { attempt, .. }) if attempt == self.attempt => {
+                // Drop every task older than the stage deadline: its slot is free again.
+                let deadline = self.policy.stage_deadline_ms;
+                let before = self.fedbuff.in_flight.len();
+                self.fedbuff.in_flight.retain(|_, t| now_ms < t.started_ms.saturating_add(deadline));
+                if self.fedbuff.in_flight.len() != before {
+                    self.prune_bases(fb);
+                }
+            }
+            Event::TimerFired(_) => {}
+        }
+    }
+
+    fn async_check_in(&mut self, fb: FedBuffSpec, now_ms: u64, client: ClientId, out: &mut Vec<Action>) {
+        if let Some(t) = self.fedbuff.in_flight.get(&client) {
+            if self.committed - t.task.model_version <= fb.max_staleness {
+                // A reconnecting client gets the same task again: idempotent.
+                out.push(Action::Configure { client, task: t.task.clone() });
+                return;
+            }
+            // Its task can no longer be accepted: replace it.
+            self.fedbuff.in_flight.remove(&client);
+            self.prune_bases(fb);
+        }
+        if self.fedbuff.in_flight.len() >= fb.concurrency {
+            self.retry_after(client, out);
+            return;
+        }
+        let issued = self.fedbuff.issued;
+        self.fedbuff.issued += 1;
+        let task = Task {
+            round: self.committed + 1,
+            attempt: self.attempt,
+            stage: 0,
+            kind: StageKind::Train,
+            model_version: self.committed,
+            seed: mix(mix(self.seed ^ 0xFED_B0FF ^ issued.rotate_left(29)) ^ client.0),
+        };
+        self.fedbuff.in_flight.insert(client, AsyncTask { task: task.clone(), started_ms: now_ms });
+        out.push(Action::Configure { client, task: task.clone() });
+        out.push(Action::SetTimer {
+            timer: Timer::Deadline { round: task.round, attempt: task.attempt, stage: 0 },
+            at_ms: now_ms.saturating_add(self.policy.stage_deadline_ms),
+        });
+    }
+
+    /// Every check of a FedBuff report, changing nothing; returns the task's base version and the
+    /// report's staleness.
+    fn check_async_report(
+        &self,
+        fb: FedBuffSpec,
+        client: ClientId,
+        (round, attempt, stage): (u64, u32, u32),
+        num_samples: u64,
+        update: &[f32],
+    ) -> Result<(u64, u64), RejectReason> {
+        let Some(t) = self.fedbuff.in_flight.get(&client) else {
+            return Err(if self.fedbuff.done.get(&client) == Some(&(round, attempt)) {
+                RejectReason::Duplicate
+            } else {
+                RejectReason::NoTask
+            });
+        };
+        let t = &t.task;
+        if round != t.round || attempt != t.attempt {
+            return Err(RejectReason::WrongRound {
+                round: t.round,
+                attempt: t.attempt,
+                got_round: round,
+                got_attempt: attempt,
+            });
+        }
+        if stage != 0 {
+            return Err(RejectReason::WrongStage { expected: 0, got: stage });
+        }
+        let staleness = self.committed - t.model_version;
+        if staleness > fb.max_staleness
+            || (t.model_version != self.committed && !self.fedbuff.bases.contains_key(&t.model_version))
+        {
+            return Err(RejectReason::TooStale { staleness, base: t.model_version, max: fb.max_staleness });
+        }
+        let max = self.policy.max_samples_per_report;
+        if num_samples == 0 || num_samples > max {
+            return Err(RejectReason::BadSampleCount { got: num_samples, max });
+        }
+        if update.len() != self.layout.len() {
+            return Err(RejectReason::BadUpdate(AggregateError::Length {
+                expected: self.layout.len(),
+                actual: update.len(),
+            }));
+        }
+        if let Some(index) = update.iter().position(|v| !v.is_finite()) {
+            return Err(RejectReason::BadUpdate(AggregateError::NonFinite { index }));
+        }
+        Ok((t.model_version, staleness))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accept_async(
+        &mut self,
+        fb: FedBuffSpec,
+        client: ClientId,
+        base_version: u64,
+        staleness: u64,
+        num_samples: u64,
+        update: &[f32],
+        metrics: ReportMetrics,
+        out: &mut Vec<Action>,
+    ) {
+        let w = fb.staleness_weight(staleness);
+        let st = &mut self.fedbuff;
+        let base: &[f32] = if base_version == self.committed {
+            &self.global
+        } else {
+            match st.bases.get(&base_version) {
+                Some(b) => b,
+                None => return, // excluded by check_async_report
+            }
+        };
+        if st.sum.len() != update.len() {
+            st.sum = vec![0.0; update.len()];
+        }
+        for ((acc, &p), &b) in st.sum.iter_mut().zip(update).zip(base) {
+            *acc += w * (f64::from(p) - f64::from(b));
+        }
+        st.weight += w;
+        if let Some(t) = st.in_flight.remove(&client) {
+            st.done.insert(client, (t.task.round, t.task.attempt));
+        }
+        st.contributors.push(client);
+        st.staleness.push(staleness);
+        st.num_samples += num_samples;
+        let loss = if metrics.train_loss.is_finite() { metrics.train_loss } else { f64::NAN };
+        st.loss_weighted += loss * num_samples as f64;
+        out.push(Action::Accepted { client });
+        if st.contributors.len() >= fb.buffer_size {
+            self.async_commit(fb, out);
+        } else {
+            self.prune_bases(fb);
+        }
+    }
+
+    /// The server step: `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)` (through the strategy's SGD
+    /// optimizer), then a new version.
+    fn async_commit(&mut self, fb: FedBuffSpec, out: &mut Vec<Action>) {
+        let st = std::mem::take(&mut self.fedbuff);
+        let mean: Vec<f32> = st.sum.iter().map(|s| (s / st.weight) as f32).collect();
+        let result = match self.strategy.apply_mean_delta(&self.global, &mean) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("server step {} failed: {e}", self.committed + 1);
+                self.phase = Phase::Failed(reason.clone());
+                out.push(Action::JobFailed { reason });
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.global, result.global);
+        let old_version = self.committed;
+        self.committed += 1;
+        self.round = self.committed + 1;
+        self.fedbuff = AsyncState {
+            issued: st.issued,
+            in_flight: st.in_flight,
+            done: st.done,
+            bases: st.bases,
+            ..AsyncState::default()
+        };
+        if self.fedbuff.in_flight.values().any(|t| t.task.model_version == old_version) {
+            self.fedbuff.bases.insert(old_version, old);
+        }
+        self.prune_bases(fb);
+        let mut participants = st.contributors;
+        participants.sort();
+        out.push(Action::Commit(CommitInfo {
+            round: self.committed,
+            attempt: self.attempt,
+            model_version: self.committed,
+            participants,
+            num_samples: st.num_samples,
+            train_loss: st.loss_weighted / st.num_samples.max(1) as f64,
+            quarantined: Vec::new(),
+            // `[privacy]` is refused with FedBuff (`StrategySpec::with_privacy`).
+            dp: None,
+            staleness: st.staleness,
+        }));
+        if self.committed >= self.policy.rounds {
+            self.phase = Phase::Finished;
+            self.fedbuff.in_flight.clear();
+            self.fedbuff.bases.clear();
+            out.push(Action::JobFinished);
+        }
+    }
+
+    /// Keeps only the old models that an outstanding task started from and that are still within
+    /// `max_staleness` versions.
+    fn prune_bases(&mut self, fb: FedBuffSpec) {
+        let oldest = self.committed.saturating_sub(fb.max_staleness);
+        let st = &mut self.fedbuff;
+        let in_flight = &st.in_flight;
+        st.bases.retain(|v, _| *v >= oldest && in_flight.values().any(|t| t.task.model_version == *v));
     }
 }

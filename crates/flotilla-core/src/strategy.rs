@@ -125,6 +125,34 @@ pub struct StrategySpec {
     /// [`StrategySpec::with_privacy`].
     #[serde(default)]
     pub dp: Option<DpSpec>,
+    /// FedBuff: buffered asynchronous aggregation instead of rounds (see [`FedBuffSpec`]).
+    #[serde(default)]
+    pub fedbuff: Option<FedBuffSpec>,
+}
+
+/// Buffered asynchronous aggregation after FedBuff (Nguyen et al. 2022). The round machine then runs
+/// no rounds: a client that checks in gets a task at once while fewer than `concurrency` are
+/// training; each accepted report `i` adds `s(τᵢ)·Δᵢ`, where `Δᵢ` = its parameters − the model
+/// version its task started from and `τᵢ` = versions committed since then; every `buffer_size`
+/// accepted reports the server steps `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)`.
+/// Sample counts are validated but do not weight the step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FedBuffSpec {
+    /// `K`: accepted reports per server step (≥ 1).
+    pub buffer_size: usize,
+    /// Reports whose base model is more than this many versions old are refused.
+    pub max_staleness: u64,
+    /// Most clients training at once (≥ 1).
+    pub concurrency: usize,
+    /// `a` in the staleness weight `s(τ) = 1/(1+τ)^a` (in `[0, 10]`; 0 = no discount).
+    pub staleness_exponent: f64,
+}
+
+impl FedBuffSpec {
+    /// The staleness weight `s(τ) = (1 + τ)^(−a)`.
+    pub fn staleness_weight(&self, staleness: u64) -> f64 {
+        (1.0 + staleness as f64).powf(-self.staleness_exponent)
+    }
 }
 
 /// The `[strategy]` table of scenario and job files, before validation. Every key but `name` is
@@ -158,6 +186,14 @@ pub struct StrategyConfig {
     pub clip_norm: Option<f64>,
     /// Anomaly filter on top of any strategy.
     pub anomaly: Option<AnomalySpec>,
+    /// FedBuff's K, reports per server step (default 10).
+    pub buffer_size: Option<usize>,
+    /// FedBuff's largest accepted staleness in versions (default 10).
+    pub max_staleness: Option<u64>,
+    /// FedBuff's limit on clients training at once (default 100).
+    pub concurrency: Option<usize>,
+    /// FedBuff's staleness exponent `a` in `s(τ) = 1/(1+τ)^a` (default 0.5).
+    pub staleness_exponent: Option<f64>,
 }
 
 /// Every strategy name [`StrategyConfig::name`] accepts.
@@ -173,6 +209,7 @@ pub const STRATEGY_NAMES: &[&str] = &[
     "trimmed_mean",
     "krum",
     "norm_bound",
+    "fedbuff",
 ];
 
 fn in_open_unit(field: &'static str, v: f64, lo_closed: bool) -> Result<f64, ConfigError> {
@@ -206,6 +243,7 @@ impl StrategySpec {
             proximal_mu: 0.0,
             scaffold: false,
             dp: None,
+            fedbuff: None,
         }
     }
 
@@ -228,6 +266,9 @@ impl StrategySpec {
         }
         if self.scaffold {
             return refuse("differential privacy cannot be combined with scaffold (its control variates would be released without noise)".into());
+        }
+        if self.fedbuff.is_some() {
+            return refuse("differential privacy is not wired into fedbuff's asynchronous steps yet (its accounting assumes sampled rounds)".into());
         }
         if self.clip_norm.is_some() {
             return refuse(format!(
@@ -259,9 +300,14 @@ impl StrategySpec {
             "trimmed_mean" => &["beta"],
             "krum" => &["f", "m"],
             "norm_bound" => &["max_norm"],
+            "fedbuff" => &["buffer_size", "max_staleness", "concurrency", "staleness_exponent"],
             _ => &[],
         };
-        let given: [(&str, bool); 9] = [
+        let given: [(&str, bool); 13] = [
+            ("buffer_size", cfg.buffer_size.is_some()),
+            ("max_staleness", cfg.max_staleness.is_some()),
+            ("concurrency", cfg.concurrency.is_some()),
+            ("staleness_exponent", cfg.staleness_exponent.is_some()),
             ("momentum", cfg.momentum.is_some()),
             ("mu", cfg.mu.is_some()),
             ("beta1", cfg.beta1.is_some()),
@@ -334,6 +380,37 @@ impl StrategySpec {
                 let max_norm = cfg.max_norm.ok_or_else(|| ConfigError::new("strategy.max_norm", "required for norm_bound, > 0"))?;
                 spec.clip_norm = Some(positive("strategy.max_norm", max_norm)?);
             }
+            "fedbuff" => {
+                if cfg.clip_norm.is_some() {
+                    return Err(ConfigError::new("strategy.clip_norm", "is not supported with fedbuff"));
+                }
+                if cfg.anomaly.is_some() {
+                    return Err(ConfigError::new(
+                        "strategy.anomaly",
+                        "is not supported with fedbuff (its server step folds each update as it arrives)",
+                    ));
+                }
+                let buffer_size = cfg.buffer_size.unwrap_or(10);
+                if !(1..=1_000_000).contains(&buffer_size) {
+                    return Err(ConfigError::new("strategy.buffer_size", format!("must be in 1..=1000000, got {buffer_size}")));
+                }
+                let max_staleness = cfg.max_staleness.unwrap_or(10);
+                if max_staleness > 1000 {
+                    return Err(ConfigError::new(
+                        "strategy.max_staleness",
+                        format!("must be in 0..=1000 (the server may keep that many old models), got {max_staleness}"),
+                    ));
+                }
+                let concurrency = cfg.concurrency.unwrap_or(100);
+                if !(1..=1_000_000).contains(&concurrency) {
+                    return Err(ConfigError::new("strategy.concurrency", format!("must be in 1..=1000000, got {concurrency}")));
+                }
+                let a = cfg.staleness_exponent.unwrap_or(0.5);
+                if !(a.is_finite() && (0.0..=10.0).contains(&a)) {
+                    return Err(ConfigError::new("strategy.staleness_exponent", format!("must be in [0, 10], got {a}")));
+                }
+                spec.fedbuff = Some(FedBuffSpec { buffer_size, max_staleness, concurrency, staleness_exponent: a });
+            }
             _ => {}
         }
         if let Some(c) = cfg.clip_norm {
@@ -373,6 +450,16 @@ impl StrategySpec {
     pub fn check_secure_aggregation(&self) -> Result<(), ConfigError> {
         let sum_only = "secure aggregation reveals only the sum of the updates; \
                         use fedavg, fedavgm, fedprox, fedadagrad, fedadam or fedyogi";
+        if self.fedbuff.is_some() {
+            return Err(ConfigError::new(
+                "strategy.name",
+                format!(
+                    "`{}` is asynchronous (no rounds, each update weighted by its own staleness), but secure \
+                     aggregation needs a synchronous cohort; {sum_only}",
+                    self.name
+                ),
+            ));
+        }
         if !matches!(self.aggregator, Aggregator::Mean) {
             return Err(ConfigError::new(
                 "strategy.name",
@@ -1088,6 +1175,35 @@ mod tests {
         let mut s = dp_strategy(spec, 2);
         let g = run_round(&mut s, &[0.0, 0.0], &[(&[3.0, 4.0], 5.0), (&[1.0, 0.0], 1.0)]);
         assert_eq!(g, vec![2.0, 2.0]);
+    }
+
+    #[test]
+    fn fedbuff_parameters_and_staleness_weight() {
+        let spec = StrategySpec::from_config(&cfg("fedbuff"), 1).unwrap();
+        let fb = spec.fedbuff.unwrap();
+        assert_eq!((fb.buffer_size, fb.max_staleness, fb.concurrency, fb.staleness_exponent), (10, 10, 100, 0.5));
+        // s(τ) = 1/(1+τ)^a: a = 0.5 → 1, 1/√2, 1/2 (τ = 3); a = 2, τ = 4 → 1/25; a = 0 → 1.
+        assert_eq!(fb.staleness_weight(0), 1.0);
+        assert!((fb.staleness_weight(1) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-15);
+        assert_eq!(fb.staleness_weight(3), 0.5);
+        let a2 = FedBuffSpec { staleness_exponent: 2.0, ..fb };
+        assert!((a2.staleness_weight(4) - 0.04).abs() < 1e-15);
+        assert_eq!(FedBuffSpec { staleness_exponent: 0.0, ..fb }.staleness_weight(7), 1.0);
+        let err = |c: StrategyConfig| StrategySpec::from_config(&c, 1).unwrap_err();
+        let e = err(StrategyConfig { buffer_size: Some(0), ..cfg("fedbuff") });
+        assert_eq!(e.field, "strategy.buffer_size");
+        assert!(e.message.contains("1..="), "{e}");
+        assert_eq!(err(StrategyConfig { concurrency: Some(0), ..cfg("fedbuff") }).field, "strategy.concurrency");
+        assert_eq!(err(StrategyConfig { max_staleness: Some(5000), ..cfg("fedbuff") }).field, "strategy.max_staleness");
+        for a in [-0.1, f64::NAN, 10.5] {
+            let e = err(StrategyConfig { staleness_exponent: Some(a), ..cfg("fedbuff") });
+            assert_eq!(e.field, "strategy.staleness_exponent");
+        }
+        assert_eq!(err(StrategyConfig { clip_norm: Some(1.0), ..cfg("fedbuff") }).field, "strategy.clip_norm");
+        assert_eq!(err(StrategyConfig { buffer_size: Some(3), ..cfg("fedavg") }).field, "strategy");
+        let e = spec.check_secure_aggregation().unwrap_err();
+        assert_eq!(e.field, "strategy.name");
+        assert!(e.message.contains("asynchronous"), "{e}");
     }
 
     #[test]

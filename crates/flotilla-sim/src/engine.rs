@@ -78,6 +78,12 @@ pub struct RoundRecord {
     /// Under `[privacy]`: cumulative (ε, δ) after this round, and the round's clip norm and noise.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<RoundPrivacy>,
+    /// FedBuff: mean staleness τ of the updates in this server step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staleness_mean: Option<f64>,
+    /// FedBuff: largest staleness τ of the updates in this server step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staleness_max: Option<u64>,
     /// Wall-clock seconds since the simulation started.
     pub elapsed_seconds: f64,
 }
@@ -134,8 +140,11 @@ pub struct SimOutcome {
     pub model_sha256: String,
     /// Round attempts abandoned along the way.
     pub abandoned_attempts: u64,
-    /// Reports refused because their round had already closed (over-selected stragglers).
+    /// Reports refused because their round had already closed (over-selected stragglers), or,
+    /// under FedBuff, because their task had been dropped at its deadline.
     pub late_reports: u64,
+    /// FedBuff: reports refused because their base model was more than `max_staleness` versions old.
+    pub stale_reports: u64,
     /// Training samples.
     pub train_samples: usize,
     /// Test samples.
@@ -160,6 +169,11 @@ pub fn round_policy(s: &Scenario) -> RoundPolicy {
     if s.secagg.is_some() {
         p.stages = flotilla_core::round::StageKind::SECURE_AGGREGATION.to_vec();
     }
+    if s.strategy.fedbuff.is_some() {
+        // Idle clients come back about as often as a task takes; no task is ever dropped.
+        p.retry_after_ms = s.round.train_ticks.1;
+        p.stage_deadline_ms = 1000 * s.round.train_ticks.1;
+    }
     p
 }
 
@@ -171,6 +185,9 @@ pub fn run_prepared(
 ) -> Result<SimOutcome, SimError> {
     if let Some(sa) = &scenario.secagg {
         return crate::secagg::run_prepared(scenario, sa, prepared, observe);
+    }
+    if let Some(fb) = scenario.strategy.fedbuff {
+        return crate::fedbuff::run_prepared(scenario, fb, prepared, observe);
     }
     let started = Instant::now();
     let train = &prepared.data.train;
@@ -390,6 +407,7 @@ pub fn run_prepared(
         layout,
         abandoned_attempts: abandoned,
         late_reports,
+        stale_reports: 0,
         train_samples: train.len(),
         test_samples: test.len(),
         privacy: privacy.as_ref().map(SimPrivacy::summary),
@@ -437,6 +455,9 @@ pub(crate) fn evaluate_commit(
         quarantined: info.quarantined.clone(),
         quarantined_attackers,
         privacy: None,
+        staleness_mean: (!info.staleness.is_empty())
+            .then(|| info.staleness.iter().sum::<u64>() as f64 / info.staleness.len() as f64),
+        staleness_max: info.staleness.iter().max().copied(),
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -7,6 +7,7 @@ pub mod attack;
 pub mod engine;
 pub mod error;
 pub mod privacy;
+pub mod fedbuff;
 pub mod scenario;
 pub mod secagg;
 

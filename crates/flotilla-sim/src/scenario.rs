@@ -139,6 +139,9 @@ pub struct RoundSettings {
     pub min_report_fraction: f64,
     /// Fraction of selected clients that drop out mid-round (simulated failures).
     pub dropout: f64,
+    /// FedBuff only: virtual milliseconds a client's local training takes, drawn per task uniformly
+    /// from `[min, max]` (seeded), so clients finish at different times and updates go stale.
+    pub train_ticks: (u64, u64),
 }
 
 /// Engine settings: they change speed, never results.
@@ -232,6 +235,8 @@ struct RawRound {
     over_selection: Option<f64>,
     min_report_fraction: Option<f64>,
     dropout: Option<f64>,
+    train_ticks_min: Option<i64>,
+    train_ticks_max: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -427,6 +432,17 @@ impl Scenario {
             over_selection,
             min_report_fraction: fraction("round.min_report_fraction", rr.min_report_fraction.unwrap_or(0.5), false, true)?,
             dropout: fraction("round.dropout", rr.dropout.unwrap_or(0.0), true, false)?,
+            train_ticks: {
+                let lo = count("round.train_ticks_min", rr.train_ticks_min.unwrap_or(10), 1)? as u64;
+                let hi = count("round.train_ticks_max", rr.train_ticks_max.unwrap_or(100), 1)? as u64;
+                if hi < lo || hi > 1_000_000 {
+                    return Err(invalid(
+                        "round.train_ticks_max",
+                        format!("must be in round.train_ticks_min ({lo})..=1000000, got {hi}"),
+                    ));
+                }
+                (lo, hi)
+            },
         };
         // The smallest round that can commit, by the machine's own rule (Krum's f is checked against it).
         let min_reports = RoundPolicy { min_report_fraction: round.min_report_fraction, ..RoundPolicy::new(rounds, clients_per_round) }
@@ -445,6 +461,9 @@ impl Scenario {
             None => None,
             Some(a) => Some(parse_attack(a, dataset)?),
         };
+        if strategy.fedbuff.is_some() && attack.is_some() {
+            return Err(invalid("attack", "attacks are not simulated with the fedbuff strategy"));
+        }
         let secagg = match &r.secagg {
             None => None,
             Some(raw) => Some(crate::secagg::SecAggSettings::from_raw(raw, clients_per_round, &strategy, attack.is_some())?),

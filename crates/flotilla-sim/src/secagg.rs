@@ -453,6 +453,7 @@ pub(crate) fn run_prepared(
         late_reports,
         // `[privacy]` is refused together with `[secagg]` (see `StrategySpec::check_secure_aggregation`).
         privacy: None,
+        stale_reports: 0,
         train_samples: train.len(),
         test_samples: test.len(),
     })

@@ -163,6 +163,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             "epsilon_spent": outcome.privacy.as_ref().map(|p| p.epsilon_spent),
             "delta": outcome.privacy.as_ref().map(|p| p.delta),
             "stopped_reason": outcome.privacy.as_ref().and_then(|p| p.stopped_reason.clone()),
+            "stale_reports": outcome.stale_reports,
             "history": outcome.history,
             "wall_seconds": wall,
             "seconds_per_round": wall / outcome.history.len().max(1) as f64,
