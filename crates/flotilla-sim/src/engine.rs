@@ -177,6 +177,51 @@ pub fn round_policy(s: &Scenario) -> RoundPolicy {
     p
 }
 
+/// What every simulation driver starts with: one trainer per worker thread (at most `max_workers`,
+/// each built from the scenario seed), the model's layout and initial parameters, the test split's
+/// indices and the initial model's evaluation, announced through `observe` as [`SimEvent::Started`].
+pub(crate) struct Setup {
+    pub trainers: Vec<Box<dyn Trainer>>,
+    pub layout: ParamLayout,
+    pub initial: Vec<f32>,
+    pub test_idx: Vec<u32>,
+    pub init_eval: flotilla_ml::EvalReport,
+}
+
+/// Builds a driver's [`Setup`].
+pub(crate) fn setup(
+    scenario: &Scenario,
+    prepared: &Prepared,
+    max_workers: usize,
+    observe: &mut dyn FnMut(&SimEvent),
+) -> Result<Setup, SimError> {
+    let train = &prepared.data.train;
+    let test = &prepared.data.test;
+    let spec = ModelSpec {
+        kind: scenario.model.kind,
+        input_shape: train.feature_shape.clone(),
+        num_classes: train.num_classes,
+    };
+    let threads = match scenario.simulation.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(max_workers.max(1));
+    let mut trainers: Vec<Box<dyn Trainer>> =
+        (0..threads).map(|_| flotilla_ml::build(&spec, scenario.seed)).collect::<Result<_, _>>()?;
+    let layout = trainers[0].layout().clone();
+    let initial = trainers[0].parameters();
+    let test_idx: Vec<u32> = (0..test.len() as u32).collect();
+    let init_eval = trainers[0].evaluate(&samples(test, &test_idx))?;
+    observe(&SimEvent::Started {
+        train_samples: train.len(),
+        test_samples: test.len(),
+        num_params: layout.len(),
+        initial_accuracy: init_eval.accuracy,
+    });
+    Ok(Setup { trainers, layout, initial, test_idx, init_eval })
+}
+
 /// Runs the scenario's federation with its data already prepared, reporting progress to `observe`.
 pub fn run_prepared(
     scenario: &Scenario,
@@ -192,29 +237,8 @@ pub fn run_prepared(
     let started = Instant::now();
     let train = &prepared.data.train;
     let test = &prepared.data.test;
-    let spec = ModelSpec {
-        kind: scenario.model.kind,
-        input_shape: train.feature_shape.clone(),
-        num_classes: train.num_classes,
-    };
-    let threads = match scenario.simulation.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
-    .min(scenario.clients_per_round.max(1));
-    let mut trainers: Vec<Box<dyn Trainer>> =
-        (0..threads).map(|_| flotilla_ml::build(&spec, scenario.seed)).collect::<Result<_, _>>()?;
-    let layout = trainers[0].layout().clone();
-    let initial = trainers[0].parameters();
-    let test_idx: Vec<u32> = (0..test.len() as u32).collect();
+    let Setup { mut trainers, layout, initial, test_idx, init_eval } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
     let test_view = samples(test, &test_idx);
-    let init_eval = trainers[0].evaluate(&test_view)?;
-    observe(&SimEvent::Started {
-        train_samples: train.len(),
-        test_samples: test.len(),
-        num_params: layout.len(),
-        initial_accuracy: init_eval.accuracy,
-    });
 
     let mut machine = RoundMachine::with_strategy(
         round_policy(scenario),

@@ -13,11 +13,11 @@ use std::time::Instant;
 use flotilla_core::params_sha256;
 use flotilla_core::round::{Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer};
 use flotilla_core::strategy::FedBuffSpec;
-use flotilla_ml::{FitReport, ModelSpec, Trainer};
+use flotilla_ml::FitReport;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::engine::{evaluate_commit, round_policy, samples, train_cohort, ClientJob, Prepared, SimEvent, SimOutcome};
+use crate::engine::{evaluate_commit, round_policy, samples, setup, train_cohort, ClientJob, Prepared, Setup, SimEvent, SimOutcome};
 use crate::error::SimError;
 use crate::scenario::Scenario;
 
@@ -38,25 +38,8 @@ pub fn run_prepared(
     let started = Instant::now();
     let train = &prepared.data.train;
     let test = &prepared.data.test;
-    let spec = ModelSpec { kind: scenario.model.kind, input_shape: train.feature_shape.clone(), num_classes: train.num_classes };
-    let threads = match scenario.simulation.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
-    .min(fb.concurrency.max(1));
-    let mut trainers: Vec<Box<dyn Trainer>> =
-        (0..threads).map(|_| flotilla_ml::build(&spec, scenario.seed)).collect::<Result<_, _>>()?;
-    let layout = trainers[0].layout().clone();
-    let initial = trainers[0].parameters();
-    let test_idx: Vec<u32> = (0..test.len() as u32).collect();
+    let Setup { mut trainers, layout, initial, test_idx, init_eval } = setup(scenario, prepared, fb.concurrency, observe)?;
     let test_view = samples(test, &test_idx);
-    let init_eval = trainers[0].evaluate(&test_view)?;
-    observe(&SimEvent::Started {
-        train_samples: train.len(),
-        test_samples: test.len(),
-        num_params: layout.len(),
-        initial_accuracy: init_eval.accuracy,
-    });
     let mut machine =
         RoundMachine::with_strategy(round_policy(scenario), layout.clone(), initial, scenario.seed, scenario.strategy.clone())?;
 

@@ -31,13 +31,12 @@ use std::time::Instant;
 use flotilla_core::round::{Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer};
 use flotilla_core::strategy::StrategySpec;
 use flotilla_core::params_sha256;
-use flotilla_ml::ModelSpec;
 use flotilla_secagg::{Client, ClientMessage, Params, Server, ServerMessage};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use crate::engine::{evaluate_commit, round_policy, samples, train_cohort, ClientJob, Prepared, SimEvent, SimOutcome};
+use crate::engine::{evaluate_commit, round_policy, samples, setup, train_cohort, ClientJob, Prepared, Setup, SimEvent, SimOutcome};
 use crate::error::{ScenarioError, SimError};
 use crate::scenario::Scenario;
 
@@ -158,25 +157,8 @@ pub(crate) fn run_prepared(
     let started = Instant::now();
     let train = &prepared.data.train;
     let test = &prepared.data.test;
-    let spec = ModelSpec { kind: scenario.model.kind, input_shape: train.feature_shape.clone(), num_classes: train.num_classes };
-    let threads = match scenario.simulation.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
-    .min(scenario.clients_per_round.max(1));
-    let mut trainers: Vec<Box<dyn flotilla_ml::Trainer>> =
-        (0..threads).map(|_| flotilla_ml::build(&spec, scenario.seed)).collect::<Result<_, _>>()?;
-    let layout = trainers[0].layout().clone();
-    let initial = trainers[0].parameters();
-    let test_idx: Vec<u32> = (0..test.len() as u32).collect();
+    let Setup { mut trainers, layout, initial, test_idx, init_eval } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
     let test_view = samples(test, &test_idx);
-    let init_eval = trainers[0].evaluate(&test_view)?;
-    observe(&SimEvent::Started {
-        train_samples: train.len(),
-        test_samples: test.len(),
-        num_params: layout.len(),
-        initial_accuracy: init_eval.accuracy,
-    });
     let params = sa.params(scenario.clients_per_round, layout.len())?;
     let mut machine =
         RoundMachine::with_strategy(round_policy(scenario), layout.clone(), initial, scenario.seed, scenario.strategy.clone())?;
