@@ -14,7 +14,8 @@ ROUNDS=${ROUNDS:-100}
 OUT=${OUT:-results/sweep}
 mkdir -p "$OUT"
 
-# name | alpha | extra TOML (\n-separated)
+# name | alpha | extra TOML (\n-separated). The base file ends with its [train] section, so extra
+# lines before the first section header (e.g. max_grad_norm) land in [train].
 RUNS=(
   "clean-fedavg-0.5|0.5|"
   "clean-fedavgm-0.5|0.5|[strategy]\nname = \"fedavgm\"\nserver_lr = 0.1\nmomentum = 0.9"
@@ -22,17 +23,23 @@ RUNS=(
   "clean-fedadam-0.5|0.5|[strategy]\nname = \"fedadam\"\nserver_lr = 0.01"
   "clean-fedyogi-0.5|0.5|[strategy]\nname = \"fedyogi\"\nserver_lr = 0.01"
   "clean-scaffold-0.5|0.5|[strategy]\nname = \"scaffold\""
+  "clean-fedavg-clip5-0.5|0.5|max_grad_norm = 5.0"
+  "clean-scaffold-clip5-0.5|0.5|max_grad_norm = 5.0\n[strategy]\nname = \"scaffold\""
   "clean-fedavg-0.1|0.1|"
   "clean-fedavgm-0.1|0.1|[strategy]\nname = \"fedavgm\"\nserver_lr = 0.1\nmomentum = 0.9"
   "clean-fedprox-0.1|0.1|[strategy]\nname = \"fedprox\"\nmu = 0.01"
   "clean-fedadam-0.1|0.1|[strategy]\nname = \"fedadam\"\nserver_lr = 0.01"
   "clean-fedyogi-0.1|0.1|[strategy]\nname = \"fedyogi\"\nserver_lr = 0.01"
   "clean-scaffold-0.1|0.1|[strategy]\nname = \"scaffold\""
+  "clean-fedavg-clip5-0.1|0.1|max_grad_norm = 5.0"
+  "clean-scaffold-clip5-0.1|0.1|max_grad_norm = 5.0\n[strategy]\nname = \"scaffold\""
   "signflip-fedavg-0.5|0.5|[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale = 4.0"
   "signflip-median-0.5|0.5|[strategy]\nname = \"median\"\n[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale = 4.0"
   "signflip-trimmed_mean-0.5|0.5|[strategy]\nname = \"trimmed_mean\"\nbeta = 0.2\n[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale = 4.0"
   "signflip-krum-0.5|0.5|[round]\nmin_report_fraction = 0.7\n[strategy]\nname = \"krum\"\nf = 2\nm = 5\n[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale = 4.0"
   "signflip-norm_bound-0.5|0.5|[strategy]\nname = \"norm_bound\"\nmax_norm = 1.0\n[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale = 4.0"
+  "signflip-norm_bound2-0.5|0.5|[strategy]\nname = \"norm_bound\"\nmax_norm = 2.0\n[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale = 4.0"
+  "signflip-norm_bound05-0.5|0.5|[strategy]\nname = \"norm_bound\"\nmax_norm = 0.5\n[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale = 4.0"
   "backdoor-fedavg-0.5|0.5|[attack]\nkind = \"backdoor\"\nfraction = 0.1\ntarget = 0\npoison_fraction = 0.5"
   "backdoor-norm_bound-0.5|0.5|[strategy]\nname = \"norm_bound\"\nmax_norm = 1.0\n[attack]\nkind = \"backdoor\"\nfraction = 0.1\ntarget = 0\npoison_fraction = 0.5"
 )

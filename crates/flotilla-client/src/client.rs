@@ -983,6 +983,9 @@ fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver, Option<ModelR
     if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
         return Err(format!("proximal_mu must be finite and ≥ 0, got {}", t.proximal_mu));
     }
+    if !(t.max_grad_norm.is_finite() && t.max_grad_norm >= 0.0) {
+        return Err(format!("max_grad_norm must be finite and ≥ 0 (0 = none), got {}", t.max_grad_norm));
+    }
     let info = TaskInfo {
         job_id: task.job_id.clone(),
         round: task.round,
@@ -1004,6 +1007,7 @@ fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver, Option<ModelR
             learning_rate: t.learning_rate,
             seed: t.seed,
             proximal_mu: t.proximal_mu,
+            max_grad_norm: t.max_grad_norm,
         },
         gradient_correction: None,
         // Relative first: the coordinator's clock and ours need not agree.
@@ -1225,6 +1229,7 @@ mod tests {
                 learning_rate: 0.1,
                 seed: 0,
                 proximal_mu: 0.0,
+                max_grad_norm: 0.0,
             },
             gradient_correction: None,
             deadline: None,

@@ -83,6 +83,8 @@ pub struct TrainingConfig {
     /// FedProx μ: weight of the proximal term `μ/2·‖w − w_global‖²` added to the local loss
     /// (0 = plain local SGD).
     pub proximal_mu: f64,
+    /// Clip each local SGD step's loss gradient to this global L2 norm (0 = no clipping).
+    pub max_grad_norm: f64,
 }
 
 /// Everything a [`LocalTrainer`] needs to know about one task.
@@ -374,6 +376,11 @@ fn fit_config(t: &TrainingConfig) -> Result<FitConfig, DatasetTrainerError> {
     if !(mu.is_finite() && mu >= 0.0) {
         return Err(bad(format!("proximal_mu must be finite and ≥ 0, got {mu}")));
     }
+    let max_grad_norm = match t.max_grad_norm {
+        0.0 => None,
+        m if m.is_finite() && m > 0.0 && m <= f64::from(f32::MAX) => Some(m as f32),
+        m => return Err(bad(format!("max_grad_norm must be finite and ≥ 0 (0 = none), got {m}"))),
+    };
     let lr = t.learning_rate as f32;
     if !(lr.is_finite() && lr > 0.0) {
         return Err(bad(format!(
@@ -387,6 +394,7 @@ fn fit_config(t: &TrainingConfig) -> Result<FitConfig, DatasetTrainerError> {
             .map_err(|_| bad(format!("batch_size {} is too large", t.batch_size)))?,
         learning_rate: lr,
         seed: t.seed,
+        max_grad_norm,
     })
 }
 
@@ -426,6 +434,7 @@ mod tests {
                 learning_rate: 0.1,
                 seed: 3,
                 proximal_mu: 0.0,
+                max_grad_norm: 0.0,
             },
             gradient_correction: None,
             deadline: None,

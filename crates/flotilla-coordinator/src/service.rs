@@ -195,6 +195,7 @@ impl CoordinatorService {
                 learning_rate: t.learning_rate,
                 seed: task.seed,
                 proximal_mu: job.spec.strategy.proximal_mu,
+                max_grad_norm: t.max_grad_norm.unwrap_or(0.0),
             }),
             deadline_unix_ms: inner.deadline_ms.unwrap_or(0),
             // Relative to now, because client clocks are not trusted; ≥ 1 so 0 keeps meaning "none".

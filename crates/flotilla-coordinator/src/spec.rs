@@ -71,6 +71,7 @@ struct RawTrain {
     local_epochs: Option<u32>,
     batch_size: Option<u32>,
     learning_rate: Option<f64>,
+    max_grad_norm: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +110,10 @@ pub struct TrainSection {
     pub batch_size: u32,
     /// SGD learning rate.
     pub learning_rate: f64,
+    /// Clip every local step's loss gradient to this global L2 norm (`None` = no clipping). Absent in
+    /// specs stored before it existed.
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
 }
 
 /// A validated job specification (stored as JSON with the job).
@@ -250,7 +255,13 @@ impl JobSpec {
             local_epochs: t.local_epochs.unwrap_or(1),
             batch_size: t.batch_size.unwrap_or(32),
             learning_rate: need(t.learning_rate, "train.learning_rate")?,
+            max_grad_norm: t.max_grad_norm,
         };
+        if let Some(m) = train.max_grad_norm
+            && !(m.is_finite() && m > 0.0 && m <= 1e6)
+        {
+            return Err(SpecError::new("train.max_grad_norm", format!("must be in (0, 1e6], got {m}")));
+        }
         if train.local_epochs == 0 || train.local_epochs > 10_000 {
             return Err(SpecError::new("train.local_epochs", "must be in 1..=10000"));
         }
@@ -415,6 +426,7 @@ dataset = "digits"
         assert!(err(&DIGITS.replace("over_selection = 1.0", "over_selection = 0.5")).starts_with("over_selection:"));
         assert!(err(&DIGITS.replace("kind = \"logreg\"", "kind = \"nope\"")).starts_with("model.kind:"));
         assert!(err(&DIGITS.replace("learning_rate = 0.1", "learning_rate = -1.0")).starts_with("train.learning_rate:"));
+        assert!(err(&DIGITS.replace("learning_rate = 0.1", "learning_rate = 0.1\nmax_grad_norm = -2")).starts_with("train.max_grad_norm:"));
         assert!(err(&DIGITS.replace("rounds = 20", "rounds = 0")).starts_with("rounds:"));
         assert!(err(&DIGITS.replace("round_deadline_seconds = 60", "round_deadline_seconds = 0")).starts_with("round_deadline_seconds:"));
         assert!(err(&DIGITS.replace("seed = 42", "seed = 42\nbogus = 1")).starts_with("toml:"));

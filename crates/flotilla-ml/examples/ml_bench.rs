@@ -37,17 +37,17 @@ fn logreg_fit(samples: usize) {
     let global = t.parameters();
     let iters = 2000;
     for i in 0..50 {
-        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i }).expect("fit");
+        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i, max_grad_norm: None }).expect("fit");
     }
     let start = Instant::now();
     for i in 0..iters {
-        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i }).expect("fit");
+        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i, max_grad_norm: None }).expect("fit");
     }
     let fit_us = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
     let start = Instant::now();
     for i in 0..iters {
         t.set_parameters(&global).expect("set");
-        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i }).expect("fit");
+        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i, max_grad_norm: None }).expect("fit");
         std::hint::black_box(t.parameters());
     }
     let round_us = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
@@ -74,7 +74,7 @@ fn federation() {
             let idx: Vec<u32> = ((c * per_client) as u32..((c + 1) * per_client) as u32).collect();
             let data = Samples { features: &x, feature_len: dim, labels: &y, indices: &idx };
             t.set_parameters(&global).expect("set");
-            t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: round * 100 + c as u64 })
+            t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: round * 100 + c as u64, max_grad_norm: None })
                 .expect("fit");
             for (s, p) in sum.iter_mut().zip(t.parameters()) {
                 *s += p / clients as f32;
@@ -99,10 +99,10 @@ fn image_model(kind: ModelKind, label: &str) {
     let shape = if kind == ModelKind::Cnn { vec![1, 28, 28] } else { vec![784] };
     let spec = ModelSpec { kind, input_shape: shape, num_classes: classes };
     let mut t = build(&spec, 0).expect("build");
-    t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.01, seed: 0 }).expect("warmup");
+    t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.01, seed: 0, max_grad_norm: None }).expect("warmup");
     let epochs = 3;
     let start = Instant::now();
-    t.fit(&data, &FitConfig { epochs, batch_size: 32, learning_rate: 0.01, seed: 1 }).expect("fit");
+    t.fit(&data, &FitConfig { epochs, batch_size: 32, learning_rate: 0.01, seed: 1, max_grad_norm: None }).expect("fit");
     let train = (n * epochs as usize) as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     t.evaluate(&data).expect("eval");
@@ -122,7 +122,7 @@ fn determinism() {
     let data = Samples { features: &x, feature_len: dim, labels: &y, indices: &idx };
     for (kind, shape) in [(ModelKind::Cnn, vec![1, 28, 28]), (ModelKind::Mlp { hidden: 32 }, vec![784])] {
         let mut t = build(&ModelSpec { kind, input_shape: shape, num_classes: classes }, 5).expect("build");
-        t.fit(&data, &FitConfig { epochs: 2, batch_size: 32, learning_rate: 0.05, seed: 9 }).expect("fit");
+        t.fit(&data, &FitConfig { epochs: 2, batch_size: 32, learning_rate: 0.05, seed: 9, max_grad_norm: None }).expect("fit");
         println!("det {kind}: {}", flotilla_core::params_sha256(&t.parameters()));
     }
 }

@@ -16,7 +16,7 @@
 //! let labels = [0, 1, 0, 1];
 //! let indices = [0, 1, 2, 3];
 //! let data = Samples { features: &features, feature_len: 2, labels: &labels, indices: &indices };
-//! let cfg = FitConfig { epochs: 20, batch_size: 2, learning_rate: 0.5, seed: 1 };
+//! let cfg = FitConfig { epochs: 20, batch_size: 2, learning_rate: 0.5, seed: 1, max_grad_norm: None };
 //! let report = trainer.fit(&data, &cfg).unwrap();
 //! assert_eq!(report.steps, 40);
 //! assert!(trainer.evaluate(&data).unwrap().accuracy > 0.99);
@@ -122,6 +122,10 @@ pub struct FitConfig {
     pub learning_rate: f32,
     /// Seed of the per-epoch shuffles (ChaCha8).
     pub seed: u64,
+    /// Clip the loss gradient of every SGD step to this global L2 norm (over all parameter tensors)
+    /// before the FedProx/SCAFFOLD terms are added; `None` = no clipping. Keeps one unlucky step on a
+    /// skewed client from blowing up local training (finite, > 0).
+    pub max_grad_norm: Option<f32>,
 }
 
 /// Extra terms of the local objective that some strategies ask for.

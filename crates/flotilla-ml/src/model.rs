@@ -345,7 +345,12 @@ fn cross_entropy(logits: Tensor<2>, labels: Tensor<2, Int>) -> Tensor<1> {
 }
 
 fn scalar(t: Tensor<1>) -> Result<f64, TrainerError> {
-    let data = t.inner().try_into_data().map_err(|e| TrainerError::Backend(format!("{e:?}")))?;
+    scalar_inner(t.inner())
+}
+
+/// The single value of a one-element tensor of the inner (non-autodiff) backend.
+fn scalar_inner(t: Tensor<1>) -> Result<f64, TrainerError> {
+    let data = t.try_into_data().map_err(|e| TrainerError::Backend(format!("{e:?}")))?;
     let v: Vec<f32> = data.try_into_vec().map_err(|e| TrainerError::Backend(format!("{e:?}")))?;
     v.first().map(|&x| f64::from(x)).ok_or_else(|| TrainerError::Backend("empty scalar".into()))
 }
@@ -408,6 +413,11 @@ impl Trainer for BurnTrainer {
                 cfg.learning_rate
             )));
         }
+        if let Some(m) = cfg.max_grad_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            return Err(TrainerError::InvalidConfig(format!("max_grad_norm must be finite and > 0, got {m}")));
+        }
         if !(objective.proximal_mu.is_finite() && objective.proximal_mu >= 0.0) {
             return Err(TrainerError::InvalidConfig(format!(
                 "proximal_mu must be finite and ≥ 0, got {}",
@@ -457,12 +467,29 @@ impl Trainer for BurnTrainer {
                 loss_sum += value * chunk.len() as f64;
                 let mut grads = loss.backward();
                 let old = std::mem::take(&mut self.params);
-                let mut updated = Vec::with_capacity(old.len());
-                for (i, p) in old.into_iter().enumerate() {
-                    let Some(mut g) = p.grad_remove(&mut grads) else {
+                let mut loss_grads = Vec::with_capacity(old.len());
+                for p in &old {
+                    let Some(g) = p.grad_remove(&mut grads) else {
                         self.restore(snapshot);
                         return Err(TrainerError::Backend("a parameter got no gradient".into()));
                     };
+                    loss_grads.push(g);
+                }
+                if let Some(max) = cfg.max_grad_norm {
+                    // One global norm over all tensors (one host sync per step), as torch's
+                    // clip_grad_norm_ does; only the loss gradient is clipped.
+                    let squares = loss_grads.iter().map(|g| g.clone().powf_scalar(2.0).sum()).reduce(|a, b| a + b);
+                    let norm = match squares {
+                        Some(s) => scalar_inner(s)?.sqrt(),
+                        None => 0.0,
+                    };
+                    if norm > f64::from(max) {
+                        let scale = f64::from(max) / norm;
+                        loss_grads = loss_grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
+                    }
+                }
+                let mut updated = Vec::with_capacity(old.len());
+                for (i, (p, mut g)) in old.into_iter().zip(loss_grads).enumerate() {
                     let w = p.inner();
                     if mu > 0.0 {
                         g = g + (w.clone() - snapshot[i].clone()).mul_scalar(mu);

@@ -80,7 +80,7 @@ fn logreg(dim: usize, classes: usize, seed: u64) -> Box<dyn Trainer> {
 }
 
 fn cfg(epochs: u32, batch_size: usize, learning_rate: f32, seed: u64) -> FitConfig {
-    FitConfig { epochs, batch_size, learning_rate, seed }
+    FitConfig { epochs, batch_size, learning_rate, seed, max_grad_norm: None }
 }
 
 #[test]
@@ -395,4 +395,31 @@ fn proximal_term_and_gradient_correction_shape_local_training() {
     let short = vec![0.0f32; 3];
     assert!(t.fit_with(&train.view(), &cfg(1, 16, 0.1, 4), &LocalObjective { proximal_mu: 0.0, gradient_correction: Some(&short) }).is_err());
     assert!(t.fit_with(&train.view(), &cfg(1, 16, 0.1, 4), &LocalObjective { proximal_mu: -1.0, gradient_correction: None }).is_err());
+}
+
+/// `max_grad_norm` bounds every SGD step: one full-batch step moves the parameters by at most
+/// `lr · max_grad_norm`, while the unclipped step on the same data moves them further; a bad value
+/// is refused.
+#[test]
+fn max_grad_norm_bounds_each_step() {
+    let data = blobs(64, 16, 4, 11);
+    let step = |clip: Option<f32>| {
+        let mut t = logreg(16, 4, 3);
+        let before = t.parameters();
+        let c = FitConfig { max_grad_norm: clip, ..cfg(1, 64, 0.5, 5) };
+        t.fit_with(&data.view(), &c, &LocalObjective::default()).expect("fit");
+        let moved: f64 = t.parameters().iter().zip(&before).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+        moved.sqrt()
+    };
+    let free = step(None);
+    let clipped = step(Some(0.1));
+    assert!(free > 0.5 * 0.1 * 2.0, "the unclipped step is not large enough to show clipping: {free}");
+    assert!(clipped <= 0.5 * 0.1 * (1.0 + 1e-4), "clipped step moved {clipped} > lr·max = 0.05");
+    assert!(clipped > 0.5 * 0.1 * 0.99, "clipping to 0.1 should move exactly lr·0.1, got {clipped}");
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let mut t = logreg(16, 4, 3);
+        let c = FitConfig { max_grad_norm: Some(bad), ..cfg(1, 64, 0.5, 5) };
+        let err = t.fit_with(&data.view(), &c, &LocalObjective::default()).expect_err("bad max_grad_norm");
+        assert!(matches!(err, TrainerError::InvalidConfig(ref m) if m.contains("max_grad_norm")), "{err}");
+    }
 }

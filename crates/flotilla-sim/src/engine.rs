@@ -518,6 +518,7 @@ pub(crate) fn train_cohort(
             batch_size: scenario.train.batch_size,
             learning_rate: scenario.train.learning_rate,
             seed: job.seed,
+            max_grad_norm: scenario.train.max_grad_norm,
         };
         let objective = LocalObjective { proximal_mu, gradient_correction: job.correction.as_deref() };
         let report = trainer.fit_with(&samples(job.data, idx), &cfg, &objective)?;

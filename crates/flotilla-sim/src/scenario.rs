@@ -128,6 +128,8 @@ pub struct TrainSettings {
     pub batch_size: usize,
     /// SGD learning rate.
     pub learning_rate: f32,
+    /// Clip every local step's loss gradient to this global L2 norm (`None` = no clipping).
+    pub max_grad_norm: Option<f32>,
 }
 
 /// Selection policy knobs of the round state machine.
@@ -227,6 +229,7 @@ struct RawTrain {
     local_epochs: i64,
     batch_size: i64,
     learning_rate: f64,
+    max_grad_norm: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -421,6 +424,11 @@ impl Scenario {
                 .map_err(|_| invalid("train.local_epochs", "is too large"))?,
             batch_size: count("train.batch_size", t.batch_size, 1)?,
             learning_rate: lr as f32,
+            max_grad_norm: match t.max_grad_norm {
+                None => None,
+                Some(m) if m.is_finite() && m > 0.0 && m <= 1e6 => Some(m as f32),
+                Some(m) => return Err(invalid("train.max_grad_norm", format!("must be in (0, 1e6], got {m}"))),
+            },
         };
 
         let rr = r.round.unwrap_or_default();
@@ -601,6 +609,9 @@ learning_rate = 0.1
     #[test]
     fn errors_name_the_field() {
         assert!(err(&MINIMAL.replace("[train]", "[train]\nmomentum = 0.9")).contains("momentum"));
+        assert!(err(&MINIMAL.replace("[train]", "[train]\nmax_grad_norm = 0.0")).starts_with("train.max_grad_norm"));
+        let clipped = Scenario::parse(&MINIMAL.replace("[train]", "[train]\nmax_grad_norm = 5.0"), &Overrides::default());
+        assert_eq!(clipped.unwrap().train.max_grad_norm, Some(5.0));
         assert!(err(&MINIMAL.replace("kind = \"iid\"", "kind = \"iid\"\nalpha = 1")).starts_with("partition.alpha"));
         assert!(err(&MINIMAL.replace("kind = \"logreg\"", "kind = \"logreg\"\nhidden = 3")).starts_with("model.hidden"));
         assert!(err(&MINIMAL.replace("seed", "x").replace("rounds = 5", "rounds = 5\nseed = -1")).starts_with("seed"));

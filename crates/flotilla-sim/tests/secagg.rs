@@ -70,6 +70,7 @@ fn uniform_fedavg_reference(s: &Scenario, r: f64) -> (Vec<f32>, usize) {
             batch_size: s.train.batch_size,
             learning_rate: s.train.learning_rate,
             seed: task.seed,
+            max_grad_norm: None,
         };
         trainer.fit_with(&data, &cfg, &LocalObjective { proximal_mu: 0.0, gradient_correction: None }).unwrap();
         for ((acc, new), old) in sum.iter_mut().zip(trainer.parameters()).zip(&initial) {

@@ -193,12 +193,26 @@ fn fedprox_and_scaffold_jobs_run_side_by_side() {
     let base = job_spec(4, 5, 60, 0.8);
     let prox = f.submit(&format!("{base}\n[strategy]\nname = \"fedprox\"\nmu = 0.01\n"));
     let scaffold = f.submit(&format!("{base}\n[strategy]\nname = \"scaffold\"\n"));
+    // A third job whose clients clip every local gradient to a norm too small to learn anything:
+    // shows `train.max_grad_norm` reaches real clients' trainers.
+    let frozen = f.submit(&base.replace("learning_rate = 0.1", "learning_rate = 0.1\nmax_grad_norm = 1e-6"));
+    let mut learned_loss = 0.0f64;
     for (job, what) in [(&prox, "fedprox"), (&scaffold, "scaffold")] {
         let s = f.wait_for(job, what, Duration::from_secs(300), completed);
         assert_history(&s, 4, 4);
         let acc = s["history"][3]["metrics"]["eval_accuracy"].as_f64().expect("server-side evaluation accuracy");
         assert!(acc > 0.6, "{what}: accuracy after 4 rounds {acc}");
+        learned_loss = learned_loss.max(s["history"][3]["metrics"]["eval_loss"].as_f64().expect("eval loss"));
     }
+    // Accuracy of a linear model is scale-free (tiny steps in the right direction already classify),
+    // so compare the loss: 4 rounds of steps of length ≤ lr·1e-6 leave it where it started.
+    let s = f.wait_for(&frozen, "max_grad_norm", Duration::from_secs(300), completed);
+    assert_history(&s, 4, 4);
+    let loss = s["history"][3]["metrics"]["eval_loss"].as_f64().expect("eval loss");
+    assert!(
+        loss > 2.2 && loss > learned_loss + 0.3,
+        "clients clipped to a 1e-6 gradient norm still moved the model: eval loss {loss} (unclipped jobs: ≤ {learned_loss})"
+    );
     // Every client that served the SCAFFOLD job keeps its own control variate cᵢ for it.
     let kept = (0..5)
         .filter(|i| f.dir.join(format!("client-{i}/scaffold")).read_dir().is_ok_and(|d| d.count() == 1))

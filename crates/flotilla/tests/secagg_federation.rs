@@ -218,6 +218,7 @@ fn twenty_client_processes_secure_round_with_30_percent_dying_after_masked_input
                 learning_rate: spec.train.learning_rate,
                 seed: seeds[id],
                 proximal_mu: 0.0,
+                max_grad_norm: 0.0,
             },
             gradient_correction: None,
             deadline: None,
