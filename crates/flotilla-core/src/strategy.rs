@@ -369,7 +369,7 @@ impl StrategySpec {
                     ("beta2", "strategy.beta2", cfg.beta2.is_some()),
                     ("tau", "strategy.tau", cfg.tau.is_some()),
                 ];
-                if let Some((key, field, _)) = optimizer_keys.iter().find(|(k, _, set)| *set && !keys.contains(k)) {
+                if let Some((_, field, _)) = optimizer_keys.iter().find(|(k, _, set)| *set && !keys.contains(k)) {
                     return Err(ConfigError::new(
                         field,
                         format!(
