@@ -638,7 +638,8 @@ struct AsyncState {
     issued: u64,
     /// Outstanding tasks, at most one per client and `concurrency` in all.
     in_flight: BTreeMap<ClientId, AsyncTask>,
-    /// Each client's last accepted task `(round, attempt)`, to name duplicates as such.
+    /// Each client's last accepted task `(round, attempt)`, to name duplicates as such; forgotten
+    /// when the client gets a new task.
     done: BTreeMap<ClientId, (u64, u32)>,
     /// Tasks dropped because the global model moved more than `max_staleness` versions past their
     /// base, as `(round, attempt, base version)`, one per client at most, to name their late reports
@@ -1433,6 +1434,11 @@ impl RoundMachine {
             self.retry_after(client, out);
             return;
         }
+        // A new task replaces whatever the client's last one was. FedBuff names a task by its base
+        // version and attempt only, so a client that reported may get a task with the same name:
+        // forget the answered one, or a late report for the new task (dropped at its deadline or
+        // when it became too stale) would be mistaken for a duplicate of the old one.
+        self.fedbuff.done.remove(&client);
         self.fedbuff.expired.remove(&client);
         let issued = self.fedbuff.issued;
         self.fedbuff.issued += 1;

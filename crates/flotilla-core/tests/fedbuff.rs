@@ -289,3 +289,28 @@ fn a_task_past_max_staleness_frees_its_slot_at_once_and_is_refused_as_too_stale(
     );
     assert_eq!(commits(&report(&mut m, 7, 9, &fresh, 1.0)).len(), 1);
 }
+
+#[test]
+fn a_late_report_for_a_second_task_on_the_same_version_is_not_called_a_duplicate() {
+    // Regression (found by the proptest, and by the simulator once too-stale tasks were dropped
+    // early): a client reports, gets another task on the same version — named like the first, same
+    // round and attempt — and that task is dropped (deadline here; too stale alike). Its late report
+    // was refused as `Duplicate` (which the simulator treats as fatal) instead of `NoTask`.
+    let mut m = machine(5, 2, 0, 1, 0.5);
+    let t = check_in(&mut m, 0, 1).unwrap();
+    assert!(commits(&report(&mut m, 1, 1, &t, 1.0)).is_empty());
+    let t2 = check_in(&mut m, 2, 1).unwrap();
+    assert_eq!((t2.round, t2.attempt), (t.round, t.attempt));
+    m.handle(1002, Event::TimerFired(Timer::Deadline { round: t2.round, attempt: t2.attempt, stage: 0 }));
+    assert!(m.outstanding().is_empty(), "dropped at its deadline");
+    assert_eq!(m.precheck_report(ClientId(1), t2.round, t2.attempt), Err(RejectReason::NoTask));
+    assert_eq!(rejected(&report(&mut m, 1003, 1, &t2, 2.0)), Some(RejectReason::NoTask));
+    // (The too-stale path is the same code; `reports_beyond_max_staleness_are_refused` in the
+    // simulator's tests hit it.) The client goes on: its next task is answered normally.
+    let t3 = check_in(&mut m, 1004, 1).unwrap();
+    let other = check_in(&mut m, 1004, 2);
+    assert!(other.is_none(), "concurrency 1");
+    assert_eq!(commits(&report(&mut m, 1005, 1, &t3, 1.0)).len(), 1, "second update of the buffer: version 1");
+    let t4 = check_in(&mut m, 1006, 1).unwrap();
+    assert_eq!(t4.model_version, 1);
+}

@@ -131,6 +131,8 @@ proptest! {
         let mut tasks: BTreeMap<ClientId, Task> = BTreeMap::new();
         let mut r = Reference { versions: vec![m.global().to_vec()], sum: vec![0.0; DIM], ..Reference::default() };
         let mut committed = 0u64;
+        // Clients whose latest configured task has been accepted.
+        let mut answered: std::collections::BTreeSet<ClientId> = Default::default();
         for op in ops {
             let before = format!("{m:?}");
             let mut report: Option<(ClientId, u64, u32, Vec<f32>)> = None;
@@ -185,8 +187,15 @@ proptest! {
             let actions = m.handle(now, event);
 
             // A refused report: the only action, nothing changed, and the pre-check agrees.
-            if let Some(Action::Reject { reason, .. }) = actions.iter().find(|a| matches!(a, Action::Reject { .. })) {
+            if let Some(Action::Reject { client, reason }) = actions.iter().find(|a| matches!(a, Action::Reject { .. })) {
                 prop_assert_eq!(actions.len(), 1, "a rejection is the only action: {:?}", actions);
+                // `Duplicate` only for a task that was answered already (a simulator treats any
+                // other verdict on its honest report as fatal).
+                if *reason == RejectReason::Duplicate
+                    && let Op::Report { target: Target::Honest, .. } = &op
+                {
+                    prop_assert!(answered.contains(client), "{} refused as a duplicate but its task was never answered", client);
+                }
                 prop_assert_eq!(&before, &format!("{m:?}"), "a rejection changes nothing ({:?})", op);
                 if let Some(Err(p)) = &predicted {
                     prop_assert_eq!(p, reason, "the pre-check names the machine's reason");
@@ -213,6 +222,9 @@ proptest! {
                         );
                         prop_assert_eq!(task.round, task.model_version + 1);
                         prop_assert_eq!(task.kind, StageKind::Train);
+                        if tasks.get(client) != Some(task) {
+                            answered.remove(client);
+                        }
                         tasks.insert(*client, task.clone());
                     }
                     Action::Accepted { client } => {
@@ -229,6 +241,7 @@ proptest! {
                         }
                         r.weight += w;
                         r.staleness.push(tau);
+                        answered.insert(*client);
                     }
                     Action::Commit(info) => {
                         commits_now += 1;
