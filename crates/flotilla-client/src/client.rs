@@ -57,8 +57,12 @@ pub struct ClientStats {
     pub uploads_accepted: u64,
     /// Uploads answered `DUPLICATE` (already accepted earlier).
     pub uploads_duplicate: u64,
-    /// Uploads answered `REJECTED`.
+    /// Uploads answered `REJECTED` (including `uploads_outdated`).
     pub uploads_rejected: u64,
+    /// Uploads answered `REJECTED` because the task could no longer be answered (FedBuff:
+    /// `too_stale`, `no_task`). The client checks in again at once; such a task is not counted in
+    /// `tasks_failed`.
+    pub uploads_outdated: u64,
     /// Downloads continued from a byte offset after a broken stream.
     pub download_resumes: u64,
     /// Uploads continued from a byte offset after a broken stream.
@@ -260,6 +264,10 @@ enum Done<T> {
     Ok(T),
     /// The task is abandoned (already logged).
     Abandoned,
+    /// The coordinator refused the update because the task can no longer be answered — FedBuff's
+    /// `too_stale` (the model moved past `max_staleness`) or `no_task` (the task was dropped) — so
+    /// the client should fetch fresh work at once (already logged).
+    Outdated,
 }
 
 struct Session<'a> {
@@ -515,7 +523,7 @@ impl Session<'_> {
 
         let global = match self.download(bearer, &task, v1::ModelPart::Global, receiver, deadline).await? {
             Done::Ok(p) => Arc::new(p),
-            Done::Abandoned => {
+            Done::Abandoned | Done::Outdated => {
                 self.pause_after_failed_task().await;
                 return Ok(());
             }
@@ -530,7 +538,7 @@ impl Session<'_> {
                     info.gradient_correction = Some(scaffold_correction(&c, ci.as_deref()));
                     Some((c, ci.unwrap_or_default()))
                 }
-                Done::Abandoned => {
+                Done::Abandoned | Done::Outdated => {
                     self.pause_after_failed_task().await;
                     return Ok(());
                 }
@@ -583,6 +591,12 @@ impl Session<'_> {
                     // Not fatal: the next round starts from the previous cᵢ, which only slows SCAFFOLD.
                     tracing::warn!(error = %e, "could not keep the SCAFFOLD control variate");
                 }
+            }
+            Done::Outdated => {
+                // FedBuff: the global model moved on past this task (or the task was dropped).
+                // Not a failure of this client: check in again at once for work on the current
+                // model, with no pause.
+                self.stats.uploads_outdated += 1;
             }
             Done::Abandoned => self.pause_after_failed_task().await,
         }
@@ -844,9 +858,18 @@ impl Session<'_> {
                 tracing::info!(message = %resp.message, "update had already been accepted");
                 Some(Done::Ok(()))
             }
+            Ok(v1::UploadStatus::Rejected) if matches!(resp.reason.as_str(), "too_stale" | "no_task") => {
+                self.stats.uploads_rejected += 1;
+                tracing::info!(
+                    reason = %resp.reason,
+                    message = %resp.message,
+                    "update no longer wanted (the global model moved on); checking in for fresh work"
+                );
+                Some(Done::Outdated)
+            }
             Ok(v1::UploadStatus::Rejected) => {
                 self.stats.uploads_rejected += 1;
-                tracing::warn!(message = %resp.message, "update rejected by the coordinator");
+                tracing::warn!(reason = %resp.reason, message = %resp.message, "update rejected by the coordinator");
                 Some(Done::Abandoned)
             }
             _ => None,

@@ -205,6 +205,28 @@ async fn a_rejected_upload_is_logged_and_the_client_moves_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_too_stale_upload_is_not_a_failure_and_the_client_checks_in_for_fresh_work() {
+    // FedBuff: the coordinator refuses an update whose base model fell more than max_staleness
+    // versions behind, naming it `too_stale`. The SDK does not retry it, does not count a failed
+    // task, and checks in again (the fake ends the run at that check-in).
+    let fake = Fake::new(Faults {
+        reject_uploads: true,
+        reject_reason: "too_stale",
+        ..Faults::default()
+    });
+    let (addr, server) = common::serve(Arc::clone(&fake)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stats = run(&fake, common::config(addr, dir.path())).await.unwrap();
+    assert_eq!((stats.uploads_rejected, stats.uploads_outdated), (1, 1));
+    assert_eq!((stats.tasks_done, stats.tasks_failed), (0, 0));
+    let seen = fake.seen.lock().unwrap();
+    assert_eq!(seen.rejected, 1, "the refused update is not sent again");
+    assert_eq!(seen.queries, 0);
+    drop(seen);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_credential_ends_the_run() {
     let fake = Fake::new(Faults {
         revoked: true,

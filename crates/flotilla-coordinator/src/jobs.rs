@@ -287,6 +287,12 @@ impl Shared {
         for action in actions {
             match action {
                 Action::Configure { client, task } => {
+                    // FedBuff names a task by its base version (round = version + 1) and attempt, so
+                    // a client that reported and is handed another task on the same version gets the
+                    // same upload key: forget the earlier update's SHA-256, or the new, different
+                    // update would be refused as conflicting. (Round-based jobs never configure a
+                    // client again for a stage it was accepted in, so this removes nothing there.)
+                    inner.accepted.remove(&(task.round, task.attempt, task.stage, client));
                     let seed = inner.machine.attempt_seed();
                     if let Some(sa) = inner.secagg.as_mut() {
                         sa.on_configure(&task, seed);
@@ -402,6 +408,15 @@ impl Shared {
         });
         if let Some(p) = self.privacy.round_metrics(job.id, &job.spec, info.round, info.dp.as_ref()) {
             metrics["privacy"] = p;
+        }
+        if !info.staleness.is_empty() {
+            // FedBuff: each aggregated update's staleness τ, in acceptance order, and a summary
+            // under the simulator's names.
+            let max = info.staleness.iter().copied().max().unwrap_or(0);
+            let mean = info.staleness.iter().sum::<u64>() as f64 / info.staleness.len() as f64;
+            metrics["staleness"] = serde_json::json!(info.staleness);
+            metrics["staleness_max"] = serde_json::json!(max);
+            metrics["staleness_mean"] = serde_json::json!(mean);
         }
         if !info.quarantined.is_empty() {
             // Robust strategies record whom they left out and why; operators see it in job status.

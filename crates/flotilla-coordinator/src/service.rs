@@ -98,7 +98,17 @@ fn transfer_reason(e: &TransferError) -> &'static str {
 }
 
 fn upload_response(status: v1::UploadStatus, message: impl Into<String>, resume_offset: u64) -> Response<v1::UploadResponse> {
-    Response::new(v1::UploadResponse { status: status as i32, message: message.into(), resume_offset })
+    Response::new(v1::UploadResponse { status: status as i32, message: message.into(), resume_offset, reason: String::new() })
+}
+
+/// `REJECTED`, with the machine-readable `reason` (`too_stale`, `no_task`, …) and a message for humans.
+fn upload_refused(reason: &str, message: impl Into<String>) -> Response<v1::UploadResponse> {
+    Response::new(v1::UploadResponse {
+        status: v1::UploadStatus::Rejected as i32,
+        message: message.into(),
+        resume_offset: 0,
+        reason: reason.to_owned(),
+    })
 }
 
 impl CoordinatorService {
@@ -355,18 +365,18 @@ impl Coordinator for CoordinatorService {
                     upload_response(v1::UploadStatus::Duplicate, "this update was already accepted", header.total_bytes)
                 } else {
                     shared.metrics.reject("conflicting_update");
-                    upload_response(v1::UploadStatus::Rejected, "a different update was already accepted for this round, attempt and stage", 0)
+                    upload_refused("conflicting_update", "a different update was already accepted for this round, attempt and stage")
                 });
             }
             if inner.machine.is_finished() || inner.machine.failure().is_some() {
                 shared.metrics.reject("not_accepting");
-                return Ok(upload_response(v1::UploadStatus::Rejected, "the job is no longer running rounds", 0));
+                return Ok(upload_refused("not_accepting", "the job is no longer running rounds"));
             }
             // Round-based jobs: the current round and attempt; FedBuff: the client's outstanding,
             // not too stale task.
             if let Err(reason) = inner.machine.precheck_report(client, header.round, header.attempt) {
                 shared.metrics.reject(reject_name(&reason));
-                return Ok(upload_response(v1::UploadStatus::Rejected, reason.to_string(), 0));
+                return Ok(upload_refused(reject_name(&reason), reason.to_string()));
             }
         }
         let limits = UploadLimits {
@@ -456,7 +466,7 @@ impl Coordinator for CoordinatorService {
                 Metrics::inc(&m.uploads_duplicate);
                 upload_response(v1::UploadStatus::Duplicate, "this update was already accepted", total)
             } else {
-                upload_response(v1::UploadStatus::Rejected, "a different update was already accepted for this round, attempt and stage", 0)
+                upload_refused("conflicting_update", "a different update was already accepted for this round, attempt and stage")
             });
         }
         if assembler_masked {
@@ -497,7 +507,7 @@ impl Coordinator for CoordinatorService {
         }
         let reason = out.reject.unwrap_or(RejectReason::NotAccepting("unknown"));
         shared.metrics.reject(reject_name(&reason));
-        Ok(upload_response(v1::UploadStatus::Rejected, reason.to_string(), 0))
+        Ok(upload_refused(reject_name(&reason), reason.to_string()))
     }
 
     async fn submit_stage_message(&self, req: Request<v1::StageMessageRequest>) -> Result<Response<v1::StageMessageResponse>, Status> {

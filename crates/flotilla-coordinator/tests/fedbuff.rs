@@ -115,3 +115,50 @@ async fn stale_but_allowed_uploads_count_against_their_own_base_version() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_task_on_the_same_version_is_accepted_and_too_stale_tasks_free_their_slots() {
+    let (_dir, data, certs) = tmp();
+    let h = start(&data, &certs, None).await;
+    let toml = format!(
+        "{}[strategy]\nname = \"fedbuff\"\nbuffer_size = 2\nconcurrency = 3\nmax_staleness = 0\n",
+        job_toml(2, 1)
+    );
+    let job = h.submit(&toml).await;
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        clients.push(h.enroll(&format!("c{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter_mut().take(3).enumerate() {
+        tasks.push(c.wait_task(samples(i)).await);
+    }
+    let out = clients[3].check_in(samples(3)).await.expect("check in");
+    assert!(!matches!(out, v1::check_in_response::Outcome::Task(_)), "concurrency = 3: {out:?}");
+    let r = clients[0].upload(&tasks[0], &update(0, 1, LEN), samples(0)).await.expect("upload");
+    assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{}", r.message);
+    // Client 0 gets another task on version 0: FedBuff names it like the first one (same round and
+    // attempt), and its different update is accepted, not refused as conflicting with the first.
+    let again = clients[0].wait_task(samples(0)).await;
+    assert_eq!((again.model_version, again.round, again.attempt), (0, tasks[0].round, tasks[0].attempt));
+    let r = clients[0].upload(&again, &update(0, 2, LEN), samples(0)).await.expect("upload");
+    assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{}", r.message);
+    // That was the second update of the buffer: version 1. Clients 1 and 2 trained on version 0 and
+    // max_staleness = 0, so their slots are free at once: client 3 gets a task without waiting.
+    let out = clients[3].check_in(samples(3)).await.expect("check in");
+    let v1::check_in_response::Outcome::Task(t3) = out else { panic!("a too-stale task's slot is free: {out:?}") };
+    assert_eq!(t3.model_version, 1);
+    // Client 1's late update is refused as too stale, with the machine-readable reason.
+    let r = clients[1].upload(&tasks[1], &update(1, 1, LEN), samples(1)).await.expect("upload answer");
+    assert_eq!(status_of(&r), v1::UploadStatus::Rejected, "{}", r.message);
+    assert_eq!(r.reason, "too_stale", "{}", r.message);
+    assert!(r.message.contains("stale"), "{}", r.message);
+    // The step's staleness is in the job's history.
+    let (code, st) = h.admin("GET", &format!("/v1/jobs/{job}"), "").await;
+    assert_eq!(code, 200, "{st}");
+    let m = &st["history"][0]["metrics"];
+    assert_eq!(m["staleness"], serde_json::json!([0, 0]), "{st}");
+    assert_eq!((m["staleness_max"].as_u64(), m["staleness_mean"].as_f64()), (Some(0), Some(0.0)), "{st}");
+    assert_eq!(st["history"][0]["participants"].as_array().map(Vec::len), Some(2), "{st}");
+    h.stop().await;
+}

@@ -54,13 +54,17 @@
 //! client's outstanding task ([`RejectReason::NoTask`], or [`RejectReason::Duplicate`] for its last
 //! accepted one) and be at most `max_staleness` versions behind ([`RejectReason::TooStale`]), besides
 //! the usual checks; a refused report changes nothing. An accepted report adds `s(τ)·(params − base)`
-//! to an `f64` buffer; every `buffer_size` accepted reports the machine takes the server step
-//! `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)` and emits [`Action::Commit`] with each update's
-//! staleness in [`CommitInfo::staleness`]. An old model is kept only while an in-flight task started
-//! from it and it is within `max_staleness` (O((max_staleness + 1) × model) memory at worst). A
-//! `Deadline` timer drops every task older than the stage deadline. [`RoundMachine::recover`]
-//! abandons in-flight tasks and the partly filled buffer (neither the buffer sum nor old models are
-//! in a snapshot).
+//! to an `f64` buffer; every `buffer_size` accepted reports the machine hands the mean
+//! `Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)` to the strategy's server optimizer (SGD by default:
+//! `global += server_lr × mean`; momentum or an adaptive optimizer with `server_optimizer`) and emits
+//! [`Action::Commit`] with each update's staleness in [`CommitInfo::staleness`]. When a step moves
+//! the global model more than `max_staleness` versions past a task's base, that task can never be
+//! accepted: it is dropped at once, freeing its concurrency slot, and its late report is still named
+//! [`RejectReason::TooStale`]. An old model is kept only while an in-flight task started from it and
+//! it is within `max_staleness` (O((max_staleness + 1) × model) memory at worst). A `Deadline` timer
+//! drops every task older than the stage deadline. [`RoundMachine::recover`] abandons in-flight
+//! tasks and the partly filled buffer (neither the buffer sum nor old models are in a snapshot); the
+//! optimizer's state is in the snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -634,8 +638,14 @@ struct AsyncState {
     issued: u64,
     /// Outstanding tasks, at most one per client and `concurrency` in all.
     in_flight: BTreeMap<ClientId, AsyncTask>,
-    /// Each client's last accepted task `(round, attempt)`, to name duplicates as such.
+    /// Each client's last accepted task `(round, attempt)`, to name duplicates as such; forgotten
+    /// when the client gets a new task.
     done: BTreeMap<ClientId, (u64, u32)>,
+    /// Tasks dropped because the global model moved more than `max_staleness` versions past their
+    /// base, as `(round, attempt, base version)`, one per client at most, to name their late reports
+    /// `TooStale` rather than `NoTask`. Forgotten when the client gets a new task.
+    #[serde(default)]
+    expired: BTreeMap<ClientId, (u64, u32, u64)>,
     /// Models of versions older than the current one that outstanding tasks started from, and
     /// within `max_staleness` of it: at most `max_staleness` models besides the global one.
     #[serde(skip)]
@@ -1328,22 +1338,36 @@ impl RoundMachine {
         if matches!(self.phase, Phase::Finished | Phase::Failed(_)) {
             return Err(RejectReason::NotAccepting(self.phase.name()));
         }
-        let Some(t) = self.fedbuff.in_flight.get(&client) else {
-            return Err(if self.fedbuff.done.get(&client) == Some(&(round, attempt)) {
-                RejectReason::Duplicate
-            } else {
-                RejectReason::NoTask
-            });
+        self.precheck_async(fb, client, round, attempt).map(|_| ())
+    }
+
+    /// The payload-free checks of a FedBuff report; returns the task's base version and the
+    /// report's staleness.
+    fn precheck_async(&self, fb: FedBuffSpec, client: ClientId, round: u64, attempt: u32) -> Result<(u64, u64), RejectReason> {
+        let st = &self.fedbuff;
+        let Some(t) = st.in_flight.get(&client) else {
+            if st.done.get(&client) == Some(&(round, attempt)) {
+                return Err(RejectReason::Duplicate);
+            }
+            // A task dropped when the global model moved past `max_staleness`: say so, rather than
+            // `NoTask`, so the client knows to fetch fresh work.
+            if let Some(&(r, a, base)) = st.expired.get(&client)
+                && (r, a) == (round, attempt)
+            {
+                let staleness = self.committed.saturating_sub(base);
+                return Err(RejectReason::TooStale { staleness, base, max: fb.max_staleness });
+            }
+            return Err(RejectReason::NoTask);
         };
         let t = &t.task;
         if (round, attempt) != (t.round, t.attempt) {
             return Err(RejectReason::WrongRound { round: t.round, attempt: t.attempt, got_round: round, got_attempt: attempt });
         }
-        let staleness = self.committed - t.model_version;
-        if staleness > fb.max_staleness {
+        let staleness = self.committed.saturating_sub(t.model_version);
+        if staleness > fb.max_staleness || (t.model_version != self.committed && !st.bases.contains_key(&t.model_version)) {
             return Err(RejectReason::TooStale { staleness, base: t.model_version, max: fb.max_staleness });
         }
-        Ok(())
+        Ok((t.model_version, staleness))
     }
 
     /// FedBuff: updates accepted into the buffer of the next server step (0 for round-based jobs).
@@ -1410,6 +1434,12 @@ impl RoundMachine {
             self.retry_after(client, out);
             return;
         }
+        // A new task replaces whatever the client's last one was. FedBuff names a task by its base
+        // version and attempt only, so a client that reported may get a task with the same name:
+        // forget the answered one, or a late report for the new task (dropped at its deadline or
+        // when it became too stale) would be mistaken for a duplicate of the old one.
+        self.fedbuff.done.remove(&client);
+        self.fedbuff.expired.remove(&client);
         let issued = self.fedbuff.issued;
         self.fedbuff.issued += 1;
         let task = Task {
@@ -1438,30 +1468,11 @@ impl RoundMachine {
         num_samples: u64,
         update: &[f32],
     ) -> Result<(u64, u64), RejectReason> {
-        let Some(t) = self.fedbuff.in_flight.get(&client) else {
-            return Err(if self.fedbuff.done.get(&client) == Some(&(round, attempt)) {
-                RejectReason::Duplicate
-            } else {
-                RejectReason::NoTask
-            });
-        };
-        let t = &t.task;
-        if round != t.round || attempt != t.attempt {
-            return Err(RejectReason::WrongRound {
-                round: t.round,
-                attempt: t.attempt,
-                got_round: round,
-                got_attempt: attempt,
-            });
-        }
+        // First exactly what `precheck_report` checks, so a driver's pre-check and the machine
+        // always name the same reason.
+        let (base, staleness) = self.precheck_async(fb, client, round, attempt)?;
         if stage != 0 {
             return Err(RejectReason::WrongStage { expected: 0, got: stage });
-        }
-        let staleness = self.committed - t.model_version;
-        if staleness > fb.max_staleness
-            || (t.model_version != self.committed && !self.fedbuff.bases.contains_key(&t.model_version))
-        {
-            return Err(RejectReason::TooStale { staleness, base: t.model_version, max: fb.max_staleness });
         }
         let max = self.policy.max_samples_per_report;
         if num_samples == 0 || num_samples > max {
@@ -1476,7 +1487,7 @@ impl RoundMachine {
         if let Some(index) = update.iter().position(|v| !v.is_finite()) {
             return Err(RejectReason::BadUpdate(AggregateError::NonFinite { index }));
         }
-        Ok((t.model_version, staleness))
+        Ok((base, staleness))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1524,8 +1535,8 @@ impl RoundMachine {
         }
     }
 
-    /// The server step: `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)` (through the strategy's SGD
-    /// optimizer), then a new version.
+    /// The server step: the strategy's server optimizer applied to the mean `Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)`
+    /// (SGD: `global += server_lr × mean`), then a new version.
     fn async_commit(&mut self, fb: FedBuffSpec, out: &mut Vec<Action>) {
         let st = std::mem::take(&mut self.fedbuff);
         let mean: Vec<f32> = st.sum.iter().map(|s| (s / st.weight) as f32).collect();
@@ -1546,9 +1557,20 @@ impl RoundMachine {
             issued: st.issued,
             in_flight: st.in_flight,
             done: st.done,
+            expired: st.expired,
             bases: st.bases,
             ..AsyncState::default()
         };
+        // Tasks whose base is now more than `max_staleness` versions old can no longer produce an
+        // acceptable report: free their slots at once (their late reports are refused `TooStale`).
+        let oldest = self.committed.saturating_sub(fb.max_staleness);
+        let expired: Vec<ClientId> =
+            self.fedbuff.in_flight.iter().filter(|(_, t)| t.task.model_version < oldest).map(|(c, _)| *c).collect();
+        for client in expired {
+            if let Some(t) = self.fedbuff.in_flight.remove(&client) {
+                self.fedbuff.expired.insert(client, (t.task.round, t.task.attempt, t.task.model_version));
+            }
+        }
         if self.fedbuff.in_flight.values().any(|t| t.task.model_version == old_version) {
             self.fedbuff.bases.insert(old_version, old);
         }

@@ -134,7 +134,9 @@ pub struct StrategySpec {
 /// no rounds: a client that checks in gets a task at once while fewer than `concurrency` are
 /// training; each accepted report `i` adds `s(τᵢ)·Δᵢ`, where `Δᵢ` = its parameters − the model
 /// version its task started from and `τᵢ` = versions committed since then; every `buffer_size`
-/// accepted reports the server steps `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)`.
+/// accepted reports the server's optimizer ([`StrategySpec::optimizer`], chosen by the
+/// `server_optimizer` key, SGD by default) takes a step with the mean `Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)` —
+/// with SGD, `global += server_lr × Σ s(τᵢ)·Δᵢ / Σ s(τᵢ)`.
 /// Sample counts are validated but do not weight the step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FedBuffSpec {
@@ -194,7 +196,14 @@ pub struct StrategyConfig {
     pub concurrency: Option<usize>,
     /// FedBuff's staleness exponent `a` in `s(τ) = 1/(1+τ)^a` (default 0.5).
     pub staleness_exponent: Option<f64>,
+    /// FedBuff's server optimizer, one of [`FEDBUFF_SERVER_OPTIMIZERS`] (default `sgd`); `momentum`
+    /// takes `momentum`, `adagrad` takes `beta1` and `tau`, `adam` and `yogi` take `beta1`, `beta2`
+    /// and `tau`, with the same defaults as fedavgm, fedadagrad, fedadam and fedyogi.
+    pub server_optimizer: Option<String>,
 }
+
+/// Every server optimizer FedBuff's `server_optimizer` key accepts.
+pub const FEDBUFF_SERVER_OPTIMIZERS: &[&str] = &["sgd", "momentum", "adagrad", "adam", "yogi"];
 
 /// Every strategy name [`StrategyConfig::name`] accepts.
 pub const STRATEGY_NAMES: &[&str] = &[
@@ -300,10 +309,21 @@ impl StrategySpec {
             "trimmed_mean" => &["beta"],
             "krum" => &["f", "m"],
             "norm_bound" => &["max_norm"],
-            "fedbuff" => &["buffer_size", "max_staleness", "concurrency", "staleness_exponent"],
+            "fedbuff" => &[
+                "buffer_size",
+                "max_staleness",
+                "concurrency",
+                "staleness_exponent",
+                "server_optimizer",
+                "momentum",
+                "beta1",
+                "beta2",
+                "tau",
+            ],
             _ => &[],
         };
-        let given: [(&str, bool); 13] = [
+        let given: [(&str, bool); 14] = [
+            ("server_optimizer", cfg.server_optimizer.is_some()),
             ("buffer_size", cfg.buffer_size.is_some()),
             ("max_staleness", cfg.max_staleness.is_some()),
             ("concurrency", cfg.concurrency.is_some()),
@@ -327,7 +347,44 @@ impl StrategySpec {
                 ),
             ));
         }
-        let adaptive = matches!(name, "fedadagrad" | "fedadam" | "fedyogi");
+        // FedBuff: the server optimizer is a key of its own; the optimizer's parameters must match it.
+        let fedbuff_optimizer = match (name, cfg.server_optimizer.as_deref()) {
+            ("fedbuff", o) => {
+                let o = o.unwrap_or("sgd");
+                let keys: &[&str] = match o {
+                    "sgd" => &[],
+                    "momentum" => &["momentum"],
+                    "adagrad" => &["beta1", "tau"],
+                    "adam" | "yogi" => &["beta1", "beta2", "tau"],
+                    _ => {
+                        return Err(ConfigError::new(
+                            "strategy.server_optimizer",
+                            format!("unknown server optimizer `{o}`; valid: {}", FEDBUFF_SERVER_OPTIMIZERS.join(", ")),
+                        ));
+                    }
+                };
+                let optimizer_keys: [(&str, &'static str, bool); 4] = [
+                    ("momentum", "strategy.momentum", cfg.momentum.is_some()),
+                    ("beta1", "strategy.beta1", cfg.beta1.is_some()),
+                    ("beta2", "strategy.beta2", cfg.beta2.is_some()),
+                    ("tau", "strategy.tau", cfg.tau.is_some()),
+                ];
+                if let Some((_, field, _)) = optimizer_keys.iter().find(|(k, _, set)| *set && !keys.contains(k)) {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "is not a parameter of fedbuff's server_optimizer = \"{o}\" (it takes: {}; server optimizers: {})",
+                            if keys.is_empty() { "none".to_string() } else { keys.join(", ") },
+                            FEDBUFF_SERVER_OPTIMIZERS.join(", ")
+                        ),
+                    ));
+                }
+                Some(o)
+            }
+            _ => None,
+        };
+        let adaptive = matches!(name, "fedadagrad" | "fedadam" | "fedyogi")
+            || matches!(fedbuff_optimizer, Some("adagrad" | "adam" | "yogi"));
         let server_lr = positive("strategy.server_lr", cfg.server_lr.unwrap_or(if adaptive { 0.01 } else { 1.0 }))?;
         let tau = || positive("strategy.tau", cfg.tau.unwrap_or(1e-3));
         let beta1 = |d: f64| in_open_unit("strategy.beta1", cfg.beta1.unwrap_or(d), true);
@@ -410,6 +467,15 @@ impl StrategySpec {
                     return Err(ConfigError::new("strategy.staleness_exponent", format!("must be in [0, 10], got {a}")));
                 }
                 spec.fedbuff = Some(FedBuffSpec { buffer_size, max_staleness, concurrency, staleness_exponent: a });
+                spec.optimizer = match fedbuff_optimizer.unwrap_or("sgd") {
+                    "momentum" => ServerOptimizer::Momentum {
+                        momentum: in_open_unit("strategy.momentum", cfg.momentum.unwrap_or(0.9), true)?,
+                    },
+                    "adagrad" => ServerOptimizer::Adagrad { beta1: beta1(0.0)?, tau: tau()? },
+                    "adam" => ServerOptimizer::Adam { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
+                    "yogi" => ServerOptimizer::Yogi { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
+                    _ => ServerOptimizer::Sgd,
+                };
             }
             _ => {}
         }
@@ -1204,6 +1270,46 @@ mod tests {
         let e = spec.check_secure_aggregation().unwrap_err();
         assert_eq!(e.field, "strategy.name");
         assert!(e.message.contains("asynchronous"), "{e}");
+    }
+
+    #[test]
+    fn fedbuff_server_optimizers() {
+        let fb = |o: Option<&str>| StrategyConfig { server_optimizer: o.map(str::to_string), ..cfg("fedbuff") };
+        let ok = |c: StrategyConfig| StrategySpec::from_config(&c, 1).unwrap();
+        let err = |c: StrategyConfig| StrategySpec::from_config(&c, 1).unwrap_err();
+        // Default: plain SGD with server_lr 1, as before.
+        let s = ok(fb(None));
+        assert_eq!((s.optimizer.clone(), s.server_lr), (ServerOptimizer::Sgd, 1.0));
+        assert_eq!(ok(fb(Some("sgd"))).optimizer, ServerOptimizer::Sgd);
+        let s = ok(StrategyConfig { momentum: Some(0.5), ..fb(Some("momentum")) });
+        assert_eq!((s.optimizer.clone(), s.server_lr), (ServerOptimizer::Momentum { momentum: 0.5 }, 1.0));
+        assert!(s.fedbuff.is_some());
+        assert_eq!(ok(fb(Some("momentum"))).optimizer, ServerOptimizer::Momentum { momentum: 0.9 });
+        // Adaptive optimizers default to server_lr 0.01 like fedadam.
+        let s = ok(fb(Some("adam")));
+        assert_eq!((s.optimizer.clone(), s.server_lr), (ServerOptimizer::Adam { beta1: 0.9, beta2: 0.99, tau: 1e-3 }, 0.01));
+        assert_eq!(ok(fb(Some("adagrad"))).optimizer, ServerOptimizer::Adagrad { beta1: 0.0, tau: 1e-3 });
+        let s = ok(StrategyConfig { server_lr: Some(0.1), tau: Some(0.01), ..fb(Some("yogi")) });
+        assert_eq!((s.optimizer, s.server_lr), (ServerOptimizer::Yogi { beta1: 0.9, beta2: 0.99, tau: 0.01 }, 0.1));
+        // Refusals name the key and the valid values.
+        let e = err(fb(Some("nesterov")));
+        assert_eq!(e.field, "strategy.server_optimizer");
+        assert!(e.message.contains("sgd, momentum, adagrad, adam, yogi"), "{e}");
+        let e = err(StrategyConfig { momentum: Some(0.5), ..fb(None) });
+        assert_eq!(e.field, "strategy.momentum");
+        assert!(e.message.contains("server_optimizer = \"sgd\""), "{e}");
+        let e = err(StrategyConfig { beta2: Some(0.9), ..fb(Some("adagrad")) });
+        assert_eq!(e.field, "strategy.beta2");
+        assert!(e.message.contains("beta1, tau"), "{e}");
+        assert_eq!(err(StrategyConfig { momentum: Some(1.0), ..fb(Some("momentum")) }).field, "strategy.momentum");
+        assert_eq!(err(StrategyConfig { tau: Some(0.0), ..fb(Some("adam")) }).field, "strategy.tau");
+        // Only fedbuff takes the key.
+        let e = err(StrategyConfig { server_optimizer: Some("adam".into()), ..cfg("fedavg") });
+        assert_eq!(e.field, "strategy");
+        assert!(e.message.contains("server_optimizer"), "{e}");
+        // The key round-trips through TOML-like serde.
+        let back: StrategyConfig = serde_json::from_str(r#"{"name":"fedbuff","server_optimizer":"momentum","momentum":0.8}"#).unwrap();
+        assert_eq!(ok(back).optimizer, ServerOptimizer::Momentum { momentum: 0.8 });
     }
 
     #[test]

@@ -131,7 +131,9 @@ fn too_stale_duplicate_and_unknown_reports_change_nothing() {
         (1, t1.clone(), 1.0, "stale"),
         (0, t0.clone(), 1.0, "duplicate"),
         (9, t1.clone(), 1.0, "unknown"),
-        (1, Task { attempt: 9, ..t1.clone() }, 1.0, "wrong attempt"),
+        (2, Task { attempt: 9, ..t2.clone() }, 1.0, "wrong attempt"),
+        // The too-stale task was dropped: a report naming another attempt is for no task at all.
+        (1, Task { attempt: 9, ..t1.clone() }, 1.0, "unknown"),
         (2, t2.clone(), f32::NAN, "non-finite"),
     ];
     for (client, task, value, what) in cases {
@@ -222,4 +224,93 @@ fn secure_aggregation_policy_is_refused() {
     p.stages = StageKind::SECURE_AGGREGATION.to_vec();
     let e = RoundMachine::with_strategy(p, ParamLayout::new(vec![TensorSpec::new("w", [1])]), vec![0.0], 1, spec).unwrap_err();
     assert_eq!(e.field, "strategy.name");
+}
+
+#[test]
+fn server_momentum_carries_over_between_steps_and_survives_a_snapshot() {
+    // K = 1, a = 0, server_lr 1, momentum 0.5: v ← 0.5·v + Δ; global += v.
+    let cfg = StrategyConfig {
+        name: "fedbuff".into(),
+        buffer_size: Some(1),
+        max_staleness: Some(2),
+        concurrency: Some(2),
+        staleness_exponent: Some(0.0),
+        server_optimizer: Some("momentum".into()),
+        momentum: Some(0.5),
+        ..StrategyConfig::default()
+    };
+    let spec = StrategySpec::from_config(&cfg, 1).unwrap();
+    let p = RoundPolicy::new(3, 1);
+    let mut m = RoundMachine::with_strategy(p, ParamLayout::new(vec![TensorSpec::new("w", [1])]), vec![0.0], 7, spec).unwrap();
+    let t = check_in(&mut m, 0, 0).unwrap();
+    assert_eq!(commits(&report(&mut m, 1, 0, &t, 1.0)).len(), 1);
+    assert_eq!(m.global(), &[1.0], "v = 1");
+    // Persist and restore between steps: the velocity is part of the snapshot.
+    let global = m.global().to_vec();
+    let mut m: RoundMachine = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+    m.recover(global).unwrap();
+    let t = check_in(&mut m, 2, 0).unwrap();
+    assert_eq!(t.model_version, 1);
+    // Δ = 2 − 1 = 1; v = 0.5·1 + 1 = 1.5; global = 1 + 1.5.
+    assert_eq!(commits(&report(&mut m, 3, 0, &t, 2.0)).len(), 1);
+    assert_eq!(m.global(), &[2.5]);
+}
+
+#[test]
+fn a_task_past_max_staleness_frees_its_slot_at_once_and_is_refused_as_too_stale() {
+    // concurrency 2, K = 1, max_staleness 1. Client 9 holds a slot on version 0.
+    let mut m = machine(5, 1, 1, 2, 0.5);
+    let slow = check_in(&mut m, 0, 9).unwrap();
+    let t = check_in(&mut m, 0, 1).unwrap();
+    assert_eq!(commits(&report(&mut m, 1, 1, &t, 1.0)).len(), 1);
+    // Version 1: client 9 is 1 behind, still acceptable, still holding its slot.
+    let t = check_in(&mut m, 2, 1).unwrap();
+    assert_eq!(m.outstanding(), vec![ClientId(1), ClientId(9)]);
+    assert!(check_in(&mut m, 2, 2).is_none(), "both slots taken");
+    assert_eq!(commits(&report(&mut m, 3, 1, &t, 1.0)).len(), 1);
+    // Version 2: client 9's task can never be accepted, so its slot is free before it checks in.
+    assert_eq!(m.outstanding(), Vec::<ClientId>::new());
+    assert!(check_in(&mut m, 4, 2).is_some(), "the slot of the too-stale task is free");
+    // Its late report is named too stale (not "no task"), before and after the payload, and
+    // changes nothing.
+    let stale = RejectReason::TooStale { staleness: 2, base: 0, max: 1 };
+    assert_eq!(m.precheck_report(ClientId(9), slow.round, slow.attempt), Err(stale.clone()));
+    let before = state(&m);
+    assert_eq!(rejected(&report(&mut m, 5, 9, &slow, 3.0)), Some(stale));
+    assert_eq!(state(&m), before);
+    // A made-up round from the same client is just not its task.
+    assert_eq!(m.precheck_report(ClientId(9), slow.round + 5, slow.attempt), Err(RejectReason::NoTask));
+    // It checks in and gets fresh work on the current version.
+    let fresh = check_in(&mut m, 6, 9).unwrap();
+    assert_eq!(fresh.model_version, 2);
+    assert!(
+        matches!(m.precheck_report(ClientId(9), slow.round, slow.attempt), Err(RejectReason::WrongRound { .. })),
+        "the old task is forgotten once replaced"
+    );
+    assert_eq!(commits(&report(&mut m, 7, 9, &fresh, 1.0)).len(), 1);
+}
+
+#[test]
+fn a_late_report_for_a_second_task_on_the_same_version_is_not_called_a_duplicate() {
+    // Regression (found by the proptest, and by the simulator once too-stale tasks were dropped
+    // early): a client reports, gets another task on the same version — named like the first, same
+    // round and attempt — and that task is dropped (deadline here; too stale alike). Its late report
+    // was refused as `Duplicate` (which the simulator treats as fatal) instead of `NoTask`.
+    let mut m = machine(5, 2, 0, 1, 0.5);
+    let t = check_in(&mut m, 0, 1).unwrap();
+    assert!(commits(&report(&mut m, 1, 1, &t, 1.0)).is_empty());
+    let t2 = check_in(&mut m, 2, 1).unwrap();
+    assert_eq!((t2.round, t2.attempt), (t.round, t.attempt));
+    m.handle(1002, Event::TimerFired(Timer::Deadline { round: t2.round, attempt: t2.attempt, stage: 0 }));
+    assert!(m.outstanding().is_empty(), "dropped at its deadline");
+    assert_eq!(m.precheck_report(ClientId(1), t2.round, t2.attempt), Err(RejectReason::NoTask));
+    assert_eq!(rejected(&report(&mut m, 1003, 1, &t2, 2.0)), Some(RejectReason::NoTask));
+    // (The too-stale path is the same code; `reports_beyond_max_staleness_are_refused` in the
+    // simulator's tests hit it.) The client goes on: its next task is answered normally.
+    let t3 = check_in(&mut m, 1004, 1).unwrap();
+    let other = check_in(&mut m, 1004, 2);
+    assert!(other.is_none(), "concurrency 1");
+    assert_eq!(commits(&report(&mut m, 1005, 1, &t3, 1.0)).len(), 1, "second update of the buffer: version 1");
+    let t4 = check_in(&mut m, 1006, 1).unwrap();
+    assert_eq!(t4.model_version, 1);
 }

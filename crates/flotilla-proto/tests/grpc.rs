@@ -85,6 +85,7 @@ impl Coordinator for Fake {
                 status: v1::UploadStatus::Incomplete as i32,
                 message: String::new(),
                 resume_offset: a.received(),
+                ..Default::default()
             }));
         }
         let header = a.header().clone();
@@ -95,6 +96,7 @@ impl Coordinator for Fake {
             status: v1::UploadStatus::Accepted as i32,
             message: "ok".into(),
             resume_offset: total,
+            ..Default::default()
         }))
     }
 

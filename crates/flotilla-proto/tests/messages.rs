@@ -120,6 +120,7 @@ fn every_message_round_trips() {
         status: v1::UploadStatus::Incomplete as i32,
         message: "resume".into(),
         resume_offset: 12,
+        ..Default::default()
     });
     round_trip(v1::QueryUploadRequest {
         upload_id: "up-1".into(),

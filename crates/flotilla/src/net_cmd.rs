@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
-use flotilla_client::{Client, ClientConfig, DatasetTrainer};
+use std::time::Duration;
+
+use flotilla_client::{BoxError, Client, ClientConfig, DatasetTrainer, LocalTrainer, TaskInfo, TrainOutcome};
 use flotilla_data::DatasetName;
 
 use crate::admin_cmd::{self, ClientAdminCommand};
@@ -46,6 +48,10 @@ pub struct ClientArgs {
     /// Only serve these jobs (repeatable); default: any job this client is eligible for
     #[arg(long = "job", value_name = "ID")]
     jobs: Vec<String>,
+    /// Wait this long after each local training before uploading, to act like a slower device
+    /// (try deadlines or FedBuff's staleness settings on one machine); at most 3600000
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    train_delay_ms: u64,
     #[command(flatten)]
     data_dir: DataDirArg,
 }
@@ -83,6 +89,30 @@ pub(crate) async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Longest `--train-delay-ms`: one hour.
+const MAX_TRAIN_DELAY_MS: u64 = 3_600_000;
+
+/// A trainer that takes `delay` longer per task than `inner` (`--train-delay-ms`).
+struct Slowed<T> {
+    inner: T,
+    delay: Duration,
+}
+
+impl<T: LocalTrainer> LocalTrainer for Slowed<T> {
+    fn num_samples(&self) -> u64 {
+        self.inner.num_samples()
+    }
+
+    fn train(&mut self, task: &TaskInfo, global: &[f32]) -> Result<TrainOutcome, BoxError> {
+        let outcome = self.inner.train(task, global);
+        // Runs on the SDK's blocking thread, so sleeping here stalls nothing else.
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        outcome
+    }
+}
+
 fn parse_partition(s: &str) -> Result<(usize, usize)> {
     let (i, n) = s.split_once('/').ok_or_else(|| anyhow!("--partition must look like I/N, e.g. 3/10, got {s}"))?;
     let i: usize = i.trim().parse().with_context(|| format!("--partition {s}: I is not a number"))?;
@@ -99,6 +129,9 @@ pub fn client(args: ClientArgs) -> Result<()> {
     }
     init_logging();
     let coordinator = args.coordinator.ok_or_else(|| anyhow!("--coordinator is required"))?;
+    if args.train_delay_ms > MAX_TRAIN_DELAY_MS {
+        bail!("--train-delay-ms must be in 0..={MAX_TRAIN_DELAY_MS}, got {}", args.train_delay_ms);
+    }
     let state_dir = args.state_dir.ok_or_else(|| anyhow!("--state-dir is required"))?;
     let trainer = match (args.data, args.dataset, args.partition) {
         (Some(path), _, _) => {
@@ -121,6 +154,7 @@ pub fn client(args: ClientArgs) -> Result<()> {
     config.client_name = args.name;
     config.job_ids = args.jobs;
     let client = Client::new(config).context("configuring the client")?;
+    let trainer = Slowed { inner: trainer, delay: Duration::from_millis(args.train_delay_ms) };
     let stats = runtime()?.block_on(client.run(trainer, shutdown_signal())).context("client stopped")?;
     tracing::info!(?stats, "client finished");
     Ok(())

@@ -125,7 +125,7 @@ impl Session<'_> {
                     self.secagg = None;
                 }
             }
-            Done::Abandoned => self.pause_after_failed_task().await,
+            Done::Abandoned | Done::Outdated => self.pause_after_failed_task().await,
         }
         Ok(())
     }
@@ -201,7 +201,7 @@ impl Session<'_> {
         }
         let global = match self.download(bearer, &task, v1::ModelPart::Global, receiver, deadline).await? {
             Done::Ok(p) => Arc::new(p),
-            Done::Abandoned => {
+            Done::Abandoned | Done::Outdated => {
                 self.pause_after_failed_task().await;
                 return Ok(());
             }
@@ -237,7 +237,7 @@ impl Session<'_> {
                     std::process::exit(0);
                 }
             }
-            Done::Abandoned => self.pause_after_failed_task().await,
+            Done::Abandoned | Done::Outdated => self.pause_after_failed_task().await,
         }
         Ok(())
     }

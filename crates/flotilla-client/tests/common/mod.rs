@@ -51,6 +51,8 @@ pub struct Faults {
     pub every_credential_expired: bool,
     /// Answer uploads with REJECTED.
     pub reject_uploads: bool,
+    /// The machine-readable `reason` of those REJECTED answers (e.g. `too_stale`); empty if unset.
+    pub reject_reason: &'static str,
 }
 
 /// What the fake observed.
@@ -182,6 +184,7 @@ fn answer(status: v1::UploadStatus, message: &str, resume_offset: u64) -> v1::Up
         status: status as i32,
         message: message.into(),
         resume_offset,
+        ..Default::default()
     }
 }
 
@@ -341,11 +344,9 @@ impl Coordinator for Fake {
         let mut s = self.seen.lock().unwrap();
         if self.faults.reject_uploads {
             s.rejected += 1;
-            return Ok(Response::new(answer(
-                v1::UploadStatus::Rejected,
-                "round closed",
-                total,
-            )));
+            let mut a = answer(v1::UploadStatus::Rejected, "round closed", total);
+            a.reason = self.faults.reject_reason.into();
+            return Ok(Response::new(a));
         }
         if let Some((h, _)) = &s.accepted {
             return Ok(Response::new(if h.sha256 == header.sha256 {

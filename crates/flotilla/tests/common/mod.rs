@@ -133,13 +133,19 @@ impl Federation {
 
     /// A client process with state in `name/` and log in `name.log`, training on a digits partition.
     pub fn spawn_client(&mut self, name: &str, token: &str, partition: &str) {
+        self.spawn_client_with(name, token, partition, &[], "warn");
+    }
+
+    /// [`Federation::spawn_client`] with extra CLI arguments and a `RUST_LOG` filter.
+    pub fn spawn_client_with(&mut self, name: &str, token: &str, partition: &str, extra: &[&str], log: &str) {
         let child = Command::new(bin())
             .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", self.grpc)])
             .args(["--ca-cert", &self.ca(), "--token", token])
             .arg("--state-dir")
             .arg(self.dir.join(name))
             .args(["--dataset", "digits", "--partition", partition])
-            .env("RUST_LOG", "warn")
+            .args(extra)
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap())
             .spawn()
