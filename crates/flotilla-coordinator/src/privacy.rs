@@ -28,8 +28,13 @@
 //! * **Tenant budget.** Configured on the server (`ServerConfig::tenant_privacy`, `flotilla server
 //!   --tenant-epsilon-budget EPS --tenant-delta D`): the same (ε, δ) budget for every tenant, composed
 //!   over all of a tenant's DP jobs (RDP curves add up; `flotilla_privacy::TenantLedger`).
-//! * **Distributed DP** is refused: it needs secure aggregation (`[secagg]`) so the coordinator only
-//!   sees the noised sum, which the coordinator does not run yet.
+//! * **Distributed DP** (`mode = "distributed"`) needs secure aggregation (`[secagg]`), so the
+//!   coordinator only sees the sum of the clients' noised deltas; without `[secagg]` it is refused.
+//!   With it, clients clip to `C` and add `N(0, (σC)²/min_reports)` from their own entropy before
+//!   masking, the round machine divides the unmasked sum by `clients_per_round` and adds no noise,
+//!   and admission and accounting are exactly the central mode's (same `q`, same `σ` per round).
+//!   `[secagg]` with `[privacy]` requires distributed mode and a fixed clip norm
+//!   (`flotilla_core::dp::DpSpec::check_secure_aggregation`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -53,19 +58,21 @@ pub struct TenantPrivacy {
 }
 
 /// Validates `[privacy]` of a job against its policy and adds DP-FedAvg to its strategy.
+/// `secagg` is whether the job has `[secagg]` (distributed mode needs it).
 pub(crate) fn configure(
     cfg: Option<&PrivacyConfig>,
     strategy: StrategySpec,
     policy: &RoundPolicy,
+    secagg: bool,
 ) -> Result<(StrategySpec, Option<PrivacySpec>), SpecError> {
     let Some(cfg) = cfg else { return Ok((strategy, None)) };
     let spec = PrivacySpec::from_config(cfg, policy.clients_per_round, policy.min_reports())
         .map_err(|e| SpecError::new(e.field, e.message))?;
-    if spec.dp.mode == DpMode::Distributed {
+    if spec.dp.mode == DpMode::Distributed && !secagg {
         return Err(SpecError::new(
             "privacy.mode",
-            "distributed DP requires [secagg] (secure aggregation, so the coordinator only sees the noised sum); \
-             the coordinator does not run secure aggregation yet — use mode = \"central\", or run distributed DP in `flotilla sim`",
+            "distributed DP requires [secagg] (secure aggregation, so the coordinator only sees the sum of the \
+             clients' noised updates); add a [secagg] table, or use mode = \"central\"",
         ));
     }
     let selected = policy.selection_size();

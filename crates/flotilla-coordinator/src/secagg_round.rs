@@ -19,6 +19,12 @@
 //! (e.g. a neighbourhood below the threshold t) is fed back as `Event::AggregationFailed` and
 //! abandons the attempt with the secagg server's reason.
 //!
+//! **Distributed DP** (`[privacy] mode = "distributed"`): every task carries the clip norm and the
+//! per-client noise standard deviation (`SecAggConfig.dp_clip_norm`, `dp_noise_std`); clients clip and
+//! add their noise share before masking, and the round machine divides the unmasked sum by the fixed
+//! denominator `clients_per_round` (`Strategy::apply_secure_sum`). Admission and accounting are the
+//! central mode's (`crate::privacy`).
+//!
 //! The secagg server's state lives only in memory: after a coordinator restart the machine's
 //! `recover()` abandons the attempt that was in flight, and the next attempt starts a fresh server.
 //! The server never holds an individual unmasked update: its only vector is the running masked sum,
@@ -82,6 +88,8 @@ impl Followup {
 /// the current stage.
 pub(crate) struct SecAggRound {
     params: Params,
+    /// Distributed DP: the clip norm C and each client's noise standard deviation, sent in every task.
+    dp: Option<(f64, f64)>,
     /// `(round, attempt)` the server belongs to.
     attempt: Option<(u64, u32)>,
     server: Option<Server>,
@@ -110,7 +118,14 @@ fn sid(c: ClientId) -> flotilla_secagg::ClientId {
 
 impl SecAggRound {
     pub(crate) fn new(params: Params) -> Self {
-        Self { params, attempt: None, server: None, stage: 0, payloads: BTreeMap::new() }
+        Self { params, dp: None, attempt: None, server: None, stage: 0, payloads: BTreeMap::new() }
+    }
+
+    /// Distributed DP: clients clip their delta to `clip_norm` and add `N(0, noise_std²)` per value
+    /// before masking (sent as `SecAggConfig.dp_clip_norm` / `dp_noise_std`).
+    pub(crate) fn with_dp(mut self, clip_norm: f64, noise_std: f64) -> Self {
+        self.dp = Some((clip_norm, noise_std));
+        self
     }
 
     /// The job's parameters, as sent in every secure-aggregation task.
@@ -120,6 +135,8 @@ impl SecAggRound {
             threshold: u32::try_from(self.params.threshold()).unwrap_or(u32::MAX),
             neighbours: u32::try_from(self.params.neighbours()).unwrap_or(u32::MAX),
             clip_range: self.params.clip_range(),
+            dp_clip_norm: self.dp.map_or(0.0, |d| d.0),
+            dp_noise_std: self.dp.map_or(0.0, |d| d.1),
         }
     }
 
@@ -330,7 +347,14 @@ async fn report(
 pub(crate) fn for_job(spec: &crate::spec::JobSpec, vector_len: usize) -> Result<Option<SecAggRound>, String> {
     match &spec.secagg {
         None => Ok(None),
-        Some(s) => Ok(Some(SecAggRound::new(s.params(spec.clients_per_round, vector_len).map_err(|e| e.to_string())?))),
+        Some(s) => {
+            let round = SecAggRound::new(s.params(spec.clients_per_round, vector_len).map_err(|e| e.to_string())?);
+            // Distributed DP (validated at load: distributed mode, fixed clip, clip range large enough).
+            Ok(Some(match &spec.strategy.dp {
+                Some(dp) => round.with_dp(dp.initial_clip_norm(), dp.client_noise_std()),
+                None => round,
+            }))
+        }
     }
 }
 
@@ -402,6 +426,76 @@ mod tests {
             assert!((s - exact).abs() <= bound + 1e-6, "{j}: {s} vs {exact}");
         }
         assert!(matches!(sa.held_vectors()[..], [HeldVector::Aggregate(_)]), "{:?}", sa.held_vectors());
+    }
+
+    /// Distributed DP: each client clips and noises its delta before masking. Nothing the server
+    /// holds at any step is a client's noise-free (clipped) update or its noised one; the unmasked
+    /// aggregate is the sum of the *noised* inputs, far from the noise-free sum.
+    #[test]
+    fn under_distributed_dp_the_server_never_holds_a_noise_free_update() {
+        use rand::SeedableRng;
+        let n = 5usize;
+        let len = 64usize;
+        let (clip, std) = (1.0, 0.5);
+        let params = Params::recommended(n, len, clip + 10.0 * std).unwrap();
+        let mut sa = SecAggRound::new(params).with_dp(clip, std);
+        assert_eq!((sa.config_proto().dp_clip_norm, sa.config_proto().dp_noise_std), (clip, std));
+        let ids: Vec<ClientId> = (20..20 + n as u64).map(ClientId).collect();
+        sa.on_configure(&task(0), 7);
+        let rid = flotilla_secagg::round_id(1, 1);
+        let mut clients: BTreeMap<ClientId, Client> =
+            ids.iter().map(|&c| (c, Client::new(params, sid(c), rid, [c.0 as u8; 32]))).collect();
+        let mut clean: BTreeMap<ClientId, Vec<f32>> = BTreeMap::new();
+        let mut noised: BTreeMap<ClientId, Vec<f32>> = BTreeMap::new();
+        for &c in &ids {
+            let mut d: Vec<f32> = (0..len).map(|i| (c.0 as f32 - 20.0) * 0.3 + i as f32 * 0.01).collect();
+            flotilla_core::dp::clip_delta(&mut d, clip);
+            let mut z = d.clone();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(c.0);
+            flotilla_core::dp::clip_and_add_noise(&mut z, clip, std, &mut rng);
+            clean.insert(c, d);
+            noised.insert(c, z);
+        }
+        for (&c, cl) in &clients {
+            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::AdvertiseKeys(cl.advertise())).unwrap();
+        }
+        assert!(sa.on_stage_closed(1, 1, 0, &ids).is_none());
+        for (&c, cl) in clients.iter_mut() {
+            let ServerMessage::Roster(r) = ServerMessage::from_bytes(&sa.payload(c, &task(1)), &params).unwrap() else { panic!() };
+            let m = cl.handle_roster(&r).unwrap();
+            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::ShareKeys(m)).unwrap();
+        }
+        assert!(sa.on_stage_closed(1, 1, 1, &ids).is_none());
+        let encoded: Vec<Vec<u32>> =
+            clean.values().chain(noised.values()).map(|v| params.encode_all(v)).collect();
+        for (&c, cl) in clients.iter_mut() {
+            let ServerMessage::Shares(b) = ServerMessage::from_bytes(&sa.payload(c, &task(2)), &params).unwrap() else { panic!() };
+            cl.handle_shares(&b).unwrap();
+            let m = cl.masked_input(&noised[&c]).unwrap();
+            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::MaskedInput(m)).unwrap();
+            for held in sa.held_vectors() {
+                let HeldVector::MaskedSum { data, .. } = held else { panic!("{held:?}") };
+                assert!(encoded.iter().all(|e| data != e.as_slice()), "the server holds an individual update");
+            }
+        }
+        assert!(sa.on_stage_closed(1, 1, 2, &ids).is_none());
+        for (&c, cl) in clients.iter_mut() {
+            let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(&sa.payload(c, &task(3)), &params).unwrap() else { panic!() };
+            let m = cl.handle_unmask(&r).unwrap();
+            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::Unmask(m)).unwrap();
+        }
+        let Followup::Aggregated { sum, contributors, .. } = sa.on_finalize(1, 1, &ids) else { panic!("finish failed") };
+        assert_eq!(contributors, n);
+        let bound = params.quantization_error_bound(n) + 1e-6;
+        let mut far = 0;
+        for (j, s) in sum.iter().enumerate() {
+            let with_noise: f64 = noised.values().map(|u| f64::from(u[j])).sum();
+            let without: f64 = clean.values().map(|u| f64::from(u[j])).sum();
+            assert!((s - with_noise).abs() <= bound, "{j}: {s} vs {with_noise}");
+            far += usize::from((s - without).abs() > 0.1);
+        }
+        // The total noise per coordinate has std 0.5·√5 ≈ 1.1: almost every coordinate is off by > 0.1.
+        assert!(far > len * 3 / 4, "{far} of {len}");
     }
 
     #[test]

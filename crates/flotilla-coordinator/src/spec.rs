@@ -160,7 +160,8 @@ pub struct JobSpec {
     /// [`crate::secagg_round`].
     #[serde(default)]
     pub secagg: Option<crate::secagg_round::SecAggSpec>,
-    /// Differential privacy (`[privacy]`, central DP-FedAvg); the mechanism is also in `strategy.dp`.
+    /// Differential privacy (`[privacy]`: central DP-FedAvg, or distributed DP with `[secagg]`); the
+    /// mechanism is also in `strategy.dp`.
     #[serde(default)]
     pub privacy: Option<PrivacySpec>,
 }
@@ -301,7 +302,7 @@ impl JobSpec {
             min_report_fraction: raw.min_report_fraction.unwrap_or(0.8),
             ..RoundPolicy::new(rounds, clients_per_round)
         };
-        let (strategy, privacy) = crate::privacy::configure(raw.privacy.as_ref(), strategy, &dp_policy)?;
+        let (strategy, privacy) = crate::privacy::configure(raw.privacy.as_ref(), strategy, &dp_policy, raw.secagg.is_some())?;
         let spec = JobSpec {
             name,
             tenant,
@@ -328,6 +329,10 @@ impl JobSpec {
             // The vector length is only known once the model is built; 1 checks everything else.
             sa.params(spec.clients_per_round, 1)?;
             spec.strategy.check_secure_aggregation().map_err(|e| SpecError::new(e.field, e.message))?;
+            if let Some(dp) = &spec.strategy.dp {
+                // Distributed DP: the clip range must hold a clipped coordinate plus the noise tails.
+                dp.check_secure_aggregation(sa.clip_range).map_err(|e| SpecError::new(e.field, e.message))?;
+            }
         }
         spec.policy().validate().map_err(|e| {
             let field = match e.field {

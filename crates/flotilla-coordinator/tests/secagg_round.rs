@@ -209,3 +209,135 @@ async fn stage_rpc_refuses_bad_input_and_a_round_with_a_dropout_commits_the_secu
         assert!((f64::from(model[k]) - expected).abs() <= bound, "coordinate {k}: {} vs {expected}", model[k]);
     }
 }
+
+/// Runs one secure round with all of `cs` taking part; client `i` masks `input(i)` (its already
+/// clipped and noised delta). Returns the tasks of the masked-input stage.
+async fn secure_round(cs: &mut [Client], input: &dyn Fn(usize) -> Vec<f32>) -> Vec<v1::Task> {
+    let tasks = wait_tasks(cs).await;
+    let params = params_of(&tasks[0]);
+    let rid = flotilla_secagg::round_id(tasks[0].round, tasks[0].attempt);
+    let mut sa: Vec<SecAggClient> =
+        cs.iter().enumerate().map(|(i, c)| SecAggClient::new(params, SecAggId(c.id), rid, [i as u8 + 40; 32])).collect();
+    for (i, c) in cs.iter_mut().enumerate() {
+        send(c, &tasks[i], 0, ClientMessage::AdvertiseKeys(sa[i].advertise()).to_bytes()).await.expect("advertise");
+    }
+    for (i, c) in cs.iter_mut().enumerate() {
+        let t = task_for_stage(c, 1).await;
+        let ServerMessage::Roster(r) = ServerMessage::from_bytes(&t.secagg_payload, &params).unwrap() else { panic!("roster") };
+        let m = sa[i].handle_roster(&r).unwrap();
+        send(c, &t, 1, ClientMessage::ShareKeys(m).to_bytes()).await.expect("shares");
+    }
+    let mut masked_tasks = Vec::new();
+    for (i, c) in cs.iter_mut().enumerate() {
+        let t = task_for_stage(c, 2).await;
+        let ServerMessage::Shares(b) = ServerMessage::from_bytes(&t.secagg_payload, &params).unwrap() else { panic!("shares") };
+        sa[i].handle_shares(&b).unwrap();
+        let words: Vec<f32> = sa[i].masked_input(&input(i)).unwrap().masked.iter().map(|w| f32::from_bits(*w)).collect();
+        let mut hd = header(&t, &words, 10);
+        hd.stage = v1::Stage::MaskedInput as i32;
+        hd.payload_kind = v1::PayloadKind::MaskedU32 as i32;
+        let r = c.upload_header(hd, &words).await.expect("masked upload");
+        assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{r:?}");
+        masked_tasks.push(t);
+    }
+    for (i, c) in cs.iter_mut().enumerate() {
+        let t = task_for_stage(c, 3).await;
+        let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(&t.secagg_payload, &params).unwrap() else { panic!("request") };
+        let m = sa[i].handle_unmask(&r).unwrap();
+        send(c, &t, 3, ClientMessage::Unmask(m).to_bytes()).await.expect("unmask");
+    }
+    masked_tasks
+}
+
+/// Distributed DP over secure aggregation through the coordinator: every secure task carries the
+/// clip norm and the client's noise std; the committed model is the sum of the clients' noised
+/// inputs over the fixed denominator (no server noise); ε is charged and shown in the job status; and
+/// the combinations that cannot work are refused at submission naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_dp_over_secure_aggregation_commits_and_accounts() {
+    use rand::SeedableRng;
+    let (_dir, data, certs) = tmp();
+    let h = start(&data, &certs, None).await;
+    let base = job_toml(2, 4).replace("round_deadline_seconds = 60", "round_deadline_seconds = 10");
+    // σ = 1, C = 0.5, n_min = 2 (0.5 × 4): each share has std 0.5/√2; the range needs ≥ 0.5 + 10 × 0.354.
+    let privacy = "[privacy]\nmode = \"distributed\"\nnoise_multiplier = 1.0\nclip_norm = 0.5\ndelta = 1e-5\npopulation = 4\n";
+    for (extra, key) in [
+        (format!("{privacy}[secagg]\nclip_range = 1.0\n"), "secagg.clip_range"),
+        (format!("{}[secagg]\nclip_range = 9.0\n", privacy.replace("\"distributed\"", "\"central\"")), "privacy.mode"),
+        (
+            "[privacy]\nnoise_multiplier = 1.0\ndelta = 1e-5\npopulation = 4\n[privacy.adaptive]\ncount_noise_std = 1.0\n[secagg]\nclip_range = 9.0\n"
+                .to_string(),
+            "privacy.adaptive",
+        ),
+    ] {
+        let (code, body) = h.admin("POST", "/v1/jobs", &format!("{base}{extra}")).await;
+        assert_eq!(code, 400, "{extra}: {body}");
+        let m = body["error"].as_str().unwrap();
+        assert!(m.starts_with(key), "{extra}: {m}");
+    }
+    let job = h.submit(&format!("{base}{privacy}[secagg]\nclip_range = 4.5\n")).await;
+    let mut cs = vec![h.enroll("a").await, h.enroll("b").await, h.enroll("c").await, h.enroll("d").await];
+    let want_std = 0.5 / 2f64.sqrt();
+    let mut global: Option<Vec<f32>> = None;
+    for round in 1..=2u64 {
+        // The test's clients noise with a seeded RNG so the expected model can be recomputed; a real
+        // client uses OS entropy (flotilla-client).
+        let inputs: Vec<Vec<f32>> = (0..4)
+            .map(|i| {
+                let mut d: Vec<f32> = (0..LEN).map(|k| 0.3 * (i as f32 + 1.0) - 0.05 * k as f32).collect();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(round * 10 + i as u64);
+                flotilla_core::dp::clip_and_add_noise(&mut d, 0.5, want_std, &mut rng);
+                d
+            })
+            .collect();
+        let tasks = secure_round(&mut cs, &|i| inputs[i].clone()).await;
+        for t in &tasks {
+            let c = t.secagg.as_ref().unwrap();
+            assert_eq!(c.dp_clip_norm, 0.5);
+            assert!((c.dp_noise_std - want_std).abs() < 1e-15, "{}", c.dp_noise_std);
+        }
+        let start = match &global {
+            Some(g) => g.clone(),
+            None => cs[0].download(&tasks[0]).await,
+        };
+        // Wait for the commit, then fetch the model.
+        let mut st = serde_json::Value::Null;
+        for _ in 0..200 {
+            let (_, s) = h.admin("GET", &format!("/v1/jobs/{job}"), "").await;
+            if s["rounds_completed"].as_u64() == Some(round) {
+                st = s;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(st["rounds_completed"].as_u64(), Some(round), "{st}");
+        let p = &st["history"][round as usize - 1]["metrics"]["privacy"];
+        assert_eq!(p["noise_std"].as_f64(), Some(0.0), "the server adds no noise: {p}");
+        let model = {
+            #[allow(clippy::needless_update)]
+            let download = v1::DownloadRequest { job_id: tasks[0].job_id.clone(), model_version: round, offset: 0, ..Default::default() };
+            let req = authed(download, &cs[0].credential);
+            let mut stream = cs[0].grpc.download_model(req).await.expect("download").into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await.expect("chunk") {
+                bytes.extend_from_slice(&chunk.data);
+            }
+            flotilla_core::params_from_le_bytes(&bytes).expect("model bytes")
+        };
+        let params = params_of(&tasks[0]);
+        let bound = params.quantization_error_bound(4) / 4.0 + 1e-6;
+        for k in 0..LEN {
+            let expected = f64::from(start[k]) + inputs.iter().map(|d| f64::from(d[k])).sum::<f64>() / 4.0;
+            assert!((f64::from(model[k]) - expected).abs() <= bound, "round {round} coordinate {k}: {} vs {expected}", model[k]);
+        }
+        global = Some(model);
+    }
+    let (_, st) = h.admin("GET", &format!("/v1/jobs/{job}"), "").await;
+    assert_eq!(st["state"], "completed", "{st}");
+    // q = 4 selected / min(population 4, 4 enrolled) = 1.
+    let want = flotilla_privacy::epsilon(1.0, 1.0, 2, 1e-5).unwrap().epsilon;
+    let spent = st["privacy"]["epsilon_spent"].as_f64().unwrap_or(f64::NAN);
+    assert!(spent > 0.0 && (spent - want).abs() < 1e-9 * want, "{st}");
+    assert_eq!(st["privacy"]["delta"].as_f64(), Some(1e-5));
+    h.stop().await;
+}

@@ -21,6 +21,31 @@
 //! coordinator needs secure aggregation; without it the coordinator sees each update with only
 //! `σ/√n_min` of noise.
 //!
+//! **Distributed DP over secure aggregation** (`[privacy] mode = "distributed"` with `[secagg]`):
+//! each client clips its delta to `C`, adds its share `N(0, (σC)²/n_min)` per coordinate from its
+//! *own* OS entropy, and only then fixed-point encodes and masks it. `n_min` is the machine's minimum
+//! report count (`RoundPolicy::min_reports`), which is also the fewest masked inputs a secure-
+//! aggregation round commits with, so the unmasked sum of `k ≥ n_min` contributions carries noise of
+//! standard deviation `σC·√(k/n_min) ≥ σC` — more survivors than the minimum means more noise than
+//! needed, which is safe (only utility suffers). The coordinator unmasks the sum and divides it by
+//! the fixed denominator `m = clients_per_round` (as central DP does), never by the survivor count,
+//! and adds no noise of its own ([`crate::strategy::Strategy::apply_secure_sum`]). The accounting is
+//! the central mode's: one step of the sampled Gaussian mechanism with multiplier `σ` per round.
+//! Adaptive clipping is refused (its clipped/unclipped count would need a secure count of its own).
+//!
+//! The secure-aggregation encoding clamps every coordinate to `±clip_range` before masking. A
+//! clipped delta has every coordinate within `±C`, and the noise share exceeds
+//! [`SECAGG_NOISE_TAIL`] standard deviations with probability `< 2·10⁻²³` per value, so
+//! `secagg.clip_range ≥ C + SECAGG_NOISE_TAIL · σC/√n_min` is required at load
+//! ([`DpSpec::check_secagg_clip_range`]); clients still count (and log) any value that would be
+//! clamped. Caveats, documented rather than hidden: (1) the accounting treats the fixed-point sum as
+//! the continuous Gaussian mechanism — each contribution is rounded to a grid of step
+//! `2·clip_range/(2³²−1)·clients_per_round` before summing, which is not analysed formally (the
+//! distributed discrete Gaussian of Kairouz, Liu, Steinke 2021 is the rigorous treatment); (2) the
+//! guarantee against the coordinator assumes it follows the protocol (semi-honest): a coordinator
+//! that finalized a round with fewer than `n_min` masked inputs would release a sum with less than
+//! `σC` of noise, which clients cannot check.
+//!
 //! **Noise randomness.** Central noise is drawn from ChaCha20 keyed by `SHA-256(key ‖ round ‖ attempt)`.
 //! The key is part of the strategy's server state (so a restored coordinator draws the same noise) and
 //! must be *secret*: whoever knows it can subtract the noise. [`default_noise_key`] derives it from the
@@ -170,7 +195,8 @@ impl PrivacySpec {
                 if mode == DpMode::Distributed {
                     return Err(ConfigError::new(
                         "privacy.adaptive",
-                        "adaptive clipping needs the server to see each client's clipped/unclipped bit; it is only supported in central mode",
+                        "adaptive clipping needs the server to see each client's clipped/unclipped bit, which distributed mode \
+                         (and [secagg]) hides; it is only supported in central mode — give a fixed privacy.clip_norm",
                     ));
                 }
                 let initial = positive("privacy.adaptive.initial_clip_norm", a.initial_clip_norm.unwrap_or(0.1))?;
@@ -248,6 +274,61 @@ impl DpSpec {
     }
 }
 
+/// Standard deviations of a client's noise share that `secagg.clip_range` must leave room for
+/// beyond the clip norm (see the module documentation).
+pub const SECAGG_NOISE_TAIL: f64 = 10.0;
+
+impl DpSpec {
+    /// The smallest `secagg.clip_range` this mechanism can run with: `C + SECAGG_NOISE_TAIL · σC/√n_min`
+    /// (a clipped coordinate is within `±C`; the noise share stays within `SECAGG_NOISE_TAIL` standard
+    /// deviations except with probability `< 2·10⁻²³` per value).
+    pub fn secagg_min_clip_range(&self) -> f64 {
+        self.initial_clip_norm() + SECAGG_NOISE_TAIL * self.client_noise_std()
+    }
+
+    /// Checks that this mechanism can run over secure aggregation with per-coordinate clip range
+    /// `clip_range`: [`DpSpec::check_secagg_mode`], and `clip_range ≥`
+    /// [`DpSpec::secagg_min_clip_range`] (`secagg.clip_range`). Errors name the key.
+    pub fn check_secure_aggregation(&self, clip_range: f64) -> Result<(), ConfigError> {
+        self.check_secagg_mode()?;
+        let needed = self.secagg_min_clip_range();
+        if !(clip_range.is_finite() && clip_range >= needed) {
+            return Err(ConfigError::new(
+                "secagg.clip_range",
+                format!(
+                    "must be ≥ {needed:.6} to hold a clipped coordinate (privacy.clip_norm = {c}) plus {SECAGG_NOISE_TAIL} \
+                     standard deviations of each client's noise share (privacy.noise_multiplier × clip_norm / √min_reports \
+                     = {s:.6}, min_reports = {n}); got {clip_range}",
+                    c = self.initial_clip_norm(),
+                    s = self.client_noise_std(),
+                    n = self.min_contributors.max(1),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The part of [`DpSpec::check_secure_aggregation`] that needs no clip range: a fixed clip norm
+    /// (else `privacy.adaptive`) and distributed mode (else `privacy.mode`).
+    pub fn check_secagg_mode(&self) -> Result<(), ConfigError> {
+        if matches!(self.clip, ClipRule::Adaptive { .. }) {
+            return Err(ConfigError::new(
+                "privacy.adaptive",
+                "adaptive clipping cannot run with [secagg]: it needs the count of unclipped updates, which \
+                 secure aggregation hides (it would need a secure count of its own); give a fixed privacy.clip_norm",
+            ));
+        }
+        if self.mode != DpMode::Distributed {
+            return Err(ConfigError::new(
+                "privacy.mode",
+                "with [secagg] the noise must be added by the clients before masking: set mode = \"distributed\" \
+                 (central mode would have the server noise a sum it should not be trusted with)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What clipping did to one update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClipOutcome {
@@ -302,13 +383,27 @@ pub fn add_gaussian_noise<R: Rng + ?Sized>(values: &mut [f64], std: f64, rng: &m
 /// task seed: the server knows that seed and could subtract the share. The simulator is the exception
 /// (it has no adversary and wants reproducible runs).
 pub fn privatize_client_update<R: Rng + ?Sized>(delta: &mut [f32], spec: &DpSpec, rng: &mut R) -> ClipOutcome {
-    let out = clip_delta(delta, spec.initial_clip_norm());
-    let std = spec.client_noise_std();
-    for x in delta.iter_mut() {
-        let z: f64 = StandardNormal.sample(rng);
-        *x = (f64::from(*x) + std * z) as f32;
+    clip_and_add_noise(delta, spec.initial_clip_norm(), spec.client_noise_std(), rng)
+}
+
+/// The client's side of distributed DP with the two numbers the client is sent (the secagg task's
+/// `dp_clip_norm` and `dp_noise_std`): clips `delta` to L2 norm `clip_norm` ([`clip_delta`]), then
+/// adds independent `N(0, noise_std²)` to every value from `rng`, in place. `noise_std = 0` (or a
+/// non-finite one) adds nothing. See [`privatize_client_update`] for where `rng` must come from.
+pub fn clip_and_add_noise<R: Rng + ?Sized>(delta: &mut [f32], clip_norm: f64, noise_std: f64, rng: &mut R) -> ClipOutcome {
+    let out = clip_delta(delta, clip_norm);
+    if noise_std > 0.0 && noise_std.is_finite() {
+        for x in delta.iter_mut() {
+            let z: f64 = StandardNormal.sample(rng);
+            *x = (f64::from(*x) + noise_std * z) as f32;
+        }
     }
     out
+}
+
+/// How many values of `v` lie outside `±clip_range` (the secure-aggregation encoding clamps them).
+pub fn count_outside(v: &[f32], clip_range: f64) -> u64 {
+    v.iter().filter(|x| !(f64::from(**x).abs() <= clip_range)).count() as u64
 }
 
 /// The reproducible (not secret) noise key the round machine starts with: `SHA-256("flotilla-dp-noise"
@@ -396,6 +491,34 @@ mod tests {
         let ok = PrivacySpec::from_config(&PrivacyConfig { mode: Some("distributed".into()), ..cfg() }, 10, 8).unwrap();
         assert_eq!(ok.dp.min_contributors, 8);
         assert!((ok.dp.client_noise_std() - 1.0 / 8f64.sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn secagg_clip_range_must_hold_c_plus_the_noise_tails() {
+        // σ = 1, C = 1, n_min = 4: share std 0.5, needed range 1 + 10 × 0.5 = 6.
+        let c = PrivacyConfig { mode: Some("distributed".into()), ..cfg() };
+        let dp = PrivacySpec::from_config(&c, 10, 4).unwrap().dp;
+        assert!((dp.secagg_min_clip_range() - 6.0).abs() < 1e-12);
+        assert!(dp.check_secure_aggregation(6.0).is_ok());
+        let e = dp.check_secure_aggregation(5.9).unwrap_err();
+        assert_eq!(e.field, "secagg.clip_range");
+        assert!(e.message.contains("must be ≥ 6.0") && e.message.contains("privacy.clip_norm"), "{}", e.message);
+        assert_eq!(dp.check_secure_aggregation(f64::NAN).unwrap_err().field, "secagg.clip_range");
+        let central = PrivacySpec::from_config(&cfg(), 10, 4).unwrap().dp;
+        assert_eq!(central.check_secure_aggregation(100.0).unwrap_err().field, "privacy.mode");
+    }
+
+    #[test]
+    fn clip_and_add_noise_clips_then_noises_and_counts_values_outside_the_range() {
+        let mut v = vec![3.0f32, 4.0];
+        let out = clip_and_add_noise(&mut v, 1.0, 0.0, &mut ChaCha20Rng::seed_from_u64(1));
+        assert!(out.clipped && (out.norm - 5.0).abs() < 1e-9);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert_eq!(count_outside(&[0.5, -0.7, 0.7, f32::NAN], 0.6), 3);
+        let mut w = vec![0.0f32; 10_000];
+        clip_and_add_noise(&mut w, 1.0, 0.25, &mut ChaCha20Rng::seed_from_u64(2));
+        let sd = (w.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+        assert!((sd / 0.25 - 1.0).abs() < 0.05, "{sd}");
     }
 
     #[test]

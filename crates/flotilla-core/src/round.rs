@@ -32,9 +32,9 @@
 //! 3. After the unmasking stage the machine emits [`Action::Finalize`] with the contributors (the
 //!    clients whose masked input was accepted — including those that dropped out during unmasking)
 //!    and waits. The driver runs the secagg server's `finish` and feeds either [`Event::Aggregated`]
-//!    (the sum of the contributors' clipped deltas; the machine divides by their number — an
-//!    *unweighted* mean — and takes the strategy's server step, see
-//!    [`Strategy::apply_mean_delta`]) or [`Event::AggregationFailed`] with the reason (e.g. a
+//!    (the sum of the contributors' clipped deltas; the strategy divides by their number — an
+//!    *unweighted* mean — or, under distributed DP, by the fixed denominator `clients_per_round`,
+//!    and takes its server step, see [`Strategy::apply_secure_sum`]) or [`Event::AggregationFailed`] with the reason (e.g. a
 //!    neighbourhood below the secagg threshold t), which abandons the attempt with that reason.
 //!    The driver may also feed `AggregationFailed` while a stage is running (a secagg `close_*`
 //!    failed); the attempt is then abandoned at once.
@@ -1113,16 +1113,18 @@ impl RoundMachine {
             return;
         };
         let expected = f.contributors.len();
-        let mean: Result<Vec<f32>, String> = if count != expected {
+        let mean: Result<(), String> = if count != expected {
             Err(format!("the unmasked sum covers {count} clients, {expected} contributed"))
         } else if sum.len() != self.layout.len() {
             Err(format!("the unmasked sum has {} values, the layout has {}", sum.len(), self.layout.len()))
         } else {
-            Ok(sum.iter().map(|v| (v / count.max(1) as f64) as f32).collect())
+            Ok(())
         };
-        let result = mean.and_then(|m| {
+        // The strategy divides: by the contributors (unweighted mean), or under distributed DP by the
+        // fixed denominator `clients_per_round`.
+        let result = mean.and_then(|()| {
             self.strategy
-                .apply_mean_delta(&self.global, &m)
+                .apply_secure_sum(&self.global, sum, count)
                 .map_err(|e| format!("secure aggregation produced an unusable mean: {e}"))
         });
         match result {

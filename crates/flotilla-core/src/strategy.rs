@@ -512,7 +512,8 @@ impl StrategySpec {
     /// robust aggregators (median, trimmed_mean, krum) and SCAFFOLD (`strategy.name`), the anomaly
     /// filter (`strategy.anomaly`) and server-side norm bounding (`strategy.clip_norm`, or
     /// `strategy.name` for norm_bound) — under secure aggregation clients clip their own update to
-    /// the secure-aggregation clip range instead.
+    /// the secure-aggregation clip range instead. `[privacy]` is allowed in distributed mode with a
+    /// fixed clip norm only ([`DpSpec::check_secagg_mode`]).
     pub fn check_secure_aggregation(&self) -> Result<(), ConfigError> {
         let sum_only = "secure aggregation reveals only the sum of the updates; \
                         use fedavg, fedavgm, fedprox, fedadagrad, fedadam or fedyogi";
@@ -544,14 +545,11 @@ impl StrategySpec {
                 format!("the anomaly filter compares individual updates, but {sum_only}"),
             ));
         }
-        if self.dp.is_some() {
-            // Distributed DP (noise shares added by the clients before masking) is the right pairing;
-            // its client side exists (`dp::privatize_client_update`) but is not wired into secagg rounds.
-            return Err(ConfigError::new(
-                "privacy",
-                "[privacy] together with [secagg] is not supported yet (distributed DP over secure \
-                 aggregation is the next step); use one or the other",
-            ));
+        if let Some(d) = &self.dp {
+            // Distributed DP: clients clip and add their noise share before masking; the server
+            // divides the unmasked sum by the fixed denominator ([`Strategy::apply_secure_sum`]).
+            // The clip range is checked by the drivers, which know it (`DpSpec::check_secure_aggregation`).
+            d.check_secagg_mode()?;
         }
         if self.clip_norm.is_some() {
             let field = if self.name == "norm_bound" { "strategy.name" } else { "strategy.clip_norm" };
@@ -906,6 +904,56 @@ impl Strategy {
         Ok(RoundResult { global: new_global, quarantined: Vec::new(), dp: None })
     }
 
+    /// Takes the server step from `global` with the unmasked **sum** of a secure-aggregation round's
+    /// `contributors` deltas.
+    ///
+    /// Without DP the sum is divided by `contributors` (an unweighted mean) and handed to
+    /// [`Strategy::apply_mean_delta`]. With distributed DP (`[privacy]`, which only passes
+    /// [`StrategySpec::check_secure_aggregation`] in distributed mode) the clients already clipped
+    /// their deltas and added their noise shares, so the sum is divided by the **fixed** denominator
+    /// `m = expected_clients` (never by the survivors, whose number depends on who took part) and no
+    /// noise is added; the round is refused if fewer than `min_contributors` contributed (their noise
+    /// shares would sum to less than `σC`). The [`DpRoundInfo`] reports `noise_std = 0` (the server
+    /// added none). On error the state is unchanged.
+    pub fn apply_secure_sum(&mut self, global: &[f32], sum: &[f64], contributors: usize) -> Result<RoundResult, AggregateError> {
+        if contributors == 0 {
+            return Err(AggregateError::Empty);
+        }
+        let Some(d) = self.spec.dp else {
+            let mean: Vec<f32> = sum.iter().map(|v| (v / contributors as f64) as f32).collect();
+            return self.apply_mean_delta(global, &mean);
+        };
+        if d.mode != DpMode::Distributed || !matches!(d.clip, ClipRule::Fixed { .. }) {
+            return Err(AggregateError::Parameter {
+                name: "privacy.mode",
+                value: f64::NAN,
+                valid: "distributed DP with a fixed clip norm under secure aggregation".into(),
+            });
+        }
+        if contributors < d.min_contributors {
+            return Err(AggregateError::Parameter {
+                name: "contributors",
+                value: contributors as f64,
+                valid: format!("≥ {} (the noise shares are sized for at least that many)", d.min_contributors),
+            });
+        }
+        if sum.len() != self.dim || global.len() != self.dim {
+            return Err(AggregateError::Length { expected: self.dim, actual: sum.len() });
+        }
+        let m = d.expected_clients.max(1) as f64;
+        let mean: Vec<f32> = sum.iter().map(|v| (v / m) as f32).collect();
+        check_finite(&mean, 0)?;
+        let mut state = self.state.clone();
+        let new_global = self.step(&mut state, global, &mean);
+        if let Some(index) = new_global.iter().position(|v| !v.is_finite()) {
+            return Err(AggregateError::NonFinite { index });
+        }
+        self.state = state;
+        let clip = d.initial_clip_norm();
+        let info = DpRoundInfo { clip_norm: clip, noise_std: 0.0, unclipped: 0, reports: contributors as u64, next_clip_norm: clip };
+        Ok(RoundResult { global: new_global, quarantined: Vec::new(), dp: Some(info) })
+    }
+
     fn plain_fedavg(&self) -> bool {
         self.spec.optimizer == ServerOptimizer::Sgd && self.spec.server_lr == 1.0
     }
@@ -1241,6 +1289,45 @@ mod tests {
         let mut s = dp_strategy(spec, 2);
         let g = run_round(&mut s, &[0.0, 0.0], &[(&[3.0, 4.0], 5.0), (&[1.0, 0.0], 1.0)]);
         assert_eq!(g, vec![2.0, 2.0]);
+    }
+
+    #[test]
+    fn secure_sum_under_distributed_dp_divides_by_the_expected_cohort_and_adds_nothing() {
+        // m = 4 expected, n_min = 2: three contributors' sum is divided by 4, not 3.
+        let spec = DpSpec { mode: DpMode::Distributed, expected_clients: 4, min_contributors: 2, ..dp(1.0, 1.0, 4) };
+        let mut s = Strategy::new(StrategySpec::fedavg().with_privacy(spec).unwrap(), 2);
+        let r = s.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 3).unwrap();
+        assert_eq!(r.global, vec![1.75, -0.5]);
+        let info = r.dp.unwrap();
+        assert_eq!((info.noise_std, info.reports, info.clip_norm), (0.0, 3, 1.0));
+        // Fewer contributors than the noise shares were sized for: refused, state unchanged.
+        let before = s.clone();
+        assert!(matches!(s.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 1), Err(AggregateError::Parameter { name: "contributors", .. })));
+        assert!(s.apply_secure_sum(&[1.0, 1.0], &[3.0], 3).is_err());
+        assert!(s.apply_secure_sum(&[1.0, 1.0], &[f64::NAN, 0.0], 3).is_err());
+        assert_eq!(s, before);
+        // Without DP: the unweighted mean of the contributors.
+        let mut plain = Strategy::new(StrategySpec::fedavg(), 2);
+        assert_eq!(plain.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 3).unwrap().global, vec![2.0, -1.0]);
+        assert!(plain.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 0).is_err());
+        // Central DP cannot reach a secure sum (it is refused at load; refused here too).
+        let mut central = Strategy::new(StrategySpec::fedavg().with_privacy(dp(1.0, 1.0, 4)).unwrap(), 2);
+        assert!(central.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 3).is_err());
+    }
+
+    #[test]
+    fn secure_aggregation_accepts_distributed_dp_only() {
+        let distributed = DpSpec { mode: DpMode::Distributed, ..dp(1.0, 1.0, 4) };
+        assert!(StrategySpec::fedavg().with_privacy(distributed).unwrap().check_secure_aggregation().is_ok());
+        let e = StrategySpec::fedavg().with_privacy(dp(1.0, 1.0, 4)).unwrap().check_secure_aggregation().unwrap_err();
+        assert_eq!(e.field, "privacy.mode");
+        let adaptive = DpSpec {
+            clip: ClipRule::Adaptive { initial_clip_norm: 0.1, target_quantile: 0.5, learning_rate: 0.2, count_noise_std: 2.0 },
+            ..dp(1.0, 1.0, 4)
+        };
+        let e = StrategySpec::fedavg().with_privacy(adaptive).unwrap().check_secure_aggregation().unwrap_err();
+        assert_eq!(e.field, "privacy.adaptive");
+        assert!(e.message.contains("[secagg]"), "{}", e.message);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct SimPrivacy {
     pub q: f64,
     /// Set when the budget refused a round: the run ends before it.
     pub stopped_reason: Option<String>,
+    /// Distributed DP over secure aggregation: noised values outside `±clip_range`.
+    clamped: u64,
 }
 
 /// What the results JSON shows about privacy.
@@ -91,6 +93,9 @@ pub struct PrivacySummary {
     pub rounds: u64,
     /// Why the run stopped before its last round (budget), if it did.
     pub stopped_reason: Option<String>,
+    /// Distributed DP over secure aggregation: noised client values that fell outside
+    /// `±secagg.clip_range` and were clamped by the encoding (expected 0; see `flotilla_core::dp`).
+    pub clamped_values: u64,
 }
 
 impl SimPrivacy {
@@ -99,7 +104,7 @@ impl SimPrivacy {
         let q = (policy.selection_size() as f64 / scenario_clients.max(1) as f64).min(1.0);
         // No budget: account without a limit.
         let budget = Budget::new(spec.max_epsilon.unwrap_or(f64::MAX), spec.delta).map_err(privacy_error)?;
-        Ok(Self { job: JobPrivacy::new("simulation", budget), spec, q, stopped_reason: None })
+        Ok(Self { job: JobPrivacy::new("simulation", budget), spec, q, stopped_reason: None, clamped: 0 })
     }
 
     /// Checks the next round against the budget; on refusal records the explanation and returns false.
@@ -149,7 +154,13 @@ impl SimPrivacy {
             noise_multiplier: self.spec.dp.noise_multiplier,
             rounds: spent.steps,
             stopped_reason: self.stopped_reason.clone(),
+            clamped_values: self.clamped,
         }
+    }
+
+    /// Distributed DP over secure aggregation: counts noised values the encoding will clamp.
+    pub fn add_clamped(&mut self, values: u64) {
+        self.clamped += values;
     }
 
     /// Distributed mode: the simulated client clips its delta and adds its noise share before

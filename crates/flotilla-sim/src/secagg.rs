@@ -20,7 +20,16 @@
 //! its neighbours' shares). If a neighbourhood falls below the threshold t the attempt is abandoned
 //! with the secagg server's reason, and after `max_attempts` the run fails with it.
 //!
-//! The machine commits the **unweighted** mean of the contributors' deltas, each clipped to
+//! **Distributed DP** (`[privacy] mode = "distributed"` with `[secagg]`): at stage 2 each simulated
+//! client clips its delta to `privacy.clip_norm` and adds its noise share `N(0, (σC)²/min_reports)`
+//! (`flotilla_core::dp::privatize_client_update`) before masking; the share is drawn from a seed
+//! derived from the scenario seed, the client and the round attempt (deterministic runs; never the
+//! task seed), where a real client uses OS entropy. The machine divides the unmasked sum by
+//! `clients_per_round` and adds nothing; the budget is checked before every round and ε recorded
+//! after every commit, as in plain rounds (`crate::privacy`). Noised values outside `±clip_range`
+//! (which the load-time check makes astronomically unlikely) are counted in the privacy summary.
+//!
+//! Without DP the machine commits the **unweighted** mean of the contributors' deltas, each clipped to
 //! `[-clip_range, clip_range]` per coordinate and fixed-point encoded; the decoded mean is within
 //! `1 / (2s) = clip_range / M` (M = ⌊(2^32 − 1) / clients_per_round⌋) of the exact mean of the clipped
 //! deltas (`flotilla_secagg::Params::quantization_error_bound` divided by the contributors).
@@ -33,11 +42,12 @@ use flotilla_core::strategy::StrategySpec;
 use flotilla_core::params_sha256;
 use flotilla_secagg::{Client, ClientMessage, Params, Server, ServerMessage};
 use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 use serde::Deserialize;
 
 use crate::engine::{evaluate_commit, round_policy, samples, setup, train_cohort, ClientJob, Prepared, Setup, SimEvent, SimOutcome};
 use crate::error::{ScenarioError, SimError};
+use crate::privacy::SimPrivacy;
 use crate::scenario::Scenario;
 
 /// `[secagg]` as read from the file.
@@ -90,6 +100,10 @@ impl SecAggSettings {
         // The vector length is only known once the model is built; 1 checks everything else.
         settings.params(clients_per_round, 1)?;
         strategy.check_secure_aggregation().map_err(|e| invalid(e.field, e.message))?;
+        if let Some(dp) = &strategy.dp {
+            // Distributed DP: the clip range must hold a clipped coordinate plus the noise tails.
+            dp.check_secure_aggregation(raw.clip_range).map_err(|e| invalid(e.field, e.message))?;
+        }
         if attack {
             return Err(invalid("attack", "attacks are not simulated with [secagg]".into()));
         }
@@ -134,6 +148,15 @@ fn client_seed(scenario_seed: u64, client: ClientId, round_id: u64) -> [u8; 32] 
     seed
 }
 
+/// Distributed DP: the seed of a simulated client's noise share, derived like its secagg secret from
+/// the scenario seed, the client and the round attempt — never from the task seed. (The simulator is
+/// deterministic; a real client draws its noise from the operating system, see the client SDK.)
+fn noise_seed(scenario_seed: u64, client: ClientId, round_id: u64) -> [u8; 32] {
+    let mut seed = client_seed(scenario_seed ^ 0xD15_7B1B_u64, client, round_id);
+    seed[31] ^= 0x5A;
+    seed
+}
+
 fn graph_seed(attempt_seed: u64) -> [u8; 32] {
     let mut rng = ChaCha8Rng::seed_from_u64(attempt_seed);
     let mut seed = [0u8; 32];
@@ -162,6 +185,15 @@ pub(crate) fn run_prepared(
     let params = sa.params(scenario.clients_per_round, layout.len())?;
     let mut machine =
         RoundMachine::with_strategy(round_policy(scenario), layout.clone(), initial, scenario.seed, scenario.strategy.clone())?;
+    // Distributed DP: clients clip and add their noise share before masking; the machine divides
+    // the unmasked sum by the fixed denominator. Accounting and budget as in plain rounds.
+    let dp_spec = scenario.strategy.dp;
+    let mut privacy = scenario.privacy.map(|p| SimPrivacy::new(p, &round_policy(scenario), scenario.clients)).transpose()?;
+    // A first round that would already exceed the budget is refused before anything is trained.
+    let refused_first = match &mut privacy {
+        Some(p) => !p.admit_next_round()?,
+        None => false,
+    };
 
     let mut drop_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
     let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
@@ -173,7 +205,8 @@ pub(crate) fn run_prepared(
     let (mut abandoned, mut late_reports) = (0u64, 0u64);
     let mut last_eval = (init_eval.accuracy, init_eval.loss);
     let mut now = 0u64;
-    let mut finished = false;
+    let mut finished = refused_first;
+    let mut clamped = 0u64;
 
     // Carries out the machine's actions. Returns whether the attempt ended (commit or abandon), so
     // the simulated clients check in again.
@@ -260,7 +293,15 @@ pub(crate) fn run_prepared(
                     }
                 }
                 Action::Commit(info) => {
-                    let record = evaluate_commit(scenario, &info, machine, trainers, &test_view, None, started)?;
+                    let mut record = evaluate_commit(scenario, &info, machine, trainers, &test_view, None, started)?;
+                    if let Some(p) = &mut privacy {
+                        record.privacy = Some(p.record(info.dp.as_ref())?);
+                        // The budget is checked before the next round starts: a refusal ends the run
+                        // here, with the explanation in the results.
+                        if info.round < scenario.rounds && !p.admit_next_round()? {
+                            *finished = true;
+                        }
+                    }
                     if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
                         last_eval = (a, l);
                     }
@@ -299,8 +340,10 @@ pub(crate) fn run_prepared(
         }};
     }
 
-    for c in 0..scenario.clients as u64 {
-        feed!(Event::CheckIn { client: ClientId(c) });
+    if !finished {
+        for c in 0..scenario.clients as u64 {
+            feed!(Event::CheckIn { client: ClientId(c) });
+        }
     }
     while !finished {
         if let Some(f) = followups.pop_front() {
@@ -358,7 +401,13 @@ pub(crate) fn run_prepared(
                     let mu = machine.strategy().client_directive().proximal_mu as f32;
                     let results = train_cohort(scenario, prepared, machine.global(), mu, &jobs, &mut trainers)?;
                     for ((id, task), (new, report)) in work.into_iter().zip(results) {
-                        let delta: Vec<f32> = new.iter().zip(machine.global()).map(|(n, g)| n - g).collect();
+                        let mut delta: Vec<f32> = new.iter().zip(machine.global()).map(|(n, g)| n - g).collect();
+                        if let Some(dp) = &dp_spec {
+                            // The client's share of the noise, added before the delta is masked.
+                            let mut rng = ChaCha20Rng::from_seed(noise_seed(scenario.seed, id, rid));
+                            flotilla_core::dp::privatize_client_update(&mut delta, dp, &mut rng);
+                            clamped += flotilla_core::dp::count_outside(&delta, sa.clip_range);
+                        }
                         let c = att.clients.get_mut(&id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
                         let m = c.masked_input(&delta).map_err(bug)?;
                         out.push((id, task, ClientMessage::MaskedInput(m), report.num_samples as u64, report.mean_loss));
@@ -420,6 +469,9 @@ pub(crate) fn run_prepared(
         }
     }
 
+    if let Some(p) = &mut privacy {
+        p.add_clamped(clamped);
+    }
     let final_params = machine.global().to_vec();
     Ok(SimOutcome {
         final_backdoor_success: None,
@@ -433,8 +485,7 @@ pub(crate) fn run_prepared(
         layout,
         abandoned_attempts: abandoned,
         late_reports,
-        // `[privacy]` is refused together with `[secagg]` (see `StrategySpec::check_secure_aggregation`).
-        privacy: None,
+        privacy: privacy.as_ref().map(SimPrivacy::summary),
         stale_reports: 0,
         train_samples: train.len(),
         test_samples: test.len(),

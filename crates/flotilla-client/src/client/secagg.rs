@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `ADVERTISE_KEYS` | draws a fresh 32-byte secret seed from the operating system's CSPRNG (never from the task seed, which the coordinator knows), creates a `flotilla_secagg::Client` and sends its public keys |
 //! | `SHARE_KEYS` | reads the roster from `Task.secagg_payload`, sends encrypted Shamir shares |
-//! | `MASKED_INPUT` | reads its share bundle, downloads the model, trains, masks its delta `new − global` (clipped to `±clip_range`, fixed-point) and uploads the `u32` words with `PAYLOAD_KIND_MASKED_U32` |
+//! | `MASKED_INPUT` | reads its share bundle, downloads the model, trains, forms its delta `new − global`; under distributed DP (`SecAggConfig.dp_clip_norm > 0`) clips it to that L2 norm and adds `N(0, dp_noise_std²)` per value from the OS-seeded thread CSPRNG; masks it (clipped to `±clip_range`, fixed-point) and uploads the `u32` words with `PAYLOAD_KIND_MASKED_U32` |
 //! | `UNMASKING` | reads the unmasking request and reveals the requested shares |
 //!
 //! Small messages go through `SubmitStageMessage`; a message the coordinator already accepted
@@ -41,6 +41,32 @@ fn task_params(task: &v1::Task, vector_len: usize) -> Result<Params, String> {
     let c = task.secagg.as_ref().ok_or("a secure-aggregation task without secagg parameters")?;
     Params::new(c.max_clients as usize, c.threshold as usize, c.neighbours as usize, vector_len, c.clip_range)
         .map_err(|e| format!("secagg parameters: {e}"))
+}
+
+/// Distributed DP parameters of a secure-aggregation task: `(clip_norm, noise_std)` when the job
+/// asks for them (`dp_clip_norm > 0`), `None` without DP; an error for values no honest coordinator
+/// sends (non-finite, negative, or noise without a clip norm).
+fn dp_share(task: &v1::Task) -> Result<Option<(f64, f64)>, String> {
+    let Some(c) = task.secagg.as_ref() else { return Ok(None) };
+    let (clip, std) = (c.dp_clip_norm, c.dp_noise_std);
+    if !(clip.is_finite() && clip >= 0.0 && std.is_finite() && std >= 0.0) {
+        return Err(format!("invalid distributed-DP parameters (dp_clip_norm = {clip}, dp_noise_std = {std})"));
+    }
+    match (clip > 0.0, std > 0.0) {
+        (false, false) => Ok(None),
+        (false, true) => Err(format!("dp_noise_std = {std} without a dp_clip_norm")),
+        (true, _) => Ok(Some((clip, std))),
+    }
+}
+
+/// Distributed DP on this client: clips `delta` to `clip_norm`, then adds its noise share
+/// `N(0, noise_std²)` per value from the thread-local CSPRNG (`rand::rng()`, seeded and reseeded from
+/// the operating system: nothing the coordinator knows, such as the task seed, determines it), before
+/// anything is encoded or masked. Returns what clipping did and how many noised values lie outside
+/// `±clip_range` (the encoding clamps them).
+fn privatize_delta(delta: &mut [f32], clip_norm: f64, noise_std: f64, clip_range: f64) -> (flotilla_core::dp::ClipOutcome, u64) {
+    let out = flotilla_core::dp::clip_and_add_noise(delta, clip_norm, noise_std, &mut rand::rng());
+    (out, flotilla_core::dp::count_outside(delta, clip_range))
 }
 
 impl Session<'_> {
@@ -216,7 +242,18 @@ impl Session<'_> {
             Ok(x) => x,
             Err(reason) => return self.skip_secagg(&task, &reason).await,
         };
-        let delta: Vec<f32> = new.iter().zip(global.iter()).map(|(n, g)| n - g).collect();
+        let mut delta: Vec<f32> = new.iter().zip(global.iter()).map(|(n, g)| n - g).collect();
+        match dp_share(&task) {
+            Ok(None) => {}
+            Ok(Some((clip_norm, noise_std))) => {
+                let (out, clamped) = privatize_delta(&mut delta, clip_norm, noise_std, params.clip_range());
+                tracing::debug!(job = %task.job_id, round = task.round, norm = out.norm, clipped = out.clipped, "distributed DP: delta clipped and noised");
+                if clamped > 0 {
+                    tracing::warn!(job = %task.job_id, round = task.round, clamped, clip_range = params.clip_range(), "distributed DP: noised values outside the secure-aggregation clip range are clamped");
+                }
+            }
+            Err(reason) => return self.skip_secagg(&task, &reason).await,
+        }
         let Some(st) = self.secagg_state(&task) else {
             return self.skip_secagg(&task, "secure-aggregation state lost").await;
         };
@@ -240,5 +277,46 @@ impl Session<'_> {
             Done::Abandoned | Done::Outdated => self.pause_after_failed_task().await,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(clip: f64, std: f64) -> v1::Task {
+        v1::Task {
+            secagg: Some(v1::SecAggConfig { dp_clip_norm: clip, dp_noise_std: std, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn dp_parameters_are_read_and_checked() {
+        assert_eq!(dp_share(&v1::Task::default()), Ok(None));
+        assert_eq!(dp_share(&task(0.0, 0.0)), Ok(None));
+        assert_eq!(dp_share(&task(0.5, 0.25)), Ok(Some((0.5, 0.25))));
+        assert_eq!(dp_share(&task(0.5, 0.0)), Ok(Some((0.5, 0.0))));
+        for (c, s) in [(0.0, 0.1), (-1.0, 0.1), (f64::NAN, 0.1), (0.5, f64::INFINITY), (0.5, -0.1)] {
+            assert!(dp_share(&task(c, s)).is_err(), "{c} {s}");
+        }
+    }
+
+    #[test]
+    fn the_noise_share_is_fresh_and_has_the_requested_spread() {
+        // A large delta is clipped to C = 1 first; the noise then has std 0.2 around it.
+        let clean: Vec<f32> = (0..20_000).map(|i| if i == 0 { 100.0 } else { 0.0 }).collect();
+        let (mut a, mut b) = (clean.clone(), clean.clone());
+        let (out, clamped) = privatize_delta(&mut a, 1.0, 0.2, 10.0);
+        privatize_delta(&mut b, 1.0, 0.2, 10.0);
+        assert!(out.clipped && (out.norm - 100.0).abs() < 1e-9);
+        assert_eq!(clamped, 0);
+        assert_ne!(a, b, "two draws for the same input differ: the noise does not come from the input or a fixed seed");
+        let sd = (a[1..].iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / (a.len() - 1) as f64).sqrt();
+        assert!((sd / 0.2 - 1.0).abs() < 0.05, "{sd}");
+        assert!((f64::from(a[0]) - 1.0).abs() < 1.0, "the clipped coordinate is near C: {}", a[0]);
+        // A range too small for the noise: the values that will be clamped are counted.
+        let mut c = clean;
+        assert!(privatize_delta(&mut c, 1.0, 0.2, 0.1).1 > 1000);
     }
 }
