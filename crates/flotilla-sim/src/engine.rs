@@ -261,13 +261,9 @@ pub fn run_prepared(
     let mut late_reports = 0u64;
     let mut last_eval = (init_eval.accuracy, init_eval.loss);
     let mut now = 0u64;
-    let mut privacy = scenario.privacy.map(|p| SimPrivacy::new(p, &round_policy(scenario), scenario.clients)).transpose()?;
-    let dp_spec = scenario.strategy.dp;
     // A first round that would already exceed the budget is refused before anything is trained.
-    let refused_first = match &mut privacy {
-        Some(p) => !p.admit_next_round()?,
-        None => false,
-    };
+    let (mut privacy, refused_first) = SimPrivacy::start(scenario)?;
+    let dp_spec = scenario.strategy.dp;
 
     // Carries out the machine's actions; returns true once the job has finished.
     let mut apply = |actions: Vec<Action>,
@@ -289,12 +285,10 @@ pub fn run_prepared(
                     let mut record =
                         evaluate_commit(scenario, &info, machine, trainers, &test_view, attackers, started)?;
                     if let Some(p) = &mut privacy {
-                        record.privacy = Some(p.record(info.dp.as_ref())?);
-                        // The budget is checked before the next round is trained: a refusal ends the
-                        // run here, with the explanation in the results.
-                        if info.round < scenario.rounds && !p.admit_next_round()? {
-                            finished = true;
-                        }
+                        // The budget is checked before the next round is trained.
+                        let (r, stop) = p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
+                        record.privacy = Some(r);
+                        finished |= stop;
                     }
                     if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
                         last_eval = (a, l);

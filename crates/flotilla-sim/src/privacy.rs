@@ -107,6 +107,24 @@ impl SimPrivacy {
         Ok(Self { job: JobPrivacy::new("simulation", budget), spec, q, stopped_reason: None, clamped: 0 })
     }
 
+    /// The scenario's accounting, started: `None` without `[privacy]`; otherwise the accountant and
+    /// whether the budget already refuses the first round (then nothing is trained).
+    pub fn start(scenario: &crate::scenario::Scenario) -> Result<(Option<Self>, bool), SimError> {
+        let Some(spec) = scenario.privacy else { return Ok((None, false)) };
+        let mut p = Self::new(spec, &crate::engine::round_policy(scenario), scenario.clients)?;
+        let refused_first = !p.admit_next_round()?;
+        Ok((Some(p), refused_first))
+    }
+
+    /// After round `round` of `rounds` committed: records it and, unless it was the last, checks the
+    /// next round against the budget. Returns the round's record and whether the run must stop here
+    /// (the explanation is then in the results).
+    pub fn on_commit(&mut self, info: Option<&DpRoundInfo>, round: u64, rounds: u64) -> Result<(RoundPrivacy, bool), SimError> {
+        let record = self.record(info)?;
+        let stop = round < rounds && !self.admit_next_round()?;
+        Ok((record, stop))
+    }
+
     /// Checks the next round against the budget; on refusal records the explanation and returns false.
     pub fn admit_next_round(&mut self) -> Result<bool, SimError> {
         match self.job.check_round(self.q, self.spec.dp.noise_multiplier) {

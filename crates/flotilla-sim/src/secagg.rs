@@ -188,12 +188,8 @@ pub(crate) fn run_prepared(
     // Distributed DP: clients clip and add their noise share before masking; the machine divides
     // the unmasked sum by the fixed denominator. Accounting and budget as in plain rounds.
     let dp_spec = scenario.strategy.dp;
-    let mut privacy = scenario.privacy.map(|p| SimPrivacy::new(p, &round_policy(scenario), scenario.clients)).transpose()?;
     // A first round that would already exceed the budget is refused before anything is trained.
-    let refused_first = match &mut privacy {
-        Some(p) => !p.admit_next_round()?,
-        None => false,
-    };
+    let (mut privacy, refused_first) = SimPrivacy::start(scenario)?;
 
     let mut drop_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
     let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
@@ -295,12 +291,10 @@ pub(crate) fn run_prepared(
                 Action::Commit(info) => {
                     let mut record = evaluate_commit(scenario, &info, machine, trainers, &test_view, None, started)?;
                     if let Some(p) = &mut privacy {
-                        record.privacy = Some(p.record(info.dp.as_ref())?);
-                        // The budget is checked before the next round starts: a refusal ends the run
-                        // here, with the explanation in the results.
-                        if info.round < scenario.rounds && !p.admit_next_round()? {
-                            *finished = true;
-                        }
+                        // The budget is checked before the next round starts.
+                        let (r, stop) = p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
+                        record.privacy = Some(r);
+                        *finished |= stop;
                     }
                     if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
                         last_eval = (a, l);
