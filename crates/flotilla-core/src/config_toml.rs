@@ -65,12 +65,15 @@ impl TomlError {
     /// prefix such as an HTTP status, back into its position and the rest. Lets a client that
     /// only has the text (the admin API answers with a message) name its own file.
     pub fn split_displayed(text: &str) -> Option<(Location, &str)> {
-        let at = text.find("line ")?;
-        let rest = &text[at + "line ".len()..];
-        let (line, rest) = rest.split_once(", column ")?;
-        let (column, rest) = rest.split_once(": ")?;
-        let location = Location { line: line.parse().ok()?, column: column.parse().ok()? };
-        Some((location, rest))
+        text.match_indices("line ").find_map(|(at, _)| {
+            // Only at the start or after a `prefix: `, not inside some other sentence.
+            if !(at == 0 || text[..at].ends_with(": ")) {
+                return None;
+            }
+            let (line, rest) = text[at + "line ".len()..].split_once(", column ")?;
+            let (column, rest) = rest.split_once(": ")?;
+            Some((Location { line: line.parse().ok()?, column: column.parse().ok()? }, rest))
+        })
     }
 }
 
@@ -96,7 +99,7 @@ pub fn locate(text: &str, dotted: &str) -> Option<Location> {
     Some(Location::of_offset(text, key.span().start))
 }
 
-/// Turns the parser's error into ours. Exposed to the crate's tests through [`from_str`].
+/// Turns the parser's error into ours.
 fn explain<T: DeserializeOwned>(text: &str, e: &toml::de::Error) -> TomlError {
     let raw = e.message().trim();
     let span = e.span();
@@ -131,8 +134,9 @@ fn unknown_key<T: DeserializeOwned>(
     key: &str,
     known: &[String],
 ) -> TomlError {
-    // The span is the key's own in toml ≥ 0.9; it would be the enclosing table's in older
-    // versions, so search the occurrences of the key for the best match rather than trust it.
+    // toml 1.x gives the key's own span, but a type whose Deserialize reads a whole table first
+    // (`flatten`, hand-written impls) reports the table's: look the key up in the document and
+    // prefer the occurrence the span points at or covers.
     let mut found = Vec::new();
     occurrences(doc, key, &mut Vec::new(), &mut found);
     let best = span.as_ref().and_then(|s| {

@@ -181,6 +181,7 @@ fn positions_round_trip_through_the_displayed_text() {
     let (loc, rest) = TomlError::split_displayed(&shown).unwrap();
     assert_eq!((Some(loc), rest), (e.location, e.message.as_str()));
     assert_eq!(TomlError::split_displayed("toml: missing key `rounds` at the top level"), None);
+    assert_eq!(TomlError::split_displayed("calling http://x: the line 3, column 4: no"), None);
 }
 
 #[test]
