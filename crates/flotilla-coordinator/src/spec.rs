@@ -180,10 +180,10 @@ impl JobSpec {
     /// Parses and validates a job TOML. Nothing is read from disk: dataset shapes are known
     /// statically, and an evaluation dataset is loaded when the job starts.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let raw: RawSpec = toml::from_str(text).map_err(|e| {
-            let msg = e.message().replace('\n', " ");
-            SpecError::new("toml", msg.trim().to_owned())
-        })?;
+        // `toml: line 9, column 1: unknown key …`: the server does not know the file's name, so
+        // the position is spelled out for the client to prefix its own (see `TomlError`).
+        let raw: RawSpec =
+            flotilla_core::config_toml::from_str(text).map_err(|e| SpecError::new("toml", e.to_string()))?;
         let name = raw.name.unwrap_or_else(|| "job".to_owned());
         if name.trim().is_empty() || name.len() > 200 {
             return Err(SpecError::new("name", "must be 1..=200 bytes"));

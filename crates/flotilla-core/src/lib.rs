@@ -7,6 +7,7 @@ pub mod params;
 
 pub use params::{params_digest, params_from_le_bytes, params_sha256, params_to_le_bytes, ParamLayout, TensorSpec};
 pub mod aggregate;
+pub mod config_toml;
 pub mod dp;
 pub mod error;
 pub mod robust;

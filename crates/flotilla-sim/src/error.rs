@@ -13,13 +13,14 @@ pub enum ScenarioError {
         /// The operating system's reason.
         message: String,
     },
-    /// The TOML is malformed, has an unknown key or a value of the wrong type.
-    #[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    /// The TOML is malformed, has an unknown key or a value of the wrong type. Displays as
+    /// `FILE:LINE:COLUMN: message` when read from a file, `line L, column C: message` otherwise.
+    #[error("{}", path.as_deref().map_or_else(|| error.to_string(), |p| error.in_file(p)))]
     Syntax {
-        /// 1-based line of the problem, when known.
-        line: Option<usize>,
-        /// The parser's message (it names the key).
-        message: String,
+        /// The file, when the scenario was read from one.
+        path: Option<String>,
+        /// Where and what (it names the key, and the nearest known one for a typo).
+        error: flotilla_core::config_toml::TomlError,
     },
     /// A value is out of range or unknown.
     #[error("{field}: {message}")]

@@ -283,23 +283,18 @@ impl Scenario {
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ScenarioError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ScenarioError::Read { path: path.display().to_string(), message: e.to_string() })?;
-        Self::parse(&text, overrides)
+        Self::parse(&text, overrides).map_err(|e| match e {
+            ScenarioError::Syntax { path: None, error } => {
+                ScenarioError::Syntax { path: Some(path.display().to_string()), error }
+            }
+            other => other,
+        })
     }
 
     /// Parses and validates scenario TOML, with overrides applied.
     pub fn parse(text: &str, overrides: &Overrides) -> Result<Self, ScenarioError> {
-        let mut raw: RawScenario = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text.get(..s.start).unwrap_or(text).lines().count().max(1));
-            // Quote the offending line when it is short: it names the key even when the parser's
-            // message only names a type ("invalid type: string, expected i64").
-            let quoted = line
-                .and_then(|l| text.lines().nth(l - 1))
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && l.chars().count() <= 60)
-                .map(|l| format!("`{l}`: "))
-                .unwrap_or_default();
-            ScenarioError::Syntax { line, message: format!("{quoted}{}", e.message().trim().replace('\n', " ")) }
-        })?;
+        let mut raw: RawScenario = flotilla_core::config_toml::from_str(text)
+            .map_err(|error| ScenarioError::Syntax { path: None, error })?;
         if let Some(r) = overrides.rounds {
             raw.rounds = i64::try_from(r).map_err(|_| invalid("rounds", format!("{r} is too large")))?;
         }
@@ -622,5 +617,14 @@ learning_rate = 0.1
         for e in [err("rounds = [1"), err(&MINIMAL.replace("[train]", "[train]\nx = 1"))] {
             assert_eq!(e.lines().count(), 1, "{e}");
         }
+    }
+
+    #[test]
+    fn a_typo_is_reported_at_its_own_line_with_the_nearest_key() {
+        // Line 5, after the correct `clients_per_round` on line 4 (MINIMAL starts with a newline).
+        let e = err(&MINIMAL.replace("clients_per_round = 2\n", "clients_per_round = 2\nclients_per_rnd = 2\n"));
+        assert!(e.starts_with("line 5, column 1: unknown key `clients_per_rnd` at the top level; did you mean `clients_per_round`?"), "{e}");
+        let e = err(&MINIMAL.replace("rounds = 5\n", "rounds = 5\nlearning_rate = 0.1\n"));
+        assert!(e.contains("did you mean `[train] learning_rate`?"), "{e}");
     }
 }

@@ -191,7 +191,14 @@ pub fn job(cmd: JobCommand) -> Result<()> {
     match cmd {
         JobCommand::Submit { admin, file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let v = Admin::new(&admin)?.call(reqwest::Method::POST, "/v1/jobs", Some(Body::Toml(text)))?;
+            let v = Admin::new(&admin)?.call(reqwest::Method::POST, "/v1/jobs", Some(Body::Toml(text))).map_err(|e| {
+                // The coordinator says `toml: line L, column C: …`; name the file as a compiler would.
+                let msg = e.to_string();
+                match flotilla_core::config_toml::TomlError::split_displayed(&msg) {
+                    Some((at, rest)) => anyhow!("{}:{}:{}: {rest}", file.display(), at.line, at.column),
+                    None => e,
+                }
+            })?;
             println!("{}", as_text(field(&v, "job_id")?));
         }
         JobCommand::List { admin, json } => {

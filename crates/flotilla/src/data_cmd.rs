@@ -6,7 +6,6 @@ use std::str::FromStr;
 use anyhow::{Context, Result};
 use flotilla_data::{DatasetName, FetchEvent};
 use flotilla_sim::scenario::Overrides;
-use flotilla_sim::Scenario;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::DataDirArg;
@@ -84,8 +83,7 @@ fn fetch(name: &str, dir: PathBuf) -> Result<()> {
 }
 
 fn partition_stats(path: &Path, per_client: bool, json: bool, dir: PathBuf) -> Result<()> {
-    let scenario =
-        Scenario::load(path, &Overrides::default()).with_context(|| format!("scenario {}", path.display()))?;
+    let scenario = crate::sim_cmd::load_scenario(path, &Overrides::default())?;
     let prepared = flotilla_sim::prepare(&scenario, &dir)?;
     let train = &prepared.data.train;
     let s = flotilla_data::stats(&prepared.partition, &train.labels, train.num_classes);

@@ -1,11 +1,11 @@
 //! `flotilla sim`: run a scenario in-process, print progress, write results JSON and a plot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use flotilla_sim::scenario::Overrides;
-use flotilla_sim::{Scenario, SimEvent};
+use flotilla_sim::{Scenario, ScenarioError, SimEvent};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -40,11 +40,19 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Reads a scenario file. Errors name the file once: TOML errors as `FILE:LINE:COLUMN: …`, the
+/// others prefixed with `scenario FILE:`.
+pub(crate) fn load_scenario(path: &Path, overrides: &Overrides) -> Result<Scenario> {
+    Scenario::load(path, overrides).map_err(|e| match e {
+        ScenarioError::Read { .. } | ScenarioError::Syntax { .. } => anyhow::Error::new(e),
+        ScenarioError::Invalid { .. } => anyhow::Error::new(e).context(format!("scenario {}", path.display())),
+    })
+}
+
 pub fn run(args: SimArgs) -> Result<()> {
     let t0 = Instant::now();
     let overrides = Overrides { rounds: args.rounds, seed: args.seed };
-    let scenario = Scenario::load(&args.scenario, &overrides)
-        .with_context(|| format!("scenario {}", args.scenario.display()))?;
+    let scenario = load_scenario(&args.scenario, &overrides)?;
     let data_dir = args.data_dir.resolve();
     let prepared = flotilla_sim::prepare(&scenario, &data_dir)?;
 

@@ -89,7 +89,7 @@ fn bad_scenarios_get_one_line_errors_naming_the_field() {
         ("unknown-dataset", Box::new(|s| s.replace("dataset = \"digits\"", "dataset = \"cifar\"")), "data.dataset"),
         ("unknown-model", Box::new(|s| s.replace("kind = \"logreg\"", "kind = \"resnet\"")), "model.kind"),
         ("bad-alpha", Box::new(|s| s.replace("alpha = 0.5", "alpha = 0")), "partition.alpha"),
-        ("not-toml", Box::new(|_| "rounds = = 3".to_string()), "line 1"),
+        ("not-toml", Box::new(|_| "rounds = = 3".to_string()), "not-toml.toml:1:"),
         ("wrong-type", Box::new(|s| s.replace("rounds = 50", "rounds = \"many\"")), "rounds"),
     ];
     for (name, edit, needle) in cases {
