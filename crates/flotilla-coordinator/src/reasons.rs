@@ -156,11 +156,6 @@ impl FailureBook {
         }
     }
 
-    /// Clients that reported a failure in `(round, attempt)`.
-    pub(crate) fn count(&self, round: u64, attempt: u32) -> u64 {
-        self.find(round, Some(attempt)).map_or(0, |a| a.reasons.iter().map(|r| r.clients).sum::<u64>() + a.others)
-    }
-
     fn find(&self, round: u64, attempt: Option<u32>) -> Option<&AttemptFailures> {
         self.attempts.iter().rev().find(|a| a.round == round && attempt.is_none_or(|n| n == a.attempt))
     }
@@ -389,7 +384,6 @@ mod tests {
         }
         let a = b.find(1, Some(2)).unwrap();
         assert_eq!((a.reasons.len(), a.others), (MAX_DISTINCT_REASONS, 20 - MAX_DISTINCT_REASONS as u64));
-        assert_eq!(b.count(1, 2), 20);
         assert!(b.summary(1, None).unwrap().ends_with("; other errors (17 clients)"), "{:?}", b.summary(1, None));
         // Only the latest attempts are kept.
         for attempt in 3..10 {
