@@ -22,6 +22,7 @@ use crate::scaffold::ControlStore;
 use crate::trainer::{BoxError, LocalTrainer, ModelDescription, TaskInfo, TrainOutcome, TrainingConfig};
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
+mod failure;
 mod secagg;
 pub use secagg::EXIT_AFTER_MASKED_INPUT_ENV;
 
@@ -503,6 +504,7 @@ impl Session<'_> {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(job = %task.job_id, round = task.round, %reason, "skipping task");
+                self.report_failure(bearer, &task, v1::FailureKind::Other, &format!("unusable task: {reason}")).await;
                 self.pause_after_failed_task().await;
                 return Ok(());
             }
@@ -550,6 +552,8 @@ impl Session<'_> {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(job = %info.job_id, round = info.round, error = %error_chain(e.as_ref()), "training failed; task abandoned");
+                let (kind, why) = (failure::trainer_failure_kind(&e), failure::trainer_failure_reason(&e));
+                self.report_failure(bearer, &task, kind, &why).await;
                 self.pause_after_failed_task().await;
                 return Ok(());
             }
@@ -562,6 +566,8 @@ impl Session<'_> {
             Some((c, mut ci)) => {
                 if outcome.local_steps == 0 || outcome.params.len() != c.len() {
                     tracing::warn!(job = %info.job_id, round = info.round, steps = outcome.local_steps, "SCAFFOLD needs the trainer to report local_steps > 0 and a full parameter vector; task abandoned");
+                    let why = "SCAFFOLD needs the trainer to report local_steps > 0 and a full parameter vector";
+                    self.report_failure(bearer, &task, v1::FailureKind::TrainingFailed, why).await;
                     self.pause_after_failed_task().await;
                     return Ok(());
                 }
@@ -575,6 +581,8 @@ impl Session<'_> {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(job = %info.job_id, round = info.round, %reason, "trainer output unusable; task abandoned");
+                let why = format!("unusable trainer output: {reason}");
+                self.report_failure(bearer, &task, v1::FailureKind::TrainingFailed, &why).await;
                 self.pause_after_failed_task().await;
                 return Ok(());
             }

@@ -174,8 +174,9 @@ pub enum DatasetTrainerError {
     /// The task names no model to build.
     #[error("the task does not say which model to build (ModelInfo.spec is missing)")]
     MissingSpec,
-    /// The task's model does not fit this client's data.
-    #[error("model {spec:?} does not fit the data: {reason}")]
+    /// The task's model does not fit this client's data; the message says how, e.g. "input has
+    /// 63 features, model expects 64" (reported to the coordinator as the task's failure reason).
+    #[error("{reason}")]
     SpecMismatch {
         /// The task's model.
         spec: ModelDescription,
@@ -311,15 +312,21 @@ impl DatasetTrainer {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d));
         if input_len != Some(self.data.feature_len()) {
+            // Exactly what an operator needs to fix the data or the job: both feature counts.
+            let expects = match (input_len, spec.input_shape.len()) {
+                (Some(n), 1) => n.to_string(),
+                (Some(n), _) => format!("{n} (shape {:?})", spec.input_shape),
+                (None, _) => format!("shape {:?}", spec.input_shape),
+            };
             return Err(mismatch(format!(
-                "input shape {:?} but the data has feature shape {:?}",
-                spec.input_shape, self.data.feature_shape
+                "input has {} features, model expects {expects}",
+                self.data.feature_len()
             )));
         }
         if spec.num_classes < self.data.num_classes {
             return Err(mismatch(format!(
-                "{} classes but the data has {}",
-                spec.num_classes, self.data.num_classes
+                "input has {} classes, model expects at most {}",
+                self.data.num_classes, spec.num_classes
             )));
         }
         let cfg = fit_config(&task.training)?;

@@ -379,3 +379,41 @@ async fn a_fresh_credential_refused_as_expired_stops_instead_of_looping() {
     assert!(!dir.path().join(CREDENTIAL_FILE).exists());
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_that_does_not_fit_the_model_is_reported_to_the_coordinator() {
+    // 63 features against the fake's 64-input model: training fails, the task is abandoned, and
+    // the coordinator is told why, with the data-incompatible kind, before the client moves on.
+    let fake = Fake::new(Faults::default());
+    let (addr, server) = common::serve(Arc::clone(&fake)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20;
+    let data = flotilla_data::Dataset {
+        features: vec![0.5; n * 63],
+        feature_shape: vec![63],
+        labels: (0..n as u32).map(|i| i % 10).collect(),
+        num_classes: 10,
+        groups: None,
+        group_names: Vec::new(),
+    };
+    let trainer = DatasetTrainer::new(data, (0..n as u32).collect()).unwrap();
+    let f = Arc::clone(&fake);
+    let client = Client::new(common::config(addr, dir.path())).unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(120),
+        client.run(trainer, async move { f.finished.notified().await }),
+    )
+    .await
+    .expect("client run timed out")
+    .unwrap();
+    assert_eq!((stats.tasks_done, stats.tasks_failed), (0, 1));
+    let seen = fake.seen.lock().unwrap();
+    assert_eq!(seen.task_failures.len(), 1, "{:?}", seen.task_failures);
+    let f = &seen.task_failures[0];
+    assert_eq!((f.job_id.as_str(), f.round, f.stage_index), (common::JOB, 1, 0));
+    assert_eq!(f.kind, flotilla_proto::v1::FailureKind::DataIncompatible as i32);
+    assert_eq!(f.reason, "input has 63 features, model expects 64");
+    assert!(seen.accepted.is_none());
+    drop(seen);
+    server.abort();
+}

@@ -124,8 +124,9 @@ async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult {
     }
 }
 
-fn job_summary(j: &JobRecord) -> Value {
-    json!({
+/// A job as listed. `live` is the reason of a running job ([`job_reason`]).
+fn job_summary(j: &JobRecord, live: Option<String>) -> Value {
+    let mut v = json!({
         "job_id": j.id.0,
         "name": j.name,
         "tenant": j.tenant,
@@ -135,12 +136,50 @@ fn job_summary(j: &JobRecord) -> Value {
         "model_version": j.model_version,
         "created_at_ms": j.created_at_ms,
         "updated_at_ms": j.updated_at_ms,
-    })
+    });
+    let reason = match j.state {
+        JobState::Failed | JobState::Cancelled => j.state_reason.clone(),
+        JobState::Running => live,
+        JobState::Pending | JobState::Completed => None,
+    };
+    if let Some(r) = reason {
+        v["reason"] = json!(r);
+    }
+    v
+}
+
+/// Why a running job is not simply making progress (waiting, retrying, halted), from its runtime;
+/// with its live status for `current`. A job the store has as running but this process does not
+/// run could not be resumed after a restart.
+async fn job_reason(st: &AdminState, j: &JobRecord) -> (Option<String>, Option<Live>) {
+    if j.state != JobState::Running {
+        return (None, None);
+    }
+    let Some(rt) = st.shared.job(&j.id.0.to_string()) else {
+        return (Some("not running on this coordinator: the job could not be resumed after a restart; see the server log".into()), None);
+    };
+    let inner = rt.inner.lock().await;
+    let live = crate::reasons::live_status(&inner, now_ms());
+    let (round, attempt) = inner.machine.current_round();
+    (live.reason.clone(), Some(Live { status: live, round, attempt, halted: inner.halted.clone() }))
+}
+
+/// A running job's `current` object.
+struct Live {
+    status: crate::reasons::LiveStatus,
+    round: u64,
+    attempt: u32,
+    halted: Option<String>,
 }
 
 async fn list_jobs(State(st): State<AdminState>) -> ApiResult {
     let jobs = st.shared.store.list_jobs(None).await?;
-    Ok(Json(Value::Array(jobs.iter().map(job_summary).collect())))
+    let mut out = Vec::with_capacity(jobs.len());
+    for j in &jobs {
+        let (reason, _) = job_reason(&st, j).await;
+        out.push(job_summary(j, reason));
+    }
+    Ok(Json(Value::Array(out)))
 }
 
 fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
@@ -151,7 +190,8 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
     let id = JobId(parse_id(&id, "job id")?);
     let job = st.shared.store.get_job(id).await?;
     let history = st.shared.store.job_history(id).await?;
-    let mut out = job_summary(&job);
+    let (reason, live) = job_reason(&st, &job).await;
+    let mut out = job_summary(&job, reason);
     out["history"] = Value::Array(
         history
             .iter()
@@ -179,20 +219,45 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
         }
         out["privacy"] = p;
     }
-    if let Some(rt) = st.shared.job(&id.0.to_string()) {
-        let inner = rt.inner.lock().await;
-        let (round, attempt) = inner.machine.current_round();
-        out["current"] = json!({ "round": round, "attempt": attempt, "halted": inner.halted });
+    if let Some(Live { status, round, attempt, halted }) = live {
+        let mut cur = json!({
+            "round": round,
+            "attempt": attempt,
+            "halted": halted,
+            "phase": status.phase,
+            "available_clients": status.available_clients,
+            "needed_clients": status.needed_clients,
+        });
+        if let Some(d) = status.deadline_ms {
+            cur["deadline_ms"] = json!(d);
+        }
+        out["current"] = cur;
     }
     Ok(Json(out))
 }
 
-async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+/// Optional body of `POST /v1/jobs/{id}/cancel`: who cancels and why.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>, body: Bytes) -> ApiResult {
     let id = JobId(parse_id(&id, "job id")?);
-    st.shared.store.set_job_state(id, JobState::Cancelled).await?;
+    let req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
+    };
+    let text = crate::reasons::cancel_text(req.by.as_deref(), req.reason.as_deref()).map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
+    st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text)).await?;
     st.shared.remove_job(id.0);
-    tracing::info!(job = id.0, "job cancelled");
-    Ok(Json(json!({ "job_id": id.0, "state": "cancelled" })))
+    // A second cancel is a no-op that keeps the first reason: answer with what is recorded.
+    let reason = st.shared.store.get_job(id).await?.state_reason.unwrap_or(text);
+    tracing::info!(job = id.0, reason = ?reason, "job cancelled");
+    Ok(Json(json!({ "job_id": id.0, "state": "cancelled", "reason": reason })))
 }
 
 async fn list_clients(State(st): State<AdminState>) -> ApiResult {

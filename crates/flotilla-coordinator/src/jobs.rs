@@ -85,6 +85,9 @@ pub(crate) struct JobInner {
     pub halted: Option<String>,
     /// Secure aggregation (`[secagg]` jobs): the current attempt's secagg server and payloads.
     pub secagg: Option<crate::secagg_round::SecAggRound>,
+    /// What the job remembers to explain itself: client-reported failures, the last abandoned
+    /// attempt, when its wait for clients was logged.
+    pub notes: crate::reasons::JobNotes,
 }
 
 /// A job being run by this process.
@@ -232,6 +235,7 @@ impl Shared {
                 accepted: HashMap::new(),
                 halted: None,
                 secagg,
+                notes: Default::default(),
             }),
             evaluator: evaluator.map(|e| Arc::new(StdMutex::new(e))),
         }))
@@ -250,6 +254,10 @@ impl Shared {
             }
             self.drive_one(job, inner, f.event(), None, &mut out, &mut followups).await;
         }
+        let (m, now) = (&inner.machine, now_ms());
+        let waiting = m.activity() == flotilla_core::round::Activity::WaitingForClients && inner.halted.is_none();
+        let (available, needed) = (m.available_clients(now), m.policy().min_clients);
+        inner.notes.observe_wait(job.id.0, now, waiting, available, needed);
         out
     }
 
@@ -267,7 +275,9 @@ impl Shared {
             return;
         }
         let now = now_ms();
+        let at_deadline = matches!(event, Event::TimerFired(Timer::Deadline { .. }));
         let actions = inner.machine.handle(now, event);
+        let job_fails = actions.iter().any(|a| matches!(a, Action::JobFailed { .. }));
         // The snapshot is taken right after the event, before anything is acted upon: it is what a
         // restart resumes from if the commit below is the last durable thing.
         let snapshot = if actions.iter().any(|a| matches!(a, Action::Commit(_))) {
@@ -340,9 +350,20 @@ impl Shared {
                         return;
                     }
                 }
-                Action::RoundAbandoned { round, attempt, reports, needed, reason } => {
+                Action::RoundAbandoned { round, attempt, reports, needed, reason, cause } => {
                     Metrics::inc(&self.metrics.rounds_abandoned);
-                    tracing::warn!(job = job.id.0, round, attempt, reports, needed, %reason, "round attempt abandoned");
+                    let wanted = inner.machine.policy().clients_per_round;
+                    let abandoned = crate::reasons::Abandoned { round, attempt, reports, needed, wanted, cause, machine_reason: &reason, at_deadline };
+                    let mut text = abandoned.text();
+                    if let Some(errors) = inner.notes.failures.summary(round, Some(attempt)) {
+                        text = format!("{text}; {errors}");
+                    }
+                    if !job_fails {
+                        text = format!("{text}; retrying as attempt {}", attempt + 1);
+                    }
+                    // Debug formatting: the text may quote what clients reported.
+                    tracing::warn!(job = job.id.0, round, attempt, reports, needed, reason = ?text, "round attempt abandoned");
+                    inner.notes.retry = Some(crate::reasons::Retry { round, text });
                 }
                 Action::StageClosed { round, attempt, stage, survivors, .. } => {
                     tracing::info!(job = job.id.0, round, attempt, stage, survivors = survivors.len(), "secure-aggregation stage closed");
@@ -371,8 +392,14 @@ impl Shared {
                     tracing::info!(job = job.id.0, "job completed");
                 }
                 Action::JobFailed { reason } => {
-                    tracing::warn!(job = job.id.0, %reason, "job failed");
-                    if let Err(e) = self.store.set_job_state(job.id, JobState::Failed).await {
+                    // What clients reported is usually the cause: it comes first.
+                    let (round, _) = inner.machine.current_round();
+                    let reason = match inner.notes.failures.summary(round, None) {
+                        Some(errors) => format!("{errors}; {reason}"),
+                        None => reason,
+                    };
+                    tracing::warn!(job = job.id.0, reason = ?reason, "job failed");
+                    if let Err(e) = self.store.set_job_state_with_reason(job.id, JobState::Failed, Some(&reason)).await {
                         tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
                     }
                 }
@@ -462,6 +489,7 @@ impl Shared {
         let version = Arc::new(ModelVersion::new(info.model_version, params, &job.layout, &job.model_spec, control));
         inner.previous = Some(std::mem::replace(&mut inner.current, version));
         inner.deadline_ms = None;
+        inner.notes.retry = None;
         let round = info.round;
         inner.accepted.retain(|k, _| k.0 >= round);
         Ok(())
@@ -471,7 +499,7 @@ impl Shared {
     /// `completed` only through the last round), with the reason in its status.
     async fn stop_for_privacy(&self, job: &JobRuntime, inner: &mut JobInner, why: String) {
         tracing::warn!(job = job.id.0, reason = %why, "job stopped by its privacy budget");
-        if let Err(e) = self.store.set_job_state(job.id, JobState::Failed).await {
+        if let Err(e) = self.store.set_job_state_with_reason(job.id, JobState::Failed, Some(&why)).await {
             tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
         }
         inner.halted = Some(why);

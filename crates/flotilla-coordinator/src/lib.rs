@@ -28,6 +28,7 @@ mod jobs;
 mod metrics;
 pub mod secagg_round;
 mod privacy;
+mod reasons;
 mod service;
 pub mod spec;
 mod tls;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// TLS handshakes that failed (garbage bytes, wrong protocol, timeouts).
     pub tls_handshake_failures: AtomicU64,
+    /// Task failures clients reported (`ReportTaskFailure`) and the coordinator recorded.
+    pub task_failures: AtomicU64,
     rejections: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -63,6 +65,8 @@ pub struct MetricsSnapshot {
     pub auth_failures: u64,
     /// See [`Metrics::tls_handshake_failures`].
     pub tls_handshake_failures: u64,
+    /// See [`Metrics::task_failures`].
+    pub task_failures: u64,
     /// Refused requests by reason (e.g. `unauthenticated`, `wrong_round`, `non_finite`).
     pub rejections: BTreeMap<String, u64>,
 }
@@ -96,6 +100,7 @@ impl Metrics {
             rounds_abandoned: g(&self.rounds_abandoned),
             auth_failures: g(&self.auth_failures),
             tls_handshake_failures: g(&self.tls_handshake_failures),
+            task_failures: g(&self.task_failures),
             rejections: self.rejections.lock().map(|m| m.clone()).unwrap_or_default(),
         }
     }

@@ -19,6 +19,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::jobs::{JobInner, JobRuntime, Shared, now_ms};
 use crate::metrics::Metrics;
 
+mod task_failure;
+
 /// An upload whose stream ended before its last byte, kept for resume.
 pub(crate) struct Partial {
     assembler: UploadAssembler,
@@ -522,6 +524,10 @@ impl Coordinator for CoordinatorService {
             Ok(()) => Ok(Response::new(v1::StageMessageResponse { message: "stage message accepted".into() })),
             Err((reason, status)) => Err(self.refuse(reason, status)),
         }
+    }
+
+    async fn report_task_failure(&self, req: Request<v1::TaskFailure>) -> Result<Response<v1::TaskFailureAck>, Status> {
+        self.task_failure(req).await
     }
 
     async fn query_upload(&self, req: Request<v1::QueryUploadRequest>) -> Result<Response<v1::UploadResponse>, Status> {

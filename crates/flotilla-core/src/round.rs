@@ -77,6 +77,9 @@ use crate::error::{AggregateError, ConfigError};
 use crate::params::ParamLayout;
 use crate::strategy::{FedBuffSpec, Quarantined, RoundAggregate, RoundResult, Strategy, StrategySpec};
 
+mod status;
+pub use status::{AbandonCause, Activity};
+
 /// Identity of a client within a job, assigned by whoever authenticated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ClientId(pub u64);
@@ -362,6 +365,22 @@ pub enum Event<'a> {
         /// Who.
         client: ClientId,
     },
+    /// A client says it cannot carry out the task it holds (its training failed, its data does not
+    /// fit the model…). Accepted ([`Action::Accepted`]) only for the task the client holds now: the
+    /// current round, attempt and stage, in the cohort, not yet reported or failed (FedBuff: its
+    /// outstanding task); otherwise refused ([`Action::Reject`]), changing nothing. Once accepted the
+    /// client counts as dropped out of the stage, so the stage closes early when no one else is
+    /// pending, and it is not handed the same task again in this attempt.
+    TaskFailed {
+        /// Who.
+        client: ClientId,
+        /// The round of its task.
+        round: u64,
+        /// The attempt of its task.
+        attempt: u32,
+        /// The stage of its task.
+        stage: u32,
+    },
     /// A timer set by [`Action::SetTimer`] fired.
     TimerFired(Timer),
 }
@@ -538,6 +557,8 @@ pub enum Action {
         needed: usize,
         /// Why, in words (too few reports, every report quarantined, secure aggregation failed…).
         reason: String,
+        /// Why, for drivers that explain it in their own words.
+        cause: AbandonCause,
     },
     /// Every round committed.
     JobFinished,
@@ -554,6 +575,9 @@ struct StageState {
     cohort: BTreeSet<ClientId>,
     reported: BTreeSet<ClientId>,
     dropped: BTreeSet<ClientId>,
+    /// Clients that reported a failure of their task ([`Event::TaskFailed`]); also in `dropped`.
+    #[serde(default)]
+    failed: BTreeSet<ClientId>,
     aggregate: RoundAggregate,
     loss_weighted: f64,
     num_samples: u64,
@@ -861,6 +885,9 @@ impl RoundMachine {
                 self.on_aggregation_failed(now_ms, (round, attempt), &reason, &mut out)
             }
             Event::ClientLost { client } => self.on_lost(now_ms, client, &mut out),
+            Event::TaskFailed { client, round, attempt, stage } => {
+                self.on_task_failed(now_ms, client, (round, attempt, stage), &mut out)
+            }
             Event::TimerFired(timer) => self.on_timer(now_ms, timer, &mut out),
         }
         out
@@ -894,7 +921,9 @@ impl RoundMachine {
                 self.retry_after(client, out);
                 return;
             }
-            Phase::Running(s) if s.cohort.contains(&client) && !s.reported.contains(&client) => {
+            Phase::Running(s)
+                if s.cohort.contains(&client) && !s.reported.contains(&client) && !s.failed.contains(&client) =>
+            {
                 // A reconnecting member of the cohort gets the same task again: idempotent.
                 let task = self.task_for(client, s.index);
                 if let Phase::Running(s) = &mut self.phase {
@@ -906,6 +935,7 @@ impl RoundMachine {
             _ => {}
         }
         self.pool.insert(client, now_ms);
+        self.prune_pool(now_ms);
         match self.phase {
             Phase::Waiting => {
                 if self.live_pool(now_ms).len() >= self.policy.min_clients {
@@ -980,6 +1010,7 @@ impl RoundMachine {
             cohort,
             reported: BTreeSet::new(),
             dropped: BTreeSet::new(),
+            failed: BTreeSet::new(),
             aggregate: self.strategy.begin_round_at(self.round, self.attempt),
             loss_weighted,
             num_samples,
@@ -1134,7 +1165,7 @@ impl RoundMachine {
             }
             Err(why) => {
                 let needed = self.policy.min_reports();
-                self.abandon_attempt(now_ms, expected, needed, &why, out);
+                self.abandon_attempt(now_ms, expected, needed, &why, AbandonCause::AggregationFailed, out);
             }
         }
     }
@@ -1150,7 +1181,7 @@ impl RoundMachine {
         };
         self.phase = Phase::Waiting;
         let why = format!("secure aggregation failed: {reason}");
-        self.abandon_attempt(now_ms, reports, self.policy.min_reports(), &why, out);
+        self.abandon_attempt(now_ms, reports, self.policy.min_reports(), &why, AbandonCause::AggregationFailed, out);
     }
 
     fn on_lost(&mut self, now_ms: u64, client: ClientId, out: &mut Vec<Action>) {
@@ -1189,7 +1220,7 @@ impl RoundMachine {
                 s.index,
                 kind.name()
             );
-            self.abandon_attempt(now_ms, s.reported.len(), needed, &why, out);
+            self.abandon_attempt(now_ms, s.reported.len(), needed, &why, AbandonCause::TooFewReports, out);
             return;
         }
         if kind != StageKind::Train {
@@ -1232,7 +1263,7 @@ impl RoundMachine {
             Err(AggregateError::Empty) => {
                 // Every report was quarantined: nothing usable, so the attempt is abandoned like one
                 // that received too few reports.
-                self.abandon_attempt(now_ms, 0, needed, "every report was quarantined", out);
+                self.abandon_attempt(now_ms, 0, needed, "every report was quarantined", AbandonCause::AllQuarantined, out);
                 return;
             }
             Err(e) => {
@@ -1284,13 +1315,22 @@ impl RoundMachine {
 
     /// Ends the current attempt without a commit; the job fails once `max_attempts` attempts of this
     /// round have been abandoned (`why` completes "round R failed N times: …").
-    fn abandon_attempt(&mut self, now_ms: u64, reports: usize, needed: usize, why: &str, out: &mut Vec<Action>) {
+    fn abandon_attempt(
+        &mut self,
+        now_ms: u64,
+        reports: usize,
+        needed: usize,
+        why: &str,
+        cause: AbandonCause,
+        out: &mut Vec<Action>,
+    ) {
         out.push(Action::RoundAbandoned {
             round: self.round,
             attempt: self.attempt,
             reports,
             needed,
             reason: why.to_string(),
+            cause,
         });
         self.failed_attempts += 1;
         if self.failed_attempts >= self.policy.max_attempts {
@@ -1403,6 +1443,7 @@ impl RoundMachine {
                 reason: RejectReason::WrongStageKind { stage, kind: StageKind::Train.name() },
             }),
             Event::Aggregated { .. } | Event::AggregationFailed { .. } => {}
+            Event::TaskFailed { client, round, attempt, stage } => self.async_task_failed(fb, client, (round, attempt, stage), out),
             Event::ClientLost { client } => {
                 if self.fedbuff.in_flight.remove(&client).is_some() {
                     self.prune_bases(fb);

@@ -258,7 +258,7 @@ impl BurnTrainer {
         let bad = |m: String| Err(TrainerError::InvalidData(m));
         let want = self.arch.input_len();
         if data.feature_len != want {
-            return bad(format!("feature_len is {} but the model expects {want}", data.feature_len));
+            return bad(format!("input has {} features, model expects {want}", data.feature_len));
         }
         if !data.features.len().is_multiple_of(want) {
             return bad(format!(

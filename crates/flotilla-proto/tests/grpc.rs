@@ -113,6 +113,13 @@ impl Coordinator for Fake {
     ) -> Result<Response<v1::StageMessageResponse>, Status> {
         Err(Status::failed_precondition("this fake runs no secure aggregation"))
     }
+
+    async fn report_task_failure(
+        &self,
+        _: Request<v1::TaskFailure>,
+    ) -> Result<Response<v1::TaskFailureAck>, Status> {
+        Err(Status::unimplemented("report_task_failure"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

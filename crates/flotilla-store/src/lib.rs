@@ -30,6 +30,7 @@
 
 mod blobs;
 mod error;
+mod job_reason;
 mod types;
 
 use std::path::Path;
@@ -41,6 +42,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 pub use error::{Result, StoreError};
+pub use job_reason::MAX_STATE_REASON_BYTES;
 pub use types::{
     ClientId, ClientRecord, CommittedRound, Enrollment, JobId, JobRecord, JobState,
     NewEnrollmentToken, ParseJobStateError, RecoveredJob, RoundCommit, TokenId,
@@ -121,7 +123,7 @@ pub struct Store {
 const CLIENT_COLUMNS: &str =
     "id, tenant, revoked, created_at_ms, last_seen_ms, credential_expires_at_ms";
 const JOB_COLUMNS: &str = "id, tenant, name, spec_json, state, rounds_total, rounds_completed, \
-                           model_version, model_blob_key, created_at_ms, updated_at_ms";
+                           model_version, model_blob_key, created_at_ms, updated_at_ms, state_reason";
 const ROUND_COLUMNS: &str = "job_id, round, attempt, model_version, participants_json, \
                              metrics_json, model_blob_key, committed_at_ms";
 
@@ -629,7 +631,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT j.id, j.tenant, j.name, j.spec_json, j.state, j.rounds_total, \
              j.rounds_completed, j.model_version, j.model_blob_key, j.created_at_ms, \
-             j.updated_at_ms, j.machine_state_json, \
+             j.updated_at_ms, j.state_reason, j.machine_state_json, \
              r.job_id AS r_job_id, r.round AS r_round, r.attempt AS r_attempt, \
              r.model_version AS r_model_version, r.participants_json AS r_participants_json, \
              r.metrics_json AS r_metrics_json, r.model_blob_key AS r_model_blob_key, \
@@ -752,6 +754,7 @@ fn job_from_row(row: &AnyRow, p: &str) -> Result<JobRecord> {
         model_blob_key: row.try_get(col("model_blob_key").as_str())?,
         created_at_ms: row.try_get(col("created_at_ms").as_str())?,
         updated_at_ms: row.try_get(col("updated_at_ms").as_str())?,
+        state_reason: row.try_get(col("state_reason").as_str())?,
     })
 }
 

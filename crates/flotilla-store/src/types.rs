@@ -198,6 +198,10 @@ pub struct JobRecord {
     pub created_at_ms: i64,
     /// Last change, Unix milliseconds.
     pub updated_at_ms: i64,
+    /// Why the job is in its state, for people: set with `failed` and `cancelled` by
+    /// [`crate::Store::set_job_state_with_reason`] (e.g. "cancelled by alice: wrong dataset");
+    /// `None` otherwise, and for jobs that ended before reasons were recorded.
+    pub state_reason: Option<String>,
 }
 
 /// A committed round, as passed to [`crate::Store::commit_round`].

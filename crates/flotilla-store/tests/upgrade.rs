@@ -110,6 +110,7 @@ async fn upgrade_0001_to_current_keeps_clients_and_jobs(db: TestDb) {
     // The job and its history are intact and usable.
     let job = store.get_job(JobId(1)).await.expect("job");
     assert_eq!((job.state, job.rounds_total, job.rounds_completed), (JobState::Running, 5, 1));
+    assert_eq!(job.state_reason, None, "jobs from before 0003 have no recorded reason");
     let history = store.job_history(JobId(1)).await.expect("history");
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].round, 1);
@@ -117,6 +118,7 @@ async fn upgrade_0001_to_current_keeps_clients_and_jobs(db: TestDb) {
     // New writes work on the upgraded schema, and opening again changes nothing.
     store.touch_client(client.client_id, now + 1).await.expect("touch");
     store.revoke_client(client.client_id).await.expect("revoke");
+    store.set_job_state_with_reason(JobId(1), JobState::Cancelled, Some("cancelled by an admin")).await.expect("cancel with a reason");
     drop(store);
     let again = db.open().await;
     assert!(again.authenticate(credential).await.is_err(), "revocation persisted");

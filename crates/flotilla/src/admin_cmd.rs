@@ -236,6 +236,9 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                 if let Some(eps) = v["epsilon_spent"].as_f64() {
                     println!("differential privacy: epsilon {eps:.4} spent at delta {}", v["delta"]);
                 }
+                if let Some(why) = v["reason"].as_str() {
+                    println!("reason: {why}");
+                }
                 if let Some(why) = v["stopped_reason"].as_str() {
                     println!("stopped: {why}");
                 }

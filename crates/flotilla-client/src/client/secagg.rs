@@ -235,7 +235,11 @@ impl Session<'_> {
         let info = Arc::new(info);
         let outcome = match self.train(&info, &global).await? {
             Ok(o) => o,
-            Err(e) => return self.skip_secagg(&task, &format!("training failed: {e}")).await,
+            Err(e) => {
+                let (kind, why) = (super::failure::trainer_failure_kind(&e), super::failure::trainer_failure_reason(&e));
+                self.report_failure(bearer, &task, kind, &why).await;
+                return self.skip_secagg(&task, &format!("training failed: {e}")).await;
+            }
         };
         // Checks the trainer's output (length, finiteness, samples, metrics) as for a plain upload.
         let (mut header, new) = match build_header(&info, outcome, None, self.client_id()) {

@@ -69,6 +69,8 @@ pub struct Seen {
     pub tasks_given: u32,
     /// Calls refused because the credential expired.
     pub expired_refusals: u32,
+    /// Task failures the client reported (`ReportTaskFailure`).
+    pub task_failures: Vec<v1::TaskFailure>,
     download_dropped: bool,
     download_corrupted: bool,
     upload_broken: bool,
@@ -372,6 +374,20 @@ impl Coordinator for Fake {
         _: Request<v1::StageMessageRequest>,
     ) -> Result<Response<v1::StageMessageResponse>, Status> {
         Err(Status::failed_precondition("this fake runs no secure aggregation"))
+    }
+
+    async fn report_task_failure(
+        &self,
+        req: Request<v1::TaskFailure>,
+    ) -> Result<Response<v1::TaskFailureAck>, Status> {
+        self.auth(&req)?;
+        let mut s = self.seen.lock().unwrap();
+        s.task_failures.push(req.into_inner());
+        // The client pauses and checks in again after a failure: that check-in ends the test.
+        s.rejected += 1;
+        Ok(Response::new(v1::TaskFailureAck {
+            message: "recorded".into(),
+        }))
     }
 
     async fn query_upload(
