@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flotilla_proto::v1::{self, check_in_response::Outcome, coordinator_client::CoordinatorClient};
 use flotilla_proto::{AuthError, ExpectedLayout, ModelReceiver, TransferError, UploadLimits};
@@ -23,7 +23,9 @@ use crate::trainer::{BoxError, LocalTrainer, ModelDescription, TaskInfo, TrainOu
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
 mod failure;
+mod outage_log;
 mod secagg;
+use outage_log::{OUTAGE_LOG_INTERVAL, OutageLog};
 pub use secagg::EXIT_AFTER_MASKED_INPUT_ENV;
 
 /// Timeout of unary calls (enroll, check-in, query-upload) and of opening a download.
@@ -175,6 +177,7 @@ impl Client {
                 trainer: Some(Box::new(trainer)),
                 rpc: None,
                 failures: 0,
+                outage: OutageLog::new(OUTAGE_LOG_INTERVAL),
                 fresh_credential: false,
                 secagg: None,
             };
@@ -209,6 +212,8 @@ enum Failure {
     Refused,
 }
 
+/// How a failed call is handled, judged from its status alone (see [`Session::classify`] for the
+/// TLS failures found in its source chain).
 fn classify(status: &Status) -> Failure {
     match status.code() {
         // `Session::run_loop` turns an expired credential into a new enrollment when it can.
@@ -220,6 +225,10 @@ fn classify(status: &Status) -> Failure {
         Code::Unauthenticated => Failure::Fatal(ClientError::Unauthenticated {
             message: status.message().to_owned(),
         }),
+        // No flotilla.v1 service (or not this call) behind the address: no retry changes that.
+        Code::Unimplemented => Failure::Fatal(ClientError::ProtocolMismatch {
+            message: status.message().to_owned(),
+        }),
         Code::Unavailable
         | Code::Unknown
         | Code::DeadlineExceeded
@@ -228,6 +237,16 @@ fn classify(status: &Status) -> Failure {
         | Code::Internal
         | Code::Aborted => Failure::Transient,
         _ => Failure::Refused,
+    }
+}
+
+/// [`classify`], except that a TLS failure retrying cannot fix (wrong CA, unusable server
+/// certificate, no common TLS version) ends the run with [`ClientError::Tls`], whatever the code
+/// (tonic reports them as `UNAVAILABLE` or `UNKNOWN`, like any failed connection).
+fn classify_with_tls(status: &Status, config: &ClientConfig) -> Failure {
+    match crate::diagnose_tls(status, config.ca_cert.as_deref(), &config.coordinator) {
+        Some(hint) => Failure::Fatal(ClientError::Tls { hint }),
+        None => classify(status),
     }
 }
 
@@ -279,6 +298,8 @@ struct Session<'a> {
     rpc: Option<Rpc>,
     /// Consecutive transient failures (drives the backoff); reset by every successful call.
     failures: u32,
+    /// Which "coordinator unreachable" warnings of the current outage are written.
+    outage: OutageLog,
     /// The credential was enrolled by this run and no check-in has succeeded with it yet.
     fresh_credential: bool,
     /// Secure aggregation: this client's state in the round attempt it takes part in.
@@ -297,22 +318,35 @@ impl Session<'_> {
 
     fn succeeded(&mut self) {
         self.failures = 0;
+        if let Some(failures) = self.outage.recovered() {
+            tracing::info!(failures, "coordinator reachable again");
+        }
+    }
+
+    /// See [`classify_with_tls`].
+    fn classify(&self, status: &Status) -> Failure {
+        classify_with_tls(status, &self.client.config)
     }
 
     /// Backs off after a transient failure and drops the channel so the next call reconnects.
+    /// The warning is rate-limited ([`OutageLog`]): first failure, then at each doubling of the
+    /// failure count or after 30 s.
     async fn back_off(&mut self, what: &str, status: &Status) {
         let delay = self.client.config.backoff.delay(self.failures);
         self.failures = self.failures.saturating_add(1);
         self.stats.reconnects += 1;
         self.rpc = None;
-        tracing::warn!(
-            call = what,
-            code = ?status.code(),
-            error = %status_text(status),
-            delay_ms = delay.as_millis() as u64,
-            attempt = self.failures,
-            "coordinator unreachable; backing off before reconnecting"
-        );
+        if let Some(unlogged) = self.outage.failure(Instant::now()) {
+            tracing::warn!(
+                call = what,
+                code = ?status.code(),
+                error = ?status_text(status),
+                delay_ms = delay.as_millis() as u64,
+                failures = self.outage.failures(),
+                not_logged = unlogged,
+                "coordinator unreachable; backing off before reconnecting"
+            );
+        }
         tokio::time::sleep(delay).await;
     }
 
@@ -412,7 +446,7 @@ impl Session<'_> {
                         }
                     }
                 }
-                Err(status) => match classify(&status) {
+                Err(status) => match self.classify(&status) {
                     Failure::Fatal(e) => return Err(e),
                     Failure::Transient => self.back_off("CheckIn", &status).await,
                     Failure::Refused if status.code() == Code::PermissionDenied => {
@@ -462,8 +496,11 @@ impl Session<'_> {
             req.set_timeout(UNARY_TIMEOUT);
             match rpc.enroll(req).await {
                 Ok(r) => break r.into_inner(),
-                Err(status) => match classify(&status) {
+                Err(status) => match self.classify(&status) {
                     Failure::Transient => self.back_off("Enroll", &status).await,
+                    Failure::Fatal(e @ (ClientError::Tls { .. } | ClientError::ProtocolMismatch { .. })) => {
+                        return Err(e);
+                    }
                     Failure::Fatal(_) | Failure::Refused => {
                         return Err(ClientError::EnrollmentRefused {
                             code: status.code(),
@@ -693,7 +730,7 @@ impl Session<'_> {
                         self.back_off("DownloadModel", &s).await;
                     }
                 }
-                Err(StreamError::Status(status)) => match classify(&status) {
+                Err(StreamError::Status(status)) => match self.classify(&status) {
                     Failure::Fatal(e) => return Err(e),
                     Failure::Transient => {
                         retries.transient += 1;
@@ -781,7 +818,7 @@ impl Session<'_> {
                         self.succeeded();
                         offset = 0;
                     }
-                    Err(status) => match classify(&status) {
+                    Err(status) => match self.classify(&status) {
                         Failure::Fatal(e) => return Err(e),
                         Failure::Transient => {
                             retries.transient += 1;
@@ -827,7 +864,7 @@ impl Session<'_> {
                         query_first = true;
                     }
                 }
-                Err(status) => match (status.code(), classify(&status)) {
+                Err(status) => match (status.code(), self.classify(&status)) {
                     (_, Failure::Fatal(e)) => return Err(e),
                     (Code::Aborted, _) => {
                         tracing::info!(error = %status_text(&status), "upload out of step; asking where it stands");
@@ -1239,6 +1276,54 @@ mod tests {
                 Failure::Fatal(ClientError::Unauthenticated { .. })
             ));
         }
+    }
+
+    #[test]
+    fn permanent_failures_are_told_apart_from_transient_ones() {
+        let mut config = ClientConfig::new("https://coord.example:7070", "/tmp/unused");
+        config.ca_cert = Some("certs/ca.pem".into());
+        let tls = |e: rustls::Error| {
+            Status::from_error(Box::new(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+        };
+        // A wrong CA, as tonic reports it: a failed connection with the rustls error deep inside.
+        let wrong_ca = tls(rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature));
+        match classify_with_tls(&wrong_ca, &config) {
+            Failure::Fatal(ClientError::Tls { hint }) => {
+                assert!(hint.contains("not signed by the CA in --ca-cert certs/ca.pem"), "{hint}");
+            }
+            _ => panic!("a wrong CA must end the run"),
+        }
+        let ca_as_leaf = tls(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity)),
+        )));
+        assert!(matches!(
+            classify_with_tls(&ca_as_leaf, &config),
+            Failure::Fatal(ClientError::Tls { hint }) if hint.contains("is a CA certificate")
+        ));
+        // No flotilla.v1 behind the address: a protocol mismatch, whichever call found it.
+        assert!(matches!(
+            classify_with_tls(&Status::unimplemented("unknown service flotilla.v1.Coordinator"), &config),
+            Failure::Fatal(ClientError::ProtocolMismatch { .. })
+        ));
+        // Transport failures and an unavailable coordinator heal: back off and retry.
+        let refused = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        for transient in [
+            refused,
+            Status::unavailable("coordinator restarting"),
+            Status::deadline_exceeded("timeout"),
+            // A TLS alert that is not about configuration (e.g. the server failed mid-handshake).
+            tls(rustls::Error::AlertReceived(rustls::AlertDescription::InternalError)),
+        ] {
+            assert!(
+                matches!(classify_with_tls(&transient, &config), Failure::Transient),
+                "{transient:?}"
+            );
+        }
+        // A refused request abandons the task but does not end the run.
+        assert!(matches!(
+            classify_with_tls(&Status::invalid_argument("bad header"), &config),
+            Failure::Refused
+        ));
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub enum ClientError {
         path: PathBuf,
     },
     /// The coordinator refused the enrollment (token unknown, used or expired, or a bad request).
-    #[error("enrollment refused by the coordinator ({code:?}): {message}")]
+    #[error("{}", enrollment_refused(*code, message))]
     EnrollmentRefused {
         /// The gRPC status code.
         code: tonic::Code,
@@ -130,7 +130,9 @@ pub enum ClientError {
     BadEnrollment(String),
     /// The coordinator no longer accepts the credential (unknown or revoked): re-enroll.
     #[error(
-        "the coordinator rejected this client's credential (revoked or unknown; re-enroll): {message}"
+        "the coordinator rejected this client's credential ({message}): it was revoked or is \
+         unknown there; to re-enroll, delete credential.json in the state directory and start \
+         the client with a new enrollment token (--token)"
     )]
     Unauthenticated {
         /// The coordinator's message.
@@ -150,12 +152,45 @@ pub enum ClientError {
     /// The [`crate::LocalTrainer`] panicked (its state is lost, so the client cannot go on).
     #[error("the local trainer panicked: {0}")]
     TrainerPanicked(String),
+    /// TLS cannot work as configured: the coordinator's certificate is not signed by the configured
+    /// CA, is a CA certificate, names another host, is expired or not yet valid, or client and
+    /// coordinator share no TLS version. Retrying cannot help, so the run stops.
+    #[error("{hint}")]
+    Tls {
+        /// What is wrong and what to do, one line (from [`crate::diagnose_tls`]).
+        hint: String,
+    },
+    /// The coordinator does not serve this client's protocol version (`flotilla.v1`): it answered
+    /// `UNIMPLEMENTED`.
+    #[error(
+        "the coordinator does not serve this client's protocol (flotilla.v1; it answered \
+         UNIMPLEMENTED: {message}): run a client and a coordinator of the same Flotilla \
+         release, and check that --coordinator is the coordinator's gRPC address"
+    )]
+    ProtocolMismatch {
+        /// The coordinator's message.
+        message: String,
+    },
     /// The coordinator does not allow this client to participate.
     #[error("the coordinator denied this client: {message}")]
     PermissionDenied {
         /// The coordinator's message.
         message: String,
     },
+}
+
+/// The one-line Display of [`ClientError::EnrollmentRefused`]: what to do depends on why.
+fn enrollment_refused(code: tonic::Code, message: &str) -> String {
+    match code {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::NotFound => format!(
+            "the coordinator refused the enrollment token ({message}): create a new one with \
+             `flotilla enroll-token create` and start the client with --token NEW_TOKEN"
+        ),
+        tonic::Code::InvalidArgument => format!(
+            "the coordinator refused the enrollment request ({message}): check --token and --name"
+        ),
+        other => format!("the coordinator refused the enrollment ({other:?}): {message}"),
+    }
 }
 
 /// Error of a [`crate::Client::run`] that ended early, with the counters up to that point.

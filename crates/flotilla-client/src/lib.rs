@@ -14,8 +14,11 @@
 //!    upload id is derived from job, round, attempt, stage and client id).
 //!
 //! Transport errors and `UNAVAILABLE` (e.g. a coordinator restart) are retried after a jittered
-//! exponential [`Backoff`]; a revoked credential (`UNAUTHENTICATED`) ends the run with
-//! [`ClientError::Unauthenticated`]. An expired credential is deleted and the client enrolls again
+//! exponential [`Backoff`], with a rate-limited warning; errors no retry can fix end the run with
+//! a one-line [`ClientError`] that says what to do: a TLS failure such as a wrong CA or a CA
+//! certificate used as the server's ([`ClientError::Tls`], see [`diagnose_tls`]), a coordinator that
+//! does not serve `flotilla.v1` ([`ClientError::ProtocolMismatch`]), a refused enrollment, or a
+//! revoked credential (`UNAUTHENTICATED`, [`ClientError::Unauthenticated`]). An expired credential is deleted and the client enrolls again
 //! with its enrollment token, or stops with [`ClientError::CredentialExpired`] if it has none.
 //!
 //! TLS is the default: `https://` addresses are verified against the CA certificate file in
@@ -31,6 +34,7 @@ mod config;
 mod credential;
 mod error;
 mod scaffold;
+mod tls_diagnosis;
 mod trainer;
 
 pub use client::{
@@ -40,6 +44,7 @@ pub use client::{
 pub use config::{Backoff, ClientConfig};
 pub use credential::{CREDENTIAL_FILE, StoredCredential};
 pub use error::{ClientError, ConfigError, RunError};
+pub use tls_diagnosis::{diagnose_tls, find_rustls_error};
 pub use trainer::{
     BoxError, DatasetTrainer, DatasetTrainerError, LocalTrainer, ModelDescription, PARTITION_SEED,
     TaskInfo, TrainOutcome, TrainingConfig,

@@ -17,6 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
 
+mod cert_check;
+
 /// Longest time a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting to be picked up by the server.
@@ -88,6 +90,9 @@ pub(crate) fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<A
     if certs.is_empty() {
         return Err(CoordinatorError::Tls(format!("{}: no certificate found", cert.display())));
     }
+    // Clients would refuse these at every handshake, each with an obscure error: refuse at start.
+    cert_check::check_server_cert(cert, &certs[0], std::time::SystemTime::now()).map_err(CoordinatorError::Tls)?;
+    let key_path = key;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -95,7 +100,15 @@ pub(crate) fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<A
         .map_err(|e| CoordinatorError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => CoordinatorError::Tls(format!(
+                "--tls-key {} does not belong to --tls-cert {} (their public keys differ); give the key \
+                 that was made together with the certificate",
+                key_path.display(),
+                cert.display()
+            )),
+            other => CoordinatorError::Tls(format!("--tls-cert {} with --tls-key {}: {other}", cert.display(), key_path.display())),
+        })?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

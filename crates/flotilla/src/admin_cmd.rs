@@ -141,7 +141,7 @@ impl Admin {
             Some(Body::Toml(t)) => req.header("content-type", "application/toml").body(t),
             None => req,
         };
-        let resp = req.send().with_context(|| format!("calling {url}"))?;
+        let resp = req.send().map_err(|e| flotilla_client::diagnose_tls(&e, None, &url).map_or_else(|| anyhow!(e), |hint| anyhow!(hint))).with_context(|| format!("calling {url}"))?;
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
         if !status.is_success() {

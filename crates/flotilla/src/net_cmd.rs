@@ -155,7 +155,12 @@ pub fn client(args: ClientArgs) -> Result<()> {
     config.job_ids = args.jobs;
     let client = Client::new(config).context("configuring the client")?;
     let trainer = Slowed { inner: trainer, delay: Duration::from_millis(args.train_delay_ms) };
-    let stats = runtime()?.block_on(client.run(trainer, shutdown_signal())).context("client stopped")?;
+    // The run's error, not the `RunError` around it: its Display repeats the error's, which the
+    // one-line `error: …` report would then print twice.
+    let stats = runtime()?
+        .block_on(client.run(trainer, shutdown_signal()))
+        .map_err(|e| e.error)
+        .context("client stopped")?;
     tracing::info!(?stats, "client finished");
     Ok(())
 }

@@ -19,7 +19,7 @@ use flotilla_secagg::{Client as SecAggClient, ClientId as SecAggId, ClientMessag
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request};
 
-use super::{Done, Failure, Retries, Session, UNARY_TIMEOUT, build_header, classify, status_text};
+use super::{Done, Failure, Retries, Session, UNARY_TIMEOUT, build_header, status_text};
 use crate::error::ClientError;
 use crate::trainer::TaskInfo;
 use flotilla_proto::ModelReceiver;
@@ -189,7 +189,7 @@ impl Session<'_> {
                     self.succeeded();
                     return Ok(Done::Ok(()));
                 }
-                Err(status) => match classify(&status) {
+                Err(status) => match self.classify(&status) {
                     Failure::Fatal(e) => return Err(e),
                     Failure::Transient => {
                         retries.transient += 1;
