@@ -20,13 +20,14 @@ async fn a_job_typo_gets_its_line_and_a_suggestion() {
     );
     assert!(!msg.contains('\n'), "{msg}");
 
-    // A key in the wrong table is pointed at the right one.
-    let misplaced = job_toml(1, 2).replace("[model]\n", "[model]\nlearning_rate = 0.1\n");
+    // A key in the wrong table is pointed at the right one (when only one table takes it:
+    // `learning_rate` is also a key of `[privacy.adaptive]`).
+    let misplaced = job_toml(1, 2).replace("[model]\n", "[model]\nlocal_epochs = 1\n");
     let (code, body) = h.admin("POST", "/v1/jobs", &misplaced).await;
     assert_eq!(code, 400, "{body}");
     let msg = body["error"].as_str().unwrap();
-    assert!(msg.starts_with("toml: line 11, column 1: unknown key `learning_rate` in `[model]`"), "{msg}");
-    assert!(msg.contains("did you mean `[train] learning_rate`?"), "{msg}");
+    assert!(msg.starts_with("toml: line 11, column 1: unknown key `local_epochs` in `[model]`"), "{msg}");
+    assert!(msg.contains("did you mean `[train] local_epochs`?"), "{msg}");
 
     // A value of the wrong type keeps its position and names its key.
     let (code, body) = h.admin("POST", "/v1/jobs", &job_toml(1, 2).replace("rounds = 1", "rounds = \"one\"")).await;

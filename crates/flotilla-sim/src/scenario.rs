@@ -624,7 +624,8 @@ learning_rate = 0.1
         // Line 5, after the correct `clients_per_round` on line 4 (MINIMAL starts with a newline).
         let e = err(&MINIMAL.replace("clients_per_round = 2\n", "clients_per_round = 2\nclients_per_rnd = 2\n"));
         assert!(e.starts_with("line 5, column 1: unknown key `clients_per_rnd` at the top level; did you mean `clients_per_round`?"), "{e}");
-        let e = err(&MINIMAL.replace("rounds = 5\n", "rounds = 5\nlearning_rate = 0.1\n"));
-        assert!(e.contains("did you mean `[train] learning_rate`?"), "{e}");
+        // Only one table takes `batch_size` (`learning_rate` is also in `[privacy.adaptive]`).
+        let e = err(&MINIMAL.replace("rounds = 5\n", "rounds = 5\nbatch_size = 8\n"));
+        assert!(e.contains("did you mean `[train] batch_size`?"), "{e}");
     }
 }
