@@ -1,5 +1,6 @@
 //! `flotilla server` and `flotilla dev-certs`: the coordinator process.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -92,7 +93,8 @@ pub fn server(args: ServerArgs) -> Result<()> {
         // Both sockets are listening: connections made from now on are queued, then served by `run`.
         let ready = Ready::new(insecure, server.grpc_addr(), server.admin_addr());
         let _ready_file = ready_file.map(|path| ready.write_file(&path)).transpose()?;
-        println!("{}", ready.line());
+        // Not `println!`: a closed stdout (nobody reads the line) must not stop the server.
+        let _ = writeln!(std::io::stdout(), "{}", ready.line());
         server.run(shutdown_signal()).await.context("coordinator stopped")
     })
 }
