@@ -4,7 +4,7 @@
 //! CA given with `--ca-cert` (and only that CA); plain `http://` needs `--insecure`.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -21,6 +21,11 @@ pub struct AdminArgs {
     /// Allow a plain-text http:// admin URL (development only)
     #[arg(long)]
     insecure: bool,
+    /// How long to wait for a coordinator that is still starting (connection refused), e.g. 10s;
+    /// 0 fails at once
+    #[arg(long, env = "FLOTILLA_ADMIN_WAIT", value_name = "DURATION", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    wait: Duration,
 }
 
 /// `flotilla enroll-token …`
@@ -103,6 +108,8 @@ struct Admin {
     base: String,
     token: String,
     http: reqwest::blocking::Client,
+    /// `--wait`: how long a refused connection is retried.
+    wait: Duration,
 }
 
 impl Admin {
@@ -130,18 +137,36 @@ impl Admin {
             bail!("--admin-url must start with https:// (or http:// with --insecure), got {base}");
         }
         let http = builder.build().context("building the HTTP client")?;
-        Ok(Self { base, token, http })
+        Ok(Self { base, token, http, wait: args.wait })
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
-        req = match body {
-            Some(Body::Json(v)) => req.json(&v),
-            Some(Body::Toml(t)) => req.header("content-type", "application/toml").body(t),
-            None => req,
+        let deadline = Instant::now() + self.wait;
+        let resp = loop {
+            let req = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+            let req = match &body {
+                Some(Body::Json(v)) => req.json(v),
+                Some(Body::Toml(t)) => req.header("content-type", "application/toml").body(t.clone()),
+                None => req,
+            };
+            match req.send() {
+                Ok(resp) => break resp,
+                // Refused: nothing listens yet and the request never left this process, so it is
+                // safe to send again; any other error may have reached the server (no retry).
+                Err(e) if connection_refused(&e) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(self.no_coordinator());
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(100)));
+                }
+                Err(e) => {
+                    let e = flotilla_client::diagnose_tls(&e, None, &url).map_or_else(|| anyhow!(e), |hint| anyhow!(hint));
+                    return Err(e).with_context(|| format!("calling {url}"));
+                }
+            }
         };
-        let resp = req.send().map_err(|e| flotilla_client::diagnose_tls(&e, None, &url).map_or_else(|| anyhow!(e), |hint| anyhow!(hint))).with_context(|| format!("calling {url}"))?;
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
         if !status.is_success() {
@@ -156,6 +181,37 @@ impl Admin {
         }
         serde_json::from_str(&text).with_context(|| format!("{url} answered with invalid JSON"))
     }
+}
+
+impl Admin {
+    /// The one-line error when nothing listens at the admin URL, even after `--wait`.
+    fn no_coordinator(&self) -> anyhow::Error {
+        let listen = reqwest::Url::parse(&self.base)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_else(|| self.base.clone());
+        let waited = if self.wait.is_zero() {
+            "--wait 0".to_string()
+        } else {
+            format!("waited {}", humantime::format_duration(self.wait))
+        };
+        anyhow!(
+            "no coordinator answers at {} ({waited}): is `flotilla server` running with --admin-listen {listen}?",
+            self.base
+        )
+    }
+}
+
+/// Whether `e` is a refused TCP connection: the request was never sent.
+fn connection_refused(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return e.is_connect();
+        }
+        source = err.source();
+    }
+    false
 }
 
 enum Body {

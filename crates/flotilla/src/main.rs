@@ -4,11 +4,13 @@
 mod admin_cmd;
 mod bench_aggregate;
 mod bench_cmd;
+mod completions_cmd;
 mod data_cmd;
 mod dp_cmd;
 mod net_cmd;
 mod server_cmd;
 mod plot;
+mod ready;
 mod sim_cmd;
 
 use std::path::PathBuf;
@@ -49,6 +51,8 @@ enum Command {
     /// Differential privacy: ε of a DP-FedAvg schedule (`dp epsilon`).
     #[command(subcommand)]
     Dp(dp_cmd::DpCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
+    Completions(completions_cmd::CompletionsArgs),
 }
 
 /// `--data-dir`, shared by the commands that read datasets.
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Job(cmd) => admin_cmd::job(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Dp(cmd) => dp_cmd::run(cmd),
+        Command::Completions(args) => completions_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! `flotilla server` and `flotilla dev-certs`: the coordinator process.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -7,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use flotilla_coordinator::{ServerConfig, TlsMode};
 
 use crate::net_cmd::{init_logging, runtime, shutdown_signal};
+use crate::ready::Ready;
 
 /// Arguments of `flotilla server`.
 #[derive(Debug, clap::Args)]
@@ -46,6 +48,11 @@ pub struct ServerArgs {
     /// The δ at which --tenant-epsilon-budget is measured, in (0, 1)
     #[arg(long, value_name = "D", requires = "tenant_epsilon_budget")]
     tenant_delta: Option<f64>,
+    /// Once both listeners accept connections, write {"grpc": URL, "admin": URL, "pid": N} to this
+    /// file (atomically); it is removed when the server stops. The same moment prints one
+    /// `coordinator ready: …` line on stdout
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 /// Arguments of `flotilla dev-certs`.
@@ -69,6 +76,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
         (None, None, true) => TlsMode::Insecure,
         _ => bail!("give --tls-cert and --tls-key, or --insecure for plain text"),
     };
+    let (insecure, ready_file) = (args.insecure, args.ready_file);
     let mut config = ServerConfig::new(&args.data_dir, admin_token);
     config.listen = args.listen;
     config.admin_listen = args.admin_listen;
@@ -82,6 +90,11 @@ pub fn server(args: ServerArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let server = flotilla_coordinator::Server::bind(config).await.context("starting the coordinator")?;
         tracing::info!(grpc = %server.grpc_addr(), admin = %server.admin_addr(), "coordinator listening");
+        // Both sockets are listening: connections made from now on are queued, then served by `run`.
+        let ready = Ready::new(insecure, server.grpc_addr(), server.admin_addr());
+        let _ready_file = ready_file.map(|path| ready.write_file(&path)).transpose()?;
+        // Not `println!`: a closed stdout (nobody reads the line) must not stop the server.
+        let _ = writeln!(std::io::stdout(), "{}", ready.line());
         server.run(shutdown_signal()).await.context("coordinator stopped")
     })
 }

@@ -161,3 +161,26 @@ fn sim_with_privacy_reports_epsilon_and_stops_at_the_budget() {
     let bad = scenario_with(&dir, "dp-bad", |s| format!("{s}\n[privacy]\nnoise_multiplier = 1.0\nclip_norm = -1\ndelta = 1e-5\n"));
     assert_refused(&["sim", bad.to_str().unwrap()], "privacy.clip_norm");
 }
+
+/// `flotilla completions bash` loads in bash and registers a completion for `flotilla`; zsh and
+/// fish get a script naming the subcommands.
+#[test]
+fn completions_load_in_bash_and_exist_for_zsh_and_fish() {
+    let o = Command::new("bash")
+        .args(["-c", "source <(\"$FLOTILLA\" completions bash) && complete -p flotilla"])
+        .env("FLOTILLA", env!("CARGO_BIN_EXE_flotilla"))
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "bash could not load the completions: {err}");
+    assert!(out.contains("complete") && out.trim_end().ends_with(" flotilla"), "{out}");
+    assert!(err.is_empty(), "loading printed errors: {err}");
+    for shell in ["zsh", "fish"] {
+        let o = flotilla(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", String::from_utf8_lossy(&o.stderr));
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(script.contains("enroll-token") && script.contains("completions"), "{shell}: {script}");
+    }
+    let o = flotilla(&["completions", "tcsh"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("tcsh"));
+}

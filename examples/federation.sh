@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# A complete federation on this machine, over TLS on loopback: a coordinator, N client processes
+# each training on its share of the digits data set, one job (examples/job-digits.toml) run to the
+# end, then the trained model downloaded. Everything this script starts is stopped when it exits,
+# also on Ctrl-C. Run it from the repository root after `cargo build --release`.
+#
+# Settings (environment variables, with their defaults):
+#   FLOTILLA=target/release/flotilla   the binary
+#   FLOTILLA_DIR=fl                    work directory: certificates, state, logs (wiped at start!)
+#   FLOTILLA_LISTEN=127.0.0.1:7070     gRPC address for the clients
+#   FLOTILLA_ADMIN_LISTEN=127.0.0.1:7443  admin API address
+#   FLOTILLA_CLIENTS=10                how many clients to start (the job waits for its min_clients)
+#   FLOTILLA_JOB=examples/job-digits.toml  the job to run
+#   FLOTILLA_ADMIN_TOKEN               admin API token (a random one if unset)
+set -euo pipefail
+
+F=${FLOTILLA:-target/release/flotilla}
+DIR=${FLOTILLA_DIR:-fl}
+LISTEN=${FLOTILLA_LISTEN:-127.0.0.1:7070}
+ADMIN_LISTEN=${FLOTILLA_ADMIN_LISTEN:-127.0.0.1:7443}
+CLIENTS=${FLOTILLA_CLIENTS:-10}
+JOB_SPEC=${FLOTILLA_JOB:-examples/job-digits.toml}
+export FLOTILLA_ADMIN_TOKEN=${FLOTILLA_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+
+command -v "$F" >/dev/null || { echo "error: no flotilla binary at $F: run \`cargo build --release\`, or set FLOTILLA" >&2; exit 1; }
+
+# Every process started here, and its log, so that all of them are stopped (by PID) on exit.
+PIDS=()
+LOGS=()
+stop() {
+  trap - EXIT INT TERM
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    echo "stopping ${#PIDS[@]} processes"
+    kill -TERM "${PIDS[@]}" 2>/dev/null || true   # flotilla server and client shut down on SIGTERM
+    for _ in $(seq 100); do                       # give them 10 s, then kill what is left
+      kill -0 "${PIDS[@]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "${PIDS[@]}" 2>/dev/null || true
+    wait "${PIDS[@]}" 2>/dev/null || true
+  fi
+}
+trap stop EXIT
+trap 'echo "error: \`$BASH_COMMAND\` failed (line $LINENO)" >&2' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Fails, showing the end of its log, if a process started here has exited.
+check_alive() {
+  for i in "${!PIDS[@]}"; do
+    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+      echo "error: process ${PIDS[$i]} exited; the end of ${LOGS[$i]}:" >&2
+      tail -n 20 "${LOGS[$i]}" >&2
+      exit 1
+    fi
+  done
+}
+
+rm -rf "$DIR"
+mkdir -p "$DIR"
+"$F" dev-certs "$DIR/certs" >/dev/null     # a development CA and a certificate for localhost
+
+"$F" server --data-dir "$DIR/server" --listen "$LISTEN" --admin-listen "$ADMIN_LISTEN" \
+  --tls-cert "$DIR/certs/server.pem" --tls-key "$DIR/certs/server-key.pem" \
+  --ready-file "$DIR/server.ready" >/dev/null 2>"$DIR/server.log" &
+PIDS+=($!); LOGS+=("$DIR/server.log")
+until [ -e "$DIR/server.ready" ]; do check_alive; sleep 0.1; done
+echo "coordinator ready: gRPC https://$LISTEN, admin https://$ADMIN_LISTEN (log: $DIR/server.log)"
+
+ADMIN=(--admin-url "https://$ADMIN_LISTEN" --ca-cert "$DIR/certs/ca.pem")
+TOKEN=$("$F" enroll-token create "${ADMIN[@]}" --uses "$CLIENTS" --expires 1h | tail -n 1)
+for i in $(seq 0 $((CLIENTS - 1))); do
+  "$F" client --coordinator "https://$LISTEN" --ca-cert "$DIR/certs/ca.pem" --token "$TOKEN" \
+    --name "client-$i" --state-dir "$DIR/client-$i" --dataset digits --partition "$i/$CLIENTS" \
+    >/dev/null 2>"$DIR/client-$i.log" &
+  PIDS+=($!); LOGS+=("$DIR/client-$i.log")
+done
+echo "started $CLIENTS clients (logs: $DIR/client-*.log)"
+
+JOB=$("$F" job submit "${ADMIN[@]}" "$JOB_SPEC" | tail -n 1)
+echo "submitted $JOB_SPEC as job $JOB"
+
+# The last value of a top-level field in `job status --json` (no jq needed).
+field() { grep -o "\"$1\":\"\?[a-z0-9_]*" <<<"$STATUS" | tail -n 1 | sed 's/.*[:"]//'; }
+SHOWN=
+while :; do
+  check_alive
+  STATUS=$("$F" job status "${ADMIN[@]}" "$JOB" --json)
+  STATE=$(field state)
+  PROGRESS="job $JOB: $STATE, $(field rounds_completed)/$(field rounds_total) rounds"
+  ACCURACY=$(grep -o '"eval_accuracy":[0-9.]*' <<<"$STATUS" | tail -n 1 | cut -d: -f2 || true)
+  [ -z "$ACCURACY" ] || PROGRESS+=", test accuracy ${ACCURACY:0:5}"
+  [ "$PROGRESS" = "$SHOWN" ] || { echo "$PROGRESS"; SHOWN=$PROGRESS; }
+  case $STATE in completed | failed | cancelled) break ;; esac
+  sleep 1
+done
+
+echo
+"$F" job status "${ADMIN[@]}" "$JOB"
+echo
+if [ "$STATE" != completed ]; then
+  echo "error: job $JOB ended $STATE; see $DIR/server.log and $DIR/client-*.log" >&2
+  exit 1
+fi
+if "$F" job download --help >/dev/null 2>&1; then
+  "$F" job download "${ADMIN[@]}" "$JOB" --out "$DIR/model.safetensors"
+  echo "trained model: $DIR/model.safetensors"
+else
+  echo "(this flotilla has no \`job download\`; the model stays on the coordinator)"
+fi
+echo "federation finished: job $JOB completed"
