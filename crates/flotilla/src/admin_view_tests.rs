@@ -164,7 +164,7 @@ fn job_list_is_a_table() {
     let jobs: Vec<JobSummary> = serde_json::from_value(v).unwrap();
     let out = job_list(&jobs, &clock());
     assert!(
-        out.lines().nth(1).unwrap().contains("completed  20/20"),
+        out.lines().nth(1).unwrap().starts_with(" 1  digits  default  completed   20/20  "),
         "{out}"
     );
     assert!(out.contains("5 min ago"), "{out}");

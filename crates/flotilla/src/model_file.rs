@@ -131,13 +131,16 @@ pub fn write_model(
                 .with_context(|| format!("writing safetensors to {}", tmp.path().display()))?;
         }
     }
-    tmp.as_file()
-        .sync_all()
+    // Through the path, not the temporary file's own handle: safetensors writes a new file at the
+    // path rather than into the one the handle holds.
+    std::fs::File::open(tmp.path())
+        .and_then(|f| f.sync_all())
         .with_context(|| format!("flushing {}", tmp.path().display()))?;
-    let file = tmp
-        .persist(out)
+    tmp.persist(out)
         .with_context(|| format!("moving the download into place at {}", out.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .len();
     Ok(size)
 }
 
