@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 use crate::jobs::{Shared, SubmitError, now_ms};
 use crate::metrics::Metrics;
 
+#[path = "admin_model.rs"]
+mod model;
+
 #[derive(Clone)]
 struct AdminState {
     shared: Arc<Shared>,
@@ -79,6 +82,8 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/model", get(model::model_bytes))
+        .route("/v1/jobs/{id}/model/info", get(model::model_info))
         .route("/v1/clients", get(list_clients))
         .route("/v1/clients/{id}/revoke", post(revoke_client))
         .route("/v1/metrics", get(metrics))

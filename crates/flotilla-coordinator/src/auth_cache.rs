@@ -96,6 +96,7 @@ mod tests {
             created_at_ms: 0,
             last_seen_ms: None,
             credential_expires_at_ms: expires,
+            name: None,
         }
     }
 

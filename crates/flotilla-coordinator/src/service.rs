@@ -233,10 +233,12 @@ impl Coordinator for CoordinatorService {
         let now = now_ms() as i64;
         let ttl_ms = i64::try_from(self.shared.credential_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = now.saturating_add(ttl_ms);
-        match self.shared.store.redeem_enrollment_token(r.enrollment_token.trim(), now, Some(expires_at_ms)).await {
+        let name = Some(r.client_name.trim()).filter(|n| !n.is_empty());
+        match self.shared.store.redeem_enrollment_token_named(r.enrollment_token.trim(), name, now, Some(expires_at_ms)).await {
             Ok(e) => {
                 Metrics::inc(&m.enrollments);
-                tracing::info!(client = e.client_id.0, tenant = %e.tenant, name = %r.client_name, "client enrolled");
+                // The name is the client's own text: Debug-escaped in the log.
+                tracing::info!(client = e.client_id.0, tenant = ?e.tenant, name = ?r.client_name, "client enrolled");
                 Ok(Response::new(v1::EnrollResponse { client_id: e.client_id.to_string(), credential: e.credential }))
             }
             Err(e @ (StoreError::UnknownToken | StoreError::TokenExpired { .. } | StoreError::TokenUsedUp { .. })) => {

@@ -121,7 +121,7 @@ pub struct Store {
 }
 
 const CLIENT_COLUMNS: &str =
-    "id, tenant, revoked, created_at_ms, last_seen_ms, credential_expires_at_ms";
+    "id, tenant, revoked, created_at_ms, last_seen_ms, credential_expires_at_ms, client_name";
 const JOB_COLUMNS: &str = "id, tenant, name, spec_json, state, rounds_total, rounds_completed, \
                            model_version, model_blob_key, created_at_ms, updated_at_ms, state_reason";
 const ROUND_COLUMNS: &str = "job_id, round, attempt, model_version, participants_json, \
@@ -238,6 +238,20 @@ impl Store {
         now_ms: i64,
         credential_expires_at_ms: Option<i64>,
     ) -> Result<Enrollment> {
+        self.redeem_enrollment_token_named(secret, None, now_ms, credential_expires_at_ms)
+            .await
+    }
+
+    /// [`Store::redeem_enrollment_token`], recording the name the client gave itself (shown to
+    /// operators by the admin API; not unique, not an identity). An empty name is stored as none.
+    pub async fn redeem_enrollment_token_named(
+        &self,
+        secret: &str,
+        client_name: Option<&str>,
+        now_ms: i64,
+        credential_expires_at_ms: Option<i64>,
+    ) -> Result<Enrollment> {
+        let client_name = client_name.filter(|n| !n.is_empty());
         if let Some(exp) = credential_expires_at_ms
             && exp <= now_ms
         {
@@ -282,13 +296,14 @@ impl Store {
         let credential = new_secret(CREDENTIAL_PREFIX)?;
         let row = sqlx::query(
             "INSERT INTO clients (tenant, credential_sha256, enrollment_token, revoked, created_at_ms, \
-             credential_expires_at_ms) VALUES ($1, $2, $3, 0, $4, $5) RETURNING id",
+             credential_expires_at_ms, client_name) VALUES ($1, $2, $3, 0, $4, $5, $6) RETURNING id",
         )
         .bind(&tenant)
         .bind(sha256_hex(&credential))
         .bind(token_id)
         .bind(now_ms)
         .bind(credential_expires_at_ms)
+        .bind(client_name)
         .fetch_one(&mut *tx)
         .await?;
         let client_id = ClientId::from_db(row.try_get("id")?)?;
@@ -730,6 +745,7 @@ fn client_from_row(row: &AnyRow) -> Result<ClientRecord> {
         created_at_ms: row.try_get("created_at_ms")?,
         last_seen_ms: row.try_get("last_seen_ms")?,
         credential_expires_at_ms: row.try_get("credential_expires_at_ms")?,
+        name: row.try_get("client_name")?,
     })
 }
 

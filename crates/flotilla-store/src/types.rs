@@ -171,6 +171,10 @@ pub struct ClientRecord {
     /// When its credential expires, Unix milliseconds (exclusive); `None`: never (credentials
     /// issued without an expiry, including every one issued before expiry existed).
     pub credential_expires_at_ms: Option<i64>,
+    /// The name the client gave itself when it enrolled (`flotilla client --name`); `None` for
+    /// clients that sent none or enrolled before names were stored.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// A job as stored.

@@ -1,4 +1,5 @@
 //! Commands that talk to a coordinator's admin HTTP/JSON API: `enroll-token`, `job`, `client`.
+//! Output is for people by default (see `admin_view`); `--json` prints the coordinator's answer.
 //!
 //! Every request carries `authorization: Bearer $FLOTILLA_ADMIN_TOKEN`. TLS is verified against the
 //! CA given with `--ca-cert` (and only that CA); plain `http://` needs `--insecure`.
@@ -8,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+
+use crate::admin_view::{self, Clock};
+use crate::model_file::ModelFormat;
+
+mod download;
 
 /// Where the admin API is and how to trust it.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,6 +34,25 @@ pub struct AdminArgs {
     wait: Duration,
 }
 
+/// `--json` / `--quiet`: who reads the output.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct OutputArgs {
+    /// Print the coordinator's answer as JSON (for scripts)
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
+    /// Print only the essential value (an id, a token), nothing else
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+/// `--json` alone, for commands with nothing to be quiet about.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct JsonArg {
+    /// Print the coordinator's answer as JSON (for scripts)
+    #[arg(long)]
+    json: bool,
+}
+
 /// `flotilla enroll-token …`
 #[derive(Debug, clap::Subcommand)]
 pub enum EnrollTokenCommand {
@@ -44,6 +69,8 @@ pub enum EnrollTokenCommand {
         /// How long it stays valid, e.g. 30m, 24h, 7d
         #[arg(long, value_name = "DURATION", default_value = "24h")]
         expires: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -56,24 +83,24 @@ pub enum JobCommand {
         admin: AdminArgs,
         /// The job spec, e.g. examples/job-digits.toml
         file: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// List jobs.
     List {
         #[command(flatten)]
         admin: AdminArgs,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: JsonArg,
     },
-    /// Show a job's state and committed rounds.
+    /// Show a job's state, current round, clients and last committed rounds.
     Status {
         #[command(flatten)]
         admin: AdminArgs,
         /// Job id
         id: String,
-        /// Print one JSON object
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: JsonArg,
     },
     /// Cancel a job.
     Cancel {
@@ -81,6 +108,29 @@ pub enum JobCommand {
         admin: AdminArgs,
         /// Job id
         id: String,
+        /// Why, recorded with the job and shown in its status
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        output: JsonArg,
+    },
+    /// Download a committed model, verified against the round's SHA-256.
+    Download {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Job id
+        id: String,
+        /// Round whose model to download [default: the latest committed round]
+        #[arg(long, value_name = "R")]
+        round: Option<u64>,
+        /// Where to write it (replaced atomically if it exists)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// File format
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: ModelFormat,
+        #[command(flatten)]
+        output: JsonArg,
     },
 }
 
@@ -91,9 +141,8 @@ pub enum ClientAdminCommand {
     List {
         #[command(flatten)]
         admin: AdminArgs,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: JsonArg,
     },
     /// Revoke a client's credential; its next call is refused.
     Revoke {
@@ -101,6 +150,8 @@ pub enum ClientAdminCommand {
         admin: AdminArgs,
         /// Client id
         id: String,
+        #[command(flatten)]
+        output: JsonArg,
     },
 }
 
@@ -230,8 +281,18 @@ fn as_text(v: &Value) -> String {
     }
 }
 
+/// Parses an answer into the typed form it is rendered from.
+fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v).with_context(|| format!("the coordinator's {what} answer is not understood (try --json)"))
+}
+
+/// Who cancels a job, as recorded with it: the login name, else "admin".
+fn operator() -> String {
+    std::env::var("USER").ok().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| "admin".to_owned())
+}
+
 pub fn enroll_token(cmd: EnrollTokenCommand) -> Result<()> {
-    let EnrollTokenCommand::Create { admin, tenant, uses, expires } = cmd;
+    let EnrollTokenCommand::Create { admin, tenant, uses, expires, output } = cmd;
     let expires_in = humantime::parse_duration(&expires).with_context(|| format!("--expires {expires}"))?;
     if uses == 0 {
         bail!("--uses must be ≥ 1");
@@ -239,13 +300,25 @@ pub fn enroll_token(cmd: EnrollTokenCommand) -> Result<()> {
     let a = Admin::new(&admin)?;
     let body = json!({"tenant": tenant, "uses": uses, "expires_in_seconds": expires_in.as_secs()});
     let v = a.call(reqwest::Method::POST, "/v1/enrollment-tokens", Some(Body::Json(body)))?;
-    println!("{}", as_text(field(&v, "token")?));
+    let token = as_text(field(&v, "token")?);
+    if output.json {
+        println!("{v}");
+        return Ok(());
+    }
+    if !output.quiet {
+        // Context on stderr: stdout stays the token alone, for `TOKEN=$(…)` and `| tail -1`.
+        let clock = Clock::local();
+        let until = v["expires_at_ms"].as_i64().map(|ms| format!(", valid until {}", clock.both(ms))).unwrap_or_default();
+        let plural = if uses == 1 { "client" } else { "clients" };
+        eprintln!("enrollment token for tenant {}: enrolls up to {uses} {plural}{until}", admin_view::clean(&tenant));
+    }
+    println!("{token}");
     Ok(())
 }
 
 pub fn job(cmd: JobCommand) -> Result<()> {
     match cmd {
-        JobCommand::Submit { admin, file } => {
+        JobCommand::Submit { admin, file, output } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let v = Admin::new(&admin)?.call(reqwest::Method::POST, "/v1/jobs", Some(Body::Toml(text))).map_err(|e| {
                 // The coordinator says `toml: line L, column C: …`; name the file as a compiler would.
@@ -255,57 +328,50 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                     None => e,
                 }
             })?;
-            println!("{}", as_text(field(&v, "job_id")?));
+            let id = as_text(field(&v, "job_id")?);
+            if output.json {
+                println!("{v}");
+                return Ok(());
+            }
+            if !output.quiet {
+                eprintln!("submitted {} as job {id}; follow it with: flotilla job status {id}", file.display());
+            }
+            // The id is the last line of stdout: scripts and tests read it.
+            println!("{id}");
         }
-        JobCommand::List { admin, json } => {
+        JobCommand::List { admin, output } => {
             let v = Admin::new(&admin)?.call(reqwest::Method::GET, "/v1/jobs", None)?;
-            if json {
+            if output.json {
                 println!("{v}");
             } else {
-                let jobs = v.get("jobs").unwrap_or(&v);
-                println!("{:<24} {:<20} {:<10} rounds", "id", "name", "state");
-                for j in jobs.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<24} {:<20} {:<10} {}/{}",
-                        as_text(&j["job_id"]),
-                        as_text(&j["name"]),
-                        as_text(&j["state"]),
-                        j["rounds_completed"],
-                        j["rounds_total"]
-                    );
-                }
+                let jobs = v.get("jobs").cloned().unwrap_or(v);
+                let jobs: Vec<admin_view::JobSummary> = typed(jobs, "job list")?;
+                print!("{}", admin_view::job_list(&jobs, &Clock::local()));
             }
         }
-        JobCommand::Status { admin, id, json } => {
+        JobCommand::Status { admin, id, output } => {
             let v = Admin::new(&admin)?.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)?;
-            if json {
+            if output.json {
                 println!("{v}");
             } else {
-                println!(
-                    "job {} ({}): {}, {}/{} rounds",
-                    as_text(&v["job_id"]),
-                    as_text(&v["name"]),
-                    as_text(&v["state"]),
-                    v["rounds_completed"],
-                    v["rounds_total"]
-                );
-                if let Some(eps) = v["epsilon_spent"].as_f64() {
-                    println!("differential privacy: epsilon {eps:.4} spent at delta {}", v["delta"]);
-                }
-                if let Some(why) = v["reason"].as_str() {
-                    println!("reason: {why}");
-                }
-                if let Some(why) = v["stopped_reason"].as_str() {
-                    println!("stopped: {why}");
-                }
-                for r in v["history"].as_array().into_iter().flatten() {
-                    println!("round {:>4}  participants {}  metrics {}", r["round"], r["participants"], r["metrics"]);
-                }
+                let s: admin_view::JobStatus = typed(v, "job status")?;
+                print!("{}", admin_view::job_status(&s, &Clock::local()));
             }
         }
-        JobCommand::Cancel { admin, id } => {
-            Admin::new(&admin)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), None)?;
-            println!("job {id} cancelled");
+        JobCommand::Cancel { admin, id, reason, output } => {
+            let mut body = json!({ "by": operator() });
+            if let Some(r) = reason {
+                body["reason"] = json!(r);
+            }
+            let v = Admin::new(&admin)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), Some(Body::Json(body)))?;
+            if output.json {
+                println!("{v}");
+            } else {
+                println!("job {id} cancelled");
+            }
+        }
+        JobCommand::Download { admin, id, round, out, format, output } => {
+            download::download(&Admin::new(&admin)?, &id, round, &out, format, output.json)?;
         }
     }
     Ok(())
@@ -313,20 +379,23 @@ pub fn job(cmd: JobCommand) -> Result<()> {
 
 pub fn client_admin(cmd: ClientAdminCommand) -> Result<()> {
     match cmd {
-        ClientAdminCommand::List { admin, json } => {
+        ClientAdminCommand::List { admin, output } => {
             let v = Admin::new(&admin)?.call(reqwest::Method::GET, "/v1/clients", None)?;
-            if json {
+            if output.json {
                 println!("{v}");
             } else {
-                let clients = v.get("clients").unwrap_or(&v);
-                for c in clients.as_array().into_iter().flatten() {
-                    println!("{c}");
-                }
+                let clients = v.get("clients").cloned().unwrap_or(v);
+                let clients: Vec<admin_view::ClientEntry> = typed(clients, "client list")?;
+                print!("{}", admin_view::client_list(&clients, &Clock::local()));
             }
         }
-        ClientAdminCommand::Revoke { admin, id } => {
-            Admin::new(&admin)?.call(reqwest::Method::POST, &format!("/v1/clients/{id}/revoke"), None)?;
-            println!("client {id} revoked");
+        ClientAdminCommand::Revoke { admin, id, output } => {
+            let v = Admin::new(&admin)?.call(reqwest::Method::POST, &format!("/v1/clients/{id}/revoke"), None)?;
+            if output.json {
+                println!("{v}");
+            } else {
+                println!("client {id} revoked; its next call is refused");
+            }
         }
     }
     Ok(())

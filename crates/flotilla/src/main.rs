@@ -2,11 +2,13 @@
 #![forbid(unsafe_code)]
 
 mod admin_cmd;
+mod admin_view;
 mod bench_aggregate;
 mod bench_cmd;
 mod completions_cmd;
 mod data_cmd;
 mod dp_cmd;
+mod model_file;
 mod net_cmd;
 mod server_cmd;
 mod plot;
@@ -42,7 +44,7 @@ enum Command {
     /// Create enrollment tokens on a coordinator.
     #[command(subcommand)]
     EnrollToken(admin_cmd::EnrollTokenCommand),
-    /// Submit, list, inspect and cancel jobs on a coordinator.
+    /// Submit, list, inspect, cancel jobs on a coordinator and download their models.
     #[command(subcommand)]
     Job(admin_cmd::JobCommand),
     /// Measure aggregation, secure aggregation and the coordinator; prints JSON with --json.
