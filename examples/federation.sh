@@ -68,7 +68,7 @@ until [ -e "$DIR/server.ready" ]; do check_alive; sleep 0.1; done
 echo "coordinator ready: gRPC https://$LISTEN, admin https://$ADMIN_LISTEN (log: $DIR/server.log)"
 
 ADMIN=(--admin-url "https://$ADMIN_LISTEN" --ca-cert "$DIR/certs/ca.pem")
-TOKEN=$("$F" enroll-token create "${ADMIN[@]}" --uses "$CLIENTS" --expires 1h | tail -n 1)
+TOKEN=$("$F" enroll-token create "${ADMIN[@]}" --uses "$CLIENTS" --expires 1h --quiet)
 for i in $(seq 0 $((CLIENTS - 1))); do
   "$F" client --coordinator "https://$LISTEN" --ca-cert "$DIR/certs/ca.pem" --token "$TOKEN" \
     --name "client-$i" --state-dir "$DIR/client-$i" --dataset digits --partition "$i/$CLIENTS" \
@@ -77,35 +77,14 @@ for i in $(seq 0 $((CLIENTS - 1))); do
 done
 echo "started $CLIENTS clients (logs: $DIR/client-*.log)"
 
-JOB=$("$F" job submit "${ADMIN[@]}" "$JOB_SPEC" | tail -n 1)
+JOB=$("$F" job submit "${ADMIN[@]}" "$JOB_SPEC" --quiet)
 echo "submitted $JOB_SPEC as job $JOB"
 
-# The last value of a top-level field in `job status --json` (no jq needed).
-field() { grep -o "\"$1\":\"\?[a-z0-9_]*" <<<"$STATUS" | tail -n 1 | sed 's/.*[:"]//'; }
-SHOWN=
-while :; do
+# A line per round on stderr, then the job's status; non-zero unless the job completed.
+if ! "$F" job wait "${ADMIN[@]}" "$JOB" --timeout 10m; then
   check_alive
-  STATUS=$("$F" job status "${ADMIN[@]}" "$JOB" --json)
-  STATE=$(field state)
-  PROGRESS="job $JOB: $STATE, $(field rounds_completed)/$(field rounds_total) rounds"
-  ACCURACY=$(grep -o '"eval_accuracy":[0-9.]*' <<<"$STATUS" | tail -n 1 | cut -d: -f2 || true)
-  [ -z "$ACCURACY" ] || PROGRESS+=", test accuracy ${ACCURACY:0:5}"
-  [ "$PROGRESS" = "$SHOWN" ] || { echo "$PROGRESS"; SHOWN=$PROGRESS; }
-  case $STATE in completed | failed | cancelled) break ;; esac
-  sleep 1
-done
-
-echo
-"$F" job status "${ADMIN[@]}" "$JOB"
-echo
-if [ "$STATE" != completed ]; then
-  echo "error: job $JOB ended $STATE; see $DIR/server.log and $DIR/client-*.log" >&2
+  echo "error: job $JOB did not complete; see $DIR/server.log and $DIR/client-*.log" >&2
   exit 1
 fi
-if "$F" job download --help >/dev/null 2>&1; then
-  "$F" job download "${ADMIN[@]}" "$JOB" --out "$DIR/model.safetensors"
-  echo "trained model: $DIR/model.safetensors"
-else
-  echo "(this flotilla has no \`job download\`; the model stays on the coordinator)"
-fi
-echo "federation finished: job $JOB completed"
+"$F" job download "${ADMIN[@]}" "$JOB" --out "$DIR/model.safetensors"
+echo "federation finished: job $JOB completed; trained model in $DIR/model.safetensors"

@@ -14,6 +14,7 @@ use crate::admin_view::{self, Clock};
 use crate::model_file::ModelFormat;
 
 mod download;
+mod wait;
 
 /// Where the admin API is and how to trust it.
 #[derive(Debug, Clone, clap::Args)]
@@ -111,6 +112,21 @@ pub enum JobCommand {
         /// Why, recorded with the job and shown in its status
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        #[command(flatten)]
+        output: JsonArg,
+    },
+    /// Wait until a job ends, printing its progress; exits non-zero unless it completed.
+    Wait {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Job id
+        id: String,
+        /// Give up after this long, e.g. 30m [default: wait as long as the job runs]
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// How often to ask the coordinator
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
         #[command(flatten)]
         output: JsonArg,
     },
@@ -369,6 +385,10 @@ pub fn job(cmd: JobCommand) -> Result<()> {
             } else {
                 println!("job {id} cancelled");
             }
+        }
+        JobCommand::Wait { admin, id, timeout, interval, output } => {
+            let interval = interval.clamp(Duration::from_millis(100), Duration::from_secs(600));
+            wait::wait(&Admin::new(&admin)?, &id, timeout, interval, output.json)?;
         }
         JobCommand::Download { admin, id, round, out, format, output } => {
             download::download(&Admin::new(&admin)?, &id, round, &out, format, output.json)?;

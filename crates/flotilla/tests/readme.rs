@@ -13,18 +13,23 @@ use std::time::{Duration, Instant};
 
 use common::{bin, free_port, workspace_root};
 
-/// The line in README.md that the tested block follows.
+/// The line in README.md that the tested federation block follows.
 const MARKER: &str = "<!-- test: federation -->";
 
 /// The fenced ```sh block right after [`MARKER`] (blank lines in between are allowed).
 fn readme_block(readme: &str) -> Result<String, String> {
-    let mut lines = readme.lines().skip_while(|l| l.trim() != MARKER);
+    marked_block(readme, MARKER)
+}
+
+/// The fenced ```sh block right after the line `marker` (blank lines in between are allowed).
+fn marked_block(readme: &str, marker: &str) -> Result<String, String> {
+    let mut lines = readme.lines().skip_while(|l| l.trim() != marker);
     if lines.next().is_none() {
-        return Err(format!("README.md has no `{MARKER}` line: the federation block is not marked for this test"));
+        return Err(format!("README.md has no `{marker}` line: the block is not marked for this test"));
     }
     let mut lines = lines.skip_while(|l| l.trim().is_empty());
     if lines.next().map(str::trim) != Some("```sh") {
-        return Err(format!("the line after `{MARKER}` in README.md must open a ```sh block"));
+        return Err(format!("the line after `{marker}` in README.md must open a ```sh block"));
     }
     let mut block = String::new();
     for line in lines {
@@ -34,7 +39,7 @@ fn readme_block(readme: &str) -> Result<String, String> {
         block.push_str(line);
         block.push('\n');
     }
-    Err(format!("the ```sh block after `{MARKER}` in README.md is not closed"))
+    Err(format!("the ```sh block after `{marker}` in README.md is not closed"))
 }
 
 /// A fresh, empty directory for one run.
@@ -131,7 +136,7 @@ fn readme_federation_block_runs_as_written_and_leaves_no_process() {
     let status = status.unwrap_or_else(|| panic!("the README block ran for over 10 minutes; stdout:\n{out}\nstderr:\n{err}"));
     assert!(status.success(), "the README block failed ({status}); stdout:\n{out}\nstderr:\n{err}");
     assert!(
-        out.lines().any(|l| l.starts_with("federation finished: job ") && l.ends_with(" completed")),
+        out.lines().any(|l| l.starts_with("federation finished: job ") && l.contains(" completed; trained model in ")),
         "the output does not show the job completed:\n{out}"
     );
     let left = processes_mentioning(&dir);
@@ -176,4 +181,106 @@ fn the_block_is_found_only_after_the_marker() {
     assert!(readme_block("```sh\necho\n```\n").unwrap_err().contains("no `<!-- test: federation -->` line"));
     assert!(readme_block(&format!("{MARKER}\ntext\n```sh\n```\n")).unwrap_err().contains("must open a ```sh block"));
     assert!(readme_block(&format!("{MARKER}\n```sh\necho\n")).unwrap_err().contains("not closed"));
+}
+
+/// Every ```sh block of a Markdown file, in order, as one script.
+fn all_sh_blocks(markdown: &str) -> String {
+    let mut script = String::new();
+    let mut inside = false;
+    for line in markdown.lines() {
+        match (inside, line.trim()) {
+            (false, "```sh") => inside = true,
+            (true, "```") => inside = false,
+            (true, _) => {
+                script.push_str(line);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    script
+}
+
+/// Live processes whose working directory is `dir` (the how-to guide's commands use relative paths).
+fn processes_in(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || std::fs::read_link(entry.path().join("cwd")).ok().as_deref() != Some(dir) {
+            continue;
+        }
+        // Zombies have no command line left; they are not running.
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline"))
+            && !raw.is_empty()
+        {
+            found.push(format!("{pid}: {}", String::from_utf8_lossy(&raw).replace('\0', " ").trim_end()));
+        }
+    }
+    found
+}
+
+#[test]
+fn readme_simulation_block_runs_as_written() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let block = marked_block(&readme, "<!-- test: simulate -->").unwrap_or_else(|e| panic!("{e}"));
+    let dir = work_dir("simulate");
+    let mut script = Script::start(&dir, &["-euo", "pipefail", "-c", &block], &[]);
+    let status = script.wait_for(Duration::from_secs(600)).expect("the simulation block ran for over 10 minutes");
+    let (out, err) = (read(&dir.join("out.log")), read(&dir.join("err.log")));
+    assert!(status.success(), "the README simulation block failed ({status}); stdout:\n{out}\nstderr:\n{err}");
+    let results: serde_json::Value =
+        serde_json::from_str(&read(&workspace_root().join("results/digits.json"))).expect("results/digits.json is JSON");
+    let acc = results["final_accuracy"].as_f64().expect("final_accuracy");
+    assert!(acc > 0.8, "the README promises a converging federation; final accuracy {acc}");
+    assert!(workspace_root().join("results/digits.svg").exists(), "the convergence plot is written");
+    drop(script);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// docs/how-to/run-a-federation.md, every command block in order, as written: on the ports it names
+/// (7070, 7443), in a fresh directory that holds only links to the built `target/` and `examples/`.
+#[test]
+fn how_to_run_a_federation_by_hand_runs_as_written() {
+    for port in [7070, 7443] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is taken: the how-to guide's commands use it; stop what listens there"
+        );
+    }
+    let guide = std::fs::read_to_string(workspace_root().join("docs/how-to/run-a-federation.md")).unwrap();
+    let script = all_sh_blocks(&guide);
+    assert!(script.contains("job download"), "the guide ends with the model downloaded:\n{script}");
+    // The guide assumes a release build, as it says.
+    let built = Command::new("cargo").args(["build", "--release"]).current_dir(workspace_root()).status().unwrap();
+    assert!(built.success(), "cargo build --release");
+    let dir = work_dir("how-to");
+    let root = workspace_root().canonicalize().unwrap();
+    for link in ["target", "examples"] {
+        std::os::unix::fs::symlink(root.join(link), dir.join(link)).unwrap();
+    }
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", &script]).current_dir(&dir).process_group(0).stdin(Stdio::null());
+    for var in ["FLOTILLA_ADMIN_TOKEN", "FLOTILLA_ADMIN_URL", "FLOTILLA_CA_CERT", "FLOTILLA_ADMIN_WAIT"] {
+        cmd.env_remove(var);
+    }
+    cmd.stdout(std::fs::File::create(dir.join("out.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err.log")).unwrap());
+    let mut script = Script { child: cmd.spawn().unwrap() };
+    let status = script.wait_for(Duration::from_secs(600));
+    let (out, err) = (read(&dir.join("out.log")), read(&dir.join("err.log")));
+    let status = status.unwrap_or_else(|| panic!("the guide ran for over 10 minutes; stdout:\n{out}\nstderr:\n{err}"));
+    let server_log = read(&dir.join("fl/server.log"));
+    assert!(status.success(), "the guide failed ({status}); stdout:\n{out}\nstderr:\n{err}\nserver log:\n{server_log}");
+    let model = std::fs::read(dir.join("fl/model.safetensors")).expect("the guide downloads the model");
+    assert!(model.len() > 64 * 10 * 4, "a logistic-regression model of digits is at least 64×10 f32s");
+    assert!(out.contains("completed"), "job status says completed:\n{out}");
+    // `kill $(jobs -p)` stops the server and the clients; they exit cleanly within moments.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_in(&dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = processes_in(&dir);
+    assert!(left.is_empty(), "processes left behind by the guide: {left:#?}");
+    drop(script);
+    let _ = std::fs::remove_dir_all(&dir);
 }
