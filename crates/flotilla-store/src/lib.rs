@@ -475,33 +475,9 @@ impl Store {
     /// last round. Anything else is [`StoreError::InvalidTransition`]. Atomic: the check and the
     /// update are one statement.
     pub async fn set_job_state(&self, job_id: JobId, to: JobState) -> Result<()> {
-        let from = to.allowed_from();
-        if !from.is_empty() {
-            // The IN list is made of this crate's constants, never of caller input.
-            let list: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
-            let done = sqlx::query(&format!(
-                "UPDATE jobs SET state = $2, updated_at_ms = $3 WHERE id = $1 AND state IN ({})",
-                list.join(", ")
-            ))
-            .bind(job_id.to_db()?)
-            .bind(to.as_str())
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-            if done.rows_affected() == 1 {
-                return Ok(());
-            }
-        }
-        let current = self.get_job(job_id).await?.state;
-        if current == to {
-            Ok(())
-        } else {
-            Err(StoreError::InvalidTransition {
-                job_id,
-                from: current,
-                to,
-            })
-        }
+        // A reason is only ever recorded with a terminal state, which nothing leaves, so moving
+        // without one never erases a reason that was shown.
+        self.set_job_state_with_reason(job_id, to, None).await
     }
 
     // ----- rounds -------------------------------------------------------------------------------
