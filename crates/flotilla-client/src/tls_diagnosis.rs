@@ -136,8 +136,7 @@ fn describe_certificate(cert: &CertificateError, ca: &str, host: &str) -> String
              serverAuth): give the server a server certificate, e.g. from `flotilla dev-certs`"
                 .to_owned()
         }
-        CertificateError::UnsupportedSignatureAlgorithm
-        | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        CertificateError::UnsupportedSignatureAlgorithmContext { .. }
         | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
             "the coordinator's certificate is signed with an algorithm this program does not \
              support: use ECDSA P-256/P-384, Ed25519 or RSA (2048 bits or more) with SHA-256 or better"
@@ -288,7 +287,11 @@ mod tests {
     fn every_hint_is_one_line() {
         let e = CertificateError::InvalidPurpose;
         assert!(!hint(rustls::Error::InvalidCertificate(e)).contains('\n'));
-        let e = CertificateError::UnsupportedSignatureAlgorithm;
-        assert!(!hint(rustls::Error::InvalidCertificate(e)).contains('\n'));
+        let e = CertificateError::UnsupportedSignatureAlgorithmContext {
+            signature_algorithm_id: vec![1, 2, 3],
+            supported_algorithms: Vec::new(),
+        };
+        let h = hint(rustls::Error::InvalidCertificate(e));
+        assert!(h.contains("algorithm this program does not support") && !h.contains('\n'), "{h}");
     }
 }
