@@ -131,9 +131,16 @@ fn a_cancelled_job_says_who_cancelled_it_and_why() {
     let (code, v) = cancel(&f, &job, Some(json!({ "by": "bob" })));
     assert_eq!((code, v["reason"].as_str()), (200, Some("cancelled by alice: wrong dataset")), "{v}");
 
-    // Without a body (what `flotilla job cancel` sends today): an admin.
+    // `flotilla job cancel` names the operator ($USER, else "admin").
     let other = f.submit(&job_spec("cancel-me-too", 5));
-    let out = f.admin_cli(&["job", "cancel", &other]);
+    let out = f.admin_cli(&["job", "cancel", &other, "--reason", "wrong dataset"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(reason(&f.status(&other)), "cancelled by an admin");
+    let who = std::env::var("USER").ok().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| "admin".to_owned());
+    assert_eq!(reason(&f.status(&other)), format!("cancelled by {who}: wrong dataset"));
+
+    // An empty body (any other client of the admin API): an admin.
+    let third = f.submit(&job_spec("cancel-me-three", 5));
+    let (code, v) = cancel(&f, &third, None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(reason(&f.status(&third)), "cancelled by an admin");
 }
