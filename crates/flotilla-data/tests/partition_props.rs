@@ -58,6 +58,12 @@ proptest! {
             Ok(p) => p,
             // Dirichlet may legitimately give up on tiny data with min_samples > 0
             Err(flotilla_data::PartitionError::DirichletGaveUp { .. }) => return Ok(()),
+            // More shards than samples (up to 12 × 4 = 48 against 40) is refused by design.
+            Err(flotilla_data::PartitionError::TooManyShards { shards, num_samples })
+                if shards > num_samples && shards == k * match spec {
+                    PartitionSpec::Shards { classes_per_client } => classes_per_client,
+                    _ => 0,
+                } => return Ok(()),
             Err(e) => return Err(TestCaseError::fail(format!("{spec:?}: {e}"))),
         };
         prop_assert_eq!(p.clients.len(), k);
