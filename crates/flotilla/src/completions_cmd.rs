@@ -1,6 +1,8 @@
 //! `flotilla completions SHELL`: shell completion scripts, generated from the command definitions.
 
-use anyhow::Result;
+use std::io::Write;
+
+use anyhow::{Context, Result};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
@@ -19,6 +21,12 @@ pub struct CompletionsArgs {
 /// Prints the completion script for `args.shell` on stdout.
 pub fn run(args: CompletionsArgs) -> Result<()> {
     let mut cmd = crate::Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "flotilla", &mut std::io::stdout().lock());
-    Ok(())
+    // Into memory first: `generate` panics on a write error, and a reader that stops early
+    // (`| head`) is no error of ours.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "flotilla", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the completion script to stdout"),
+    }
 }
