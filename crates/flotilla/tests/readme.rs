@@ -42,6 +42,19 @@ fn marked_block(readme: &str, marker: &str) -> Result<String, String> {
     Err(format!("the ```sh block after `{marker}` in README.md is not closed"))
 }
 
+/// Removes the variables `cargo test` sets for this test (`CARGO`, `CARGO_MANIFEST_DIR`, …) from
+/// `cmd`'s environment: a `cargo build` run with them sees other compile-time environment values and
+/// rebuilds part of the release tree, which the user's next build then rebuilds again.
+fn without_cargo_test_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let keep = matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_BUILD_JOBS");
+        if (key == "CARGO" || key.starts_with("CARGO_")) && !keep {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
 /// A fresh, empty directory for one run.
 fn work_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flotilla-readme-{}-{name}", std::process::id()));
@@ -62,6 +75,7 @@ impl Script {
     fn start(dir: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Script {
         let mut cmd = Command::new("bash");
         cmd.args(args).current_dir(workspace_root()).process_group(0).stdin(Stdio::null());
+        without_cargo_test_env(&mut cmd);
         // The run must not depend on the caller's settings.
         for var in ["FLOTILLA", "FLOTILLA_CLIENTS", "FLOTILLA_JOB", "FLOTILLA_ADMIN_TOKEN", "FLOTILLA_ADMIN_URL", "FLOTILLA_CA_CERT"] {
             cmd.env_remove(var);
@@ -251,7 +265,10 @@ fn how_to_run_a_federation_by_hand_runs_as_written() {
     let script = all_sh_blocks(&guide);
     assert!(script.contains("job download"), "the guide ends with the model downloaded:\n{script}");
     // The guide assumes a release build, as it says.
-    let built = Command::new("cargo").args(["build", "--release"]).current_dir(workspace_root()).status().unwrap();
+    let mut build = Command::new("cargo");
+    build.args(["build", "--release"]).current_dir(workspace_root());
+    without_cargo_test_env(&mut build);
+    let built = build.status().unwrap();
     assert!(built.success(), "cargo build --release");
     let dir = work_dir("how-to");
     let root = workspace_root().canonicalize().unwrap();
