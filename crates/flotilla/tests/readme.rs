@@ -119,20 +119,31 @@ impl Drop for Script {
     }
 }
 
-/// Processes (other than zombies) whose command line mentions `dir`, as `pid: command line`.
-fn processes_mentioning(dir: &Path) -> Vec<String> {
-    let needle = dir.to_str().unwrap();
+/// Live processes other than this one (zombies have no command line left) for which `keep(proc
+/// entry, command line)` holds, as `pid: command line`.
+fn processes(keep: impl Fn(&Path, &str) -> bool) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         // A process may end while it is being read: its files vanish, which is fine.
         let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(needle) && pid != std::process::id() {
+        if pid != std::process::id() && !raw.is_empty() && keep(&entry.path(), &cmdline) {
             found.push(format!("{pid}: {}", cmdline.trim_end()));
         }
     }
     found
+}
+
+/// Processes whose command line mentions `dir`.
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_str().unwrap();
+    processes(|_, cmdline| cmdline.contains(needle))
+}
+
+/// Processes whose working directory is `dir` (the how-to guide's commands use relative paths).
+fn processes_in(dir: &Path) -> Vec<String> {
+    processes(|entry, _| std::fs::read_link(entry.join("cwd")).ok().as_deref() == Some(dir))
 }
 
 fn read(path: &Path) -> String {
@@ -213,24 +224,6 @@ fn all_sh_blocks(markdown: &str) -> String {
         }
     }
     script
-}
-
-/// Live processes whose working directory is `dir` (the how-to guide's commands use relative paths).
-fn processes_in(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if pid == std::process::id() || std::fs::read_link(entry.path().join("cwd")).ok().as_deref() != Some(dir) {
-            continue;
-        }
-        // Zombies have no command line left; they are not running.
-        if let Ok(raw) = std::fs::read(entry.path().join("cmdline"))
-            && !raw.is_empty()
-        {
-            found.push(format!("{pid}: {}", String::from_utf8_lossy(&raw).replace('\0', " ").trim_end()));
-        }
-    }
-    found
 }
 
 #[test]
