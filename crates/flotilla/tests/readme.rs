@@ -25,11 +25,15 @@ fn readme_block(readme: &str) -> Result<String, String> {
 fn marked_block(readme: &str, marker: &str) -> Result<String, String> {
     let mut lines = readme.lines().skip_while(|l| l.trim() != marker);
     if lines.next().is_none() {
-        return Err(format!("README.md has no `{marker}` line: the block is not marked for this test"));
+        return Err(format!(
+            "README.md has no `{marker}` line: the block is not marked for this test"
+        ));
     }
     let mut lines = lines.skip_while(|l| l.trim().is_empty());
     if lines.next().map(str::trim) != Some("```sh") {
-        return Err(format!("the line after `{marker}` in README.md must open a ```sh block"));
+        return Err(format!(
+            "the line after `{marker}` in README.md must open a ```sh block"
+        ));
     }
     let mut block = String::new();
     for line in lines {
@@ -39,7 +43,9 @@ fn marked_block(readme: &str, marker: &str) -> Result<String, String> {
         block.push_str(line);
         block.push('\n');
     }
-    Err(format!("the ```sh block after `{marker}` in README.md is not closed"))
+    Err(format!(
+        "the ```sh block after `{marker}` in README.md is not closed"
+    ))
 }
 
 /// Removes the variables `cargo test` sets for this test (`CARGO`, `CARGO_MANIFEST_DIR`, …) from
@@ -48,7 +54,10 @@ fn marked_block(readme: &str, marker: &str) -> Result<String, String> {
 fn without_cargo_test_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        let keep = matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_BUILD_JOBS");
+        let keep = matches!(
+            key.as_str(),
+            "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_BUILD_JOBS"
+        );
         if (key == "CARGO" || key.starts_with("CARGO_")) && !keep {
             cmd.env_remove(&key);
         }
@@ -74,19 +83,34 @@ impl Script {
     /// `extra_env`; stdout and stderr go to `dir/out.log` and `dir/err.log`.
     fn start(dir: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Script {
         let mut cmd = Command::new("bash");
-        cmd.args(args).current_dir(workspace_root()).process_group(0).stdin(Stdio::null());
+        cmd.args(args)
+            .current_dir(workspace_root())
+            .process_group(0)
+            .stdin(Stdio::null());
         without_cargo_test_env(&mut cmd);
         // The run must not depend on the caller's settings.
-        for var in ["FLOTILLA", "FLOTILLA_CLIENTS", "FLOTILLA_JOB", "FLOTILLA_ADMIN_TOKEN", "FLOTILLA_ADMIN_URL", "FLOTILLA_CA_CERT"] {
+        for var in [
+            "FLOTILLA",
+            "FLOTILLA_CLIENTS",
+            "FLOTILLA_JOB",
+            "FLOTILLA_ADMIN_TOKEN",
+            "FLOTILLA_ADMIN_URL",
+            "FLOTILLA_CA_CERT",
+        ] {
             cmd.env_remove(var);
         }
         cmd.env("FLOTILLA_DIR", dir.join("fl"))
             .env("FLOTILLA_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .env("FLOTILLA_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env(
+                "FLOTILLA_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
             .envs(extra_env.iter().copied())
             .stdout(std::fs::File::create(dir.join("out.log")).unwrap())
             .stderr(std::fs::File::create(dir.join("err.log")).unwrap());
-        Script { child: cmd.spawn().expect("bash runs") }
+        Script {
+            child: cmd.spawn().expect("bash runs"),
+        }
     }
 
     /// Waits up to `timeout` for the shell to exit; `None` if it is still running.
@@ -105,7 +129,11 @@ impl Script {
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {sig} {pid}");
     }
 }
@@ -114,7 +142,10 @@ impl Drop for Script {
     fn drop(&mut self) {
         // The whole group: the shell and every process it started.
         let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -124,9 +155,17 @@ impl Drop for Script {
 fn processes(keep: impl Fn(&Path, &str) -> bool) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         // A process may end while it is being read: its files vanish, which is fine.
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         if pid != std::process::id() && !raw.is_empty() && keep(&entry.path(), &cmdline) {
             found.push(format!("{pid}: {}", cmdline.trim_end()));
@@ -158,14 +197,24 @@ fn readme_federation_block_runs_as_written_and_leaves_no_process() {
     let mut script = Script::start(&dir, &["-euo", "pipefail", "-c", &block], &[]);
     let status = script.wait_for(Duration::from_secs(600));
     let (out, err) = (read(&dir.join("out.log")), read(&dir.join("err.log")));
-    let status = status.unwrap_or_else(|| panic!("the README block ran for over 10 minutes; stdout:\n{out}\nstderr:\n{err}"));
-    assert!(status.success(), "the README block failed ({status}); stdout:\n{out}\nstderr:\n{err}");
+    let status = status.unwrap_or_else(|| {
+        panic!("the README block ran for over 10 minutes; stdout:\n{out}\nstderr:\n{err}")
+    });
     assert!(
-        out.lines().any(|l| l.starts_with("federation finished: job ") && l.contains(" completed; trained model in ")),
+        status.success(),
+        "the README block failed ({status}); stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("federation finished: job ")
+                && l.contains(" completed; trained model in ")),
         "the output does not show the job completed:\n{out}"
     );
     let left = processes_mentioning(&dir);
-    assert!(left.is_empty(), "processes left behind by the README block: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "processes left behind by the README block: {left:#?}"
+    );
     drop(script);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -174,38 +223,80 @@ fn readme_federation_block_runs_as_written_and_leaves_no_process() {
 fn federation_script_stops_everything_on_ctrl_c() {
     let dir = work_dir("sigint");
     let fl = dir.join("fl");
-    let mut script = Script::start(&dir, &["examples/federation.sh"], &[("FLOTILLA", bin()), ("FLOTILLA_CLIENTS", "2")]);
+    let mut script = Script::start(
+        &dir,
+        &["examples/federation.sh"],
+        &[("FLOTILLA", bin()), ("FLOTILLA_CLIENTS", "2")],
+    );
     // Interrupt once everything is started: the server is ready and both clients were launched.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(fl.join("server.ready").exists() && read(&dir.join("out.log")).contains("started 2 clients")) {
+    while !(fl.join("server.ready").exists()
+        && read(&dir.join("out.log")).contains("started 2 clients"))
+    {
         if let Some(status) = script.child.try_wait().unwrap() {
-            panic!("the script exited early ({status}): {}{}", read(&dir.join("out.log")), read(&dir.join("err.log")));
+            panic!(
+                "the script exited early ({status}): {}{}",
+                read(&dir.join("out.log")),
+                read(&dir.join("err.log"))
+            );
         }
-        assert!(Instant::now() < deadline, "the federation did not start; see {}", dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "the federation did not start; see {}",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!processes_mentioning(&fl).is_empty(), "the server and clients run");
+    assert!(
+        !processes_mentioning(&fl).is_empty(),
+        "the server and clients run"
+    );
     script.signal("-INT");
     let status = script.wait_for(Duration::from_secs(15));
     let out = read(&dir.join("out.log"));
-    let status = status.unwrap_or_else(|| panic!("the script did not exit within 15 s of SIGINT:\n{out}"));
-    assert_eq!(status.code(), Some(130), "exit status after Ctrl-C; stdout:\n{out}");
+    let status =
+        status.unwrap_or_else(|| panic!("the script did not exit within 15 s of SIGINT:\n{out}"));
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after Ctrl-C; stdout:\n{out}"
+    );
     assert!(out.contains("stopping 3 processes"), "{out}");
     let left = processes_mentioning(&fl);
-    assert!(left.is_empty(), "processes left behind after SIGINT: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "processes left behind after SIGINT: {left:#?}"
+    );
     // The server was stopped cleanly (SIGTERM, not SIGKILL): it removed its ready file.
-    assert!(!fl.join("server.ready").exists(), "the server did not shut down cleanly:\n{}", read(&fl.join("server.log")));
+    assert!(
+        !fl.join("server.ready").exists(),
+        "the server did not shut down cleanly:\n{}",
+        read(&fl.join("server.log"))
+    );
     drop(script);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_block_is_found_only_after_the_marker() {
-    let readme = format!("# x\n\n```sh\nfalse\n```\n{MARKER}\n\n```sh\necho one\necho two\n```\nmore\n");
+    let readme =
+        format!("# x\n\n```sh\nfalse\n```\n{MARKER}\n\n```sh\necho one\necho two\n```\nmore\n");
     assert_eq!(readme_block(&readme).unwrap(), "echo one\necho two\n");
-    assert!(readme_block("```sh\necho\n```\n").unwrap_err().contains("no `<!-- test: federation -->` line"));
-    assert!(readme_block(&format!("{MARKER}\ntext\n```sh\n```\n")).unwrap_err().contains("must open a ```sh block"));
-    assert!(readme_block(&format!("{MARKER}\n```sh\necho\n")).unwrap_err().contains("not closed"));
+    assert!(
+        readme_block("```sh\necho\n```\n")
+            .unwrap_err()
+            .contains("no `<!-- test: federation -->` line")
+    );
+    assert!(
+        readme_block(&format!("{MARKER}\ntext\n```sh\n```\n"))
+            .unwrap_err()
+            .contains("must open a ```sh block")
+    );
+    assert!(
+        readme_block(&format!("{MARKER}\n```sh\necho\n"))
+            .unwrap_err()
+            .contains("not closed")
+    );
 }
 
 /// Every ```sh block of a Markdown file, in order, as one script.
@@ -232,14 +323,26 @@ fn readme_simulation_block_runs_as_written() {
     let block = marked_block(&readme, "<!-- test: simulate -->").unwrap_or_else(|e| panic!("{e}"));
     let dir = work_dir("simulate");
     let mut script = Script::start(&dir, &["-euo", "pipefail", "-c", &block], &[]);
-    let status = script.wait_for(Duration::from_secs(600)).expect("the simulation block ran for over 10 minutes");
+    let status = script
+        .wait_for(Duration::from_secs(600))
+        .expect("the simulation block ran for over 10 minutes");
     let (out, err) = (read(&dir.join("out.log")), read(&dir.join("err.log")));
-    assert!(status.success(), "the README simulation block failed ({status}); stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        status.success(),
+        "the README simulation block failed ({status}); stdout:\n{out}\nstderr:\n{err}"
+    );
     let results: serde_json::Value =
-        serde_json::from_str(&read(&workspace_root().join("results/digits.json"))).expect("results/digits.json is JSON");
+        serde_json::from_str(&read(&workspace_root().join("results/digits.json")))
+            .expect("results/digits.json is JSON");
     let acc = results["final_accuracy"].as_f64().expect("final_accuracy");
-    assert!(acc > 0.8, "the README promises a converging federation; final accuracy {acc}");
-    assert!(workspace_root().join("results/digits.svg").exists(), "the convergence plot is written");
+    assert!(
+        acc > 0.8,
+        "the README promises a converging federation; final accuracy {acc}"
+    );
+    assert!(
+        workspace_root().join("results/digits.svg").exists(),
+        "the convergence plot is written"
+    );
     drop(script);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -254,12 +357,18 @@ fn how_to_run_a_federation_by_hand_runs_as_written() {
             "port {port} is taken: the how-to guide's commands use it; stop what listens there"
         );
     }
-    let guide = std::fs::read_to_string(workspace_root().join("docs/how-to/run-a-federation.md")).unwrap();
+    let guide =
+        std::fs::read_to_string(workspace_root().join("docs/how-to/run-a-federation.md")).unwrap();
     let script = all_sh_blocks(&guide);
-    assert!(script.contains("job download"), "the guide ends with the model downloaded:\n{script}");
+    assert!(
+        script.contains("job download"),
+        "the guide ends with the model downloaded:\n{script}"
+    );
     // The guide assumes a release build, as it says.
     let mut build = Command::new("cargo");
-    build.args(["build", "--release"]).current_dir(workspace_root());
+    build
+        .args(["build", "--release"])
+        .current_dir(workspace_root());
     without_cargo_test_env(&mut build);
     let built = build.status().unwrap();
     assert!(built.success(), "cargo build --release");
@@ -269,28 +378,53 @@ fn how_to_run_a_federation_by_hand_runs_as_written() {
         std::os::unix::fs::symlink(root.join(link), dir.join(link)).unwrap();
     }
     let mut cmd = Command::new("bash");
-    cmd.args(["-euo", "pipefail", "-c", &script]).current_dir(&dir).process_group(0).stdin(Stdio::null());
-    for var in ["FLOTILLA_ADMIN_TOKEN", "FLOTILLA_ADMIN_URL", "FLOTILLA_CA_CERT", "FLOTILLA_ADMIN_WAIT"] {
+    cmd.args(["-euo", "pipefail", "-c", &script])
+        .current_dir(&dir)
+        .process_group(0)
+        .stdin(Stdio::null());
+    for var in [
+        "FLOTILLA_ADMIN_TOKEN",
+        "FLOTILLA_ADMIN_URL",
+        "FLOTILLA_CA_CERT",
+        "FLOTILLA_ADMIN_WAIT",
+    ] {
         cmd.env_remove(var);
     }
     cmd.stdout(std::fs::File::create(dir.join("out.log")).unwrap())
         .stderr(std::fs::File::create(dir.join("err.log")).unwrap());
-    let mut script = Script { child: cmd.spawn().unwrap() };
+    let mut script = Script {
+        child: cmd.spawn().unwrap(),
+    };
     let status = script.wait_for(Duration::from_secs(600));
     let (out, err) = (read(&dir.join("out.log")), read(&dir.join("err.log")));
-    let status = status.unwrap_or_else(|| panic!("the guide ran for over 10 minutes; stdout:\n{out}\nstderr:\n{err}"));
+    let status = status.unwrap_or_else(|| {
+        panic!("the guide ran for over 10 minutes; stdout:\n{out}\nstderr:\n{err}")
+    });
     let server_log = read(&dir.join("fl/server.log"));
-    assert!(status.success(), "the guide failed ({status}); stdout:\n{out}\nstderr:\n{err}\nserver log:\n{server_log}");
-    let model = std::fs::read(dir.join("fl/model.safetensors")).expect("the guide downloads the model");
-    assert!(model.len() > 64 * 10 * 4, "a logistic-regression model of digits is at least 64×10 f32s");
-    assert!(out.contains("completed"), "job status says completed:\n{out}");
+    assert!(
+        status.success(),
+        "the guide failed ({status}); stdout:\n{out}\nstderr:\n{err}\nserver log:\n{server_log}"
+    );
+    let model =
+        std::fs::read(dir.join("fl/model.safetensors")).expect("the guide downloads the model");
+    assert!(
+        model.len() > 64 * 10 * 4,
+        "a logistic-regression model of digits is at least 64×10 f32s"
+    );
+    assert!(
+        out.contains("completed"),
+        "job status says completed:\n{out}"
+    );
     // `kill $(jobs -p)` stops the server and the clients; they exit cleanly within moments.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !processes_in(&dir).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     let left = processes_in(&dir);
-    assert!(left.is_empty(), "processes left behind by the guide: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "processes left behind by the guide: {left:#?}"
+    );
     drop(script);
     let _ = std::fs::remove_dir_all(&dir);
 }

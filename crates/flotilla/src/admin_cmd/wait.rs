@@ -15,7 +15,13 @@ const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
 /// Polls the job every `interval` until it is completed, failed or cancelled, printing one line on
 /// stderr whenever its progress or its reason changes; then prints its status (human, or JSON with
 /// `json`). Fails unless the job completed, or when `timeout` passes first.
-pub(super) fn wait(admin: &Admin, id: &str, timeout: Option<Duration>, interval: Duration, json: bool) -> Result<()> {
+pub(super) fn wait(
+    admin: &Admin,
+    id: &str,
+    timeout: Option<Duration>,
+    interval: Duration,
+    json: bool,
+) -> Result<()> {
     let start = Instant::now();
     let mut last_line = String::new();
     loop {
@@ -33,7 +39,11 @@ pub(super) fn wait(admin: &Admin, id: &str, timeout: Option<Duration>, interval:
                 print!("{}", admin_view::job_status(&s, &Clock::local()));
             }
             if s.job.state != "completed" {
-                let why = s.reason.as_deref().or(s.stopped_reason.as_deref()).unwrap_or("no reason given");
+                let why = s
+                    .reason
+                    .as_deref()
+                    .or(s.stopped_reason.as_deref())
+                    .unwrap_or("no reason given");
                 bail!("job {id} {}: {}", s.job.state, admin_view::clean(why));
             }
             return Ok(());
@@ -54,8 +64,15 @@ pub(super) fn wait(admin: &Admin, id: &str, timeout: Option<Duration>, interval:
 /// `job 3 running: round 7/20, accuracy 84.1%` or, when it is not progressing, the reason.
 fn progress_line(s: &JobStatus) -> String {
     let j = &s.job;
-    let mut line = format!("job {} {}: round {}/{}", j.job_id, j.state, j.rounds_completed, j.rounds_total);
-    if let Some(acc) = s.history.last().and_then(|r| r.metrics["eval_accuracy"].as_f64()) {
+    let mut line = format!(
+        "job {} {}: round {}/{}",
+        j.job_id, j.state, j.rounds_completed, j.rounds_total
+    );
+    if let Some(acc) = s
+        .history
+        .last()
+        .and_then(|r| r.metrics["eval_accuracy"].as_f64())
+    {
         line.push_str(&format!(", accuracy {:.1}%", acc * 100.0));
     }
     if let Some(why) = &s.reason {

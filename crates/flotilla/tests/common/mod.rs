@@ -31,7 +31,11 @@ impl Drop for Procs {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A coordinator process (TLS, its own data dir and ports) and the client processes started for it.
@@ -49,8 +53,15 @@ impl Federation {
         let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new(bin()).args(["dev-certs", dir.join("certs").to_str().unwrap()]).output().unwrap();
-        assert!(out.status.success(), "dev-certs: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin())
+            .args(["dev-certs", dir.join("certs").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dev-certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut f = Federation {
             dir,
             grpc: free_port(),
@@ -85,7 +96,10 @@ impl Federation {
             .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join(format!("server-{}.log", self.server.0.len()))).unwrap());
+            .stderr(
+                std::fs::File::create(self.dir.join(format!("server-{}.log", self.server.0.len())))
+                    .unwrap(),
+            );
         if let Some(url) = &self.database_url {
             cmd.args(["--database-url", url]);
         }
@@ -120,12 +134,28 @@ impl Federation {
 
     pub fn last_line(&self, args: &[&str]) -> String {
         let out = self.admin_cli(args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_string()
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn start_clients(&mut self, n: usize) {
-        let token = self.last_line(&["enroll-token", "create", "--uses", &n.to_string(), "--expires", "1h"]);
+        let token = self.last_line(&[
+            "enroll-token",
+            "create",
+            "--uses",
+            &n.to_string(),
+            "--expires",
+            "1h",
+        ]);
         for i in 0..n {
             self.spawn_client(&format!("client-{i}"), &token, &format!("{i}/{n}"));
         }
@@ -137,9 +167,20 @@ impl Federation {
     }
 
     /// [`Federation::spawn_client`] with extra CLI arguments and a `RUST_LOG` filter.
-    pub fn spawn_client_with(&mut self, name: &str, token: &str, partition: &str, extra: &[&str], log: &str) {
+    pub fn spawn_client_with(
+        &mut self,
+        name: &str,
+        token: &str,
+        partition: &str,
+        extra: &[&str],
+        log: &str,
+    ) {
         let child = Command::new(bin())
-            .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", self.grpc)])
+            .args([
+                "client",
+                "--coordinator",
+                &format!("https://127.0.0.1:{}", self.grpc),
+            ])
             .args(["--ca-cert", &self.ca(), "--token", token])
             .arg("--state-dir")
             .arg(self.dir.join(name))
@@ -167,14 +208,24 @@ impl Federation {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
-    pub fn wait_for(&self, job: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &self,
+        job: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status(job);
             if done(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status {s}; logs in {}", self.dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status {s}; logs in {}",
+                self.dir.display()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
