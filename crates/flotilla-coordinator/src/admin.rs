@@ -257,12 +257,32 @@ async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>, body: 
         serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
     };
     let text = crate::reasons::cancel_text(req.by.as_deref(), req.reason.as_deref()).map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
-    st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text)).await?;
-    st.shared.remove_job(id.0);
-    // A second cancel is a no-op that keeps the first reason: answer with what is recorded.
-    let reason = st.shared.store.get_job(id).await?.state_reason.unwrap_or(text);
-    tracing::info!(job = id.0, reason = ?reason, "job cancelled");
-    Ok(Json(json!({ "job_id": id.0, "state": "cancelled", "reason": reason })))
+    let terminal = |job: &JobRecord| {
+        let mut msg = format!("job {} is already {}; only a pending or running job can be cancelled", id.0, job.state.as_str());
+        if let Some(r) = &job.state_reason {
+            msg = format!("{msg} ({r})");
+        }
+        ApiError(StatusCode::CONFLICT, msg)
+    };
+    let job = st.shared.store.get_job(id).await?;
+    if job.state.is_terminal() {
+        return Err(terminal(&job));
+    }
+    match st.shared.job(&id.0.to_string()) {
+        Some(rt) => {
+            // Under the job's lock: no round of it is being driven or committed meanwhile, and a
+            // request that holds the runtime afterwards sees it ended.
+            let mut inner = rt.inner.lock().await;
+            if inner.ended.is_some() {
+                return Err(terminal(&st.shared.store.get_job(id).await?));
+            }
+            st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text)).await?;
+            st.shared.end_job(&rt, &mut inner, JobState::Cancelled);
+        }
+        None => st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text)).await?,
+    }
+    tracing::info!(job = id.0, reason = ?text, "job cancelled");
+    Ok(Json(json!({ "job_id": id.0, "state": "cancelled", "reason": text })))
 }
 
 async fn list_clients(State(st): State<AdminState>) -> ApiResult {

@@ -88,6 +88,9 @@ pub(crate) struct JobInner {
     /// What the job remembers to explain itself: client-reported failures, the last abandoned
     /// attempt, when its wait for clients was logged.
     pub notes: crate::reasons::JobNotes,
+    /// Set when the job completed, failed or was cancelled: the runtime has left the job table,
+    /// and a request that still holds it is refused (`job_ended`) without touching the machine.
+    pub ended: Option<JobState>,
 }
 
 /// A job being run by this process.
@@ -110,6 +113,8 @@ pub(crate) struct Outcome {
     pub reject: Option<RejectReason>,
     /// The event led to a commit that could not be persisted.
     pub persist_failed: Option<String>,
+    /// The job had ended (or ended because of this event's commit): its state.
+    pub ended: Option<JobState>,
 }
 
 /// A timer to fire for a job.
@@ -157,6 +162,9 @@ pub(crate) struct Shared {
     pub partial_uploads: StdMutex<crate::service::PartialUploads>,
     pub limits: crate::Limits,
     pub data_dir: PathBuf,
+    /// When each client's `last_seen` was last written (Unix ms); entries older than
+    /// [`crate::bounds::TOUCH_INTERVAL_MS`] are dropped once the map holds
+    /// [`crate::bounds::MAX_TOUCH_ENTRIES`].
     pub last_touch: StdMutex<HashMap<u64, u64>>,
     pub rotate: AtomicU64,
     /// Successful credential lookups, so authenticated calls skip the database.
@@ -165,6 +173,8 @@ pub(crate) struct Shared {
     pub credential_ttl: Duration,
     /// Differential-privacy accountants and budgets of jobs and tenants.
     pub privacy: crate::privacy::PrivacyBook,
+    /// The states of the jobs that ended most recently, for the answers to late calls.
+    pub recently_ended: crate::job_end::RecentlyEnded,
 }
 
 /// Store operations are retried this many times on infrastructure errors.
@@ -236,6 +246,7 @@ impl Shared {
                 halted: None,
                 secagg,
                 notes: Default::default(),
+                ended: None,
             }),
             evaluator: evaluator.map(|e| Arc::new(StdMutex::new(e))),
         }))
@@ -270,6 +281,10 @@ impl Shared {
         out: &mut Outcome,
         followups: &mut std::collections::VecDeque<crate::secagg_round::Followup>,
     ) {
+        if let Some(state) = inner.ended {
+            out.ended = Some(state);
+            return;
+        }
         if let Some(h) = &inner.halted {
             out.persist_failed = Some(h.clone());
             return;
@@ -335,6 +350,14 @@ impl Shared {
                 Action::Commit(info) => {
                     let snap = snapshot.as_deref().unwrap_or("null");
                     if let Err(msg) = self.persist_commit(job, inner, &info, snap).await {
+                        // Cancelled (elsewhere than through this process's job lock) while the
+                        // round was being committed: a normal end, not a storage fault.
+                        if let Some(state) = self.ended_in_store(job.id).await {
+                            tracing::info!(job = job.id.0, round = info.round, state = state.as_str(), "job ended while its round was being committed; round dropped");
+                            self.end_job(job, inner, state);
+                            out.ended = Some(state);
+                            return;
+                        }
                         tracing::error!(job = job.id.0, round = info.round, "commit not persisted; job halted until restart: {msg}");
                         inner.halted = Some(msg.clone());
                         out.persist_failed = Some(msg);
@@ -347,6 +370,7 @@ impl Shared {
                     if let Err(why) = self.privacy.admit_next(&self.store, job.id, &job.spec, info.round).await {
                         self.stop_for_privacy(job, inner, why).await;
                         out.task = None;
+                        out.ended = Some(JobState::Failed);
                         return;
                     }
                 }
@@ -390,6 +414,9 @@ impl Shared {
                 }
                 Action::JobFinished => {
                     tracing::info!(job = job.id.0, "job completed");
+                    // `commit_round` of the last round marked it completed in the store.
+                    self.end_job(job, inner, JobState::Completed);
+                    out.ended = Some(JobState::Completed);
                 }
                 Action::JobFailed { reason } => {
                     // What clients reported is usually the cause: it comes first.
@@ -402,9 +429,17 @@ impl Shared {
                     if let Err(e) = self.store.set_job_state_with_reason(job.id, JobState::Failed, Some(&reason)).await {
                         tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
                     }
+                    self.end_job(job, inner, JobState::Failed);
+                    out.ended = Some(JobState::Failed);
                 }
             }
         }
+    }
+
+    /// The job's state in the store if it is terminal (bounded wait; `None` otherwise or on error).
+    async fn ended_in_store(&self, id: JobId) -> Option<JobState> {
+        let lookup = tokio::time::timeout(Duration::from_secs(5), self.store.get_job(id)).await;
+        lookup.ok()?.ok().map(|j| j.state).filter(|s| s.is_terminal())
     }
 
     async fn persist_commit(&self, job: &JobRuntime, inner: &mut JobInner, info: &CommitInfo, snapshot: &str) -> Result<(), String> {
@@ -503,7 +538,7 @@ impl Shared {
             tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
         }
         inner.halted = Some(why);
-        self.remove_job(job.id.0);
+        self.end_job(job, inner, JobState::Failed);
     }
 
     /// A committed model version of a job: from memory, else from the blob store.
@@ -527,8 +562,9 @@ impl Shared {
         if version == 0 {
             return Err(not_found());
         }
-        let history = self.store.job_history(job.id).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let round = history.into_iter().find(|r| r.model_version == version).ok_or_else(not_found)?;
+        // Version v is round v's model: one row, not the job's whole history.
+        let round = self.store.get_round(job.id, version).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let round = round.filter(|r| r.model_version == version).ok_or_else(not_found)?;
         let bytes = self.store.get_model(&round.model_blob_key).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let params = flotilla_core::params_from_le_bytes(&bytes).ok_or_else(|| tonic::Status::data_loss("stored model is not f32 data"))?;
         Ok(Arc::new(ModelVersion::new(version, params, &job.layout, &job.model_spec, None)))
@@ -676,7 +712,10 @@ pub(crate) async fn timer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
         };
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(e) => heap.push(Reverse(e)),
+                Some(e) => {
+                    heap.push(Reverse(e));
+                    crate::bounds::prune_timers(&mut heap, &shared);
+                }
                 None => return,
             },
             () = sleep => {

@@ -23,7 +23,9 @@
 
 mod admin;
 mod auth_cache;
+mod bounds;
 mod error;
+mod job_end;
 mod jobs;
 mod metrics;
 pub mod secagg_round;
@@ -238,6 +240,7 @@ impl Server {
             credentials: Default::default(),
             credential_ttl: config.credential_ttl,
             privacy,
+            recently_ended: Default::default(),
         });
         // Privacy spend is rebuilt from the committed rounds before any job resumes.
         shared.privacy.rebuild(&shared.store).await?;

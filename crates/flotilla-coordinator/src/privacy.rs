@@ -116,10 +116,9 @@ pub(crate) struct PrivacyBook {
 #[derive(Default)]
 struct BookInner {
     ledgers: BTreeMap<String, TenantLedger>,
-    /// Sampling rate of the admitted (in-flight) round of each running job.
+    /// Sampling rate of the admitted (in-flight) round of each running job (removed when the job
+    /// ends, so at most one entry per running job).
     pending_q: HashMap<u64, f64>,
-    /// Why a job was ended by a budget (this process's lifetime; recomputed after a restart).
-    stopped: HashMap<u64, String>,
 }
 
 fn job_key(id: JobId) -> String {
@@ -230,15 +229,15 @@ impl PrivacyBook {
             Some(l) => l.record_round(&job_key(id), q, p.dp.noise_multiplier).map(|_| ()).map_err(|e| refusal(&e)),
             None => Err(format!("job {} is missing from the privacy ledger", id.0)),
         };
-        match &result {
-            Ok(()) => {
-                inner.pending_q.insert(id.0, q);
-            }
-            Err(why) => {
-                inner.stopped.insert(id.0, why.clone());
-            }
+        if result.is_ok() {
+            inner.pending_q.insert(id.0, q);
         }
         result
+    }
+
+    /// Forgets the round in flight of a job that ended (its charge stays in the ledger).
+    pub fn forget_running(&self, id: JobId) {
+        self.lock().pending_q.remove(&id.0);
     }
 
     /// The privacy record of a round about to be committed (stored in its metrics): its `(q, σ)`,
@@ -272,7 +271,8 @@ impl PrivacyBook {
         let ledger = inner.ledgers.get(&job.tenant);
         let released = last_round_metrics.and_then(|m| m["privacy"]["epsilon_spent"].as_f64()).unwrap_or(0.0);
         let charged = ledger.and_then(|l| l.job(&job_key(job.id))).map(|j| j.spent().epsilon);
-        let mut stopped = inner.stopped.get(&job.id.0).cloned();
+        // The refusal is the failed job's stored reason (`stop_for_privacy` records it).
+        let mut stopped = job.state_reason.clone().filter(|r| job.state == JobState::Failed && r.starts_with("privacy budget: "));
         if stopped.is_none() && job.state == JobState::Failed && job.rounds_completed < job.rounds_total {
             // After a restart: the refusal is recomputed (spend only grows, so it still refuses).
             if let Some(l) = ledger {

@@ -119,6 +119,14 @@ impl CoordinatorService {
         status
     }
 
+    /// `REJECTED` `job_ended`: the upload's job completed, failed or was cancelled before the
+    /// update could be used. A normal end of a job, not an error: nothing is logged above DEBUG.
+    fn job_ended(&self, job: u64, state: flotilla_store::JobState) -> Response<v1::UploadResponse> {
+        self.shared.metrics.reject("job_ended");
+        tracing::debug!(job, state = state.as_str(), "upload refused: its job ended");
+        upload_refused("job_ended", format!("{}; the update is no longer needed", crate::job_end::not_running_text(job, state)))
+    }
+
     /// `PERMISSION_DENIED` unless the job belongs to the caller's tenant.
     fn check_tenant(&self, caller: &Caller, job: &JobRuntime) -> Result<(), Status> {
         if job.spec.tenant == caller.tenant {
@@ -147,19 +155,7 @@ impl CoordinatorService {
             Ok(c) => {
                 let id = c.client_id.0;
                 let now = now_ms();
-                let stale = self
-                    .shared
-                    .last_touch
-                    .lock()
-                    .map(|mut t| {
-                        let last = t.entry(id).or_insert(0);
-                        let stale = now.saturating_sub(*last) > 60_000;
-                        if stale {
-                            *last = now;
-                        }
-                        stale
-                    })
-                    .unwrap_or(false);
+                let stale = self.shared.last_touch.lock().map(|mut t| crate::bounds::touch_due(&mut t, id, now)).unwrap_or(false);
                 if stale {
                     // Off the request path: `last_seen` is informational and must not put a
                     // database write into the latency of a call.
@@ -277,7 +273,7 @@ impl Coordinator for CoordinatorService {
         }
         for job in &jobs {
             let mut inner = job.inner.lock().await;
-            if inner.halted.is_some() || inner.machine.is_finished() || inner.machine.failure().is_some() {
+            if inner.ended.is_some() || inner.halted.is_some() || inner.machine.is_finished() || inner.machine.failure().is_some() {
                 continue;
             }
             let out = self.shared.drive(job, &mut inner, Event::CheckIn { client }, Some(client)).await;
@@ -292,14 +288,21 @@ impl Coordinator for CoordinatorService {
         }
         Metrics::inc(&m.retry_afters);
         let reason = match (retry, any_job) {
-            (Some(_), _) => "no task for this client now",
-            (None, false) => "no running job matches",
-            (None, true) if jobs.is_empty() => "not eligible: num_samples below the jobs' eligibility.min_samples",
-            (None, true) => "no job has work now",
+            (Some(_), _) => "no task for this client now".to_owned(),
+            // The one job named has ended: say so (from memory only; no store query per check-in).
+            (None, false) => match wanted.as_slice() {
+                [one] => match self.shared.ended_recently(one) {
+                    Some((id, state)) => crate::job_end::not_running_text(id, state),
+                    None => "no running job matches".to_owned(),
+                },
+                _ => "no running job matches".to_owned(),
+            },
+            (None, true) if jobs.is_empty() => "not eligible: num_samples below the jobs' eligibility.min_samples".to_owned(),
+            (None, true) => "no job has work now".to_owned(),
         };
         let retry_after_ms = retry.unwrap_or(5000);
         Ok(Response::new(v1::CheckInResponse {
-            outcome: Some(v1::check_in_response::Outcome::RetryAfter(v1::RetryAfter { retry_after_ms, reason: reason.to_owned() })),
+            outcome: Some(v1::check_in_response::Outcome::RetryAfter(v1::RetryAfter { retry_after_ms, reason })),
         }))
     }
 
@@ -309,7 +312,7 @@ impl Coordinator for CoordinatorService {
         let caller = self.authenticate(&req).await?;
         let r = req.into_inner();
         let Some(job) = self.shared.job(&r.job_id) else {
-            return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&r.job_id)))));
+            return Err(self.refuse("unknown_job", self.shared.not_running_status(&r.job_id).await));
         };
         self.check_tenant(&caller, &job)?;
         let model = match self.shared.model_version(&job, r.model_version).await {
@@ -355,7 +358,7 @@ impl Coordinator for CoordinatorService {
             None => return Err(self.refuse("invalid_header", Status::invalid_argument("empty upload stream"))),
         };
         let Some(job) = shared.job(&header.job_id) else {
-            return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&header.job_id)))));
+            return Err(self.refuse("unknown_job", shared.not_running_status(&header.job_id).await));
         };
         self.check_tenant(&caller, &job)?;
         let key = (header.round, header.attempt, header.stage_index, client);
@@ -371,6 +374,9 @@ impl Coordinator for CoordinatorService {
                     shared.metrics.reject("conflicting_update");
                     upload_refused("conflicting_update", "a different update was already accepted for this round, attempt and stage")
                 });
+            }
+            if let Some(state) = inner.ended {
+                return Ok(self.job_ended(job.id.0, state));
             }
             if inner.machine.is_finished() || inner.machine.failure().is_some() {
                 shared.metrics.reject("not_accepting");
@@ -463,6 +469,10 @@ impl Coordinator for CoordinatorService {
         }
         let train_loss = header.metrics.get("train_loss").copied().unwrap_or(f64::NAN);
         let mut inner = job.inner.lock().await;
+        // The job ended while the payload arrived (cancelled, completed, failed): nothing to retry.
+        if let Some(state) = inner.ended {
+            return Ok(self.job_ended(job.id.0, state));
+        }
         if let Some(sha) = inner.accepted.get(&key) {
             let dup = *sha == header.sha256;
             shared.metrics.reject(if dup { "duplicate" } else { "conflicting_update" });
@@ -502,6 +512,9 @@ impl Coordinator for CoordinatorService {
         if out.accepted {
             inner.accepted.insert(key, header.sha256.clone());
         }
+        if let (Some(state), false) = (out.ended, out.accepted) {
+            return Ok(self.job_ended(job.id.0, state));
+        }
         if let Some(msg) = out.persist_failed {
             return Err(Status::unavailable(format!("the coordinator could not persist the round ({msg}); retry later")));
         }
@@ -518,10 +531,13 @@ impl Coordinator for CoordinatorService {
         let caller = self.authenticate(&req).await?;
         let r = req.into_inner();
         let Some(job) = self.shared.job(&r.job_id) else {
-            return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&r.job_id)))));
+            return Err(self.refuse("unknown_job", self.shared.not_running_status(&r.job_id).await));
         };
         self.check_tenant(&caller, &job)?;
         let mut inner = job.inner.lock().await;
+        if let Some(state) = inner.ended {
+            return Err(self.refuse("unknown_job", Status::not_found(crate::job_end::not_running_text(job.id.0, state))));
+        }
         match crate::secagg_round::submit_stage(&self.shared, &job, &mut inner, caller.id, &r).await {
             Ok(()) => Ok(Response::new(v1::StageMessageResponse { message: "stage message accepted".into() })),
             Err((reason, status)) => Err(self.refuse(reason, status)),
@@ -542,14 +558,6 @@ impl Coordinator for CoordinatorService {
             None => Err(self.refuse("unknown_upload", Status::not_found("no such upload for this client: start again from offset 0"))),
         }
     }
-}
-
-fn truncate(s: &str) -> String {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 /// How long an upload waits for a free slot by default.

@@ -31,6 +31,7 @@
 mod blobs;
 mod error;
 mod job_reason;
+mod round_lookup;
 mod types;
 
 use std::path::Path;

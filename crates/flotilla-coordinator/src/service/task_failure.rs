@@ -4,7 +4,7 @@ use flotilla_core::round::Event;
 use flotilla_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::{CoordinatorService, truncate};
+use super::CoordinatorService;
 use crate::metrics::Metrics;
 use crate::reasons::{FailureKind, clean_client_reason};
 
@@ -19,10 +19,13 @@ impl CoordinatorService {
         let kind = FailureKind::from_wire(r.kind).map_err(|m| self.refuse("invalid_task_failure", Status::invalid_argument(m)))?;
         let text = clean_client_reason(&r.reason, kind).map_err(|m| self.refuse("invalid_task_failure", Status::invalid_argument(m)))?;
         let Some(job) = self.shared.job(&r.job_id) else {
-            return Err(self.refuse("unknown_job", Status::not_found(format!("no running job {:?}", truncate(&r.job_id)))));
+            return Err(self.refuse("unknown_job", self.shared.not_running_status(&r.job_id).await));
         };
         self.check_tenant(&caller, &job)?;
         let mut inner = job.inner.lock().await;
+        if let Some(state) = inner.ended {
+            return Err(self.refuse("unknown_job", Status::not_found(crate::job_end::not_running_text(job.id.0, state))));
+        }
         if inner.halted.is_some() {
             return Err(Status::unavailable("the job is halted until the coordinator restarts; nothing to report"));
         }
