@@ -214,6 +214,12 @@ enum Failure {
 
 /// How a failed call is handled, judged from its status alone (see [`Session::classify`] for the
 /// TLS failures found in its source chain).
+/// `NOT_FOUND` "job 7 is not running (completed)": the job ended, a normal outcome for a task
+/// still in flight, not a refusal worth a warning.
+fn job_ended(status: &Status) -> bool {
+    status.code() == Code::NotFound && status.message().contains(" is not running")
+}
+
 fn classify(status: &Status) -> Failure {
     match status.code() {
         // `Session::run_loop` turns an expired credential into a new enrollment when it can.
@@ -736,6 +742,10 @@ impl Session<'_> {
                         retries.transient += 1;
                         self.back_off("DownloadModel", &status).await;
                     }
+                    Failure::Refused if job_ended(&status) => {
+                        tracing::info!(error = %status_text(&status), "the task's job is no longer running; task dropped");
+                        return Ok(Done::Outdated);
+                    }
                     Failure::Refused => {
                         tracing::warn!(code = ?status.code(), error = %status_text(&status), "model download refused; task abandoned");
                         return Ok(Done::Abandoned);
@@ -881,6 +891,10 @@ impl Session<'_> {
                         retries.stalls += 1;
                         offset = 0;
                     }
+                    (_, Failure::Refused) if job_ended(&status) => {
+                        tracing::info!(error = %status_text(&status), "the task's job is no longer running; update dropped");
+                        return Ok(Done::Outdated);
+                    }
                     (_, Failure::Refused) => {
                         tracing::warn!(code = ?status.code(), error = %status_text(&status), "upload refused; task abandoned");
                         return Ok(Done::Abandoned);
@@ -902,6 +916,11 @@ impl Session<'_> {
                 self.stats.uploads_duplicate += 1;
                 tracing::info!(message = %resp.message, "update had already been accepted");
                 Some(Done::Ok(()))
+            }
+            Ok(v1::UploadStatus::Rejected) if resp.reason == "job_ended" => {
+                self.stats.uploads_rejected += 1;
+                tracing::info!(message = %resp.message, "the task's job ended before the update was used; checking in for other work");
+                Some(Done::Outdated)
             }
             Ok(v1::UploadStatus::Rejected) if matches!(resp.reason.as_str(), "too_stale" | "no_task") => {
                 self.stats.uploads_rejected += 1;
