@@ -113,7 +113,7 @@ struct Reference {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(384), ..ProptestConfig::default() })]
     #[test]
     fn fedbuff_survives_hostile_event_sequences(
         ops in proptest::collection::vec(op(), 1..300),

@@ -34,7 +34,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256), ..ProptestConfig::default() })]
     #[test]
     fn secure_rounds_survive_arbitrary_event_sequences(ops in proptest::collection::vec(op(), 1..250), seed in any::<u64>()) {
         let mut p = RoundPolicy::new(3, 3);

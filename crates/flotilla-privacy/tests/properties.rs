@@ -38,7 +38,7 @@ fn le(a: f64, b: f64) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48), ..ProptestConfig::default() })]
 
     #[test]
     fn epsilon_grows_with_steps(q in q(), sigma in sigma(), t1 in 1u64..5000, dt in 0u64..5000, delta in delta()) {

@@ -494,7 +494,7 @@ fn chunking_edge_cases() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(128), ..ProptestConfig::default() })]
 
     /// Any chunking of any finite vector, with drains at arbitrary points, reassembles to the same
     /// bits, and the SHA-256 the assembler verified is the payload's.

@@ -76,7 +76,7 @@ fn setting() -> impl Strategy<Value = (Params, u64, Vec<Option<Drop>>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(96), ..ProptestConfig::default() })]
 
     #[test]
     fn unmasked_sum_matches_plain_sum_or_fails_explicitly((params, n, drop_list) in setting(), round in 0u64..1000) {

@@ -97,7 +97,7 @@ fn fedbuff_job_with_clients_of_different_speeds() {
             assert!(!log.contains(bad), "client {i} log has {bad:?}:\n{log}");
         }
         // Refusals other than "the job is over" (an update still in training when the last step
-        // committed) would be failures.
+        // committed: `job_ended`, logged at INFO, or `not_accepting`) would be failures.
         for line in log.lines().filter(|l| l.contains("update rejected by the coordinator")) {
             assert!(line.contains("reason=not_accepting"), "client {i}: {line}\n{log}");
         }

@@ -127,9 +127,11 @@ fn a_cancelled_job_says_who_cancelled_it_and_why() {
     assert_eq!(v["reason"], "cancelled by alice: wrong dataset");
     let s = f.status(&job);
     assert_eq!((s["state"].as_str(), reason(&s)), (Some("cancelled"), "cancelled by alice: wrong dataset"), "{s}");
-    // A second cancel keeps who cancelled first.
+    // A second cancel is a conflict and keeps who cancelled first.
     let (code, v) = cancel(&f, &job, Some(json!({ "by": "bob" })));
-    assert_eq!((code, v["reason"].as_str()), (200, Some("cancelled by alice: wrong dataset")), "{v}");
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().ends_with("(cancelled by alice: wrong dataset)"), "{v}");
+    assert_eq!(reason(&f.status(&job)), "cancelled by alice: wrong dataset");
 
     // `flotilla job cancel` names the operator ($USER, else "admin").
     let other = f.submit(&job_spec("cancel-me-too", 5));
