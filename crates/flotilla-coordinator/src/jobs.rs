@@ -54,14 +54,15 @@ pub(crate) struct Evaluator {
 
 impl Evaluator {
     fn evaluate(&mut self, params: &[f32]) -> Result<flotilla_ml::EvalReport, String> {
-        self.trainer.set_parameters(params).map_err(|e| e.to_string())?;
         let data = Samples {
             features: &self.test.features,
             feature_len: self.test.feature_len(),
             labels: &self.test.labels,
             indices: &self.indices,
         };
-        self.trainer.evaluate(&data).map_err(|e| e.to_string())
+        // Not `set_parameters` + `evaluate`: that would leave trainable tensors in burn's autodiff
+        // bookkeeping at every commit (~4 KB a round), which only a backward pass frees.
+        self.trainer.evaluate_params(params, &data).map_err(|e| e.to_string())
     }
 }
 

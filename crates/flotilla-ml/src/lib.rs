@@ -194,6 +194,16 @@ pub trait Trainer: Send {
 
     /// Mean loss and accuracy of the current parameters on `data`.
     fn evaluate(&mut self, data: &Samples<'_>) -> Result<EvalReport, TrainerError>;
+
+    /// Mean loss and accuracy of `params` (validated like [`set_parameters`](Trainer::set_parameters))
+    /// on `data`, for evaluation-only users such as the coordinator. Whether the trainer's own
+    /// parameters change is unspecified. The default installs `params`, then evaluates; the burn
+    /// trainers evaluate them without creating trainable (autodiff) tensors, whose bookkeeping burn
+    /// frees only in a backward pass — so a process that only evaluates does not grow with every call.
+    fn evaluate_params(&mut self, params: &[f32], data: &Samples<'_>) -> Result<EvalReport, TrainerError> {
+        self.set_parameters(params)?;
+        self.evaluate(data)
+    }
 }
 
 /// The model families this crate can build.

@@ -324,6 +324,25 @@ impl BurnTrainer {
         (input, labels)
     }
 
+    /// A parameter vector of the layout's length with finite values, or the error naming why not.
+    fn check_params(&self, params: &[f32]) -> Result<(), TrainerError> {
+        let expected = self.layout.len();
+        if params.len() != expected {
+            return Err(TrainerError::ParamLength { expected, got: params.len() });
+        }
+        if let Some(index) = params.iter().position(|v| !v.is_finite()) {
+            let tensor = self
+                .layout
+                .offsets()
+                .filter(|(_, start)| *start <= index)
+                .last()
+                .map(|(t, _)| t.name.clone())
+                .unwrap_or_default();
+            return Err(TrainerError::NonFiniteParam { index, tensor, value: params[index] });
+        }
+        Ok(())
+    }
+
     fn snapshot(&self) -> Vec<Tensor<1>> {
         self.params.iter().map(|p| p.clone().inner()).collect()
     }
@@ -373,26 +392,29 @@ impl Trainer for BurnTrainer {
     }
 
     fn set_parameters(&mut self, params: &[f32]) -> Result<(), TrainerError> {
-        let expected = self.layout.len();
-        if params.len() != expected {
-            return Err(TrainerError::ParamLength { expected, got: params.len() });
-        }
-        if let Some(index) = params.iter().position(|v| !v.is_finite()) {
-            let tensor = self
-                .layout
-                .offsets()
-                .filter(|(_, start)| *start <= index)
-                .last()
-                .map(|(t, _)| t.name.clone())
-                .unwrap_or_default();
-            return Err(TrainerError::NonFiniteParam { index, tensor, value: params[index] });
-        }
+        self.check_params(params)?;
         let mut fresh = Vec::with_capacity(self.params.len());
         for (spec, start) in self.layout.offsets() {
             fresh.push(leaf(params[start..start + spec.numel()].to_vec(), &self.device));
         }
         self.params = fresh;
         Ok(())
+    }
+
+    fn evaluate_params(&mut self, params: &[f32], data: &Samples<'_>) -> Result<EvalReport, TrainerError> {
+        self.check_params(params)?;
+        self.check_samples(data)?;
+        // Plain (inner-backend) tensors: no autodiff leaf is registered, so nothing is left in
+        // burn's graph bookkeeping, which only a backward pass would free.
+        let tensors = self
+            .layout
+            .offsets()
+            .map(|(spec, start)| {
+                let n = spec.numel();
+                Tensor::<1>::from_data(TensorData::new(params[start..start + n].to_vec(), [n]), &self.device)
+            })
+            .collect();
+        self.evaluate_tensors(tensors, data)
     }
 
     fn fit_with(
@@ -510,6 +532,14 @@ impl Trainer for BurnTrainer {
     fn evaluate(&mut self, data: &Samples<'_>) -> Result<EvalReport, TrainerError> {
         self.check_samples(data)?;
         let params = self.snapshot();
+        self.evaluate_tensors(params, data)
+    }
+}
+
+impl BurnTrainer {
+    /// Mean loss and accuracy of the model with `params` (inner-backend tensors, layout order) on
+    /// `data` (already checked).
+    fn evaluate_tensors(&self, params: Vec<Tensor<1>>, data: &Samples<'_>) -> Result<EvalReport, TrainerError> {
         let mut loss_sum = 0.0f64;
         let mut correct = 0usize;
         for chunk in data.indices.chunks(EVAL_BATCH) {

@@ -423,3 +423,21 @@ fn max_grad_norm_bounds_each_step() {
         assert!(matches!(err, TrainerError::InvalidConfig(ref m) if m.contains("max_grad_norm")), "{err}");
     }
 }
+
+#[test]
+fn evaluating_given_parameters_matches_setting_them_and_validates_them() {
+    let train = blobs(400, 10, 4, 1);
+    let test = blobs(200, 10, 4, 2);
+    let mut t = logreg(10, 4, 3);
+    t.fit(&train.view(), &cfg(2, 32, 0.1, 4)).expect("fit");
+    let trained = t.parameters();
+    // A fresh trainer evaluates the trained parameters as the trained one does.
+    let mut other = logreg(10, 4, 9);
+    let direct = other.evaluate_params(&trained, &test.view()).expect("evaluate_params");
+    let installed = t.evaluate(&test.view()).expect("evaluate");
+    assert_eq!((direct.accuracy, direct.loss, direct.num_samples), (installed.accuracy, installed.loss, installed.num_samples));
+    assert!(matches!(other.evaluate_params(&trained[1..], &test.view()), Err(TrainerError::ParamLength { .. })));
+    let mut nan = trained.clone();
+    nan[3] = f32::NAN;
+    assert!(matches!(other.evaluate_params(&nan, &test.view()), Err(TrainerError::NonFiniteParam { index: 3, .. })));
+}
