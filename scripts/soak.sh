@@ -16,7 +16,7 @@
 # Settings (environment variables, with their defaults):
 #   PROPTEST_CASES=20000          cases per property (fuzz)
 #   SOAK_ROUNDS=10000             rounds of the soak job
-#   SOAK_WARMUP_ROUNDS=500        the "after warm-up" sample is taken once this many rounds committed
+#   SOAK_WARMUP_ROUNDS=ROUNDS/10  the "after warm-up" sample is taken once this many rounds committed
 #   SOAK_CLIENTS=4                client processes (2 per round, so churn is absorbed)
 #   SOAK_CHURN_MIN=30 SOAK_CHURN_MAX=120   seconds a client lives before it is killed and restarted
 #   SOAK_MAX_MINUTES=0            stop the job after this long (0: no limit); the result then says
@@ -49,7 +49,7 @@ soak() {
   local DIR=${SOAK_DIR:-target/soak}
   local OUT=${SOAK_OUT:-$DIR/result.json}
   local ROUNDS=${SOAK_ROUNDS:-10000}
-  local WARMUP=${SOAK_WARMUP_ROUNDS:-500}
+  local WARMUP=${SOAK_WARMUP_ROUNDS:-$((ROUNDS / 10))}
   local CLIENTS=${SOAK_CLIENTS:-4}
   local CHURN_MIN=${SOAK_CHURN_MIN:-30} CHURN_MAX=${SOAK_CHURN_MAX:-120}
   local MAX_MINUTES=${SOAK_MAX_MINUTES:-0}
