@@ -20,6 +20,9 @@ use crate::jobs::{JobInner, JobRuntime, Shared, now_ms};
 use crate::metrics::Metrics;
 
 mod task_failure;
+mod upload_finish;
+
+use upload_finish::Finished;
 
 /// An upload whose stream ended before its last byte, kept for resume.
 pub(crate) struct Partial {
@@ -468,63 +471,13 @@ impl Coordinator for CoordinatorService {
             Err(e) => return Err(self.refuse(transfer_reason(&e), e.into())),
         }
         let train_loss = header.metrics.get("train_loss").copied().unwrap_or(f64::NAN);
-        let mut inner = job.inner.lock().await;
-        // The job ended while the payload arrived (cancelled, completed, failed): nothing to retry.
-        if let Some(state) = inner.ended {
-            return Ok(self.job_ended(job.id.0, state));
-        }
-        if let Some(sha) = inner.accepted.get(&key) {
-            let dup = *sha == header.sha256;
-            shared.metrics.reject(if dup { "duplicate" } else { "conflicting_update" });
-            return Ok(if dup {
-                Metrics::inc(&m.uploads_duplicate);
-                upload_response(v1::UploadStatus::Duplicate, "this update was already accepted", total)
-            } else {
-                upload_refused("conflicting_update", "a different update was already accepted for this round, attempt and stage")
-            });
-        }
-        if assembler_masked {
-            // Secure aggregation: the words go to the secagg server's running masked sum.
-            let words = flotilla_proto::masked_words(&values);
-            drop(values);
-            let res = crate::secagg_round::accept_masked(shared, &job, &mut inner, client, &header, words).await;
-            drop(permit);
-            return match res {
-                Ok(()) => {
-                    inner.accepted.insert(key, header.sha256.clone());
-                    Metrics::inc(&m.uploads_accepted);
-                    Ok(upload_response(v1::UploadStatus::Accepted, "masked input accepted", total))
-                }
-                Err((reason, status)) => Err(self.refuse(reason, status)),
-            };
-        }
-        let event = Event::Report {
-            client,
-            round: header.round,
-            attempt: header.attempt,
-            stage: header.stage_index,
-            num_samples: header.num_samples,
-            update: &values,
-            metrics: ReportMetrics { train_loss },
-        };
-        let out = shared.drive(&job, &mut inner, event, Some(client)).await;
-        drop(permit);
-        if out.accepted {
-            inner.accepted.insert(key, header.sha256.clone());
-        }
-        if let (Some(state), false) = (out.ended, out.accepted) {
-            return Ok(self.job_ended(job.id.0, state));
-        }
-        if let Some(msg) = out.persist_failed {
-            return Err(Status::unavailable(format!("the coordinator could not persist the round ({msg}); retry later")));
-        }
-        if out.accepted {
-            Metrics::inc(&m.uploads_accepted);
-            return Ok(upload_response(v1::UploadStatus::Accepted, "update accepted", total));
-        }
-        let reason = out.reject.unwrap_or(RejectReason::NotAccepting("unknown"));
-        shared.metrics.reject(reject_name(&reason));
-        Ok(upload_refused(reject_name(&reason), reason.to_string()))
+        // In a task of its own: a client that disconnects now must not cancel the rest halfway (a
+        // commit would stop after the machine moved on and before the store or the next round's
+        // timers did, leaving the job stuck; seen in the soak with clients killed at random).
+        let (this, upload) = (self.clone(), Finished { job, header, key, values, total, masked: assembler_masked, train_loss, permit });
+        tokio::spawn(async move { this.finish_upload(upload).await })
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("the upload's task failed: {e}"))))
     }
 
     async fn submit_stage_message(&self, req: Request<v1::StageMessageRequest>) -> Result<Response<v1::StageMessageResponse>, Status> {

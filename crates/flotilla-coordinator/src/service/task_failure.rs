@@ -22,6 +22,22 @@ impl CoordinatorService {
             return Err(self.refuse("unknown_job", self.shared.not_running_status(&r.job_id).await));
         };
         self.check_tenant(&caller, &job)?;
+        // In a task of its own: the failure may close the stage and commit the round, which a
+        // client that disconnects must not cancel halfway.
+        let this = self.clone();
+        tokio::spawn(async move { this.record_task_failure(job, client, r, kind, text).await })
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("the task failure's task failed: {e}"))))
+    }
+
+    async fn record_task_failure(
+        &self,
+        job: std::sync::Arc<crate::jobs::JobRuntime>,
+        client: flotilla_core::round::ClientId,
+        r: v1::TaskFailure,
+        kind: FailureKind,
+        text: String,
+    ) -> Result<Response<v1::TaskFailureAck>, Status> {
         let mut inner = job.inner.lock().await;
         if let Some(state) = inner.ended {
             return Err(self.refuse("unknown_job", Status::not_found(crate::job_end::not_running_text(job.id.0, state))));

@@ -1,0 +1,95 @@
+//! The end of an upload, once its payload is complete: the job's verdict. Run in a task of its
+//! own ([`CoordinatorService::finish_upload`]), so that a client that disconnects cannot cancel a
+//! commit halfway.
+
+use std::sync::Arc;
+
+use flotilla_core::round::{Event, RejectReason, ReportMetrics};
+use flotilla_proto::v1;
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::{Response, Status};
+
+use super::{CoordinatorService, reject_name, upload_refused, upload_response};
+use crate::jobs::{JobRuntime, UploadKey};
+use crate::metrics::Metrics;
+
+/// A complete, verified upload.
+pub(crate) struct Finished {
+    pub job: Arc<JobRuntime>,
+    pub header: v1::UpdateHeader,
+    pub key: UploadKey,
+    pub values: Vec<f32>,
+    pub total: u64,
+    /// A secure-aggregation masked input (`u32` words).
+    pub masked: bool,
+    pub train_loss: f64,
+    /// The upload slot, released once the update is folded in.
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl CoordinatorService {
+    /// Feeds a complete upload to its job and answers it.
+    pub(super) async fn finish_upload(&self, upload: Finished) -> Result<Response<v1::UploadResponse>, Status> {
+        let Finished { job, header, key, values, total, masked, train_loss, permit } = upload;
+        let shared = &self.shared;
+        let m = &shared.metrics;
+        let client = key.3;
+        let mut inner = job.inner.lock().await;
+        // The job ended while the payload arrived (cancelled, completed, failed): nothing to retry.
+        if let Some(state) = inner.ended {
+            return Ok(self.job_ended(job.id.0, state));
+        }
+        if let Some(sha) = inner.accepted.get(&key) {
+            let dup = *sha == header.sha256;
+            shared.metrics.reject(if dup { "duplicate" } else { "conflicting_update" });
+            return Ok(if dup {
+                Metrics::inc(&m.uploads_duplicate);
+                upload_response(v1::UploadStatus::Duplicate, "this update was already accepted", total)
+            } else {
+                upload_refused("conflicting_update", "a different update was already accepted for this round, attempt and stage")
+            });
+        }
+        if masked {
+            // Secure aggregation: the words go to the secagg server's running masked sum.
+            let words = flotilla_proto::masked_words(&values);
+            drop(values);
+            let res = crate::secagg_round::accept_masked(shared, &job, &mut inner, client, &header, words).await;
+            drop(permit);
+            return match res {
+                Ok(()) => {
+                    inner.accepted.insert(key, header.sha256.clone());
+                    Metrics::inc(&m.uploads_accepted);
+                    Ok(upload_response(v1::UploadStatus::Accepted, "masked input accepted", total))
+                }
+                Err((reason, status)) => Err(self.refuse(reason, status)),
+            };
+        }
+        let event = Event::Report {
+            client,
+            round: header.round,
+            attempt: header.attempt,
+            stage: header.stage_index,
+            num_samples: header.num_samples,
+            update: &values,
+            metrics: ReportMetrics { train_loss },
+        };
+        let out = shared.drive(&job, &mut inner, event, Some(client)).await;
+        drop(permit);
+        if out.accepted {
+            inner.accepted.insert(key, header.sha256.clone());
+        }
+        if let (Some(state), false) = (out.ended, out.accepted) {
+            return Ok(self.job_ended(job.id.0, state));
+        }
+        if let Some(msg) = out.persist_failed {
+            return Err(Status::unavailable(format!("the coordinator could not persist the round ({msg}); retry later")));
+        }
+        if out.accepted {
+            Metrics::inc(&m.uploads_accepted);
+            return Ok(upload_response(v1::UploadStatus::Accepted, "update accepted", total));
+        }
+        let reason = out.reject.unwrap_or(RejectReason::NotAccepting("unknown"));
+        shared.metrics.reject(reject_name(&reason));
+        Ok(upload_refused(reject_name(&reason), reason.to_string()))
+    }
+}
