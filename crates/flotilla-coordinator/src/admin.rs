@@ -257,7 +257,7 @@ async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>, body: 
         serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
     };
     let text = crate::reasons::cancel_text(req.by.as_deref(), req.reason.as_deref()).map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
-    let terminal = |job: &JobRecord| {
+    let terminal = move |job: &JobRecord| {
         let mut msg = format!("job {} is already {}; only a pending or running job can be cancelled", id.0, job.state.as_str());
         if let Some(r) = &job.state_reason {
             msg = format!("{msg} ({r})");
@@ -271,13 +271,19 @@ async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>, body: 
     match st.shared.job(&id.0.to_string()) {
         Some(rt) => {
             // Under the job's lock: no round of it is being driven or committed meanwhile, and a
-            // request that holds the runtime afterwards sees it ended.
-            let mut inner = rt.inner.lock().await;
-            if inner.ended.is_some() {
-                return Err(terminal(&st.shared.store.get_job(id).await?));
-            }
-            st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text)).await?;
-            st.shared.end_job(&rt, &mut inner, JobState::Cancelled);
+            // request that holds the runtime afterwards sees it ended. In a task of its own, so
+            // that an admin client that disconnects cannot stop it between the store and memory.
+            let (shared, text2) = (st.shared.clone(), text.clone());
+            let task = tokio::spawn(async move {
+                let mut inner = rt.inner.lock().await;
+                if inner.ended.is_some() {
+                    return Err(terminal(&shared.store.get_job(id).await?));
+                }
+                shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text2)).await?;
+                shared.end_job(&rt, &mut inner, JobState::Cancelled);
+                Ok::<(), ApiError>(())
+            });
+            task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the cancel's task failed: {e}")))??;
         }
         None => st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text)).await?,
     }

@@ -487,14 +487,20 @@ impl Coordinator for CoordinatorService {
             return Err(self.refuse("unknown_job", self.shared.not_running_status(&r.job_id).await));
         };
         self.check_tenant(&caller, &job)?;
-        let mut inner = job.inner.lock().await;
-        if let Some(state) = inner.ended {
-            return Err(self.refuse("unknown_job", Status::not_found(crate::job_end::not_running_text(job.id.0, state))));
-        }
-        match crate::secagg_round::submit_stage(&self.shared, &job, &mut inner, caller.id, &r).await {
-            Ok(()) => Ok(Response::new(v1::StageMessageResponse { message: "stage message accepted".into() })),
-            Err((reason, status)) => Err(self.refuse(reason, status)),
-        }
+        // In a task of its own: the message may finish the round and commit it, which a client
+        // that disconnects must not cancel halfway.
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let mut inner = job.inner.lock().await;
+            if let Some(state) = inner.ended {
+                return Err(this.refuse("unknown_job", Status::not_found(crate::job_end::not_running_text(job.id.0, state))));
+            }
+            match crate::secagg_round::submit_stage(&this.shared, &job, &mut inner, caller.id, &r).await {
+                Ok(()) => Ok(Response::new(v1::StageMessageResponse { message: "stage message accepted".into() })),
+                Err((reason, status)) => Err(this.refuse(reason, status)),
+            }
+        });
+        task.await.unwrap_or_else(|e| Err(Status::internal(format!("the stage message's task failed: {e}"))))
     }
 
     async fn report_task_failure(&self, req: Request<v1::TaskFailure>) -> Result<Response<v1::TaskFailureAck>, Status> {
