@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core::round::{ClientId, Event, RejectReason, ReportMetrics};
+use flotilla_core::round::{ClientId, Event, RejectReason};
 use flotilla_proto::v1::coordinator_server::Coordinator;
 use flotilla_proto::v1::{self, upload_message};
 use flotilla_proto::{
