@@ -128,6 +128,8 @@ impl ClientConfig {
         if self.client_name.trim().is_empty() {
             return Err(ConfigError::EmptyClientName);
         }
+        // The coordinator trims spaces only, and refuses any other control or whitespace character.
+        flotilla_core::names::check_client_name(self.client_name.trim_matches(' '))?;
         if self.upload_chunk_bytes == 0 || self.upload_chunk_bytes > flotilla_proto::MAX_CHUNK_BYTES
         {
             return Err(ConfigError::InvalidChunkSize {

@@ -61,6 +61,10 @@ pub enum ConfigError {
     /// `client_name` is empty.
     #[error("client_name must not be empty")]
     EmptyClientName,
+    /// `client_name` breaks the coordinator's rule for names (length, characters); checked before
+    /// connecting, by the same function the coordinator uses.
+    #[error("invalid client_name: {0}")]
+    InvalidClientName(#[from] flotilla_core::names::NameError),
     /// `upload_chunk_bytes` is zero or above the protocol's chunk limit.
     #[error("upload_chunk_bytes must be in 1..={max}, got {got}")]
     InvalidChunkSize {

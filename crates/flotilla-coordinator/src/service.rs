@@ -232,12 +232,17 @@ impl Coordinator for CoordinatorService {
         let now = now_ms() as i64;
         let ttl_ms = i64::try_from(self.shared.credential_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = now.saturating_add(ttl_ms);
-        let name = Some(r.client_name.trim()).filter(|n| !n.is_empty());
+        // Only spaces are trimmed: a newline or tab anywhere is refused below, not quietly dropped.
+        let name = Some(r.client_name.trim_matches(' ')).filter(|n| !n.is_empty());
+        // Names end up in logs and on operators' terminals: one documented rule, shared with the SDK.
+        if let Some(Err(e)) = name.map(flotilla_core::names::check_client_name) {
+            return Err(self.refuse("invalid_enroll", Status::invalid_argument(e.to_string())));
+        }
         match self.shared.store.redeem_enrollment_token_named(r.enrollment_token.trim(), name, now, Some(expires_at_ms)).await {
             Ok(e) => {
                 Metrics::inc(&m.enrollments);
                 // The name is the client's own text: Debug-escaped in the log.
-                tracing::info!(client = e.client_id.0, tenant = ?e.tenant, name = ?r.client_name, "client enrolled");
+                tracing::info!(client = e.client_id.0, tenant = ?e.tenant, name = ?name.unwrap_or_default(), "client enrolled");
                 Ok(Response::new(v1::EnrollResponse { client_id: e.client_id.to_string(), credential: e.credential }))
             }
             Err(e @ (StoreError::UnknownToken | StoreError::TokenExpired { .. } | StoreError::TokenUsedUp { .. })) => {

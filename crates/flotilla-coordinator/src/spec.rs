@@ -5,6 +5,7 @@
 
 use std::str::FromStr;
 
+use flotilla_core::limits::{self, count};
 use flotilla_core::round::{RoundPolicy, StageKind};
 use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
@@ -166,6 +167,12 @@ pub struct JobSpec {
     pub privacy: Option<PrivacySpec>,
 }
 
+impl From<flotilla_core::ConfigError> for SpecError {
+    fn from(e: flotilla_core::ConfigError) -> Self {
+        Self::new(e.field, e.message)
+    }
+}
+
 fn need<T>(v: Option<T>, field: &str) -> Result<T, SpecError> {
     v.ok_or_else(|| SpecError::new(field, "is required"))
 }
@@ -185,28 +192,26 @@ impl JobSpec {
         let raw: RawSpec =
             flotilla_core::config_toml::from_str(text).map_err(|e| SpecError::new("toml", e.to_string()))?;
         let name = raw.name.unwrap_or_else(|| "job".to_owned());
-        if name.trim().is_empty() || name.len() > 200 {
-            return Err(SpecError::new("name", "must be 1..=200 bytes"));
-        }
+        flotilla_core::names::check_job_name(&name).map_err(|e| SpecError::new("name", e.to_string()))?;
         let tenant = raw.tenant.unwrap_or_else(|| "default".to_owned());
-        let rounds = need(raw.rounds, "rounds")?;
-        let clients_per_round = need(raw.clients_per_round, "clients_per_round")?;
-        let deadline_s = raw.round_deadline_seconds.unwrap_or(600.0);
-        if !(deadline_s.is_finite() && deadline_s > 0.0 && deadline_s <= 30.0 * 86_400.0) {
-            return Err(SpecError::new("round_deadline_seconds", format!("must be in (0, 2592000], got {deadline_s}")));
+        flotilla_core::names::check_tenant(&tenant).map_err(|e| SpecError::new("tenant", e.to_string()))?;
+        // Counts are bounded first: everything below computes with them (see `flotilla_core::limits`).
+        let rounds = count("rounds", need(raw.rounds, "rounds")?, 1, limits::MAX_ROUNDS)?;
+        let clients_per_round =
+            count("clients_per_round", need(raw.clients_per_round, "clients_per_round")?, 1, limits::MAX_CLIENTS_PER_ROUND)?;
+        if let Some(m) = raw.min_clients {
+            count("min_clients", m, 1, limits::MAX_CLIENTS)?;
         }
-        let checkin_ttl_s = raw.checkin_ttl_seconds.unwrap_or(300);
-        if checkin_ttl_s == 0 || checkin_ttl_s > 86_400 {
-            return Err(SpecError::new("checkin_ttl_seconds", "must be in 1..=86400"));
+        if let Some(a) = raw.max_attempts {
+            count("max_attempts", a, 1, limits::MAX_ATTEMPTS)?;
         }
-        let selection_window_ms = raw.selection_window_ms.unwrap_or(1000);
-        if selection_window_ms > 3_600_000 {
-            return Err(SpecError::new("selection_window_ms", "must be ≤ 3600000"));
-        }
-        let retry_after_ms = raw.retry_after_ms.unwrap_or(2000);
-        if retry_after_ms == 0 || retry_after_ms > 3_600_000 {
-            return Err(SpecError::new("retry_after_ms", "must be in 1..=3600000"));
-        }
+        let max_deadline_s = (limits::MAX_DEADLINE_MS / 1000) as f64;
+        let deadline_s = limits::positive("round_deadline_seconds", raw.round_deadline_seconds.unwrap_or(600.0), max_deadline_s)?;
+        let checkin_ttl_s =
+            count("checkin_ttl_seconds", raw.checkin_ttl_seconds.unwrap_or(300), 1, limits::MAX_CHECKIN_TTL_MS / 1000)?;
+        let selection_window_ms =
+            count("selection_window_ms", raw.selection_window_ms.unwrap_or(1000), 0, limits::MAX_SELECTION_WINDOW_MS)?;
+        let retry_after_ms = count("retry_after_ms", raw.retry_after_ms.unwrap_or(2000), 1, limits::MAX_RETRY_AFTER_MS)?;
 
         let m = need(raw.model, "model")?;
         let kind_name = need(m.kind, "model.kind")?;
@@ -220,12 +225,12 @@ impl JobSpec {
             (None, None, _) => return Err(SpecError::new("model.input_shape", "is required without model.dataset")),
             (None, Some(_), None) => return Err(SpecError::new("model.num_classes", "is required without model.dataset")),
         };
-        if input_shape.is_empty() || input_shape.contains(&0) || input_shape.iter().product::<usize>() > 1 << 24 {
-            return Err(SpecError::new("model.input_shape", "must be non-empty with dimensions ≥ 1 (at most 2^24 values)"));
+        if input_shape.is_empty() || input_shape.contains(&0) || input_shape.len() > 8 {
+            return Err(SpecError::new("model.input_shape", "must have 1 to 8 dimensions, each ≥ 1"));
         }
-        if num_classes < 2 || num_classes > 1 << 20 {
-            return Err(SpecError::new("model.num_classes", "must be in 2..=1048576"));
-        }
+        count("model.input_shape", limits::product(&input_shape), 1, limits::MAX_INPUT_VALUES)
+            .map_err(|e| SpecError::new(e.field, format!("values per sample (the product of the dimensions) {}", e.message)))?;
+        count("model.num_classes", num_classes as u64, 2, limits::MAX_CLASSES)?;
         let (hidden, embed) = match kind {
             ModelKind::Mlp { hidden } => {
                 if m.embed.is_some() {
@@ -244,12 +249,21 @@ impl JobSpec {
                 (0, 0)
             }
         };
-        if matches!(kind, ModelKind::Mlp { .. } | ModelKind::CharMlp { .. }) && !(1..=65_536).contains(&hidden) {
-            return Err(SpecError::new("model.hidden", "must be in 1..=65536"));
+        if matches!(kind, ModelKind::Mlp { .. } | ModelKind::CharMlp { .. }) {
+            count("model.hidden", hidden as u64, 1, limits::MAX_HIDDEN)?;
         }
-        if matches!(kind, ModelKind::CharMlp { .. }) && !(1..=4096).contains(&embed) {
-            return Err(SpecError::new("model.embed", "must be in 1..=4096"));
+        if matches!(kind, ModelKind::CharMlp { .. }) {
+            count("model.embed", embed as u64, 1, limits::MAX_EMBED)?;
         }
+        let sized = match kind {
+            ModelKind::Mlp { .. } => ModelKind::Mlp { hidden },
+            ModelKind::CharMlp { .. } => ModelKind::CharMlp { embed, hidden },
+            k => k,
+        };
+        let params = ModelSpec { kind: sized, input_shape: input_shape.clone(), num_classes }.param_count();
+        // Named after the width that sizes the model, or the input when there is none.
+        let size_key = if hidden > 0 { "model.hidden" } else { "model.input_shape" };
+        limits::model_params(size_key, params)?;
 
         let t = need(raw.train, "train")?;
         let train = TrainSection {
@@ -258,21 +272,14 @@ impl JobSpec {
             learning_rate: need(t.learning_rate, "train.learning_rate")?,
             max_grad_norm: t.max_grad_norm,
         };
-        if let Some(m) = train.max_grad_norm
-            && !(m.is_finite() && m > 0.0 && m <= 1e6)
-        {
-            return Err(SpecError::new("train.max_grad_norm", format!("must be in (0, 1e6], got {m}")));
+        if let Some(m) = train.max_grad_norm {
+            limits::positive("train.max_grad_norm", m, limits::MAX_NORM)?;
         }
-        if train.local_epochs == 0 || train.local_epochs > 10_000 {
-            return Err(SpecError::new("train.local_epochs", "must be in 1..=10000"));
-        }
-        if train.batch_size == 0 {
-            return Err(SpecError::new("train.batch_size", "must be ≥ 1"));
-        }
-        if !(train.learning_rate.is_finite() && train.learning_rate > 0.0) {
-            return Err(SpecError::new("train.learning_rate", format!("must be finite and > 0, got {}", train.learning_rate)));
-        }
+        count("train.local_epochs", u64::from(train.local_epochs), 1, limits::MAX_LOCAL_EPOCHS)?;
+        count("train.batch_size", u64::from(train.batch_size), 1, limits::MAX_BATCH_SIZE)?;
+        limits::positive("train.learning_rate", train.learning_rate, limits::MAX_LEARNING_RATE)?;
         let min_samples = raw.eligibility.and_then(|e| e.min_samples).unwrap_or(1);
+        count("eligibility.min_samples", min_samples, 0, limits::MAX_SAMPLES)?;
         let evaluation_dataset = match raw.evaluation {
             None => None,
             Some(e) => {

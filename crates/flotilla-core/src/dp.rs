@@ -159,13 +159,7 @@ pub struct PrivacySpec {
     pub population: Option<u64>,
 }
 
-fn positive(field: &'static str, v: f64) -> Result<f64, ConfigError> {
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(ConfigError::new(field, format!("must be finite and > 0, got {v}")))
-    }
-}
+use crate::limits::{self, positive};
 
 impl PrivacySpec {
     /// Validates `cfg` for rounds of `clients_per_round` expected reports that may commit with as few
@@ -179,7 +173,7 @@ impl PrivacySpec {
             }
         };
         let sigma = cfg.noise_multiplier.ok_or_else(|| ConfigError::new("privacy.noise_multiplier", "is required, > 0"))?;
-        let sigma = positive("privacy.noise_multiplier", sigma)?;
+        let sigma = positive("privacy.noise_multiplier", sigma, limits::MAX_NOISE_MULTIPLIER)?;
         if clients_per_round == 0 {
             return Err(ConfigError::new("clients_per_round", "must be ≥ 1"));
         }
@@ -190,7 +184,7 @@ impl PrivacySpec {
             (None, None) => {
                 return Err(ConfigError::new("privacy.clip_norm", "is required (> 0), unless [privacy.adaptive] is given"));
             }
-            (Some(c), None) => ClipRule::Fixed { clip_norm: positive("privacy.clip_norm", c)? },
+            (Some(c), None) => ClipRule::Fixed { clip_norm: positive("privacy.clip_norm", c, limits::MAX_NORM)? },
             (None, Some(a)) => {
                 if mode == DpMode::Distributed {
                     return Err(ConfigError::new(
@@ -199,16 +193,23 @@ impl PrivacySpec {
                          (and [secagg]) hides; it is only supported in central mode — give a fixed privacy.clip_norm",
                     ));
                 }
-                let initial = positive("privacy.adaptive.initial_clip_norm", a.initial_clip_norm.unwrap_or(0.1))?;
+                let initial = positive("privacy.adaptive.initial_clip_norm", a.initial_clip_norm.unwrap_or(0.1), limits::MAX_NORM)?;
                 let gamma = a.target_quantile.unwrap_or(0.5);
                 if !(gamma.is_finite() && (0.0..=1.0).contains(&gamma)) {
                     return Err(ConfigError::new("privacy.adaptive.target_quantile", format!("must be in [0, 1], got {gamma}")));
                 }
-                let lr = a.learning_rate.unwrap_or(0.2);
-                if !(lr.is_finite() && lr >= 0.0) {
-                    return Err(ConfigError::new("privacy.adaptive.learning_rate", format!("must be finite and ≥ 0, got {lr}")));
-                }
+                let lr = limits::non_negative(
+                    "privacy.adaptive.learning_rate",
+                    a.learning_rate.unwrap_or(0.2),
+                    limits::MAX_SMALL_CONSTANT,
+                )?;
                 let sb = a.count_noise_std.unwrap_or(clients_per_round as f64 / 20.0);
+                if sb.is_finite() && sb > limits::MAX_NORM {
+                    return Err(ConfigError::new(
+                        "privacy.adaptive.count_noise_std",
+                        format!("must be ≤ {:e}, got {sb:e}", limits::MAX_NORM),
+                    ));
+                }
                 if !(sb.is_finite() && 2.0 * sb > sigma) {
                     return Err(ConfigError::new(
                         "privacy.adaptive.count_noise_std",
@@ -221,13 +222,13 @@ impl PrivacySpec {
                 ClipRule::Adaptive { initial_clip_norm: initial, target_quantile: gamma, learning_rate: lr, count_noise_std: sb }
             }
         };
-        let delta = cfg.delta.ok_or_else(|| ConfigError::new("privacy.delta", "is required, in (0, 1)"))?;
-        if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
-            return Err(ConfigError::new("privacy.delta", format!("must be in (0, 1), got {delta}")));
-        }
-        let max_epsilon = cfg.max_epsilon.map(|e| positive("privacy.max_epsilon", e)).transpose()?;
-        if cfg.population == Some(0) {
-            return Err(ConfigError::new("privacy.population", "must be ≥ 1"));
+        let delta = cfg.delta.ok_or_else(|| {
+            ConfigError::new("privacy.delta", format!("is required, in [{:e}, {}]", limits::MIN_DELTA, limits::MAX_DELTA))
+        })?;
+        let delta = limits::delta("privacy.delta", delta)?;
+        let max_epsilon = cfg.max_epsilon.map(|e| positive("privacy.max_epsilon", e, limits::MAX_EPSILON)).transpose()?;
+        if let Some(p) = cfg.population {
+            limits::count("privacy.population", p, 1, limits::MAX_POPULATION)?;
         }
         let dp = DpSpec {
             mode,

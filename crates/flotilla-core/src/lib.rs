@@ -10,6 +10,8 @@ pub mod aggregate;
 pub mod config_toml;
 pub mod dp;
 pub mod error;
+pub mod limits;
+pub mod names;
 pub mod robust;
 pub mod round;
 pub mod strategy;

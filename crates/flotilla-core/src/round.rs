@@ -179,42 +179,35 @@ impl RoundPolicy {
 
     /// Checks every field; the error names the field and its valid range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.rounds == 0 {
-            return Err(ConfigError::new("rounds", "must be ≥ 1"));
-        }
-        if self.clients_per_round == 0 {
-            return Err(ConfigError::new("clients_per_round", "must be ≥ 1"));
-        }
+        use crate::limits::{self, count};
+        count("rounds", self.rounds, 1, limits::MAX_ROUNDS)?;
+        count("clients_per_round", self.clients_per_round, 1, limits::MAX_CLIENTS_PER_ROUND)?;
         if self.min_clients < self.clients_per_round {
             return Err(ConfigError::new(
                 "min_clients",
                 format!("must be ≥ clients_per_round ({}), got {}", self.clients_per_round, self.min_clients),
             ));
         }
-        if !(self.over_selection.is_finite() && (1.0..=10.0).contains(&self.over_selection)) {
+        count("min_clients", self.min_clients, 1, limits::MAX_CLIENTS)?;
+        if !(self.over_selection.is_finite() && (1.0..=limits::MAX_OVER_SELECTION).contains(&self.over_selection)) {
             return Err(ConfigError::new(
                 "over_selection",
-                format!("must be in [1, 10], got {}", self.over_selection),
+                format!("must be in [1, {}], got {}", limits::MAX_OVER_SELECTION, self.over_selection),
             ));
         }
-        if self.stage_deadline_ms == 0 {
-            return Err(ConfigError::new("round_deadline", "must be > 0"));
-        }
+        count("round_deadline", self.stage_deadline_ms, 1, limits::MAX_DEADLINE_MS)?;
         if !(self.min_report_fraction > 0.0 && self.min_report_fraction <= 1.0) {
             return Err(ConfigError::new(
                 "min_report_fraction",
                 format!("must be in (0, 1], got {}", self.min_report_fraction),
             ));
         }
-        if self.max_attempts == 0 {
-            return Err(ConfigError::new("max_attempts", "must be ≥ 1"));
-        }
-        if self.checkin_ttl_ms == 0 {
-            return Err(ConfigError::new("checkin_ttl", "must be > 0"));
-        }
-        if self.max_samples_per_report == 0 {
-            return Err(ConfigError::new("max_samples_per_report", "must be ≥ 1"));
-        }
+        count("max_attempts", self.max_attempts, 1, limits::MAX_ATTEMPTS)?;
+        // Job specs are held to `MAX_CHECKIN_TTL_MS` (a day); the simulator's clients never expire.
+        count("checkin_ttl", self.checkin_ttl_ms, 1, limits::CHECKIN_TTL_NEVER)?;
+        count("selection_window_ms", self.selection_window_ms, 0, limits::MAX_SELECTION_WINDOW_MS)?;
+        count("retry_after_ms", self.retry_after_ms, 1, limits::MAX_RETRY_AFTER_MS)?;
+        count("max_samples_per_report", self.max_samples_per_report, 1, limits::MAX_SAMPLES)?;
         if self.stages.is_empty() {
             return Err(ConfigError::new("stages", "a round needs at least one stage"));
         }

@@ -232,13 +232,7 @@ fn in_open_unit(field: &'static str, v: f64, lo_closed: bool) -> Result<f64, Con
     }
 }
 
-fn positive(field: &'static str, v: f64) -> Result<f64, ConfigError> {
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(ConfigError::new(field, format!("must be finite and > 0, got {v}")))
-    }
-}
+use crate::limits::{self, positive};
 
 impl StrategySpec {
     /// Plain FedAvg (McMahan et al. 2017): weighted mean, server learning rate 1.
@@ -386,8 +380,8 @@ impl StrategySpec {
         };
         let adaptive = matches!(name, "fedadagrad" | "fedadam" | "fedyogi")
             || matches!(fedbuff_optimizer, Some("adagrad" | "adam" | "yogi"));
-        let server_lr = positive("strategy.server_lr", cfg.server_lr.unwrap_or(if adaptive { 0.01 } else { 1.0 }))?;
-        let tau = || positive("strategy.tau", cfg.tau.unwrap_or(1e-3));
+        let server_lr = positive("strategy.server_lr", cfg.server_lr.unwrap_or(if adaptive { 0.01 } else { 1.0 }), limits::MAX_LEARNING_RATE)?;
+        let tau = || positive("strategy.tau", cfg.tau.unwrap_or(1e-3), limits::MAX_SMALL_CONSTANT);
         let beta1 = |d: f64| in_open_unit("strategy.beta1", cfg.beta1.unwrap_or(d), true);
         let beta2 = || in_open_unit("strategy.beta2", cfg.beta2.unwrap_or(0.99), true);
         let mut spec = Self { name: name.to_string(), server_lr, ..Self::fedavg() };
@@ -397,11 +391,7 @@ impl StrategySpec {
                     ServerOptimizer::Momentum { momentum: in_open_unit("strategy.momentum", cfg.momentum.unwrap_or(0.9), true)? }
             }
             "fedprox" => {
-                let mu = cfg.mu.unwrap_or(0.01);
-                if !(mu.is_finite() && mu >= 0.0) {
-                    return Err(ConfigError::new("strategy.mu", format!("must be finite and ≥ 0, got {mu}")));
-                }
-                spec.proximal_mu = mu;
+                spec.proximal_mu = limits::non_negative("strategy.mu", cfg.mu.unwrap_or(0.01), limits::MAX_SMALL_CONSTANT)?;
             }
             "fedadagrad" => spec.optimizer = ServerOptimizer::Adagrad { beta1: beta1(0.0)?, tau: tau()? },
             "fedadam" => spec.optimizer = ServerOptimizer::Adam { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
@@ -436,7 +426,7 @@ impl StrategySpec {
             }
             "norm_bound" => {
                 let max_norm = cfg.max_norm.ok_or_else(|| ConfigError::new("strategy.max_norm", "required for norm_bound, > 0"))?;
-                spec.clip_norm = Some(positive("strategy.max_norm", max_norm)?);
+                spec.clip_norm = Some(positive("strategy.max_norm", max_norm, limits::MAX_NORM)?);
             }
             "fedbuff" => {
                 if cfg.clip_norm.is_some() {
@@ -449,9 +439,7 @@ impl StrategySpec {
                     ));
                 }
                 let buffer_size = cfg.buffer_size.unwrap_or(10);
-                if !(1..=1_000_000).contains(&buffer_size) {
-                    return Err(ConfigError::new("strategy.buffer_size", format!("must be in 1..=1000000, got {buffer_size}")));
-                }
+                limits::count("strategy.buffer_size", buffer_size, 1, limits::MAX_CLIENTS)?;
                 let max_staleness = cfg.max_staleness.unwrap_or(10);
                 if max_staleness > 1000 {
                     return Err(ConfigError::new(
@@ -460,9 +448,7 @@ impl StrategySpec {
                     ));
                 }
                 let concurrency = cfg.concurrency.unwrap_or(100);
-                if !(1..=1_000_000).contains(&concurrency) {
-                    return Err(ConfigError::new("strategy.concurrency", format!("must be in 1..=1000000, got {concurrency}")));
-                }
+                limits::count("strategy.concurrency", concurrency, 1, limits::MAX_CLIENTS)?;
                 let a = cfg.staleness_exponent.unwrap_or(0.5);
                 if !(a.is_finite() && (0.0..=10.0).contains(&a)) {
                     return Err(ConfigError::new("strategy.staleness_exponent", format!("must be in [0, 10], got {a}")));
@@ -484,10 +470,10 @@ impl StrategySpec {
             if spec.clip_norm.is_some() {
                 return Err(ConfigError::new("strategy.clip_norm", "norm_bound already sets the bound with max_norm"));
             }
-            spec.clip_norm = Some(positive("strategy.clip_norm", c)?);
+            spec.clip_norm = Some(positive("strategy.clip_norm", c, limits::MAX_NORM)?);
         }
         if let Some(a) = cfg.anomaly {
-            positive("strategy.anomaly.max_norm_z", a.max_norm_z)?;
+            positive("strategy.anomaly.max_norm_z", a.max_norm_z, limits::MAX_SMALL_CONSTANT)?;
             if !(a.max_cosine_distance.is_finite() && a.max_cosine_distance > 0.0 && a.max_cosine_distance <= 2.0) {
                 return Err(ConfigError::new(
                     "strategy.anomaly.max_cosine_distance",

@@ -292,6 +292,28 @@ pub struct ModelSpec {
     pub num_classes: usize,
 }
 
+impl ModelSpec {
+    /// Parameters the model [`build`] makes would have (weights and biases, by the layouts listed
+    /// there), saturating at `u64::MAX`; computed without allocating, so that a spec can be refused
+    /// by size (`flotilla_core::limits::MAX_MODEL_PARAMS`) before anything is built.
+    pub fn param_count(&self) -> u64 {
+        let input = self.input_shape.iter().fold(1u64, |acc, &d| acc.saturating_mul(d as u64));
+        let classes = self.num_classes as u64;
+        // in → out: weights and biases.
+        let dense = |i: u64, o: u64| i.saturating_mul(o).saturating_add(o);
+        match self.kind {
+            ModelKind::LogReg => dense(input, classes),
+            ModelKind::Mlp { hidden } => dense(input, hidden as u64).saturating_add(dense(hidden as u64, classes)),
+            // conv1 8·1·3·3 + 8, conv2 16·8·3·3 + 16, then 784 → 64 → C.
+            ModelKind::Cnn => (80 + 1_168 + dense(784, 64)).saturating_add(dense(64, classes)),
+            ModelKind::CharMlp { embed, hidden } => classes
+                .saturating_mul(embed as u64)
+                .saturating_add(dense(input.saturating_mul(embed as u64), hidden as u64))
+                .saturating_add(dense(hidden as u64, classes)),
+        }
+    }
+}
+
 /// Builds a trainer whose initial parameters are a deterministic function of `spec` and `seed`.
 ///
 /// Architectures and layouts (weights are `[in, out]` for linear layers and

@@ -164,7 +164,7 @@ pub fn round_policy(s: &Scenario) -> RoundPolicy {
     p.over_selection = s.round.over_selection;
     p.min_report_fraction = s.round.min_report_fraction;
     p.selection_window_ms = 0;
-    p.checkin_ttl_ms = u64::MAX / 4;
+    p.checkin_ttl_ms = flotilla_core::limits::CHECKIN_TTL_NEVER;
     p.max_attempts = 5;
     if s.secagg.is_some() {
         p.stages = flotilla_core::round::StageKind::SECURE_AGGREGATION.to_vec();

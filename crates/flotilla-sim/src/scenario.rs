@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use flotilla_core::limits;
 use flotilla_core::round::RoundPolicy;
 use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
@@ -248,6 +249,11 @@ struct RawSimulation {
     threads: Option<i64>,
 }
 
+/// Dirichlet/quantity-skew concentration: beyond this the partition is iid to machine precision.
+const MAX_ALPHA: f64 = 1e6;
+/// Worker threads of the simulator.
+const MAX_THREADS: u64 = 1024;
+
 fn invalid(field: &str, message: impl std::fmt::Display) -> ScenarioError {
     ScenarioError::Invalid { field: field.to_string(), message: message.to_string() }
 }
@@ -258,6 +264,14 @@ fn count(field: &str, v: i64, min: i64) -> Result<usize, ScenarioError> {
         return Err(invalid(field, format!("must be ≥ {min}, got {v}")));
     }
     usize::try_from(v).map_err(|_| invalid(field, format!("{v} is too large")))
+}
+
+/// A count that must be in `min..=max` (a ceiling from `flotilla_core::limits`).
+fn bounded(field: &str, v: i64, min: i64, max: u64) -> Result<usize, ScenarioError> {
+    if v >= min && v as u64 > max {
+        return Err(invalid(field, format!("must be ≤ {max}, got {v}")));
+    }
+    count(field, v, min)
 }
 
 fn seed(field: &str, v: Option<i64>, default: u64) -> Result<u64, ScenarioError> {
@@ -311,16 +325,16 @@ impl Scenario {
 
     fn from_raw(r: RawScenario) -> Result<Self, ScenarioError> {
         let master_seed = seed("seed", r.seed, 0)?;
-        let rounds = count("rounds", r.rounds, 1)? as u64;
-        let clients = count("clients", r.clients, 1)?;
-        let clients_per_round = count("clients_per_round", r.clients_per_round, 1)?;
+        let rounds = bounded("rounds", r.rounds, 1, limits::MAX_ROUNDS)? as u64;
+        let clients = bounded("clients", r.clients, 1, limits::MAX_CLIENTS as u64)?;
+        let clients_per_round = bounded("clients_per_round", r.clients_per_round, 1, limits::MAX_CLIENTS_PER_ROUND as u64)?;
         if clients_per_round > clients {
             return Err(invalid(
                 "clients_per_round",
                 format!("must be ≤ clients ({clients}), got {clients_per_round}"),
             ));
         }
-        let eval_every = count("eval_every", r.eval_every.unwrap_or(1), 1)? as u64;
+        let eval_every = bounded("eval_every", r.eval_every.unwrap_or(1), 1, limits::MAX_ROUNDS)? as u64;
 
         let dataset = DatasetName::from_str(&r.data.dataset).map_err(|e| invalid("data.dataset", e))?;
         let data = DataSettings {
@@ -335,9 +349,13 @@ impl Scenario {
             if !(a.is_finite() && a > 0.0) {
                 return Err(invalid("partition.alpha", format!("must be a finite number > 0, got {a}")));
             }
+            if a > MAX_ALPHA {
+                return Err(invalid("partition.alpha", format!("must be ≤ {MAX_ALPHA:e} (larger is iid), got {a:e}")));
+            }
             Ok(a)
         };
-        let min_samples = |default: i64| count("partition.min_samples", p.min_samples.unwrap_or(default), 1);
+        let min_samples =
+            |default: i64| bounded("partition.min_samples", p.min_samples.unwrap_or(default), 1, limits::MAX_SAMPLES);
         let only = |allowed: &[&str]| -> Result<(), ScenarioError> {
             let given = [
                 ("alpha", p.alpha.is_some()),
@@ -366,7 +384,7 @@ impl Scenario {
             "shards" => {
                 only(&["classes_per_client"])?;
                 PartitionSpec::Shards {
-                    classes_per_client: count("partition.classes_per_client", p.classes_per_client.unwrap_or(2), 1)?,
+                    classes_per_client: bounded("partition.classes_per_client", p.classes_per_client.unwrap_or(2), 1, limits::MAX_CLASSES)?,
                 }
             }
             "natural" => {
@@ -389,11 +407,11 @@ impl Scenario {
         let m = &r.model;
         let kind = match m.kind.as_str() {
             "logreg" => ModelKind::LogReg,
-            "mlp" => ModelKind::Mlp { hidden: count("model.hidden", m.hidden.unwrap_or(64), 1)? },
+            "mlp" => ModelKind::Mlp { hidden: bounded("model.hidden", m.hidden.unwrap_or(64), 1, limits::MAX_HIDDEN)? },
             "cnn" => ModelKind::Cnn,
             "char_mlp" => ModelKind::CharMlp {
-                embed: count("model.embed", m.embed.unwrap_or(8), 1)?,
-                hidden: count("model.hidden", m.hidden.unwrap_or(256), 1)?,
+                embed: bounded("model.embed", m.embed.unwrap_or(8), 1, limits::MAX_EMBED)?,
+                hidden: bounded("model.hidden", m.hidden.unwrap_or(256), 1, limits::MAX_HIDDEN)?,
             },
             other => {
                 return Err(invalid(
@@ -408,20 +426,21 @@ impl Scenario {
         if m.embed.is_some() && !matches!(kind, ModelKind::CharMlp { .. }) {
             return Err(invalid("model.embed", format!("does not apply to model `{}`", m.kind)));
         }
+        let size_key = if matches!(kind, ModelKind::LogReg | ModelKind::Cnn) { "model.kind" } else { "model.hidden" };
+        let shape = dataset.sample_shape();
+        let model_spec = flotilla_ml::ModelSpec { kind, input_shape: shape.0, num_classes: shape.1 };
+        limits::model_params(size_key, model_spec.param_count()).map_err(|e| invalid(e.field, e.message))?;
 
         let t = &r.train;
         let lr = t.learning_rate;
-        if !(lr.is_finite() && lr > 0.0 && lr <= 100.0) {
-            return Err(invalid("train.learning_rate", format!("must be in (0, 100], got {lr}")));
-        }
+        limits::positive("train.learning_rate", lr, limits::MAX_LEARNING_RATE).map_err(|e| invalid(e.field, e.message))?;
         let train = TrainSettings {
-            local_epochs: u32::try_from(count("train.local_epochs", t.local_epochs, 1)?)
-                .map_err(|_| invalid("train.local_epochs", "is too large"))?,
-            batch_size: count("train.batch_size", t.batch_size, 1)?,
+            local_epochs: bounded("train.local_epochs", t.local_epochs, 1, limits::MAX_LOCAL_EPOCHS)? as u32,
+            batch_size: bounded("train.batch_size", t.batch_size, 1, limits::MAX_BATCH_SIZE)?,
             learning_rate: lr as f32,
             max_grad_norm: match t.max_grad_norm {
                 None => None,
-                Some(m) if m.is_finite() && m > 0.0 && m <= 1e6 => Some(m as f32),
+                Some(m) if m.is_finite() && m > 0.0 && m <= limits::MAX_NORM => Some(m as f32),
                 Some(m) => return Err(invalid("train.max_grad_norm", format!("must be in (0, 1e6], got {m}"))),
             },
         };
@@ -438,10 +457,12 @@ impl Scenario {
             train_ticks: {
                 let lo = count("round.train_ticks_min", rr.train_ticks_min.unwrap_or(10), 1)? as u64;
                 let hi = count("round.train_ticks_max", rr.train_ticks_max.unwrap_or(100), 1)? as u64;
-                if hi < lo || hi > 1_000_000 {
+                // A tick is a virtual second and the stage deadline is the longest training time.
+                let max_ticks = limits::MAX_DEADLINE_MS / 1000;
+                if hi < lo || hi > max_ticks {
                     return Err(invalid(
                         "round.train_ticks_max",
-                        format!("must be in round.train_ticks_min ({lo})..=1000000, got {hi}"),
+                        format!("must be in round.train_ticks_min ({lo})..={max_ticks} (7 days of ticks), got {hi}"),
                     ));
                 }
                 (lo, hi)
@@ -472,7 +493,7 @@ impl Scenario {
             Some(raw) => Some(crate::secagg::SecAggSettings::from_raw(raw, clients_per_round, &strategy, attack.is_some())?),
         };
         let sim = r.simulation.unwrap_or_default();
-        let simulation = SimulationSettings { threads: count("simulation.threads", sim.threads.unwrap_or(0), 0)? };
+        let simulation = SimulationSettings { threads: bounded("simulation.threads", sim.threads.unwrap_or(0), 0, MAX_THREADS)? };
 
         Ok(Scenario {
             name: r.name.unwrap_or_else(|| dataset.to_string()),

@@ -696,13 +696,10 @@ fn new_secret(prefix: &str) -> Result<String> {
     Ok(format!("{prefix}{}", hex::encode(bytes)))
 }
 
+/// Tenants name jobs and tokens and appear in logs and listings: the rule of
+/// `flotilla_core::names::check_tenant` (length, characters) is enforced where they are created.
 fn check_tenant(tenant: &str) -> Result<()> {
-    if tenant.is_empty() {
-        return Err(StoreError::InvalidArgument(
-            "tenant must not be empty".into(),
-        ));
-    }
-    Ok(())
+    flotilla_core::names::check_tenant(tenant).map_err(|e| StoreError::InvalidArgument(e.to_string()))
 }
 
 fn to_db(v: u64, what: &str) -> Result<i64> {

@@ -215,13 +215,10 @@ pub fn num(v: f64) -> String {
 }
 
 /// Text from the coordinator (names, reasons: other people's input) made safe for a terminal:
-/// control characters are escaped, so a name cannot move the cursor or forge lines.
+/// control characters and bidi controls are escaped, so a name cannot move the cursor, forge lines
+/// or reorder what the operator reads.
 pub fn clean(s: &str) -> String {
-    if s.chars().any(char::is_control) {
-        s.escape_debug().to_string()
-    } else {
-        s.to_owned()
-    }
+    crate::log_escape::escape_control(s).into_owned()
 }
 
 // ----- tables ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ mod bench_cmd;
 mod completions_cmd;
 mod data_cmd;
 mod dp_cmd;
+mod log_escape;
 mod model_file;
 mod net_cmd;
 mod server_cmd;
@@ -89,7 +90,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the outermost context and its causes, joined.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            // Messages quote the server and files: escaped, so they cannot drive the terminal.
+            eprintln!("error: {}", log_escape::escape_control(&format!("{e:#}").replace('\n', " ")));
             ExitCode::FAILURE
         }
     }

@@ -42,7 +42,7 @@ pub struct ClientArgs {
     /// Allow a plain-text http:// coordinator (development only)
     #[arg(long)]
     insecure: bool,
-    /// Name shown in the admin API
+    /// Name shown in the admin API: 1–64 characters of ASCII letters, digits, space and . _ - @ : /
     #[arg(long, default_value = "flotilla-client")]
     name: String,
     /// Only serve these jobs (repeatable); default: any job this client is eligible for
@@ -61,7 +61,13 @@ pub(crate) fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour codes only on a terminal: logs redirected to files stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    // Every field and message escaped (newlines, ESC, bidi controls): see `log_escape`.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .fmt_fields(crate::log_escape::fields())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
