@@ -15,7 +15,7 @@ use flotilla_data::Dataset;
 use flotilla_ml::{Samples, Trainer};
 use flotilla_proto::{ExpectedLayout, v1};
 use flotilla_store::{JobId, JobState, RoundCommit, Store, StoreError};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, mpsc};
 
 use crate::metrics::Metrics;
 use crate::spec::JobSpec;
@@ -159,7 +159,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub jobs: RwLock<BTreeMap<u64, Arc<JobRuntime>>>,
     pub timers: mpsc::UnboundedSender<TimerEntry>,
-    pub upload_slots: Arc<Semaphore>,
+    /// Upload slots, per-client and per-tenant caps, the wait queue and throttling.
+    pub admission: Arc<crate::service::admission::Admission>,
     pub partial_uploads: StdMutex<crate::service::PartialUploads>,
     pub limits: crate::Limits,
     pub data_dir: PathBuf,

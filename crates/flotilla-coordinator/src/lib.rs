@@ -44,7 +44,7 @@ use std::time::Duration;
 use flotilla_proto::v1::coordinator_server::CoordinatorServer;
 use flotilla_store::{Store, StoreConfig};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -76,18 +76,47 @@ pub enum TlsMode {
     Insecure,
 }
 
-/// Resource limits of the service.
+/// Resource limits of the service. [`Limits::validate`] (run by [`Server::bind`]) refuses values
+/// outside the ranges given here, naming the field.
+///
+/// Uploads are admitted fairly (see the coordinator README, "Uploads: admission and memory"): only
+/// a client whose header proves it may upload now (in the current stage's cohort, or holding its
+/// FedBuff task) takes a slot; each client has at most `upload_per_client` streams and each tenant
+/// at most `upload_tenant_slots` slots; streams wait for a slot in FIFO order in a queue of at most
+/// `upload_queue`, for at most `upload_slot_wait` and never past the stage deadline; a stream
+/// holding a slot that sends nothing for `upload_idle_timeout`, or less than
+/// `min_upload_bytes_per_sec` over an `upload_rate_window`, is dropped (what it sent is kept for
+/// resume) and its slot freed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest update payload accepted, bytes (default 1 GiB).
     pub max_upload_bytes: u64,
-    /// Uploads assembled at the same time (default 8). Update memory is
+    /// Uploads assembled at the same time (default 8; 1..=1024). Update memory is
     /// O((upload_concurrency + max_partial_uploads) × model size), independent of the number of clients.
     pub upload_concurrency: usize,
     /// Interrupted uploads kept for resume (default 8); the oldest is dropped first.
     pub max_partial_uploads: usize,
-    /// How long an upload waits for a free slot before `RESOURCE_EXHAUSTED` (default 30 s).
+    /// How long an upload waits for a free slot before `RESOURCE_EXHAUSTED` (default 30 s, at
+    /// most 10 min); never past the deadline of the stage it reports for.
     pub upload_slot_wait: Duration,
+    /// Upload streams one client may have waiting or holding a slot (default 1; 1..=16); a
+    /// further one is refused at once with `RESOURCE_EXHAUSTED` (reason `client_busy`).
+    pub upload_per_client: usize,
+    /// Slots the clients of one tenant may hold at once; `None`: `upload_concurrency / 2`, at
+    /// least 1 (1..=upload_concurrency).
+    pub upload_tenant_slots: Option<usize>,
+    /// Uploads that may wait for a slot (default 32; at most 4096); a further one is refused at
+    /// once with `RESOURCE_EXHAUSTED` (reason `queue_full`).
+    pub upload_queue: usize,
+    /// A stream holding a slot that receives no byte for this long is dropped (default 10 s;
+    /// 100 ms..=10 min).
+    pub upload_idle_timeout: Duration,
+    /// A stream holding a slot must receive at least this many bytes per second, averaged over
+    /// each `upload_rate_window`, or it is dropped (default 8 KiB/s; 0 turns the check off; at
+    /// most 1 GiB/s).
+    pub min_upload_bytes_per_sec: u64,
+    /// The window `min_upload_bytes_per_sec` is averaged over (default 30 s; 100 ms..=10 min).
+    pub upload_rate_window: Duration,
 }
 
 impl Default for Limits {
@@ -97,7 +126,56 @@ impl Default for Limits {
             upload_concurrency: 8,
             max_partial_uploads: 8,
             upload_slot_wait: service::DEFAULT_SLOT_WAIT,
+            upload_per_client: 1,
+            upload_tenant_slots: None,
+            upload_queue: 32,
+            upload_idle_timeout: Duration::from_secs(10),
+            min_upload_bytes_per_sec: 8 << 10,
+            upload_rate_window: Duration::from_secs(30),
         }
+    }
+}
+
+impl Limits {
+    /// Slots one tenant may hold: `upload_tenant_slots`, or half the slots (at least 1).
+    pub fn tenant_slots(&self) -> usize {
+        self.upload_tenant_slots.unwrap_or(self.upload_concurrency / 2).clamp(1, self.upload_concurrency.max(1))
+    }
+
+    /// Checks every field against its range; the error names the field.
+    pub fn validate(&self) -> Result<(), CoordinatorError> {
+        const TEN_MINUTES: Duration = Duration::from_secs(600);
+        const TENTH: Duration = Duration::from_millis(100);
+        let bad = |field: &str, range: &str, got: String| -> Result<(), CoordinatorError> {
+            Err(CoordinatorError::Config(format!("limits.{field} must be in {range}, got {got}")))
+        };
+        if !(1..=1024).contains(&self.upload_concurrency) {
+            return bad("upload_concurrency", "1..=1024", self.upload_concurrency.to_string());
+        }
+        if self.upload_slot_wait > TEN_MINUTES {
+            return bad("upload_slot_wait", "0..=10min", format!("{:?}", self.upload_slot_wait));
+        }
+        if !(1..=16).contains(&self.upload_per_client) {
+            return bad("upload_per_client", "1..=16", self.upload_per_client.to_string());
+        }
+        if let Some(t) = self.upload_tenant_slots
+            && !(1..=self.upload_concurrency).contains(&t)
+        {
+            return bad("upload_tenant_slots", &format!("1..={} (upload_concurrency)", self.upload_concurrency), t.to_string());
+        }
+        if self.upload_queue > 4096 {
+            return bad("upload_queue", "0..=4096", self.upload_queue.to_string());
+        }
+        if !(TENTH..=TEN_MINUTES).contains(&self.upload_idle_timeout) {
+            return bad("upload_idle_timeout", "100ms..=10min", format!("{:?}", self.upload_idle_timeout));
+        }
+        if self.min_upload_bytes_per_sec > 1 << 30 {
+            return bad("min_upload_bytes_per_sec", "0..=1073741824", self.min_upload_bytes_per_sec.to_string());
+        }
+        if !(TENTH..=TEN_MINUTES).contains(&self.upload_rate_window) {
+            return bad("upload_rate_window", "100ms..=10min", format!("{:?}", self.upload_rate_window));
+        }
+        Ok(())
     }
 }
 
@@ -191,9 +269,7 @@ impl Server {
         if config.admin_token.trim().is_empty() {
             return Err(CoordinatorError::Config("the admin token must not be empty".into()));
         }
-        if config.limits.upload_concurrency == 0 {
-            return Err(CoordinatorError::Config("limits.upload_concurrency must be ≥ 1".into()));
-        }
+        config.limits.validate()?;
         if config.credential_ttl.is_zero() || config.credential_ttl > MAX_CREDENTIAL_TTL {
             return Err(CoordinatorError::Config(format!(
                 "credential_ttl must be in 1 ms..={} days, got {:?}",
@@ -231,7 +307,7 @@ impl Server {
             metrics: Arc::new(metrics::Metrics::default()),
             jobs: Default::default(),
             timers: timer_tx,
-            upload_slots: Arc::new(Semaphore::new(config.limits.upload_concurrency)),
+            admission: Arc::new(service::admission::Admission::new(&config.limits)),
             partial_uploads: Default::default(),
             limits: config.limits.clone(),
             data_dir,
@@ -286,8 +362,10 @@ impl Server {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let service = CoordinatorServer::new(service::CoordinatorService { shared: shared.clone() })
-            .max_decoding_message_size(flotilla_proto::MAX_CHUNK_BYTES + (64 << 10));
+        let service = service::CountUploadBytes(
+            CoordinatorServer::new(service::CoordinatorService { shared: shared.clone() })
+                .max_decoding_message_size(flotilla_proto::MAX_CHUNK_BYTES + (64 << 10)),
+        );
         let router = admin::router(shared.clone(), &admin_token);
         let grpc_builder = || {
             tonic::transport::Server::builder()

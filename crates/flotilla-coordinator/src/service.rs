@@ -19,10 +19,14 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::jobs::{JobInner, JobRuntime, Shared, now_ms};
 use crate::metrics::Metrics;
 
+pub(crate) mod admission;
 mod task_failure;
 mod upload_finish;
+mod upload_pace;
 
+pub(crate) use upload_pace::CountUploadBytes;
 use upload_finish::Finished;
+use upload_pace::{Next, Pacer, UploadProgress};
 
 /// An upload whose stream ended before its last byte, kept for resume.
 pub(crate) struct Partial {
@@ -359,8 +363,18 @@ impl Coordinator for CoordinatorService {
         let client = caller.id;
         let shared = &self.shared;
         let m = &shared.metrics;
+        if let Err(e) = shared.admission.check_throttle(client.0) {
+            return Err(self.refuse(e.reason(), e.status()));
+        }
+        let progress = req.extensions().get::<UploadProgress>().cloned();
         let mut stream = req.into_inner();
-        let header = match stream.message().await? {
+        // The header must come promptly too: a stream that sends none still ties up a handler.
+        let Ok(first) = tokio::time::timeout(shared.limits.upload_idle_timeout, stream.message()).await else {
+            shared.admission.strike(client.0);
+            let msg = format!("no upload header within {} ms", shared.limits.upload_idle_timeout.as_millis());
+            return Err(self.refuse("slow_upload", Status::deadline_exceeded(msg)));
+        };
+        let header = match first? {
             Some(v1::UploadMessage { kind: Some(upload_message::Kind::Header(h)) }) => h,
             Some(_) => return Err(self.refuse("invalid_header", Status::invalid_argument("the first message of an upload must be the header"))),
             None => return Err(self.refuse("invalid_header", Status::invalid_argument("empty upload stream"))),
@@ -370,8 +384,8 @@ impl Coordinator for CoordinatorService {
         };
         self.check_tenant(&caller, &job)?;
         let key = (header.round, header.attempt, header.stage_index, client);
-        // Cheap verdicts before any payload byte is read.
-        {
+        // Cheap verdicts before any payload byte is read and before any upload slot is taken.
+        let deadline_ms = {
             let inner = job.inner.lock().await;
             if let Some(sha) = inner.accepted.get(&key) {
                 return Ok(if *sha == header.sha256 {
@@ -390,13 +404,17 @@ impl Coordinator for CoordinatorService {
                 shared.metrics.reject("not_accepting");
                 return Ok(upload_refused("not_accepting", "the job is no longer running rounds"));
             }
-            // Round-based jobs: the current round and attempt; FedBuff: the client's outstanding,
-            // not too stale task.
-            if let Err(reason) = inner.machine.precheck_report(client, header.round, header.attempt) {
+            // Round-based jobs: the current round, attempt and stage, and the client in its cohort;
+            // FedBuff: the client's outstanding, not too stale task.
+            if let Err(reason) = inner.machine.precheck_upload(client, header.round, header.attempt, header.stage_index) {
+                if reason == RejectReason::NotSelected {
+                    shared.admission.strike(client.0);
+                }
                 shared.metrics.reject(reject_name(&reason));
                 return Ok(upload_refused(reject_name(&reason), reason.to_string()));
             }
-        }
+            inner.deadline_ms
+        };
         let limits = UploadLimits {
             max_total_bytes: shared.limits.max_upload_bytes,
             max_chunk_bytes: MAX_CHUNK_BYTES,
@@ -406,10 +424,13 @@ impl Coordinator for CoordinatorService {
             let e = TransferError::from(e);
             return Err(self.refuse(transfer_reason(&e), e.into()));
         }
-        // Bounded memory: at most `upload_concurrency` payloads are being assembled at once.
-        let permit = match tokio::time::timeout(shared.limits.upload_slot_wait, shared.upload_slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => return Err(self.refuse("busy", Status::resource_exhausted("too many concurrent uploads; retry later"))),
+        // Bounded memory and fairness: at most `upload_concurrency` payloads are assembled at once,
+        // admitted per client, per tenant and in FIFO order (see `admission`), waiting no longer
+        // than the stage deadline.
+        let deadline = deadline_ms.map(|d| tokio::time::Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
+        let permit = match shared.admission.admit(client.0, &caller.tenant, deadline).await {
+            Ok(slot) => slot,
+            Err(e) => return Err(self.refuse(e.reason(), e.status())),
         };
         let pkey = (client.0, header.upload_id.clone());
         let previous = shared.partial_uploads.lock().ok().and_then(|mut p| p.take(&pkey));
@@ -433,15 +454,26 @@ impl Coordinator for CoordinatorService {
                 map.put(pkey.clone(), p, shared.limits.max_partial_uploads);
             }
         };
+        let mut pacer = Pacer::new(&shared.limits, progress);
         loop {
-            let msg = match stream.message().await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => break,
-                Err(status) => {
+            let msg = match pacer.next(&mut stream).await {
+                Next::Message(Some(msg)) => msg,
+                Next::Message(None) => break,
+                Next::Broken(status) => {
                     // Broken stream: keep what arrived for a resume.
                     save(part);
                     Metrics::inc(&m.uploads_incomplete);
                     return Err(status);
+                }
+                Next::TooSlow(why) => {
+                    // Slowloris or a dying link: free the slot, keep what arrived for a resume.
+                    let received = part.assembler.received();
+                    save(part);
+                    Metrics::inc(&m.uploads_incomplete);
+                    shared.admission.strike(client.0);
+                    tracing::info!(client = client.0, job = job.id.0, received, why = %why, "slow upload dropped; its slot is free");
+                    let msg = format!("upload too slow ({why}); dropped to free its slot, {received} bytes kept: resume from QueryUpload's offset");
+                    return Err(self.refuse("slow_upload", Status::deadline_exceeded(msg)));
                 }
             };
             let chunk = match msg.kind {

@@ -77,6 +77,7 @@ use crate::error::{AggregateError, ConfigError};
 use crate::params::ParamLayout;
 use crate::strategy::{FedBuffSpec, Quarantined, RoundAggregate, RoundResult, Strategy, StrategySpec};
 
+mod precheck;
 mod status;
 pub use status::{AbandonCause, Activity};
 

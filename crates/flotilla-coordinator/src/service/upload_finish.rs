@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use flotilla_core::round::{Event, RejectReason, ReportMetrics};
 use flotilla_proto::v1;
-use tokio::sync::OwnedSemaphorePermit;
 use tonic::{Response, Status};
 
 use super::{CoordinatorService, reject_name, upload_refused, upload_response};
@@ -24,7 +23,7 @@ pub(crate) struct Finished {
     pub masked: bool,
     pub train_loss: f64,
     /// The upload slot, released once the update is folded in.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: super::admission::UploadSlot,
 }
 
 impl CoordinatorService {
