@@ -186,8 +186,8 @@ impl CoordinatorService {
                 Err(self.refuse("credential_expired", AuthError::Expired.status("credential expired; enroll again")))
             }
             Err(e) => {
-                tracing::error!(error = %e, "authentication failed on the store");
-                Err(Status::unavailable("coordinator store unavailable; retry later"))
+                tracing::warn!(error = %e, "authentication failed: store unavailable");
+                Err(Status::unavailable(format!("store unavailable: {e}; retry later")))
             }
         }
     }
@@ -277,7 +277,13 @@ impl Coordinator for CoordinatorService {
         }
         for job in &jobs {
             let mut inner = job.inner.lock().await;
-            if inner.halted.is_some() || inner.machine.is_finished() || inner.machine.failure().is_some() {
+            if inner.halted.is_some() {
+                // Resumes by itself once the store is back: come back at the job's own pace.
+                let ms = inner.machine.policy().retry_after_ms;
+                retry = Some(retry.map_or(ms, |r| r.min(ms)));
+                continue;
+            }
+            if inner.machine.is_finished() || inner.machine.failure().is_some() {
                 continue;
             }
             let out = self.shared.drive(job, &mut inner, Event::CheckIn { client }, Some(client)).await;
@@ -499,11 +505,12 @@ impl Coordinator for CoordinatorService {
         };
         let out = shared.drive(&job, &mut inner, event, Some(client)).await;
         drop(permit);
-        if out.accepted {
+        // An update whose commit failed was not accepted after all: never `DUPLICATE` for it.
+        if out.accepted && out.persist_failed.is_none() {
             inner.accepted.insert(key, header.sha256.clone());
         }
         if let Some(msg) = out.persist_failed {
-            return Err(Status::unavailable(format!("the coordinator could not persist the round ({msg}); retry later")));
+            return Err(Status::unavailable(format!("store unavailable: {msg}; retry later")));
         }
         if out.accepted {
             Metrics::inc(&m.uploads_accepted);
