@@ -37,6 +37,12 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if crate::jobs::retryable(&e) {
+            // The database or blob store is down or full: the request may succeed later. Not an
+            // ERROR line per request: a halted job logs the outage once.
+            tracing::warn!(error = %e, "admin request failed: store unavailable");
+            return ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}; retry later"));
+        }
         let code = match &e {
             StoreError::JobNotFound(_) | StoreError::ClientNotFound(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidTransition { .. } | StoreError::JobNotRunning { .. } => StatusCode::CONFLICT,
@@ -47,6 +53,27 @@ impl From<StoreError> for ApiError {
             tracing::error!(error = %e, "admin request failed on the store");
         }
         ApiError(code, e.to_string())
+    }
+}
+
+/// Longest an admin request waits for one store call (the pool's acquire timeout, 2 s, normally
+/// answers first): while the store is down, calls fail fast with `503 store unavailable`.
+const STORE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Longest an admin request waits for a running job's lock (held while a round commits).
+const JOB_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A store call bounded by [`STORE_CALL_TIMEOUT`]; its errors as API errors.
+async fn bounded<T>(call: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(STORE_CALL_TIMEOUT, call).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(_) => {
+            tracing::warn!("admin request failed: the store did not answer in time");
+            Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store unavailable: no answer within {} s; retry later", STORE_CALL_TIMEOUT.as_secs()),
+            ))
+        }
     }
 }
 
@@ -113,7 +140,7 @@ async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult {
         return Err(ApiError(StatusCode::BAD_REQUEST, "expires_in_seconds: must be in 1..=315360000".into()));
     }
     let expires_at_ms = now_ms().saturating_add(secs * 1000) as i64;
-    let t = st.shared.store.create_enrollment_token(&tenant, uses, expires_at_ms).await?;
+    let t = bounded(st.shared.store.create_enrollment_token(&tenant, uses, expires_at_ms)).await?;
     Ok(Json(json!({ "token": t.secret, "token_id": t.id.0, "tenant": tenant, "uses": uses, "expires_at_ms": expires_at_ms })))
 }
 
@@ -122,6 +149,10 @@ async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult {
     match st.shared.submit_job(text).await {
         Ok(id) => Ok(Json(json!({ "job_id": id.0 }))),
         Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
+        Err(e @ SubmitError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "job submission failed");
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
         Err(SubmitError::Internal(m)) => {
             tracing::error!(error = %m, "job submission failed");
             Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, m))
@@ -129,8 +160,9 @@ async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult {
     }
 }
 
-/// A job as listed. `live` is the reason of a running job ([`job_reason`]).
-fn job_summary(j: &JobRecord, live: Option<String>) -> Value {
+/// A job as listed. `live` is the reason of a running job ([`job_reason`]); `halted` the cause of
+/// its halt, if a storage fault halted it.
+fn job_summary(j: &JobRecord, live: Option<String>, halted: Option<&str>) -> Value {
     let mut v = json!({
         "job_id": j.id.0,
         "name": j.name,
@@ -150,6 +182,9 @@ fn job_summary(j: &JobRecord, live: Option<String>) -> Value {
     if let Some(r) = reason {
         v["reason"] = json!(r);
     }
+    if let Some(h) = halted.filter(|_| j.state == JobState::Running) {
+        v["halted"] = json!(h);
+    }
     v
 }
 
@@ -163,7 +198,9 @@ async fn job_reason(st: &AdminState, j: &JobRecord) -> (Option<String>, Option<L
     let Some(rt) = st.shared.job(&j.id.0.to_string()) else {
         return (Some("not running on this coordinator: the job could not be resumed after a restart; see the server log".into()), None);
     };
-    let inner = rt.inner.lock().await;
+    let Ok(inner) = tokio::time::timeout(JOB_LOCK_TIMEOUT, rt.inner.lock()).await else {
+        return (Some("busy: a round is being committed".into()), None);
+    };
     let live = crate::reasons::live_status(&inner, now_ms());
     let (round, attempt) = inner.machine.current_round();
     (live.reason.clone(), Some(Live { status: live, round, attempt, halted: inner.halted.clone() }))
@@ -178,11 +215,11 @@ struct Live {
 }
 
 async fn list_jobs(State(st): State<AdminState>) -> ApiResult {
-    let jobs = st.shared.store.list_jobs(None).await?;
+    let jobs = bounded(st.shared.store.list_jobs(None)).await?;
     let mut out = Vec::with_capacity(jobs.len());
     for j in &jobs {
-        let (reason, _) = job_reason(&st, j).await;
-        out.push(job_summary(j, reason));
+        let (reason, live) = job_reason(&st, j).await;
+        out.push(job_summary(j, reason, live.as_ref().and_then(|l| l.halted.as_deref())));
     }
     Ok(Json(Value::Array(out)))
 }
@@ -193,10 +230,10 @@ fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
 
 async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     let id = JobId(parse_id(&id, "job id")?);
-    let job = st.shared.store.get_job(id).await?;
-    let history = st.shared.store.job_history(id).await?;
+    let job = bounded(st.shared.store.get_job(id)).await?;
+    let history = bounded(st.shared.store.job_history(id)).await?;
     let (reason, live) = job_reason(&st, &job).await;
-    let mut out = job_summary(&job, reason);
+    let mut out = job_summary(&job, reason, live.as_ref().and_then(|l| l.halted.as_deref()));
     out["history"] = Value::Array(
         history
             .iter()
@@ -264,7 +301,7 @@ async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>, body: 
         }
         ApiError(StatusCode::CONFLICT, msg)
     };
-    let job = st.shared.store.get_job(id).await?;
+    let job = bounded(st.shared.store.get_job(id)).await?;
     if job.state.is_terminal() {
         return Err(terminal(&job));
     }
@@ -277,28 +314,28 @@ async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>, body: 
             let task = tokio::spawn(async move {
                 let mut inner = rt.inner.lock().await;
                 if inner.ended.is_some() {
-                    return Err(terminal(&shared.store.get_job(id).await?));
+                    return Err(terminal(&bounded(shared.store.get_job(id)).await?));
                 }
-                shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text2)).await?;
+                bounded(shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text2))).await?;
                 shared.end_job(&rt, &mut inner, JobState::Cancelled);
                 Ok::<(), ApiError>(())
             });
             task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the cancel's task failed: {e}")))??;
         }
-        None => st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text)).await?,
+        None => bounded(st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text))).await?,
     }
     tracing::info!(job = id.0, reason = ?text, "job cancelled");
     Ok(Json(json!({ "job_id": id.0, "state": "cancelled", "reason": text })))
 }
 
 async fn list_clients(State(st): State<AdminState>) -> ApiResult {
-    let clients = st.shared.store.list_clients(None).await?;
+    let clients = bounded(st.shared.store.list_clients(None)).await?;
     Ok(Json(serde_json::to_value(clients).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?))
 }
 
 async fn revoke_client(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
     let id = ClientId(parse_id(&id, "client id")?);
-    st.shared.store.revoke_client(id).await?;
+    bounded(st.shared.store.revoke_client(id)).await?;
     // After the store has it, so a concurrent call cannot re-cache the credential as valid.
     st.shared.credentials.forget_client(id);
     tracing::info!(client = id.0, "client revoked");

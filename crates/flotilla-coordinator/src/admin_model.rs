@@ -79,8 +79,8 @@ fn parse_round(query: Option<&str>) -> Result<Option<u64>, ApiError> {
 async fn locate(st: &AdminState, id: &str, query: Option<&str>) -> Result<Located, ApiError> {
     let id = JobId(parse_id(id, "job id")?);
     let wanted = parse_round(query)?;
-    let job = st.shared.store.get_job(id).await?;
-    let history = st.shared.store.job_history(id).await?;
+    let job = super::bounded(st.shared.store.get_job(id)).await?;
+    let history = super::bounded(st.shared.store.job_history(id)).await?;
     let round = match wanted {
         None => history.last().cloned().ok_or_else(|| {
             ApiError(StatusCode::NOT_FOUND, format!("job {id} has no committed round yet; its model can be downloaded once round 1 commits"))

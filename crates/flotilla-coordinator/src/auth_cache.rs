@@ -11,6 +11,11 @@
 //!   [`CredentialCache::forget_client`] after the store has recorded the revocation, so the very next
 //!   call is refused.
 //!
+//! While the store cannot be asked (an outage: the lookup fails with an infrastructure error), an
+//! entry up to [`OUTAGE_GRACE_MS`] old still serves, so connected clients keep checking in and
+//! resume work as soon as the store is back instead of backing off; nothing can be revoked while
+//! the store is down.
+//!
 //! Memory is bounded by [`CACHE_MAX_ENTRIES`]; when full, the cache is emptied and refilled.
 
 use std::collections::HashMap;
@@ -23,6 +28,8 @@ use crate::jobs::now_ms;
 
 /// How long a successful lookup is trusted without asking the store again, milliseconds.
 pub(crate) const CACHE_TTL_MS: u64 = 10_000;
+/// How long a successful lookup still serves while the store is unavailable, milliseconds.
+pub(crate) const OUTAGE_GRACE_MS: u64 = 15 * 60_000;
 /// Most credentials cached at once.
 pub(crate) const CACHE_MAX_ENTRIES: usize = 1 << 20;
 
@@ -45,11 +52,15 @@ impl CredentialCache {
     /// module docs), else from [`Store::authenticate`], whose errors are returned unchanged.
     pub async fn authenticate(&self, store: &Store, credential: &str) -> Result<ClientRecord, StoreError> {
         let now = now_ms();
-        if let Some(record) = self.lookup(credential, now) {
+        if let Some(record) = self.lookup(credential, now, CACHE_TTL_MS) {
             return Ok(record);
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let record = store.authenticate(credential).await?;
+        let record = match store.authenticate(credential).await {
+            Ok(r) => r,
+            Err(e) if crate::jobs::retryable(&e) => return self.lookup(credential, now, OUTAGE_GRACE_MS).ok_or(e),
+            Err(e) => return Err(e),
+        };
         if let Ok(mut map) = self.map.lock()
             && self.epoch.load(Ordering::SeqCst) == epoch
         {
@@ -61,15 +72,19 @@ impl CredentialCache {
         Ok(record)
     }
 
-    fn lookup(&self, credential: &str, now: u64) -> Option<ClientRecord> {
+    /// The cached record if it is younger than `max_age_ms`, unexpired and not revoked. Entries
+    /// past [`OUTAGE_GRACE_MS`], expired or revoked are dropped.
+    fn lookup(&self, credential: &str, now: u64, max_age_ms: u64) -> Option<ClientRecord> {
         let mut map = self.map.lock().ok()?;
         let e = map.get(credential)?;
-        let fresh = now.saturating_sub(e.cached_at_ms) < CACHE_TTL_MS;
+        let age = now.saturating_sub(e.cached_at_ms);
         let unexpired = e.record.credential_expires_at_ms.is_none_or(|exp| i64::try_from(now).is_ok_and(|n| n < exp));
-        if fresh && unexpired && !e.record.revoked {
+        if age < max_age_ms && unexpired && !e.record.revoked {
             return Some(e.record.clone());
         }
-        map.remove(credential);
+        if age >= OUTAGE_GRACE_MS || !unexpired || e.record.revoked {
+            map.remove(credential);
+        }
         None
     }
 
@@ -109,18 +124,21 @@ mod tests {
     #[test]
     fn entries_are_used_only_while_fresh() {
         let c = cache_with("cred", record(None), 1_000);
-        assert!(c.lookup("cred", 1_000 + CACHE_TTL_MS - 1).is_some());
-        assert!(c.lookup("other", 1_000).is_none());
-        assert!(c.lookup("cred", 1_000 + CACHE_TTL_MS).is_none());
-        // A stale entry is dropped, not kept for later.
-        assert!(c.lookup("cred", 1_000).is_none());
+        assert!(c.lookup("cred", 1_000 + CACHE_TTL_MS - 1, CACHE_TTL_MS).is_some());
+        assert!(c.lookup("other", 1_000, CACHE_TTL_MS).is_none());
+        assert!(c.lookup("cred", 1_000 + CACHE_TTL_MS, CACHE_TTL_MS).is_none());
+        // A stale entry is kept for an outage, within its grace…
+        assert!(c.lookup("cred", 1_000 + CACHE_TTL_MS, OUTAGE_GRACE_MS).is_some());
+        // …and dropped after it, not kept for later.
+        assert!(c.lookup("cred", 1_000 + OUTAGE_GRACE_MS, OUTAGE_GRACE_MS).is_none());
+        assert!(c.lookup("cred", 1_000, OUTAGE_GRACE_MS).is_none());
     }
 
     #[test]
     fn an_expired_credential_is_never_served_from_the_cache() {
         let c = cache_with("cred", record(Some(5_000)), 1_000);
-        assert!(c.lookup("cred", 4_999).is_some());
-        assert!(c.lookup("cred", 5_000).is_none(), "expiry is exclusive, as in the store");
+        assert!(c.lookup("cred", 4_999, CACHE_TTL_MS).is_some());
+        assert!(c.lookup("cred", 5_000, OUTAGE_GRACE_MS).is_none(), "expiry is exclusive, as in the store");
     }
 
     #[test]
@@ -128,9 +146,9 @@ mod tests {
         let c = cache_with("cred", record(None), 1_000);
         let epoch = c.epoch.load(Ordering::SeqCst);
         c.forget_client(ClientId(8));
-        assert!(c.lookup("cred", 1_001).is_some(), "another client's revocation changes nothing");
+        assert!(c.lookup("cred", 1_001, CACHE_TTL_MS).is_some(), "another client's revocation changes nothing");
         c.forget_client(ClientId(7));
-        assert!(c.lookup("cred", 1_001).is_none());
+        assert!(c.lookup("cred", 1_001, OUTAGE_GRACE_MS).is_none());
         assert_ne!(c.epoch.load(Ordering::SeqCst), epoch, "a lookup that started before is not cached");
     }
 

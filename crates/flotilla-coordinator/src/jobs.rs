@@ -81,8 +81,10 @@ pub(crate) struct JobInner {
     pub deadline_ms: Option<u64>,
     /// SHA-256 of every accepted update of the current and previous round.
     pub accepted: HashMap<UploadKey, Vec<u8>>,
-    /// Set when a commit could not be persisted: the in-memory machine is ahead of the database,
-    /// so the job takes no more events until a restart recovers it from its last durable commit.
+    /// Set when a commit (or a new attempt) could not be persisted: the in-memory machine is
+    /// ahead of the database, so the job takes no more events; the heal task (`heal.rs`) replaces
+    /// it by a runtime rebuilt from the last durable commit once the store accepts writes again.
+    /// The text is the cause, for `job status` ("could not persist round 5 (…)").
     pub halted: Option<String>,
     /// Secure aggregation (`[secagg]` jobs): the current attempt's secagg server and payloads.
     pub secagg: Option<crate::secagg_round::SecAggRound>,
@@ -131,6 +133,13 @@ pub(crate) struct Prepared {
     layout: ParamLayout,
     initial: Vec<f32>,
     evaluator: Option<Evaluator>,
+}
+
+impl Prepared {
+    /// A new machine for `spec`, at round 1 attempt 1 with the initial model.
+    pub(crate) fn fresh_machine(&self, spec: &JobSpec) -> Result<RoundMachine, flotilla_core::ConfigError> {
+        RoundMachine::with_strategy(spec.policy(), self.layout.clone(), self.initial.clone(), spec.seed, spec.strategy.clone())
+    }
 }
 
 /// Builds the model (initial parameters, layout) and the evaluator of a spec. Blocking (burn,
@@ -182,7 +191,9 @@ pub(crate) struct Shared {
 /// Store operations are retried this many times on infrastructure errors.
 const STORE_ATTEMPTS: u32 = 3;
 
-fn retryable(e: &StoreError) -> bool {
+/// Whether a store error is an infrastructure failure (database, blob store, disk) that may pass,
+/// rather than an outcome of the request.
+pub(crate) fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::Database(_) | StoreError::Blob(_) | StoreError::Io { .. })
 }
 
@@ -216,16 +227,16 @@ impl Shared {
         prepared: Prepared,
         machine: Option<RoundMachine>,
     ) -> Result<Arc<JobRuntime>, String> {
-        let Prepared { layout, initial, evaluator } = prepared;
         let machine = match machine {
             Some(m) => {
-                if m.layout() != &layout {
+                if m.layout() != &prepared.layout {
                     return Err("the saved machine's layout differs from the spec's model".into());
                 }
                 m
             }
-            None => RoundMachine::with_strategy(spec.policy(), layout.clone(), initial, spec.seed, spec.strategy.clone()).map_err(|e| e.to_string())?,
+            None => prepared.fresh_machine(&spec).map_err(|e| e.to_string())?,
         };
+        let Prepared { layout, evaluator, .. } = prepared;
         let secagg = crate::secagg_round::for_job(&spec, layout.len())?;
         let model_spec = spec.proto_model_spec();
         let control = machine.strategy().client_directive().server_control;
@@ -360,9 +371,8 @@ impl Shared {
                             out.ended = Some(state);
                             return;
                         }
-                        tracing::error!(job = job.id.0, round = info.round, "commit not persisted; job halted until restart: {msg}");
-                        inner.halted = Some(msg.clone());
-                        out.persist_failed = Some(msg);
+                        let cause = format!("could not persist round {} ({msg})", info.round);
+                        self.halt(job, inner, cause, out);
                         return;
                     }
                     Metrics::inc(&self.metrics.rounds_committed);
@@ -390,6 +400,16 @@ impl Shared {
                     // Debug formatting: the text may quote what clients reported.
                     tracing::warn!(job = job.id.0, round, attempt, reports, needed, reason = ?text, "round attempt abandoned");
                     inner.notes.retry = Some(crate::reasons::Retry { round, text });
+                    if !job_fails {
+                        // The next attempt is recorded before any of its tasks can be handed out
+                        // (its selection timer needs this job's lock, held here).
+                        let (round, attempt) = inner.machine.current_round();
+                        if let Err(msg) = self.record_attempt(job.id, round, attempt).await {
+                            let cause = format!("could not record attempt {attempt} of round {round} ({msg})");
+                            self.halt(job, inner, cause, out);
+                            return;
+                        }
+                    }
                 }
                 Action::StageClosed { round, attempt, stage, survivors, .. } => {
                     tracing::info!(job = job.id.0, round, attempt, stage, survivors = survivors.len(), "secure-aggregation stage closed");
@@ -442,6 +462,35 @@ impl Shared {
     async fn ended_in_store(&self, id: JobId) -> Option<JobState> {
         let lookup = tokio::time::timeout(Duration::from_secs(5), self.store.get_job(id)).await;
         lookup.ok()?.ok().map(|j| j.state).filter(|s| s.is_terminal())
+    }
+
+    /// Halts a job whose machine got ahead of the store: one ERROR line now; the heal task
+    /// resumes it from its last durable commit (one INFO line then).
+    fn halt(&self, job: &JobRuntime, inner: &mut JobInner, cause: String, out: &mut Outcome) {
+        tracing::error!(
+            job = job.id.0,
+            "{cause}; job halted, retrying every {} s until the store accepts writes",
+            crate::heal::HEAL_INTERVAL.as_secs()
+        );
+        Metrics::inc(&self.metrics.jobs_halted);
+        inner.halted = Some(cause.clone());
+        out.persist_failed = Some(cause);
+    }
+
+    /// Records that tasks of `(round, attempt)` may be handed out (see
+    /// [`flotilla_store::Store::record_issued_attempt`]), retrying infrastructure errors.
+    pub(crate) async fn record_attempt(&self, job: JobId, round: u64, attempt: u32) -> Result<(), String> {
+        for n in 1..=STORE_ATTEMPTS {
+            match self.store.record_issued_attempt(job, round, attempt).await {
+                Ok(()) => return Ok(()),
+                Err(e) if retryable(&e) && n < STORE_ATTEMPTS => {
+                    tracing::warn!(job = job.0, error = %e, "recording the attempt failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(n))).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("recording the attempt failed".into())
     }
 
     async fn persist_commit(&self, job: &JobRuntime, inner: &mut JobInner, info: &CommitInfo, snapshot: &str) -> Result<(), String> {
@@ -565,81 +614,12 @@ impl Shared {
             return Err(not_found());
         }
         // Version v is round v's model: one row, not the job's whole history.
-        let round = self.store.get_round(job.id, version).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let unavailable = |e: StoreError| tonic::Status::unavailable(format!("store unavailable: {e}; retry later"));
+        let round = self.store.get_round(job.id, version).await.map_err(unavailable)?;
         let round = round.filter(|r| r.model_version == version).ok_or_else(not_found)?;
-        let bytes = self.store.get_model(&round.model_blob_key).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let bytes = self.store.get_model(&round.model_blob_key).await.map_err(unavailable)?;
         let params = flotilla_core::params_from_le_bytes(&bytes).ok_or_else(|| tonic::Status::data_loss("stored model is not f32 data"))?;
         Ok(Arc::new(ModelVersion::new(version, params, &job.layout, &job.model_spec, None)))
-    }
-
-    /// The model of a job's last committed version, from the blob store.
-    async fn committed_model(&self, job: &flotilla_store::JobRecord) -> Result<Vec<f32>, String> {
-        let key = job.model_blob_key.as_deref().ok_or("the job has a snapshot but no committed model")?;
-        let bytes = self.store.get_model(key).await.map_err(|e| e.to_string())?;
-        flotilla_core::params_from_le_bytes(&bytes).ok_or_else(|| "the stored model is not f32 data".to_owned())
-    }
-
-    /// Restores every running job from the store: snapshot (+ committed model) → `recover()` → continue.
-    pub async fn recover_jobs(&self) -> Result<usize, crate::CoordinatorError> {
-        let recovered = self.store.load_running_jobs().await?;
-        let mut n = 0;
-        for rj in recovered {
-            let id = rj.job.id;
-            let spec: JobSpec = match serde_json::from_value(rj.job.spec.clone()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(job = id.0, error = %e, "stored job spec is unreadable; job left as is");
-                    continue;
-                }
-            };
-            let machine = match &rj.machine_state_json {
-                Some(s) => match serde_json::from_str::<RoundMachine>(s) {
-                    Ok(mut m) => {
-                        if m.rounds_committed() != rj.job.rounds_completed {
-                            tracing::error!(job = id.0, "snapshot is at round {} but the store at {}; job left as is", m.rounds_committed(), rj.job.rounds_completed);
-                            continue;
-                        }
-                        // The snapshot holds no model: it is the blob of the last committed version.
-                        let global = match self.committed_model(&rj.job).await {
-                            Ok(g) => g,
-                            Err(e) => {
-                                tracing::error!(job = id.0, error = %e, "cannot load the job's committed model; job left as is");
-                                continue;
-                            }
-                        };
-                        if let Err(e) = m.recover(global) {
-                            tracing::error!(job = id.0, error = %e, "the committed model does not fit the job; job left as is");
-                            continue;
-                        }
-                        Some(m)
-                    }
-                    Err(e) => {
-                        tracing::error!(job = id.0, error = %e, "stored machine snapshot is unreadable; job left as is");
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            let dir = self.data_dir.clone();
-            let spec2 = spec.clone();
-            let prepared = match tokio::task::spawn_blocking(move || prepare(&spec2, &dir)).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    tracing::error!(job = id.0, error = %e, "cannot rebuild the job's model; job left as is");
-                    continue;
-                }
-                Err(e) => return Err(crate::CoordinatorError::Task(e.to_string())),
-            };
-            match self.runtime(id, spec, prepared, machine) {
-                Ok(rt) => {
-                    tracing::info!(job = id.0, rounds_completed = rj.job.rounds_completed, "job resumed");
-                    self.insert_job(rt);
-                    n += 1;
-                }
-                Err(e) => tracing::error!(job = id.0, error = %e, "cannot resume job"),
-            }
-        }
-        Ok(n)
     }
 
     /// Validates, stores and starts a job from its TOML text.
@@ -653,14 +633,7 @@ impl Shared {
         .await
         .map_err(|e| SubmitError::Internal(e.to_string()))??;
         // Build the machine before storing anything, so an invalid job leaves no trace.
-        let mut machine = RoundMachine::with_strategy(
-            spec.policy(),
-            prepared.layout.clone(),
-            prepared.initial.clone(),
-            spec.seed,
-            spec.strategy.clone(),
-        )
-            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let mut machine = prepared.fresh_machine(&spec).map_err(|e| SubmitError::Invalid(e.to_string()))?;
         if spec.privacy.is_some() {
             // The central noise must not be reproducible from the job seed (clients can recover it
             // from their task seeds): a fresh secret key, kept in the machine snapshot.
@@ -677,8 +650,15 @@ impl Shared {
             .await
             .map_err(|e| match e {
                 StoreError::InvalidArgument(m) => SubmitError::Invalid(m),
+                e if retryable(&e) => SubmitError::Unavailable(e.to_string()),
                 e => SubmitError::Internal(e.to_string()),
             })?;
+        // Round 1 attempt 1 may be handed out as soon as the job runs: recorded first, so a
+        // restart before the first commit resumes at attempt 2, not at a second attempt 1.
+        if let Err(e) = self.record_attempt(id, 1, 1).await {
+            let _ = self.store.set_job_state_with_reason(id, JobState::Failed, Some("could not be started: the store was unavailable")).await;
+            return Err(SubmitError::Unavailable(e));
+        }
         if let Err(why) = self.privacy.register(&self.store, id, &spec).await {
             // Another job of the tenant took the budget in the meantime.
             let _ = self.store.set_job_state(id, JobState::Failed).await;
@@ -699,6 +679,9 @@ pub(crate) enum SubmitError {
     Invalid(String),
     #[error("{0}")]
     Internal(String),
+    /// The store failed (infrastructure): nothing the request can change.
+    #[error("store unavailable: {0}; retry later")]
+    Unavailable(String),
 }
 
 /// Fires machine timers on the real clock. One task for all jobs.

@@ -26,11 +26,13 @@ mod auth_cache;
 mod bounds;
 mod error;
 mod job_end;
+mod heal;
 mod jobs;
 mod metrics;
 pub mod secagg_round;
 mod privacy;
 mod reasons;
+mod recovery;
 mod service;
 pub mod spec;
 mod tls;
@@ -318,6 +320,13 @@ impl Server {
             privacy,
             recently_ended: Default::default(),
         });
+        // Before any job resumes (nothing writes blobs yet): models of commits that failed or
+        // never happened (a crash between storing the model and committing the round).
+        match shared.store.sweep_orphan_blobs(None).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed model blobs no committed round references"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep orphan model blobs"),
+        }
         // Privacy spend is rebuilt from the committed rounds before any job resumes.
         shared.privacy.rebuild(&shared.store).await?;
         let n = shared.recover_jobs().await?;
@@ -354,6 +363,7 @@ impl Server {
         let Server { shared, timer_rx, grpc, admin, grpc_addr, admin_addr, tls, admin_token } = self;
         let mut tasks = AbortOnDrop(Vec::new());
         tasks.0.push(tokio::spawn(jobs::timer_loop(shared.clone(), timer_rx)));
+        tasks.0.push(tokio::spawn(heal::heal_loop(shared.clone())));
         let (stop_tx, stop_rx) = watch::channel(false);
         tasks.0.push(tokio::spawn(async move {
             shutdown.await;

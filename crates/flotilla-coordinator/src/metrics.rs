@@ -35,6 +35,10 @@ pub struct Metrics {
     pub tls_handshake_failures: AtomicU64,
     /// Task failures clients reported (`ReportTaskFailure`) and the coordinator recorded.
     pub task_failures: AtomicU64,
+    /// Jobs halted because a commit (or a new attempt) could not be persisted.
+    pub jobs_halted: AtomicU64,
+    /// Halted jobs resumed by themselves once the store accepted writes again.
+    pub jobs_healed: AtomicU64,
     rejections: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -67,6 +71,10 @@ pub struct MetricsSnapshot {
     pub tls_handshake_failures: u64,
     /// See [`Metrics::task_failures`].
     pub task_failures: u64,
+    /// See [`Metrics::jobs_halted`].
+    pub jobs_halted: u64,
+    /// See [`Metrics::jobs_healed`].
+    pub jobs_healed: u64,
     /// Refused requests by reason (e.g. `unauthenticated`, `wrong_round`, `non_finite`).
     pub rejections: BTreeMap<String, u64>,
 }
@@ -101,6 +109,8 @@ impl Metrics {
             auth_failures: g(&self.auth_failures),
             tls_handshake_failures: g(&self.tls_handshake_failures),
             task_failures: g(&self.task_failures),
+            jobs_halted: g(&self.jobs_halted),
+            jobs_healed: g(&self.jobs_healed),
             rejections: self.rejections.lock().map(|m| m.clone()).unwrap_or_default(),
         }
     }

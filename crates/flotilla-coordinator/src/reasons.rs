@@ -289,7 +289,8 @@ pub(crate) fn live_status(inner: &JobInner, now_ms: u64) -> LiveStatus {
     let retrying = inner.notes.retry.as_ref().filter(|r| r.round == round && fedbuff.is_none());
     let mut reasons: Vec<String> = Vec::new();
     let phase = if let Some(h) = &inner.halted {
-        reasons.push(format!("halted: {h}; restart the coordinator to resume from the last committed round"));
+        // The heal task resumes the job once the store accepts writes again (heal.rs).
+        reasons.push(format!("halted: {h}; retrying every {} s", crate::heal::HEAL_INTERVAL.as_secs()));
         "halted"
     } else {
         if let Some(r) = retrying {

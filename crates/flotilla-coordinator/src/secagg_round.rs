@@ -333,7 +333,7 @@ async fn report(
     let event = Event::StageReport { client, round, attempt, stage, num_samples, metrics: ReportMetrics { train_loss } };
     let out = shared.drive(job, inner, event, Some(client)).await;
     if let Some(msg) = out.persist_failed {
-        return Err(("persist_failed", Status::unavailable(format!("the coordinator could not persist the round ({msg}); retry later"))));
+        return Err(("persist_failed", Status::unavailable(format!("store unavailable: {msg}; retry later"))));
     }
     if out.accepted {
         return Ok(());

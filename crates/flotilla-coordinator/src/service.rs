@@ -189,8 +189,8 @@ impl CoordinatorService {
                 Err(self.refuse("credential_expired", AuthError::Expired.status("credential expired; enroll again")))
             }
             Err(e) => {
-                tracing::error!(error = %e, "authentication failed on the store");
-                Err(Status::unavailable("coordinator store unavailable; retry later"))
+                tracing::warn!(error = %e, "authentication failed: store unavailable");
+                Err(Status::unavailable(format!("store unavailable: {e}; retry later")))
             }
         }
     }
@@ -285,7 +285,16 @@ impl Coordinator for CoordinatorService {
         }
         for job in &jobs {
             let mut inner = job.inner.lock().await;
-            if inner.ended.is_some() || inner.halted.is_some() || inner.machine.is_finished() || inner.machine.failure().is_some() {
+            if inner.ended.is_some() {
+                continue;
+            }
+            if inner.halted.is_some() {
+                // Resumes by itself once the store is back: come back at the job's own pace.
+                let ms = inner.machine.policy().retry_after_ms;
+                retry = Some(retry.map_or(ms, |r| r.min(ms)));
+                continue;
+            }
+            if inner.machine.is_finished() || inner.machine.failure().is_some() {
                 continue;
             }
             let out = self.shared.drive(job, &mut inner, Event::CheckIn { client }, Some(client)).await;

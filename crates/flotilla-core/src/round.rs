@@ -827,6 +827,28 @@ impl RoundMachine {
         Ok(())
     }
 
+    /// Moves the current round on to attempt `min` if it is below: for a driver resuming a job
+    /// (after [`RoundMachine::recover`], or a machine that never ran) that has recorded attempts
+    /// beyond the snapshot's, so no attempt number is issued twice. Like a crash, this does not
+    /// count towards `max_attempts`. Returns the attempt now current.
+    ///
+    /// Only while no attempt is under way (the machine is waiting for clients, as after
+    /// [`RoundMachine::recover`]); refused otherwise, changing nothing. A finished or failed
+    /// machine is left as is.
+    pub fn raise_attempt(&mut self, min: u32) -> Result<u32, ConfigError> {
+        match self.phase {
+            Phase::Finished | Phase::Failed(_) => Ok(self.attempt),
+            Phase::Waiting => {
+                self.attempt = self.attempt.max(min);
+                Ok(self.attempt)
+            }
+            _ => Err(ConfigError::new(
+                "attempt",
+                format!("can only be raised while waiting for clients, not while {}", self.phase.name()),
+            )),
+        }
+    }
+
     /// A seed for the current round attempt's server-side randomness (e.g. the secagg communication
     /// graph, which is published to clients), derived from the job seed, round and attempt.
     pub fn attempt_seed(&self) -> u64 {

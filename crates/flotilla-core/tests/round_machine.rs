@@ -294,3 +294,27 @@ fn crashes_do_not_count_towards_max_attempts() {
     assert!(m.failure().is_none());
     assert_eq!(m.current_round(), (1, 6));
 }
+
+#[test]
+fn raised_attempts_skip_issued_numbers_and_do_not_count_towards_max_attempts() {
+    // max_attempts = 2: raising to attempt 7 must not fail the job, and an abandonment after it
+    // is only the first failed attempt of the round.
+    let mut m = RoundMachine::new(policy(2, 2), layout(2), vec![0.0; 2], 3).unwrap();
+    assert_eq!(m.raise_attempt(5).unwrap(), 5, "a machine that never ran can start above 1");
+    m.recover(vec![0.0; 2]).unwrap();
+    assert_eq!(m.current_round(), (1, 6));
+    assert_eq!(m.raise_attempt(7).unwrap(), 7);
+    assert_eq!(m.raise_attempt(3).unwrap(), 7, "never lowered");
+    let acts = check_in_all(&mut m, 0, 0..2);
+    let t = timers(&acts);
+    let cohort = configured(&m.handle(t[0].1, Event::TimerFired(t[0].0)));
+    assert!(cohort.iter().all(|(_, task)| (task.round, task.attempt) == (1, 7)), "{cohort:?}");
+    // Refused while an attempt is under way, changing nothing.
+    assert!(m.raise_attempt(9).is_err());
+    assert_eq!(m.current_round(), (1, 7));
+    // The deadline passes with no report: abandoned once (of max 2), retried as attempt 8.
+    let acts = m.handle(t[0].1 + 10_000, Event::TimerFired(Timer::Deadline { round: 1, attempt: 7, stage: 0 }));
+    assert!(acts.iter().any(|a| matches!(a, Action::RoundAbandoned { attempt: 7, .. })), "{acts:?}");
+    assert!(m.failure().is_none(), "raising and one abandonment are below max_attempts = 2");
+    assert_eq!(m.current_round(), (1, 8));
+}

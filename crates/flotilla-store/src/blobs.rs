@@ -122,6 +122,114 @@ impl Blobs {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Every object under `job-<id>/` directories (of one job, if given), as keys relative to the
+    /// store's prefix: model blobs, and anything else left there. Two levels of
+    /// `list_with_delimiter`, which is all the layout has.
+    pub(crate) async fn list_keys(&self, job: Option<JobId>) -> Result<Vec<String>> {
+        let dirs: Vec<Path> = match job {
+            Some(j) => vec![self.prefix.clone().join(format!("job-{}", j.0))],
+            None => {
+                let root = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+                let top = self.store.list_with_delimiter(root).await?;
+                top.common_prefixes
+                    .into_iter()
+                    .filter(|p| p.filename().is_some_and(|f| f.starts_with("job-")))
+                    .collect()
+            }
+        };
+        let mut keys = Vec::new();
+        for dir in dirs {
+            let listed = match self.store.list_with_delimiter(Some(&dir)).await {
+                Ok(l) => l,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for meta in listed.objects {
+                let rel = meta
+                    .location
+                    .prefix_match(&self.prefix)
+                    .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"));
+                if let Some(rel) = rel {
+                    keys.push(rel);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Deletes the object under `key` (relative to the store's prefix; any key [`Blobs::list_keys`]
+    /// returned). A missing object is not an error.
+    pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        let location = key.split('/').fold(self.prefix.clone(), |path, part| path.join(part));
+        match self.store.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `len` bytes to a scratch object and deletes it: whether a model of that size can be
+    /// stored now (a full disk or an unreachable bucket fails here).
+    pub(crate) async fn probe(&self, len: usize) -> Result<()> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Random(e.to_string()))?;
+        let location = self.prefix.clone().join(PROBE_DIR).join(format!("{}.probe", hex::encode(nonce)));
+        let put = self.store.put(&location, PutPayload::from(vec![0u8; len])).await;
+        let deleted = self.store.delete(&location).await;
+        put?;
+        match deleted {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes what a crash can leave in the store besides orphan models: scratch objects of
+    /// [`Blobs::probe`] and, in a local directory, the staging files (`…#N`) of interrupted
+    /// writes. Only while nothing writes to the store.
+    pub(crate) async fn remove_leftovers(&self) -> Result<usize> {
+        let mut removed = 0;
+        let probes = self.prefix.clone().join(PROBE_DIR);
+        if let Ok(l) = self.store.list_with_delimiter(Some(&probes)).await {
+            for meta in l.objects {
+                if self.store.delete(&meta.location).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        if let Some(root) = self.local_root.clone() {
+            removed += tokio::task::spawn_blocking(move || remove_staging_files(&root))
+                .await
+                .map_err(|e| StoreError::Io { path: "blob store".into(), source: std::io::Error::other(e.to_string()) })??;
+        }
+        Ok(removed)
+    }
+}
+
+/// Directory of [`Blobs::probe`]'s scratch objects.
+const PROBE_DIR: &str = "probe";
+
+/// Deletes `job-*/…#N` staging files object_store leaves when a process dies mid-write.
+fn remove_staging_files(root: &FsPath) -> Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err(root, e)),
+    };
+    for dir in entries.flatten() {
+        let name = dir.file_name();
+        if !name.to_string_lossy().starts_with("job-") || !dir.path().is_dir() {
+            continue;
+        }
+        let files = std::fs::read_dir(dir.path()).map_err(|e| io_err(&dir.path(), e))?;
+        for f in files.flatten() {
+            if f.file_name().to_string_lossy().contains('#') {
+                std::fs::remove_file(f.path()).map_err(|e| io_err(&f.path(), e))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Keys look like `job-<id>/v<version>-<sha256 hex>.bin`.

@@ -13,7 +13,10 @@
 //!   committed round, the model it produced and the state machine snapshot saved with it.
 //! * **No commit without its model.** Callers [`Store::put_model`] first, then commit; the commit
 //!   checks that the blob exists. A crash between the two leaves an orphan blob, never a commit
-//!   without its model. Blob keys are content addresses, so re-putting after a crash is harmless.
+//!   without its model. Blob keys are content addresses, so re-putting after a crash is harmless;
+//!   [`Store::sweep_orphan_blobs`] removes orphans while no commit is in flight.
+//! * **Bounded calls.** Every call waits at most [`StoreConfig::acquire_timeout`] for a database
+//!   connection, so a database outage makes calls fail fast rather than hang.
 //! * **Secrets are never stored.** Enrollment token secrets and client credentials are 32 bytes
 //!   from the operating system's RNG; the database keeps only their SHA-256. Tokens have limited
 //!   uses and an expiry; credentials have an optional expiry and can be revoked.
@@ -32,10 +35,12 @@ mod blobs;
 mod error;
 mod job_reason;
 mod round_lookup;
+mod recovery;
+mod sweep;
 mod types;
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -90,7 +95,15 @@ pub struct StoreConfig {
     pub blob_url: String,
     /// Maximum number of pooled database connections.
     pub max_connections: u32,
+    /// How long a call waits for a database connection before it fails with
+    /// [`StoreError::Database`] (`PoolTimedOut`), and SQLite's busy timeout (default
+    /// [`DEFAULT_CALL_TIMEOUT`]). While the database is down every call fails within this time
+    /// instead of waiting for the outage to end.
+    pub acquire_timeout: Duration,
 }
+
+/// Default [`StoreConfig::acquire_timeout`]: 2 s.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl StoreConfig {
     /// The embedded default inside a data directory: `DIR/flotilla.db` and `DIR/models/`.
@@ -100,6 +113,7 @@ impl StoreConfig {
             database_url: format!("sqlite://{}?mode=rwc", dir.join("flotilla.db").display()),
             blob_url: dir.join("models").display().to_string(),
             max_connections: 8,
+            acquire_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 
@@ -109,6 +123,7 @@ impl StoreConfig {
             database_url: database_url.into(),
             blob_url: blob_url.into(),
             max_connections: 8,
+            acquire_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }
@@ -136,17 +151,25 @@ impl Store {
         if backend == Backend::Sqlite {
             create_sqlite_parent(&config.database_url).await?;
         }
-        let mut options = AnyPoolOptions::new().max_connections(config.max_connections.max(1));
+        let timeout = config.acquire_timeout.max(Duration::from_millis(1));
+        // A dead database is found out when a connection is taken (sqlx pings idle ones), so the
+        // acquire timeout bounds every call during an outage; new connections are retried within it.
+        let mut options = AnyPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(timeout);
         if backend == Backend::Sqlite {
+            let busy_ms = timeout.as_millis().min(i32::MAX as u128);
             // FULL is SQLite's compiled-in default, but durability must not depend on a build
             // flag: in WAL mode it makes every commit survive power loss, not just kill -9.
-            options = options.after_connect(|conn, _meta| {
+            // The busy timeout bounds a wait for another writer like the acquire timeout does.
+            options = options.after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     conn.execute("PRAGMA synchronous = FULL").await?;
                     // A bounded page cache per connection (256 KiB): with SQLite's default (2 MiB)
                     // the coordinator's RSS grew with the database, ~4 KB per committed round,
                     // until every pooled connection had cached 2 MiB. The OS caches the file.
                     conn.execute("PRAGMA cache_size = -256").await?;
+                    conn.execute(format!("PRAGMA busy_timeout = {busy_ms}").as_str()).await?;
                     Ok(())
                 })
             });
@@ -618,47 +641,6 @@ impl Store {
         .await?;
         tx.commit().await?;
         rows.iter().map(|r| round_from_row(r, "")).collect()
-    }
-
-    /// For recovery after a restart: every running job with its spec, last committed round (whose
-    /// model key is the current global model) and the machine snapshot saved with it. One query,
-    /// so each job and its last round are consistent.
-    pub async fn load_running_jobs(&self) -> Result<Vec<RecoveredJob>> {
-        let rows = sqlx::query(
-            "SELECT j.id, j.tenant, j.name, j.spec_json, j.state, j.rounds_total, \
-             j.rounds_completed, j.model_version, j.model_blob_key, j.created_at_ms, \
-             j.updated_at_ms, j.state_reason, j.machine_state_json, \
-             r.job_id AS r_job_id, r.round AS r_round, r.attempt AS r_attempt, \
-             r.model_version AS r_model_version, r.participants_json AS r_participants_json, \
-             r.metrics_json AS r_metrics_json, r.model_blob_key AS r_model_blob_key, \
-             r.committed_at_ms AS r_committed_at_ms \
-             FROM jobs j LEFT JOIN rounds r ON r.job_id = j.id AND r.round = j.rounds_completed \
-             WHERE j.state = 'running' ORDER BY j.id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let job = job_from_row(row, "")?;
-                let r_job: Option<i64> = row.try_get("r_job_id")?;
-                let last_round = match r_job {
-                    Some(_) => Some(round_from_row(row, "r_")?),
-                    None => None,
-                };
-                if last_round.is_none() && job.rounds_completed > 0 {
-                    return Err(StoreError::Corrupt(format!(
-                        "job {} has {} rounds completed but no row for the last one",
-                        job.id, job.rounds_completed
-                    )));
-                }
-                let machine_state_json: Option<String> = row.try_get("machine_state_json")?;
-                Ok(RecoveredJob {
-                    job,
-                    last_round,
-                    machine_state_json,
-                })
-            })
-            .collect()
     }
 
     // ----- model blobs --------------------------------------------------------------------------

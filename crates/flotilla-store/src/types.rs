@@ -254,4 +254,7 @@ pub struct RecoveredJob {
     pub last_round: Option<CommittedRound>,
     /// The machine snapshot saved with the last commit, if any.
     pub machine_state_json: Option<String>,
+    /// The highest `(round, attempt)` recorded by [`crate::Store::record_issued_attempt`], if any:
+    /// tasks of that attempt may have been handed out, so recovery must start above it.
+    pub issued_attempt: Option<(u64, u32)>,
 }

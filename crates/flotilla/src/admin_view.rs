@@ -22,6 +22,9 @@ pub struct JobSummary {
     pub created_at_ms: i64,
     #[serde(default)]
     pub updated_at_ms: i64,
+    /// Why a running job is halted (a storage fault; it resumes by itself once the store is back).
+    #[serde(default)]
+    pub halted: Option<String>,
 }
 
 /// `GET /v1/jobs/{id}`.
@@ -298,7 +301,10 @@ pub fn job_list(jobs: &[JobSummary], clock: &Clock) -> String {
             j.job_id.to_string(),
             clean(&j.name),
             clean(&j.tenant),
-            j.state.clone(),
+            match &j.halted {
+                Some(_) if j.state == "running" => "running (halted)".to_owned(),
+                _ => j.state.clone(),
+            },
             format!("{}/{}", j.rounds_completed, j.rounds_total),
             clock.absolute(j.created_at_ms),
             clock.relative(j.updated_at_ms),

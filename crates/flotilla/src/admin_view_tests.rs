@@ -172,6 +172,23 @@ fn job_list_is_a_table() {
 }
 
 #[test]
+fn a_halted_job_says_so_in_the_list_and_in_its_status() {
+    let cause = "could not persist round 5 (committing round 5: database error: pool timed out)";
+    let v = json!([{"job_id": 3, "name": "digits", "tenant": "default", "state": "running", "rounds_completed": 4,
+                    "rounds_total": 40, "halted": cause, "created_at_ms": NOW - 600_000, "updated_at_ms": NOW - 300_000}]);
+    let jobs: Vec<JobSummary> = serde_json::from_value(v).unwrap();
+    let out = job_list(&jobs, &clock());
+    assert!(out.lines().nth(1).unwrap().contains("running (halted)  4/40"), "{out}");
+    let mut s = status_json(4);
+    s["state"] = json!("running");
+    s["reason"] = json!(format!("halted: {cause}; retrying every 2 s"));
+    s["current"]["halted"] = json!(cause);
+    let s: JobStatus = serde_json::from_value(s).unwrap();
+    let out = job_status(&s, &clock());
+    assert!(out.contains(&format!("state      running: halted: {cause}; retrying every 2 s")), "{out}");
+}
+
+#[test]
 fn numbers_and_durations() {
     assert_eq!(num(0.312_345_678_901_234_5), "0.3123");
     assert_eq!(num(12.345_67), "12.346");

@@ -68,7 +68,7 @@ impl CoordinatorService {
         let event = Event::TaskFailed { client, round: r.round, attempt: r.attempt, stage: r.stage_index };
         let out = self.shared.drive(&job, &mut inner, event, Some(client)).await;
         if let Some(msg) = out.persist_failed {
-            return Err(Status::unavailable(format!("the coordinator could not persist the round ({msg}); retry later")));
+            return Err(Status::unavailable(format!("store unavailable: {msg}; retry later")));
         }
         Ok(Response::new(v1::TaskFailureAck { message: "task failure recorded".into() }))
     }

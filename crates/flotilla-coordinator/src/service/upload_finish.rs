@@ -74,14 +74,15 @@ impl CoordinatorService {
         };
         let out = shared.drive(&job, &mut inner, event, Some(client)).await;
         drop(permit);
-        if out.accepted {
+        // An update whose commit failed was not accepted after all: never `DUPLICATE` for it.
+        if out.accepted && out.persist_failed.is_none() {
             inner.accepted.insert(key, header.sha256.clone());
         }
         if let (Some(state), false) = (out.ended, out.accepted) {
             return Ok(self.job_ended(job.id.0, state));
         }
         if let Some(msg) = out.persist_failed {
-            return Err(Status::unavailable(format!("the coordinator could not persist the round ({msg}); retry later")));
+            return Err(Status::unavailable(format!("store unavailable: {msg}; retry later")));
         }
         if out.accepted {
             Metrics::inc(&m.uploads_accepted);

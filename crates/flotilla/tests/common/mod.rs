@@ -44,12 +44,26 @@ pub struct Federation {
     pub grpc: u16,
     pub admin: u16,
     pub database_url: Option<String>,
+    /// Extra `flotilla server` arguments (e.g. `--blob-url DIR`).
+    pub server_args: Vec<String>,
+    /// Extra environment of the server process (e.g. a `RUST_LOG` filter; default `warn`).
+    pub server_env: Vec<(String, String)>,
     pub server: Procs,
     pub clients: Procs,
 }
 
 impl Federation {
     pub fn new(name: &str, database_url: Option<String>) -> Self {
+        Self::with_server(name, database_url, &[], &[])
+    }
+
+    /// [`Federation::new`] whose server gets extra arguments and environment variables.
+    pub fn with_server(
+        name: &str,
+        database_url: Option<String>,
+        server_args: &[&str],
+        server_env: &[(&str, &str)],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -67,6 +81,11 @@ impl Federation {
             grpc: free_port(),
             admin: free_port(),
             database_url,
+            server_args: server_args.iter().map(|a| a.to_string()).collect(),
+            server_env: server_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             server: Procs(Vec::new()),
             clients: Procs(Vec::new()),
         };
@@ -103,6 +122,8 @@ impl Federation {
         if let Some(url) = &self.database_url {
             cmd.args(["--database-url", url]);
         }
+        cmd.args(&self.server_args);
+        cmd.envs(self.server_env.iter().map(|(k, v)| (k, v)));
         self.server.0.push(cmd.spawn().unwrap());
         // Ready when the admin API answers.
         let deadline = Instant::now() + Duration::from_secs(60);
