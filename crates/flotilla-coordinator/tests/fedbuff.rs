@@ -103,12 +103,14 @@ async fn stale_but_allowed_uploads_count_against_their_own_base_version() {
     let (code, st) = h.admin("GET", &format!("/v1/jobs/{job}"), "").await;
     assert_eq!(code, 200, "{st}");
     assert_eq!(st["state"], "completed", "{st}");
+    // A completed job is not running: its model is no longer served over gRPC (coordinator.proto)
+    // but kept in the blob store, where the admin API reads it.
     let req = authed(v1::DownloadRequest { job_id: job.to_string(), model_version: 3, offset: 0, ..Default::default() }, &clients[0].credential);
-    let mut s = clients[0].grpc.download_model(req).await.expect("download v3").into_inner();
-    let mut bytes = Vec::new();
-    while let Some(c) = s.message().await.unwrap() {
-        bytes.extend_from_slice(&c.data);
-    }
+    let e = clients[0].grpc.download_model(req).await.expect_err("the job is not running");
+    assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, format!("job {job} is not running (completed)").as_str()));
+    let blobs = data.join(format!("models/job-{job}"));
+    let v3 = std::fs::read_dir(&blobs).unwrap().flatten().find(|f| f.file_name().to_string_lossy().starts_with("v3-")).expect("model v3 blob");
+    let bytes = std::fs::read(v3.path()).unwrap();
     let got: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() <= 1e-5, "{got:?} vs {want:?}");

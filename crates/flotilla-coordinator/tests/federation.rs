@@ -57,15 +57,12 @@ async fn two_rounds(database_url: Option<String>) {
         assert_eq!(r["participants"].as_array().unwrap().len(), 4);
         assert_eq!(r["metrics"]["num_samples"], 100);
     }
-    // The committed model (version 2) is the weighted mean of the round-2 uploads.
+    // The committed model (version 2) is the weighted mean of the round-2 uploads. The job
+    // completed, so gRPC no longer serves it (NOT_FOUND); it is in the blob store.
     let req = authed(v1::DownloadRequest { job_id: job.to_string(), model_version: 2, offset: 0, ..Default::default() }, &clients[0].credential);
-    let mut s = clients[0].grpc.download_model(req).await.expect("download v2").into_inner();
-    let mut bytes = Vec::new();
-    while let Some(c) = s.message().await.unwrap() {
-        assert_eq!(c.offset as usize, bytes.len());
-        bytes.extend_from_slice(&c.data);
-    }
-    let got: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let e = clients[0].grpc.download_model(req).await.expect_err("the job is not running");
+    assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, format!("job {job} is not running (completed)").as_str()));
+    let got = committed_model(&data, &job.to_string(), 2);
     for (a, b) in got.iter().zip(&m2) {
         assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{got:?} vs {m2:?}");
     }

@@ -190,18 +190,8 @@ async fn stage_rpc_refuses_bad_input_and_a_round_with_a_dropout_commits_the_secu
     assert_eq!(status["history"][0]["metrics"]["num_samples"], 10 + 11 + 12 + 13);
 
     // The committed model is the unweighted mean of the clipped deltas, within the quantization bound.
-    let model = {
-        // `..Default::default()` keeps this compiling when fields are added to the request.
-        #[allow(clippy::needless_update)]
-        let download = v1::DownloadRequest { job_id: tasks[0].job_id.clone(), model_version: 1, offset: 0, ..Default::default() };
-        let req = authed(download, &cs[0].credential);
-        let mut stream = cs[0].grpc.download_model(req).await.expect("download v1").into_inner();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await.expect("chunk") {
-            bytes.extend_from_slice(&chunk.data);
-        }
-        flotilla_core::params_from_le_bytes(&bytes).expect("model bytes")
-    };
+    // Read from the blob store: the job completed, so its model is no longer served over gRPC.
+    let model = committed_model(&data, &tasks[0].job_id, 1);
     let bound = params.quantization_error_bound(4) / 4.0 + 1e-6;
     for k in 0..LEN {
         let mean: f64 = (0..4).map(|i| f64::from(delta(i)[k]).clamp(-1.0, 1.0)).sum::<f64>() / 4.0;
@@ -313,17 +303,8 @@ async fn distributed_dp_over_secure_aggregation_commits_and_accounts() {
         assert_eq!(st["rounds_completed"].as_u64(), Some(round), "{st}");
         let p = &st["history"][round as usize - 1]["metrics"]["privacy"];
         assert_eq!(p["noise_std"].as_f64(), Some(0.0), "the server adds no noise: {p}");
-        let model = {
-            #[allow(clippy::needless_update)]
-            let download = v1::DownloadRequest { job_id: tasks[0].job_id.clone(), model_version: round, offset: 0, ..Default::default() };
-            let req = authed(download, &cs[0].credential);
-            let mut stream = cs[0].grpc.download_model(req).await.expect("download").into_inner();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = stream.message().await.expect("chunk") {
-                bytes.extend_from_slice(&chunk.data);
-            }
-            flotilla_core::params_from_le_bytes(&bytes).expect("model bytes")
-        };
+        // From the blob store: after the last round the job is not running, and not served over gRPC.
+        let model = committed_model(&data, &tasks[0].job_id, round);
         let params = params_of(&tasks[0]);
         let bound = params.quantization_error_bound(4) / 4.0 + 1e-6;
         for k in 0..LEN {

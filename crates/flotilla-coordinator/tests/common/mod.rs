@@ -298,3 +298,17 @@ pub fn tmp() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let certs = dir.path().join("certs");
     (dir, data, certs)
 }
+
+/// Model version `version` of job `job` as committed, read from the blob store of the
+/// coordinator's data directory (`models/job-<id>/v<version>-<sha256>.bin`): works for running
+/// and finished jobs (a finished job's model is not served over gRPC).
+pub fn committed_model(data_dir: &Path, job: &str, version: u64) -> Vec<f32> {
+    let dir = data_dir.join(format!("models/job-{job}"));
+    let prefix = format!("v{version}-");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|f| f.file_name().to_string_lossy().starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no blob of version {version} in {}", dir.display()));
+    flotilla_core::params_from_le_bytes(&std::fs::read(file.path()).unwrap()).expect("model bytes")
+}
