@@ -29,8 +29,15 @@ fn federation(name: &str, extra: &[&str]) -> Federation {
     let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(bin()).args(["dev-certs", dir.join("certs").to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "dev-certs: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["dev-certs", dir.join("certs").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dev-certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut f = Federation {
         dir,
         grpc: free_port(),
@@ -96,12 +103,23 @@ min_samples = 5
 
 /// `GET /v1/metrics` (from a plain thread: reqwest's blocking client must not run in a runtime).
 fn metrics(f: &Federation) -> Value {
-    let (url, ca) = (format!("{}/v1/metrics", f.admin_url()), std::fs::read(f.ca()).unwrap());
+    let (url, ca) = (
+        format!("{}/v1/metrics", f.admin_url()),
+        std::fs::read(f.ca()).unwrap(),
+    );
     std::thread::spawn(move || {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca = reqwest::Certificate::from_pem(&ca).unwrap();
-        let http = reqwest::blocking::Client::builder().add_root_certificate(ca).build().unwrap();
-        http.get(url).bearer_auth(ADMIN_TOKEN).send().unwrap().json::<Value>().unwrap()
+        let http = reqwest::blocking::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .unwrap();
+        http.get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()
     })
     .join()
     .unwrap()
@@ -119,7 +137,8 @@ struct Client {
 
 fn authed<T>(msg: T, cred: &str) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {cred}").parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {cred}").parse().unwrap());
     r
 }
 
@@ -138,21 +157,50 @@ async fn connect(f: &Federation) -> CoordinatorClient<Channel> {
 }
 
 async fn enroll(f: &Federation, tenant: &str, name: &str) -> Client {
-    let token = f.last_line(&["enroll-token", "create", "--tenant", tenant, "--uses", "1", "--expires", "1h"]);
+    let token = f.last_line(&[
+        "enroll-token",
+        "create",
+        "--tenant",
+        tenant,
+        "--uses",
+        "1",
+        "--expires",
+        "1h",
+    ]);
     let mut rpc = connect(f).await;
     let r = rpc
-        .enroll(v1::EnrollRequest { enrollment_token: token, client_name: name.into(), attributes: Default::default() })
+        .enroll(v1::EnrollRequest {
+            enrollment_token: token,
+            client_name: name.into(),
+            attributes: Default::default(),
+        })
         .await
         .expect("enroll")
         .into_inner();
-    Client { credential: r.credential, rpc }
+    Client {
+        credential: r.credential,
+        rpc,
+    }
 }
 
 impl Client {
     /// Checks in once; the task if one was handed out.
     async fn check_in(&mut self) -> Option<v1::Task> {
-        let req = authed(v1::CheckInRequest { num_samples: 50, ..Default::default() }, &self.credential);
-        match self.rpc.check_in(req).await.expect("check in").into_inner().outcome {
+        let req = authed(
+            v1::CheckInRequest {
+                num_samples: 50,
+                ..Default::default()
+            },
+            &self.credential,
+        );
+        match self
+            .rpc
+            .check_in(req)
+            .await
+            .expect("check in")
+            .into_inner()
+            .outcome
+        {
             Some(v1::check_in_response::Outcome::Task(t)) => Some(t),
             _ => None,
         }
@@ -163,19 +211,34 @@ impl Client {
     fn open_stream(
         &self,
         msgs: Vec<v1::UploadMessage>,
-    ) -> (mpsc::Sender<v1::UploadMessage>, JoinHandle<Result<v1::UploadResponse, Status>>) {
+    ) -> (
+        mpsc::Sender<v1::UploadMessage>,
+        JoinHandle<Result<v1::UploadResponse, Status>>,
+    ) {
         let (tx, rx) = mpsc::channel(64);
         for m in msgs {
             tx.try_send(m).unwrap();
         }
         let mut rpc = self.rpc.clone();
         let req = authed(ReceiverStream::new(rx), &self.credential);
-        (tx, tokio::spawn(async move { rpc.upload_update(req).await.map(tonic::Response::into_inner) }))
+        (
+            tx,
+            tokio::spawn(async move {
+                rpc.upload_update(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }),
+        )
     }
 
     /// A complete upload of `params` for `task`.
-    async fn upload(&mut self, task: &v1::Task, params: &[f32]) -> Result<v1::UploadResponse, Status> {
-        let msgs: Vec<_> = upload_messages(header(task, params, "honest"), params, 1 << 16, 0).collect();
+    async fn upload(
+        &mut self,
+        task: &v1::Task,
+        params: &[f32],
+    ) -> Result<v1::UploadResponse, Status> {
+        let msgs: Vec<_> =
+            upload_messages(header(task, params, "honest"), params, 1 << 16, 0).collect();
         let req = authed(tokio_stream::iter(msgs), &self.credential);
         Ok(self.rpc.upload_update(req).await?.into_inner())
     }
@@ -221,7 +284,9 @@ fn header(task: &v1::Task, params: &[f32], tag: &str) -> v1::UpdateHeader {
 }
 
 fn head(h: v1::UpdateHeader) -> v1::UploadMessage {
-    v1::UploadMessage { kind: Some(v1::upload_message::Kind::Header(h)) }
+    v1::UploadMessage {
+        kind: Some(v1::upload_message::Kind::Header(h)),
+    }
 }
 
 fn status_of(r: &v1::UploadResponse) -> v1::UploadStatus {
@@ -248,7 +313,11 @@ async fn settle(
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -270,10 +339,12 @@ fn idle_streams_of_outsiders_and_of_another_tenant_do_not_delay_an_honest_upload
         let (mut outsider_calls, mut other_calls) = (Vec::new(), Vec::new());
         let params = params_of(&task);
         for i in 0..10 {
-            let (tx, h) = outsider.open_stream(vec![head(header(&task, &params, &format!("x{i}")))]);
+            let (tx, h) =
+                outsider.open_stream(vec![head(header(&task, &params, &format!("x{i}")))]);
             held.push(tx);
             outsider_calls.push(h);
-            let (tx, h) = other.open_stream(vec![head(header(&other_task, &params, &format!("y{i}")))]);
+            let (tx, h) =
+                other.open_stream(vec![head(header(&other_task, &params, &format!("y{i}")))]);
             held.push(tx);
             other_calls.push(h);
         }
@@ -283,7 +354,10 @@ fn idle_streams_of_outsiders_and_of_another_tenant_do_not_delay_an_honest_upload
         let r = honest.upload(&task, &params).await.expect("honest upload");
         let latency = t.elapsed();
         assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{r:?}");
-        assert!(latency < Duration::from_secs(2), "the honest upload took {latency:?}");
+        assert!(
+            latency < Duration::from_secs(2),
+            "the honest upload took {latency:?}"
+        );
 
         // Every outsider stream was refused before it took a slot: `not_selected`, or throttled
         // once it had earned enough refusals.
@@ -291,14 +365,26 @@ fn idle_streams_of_outsiders_and_of_another_tenant_do_not_delay_an_honest_upload
         assert_eq!(open, 0, "outsider streams still open: {answers:?}");
         for a in &answers {
             match a {
-                Ok(r) => assert_eq!((status_of(r), r.reason.as_str()), (v1::UploadStatus::Rejected, "not_selected"), "{r:?}"),
+                Ok(r) => assert_eq!(
+                    (status_of(r), r.reason.as_str()),
+                    (v1::UploadStatus::Rejected, "not_selected"),
+                    "{r:?}"
+                ),
                 Err(s) => assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}"),
             }
         }
         // The other tenant's cohort member holds one slot; its 9 other streams were refused at once.
         let (answers, open) = settle(other_calls, Duration::from_secs(2)).await;
-        assert_eq!(open, 1, "exactly one stream of the other tenant's client holds a slot: {answers:?}");
-        assert!(answers.iter().all(|a| matches!(a, Err(s) if s.code() == Code::ResourceExhausted)), "{answers:?}");
+        assert_eq!(
+            open, 1,
+            "exactly one stream of the other tenant's client holds a slot: {answers:?}"
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, Err(s) if s.code() == Code::ResourceExhausted)),
+            "{answers:?}"
+        );
         drop(held);
 
         // Misbehaviour is counted, and the outsider is now throttled for a while.
@@ -320,7 +406,10 @@ fn idle_streams_of_outsiders_and_of_another_tenant_do_not_delay_an_honest_upload
 #[test]
 fn a_cohort_member_gets_one_slot_however_many_streams_it_opens() {
     // 4 slots, so the tenant may hold 2: one for the greedy client, one left for the honest one.
-    let f = federation("fair-greedy", &["--upload-concurrency", "4", "--upload-idle-timeout", "60s"]);
+    let f = federation(
+        "fair-greedy",
+        &["--upload-concurrency", "4", "--upload-idle-timeout", "60s"],
+    );
     runtime().block_on(async {
         let mut honest = enroll(&f, "a", "honest").await;
         let mut greedy = enroll(&f, "a", "greedy").await;
@@ -332,7 +421,8 @@ fn a_cohort_member_gets_one_slot_however_many_streams_it_opens() {
         let mut held = Vec::new();
         let mut calls = Vec::new();
         for i in 0..5 {
-            let (tx, h) = greedy.open_stream(vec![head(header(&greedy_task, &params, &format!("g{i}")))]);
+            let (tx, h) =
+                greedy.open_stream(vec![head(header(&greedy_task, &params, &format!("g{i}")))]);
             held.push(tx);
             calls.push(h);
         }
@@ -354,7 +444,11 @@ fn a_cohort_member_gets_one_slot_however_many_streams_it_opens() {
         let t = Instant::now();
         let r = honest.upload(&task, &params).await.expect("honest upload");
         assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{r:?}");
-        assert!(t.elapsed() < Duration::from_secs(2), "the honest upload took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the honest upload took {:?}",
+            t.elapsed()
+        );
         drop(held);
     });
 }
@@ -364,7 +458,16 @@ fn a_slow_or_idle_stream_is_dropped_its_slot_freed_and_its_bytes_kept() {
     // One slot; a stream must send 200 B/s over each 2 s window and never pause 1 s.
     let f = federation(
         "fair-slow",
-        &["--upload-concurrency", "1", "--upload-idle-timeout", "1s", "--min-upload-rate", "200", "--upload-rate-window", "2s"],
+        &[
+            "--upload-concurrency",
+            "1",
+            "--upload-idle-timeout",
+            "1s",
+            "--min-upload-rate",
+            "200",
+            "--upload-rate-window",
+            "2s",
+        ],
     );
     runtime().block_on(async {
         let mut slow = enroll(&f, "a", "slow").await;
@@ -380,7 +483,9 @@ fn a_slow_or_idle_stream_is_dropped_its_slot_freed_and_its_bytes_kept() {
         // The slow client trickles 4 bytes every 300 ms: never idle for 1 s, but far below 200 B/s.
         let slow_header = header(&slow_task, &params, "slow");
         let upload_id = slow_header.upload_id.clone();
-        let mut msgs = upload_messages(slow_header, &params, 4, 0).collect::<Vec<_>>().into_iter();
+        let mut msgs = upload_messages(slow_header, &params, 4, 0)
+            .collect::<Vec<_>>()
+            .into_iter();
         let (tx, slow_call) = slow.open_stream(vec![msgs.next().unwrap()]);
         let trickle = tokio::spawn(async move {
             for m in msgs {
@@ -397,14 +502,20 @@ fn a_slow_or_idle_stream_is_dropped_its_slot_freed_and_its_bytes_kept() {
         let waited = t.elapsed();
         assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{r:?}");
         // Freed by the rate check after its first 2 s window, far before the 30 s slot wait.
-        assert!(waited < Duration::from_secs(8), "the honest upload waited {waited:?}");
+        assert!(
+            waited < Duration::from_secs(8),
+            "the honest upload waited {waited:?}"
+        );
 
         let (answers, open) = settle(vec![slow_call], Duration::from_secs(1)).await;
         assert_eq!(open, 0);
         match &answers[..] {
             [Err(s)] => {
                 assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
-                assert!(s.message().contains("below the minimum of 200 bytes/s"), "{s:?}");
+                assert!(
+                    s.message().contains("below the minimum of 200 bytes/s"),
+                    "{s:?}"
+                );
             }
             other => panic!("the slow stream was not dropped: {other:?}"),
         }
@@ -412,7 +523,10 @@ fn a_slow_or_idle_stream_is_dropped_its_slot_freed_and_its_bytes_kept() {
         // What it sent is kept for a resume.
         let q = slow
             .rpc
-            .query_upload(authed(v1::QueryUploadRequest { upload_id }, &slow.credential))
+            .query_upload(authed(
+                v1::QueryUploadRequest { upload_id },
+                &slow.credential,
+            ))
             .await
             .expect("the slow upload is kept")
             .into_inner();
@@ -430,7 +544,11 @@ fn a_slow_or_idle_stream_is_dropped_its_slot_freed_and_its_bytes_kept() {
             }
             other => panic!("the idle stream was not dropped: {other:?}"),
         }
-        assert!(t.elapsed() < Duration::from_secs(4), "dropped after {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "dropped after {:?}",
+            t.elapsed()
+        );
         assert_eq!(rejections(&f, "slow_upload"), 2, "{}", metrics(&f));
     });
 }
