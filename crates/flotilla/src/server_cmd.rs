@@ -48,6 +48,30 @@ pub struct ServerArgs {
     /// The δ at which --tenant-epsilon-budget is measured, in (0, 1)
     #[arg(long, value_name = "D", requires = "tenant_epsilon_budget")]
     tenant_delta: Option<f64>,
+    /// Update uploads assembled at once (memory: this × model size), 1..=1024
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    upload_concurrency: usize,
+    /// Upload slots the clients of one tenant may hold at once [default: half of
+    /// --upload-concurrency, at least 1]
+    #[arg(long, value_name = "N")]
+    upload_tenant_slots: Option<usize>,
+    /// Uploads that may wait for a slot (FIFO); beyond, RESOURCE_EXHAUSTED at once. At most 4096
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    upload_queue: usize,
+    /// Longest wait for an upload slot (never past the stage deadline), at most 10m
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    upload_slot_wait: std::time::Duration,
+    /// An upload holding a slot that sends no byte for this long is dropped (kept for resume) and
+    /// its slot freed; 100ms..=10m
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    upload_idle_timeout: std::time::Duration,
+    /// An upload holding a slot that sends fewer bytes per second than this, averaged over
+    /// --upload-rate-window, is dropped (kept for resume) and its slot freed; 0 turns it off
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = 8192)]
+    min_upload_rate: u64,
+    /// The window --min-upload-rate is averaged over; 100ms..=10m
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    upload_rate_window: std::time::Duration,
     /// Once both listeners accept connections, write {"grpc": URL, "admin": URL, "pid": N} to this
     /// file (atomically); it is removed when the server stops. The same moment prints one
     /// `coordinator ready: …` line on stdout
@@ -84,6 +108,14 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.blob_url = args.blob_url;
     config.tls = tls;
     config.credential_ttl = args.credential_ttl;
+    let limits = &mut config.limits;
+    limits.upload_concurrency = args.upload_concurrency;
+    limits.upload_tenant_slots = args.upload_tenant_slots;
+    limits.upload_queue = args.upload_queue;
+    limits.upload_slot_wait = args.upload_slot_wait;
+    limits.upload_idle_timeout = args.upload_idle_timeout;
+    limits.min_upload_bytes_per_sec = args.min_upload_rate;
+    limits.upload_rate_window = args.upload_rate_window;
     if let (Some(max_epsilon), Some(delta)) = (args.tenant_epsilon_budget, args.tenant_delta) {
         config.tenant_privacy = Some(flotilla_coordinator::TenantPrivacy { max_epsilon, delta });
     }

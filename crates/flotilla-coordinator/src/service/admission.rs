@@ -53,7 +53,9 @@ pub(crate) enum AdmissionError {
         retry_after_secs: u64,
     },
     /// The client already has its maximum of uploads in progress.
-    #[error("this client already has {max} upload(s) in progress; finish that one before starting another")]
+    #[error(
+        "this client already has {max} upload(s) in progress; finish that one before starting another"
+    )]
     ClientBusy {
         /// [`Limits::upload_per_client`].
         max: usize,
@@ -132,14 +134,20 @@ impl Drop for UploadSlot {
         // Permits first, so the tenant's semaphore is unused when its entry is checked below.
         self.global_permit.take();
         self.tenant_permit.take();
-        let Ok(mut st) = self.admission.state.lock() else { return };
+        let Ok(mut st) = self.admission.state.lock() else {
+            return;
+        };
         if let Some(n) = st.streams.get_mut(&self.client) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 st.streams.remove(&self.client);
             }
         }
-        if st.tenants.get(&self.tenant).is_some_and(|s| Arc::strong_count(s) == 1) {
+        if st
+            .tenants
+            .get(&self.tenant)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
             st.tenants.remove(&self.tenant);
         }
     }
@@ -171,12 +179,16 @@ impl Admission {
     /// `Err(Throttled)` while `client` is throttled. Cheap: call it before reading the header.
     pub(crate) fn check_throttle(&self, client: u64) -> Result<(), AdmissionError> {
         let now = Instant::now();
-        let Ok(mut st) = self.state.lock() else { return Ok(()) };
-        let Some(c) = st.conduct.as_mut().and_then(|m| m.get(&client)) else { return Ok(()) };
+        let Ok(mut st) = self.state.lock() else {
+            return Ok(());
+        };
+        let Some(c) = st.conduct.as_mut().and_then(|m| m.get(&client)) else {
+            return Ok(());
+        };
         match c.throttled_until {
-            Some(until) if until > now => {
-                Err(AdmissionError::Throttled { retry_after_secs: (until - now).as_secs_f64().ceil() as u64 })
-            }
+            Some(until) if until > now => Err(AdmissionError::Throttled {
+                retry_after_secs: (until - now).as_secs_f64().ceil() as u64,
+            }),
             _ => Ok(()),
         }
     }
@@ -185,9 +197,17 @@ impl Admission {
     /// [`STRIKE_WINDOW`] throttles it for [`THROTTLE_FOR`]. Returns whether it is now throttled.
     pub(crate) fn strike(&self, client: u64) -> bool {
         let now = Instant::now();
-        let Ok(mut st) = self.state.lock() else { return false };
-        let map = st.conduct.get_or_insert_with(|| LruCache::new(CONDUCT_MAX_CLIENTS));
-        let fresh = Conduct { window_start: now, strikes: 0, throttled_until: None };
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        let map = st
+            .conduct
+            .get_or_insert_with(|| LruCache::new(CONDUCT_MAX_CLIENTS));
+        let fresh = Conduct {
+            window_start: now,
+            strikes: 0,
+            throttled_until: None,
+        };
         let mut c = map.remove(&client).unwrap_or(fresh);
         if now.duration_since(c.window_start) > STRIKE_WINDOW {
             c.window_start = now;
@@ -196,7 +216,11 @@ impl Admission {
         c.strikes += 1;
         let throttled = c.strikes >= STRIKE_LIMIT;
         if throttled {
-            c = Conduct { window_start: now, strikes: 0, throttled_until: Some(now + THROTTLE_FOR) };
+            c = Conduct {
+                window_start: now,
+                strikes: 0,
+                throttled_until: Some(now + THROTTLE_FOR),
+            };
         }
         // `insert` puts the client at the most recent end and evicts the least recent when full.
         map.insert(client, c);
@@ -206,7 +230,12 @@ impl Admission {
     /// A slot for an upload of `client` (of `tenant`), waiting in the fair queue if none is free,
     /// until `deadline` at the latest (the stage's deadline). Strikes the client when it already
     /// has its maximum of streams.
-    pub(crate) async fn admit(self: &Arc<Self>, client: u64, tenant: &str, deadline: Option<Instant>) -> Result<UploadSlot, AdmissionError> {
+    pub(crate) async fn admit(
+        self: &Arc<Self>,
+        client: u64,
+        tenant: &str,
+        deadline: Option<Instant>,
+    ) -> Result<UploadSlot, AdmissionError> {
         let tenant_slots = {
             let Ok(mut st) = self.state.lock() else {
                 return Err(AdmissionError::Busy { waited_ms: 0 });
@@ -215,10 +244,15 @@ impl Admission {
             if *n >= self.per_client {
                 drop(st);
                 self.strike(client);
-                return Err(AdmissionError::ClientBusy { max: self.per_client });
+                return Err(AdmissionError::ClientBusy {
+                    max: self.per_client,
+                });
             }
             *n += 1;
-            st.tenants.entry(tenant.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant))).clone()
+            st.tenants
+                .entry(tenant.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+                .clone()
         };
         let mut slot = UploadSlot {
             admission: self.clone(),
@@ -246,7 +280,11 @@ impl Admission {
         let have_tenant = slot.tenant_permit.is_some();
         let global = self.slots.clone();
         let wait = async move {
-            let t = if have_tenant { None } else { Some(tenant_slots.acquire_owned().await.ok()?) };
+            let t = if have_tenant {
+                None
+            } else {
+                Some(tenant_slots.acquire_owned().await.ok()?)
+            };
             let g = global.acquire_owned().await.ok()?;
             Some((t, g))
         };
@@ -260,7 +298,9 @@ impl Admission {
                 slot.global_permit = Some(g);
                 Ok(slot)
             }
-            _ => Err(AdmissionError::Busy { waited_ms: start.elapsed().as_millis() as u64 }),
+            _ => Err(AdmissionError::Busy {
+                waited_ms: start.elapsed().as_millis() as u64,
+            }),
         }
     }
 
@@ -289,21 +329,38 @@ mod tests {
     async fn one_stream_per_client_and_strikes_throttle() {
         let a = Arc::new(Admission::new(&limits(4, 4, 4)));
         let first = a.admit(1, "t", None).await.expect("first stream");
-        assert_eq!(a.admit(1, "t", None).await.err(), Some(AdmissionError::ClientBusy { max: 1 }));
+        assert_eq!(
+            a.admit(1, "t", None).await.err(),
+            Some(AdmissionError::ClientBusy { max: 1 })
+        );
         // Another client is not affected.
         let other = a.admit(2, "t", None).await.expect("other client");
         drop(first);
-        let again = a.admit(1, "t", None).await.expect("slot freed with the stream");
+        let again = a
+            .admit(1, "t", None)
+            .await
+            .expect("slot freed with the stream");
         drop((again, other));
-        assert!(a.state.lock().unwrap().streams.is_empty(), "no entry left for idle clients");
-        assert!(a.state.lock().unwrap().tenants.is_empty(), "no entry left for idle tenants");
+        assert!(
+            a.state.lock().unwrap().streams.is_empty(),
+            "no entry left for idle clients"
+        );
+        assert!(
+            a.state.lock().unwrap().tenants.is_empty(),
+            "no entry left for idle tenants"
+        );
         // The refused second stream above was the first strike.
         for _ in 0..STRIKE_LIMIT - 2 {
             assert!(!a.strike(1));
         }
         assert!(a.check_throttle(1).is_ok());
         assert!(a.strike(1), "the {STRIKE_LIMIT}th strike throttles");
-        assert!(matches!(a.check_throttle(1), Err(AdmissionError::Throttled { retry_after_secs: 30 })));
+        assert!(matches!(
+            a.check_throttle(1),
+            Err(AdmissionError::Throttled {
+                retry_after_secs: 30
+            })
+        ));
         assert!(a.check_throttle(2).is_ok());
     }
 
@@ -320,11 +377,20 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // ...tenant "b" still gets the other slot at once, without queueing...
-        let t2 = a.admit(3, "b", None).await.expect("another tenant is not blocked");
+        let t2 = a
+            .admit(3, "b", None)
+            .await
+            .expect("another tenant is not blocked");
         // ...and with the queue full a further waiter is refused at once.
-        assert_eq!(a.admit(4, "b", None).await.err(), Some(AdmissionError::QueueFull { max: 1 }));
+        assert_eq!(
+            a.admit(4, "b", None).await.err(),
+            Some(AdmissionError::QueueFull { max: 1 })
+        );
         drop(t1);
-        waiter.await.unwrap().expect("the waiter got the freed tenant slot");
+        waiter
+            .await
+            .unwrap()
+            .expect("the waiter got the freed tenant slot");
         drop(t2);
     }
 
@@ -333,9 +399,16 @@ mod tests {
         let a = Arc::new(Admission::new(&limits(1, 1, 4)));
         let _held = a.admit(1, "a", None).await.unwrap();
         let t = Instant::now();
-        let e = a.admit(2, "a", Some(Instant::now() + Duration::from_millis(50))).await.err();
+        let e = a
+            .admit(2, "a", Some(Instant::now() + Duration::from_millis(50)))
+            .await
+            .err();
         assert!(matches!(e, Some(AdmissionError::Busy { .. })), "{e:?}");
-        assert!(t.elapsed() < Duration::from_secs(2), "waited {:?}, past the 50 ms deadline", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "waited {:?}, past the 50 ms deadline",
+            t.elapsed()
+        );
         assert_eq!(a.waiting(), 0);
     }
 }

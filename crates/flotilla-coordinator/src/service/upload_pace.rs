@@ -47,12 +47,17 @@ impl http_body::Body for CountingBody {
     type Data = Bytes;
     type Error = tonic::Status;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            self.progress.0.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.progress
+                .0
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -94,7 +99,10 @@ where
         let (mut parts, inner) = req.into_parts();
         let progress = UploadProgress::default();
         parts.extensions.insert(progress.clone());
-        self.0.call(Request::from_parts(parts, Body::new(CountingBody { inner, progress })))
+        self.0.call(Request::from_parts(
+            parts,
+            Body::new(CountingBody { inner, progress }),
+        ))
     }
 }
 
@@ -141,13 +149,19 @@ impl Pacer {
     }
 
     fn bytes(&self) -> u64 {
-        self.progress.as_ref().map_or(self.decoded, UploadProgress::bytes)
+        self.progress
+            .as_ref()
+            .map_or(self.decoded, UploadProgress::bytes)
     }
 
     /// When the stream must next be judged.
     fn next_check(&self) -> Instant {
         let idle = self.last_activity + self.idle;
-        if self.min_rate == 0 { idle } else { idle.min(self.window_start + self.window) }
+        if self.min_rate == 0 {
+            idle
+        } else {
+            idle.min(self.window_start + self.window)
+        }
     }
 
     /// Judges the stream at `now`: `Err` with the reason when it is too slow.
@@ -190,7 +204,10 @@ impl Pacer {
             // timeout loses nothing.
             match tokio::time::timeout_at(self.next_check(), stream.message()).await {
                 Ok(Ok(msg)) => {
-                    if let Some(v1::UploadMessage { kind: Some(v1::upload_message::Kind::Chunk(c)) }) = &msg {
+                    if let Some(v1::UploadMessage {
+                        kind: Some(v1::upload_message::Kind::Chunk(c)),
+                    }) = &msg
+                    {
                         self.decoded += c.data.len() as u64;
                     }
                     return Next::Message(msg);
@@ -223,8 +240,14 @@ mod tests {
         let t0 = pc.last_activity;
         assert!(pc.check(t0 + Duration::from_millis(500)).is_ok());
         p.0.fetch_add(10, Ordering::Relaxed);
-        assert!(pc.check(t0 + Duration::from_millis(900)).is_ok(), "bytes arrived: activity");
-        assert!(pc.check(t0 + Duration::from_millis(1800)).is_ok(), "900 ms since the last byte");
+        assert!(
+            pc.check(t0 + Duration::from_millis(900)).is_ok(),
+            "bytes arrived: activity"
+        );
+        assert!(
+            pc.check(t0 + Duration::from_millis(1800)).is_ok(),
+            "900 ms since the last byte"
+        );
         let e = pc.check(t0 + Duration::from_millis(1900)).unwrap_err();
         assert!(e.contains("no data for 1000 ms"), "{e}");
     }
@@ -245,7 +268,10 @@ mod tests {
         let t0 = pc.window_start;
         for w in 1..=3 {
             p.0.fetch_add(250, Ordering::Relaxed);
-            assert!(pc.check(t0 + Duration::from_millis(2000 * w)).is_ok(), "window {w}");
+            assert!(
+                pc.check(t0 + Duration::from_millis(2000 * w)).is_ok(),
+                "window {w}"
+            );
         }
     }
 }

@@ -19,28 +19,48 @@ impl RoundMachine {
     /// the report itself, so a refusal here names the reason the report would get.
     /// FedBuff: [`RoundMachine::precheck_report`] (the client's outstanding, not too stale task),
     /// then stage 0.
-    pub fn precheck_upload(&self, client: ClientId, round: u64, attempt: u32, stage: u32) -> Result<(), RejectReason> {
+    pub fn precheck_upload(
+        &self,
+        client: ClientId,
+        round: u64,
+        attempt: u32,
+        stage: u32,
+    ) -> Result<(), RejectReason> {
         if self.fedbuff_spec().is_some() {
             self.precheck_report(client, round, attempt)?;
             if stage != 0 {
-                return Err(RejectReason::WrongStage { expected: 0, got: stage });
+                return Err(RejectReason::WrongStage {
+                    expected: 0,
+                    got: stage,
+                });
             }
             return Ok(());
         }
         // Round and attempt first, as `precheck_report` always did: a late report of an attempt
         // that is over is named `WrongRound` whatever the machine does now.
         if (round, attempt) != (self.round, self.attempt) {
-            return Err(RejectReason::WrongRound { round: self.round, attempt: self.attempt, got_round: round, got_attempt: attempt });
+            return Err(RejectReason::WrongRound {
+                round: self.round,
+                attempt: self.attempt,
+                got_round: round,
+                got_attempt: attempt,
+            });
         }
         let Phase::Running(s) = &self.phase else {
             return Err(RejectReason::NotAccepting(self.phase.name()));
         };
         if stage != s.index {
-            return Err(RejectReason::WrongStage { expected: s.index, got: stage });
+            return Err(RejectReason::WrongStage {
+                expected: s.index,
+                got: stage,
+            });
         }
         let kind = self.policy.stages[s.index as usize];
         if !kind.trains() {
-            return Err(RejectReason::WrongStageKind { stage, kind: kind.name() });
+            return Err(RejectReason::WrongStageKind {
+                stage,
+                kind: kind.name(),
+            });
         }
         if !s.cohort.contains(&client) {
             return Err(RejectReason::NotSelected);
@@ -58,7 +78,10 @@ impl RoundMachine {
 #[cfg(test)]
 mod tests {
     use crate::params::{ParamLayout, TensorSpec};
-    use crate::round::{Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, RoundPolicy, Task, Timer};
+    use crate::round::{
+        Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, RoundPolicy, Task,
+        Timer,
+    };
 
     fn machine(cpr: usize, checked_in: u64) -> (RoundMachine, Vec<(ClientId, Task)>) {
         let mut p = RoundPolicy::new(3, cpr);
@@ -68,12 +91,20 @@ mod tests {
         let mut m = RoundMachine::new(p, layout, vec![0.0, 0.0], 11).unwrap();
         let mut acts = Vec::new();
         for c in 0..checked_in {
-            acts.extend(m.handle(0, Event::CheckIn { client: ClientId(c) }));
+            acts.extend(m.handle(
+                0,
+                Event::CheckIn {
+                    client: ClientId(c),
+                },
+            ));
         }
         let (timer, at) = acts
             .iter()
             .find_map(|a| match a {
-                Action::SetTimer { timer: t @ Timer::Selection { .. }, at_ms } => Some((*t, *at_ms)),
+                Action::SetTimer {
+                    timer: t @ Timer::Selection { .. },
+                    at_ms,
+                } => Some((*t, *at_ms)),
                 _ => None,
             })
             .expect("selection timer");
@@ -124,7 +155,11 @@ mod tests {
             if members.contains(&c) {
                 assert_eq!(pre, Ok(()), "{c} is in the cohort");
             } else {
-                assert_eq!(pre, Err(RejectReason::NotSelected), "{c} is not in the cohort");
+                assert_eq!(
+                    pre,
+                    Err(RejectReason::NotSelected),
+                    "{c} is not in the cohort"
+                );
             }
             // The pre-check never refuses what the machine would accept, and names its reason.
             if let Err(r) = &pre {
@@ -133,8 +168,14 @@ mod tests {
         }
         // Nothing changed: the cohort still reports, and a second upload is a duplicate.
         let (c0, t0) = &cohort[0];
-        assert!(matches!(report(&mut m, *c0, t0).first(), Some(Action::Accepted { .. })));
-        assert_eq!(m.precheck_upload(*c0, t0.round, t0.attempt, t0.stage), Err(RejectReason::Duplicate));
+        assert!(matches!(
+            report(&mut m, *c0, t0).first(),
+            Some(Action::Accepted { .. })
+        ));
+        assert_eq!(
+            m.precheck_upload(*c0, t0.round, t0.attempt, t0.stage),
+            Err(RejectReason::Duplicate)
+        );
         assert_eq!(machine_verdict(&m, *c0, t0), Err(RejectReason::Duplicate));
     }
 
@@ -142,14 +183,35 @@ mod tests {
     fn wrong_round_attempt_stage_and_idle_phase_are_refused() {
         let (m, cohort) = machine(1, 1);
         let (c, t) = &cohort[0];
-        assert!(matches!(m.precheck_upload(*c, t.round + 1, t.attempt, 0), Err(RejectReason::WrongRound { .. })));
-        assert!(matches!(m.precheck_upload(*c, t.round, t.attempt + 1, 0), Err(RejectReason::WrongRound { .. })));
-        assert_eq!(m.precheck_upload(*c, t.round, t.attempt, 1), Err(RejectReason::WrongStage { expected: 0, got: 1 }));
+        assert!(matches!(
+            m.precheck_upload(*c, t.round + 1, t.attempt, 0),
+            Err(RejectReason::WrongRound { .. })
+        ));
+        assert!(matches!(
+            m.precheck_upload(*c, t.round, t.attempt + 1, 0),
+            Err(RejectReason::WrongRound { .. })
+        ));
+        assert_eq!(
+            m.precheck_upload(*c, t.round, t.attempt, 1),
+            Err(RejectReason::WrongStage {
+                expected: 0,
+                got: 1
+            })
+        );
         // Round 1 committed by the only report: round 2 waits for check-ins, takes no uploads.
         let mut m2 = m.clone();
         let acts = report(&mut m2, *c, t);
-        assert!(acts.iter().any(|a| matches!(a, Action::Commit(_))), "{acts:?}");
-        assert!(matches!(m2.precheck_upload(*c, 2, 1, 0), Err(RejectReason::NotAccepting(_))));
-        assert!(matches!(m2.precheck_upload(*c, 1, 1, 0), Err(RejectReason::WrongRound { .. })));
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Commit(_))),
+            "{acts:?}"
+        );
+        assert!(matches!(
+            m2.precheck_upload(*c, 2, 1, 0),
+            Err(RejectReason::NotAccepting(_))
+        ));
+        assert!(matches!(
+            m2.precheck_upload(*c, 1, 1, 0),
+            Err(RejectReason::WrongRound { .. })
+        ));
     }
 }
