@@ -28,7 +28,11 @@ pub(crate) async fn heal_loop(shared: Arc<Shared>) {
         tick.tick().await;
         for job in shared.job_list() {
             // A job whose lock is busy is making progress (or halting right now): next time.
-            let halted = job.inner.try_lock().ok().and_then(|i| i.halted.clone().map(|h| (h, i.current.version)));
+            let halted = job
+                .inner
+                .try_lock()
+                .ok()
+                .and_then(|i| i.halted.clone().map(|h| (h, i.current.version)));
             if let Some((cause, durable)) = halted {
                 shared.heal(&job, &cause, durable).await;
             }
@@ -53,7 +57,10 @@ impl Shared {
                 // Cancelled while halted, or the commit that seemed to fail had landed and was the
                 // last one: nothing to resume.
                 self.replace_job(job, None);
-                tracing::info!(job = id.0, "halted job is no longer running in the store; dropped");
+                tracing::info!(
+                    job = id.0,
+                    "halted job is no longer running in the store; dropped"
+                );
                 return;
             }
             Err(e) => {
@@ -64,16 +71,30 @@ impl Shared {
         // The failed commit's model (and any other unreferenced one) goes before the job resumes.
         match self.store.sweep_orphan_blobs(Some(id)).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(job = id.0, removed = n, "removed model blobs no committed round references"),
-            Err(e) => tracing::warn!(job = id.0, error = %e, "could not remove orphan model blobs; a restart sweeps them"),
+            Ok(n) => tracing::info!(
+                job = id.0,
+                removed = n,
+                "removed model blobs no committed round references"
+            ),
+            Err(e) => {
+                tracing::warn!(job = id.0, error = %e, "could not remove orphan model blobs; a restart sweeps them")
+            }
         }
         let rounds_completed = rj.job.rounds_completed;
         if rounds_completed > durable {
             // The commit reported as failed had in fact landed: admit the next round as a
             // successful commit does.
-            if let Err(why) = self.privacy.admit_next(&self.store, id, &job.spec, rounds_completed).await {
+            if let Err(why) = self
+                .privacy
+                .admit_next(&self.store, id, &job.spec, rounds_completed)
+                .await
+            {
                 tracing::warn!(job = id.0, reason = %why, "job stopped by its privacy budget");
-                if let Err(e) = self.store.set_job_state_with_reason(id, JobState::Failed, Some(&why)).await {
+                if let Err(e) = self
+                    .store
+                    .set_job_state_with_reason(id, JobState::Failed, Some(&why))
+                    .await
+                {
                     tracing::debug!(job = id.0, error = %e, "could not mark the job failed; retrying");
                     return;
                 }
@@ -83,7 +104,11 @@ impl Shared {
         }
         match self.recover_job(rj).await {
             Ok(rt) => {
-                let (round, attempt) = rt.inner.try_lock().map(|i| i.machine.current_round()).unwrap_or_default();
+                let (round, attempt) = rt
+                    .inner
+                    .try_lock()
+                    .map(|i| i.machine.current_round())
+                    .unwrap_or_default();
                 if self.replace_job(job, Some(rt)) {
                     Metrics::inc(&self.metrics.jobs_healed);
                     tracing::info!(
@@ -105,7 +130,9 @@ impl Shared {
     /// Puts `new` (or nothing) in place of `old` if `old` is still the job's runtime (a cancel
     /// may have removed it meanwhile). Whether it did.
     fn replace_job(&self, old: &Arc<JobRuntime>, new: Option<Arc<JobRuntime>>) -> bool {
-        let Ok(mut jobs) = self.jobs.write() else { return false };
+        let Ok(mut jobs) = self.jobs.write() else {
+            return false;
+        };
         match jobs.get(&old.id.0) {
             Some(cur) if Arc::ptr_eq(cur, old) => {
                 match new {

@@ -25,9 +25,13 @@ pub(crate) enum RecoverError {
 impl Shared {
     /// The model of a job's last committed version, from the blob store.
     async fn committed_model(&self, job: &flotilla_store::JobRecord) -> Result<Vec<f32>, String> {
-        let key = job.model_blob_key.as_deref().ok_or("the job has a snapshot but no committed model")?;
+        let key = job
+            .model_blob_key
+            .as_deref()
+            .ok_or("the job has a snapshot but no committed model")?;
         let bytes = self.store.get_model(key).await.map_err(|e| e.to_string())?;
-        flotilla_core::params_from_le_bytes(&bytes).ok_or_else(|| "the stored model is not f32 data".to_owned())
+        flotilla_core::params_from_le_bytes(&bytes)
+            .ok_or_else(|| "the stored model is not f32 data".to_owned())
     }
 
     /// Restores every running job from the store: snapshot (+ committed model) → `recover()` → continue.
@@ -38,7 +42,11 @@ impl Shared {
             let (id, rounds_completed) = (rj.job.id, rj.job.rounds_completed);
             match self.recover_job(rj).await {
                 Ok(rt) => {
-                    let (round, attempt) = rt.inner.try_lock().map(|i| i.machine.current_round()).unwrap_or_default();
+                    let (round, attempt) = rt
+                        .inner
+                        .try_lock()
+                        .map(|i| i.machine.current_round())
+                        .unwrap_or_default();
                     tracing::info!(job = id.0, rounds_completed, round, attempt, "job resumed");
                     self.insert_job(rt);
                     n += 1;
@@ -55,13 +63,19 @@ impl Shared {
     /// machine if no round committed), then the attempt raised above the highest one recorded as
     /// issued, and the new attempt recorded before the runtime exists (so before any of its tasks
     /// can be handed out). The caller inserts the runtime.
-    pub(crate) async fn recover_job(&self, rj: RecoveredJob) -> Result<Arc<JobRuntime>, RecoverError> {
+    pub(crate) async fn recover_job(
+        &self,
+        rj: RecoveredJob,
+    ) -> Result<Arc<JobRuntime>, RecoverError> {
         let id = rj.job.id;
-        let fail = |what: &str, e: &dyn std::fmt::Display| RecoverError::Job(format!("{what}: {e}"));
-        let spec: JobSpec = serde_json::from_value(rj.job.spec.clone()).map_err(|e| fail("stored job spec is unreadable", &e))?;
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| RecoverError::Job(format!("{what}: {e}"));
+        let spec: JobSpec = serde_json::from_value(rj.job.spec.clone())
+            .map_err(|e| fail("stored job spec is unreadable", &e))?;
         let machine = match &rj.machine_state_json {
             Some(s) => {
-                let mut m = serde_json::from_str::<RoundMachine>(s).map_err(|e| fail("stored machine snapshot is unreadable", &e))?;
+                let mut m = serde_json::from_str::<RoundMachine>(s)
+                    .map_err(|e| fail("stored machine snapshot is unreadable", &e))?;
                 if m.rounds_committed() != rj.job.rounds_completed {
                     return Err(RecoverError::Job(format!(
                         "snapshot is at round {} but the store at {}",
@@ -70,8 +84,12 @@ impl Shared {
                     )));
                 }
                 // The snapshot holds no model: it is the blob of the last committed version.
-                let global = self.committed_model(&rj.job).await.map_err(|e| fail("cannot load the job's committed model", &e))?;
-                m.recover(global).map_err(|e| fail("the committed model does not fit the job", &e))?;
+                let global = self
+                    .committed_model(&rj.job)
+                    .await
+                    .map_err(|e| fail("cannot load the job's committed model", &e))?;
+                m.recover(global)
+                    .map_err(|e| fail("the committed model does not fit the job", &e))?;
                 Some(m)
             }
             None => None,
@@ -86,7 +104,9 @@ impl Shared {
         let mut machine = match machine {
             Some(m) => m,
             // No round committed: the job starts over from its initial model, at a new attempt.
-            None => prepared.fresh_machine(&spec).map_err(|e| fail("cannot rebuild the job's machine", &e))?,
+            None => prepared
+                .fresh_machine(&spec)
+                .map_err(|e| fail("cannot rebuild the job's machine", &e))?,
         };
         let (round, _) = machine.current_round();
         if let Some((issued_round, issued_attempt)) = rj.issued_attempt
@@ -98,10 +118,13 @@ impl Shared {
         }
         let (round, attempt) = machine.current_round();
         if !machine.is_finished() && machine.failure().is_none() {
-            self.record_attempt(id, round, attempt)
-                .await
-                .map_err(|e| RecoverError::Job(format!("could not record attempt {attempt} of round {round}: {e}")))?;
+            self.record_attempt(id, round, attempt).await.map_err(|e| {
+                RecoverError::Job(format!(
+                    "could not record attempt {attempt} of round {round}: {e}"
+                ))
+            })?;
         }
-        self.runtime(id, spec, prepared, Some(machine)).map_err(|e| fail("cannot resume job", &e))
+        self.runtime(id, spec, prepared, Some(machine))
+            .map_err(|e| fail("cannot resume job", &e))
     }
 }

@@ -23,9 +23,11 @@ impl Store {
     /// model key is the current global model) and the machine snapshot saved with it. One query,
     /// so each job and its last round are consistent.
     pub async fn load_running_jobs(&self) -> Result<Vec<RecoveredJob>> {
-        let rows = sqlx::query(&format!("{RECOVERY_SELECT} WHERE j.state = 'running' ORDER BY j.id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{RECOVERY_SELECT} WHERE j.state = 'running' ORDER BY j.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(recovered_from_row).collect()
     }
 
@@ -45,7 +47,12 @@ impl Store {
     /// first task of a new attempt leaves the process; recovery then starts above it. Only ever
     /// raises the recorded pair (ordered by round, then attempt): recording a lower one is a
     /// no-op. [`StoreError::JobNotFound`] if the job does not exist.
-    pub async fn record_issued_attempt(&self, job_id: JobId, round: u64, attempt: u32) -> Result<()> {
+    pub async fn record_issued_attempt(
+        &self,
+        job_id: JobId,
+        round: u64,
+        attempt: u32,
+    ) -> Result<()> {
         let db_job = job_id.to_db()?;
         let db_round = to_db(round, "round")?;
         let done = sqlx::query(
@@ -85,12 +92,14 @@ fn recovered_from_row(row: &AnyRow) -> Result<RecoveredJob> {
     let machine_state_json: Option<String> = row.try_get("machine_state_json")?;
     let issued_round = from_db(row.try_get("issued_round")?, "issued_round")?;
     let issued_attempt: i64 = row.try_get("issued_attempt")?;
-    let issued_attempt = u32::try_from(issued_attempt)
-        .map_err(|_| StoreError::Corrupt(format!("issued_attempt {issued_attempt} out of range")))?;
+    let issued_attempt = u32::try_from(issued_attempt).map_err(|_| {
+        StoreError::Corrupt(format!("issued_attempt {issued_attempt} out of range"))
+    })?;
     Ok(RecoveredJob {
         job,
         last_round,
         machine_state_json,
-        issued_attempt: (issued_round > 0 && issued_attempt > 0).then_some((issued_round, issued_attempt)),
+        issued_attempt: (issued_round > 0 && issued_attempt > 0)
+            .then_some((issued_round, issued_attempt)),
     })
 }

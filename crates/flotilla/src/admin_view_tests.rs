@@ -178,7 +178,8 @@ fn a_halted_job_says_so_in_the_list_and_in_its_status() {
                     "rounds_total": 40, "halted": cause, "created_at_ms": NOW - 600_000, "updated_at_ms": NOW - 300_000}]);
     let jobs: Vec<JobSummary> = serde_json::from_value(v).unwrap();
     let out = job_list(&jobs, &clock());
-    assert!(out.lines().nth(1).unwrap().contains("running (halted)  4/40"), "{out}");
+    let row = out.lines().nth(1).unwrap();
+    assert!(row.contains(" running (halted) ") && row.contains(" 4/40 "), "{out}");
     let mut s = status_json(4);
     s["state"] = json!("running");
     s["reason"] = json!(format!("halted: {cause}; retrying every 2 s"));

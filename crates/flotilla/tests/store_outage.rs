@@ -17,7 +17,10 @@ use serde_json::Value;
 fn job_spec(rounds: u64, clients: usize, min_clients: usize) -> String {
     let base = std::fs::read_to_string(workspace_root().join("examples/job-digits.toml")).unwrap();
     base.replace("rounds = 20", &format!("rounds = {rounds}"))
-        .replace("clients_per_round = 10", &format!("clients_per_round = {clients}"))
+        .replace(
+            "clients_per_round = 10",
+            &format!("clients_per_round = {clients}"),
+        )
         .replace("min_clients = 10", &format!("min_clients = {min_clients}"))
         .replace("round_deadline_seconds = 60", "round_deadline_seconds = 30")
         .replace("min_report_fraction = 0.8", "min_report_fraction = 1.0")
@@ -32,8 +35,13 @@ fn rounds_completed(s: &Value) -> u64 {
 fn log_lines(f: &Federation, needle: &str) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..f.server.0.len() {
-        let text = std::fs::read_to_string(f.dir.join(format!("server-{i}.log"))).unwrap_or_default();
-        out.extend(text.lines().filter(|l| l.contains(needle)).map(str::to_owned));
+        let text =
+            std::fs::read_to_string(f.dir.join(format!("server-{i}.log"))).unwrap_or_default();
+        out.extend(
+            text.lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned),
+        );
     }
     out
 }
@@ -42,7 +50,10 @@ fn log_lines(f: &Federation, needle: &str) -> Vec<String> {
 /// directory (staging files of interrupted writes included).
 fn blob_files(blobs: &Path, job: &str) -> Vec<String> {
     match std::fs::read_dir(blobs.join(format!("job-{job}"))) {
-        Ok(d) => d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -52,15 +63,30 @@ fn assert_no_orphan_blobs(f: &Federation, blobs: &Path, job: &str, s: &Value) {
     let history = s["history"].as_array().expect("history");
     let mut files = blob_files(blobs, job);
     files.sort();
-    assert_eq!(files.len(), history.len(), "one blob per committed round, no orphans: {files:?}; logs in {}", f.dir.display());
-    let rounds: Vec<u64> = history.iter().map(|r| r["round"].as_u64().unwrap()).collect();
-    assert_eq!(rounds, (1..=history.len() as u64).collect::<Vec<_>>(), "each round exactly once: {s}");
+    assert_eq!(
+        files.len(),
+        history.len(),
+        "one blob per committed round, no orphans: {files:?}; logs in {}",
+        f.dir.display()
+    );
+    let rounds: Vec<u64> = history
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        rounds,
+        (1..=history.len() as u64).collect::<Vec<_>>(),
+        "each round exactly once: {s}"
+    );
     let mut versions: Vec<u64> = files
         .iter()
         .filter_map(|n| n.strip_prefix('v')?.split_once('-')?.0.parse().ok())
         .collect();
     versions.sort();
-    assert_eq!(versions, rounds, "the blobs are the committed versions: {files:?}");
+    assert_eq!(
+        versions, rounds,
+        "the blobs are the committed versions: {files:?}"
+    );
 }
 
 /// `flotilla job list` while the store is down: a quick, clear failure.
@@ -69,9 +95,19 @@ fn assert_fails_fast(f: &Federation, args: &[&str]) {
     let out = f.admin_cli(args);
     let took = t.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded during the outage: {}", String::from_utf8_lossy(&out.stdout));
-    assert!(took < Duration::from_secs(5), "{args:?} took {took:?} during the outage: {stderr}");
-    assert!(stderr.contains("503") && stderr.contains("store unavailable"), "{args:?}: {stderr}");
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded during the outage: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "{args:?} took {took:?} during the outage: {stderr}"
+    );
+    assert!(
+        stderr.contains("503") && stderr.contains("store unavailable"),
+        "{args:?}: {stderr}"
+    );
     eprintln!("{args:?} during the outage: {took:?}: {}", stderr.trim());
 }
 
@@ -100,11 +136,18 @@ impl PrivatePg {
             if out.status.success() {
                 Ok(())
             } else {
-                Err(format!("{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+                Err(format!(
+                    "{cmd:?}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
             }
         };
         run(Command::new("chown").args(["postgres:postgres"]).arg(&dir))?;
-        let pg = PrivatePg { dir, port: free_port() };
+        let pg = PrivatePg {
+            dir,
+            port: free_port(),
+        };
         run(Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(Path::new(PG_BIN).join("initdb"))
@@ -116,13 +159,20 @@ impl PrivatePg {
 
     fn ctl(&self, args: &[&str]) -> Command {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(Path::new(PG_BIN).join("pg_ctl")).arg("-D").arg(self.dir.join("data"));
+        c.args(["-u", "postgres", "--"])
+            .arg(Path::new(PG_BIN).join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"));
         c.args(args);
         c
     }
 
     fn ctl_start(&self) -> Result<(), String> {
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
         let log = self.dir.join("postgres.log");
         let out = self
             .ctl(&["-w", "-o", &opts, "-l", log.to_str().unwrap(), "start"])
@@ -131,13 +181,20 @@ impl PrivatePg {
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("pg_ctl start: {}", String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "pg_ctl start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     }
 
     fn stop(&self) {
         let out = self.ctl(&["-w", "-m", "fast", "stop"]).output().unwrap();
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn url(&self) -> String {
@@ -161,13 +218,23 @@ fn postgres_outage_fails_fast_and_the_job_resumes_without_a_restart() {
             return;
         }
     };
-    let mut f = Federation::with_server("pg-outage", Some(pg.url()), &[], &[("RUST_LOG", "warn,flotilla_coordinator::heal=info")]);
+    let mut f = Federation::with_server(
+        "pg-outage",
+        Some(pg.url()),
+        &[],
+        &[("RUST_LOG", "warn,flotilla_coordinator::heal=info")],
+    );
     // Four clients for rounds of three: the one whose upload met the outage may back off for a
     // while; the job resumes with the others.
     f.start_clients(4);
     let job = f.submit(&job_spec(40, 3, 3));
-    let before = f.wait_for(&job, "round 2 committed", Duration::from_secs(180), |s| rounds_completed(s) >= 2);
-    assert_eq!(before["state"], "running", "the job must outlast the outage: {before}");
+    let before = f.wait_for(&job, "round 2 committed", Duration::from_secs(180), |s| {
+        rounds_completed(s) >= 2
+    });
+    assert_eq!(
+        before["state"], "running",
+        "the job must outlast the outage: {before}"
+    );
 
     pg.stop();
     let stopped = Instant::now();
@@ -185,15 +252,35 @@ fn postgres_outage_fails_fast_and_the_job_resumes_without_a_restart() {
     // The next commit failed: halted once, logged once (not once per retry).
     let halts = log_lines(&f, "job halted");
     assert_eq!(halts.len(), 1, "one ERROR at the halt: {halts:#?}");
-    assert!(halts[0].contains("ERROR") && halts[0].contains("could not persist round"), "{}", halts[0]);
+    assert!(
+        halts[0].contains("ERROR") && halts[0].contains("could not persist round"),
+        "{}",
+        halts[0]
+    );
 
     pg.ctl_start().expect("restart PostgreSQL");
     let back = Instant::now();
-    let durable = rounds_completed(&f.wait_for(&job, "the store answering", Duration::from_secs(10), |s| !s.is_null()));
-    let s = f.wait_for(&job, "a round committed after the outage", Duration::from_secs(60), |s| rounds_completed(s) > durable);
+    let durable = rounds_completed(&f.wait_for(
+        &job,
+        "the store answering",
+        Duration::from_secs(10),
+        |s| !s.is_null(),
+    ));
+    let s = f.wait_for(
+        &job,
+        "a round committed after the outage",
+        Duration::from_secs(60),
+        |s| rounds_completed(s) > durable,
+    );
     let resumed = back.elapsed();
-    eprintln!("PostgreSQL back; round {} committed {resumed:?} later", rounds_completed(&s));
-    assert!(resumed < Duration::from_secs(10), "the job resumed {resumed:?} after PostgreSQL came back: {s}");
+    eprintln!(
+        "PostgreSQL back; round {} committed {resumed:?} later",
+        rounds_completed(&s)
+    );
+    assert!(
+        resumed < Duration::from_secs(10),
+        "the job resumed {resumed:?} after PostgreSQL came back: {s}"
+    );
     let heals = log_lines(&f, "job resumed from its last committed round");
     assert_eq!(heals.len(), 1, "one INFO at the heal: {heals:#?}");
     assert!(heals[0].contains("INFO"), "{}", heals[0]);
@@ -248,7 +335,10 @@ fn a_full_blob_disk_halts_the_job_until_space_is_freed() {
     let tmpfs = match Tmpfs::mount(dir.clone(), "2m") {
         Ok(t) => t,
         Err(why) => {
-            eprintln!("skipping: could not mount a tmpfs at {}: {why}", dir.display());
+            eprintln!(
+                "skipping: could not mount a tmpfs at {}: {why}",
+                dir.display()
+            );
             return;
         }
     };
@@ -261,19 +351,31 @@ fn a_full_blob_disk_halts_the_job_until_space_is_freed() {
     );
     f.start_clients(3);
     let job = f.submit(&job_spec(8, 3, 3));
-    f.wait_for(&job, "round 1 committed", Duration::from_secs(180), |s| rounds_completed(s) >= 1);
+    f.wait_for(&job, "round 1 committed", Duration::from_secs(180), |s| {
+        rounds_completed(s) >= 1
+    });
     // Room for about two more models (2.6 kB each, a 4 KiB page on tmpfs).
     let filler = tmpfs.0.join("filler");
     drop(fill(&filler, 8192));
-    let s = f.wait_for(&job, "the job halted", Duration::from_secs(120), |s| !s["current"]["halted"].is_null());
+    let s = f.wait_for(&job, "the job halted", Duration::from_secs(120), |s| {
+        !s["current"]["halted"].is_null()
+    });
     let cause = s["current"]["halted"].as_str().unwrap().to_owned();
-    assert!(cause.contains("could not persist round") && cause.contains("No space left"), "{s}");
+    assert!(
+        cause.contains("could not persist round") && cause.contains("No space left"),
+        "{s}"
+    );
     assert_eq!(s["state"], "running", "{s}");
     let halted_at = rounds_completed(&s);
     assert!(halted_at < 8, "{s}");
     // Shown to people: `job status` and `job list`.
-    let status = String::from_utf8_lossy(&f.admin_cli(&["job", "status", &job]).stdout).into_owned();
-    assert!(status.contains("running: halted: could not persist round") && status.contains("retrying every 2 s"), "{status}");
+    let status =
+        String::from_utf8_lossy(&f.admin_cli(&["job", "status", &job]).stdout).into_owned();
+    assert!(
+        status.contains("running: halted: could not persist round")
+            && status.contains("retrying every 2 s"),
+        "{status}"
+    );
     let list = String::from_utf8_lossy(&f.admin_cli(&["job", "list"]).stdout).into_owned();
     assert!(list.contains("running (halted)"), "{list}");
     // It stays halted while the disk is full, retried quietly.
@@ -282,14 +384,34 @@ fn a_full_blob_disk_halts_the_job_until_space_is_freed() {
     assert_eq!(rounds_completed(&s), halted_at, "{s}");
     assert!(!s["current"]["halted"].is_null(), "{s}");
     let halts = log_lines(&f, "job halted");
-    assert_eq!(halts.len(), 1, "one ERROR at the halt, none per retry: {halts:#?}");
+    assert_eq!(
+        halts.len(),
+        1,
+        "one ERROR at the halt, none per retry: {halts:#?}"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
-    let s = f.wait_for(&job, "a round committed after space was freed", Duration::from_secs(60), |s| rounds_completed(s) > halted_at);
-    eprintln!("space freed; round {} committed {:?} later", rounds_completed(&s), freed.elapsed());
-    assert!(freed.elapsed() < Duration::from_secs(10), "resumed {:?} after space was freed: {s}", freed.elapsed());
-    assert_eq!(log_lines(&f, "job resumed from its last committed round").len(), 1);
+    let s = f.wait_for(
+        &job,
+        "a round committed after space was freed",
+        Duration::from_secs(60),
+        |s| rounds_completed(s) > halted_at,
+    );
+    eprintln!(
+        "space freed; round {} committed {:?} later",
+        rounds_completed(&s),
+        freed.elapsed()
+    );
+    assert!(
+        freed.elapsed() < Duration::from_secs(10),
+        "resumed {:?} after space was freed: {s}",
+        freed.elapsed()
+    );
+    assert_eq!(
+        log_lines(&f, "job resumed from its last committed round").len(),
+        1
+    );
     let s = f.wait_for(&job, "completion", Duration::from_secs(300), completed);
     assert_no_orphan_blobs(&f, &blobs, &job, &s);
     drop(f);
@@ -311,16 +433,30 @@ fn no_round_attempt_is_issued_by_two_incarnations() {
         // Clients that take their task and then train for minutes: the round cannot commit before
         // the coordinator is killed.
         for i in 0..3 {
-            f.spawn_client_with(&format!("client-{i}"), &token, &format!("{i}/3"), &["--train-delay-ms", "600000"], "warn");
+            f.spawn_client_with(
+                &format!("client-{i}"),
+                &token,
+                &format!("{i}/3"),
+                &["--train-delay-ms", "600000"],
+                "warn",
+            );
         }
-        f.wait_for(&job, "a cohort selected", Duration::from_secs(60), |s| s["current"]["phase"] == "training");
+        f.wait_for(&job, "a cohort selected", Duration::from_secs(60), |s| {
+            s["current"]["phase"] == "training"
+        });
         // The selected clients come back for their tasks within a second (retry_after_ms = 500).
         std::thread::sleep(Duration::from_secs(2));
         let s = f.status(&job);
         assert_eq!(s["current"]["phase"], "training", "{s}");
-        let pair = (s["current"]["round"].as_u64().unwrap(), s["current"]["attempt"].as_u64().unwrap());
+        let pair = (
+            s["current"]["round"].as_u64().unwrap(),
+            s["current"]["attempt"].as_u64().unwrap(),
+        );
         assert_eq!(rounds_completed(&s), 0, "{s}");
-        eprintln!("incarnation {incarnation} hands out round {} attempt {}", pair.0, pair.1);
+        eprintln!(
+            "incarnation {incarnation} hands out round {} attempt {}",
+            pair.0, pair.1
+        );
         issued.push(pair);
         f.kill_server();
         for c in &mut f.clients.0 {
@@ -330,7 +466,11 @@ fn no_round_attempt_is_issued_by_two_incarnations() {
         f.clients.0.clear();
     }
     let distinct: HashSet<_> = issued.iter().collect();
-    assert_eq!(distinct.len(), issued.len(), "a (round, attempt) was issued twice: {issued:?}");
+    assert_eq!(
+        distinct.len(),
+        issued.len(),
+        "a (round, attempt) was issued twice: {issued:?}"
+    );
     // The fifth incarnation commits the round with clients that train at once, at an attempt
     // above every one a dead incarnation issued.
     f.start_server();
@@ -339,5 +479,8 @@ fn no_round_attempt_is_issued_by_two_incarnations() {
     }
     let s = f.wait_for(&job, "completion", Duration::from_secs(180), completed);
     let committed = s["history"][0]["attempt"].as_u64().unwrap();
-    assert!(issued.iter().all(|&(_, a)| a < committed), "round 1 committed at attempt {committed}, issued before: {issued:?}");
+    assert!(
+        issued.iter().all(|&(_, a)| a < committed),
+        "round 1 committed at attempt {committed}, issued before: {issued:?}"
+    );
 }
