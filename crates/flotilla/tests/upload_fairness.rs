@@ -45,6 +45,8 @@ fn federation(name: &str, extra: &[&str]) -> Federation {
         database_url: None,
         server: Procs(Vec::new()),
         clients: Procs(Vec::new()),
+        server_args: Vec::new(),
+        server_env: Vec::new(),
     };
     let certs = f.dir.join("certs");
     let child = Command::new(bin())
