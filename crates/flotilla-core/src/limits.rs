@@ -78,7 +78,7 @@ pub const MAX_SMALL_CONSTANT: f64 = 1e3;
 /// `v` must be in `min..=max`; the message names `field` and the violated bound.
 pub fn count<T: PartialOrd + Display + Copy>(field: &'static str, v: T, min: T, max: T) -> Result<T, ConfigError> {
     if v < min {
-        Err(ConfigError::new(field, format!("must be ≥ {min}, got {v}")))
+        Err(ConfigError::new(field, format!("must be in {min}..={max}, got {v}")))
     } else if v > max {
         Err(ConfigError::new(field, format!("must be ≤ {max}, got {v}")))
     } else {
@@ -151,7 +151,7 @@ mod tests {
         assert_eq!(count("rounds", 5u64, 1, MAX_ROUNDS), Ok(5));
         let e = count("rounds", i64::MAX as u64, 1, MAX_ROUNDS).unwrap_err();
         assert_eq!(e.to_string(), "rounds: must be ≤ 1000000, got 9223372036854775807");
-        assert_eq!(count("rounds", 0u64, 1, MAX_ROUNDS).unwrap_err().to_string(), "rounds: must be ≥ 1, got 0");
+        assert_eq!(count("rounds", 0u64, 1, MAX_ROUNDS).unwrap_err().to_string(), "rounds: must be in 1..=1000000, got 0");
     }
 
     #[test]
