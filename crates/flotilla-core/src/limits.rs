@@ -65,8 +65,9 @@ pub const MAX_NOISE_MULTIPLIER: f64 = 1e3;
 pub const MIN_DELTA: f64 = 1e-12;
 /// Largest δ: a δ above 0.1 is no (ε, δ) guarantee at all (it allows leaking a tenth of the records).
 pub const MAX_DELTA: f64 = 0.1;
-/// Largest ε budget: beyond ~100 the bound says nothing about privacy.
-pub const MAX_EPSILON: f64 = 100.0;
+/// Largest ε budget: already beyond ~100 the bound says nothing about privacy; up to 1000 is
+/// accepted (as for σ) so that "no real budget" can still be written as a large finite number.
+pub const MAX_EPSILON: f64 = 1000.0;
 /// Population a DP cohort is sampled from (`privacy.population`).
 pub const MAX_POPULATION: u64 = 10_000_000_000;
 /// A report's claimed sample count, and so `eligibility.min_samples`.
