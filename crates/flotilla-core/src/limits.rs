@@ -65,8 +65,9 @@ pub const MAX_NOISE_MULTIPLIER: f64 = 1e3;
 pub const MIN_DELTA: f64 = 1e-12;
 /// Largest δ: a δ above 0.1 is no (ε, δ) guarantee at all (it allows leaking a tenth of the records).
 pub const MAX_DELTA: f64 = 0.1;
-/// Largest ε budget: beyond ~100 the bound says nothing about privacy.
-pub const MAX_EPSILON: f64 = 100.0;
+/// Largest ε budget: already beyond ~100 the bound says nothing about privacy; up to 1000 is
+/// accepted (as for σ) so that "no real budget" can still be written as a large finite number.
+pub const MAX_EPSILON: f64 = 1000.0;
 /// Population a DP cohort is sampled from (`privacy.population`).
 pub const MAX_POPULATION: u64 = 10_000_000_000;
 /// A report's claimed sample count, and so `eligibility.min_samples`.
@@ -76,9 +77,17 @@ pub const MAX_SAMPLES: u64 = 1 << 32;
 pub const MAX_SMALL_CONSTANT: f64 = 1e3;
 
 /// `v` must be in `min..=max`; the message names `field` and the violated bound.
-pub fn count<T: PartialOrd + Display + Copy>(field: &'static str, v: T, min: T, max: T) -> Result<T, ConfigError> {
+pub fn count<T: PartialOrd + Display + Copy>(
+    field: &'static str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
     if v < min {
-        Err(ConfigError::new(field, format!("must be ≥ {min}, got {v}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be in {min}..={max}, got {v}"),
+        ))
     } else if v > max {
         Err(ConfigError::new(field, format!("must be ≤ {max}, got {v}")))
     } else {
@@ -89,9 +98,15 @@ pub fn count<T: PartialOrd + Display + Copy>(field: &'static str, v: T, min: T, 
 /// `v` must be finite, `> 0` and `≤ max`.
 pub fn positive(field: &'static str, v: f64, max: f64) -> Result<f64, ConfigError> {
     if !(v.is_finite() && v > 0.0) {
-        Err(ConfigError::new(field, format!("must be finite and > 0, got {v}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be finite and > 0, got {v}"),
+        ))
     } else if v > max {
-        Err(ConfigError::new(field, format!("must be ≤ {max:e}, got {v:e}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be ≤ {max:e}, got {v:e}"),
+        ))
     } else {
         Ok(v)
     }
@@ -100,9 +115,15 @@ pub fn positive(field: &'static str, v: f64, max: f64) -> Result<f64, ConfigErro
 /// `v` must be finite, `≥ 0` and `≤ max`.
 pub fn non_negative(field: &'static str, v: f64, max: f64) -> Result<f64, ConfigError> {
     if !(v.is_finite() && v >= 0.0) {
-        Err(ConfigError::new(field, format!("must be finite and ≥ 0, got {v}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be finite and ≥ 0, got {v}"),
+        ))
     } else if v > max {
-        Err(ConfigError::new(field, format!("must be ≤ {max:e}, got {v:e}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be ≤ {max:e}, got {v:e}"),
+        ))
     } else {
         Ok(v)
     }
@@ -113,16 +134,24 @@ pub fn delta(field: &'static str, v: f64) -> Result<f64, ConfigError> {
     if v.is_finite() && (MIN_DELTA..=MAX_DELTA).contains(&v) {
         Ok(v)
     } else if v.is_finite() && v > MAX_DELTA {
-        Err(ConfigError::new(field, format!("must be ≤ {MAX_DELTA} (a larger δ is no guarantee), got {v:e}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be ≤ {MAX_DELTA} (a larger δ is no guarantee), got {v:e}"),
+        ))
     } else {
-        Err(ConfigError::new(field, format!("must be ≥ {MIN_DELTA:e} and ≤ {MAX_DELTA}, got {v:e}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be ≥ {MIN_DELTA:e} and ≤ {MAX_DELTA}, got {v:e}"),
+        ))
     }
 }
 
 /// The number of parameters of a dense model `input → hidden… → classes` (weights and biases),
 /// saturating; used to refuse models over [`MAX_MODEL_PARAMS`] before anything is allocated.
 pub fn dense_params(widths: &[u64]) -> u64 {
-    widths.windows(2).fold(0u64, |acc, w| acc.saturating_add(w[0].saturating_mul(w[1]).saturating_add(w[1])))
+    widths.windows(2).fold(0u64, |acc, w| {
+        acc.saturating_add(w[0].saturating_mul(w[1]).saturating_add(w[1]))
+    })
 }
 
 /// Refuses a model of `params` parameters over [`MAX_MODEL_PARAMS`], naming `field`.
@@ -130,7 +159,9 @@ pub fn model_params(field: &'static str, params: u64) -> Result<u64, ConfigError
     if params > MAX_MODEL_PARAMS {
         Err(ConfigError::new(
             field,
-            format!("the model would have {params} parameters; must be ≤ {MAX_MODEL_PARAMS} (2^28)"),
+            format!(
+                "the model would have {params} parameters; must be ≤ {MAX_MODEL_PARAMS} (2^28)"
+            ),
         ))
     } else {
         Ok(params)
@@ -139,7 +170,8 @@ pub fn model_params(field: &'static str, params: u64) -> Result<u64, ConfigError
 
 /// The product of `dims`, saturating (an input shape from a spec can overflow `usize`).
 pub fn product(dims: &[usize]) -> u64 {
-    dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d as u64))
+    dims.iter()
+        .fold(1u64, |acc, &d| acc.saturating_mul(d as u64))
 }
 
 #[cfg(test)]
@@ -150,13 +182,26 @@ mod tests {
     fn counts_name_the_field_and_the_bound() {
         assert_eq!(count("rounds", 5u64, 1, MAX_ROUNDS), Ok(5));
         let e = count("rounds", i64::MAX as u64, 1, MAX_ROUNDS).unwrap_err();
-        assert_eq!(e.to_string(), "rounds: must be ≤ 1000000, got 9223372036854775807");
-        assert_eq!(count("rounds", 0u64, 1, MAX_ROUNDS).unwrap_err().to_string(), "rounds: must be ≥ 1, got 0");
+        assert_eq!(
+            e.to_string(),
+            "rounds: must be ≤ 1000000, got 9223372036854775807"
+        );
+        assert_eq!(
+            count("rounds", 0u64, 1, MAX_ROUNDS)
+                .unwrap_err()
+                .to_string(),
+            "rounds: must be in 1..=1000000, got 0"
+        );
     }
 
     #[test]
     fn reals_refuse_non_finite_and_huge() {
-        assert!(positive("x", 1e300, MAX_NOISE_MULTIPLIER).unwrap_err().message.contains("≤ 1e3"));
+        assert!(
+            positive("x", 1e300, MAX_NOISE_MULTIPLIER)
+                .unwrap_err()
+                .message
+                .contains("≤ 1e3")
+        );
         assert!(positive("x", f64::NAN, 1.0).is_err());
         assert!(positive("x", 0.0, 1.0).is_err());
         assert_eq!(positive("x", 1.0, 1.0), Ok(1.0));
@@ -166,8 +211,18 @@ mod tests {
 
     #[test]
     fn delta_is_between_1e_12_and_a_tenth() {
-        assert!(delta("privacy.delta", 1e-300).unwrap_err().to_string().starts_with("privacy.delta: must be ≥ 1e-12"));
-        assert!(delta("privacy.delta", 0.5).unwrap_err().to_string().contains("≤ 0.1"));
+        assert!(
+            delta("privacy.delta", 1e-300)
+                .unwrap_err()
+                .to_string()
+                .starts_with("privacy.delta: must be ≥ 1e-12")
+        );
+        assert!(
+            delta("privacy.delta", 0.5)
+                .unwrap_err()
+                .to_string()
+                .contains("≤ 0.1")
+        );
         assert!(delta("privacy.delta", f64::NAN).is_err());
         assert_eq!(delta("privacy.delta", 1e-5), Ok(1e-5));
         assert_eq!(delta("privacy.delta", MIN_DELTA), Ok(MIN_DELTA));
@@ -178,7 +233,12 @@ mod tests {
         assert_eq!(dense_params(&[64, 10]), 650);
         assert_eq!(dense_params(&[u64::MAX, 2]), u64::MAX);
         assert_eq!(product(&[usize::MAX, usize::MAX]), u64::MAX);
-        assert!(model_params("model.hidden", dense_params(&[1 << 24, 65_536, 10])).unwrap_err().message.contains("2^28"));
+        assert!(
+            model_params("model.hidden", dense_params(&[1 << 24, 65_536, 10]))
+                .unwrap_err()
+                .message
+                .contains("2^28")
+        );
         assert!(model_params("model.hidden", 1 << 28).is_ok());
     }
 }

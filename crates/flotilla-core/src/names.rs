@@ -51,7 +51,14 @@ fn check(
     charset: &'static str,
     ok: fn(char) -> bool,
 ) -> Result<(), NameError> {
-    let fail = |problem: String| Err(NameError { what, max, charset, problem });
+    let fail = |problem: String| {
+        Err(NameError {
+            what,
+            max,
+            charset,
+            problem,
+        })
+    };
     if value.trim().is_empty() {
         return fail("it is empty".into());
     }
@@ -68,7 +75,13 @@ fn check(
 /// A client's name at enrollment: 1 to [`MAX_CLIENT_NAME_CHARS`] characters of [`NAME_CHARSET`]
 /// (callers trim surrounding whitespace first; an absent name is not checked).
 pub fn check_client_name(name: &str) -> Result<(), NameError> {
-    check("client name", name, MAX_CLIENT_NAME_CHARS, NAME_CHARSET, is_name_char)
+    check(
+        "client name",
+        name,
+        MAX_CLIENT_NAME_CHARS,
+        NAME_CHARSET,
+        is_name_char,
+    )
 }
 
 /// A job's `name`: 1 to [`MAX_JOB_NAME_CHARS`] characters of [`NAME_CHARSET`].
@@ -78,7 +91,13 @@ pub fn check_job_name(name: &str) -> Result<(), NameError> {
 
 /// A job's `tenant`: 1 to [`MAX_TENANT_CHARS`] characters of [`TENANT_CHARSET`].
 pub fn check_tenant(tenant: &str) -> Result<(), NameError> {
-    check("tenant", tenant, MAX_TENANT_CHARS, TENANT_CHARSET, is_tenant_char)
+    check(
+        "tenant",
+        tenant,
+        MAX_TENANT_CHARS,
+        TENANT_CHARSET,
+        is_tenant_char,
+    )
 }
 
 #[cfg(test)]
@@ -87,7 +106,13 @@ mod tests {
 
     #[test]
     fn ordinary_names_pass() {
-        for ok in ["alice", "phone-17", "edge node 3", "a.b_c-d@host:443/x", &"x".repeat(64)] {
+        for ok in [
+            "alice",
+            "phone-17",
+            "edge node 3",
+            "a.b_c-d@host:443/x",
+            &"x".repeat(64),
+        ] {
             check_client_name(ok).unwrap();
         }
         check_job_name("digits run 2").unwrap();
@@ -96,12 +121,25 @@ mod tests {
 
     #[test]
     fn control_characters_and_escapes_are_refused_without_echoing_them() {
-        for bad in ["a\nERROR flotilla_coordinator: forged", "\x1b[31mred", "x\ry", "tab\there", "bidi\u{202E}txt", "nul\0", "é"]
-        {
+        for bad in [
+            "a\nERROR flotilla_coordinator: forged",
+            "\x1b[31mred",
+            "x\ry",
+            "tab\there",
+            "bidi\u{202E}txt",
+            "nul\0",
+            "é",
+        ] {
             let e = check_client_name(bad).unwrap_err().to_string();
-            assert!(e.starts_with("client name must be 1 to 64 characters of ASCII letters"), "{e}");
+            assert!(
+                e.starts_with("client name must be 1 to 64 characters of ASCII letters"),
+                "{e}"
+            );
             assert!(e.contains("U+"), "{e}");
-            assert!(!e.chars().any(|c| c.is_control() || c == '\u{202E}'), "{e:?}");
+            assert!(
+                !e.chars().any(|c| c.is_control() || c == '\u{202E}'),
+                "{e:?}"
+            );
         }
         assert_eq!(
             check_client_name("\x1b[31m").unwrap_err().problem,
@@ -116,6 +154,11 @@ mod tests {
         assert!(check_job_name(&"j".repeat(129)).is_err());
         assert!(check_tenant(&"t".repeat(65)).is_err());
         assert!(check_client_name("   ").is_err());
-        assert!(check_tenant("a b").unwrap_err().to_string().starts_with("tenant must be"));
+        assert!(
+            check_tenant("a b")
+                .unwrap_err()
+                .to_string()
+                .starts_with("tenant must be")
+        );
     }
 }

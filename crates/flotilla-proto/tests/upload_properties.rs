@@ -14,8 +14,8 @@ mod common;
 use common::{bits, expected, header_for, params};
 use flotilla_proto::v1;
 use flotilla_proto::{MAX_UPLOAD_ID_LEN, UploadAssembler, UploadLimits, validate_header};
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 fn le_bytes(p: &[f32]) -> Vec<u8> {
     p.iter().flat_map(|v| v.to_le_bytes()).collect()

@@ -13,8 +13,8 @@ use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use tracing_subscriber::field::MakeExt;
-use tracing_subscriber::fmt::format::{self, Writer};
 use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{self, Writer};
 
 /// Whether `c` must not reach a log line or a terminal raw: C0 and C1 controls (newline, CR, ESC,
 /// tab, …), DEL, the Unicode line and paragraph separators, and the bidi controls (embeddings,
@@ -51,7 +51,11 @@ pub(crate) fn escape_control(s: &str) -> Cow<'_, str> {
 /// Writes one field: the message as its (escaped) text, any other field as `name=value` with the
 /// value's `Debug` form escaped; field names in italics when the writer is a terminal, as
 /// tracing-subscriber's default field formatter does.
-fn write_field(w: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn fmt::Debug) -> fmt::Result {
+fn write_field(
+    w: &mut Writer<'_>,
+    field: &tracing::field::Field,
+    value: &dyn fmt::Debug,
+) -> fmt::Result {
     let text = format!("{value:?}");
     let text = escape_control(&text);
     if field.name() == "message" {
@@ -68,8 +72,10 @@ fn write_field(w: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn fm
 
 /// The field formatter of the `flotilla` subscriber (see the module documentation).
 pub(crate) fn fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
-    format::debug_fn(write_field as fn(&mut Writer<'_>, &tracing::field::Field, &dyn fmt::Debug) -> fmt::Result)
-        .delimited(" ")
+    format::debug_fn(
+        write_field as fn(&mut Writer<'_>, &tracing::field::Field, &dyn fmt::Debug) -> fmt::Result,
+    )
+    .delimited(" ")
 }
 
 #[cfg(test)]
@@ -78,10 +84,16 @@ mod tests {
 
     #[test]
     fn escapes_newlines_escapes_and_bidi_only() {
-        assert!(matches!(escape_control("plain name-1 é ü"), Cow::Borrowed(_)));
+        assert!(matches!(
+            escape_control("plain name-1 é ü"),
+            Cow::Borrowed(_)
+        ));
         assert_eq!(escape_control("a\nERROR forged"), "a\\nERROR forged");
         assert_eq!(escape_control("\x1b[31mred\r"), "\\u{1b}[31mred\\r");
-        assert_eq!(escape_control("x\u{202E}y\u{2066}\u{85}\u{7f}"), "x\\u{202e}y\\u{2066}\\u{85}\\u{7f}");
+        assert_eq!(
+            escape_control("x\u{202E}y\u{2066}\u{85}\u{7f}"),
+            "x\\u{202e}y\\u{2066}\\u{85}\\u{7f}"
+        );
         assert_eq!(escape_control("tab\there\0"), "tab\\there\\u{0}");
     }
 
@@ -113,9 +125,15 @@ mod tests {
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(!text.contains('\x1b') && !text.contains('\u{202E}'), "{text:?}");
+        assert!(
+            !text.contains('\x1b') && !text.contains('\u{202E}'),
+            "{text:?}"
+        );
         assert!(text.contains("WARN"), "{text}");
-        assert!(text.contains("enrolled x\\nERROR flotilla_coordinator: forged\\u{1b}[31m\\u{202e}"), "{text}");
+        assert!(
+            text.contains("enrolled x\\nERROR flotilla_coordinator: forged\\u{1b}[31m\\u{202e}"),
+            "{text}"
+        );
         assert!(text.contains(" n=3"), "{text}");
     }
 }
