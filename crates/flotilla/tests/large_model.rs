@@ -87,6 +87,15 @@ fn one_gigabyte_model_round_trips_with_bounded_coordinator_memory() {
         let status = f.wait_for(&job, "the 1 GB job to complete", Duration::from_secs(1200), |s| {
             completed(s) || s["state"] == "failed"
         });
+        // The store says completed before the last upload's answer reaches the client, and stopping
+        // the client drops what it has in flight: stop it only once it has checked in again, which
+        // its loop does after it has handled that answer.
+        let checkins = |f: &Federation| f.metrics()["checkins"].as_u64().unwrap_or(0);
+        let seen = checkins(&f);
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        while checkins(&f) <= seen && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let _ = stop.send(());
         (status, run.join().expect("client thread"))
     });

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use flotilla_proto::v1::coordinator_client::CoordinatorClient;
 use flotilla_proto::{payload_sha256, upload_messages, v1};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -103,32 +102,8 @@ min_samples = 5
     ))
 }
 
-/// `GET /v1/metrics` (from a plain thread: reqwest's blocking client must not run in a runtime).
-fn metrics(f: &Federation) -> Value {
-    let (url, ca) = (
-        format!("{}/v1/metrics", f.admin_url()),
-        std::fs::read(f.ca()).unwrap(),
-    );
-    std::thread::spawn(move || {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = reqwest::Certificate::from_pem(&ca).unwrap();
-        let http = reqwest::blocking::Client::builder()
-            .add_root_certificate(ca)
-            .build()
-            .unwrap();
-        http.get(url)
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .unwrap()
-            .json::<Value>()
-            .unwrap()
-    })
-    .join()
-    .unwrap()
-}
-
 fn rejections(f: &Federation, reason: &str) -> u64 {
-    metrics(f)["rejections"][reason].as_u64().unwrap_or(0)
+    f.metrics()["rejections"][reason].as_u64().unwrap_or(0)
 }
 
 /// An enrolled client with its own connection.
@@ -390,8 +365,8 @@ fn idle_streams_of_outsiders_and_of_another_tenant_do_not_delay_an_honest_upload
         drop(held);
 
         // Misbehaviour is counted, and the outsider is now throttled for a while.
-        assert!(rejections(&f, "not_selected") >= 8, "{}", metrics(&f));
-        assert!(rejections(&f, "client_busy") >= 1, "{}", metrics(&f));
+        assert!(rejections(&f, "not_selected") >= 8, "{}", f.metrics());
+        assert!(rejections(&f, "client_busy") >= 1, "{}", f.metrics());
         let (_tx, h) = outsider.open_stream(vec![head(header(&task, &params, "again"))]);
         let (answers, _) = settle(vec![h], Duration::from_secs(2)).await;
         match &answers[..] {
@@ -401,7 +376,7 @@ fn idle_streams_of_outsiders_and_of_another_tenant_do_not_delay_an_honest_upload
             }
             other => panic!("the outsider is not throttled: {other:?}"),
         }
-        assert!(rejections(&f, "throttled") >= 1, "{}", metrics(&f));
+        assert!(rejections(&f, "throttled") >= 1, "{}", f.metrics());
     });
 }
 
@@ -440,7 +415,7 @@ fn a_cohort_member_gets_one_slot_however_many_streams_it_opens() {
                 Ok(r) => panic!("a second stream was answered {r:?}"),
             }
         }
-        assert_eq!(rejections(&f, "client_busy"), 4, "{}", metrics(&f));
+        assert_eq!(rejections(&f, "client_busy"), 4, "{}", f.metrics());
 
         // The tenant's second slot is still free for the honest member.
         let t = Instant::now();
@@ -551,6 +526,6 @@ fn a_slow_or_idle_stream_is_dropped_its_slot_freed_and_its_bytes_kept() {
             "dropped after {:?}",
             t.elapsed()
         );
-        assert_eq!(rejections(&f, "slow_upload"), 2, "{}", metrics(&f));
+        assert_eq!(rejections(&f, "slow_upload"), 2, "{}", f.metrics());
     });
 }
