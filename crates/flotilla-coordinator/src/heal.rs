@@ -55,8 +55,14 @@ impl Shared {
             Ok(Some(rj)) => rj,
             Ok(None) => {
                 // Cancelled while halted, or the commit that seemed to fail had landed and was the
-                // last one: nothing to resume.
-                self.replace_job(job, None);
+                // last one: nothing to resume. Ended like any other job (state remembered for late
+                // calls, privacy bookkeeping forgotten) when the store names its state.
+                match self.ended_state(id.0).await.filter(|s| s.is_terminal()) {
+                    Some(state) => self.end_job(job, &mut *job.inner.lock().await, state),
+                    None => {
+                        self.replace_job(job, None);
+                    }
+                }
                 tracing::info!(
                     job = id.0,
                     "halted job is no longer running in the store; dropped"
@@ -98,7 +104,7 @@ impl Shared {
                     tracing::debug!(job = id.0, error = %e, "could not mark the job failed; retrying");
                     return;
                 }
-                self.replace_job(job, None);
+                self.end_job(job, &mut *job.inner.lock().await, JobState::Failed);
                 return;
             }
         }
