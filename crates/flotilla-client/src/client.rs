@@ -19,7 +19,9 @@ use crate::config::{ClientConfig, error_chain};
 use crate::credential::StoredCredential;
 use crate::error::{ClientError, RunError};
 use crate::scaffold::ControlStore;
-use crate::trainer::{BoxError, LocalTrainer, ModelDescription, TaskInfo, TrainOutcome, TrainingConfig};
+use crate::trainer::{
+    BoxError, LocalTrainer, ModelDescription, TaskInfo, TrainOutcome, TrainingConfig,
+};
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
 mod failure;
@@ -504,7 +506,9 @@ impl Session<'_> {
                 Ok(r) => break r.into_inner(),
                 Err(status) => match self.classify(&status) {
                     Failure::Transient => self.back_off("Enroll", &status).await,
-                    Failure::Fatal(e @ (ClientError::Tls { .. } | ClientError::ProtocolMismatch { .. })) => {
+                    Failure::Fatal(
+                        e @ (ClientError::Tls { .. } | ClientError::ProtocolMismatch { .. }),
+                    ) => {
                         return Err(e);
                     }
                     Failure::Fatal(_) | Failure::Refused => {
@@ -547,14 +551,24 @@ impl Session<'_> {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(job = %task.job_id, round = task.round, %reason, "skipping task");
-                self.report_failure(bearer, &task, v1::FailureKind::Other, &format!("unusable task: {reason}")).await;
+                self.report_failure(
+                    bearer,
+                    &task,
+                    v1::FailureKind::Other,
+                    &format!("unusable task: {reason}"),
+                )
+                .await;
                 self.pause_after_failed_task().await;
                 return Ok(());
             }
         };
         match v1::Stage::try_from(task.stage) {
             Ok(v1::Stage::Train) => {}
-            Ok(stage) => return self.do_secagg_task(bearer, task, info, receiver, stage).await,
+            Ok(stage) => {
+                return self
+                    .do_secagg_task(bearer, task, info, receiver, stage)
+                    .await;
+            }
             Err(_) => return Ok(()),
         }
         tracing::info!(
@@ -566,7 +580,10 @@ impl Session<'_> {
         );
         let deadline = info.deadline.map(|d| d + DEADLINE_GRACE);
 
-        let global = match self.download(bearer, &task, v1::ModelPart::Global, receiver, deadline).await? {
+        let global = match self
+            .download(bearer, &task, v1::ModelPart::Global, receiver, deadline)
+            .await?
+        {
             Done::Ok(p) => Arc::new(p),
             Done::Abandoned | Done::Outdated => {
                 self.pause_after_failed_task().await;
@@ -577,7 +594,10 @@ impl Session<'_> {
         let controls = ControlStore::new(&self.client.config.state_dir);
         let scaffold = match control_receiver {
             None => None,
-            Some(r) => match self.download(bearer, &task, v1::ModelPart::ServerControl, r, deadline).await? {
+            Some(r) => match self
+                .download(bearer, &task, v1::ModelPart::ServerControl, r, deadline)
+                .await?
+            {
                 Done::Ok(c) => {
                     let ci = controls.load(&info.job_id, c.len());
                     info.gradient_correction = Some(scaffold_correction(&c, ci.as_deref()));
@@ -595,7 +615,10 @@ impl Session<'_> {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(job = %info.job_id, round = info.round, error = %error_chain(e.as_ref()), "training failed; task abandoned");
-                let (kind, why) = (failure::trainer_failure_kind(&e), failure::trainer_failure_reason(&e));
+                let (kind, why) = (
+                    failure::trainer_failure_kind(&e),
+                    failure::trainer_failure_reason(&e),
+                );
                 self.report_failure(bearer, &task, kind, &why).await;
                 self.pause_after_failed_task().await;
                 return Ok(());
@@ -610,12 +633,20 @@ impl Session<'_> {
                 if outcome.local_steps == 0 || outcome.params.len() != c.len() {
                     tracing::warn!(job = %info.job_id, round = info.round, steps = outcome.local_steps, "SCAFFOLD needs the trainer to report local_steps > 0 and a full parameter vector; task abandoned");
                     let why = "SCAFFOLD needs the trainer to report local_steps > 0 and a full parameter vector";
-                    self.report_failure(bearer, &task, v1::FailureKind::TrainingFailed, why).await;
+                    self.report_failure(bearer, &task, v1::FailureKind::TrainingFailed, why)
+                        .await;
                     self.pause_after_failed_task().await;
                     return Ok(());
                 }
                 let lr = info.training.learning_rate as f32;
-                let delta = scaffold_client_update(&mut ci, &c, &global, &outcome.params, outcome.local_steps, lr);
+                let delta = scaffold_client_update(
+                    &mut ci,
+                    &c,
+                    &global,
+                    &outcome.params,
+                    outcome.local_steps,
+                    lr,
+                );
                 Some((ci, delta))
             }
         };
@@ -625,7 +656,8 @@ impl Session<'_> {
             Err(reason) => {
                 tracing::warn!(job = %info.job_id, round = info.round, %reason, "trainer output unusable; task abandoned");
                 let why = format!("unusable trainer output: {reason}");
-                self.report_failure(bearer, &task, v1::FailureKind::TrainingFailed, &why).await;
+                self.report_failure(bearer, &task, v1::FailureKind::TrainingFailed, &why)
+                    .await;
                 self.pause_after_failed_task().await;
                 return Ok(());
             }
@@ -922,7 +954,9 @@ impl Session<'_> {
                 tracing::info!(message = %resp.message, "the task's job ended before the update was used; checking in for other work");
                 Some(Done::Outdated)
             }
-            Ok(v1::UploadStatus::Rejected) if matches!(resp.reason.as_str(), "too_stale" | "no_task") => {
+            Ok(v1::UploadStatus::Rejected)
+                if matches!(resp.reason.as_str(), "too_stale" | "no_task") =>
+            {
                 self.stats.uploads_rejected += 1;
                 tracing::info!(
                     reason = %resp.reason,
@@ -1056,7 +1090,8 @@ fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver, Option<ModelR
     let control = match &task.server_control {
         None => None,
         Some(c) => {
-            let r = ModelReceiver::new(c, MAX_MODEL_BYTES).map_err(|e| format!("server_control: {e}"))?;
+            let r = ModelReceiver::new(c, MAX_MODEL_BYTES)
+                .map_err(|e| format!("server_control: {e}"))?;
             if r.layout() != receiver.layout() {
                 return Err("server_control has another layout than the model".into());
             }
@@ -1068,10 +1103,16 @@ fn check_task(task: &v1::Task) -> Result<(TaskInfo, ModelReceiver, Option<ModelR
         .as_ref()
         .ok_or("the task has no training configuration")?;
     if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
-        return Err(format!("proximal_mu must be finite and ≥ 0, got {}", t.proximal_mu));
+        return Err(format!(
+            "proximal_mu must be finite and ≥ 0, got {}",
+            t.proximal_mu
+        ));
     }
     if !(t.max_grad_norm.is_finite() && t.max_grad_norm >= 0.0) {
-        return Err(format!("max_grad_norm must be finite and ≥ 0 (0 = none), got {}", t.max_grad_norm));
+        return Err(format!(
+            "max_grad_norm must be finite and ≥ 0 (0 = none), got {}",
+            t.max_grad_norm
+        ));
     }
     let info = TaskInfo {
         job_id: task.job_id.clone(),
@@ -1161,7 +1202,9 @@ fn build_header(
     // SCAFFOLD's Δcᵢ follows the parameters.
     if let Some(extra) = extra {
         if extra.len() != params.len() || extra.iter().any(|v| !v.is_finite()) {
-            return Err("SCAFFOLD control-variate update is not a finite vector of the model's size".into());
+            return Err(
+                "SCAFFOLD control-variate update is not a finite vector of the model's size".into(),
+            );
         }
         params.extend_from_slice(extra);
     }
@@ -1302,36 +1345,53 @@ mod tests {
         let mut config = ClientConfig::new("https://coord.example:7070", "/tmp/unused");
         config.ca_cert = Some("certs/ca.pem".into());
         let tls = |e: rustls::Error| {
-            Status::from_error(Box::new(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+            Status::from_error(Box::new(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e,
+            )))
         };
         // A wrong CA, as tonic reports it: a failed connection with the rustls error deep inside.
-        let wrong_ca = tls(rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature));
+        let wrong_ca = tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadSignature,
+        ));
         match classify_with_tls(&wrong_ca, &config) {
             Failure::Fatal(ClientError::Tls { hint }) => {
-                assert!(hint.contains("not signed by the CA in --ca-cert certs/ca.pem"), "{hint}");
+                assert!(
+                    hint.contains("not signed by the CA in --ca-cert certs/ca.pem"),
+                    "{hint}"
+                );
             }
             _ => panic!("a wrong CA must end the run"),
         }
-        let ca_as_leaf = tls(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-            rustls::OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity)),
-        )));
+        let ca_as_leaf = tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                webpki::Error::CaUsedAsEndEntity,
+            ))),
+        ));
         assert!(matches!(
             classify_with_tls(&ca_as_leaf, &config),
             Failure::Fatal(ClientError::Tls { hint }) if hint.contains("is a CA certificate")
         ));
         // No flotilla.v1 behind the address: a protocol mismatch, whichever call found it.
         assert!(matches!(
-            classify_with_tls(&Status::unimplemented("unknown service flotilla.v1.Coordinator"), &config),
+            classify_with_tls(
+                &Status::unimplemented("unknown service flotilla.v1.Coordinator"),
+                &config
+            ),
             Failure::Fatal(ClientError::ProtocolMismatch { .. })
         ));
         // Transport failures and an unavailable coordinator heal: back off and retry.
-        let refused = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        let refused = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
         for transient in [
             refused,
             Status::unavailable("coordinator restarting"),
             Status::deadline_exceeded("timeout"),
             // A TLS alert that is not about configuration (e.g. the server failed mid-handshake).
-            tls(rustls::Error::AlertReceived(rustls::AlertDescription::InternalError)),
+            tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::InternalError,
+            )),
         ] {
             assert!(
                 matches!(classify_with_tls(&transient, &config), Failure::Transient),
@@ -1384,10 +1444,24 @@ mod tests {
         assert!(build_header(&info, out(vec![1.0, f32::NAN, 3.0], 7), None, "c").is_err());
         assert!(build_header(&info, out(vec![1.0, 2.0, 3.0], 0), None, "c").is_err());
         // SCAFFOLD: Δcᵢ follows the parameters and must match them in size and be finite.
-        let (h, p) = build_header(&info, out(vec![1.0, 2.0, 3.0], 7), Some(&[0.5, 0.0, -0.5]), "c").unwrap();
+        let (h, p) = build_header(
+            &info,
+            out(vec![1.0, 2.0, 3.0], 7),
+            Some(&[0.5, 0.0, -0.5]),
+            "c",
+        )
+        .unwrap();
         assert_eq!(p, vec![1.0, 2.0, 3.0, 0.5, 0.0, -0.5]);
         assert_eq!(h.total_bytes, 24);
         assert!(build_header(&info, out(vec![1.0, 2.0, 3.0], 7), Some(&[0.5]), "c").is_err());
-        assert!(build_header(&info, out(vec![1.0, 2.0, 3.0], 7), Some(&[0.5, f32::INFINITY, 0.0]), "c").is_err());
+        assert!(
+            build_header(
+                &info,
+                out(vec![1.0, 2.0, 3.0], 7),
+                Some(&[0.5, f32::INFINITY, 0.0]),
+                "c"
+            )
+            .is_err()
+        );
     }
 }

@@ -186,10 +186,12 @@ pub enum ClientError {
 /// The one-line Display of [`ClientError::EnrollmentRefused`]: what to do depends on why.
 fn enrollment_refused(code: tonic::Code, message: &str) -> String {
     match code {
-        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::NotFound => format!(
-            "the coordinator refused the enrollment token ({message}): create a new one with \
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::NotFound => {
+            format!(
+                "the coordinator refused the enrollment token ({message}): create a new one with \
              `flotilla enroll-token create` and start the client with --token NEW_TOKEN"
-        ),
+            )
+        }
         tonic::Code::InvalidArgument => format!(
             "the coordinator refused the enrollment request ({message}): check --token and --name"
         ),

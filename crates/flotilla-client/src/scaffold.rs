@@ -19,12 +19,15 @@ pub(crate) struct ControlStore {
 impl ControlStore {
     /// The store inside a client's state directory.
     pub(crate) fn new(state_dir: &Path) -> Self {
-        Self { dir: state_dir.join("scaffold") }
+        Self {
+            dir: state_dir.join("scaffold"),
+        }
     }
 
     fn path(&self, job_id: &str) -> PathBuf {
         // Hex: a job id from the coordinator is never trusted as a file name.
-        self.dir.join(format!("{}.f32", flotilla_proto::hex(job_id.as_bytes())))
+        self.dir
+            .join(format!("{}.f32", flotilla_proto::hex(job_id.as_bytes())))
     }
 
     /// The stored `cᵢ` of `job_id` if it has `len` finite values; `None` (start from zero) if there
@@ -56,7 +59,8 @@ impl ControlStore {
         };
         create_private_dir(&self.dir).map_err(state(&self.dir))?;
         let path = self.path(job_id);
-        write_private_atomic(&path, &flotilla_core::params_to_le_bytes(control)).map_err(state(&path))
+        write_private_atomic(&path, &flotilla_core::params_to_le_bytes(control))
+            .map_err(state(&path))
     }
 }
 

@@ -33,7 +33,11 @@ const MAX_CHAIN: usize = 64;
 /// let hint = diagnose_tls(&tls, Some("ca.pem".as_ref()), "localhost").unwrap();
 /// assert!(hint.contains("not signed by the CA in --ca-cert ca.pem"));
 /// ```
-pub fn diagnose_tls(err: &(dyn Error + 'static), ca_cert: Option<&Path>, host: &str) -> Option<String> {
+pub fn diagnose_tls(
+    err: &(dyn Error + 'static),
+    ca_cert: Option<&Path>,
+    host: &str,
+) -> Option<String> {
     let tls = find_rustls_error(err)?;
     let ca = match ca_cert {
         Some(path) => format!("the CA in --ca-cert {}", path.display()),
@@ -74,7 +78,9 @@ pub fn find_rustls_error<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a rustl
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
             && let Some(tls) = find_rustls_error(inner)
         {
             return Some(tls);
@@ -157,7 +163,10 @@ fn describe_certificate(cert: &CertificateError, ca: &str, host: &str) -> String
 
 /// A subject-alternative name as webpki reports it (`DnsName("localhost")`), without the wrapper.
 fn presented_name(name: &str) -> String {
-    match name.strip_prefix("DnsName(\"").and_then(|n| n.strip_suffix("\")")) {
+    match name
+        .strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+    {
         Some(dns) => dns.to_owned(),
         None => name.to_owned(),
     }
@@ -199,34 +208,56 @@ mod tests {
     }
 
     fn wrapped(e: rustls::Error) -> Wrapper {
-        Wrapper(Box::new(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+        Wrapper(Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e,
+        )))
     }
 
     fn hint(e: rustls::Error) -> String {
-        diagnose_tls(&wrapped(e), Some(Path::new("ca.pem")), "https://coord.example:7070").unwrap()
+        diagnose_tls(
+            &wrapped(e),
+            Some(Path::new("ca.pem")),
+            "https://coord.example:7070",
+        )
+        .unwrap()
     }
 
     #[test]
     fn finds_the_rustls_error_inside_io_errors() {
-        let e = wrapped(rustls::Error::InvalidCertificate(CertificateError::BadSignature));
+        let e = wrapped(rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature,
+        ));
         assert!(matches!(
             find_rustls_error(&e),
-            Some(rustls::Error::InvalidCertificate(CertificateError::BadSignature))
+            Some(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature
+            ))
         ));
-        let refused = Wrapper(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        let refused = Wrapper(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
         assert!(find_rustls_error(&refused).is_none());
         assert_eq!(diagnose_tls(&refused, None, "localhost"), None);
     }
 
     #[test]
     fn wrong_ca_names_the_file() {
-        for e in [CertificateError::UnknownIssuer, CertificateError::BadSignature] {
+        for e in [
+            CertificateError::UnknownIssuer,
+            CertificateError::BadSignature,
+        ] {
             let h = hint(rustls::Error::InvalidCertificate(e));
-            assert!(h.contains("not signed by the CA in --ca-cert ca.pem"), "{h}");
+            assert!(
+                h.contains("not signed by the CA in --ca-cert ca.pem"),
+                "{h}"
+            );
             assert!(h.contains("flotilla dev-certs"), "{h}");
         }
         let without = diagnose_tls(
-            &wrapped(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            &wrapped(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
             None,
             "h",
         )
@@ -237,23 +268,42 @@ mod tests {
     #[test]
     fn ca_as_leaf_is_recognised() {
         let other = rustls::OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity));
-        let h = hint(rustls::Error::InvalidCertificate(CertificateError::Other(other)));
-        assert!(h.starts_with("the coordinator's certificate is a CA certificate"), "{h}");
+        let h = hint(rustls::Error::InvalidCertificate(CertificateError::Other(
+            other,
+        )));
+        assert!(
+            h.starts_with("the coordinator's certificate is a CA certificate"),
+            "{h}"
+        );
         // Another webpki error is still permanent, but described generically.
         let other = rustls::OtherError(Arc::new(webpki::Error::EndEntityUsedAsCa));
-        let h = hint(rustls::Error::InvalidCertificate(CertificateError::Other(other)));
+        let h = hint(rustls::Error::InvalidCertificate(CertificateError::Other(
+            other,
+        )));
         assert!(h.contains("was refused"), "{h}");
     }
 
     #[test]
     fn name_mismatch_lists_the_names() {
         let e = CertificateError::NotValidForNameContext {
-            expected: rustls::pki_types::ServerName::try_from("coord.example").unwrap().to_owned(),
-            presented: vec!["DnsName(\"localhost\")".into(), "IpAddress(127.0.0.1)".into()],
+            expected: rustls::pki_types::ServerName::try_from("coord.example")
+                .unwrap()
+                .to_owned(),
+            presented: vec![
+                "DnsName(\"localhost\")".into(),
+                "IpAddress(127.0.0.1)".into(),
+            ],
         };
         let h = hint(rustls::Error::InvalidCertificate(e));
-        assert!(h.contains("not valid for host coord.example (it names localhost, IpAddress(127.0.0.1))"), "{h}");
-        let h = hint(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
+        assert!(
+            h.contains(
+                "not valid for host coord.example (it names localhost, IpAddress(127.0.0.1))"
+            ),
+            "{h}"
+        );
+        let h = hint(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName,
+        ));
         assert!(h.contains("not valid for host coord.example:"), "{h}");
     }
 
@@ -274,12 +324,18 @@ mod tests {
 
     #[test]
     fn handshake_incompatibilities_and_plain_text() {
-        let h = hint(rustls::Error::AlertReceived(AlertDescription::ProtocolVersion));
+        let h = hint(rustls::Error::AlertReceived(
+            AlertDescription::ProtocolVersion,
+        ));
         assert!(h.contains("TLS 1.2 or 1.3"), "{h}");
-        let h = hint(rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType));
+        let h = hint(rustls::Error::InvalidMessage(
+            InvalidMessage::InvalidContentType,
+        ));
         assert!(h.contains("does not speak TLS"), "{h}");
         // Not a configuration problem: left to the transport's retry.
-        let e = wrapped(rustls::Error::AlertReceived(AlertDescription::InternalError));
+        let e = wrapped(rustls::Error::AlertReceived(
+            AlertDescription::InternalError,
+        ));
         assert_eq!(diagnose_tls(&e, None, "h"), None);
     }
 
@@ -292,6 +348,9 @@ mod tests {
             supported_algorithms: Vec::new(),
         };
         let h = hint(rustls::Error::InvalidCertificate(e));
-        assert!(h.contains("algorithm this program does not support") && !h.contains('\n'), "{h}");
+        assert!(
+            h.contains("algorithm this program does not support") && !h.contains('\n'),
+            "{h}"
+        );
     }
 }

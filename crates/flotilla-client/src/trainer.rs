@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use flotilla_core::ParamLayout;
 use flotilla_data::{Dataset, DatasetName, LoadOptions, PartitionSpec};
-use flotilla_ml::{FitConfig, LocalObjective, ModelKind, ModelSpec, Samples, Trainer, TrainerError};
+use flotilla_ml::{
+    FitConfig, LocalObjective, ModelKind, ModelSpec, Samples, Trainer, TrainerError,
+};
 
 /// Error type a [`LocalTrainer`] returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -386,7 +388,11 @@ fn fit_config(t: &TrainingConfig) -> Result<FitConfig, DatasetTrainerError> {
     let max_grad_norm = match t.max_grad_norm {
         0.0 => None,
         m if m.is_finite() && m > 0.0 && m <= f64::from(f32::MAX) => Some(m as f32),
-        m => return Err(bad(format!("max_grad_norm must be finite and ≥ 0 (0 = none), got {m}"))),
+        m => {
+            return Err(bad(format!(
+                "max_grad_norm must be finite and ≥ 0 (0 = none), got {m}"
+            )));
+        }
     };
     let lr = t.learning_rate as f32;
     if !(lr.is_finite() && lr > 0.0) {

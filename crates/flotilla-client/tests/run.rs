@@ -410,8 +410,14 @@ async fn data_that_does_not_fit_the_model_is_reported_to_the_coordinator() {
     let seen = fake.seen.lock().unwrap();
     assert_eq!(seen.task_failures.len(), 1, "{:?}", seen.task_failures);
     let f = &seen.task_failures[0];
-    assert_eq!((f.job_id.as_str(), f.round, f.stage_index), (common::JOB, 1, 0));
-    assert_eq!(f.kind, flotilla_proto::v1::FailureKind::DataIncompatible as i32);
+    assert_eq!(
+        (f.job_id.as_str(), f.round, f.stage_index),
+        (common::JOB, 1, 0)
+    );
+    assert_eq!(
+        f.kind,
+        flotilla_proto::v1::FailureKind::DataIncompatible as i32
+    );
     assert_eq!(f.reason, "input has 63 features, model expects 64");
     assert!(seen.accepted.is_none());
     drop(seen);

@@ -95,8 +95,17 @@ async fn an_untrusted_server_certificate_is_never_talked_to() {
         .run(trainer(), tokio::time::sleep(Duration::from_secs(60)))
         .await
         .expect_err("an untrusted certificate stops the client");
-    assert!(matches!(err.error, flotilla_client::ClientError::Tls { .. }), "{err:?}");
-    assert!(err.error.to_string().contains("not signed by the CA in --ca-cert"), "{}", err.error);
+    assert!(
+        matches!(err.error, flotilla_client::ClientError::Tls { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.error
+            .to_string()
+            .contains("not signed by the CA in --ca-cert"),
+        "{}",
+        err.error
+    );
     assert!(!err.stats.enrolled);
     assert_eq!(fake.seen.lock().unwrap().enroll_calls, 0);
     assert!(

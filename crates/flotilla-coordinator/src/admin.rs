@@ -41,11 +41,16 @@ impl From<StoreError> for ApiError {
             // The database or blob store is down or full: the request may succeed later. Not an
             // ERROR line per request: a halted job logs the outage once.
             tracing::warn!(error = %e, "admin request failed: store unavailable");
-            return ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}; retry later"));
+            return ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store unavailable: {e}; retry later"),
+            );
         }
         let code = match &e {
             StoreError::JobNotFound(_) | StoreError::ClientNotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::InvalidTransition { .. } | StoreError::JobNotRunning { .. } => StatusCode::CONFLICT,
+            StoreError::InvalidTransition { .. } | StoreError::JobNotRunning { .. } => {
+                StatusCode::CONFLICT
+            }
             StoreError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -64,14 +69,19 @@ const STORE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 const JOB_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A store call bounded by [`STORE_CALL_TIMEOUT`]; its errors as API errors.
-async fn bounded<T>(call: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, ApiError> {
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, ApiError> {
     match tokio::time::timeout(STORE_CALL_TIMEOUT, call).await {
         Ok(r) => r.map_err(ApiError::from),
         Err(_) => {
             tracing::warn!("admin request failed: the store did not answer in time");
             Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("store unavailable: no answer within {} s; retry later", STORE_CALL_TIMEOUT.as_secs()),
+                format!(
+                    "store unavailable: no answer within {} s; retry later",
+                    STORE_CALL_TIMEOUT.as_secs()
+                ),
             ))
         }
     }
@@ -96,14 +106,22 @@ async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Respons
         _ => {
             Metrics::inc(&st.shared.metrics.auth_failures);
             st.shared.metrics.reject("admin_unauthenticated");
-            ApiError(StatusCode::UNAUTHORIZED, "missing or wrong admin token (authorization: Bearer <FLOTILLA_ADMIN_TOKEN>)".into()).into_response()
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token (authorization: Bearer <FLOTILLA_ADMIN_TOKEN>)"
+                    .into(),
+            )
+            .into_response()
         }
     }
 }
 
 /// The admin router.
 pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
-    let st = AdminState { shared, token: Arc::from(token) };
+    let st = AdminState {
+        shared,
+        token: Arc::from(token),
+    };
     Router::new()
         .route("/v1/enrollment-tokens", post(create_token))
         .route("/v1/jobs", post(submit_job).get(list_jobs))
@@ -131,21 +149,33 @@ async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult {
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
     };
     let tenant = req.tenant.unwrap_or_else(|| "default".to_owned());
     let uses = req.uses.unwrap_or(1);
     let secs = req.expires_in_seconds.unwrap_or(86_400);
     if secs == 0 || secs > 10 * 365 * 86_400 {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "expires_in_seconds: must be in 1..=315360000".into()));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "expires_in_seconds: must be in 1..=315360000".into(),
+        ));
     }
     let expires_at_ms = now_ms().saturating_add(secs * 1000) as i64;
-    let t = bounded(st.shared.store.create_enrollment_token(&tenant, uses, expires_at_ms)).await?;
-    Ok(Json(json!({ "token": t.secret, "token_id": t.id.0, "tenant": tenant, "uses": uses, "expires_at_ms": expires_at_ms })))
+    let t = bounded(
+        st.shared
+            .store
+            .create_enrollment_token(&tenant, uses, expires_at_ms),
+    )
+    .await?;
+    Ok(Json(
+        json!({ "token": t.secret, "token_id": t.id.0, "tenant": tenant, "uses": uses, "expires_at_ms": expires_at_ms }),
+    ))
 }
 
 async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult {
-    let text = String::from_utf8(body.to_vec()).map_err(|_| ApiError(StatusCode::BAD_REQUEST, "toml: body is not UTF-8".into()))?;
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "toml: body is not UTF-8".into()))?;
     match st.shared.submit_job(text).await {
         Ok(id) => Ok(Json(json!({ "job_id": id.0 }))),
         Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
@@ -203,7 +233,15 @@ async fn job_reason(st: &AdminState, j: &JobRecord) -> (Option<String>, Option<L
     };
     let live = crate::reasons::live_status(&inner, now_ms());
     let (round, attempt) = inner.machine.current_round();
-    (live.reason.clone(), Some(Live { status: live, round, attempt, halted: inner.halted.clone() }))
+    (
+        live.reason.clone(),
+        Some(Live {
+            status: live,
+            round,
+            attempt,
+            halted: inner.halted.clone(),
+        }),
+    )
 }
 
 /// A running job's `current` object.
@@ -219,13 +257,25 @@ async fn list_jobs(State(st): State<AdminState>) -> ApiResult {
     let mut out = Vec::with_capacity(jobs.len());
     for j in &jobs {
         let (reason, live) = job_reason(&st, j).await;
-        out.push(job_summary(j, reason, live.as_ref().and_then(|l| l.halted.as_deref())));
+        out.push(job_summary(
+            j,
+            reason,
+            live.as_ref().and_then(|l| l.halted.as_deref()),
+        ));
     }
     Ok(Json(Value::Array(out)))
 }
 
 fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
-    s.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{what}: not a number: {:?}", s.chars().take(32).collect::<String>())))
+    s.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{what}: not a number: {:?}",
+                s.chars().take(32).collect::<String>()
+            ),
+        )
+    })
 }
 
 async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
@@ -233,7 +283,11 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
     let job = bounded(st.shared.store.get_job(id)).await?;
     let history = bounded(st.shared.store.job_history(id)).await?;
     let (reason, live) = job_reason(&st, &job).await;
-    let mut out = job_summary(&job, reason, live.as_ref().and_then(|l| l.halted.as_deref()));
+    let mut out = job_summary(
+        &job,
+        reason,
+        live.as_ref().and_then(|l| l.halted.as_deref()),
+    );
     out["history"] = Value::Array(
         history
             .iter()
@@ -253,7 +307,11 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
             })
             .collect(),
     );
-    if let Some(p) = st.shared.privacy.status(&job, history.last().map(|r| &r.metrics)) {
+    if let Some(p) = st
+        .shared
+        .privacy
+        .status(&job, history.last().map(|r| &r.metrics))
+    {
         out["epsilon_spent"] = p["epsilon_spent"].clone();
         out["delta"] = p["delta"].clone();
         if !p["stopped_reason"].is_null() {
@@ -261,7 +319,13 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
         }
         out["privacy"] = p;
     }
-    if let Some(Live { status, round, attempt, halted }) = live {
+    if let Some(Live {
+        status,
+        round,
+        attempt,
+        halted,
+    }) = live
+    {
         let mut cur = json!({
             "round": round,
             "attempt": attempt,
@@ -286,16 +350,26 @@ struct CancelRequest {
     reason: Option<String>,
 }
 
-async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn cancel_job(
+    State(st): State<AdminState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let id = JobId(parse_id(&id, "job id")?);
     let req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
     };
-    let text = crate::reasons::cancel_text(req.by.as_deref(), req.reason.as_deref()).map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
+    let text = crate::reasons::cancel_text(req.by.as_deref(), req.reason.as_deref())
+        .map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
     let terminal = move |job: &JobRecord| {
-        let mut msg = format!("job {} is already {}; only a pending or running job can be cancelled", id.0, job.state.as_str());
+        let mut msg = format!(
+            "job {} is already {}; only a pending or running job can be cancelled",
+            id.0,
+            job.state.as_str()
+        );
         if let Some(r) = &job.state_reason {
             msg = format!("{msg} ({r})");
         }
@@ -316,21 +390,42 @@ async fn cancel_job(State(st): State<AdminState>, Path(id): Path<String>, body: 
                 if inner.ended.is_some() {
                     return Err(terminal(&bounded(shared.store.get_job(id)).await?));
                 }
-                bounded(shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text2))).await?;
+                bounded(shared.store.set_job_state_with_reason(
+                    id,
+                    JobState::Cancelled,
+                    Some(&text2),
+                ))
+                .await?;
                 shared.end_job(&rt, &mut inner, JobState::Cancelled);
                 Ok::<(), ApiError>(())
             });
-            task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the cancel's task failed: {e}")))??;
+            task.await.map_err(|e| {
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the cancel's task failed: {e}"),
+                )
+            })??;
         }
-        None => bounded(st.shared.store.set_job_state_with_reason(id, JobState::Cancelled, Some(&text))).await?,
+        None => {
+            bounded(
+                st.shared
+                    .store
+                    .set_job_state_with_reason(id, JobState::Cancelled, Some(&text)),
+            )
+            .await?
+        }
     }
     tracing::info!(job = id.0, reason = ?text, "job cancelled");
-    Ok(Json(json!({ "job_id": id.0, "state": "cancelled", "reason": text })))
+    Ok(Json(
+        json!({ "job_id": id.0, "state": "cancelled", "reason": text }),
+    ))
 }
 
 async fn list_clients(State(st): State<AdminState>) -> ApiResult {
     let clients = bounded(st.shared.store.list_clients(None)).await?;
-    Ok(Json(serde_json::to_value(clients).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?))
+    Ok(Json(serde_json::to_value(clients).map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })?))
 }
 
 async fn revoke_client(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
@@ -343,5 +438,8 @@ async fn revoke_client(State(st): State<AdminState>, Path(id): Path<String>) -> 
 }
 
 async fn metrics(State(st): State<AdminState>) -> ApiResult {
-    Ok(Json(serde_json::to_value(st.shared.metrics.snapshot()).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(st.shared.metrics.snapshot())
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    ))
 }

@@ -50,7 +50,11 @@ pub(crate) struct CredentialCache {
 impl CredentialCache {
     /// The client a credential belongs to: from the cache if the entry is still valid (see the
     /// module docs), else from [`Store::authenticate`], whose errors are returned unchanged.
-    pub async fn authenticate(&self, store: &Store, credential: &str) -> Result<ClientRecord, StoreError> {
+    pub async fn authenticate(
+        &self,
+        store: &Store,
+        credential: &str,
+    ) -> Result<ClientRecord, StoreError> {
         let now = now_ms();
         if let Some(record) = self.lookup(credential, now, CACHE_TTL_MS) {
             return Ok(record);
@@ -58,7 +62,9 @@ impl CredentialCache {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let record = match store.authenticate(credential).await {
             Ok(r) => r,
-            Err(e) if crate::jobs::retryable(&e) => return self.lookup(credential, now, OUTAGE_GRACE_MS).ok_or(e),
+            Err(e) if crate::jobs::retryable(&e) => {
+                return self.lookup(credential, now, OUTAGE_GRACE_MS).ok_or(e);
+            }
             Err(e) => return Err(e),
         };
         if let Ok(mut map) = self.map.lock()
@@ -67,7 +73,13 @@ impl CredentialCache {
             if map.len() >= CACHE_MAX_ENTRIES {
                 map.clear();
             }
-            map.insert(credential.to_owned(), Entry { record: record.clone(), cached_at_ms: now });
+            map.insert(
+                credential.to_owned(),
+                Entry {
+                    record: record.clone(),
+                    cached_at_ms: now,
+                },
+            );
         }
         Ok(record)
     }
@@ -78,7 +90,10 @@ impl CredentialCache {
         let mut map = self.map.lock().ok()?;
         let e = map.get(credential)?;
         let age = now.saturating_sub(e.cached_at_ms);
-        let unexpired = e.record.credential_expires_at_ms.is_none_or(|exp| i64::try_from(now).is_ok_and(|n| n < exp));
+        let unexpired = e
+            .record
+            .credential_expires_at_ms
+            .is_none_or(|exp| i64::try_from(now).is_ok_and(|n| n < exp));
         if age < max_age_ms && unexpired && !e.record.revoked {
             return Some(e.record.clone());
         }
@@ -117,20 +132,38 @@ mod tests {
 
     fn cache_with(cred: &str, r: ClientRecord, cached_at_ms: u64) -> CredentialCache {
         let c = CredentialCache::default();
-        c.map.lock().unwrap().insert(cred.into(), Entry { record: r, cached_at_ms });
+        c.map.lock().unwrap().insert(
+            cred.into(),
+            Entry {
+                record: r,
+                cached_at_ms,
+            },
+        );
         c
     }
 
     #[test]
     fn entries_are_used_only_while_fresh() {
         let c = cache_with("cred", record(None), 1_000);
-        assert!(c.lookup("cred", 1_000 + CACHE_TTL_MS - 1, CACHE_TTL_MS).is_some());
+        assert!(
+            c.lookup("cred", 1_000 + CACHE_TTL_MS - 1, CACHE_TTL_MS)
+                .is_some()
+        );
         assert!(c.lookup("other", 1_000, CACHE_TTL_MS).is_none());
-        assert!(c.lookup("cred", 1_000 + CACHE_TTL_MS, CACHE_TTL_MS).is_none());
+        assert!(
+            c.lookup("cred", 1_000 + CACHE_TTL_MS, CACHE_TTL_MS)
+                .is_none()
+        );
         // A stale entry is kept for an outage, within its grace…
-        assert!(c.lookup("cred", 1_000 + CACHE_TTL_MS, OUTAGE_GRACE_MS).is_some());
+        assert!(
+            c.lookup("cred", 1_000 + CACHE_TTL_MS, OUTAGE_GRACE_MS)
+                .is_some()
+        );
         // …and dropped after it, not kept for later.
-        assert!(c.lookup("cred", 1_000 + OUTAGE_GRACE_MS, OUTAGE_GRACE_MS).is_none());
+        assert!(
+            c.lookup("cred", 1_000 + OUTAGE_GRACE_MS, OUTAGE_GRACE_MS)
+                .is_none()
+        );
         assert!(c.lookup("cred", 1_000, OUTAGE_GRACE_MS).is_none());
     }
 
@@ -138,7 +171,10 @@ mod tests {
     fn an_expired_credential_is_never_served_from_the_cache() {
         let c = cache_with("cred", record(Some(5_000)), 1_000);
         assert!(c.lookup("cred", 4_999, CACHE_TTL_MS).is_some());
-        assert!(c.lookup("cred", 5_000, OUTAGE_GRACE_MS).is_none(), "expiry is exclusive, as in the store");
+        assert!(
+            c.lookup("cred", 5_000, OUTAGE_GRACE_MS).is_none(),
+            "expiry is exclusive, as in the store"
+        );
     }
 
     #[test]
@@ -146,24 +182,50 @@ mod tests {
         let c = cache_with("cred", record(None), 1_000);
         let epoch = c.epoch.load(Ordering::SeqCst);
         c.forget_client(ClientId(8));
-        assert!(c.lookup("cred", 1_001, CACHE_TTL_MS).is_some(), "another client's revocation changes nothing");
+        assert!(
+            c.lookup("cred", 1_001, CACHE_TTL_MS).is_some(),
+            "another client's revocation changes nothing"
+        );
         c.forget_client(ClientId(7));
         assert!(c.lookup("cred", 1_001, OUTAGE_GRACE_MS).is_none());
-        assert_ne!(c.epoch.load(Ordering::SeqCst), epoch, "a lookup that started before is not cached");
+        assert_ne!(
+            c.epoch.load(Ordering::SeqCst),
+            epoch,
+            "a lookup that started before is not cached"
+        );
     }
 
     #[tokio::test]
     async fn revocation_through_the_admin_path_takes_effect_on_the_next_call() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in_dir(dir.path()).await.unwrap();
-        let token = store.create_enrollment_token("default", 1, i64::MAX).await.unwrap();
-        let e = store.redeem_enrollment_token(&token.secret, 1, None).await.unwrap();
+        let token = store
+            .create_enrollment_token("default", 1, i64::MAX)
+            .await
+            .unwrap();
+        let e = store
+            .redeem_enrollment_token(&token.secret, 1, None)
+            .await
+            .unwrap();
         let cache = CredentialCache::default();
-        assert_eq!(cache.authenticate(&store, &e.credential).await.unwrap().client_id, e.client_id);
+        assert_eq!(
+            cache
+                .authenticate(&store, &e.credential)
+                .await
+                .unwrap()
+                .client_id,
+            e.client_id
+        );
         store.revoke_client(e.client_id).await.unwrap();
         // What admin.rs does after the store has recorded the revocation.
         cache.forget_client(e.client_id);
-        assert!(matches!(cache.authenticate(&store, &e.credential).await, Err(StoreError::ClientRevoked(_))));
-        assert!(matches!(cache.authenticate(&store, "flc_unknown").await, Err(StoreError::UnknownCredential)));
+        assert!(matches!(
+            cache.authenticate(&store, &e.credential).await,
+            Err(StoreError::ClientRevoked(_))
+        ));
+        assert!(matches!(
+            cache.authenticate(&store, "flc_unknown").await,
+            Err(StoreError::UnknownCredential)
+        ));
     }
 }

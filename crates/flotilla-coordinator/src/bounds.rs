@@ -55,6 +55,9 @@ mod tests {
         let later = t0 + TOUCH_INTERVAL_MS + 1;
         assert!(touch_due(&mut map, u64::MAX, later));
         assert_eq!(map.len(), 1);
-        assert!(touch_due(&mut map, 0, later), "an idle client is written again");
+        assert!(
+            touch_due(&mut map, 0, later),
+            "an idle client is written again"
+        );
     }
 }

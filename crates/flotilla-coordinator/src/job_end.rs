@@ -29,7 +29,10 @@ pub(crate) struct RecentlyEnded(Mutex<BTreeMap<u64, JobState>>);
 
 impl RecentlyEnded {
     fn insert(&self, id: u64, state: JobState) {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.insert(id, state);
         while map.len() > MAX_RECENTLY_ENDED {
             map.pop_first();
@@ -37,14 +40,20 @@ impl RecentlyEnded {
     }
 
     fn get(&self, id: u64) -> Option<JobState> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).copied()
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .copied()
     }
 }
 
 /// "job 7 is not running (completed)".
 pub(crate) fn not_running_text(id: u64, state: JobState) -> String {
     match state {
-        JobState::Running => format!("job {id} is not running on this coordinator (it could not be resumed after a restart)"),
+        JobState::Running => format!(
+            "job {id} is not running on this coordinator (it could not be resumed after a restart)"
+        ),
         s => format!("job {id} is not running ({})", s.as_str()),
     }
 }
@@ -113,7 +122,13 @@ mod tests {
 
     #[test]
     fn the_text_names_the_state() {
-        assert_eq!(not_running_text(7, JobState::Completed), "job 7 is not running (completed)");
-        assert_eq!(not_running_text(7, JobState::Cancelled), "job 7 is not running (cancelled)");
+        assert_eq!(
+            not_running_text(7, JobState::Completed),
+            "job 7 is not running (completed)"
+        );
+        assert_eq!(
+            not_running_text(7, JobState::Cancelled),
+            "job 7 is not running (cancelled)"
+        );
     }
 }

@@ -2,15 +2,17 @@
 //! commit made durable (model blob, then `commit_round` with the machine snapshot) before any other
 //! action of the machine is carried out.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_core::ParamLayout;
-use flotilla_core::round::{Action, ClientId, CommitInfo, Event, RejectReason, RoundMachine, Task, Timer};
+use flotilla_core::round::{
+    Action, ClientId, CommitInfo, Event, RejectReason, RoundMachine, Task, Timer,
+};
 use flotilla_data::Dataset;
 use flotilla_ml::{Samples, Trainer};
 use flotilla_proto::{ExpectedLayout, v1};
@@ -22,7 +24,10 @@ use crate::spec::JobSpec;
 
 /// Unix time in milliseconds: the clock the machines are driven with.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// One committed model version held in memory for downloads.
@@ -37,11 +42,23 @@ pub(crate) struct ModelVersion {
 }
 
 impl ModelVersion {
-    fn new(version: u64, params: Vec<f32>, layout: &ParamLayout, spec: &v1::ModelSpec, control: Option<&[f32]>) -> Self {
+    fn new(
+        version: u64,
+        params: Vec<f32>,
+        layout: &ParamLayout,
+        spec: &v1::ModelSpec,
+        control: Option<&[f32]>,
+    ) -> Self {
         let mut info = flotilla_proto::model_info(layout, &params);
         info.spec = Some(spec.clone());
-        let control = control.map(|c| (Arc::new(c.to_vec()), flotilla_proto::model_info(layout, c)));
-        Self { version, params: Arc::new(params), info, control }
+        let control =
+            control.map(|c| (Arc::new(c.to_vec()), flotilla_proto::model_info(layout, c)));
+        Self {
+            version,
+            params: Arc::new(params),
+            info,
+            control,
+        }
     }
 }
 
@@ -62,7 +79,9 @@ impl Evaluator {
         };
         // Not `set_parameters` + `evaluate`: that would leave trainable tensors in burn's autodiff
         // bookkeeping at every commit (~4 KB a round), which only a backward pass frees.
-        self.trainer.evaluate_params(params, &data).map_err(|e| e.to_string())
+        self.trainer
+            .evaluate_params(params, &data)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -137,8 +156,17 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     /// A new machine for `spec`, at round 1 attempt 1 with the initial model.
-    pub(crate) fn fresh_machine(&self, spec: &JobSpec) -> Result<RoundMachine, flotilla_core::ConfigError> {
-        RoundMachine::with_strategy(spec.policy(), self.layout.clone(), self.initial.clone(), spec.seed, spec.strategy.clone())
+    pub(crate) fn fresh_machine(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<RoundMachine, flotilla_core::ConfigError> {
+        RoundMachine::with_strategy(
+            spec.policy(),
+            self.layout.clone(),
+            self.initial.clone(),
+            spec.seed,
+            spec.strategy.clone(),
+        )
     }
 }
 
@@ -152,14 +180,25 @@ pub(crate) fn prepare(spec: &JobSpec, data_dir: &Path) -> Result<Prepared, Strin
     let evaluator = match &spec.evaluation_dataset {
         None => None,
         Some(name) => {
-            let ds = name.parse().map_err(|e| format!("evaluation.dataset: {e}"))?;
+            let ds = name
+                .parse()
+                .map_err(|e| format!("evaluation.dataset: {e}"))?;
             let tt = flotilla_data::load(ds, data_dir, &flotilla_data::LoadOptions::default())
                 .map_err(|e| format!("evaluation.dataset: {e}"))?;
-            let n = u32::try_from(tt.test.len()).map_err(|_| "evaluation.dataset: too large".to_owned())?;
-            Some(Evaluator { trainer, test: tt.test, indices: (0..n).collect() })
+            let n = u32::try_from(tt.test.len())
+                .map_err(|_| "evaluation.dataset: too large".to_owned())?;
+            Some(Evaluator {
+                trainer,
+                test: tt.test,
+                indices: (0..n).collect(),
+            })
         }
     };
-    Ok(Prepared { layout, initial, evaluator })
+    Ok(Prepared {
+        layout,
+        initial,
+        evaluator,
+    })
 }
 
 /// Process-wide state shared by the gRPC service, the admin API and the timer task.
@@ -194,13 +233,19 @@ const STORE_ATTEMPTS: u32 = 3;
 /// Whether a store error is an infrastructure failure (database, blob store, disk) that may pass,
 /// rather than an outcome of the request.
 pub(crate) fn retryable(e: &StoreError) -> bool {
-    matches!(e, StoreError::Database(_) | StoreError::Blob(_) | StoreError::Io { .. })
+    matches!(
+        e,
+        StoreError::Database(_) | StoreError::Blob(_) | StoreError::Io { .. }
+    )
 }
 
 impl Shared {
     /// Running jobs, in id order.
     pub fn job_list(&self) -> Vec<Arc<JobRuntime>> {
-        self.jobs.read().map(|j| j.values().cloned().collect()).unwrap_or_default()
+        self.jobs
+            .read()
+            .map(|j| j.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A running job by its wire id.
@@ -236,16 +281,29 @@ impl Shared {
             }
             None => prepared.fresh_machine(&spec).map_err(|e| e.to_string())?,
         };
-        let Prepared { layout, evaluator, .. } = prepared;
+        let Prepared {
+            layout, evaluator, ..
+        } = prepared;
         let secagg = crate::secagg_round::for_job(&spec, layout.len())?;
         let model_spec = spec.proto_model_spec();
         let control = machine.strategy().client_directive().server_control;
-        let current = Arc::new(ModelVersion::new(machine.rounds_committed(), machine.global().to_vec(), &layout, &model_spec, control));
-        let origin = (machine.strategy().spec().fedbuff.is_some() && machine.rounds_committed() == 0).then(|| current.clone());
+        let current = Arc::new(ModelVersion::new(
+            machine.rounds_committed(),
+            machine.global().to_vec(),
+            &layout,
+            &model_spec,
+            control,
+        ));
+        let origin = (machine.strategy().spec().fedbuff.is_some()
+            && machine.rounds_committed() == 0)
+            .then(|| current.clone());
         Ok(Arc::new(JobRuntime {
             id,
             // Under SCAFFOLD a report is the parameters followed by Δcᵢ: twice the model.
-            expected: ExpectedLayout { len: machine.strategy().report_len() as u64, fingerprint: layout.fingerprint() },
+            expected: ExpectedLayout {
+                len: machine.strategy().report_len() as u64,
+                fingerprint: layout.fingerprint(),
+            },
             model_spec,
             layout,
             spec,
@@ -267,21 +325,32 @@ impl Shared {
 
     /// Feeds `event` to the job's machine at the current time and carries out the actions.
     /// `me` is the client that caused the event (its task / retry / verdict is returned).
-    pub async fn drive(&self, job: &JobRuntime, inner: &mut JobInner, event: Event<'_>, me: Option<ClientId>) -> Outcome {
+    pub async fn drive(
+        &self,
+        job: &JobRuntime,
+        inner: &mut JobInner,
+        event: Event<'_>,
+        me: Option<ClientId>,
+    ) -> Outcome {
         let mut out = Outcome::default();
         let mut followups = std::collections::VecDeque::new();
-        self.drive_one(job, inner, event, me, &mut out, &mut followups).await;
+        self.drive_one(job, inner, event, me, &mut out, &mut followups)
+            .await;
         // Secure aggregation: what the secagg server concluded (sum or failure) goes back in.
         while let Some(f) = followups.pop_front() {
             if out.persist_failed.is_some() {
                 break;
             }
-            self.drive_one(job, inner, f.event(), None, &mut out, &mut followups).await;
+            self.drive_one(job, inner, f.event(), None, &mut out, &mut followups)
+                .await;
         }
         let (m, now) = (&inner.machine, now_ms());
-        let waiting = m.activity() == flotilla_core::round::Activity::WaitingForClients && inner.halted.is_none();
+        let waiting = m.activity() == flotilla_core::round::Activity::WaitingForClients
+            && inner.halted.is_none();
         let (available, needed) = (m.available_clients(now), m.policy().min_clients);
-        inner.notes.observe_wait(job.id.0, now, waiting, available, needed);
+        inner
+            .notes
+            .observe_wait(job.id.0, now, waiting, available, needed);
         out
     }
 
@@ -305,7 +374,9 @@ impl Shared {
         let now = now_ms();
         let at_deadline = matches!(event, Event::TimerFired(Timer::Deadline { .. }));
         let actions = inner.machine.handle(now, event);
-        let job_fails = actions.iter().any(|a| matches!(a, Action::JobFailed { .. }));
+        let job_fails = actions
+            .iter()
+            .any(|a| matches!(a, Action::JobFailed { .. }));
         // The snapshot is taken right after the event, before anything is acted upon: it is what a
         // restart resumes from if the commit below is the last durable thing.
         let snapshot = if actions.iter().any(|a| matches!(a, Action::Commit(_))) {
@@ -330,7 +401,9 @@ impl Shared {
                     // same upload key: forget the earlier update's SHA-256, or the new, different
                     // update would be refused as conflicting. (Round-based jobs never configure a
                     // client again for a stage it was accepted in, so this removes nothing there.)
-                    inner.accepted.remove(&(task.round, task.attempt, task.stage, client));
+                    inner
+                        .accepted
+                        .remove(&(task.round, task.attempt, task.stage, client));
                     let seed = inner.machine.attempt_seed();
                     if let Some(sa) = inner.secagg.as_mut() {
                         sa.on_configure(&task, seed);
@@ -358,7 +431,11 @@ impl Shared {
                     if let Timer::Deadline { .. } = timer {
                         inner.deadline_ms = Some(at_ms);
                     }
-                    let _ = self.timers.send(TimerEntry { at_ms, job: job.id.0, timer });
+                    let _ = self.timers.send(TimerEntry {
+                        at_ms,
+                        job: job.id.0,
+                        timer,
+                    });
                 }
                 Action::Commit(info) => {
                     let snap = snapshot.as_deref().unwrap_or("null");
@@ -366,7 +443,12 @@ impl Shared {
                         // Cancelled (elsewhere than through this process's job lock) while the
                         // round was being committed: a normal end, not a storage fault.
                         if let Some(state) = self.ended_in_store(job.id).await {
-                            tracing::info!(job = job.id.0, round = info.round, state = state.as_str(), "job ended while its round was being committed; round dropped");
+                            tracing::info!(
+                                job = job.id.0,
+                                round = info.round,
+                                state = state.as_str(),
+                                "job ended while its round was being committed; round dropped"
+                            );
                             self.end_job(job, inner, state);
                             out.ended = Some(state);
                             return;
@@ -376,20 +458,45 @@ impl Shared {
                         return;
                     }
                     Metrics::inc(&self.metrics.rounds_committed);
-                    tracing::info!(job = job.id.0, round = info.round, participants = info.participants.len(), "round committed");
+                    tracing::info!(
+                        job = job.id.0,
+                        round = info.round,
+                        participants = info.participants.len(),
+                        "round committed"
+                    );
                     // The next round is admitted (and charged) by the privacy budgets before any
                     // client is configured for it; a refusal ends the job here.
-                    if let Err(why) = self.privacy.admit_next(&self.store, job.id, &job.spec, info.round).await {
+                    if let Err(why) = self
+                        .privacy
+                        .admit_next(&self.store, job.id, &job.spec, info.round)
+                        .await
+                    {
                         self.stop_for_privacy(job, inner, why).await;
                         out.task = None;
                         out.ended = Some(JobState::Failed);
                         return;
                     }
                 }
-                Action::RoundAbandoned { round, attempt, reports, needed, reason, cause } => {
+                Action::RoundAbandoned {
+                    round,
+                    attempt,
+                    reports,
+                    needed,
+                    reason,
+                    cause,
+                } => {
                     Metrics::inc(&self.metrics.rounds_abandoned);
                     let wanted = inner.machine.policy().clients_per_round;
-                    let abandoned = crate::reasons::Abandoned { round, attempt, reports, needed, wanted, cause, machine_reason: &reason, at_deadline };
+                    let abandoned = crate::reasons::Abandoned {
+                        round,
+                        attempt,
+                        reports,
+                        needed,
+                        wanted,
+                        cause,
+                        machine_reason: &reason,
+                        at_deadline,
+                    };
                     let mut text = abandoned.text();
                     if let Some(errors) = inner.notes.failures.summary(round, Some(attempt)) {
                         text = format!("{text}; {errors}");
@@ -405,14 +512,29 @@ impl Shared {
                         // (its selection timer needs this job's lock, held here).
                         let (round, attempt) = inner.machine.current_round();
                         if let Err(msg) = self.record_attempt(job.id, round, attempt).await {
-                            let cause = format!("could not record attempt {attempt} of round {round} ({msg})");
+                            let cause = format!(
+                                "could not record attempt {attempt} of round {round} ({msg})"
+                            );
                             self.halt(job, inner, cause, out);
                             return;
                         }
                     }
                 }
-                Action::StageClosed { round, attempt, stage, survivors, .. } => {
-                    tracing::info!(job = job.id.0, round, attempt, stage, survivors = survivors.len(), "secure-aggregation stage closed");
+                Action::StageClosed {
+                    round,
+                    attempt,
+                    stage,
+                    survivors,
+                    ..
+                } => {
+                    tracing::info!(
+                        job = job.id.0,
+                        round,
+                        attempt,
+                        stage,
+                        survivors = survivors.len(),
+                        "secure-aggregation stage closed"
+                    );
                     let f = match inner.secagg.as_mut() {
                         Some(sa) => sa.on_stage_closed(round, attempt, stage, &survivors),
                         None => Some(crate::secagg_round::Followup::Failed {
@@ -423,7 +545,11 @@ impl Shared {
                     };
                     followups.extend(f);
                 }
-                Action::Finalize { round, attempt, contributors } => {
+                Action::Finalize {
+                    round,
+                    attempt,
+                    contributors,
+                } => {
                     let f = match inner.secagg.as_mut() {
                         Some(sa) => sa.on_finalize(round, attempt, &contributors),
                         None => crate::secagg_round::Followup::Failed {
@@ -448,7 +574,11 @@ impl Shared {
                         None => reason,
                     };
                     tracing::warn!(job = job.id.0, reason = ?reason, "job failed");
-                    if let Err(e) = self.store.set_job_state_with_reason(job.id, JobState::Failed, Some(&reason)).await {
+                    if let Err(e) = self
+                        .store
+                        .set_job_state_with_reason(job.id, JobState::Failed, Some(&reason))
+                        .await
+                    {
                         tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
                     }
                     self.end_job(job, inner, JobState::Failed);
@@ -461,7 +591,11 @@ impl Shared {
     /// The job's state in the store if it is terminal (bounded wait; `None` otherwise or on error).
     async fn ended_in_store(&self, id: JobId) -> Option<JobState> {
         let lookup = tokio::time::timeout(Duration::from_secs(5), self.store.get_job(id)).await;
-        lookup.ok()?.ok().map(|j| j.state).filter(|s| s.is_terminal())
+        lookup
+            .ok()?
+            .ok()
+            .map(|j| j.state)
+            .filter(|s| s.is_terminal())
     }
 
     /// Halts a job whose machine got ahead of the store: one ERROR line now; the heal task
@@ -479,7 +613,12 @@ impl Shared {
 
     /// Records that tasks of `(round, attempt)` may be handed out (see
     /// [`flotilla_store::Store::record_issued_attempt`]), retrying infrastructure errors.
-    pub(crate) async fn record_attempt(&self, job: JobId, round: u64, attempt: u32) -> Result<(), String> {
+    pub(crate) async fn record_attempt(
+        &self,
+        job: JobId,
+        round: u64,
+        attempt: u32,
+    ) -> Result<(), String> {
         for n in 1..=STORE_ATTEMPTS {
             match self.store.record_issued_attempt(job, round, attempt).await {
                 Ok(()) => return Ok(()),
@@ -493,12 +632,22 @@ impl Shared {
         Err("recording the attempt failed".into())
     }
 
-    async fn persist_commit(&self, job: &JobRuntime, inner: &mut JobInner, info: &CommitInfo, snapshot: &str) -> Result<(), String> {
+    async fn persist_commit(
+        &self,
+        job: &JobRuntime,
+        inner: &mut JobInner,
+        info: &CommitInfo,
+        snapshot: &str,
+    ) -> Result<(), String> {
         let params = inner.machine.global().to_vec();
         let bytes = flotilla_core::params_to_le_bytes(&params);
         let mut key = None;
         for attempt in 1..=STORE_ATTEMPTS {
-            match self.store.put_model(job.id, info.model_version, bytes.clone()).await {
+            match self
+                .store
+                .put_model(job.id, info.model_version, bytes.clone())
+                .await
+            {
                 Ok(k) => {
                     key = Some(k);
                     break;
@@ -519,7 +668,10 @@ impl Shared {
             "train_loss": if info.train_loss.is_finite() { serde_json::json!(info.train_loss) } else { serde_json::Value::Null },
             "model_sha256": flotilla_core::params_sha256(&params),
         });
-        if let Some(p) = self.privacy.round_metrics(job.id, &job.spec, info.round, info.dp.as_ref()) {
+        if let Some(p) = self
+            .privacy
+            .round_metrics(job.id, &job.spec, info.round, info.dp.as_ref())
+        {
             metrics["privacy"] = p;
         }
         if !info.staleness.is_empty() {
@@ -546,14 +698,22 @@ impl Shared {
             match res {
                 Ok(Ok(r)) => {
                     metrics["eval_accuracy"] = serde_json::json!(r.accuracy);
-                    metrics["eval_loss"] = if r.loss.is_finite() { serde_json::json!(r.loss) } else { serde_json::Value::Null };
+                    metrics["eval_loss"] = if r.loss.is_finite() {
+                        serde_json::json!(r.loss)
+                    } else {
+                        serde_json::Value::Null
+                    };
                     metrics["eval_samples"] = serde_json::json!(r.num_samples);
                 }
                 Ok(Err(e)) => tracing::warn!(job = job.id.0, error = %e, "evaluation failed"),
                 Err(e) => tracing::warn!(job = job.id.0, error = %e, "evaluation task failed"),
             }
         }
-        let participants: Vec<flotilla_store::ClientId> = info.participants.iter().map(|c| flotilla_store::ClientId(c.0)).collect();
+        let participants: Vec<flotilla_store::ClientId> = info
+            .participants
+            .iter()
+            .map(|c| flotilla_store::ClientId(c.0))
+            .collect();
         let commit = RoundCommit {
             attempt: info.attempt,
             participants: &participants,
@@ -572,7 +732,13 @@ impl Shared {
             }
         }
         let control = inner.machine.strategy().client_directive().server_control;
-        let version = Arc::new(ModelVersion::new(info.model_version, params, &job.layout, &job.model_spec, control));
+        let version = Arc::new(ModelVersion::new(
+            info.model_version,
+            params,
+            &job.layout,
+            &job.model_spec,
+            control,
+        ));
         inner.previous = Some(std::mem::replace(&mut inner.current, version));
         inner.deadline_ms = None;
         inner.notes.retry = None;
@@ -585,7 +751,11 @@ impl Shared {
     /// `completed` only through the last round), with the reason in its status.
     async fn stop_for_privacy(&self, job: &JobRuntime, inner: &mut JobInner, why: String) {
         tracing::warn!(job = job.id.0, reason = %why, "job stopped by its privacy budget");
-        if let Err(e) = self.store.set_job_state_with_reason(job.id, JobState::Failed, Some(&why)).await {
+        if let Err(e) = self
+            .store
+            .set_job_state_with_reason(job.id, JobState::Failed, Some(&why))
+            .await
+        {
             tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
         }
         inner.halted = Some(why);
@@ -593,7 +763,11 @@ impl Shared {
     }
 
     /// A committed model version of a job: from memory, else from the blob store.
-    pub async fn model_version(&self, job: &JobRuntime, version: u64) -> Result<Arc<ModelVersion>, tonic::Status> {
+    pub async fn model_version(
+        &self,
+        job: &JobRuntime,
+        version: u64,
+    ) -> Result<Arc<ModelVersion>, tonic::Status> {
         {
             let inner = job.inner.lock().await;
             if inner.current.version == version {
@@ -606,34 +780,64 @@ impl Shared {
                 return Ok(o.clone());
             }
             if version > inner.current.version {
-                return Err(tonic::Status::not_found(format!("model version {version} of job {} does not exist yet", job.id)));
+                return Err(tonic::Status::not_found(format!(
+                    "model version {version} of job {} does not exist yet",
+                    job.id
+                )));
             }
         }
-        let not_found = || tonic::Status::not_found(format!("model version {version} of job {} is not retained", job.id));
+        let not_found = || {
+            tonic::Status::not_found(format!(
+                "model version {version} of job {} is not retained",
+                job.id
+            ))
+        };
         if version == 0 {
             return Err(not_found());
         }
         // Version v is round v's model: one row, not the job's whole history.
-        let unavailable = |e: StoreError| tonic::Status::unavailable(format!("store unavailable: {e}; retry later"));
-        let round = self.store.get_round(job.id, version).await.map_err(unavailable)?;
-        let round = round.filter(|r| r.model_version == version).ok_or_else(not_found)?;
-        let bytes = self.store.get_model(&round.model_blob_key).await.map_err(unavailable)?;
-        let params = flotilla_core::params_from_le_bytes(&bytes).ok_or_else(|| tonic::Status::data_loss("stored model is not f32 data"))?;
-        Ok(Arc::new(ModelVersion::new(version, params, &job.layout, &job.model_spec, None)))
+        let unavailable = |e: StoreError| {
+            tonic::Status::unavailable(format!("store unavailable: {e}; retry later"))
+        };
+        let round = self
+            .store
+            .get_round(job.id, version)
+            .await
+            .map_err(unavailable)?;
+        let round = round
+            .filter(|r| r.model_version == version)
+            .ok_or_else(not_found)?;
+        let bytes = self
+            .store
+            .get_model(&round.model_blob_key)
+            .await
+            .map_err(unavailable)?;
+        let params = flotilla_core::params_from_le_bytes(&bytes)
+            .ok_or_else(|| tonic::Status::data_loss("stored model is not f32 data"))?;
+        Ok(Arc::new(ModelVersion::new(
+            version,
+            params,
+            &job.layout,
+            &job.model_spec,
+            None,
+        )))
     }
 
     /// Validates, stores and starts a job from its TOML text.
     pub async fn submit_job(&self, text: String) -> Result<JobId, SubmitError> {
         let dir = self.data_dir.clone();
         let (spec, prepared) = tokio::task::spawn_blocking(move || {
-            let spec = JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+            let spec =
+                JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
             let prepared = prepare(&spec, &dir).map_err(SubmitError::Invalid)?;
             Ok::<_, SubmitError>((spec, prepared))
         })
         .await
         .map_err(|e| SubmitError::Internal(e.to_string()))??;
         // Build the machine before storing anything, so an invalid job leaves no trace.
-        let mut machine = prepared.fresh_machine(&spec).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let mut machine = prepared
+            .fresh_machine(&spec)
+            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
         if spec.privacy.is_some() {
             // The central noise must not be reproducible from the job seed (clients can recover it
             // from their task seeds): a fresh secret key, kept in the machine snapshot.
@@ -642,8 +846,12 @@ impl Shared {
             machine.set_noise_key(key);
         }
         // A job whose first round would already exceed its own or its tenant's budget is refused.
-        self.privacy.check_new(&self.store, &spec).await.map_err(SubmitError::Invalid)?;
-        let spec_json = serde_json::to_value(&spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
+        self.privacy
+            .check_new(&self.store, &spec)
+            .await
+            .map_err(SubmitError::Invalid)?;
+        let spec_json =
+            serde_json::to_value(&spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
         let id = self
             .store
             .create_job(&spec.tenant, &spec.name, &spec_json, spec.rounds)
@@ -656,7 +864,14 @@ impl Shared {
         // Round 1 attempt 1 may be handed out as soon as the job runs: recorded first, so a
         // restart before the first commit resumes at attempt 2, not at a second attempt 1.
         if let Err(e) = self.record_attempt(id, 1, 1).await {
-            let _ = self.store.set_job_state_with_reason(id, JobState::Failed, Some("could not be started: the store was unavailable")).await;
+            let _ = self
+                .store
+                .set_job_state_with_reason(
+                    id,
+                    JobState::Failed,
+                    Some("could not be started: the store was unavailable"),
+                )
+                .await;
             return Err(SubmitError::Unavailable(e));
         }
         if let Err(why) = self.privacy.register(&self.store, id, &spec).await {
@@ -664,8 +879,13 @@ impl Shared {
             let _ = self.store.set_job_state(id, JobState::Failed).await;
             return Err(SubmitError::Invalid(why));
         }
-        self.store.set_job_state(id, JobState::Running).await.map_err(|e| SubmitError::Internal(e.to_string()))?;
-        let rt = self.runtime(id, spec, prepared, Some(machine)).map_err(SubmitError::Internal)?;
+        self.store
+            .set_job_state(id, JobState::Running)
+            .await
+            .map_err(|e| SubmitError::Internal(e.to_string()))?;
+        let rt = self
+            .runtime(id, spec, prepared, Some(machine))
+            .map_err(SubmitError::Internal)?;
         self.insert_job(rt);
         tracing::info!(job = id.0, "job submitted and running");
         Ok(id)
@@ -688,7 +908,9 @@ pub(crate) enum SubmitError {
 pub(crate) async fn timer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<TimerEntry>) {
     let mut heap: BinaryHeap<Reverse<TimerEntry>> = BinaryHeap::new();
     loop {
-        let wait = heap.peek().map(|Reverse(e)| e.at_ms.saturating_sub(now_ms()));
+        let wait = heap
+            .peek()
+            .map(|Reverse(e)| e.at_ms.saturating_sub(now_ms()));
         let sleep = async {
             match wait {
                 Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,

@@ -25,14 +25,14 @@ mod admin;
 mod auth_cache;
 mod bounds;
 mod error;
-mod job_end;
 mod heal;
+mod job_end;
 mod jobs;
 mod metrics;
-pub mod secagg_round;
 mod privacy;
 mod reasons;
 mod recovery;
+pub mod secagg_round;
 mod service;
 pub mod spec;
 mod tls;
@@ -141,7 +141,9 @@ impl Default for Limits {
 impl Limits {
     /// Slots one tenant may hold: `upload_tenant_slots`, or half the slots (at least 1).
     pub fn tenant_slots(&self) -> usize {
-        self.upload_tenant_slots.unwrap_or(self.upload_concurrency / 2).clamp(1, self.upload_concurrency.max(1))
+        self.upload_tenant_slots
+            .unwrap_or(self.upload_concurrency / 2)
+            .clamp(1, self.upload_concurrency.max(1))
     }
 
     /// Checks every field against its range; the error names the field.
@@ -149,33 +151,63 @@ impl Limits {
         const TEN_MINUTES: Duration = Duration::from_secs(600);
         const TENTH: Duration = Duration::from_millis(100);
         let bad = |field: &str, range: &str, got: String| -> Result<(), CoordinatorError> {
-            Err(CoordinatorError::Config(format!("limits.{field} must be in {range}, got {got}")))
+            Err(CoordinatorError::Config(format!(
+                "limits.{field} must be in {range}, got {got}"
+            )))
         };
         if !(1..=1024).contains(&self.upload_concurrency) {
-            return bad("upload_concurrency", "1..=1024", self.upload_concurrency.to_string());
+            return bad(
+                "upload_concurrency",
+                "1..=1024",
+                self.upload_concurrency.to_string(),
+            );
         }
         if self.upload_slot_wait > TEN_MINUTES {
-            return bad("upload_slot_wait", "0..=10min", format!("{:?}", self.upload_slot_wait));
+            return bad(
+                "upload_slot_wait",
+                "0..=10min",
+                format!("{:?}", self.upload_slot_wait),
+            );
         }
         if !(1..=16).contains(&self.upload_per_client) {
-            return bad("upload_per_client", "1..=16", self.upload_per_client.to_string());
+            return bad(
+                "upload_per_client",
+                "1..=16",
+                self.upload_per_client.to_string(),
+            );
         }
         if let Some(t) = self.upload_tenant_slots
             && !(1..=self.upload_concurrency).contains(&t)
         {
-            return bad("upload_tenant_slots", &format!("1..={} (upload_concurrency)", self.upload_concurrency), t.to_string());
+            return bad(
+                "upload_tenant_slots",
+                &format!("1..={} (upload_concurrency)", self.upload_concurrency),
+                t.to_string(),
+            );
         }
         if self.upload_queue > 4096 {
             return bad("upload_queue", "0..=4096", self.upload_queue.to_string());
         }
         if !(TENTH..=TEN_MINUTES).contains(&self.upload_idle_timeout) {
-            return bad("upload_idle_timeout", "100ms..=10min", format!("{:?}", self.upload_idle_timeout));
+            return bad(
+                "upload_idle_timeout",
+                "100ms..=10min",
+                format!("{:?}", self.upload_idle_timeout),
+            );
         }
         if self.min_upload_bytes_per_sec > 1 << 30 {
-            return bad("min_upload_bytes_per_sec", "0..=1073741824", self.min_upload_bytes_per_sec.to_string());
+            return bad(
+                "min_upload_bytes_per_sec",
+                "0..=1073741824",
+                self.min_upload_bytes_per_sec.to_string(),
+            );
         }
         if !(TENTH..=TEN_MINUTES).contains(&self.upload_rate_window) {
-            return bad("upload_rate_window", "100ms..=10min", format!("{:?}", self.upload_rate_window));
+            return bad(
+                "upload_rate_window",
+                "100ms..=10min",
+                format!("{:?}", self.upload_rate_window),
+            );
         }
         Ok(())
     }
@@ -249,7 +281,10 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("grpc_addr", &self.grpc_addr).field("admin_addr", &self.admin_addr).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -269,7 +304,9 @@ impl Server {
     /// loads TLS material and binds both listeners.
     pub async fn bind(config: ServerConfig) -> Result<Server, CoordinatorError> {
         if config.admin_token.trim().is_empty() {
-            return Err(CoordinatorError::Config("the admin token must not be empty".into()));
+            return Err(CoordinatorError::Config(
+                "the admin token must not be empty".into(),
+            ));
         }
         config.limits.validate()?;
         if config.credential_ttl.is_zero() || config.credential_ttl > MAX_CREDENTIAL_TTL {
@@ -285,7 +322,9 @@ impl Server {
                 tls::server_config(cert, key, &[b"http/1.1"])?,
             )),
             TlsMode::Insecure => {
-                tracing::warn!("running WITHOUT TLS (insecure mode): credentials and models travel in plain text");
+                tracing::warn!(
+                    "running WITHOUT TLS (insecure mode): credentials and models travel in plain text"
+                );
                 None
             }
         };
@@ -324,7 +363,10 @@ impl Server {
         // never happened (a crash between storing the model and committing the round).
         match shared.store.sweep_orphan_blobs(None).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed model blobs no committed round references"),
+            Ok(n) => tracing::info!(
+                removed = n,
+                "removed model blobs no committed round references"
+            ),
             Err(e) => tracing::warn!(error = %e, "could not sweep orphan model blobs"),
         }
         // Privacy spend is rebuilt from the committed rounds before any job resumes.
@@ -334,16 +376,35 @@ impl Server {
             tracing::info!(jobs = n, "resumed running jobs");
         }
         let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|source| CoordinatorError::Net { what, addr: addr.to_string(), source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| CoordinatorError::Net {
+                    what,
+                    addr: addr.to_string(),
+                    source,
+                })
         };
         let grpc = bind(config.listen, "binding the gRPC listener").await?;
         let admin = bind(config.admin_listen, "binding the admin listener").await?;
         let addr_of = |l: &TcpListener, what: &'static str, a: SocketAddr| {
-            l.local_addr().map_err(|source| CoordinatorError::Net { what, addr: a.to_string(), source })
+            l.local_addr().map_err(|source| CoordinatorError::Net {
+                what,
+                addr: a.to_string(),
+                source,
+            })
         };
         let grpc_addr = addr_of(&grpc, "gRPC listener address", config.listen)?;
         let admin_addr = addr_of(&admin, "admin listener address", config.admin_listen)?;
-        Ok(Server { shared, timer_rx, grpc, admin, grpc_addr, admin_addr, tls, admin_token: config.admin_token })
+        Ok(Server {
+            shared,
+            timer_rx,
+            grpc,
+            admin,
+            grpc_addr,
+            admin_addr,
+            tls,
+            admin_token: config.admin_token,
+        })
     }
 
     /// The bound gRPC address.
@@ -359,10 +420,24 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// and closes the store. Nothing is lost by stopping mid-round: the next start resumes
     /// every job from its last committed round.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
-        let Server { shared, timer_rx, grpc, admin, grpc_addr, admin_addr, tls, admin_token } = self;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CoordinatorError> {
+        let Server {
+            shared,
+            timer_rx,
+            grpc,
+            admin,
+            grpc_addr,
+            admin_addr,
+            tls,
+            admin_token,
+        } = self;
         let mut tasks = AbortOnDrop(Vec::new());
-        tasks.0.push(tokio::spawn(jobs::timer_loop(shared.clone(), timer_rx)));
+        tasks
+            .0
+            .push(tokio::spawn(jobs::timer_loop(shared.clone(), timer_rx)));
         tasks.0.push(tokio::spawn(heal::heal_loop(shared.clone())));
         let (stop_tx, stop_rx) = watch::channel(false);
         tasks.0.push(tokio::spawn(async move {
@@ -373,8 +448,10 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await;
         };
         let service = service::CountUploadBytes(
-            CoordinatorServer::new(service::CoordinatorService { shared: shared.clone() })
-                .max_decoding_message_size(flotilla_proto::MAX_CHUNK_BYTES + (64 << 10)),
+            CoordinatorServer::new(service::CoordinatorService {
+                shared: shared.clone(),
+            })
+            .max_decoding_message_size(flotilla_proto::MAX_CHUNK_BYTES + (64 << 10)),
         );
         let router = admin::router(shared.clone(), &admin_token);
         let grpc_builder = || {
@@ -393,10 +470,15 @@ impl Server {
                 let (arx, ah) = tls::spawn_tls_accept(admin, admin_tls, shared.metrics.clone());
                 tasks.0.extend([gh, ah]);
                 let incoming = ReceiverStream::new(grx).map(|(io, _)| Ok::<_, std::io::Error>(io));
-                let listener = tls::ChannelListener { rx: arx, addr: admin_addr };
+                let listener = tls::ChannelListener {
+                    rx: arx,
+                    addr: admin_addr,
+                };
                 tokio::join!(
                     grpc_builder().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                    axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone())).into_future()
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future()
                 )
             }
             None => {
@@ -404,10 +486,15 @@ impl Server {
                 let (arx, ah) = tls::spawn_plain_accept(admin);
                 tasks.0.extend([gh, ah]);
                 let incoming = ReceiverStream::new(grx).map(|(io, _)| Ok::<_, std::io::Error>(io));
-                let listener = tls::ChannelListener { rx: arx, addr: admin_addr };
+                let listener = tls::ChannelListener {
+                    rx: arx,
+                    addr: admin_addr,
+                };
                 tokio::join!(
                     grpc_builder().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                    axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone())).into_future()
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future()
                 )
             }
         };
@@ -415,7 +502,11 @@ impl Server {
         shared.store.close().await;
         tracing::info!("coordinator stopped");
         grpc_res.map_err(|e| CoordinatorError::Grpc(e.to_string()))?;
-        admin_res.map_err(|source| CoordinatorError::Net { what: "serving the admin API", addr: admin_addr.to_string(), source })?;
+        admin_res.map_err(|source| CoordinatorError::Net {
+            what: "serving the admin API",
+            addr: admin_addr.to_string(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -426,6 +517,9 @@ impl Server {
 }
 
 /// [`Server::bind`] then [`Server::run`].
-pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
     Server::bind(config).await?.run(shutdown).await
 }

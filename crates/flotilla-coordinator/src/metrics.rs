@@ -111,7 +111,11 @@ impl Metrics {
             task_failures: g(&self.task_failures),
             jobs_halted: g(&self.jobs_halted),
             jobs_healed: g(&self.jobs_healed),
-            rejections: self.rejections.lock().map(|m| m.clone()).unwrap_or_default(),
+            rejections: self
+                .rejections
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default(),
         }
     }
 }

@@ -65,7 +65,9 @@ pub(crate) fn configure(
     policy: &RoundPolicy,
     secagg: bool,
 ) -> Result<(StrategySpec, Option<PrivacySpec>), SpecError> {
-    let Some(cfg) = cfg else { return Ok((strategy, None)) };
+    let Some(cfg) = cfg else {
+        return Ok((strategy, None));
+    };
     let spec = PrivacySpec::from_config(cfg, policy.clients_per_round, policy.min_reports())
         .map_err(|e| SpecError::new(e.field, e.message))?;
     if spec.dp.mode == DpMode::Distributed && !secagg {
@@ -90,12 +92,16 @@ pub(crate) fn configure(
         Some(p) if (p as usize) < selected => {
             return Err(SpecError::new(
                 "privacy.population",
-                format!("must be ≥ the {selected} clients selected per round (clients_per_round × over_selection), got {p}"),
+                format!(
+                    "must be ≥ the {selected} clients selected per round (clients_per_round × over_selection), got {p}"
+                ),
             ));
         }
         Some(_) => {}
     }
-    let strategy = strategy.with_privacy(spec.dp).map_err(|e| SpecError::new(e.field, e.message))?;
+    let strategy = strategy
+        .with_privacy(spec.dp)
+        .map_err(|e| SpecError::new(e.field, e.message))?;
     job_budget(&spec).map_err(|e| SpecError::new("privacy", e.to_string()))?;
     Ok((strategy, Some(spec)))
 }
@@ -130,13 +136,19 @@ impl PrivacyBook {
     pub fn new(tenant: Option<TenantPrivacy>) -> Result<Self, PrivacyError> {
         let (eps, delta) = tenant.map_or((f64::MAX, 1e-5), |t| (t.max_epsilon, t.delta));
         let tenant_budget = Budget::new(eps, delta)?;
-        Ok(Self { tenant, tenant_budget, inner: Mutex::new(BookInner::default()) })
+        Ok(Self {
+            tenant,
+            tenant_budget,
+            inner: Mutex::new(BookInner::default()),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BookInner> {
         // A poisoned lock only means a panic elsewhere while holding it; the maps stay consistent
         // (every update is a single insert).
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `q` for the next round of `spec`: the selected count over `min(population, registered)`;
@@ -158,7 +170,9 @@ impl PrivacyBook {
     pub async fn rebuild(&self, store: &Store) -> Result<(), flotilla_store::StoreError> {
         let jobs = store.list_jobs(None).await?;
         for job in jobs {
-            let Ok(spec) = serde_json::from_value::<JobSpec>(job.spec.clone()) else { continue };
+            let Ok(spec) = serde_json::from_value::<JobSpec>(job.spec.clone()) else {
+                continue;
+            };
             let Some(p) = spec.privacy else { continue };
             let Ok(budget) = job_budget(&p) else { continue };
             let history = store.job_history(job.id).await?;
@@ -168,7 +182,11 @@ impl PrivacyBook {
                 let q = rec["q"].as_f64().unwrap_or(1.0);
                 let sigma = rec["sigma"].as_f64().unwrap_or(p.dp.noise_multiplier);
                 if acc.compose(q, sigma, 1).is_err() {
-                    tracing::error!(job = job.id.0, round = r.round, "unreadable privacy record; counted as q = 1");
+                    tracing::error!(
+                        job = job.id.0,
+                        round = r.round,
+                        "unreadable privacy record; counted as q = 1"
+                    );
                     let _ = acc.compose(1.0, p.dp.noise_multiplier, 1);
                 }
             }
@@ -181,7 +199,10 @@ impl PrivacyBook {
             }
             let mut inner = self.lock();
             let budget_t = self.tenant_budget;
-            let ledger = inner.ledgers.entry(job.tenant.clone()).or_insert_with(|| TenantLedger::new(budget_t));
+            let ledger = inner
+                .ledgers
+                .entry(job.tenant.clone())
+                .or_insert_with(|| TenantLedger::new(budget_t));
             let _ = ledger.insert_job(JobPrivacy::restore(job_key(job.id), budget, acc));
             if let Some(q) = pending {
                 inner.pending_q.insert(job.id.0, q);
@@ -196,9 +217,18 @@ impl PrivacyBook {
         let q = Self::sampling_rate(store, spec, &p).await;
         let budget = job_budget(&p).map_err(|e| e.to_string())?;
         let inner = self.lock();
-        let mut ledger = inner.ledgers.get(&spec.tenant).cloned().unwrap_or_else(|| TenantLedger::new(self.tenant_budget));
-        ledger.register_job("new job", budget).map_err(|e| e.to_string())?;
-        ledger.check_round("new job", q, p.dp.noise_multiplier).map(|_| ()).map_err(|e| refusal(&e))
+        let mut ledger = inner
+            .ledgers
+            .get(&spec.tenant)
+            .cloned()
+            .unwrap_or_else(|| TenantLedger::new(self.tenant_budget));
+        ledger
+            .register_job("new job", budget)
+            .map_err(|e| e.to_string())?;
+        ledger
+            .check_round("new job", q, p.dp.noise_multiplier)
+            .map(|_| ())
+            .map_err(|e| refusal(&e))
     }
 
     /// Registers a stored job and admits its first round (charged now).
@@ -208,16 +238,29 @@ impl PrivacyBook {
         let budget = job_budget(&p).map_err(|e| e.to_string())?;
         let mut inner = self.lock();
         let budget_t = self.tenant_budget;
-        let ledger = inner.ledgers.entry(spec.tenant.clone()).or_insert_with(|| TenantLedger::new(budget_t));
-        ledger.register_job(job_key(id), budget).map_err(|e| e.to_string())?;
-        ledger.record_round(&job_key(id), q, p.dp.noise_multiplier).map_err(|e| refusal(&e))?;
+        let ledger = inner
+            .ledgers
+            .entry(spec.tenant.clone())
+            .or_insert_with(|| TenantLedger::new(budget_t));
+        ledger
+            .register_job(job_key(id), budget)
+            .map_err(|e| e.to_string())?;
+        ledger
+            .record_round(&job_key(id), q, p.dp.noise_multiplier)
+            .map_err(|e| refusal(&e))?;
         inner.pending_q.insert(id.0, q);
         Ok(())
     }
 
     /// After round `round` of a job committed: admits (and charges) the next round, or says why it
     /// may not run. `Ok` when the job has no privacy or no next round.
-    pub async fn admit_next(&self, store: &Store, id: JobId, spec: &JobSpec, round: u64) -> Result<(), String> {
+    pub async fn admit_next(
+        &self,
+        store: &Store,
+        id: JobId,
+        spec: &JobSpec,
+        round: u64,
+    ) -> Result<(), String> {
         let Some(p) = spec.privacy else { return Ok(()) };
         self.lock().pending_q.remove(&id.0);
         if round >= spec.rounds {
@@ -226,7 +269,10 @@ impl PrivacyBook {
         let q = Self::sampling_rate(store, spec, &p).await;
         let mut inner = self.lock();
         let result = match inner.ledgers.get_mut(&spec.tenant) {
-            Some(l) => l.record_round(&job_key(id), q, p.dp.noise_multiplier).map(|_| ()).map_err(|e| refusal(&e)),
+            Some(l) => l
+                .record_round(&job_key(id), q, p.dp.noise_multiplier)
+                .map(|_| ())
+                .map_err(|e| refusal(&e)),
             None => Err(format!("job {} is missing from the privacy ledger", id.0)),
         };
         if result.is_ok() {
@@ -242,14 +288,25 @@ impl PrivacyBook {
 
     /// The privacy record of a round about to be committed (stored in its metrics): its `(q, σ)`,
     /// the clip norm and noise, and the job's ε after it.
-    pub fn round_metrics(&self, id: JobId, spec: &JobSpec, round: u64, info: Option<&DpRoundInfo>) -> Option<Value> {
+    pub fn round_metrics(
+        &self,
+        id: JobId,
+        spec: &JobSpec,
+        round: u64,
+        info: Option<&DpRoundInfo>,
+    ) -> Option<Value> {
         let p = spec.privacy?;
         let inner = self.lock();
         let q = inner.pending_q.get(&id.0).copied().unwrap_or(1.0);
         // The job's accountant holds the rounds up to this one (this one was admitted).
         let job = inner.ledgers.get(&spec.tenant)?.job(&job_key(id))?;
         if job.accountant().steps() != round {
-            tracing::warn!(job = id.0, round, accounted = job.accountant().steps(), "privacy accountant is out of step with the rounds");
+            tracing::warn!(
+                job = id.0,
+                round,
+                accounted = job.accountant().steps(),
+                "privacy accountant is out of step with the rounds"
+            );
         }
         Some(json!({
             "q": q,
@@ -269,15 +326,29 @@ impl PrivacyBook {
         let p = spec.privacy?;
         let inner = self.lock();
         let ledger = inner.ledgers.get(&job.tenant);
-        let released = last_round_metrics.and_then(|m| m["privacy"]["epsilon_spent"].as_f64()).unwrap_or(0.0);
-        let charged = ledger.and_then(|l| l.job(&job_key(job.id))).map(|j| j.spent().epsilon);
+        let released = last_round_metrics
+            .and_then(|m| m["privacy"]["epsilon_spent"].as_f64())
+            .unwrap_or(0.0);
+        let charged = ledger
+            .and_then(|l| l.job(&job_key(job.id)))
+            .map(|j| j.spent().epsilon);
         // The refusal is the failed job's stored reason (`stop_for_privacy` records it).
-        let mut stopped = job.state_reason.clone().filter(|r| job.state == JobState::Failed && r.starts_with("privacy budget: "));
-        if stopped.is_none() && job.state == JobState::Failed && job.rounds_completed < job.rounds_total {
+        let mut stopped = job
+            .state_reason
+            .clone()
+            .filter(|r| job.state == JobState::Failed && r.starts_with("privacy budget: "));
+        if stopped.is_none()
+            && job.state == JobState::Failed
+            && job.rounds_completed < job.rounds_total
+        {
             // After a restart: the refusal is recomputed (spend only grows, so it still refuses).
             if let Some(l) = ledger {
-                let q = (spec.policy().selection_size() as f64 / p.population.unwrap_or(1).max(1) as f64).min(1.0);
-                if let Err(e @ PrivacyError::BudgetExceeded { .. }) = l.check_round(&job_key(job.id), q, p.dp.noise_multiplier) {
+                let q = (spec.policy().selection_size() as f64
+                    / p.population.unwrap_or(1).max(1) as f64)
+                    .min(1.0);
+                if let Err(e @ PrivacyError::BudgetExceeded { .. }) =
+                    l.check_round(&job_key(job.id), q, p.dp.noise_multiplier)
+                {
                     stopped = Some(refusal(&e));
                 }
             }

@@ -73,7 +73,8 @@ impl FailureKind {
 /// Characters that could change how a log line or a terminal shows what follows: control
 /// characters and Unicode bidirectional overrides.
 fn is_unsafe(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A client-sent failure reason as the coordinator keeps it: refused if longer than
@@ -82,7 +83,10 @@ fn is_unsafe(c: char) -> bool {
 /// if nothing is left.
 pub(crate) fn clean_client_reason(raw: &str, kind: FailureKind) -> Result<String, String> {
     if raw.len() > MAX_CLIENT_REASON_BYTES {
-        return Err(format!("reason is {} bytes; at most {MAX_CLIENT_REASON_BYTES} are accepted", raw.len()));
+        return Err(format!(
+            "reason is {} bytes; at most {MAX_CLIENT_REASON_BYTES} are accepted",
+            raw.len()
+        ));
     }
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
@@ -136,28 +140,47 @@ pub(crate) struct FailureBook {
 impl FailureBook {
     /// Counts one client's failure of `(round, attempt)`.
     pub(crate) fn record(&mut self, round: u64, attempt: u32, kind: FailureKind, text: &str) {
-        let pos = self.attempts.iter().position(|a| (a.round, a.attempt) == (round, attempt));
+        let pos = self
+            .attempts
+            .iter()
+            .position(|a| (a.round, a.attempt) == (round, attempt));
         let entry = match pos {
             Some(i) => &mut self.attempts[i],
             None => {
                 if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
                     self.attempts.pop_front();
                 }
-                self.attempts.push_back(AttemptFailures { round, attempt, reasons: Vec::new(), others: 0 });
+                self.attempts.push_back(AttemptFailures {
+                    round,
+                    attempt,
+                    reasons: Vec::new(),
+                    others: 0,
+                });
                 self.attempts.back_mut().expect("just pushed")
             }
         };
-        if let Some(r) = entry.reasons.iter_mut().find(|r| r.kind == kind && r.text == text) {
+        if let Some(r) = entry
+            .reasons
+            .iter_mut()
+            .find(|r| r.kind == kind && r.text == text)
+        {
             r.clients += 1;
         } else if entry.reasons.len() < MAX_DISTINCT_REASONS {
-            entry.reasons.push(ReasonCount { kind, text: text.to_owned(), clients: 1 });
+            entry.reasons.push(ReasonCount {
+                kind,
+                text: text.to_owned(),
+                clients: 1,
+            });
         } else {
             entry.others += 1;
         }
     }
 
     fn find(&self, round: u64, attempt: Option<u32>) -> Option<&AttemptFailures> {
-        self.attempts.iter().rev().find(|a| a.round == round && attempt.is_none_or(|n| n == a.attempt))
+        self.attempts
+            .iter()
+            .rev()
+            .find(|a| a.round == round && attempt.is_none_or(|n| n == a.attempt))
     }
 
     /// "clients reported errors: A (3 clients); B (1 client)" for `(round, attempt)`, or for the
@@ -167,10 +190,24 @@ impl FailureBook {
         let mut reasons: Vec<&ReasonCount> = a.reasons.iter().collect();
         // Most frequent first; ties in order of first report (the sort is stable).
         reasons.sort_by(|x, y| y.clients.cmp(&x.clients));
-        let clients = |n: u64| if n == 1 { "1 client".to_owned() } else { format!("{n} clients") };
-        let mut parts: Vec<String> =
-            reasons.iter().take(SUMMARY_REASONS).map(|r| format!("{} ({})", r.text, clients(r.clients))).collect();
-        let rest: u64 = reasons.iter().skip(SUMMARY_REASONS).map(|r| r.clients).sum::<u64>() + a.others;
+        let clients = |n: u64| {
+            if n == 1 {
+                "1 client".to_owned()
+            } else {
+                format!("{n} clients")
+            }
+        };
+        let mut parts: Vec<String> = reasons
+            .iter()
+            .take(SUMMARY_REASONS)
+            .map(|r| format!("{} ({})", r.text, clients(r.clients)))
+            .collect();
+        let rest: u64 = reasons
+            .iter()
+            .skip(SUMMARY_REASONS)
+            .map(|r| r.clients)
+            .sum::<u64>()
+            + a.others;
         if rest > 0 {
             parts.push(format!("other errors ({})", clients(rest)));
         }
@@ -202,10 +239,19 @@ pub(crate) struct Abandoned<'a> {
 
 impl Abandoned<'_> {
     pub(crate) fn text(&self) -> String {
-        let Abandoned { round, attempt, reports, needed, wanted, .. } = *self;
+        let Abandoned {
+            round,
+            attempt,
+            reports,
+            needed,
+            wanted,
+            ..
+        } = *self;
         match self.cause {
             AbandonCause::TooFewReports if self.at_deadline => {
-                format!("round {round} attempt {attempt}: {reports} of {wanted} reports by the deadline (needed {needed})")
+                format!(
+                    "round {round} attempt {attempt}: {reports} of {wanted} reports by the deadline (needed {needed})"
+                )
             }
             AbandonCause::TooFewReports => format!(
                 "round {round} attempt {attempt}: {reports} of {wanted} reports (needed {needed}); the other selected clients dropped out or gave up"
@@ -242,10 +288,22 @@ impl JobNotes {
     /// Logs a wait for clients: once it has lasted [`WAIT_LOG_GRACE_MS`], then when the number of
     /// available clients changed, at most every [`WAIT_LOG_INTERVAL_MS`]; and its end, if it was
     /// logged. Call after every event.
-    pub(crate) fn observe_wait(&mut self, job: u64, now_ms: u64, waiting: bool, available: usize, needed: usize) {
+    pub(crate) fn observe_wait(
+        &mut self,
+        job: u64,
+        now_ms: u64,
+        waiting: bool,
+        available: usize,
+        needed: usize,
+    ) {
         if !waiting {
             if self.wait.logged.is_some() {
-                tracing::info!(job, available, needed, "enough clients available; selecting the round's cohort");
+                tracing::info!(
+                    job,
+                    available,
+                    needed,
+                    "enough clients available; selecting the round's cohort"
+                );
             }
             self.wait = WaitLog::default();
             return;
@@ -253,10 +311,18 @@ impl JobNotes {
         let since = *self.wait.since_ms.get_or_insert(now_ms);
         let due = match self.wait.logged {
             None => now_ms.saturating_sub(since) >= WAIT_LOG_GRACE_MS,
-            Some((last, at)) => last != available && now_ms.saturating_sub(at) >= WAIT_LOG_INTERVAL_MS,
+            Some((last, at)) => {
+                last != available && now_ms.saturating_sub(at) >= WAIT_LOG_INTERVAL_MS
+            }
         };
         if due {
-            tracing::info!(job, available, needed, "{}", waiting_text(needed, available));
+            tracing::info!(
+                job,
+                available,
+                needed,
+                "{}",
+                waiting_text(needed, available)
+            );
             self.wait.logged = Some((available, now_ms));
         }
     }
@@ -286,11 +352,18 @@ pub(crate) fn live_status(inner: &JobInner, now_ms: u64) -> LiveStatus {
     };
     let available = m.available_clients(now_ms);
     let activity = m.activity();
-    let retrying = inner.notes.retry.as_ref().filter(|r| r.round == round && fedbuff.is_none());
+    let retrying = inner
+        .notes
+        .retry
+        .as_ref()
+        .filter(|r| r.round == round && fedbuff.is_none());
     let mut reasons: Vec<String> = Vec::new();
     let phase = if let Some(h) = &inner.halted {
         // The heal task resumes the job once the store accepts writes again (heal.rs).
-        reasons.push(format!("halted: {h}; retrying every {} s", crate::heal::HEAL_INTERVAL.as_secs()));
+        reasons.push(format!(
+            "halted: {h}; retrying every {} s",
+            crate::heal::HEAL_INTERVAL.as_secs()
+        ));
         "halted"
     } else {
         if let Some(r) = retrying {
@@ -302,8 +375,15 @@ pub(crate) fn live_status(inner: &JobInner, now_ms: u64) -> LiveStatus {
                 "waiting"
             }
             Activity::Selecting => "selecting",
-            _ if matches!(activity, Activity::Stage { .. } | Activity::Finalizing) && retrying.is_some() => "retrying",
-            Activity::Stage { kind: StageKind::Train, .. } => "training",
+            _ if matches!(activity, Activity::Stage { .. } | Activity::Finalizing)
+                && retrying.is_some() =>
+            {
+                "retrying"
+            }
+            Activity::Stage {
+                kind: StageKind::Train,
+                ..
+            } => "training",
             Activity::Stage { .. } | Activity::Finalizing => "secagg",
             Activity::Finished => "finished",
             Activity::Failed => {
@@ -331,7 +411,9 @@ pub(crate) fn live_status(inner: &JobInner, now_ms: u64) -> LiveStatus {
 /// error (for a 400) if either is too long or holds control characters.
 pub(crate) fn cancel_text(by: Option<&str>, reason: Option<&str>) -> Result<String, String> {
     let check = |field: &str, v: Option<&str>, max: usize| -> Result<Option<String>, String> {
-        let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
+        let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
         let n = v.chars().count();
         if n > max {
             return Err(format!("{field}: at most {max} characters, got {n}"));
@@ -357,8 +439,14 @@ mod tests {
     #[test]
     fn client_reasons_are_bounded_and_escaped() {
         let k = FailureKind::TrainingFailed;
-        assert_eq!(clean_client_reason("input has 63 features, model expects 64", k).unwrap(), "input has 63 features, model expects 64");
-        assert_eq!(clean_client_reason("  a\n\n b\x1b[2J\u{202E}c ", k).unwrap(), "a b\\u{1b}[2J\\u{202e}c");
+        assert_eq!(
+            clean_client_reason("input has 63 features, model expects 64", k).unwrap(),
+            "input has 63 features, model expects 64"
+        );
+        assert_eq!(
+            clean_client_reason("  a\n\n b\x1b[2J\u{202E}c ", k).unwrap(),
+            "a b\\u{1b}[2J\\u{202e}c"
+        );
         assert_eq!(clean_client_reason(" \n ", k).unwrap(), "training failed");
         assert!(clean_client_reason(&"x".repeat(257), k).is_err());
         // Escaping can only grow a reason up to the bound, never past it.
@@ -372,7 +460,12 @@ mod tests {
     fn failure_book_keeps_few_reasons_and_attempts() {
         let mut b = FailureBook::default();
         for _ in 0..3 {
-            b.record(1, 1, FailureKind::DataIncompatible, "input has 63 features, model expects 64");
+            b.record(
+                1,
+                1,
+                FailureKind::DataIncompatible,
+                "input has 63 features, model expects 64",
+            );
         }
         b.record(1, 1, FailureKind::TrainingFailed, "loss is NaN");
         assert_eq!(
@@ -384,8 +477,17 @@ mod tests {
             b.record(1, 2, FailureKind::Other, &format!("reason {i}"));
         }
         let a = b.find(1, Some(2)).unwrap();
-        assert_eq!((a.reasons.len(), a.others), (MAX_DISTINCT_REASONS, 20 - MAX_DISTINCT_REASONS as u64));
-        assert!(b.summary(1, None).unwrap().ends_with("; other errors (17 clients)"), "{:?}", b.summary(1, None));
+        assert_eq!(
+            (a.reasons.len(), a.others),
+            (MAX_DISTINCT_REASONS, 20 - MAX_DISTINCT_REASONS as u64)
+        );
+        assert!(
+            b.summary(1, None)
+                .unwrap()
+                .ends_with("; other errors (17 clients)"),
+            "{:?}",
+            b.summary(1, None)
+        );
         // Only the latest attempts are kept.
         for attempt in 3..10 {
             b.record(1, attempt, FailureKind::Other, "x");
@@ -393,15 +495,28 @@ mod tests {
         assert_eq!(b.attempts.len(), MAX_ATTEMPTS_KEPT);
         assert_eq!(b.summary(1, Some(1)), None);
         assert_eq!(b.summary(2, None), None);
-        assert_eq!(b.summary(1, None).unwrap(), "clients reported errors: x (1 client)");
+        assert_eq!(
+            b.summary(1, None).unwrap(),
+            "clients reported errors: x (1 client)"
+        );
     }
 
     #[test]
     fn cancel_texts() {
-        assert_eq!(cancel_text(Some("alice"), Some("wrong dataset")).unwrap(), "cancelled by alice: wrong dataset");
+        assert_eq!(
+            cancel_text(Some("alice"), Some("wrong dataset")).unwrap(),
+            "cancelled by alice: wrong dataset"
+        );
         assert_eq!(cancel_text(None, None).unwrap(), "cancelled by an admin");
-        assert_eq!(cancel_text(Some(" "), Some("oops")).unwrap(), "cancelled by an admin: oops");
-        assert!(cancel_text(Some(&"a".repeat(65)), None).unwrap_err().starts_with("by: at most 64"));
+        assert_eq!(
+            cancel_text(Some(" "), Some("oops")).unwrap(),
+            "cancelled by an admin: oops"
+        );
+        assert!(
+            cancel_text(Some(&"a".repeat(65)), None)
+                .unwrap_err()
+                .starts_with("by: at most 64")
+        );
         assert!(cancel_text(None, Some(&"é".repeat(256))).is_ok());
         assert!(cancel_text(None, Some(&"é".repeat(257))).is_err());
         assert!(cancel_text(Some("eve\x1b[31m"), None).is_err());
@@ -419,10 +534,20 @@ mod tests {
             machine_reason: "fewer than 8 of 10 clients reported at stage 0 (train)",
             at_deadline: true,
         };
-        assert_eq!(a.text(), "round 3 attempt 2: 4 of 10 reports by the deadline (needed 8)");
-        let early = Abandoned { at_deadline: false, ..a };
+        assert_eq!(
+            a.text(),
+            "round 3 attempt 2: 4 of 10 reports by the deadline (needed 8)"
+        );
+        let early = Abandoned {
+            at_deadline: false,
+            ..a
+        };
         assert!(early.text().contains("dropped out or gave up"));
-        let q = Abandoned { cause: AbandonCause::AllQuarantined, machine_reason: "every report was quarantined", ..early };
+        let q = Abandoned {
+            cause: AbandonCause::AllQuarantined,
+            machine_reason: "every report was quarantined",
+            ..early
+        };
         assert_eq!(q.text(), "round 3 attempt 2: every report was quarantined");
     }
 }

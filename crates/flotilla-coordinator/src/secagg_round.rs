@@ -32,9 +32,11 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_core::round::{ClientId, Event, ReportMetrics, RejectReason, StageKind, Task};
+use flotilla_core::round::{ClientId, Event, RejectReason, ReportMetrics, StageKind, Task};
 use flotilla_proto::v1;
-use flotilla_secagg::{ClientMessage, HeldVector, MaskedInput, Params, Rejected, Server, ServerMessage};
+use flotilla_secagg::{
+    ClientMessage, HeldVector, MaskedInput, Params, Rejected, Server, ServerMessage,
+};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
@@ -60,26 +62,55 @@ impl SecAggSpec {
     /// The secagg parameters for rosters of up to `clients_per_round` and vectors of `vector_len`.
     /// Errors name the job-spec key.
     pub fn params(&self, clients_per_round: usize, vector_len: usize) -> Result<Params, SpecError> {
-        Params::configured(clients_per_round, vector_len, self.clip_range, self.neighbours, self.threshold)
-            .map_err(|e| SpecError::new(e.config_key(), format!("secure aggregation: {}", e.reason)))
+        Params::configured(
+            clients_per_round,
+            vector_len,
+            self.clip_range,
+            self.neighbours,
+            self.threshold,
+        )
+        .map_err(|e| SpecError::new(e.config_key(), format!("secure aggregation: {}", e.reason)))
     }
 }
 
 /// What the driver must feed the machine after carrying out a batch of actions.
 pub(crate) enum Followup {
-    Aggregated { round: u64, attempt: u32, sum: Vec<f64>, contributors: usize },
-    Failed { round: u64, attempt: u32, reason: String },
+    Aggregated {
+        round: u64,
+        attempt: u32,
+        sum: Vec<f64>,
+        contributors: usize,
+    },
+    Failed {
+        round: u64,
+        attempt: u32,
+        reason: String,
+    },
 }
 
 impl Followup {
     pub(crate) fn event(&self) -> Event<'_> {
         match self {
-            Followup::Aggregated { round, attempt, sum, contributors } => {
-                Event::Aggregated { round: *round, attempt: *attempt, sum, contributors: *contributors }
-            }
-            Followup::Failed { round, attempt, reason } => {
-                Event::AggregationFailed { round: *round, attempt: *attempt, reason: reason.clone() }
-            }
+            Followup::Aggregated {
+                round,
+                attempt,
+                sum,
+                contributors,
+            } => Event::Aggregated {
+                round: *round,
+                attempt: *attempt,
+                sum,
+                contributors: *contributors,
+            },
+            Followup::Failed {
+                round,
+                attempt,
+                reason,
+            } => Event::AggregationFailed {
+                round: *round,
+                attempt: *attempt,
+                reason: reason.clone(),
+            },
         }
     }
 }
@@ -118,7 +149,14 @@ fn sid(c: ClientId) -> flotilla_secagg::ClientId {
 
 impl SecAggRound {
     pub(crate) fn new(params: Params) -> Self {
-        Self { params, dp: None, attempt: None, server: None, stage: 0, payloads: BTreeMap::new() }
+        Self {
+            params,
+            dp: None,
+            attempt: None,
+            server: None,
+            stage: 0,
+            payloads: BTreeMap::new(),
+        }
     }
 
     /// Distributed DP: clients clip their delta to `clip_norm` and add `N(0, noise_std²)` per value
@@ -143,7 +181,10 @@ impl SecAggRound {
     /// Every vector-valued piece of state the secagg server holds (for tests and audits).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn held_vectors(&self) -> Vec<HeldVector<'_>> {
-        self.server.as_ref().map(Server::held_vectors).unwrap_or_default()
+        self.server
+            .as_ref()
+            .map(Server::held_vectors)
+            .unwrap_or_default()
     }
 
     /// A task is being sent: a stage-0 task of a new attempt starts a fresh server.
@@ -169,27 +210,46 @@ impl SecAggRound {
     fn server_for(&mut self, round: u64, attempt: u32) -> Result<&mut Server, String> {
         match (&mut self.server, self.attempt) {
             (Some(s), Some(a)) if a == (round, attempt) => Ok(s),
-            _ => Err(format!("no secure-aggregation state for round {round} attempt {attempt} (coordinator restarted?)")),
+            _ => Err(format!(
+                "no secure-aggregation state for round {round} attempt {attempt} (coordinator restarted?)"
+            )),
         }
     }
 
     /// The machine closed stage `stage`: close the secagg stage and prepare the next payloads.
-    pub(crate) fn on_stage_closed(&mut self, round: u64, attempt: u32, stage: u32, survivors: &[ClientId]) -> Option<Followup> {
-        let fail = |reason: String| Some(Followup::Failed { round, attempt, reason });
+    pub(crate) fn on_stage_closed(
+        &mut self,
+        round: u64,
+        attempt: u32,
+        stage: u32,
+        survivors: &[ClientId],
+    ) -> Option<Followup> {
+        let fail = |reason: String| {
+            Some(Followup::Failed {
+                round,
+                attempt,
+                reason,
+            })
+        };
         let server = match self.server_for(round, attempt) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        let payloads: Result<BTreeMap<ClientId, Vec<u8>>, flotilla_secagg::RoundError> = match stage {
+        let payloads: Result<BTreeMap<ClientId, Vec<u8>>, flotilla_secagg::RoundError> = match stage
+        {
             0 => server.close_advertise().map(|r| {
                 let bytes = ServerMessage::Roster(r).to_bytes();
                 survivors.iter().map(|s| (*s, bytes.clone())).collect()
             }),
-            1 => server
-                .close_share_keys()
-                .map(|b| b.into_iter().map(|(id, b)| (ClientId(id.0), ServerMessage::Shares(b).to_bytes())).collect()),
+            1 => server.close_share_keys().map(|b| {
+                b.into_iter()
+                    .map(|(id, b)| (ClientId(id.0), ServerMessage::Shares(b).to_bytes()))
+                    .collect()
+            }),
             2 => server.close_masked_input().map(|r| {
-                r.into_iter().map(|(id, r)| (ClientId(id.0), ServerMessage::UnmaskRequest(r).to_bytes())).collect()
+                r.into_iter()
+                    .map(|(id, r)| (ClientId(id.0), ServerMessage::UnmaskRequest(r).to_bytes()))
+                    .collect()
             }),
             s => return fail(format!("no secure-aggregation stage {s} to close")),
         };
@@ -204,10 +264,21 @@ impl SecAggRound {
     }
 
     /// The machine waits for the sum: unmask it.
-    pub(crate) fn on_finalize(&mut self, round: u64, attempt: u32, contributors: &[ClientId]) -> Followup {
+    pub(crate) fn on_finalize(
+        &mut self,
+        round: u64,
+        attempt: u32,
+        contributors: &[ClientId],
+    ) -> Followup {
         let server = match self.server_for(round, attempt) {
             Ok(s) => s,
-            Err(reason) => return Followup::Failed { round, attempt, reason },
+            Err(reason) => {
+                return Followup::Failed {
+                    round,
+                    attempt,
+                    reason,
+                };
+            }
         };
         match server.finish() {
             Ok(agg) => {
@@ -217,12 +288,23 @@ impl SecAggRound {
                     return Followup::Failed {
                         round,
                         attempt,
-                        reason: format!("the secagg sum covers {theirs:?}, the round's contributors are {ours:?}"),
+                        reason: format!(
+                            "the secagg sum covers {theirs:?}, the round's contributors are {ours:?}"
+                        ),
                     };
                 }
-                Followup::Aggregated { round, attempt, contributors: agg.contributors.len(), sum: agg.sum }
+                Followup::Aggregated {
+                    round,
+                    attempt,
+                    contributors: agg.contributors.len(),
+                    sum: agg.sum,
+                }
             }
-            Err(e) => Followup::Failed { round, attempt, reason: e.to_string() },
+            Err(e) => Followup::Failed {
+                round,
+                attempt,
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -237,7 +319,9 @@ fn machine_refusal(r: &RejectReason) -> Refusal {
         RejectReason::NotAccepting(_) => ("not_accepting", Status::failed_precondition(msg)),
         RejectReason::WrongRound { .. } => ("wrong_round", Status::failed_precondition(msg)),
         RejectReason::WrongStage { .. } => ("wrong_stage", Status::failed_precondition(msg)),
-        RejectReason::WrongStageKind { .. } => ("wrong_stage_kind", Status::failed_precondition(msg)),
+        RejectReason::WrongStageKind { .. } => {
+            ("wrong_stage_kind", Status::failed_precondition(msg))
+        }
         RejectReason::NotSelected => ("not_selected", Status::failed_precondition(msg)),
         RejectReason::RoundFull => ("round_full", Status::failed_precondition(msg)),
         RejectReason::BadSampleCount { .. } => ("bad_sample_count", Status::invalid_argument(msg)),
@@ -254,7 +338,9 @@ fn secagg_refusal(r: &Rejected) -> Refusal {
         Rejected::Decode(_) => ("secagg_malformed", Status::invalid_argument(msg)),
         Rejected::WrongRound { .. } => ("secagg_wrong_round", Status::failed_precondition(msg)),
         Rejected::WrongStage { .. } => ("secagg_wrong_stage", Status::failed_precondition(msg)),
-        Rejected::SenderMismatch { .. } => ("secagg_sender_mismatch", Status::permission_denied(msg)),
+        Rejected::SenderMismatch { .. } => {
+            ("secagg_sender_mismatch", Status::permission_denied(msg))
+        }
         Rejected::Duplicate(_) => ("secagg_duplicate", Status::already_exists(msg)),
         Rejected::NotInCohort(_) => ("secagg_not_in_cohort", Status::failed_precondition(msg)),
         _ => ("secagg_invalid", Status::invalid_argument(msg)),
@@ -271,29 +357,60 @@ pub(crate) async fn submit_stage(
 ) -> Result<(), Refusal> {
     let (round, attempt, stage) = (r.round, r.attempt, r.stage_index);
     let Some(sa) = inner.secagg.as_mut() else {
-        return Err(("not_secagg", Status::failed_precondition(format!("job {} does not use secure aggregation", job.id))));
+        return Err((
+            "not_secagg",
+            Status::failed_precondition(format!("job {} does not use secure aggregation", job.id)),
+        ));
     };
     let max = sa.params.max_client_message_len();
     if r.payload.len() > max {
-        return Err(("secagg_too_large", Status::invalid_argument(format!("payload of {} bytes exceeds {max}", r.payload.len()))));
+        return Err((
+            "secagg_too_large",
+            Status::invalid_argument(format!(
+                "payload of {} bytes exceeds {max}",
+                r.payload.len()
+            )),
+        ));
     }
-    inner.machine.check_stage_report(client, round, attempt, stage, 0).map_err(|e| machine_refusal(&e))?;
+    inner
+        .machine
+        .check_stage_report(client, round, attempt, stage, 0)
+        .map_err(|e| machine_refusal(&e))?;
     if inner.machine.current_stage().map(|(_, k)| k) == Some(StageKind::MaskedInput) {
         return Err((
             "secagg_wrong_transport",
-            Status::invalid_argument("the masked input goes through UploadUpdate with PAYLOAD_KIND_MASKED_U32"),
+            Status::invalid_argument(
+                "the masked input goes through UploadUpdate with PAYLOAD_KIND_MASKED_U32",
+            ),
         ));
     }
-    let msg = ClientMessage::from_bytes(&r.payload, &sa.params).map_err(|e| secagg_refusal(&Rejected::Decode(e)))?;
+    let msg = ClientMessage::from_bytes(&r.payload, &sa.params)
+        .map_err(|e| secagg_refusal(&Rejected::Decode(e)))?;
     if msg.stage().index() != Some(stage) {
         return Err((
             "secagg_wrong_stage",
-            Status::invalid_argument(format!("a {:?} message sent for stage {stage}", msg.stage())),
+            Status::invalid_argument(format!(
+                "a {:?} message sent for stage {stage}",
+                msg.stage()
+            )),
         ));
     }
-    let server = sa.server_for(round, attempt).map_err(|e| ("secagg_no_state", Status::failed_precondition(e)))?;
-    server.handle(sid(client), msg).map_err(|e| secagg_refusal(&e))?;
-    report(shared, job, inner, client, (round, attempt, stage), 0, f64::NAN).await
+    let server = sa
+        .server_for(round, attempt)
+        .map_err(|e| ("secagg_no_state", Status::failed_precondition(e)))?;
+    server
+        .handle(sid(client), msg)
+        .map_err(|e| secagg_refusal(&e))?;
+    report(
+        shared,
+        job,
+        inner,
+        client,
+        (round, attempt, stage),
+        0,
+        f64::NAN,
+    )
+    .await
 }
 
 /// Handles a completed masked-input upload (`PAYLOAD_KIND_MASKED_U32`): the machine's check, the
@@ -308,17 +425,47 @@ pub(crate) async fn accept_masked(
 ) -> Result<(), Refusal> {
     let (round, attempt, stage) = (header.round, header.attempt, header.stage_index);
     let Some(sa) = inner.secagg.as_mut() else {
-        return Err(("not_secagg", Status::failed_precondition(format!("job {} does not use secure aggregation", job.id))));
+        return Err((
+            "not_secagg",
+            Status::failed_precondition(format!("job {} does not use secure aggregation", job.id)),
+        ));
     };
-    inner.machine.check_stage_report(client, round, attempt, stage, header.num_samples).map_err(|e| machine_refusal(&e))?;
+    inner
+        .machine
+        .check_stage_report(client, round, attempt, stage, header.num_samples)
+        .map_err(|e| machine_refusal(&e))?;
     if inner.machine.current_stage().map(|(_, k)| k) != Some(StageKind::MaskedInput) {
-        return Err(("wrong_stage_kind", Status::failed_precondition(format!("stage {stage} takes no masked input"))));
+        return Err((
+            "wrong_stage_kind",
+            Status::failed_precondition(format!("stage {stage} takes no masked input")),
+        ));
     }
-    let server = sa.server_for(round, attempt).map_err(|e| ("secagg_no_state", Status::failed_precondition(e)))?;
-    let msg = MaskedInput { round: flotilla_secagg::round_id(round, attempt), sender: sid(client), masked: words };
-    server.handle(sid(client), ClientMessage::MaskedInput(msg)).map_err(|e| secagg_refusal(&e))?;
-    let loss = header.metrics.get("train_loss").copied().unwrap_or(f64::NAN);
-    report(shared, job, inner, client, (round, attempt, stage), header.num_samples, loss).await
+    let server = sa
+        .server_for(round, attempt)
+        .map_err(|e| ("secagg_no_state", Status::failed_precondition(e)))?;
+    let msg = MaskedInput {
+        round: flotilla_secagg::round_id(round, attempt),
+        sender: sid(client),
+        masked: words,
+    };
+    server
+        .handle(sid(client), ClientMessage::MaskedInput(msg))
+        .map_err(|e| secagg_refusal(&e))?;
+    let loss = header
+        .metrics
+        .get("train_loss")
+        .copied()
+        .unwrap_or(f64::NAN);
+    report(
+        shared,
+        job,
+        inner,
+        client,
+        (round, attempt, stage),
+        header.num_samples,
+        loss,
+    )
+    .await
 }
 
 async fn report(
@@ -330,10 +477,20 @@ async fn report(
     num_samples: u64,
     train_loss: f64,
 ) -> Result<(), Refusal> {
-    let event = Event::StageReport { client, round, attempt, stage, num_samples, metrics: ReportMetrics { train_loss } };
+    let event = Event::StageReport {
+        client,
+        round,
+        attempt,
+        stage,
+        num_samples,
+        metrics: ReportMetrics { train_loss },
+    };
     let out = shared.drive(job, inner, event, Some(client)).await;
     if let Some(msg) = out.persist_failed {
-        return Err(("persist_failed", Status::unavailable(format!("store unavailable: {msg}; retry later"))));
+        return Err((
+            "persist_failed",
+            Status::unavailable(format!("store unavailable: {msg}; retry later")),
+        ));
     }
     if out.accepted {
         return Ok(());
@@ -344,11 +501,17 @@ async fn report(
 }
 
 /// Builds a job's secagg state from its spec, if it has `[secagg]`.
-pub(crate) fn for_job(spec: &crate::spec::JobSpec, vector_len: usize) -> Result<Option<SecAggRound>, String> {
+pub(crate) fn for_job(
+    spec: &crate::spec::JobSpec,
+    vector_len: usize,
+) -> Result<Option<SecAggRound>, String> {
     match &spec.secagg {
         None => Ok(None),
         Some(s) => {
-            let round = SecAggRound::new(s.params(spec.clients_per_round, vector_len).map_err(|e| e.to_string())?);
+            let round = SecAggRound::new(
+                s.params(spec.clients_per_round, vector_len)
+                    .map_err(|e| e.to_string())?,
+            );
             // Distributed DP (validated at load: distributed mode, fixed clip, clip range large enough).
             Ok(Some(match &spec.strategy.dp {
                 Some(dp) => round.with_dp(dp.initial_clip_norm(), dp.client_noise_std()),
@@ -364,7 +527,14 @@ mod tests {
     use flotilla_secagg::Client;
 
     fn task(stage: u32) -> Task {
-        Task { round: 1, attempt: 1, stage, kind: StageKind::SECURE_AGGREGATION[stage as usize], model_version: 0, seed: 0 }
+        Task {
+            round: 1,
+            attempt: 1,
+            stage,
+            kind: StageKind::SECURE_AGGREGATION[stage as usize],
+            model_version: 0,
+            seed: 0,
+        }
     }
 
     /// Runs a whole round through `SecAggRound` with real secagg clients, one of which vanishes after
@@ -379,31 +549,61 @@ mod tests {
         let ids: Vec<ClientId> = (10..10 + n as u64).map(ClientId).collect();
         sa.on_configure(&task(0), 42);
         let rid = flotilla_secagg::round_id(1, 1);
-        let mut clients: BTreeMap<ClientId, Client> =
-            ids.iter().map(|&c| (c, Client::new(params, sid(c), rid, [c.0 as u8; 32]))).collect();
-        let updates: BTreeMap<ClientId, Vec<f32>> =
-            ids.iter().map(|&c| (c, (0..len).map(|i| ((c.0 as f32) * 0.01 + i as f32 * 0.02) - 0.2).collect())).collect();
+        let mut clients: BTreeMap<ClientId, Client> = ids
+            .iter()
+            .map(|&c| (c, Client::new(params, sid(c), rid, [c.0 as u8; 32])))
+            .collect();
+        let updates: BTreeMap<ClientId, Vec<f32>> = ids
+            .iter()
+            .map(|&c| {
+                (
+                    c,
+                    (0..len)
+                        .map(|i| ((c.0 as f32) * 0.01 + i as f32 * 0.02) - 0.2)
+                        .collect(),
+                )
+            })
+            .collect();
         for (&c, cl) in &clients {
-            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::AdvertiseKeys(cl.advertise())).unwrap();
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(sid(c), ClientMessage::AdvertiseKeys(cl.advertise()))
+                .unwrap();
         }
         assert!(sa.held_vectors().is_empty());
         assert!(sa.on_stage_closed(1, 1, 0, &ids).is_none());
         for (&c, cl) in clients.iter_mut() {
-            let ServerMessage::Roster(r) = ServerMessage::from_bytes(&sa.payload(c, &task(1)), &params).unwrap() else { panic!() };
+            let ServerMessage::Roster(r) =
+                ServerMessage::from_bytes(&sa.payload(c, &task(1)), &params).unwrap()
+            else {
+                panic!()
+            };
             let m = cl.handle_roster(&r).unwrap();
-            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::ShareKeys(m)).unwrap();
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(sid(c), ClientMessage::ShareKeys(m))
+                .unwrap();
         }
         assert!(sa.on_stage_closed(1, 1, 1, &ids).is_none());
         let mut encoded_inputs = Vec::new();
         for (i, (&c, cl)) in clients.iter_mut().enumerate() {
-            let ServerMessage::Shares(b) = ServerMessage::from_bytes(&sa.payload(c, &task(2)), &params).unwrap() else { panic!() };
+            let ServerMessage::Shares(b) =
+                ServerMessage::from_bytes(&sa.payload(c, &task(2)), &params).unwrap()
+            else {
+                panic!()
+            };
             cl.handle_shares(&b).unwrap();
             let m = cl.masked_input(&updates[&c]).unwrap();
             encoded_inputs.push(params.encode_all(&updates[&c]));
-            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::MaskedInput(m)).unwrap();
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(sid(c), ClientMessage::MaskedInput(m))
+                .unwrap();
             let held = sa.held_vectors();
             assert_eq!(held.len(), 1, "only the running sum");
-            let HeldVector::MaskedSum { inputs, data } = held[0] else { panic!("{held:?}") };
+            let HeldVector::MaskedSum { inputs, data } = held[0] else {
+                panic!("{held:?}")
+            };
             assert_eq!(inputs, i + 1);
             for e in &encoded_inputs {
                 assert_ne!(data, e.as_slice(), "the server holds an unmasked input");
@@ -413,19 +613,38 @@ mod tests {
         let survivors: Vec<ClientId> = ids[..n - 1].to_vec();
         assert!(sa.on_stage_closed(1, 1, 2, &ids).is_none());
         for &c in &survivors {
-            let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(&sa.payload(c, &task(3)), &params).unwrap() else { panic!() };
+            let ServerMessage::UnmaskRequest(r) =
+                ServerMessage::from_bytes(&sa.payload(c, &task(3)), &params).unwrap()
+            else {
+                panic!()
+            };
             let m = clients.get_mut(&c).unwrap().handle_unmask(&r).unwrap();
-            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::Unmask(m)).unwrap();
-            assert!(matches!(sa.held_vectors()[..], [HeldVector::MaskedSum { .. }]));
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(sid(c), ClientMessage::Unmask(m))
+                .unwrap();
+            assert!(matches!(
+                sa.held_vectors()[..],
+                [HeldVector::MaskedSum { .. }]
+            ));
         }
-        let Followup::Aggregated { sum, contributors, .. } = sa.on_finalize(1, 1, &ids) else { panic!("finish failed") };
+        let Followup::Aggregated {
+            sum, contributors, ..
+        } = sa.on_finalize(1, 1, &ids)
+        else {
+            panic!("finish failed")
+        };
         assert_eq!(contributors, n);
         let bound = params.quantization_error_bound(n);
         for (j, s) in sum.iter().enumerate() {
             let exact: f64 = updates.values().map(|u| f64::from(u[j])).sum();
             assert!((s - exact).abs() <= bound + 1e-6, "{j}: {s} vs {exact}");
         }
-        assert!(matches!(sa.held_vectors()[..], [HeldVector::Aggregate(_)]), "{:?}", sa.held_vectors());
+        assert!(
+            matches!(sa.held_vectors()[..], [HeldVector::Aggregate(_)]),
+            "{:?}",
+            sa.held_vectors()
+        );
     }
 
     /// Distributed DP: each client clips and noises its delta before masking. Nothing the server
@@ -439,16 +658,26 @@ mod tests {
         let (clip, std) = (1.0, 0.5);
         let params = Params::recommended(n, len, clip + 10.0 * std).unwrap();
         let mut sa = SecAggRound::new(params).with_dp(clip, std);
-        assert_eq!((sa.config_proto().dp_clip_norm, sa.config_proto().dp_noise_std), (clip, std));
+        assert_eq!(
+            (
+                sa.config_proto().dp_clip_norm,
+                sa.config_proto().dp_noise_std
+            ),
+            (clip, std)
+        );
         let ids: Vec<ClientId> = (20..20 + n as u64).map(ClientId).collect();
         sa.on_configure(&task(0), 7);
         let rid = flotilla_secagg::round_id(1, 1);
-        let mut clients: BTreeMap<ClientId, Client> =
-            ids.iter().map(|&c| (c, Client::new(params, sid(c), rid, [c.0 as u8; 32]))).collect();
+        let mut clients: BTreeMap<ClientId, Client> = ids
+            .iter()
+            .map(|&c| (c, Client::new(params, sid(c), rid, [c.0 as u8; 32])))
+            .collect();
         let mut clean: BTreeMap<ClientId, Vec<f32>> = BTreeMap::new();
         let mut noised: BTreeMap<ClientId, Vec<f32>> = BTreeMap::new();
         for &c in &ids {
-            let mut d: Vec<f32> = (0..len).map(|i| (c.0 as f32 - 20.0) * 0.3 + i as f32 * 0.01).collect();
+            let mut d: Vec<f32> = (0..len)
+                .map(|i| (c.0 as f32 - 20.0) * 0.3 + i as f32 * 0.01)
+                .collect();
             flotilla_core::dp::clip_delta(&mut d, clip);
             let mut z = d.clone();
             let mut rng = rand::rngs::StdRng::seed_from_u64(c.0);
@@ -457,34 +686,71 @@ mod tests {
             noised.insert(c, z);
         }
         for (&c, cl) in &clients {
-            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::AdvertiseKeys(cl.advertise())).unwrap();
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(sid(c), ClientMessage::AdvertiseKeys(cl.advertise()))
+                .unwrap();
         }
         assert!(sa.on_stage_closed(1, 1, 0, &ids).is_none());
         for (&c, cl) in clients.iter_mut() {
-            let ServerMessage::Roster(r) = ServerMessage::from_bytes(&sa.payload(c, &task(1)), &params).unwrap() else { panic!() };
+            let ServerMessage::Roster(r) =
+                ServerMessage::from_bytes(&sa.payload(c, &task(1)), &params).unwrap()
+            else {
+                panic!()
+            };
             let m = cl.handle_roster(&r).unwrap();
-            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::ShareKeys(m)).unwrap();
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(sid(c), ClientMessage::ShareKeys(m))
+                .unwrap();
         }
         assert!(sa.on_stage_closed(1, 1, 1, &ids).is_none());
-        let encoded: Vec<Vec<u32>> =
-            clean.values().chain(noised.values()).map(|v| params.encode_all(v)).collect();
+        let encoded: Vec<Vec<u32>> = clean
+            .values()
+            .chain(noised.values())
+            .map(|v| params.encode_all(v))
+            .collect();
         for (&c, cl) in clients.iter_mut() {
-            let ServerMessage::Shares(b) = ServerMessage::from_bytes(&sa.payload(c, &task(2)), &params).unwrap() else { panic!() };
+            let ServerMessage::Shares(b) =
+                ServerMessage::from_bytes(&sa.payload(c, &task(2)), &params).unwrap()
+            else {
+                panic!()
+            };
             cl.handle_shares(&b).unwrap();
             let m = cl.masked_input(&noised[&c]).unwrap();
-            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::MaskedInput(m)).unwrap();
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(sid(c), ClientMessage::MaskedInput(m))
+                .unwrap();
             for held in sa.held_vectors() {
-                let HeldVector::MaskedSum { data, .. } = held else { panic!("{held:?}") };
-                assert!(encoded.iter().all(|e| data != e.as_slice()), "the server holds an individual update");
+                let HeldVector::MaskedSum { data, .. } = held else {
+                    panic!("{held:?}")
+                };
+                assert!(
+                    encoded.iter().all(|e| data != e.as_slice()),
+                    "the server holds an individual update"
+                );
             }
         }
         assert!(sa.on_stage_closed(1, 1, 2, &ids).is_none());
         for (&c, cl) in clients.iter_mut() {
-            let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(&sa.payload(c, &task(3)), &params).unwrap() else { panic!() };
+            let ServerMessage::UnmaskRequest(r) =
+                ServerMessage::from_bytes(&sa.payload(c, &task(3)), &params).unwrap()
+            else {
+                panic!()
+            };
             let m = cl.handle_unmask(&r).unwrap();
-            sa.server_for(1, 1).unwrap().handle(sid(c), ClientMessage::Unmask(m)).unwrap();
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(sid(c), ClientMessage::Unmask(m))
+                .unwrap();
         }
-        let Followup::Aggregated { sum, contributors, .. } = sa.on_finalize(1, 1, &ids) else { panic!("finish failed") };
+        let Followup::Aggregated {
+            sum, contributors, ..
+        } = sa.on_finalize(1, 1, &ids)
+        else {
+            panic!("finish failed")
+        };
         assert_eq!(contributors, n);
         let bound = params.quantization_error_bound(n) + 1e-6;
         let mut far = 0;
@@ -507,14 +773,24 @@ mod tests {
         // Only 3 of the needed t + 1 = 5 clients advertise.
         for c in 0..3u64 {
             let cl = Client::new(params, flotilla_secagg::ClientId(c), rid, [c as u8 + 1; 32]);
-            sa.server_for(1, 1).unwrap().handle(flotilla_secagg::ClientId(c), ClientMessage::AdvertiseKeys(cl.advertise())).unwrap();
+            sa.server_for(1, 1)
+                .unwrap()
+                .handle(
+                    flotilla_secagg::ClientId(c),
+                    ClientMessage::AdvertiseKeys(cl.advertise()),
+                )
+                .unwrap();
         }
         let ids: Vec<ClientId> = (0..3).map(ClientId).collect();
         match sa.on_stage_closed(1, 1, 0, &ids) {
-            Some(Followup::Failed { reason, .. }) => assert!(reason.contains("at least 5"), "{reason}"),
+            Some(Followup::Failed { reason, .. }) => {
+                assert!(reason.contains("at least 5"), "{reason}")
+            }
             _ => panic!("expected a failure"),
         }
         // State of another attempt is refused by name, never silently used.
-        assert!(matches!(sa.on_finalize(1, 2, &ids), Followup::Failed { reason, .. } if reason.contains("attempt 2")));
+        assert!(
+            matches!(sa.on_finalize(1, 2, &ids), Followup::Failed { reason, .. } if reason.contains("attempt 2"))
+        );
     }
 }

@@ -9,8 +9,8 @@ use flotilla_core::round::{ClientId, Event, RejectReason};
 use flotilla_proto::v1::coordinator_server::Coordinator;
 use flotilla_proto::v1::{self, upload_message};
 use flotilla_proto::{
-    AuthError, DEFAULT_CHUNK_BYTES, HeaderError, MAX_CHUNK_BYTES, TransferError, UploadAssembler, UploadLimits,
-    chunk_f32_from, validate_header,
+    AuthError, DEFAULT_CHUNK_BYTES, HeaderError, MAX_CHUNK_BYTES, TransferError, UploadAssembler,
+    UploadLimits, chunk_f32_from, validate_header,
 };
 use flotilla_store::StoreError;
 use futures_util::Stream;
@@ -24,8 +24,8 @@ mod task_failure;
 mod upload_finish;
 mod upload_pace;
 
-pub(crate) use upload_pace::CountUploadBytes;
 use upload_finish::Finished;
+pub(crate) use upload_pace::CountUploadBytes;
 use upload_pace::{Next, Pacer, UploadProgress};
 
 /// An upload whose stream ended before its last byte, kept for resume.
@@ -51,14 +51,23 @@ impl PartialUploads {
         self.seq += 1;
         p.seq = self.seq;
         while self.map.len() >= max.max(1) {
-            let Some(oldest) = self.map.iter().min_by_key(|(_, v)| v.seq).map(|(k, _)| k.clone()) else { break };
+            let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, v)| v.seq)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
             self.map.remove(&oldest);
         }
         self.map.insert(key, p);
     }
 
     fn received(&self, key: &(u64, String)) -> Option<(u64, u64)> {
-        self.map.get(key).map(|p| (p.assembler.received(), p.assembler.total_bytes()))
+        self.map
+            .get(key)
+            .map(|p| (p.assembler.received(), p.assembler.total_bytes()))
     }
 }
 
@@ -92,7 +101,9 @@ fn reject_name(r: &RejectReason) -> &'static str {
 
 fn transfer_reason(e: &TransferError) -> &'static str {
     match e {
-        TransferError::InvalidHeader(HeaderError::LayoutMismatch | HeaderError::BadFingerprintLength(_)) => "layout_mismatch",
+        TransferError::InvalidHeader(
+            HeaderError::LayoutMismatch | HeaderError::BadFingerprintLength(_),
+        ) => "layout_mismatch",
         TransferError::InvalidHeader(HeaderError::TooLarge { .. }) => "too_large",
         TransferError::InvalidHeader(HeaderError::SizeMismatch { .. }) => "size_mismatch",
         TransferError::InvalidHeader(_) | TransferError::InvalidModelInfo(_) => "invalid_header",
@@ -106,8 +117,17 @@ fn transfer_reason(e: &TransferError) -> &'static str {
     }
 }
 
-fn upload_response(status: v1::UploadStatus, message: impl Into<String>, resume_offset: u64) -> Response<v1::UploadResponse> {
-    Response::new(v1::UploadResponse { status: status as i32, message: message.into(), resume_offset, reason: String::new() })
+fn upload_response(
+    status: v1::UploadStatus,
+    message: impl Into<String>,
+    resume_offset: u64,
+) -> Response<v1::UploadResponse> {
+    Response::new(v1::UploadResponse {
+        status: status as i32,
+        message: message.into(),
+        resume_offset,
+        reason: String::new(),
+    })
 }
 
 /// `REJECTED`, with the machine-readable `reason` (`too_stale`, `no_task`, …) and a message for humans.
@@ -131,7 +151,13 @@ impl CoordinatorService {
     fn job_ended(&self, job: u64, state: flotilla_store::JobState) -> Response<v1::UploadResponse> {
         self.shared.metrics.reject("job_ended");
         tracing::debug!(job, state = state.as_str(), "upload refused: its job ended");
-        upload_refused("job_ended", format!("{}; the update is no longer needed", crate::job_end::not_running_text(job, state)))
+        upload_refused(
+            "job_ended",
+            format!(
+                "{}; the update is no longer needed",
+                crate::job_end::not_running_text(job, state)
+            ),
+        )
     }
 
     /// `PERMISSION_DENIED` unless the job belongs to the caller's tenant.
@@ -139,7 +165,13 @@ impl CoordinatorService {
         if job.spec.tenant == caller.tenant {
             return Ok(());
         }
-        Err(self.refuse("tenant_mismatch", Status::permission_denied(format!("job {} belongs to another tenant than client {}", job.id, caller.id.0))))
+        Err(self.refuse(
+            "tenant_mismatch",
+            Status::permission_denied(format!(
+                "job {} belongs to another tenant than client {}",
+                job.id, caller.id.0
+            )),
+        ))
     }
 
     /// The client behind the request's bearer credential. Refusals are `UNAUTHENTICATED` with the
@@ -156,13 +188,27 @@ impl CoordinatorService {
             .filter(|c| !c.is_empty() && c.len() <= 512);
         let Some(cred) = cred else {
             Metrics::inc(&m.auth_failures);
-            return Err(self.refuse("unauthenticated", AuthError::Missing.status("missing credential: send `authorization: Bearer <credential>`")));
+            return Err(self.refuse(
+                "unauthenticated",
+                AuthError::Missing
+                    .status("missing credential: send `authorization: Bearer <credential>`"),
+            ));
         };
-        match self.shared.credentials.authenticate(&self.shared.store, cred).await {
+        match self
+            .shared
+            .credentials
+            .authenticate(&self.shared.store, cred)
+            .await
+        {
             Ok(c) => {
                 let id = c.client_id.0;
                 let now = now_ms();
-                let stale = self.shared.last_touch.lock().map(|mut t| crate::bounds::touch_due(&mut t, id, now)).unwrap_or(false);
+                let stale = self
+                    .shared
+                    .last_touch
+                    .lock()
+                    .map(|mut t| crate::bounds::touch_due(&mut t, id, now))
+                    .unwrap_or(false);
                 if stale {
                     // Off the request path: `last_seen` is informational and must not put a
                     // database write into the latency of a call.
@@ -173,29 +219,48 @@ impl CoordinatorService {
                         }
                     });
                 }
-                Ok(Caller { id: ClientId(id), tenant: c.tenant })
+                Ok(Caller {
+                    id: ClientId(id),
+                    tenant: c.tenant,
+                })
             }
             Err(StoreError::UnknownCredential) => {
                 Metrics::inc(&m.auth_failures);
-                Err(self.refuse("unauthenticated", AuthError::Unknown.status("unknown credential")))
+                Err(self.refuse(
+                    "unauthenticated",
+                    AuthError::Unknown.status("unknown credential"),
+                ))
             }
             Err(StoreError::ClientRevoked(id)) => {
                 Metrics::inc(&m.auth_failures);
-                Err(self.refuse("revoked", AuthError::Revoked.status(format!("credential of client {id} was revoked"))))
+                Err(self.refuse(
+                    "revoked",
+                    AuthError::Revoked.status(format!("credential of client {id} was revoked")),
+                ))
             }
             Err(StoreError::CredentialExpired { client_id, .. }) => {
                 Metrics::inc(&m.auth_failures);
                 tracing::info!(client = client_id.0, "expired credential refused");
-                Err(self.refuse("credential_expired", AuthError::Expired.status("credential expired; enroll again")))
+                Err(self.refuse(
+                    "credential_expired",
+                    AuthError::Expired.status("credential expired; enroll again"),
+                ))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "authentication failed: store unavailable");
-                Err(Status::unavailable(format!("store unavailable: {e}; retry later")))
+                Err(Status::unavailable(format!(
+                    "store unavailable: {e}; retry later"
+                )))
             }
         }
     }
 
-    fn task_proto(job: &JobRuntime, inner: &JobInner, client: ClientId, task: &flotilla_core::round::Task) -> v1::Task {
+    fn task_proto(
+        job: &JobRuntime,
+        inner: &JobInner,
+        client: ClientId,
+        task: &flotilla_core::round::Task,
+    ) -> v1::Task {
         let t = &job.spec.train;
         v1::Task {
             job_id: job.id.to_string(),
@@ -214,11 +279,20 @@ impl CoordinatorService {
             }),
             deadline_unix_ms: inner.deadline_ms.unwrap_or(0),
             // Relative to now, because client clocks are not trusted; ≥ 1 so 0 keeps meaning "none".
-            time_remaining_ms: inner.deadline_ms.map_or(0, |d| d.saturating_sub(now_ms()).max(1)),
+            time_remaining_ms: inner
+                .deadline_ms
+                .map_or(0, |d| d.saturating_sub(now_ms()).max(1)),
             stage_index: task.stage,
             server_control: inner.current.control.as_ref().map(|(_, info)| info.clone()),
-            secagg_payload: inner.secagg.as_ref().map(|s| s.payload(client, task)).unwrap_or_default(),
-            secagg: inner.secagg.as_ref().map(crate::secagg_round::SecAggRound::config_proto),
+            secagg_payload: inner
+                .secagg
+                .as_ref()
+                .map(|s| s.payload(client, task))
+                .unwrap_or_default(),
+            secagg: inner
+                .secagg
+                .as_ref()
+                .map(crate::secagg_round::SecAggRound::config_proto),
         }
     }
 }
@@ -227,11 +301,22 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::ModelChunk, Status>> + S
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn enroll(&self, req: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
         let r = req.into_inner();
         let m = &self.shared.metrics;
-        if r.enrollment_token.is_empty() || r.enrollment_token.len() > 512 || r.client_name.len() > 256 {
-            return Err(self.refuse("invalid_enroll", Status::invalid_argument("enrollment_token must be 1..=512 bytes and client_name ≤ 256 bytes")));
+        if r.enrollment_token.is_empty()
+            || r.enrollment_token.len() > 512
+            || r.client_name.len() > 256
+        {
+            return Err(self.refuse(
+                "invalid_enroll",
+                Status::invalid_argument(
+                    "enrollment_token must be 1..=512 bytes and client_name ≤ 256 bytes",
+                ),
+            ));
         }
         let now = now_ms() as i64;
         let ttl_ms = i64::try_from(self.shared.credential_ttl.as_millis()).unwrap_or(i64::MAX);
@@ -242,45 +327,78 @@ impl Coordinator for CoordinatorService {
         if let Some(Err(e)) = name.map(flotilla_core::names::check_client_name) {
             return Err(self.refuse("invalid_enroll", Status::invalid_argument(e.to_string())));
         }
-        match self.shared.store.redeem_enrollment_token_named(r.enrollment_token.trim(), name, now, Some(expires_at_ms)).await {
+        match self
+            .shared
+            .store
+            .redeem_enrollment_token_named(
+                r.enrollment_token.trim(),
+                name,
+                now,
+                Some(expires_at_ms),
+            )
+            .await
+        {
             Ok(e) => {
                 Metrics::inc(&m.enrollments);
                 // The name is the client's own text: Debug-escaped in the log.
                 tracing::info!(client = e.client_id.0, tenant = ?e.tenant, name = ?name.unwrap_or_default(), "client enrolled");
-                Ok(Response::new(v1::EnrollResponse { client_id: e.client_id.to_string(), credential: e.credential }))
+                Ok(Response::new(v1::EnrollResponse {
+                    client_id: e.client_id.to_string(),
+                    credential: e.credential,
+                }))
             }
-            Err(e @ (StoreError::UnknownToken | StoreError::TokenExpired { .. } | StoreError::TokenUsedUp { .. })) => {
+            Err(
+                e @ (StoreError::UnknownToken
+                | StoreError::TokenExpired { .. }
+                | StoreError::TokenUsedUp { .. }),
+            ) => {
                 Metrics::inc(&m.auth_failures);
                 Err(self.refuse("enroll_denied", Status::permission_denied(e.to_string())))
             }
             Err(e) => {
                 tracing::error!(error = %e, "enrollment failed on the store");
-                Err(Status::unavailable("coordinator store unavailable; retry later"))
+                Err(Status::unavailable(
+                    "coordinator store unavailable; retry later",
+                ))
             }
         }
     }
 
-    async fn check_in(&self, req: Request<v1::CheckInRequest>) -> Result<Response<v1::CheckInResponse>, Status> {
+    async fn check_in(
+        &self,
+        req: Request<v1::CheckInRequest>,
+    ) -> Result<Response<v1::CheckInResponse>, Status> {
         let Caller { id: client, tenant } = self.authenticate(&req).await?;
         let r = req.into_inner();
         let m = &self.shared.metrics;
         Metrics::inc(&m.checkins);
         if r.job_ids.len() > 1024 {
-            return Err(self.refuse("invalid_checkin", Status::invalid_argument("at most 1024 job_ids")));
+            return Err(self.refuse(
+                "invalid_checkin",
+                Status::invalid_argument("at most 1024 job_ids"),
+            ));
         }
         let wanted: Vec<&str> = r.job_ids.iter().map(String::as_str).collect();
         let mut jobs: Vec<Arc<JobRuntime>> = self
             .shared
             .job_list()
             .into_iter()
-            .filter(|j| j.spec.tenant == tenant && (wanted.is_empty() || wanted.iter().any(|w| *w == j.id.to_string())))
+            .filter(|j| {
+                j.spec.tenant == tenant
+                    && (wanted.is_empty() || wanted.iter().any(|w| *w == j.id.to_string()))
+            })
             .collect();
         let any_job = !jobs.is_empty();
         jobs.retain(|j| r.num_samples >= j.spec.min_samples);
         let mut retry: Option<u64> = None;
         if !jobs.is_empty() {
             // Spread load: start with a different job on every check-in.
-            let start = (self.shared.rotate.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize) % jobs.len();
+            let start = (self
+                .shared
+                .rotate
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                as usize)
+                % jobs.len();
             jobs.rotate_left(start);
         }
         for job in &jobs {
@@ -297,11 +415,16 @@ impl Coordinator for CoordinatorService {
             if inner.machine.is_finished() || inner.machine.failure().is_some() {
                 continue;
             }
-            let out = self.shared.drive(job, &mut inner, Event::CheckIn { client }, Some(client)).await;
+            let out = self
+                .shared
+                .drive(job, &mut inner, Event::CheckIn { client }, Some(client))
+                .await;
             if let Some(task) = out.task {
                 let t = Self::task_proto(job, &inner, client, &task);
                 Metrics::inc(&m.tasks);
-                return Ok(Response::new(v1::CheckInResponse { outcome: Some(v1::check_in_response::Outcome::Task(t)) }));
+                return Ok(Response::new(v1::CheckInResponse {
+                    outcome: Some(v1::check_in_response::Outcome::Task(t)),
+                }));
             }
             if let Some(ms) = out.retry_after_ms {
                 retry = Some(retry.map_or(ms, |r| r.min(ms)));
@@ -318,22 +441,33 @@ impl Coordinator for CoordinatorService {
                 },
                 _ => "no running job matches".to_owned(),
             },
-            (None, true) if jobs.is_empty() => "not eligible: num_samples below the jobs' eligibility.min_samples".to_owned(),
+            (None, true) if jobs.is_empty() => {
+                "not eligible: num_samples below the jobs' eligibility.min_samples".to_owned()
+            }
             (None, true) => "no job has work now".to_owned(),
         };
         let retry_after_ms = retry.unwrap_or(5000);
         Ok(Response::new(v1::CheckInResponse {
-            outcome: Some(v1::check_in_response::Outcome::RetryAfter(v1::RetryAfter { retry_after_ms, reason })),
+            outcome: Some(v1::check_in_response::Outcome::RetryAfter(v1::RetryAfter {
+                retry_after_ms,
+                reason,
+            })),
         }))
     }
 
     type DownloadModelStream = ChunkStream;
 
-    async fn download_model(&self, req: Request<v1::DownloadRequest>) -> Result<Response<ChunkStream>, Status> {
+    async fn download_model(
+        &self,
+        req: Request<v1::DownloadRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
         let caller = self.authenticate(&req).await?;
         let r = req.into_inner();
         let Some(job) = self.shared.job(&r.job_id) else {
-            return Err(self.refuse("unknown_job", self.shared.not_running_status(&r.job_id).await));
+            return Err(self.refuse(
+                "unknown_job",
+                self.shared.not_running_status(&r.job_id).await,
+            ));
         };
         self.check_tenant(&caller, &job)?;
         let model = match self.shared.model_version(&job, r.model_version).await {
@@ -345,15 +479,29 @@ impl Coordinator for CoordinatorService {
             Ok(v1::ModelPart::ServerControl) => match &model.control {
                 Some((c, _)) => c.clone(),
                 None => {
-                    let msg = format!("job {} has no server control variate for model version {}", job.id, r.model_version);
+                    let msg = format!(
+                        "job {} has no server control variate for model version {}",
+                        job.id, r.model_version
+                    );
                     return Err(self.refuse("unknown_model_version", Status::not_found(msg)));
                 }
             },
-            Err(_) => return Err(self.refuse("invalid_download", Status::invalid_argument(format!("unknown model part {}", r.part)))),
+            Err(_) => {
+                return Err(self.refuse(
+                    "invalid_download",
+                    Status::invalid_argument(format!("unknown model part {}", r.part)),
+                ));
+            }
         };
         let total = 4 * params.len() as u64;
         if r.offset > total {
-            return Err(self.refuse("bad_offset", Status::out_of_range(format!("offset {} is past the end of the {total}-byte model", r.offset))));
+            return Err(self.refuse(
+                "bad_offset",
+                Status::out_of_range(format!(
+                    "offset {} is past the end of the {total}-byte model",
+                    r.offset
+                )),
+            ));
         }
         Metrics::inc(&self.shared.metrics.downloads);
         let stream = futures_util::stream::unfold(r.offset, move |offset| {
@@ -367,7 +515,10 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn upload_update(&self, req: Request<Streaming<v1::UploadMessage>>) -> Result<Response<v1::UploadResponse>, Status> {
+    async fn upload_update(
+        &self,
+        req: Request<Streaming<v1::UploadMessage>>,
+    ) -> Result<Response<v1::UploadResponse>, Status> {
         let caller = self.authenticate(&req).await?;
         let client = caller.id;
         let shared = &self.shared;
@@ -378,18 +529,38 @@ impl Coordinator for CoordinatorService {
         let progress = req.extensions().get::<UploadProgress>().cloned();
         let mut stream = req.into_inner();
         // The header must come promptly too: a stream that sends none still ties up a handler.
-        let Ok(first) = tokio::time::timeout(shared.limits.upload_idle_timeout, stream.message()).await else {
+        let Ok(first) =
+            tokio::time::timeout(shared.limits.upload_idle_timeout, stream.message()).await
+        else {
             shared.admission.strike(client.0);
-            let msg = format!("no upload header within {} ms", shared.limits.upload_idle_timeout.as_millis());
+            let msg = format!(
+                "no upload header within {} ms",
+                shared.limits.upload_idle_timeout.as_millis()
+            );
             return Err(self.refuse("slow_upload", Status::deadline_exceeded(msg)));
         };
         let header = match first? {
-            Some(v1::UploadMessage { kind: Some(upload_message::Kind::Header(h)) }) => h,
-            Some(_) => return Err(self.refuse("invalid_header", Status::invalid_argument("the first message of an upload must be the header"))),
-            None => return Err(self.refuse("invalid_header", Status::invalid_argument("empty upload stream"))),
+            Some(v1::UploadMessage {
+                kind: Some(upload_message::Kind::Header(h)),
+            }) => h,
+            Some(_) => {
+                return Err(self.refuse(
+                    "invalid_header",
+                    Status::invalid_argument("the first message of an upload must be the header"),
+                ));
+            }
+            None => {
+                return Err(self.refuse(
+                    "invalid_header",
+                    Status::invalid_argument("empty upload stream"),
+                ));
+            }
         };
         let Some(job) = shared.job(&header.job_id) else {
-            return Err(self.refuse("unknown_job", shared.not_running_status(&header.job_id).await));
+            return Err(self.refuse(
+                "unknown_job",
+                shared.not_running_status(&header.job_id).await,
+            ));
         };
         self.check_tenant(&caller, &job)?;
         let key = (header.round, header.attempt, header.stage_index, client);
@@ -400,10 +571,17 @@ impl Coordinator for CoordinatorService {
                 return Ok(if *sha == header.sha256 {
                     Metrics::inc(&m.uploads_duplicate);
                     shared.metrics.reject("duplicate");
-                    upload_response(v1::UploadStatus::Duplicate, "this update was already accepted", header.total_bytes)
+                    upload_response(
+                        v1::UploadStatus::Duplicate,
+                        "this update was already accepted",
+                        header.total_bytes,
+                    )
                 } else {
                     shared.metrics.reject("conflicting_update");
-                    upload_refused("conflicting_update", "a different update was already accepted for this round, attempt and stage")
+                    upload_refused(
+                        "conflicting_update",
+                        "a different update was already accepted for this round, attempt and stage",
+                    )
                 });
             }
             if let Some(state) = inner.ended {
@@ -411,11 +589,19 @@ impl Coordinator for CoordinatorService {
             }
             if inner.machine.is_finished() || inner.machine.failure().is_some() {
                 shared.metrics.reject("not_accepting");
-                return Ok(upload_refused("not_accepting", "the job is no longer running rounds"));
+                return Ok(upload_refused(
+                    "not_accepting",
+                    "the job is no longer running rounds",
+                ));
             }
             // Round-based jobs: the current round, attempt and stage, and the client in its cohort;
             // FedBuff: the client's outstanding, not too stale task.
-            if let Err(reason) = inner.machine.precheck_upload(client, header.round, header.attempt, header.stage_index) {
+            if let Err(reason) = inner.machine.precheck_upload(
+                client,
+                header.round,
+                header.attempt,
+                header.stage_index,
+            ) {
                 if reason == RejectReason::NotSelected {
                     shared.admission.strike(client.0);
                 }
@@ -436,13 +622,23 @@ impl Coordinator for CoordinatorService {
         // Bounded memory and fairness: at most `upload_concurrency` payloads are assembled at once,
         // admitted per client, per tenant and in FIFO order (see `admission`), waiting no longer
         // than the stage deadline.
-        let deadline = deadline_ms.map(|d| tokio::time::Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
-        let permit = match shared.admission.admit(client.0, &caller.tenant, deadline).await {
+        let deadline = deadline_ms.map(|d| {
+            tokio::time::Instant::now() + Duration::from_millis(d.saturating_sub(now_ms()))
+        });
+        let permit = match shared
+            .admission
+            .admit(client.0, &caller.tenant, deadline)
+            .await
+        {
             Ok(slot) => slot,
             Err(e) => return Err(self.refuse(e.reason(), e.status())),
         };
         let pkey = (client.0, header.upload_id.clone());
-        let previous = shared.partial_uploads.lock().ok().and_then(|mut p| p.take(&pkey));
+        let previous = shared
+            .partial_uploads
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take(&pkey));
         let mut part = match previous {
             Some(p) if *p.assembler.header() == header => p,
             Some(p) => {
@@ -450,12 +646,22 @@ impl Coordinator for CoordinatorService {
                 if let Ok(mut map) = shared.partial_uploads.lock() {
                     map.put(pkey, p, shared.limits.max_partial_uploads);
                 }
-                return Err(self.refuse("invalid_header", Status::invalid_argument("header differs from the one first sent under this upload_id")));
+                return Err(self.refuse(
+                    "invalid_header",
+                    Status::invalid_argument(
+                        "header differs from the one first sent under this upload_id",
+                    ),
+                ));
             }
             None => {
-                let assembler = UploadAssembler::new(header.clone(), &job.expected, &limits).map_err(|e| self.refuse(transfer_reason(&e), e.into()))?;
+                let assembler = UploadAssembler::new(header.clone(), &job.expected, &limits)
+                    .map_err(|e| self.refuse(transfer_reason(&e), e.into()))?;
                 let cap = usize::try_from(header.total_bytes / 4).unwrap_or(0);
-                Partial { assembler, values: Vec::with_capacity(cap), seq: 0 }
+                Partial {
+                    assembler,
+                    values: Vec::with_capacity(cap),
+                    seq: 0,
+                }
             }
         };
         let save = |p: Partial| {
@@ -481,7 +687,9 @@ impl Coordinator for CoordinatorService {
                     Metrics::inc(&m.uploads_incomplete);
                     shared.admission.strike(client.0);
                     tracing::info!(client = client.0, job = job.id.0, received, why = %why, "slow upload dropped; its slot is free");
-                    let msg = format!("upload too slow ({why}); dropped to free its slot, {received} bytes kept: resume from QueryUpload's offset");
+                    let msg = format!(
+                        "upload too slow ({why}); dropped to free its slot, {received} bytes kept: resume from QueryUpload's offset"
+                    );
                     return Err(self.refuse("slow_upload", Status::deadline_exceeded(msg)));
                 }
             };
@@ -489,14 +697,19 @@ impl Coordinator for CoordinatorService {
                 Some(upload_message::Kind::Chunk(c)) => c,
                 _ => {
                     save(part);
-                    return Err(self.refuse("invalid_header", Status::invalid_argument("only the first message may be a header")));
+                    return Err(self.refuse(
+                        "invalid_header",
+                        Status::invalid_argument("only the first message may be a header"),
+                    ));
                 }
             };
             // Decoded straight from the chunk into the update's buffer: no intermediate copies.
             match part.assembler.push_into(&chunk, &mut part.values) {
                 Ok(_) => {}
                 // A non-finite value: the payload can never be accepted; drop it.
-                Err(e @ TransferError::NonFinite { .. }) => return Err(self.refuse(transfer_reason(&e), e.into())),
+                Err(e @ TransferError::NonFinite { .. }) => {
+                    return Err(self.refuse(transfer_reason(&e), e.into()));
+                }
                 Err(e) => {
                     save(part);
                     return Err(self.refuse(transfer_reason(&e), e.into()));
@@ -507,30 +720,60 @@ impl Coordinator for CoordinatorService {
             let received = part.assembler.received();
             save(part);
             Metrics::inc(&m.uploads_incomplete);
-            return Ok(upload_response(v1::UploadStatus::Incomplete, "stream ended before total_bytes; resume from resume_offset", received));
+            return Ok(upload_response(
+                v1::UploadStatus::Incomplete,
+                "stream ended before total_bytes; resume from resume_offset",
+                received,
+            ));
         }
-        let Partial { assembler, mut values, .. } = part;
+        let Partial {
+            assembler,
+            mut values,
+            ..
+        } = part;
         let total = assembler.total_bytes();
         let assembler_masked = assembler.is_masked();
         match assembler.finish() {
             Ok(rest) => values.extend_from_slice(&rest),
             Err(e) => return Err(self.refuse(transfer_reason(&e), e.into())),
         }
-        let train_loss = header.metrics.get("train_loss").copied().unwrap_or(f64::NAN);
+        let train_loss = header
+            .metrics
+            .get("train_loss")
+            .copied()
+            .unwrap_or(f64::NAN);
         // In a task of its own: a client that disconnects now must not cancel the rest halfway (a
         // commit would stop after the machine moved on and before the store or the next round's
         // timers did, leaving the job stuck; seen in the soak with clients killed at random).
-        let (this, upload) = (self.clone(), Finished { job, header, key, values, total, masked: assembler_masked, train_loss, permit });
+        let (this, upload) = (
+            self.clone(),
+            Finished {
+                job,
+                header,
+                key,
+                values,
+                total,
+                masked: assembler_masked,
+                train_loss,
+                permit,
+            },
+        );
         tokio::spawn(async move { this.finish_upload(upload).await })
             .await
             .unwrap_or_else(|e| Err(Status::internal(format!("the upload's task failed: {e}"))))
     }
 
-    async fn submit_stage_message(&self, req: Request<v1::StageMessageRequest>) -> Result<Response<v1::StageMessageResponse>, Status> {
+    async fn submit_stage_message(
+        &self,
+        req: Request<v1::StageMessageRequest>,
+    ) -> Result<Response<v1::StageMessageResponse>, Status> {
         let caller = self.authenticate(&req).await?;
         let r = req.into_inner();
         let Some(job) = self.shared.job(&r.job_id) else {
-            return Err(self.refuse("unknown_job", self.shared.not_running_status(&r.job_id).await));
+            return Err(self.refuse(
+                "unknown_job",
+                self.shared.not_running_status(&r.job_id).await,
+            ));
         };
         self.check_tenant(&caller, &job)?;
         // In a task of its own: the message may finish the round and commit it, which a client
@@ -539,28 +782,57 @@ impl Coordinator for CoordinatorService {
         let task = tokio::spawn(async move {
             let mut inner = job.inner.lock().await;
             if let Some(state) = inner.ended {
-                return Err(this.refuse("unknown_job", Status::not_found(crate::job_end::not_running_text(job.id.0, state))));
+                return Err(this.refuse(
+                    "unknown_job",
+                    Status::not_found(crate::job_end::not_running_text(job.id.0, state)),
+                ));
             }
-            match crate::secagg_round::submit_stage(&this.shared, &job, &mut inner, caller.id, &r).await {
-                Ok(()) => Ok(Response::new(v1::StageMessageResponse { message: "stage message accepted".into() })),
+            match crate::secagg_round::submit_stage(&this.shared, &job, &mut inner, caller.id, &r)
+                .await
+            {
+                Ok(()) => Ok(Response::new(v1::StageMessageResponse {
+                    message: "stage message accepted".into(),
+                })),
                 Err((reason, status)) => Err(this.refuse(reason, status)),
             }
         });
-        task.await.unwrap_or_else(|e| Err(Status::internal(format!("the stage message's task failed: {e}"))))
+        task.await.unwrap_or_else(|e| {
+            Err(Status::internal(format!(
+                "the stage message's task failed: {e}"
+            )))
+        })
     }
 
-    async fn report_task_failure(&self, req: Request<v1::TaskFailure>) -> Result<Response<v1::TaskFailureAck>, Status> {
+    async fn report_task_failure(
+        &self,
+        req: Request<v1::TaskFailure>,
+    ) -> Result<Response<v1::TaskFailureAck>, Status> {
         self.task_failure(req).await
     }
 
-    async fn query_upload(&self, req: Request<v1::QueryUploadRequest>) -> Result<Response<v1::UploadResponse>, Status> {
+    async fn query_upload(
+        &self,
+        req: Request<v1::QueryUploadRequest>,
+    ) -> Result<Response<v1::UploadResponse>, Status> {
         let client = self.authenticate(&req).await?.id;
         let r = req.into_inner();
         let key = (client.0, r.upload_id);
-        let found = self.shared.partial_uploads.lock().ok().and_then(|p| p.received(&key));
+        let found = self
+            .shared
+            .partial_uploads
+            .lock()
+            .ok()
+            .and_then(|p| p.received(&key));
         match found {
-            Some((received, _total)) => Ok(upload_response(v1::UploadStatus::Incomplete, "upload in progress", received)),
-            None => Err(self.refuse("unknown_upload", Status::not_found("no such upload for this client: start again from offset 0"))),
+            Some((received, _total)) => Ok(upload_response(
+                v1::UploadStatus::Incomplete,
+                "upload in progress",
+                received,
+            )),
+            None => Err(self.refuse(
+                "unknown_upload",
+                Status::not_found("no such upload for this client: start again from offset 0"),
+            )),
         }
     }
 }

@@ -43,16 +43,27 @@ fn cert_err(e: rcgen::Error) -> CoordinatorError {
 /// addresses, e.g. `["localhost", "127.0.0.1"]`) signed by it, as PEM files in `dir`
 /// (created if needed): `ca.pem`, `server.pem`, `server-key.pem`. For tests and demos only.
 pub fn write_dev_certs(dir: &Path, hosts: &[&str]) -> Result<DevCerts, CoordinatorError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
 
     if hosts.is_empty() {
-        return Err(CoordinatorError::CertGen("at least one host name is needed".into()));
+        return Err(CoordinatorError::CertGen(
+            "at least one host name is needed".into(),
+        ));
     }
     let ca_key = KeyPair::generate().map_err(cert_err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "Flotilla development CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Flotilla development CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
@@ -61,17 +72,26 @@ pub fn write_dev_certs(dir: &Path, hosts: &[&str]) -> Result<DevCerts, Coordinat
     let mut params = CertificateParams::new(names).map_err(cert_err)?;
     params.distinguished_name.push(DnType::CommonName, hosts[0]);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
 
-    std::fs::create_dir_all(dir).map_err(|source| CoordinatorError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| CoordinatorError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let out = DevCerts {
         ca_cert: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server-key.pem"),
     };
     let write = |path: &Path, text: String| {
-        std::fs::write(path, text).map_err(|source| CoordinatorError::Io { path: path.to_path_buf(), source })
+        std::fs::write(path, text).map_err(|source| CoordinatorError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     write(&out.ca_cert, ca_cert.pem())?;
     write(&out.server_cert, cert.pem())?;
@@ -80,20 +100,34 @@ pub fn write_dev_certs(dir: &Path, hosts: &[&str]) -> Result<DevCerts, Coordinat
 }
 
 /// A rustls server configuration (ring provider) from PEM files, advertising `alpn`.
-pub(crate) fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, CoordinatorError> {
-    let read = |p: &Path| std::fs::read(p).map_err(|source| CoordinatorError::Io { path: p.to_path_buf(), source });
+pub(crate) fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, CoordinatorError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| CoordinatorError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(CoordinatorError::Tls(format!("{}: no certificate found", cert.display())));
+        return Err(CoordinatorError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
     }
     // Clients would refuse these at every handshake, each with an obscure error: refuse at start.
-    cert_check::check_server_cert(cert, &certs[0], std::time::SystemTime::now()).map_err(CoordinatorError::Tls)?;
+    cert_check::check_server_cert(cert, &certs[0], std::time::SystemTime::now())
+        .map_err(CoordinatorError::Tls)?;
     let key_path = key;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CoordinatorError::Tls(format!("{}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -119,7 +153,10 @@ pub(crate) fn spawn_tls_accept(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     metrics: Arc<Metrics>,
-) -> (mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>, tokio::task::JoinHandle<()>) {
+) -> (
+    mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let acceptor = TlsAcceptor::from(tls);
     let handle = tokio::spawn(async move {
@@ -160,7 +197,12 @@ pub(crate) fn spawn_tls_accept(
 }
 
 /// Plain-TCP counterpart of [`spawn_tls_accept`] (insecure mode).
-pub(crate) fn spawn_plain_accept(listener: TcpListener) -> (mpsc::Receiver<(TcpStream, SocketAddr)>, tokio::task::JoinHandle<()>) {
+pub(crate) fn spawn_plain_accept(
+    listener: TcpListener,
+) -> (
+    mpsc::Receiver<(TcpStream, SocketAddr)>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let handle = tokio::spawn(async move {
         loop {

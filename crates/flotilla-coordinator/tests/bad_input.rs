@@ -22,7 +22,10 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     // A client enrolled by an earlier run of the coordinator configured with a 1 ms credential
     // lifetime: its expiry is stored with it, so by the time the coordinator below is up it has
     // expired.
-    let short = start_with(&data, &certs, |c| c.credential_ttl = Duration::from_millis(1)).await;
+    let short = start_with(&data, &certs, |c| {
+        c.credential_ttl = Duration::from_millis(1)
+    })
+    .await;
     let mut expired = short.enroll("expired").await;
     short.stop().await;
     let h = start(&data, &certs, None).await;
@@ -40,7 +43,10 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert_eq!(AuthError::of(&e), Some(AuthError::Missing));
     // Wrong credential.
-    let e = g.check_in(authed(v1::CheckInRequest::default(), "flt_client_nope")).await.unwrap_err();
+    let e = g
+        .check_in(authed(v1::CheckInRequest::default(), "flt_client_nope"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert_eq!(AuthError::of(&e), Some(AuthError::Unknown));
     let m = h.metrics().await;
@@ -49,7 +55,9 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
 
     // Revoked credential.
     let mut c = h.enroll("c").await;
-    let (code, _) = h.admin("POST", &format!("/v1/clients/{}/revoke", c.id), "").await;
+    let (code, _) = h
+        .admin("POST", &format!("/v1/clients/{}/revoke", c.id), "")
+        .await;
     assert_eq!(code, 200);
     let e = c.check_in(10).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -66,18 +74,52 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     assert_eq!(AuthError::of(&e), Some(AuthError::Expired));
     let m1 = h.metrics().await;
     assert_eq!(rejections(&m1, "credential_expired"), 1, "{m1}");
-    assert_eq!(m1["auth_failures"].as_u64(), m0["auth_failures"].as_u64().map(|n| n + 1), "{m1}");
-    assert_eq!(m1["checkins"], m0["checkins"], "a refused call is not a check-in");
+    assert_eq!(
+        m1["auth_failures"].as_u64(),
+        m0["auth_failures"].as_u64().map(|n| n + 1),
+        "{m1}"
+    );
+    assert_eq!(
+        m1["checkins"], m0["checkins"],
+        "a refused call is not a check-in"
+    );
     // Every authenticated RPC refuses it the same way.
-    let e = expired.upload(&ta, &update(9, 1, LEN), 10).await.unwrap_err();
-    assert_eq!((e.code(), AuthError::of(&e)), (Code::Unauthenticated, Some(AuthError::Expired)));
-    let req = authed(v1::QueryUploadRequest { upload_id: "x".into() }, &expired.credential);
+    let e = expired
+        .upload(&ta, &update(9, 1, LEN), 10)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), AuthError::of(&e)),
+        (Code::Unauthenticated, Some(AuthError::Expired))
+    );
+    let req = authed(
+        v1::QueryUploadRequest {
+            upload_id: "x".into(),
+        },
+        &expired.credential,
+    );
     let e = expired.grpc.query_upload(req).await.unwrap_err();
-    assert_eq!((e.code(), AuthError::of(&e)), (Code::Unauthenticated, Some(AuthError::Expired)));
+    assert_eq!(
+        (e.code(), AuthError::of(&e)),
+        (Code::Unauthenticated, Some(AuthError::Expired))
+    );
     assert_eq!(rejections(&h.metrics().await, "credential_expired"), 3);
-    assert_eq!(h.admin("GET", "/v1/clients", "").await.1, clients_before, "state unchanged");
-    let listed = clients_before.as_array().unwrap().iter().find(|c| c["client_id"] == expired.id).cloned().unwrap();
-    assert!(listed["credential_expires_at_ms"].as_i64().is_some(), "{listed}");
+    assert_eq!(
+        h.admin("GET", "/v1/clients", "").await.1,
+        clients_before,
+        "state unchanged"
+    );
+    let listed = clients_before
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == expired.id)
+        .cloned()
+        .unwrap();
+    assert!(
+        listed["credential_expires_at_ms"].as_i64().is_some(),
+        "{listed}"
+    );
     // Enrolling again gives a new identity with a working credential (default lifetime).
     let mut renewed = h.enroll("renewed").await;
     assert_ne!(renewed.id, expired.id);
@@ -86,10 +128,20 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     // A client of another tenant: offered no task, and the job's model and uploads are closed to it.
     let mut other = h.enroll_in("other", "other").await;
     match other.check_in(10).await.unwrap() {
-        v1::check_in_response::Outcome::RetryAfter(r) => assert_eq!(r.reason, "no running job matches"),
+        v1::check_in_response::Outcome::RetryAfter(r) => {
+            assert_eq!(r.reason, "no running job matches")
+        }
         t => panic!("a job of another tenant was offered: {t:?}"),
     }
-    let req = authed(v1::DownloadRequest { job_id: ta.job_id.clone(), model_version: 0, offset: 0, ..Default::default() }, &other.credential);
+    let req = authed(
+        v1::DownloadRequest {
+            job_id: ta.job_id.clone(),
+            model_version: 0,
+            offset: 0,
+            ..Default::default()
+        },
+        &other.credential,
+    );
     let e = other.grpc.download_model(req).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = other.upload(&ta, &update(8, 1, LEN), 10).await.unwrap_err();
@@ -98,7 +150,10 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
 
     // Bad enrollment token: PERMISSION_DENIED (see coordinator.proto for why not UNAUTHENTICATED).
     let e = g
-        .enroll(v1::EnrollRequest { enrollment_token: "flt_enroll_bogus".into(), ..Default::default() })
+        .enroll(v1::EnrollRequest {
+            enrollment_token: "flt_enroll_bogus".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -110,9 +165,21 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     let (code, body) = h.admin_with("GET", "/v1/jobs", "", Some("wrong")).await;
     assert_eq!(code, 401, "{body}");
     // Invalid job spec: 400 naming the field.
-    let (code, body) = h.admin("POST", "/v1/jobs", &job_toml(1, 2).replace("clients_per_round = 2", "clients_per_round = 0")).await;
+    let (code, body) = h
+        .admin(
+            "POST",
+            "/v1/jobs",
+            &job_toml(1, 2).replace("clients_per_round = 2", "clients_per_round = 0"),
+        )
+        .await;
     assert_eq!(code, 400);
-    assert!(body["error"].as_str().unwrap().starts_with("clients_per_round:"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("clients_per_round:"),
+        "{body}"
+    );
 
     let ua = update(0, 1, LEN);
     // Upload for an unknown job.
@@ -156,7 +223,10 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     // SHA-256 mismatch.
     let mut hd = header(&tb, &bad, 10);
     hd.sha256 = vec![1; 32];
-    let e = b.upload_header(hd.clone(), &update(1, 1, LEN)).await.unwrap_err();
+    let e = b
+        .upload_header(hd.clone(), &update(1, 1, LEN))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{e:?}");
 
     // A valid upload, then the same again: DUPLICATE.
@@ -172,15 +242,23 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     assert_eq!(m["uploads_accepted"], 1, "{m}");
 
     // Garbage bytes to the gRPC port.
-    let before = h.metrics().await["tls_handshake_failures"].as_u64().unwrap();
+    let before = h.metrics().await["tls_handshake_failures"]
+        .as_u64()
+        .unwrap();
     let mut tcp = tokio::net::TcpStream::connect(h.grpc_addr).await.unwrap();
-    tcp.write_all(b"\x00\x01garbage GET / HTTP/1.1\r\n\r\n\xff\xfe").await.unwrap();
+    tcp.write_all(b"\x00\x01garbage GET / HTTP/1.1\r\n\r\n\xff\xfe")
+        .await
+        .unwrap();
     let mut buf = [0u8; 256];
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
     drop(tcp);
     let mut ok = false;
     for _ in 0..100 {
-        if h.metrics().await["tls_handshake_failures"].as_u64().unwrap() > before {
+        if h.metrics().await["tls_handshake_failures"]
+            .as_u64()
+            .unwrap()
+            > before
+        {
             ok = true;
             break;
         }
@@ -192,7 +270,10 @@ async fn bad_input_is_refused_and_the_server_stays_up() {
     // client's valid update completes the round.
     let (_, st) = h.admin("GET", &format!("/v1/jobs/{job}"), "").await;
     assert_eq!(st["rounds_completed"], 0, "{st}");
-    let mut b = Client { grpc: h.grpc().await, ..b };
+    let mut b = Client {
+        grpc: h.grpc().await,
+        ..b
+    };
     let r = b.upload(&tb, &update(1, 1, LEN), samples(1)).await.unwrap();
     assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{}", r.message);
     let (_, st) = h.admin("GET", &format!("/v1/jobs/{job}"), "").await;

@@ -17,7 +17,14 @@ async fn run_round(clients: &mut [Client], round: u64, previous: Option<&[f32]>)
         assert_eq!(t.stage, v1::Stage::Train as i32);
         assert!(t.deadline_unix_ms > 0);
         let spec = t.model.as_ref().unwrap().spec.as_ref().unwrap();
-        assert_eq!((spec.kind.as_str(), spec.input_shape.as_slice(), spec.num_classes), ("logreg", &[4u64][..], 2));
+        assert_eq!(
+            (
+                spec.kind.as_str(),
+                spec.input_shape.as_slice(),
+                spec.num_classes
+            ),
+            ("logreg", &[4u64][..], 2)
+        );
         let model = c.download(&t).await;
         assert_eq!(model.len(), LEN);
         if let Some(p) = previous {
@@ -59,12 +66,33 @@ async fn two_rounds(database_url: Option<String>) {
     }
     // The committed model (version 2) is the weighted mean of the round-2 uploads. The job
     // completed, so gRPC no longer serves it (NOT_FOUND); it is in the blob store.
-    let req = authed(v1::DownloadRequest { job_id: job.to_string(), model_version: 2, offset: 0, ..Default::default() }, &clients[0].credential);
-    let e = clients[0].grpc.download_model(req).await.expect_err("the job is not running");
-    assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, format!("job {job} is not running (completed)").as_str()));
+    let req = authed(
+        v1::DownloadRequest {
+            job_id: job.to_string(),
+            model_version: 2,
+            offset: 0,
+            ..Default::default()
+        },
+        &clients[0].credential,
+    );
+    let e = clients[0]
+        .grpc
+        .download_model(req)
+        .await
+        .expect_err("the job is not running");
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::NotFound,
+            format!("job {job} is not running (completed)").as_str()
+        )
+    );
     let got = committed_model(&data, &job.to_string(), 2);
     for (a, b) in got.iter().zip(&m2) {
-        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{got:?} vs {m2:?}");
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "{got:?} vs {m2:?}"
+        );
     }
     // Job listing and metrics.
     let (code, list) = h.admin("GET", "/v1/jobs", "").await;
@@ -99,7 +127,10 @@ async fn restart_mid_round_resumes_and_commits_each_round_once() {
     let tasks = wait_tasks(&mut clients).await;
     assert!(tasks.iter().all(|t| t.round == 2 && t.attempt == 1));
     for i in 0..2 {
-        let r = clients[i].upload(&tasks[i], &update(i, 2, LEN), samples(i)).await.unwrap();
+        let r = clients[i]
+            .upload(&tasks[i], &update(i, 2, LEN), samples(i))
+            .await
+            .unwrap();
         assert_eq!(status_of(&r), v1::UploadStatus::Accepted);
     }
     h.stop().await;
@@ -116,18 +147,29 @@ async fn restart_mid_round_resumes_and_commits_each_round_once() {
         c.grpc = h.grpc().await;
     }
     // The pre-crash task (attempt 1) is stale.
-    let r = clients[2].upload(&tasks[2], &update(2, 2, LEN), samples(2)).await.unwrap();
+    let r = clients[2]
+        .upload(&tasks[2], &update(2, 2, LEN), samples(2))
+        .await
+        .unwrap();
     assert_eq!(status_of(&r), v1::UploadStatus::Rejected, "{}", r.message);
     assert!(r.message.contains("attempt 1"), "{}", r.message);
     // An update for the committed round is refused as late.
     let mut late = header(&tasks[3], &update(3, 1, LEN), samples(3));
     late.round = 1;
-    let r = clients[3].upload_header(late, &update(3, 1, LEN)).await.unwrap();
+    let r = clients[3]
+        .upload_header(late, &update(3, 1, LEN))
+        .await
+        .unwrap();
     assert_eq!(status_of(&r), v1::UploadStatus::Rejected, "{}", r.message);
     let m2 = run_round(&mut clients, 2, Some(&m1)).await;
     let (_, st) = h.admin("GET", &format!("/v1/jobs/{job}"), "").await;
     assert_eq!(st["state"], "completed", "{st}");
-    let rounds: Vec<u64> = st["history"].as_array().unwrap().iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    let rounds: Vec<u64> = st["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
     assert_eq!(rounds, vec![1, 2]);
     let m = h.metrics().await;
     assert_eq!(m["rejections"]["wrong_round"], 2, "{m}");
@@ -137,7 +179,8 @@ async fn restart_mid_round_resumes_and_commits_each_round_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_round_job_over_tls_postgres() {
-    let base = std::env::var("FLOTILLA_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = std::env::var("FLOTILLA_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     use sqlx::Connection;
     let mut conn = match sqlx::PgConnection::connect(&base).await {
         Ok(c) => c,
@@ -147,12 +190,25 @@ async fn two_round_job_over_tls_postgres() {
         }
         Err(e) => panic!("PostgreSQL {base} unreachable: {e} (set FLOTILLA_SKIP_PG=1 to skip)"),
     };
-    let schema = format!("flotilla_coord_t_{}", std::process::id() as u64 * 1000 + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis() as u64));
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
+    let schema = format!(
+        "flotilla_coord_t_{}",
+        std::process::id() as u64 * 1000
+            + (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_millis() as u64)
+    );
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     let result = tokio::spawn(two_rounds(Some(url))).await;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }

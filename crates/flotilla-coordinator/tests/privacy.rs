@@ -18,7 +18,9 @@ fn dp_job(rounds: u64, max_epsilon: f64) -> String {
 }
 
 fn eps(rounds: u64) -> f64 {
-    flotilla_privacy::epsilon(1.0, 1.0, rounds, 1e-5).unwrap().epsilon
+    flotilla_privacy::epsilon(1.0, 1.0, rounds, 1e-5)
+        .unwrap()
+        .epsilon
 }
 
 /// One round where every client uploads; returns the committed model.
@@ -28,7 +30,10 @@ async fn dp_round(clients: &mut [Client], round: u64) -> Vec<f32> {
     for (i, (c, t)) in clients.iter_mut().zip(&tasks).enumerate() {
         assert_eq!(t.round, round);
         global = c.download(t).await;
-        let r = c.upload(t, &update(i, round, LEN), samples(i)).await.expect("upload");
+        let r = c
+            .upload(t, &update(i, round, LEN), samples(i))
+            .await
+            .expect("upload");
         assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{}", r.message);
     }
     global
@@ -44,7 +49,10 @@ async fn status(h: &Harness, job: u64) -> serde_json::Value {
 async fn budgets_refuse_rounds_before_they_start_and_survive_a_restart() {
     let (_dir, data, certs) = tmp();
     // The tenant may spend what 3 rounds cost; job 1 may spend what 2 rounds cost.
-    let tenant = TenantPrivacy { max_epsilon: eps(3) + 1e-9, delta: 1e-5 };
+    let tenant = TenantPrivacy {
+        max_epsilon: eps(3) + 1e-9,
+        delta: 1e-5,
+    };
     let h = start_with(&data, &certs, |c| c.tenant_privacy = Some(tenant)).await;
     let mut clients = Vec::new();
     for i in 0..4 {
@@ -58,19 +66,37 @@ async fn budgets_refuse_rounds_before_they_start_and_survive_a_restart() {
     let st = status(&h, job1).await;
     assert_eq!(st["state"], "failed", "{st}");
     assert_eq!(st["rounds_completed"], 2);
-    let why = st["stopped_reason"].as_str().expect("stopped_reason").to_owned();
-    assert!(why.contains("round 3") && why.contains("refused") && why.contains("budget"), "{why}");
-    assert!((st["epsilon_spent"].as_f64().unwrap() - eps(2)).abs() < 1e-9, "{st}");
+    let why = st["stopped_reason"]
+        .as_str()
+        .expect("stopped_reason")
+        .to_owned();
+    assert!(
+        why.contains("round 3") && why.contains("refused") && why.contains("budget"),
+        "{why}"
+    );
+    assert!(
+        (st["epsilon_spent"].as_f64().unwrap() - eps(2)).abs() < 1e-9,
+        "{st}"
+    );
     assert_eq!(st["delta"], 1e-5);
     let hist = st["history"].as_array().unwrap();
-    assert!((hist[0]["epsilon_spent"].as_f64().unwrap() - eps(1)).abs() < 1e-9, "{st}");
+    assert!(
+        (hist[0]["epsilon_spent"].as_f64().unwrap() - eps(1)).abs() < 1e-9,
+        "{st}"
+    );
     assert_eq!(hist[0]["metrics"]["privacy"]["q"], 1.0);
     assert_eq!(hist[0]["metrics"]["privacy"]["noise_std"], 0.5, "σ·C");
     // The committed model is the noised, clipped mean: not the plain weighted mean of the uploads.
     let ups: Vec<(Vec<f32>, u64)> = (0..4).map(|i| (update(i, 1, LEN), samples(i))).collect();
     let plain = weighted_mean(&ups);
     assert!(v1_model.iter().all(|v| v.is_finite()));
-    assert!(v1_model.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3), "{v1_model:?} vs {plain:?}");
+    assert!(
+        v1_model
+            .iter()
+            .zip(&plain)
+            .any(|(a, b)| (a - b).abs() > 1e-3),
+        "{v1_model:?} vs {plain:?}"
+    );
 
     // Job 2 (no job budget of its own to speak of) hits the tenant's: round 1 fits (2 + 1 = 3
     // rounds), round 2 does not.
@@ -87,10 +113,19 @@ async fn budgets_refuse_rounds_before_they_start_and_survive_a_restart() {
     // budget, so a new DP job is refused at submission, with the reason; a job without DP is not.
     let h = start_with(&data, &certs, |c| c.tenant_privacy = Some(tenant)).await;
     let st = status(&h, job1).await;
-    assert!((st["epsilon_spent"].as_f64().unwrap() - eps(2)).abs() < 1e-9, "{st}");
-    let why = st["stopped_reason"].as_str().expect("reason recomputed after the restart").to_owned();
+    assert!(
+        (st["epsilon_spent"].as_f64().unwrap() - eps(2)).abs() < 1e-9,
+        "{st}"
+    );
+    let why = st["stopped_reason"]
+        .as_str()
+        .expect("reason recomputed after the restart")
+        .to_owned();
     assert!(why.contains("round 3") && why.contains("budget"), "{why}");
-    assert!((st["privacy"]["tenant_epsilon_spent"].as_f64().unwrap() - eps(3)).abs() < 1e-9, "{st}");
+    assert!(
+        (st["privacy"]["tenant_epsilon_spent"].as_f64().unwrap() - eps(3)).abs() < 1e-9,
+        "{st}"
+    );
     let (code, body) = h.admin("POST", "/v1/jobs", &dp_job(5, 1000.0)).await;
     assert_eq!(code, 400, "{body}");
     let msg = body["error"].as_str().unwrap();
@@ -112,18 +147,40 @@ async fn invalid_privacy_sections_are_refused_with_the_parameter() {
     let (_dir, data, certs) = tmp();
     let h = start(&data, &certs, None).await;
     let m = refuse_in(&h, "mode = \"distributed\"\nnoise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-5\npopulation = 10\n").await;
-    assert!(m.starts_with("privacy.mode") && m.contains("[secagg]"), "{m}");
-    let m = refuse_in(&h, "noise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-5\n").await;
+    assert!(
+        m.starts_with("privacy.mode") && m.contains("[secagg]"),
+        "{m}"
+    );
+    let m = refuse_in(
+        &h,
+        "noise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-5\n",
+    )
+    .await;
     assert!(m.starts_with("privacy.population"), "{m}");
-    let m = refuse_in(&h, "noise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-5\npopulation = 2\n").await;
-    assert!(m.starts_with("privacy.population") && m.contains("≥ the 4"), "{m}");
-    let m = refuse_in(&h, "noise_multiplier = 0\nclip_norm = 1.0\ndelta = 1e-5\npopulation = 10\n").await;
+    let m = refuse_in(
+        &h,
+        "noise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-5\npopulation = 2\n",
+    )
+    .await;
+    assert!(
+        m.starts_with("privacy.population") && m.contains("≥ the 4"),
+        "{m}"
+    );
+    let m = refuse_in(
+        &h,
+        "noise_multiplier = 0\nclip_norm = 1.0\ndelta = 1e-5\npopulation = 10\n",
+    )
+    .await;
     assert!(m.starts_with("privacy.noise_multiplier"), "{m}");
     // A first round over the job's own budget: refused at submission.
     let m = refuse_in(&h, "noise_multiplier = 0.5\nclip_norm = 1.0\ndelta = 1e-5\npopulation = 4\nmax_epsilon = 0.1\n").await;
     assert!(m.contains("round 1") && m.contains("refused"), "{m}");
     let (code, list) = h.admin("GET", "/v1/jobs", "").await;
     assert_eq!(code, 200);
-    assert_eq!(list.as_array().unwrap().len(), 0, "refused jobs leave no trace: {list}");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        0,
+        "refused jobs leave no trace: {list}"
+    );
     h.stop().await;
 }

@@ -10,7 +10,10 @@ async fn a_job_typo_gets_its_line_and_a_suggestion() {
     let (_dir, data, certs) = tmp();
     let h = start(&data, &certs, None).await;
     // job_toml starts with a newline: `clients_per_round` is on line 5, the typo on line 6.
-    let typo = job_toml(1, 2).replace("clients_per_round = 2\n", "clients_per_round = 2\nclients_per_rnd = 2\n");
+    let typo = job_toml(1, 2).replace(
+        "clients_per_round = 2\n",
+        "clients_per_round = 2\nclients_per_rnd = 2\n",
+    );
     let (code, body) = h.admin("POST", "/v1/jobs", &typo).await;
     assert_eq!(code, 400, "{body}");
     let msg = body["error"].as_str().unwrap();
@@ -26,18 +29,37 @@ async fn a_job_typo_gets_its_line_and_a_suggestion() {
     let (code, body) = h.admin("POST", "/v1/jobs", &misplaced).await;
     assert_eq!(code, 400, "{body}");
     let msg = body["error"].as_str().unwrap();
-    assert!(msg.starts_with("toml: line 11, column 1: unknown key `local_epochs` in `[model]`"), "{msg}");
-    assert!(msg.contains("did you mean `[train] local_epochs`?"), "{msg}");
+    assert!(
+        msg.starts_with("toml: line 11, column 1: unknown key `local_epochs` in `[model]`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("did you mean `[train] local_epochs`?"),
+        "{msg}"
+    );
 
     // A value of the wrong type keeps its position and names its key.
-    let (code, body) = h.admin("POST", "/v1/jobs", &job_toml(1, 2).replace("rounds = 1", "rounds = \"one\"")).await;
+    let (code, body) = h
+        .admin(
+            "POST",
+            "/v1/jobs",
+            &job_toml(1, 2).replace("rounds = 1", "rounds = \"one\""),
+        )
+        .await;
     assert_eq!(code, 400, "{body}");
     let msg = body["error"].as_str().unwrap();
-    assert!(msg.starts_with("toml: line 4, column 10: `rounds`: invalid type: string \"one\""), "{msg}");
+    assert!(
+        msg.starts_with("toml: line 4, column 10: `rounds`: invalid type: string \"one\""),
+        "{msg}"
+    );
 
     // Nothing was created.
     let (code, body) = h.admin("GET", "/v1/jobs", "").await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body.get("jobs").unwrap_or(&body).as_array().map(Vec::len), Some(0), "{body}");
+    assert_eq!(
+        body.get("jobs").unwrap_or(&body).as_array().map(Vec::len),
+        Some(0),
+        "{body}"
+    );
     h.stop().await;
 }

@@ -21,7 +21,11 @@ pub struct FedAvg {
 impl FedAvg {
     /// An empty aggregate for vectors of `len` values.
     pub fn new(len: usize) -> Self {
-        Self { sum: vec![0.0; len], total_weight: 0.0, count: 0 }
+        Self {
+            sum: vec![0.0; len],
+            total_weight: 0.0,
+            count: 0,
+        }
     }
 
     /// Number of values per update.
@@ -54,7 +58,10 @@ impl FedAvg {
     /// Checks length, weight and finiteness first; on error the aggregate is unchanged.
     pub fn accept(&mut self, update: &[f32], weight: f64) -> Result<(), AggregateError> {
         if update.len() != self.sum.len() {
-            return Err(AggregateError::Length { expected: self.sum.len(), actual: update.len() });
+            return Err(AggregateError::Length {
+                expected: self.sum.len(),
+                actual: update.len(),
+            });
         }
         if !(weight.is_finite() && weight > 0.0) {
             return Err(AggregateError::Weight(weight));
@@ -70,9 +77,13 @@ impl FedAvg {
                 return Err(AggregateError::NonFinite { index });
             }
             if update.len() < PAR_MIN {
-                sum.chunks_mut(CHUNK).zip(update.chunks(CHUNK)).for_each(fold);
+                sum.chunks_mut(CHUNK)
+                    .zip(update.chunks(CHUNK))
+                    .for_each(fold);
             } else {
-                sum.par_chunks_mut(CHUNK).zip(update.par_chunks(CHUNK)).for_each(fold);
+                sum.par_chunks_mut(CHUNK)
+                    .zip(update.par_chunks(CHUNK))
+                    .for_each(fold);
             }
             Ok(())
         })?;
@@ -127,13 +138,31 @@ mod tests {
         let mut a = FedAvg::new(3);
         a.accept(&[1.0, 1.0, 1.0], 2.0).unwrap();
         let before = a.clone();
-        assert!(matches!(a.accept(&[1.0, 1.0], 1.0), Err(AggregateError::Length { .. })));
-        assert!(matches!(a.accept(&[1.0, f32::NAN, 1.0], 1.0), Err(AggregateError::NonFinite { index: 1 })));
-        assert!(matches!(a.accept(&[1.0, 1.0, f32::INFINITY], 1.0), Err(AggregateError::NonFinite { index: 2 })));
-        assert!(matches!(a.accept(&[1.0, 1.0, 1.0], 0.0), Err(AggregateError::Weight(_))));
-        assert!(matches!(a.accept(&[1.0, 1.0, 1.0], f64::NAN), Err(AggregateError::Weight(_))));
+        assert!(matches!(
+            a.accept(&[1.0, 1.0], 1.0),
+            Err(AggregateError::Length { .. })
+        ));
+        assert!(matches!(
+            a.accept(&[1.0, f32::NAN, 1.0], 1.0),
+            Err(AggregateError::NonFinite { index: 1 })
+        ));
+        assert!(matches!(
+            a.accept(&[1.0, 1.0, f32::INFINITY], 1.0),
+            Err(AggregateError::NonFinite { index: 2 })
+        ));
+        assert!(matches!(
+            a.accept(&[1.0, 1.0, 1.0], 0.0),
+            Err(AggregateError::Weight(_))
+        ));
+        assert!(matches!(
+            a.accept(&[1.0, 1.0, 1.0], f64::NAN),
+            Err(AggregateError::Weight(_))
+        ));
         assert_eq!(a, before);
-        assert!(matches!(FedAvg::new(3).finish(), Err(AggregateError::Empty)));
+        assert!(matches!(
+            FedAvg::new(3).finish(),
+            Err(AggregateError::Empty)
+        ));
     }
 
     proptest! {

@@ -16,8 +16,8 @@ use std::fmt;
 use std::ops::Range;
 
 use serde::de::DeserializeOwned;
-use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// A 1-based position in a TOML document; the column counts characters, not bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,10 @@ impl Location {
         }
         let before = &text[..offset];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        Self { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1 }
+        Self {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+        }
     }
 }
 
@@ -72,7 +75,13 @@ impl TomlError {
             }
             let (line, rest) = text[at + "line ".len()..].split_once(", column ")?;
             let (column, rest) = rest.split_once(": ")?;
-            Some((Location { line: line.parse().ok()?, column: column.parse().ok()? }, rest))
+            Some((
+                Location {
+                    line: line.parse().ok()?,
+                    column: column.parse().ok()?,
+                },
+                rest,
+            ))
         })
     }
 }
@@ -107,17 +116,29 @@ fn explain<T: DeserializeOwned>(text: &str, e: &toml::de::Error) -> TomlError {
     // Without a parsed document (a syntax error) there is no key to name: the parser's own
     // message and position are the best there is.
     let Ok(doc) = DeTable::parse(text) else {
-        return TomlError { location, message: one_line(raw) };
+        return TomlError {
+            location,
+            message: one_line(raw),
+        };
     };
     let doc = doc.get_ref();
     if let Some((key, known)) = parse_unknown_field(raw) {
         return unknown_key::<T>(text, doc, span, &key, &known);
     }
-    if let Some(key) = raw.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
+    if let Some(key) = raw
+        .strip_prefix("missing field `")
+        .and_then(|r| r.strip_suffix('`'))
+    {
         // The span is the table's header (or nothing, for the top level), not a place to edit.
-        let table = span.as_ref().and_then(|s| table_with_header_in(doc, s)).unwrap_or_default();
+        let table = span
+            .as_ref()
+            .and_then(|s| table_with_header_in(doc, s))
+            .unwrap_or_default();
         let location = if table.is_empty() { None } else { location };
-        return TomlError { location, message: format!("missing key `{}` {}", show_key(key), where_(&table)) };
+        return TomlError {
+            location,
+            message: format!("missing key `{}` {}", show_key(key), where_(&table)),
+        };
     }
     // Type errors and the like point at a value: name the key it belongs to.
     let message = match span.as_ref().and_then(|s| key_owning(doc, s)) {
@@ -140,10 +161,11 @@ fn unknown_key<T: DeserializeOwned>(
     let mut found = Vec::new();
     occurrences(doc, key, &mut Vec::new(), &mut found);
     let best = span.as_ref().and_then(|s| {
-        found
-            .iter()
-            .find(|(_, k)| k == s)
-            .or_else(|| found.iter().find(|(_, k)| s.start <= k.start && k.end <= s.end))
+        found.iter().find(|(_, k)| k == s).or_else(|| {
+            found
+                .iter()
+                .find(|(_, k)| s.start <= k.start && k.end <= s.end)
+        })
     });
     let (table, at) = match best.or(found.first()) {
         Some((table, k)) => (table.clone(), Some(k.start)),
@@ -172,12 +194,22 @@ fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
         return Some((key.to_owned(), Vec::new()));
     }
     let (key, expected) = rest.rsplit_once("`, expected ")?;
-    let known = expected.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+    let known = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
     Some((key.to_owned(), known))
 }
 
 /// Every place `key` is written, with the path of the table it is in and the key's span.
-fn occurrences(table: &DeTable<'_>, key: &str, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, Range<usize>)>) {
+fn occurrences(
+    table: &DeTable<'_>,
+    key: &str,
+    path: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, Range<usize>)>,
+) {
     for (k, v) in table {
         if k.get_ref() == key {
             out.push((path.clone(), k.span()));
@@ -194,7 +226,10 @@ fn occurrences(table: &DeTable<'_>, key: &str, path: &mut Vec<String>, out: &mut
 fn subtables<'a, 'i>(v: &'a Spanned<DeValue<'i>>) -> Vec<&'a DeTable<'i>> {
     match v.get_ref() {
         DeValue::Table(t) => vec![t],
-        DeValue::Array(a) => a.into_iter().filter_map(|e| e.get_ref().as_table()).collect(),
+        DeValue::Array(a) => a
+            .into_iter()
+            .filter_map(|e| e.get_ref().as_table())
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -218,8 +253,11 @@ fn table_with_header_in(table: &DeTable<'_>, span: &Range<usize>) -> Option<Vec<
 /// The path of the innermost key whose value contains `span`.
 fn key_owning(table: &DeTable<'_>, span: &Range<usize>) -> Option<Vec<String>> {
     for (k, v) in table {
-        let inside = |r: Range<usize>| r.start <= span.start && span.end <= r.end && r.start < r.end;
-        let deeper = subtables(v).into_iter().find_map(|sub| key_owning(sub, span));
+        let inside =
+            |r: Range<usize>| r.start <= span.start && span.end <= r.end && r.start < r.end;
+        let deeper = subtables(v)
+            .into_iter()
+            .find_map(|sub| key_owning(sub, span));
         if let Some(mut inner) = deeper {
             inner.insert(0, k.get_ref().to_string());
             return Some(inner);
@@ -267,7 +305,9 @@ fn closest<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
 
 /// The path of another table that takes `key` exactly, when exactly one does.
 fn elsewhere<T: DeserializeOwned>(key: &str, here: &[String]) -> Option<Vec<String>> {
-    let mut hits = schema::<T>().into_iter().filter(|(path, keys)| path != here && keys.iter().any(|k| k == key));
+    let mut hits = schema::<T>()
+        .into_iter()
+        .filter(|(path, keys)| path != here && keys.iter().any(|k| k == key));
     match (hits.next(), hits.next()) {
         (Some((path, _)), None) => Some(path),
         _ => None,
@@ -284,7 +324,9 @@ fn schema<T: DeserializeOwned>() -> Vec<(Vec<String>, Vec<String>)> {
     let mut out: Vec<(Vec<String>, Vec<String>)> = Vec::new();
     let mut queue = vec![Vec::<String>::new()];
     while let Some(path) = queue.pop() {
-        let Some(keys) = probe::<T>(&path) else { continue };
+        let Some(keys) = probe::<T>(&path) else {
+            continue;
+        };
         if path.len() < 3 {
             for k in &keys {
                 let mut sub = path.clone();
@@ -302,14 +344,23 @@ fn schema<T: DeserializeOwned>() -> Vec<(Vec<String>, Vec<String>)> {
 }
 
 fn probe<T: DeserializeOwned>(path: &[String]) -> Option<Vec<String>> {
-    let header = path.iter().map(|s| show_key(s)).collect::<Vec<_>>().join(".");
+    let header = path
+        .iter()
+        .map(|s| show_key(s))
+        .collect::<Vec<_>>()
+        .join(".");
     let docs = if path.is_empty() {
         vec![format!("{PROBE} = 0\n")]
     } else {
-        vec![format!("[{header}]\n{PROBE} = 0\n"), format!("[[{header}]]\n{PROBE} = 0\n")]
+        vec![
+            format!("[{header}]\n{PROBE} = 0\n"),
+            format!("[[{header}]]\n{PROBE} = 0\n"),
+        ]
     };
     docs.iter().find_map(|doc| match toml::from_str::<T>(doc) {
-        Err(e) => parse_unknown_field(e.message().trim()).filter(|(k, _)| k == PROBE).map(|(_, known)| known),
+        Err(e) => parse_unknown_field(e.message().trim())
+            .filter(|(k, _)| k == PROBE)
+            .map(|(_, known)| known),
         Ok(_) => None,
     })
 }
@@ -334,14 +385,24 @@ fn qualified(table: &[String], key: &str) -> String {
 }
 
 fn dotted(path: &[String]) -> String {
-    path.iter().map(|s| show_key(s)).collect::<Vec<_>>().join(".")
+    path.iter()
+        .map(|s| show_key(s))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A key as TOML would write it: bare when it can be, else quoted with escapes, so a key from
 /// the file can never break the one-line message.
 fn show_key(key: &str) -> String {
-    let bare = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if bare { key.to_owned() } else { format!("{key:?}") }
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
 }
 
 /// The parser's message on one line (it sometimes spans several).

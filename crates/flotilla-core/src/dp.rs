@@ -164,27 +164,48 @@ use crate::limits::{self, positive};
 impl PrivacySpec {
     /// Validates `cfg` for rounds of `clients_per_round` expected reports that may commit with as few
     /// as `min_reports`. Errors name the parameter and its valid range.
-    pub fn from_config(cfg: &PrivacyConfig, clients_per_round: usize, min_reports: usize) -> Result<Self, ConfigError> {
+    pub fn from_config(
+        cfg: &PrivacyConfig,
+        clients_per_round: usize,
+        min_reports: usize,
+    ) -> Result<Self, ConfigError> {
         let mode = match cfg.mode.as_deref().unwrap_or("central") {
             "central" => DpMode::Central,
             "distributed" => DpMode::Distributed,
             other => {
-                return Err(ConfigError::new("privacy.mode", format!("must be \"central\" or \"distributed\", got \"{other}\"")));
+                return Err(ConfigError::new(
+                    "privacy.mode",
+                    format!("must be \"central\" or \"distributed\", got \"{other}\""),
+                ));
             }
         };
-        let sigma = cfg.noise_multiplier.ok_or_else(|| ConfigError::new("privacy.noise_multiplier", "is required, > 0"))?;
-        let sigma = positive("privacy.noise_multiplier", sigma, limits::MAX_NOISE_MULTIPLIER)?;
+        let sigma = cfg
+            .noise_multiplier
+            .ok_or_else(|| ConfigError::new("privacy.noise_multiplier", "is required, > 0"))?;
+        let sigma = positive(
+            "privacy.noise_multiplier",
+            sigma,
+            limits::MAX_NOISE_MULTIPLIER,
+        )?;
         if clients_per_round == 0 {
             return Err(ConfigError::new("clients_per_round", "must be ≥ 1"));
         }
         let clip = match (cfg.clip_norm, &cfg.adaptive) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::new("privacy.clip_norm", "give either clip_norm or [privacy.adaptive], not both"));
+                return Err(ConfigError::new(
+                    "privacy.clip_norm",
+                    "give either clip_norm or [privacy.adaptive], not both",
+                ));
             }
             (None, None) => {
-                return Err(ConfigError::new("privacy.clip_norm", "is required (> 0), unless [privacy.adaptive] is given"));
+                return Err(ConfigError::new(
+                    "privacy.clip_norm",
+                    "is required (> 0), unless [privacy.adaptive] is given",
+                ));
             }
-            (Some(c), None) => ClipRule::Fixed { clip_norm: positive("privacy.clip_norm", c, limits::MAX_NORM)? },
+            (Some(c), None) => ClipRule::Fixed {
+                clip_norm: positive("privacy.clip_norm", c, limits::MAX_NORM)?,
+            },
             (None, Some(a)) => {
                 if mode == DpMode::Distributed {
                     return Err(ConfigError::new(
@@ -193,10 +214,17 @@ impl PrivacySpec {
                          (and [secagg]) hides; it is only supported in central mode — give a fixed privacy.clip_norm",
                     ));
                 }
-                let initial = positive("privacy.adaptive.initial_clip_norm", a.initial_clip_norm.unwrap_or(0.1), limits::MAX_NORM)?;
+                let initial = positive(
+                    "privacy.adaptive.initial_clip_norm",
+                    a.initial_clip_norm.unwrap_or(0.1),
+                    limits::MAX_NORM,
+                )?;
                 let gamma = a.target_quantile.unwrap_or(0.5);
                 if !(gamma.is_finite() && (0.0..=1.0).contains(&gamma)) {
-                    return Err(ConfigError::new("privacy.adaptive.target_quantile", format!("must be in [0, 1], got {gamma}")));
+                    return Err(ConfigError::new(
+                        "privacy.adaptive.target_quantile",
+                        format!("must be in [0, 1], got {gamma}"),
+                    ));
                 }
                 let lr = limits::non_negative(
                     "privacy.adaptive.learning_rate",
@@ -219,14 +247,29 @@ impl PrivacySpec {
                         ),
                     ));
                 }
-                ClipRule::Adaptive { initial_clip_norm: initial, target_quantile: gamma, learning_rate: lr, count_noise_std: sb }
+                ClipRule::Adaptive {
+                    initial_clip_norm: initial,
+                    target_quantile: gamma,
+                    learning_rate: lr,
+                    count_noise_std: sb,
+                }
             }
         };
         let delta = cfg.delta.ok_or_else(|| {
-            ConfigError::new("privacy.delta", format!("is required, in [{:e}, {}]", limits::MIN_DELTA, limits::MAX_DELTA))
+            ConfigError::new(
+                "privacy.delta",
+                format!(
+                    "is required, in [{:e}, {}]",
+                    limits::MIN_DELTA,
+                    limits::MAX_DELTA
+                ),
+            )
         })?;
         let delta = limits::delta("privacy.delta", delta)?;
-        let max_epsilon = cfg.max_epsilon.map(|e| positive("privacy.max_epsilon", e, limits::MAX_EPSILON)).transpose()?;
+        let max_epsilon = cfg
+            .max_epsilon
+            .map(|e| positive("privacy.max_epsilon", e, limits::MAX_EPSILON))
+            .transpose()?;
         if let Some(p) = cfg.population {
             limits::count("privacy.population", p, 1, limits::MAX_POPULATION)?;
         }
@@ -239,7 +282,12 @@ impl PrivacySpec {
         };
         // Adaptive clipping's update noise must exist.
         dp.update_noise_multiplier()?;
-        Ok(Self { dp, delta, max_epsilon, population: cfg.population })
+        Ok(Self {
+            dp,
+            delta,
+            max_epsilon,
+            population: cfg.population,
+        })
     }
 }
 
@@ -248,7 +296,9 @@ impl DpSpec {
     pub fn initial_clip_norm(&self) -> f64 {
         match self.clip {
             ClipRule::Fixed { clip_norm } => clip_norm,
-            ClipRule::Adaptive { initial_clip_norm, .. } => initial_clip_norm,
+            ClipRule::Adaptive {
+                initial_clip_norm, ..
+            } => initial_clip_norm,
         }
     }
 
@@ -258,12 +308,17 @@ impl DpSpec {
     pub fn update_noise_multiplier(&self) -> Result<f64, ConfigError> {
         match self.clip {
             ClipRule::Fixed { .. } => Ok(self.noise_multiplier),
-            ClipRule::Adaptive { count_noise_std, .. } => {
+            ClipRule::Adaptive {
+                count_noise_std, ..
+            } => {
                 let inv = self.noise_multiplier.powi(-2) - (2.0 * count_noise_std).powi(-2);
                 if inv.is_finite() && inv > 0.0 {
                     Ok(inv.powf(-0.5))
                 } else {
-                    Err(ConfigError::new("privacy.adaptive.count_noise_std", "must be > noise_multiplier/2"))
+                    Err(ConfigError::new(
+                        "privacy.adaptive.count_noise_std",
+                        "must be > noise_multiplier/2",
+                    ))
                 }
             }
         }
@@ -271,7 +326,8 @@ impl DpSpec {
 
     /// Distributed mode: the standard deviation of one client's noise share, `σC/√n_min`.
     pub fn client_noise_std(&self) -> f64 {
-        self.noise_multiplier * self.initial_clip_norm() / (self.min_contributors.max(1) as f64).sqrt()
+        self.noise_multiplier * self.initial_clip_norm()
+            / (self.min_contributors.max(1) as f64).sqrt()
     }
 }
 
@@ -348,22 +404,37 @@ pub fn clip_delta(v: &mut [f32], clip_norm: f64) -> ClipOutcome {
     let bound = if clip_norm >= 0.0 { clip_norm } else { 0.0 };
     let norm = robust::clip_to_norm(v, bound);
     if !norm.is_finite() {
-        return ClipOutcome { norm, clipped: true };
+        return ClipOutcome {
+            norm,
+            clipped: true,
+        };
     }
     if norm <= bound {
-        return ClipOutcome { norm, clipped: false };
+        return ClipOutcome {
+            norm,
+            clipped: false,
+        };
     }
     for pass in 1..=4 {
         let now = robust::l2_norm(v);
         if now <= bound {
-            return ClipOutcome { norm, clipped: true };
+            return ClipOutcome {
+                norm,
+                clipped: true,
+            };
         }
-        robust::clip_to_norm(v, bound * (1.0 - 4.0 * f64::from(f32::EPSILON) * f64::from(pass)));
+        robust::clip_to_norm(
+            v,
+            bound * (1.0 - 4.0 * f64::from(f32::EPSILON) * f64::from(pass)),
+        );
     }
     if robust::l2_norm(v) > bound {
         v.fill(0.0);
     }
-    ClipOutcome { norm, clipped: true }
+    ClipOutcome {
+        norm,
+        clipped: true,
+    }
 }
 
 /// Adds independent `N(0, std²)` to every value, drawing from `rng`. `std = 0` draws nothing.
@@ -383,15 +454,29 @@ pub fn add_gaussian_noise<R: Rng + ?Sized>(values: &mut [f64], std: f64, rng: &m
 /// `rng` must be the client's own entropy (e.g. `ChaCha20Rng::from_os_rng()`), never seeded from the
 /// task seed: the server knows that seed and could subtract the share. The simulator is the exception
 /// (it has no adversary and wants reproducible runs).
-pub fn privatize_client_update<R: Rng + ?Sized>(delta: &mut [f32], spec: &DpSpec, rng: &mut R) -> ClipOutcome {
-    clip_and_add_noise(delta, spec.initial_clip_norm(), spec.client_noise_std(), rng)
+pub fn privatize_client_update<R: Rng + ?Sized>(
+    delta: &mut [f32],
+    spec: &DpSpec,
+    rng: &mut R,
+) -> ClipOutcome {
+    clip_and_add_noise(
+        delta,
+        spec.initial_clip_norm(),
+        spec.client_noise_std(),
+        rng,
+    )
 }
 
 /// The client's side of distributed DP with the two numbers the client is sent (the secagg task's
 /// `dp_clip_norm` and `dp_noise_std`): clips `delta` to L2 norm `clip_norm` ([`clip_delta`]), then
 /// adds independent `N(0, noise_std²)` to every value from `rng`, in place. `noise_std = 0` (or a
 /// non-finite one) adds nothing. See [`privatize_client_update`] for where `rng` must come from.
-pub fn clip_and_add_noise<R: Rng + ?Sized>(delta: &mut [f32], clip_norm: f64, noise_std: f64, rng: &mut R) -> ClipOutcome {
+pub fn clip_and_add_noise<R: Rng + ?Sized>(
+    delta: &mut [f32],
+    clip_norm: f64,
+    noise_std: f64,
+    rng: &mut R,
+) -> ClipOutcome {
     let out = clip_delta(delta, clip_norm);
     if noise_std > 0.0 && noise_std.is_finite() {
         for x in delta.iter_mut() {
@@ -404,7 +489,9 @@ pub fn clip_and_add_noise<R: Rng + ?Sized>(delta: &mut [f32], clip_norm: f64, no
 
 /// How many values of `v` lie outside `±clip_range` (the secure-aggregation encoding clamps them).
 pub fn count_outside(v: &[f32], clip_range: f64) -> u64 {
-    v.iter().filter(|x| !(f64::from(**x).abs() <= clip_range)).count() as u64
+    v.iter()
+        .filter(|x| !(f64::from(**x).abs() <= clip_range))
+        .count() as u64
 }
 
 /// The reproducible (not secret) noise key the round machine starts with: `SHA-256("flotilla-dp-noise"
@@ -435,14 +522,27 @@ pub fn adaptive_clip_step<R: Rng + ?Sized>(
     spec: &DpSpec,
     rng: &mut R,
 ) -> (f64, f64) {
-    let ClipRule::Adaptive { target_quantile, learning_rate, count_noise_std, .. } = spec.clip else {
+    let ClipRule::Adaptive {
+        target_quantile,
+        learning_rate,
+        count_noise_std,
+        ..
+    } = spec.clip
+    else {
         return (clip_norm, f64::NAN);
     };
     let centred = unclipped.min(reported) as f64 - 0.5 * reported as f64;
     let z: f64 = StandardNormal.sample(rng);
     let fraction = (centred + count_noise_std * z) / spec.expected_clients.max(1) as f64 + 0.5;
     let next = clip_norm * (-learning_rate * (fraction - target_quantile)).exp();
-    (if next.is_finite() && next > 0.0 { next } else { clip_norm }, fraction)
+    (
+        if next.is_finite() && next > 0.0 {
+            next
+        } else {
+            clip_norm
+        },
+        fraction,
+    )
 }
 
 /// What the DP mechanism did in one committed round (for results and status).
@@ -466,22 +566,85 @@ mod tests {
     use proptest::prelude::*;
 
     fn cfg() -> PrivacyConfig {
-        PrivacyConfig { noise_multiplier: Some(1.0), clip_norm: Some(1.0), delta: Some(1e-5), ..PrivacyConfig::default() }
+        PrivacyConfig {
+            noise_multiplier: Some(1.0),
+            clip_norm: Some(1.0),
+            delta: Some(1e-5),
+            ..PrivacyConfig::default()
+        }
     }
 
     #[test]
     fn config_errors_name_the_parameter() {
         let err = |c: PrivacyConfig| PrivacySpec::from_config(&c, 10, 8).unwrap_err().field;
-        assert_eq!(err(PrivacyConfig { noise_multiplier: None, ..cfg() }), "privacy.noise_multiplier");
-        assert_eq!(err(PrivacyConfig { noise_multiplier: Some(-1.0), ..cfg() }), "privacy.noise_multiplier");
-        assert_eq!(err(PrivacyConfig { clip_norm: None, ..cfg() }), "privacy.clip_norm");
-        assert_eq!(err(PrivacyConfig { clip_norm: Some(f64::NAN), ..cfg() }), "privacy.clip_norm");
-        assert_eq!(err(PrivacyConfig { delta: Some(1.0), ..cfg() }), "privacy.delta");
-        assert_eq!(err(PrivacyConfig { max_epsilon: Some(0.0), ..cfg() }), "privacy.max_epsilon");
-        assert_eq!(err(PrivacyConfig { mode: Some("local".into()), ..cfg() }), "privacy.mode");
-        assert_eq!(err(PrivacyConfig { population: Some(0), ..cfg() }), "privacy.population");
-        let adaptive = AdaptiveClipConfig { count_noise_std: Some(0.4), ..AdaptiveClipConfig::default() };
-        assert_eq!(err(PrivacyConfig { clip_norm: None, adaptive: Some(adaptive), ..cfg() }), "privacy.adaptive.count_noise_std");
+        assert_eq!(
+            err(PrivacyConfig {
+                noise_multiplier: None,
+                ..cfg()
+            }),
+            "privacy.noise_multiplier"
+        );
+        assert_eq!(
+            err(PrivacyConfig {
+                noise_multiplier: Some(-1.0),
+                ..cfg()
+            }),
+            "privacy.noise_multiplier"
+        );
+        assert_eq!(
+            err(PrivacyConfig {
+                clip_norm: None,
+                ..cfg()
+            }),
+            "privacy.clip_norm"
+        );
+        assert_eq!(
+            err(PrivacyConfig {
+                clip_norm: Some(f64::NAN),
+                ..cfg()
+            }),
+            "privacy.clip_norm"
+        );
+        assert_eq!(
+            err(PrivacyConfig {
+                delta: Some(1.0),
+                ..cfg()
+            }),
+            "privacy.delta"
+        );
+        assert_eq!(
+            err(PrivacyConfig {
+                max_epsilon: Some(0.0),
+                ..cfg()
+            }),
+            "privacy.max_epsilon"
+        );
+        assert_eq!(
+            err(PrivacyConfig {
+                mode: Some("local".into()),
+                ..cfg()
+            }),
+            "privacy.mode"
+        );
+        assert_eq!(
+            err(PrivacyConfig {
+                population: Some(0),
+                ..cfg()
+            }),
+            "privacy.population"
+        );
+        let adaptive = AdaptiveClipConfig {
+            count_noise_std: Some(0.4),
+            ..AdaptiveClipConfig::default()
+        };
+        assert_eq!(
+            err(PrivacyConfig {
+                clip_norm: None,
+                adaptive: Some(adaptive),
+                ..cfg()
+            }),
+            "privacy.adaptive.count_noise_std"
+        );
         let distributed_adaptive = PrivacyConfig {
             clip_norm: None,
             adaptive: Some(AdaptiveClipConfig::default()),
@@ -489,7 +652,15 @@ mod tests {
             ..cfg()
         };
         assert_eq!(err(distributed_adaptive), "privacy.adaptive");
-        let ok = PrivacySpec::from_config(&PrivacyConfig { mode: Some("distributed".into()), ..cfg() }, 10, 8).unwrap();
+        let ok = PrivacySpec::from_config(
+            &PrivacyConfig {
+                mode: Some("distributed".into()),
+                ..cfg()
+            },
+            10,
+            8,
+        )
+        .unwrap();
         assert_eq!(ok.dp.min_contributors, 8);
         assert!((ok.dp.client_noise_std() - 1.0 / 8f64.sqrt()).abs() < 1e-15);
     }
@@ -497,16 +668,29 @@ mod tests {
     #[test]
     fn secagg_clip_range_must_hold_c_plus_the_noise_tails() {
         // σ = 1, C = 1, n_min = 4: share std 0.5, needed range 1 + 10 × 0.5 = 6.
-        let c = PrivacyConfig { mode: Some("distributed".into()), ..cfg() };
+        let c = PrivacyConfig {
+            mode: Some("distributed".into()),
+            ..cfg()
+        };
         let dp = PrivacySpec::from_config(&c, 10, 4).unwrap().dp;
         assert!((dp.secagg_min_clip_range() - 6.0).abs() < 1e-12);
         assert!(dp.check_secure_aggregation(6.0).is_ok());
         let e = dp.check_secure_aggregation(5.9).unwrap_err();
         assert_eq!(e.field, "secagg.clip_range");
-        assert!(e.message.contains("must be ≥ 6.0") && e.message.contains("privacy.clip_norm"), "{}", e.message);
-        assert_eq!(dp.check_secure_aggregation(f64::NAN).unwrap_err().field, "secagg.clip_range");
+        assert!(
+            e.message.contains("must be ≥ 6.0") && e.message.contains("privacy.clip_norm"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            dp.check_secure_aggregation(f64::NAN).unwrap_err().field,
+            "secagg.clip_range"
+        );
         let central = PrivacySpec::from_config(&cfg(), 10, 4).unwrap().dp;
-        assert_eq!(central.check_secure_aggregation(100.0).unwrap_err().field, "privacy.mode");
+        assert_eq!(
+            central.check_secure_aggregation(100.0).unwrap_err().field,
+            "privacy.mode"
+        );
     }
 
     #[test]
@@ -526,7 +710,10 @@ mod tests {
     fn adaptive_update_noise_follows_theorem_1() {
         let c = PrivacyConfig {
             clip_norm: None,
-            adaptive: Some(AdaptiveClipConfig { count_noise_std: Some(5.0), ..AdaptiveClipConfig::default() }),
+            adaptive: Some(AdaptiveClipConfig {
+                count_noise_std: Some(5.0),
+                ..AdaptiveClipConfig::default()
+            }),
             ..cfg()
         };
         let s = PrivacySpec::from_config(&c, 100, 100).unwrap();
@@ -540,12 +727,19 @@ mod tests {
         // Norms uniform on (0, 10): the median is 5. With little count noise C converges to it.
         let spec = DpSpec {
             mode: DpMode::Central,
-            clip: ClipRule::Adaptive { initial_clip_norm: 0.1, target_quantile: 0.5, learning_rate: 0.2, count_noise_std: 1e-9 },
+            clip: ClipRule::Adaptive {
+                initial_clip_norm: 0.1,
+                target_quantile: 0.5,
+                learning_rate: 0.2,
+                count_noise_std: 1e-9,
+            },
             noise_multiplier: 1e-9,
             expected_clients: 100,
             min_contributors: 100,
         };
-        let norms: Vec<f64> = (0..100).map(|i| 10.0 * (f64::from(i) + 0.5) / 100.0).collect();
+        let norms: Vec<f64> = (0..100)
+            .map(|i| 10.0 * (f64::from(i) + 0.5) / 100.0)
+            .collect();
         let mut c = 0.1;
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         for _ in 0..300 {
@@ -564,7 +758,6 @@ mod tests {
         assert_ne!(draw(&k, 3, 1), draw(&k, 4, 1));
         assert_ne!(draw(&k, 3, 1), draw(&default_noise_key(8), 3, 1));
     }
-
 
     proptest! {
         #[test]

@@ -78,6 +78,9 @@ pub struct ConfigError {
 impl ConfigError {
     /// A configuration error for `field`.
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field, message: message.into() }
+        Self {
+            field,
+            message: message.into(),
+        }
     }
 }

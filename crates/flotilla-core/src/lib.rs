@@ -5,7 +5,9 @@
 
 pub mod params;
 
-pub use params::{params_digest, params_from_le_bytes, params_sha256, params_to_le_bytes, ParamLayout, TensorSpec};
+pub use params::{
+    ParamLayout, TensorSpec, params_digest, params_from_le_bytes, params_sha256, params_to_le_bytes,
+};
 pub mod aggregate;
 pub mod config_toml;
 pub mod dp;

@@ -19,7 +19,10 @@ pub struct TensorSpec {
 impl TensorSpec {
     /// Creates a spec from a name and a shape.
     pub fn new(name: impl Into<String>, shape: impl Into<Vec<usize>>) -> Self {
-        Self { name: name.into(), shape: shape.into() }
+        Self {
+            name: name.into(),
+            shape: shape.into(),
+        }
     }
 
     /// Number of scalar values in this tensor.
@@ -89,7 +92,12 @@ pub fn params_from_le_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
     if !bytes.len().is_multiple_of(4) {
         return None;
     }
-    Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
 }
 
 /// SHA-256 of parameters as little-endian `f32` bytes: the identity of a model version (and the
@@ -104,7 +112,10 @@ pub fn params_digest(params: &[f32]) -> [u8; 32] {
 
 /// [`params_digest`], hex encoded: the `model_sha256` users see.
 pub fn params_sha256(params: &[f32]) -> String {
-    params_digest(params).iter().map(|b| format!("{b:02x}")).collect()
+    params_digest(params)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -113,7 +124,10 @@ mod tests {
 
     #[test]
     fn offsets_and_len() {
-        let l = ParamLayout::new(vec![TensorSpec::new("w", [3, 2]), TensorSpec::new("b", [2])]);
+        let l = ParamLayout::new(vec![
+            TensorSpec::new("w", [3, 2]),
+            TensorSpec::new("b", [2]),
+        ]);
         assert_eq!(l.len(), 8);
         let offs: Vec<_> = l.offsets().map(|(t, o)| (t.name.clone(), o)).collect();
         assert_eq!(offs, vec![("w".into(), 0), ("b".into(), 6)]);
@@ -132,7 +146,10 @@ mod tests {
         let b = params_to_le_bytes(&p);
         assert_eq!(&b[..4], &1.5f32.to_le_bytes());
         let back = params_from_le_bytes(&b).unwrap();
-        assert_eq!(back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), p.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            p.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         assert!(params_from_le_bytes(&b[..5]).is_none());
     }
 

@@ -63,13 +63,19 @@ simd_kernel! {
 /// several parallel passes inside `f` cost one hand-off from the caller's thread to the pool, not one
 /// each; small work runs on the caller's thread.
 pub(crate) fn in_pool<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
-    if work < PAR_MIN { f() } else { rayon::scope(|_| f()) }
+    if work < PAR_MIN {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
 }
 
 /// Whether a block holds NaN or ±∞ (exponent bits all ones). Branch-free so it vectorises.
 #[inline(always)]
 fn has_non_finite(blk: &[f32]) -> bool {
-    blk.iter().fold(0u32, |acc, v| acc | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)) != 0
+    blk.iter().fold(0u32, |acc, v| {
+        acc | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+    }) != 0
 }
 
 /// Index of the first NaN or ±∞ in `x`, if any. Parallel over blocks for long vectors; the answer is
@@ -77,17 +83,28 @@ fn has_non_finite(blk: &[f32]) -> bool {
 pub(crate) fn first_non_finite(x: &[f32]) -> Option<usize> {
     const BLOCK: usize = 1 << 14;
     let scan = |base: usize, blk: &[f32]| -> Option<usize> {
-        if simd(HasNonFinite { blk }) { blk.iter().position(|v| !v.is_finite()).map(|i| base + i) } else { None }
+        if simd(HasNonFinite { blk }) {
+            blk.iter().position(|v| !v.is_finite()).map(|i| base + i)
+        } else {
+            None
+        }
     };
     if x.len() < PAR_MIN {
-        return x.chunks(BLOCK).enumerate().find_map(|(b, blk)| scan(b * BLOCK, blk));
+        return x
+            .chunks(BLOCK)
+            .enumerate()
+            .find_map(|(b, blk)| scan(b * BLOCK, blk));
     }
-    x.par_chunks(BLOCK).enumerate().find_map_first(|(b, blk)| scan(b * BLOCK, blk))
+    x.par_chunks(BLOCK)
+        .enumerate()
+        .find_map_first(|(b, blk)| scan(b * BLOCK, blk))
 }
 
 /// Values in a batch (saturating), to decide whether to go parallel.
 fn work(updates: &[&[f32]]) -> usize {
-    updates.iter().fold(0usize, |a, u| a.saturating_add(u.len()))
+    updates
+        .iter()
+        .fold(0usize, |a, u| a.saturating_add(u.len()))
 }
 
 /// Checks lengths only: at least one update, all as long as the first. Returns the common length.
@@ -95,7 +112,11 @@ fn validate_lengths(updates: &[&[f32]]) -> Result<usize, AggregateError> {
     let first = updates.first().ok_or(AggregateError::Empty)?;
     let len = first.len();
     match updates.iter().position(|x| x.len() != len) {
-        Some(u) => Err(AggregateError::MismatchedLength { update: u, expected: len, actual: updates[u].len() }),
+        Some(u) => Err(AggregateError::MismatchedLength {
+            update: u,
+            expected: len,
+            actual: updates[u].len(),
+        }),
         None => Ok(len),
     }
 }
@@ -165,9 +186,13 @@ where
     };
     if len * n < PAR_MIN {
         let mut buf = Vec::new();
-        out.chunks_mut(chunk).enumerate().try_for_each(|x| work(x, &mut buf))?;
+        out.chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|x| work(x, &mut buf))?;
     } else {
-        out.par_chunks_mut(chunk).enumerate().try_for_each_init(Vec::new, |buf, x| work(x, buf))?;
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .try_for_each_init(Vec::new, |buf, x| work(x, buf))?;
     }
     Ok(out)
 }
@@ -181,7 +206,10 @@ where
     columnwise(updates, len, per_column).map_err(|()| match validate(updates) {
         Err(e) => e,
         // Unreachable in practice: the kernel only fails on a non-finite value, which validate finds.
-        Ok(_) => AggregateError::UpdateNonFinite { update: 0, index: 0 },
+        Ok(_) => AggregateError::UpdateNonFinite {
+            update: 0,
+            index: 0,
+        },
     })
 }
 
@@ -221,7 +249,11 @@ pub fn coordinate_median(updates: &[&[f32]]) -> Result<Vec<f32>, AggregateError>
 pub fn trimmed_mean(updates: &[&[f32]], beta: f64) -> Result<Vec<f32>, AggregateError> {
     in_pool(work(updates), || {
         if !(0.0..0.5).contains(&beta) {
-            return Err(AggregateError::Parameter { name: "beta", value: beta, valid: "0 <= beta < 0.5".into() });
+            return Err(AggregateError::Parameter {
+                name: "beta",
+                value: beta,
+                valid: "0 <= beta < 0.5".into(),
+            });
         }
         let n = updates.len();
         let k = (beta * n as f64).floor() as usize;
@@ -234,7 +266,10 @@ pub fn trimmed_mean(updates: &[&[f32]], beta: f64) -> Result<Vec<f32>, Aggregate
             col.select_nth_unstable(k);
             let rest = &mut col[k..];
             rest.select_nth_unstable(kept - 1);
-            let s: f64 = rest[..kept].iter().map(|&key| f64::from(from_key(key))).sum();
+            let s: f64 = rest[..kept]
+                .iter()
+                .map(|&key| f64::from(from_key(key)))
+                .sum();
             (s / kept as f64) as f32
         })
     })
@@ -286,7 +321,11 @@ pub fn krum(updates: &[&[f32]], f: usize, m: usize) -> Result<KrumSelection, Agg
         let n = updates.len();
         let needed = 2 * f + 3;
         if n < needed {
-            return Err(AggregateError::TooFewUpdates { aggregator: format!("krum (f = {f})"), needed, actual: n });
+            return Err(AggregateError::TooFewUpdates {
+                aggregator: format!("krum (f = {f})"),
+                needed,
+                actual: n,
+            });
         }
         if m == 0 || m > n - f {
             return Err(AggregateError::Parameter {
@@ -315,14 +354,21 @@ const LANES: usize = 16;
 
 /// Σ (a − b)² in f64, the fallback when a block's f32 partial sum overflows.
 fn sq_dist_f64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum()
 }
 
 /// Σ (a − b)² of the tail past the last full group of [`LANES`], in f64.
 #[inline(always)]
 fn tail_sq_dist(a: &[f32], b: &[f32]) -> f64 {
     let body = a.len() / LANES * LANES;
-    a[body..].iter().zip(&b[body..]).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum()
+    a[body..]
+        .iter()
+        .zip(&b[body..])
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum()
 }
 
 /// Σ (a − bq)² over one block for four updates bq at once (each value of `a` is loaded once),
@@ -330,9 +376,15 @@ fn tail_sq_dist(a: &[f32], b: &[f32]) -> f64 {
 /// redone in f64 by the caller.
 #[inline(always)]
 fn block_sq_dists4(a: &[f32], b: [&[f32]; 4]) -> [f64; 4] {
-    let (mut s0, mut s1, mut s2, mut s3) = ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
-    let rows = a.chunks_exact(LANES).zip(b[0].chunks_exact(LANES)).zip(b[1].chunks_exact(LANES));
-    for (((x, y0), y1), (y2, y3)) in rows.zip(b[2].chunks_exact(LANES).zip(b[3].chunks_exact(LANES))) {
+    let (mut s0, mut s1, mut s2, mut s3) =
+        ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let rows = a
+        .chunks_exact(LANES)
+        .zip(b[0].chunks_exact(LANES))
+        .zip(b[1].chunks_exact(LANES));
+    for (((x, y0), y1), (y2, y3)) in
+        rows.zip(b[2].chunks_exact(LANES).zip(b[3].chunks_exact(LANES)))
+    {
         for l in 0..LANES {
             let (d0, d1, d2, d3) = (x[l] - y0[l], x[l] - y1[l], x[l] - y2[l], x[l] - y3[l]);
             s0[l] += d0 * d0;
@@ -386,17 +438,30 @@ fn add_block_distances(updates: &[&[f32]], b0: usize, b1: usize, d: &mut [f64]) 
         while j + 4 <= n {
             let r = block_sq_dists4(
                 a,
-                [&updates[j][b0..b1], &updates[j + 1][b0..b1], &updates[j + 2][b0..b1], &updates[j + 3][b0..b1]],
+                [
+                    &updates[j][b0..b1],
+                    &updates[j + 1][b0..b1],
+                    &updates[j + 2][b0..b1],
+                    &updates[j + 3][b0..b1],
+                ],
             );
             for (q, &x) in r.iter().enumerate() {
-                d[p + q] += if x.is_finite() { x } else { sq_dist_f64(a, &updates[j + q][b0..b1]) };
+                d[p + q] += if x.is_finite() {
+                    x
+                } else {
+                    sq_dist_f64(a, &updates[j + q][b0..b1])
+                };
             }
             p += 4;
             j += 4;
         }
         while j < n {
             let x = block_sq_dist(a, &updates[j][b0..b1]);
-            d[p] += if x.is_finite() { x } else { sq_dist_f64(a, &updates[j][b0..b1]) };
+            d[p] += if x.is_finite() {
+                x
+            } else {
+                sq_dist_f64(a, &updates[j][b0..b1])
+            };
             p += 1;
             j += 1;
         }
@@ -412,7 +477,12 @@ fn pairwise_sq_distances(updates: &[&[f32]], len: usize) -> Vec<f64> {
     let partial = |r: usize| -> Vec<f64> {
         let mut d = vec![0f64; pairs];
         let end = ((r + 1) * range).min(len);
-        simd(RangeDistances { updates, start: r * range, end, d: &mut d });
+        simd(RangeDistances {
+            updates,
+            start: r * range,
+            end,
+            d: &mut d,
+        });
         d
     };
     let ranges = len.div_ceil(range);
@@ -437,7 +507,11 @@ fn scores_from_distances(d: &[f64], n: usize, f: usize) -> Vec<f64> {
     (0..n)
         .map(|i| {
             row.clear();
-            row.extend((0..n).filter(|&j| j != i).map(|j| d[pair_index(n, i.min(j), i.max(j))]));
+            row.extend(
+                (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| d[pair_index(n, i.min(j), i.max(j))]),
+            );
             row.sort_by(f64::total_cmp);
             row[..keep].iter().sum()
         })
@@ -458,9 +532,17 @@ where
     F: Fn(&[f32], &[f32]) -> f64 + Sync,
 {
     if a.len() < PAR_MIN {
-        return a.chunks(REDUCE_CHUNK).zip(b.chunks(REDUCE_CHUNK)).map(|(x, y)| f(x, y)).sum();
+        return a
+            .chunks(REDUCE_CHUNK)
+            .zip(b.chunks(REDUCE_CHUNK))
+            .map(|(x, y)| f(x, y))
+            .sum();
     }
-    let parts: Vec<f64> = a.par_chunks(REDUCE_CHUNK).zip(b.par_chunks(REDUCE_CHUNK)).map(|(x, y)| f(x, y)).collect();
+    let parts: Vec<f64> = a
+        .par_chunks(REDUCE_CHUNK)
+        .zip(b.par_chunks(REDUCE_CHUNK))
+        .map(|(x, y)| f(x, y))
+        .collect();
     parts.iter().sum()
 }
 
@@ -476,7 +558,12 @@ fn dot_chunk(a: &[f32], b: &[f32]) -> f64 {
             acc[l] += f64::from(x[l]) * f64::from(y[l]);
         }
     }
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
     acc.iter().sum::<f64>() + tail
 }
 
@@ -520,7 +607,8 @@ pub fn clip_to_norm(v: &mut [f32], max_norm: f64) -> f64 {
 /// `x ← x·scale`, each value scaled in f64 and rounded once.
 #[inline(always)]
 fn scale_in_place(c: &mut [f32], scale: f64) {
-    c.iter_mut().for_each(|x| *x = (f64::from(*x) * scale) as f32);
+    c.iter_mut()
+        .for_each(|x| *x = (f64::from(*x) * scale) as f32);
 }
 
 /// Thresholds of [`anomaly_filter`].
@@ -572,12 +660,20 @@ pub fn anomaly_filter(updates: &[&[f32]], cfg: &AnomalyConfig) -> Vec<Verdict> {
         }
         for (u, v) in updates.iter().zip(verdicts.iter_mut()) {
             if u.len() != expected {
-                *v = Verdict::Quarantine(format!("has {} values, the cohort's updates have {expected}", u.len()));
+                *v = Verdict::Quarantine(format!(
+                    "has {} values, the cohort's updates have {expected}",
+                    u.len()
+                ));
             } else if let Some(index) = first_non_finite(u) {
-                *v = Verdict::Quarantine(format!("value at index {index} is not finite ({})", u[index]));
+                *v = Verdict::Quarantine(format!(
+                    "value at index {index} is not finite ({})",
+                    u[index]
+                ));
             }
         }
-        let cohort: Vec<usize> = (0..updates.len()).filter(|&i| verdicts[i] == Verdict::Keep).collect();
+        let cohort: Vec<usize> = (0..updates.len())
+            .filter(|&i| verdicts[i] == Verdict::Keep)
+            .collect();
         if cohort.is_empty() {
             return verdicts;
         }
@@ -661,7 +757,11 @@ mod tests {
         (0..rows[0].len())
             .map(|j| {
                 let c = column(rows, j);
-                if n % 2 == 1 { c[n / 2] } else { ((f64::from(c[n / 2 - 1]) + f64::from(c[n / 2])) / 2.0) as f32 }
+                if n % 2 == 1 {
+                    c[n / 2]
+                } else {
+                    ((f64::from(c[n / 2 - 1]) + f64::from(c[n / 2])) / 2.0) as f32
+                }
             })
             .collect()
     }
@@ -683,7 +783,13 @@ mod tests {
             .map(|i| {
                 let mut d: Vec<f64> = (0..n)
                     .filter(|&j| j != i)
-                    .map(|j| rows[i].iter().zip(&rows[j]).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum())
+                    .map(|j| {
+                        rows[i]
+                            .iter()
+                            .zip(&rows[j])
+                            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                            .sum()
+                    })
                     .collect();
                 d.sort_by(f64::total_cmp);
                 d[..n - f - 2].iter().sum()
@@ -696,22 +802,42 @@ mod tests {
     }
 
     /// n updates of length d with values in ±1e3.
-    fn batch(n: std::ops::Range<usize>, d: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Vec<f32>>> {
-        (n, d).prop_flat_map(|(n, d)| proptest::collection::vec(proptest::collection::vec(-1e3f32..1e3, d), n))
+    fn batch(
+        n: std::ops::Range<usize>,
+        d: std::ops::Range<usize>,
+    ) -> impl Strategy<Value = Vec<Vec<f32>>> {
+        (n, d).prop_flat_map(|(n, d)| {
+            proptest::collection::vec(proptest::collection::vec(-1e3f32..1e3, d), n)
+        })
     }
 
     fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool").install(f)
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool")
+            .install(f)
     }
 
     #[test]
     fn small_examples() {
-        let rows = vec![vec![1.0, -5.0], vec![3.0, 7.0], vec![2.0, 0.0], vec![100.0, 1.0]];
+        let rows = vec![
+            vec![1.0, -5.0],
+            vec![3.0, 7.0],
+            vec![2.0, 0.0],
+            vec![100.0, 1.0],
+        ];
         assert_eq!(coordinate_median(&refs(&rows)).unwrap(), vec![2.5, 0.5]);
         assert_eq!(trimmed_mean(&refs(&rows), 0.25).unwrap(), vec![2.5, 0.5]);
         assert_eq!(trimmed_mean(&refs(&rows), 0.0).unwrap(), vec![26.5, 0.75]);
-        assert_eq!(coordinate_median(&refs(&rows[..3])).unwrap(), vec![2.0, 0.0]);
-        assert_eq!(coordinate_median(&refs(&rows[..1])).unwrap(), vec![1.0, -5.0]);
+        assert_eq!(
+            coordinate_median(&refs(&rows[..3])).unwrap(),
+            vec![2.0, 0.0]
+        );
+        assert_eq!(
+            coordinate_median(&refs(&rows[..1])).unwrap(),
+            vec![1.0, -5.0]
+        );
         assert!((l2_norm(&[3.0, 4.0]) - 5.0).abs() < 1e-12);
         let mut v = vec![3.0, 4.0];
         assert_eq!(clip_to_norm(&mut v, 1.0), 5.0);
@@ -730,23 +856,79 @@ mod tests {
         assert_eq!(coordinate_median(&none), Err(AggregateError::Empty));
         assert_eq!(
             coordinate_median(&[&ok, &short]),
-            Err(AggregateError::MismatchedLength { update: 1, expected: 2, actual: 1 })
+            Err(AggregateError::MismatchedLength {
+                update: 1,
+                expected: 2,
+                actual: 1
+            })
         );
-        assert_eq!(coordinate_median(&[&ok, &nan]), Err(AggregateError::UpdateNonFinite { update: 1, index: 1 }));
-        assert_eq!(coordinate_median(&[&nan]), Err(AggregateError::UpdateNonFinite { update: 0, index: 1 }));
-        assert_eq!(trimmed_mean(&[&ok, &ok, &nan], 0.4), Err(AggregateError::UpdateNonFinite { update: 2, index: 1 }));
-        assert_eq!(trimmed_mean(&[&ok, &nan], 0.0), Err(AggregateError::UpdateNonFinite { update: 1, index: 1 }));
-        assert!(matches!(trimmed_mean(&[&ok], 0.5), Err(AggregateError::Parameter { name: "beta", .. })));
-        assert!(matches!(trimmed_mean(&[&ok], -0.1), Err(AggregateError::Parameter { name: "beta", .. })));
-        assert!(matches!(trimmed_mean(&[&ok], f64::NAN), Err(AggregateError::Parameter { name: "beta", .. })));
+        assert_eq!(
+            coordinate_median(&[&ok, &nan]),
+            Err(AggregateError::UpdateNonFinite {
+                update: 1,
+                index: 1
+            })
+        );
+        assert_eq!(
+            coordinate_median(&[&nan]),
+            Err(AggregateError::UpdateNonFinite {
+                update: 0,
+                index: 1
+            })
+        );
+        assert_eq!(
+            trimmed_mean(&[&ok, &ok, &nan], 0.4),
+            Err(AggregateError::UpdateNonFinite {
+                update: 2,
+                index: 1
+            })
+        );
+        assert_eq!(
+            trimmed_mean(&[&ok, &nan], 0.0),
+            Err(AggregateError::UpdateNonFinite {
+                update: 1,
+                index: 1
+            })
+        );
+        assert!(matches!(
+            trimmed_mean(&[&ok], 0.5),
+            Err(AggregateError::Parameter { name: "beta", .. })
+        ));
+        assert!(matches!(
+            trimmed_mean(&[&ok], -0.1),
+            Err(AggregateError::Parameter { name: "beta", .. })
+        ));
+        assert!(matches!(
+            trimmed_mean(&[&ok], f64::NAN),
+            Err(AggregateError::Parameter { name: "beta", .. })
+        ));
         let five = [&ok[..]; 5];
-        assert!(matches!(krum(&five, 2, 1), Err(AggregateError::TooFewUpdates { needed: 7, actual: 5, .. })));
-        assert!(matches!(krum(&five, 1, 0), Err(AggregateError::Parameter { name: "m", .. })));
-        assert!(matches!(krum(&five, 1, 5), Err(AggregateError::Parameter { name: "m", .. })));
+        assert!(matches!(
+            krum(&five, 2, 1),
+            Err(AggregateError::TooFewUpdates {
+                needed: 7,
+                actual: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            krum(&five, 1, 0),
+            Err(AggregateError::Parameter { name: "m", .. })
+        ));
+        assert!(matches!(
+            krum(&five, 1, 5),
+            Err(AggregateError::Parameter { name: "m", .. })
+        ));
         assert!(krum(&five, 1, 4).is_ok());
         let mut with_nan = five;
         with_nan[3] = &nan;
-        assert_eq!(krum(&with_nan, 1, 1), Err(AggregateError::UpdateNonFinite { update: 3, index: 1 }));
+        assert_eq!(
+            krum(&with_nan, 1, 1),
+            Err(AggregateError::UpdateNonFinite {
+                update: 3,
+                index: 1
+            })
+        );
         // Large finite values do not overflow Krum's distances.
         let big = [f32::MAX, -f32::MAX];
         let small = [-f32::MAX, f32::MAX];
@@ -763,13 +945,22 @@ mod tests {
         let ok = [1.0f32, 2.0, 3.0];
         let short = [1.0f32, 2.0];
         let nan = [1.0f32, f32::NAN, 3.0];
-        let cfg = AnomalyConfig { max_norm_z: 3.5, max_cosine_distance: 1.0 };
+        let cfg = AnomalyConfig {
+            max_norm_z: 3.5,
+            max_cosine_distance: 1.0,
+        };
         let v = anomaly_filter(&[&ok, &ok, &short, &nan, &ok], &cfg);
         assert_eq!(v[0], Verdict::Keep);
         assert_eq!(v[1], Verdict::Keep);
         assert_eq!(v[4], Verdict::Keep);
-        assert!(matches!(&v[2], Verdict::Quarantine(r) if r.contains("2 values")), "{v:?}");
-        assert!(matches!(&v[3], Verdict::Quarantine(r) if r.contains("index 1")), "{v:?}");
+        assert!(
+            matches!(&v[2], Verdict::Quarantine(r) if r.contains("2 values")),
+            "{v:?}"
+        );
+        assert!(
+            matches!(&v[3], Verdict::Quarantine(r) if r.contains("index 1")),
+            "{v:?}"
+        );
         assert!(anomaly_filter(&[], &cfg).is_empty());
         // Honest updates around (1, 1, 1, 1) with different norms are kept; a ×−10 one is quarantined.
         let rows: Vec<Vec<f32>> = vec![
@@ -927,7 +1118,9 @@ mod tests {
 
     /// A deterministic hostile value: huge, tiny, signed, varying by (seed, attacker, coordinate).
     fn hostile(seed: u64, a: usize, j: usize) -> f32 {
-        let x = seed ^ (a as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (j as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let x = seed
+            ^ (a as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (j as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         let x = (x ^ (x >> 31)).wrapping_mul(0x94d0_49bb_1331_11eb);
         match x % 4 {
             0 => f32::MAX,
@@ -957,7 +1150,10 @@ mod tests {
             })
             .collect();
         let r = refs(&rows);
-        let cfg = AnomalyConfig { max_norm_z: 2.0, max_cosine_distance: 0.5 };
+        let cfg = AnomalyConfig {
+            max_norm_z: 2.0,
+            max_cosine_distance: 0.5,
+        };
         let run = || {
             let mut c = rows[0].clone();
             let norm = clip_to_norm(&mut c, 10.0);
@@ -989,7 +1185,10 @@ mod tests {
         }
         let inv = 1.0 / (1..=n).map(|w| w as f64).sum::<f64>();
         let plain: Vec<f32> = plain.iter().map(|s| (s * inv) as f32).collect();
-        assert!(one.8.finish().unwrap() == plain, "FedAvg differs from the plain loop");
+        assert!(
+            one.8.finish().unwrap() == plain,
+            "FedAvg differs from the plain loop"
+        );
         assert_eq!(one.0, ref_median(&rows));
         for (g, w) in one.1.iter().zip(ref_trimmed(&rows, 0.2)) {
             assert!((f64::from(*g) - w).abs() <= 1e-6 * w.abs() + 1e-6);

@@ -75,7 +75,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AggregateError, ConfigError};
 use crate::params::ParamLayout;
-use crate::strategy::{FedBuffSpec, Quarantined, RoundAggregate, RoundResult, Strategy, StrategySpec};
+use crate::strategy::{
+    FedBuffSpec, Quarantined, RoundAggregate, RoundResult, Strategy, StrategySpec,
+};
 
 mod precheck;
 mod status;
@@ -109,8 +111,12 @@ pub enum StageKind {
 impl StageKind {
     /// The stages of a secure-aggregation round, in order (their indices match
     /// `flotilla_secagg::Stage::index`).
-    pub const SECURE_AGGREGATION: [StageKind; 4] =
-        [StageKind::AdvertiseKeys, StageKind::ShareKeys, StageKind::MaskedInput, StageKind::Unmasking];
+    pub const SECURE_AGGREGATION: [StageKind; 4] = [
+        StageKind::AdvertiseKeys,
+        StageKind::ShareKeys,
+        StageKind::MaskedInput,
+        StageKind::Unmasking,
+    ];
 
     /// Whether clients train at this stage (its reports carry a sample count and a training loss).
     pub fn trains(self) -> bool {
@@ -182,21 +188,40 @@ impl RoundPolicy {
     pub fn validate(&self) -> Result<(), ConfigError> {
         use crate::limits::{self, count};
         count("rounds", self.rounds, 1, limits::MAX_ROUNDS)?;
-        count("clients_per_round", self.clients_per_round, 1, limits::MAX_CLIENTS_PER_ROUND)?;
+        count(
+            "clients_per_round",
+            self.clients_per_round,
+            1,
+            limits::MAX_CLIENTS_PER_ROUND,
+        )?;
         if self.min_clients < self.clients_per_round {
             return Err(ConfigError::new(
                 "min_clients",
-                format!("must be ≥ clients_per_round ({}), got {}", self.clients_per_round, self.min_clients),
+                format!(
+                    "must be ≥ clients_per_round ({}), got {}",
+                    self.clients_per_round, self.min_clients
+                ),
             ));
         }
         count("min_clients", self.min_clients, 1, limits::MAX_CLIENTS)?;
-        if !(self.over_selection.is_finite() && (1.0..=limits::MAX_OVER_SELECTION).contains(&self.over_selection)) {
+        if !(self.over_selection.is_finite()
+            && (1.0..=limits::MAX_OVER_SELECTION).contains(&self.over_selection))
+        {
             return Err(ConfigError::new(
                 "over_selection",
-                format!("must be in [1, {}], got {}", limits::MAX_OVER_SELECTION, self.over_selection),
+                format!(
+                    "must be in [1, {}], got {}",
+                    limits::MAX_OVER_SELECTION,
+                    self.over_selection
+                ),
             ));
         }
-        count("round_deadline", self.stage_deadline_ms, 1, limits::MAX_DEADLINE_MS)?;
+        count(
+            "round_deadline",
+            self.stage_deadline_ms,
+            1,
+            limits::MAX_DEADLINE_MS,
+        )?;
         if !(self.min_report_fraction > 0.0 && self.min_report_fraction <= 1.0) {
             return Err(ConfigError::new(
                 "min_report_fraction",
@@ -205,12 +230,35 @@ impl RoundPolicy {
         }
         count("max_attempts", self.max_attempts, 1, limits::MAX_ATTEMPTS)?;
         // Job specs are held to `MAX_CHECKIN_TTL_MS` (a day); the simulator's clients never expire.
-        count("checkin_ttl", self.checkin_ttl_ms, 1, limits::CHECKIN_TTL_NEVER)?;
-        count("selection_window_ms", self.selection_window_ms, 0, limits::MAX_SELECTION_WINDOW_MS)?;
-        count("retry_after_ms", self.retry_after_ms, 1, limits::MAX_RETRY_AFTER_MS)?;
-        count("max_samples_per_report", self.max_samples_per_report, 1, limits::MAX_SAMPLES)?;
+        count(
+            "checkin_ttl",
+            self.checkin_ttl_ms,
+            1,
+            limits::CHECKIN_TTL_NEVER,
+        )?;
+        count(
+            "selection_window_ms",
+            self.selection_window_ms,
+            0,
+            limits::MAX_SELECTION_WINDOW_MS,
+        )?;
+        count(
+            "retry_after_ms",
+            self.retry_after_ms,
+            1,
+            limits::MAX_RETRY_AFTER_MS,
+        )?;
+        count(
+            "max_samples_per_report",
+            self.max_samples_per_report,
+            1,
+            limits::MAX_SAMPLES,
+        )?;
         if self.stages.is_empty() {
-            return Err(ConfigError::new("stages", "a round needs at least one stage"));
+            return Err(ConfigError::new(
+                "stages",
+                "a round needs at least one stage",
+            ));
         }
         if self.stages.as_slice() != [StageKind::Train] && !self.secure_aggregation() {
             return Err(ConfigError::new(
@@ -386,7 +434,9 @@ pub enum RejectReason {
     #[error("no round is accepting reports (job is {0})")]
     NotAccepting(&'static str),
     /// The report names another round or attempt than the current one.
-    #[error("report is for round {got_round} attempt {got_attempt}, current is round {round} attempt {attempt}")]
+    #[error(
+        "report is for round {got_round} attempt {got_attempt}, current is round {round} attempt {attempt}"
+    )]
     WrongRound {
         /// Current round.
         round: u64,
@@ -426,7 +476,9 @@ pub enum RejectReason {
     #[error("invalid update: {0}")]
     BadUpdate(AggregateError),
     /// FedBuff: the report's base model is more versions behind the global model than allowed.
-    #[error("update is {staleness} versions stale (based on version {base}); at most {max} are accepted")]
+    #[error(
+        "update is {staleness} versions stale (based on version {base}); at most {max} are accepted"
+    )]
     TooStale {
         /// Versions committed since the task's base model.
         staleness: u64,
@@ -690,7 +742,12 @@ fn mix(mut z: u64) -> u64 {
 
 impl RoundMachine {
     /// A machine for a job with `policy`, a model of `layout` starting from `initial`, seeded by `seed`.
-    pub fn new(policy: RoundPolicy, layout: ParamLayout, initial: Vec<f32>, seed: u64) -> Result<Self, ConfigError> {
+    pub fn new(
+        policy: RoundPolicy,
+        layout: ParamLayout,
+        initial: Vec<f32>,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
         Self::with_strategy(policy, layout, initial, seed, StrategySpec::fedavg())
     }
 
@@ -710,7 +767,11 @@ impl RoundMachine {
         if initial.len() != layout.len() {
             return Err(ConfigError::new(
                 "initial_parameters",
-                format!("has {} values, the layout has {}", initial.len(), layout.len()),
+                format!(
+                    "has {} values, the layout has {}",
+                    initial.len(),
+                    layout.len()
+                ),
             ));
         }
         if initial.iter().any(|v| !v.is_finite()) {
@@ -804,7 +865,11 @@ impl RoundMachine {
         if global.len() != self.layout.len() {
             return Err(ConfigError::new(
                 "global",
-                format!("has {} values, the layout has {}", global.len(), self.layout.len()),
+                format!(
+                    "has {} values, the layout has {}",
+                    global.len(),
+                    self.layout.len()
+                ),
             ));
         }
         if global.iter().any(|v| !v.is_finite()) {
@@ -814,7 +879,10 @@ impl RoundMachine {
         self.pool.clear();
         // FedBuff: in-flight tasks and the partly filled buffer are abandoned (the bumped attempt
         // makes their late reports stale).
-        self.fedbuff = AsyncState { issued: self.fedbuff.issued, ..AsyncState::default() };
+        self.fedbuff = AsyncState {
+            issued: self.fedbuff.issued,
+            ..AsyncState::default()
+        };
         match self.phase {
             Phase::Finished | Phase::Failed(_) => {}
             // Even a machine persisted between rounds moves to a new attempt: the dead process may
@@ -844,7 +912,10 @@ impl RoundMachine {
             }
             _ => Err(ConfigError::new(
                 "attempt",
-                format!("can only be raised while waiting for clients, not while {}", self.phase.name()),
+                format!(
+                    "can only be raised while waiting for clients, not while {}",
+                    self.phase.name()
+                ),
             )),
         }
     }
@@ -888,22 +959,56 @@ impl RoundMachine {
         }
         match event {
             Event::CheckIn { client } => self.on_check_in(now_ms, client, &mut out),
-            Event::Report { client, round, attempt, stage, num_samples, update, metrics } => {
-                self.on_report(now_ms, client, (round, attempt, stage), num_samples, update, metrics, &mut out)
-            }
-            Event::StageReport { client, round, attempt, stage, num_samples, metrics } => {
-                self.on_stage_report(now_ms, client, (round, attempt, stage), num_samples, metrics, &mut out)
-            }
-            Event::Aggregated { round, attempt, sum, contributors } => {
-                self.on_aggregated(now_ms, (round, attempt), sum, contributors, &mut out)
-            }
-            Event::AggregationFailed { round, attempt, reason } => {
-                self.on_aggregation_failed(now_ms, (round, attempt), &reason, &mut out)
-            }
+            Event::Report {
+                client,
+                round,
+                attempt,
+                stage,
+                num_samples,
+                update,
+                metrics,
+            } => self.on_report(
+                now_ms,
+                client,
+                (round, attempt, stage),
+                num_samples,
+                update,
+                metrics,
+                &mut out,
+            ),
+            Event::StageReport {
+                client,
+                round,
+                attempt,
+                stage,
+                num_samples,
+                metrics,
+            } => self.on_stage_report(
+                now_ms,
+                client,
+                (round, attempt, stage),
+                num_samples,
+                metrics,
+                &mut out,
+            ),
+            Event::Aggregated {
+                round,
+                attempt,
+                sum,
+                contributors,
+            } => self.on_aggregated(now_ms, (round, attempt), sum, contributors, &mut out),
+            Event::AggregationFailed {
+                round,
+                attempt,
+                reason,
+            } => self.on_aggregation_failed(now_ms, (round, attempt), &reason, &mut out),
             Event::ClientLost { client } => self.on_lost(now_ms, client, &mut out),
-            Event::TaskFailed { client, round, attempt, stage } => {
-                self.on_task_failed(now_ms, client, (round, attempt, stage), &mut out)
-            }
+            Event::TaskFailed {
+                client,
+                round,
+                attempt,
+                stage,
+            } => self.on_task_failed(now_ms, client, (round, attempt, stage), &mut out),
             Event::TimerFired(timer) => self.on_timer(now_ms, timer, &mut out),
         }
         out
@@ -911,7 +1016,11 @@ impl RoundMachine {
 
     fn live_pool(&self, now_ms: u64) -> Vec<ClientId> {
         let ttl = self.policy.checkin_ttl_ms;
-        self.pool.iter().filter(|(_, seen)| now_ms.saturating_sub(**seen) <= ttl).map(|(c, _)| *c).collect()
+        self.pool
+            .iter()
+            .filter(|(_, seen)| now_ms.saturating_sub(**seen) <= ttl)
+            .map(|(c, _)| *c)
+            .collect()
     }
 
     fn task_for(&self, client: ClientId, stage: u32) -> Task {
@@ -921,7 +1030,9 @@ impl RoundMachine {
             stage,
             kind: self.policy.stages[stage as usize],
             model_version: self.committed,
-            seed: mix(mix(self.seed ^ self.round.rotate_left(32) ^ u64::from(self.attempt)) ^ client.0),
+            seed: mix(
+                mix(self.seed ^ self.round.rotate_left(32) ^ u64::from(self.attempt)) ^ client.0,
+            ),
         }
     }
 
@@ -938,7 +1049,9 @@ impl RoundMachine {
                 return;
             }
             Phase::Running(s)
-                if s.cohort.contains(&client) && !s.reported.contains(&client) && !s.failed.contains(&client) =>
+                if s.cohort.contains(&client)
+                    && !s.reported.contains(&client)
+                    && !s.failed.contains(&client) =>
             {
                 // A reconnecting member of the cohort gets the same task again: idempotent.
                 let task = self.task_for(client, s.index);
@@ -957,7 +1070,10 @@ impl RoundMachine {
                 if self.live_pool(now_ms).len() >= self.policy.min_clients {
                     self.phase = Phase::SelectionPending;
                     out.push(Action::SetTimer {
-                        timer: Timer::Selection { round: self.round, attempt: self.attempt },
+                        timer: Timer::Selection {
+                            round: self.round,
+                            attempt: self.attempt,
+                        },
                         at_ms: now_ms + self.policy.selection_window_ms,
                     });
                 }
@@ -974,9 +1090,14 @@ impl RoundMachine {
             {
                 self.select(now_ms, out)
             }
-            (Timer::Deadline { round, attempt, stage }, Phase::Running(s))
-                if round == self.round && attempt == self.attempt && stage == s.index =>
-            {
+            (
+                Timer::Deadline {
+                    round,
+                    attempt,
+                    stage,
+                },
+                Phase::Running(s),
+            ) if round == self.round && attempt == self.attempt && stage == s.index => {
                 self.close_stage(now_ms, out)
             }
             // Timers of rounds, attempts or stages that are over are stale: ignore them.
@@ -991,8 +1112,10 @@ impl RoundMachine {
             return;
         }
         let k = self.policy.selection_size().min(live.len());
-        let mut chosen: Vec<ClientId> =
-            index::sample(&mut self.select_rng, live.len(), k).into_iter().map(|i| live[i]).collect();
+        let mut chosen: Vec<ClientId> = index::sample(&mut self.select_rng, live.len(), k)
+            .into_iter()
+            .map(|i| live[i])
+            .collect();
         chosen.sort();
         for c in &chosen {
             self.pool.remove(c);
@@ -1000,7 +1123,13 @@ impl RoundMachine {
         self.start_stage(now_ms, 0, chosen.into_iter().collect(), out);
     }
 
-    fn start_stage(&mut self, now_ms: u64, index: u32, cohort: BTreeSet<ClientId>, out: &mut Vec<Action>) {
+    fn start_stage(
+        &mut self,
+        now_ms: u64,
+        index: u32,
+        cohort: BTreeSet<ClientId>,
+        out: &mut Vec<Action>,
+    ) {
         self.start_stage_with(now_ms, index, cohort, (BTreeSet::new(), 0.0, 0), out);
     }
 
@@ -1015,10 +1144,17 @@ impl RoundMachine {
         out: &mut Vec<Action>,
     ) {
         for &client in &cohort {
-            out.push(Action::Configure { client, task: self.task_for(client, index) });
+            out.push(Action::Configure {
+                client,
+                task: self.task_for(client, index),
+            });
         }
         out.push(Action::SetTimer {
-            timer: Timer::Deadline { round: self.round, attempt: self.attempt, stage: index },
+            timer: Timer::Deadline {
+                round: self.round,
+                attempt: self.attempt,
+                stage: index,
+            },
             at_ms: now_ms + self.policy.stage_deadline_ms,
         });
         self.phase = Phase::Running(Box::new(StageState {
@@ -1051,13 +1187,28 @@ impl RoundMachine {
             out.push(reject(reason));
             return;
         }
-        let Phase::Running(s) = &mut self.phase else { return };
+        let Phase::Running(s) = &mut self.phase else {
+            return;
+        };
         if num_samples == 0 || num_samples > max_samples {
-            out.push(reject(RejectReason::BadSampleCount { got: num_samples, max: max_samples }));
+            out.push(reject(RejectReason::BadSampleCount {
+                got: num_samples,
+                max: max_samples,
+            }));
             return;
         }
-        let loss = if metrics.train_loss.is_finite() { metrics.train_loss } else { f64::NAN };
-        if let Err(e) = self.strategy.accept(&mut s.aggregate, &self.global, client.0, update, num_samples as f64) {
+        let loss = if metrics.train_loss.is_finite() {
+            metrics.train_loss
+        } else {
+            f64::NAN
+        };
+        if let Err(e) = self.strategy.accept(
+            &mut s.aggregate,
+            &self.global,
+            client.0,
+            update,
+            num_samples as f64,
+        ) {
             out.push(reject(RejectReason::BadUpdate(e)));
             return;
         }
@@ -1073,7 +1224,12 @@ impl RoundMachine {
     /// names the current round, attempt and stage, the stage takes this kind of report (`plain`:
     /// a `Report` with parameters), the client is in the cohort and has not reported, and the stage
     /// is not full.
-    fn check_report(&self, client: ClientId, (round, attempt, stage): (u64, u32, u32), plain: bool) -> Result<(), RejectReason> {
+    fn check_report(
+        &self,
+        client: ClientId,
+        (round, attempt, stage): (u64, u32, u32),
+        plain: bool,
+    ) -> Result<(), RejectReason> {
         let Phase::Running(s) = &self.phase else {
             return Err(RejectReason::NotAccepting(self.phase.name()));
         };
@@ -1086,11 +1242,17 @@ impl RoundMachine {
             });
         }
         if stage != s.index {
-            return Err(RejectReason::WrongStage { expected: s.index, got: stage });
+            return Err(RejectReason::WrongStage {
+                expected: s.index,
+                got: stage,
+            });
         }
         let kind = self.policy.stages[s.index as usize];
         if (kind == StageKind::Train) != plain {
-            return Err(RejectReason::WrongStageKind { stage, kind: kind.name() });
+            return Err(RejectReason::WrongStageKind {
+                stage,
+                kind: kind.name(),
+            });
         }
         if !s.cohort.contains(&client) {
             return Err(RejectReason::NotSelected);
@@ -1120,7 +1282,10 @@ impl RoundMachine {
         self.check_report(client, (round, attempt, stage), false)?;
         let max = self.policy.max_samples_per_report;
         if self.policy.stages[stage as usize].trains() && (num_samples == 0 || num_samples > max) {
-            return Err(RejectReason::BadSampleCount { got: num_samples, max });
+            return Err(RejectReason::BadSampleCount {
+                got: num_samples,
+                max,
+            });
         }
         Ok(())
     }
@@ -1139,9 +1304,15 @@ impl RoundMachine {
             return;
         }
         let trains = self.policy.stages[stage as usize].trains();
-        let Phase::Running(s) = &mut self.phase else { return };
+        let Phase::Running(s) = &mut self.phase else {
+            return;
+        };
         if trains {
-            let loss = if metrics.train_loss.is_finite() { metrics.train_loss } else { f64::NAN };
+            let loss = if metrics.train_loss.is_finite() {
+                metrics.train_loss
+            } else {
+                f64::NAN
+            };
             s.num_samples += num_samples;
             s.loss_weighted += loss * num_samples as f64;
         }
@@ -1151,7 +1322,14 @@ impl RoundMachine {
         self.maybe_close_early(now_ms, out);
     }
 
-    fn on_aggregated(&mut self, now_ms: u64, (round, attempt): (u64, u32), sum: &[f64], count: usize, out: &mut Vec<Action>) {
+    fn on_aggregated(
+        &mut self,
+        now_ms: u64,
+        (round, attempt): (u64, u32),
+        sum: &[f64],
+        count: usize,
+        out: &mut Vec<Action>,
+    ) {
         if round != self.round || attempt != self.attempt {
             return; // stale: an attempt that is over
         }
@@ -1161,9 +1339,15 @@ impl RoundMachine {
         };
         let expected = f.contributors.len();
         let mean: Result<(), String> = if count != expected {
-            Err(format!("the unmasked sum covers {count} clients, {expected} contributed"))
+            Err(format!(
+                "the unmasked sum covers {count} clients, {expected} contributed"
+            ))
         } else if sum.len() != self.layout.len() {
-            Err(format!("the unmasked sum has {} values, the layout has {}", sum.len(), self.layout.len()))
+            Err(format!(
+                "the unmasked sum has {} values, the layout has {}",
+                sum.len(),
+                self.layout.len()
+            ))
         } else {
             Ok(())
         };
@@ -1181,12 +1365,25 @@ impl RoundMachine {
             }
             Err(why) => {
                 let needed = self.policy.min_reports();
-                self.abandon_attempt(now_ms, expected, needed, &why, AbandonCause::AggregationFailed, out);
+                self.abandon_attempt(
+                    now_ms,
+                    expected,
+                    needed,
+                    &why,
+                    AbandonCause::AggregationFailed,
+                    out,
+                );
             }
         }
     }
 
-    fn on_aggregation_failed(&mut self, now_ms: u64, (round, attempt): (u64, u32), reason: &str, out: &mut Vec<Action>) {
+    fn on_aggregation_failed(
+        &mut self,
+        now_ms: u64,
+        (round, attempt): (u64, u32),
+        reason: &str,
+        out: &mut Vec<Action>,
+    ) {
         if round != self.round || attempt != self.attempt || !self.policy.secure_aggregation() {
             return; // stale, or not a secure-aggregation job
         }
@@ -1197,7 +1394,14 @@ impl RoundMachine {
         };
         self.phase = Phase::Waiting;
         let why = format!("secure aggregation failed: {reason}");
-        self.abandon_attempt(now_ms, reports, self.policy.min_reports(), &why, AbandonCause::AggregationFailed, out);
+        self.abandon_attempt(
+            now_ms,
+            reports,
+            self.policy.min_reports(),
+            &why,
+            AbandonCause::AggregationFailed,
+            out,
+        );
     }
 
     fn on_lost(&mut self, now_ms: u64, client: ClientId, out: &mut Vec<Action>) {
@@ -1236,14 +1440,25 @@ impl RoundMachine {
                 s.index,
                 kind.name()
             );
-            self.abandon_attempt(now_ms, s.reported.len(), needed, &why, AbandonCause::TooFewReports, out);
+            self.abandon_attempt(
+                now_ms,
+                s.reported.len(),
+                needed,
+                &why,
+                AbandonCause::TooFewReports,
+                out,
+            );
             return;
         }
         if kind != StageKind::Train {
             // Secure aggregation: the driver's secagg server holds the data; the machine hands over
             // the survivors and carries the training tally to the end of the round.
             let s = *s;
-            let contributors = if kind == StageKind::MaskedInput { s.reported.clone() } else { s.contributors };
+            let contributors = if kind == StageKind::MaskedInput {
+                s.reported.clone()
+            } else {
+                s.contributors
+            };
             let last = (s.index as usize) + 1 == self.policy.stages.len();
             if last {
                 out.push(Action::Finalize {
@@ -1279,7 +1494,14 @@ impl RoundMachine {
             Err(AggregateError::Empty) => {
                 // Every report was quarantined: nothing usable, so the attempt is abandoned like one
                 // that received too few reports.
-                self.abandon_attempt(now_ms, 0, needed, "every report was quarantined", AbandonCause::AllQuarantined, out);
+                self.abandon_attempt(
+                    now_ms,
+                    0,
+                    needed,
+                    "every report was quarantined",
+                    AbandonCause::AllQuarantined,
+                    out,
+                );
                 return;
             }
             Err(e) => {
@@ -1290,8 +1512,20 @@ impl RoundMachine {
             }
         };
         let quarantined: BTreeSet<u64> = result.quarantined.iter().map(|q| q.client).collect();
-        let participants = s.reported.iter().copied().filter(|c| !quarantined.contains(&c.0)).collect();
-        self.commit(now_ms, result, participants, s.num_samples, s.loss_weighted, out);
+        let participants = s
+            .reported
+            .iter()
+            .copied()
+            .filter(|c| !quarantined.contains(&c.0))
+            .collect();
+        self.commit(
+            now_ms,
+            result,
+            participants,
+            s.num_samples,
+            s.loss_weighted,
+            out,
+        );
     }
 
     /// Installs the new global model and moves to the next round (or finishes the job).
@@ -1350,7 +1584,10 @@ impl RoundMachine {
         });
         self.failed_attempts += 1;
         if self.failed_attempts >= self.policy.max_attempts {
-            let reason = format!("round {} failed {} times: {why}", self.round, self.failed_attempts);
+            let reason = format!(
+                "round {} failed {} times: {why}",
+                self.round, self.failed_attempts
+            );
             self.phase = Phase::Failed(reason.clone());
             out.push(Action::JobFailed { reason });
             return;
@@ -1364,7 +1601,10 @@ impl RoundMachine {
         if self.live_pool(now_ms).len() >= self.policy.min_clients {
             self.phase = Phase::SelectionPending;
             out.push(Action::SetTimer {
-                timer: Timer::Selection { round: self.round, attempt: self.attempt },
+                timer: Timer::Selection {
+                    round: self.round,
+                    attempt: self.attempt,
+                },
                 at_ms: now_ms + self.policy.selection_window_ms,
             });
         }
@@ -1381,7 +1621,12 @@ impl RoundMachine {
     /// before its payload is read (changes nothing). Round-based jobs: the round and attempt must be
     /// the current ones. FedBuff: they must name the client's outstanding task, whose base model is
     /// at most `max_staleness` versions old.
-    pub fn precheck_report(&self, client: ClientId, round: u64, attempt: u32) -> Result<(), RejectReason> {
+    pub fn precheck_report(
+        &self,
+        client: ClientId,
+        round: u64,
+        attempt: u32,
+    ) -> Result<(), RejectReason> {
         let Some(fb) = self.fedbuff_spec() else {
             if (round, attempt) != (self.round, self.attempt) {
                 return Err(RejectReason::WrongRound {
@@ -1401,7 +1646,13 @@ impl RoundMachine {
 
     /// The payload-free checks of a FedBuff report; returns the task's base version and the
     /// report's staleness.
-    fn precheck_async(&self, fb: FedBuffSpec, client: ClientId, round: u64, attempt: u32) -> Result<(u64, u64), RejectReason> {
+    fn precheck_async(
+        &self,
+        fb: FedBuffSpec,
+        client: ClientId,
+        round: u64,
+        attempt: u32,
+    ) -> Result<(u64, u64), RejectReason> {
         let st = &self.fedbuff;
         let Some(t) = st.in_flight.get(&client) else {
             if st.done.get(&client) == Some(&(round, attempt)) {
@@ -1413,17 +1664,32 @@ impl RoundMachine {
                 && (r, a) == (round, attempt)
             {
                 let staleness = self.committed.saturating_sub(base);
-                return Err(RejectReason::TooStale { staleness, base, max: fb.max_staleness });
+                return Err(RejectReason::TooStale {
+                    staleness,
+                    base,
+                    max: fb.max_staleness,
+                });
             }
             return Err(RejectReason::NoTask);
         };
         let t = &t.task;
         if (round, attempt) != (t.round, t.attempt) {
-            return Err(RejectReason::WrongRound { round: t.round, attempt: t.attempt, got_round: round, got_attempt: attempt });
+            return Err(RejectReason::WrongRound {
+                round: t.round,
+                attempt: t.attempt,
+                got_round: round,
+                got_attempt: attempt,
+            });
         }
         let staleness = self.committed.saturating_sub(t.model_version);
-        if staleness > fb.max_staleness || (t.model_version != self.committed && !st.bases.contains_key(&t.model_version)) {
-            return Err(RejectReason::TooStale { staleness, base: t.model_version, max: fb.max_staleness });
+        if staleness > fb.max_staleness
+            || (t.model_version != self.committed && !st.bases.contains_key(&t.model_version))
+        {
+            return Err(RejectReason::TooStale {
+                staleness,
+                base: t.model_version,
+                max: fb.max_staleness,
+            });
         }
         Ok((t.model_version, staleness))
     }
@@ -1433,12 +1699,21 @@ impl RoundMachine {
         self.fedbuff.contributors.len()
     }
 
-    fn handle_async(&mut self, fb: FedBuffSpec, now_ms: u64, event: Event<'_>, out: &mut Vec<Action>) {
+    fn handle_async(
+        &mut self,
+        fb: FedBuffSpec,
+        now_ms: u64,
+        event: Event<'_>,
+        out: &mut Vec<Action>,
+    ) {
         if matches!(self.phase, Phase::Finished | Phase::Failed(_)) {
             match event {
                 Event::CheckIn { client } => self.retry_after(client, out),
                 Event::Report { client, .. } | Event::StageReport { client, .. } => {
-                    out.push(Action::Reject { client, reason: RejectReason::NotAccepting(self.phase.name()) })
+                    out.push(Action::Reject {
+                        client,
+                        reason: RejectReason::NotAccepting(self.phase.name()),
+                    })
                 }
                 _ => {}
             }
@@ -1446,20 +1721,49 @@ impl RoundMachine {
         }
         match event {
             Event::CheckIn { client } => self.async_check_in(fb, now_ms, client, out),
-            Event::Report { client, round, attempt, stage, num_samples, update, metrics } => {
-                match self.check_async_report(fb, client, (round, attempt, stage), num_samples, update) {
+            Event::Report {
+                client,
+                round,
+                attempt,
+                stage,
+                num_samples,
+                update,
+                metrics,
+            } => {
+                match self.check_async_report(
+                    fb,
+                    client,
+                    (round, attempt, stage),
+                    num_samples,
+                    update,
+                ) {
                     Err(reason) => out.push(Action::Reject { client, reason }),
-                    Ok((base, staleness)) => {
-                        self.accept_async(fb, client, base, staleness, num_samples, update, metrics, out)
-                    }
+                    Ok((base, staleness)) => self.accept_async(
+                        fb,
+                        client,
+                        base,
+                        staleness,
+                        num_samples,
+                        update,
+                        metrics,
+                        out,
+                    ),
                 }
             }
             Event::StageReport { client, stage, .. } => out.push(Action::Reject {
                 client,
-                reason: RejectReason::WrongStageKind { stage, kind: StageKind::Train.name() },
+                reason: RejectReason::WrongStageKind {
+                    stage,
+                    kind: StageKind::Train.name(),
+                },
             }),
             Event::Aggregated { .. } | Event::AggregationFailed { .. } => {}
-            Event::TaskFailed { client, round, attempt, stage } => self.async_task_failed(fb, client, (round, attempt, stage), out),
+            Event::TaskFailed {
+                client,
+                round,
+                attempt,
+                stage,
+            } => self.async_task_failed(fb, client, (round, attempt, stage), out),
             Event::ClientLost { client } => {
                 if self.fedbuff.in_flight.remove(&client).is_some() {
                     self.prune_bases(fb);
@@ -1469,7 +1773,9 @@ impl RoundMachine {
                 // Drop every task older than the stage deadline: its slot is free again.
                 let deadline = self.policy.stage_deadline_ms;
                 let before = self.fedbuff.in_flight.len();
-                self.fedbuff.in_flight.retain(|_, t| now_ms < t.started_ms.saturating_add(deadline));
+                self.fedbuff
+                    .in_flight
+                    .retain(|_, t| now_ms < t.started_ms.saturating_add(deadline));
                 if self.fedbuff.in_flight.len() != before {
                     self.prune_bases(fb);
                 }
@@ -1478,11 +1784,20 @@ impl RoundMachine {
         }
     }
 
-    fn async_check_in(&mut self, fb: FedBuffSpec, now_ms: u64, client: ClientId, out: &mut Vec<Action>) {
+    fn async_check_in(
+        &mut self,
+        fb: FedBuffSpec,
+        now_ms: u64,
+        client: ClientId,
+        out: &mut Vec<Action>,
+    ) {
         if let Some(t) = self.fedbuff.in_flight.get(&client) {
             if self.committed - t.task.model_version <= fb.max_staleness {
                 // A reconnecting client gets the same task again: idempotent.
-                out.push(Action::Configure { client, task: t.task.clone() });
+                out.push(Action::Configure {
+                    client,
+                    task: t.task.clone(),
+                });
                 return;
             }
             // Its task can no longer be accepted: replace it.
@@ -1509,10 +1824,23 @@ impl RoundMachine {
             model_version: self.committed,
             seed: mix(mix(self.seed ^ 0xFED_B0FF ^ issued.rotate_left(29)) ^ client.0),
         };
-        self.fedbuff.in_flight.insert(client, AsyncTask { task: task.clone(), started_ms: now_ms });
-        out.push(Action::Configure { client, task: task.clone() });
+        self.fedbuff.in_flight.insert(
+            client,
+            AsyncTask {
+                task: task.clone(),
+                started_ms: now_ms,
+            },
+        );
+        out.push(Action::Configure {
+            client,
+            task: task.clone(),
+        });
         out.push(Action::SetTimer {
-            timer: Timer::Deadline { round: task.round, attempt: task.attempt, stage: 0 },
+            timer: Timer::Deadline {
+                round: task.round,
+                attempt: task.attempt,
+                stage: 0,
+            },
             at_ms: now_ms.saturating_add(self.policy.stage_deadline_ms),
         });
     }
@@ -1531,11 +1859,17 @@ impl RoundMachine {
         // always name the same reason.
         let (base, staleness) = self.precheck_async(fb, client, round, attempt)?;
         if stage != 0 {
-            return Err(RejectReason::WrongStage { expected: 0, got: stage });
+            return Err(RejectReason::WrongStage {
+                expected: 0,
+                got: stage,
+            });
         }
         let max = self.policy.max_samples_per_report;
         if num_samples == 0 || num_samples > max {
-            return Err(RejectReason::BadSampleCount { got: num_samples, max });
+            return Err(RejectReason::BadSampleCount {
+                got: num_samples,
+                max,
+            });
         }
         if update.len() != self.layout.len() {
             return Err(RejectReason::BadUpdate(AggregateError::Length {
@@ -1584,7 +1918,11 @@ impl RoundMachine {
         st.contributors.push(client);
         st.staleness.push(staleness);
         st.num_samples += num_samples;
-        let loss = if metrics.train_loss.is_finite() { metrics.train_loss } else { f64::NAN };
+        let loss = if metrics.train_loss.is_finite() {
+            metrics.train_loss
+        } else {
+            f64::NAN
+        };
         st.loss_weighted += loss * num_samples as f64;
         out.push(Action::Accepted { client });
         if st.contributors.len() >= fb.buffer_size {
@@ -1623,14 +1961,26 @@ impl RoundMachine {
         // Tasks whose base is now more than `max_staleness` versions old can no longer produce an
         // acceptable report: free their slots at once (their late reports are refused `TooStale`).
         let oldest = self.committed.saturating_sub(fb.max_staleness);
-        let expired: Vec<ClientId> =
-            self.fedbuff.in_flight.iter().filter(|(_, t)| t.task.model_version < oldest).map(|(c, _)| *c).collect();
+        let expired: Vec<ClientId> = self
+            .fedbuff
+            .in_flight
+            .iter()
+            .filter(|(_, t)| t.task.model_version < oldest)
+            .map(|(c, _)| *c)
+            .collect();
         for client in expired {
             if let Some(t) = self.fedbuff.in_flight.remove(&client) {
-                self.fedbuff.expired.insert(client, (t.task.round, t.task.attempt, t.task.model_version));
+                self.fedbuff
+                    .expired
+                    .insert(client, (t.task.round, t.task.attempt, t.task.model_version));
             }
         }
-        if self.fedbuff.in_flight.values().any(|t| t.task.model_version == old_version) {
+        if self
+            .fedbuff
+            .in_flight
+            .values()
+            .any(|t| t.task.model_version == old_version)
+        {
             self.fedbuff.bases.insert(old_version, old);
         }
         self.prune_bases(fb);
@@ -1662,6 +2012,7 @@ impl RoundMachine {
         let oldest = self.committed.saturating_sub(fb.max_staleness);
         let st = &mut self.fedbuff;
         let in_flight = &st.in_flight;
-        st.bases.retain(|v, _| *v >= oldest && in_flight.values().any(|t| t.task.model_version == *v));
+        st.bases
+            .retain(|v, _| *v >= oldest && in_flight.values().any(|t| t.task.model_version == *v));
     }
 }

@@ -228,7 +228,10 @@ fn in_open_unit(field: &'static str, v: f64, lo_closed: bool) -> Result<f64, Con
         Ok(v)
     } else {
         let lo = if lo_closed { "[0" } else { "(0" };
-        Err(ConfigError::new(field, format!("must be in {lo}, 1), got {v}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be in {lo}, 1), got {v}"),
+        ))
     }
 }
 
@@ -291,7 +294,10 @@ impl StrategySpec {
         if !STRATEGY_NAMES.contains(&name) {
             return Err(ConfigError::new(
                 "strategy.name",
-                format!("unknown strategy `{name}`; valid: {}", STRATEGY_NAMES.join(", ")),
+                format!(
+                    "unknown strategy `{name}`; valid: {}",
+                    STRATEGY_NAMES.join(", ")
+                ),
             ));
         }
         // Refuse keys the named strategy does not take: a typo'd strategy must not silently run
@@ -338,7 +344,11 @@ impl StrategySpec {
                 "strategy",
                 format!(
                     "`{key}` is not a parameter of {name} (it takes: {})",
-                    if takes.is_empty() { "only server_lr, clip_norm, anomaly".to_string() } else { takes.join(", ") }
+                    if takes.is_empty() {
+                        "only server_lr, clip_norm, anomaly".to_string()
+                    } else {
+                        takes.join(", ")
+                    }
                 ),
             ));
         }
@@ -354,7 +364,10 @@ impl StrategySpec {
                     _ => {
                         return Err(ConfigError::new(
                             "strategy.server_optimizer",
-                            format!("unknown server optimizer `{o}`; valid: {}", FEDBUFF_SERVER_OPTIMIZERS.join(", ")),
+                            format!(
+                                "unknown server optimizer `{o}`; valid: {}",
+                                FEDBUFF_SERVER_OPTIMIZERS.join(", ")
+                            ),
                         ));
                     }
                 };
@@ -364,12 +377,19 @@ impl StrategySpec {
                     ("beta2", "strategy.beta2", cfg.beta2.is_some()),
                     ("tau", "strategy.tau", cfg.tau.is_some()),
                 ];
-                if let Some((_, field, _)) = optimizer_keys.iter().find(|(k, _, set)| *set && !keys.contains(k)) {
+                if let Some((_, field, _)) = optimizer_keys
+                    .iter()
+                    .find(|(k, _, set)| *set && !keys.contains(k))
+                {
                     return Err(ConfigError::new(
                         field,
                         format!(
                             "is not a parameter of fedbuff's server_optimizer = \"{o}\" (it takes: {}; server optimizers: {})",
-                            if keys.is_empty() { "none".to_string() } else { keys.join(", ") },
+                            if keys.is_empty() {
+                                "none".to_string()
+                            } else {
+                                keys.join(", ")
+                            },
                             FEDBUFF_SERVER_OPTIMIZERS.join(", ")
                         ),
                     ));
@@ -380,33 +400,76 @@ impl StrategySpec {
         };
         let adaptive = matches!(name, "fedadagrad" | "fedadam" | "fedyogi")
             || matches!(fedbuff_optimizer, Some("adagrad" | "adam" | "yogi"));
-        let server_lr = positive("strategy.server_lr", cfg.server_lr.unwrap_or(if adaptive { 0.01 } else { 1.0 }), limits::MAX_LEARNING_RATE)?;
-        let tau = || positive("strategy.tau", cfg.tau.unwrap_or(1e-3), limits::MAX_SMALL_CONSTANT);
+        let server_lr = positive(
+            "strategy.server_lr",
+            cfg.server_lr.unwrap_or(if adaptive { 0.01 } else { 1.0 }),
+            limits::MAX_LEARNING_RATE,
+        )?;
+        let tau = || {
+            positive(
+                "strategy.tau",
+                cfg.tau.unwrap_or(1e-3),
+                limits::MAX_SMALL_CONSTANT,
+            )
+        };
         let beta1 = |d: f64| in_open_unit("strategy.beta1", cfg.beta1.unwrap_or(d), true);
         let beta2 = || in_open_unit("strategy.beta2", cfg.beta2.unwrap_or(0.99), true);
-        let mut spec = Self { name: name.to_string(), server_lr, ..Self::fedavg() };
+        let mut spec = Self {
+            name: name.to_string(),
+            server_lr,
+            ..Self::fedavg()
+        };
         match name {
             "fedavgm" => {
-                spec.optimizer =
-                    ServerOptimizer::Momentum { momentum: in_open_unit("strategy.momentum", cfg.momentum.unwrap_or(0.9), true)? }
+                spec.optimizer = ServerOptimizer::Momentum {
+                    momentum: in_open_unit("strategy.momentum", cfg.momentum.unwrap_or(0.9), true)?,
+                }
             }
             "fedprox" => {
-                spec.proximal_mu = limits::non_negative("strategy.mu", cfg.mu.unwrap_or(0.01), limits::MAX_SMALL_CONSTANT)?;
+                spec.proximal_mu = limits::non_negative(
+                    "strategy.mu",
+                    cfg.mu.unwrap_or(0.01),
+                    limits::MAX_SMALL_CONSTANT,
+                )?;
             }
-            "fedadagrad" => spec.optimizer = ServerOptimizer::Adagrad { beta1: beta1(0.0)?, tau: tau()? },
-            "fedadam" => spec.optimizer = ServerOptimizer::Adam { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
-            "fedyogi" => spec.optimizer = ServerOptimizer::Yogi { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
+            "fedadagrad" => {
+                spec.optimizer = ServerOptimizer::Adagrad {
+                    beta1: beta1(0.0)?,
+                    tau: tau()?,
+                }
+            }
+            "fedadam" => {
+                spec.optimizer = ServerOptimizer::Adam {
+                    beta1: beta1(0.9)?,
+                    beta2: beta2()?,
+                    tau: tau()?,
+                }
+            }
+            "fedyogi" => {
+                spec.optimizer = ServerOptimizer::Yogi {
+                    beta1: beta1(0.9)?,
+                    beta2: beta2()?,
+                    tau: tau()?,
+                }
+            }
             "scaffold" => spec.scaffold = true,
             "median" => spec.aggregator = Aggregator::Median,
             "trimmed_mean" => {
-                let beta = cfg.beta.ok_or_else(|| ConfigError::new("strategy.beta", "required for trimmed_mean, in [0, 0.5)"))?;
+                let beta = cfg.beta.ok_or_else(|| {
+                    ConfigError::new("strategy.beta", "required for trimmed_mean, in [0, 0.5)")
+                })?;
                 if !(beta.is_finite() && (0.0..0.5).contains(&beta)) {
-                    return Err(ConfigError::new("strategy.beta", format!("must be in [0, 0.5), got {beta}")));
+                    return Err(ConfigError::new(
+                        "strategy.beta",
+                        format!("must be in [0, 0.5), got {beta}"),
+                    ));
                 }
                 spec.aggregator = Aggregator::TrimmedMean { beta };
             }
             "krum" => {
-                let f = cfg.f.ok_or_else(|| ConfigError::new("strategy.f", "required for krum"))?;
+                let f = cfg
+                    .f
+                    .ok_or_else(|| ConfigError::new("strategy.f", "required for krum"))?;
                 // n ≥ 2f + 3 must hold for the smallest round that can commit.
                 let max_f = min_reports.saturating_sub(3) / 2;
                 if min_reports < 3 || f > max_f {
@@ -420,17 +483,25 @@ impl StrategySpec {
                 let m = cfg.m.unwrap_or(1);
                 let max_m = min_reports - f;
                 if m == 0 || m > max_m {
-                    return Err(ConfigError::new("strategy.m", format!("must be in 1..={max_m} (n − f), got {m}")));
+                    return Err(ConfigError::new(
+                        "strategy.m",
+                        format!("must be in 1..={max_m} (n − f), got {m}"),
+                    ));
                 }
                 spec.aggregator = Aggregator::Krum { f, m };
             }
             "norm_bound" => {
-                let max_norm = cfg.max_norm.ok_or_else(|| ConfigError::new("strategy.max_norm", "required for norm_bound, > 0"))?;
+                let max_norm = cfg.max_norm.ok_or_else(|| {
+                    ConfigError::new("strategy.max_norm", "required for norm_bound, > 0")
+                })?;
                 spec.clip_norm = Some(positive("strategy.max_norm", max_norm, limits::MAX_NORM)?);
             }
             "fedbuff" => {
                 if cfg.clip_norm.is_some() {
-                    return Err(ConfigError::new("strategy.clip_norm", "is not supported with fedbuff"));
+                    return Err(ConfigError::new(
+                        "strategy.clip_norm",
+                        "is not supported with fedbuff",
+                    ));
                 }
                 if cfg.anomaly.is_some() {
                     return Err(ConfigError::new(
@@ -444,23 +515,48 @@ impl StrategySpec {
                 if max_staleness > 1000 {
                     return Err(ConfigError::new(
                         "strategy.max_staleness",
-                        format!("must be in 0..=1000 (the server may keep that many old models), got {max_staleness}"),
+                        format!(
+                            "must be in 0..=1000 (the server may keep that many old models), got {max_staleness}"
+                        ),
                     ));
                 }
                 let concurrency = cfg.concurrency.unwrap_or(100);
                 limits::count("strategy.concurrency", concurrency, 1, limits::MAX_CLIENTS)?;
                 let a = cfg.staleness_exponent.unwrap_or(0.5);
                 if !(a.is_finite() && (0.0..=10.0).contains(&a)) {
-                    return Err(ConfigError::new("strategy.staleness_exponent", format!("must be in [0, 10], got {a}")));
+                    return Err(ConfigError::new(
+                        "strategy.staleness_exponent",
+                        format!("must be in [0, 10], got {a}"),
+                    ));
                 }
-                spec.fedbuff = Some(FedBuffSpec { buffer_size, max_staleness, concurrency, staleness_exponent: a });
+                spec.fedbuff = Some(FedBuffSpec {
+                    buffer_size,
+                    max_staleness,
+                    concurrency,
+                    staleness_exponent: a,
+                });
                 spec.optimizer = match fedbuff_optimizer.unwrap_or("sgd") {
                     "momentum" => ServerOptimizer::Momentum {
-                        momentum: in_open_unit("strategy.momentum", cfg.momentum.unwrap_or(0.9), true)?,
+                        momentum: in_open_unit(
+                            "strategy.momentum",
+                            cfg.momentum.unwrap_or(0.9),
+                            true,
+                        )?,
                     },
-                    "adagrad" => ServerOptimizer::Adagrad { beta1: beta1(0.0)?, tau: tau()? },
-                    "adam" => ServerOptimizer::Adam { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
-                    "yogi" => ServerOptimizer::Yogi { beta1: beta1(0.9)?, beta2: beta2()?, tau: tau()? },
+                    "adagrad" => ServerOptimizer::Adagrad {
+                        beta1: beta1(0.0)?,
+                        tau: tau()?,
+                    },
+                    "adam" => ServerOptimizer::Adam {
+                        beta1: beta1(0.9)?,
+                        beta2: beta2()?,
+                        tau: tau()?,
+                    },
+                    "yogi" => ServerOptimizer::Yogi {
+                        beta1: beta1(0.9)?,
+                        beta2: beta2()?,
+                        tau: tau()?,
+                    },
                     _ => ServerOptimizer::Sgd,
                 };
             }
@@ -468,13 +564,23 @@ impl StrategySpec {
         }
         if let Some(c) = cfg.clip_norm {
             if spec.clip_norm.is_some() {
-                return Err(ConfigError::new("strategy.clip_norm", "norm_bound already sets the bound with max_norm"));
+                return Err(ConfigError::new(
+                    "strategy.clip_norm",
+                    "norm_bound already sets the bound with max_norm",
+                ));
             }
             spec.clip_norm = Some(positive("strategy.clip_norm", c, limits::MAX_NORM)?);
         }
         if let Some(a) = cfg.anomaly {
-            positive("strategy.anomaly.max_norm_z", a.max_norm_z, limits::MAX_SMALL_CONSTANT)?;
-            if !(a.max_cosine_distance.is_finite() && a.max_cosine_distance > 0.0 && a.max_cosine_distance <= 2.0) {
+            positive(
+                "strategy.anomaly.max_norm_z",
+                a.max_norm_z,
+                limits::MAX_SMALL_CONSTANT,
+            )?;
+            if !(a.max_cosine_distance.is_finite()
+                && a.max_cosine_distance > 0.0
+                && a.max_cosine_distance <= 2.0)
+            {
                 return Err(ConfigError::new(
                     "strategy.anomaly.max_cosine_distance",
                     format!("must be in (0, 2], got {}", a.max_cosine_distance),
@@ -517,13 +623,19 @@ impl StrategySpec {
         if !matches!(self.aggregator, Aggregator::Mean) {
             return Err(ConfigError::new(
                 "strategy.name",
-                format!("`{}` needs every individual update, but {sum_only}", self.name),
+                format!(
+                    "`{}` needs every individual update, but {sum_only}",
+                    self.name
+                ),
             ));
         }
         if self.scaffold {
             return Err(ConfigError::new(
                 "strategy.name",
-                format!("`{}` needs each client's control-variate update, but {sum_only}", self.name),
+                format!(
+                    "`{}` needs each client's control-variate update, but {sum_only}",
+                    self.name
+                ),
             ));
         }
         if self.anomaly.is_some() {
@@ -539,7 +651,11 @@ impl StrategySpec {
             d.check_secagg_mode()?;
         }
         if self.clip_norm.is_some() {
-            let field = if self.name == "norm_bound" { "strategy.name" } else { "strategy.clip_norm" };
+            let field = if self.name == "norm_bound" {
+                "strategy.name"
+            } else {
+                "strategy.clip_norm"
+            };
             return Err(ConfigError::new(
                 field,
                 "server-side norm bounding needs individual updates, but secure aggregation reveals only \
@@ -563,7 +679,11 @@ pub struct ClientDirective<'a> {
 /// has no control variate yet (`cᵢ` = `None`, its first round) uses `cᵢ = 0`.
 pub fn scaffold_correction(server_control: &[f32], client_control: Option<&[f32]>) -> Vec<f32> {
     match client_control {
-        Some(ci) if ci.len() == server_control.len() => server_control.iter().zip(ci).map(|(c, ci)| c - ci).collect(),
+        Some(ci) if ci.len() == server_control.len() => server_control
+            .iter()
+            .zip(ci)
+            .map(|(c, ci)| c - ci)
+            .collect(),
         _ => server_control.to_vec(),
     }
 }
@@ -587,7 +707,11 @@ pub fn scaffold_client_update(
     }
     let k_eta = steps.max(1) as f32 * learning_rate;
     let mut delta = Vec::with_capacity(server_control.len());
-    for ((ci, c), (x, y)) in client_control.iter_mut().zip(server_control).zip(global.iter().zip(local)) {
+    for ((ci, c), (x, y)) in client_control
+        .iter_mut()
+        .zip(server_control)
+        .zip(global.iter().zip(local))
+    {
         let new = *ci - c + (x - y) / k_eta;
         delta.push(new - *ci);
         *ci = new;
@@ -682,7 +806,15 @@ impl Strategy {
     pub fn new(spec: StrategySpec, dim: usize) -> Self {
         let control = spec.scaffold.then(|| vec![0.0; dim]);
         let dp_clip_bits = spec.dp.map(|d| d.initial_clip_norm().to_bits());
-        Self { spec, dim, state: ServerState { control, dp_clip_bits, ..ServerState::default() } }
+        Self {
+            spec,
+            dim,
+            state: ServerState {
+                control,
+                dp_clip_bits,
+                ..ServerState::default()
+            },
+        }
     }
 
     /// Installs the key of the central DP noise RNG. Whoever knows it can remove the noise, so a
@@ -704,12 +836,19 @@ impl Strategy {
 
     /// Values per report: the parameters, followed by `Δcᵢ` under SCAFFOLD.
     pub fn report_len(&self) -> usize {
-        if self.spec.scaffold { 2 * self.dim } else { self.dim }
+        if self.spec.scaffold {
+            2 * self.dim
+        } else {
+            self.dim
+        }
     }
 
     /// What clients must be told besides the global model.
     pub fn client_directive(&self) -> ClientDirective<'_> {
-        ClientDirective { proximal_mu: self.spec.proximal_mu, server_control: self.state.control.as_deref() }
+        ClientDirective {
+            proximal_mu: self.spec.proximal_mu,
+            server_control: self.state.control.as_deref(),
+        }
     }
 
     /// An empty collector for one round (DP noise drawn as for round 0, attempt 0).
@@ -744,7 +883,10 @@ impl Strategy {
     ) -> Result<(), AggregateError> {
         let expected = self.report_len();
         if update.len() != expected {
-            return Err(AggregateError::Length { expected, actual: update.len() });
+            return Err(AggregateError::Length {
+                expected,
+                actual: update.len(),
+            });
         }
         if !(weight.is_finite() && weight > 0.0) {
             return Err(AggregateError::Weight(weight));
@@ -782,7 +924,11 @@ impl Strategy {
                 };
                 match stream {
                     Some(sum) => sum.accept(&delta, weight)?,
-                    None => agg.buffer.push(Buffered { client, weight, delta }),
+                    None => agg.buffer.push(Buffered {
+                        client,
+                        weight,
+                        delta,
+                    }),
                 }
                 agg.unclipped += u64::from(unclipped);
             }
@@ -799,7 +945,11 @@ impl Strategy {
     ///
     /// Fails (and leaves the strategy's state unchanged) when nothing usable was reported or the step
     /// is not finite.
-    pub fn finish(&mut self, agg: &RoundAggregate, global: &[f32]) -> Result<RoundResult, AggregateError> {
+    pub fn finish(
+        &mut self,
+        agg: &RoundAggregate,
+        global: &[f32],
+    ) -> Result<RoundResult, AggregateError> {
         let mut quarantined = Vec::new();
         let mut state = self.state.clone();
         let mut dp_info = None;
@@ -814,8 +964,11 @@ impl Strategy {
             Some(sum) if !agg.of_deltas && self.plain_fedavg() => sum.finish()?,
             Some(sum) => {
                 let mean = sum.finish()?;
-                let delta: Vec<f32> =
-                    if agg.of_deltas { mean } else { mean.iter().zip(global).map(|(m, g)| m - g).collect() };
+                let delta: Vec<f32> = if agg.of_deltas {
+                    mean
+                } else {
+                    mean.iter().zip(global).map(|(m, g)| m - g).collect()
+                };
                 self.step(&mut state, global, &delta)
             }
             None => {
@@ -836,23 +989,44 @@ impl Strategy {
             }
         }
         self.state = state;
-        Ok(RoundResult { global: new_global, quarantined, dp: dp_info })
+        Ok(RoundResult {
+            global: new_global,
+            quarantined,
+            dp: dp_info,
+        })
     }
 
     /// DP-FedAvg's aggregate: the unweighted sum of clipped deltas, plus `N(0, (zC)²)` in central
     /// mode, over the fixed denominator `m`; moves the adaptive clip norm in `state`.
-    fn dp_delta(&self, state: &mut ServerState, agg: &RoundAggregate, sum: &FedAvg) -> Result<(Vec<f32>, DpRoundInfo), AggregateError> {
-        let Some(d) = &self.spec.dp else { return Err(AggregateError::Empty) };
+    fn dp_delta(
+        &self,
+        state: &mut ServerState,
+        agg: &RoundAggregate,
+        sum: &FedAvg,
+    ) -> Result<(Vec<f32>, DpRoundInfo), AggregateError> {
+        let Some(d) = &self.spec.dp else {
+            return Err(AggregateError::Empty);
+        };
         if sum.count() == 0 {
             return Err(AggregateError::Empty);
         }
         let mut total: Vec<f64> = sum.sum().to_vec();
-        let clip = state.dp_clip_bits.map_or_else(|| d.initial_clip_norm(), f64::from_bits);
+        let clip = state
+            .dp_clip_bits
+            .map_or_else(|| d.initial_clip_norm(), f64::from_bits);
         let reports = sum.count() as u64;
-        let mut info = DpRoundInfo { clip_norm: clip, noise_std: 0.0, unclipped: agg.unclipped, reports, next_clip_norm: clip };
+        let mut info = DpRoundInfo {
+            clip_norm: clip,
+            noise_std: 0.0,
+            unclipped: agg.unclipped,
+            reports,
+            next_clip_norm: clip,
+        };
         if d.mode == DpMode::Central {
             // Validated at load; a failure here would mean a corrupted snapshot.
-            let z = d.update_noise_multiplier().map_err(|_| AggregateError::Empty)?;
+            let z = d
+                .update_noise_multiplier()
+                .map_err(|_| AggregateError::Empty)?;
             let key = state.noise_key.unwrap_or_else(|| dp::default_noise_key(0));
             let mut rng = dp::noise_rng(&key, agg.noise_at.0, agg.noise_at.1);
             info.noise_std = z * clip;
@@ -875,16 +1049,30 @@ impl Strategy {
     ///
     /// Fails (and leaves the strategy's state unchanged) when `mean_delta` has the wrong length or
     /// holds a non-finite value, or the step is not finite.
-    pub fn apply_mean_delta(&mut self, global: &[f32], mean_delta: &[f32]) -> Result<RoundResult, AggregateError> {
-        if self.spec.buffers_updates() || self.spec.scaffold || self.spec.clip_norm.is_some() || self.spec.dp.is_some() {
+    pub fn apply_mean_delta(
+        &mut self,
+        global: &[f32],
+        mean_delta: &[f32],
+    ) -> Result<RoundResult, AggregateError> {
+        if self.spec.buffers_updates()
+            || self.spec.scaffold
+            || self.spec.clip_norm.is_some()
+            || self.spec.dp.is_some()
+        {
             return Err(AggregateError::Parameter {
                 name: "strategy",
                 value: f64::NAN,
-                valid: format!("a sum-only strategy for a precomputed mean, not `{}`", self.spec.name),
+                valid: format!(
+                    "a sum-only strategy for a precomputed mean, not `{}`",
+                    self.spec.name
+                ),
             });
         }
         if mean_delta.len() != self.dim || global.len() != self.dim {
-            return Err(AggregateError::Length { expected: self.dim, actual: mean_delta.len() });
+            return Err(AggregateError::Length {
+                expected: self.dim,
+                actual: mean_delta.len(),
+            });
         }
         check_finite(mean_delta, 0)?;
         let mut state = self.state.clone();
@@ -893,7 +1081,11 @@ impl Strategy {
             return Err(AggregateError::NonFinite { index });
         }
         self.state = state;
-        Ok(RoundResult { global: new_global, quarantined: Vec::new(), dp: None })
+        Ok(RoundResult {
+            global: new_global,
+            quarantined: Vec::new(),
+            dp: None,
+        })
     }
 
     /// Takes the server step from `global` with the unmasked **sum** of a secure-aggregation round's
@@ -907,12 +1099,20 @@ impl Strategy {
     /// noise is added; the round is refused if fewer than `min_contributors` contributed (their noise
     /// shares would sum to less than `σC`). The [`DpRoundInfo`] reports `noise_std = 0` (the server
     /// added none). On error the state is unchanged.
-    pub fn apply_secure_sum(&mut self, global: &[f32], sum: &[f64], contributors: usize) -> Result<RoundResult, AggregateError> {
+    pub fn apply_secure_sum(
+        &mut self,
+        global: &[f32],
+        sum: &[f64],
+        contributors: usize,
+    ) -> Result<RoundResult, AggregateError> {
         if contributors == 0 {
             return Err(AggregateError::Empty);
         }
         let Some(d) = self.spec.dp else {
-            let mean: Vec<f32> = sum.iter().map(|v| (v / contributors as f64) as f32).collect();
+            let mean: Vec<f32> = sum
+                .iter()
+                .map(|v| (v / contributors as f64) as f32)
+                .collect();
             return self.apply_mean_delta(global, &mean);
         };
         if d.mode != DpMode::Distributed || !matches!(d.clip, ClipRule::Fixed { .. }) {
@@ -926,11 +1126,17 @@ impl Strategy {
             return Err(AggregateError::Parameter {
                 name: "contributors",
                 value: contributors as f64,
-                valid: format!("≥ {} (the noise shares are sized for at least that many)", d.min_contributors),
+                valid: format!(
+                    "≥ {} (the noise shares are sized for at least that many)",
+                    d.min_contributors
+                ),
             });
         }
         if sum.len() != self.dim || global.len() != self.dim {
-            return Err(AggregateError::Length { expected: self.dim, actual: sum.len() });
+            return Err(AggregateError::Length {
+                expected: self.dim,
+                actual: sum.len(),
+            });
         }
         let m = d.expected_clients.max(1) as f64;
         let mean: Vec<f32> = sum.iter().map(|v| (v / m) as f32).collect();
@@ -942,25 +1148,45 @@ impl Strategy {
         }
         self.state = state;
         let clip = d.initial_clip_norm();
-        let info = DpRoundInfo { clip_norm: clip, noise_std: 0.0, unclipped: 0, reports: contributors as u64, next_clip_norm: clip };
-        Ok(RoundResult { global: new_global, quarantined: Vec::new(), dp: Some(info) })
+        let info = DpRoundInfo {
+            clip_norm: clip,
+            noise_std: 0.0,
+            unclipped: 0,
+            reports: contributors as u64,
+            next_clip_norm: clip,
+        };
+        Ok(RoundResult {
+            global: new_global,
+            quarantined: Vec::new(),
+            dp: Some(info),
+        })
     }
 
     fn plain_fedavg(&self) -> bool {
         self.spec.optimizer == ServerOptimizer::Sgd && self.spec.server_lr == 1.0
     }
 
-    fn robust_delta(&self, agg: &RoundAggregate, quarantined: &mut Vec<Quarantined>) -> Result<Vec<f32>, AggregateError> {
+    fn robust_delta(
+        &self,
+        agg: &RoundAggregate,
+        quarantined: &mut Vec<Quarantined>,
+    ) -> Result<Vec<f32>, AggregateError> {
         let mut kept: Vec<&Buffered> = agg.buffer.iter().collect();
         if let Some(a) = &self.spec.anomaly {
             let views: Vec<&[f32]> = kept.iter().map(|b| b.delta.as_slice()).collect();
-            let cfg = robust::AnomalyConfig { max_norm_z: a.max_norm_z, max_cosine_distance: a.max_cosine_distance };
+            let cfg = robust::AnomalyConfig {
+                max_norm_z: a.max_norm_z,
+                max_cosine_distance: a.max_cosine_distance,
+            };
             let verdicts = robust::anomaly_filter(&views, &cfg);
             let mut next = Vec::with_capacity(kept.len());
             for (b, v) in kept.into_iter().zip(verdicts) {
                 match v {
                     robust::Verdict::Keep => next.push(b),
-                    robust::Verdict::Quarantine(reason) => quarantined.push(Quarantined { client: b.client, reason }),
+                    robust::Verdict::Quarantine(reason) => quarantined.push(Quarantined {
+                        client: b.client,
+                        reason,
+                    }),
                 }
             }
             kept = next;
@@ -987,7 +1213,10 @@ impl Strategy {
                     if !chosen.contains(&i) {
                         quarantined.push(Quarantined {
                             client: b.client,
-                            reason: format!("not selected by krum (score {:.4e}, f = {f}, m = {m})", sel.scores[i]),
+                            reason: format!(
+                                "not selected by krum (score {:.4e}, f = {f}, m = {m})",
+                                sel.scores[i]
+                            ),
                         });
                     }
                 }
@@ -1007,7 +1236,11 @@ impl Strategy {
         let lr = self.spec.server_lr;
         let n = global.len();
         match self.spec.optimizer {
-            ServerOptimizer::Sgd => global.iter().zip(delta).map(|(&x, &d)| (f64::from(x) + lr * f64::from(d)) as f32).collect(),
+            ServerOptimizer::Sgd => global
+                .iter()
+                .zip(delta)
+                .map(|(&x, &d)| (f64::from(x) + lr * f64::from(d)) as f32)
+                .collect(),
             ServerOptimizer::Momentum { momentum } => {
                 let v = state.m.get_or_insert_with(|| vec![0.0; n]);
                 let mut out = Vec::with_capacity(n);
@@ -1018,12 +1251,18 @@ impl Strategy {
                 }
                 out
             }
-            ServerOptimizer::Adagrad { beta1, tau } => self.adaptive(state, global, delta, beta1, tau, |v, d2| v + d2),
+            ServerOptimizer::Adagrad { beta1, tau } => {
+                self.adaptive(state, global, delta, beta1, tau, |v, d2| v + d2)
+            }
             ServerOptimizer::Adam { beta1, beta2, tau } => {
-                self.adaptive(state, global, delta, beta1, tau, |v, d2| beta2 * v + (1.0 - beta2) * d2)
+                self.adaptive(state, global, delta, beta1, tau, |v, d2| {
+                    beta2 * v + (1.0 - beta2) * d2
+                })
             }
             ServerOptimizer::Yogi { beta1, beta2, tau } => {
-                self.adaptive(state, global, delta, beta1, tau, |v, d2| v - (1.0 - beta2) * d2 * (v - d2).signum())
+                self.adaptive(state, global, delta, beta1, tau, |v, d2| {
+                    v - (1.0 - beta2) * d2 * (v - d2).signum()
+                })
             }
         }
     }
@@ -1060,7 +1299,10 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str) -> StrategyConfig {
-        StrategyConfig { name: name.into(), ..StrategyConfig::default() }
+        StrategyConfig {
+            name: name.into(),
+            ..StrategyConfig::default()
+        }
     }
 
     fn run_round(s: &mut Strategy, global: &[f32], reports: &[(&[f32], f64)]) -> Vec<f32> {
@@ -1074,13 +1316,24 @@ mod tests {
     #[test]
     fn fedavg_is_weighted_mean_of_parameters() {
         let mut s = Strategy::new(StrategySpec::fedavg(), 2);
-        let g = run_round(&mut s, &[0.0, 0.0], &[(&[1.0, 2.0], 1.0), (&[3.0, 6.0], 3.0)]);
+        let g = run_round(
+            &mut s,
+            &[0.0, 0.0],
+            &[(&[1.0, 2.0], 1.0), (&[3.0, 6.0], 3.0)],
+        );
         assert_eq!(g, vec![2.5, 5.0]);
     }
 
     #[test]
     fn fedavgm_accumulates_velocity() {
-        let spec = StrategySpec::from_config(&StrategyConfig { momentum: Some(0.5), ..cfg("fedavgm") }, 1).unwrap();
+        let spec = StrategySpec::from_config(
+            &StrategyConfig {
+                momentum: Some(0.5),
+                ..cfg("fedavgm")
+            },
+            1,
+        )
+        .unwrap();
         let mut s = Strategy::new(spec, 1);
         // Δ = 1 → v = 1, x = 1; then Δ = 1 again → v = 0.5 + 1 = 1.5, x = 2.5.
         let g1 = run_round(&mut s, &[0.0], &[(&[1.0], 1.0)]);
@@ -1092,16 +1345,33 @@ mod tests {
     #[test]
     fn fedadam_and_fedyogi_match_hand_computed_steps() {
         // η = 0.1, β₁ = 0.9, β₂ = 0.99, τ = 0.1; Δ = 2 from x = 0.
-        for (name, want_v) in [("fedadam", 0.99 * 0.01 + 0.01 * 4.0), ("fedyogi", 0.01 - 0.01 * 4.0 * (0.01f64 - 4.0).signum())] {
-            let c = StrategyConfig { server_lr: Some(0.1), beta1: Some(0.9), beta2: Some(0.99), tau: Some(0.1), ..cfg(name) };
+        for (name, want_v) in [
+            ("fedadam", 0.99 * 0.01 + 0.01 * 4.0),
+            ("fedyogi", 0.01 - 0.01 * 4.0 * (0.01f64 - 4.0).signum()),
+        ] {
+            let c = StrategyConfig {
+                server_lr: Some(0.1),
+                beta1: Some(0.9),
+                beta2: Some(0.99),
+                tau: Some(0.1),
+                ..cfg(name)
+            };
             let mut s = Strategy::new(StrategySpec::from_config(&c, 1).unwrap(), 1);
             let g = run_round(&mut s, &[0.0], &[(&[2.0], 1.0)]);
             let m = 0.1 * 2.0;
             let want = 0.1 * m / (f64::sqrt(want_v) + 0.1);
-            assert!((f64::from(g[0]) - want).abs() < 1e-6, "{name}: got {} want {want}", g[0]);
+            assert!(
+                (f64::from(g[0]) - want).abs() < 1e-6,
+                "{name}: got {} want {want}",
+                g[0]
+            );
         }
         // Adagrad: v = τ² + Δ² = 0.01 + 4, m = Δ (β₁ = 0).
-        let c = StrategyConfig { server_lr: Some(0.1), tau: Some(0.1), ..cfg("fedadagrad") };
+        let c = StrategyConfig {
+            server_lr: Some(0.1),
+            tau: Some(0.1),
+            ..cfg("fedadagrad")
+        };
         let mut s = Strategy::new(StrategySpec::from_config(&c, 1).unwrap(), 1);
         let g = run_round(&mut s, &[0.0], &[(&[2.0], 1.0)]);
         let want = 0.1 * 2.0 / (4.01f64.sqrt() + 0.1);
@@ -1113,26 +1383,53 @@ mod tests {
         let mut s = Strategy::new(StrategySpec::from_config(&cfg("scaffold"), 1).unwrap(), 2);
         // Two reporters, both new: N = 2, |S| = 2 → c = mean(Δc).
         // Sample counts 1 and 9: the server step is still the uniform mean (2, 2), not (2.8, 2.8).
-        let g = run_round(&mut s, &[0.0, 0.0], &[(&[1.0, 1.0, 0.5, -1.0], 1.0), (&[3.0, 3.0, 1.5, 1.0], 9.0)]);
+        let g = run_round(
+            &mut s,
+            &[0.0, 0.0],
+            &[(&[1.0, 1.0, 0.5, -1.0], 1.0), (&[3.0, 3.0, 1.5, 1.0], 9.0)],
+        );
         assert_eq!(g, vec![2.0, 2.0]);
         assert_eq!(s.client_directive().server_control.unwrap(), &[1.0, 0.0]);
         // Wrong length (parameters only) is refused.
         let mut agg = s.begin_round();
-        assert!(matches!(s.accept(&mut agg, &g, 0, &[1.0, 1.0], 1.0), Err(AggregateError::Length { .. })));
+        assert!(matches!(
+            s.accept(&mut agg, &g, 0, &[1.0, 1.0], 1.0),
+            Err(AggregateError::Length { .. })
+        ));
     }
 
     #[test]
     fn norm_bound_clips_each_delta() {
-        let spec = StrategySpec::from_config(&StrategyConfig { max_norm: Some(1.0), ..cfg("norm_bound") }, 1).unwrap();
+        let spec = StrategySpec::from_config(
+            &StrategyConfig {
+                max_norm: Some(1.0),
+                ..cfg("norm_bound")
+            },
+            1,
+        )
+        .unwrap();
         let mut s = Strategy::new(spec, 2);
-        let g = run_round(&mut s, &[0.0, 0.0], &[(&[30.0, 40.0], 1.0), (&[0.6, 0.8], 1.0)]);
-        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+        let g = run_round(
+            &mut s,
+            &[0.0, 0.0],
+            &[(&[30.0, 40.0], 1.0), (&[0.6, 0.8], 1.0)],
+        );
+        assert!(
+            (g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6,
+            "{g:?}"
+        );
     }
 
     #[test]
     fn non_finite_reports_are_refused_on_every_path_without_changing_state() {
         for (c, dim) in [
-            (StrategyConfig { max_norm: Some(1.0), ..cfg("norm_bound") }, 2),
+            (
+                StrategyConfig {
+                    max_norm: Some(1.0),
+                    ..cfg("norm_bound")
+                },
+                2,
+            ),
             (cfg("median"), 2),
             (cfg("fedavg"), 2),
             (cfg("scaffold"), 2),
@@ -1142,7 +1439,12 @@ mod tests {
             let before = agg.clone();
             let mut report = vec![1.0; s.report_len()];
             report[1] = f32::NAN;
-            assert_eq!(s.accept(&mut agg, &[0.0; 2], 0, &report, 1.0), Err(AggregateError::NonFinite { index: 1 }), "{}", c.name);
+            assert_eq!(
+                s.accept(&mut agg, &[0.0; 2], 0, &report, 1.0),
+                Err(AggregateError::NonFinite { index: 1 }),
+                "{}",
+                c.name
+            );
             let last = report.len() - 1;
             report[1] = 1.0;
             report[last] = f32::INFINITY;
@@ -1160,7 +1462,11 @@ mod tests {
     fn median_ignores_a_minority_of_attackers() {
         let spec = StrategySpec::from_config(&cfg("median"), 3).unwrap();
         let mut s = Strategy::new(spec, 1);
-        let g = run_round(&mut s, &[0.0], &[(&[1.0], 1.0), (&[1.2], 1.0), (&[-1000.0], 1.0)]);
+        let g = run_round(
+            &mut s,
+            &[0.0],
+            &[(&[1.0], 1.0), (&[1.2], 1.0), (&[-1000.0], 1.0)],
+        );
         assert_eq!(g, vec![1.0]);
     }
 
@@ -1177,21 +1483,93 @@ mod tests {
     #[test]
     fn parameters_are_range_checked_by_name() {
         let err = |c: StrategyConfig, min: usize| StrategySpec::from_config(&c, min).unwrap_err();
-        assert_eq!(err(StrategyConfig { beta: Some(0.5), ..cfg("trimmed_mean") }, 10).field, "strategy.beta");
+        assert_eq!(
+            err(
+                StrategyConfig {
+                    beta: Some(0.5),
+                    ..cfg("trimmed_mean")
+                },
+                10
+            )
+            .field,
+            "strategy.beta"
+        );
         assert_eq!(err(cfg("trimmed_mean"), 10).field, "strategy.beta");
-        let e = err(StrategyConfig { f: Some(4), ..cfg("krum") }, 10);
+        let e = err(
+            StrategyConfig {
+                f: Some(4),
+                ..cfg("krum")
+            },
+            10,
+        );
         assert_eq!(e.field, "strategy.f");
         assert!(e.message.contains("0..=3"), "{e}");
-        assert_eq!(err(StrategyConfig { mu: Some(-0.1), ..cfg("fedprox") }, 10).field, "strategy.mu");
-        assert_eq!(err(StrategyConfig { server_lr: Some(0.0), ..cfg("fedadam") }, 10).field, "strategy.server_lr");
-        assert_eq!(err(StrategyConfig { server_lr: Some(-1.0), ..cfg("fedavg") }, 10).field, "strategy.server_lr");
-        assert_eq!(err(StrategyConfig { beta: Some(0.1), ..cfg("fedavg") }, 10).field, "strategy");
+        assert_eq!(
+            err(
+                StrategyConfig {
+                    mu: Some(-0.1),
+                    ..cfg("fedprox")
+                },
+                10
+            )
+            .field,
+            "strategy.mu"
+        );
+        assert_eq!(
+            err(
+                StrategyConfig {
+                    server_lr: Some(0.0),
+                    ..cfg("fedadam")
+                },
+                10
+            )
+            .field,
+            "strategy.server_lr"
+        );
+        assert_eq!(
+            err(
+                StrategyConfig {
+                    server_lr: Some(-1.0),
+                    ..cfg("fedavg")
+                },
+                10
+            )
+            .field,
+            "strategy.server_lr"
+        );
+        assert_eq!(
+            err(
+                StrategyConfig {
+                    beta: Some(0.1),
+                    ..cfg("fedavg")
+                },
+                10
+            )
+            .field,
+            "strategy"
+        );
         assert_eq!(err(cfg("fedsgd"), 10).field, "strategy.name");
-        assert!(StrategySpec::from_config(&StrategyConfig { f: Some(3), m: Some(7), ..cfg("krum") }, 10).is_ok());
+        assert!(
+            StrategySpec::from_config(
+                &StrategyConfig {
+                    f: Some(3),
+                    m: Some(7),
+                    ..cfg("krum")
+                },
+                10
+            )
+            .is_ok()
+        );
     }
 
     fn dp(sigma: f64, clip: f64, m: usize) -> DpSpec {
-        DpSpec { mode: DpMode::Central, clip: ClipRule::Fixed { clip_norm: clip }, noise_multiplier: sigma, expected_clients: m, min_contributors: m }
+        DpSpec {
+            mode: DpMode::Central,
+            clip: ClipRule::Fixed { clip_norm: clip },
+            noise_multiplier: sigma,
+            expected_clients: m,
+            min_contributors: m,
+        }
     }
 
     fn dp_strategy(spec: DpSpec, dim: usize) -> Strategy {
@@ -1205,8 +1583,15 @@ mod tests {
         // σ so small the noise is invisible at f32 precision of these values.
         let mut s = dp_strategy(dp(1e-12, 1.0, 4), 2);
         // Deltas (3,4) → clipped to (0.6, 0.8); (0.3, 0) is within C. Weights are ignored.
-        let g = run_round(&mut s, &[1.0, 1.0], &[(&[4.0, 5.0], 100.0), (&[1.3, 1.0], 1.0)]);
-        assert!((g[0] - (1.0 + 0.9 / 4.0)).abs() < 1e-6 && (g[1] - (1.0 + 0.8 / 4.0)).abs() < 1e-6, "{g:?}");
+        let g = run_round(
+            &mut s,
+            &[1.0, 1.0],
+            &[(&[4.0, 5.0], 100.0), (&[1.3, 1.0], 1.0)],
+        );
+        assert!(
+            (g[0] - (1.0 + 0.9 / 4.0)).abs() < 1e-6 && (g[1] - (1.0 + 0.8 / 4.0)).abs() < 1e-6,
+            "{g:?}"
+        );
     }
 
     #[test]
@@ -1226,7 +1611,11 @@ mod tests {
         let a = run(3, 1);
         let want = sigma * clip / m as f64;
         let var = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / dim as f64;
-        assert!((var.sqrt() / want - 1.0).abs() < 0.02, "std {} want {want}", var.sqrt());
+        assert!(
+            (var.sqrt() / want - 1.0).abs() < 0.02,
+            "std {} want {want}",
+            var.sqrt()
+        );
         assert_eq!(a, run(3, 1), "same key, round and attempt: same noise");
         assert_ne!(a, run(3, 2), "another attempt draws other noise");
     }
@@ -1235,19 +1624,50 @@ mod tests {
     fn dp_refuses_strategies_whose_math_does_not_hold() {
         for c in [
             cfg("median"),
-            StrategyConfig { beta: Some(0.1), ..cfg("trimmed_mean") },
-            StrategyConfig { f: Some(1), ..cfg("krum") },
+            StrategyConfig {
+                beta: Some(0.1),
+                ..cfg("trimmed_mean")
+            },
+            StrategyConfig {
+                f: Some(1),
+                ..cfg("krum")
+            },
             cfg("scaffold"),
-            StrategyConfig { max_norm: Some(1.0), ..cfg("norm_bound") },
-            StrategyConfig { clip_norm: Some(1.0), ..cfg("fedavg") },
-            StrategyConfig { anomaly: Some(AnomalySpec { max_norm_z: 3.0, max_cosine_distance: 1.0 }), ..cfg("fedavg") },
+            StrategyConfig {
+                max_norm: Some(1.0),
+                ..cfg("norm_bound")
+            },
+            StrategyConfig {
+                clip_norm: Some(1.0),
+                ..cfg("fedavg")
+            },
+            StrategyConfig {
+                anomaly: Some(AnomalySpec {
+                    max_norm_z: 3.0,
+                    max_cosine_distance: 1.0,
+                }),
+                ..cfg("fedavg")
+            },
         ] {
             let spec = StrategySpec::from_config(&c, 10).unwrap();
             let e = spec.with_privacy(dp(1.0, 1.0, 10)).unwrap_err();
             assert_eq!(e.field, "privacy", "{}", c.name);
         }
-        for name in ["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"] {
-            assert!(StrategySpec::from_config(&cfg(name), 10).unwrap().with_privacy(dp(1.0, 1.0, 10)).is_ok(), "{name}");
+        for name in [
+            "fedavg",
+            "fedavgm",
+            "fedprox",
+            "fedadam",
+            "fedyogi",
+            "fedadagrad",
+        ] {
+            assert!(
+                StrategySpec::from_config(&cfg(name), 10)
+                    .unwrap()
+                    .with_privacy(dp(1.0, 1.0, 10))
+                    .is_ok(),
+                "{name}"
+            );
         }
     }
 
@@ -1255,14 +1675,26 @@ mod tests {
     fn dp_adaptive_clip_moves_and_survives_a_restore_bit_exactly() {
         let spec = DpSpec {
             mode: DpMode::Central,
-            clip: ClipRule::Adaptive { initial_clip_norm: 0.1, target_quantile: 0.5, learning_rate: 0.2, count_noise_std: 2.0 },
+            clip: ClipRule::Adaptive {
+                initial_clip_norm: 0.1,
+                target_quantile: 0.5,
+                learning_rate: 0.2,
+                count_noise_std: 2.0,
+            },
             noise_multiplier: 1.0,
             expected_clients: 3,
             min_contributors: 3,
         };
-        let mut s = Strategy::new(StrategySpec::from_config(&cfg("fedadam"), 3).unwrap().with_privacy(spec).unwrap(), 2);
+        let mut s = Strategy::new(
+            StrategySpec::from_config(&cfg("fedadam"), 3)
+                .unwrap()
+                .with_privacy(spec)
+                .unwrap(),
+            2,
+        );
         s.set_noise_key([7; 32]);
-        let reports: [(&[f32], f64); 3] = [(&[5.0, 0.0], 1.0), (&[0.0, 5.0], 1.0), (&[3.0, 4.0], 1.0)];
+        let reports: [(&[f32], f64); 3] =
+            [(&[5.0, 0.0], 1.0), (&[0.0, 5.0], 1.0), (&[3.0, 4.0], 1.0)];
         let g = run_round(&mut s, &[0.0, 0.0], &reports);
         // Every delta was clipped, so C grows (b̃ ≈ 0 < γ) unless the count noise was huge.
         let c1 = s.dp_clip_norm().unwrap();
@@ -1272,53 +1704,124 @@ mod tests {
         let (mut a, mut b) = (s, back);
         let ga = run_round(&mut a, &g, &reports);
         let gb = run_round(&mut b, &g, &reports);
-        assert_eq!(ga.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), gb.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-        assert_eq!(a.dp_clip_norm().unwrap().to_bits(), b.dp_clip_norm().unwrap().to_bits());
+        assert_eq!(
+            ga.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            gb.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            a.dp_clip_norm().unwrap().to_bits(),
+            b.dp_clip_norm().unwrap().to_bits()
+        );
     }
 
     #[test]
     fn dp_distributed_mode_adds_no_server_noise_and_does_not_clip() {
-        let spec = DpSpec { mode: DpMode::Distributed, ..dp(1.0, 1.0, 2) };
+        let spec = DpSpec {
+            mode: DpMode::Distributed,
+            ..dp(1.0, 1.0, 2)
+        };
         let mut s = dp_strategy(spec, 2);
-        let g = run_round(&mut s, &[0.0, 0.0], &[(&[3.0, 4.0], 5.0), (&[1.0, 0.0], 1.0)]);
+        let g = run_round(
+            &mut s,
+            &[0.0, 0.0],
+            &[(&[3.0, 4.0], 5.0), (&[1.0, 0.0], 1.0)],
+        );
         assert_eq!(g, vec![2.0, 2.0]);
     }
 
     #[test]
     fn secure_sum_under_distributed_dp_divides_by_the_expected_cohort_and_adds_nothing() {
         // m = 4 expected, n_min = 2: three contributors' sum is divided by 4, not 3.
-        let spec = DpSpec { mode: DpMode::Distributed, expected_clients: 4, min_contributors: 2, ..dp(1.0, 1.0, 4) };
+        let spec = DpSpec {
+            mode: DpMode::Distributed,
+            expected_clients: 4,
+            min_contributors: 2,
+            ..dp(1.0, 1.0, 4)
+        };
         let mut s = Strategy::new(StrategySpec::fedavg().with_privacy(spec).unwrap(), 2);
         let r = s.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 3).unwrap();
         assert_eq!(r.global, vec![1.75, -0.5]);
         let info = r.dp.unwrap();
-        assert_eq!((info.noise_std, info.reports, info.clip_norm), (0.0, 3, 1.0));
+        assert_eq!(
+            (info.noise_std, info.reports, info.clip_norm),
+            (0.0, 3, 1.0)
+        );
         // Fewer contributors than the noise shares were sized for: refused, state unchanged.
         let before = s.clone();
-        assert!(matches!(s.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 1), Err(AggregateError::Parameter { name: "contributors", .. })));
+        assert!(matches!(
+            s.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 1),
+            Err(AggregateError::Parameter {
+                name: "contributors",
+                ..
+            })
+        ));
         assert!(s.apply_secure_sum(&[1.0, 1.0], &[3.0], 3).is_err());
-        assert!(s.apply_secure_sum(&[1.0, 1.0], &[f64::NAN, 0.0], 3).is_err());
+        assert!(
+            s.apply_secure_sum(&[1.0, 1.0], &[f64::NAN, 0.0], 3)
+                .is_err()
+        );
         assert_eq!(s, before);
         // Without DP: the unweighted mean of the contributors.
         let mut plain = Strategy::new(StrategySpec::fedavg(), 2);
-        assert_eq!(plain.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 3).unwrap().global, vec![2.0, -1.0]);
-        assert!(plain.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 0).is_err());
+        assert_eq!(
+            plain
+                .apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 3)
+                .unwrap()
+                .global,
+            vec![2.0, -1.0]
+        );
+        assert!(
+            plain
+                .apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 0)
+                .is_err()
+        );
         // Central DP cannot reach a secure sum (it is refused at load; refused here too).
-        let mut central = Strategy::new(StrategySpec::fedavg().with_privacy(dp(1.0, 1.0, 4)).unwrap(), 2);
-        assert!(central.apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 3).is_err());
+        let mut central = Strategy::new(
+            StrategySpec::fedavg()
+                .with_privacy(dp(1.0, 1.0, 4))
+                .unwrap(),
+            2,
+        );
+        assert!(
+            central
+                .apply_secure_sum(&[1.0, 1.0], &[3.0, -6.0], 3)
+                .is_err()
+        );
     }
 
     #[test]
     fn secure_aggregation_accepts_distributed_dp_only() {
-        let distributed = DpSpec { mode: DpMode::Distributed, ..dp(1.0, 1.0, 4) };
-        assert!(StrategySpec::fedavg().with_privacy(distributed).unwrap().check_secure_aggregation().is_ok());
-        let e = StrategySpec::fedavg().with_privacy(dp(1.0, 1.0, 4)).unwrap().check_secure_aggregation().unwrap_err();
-        assert_eq!(e.field, "privacy.mode");
-        let adaptive = DpSpec {
-            clip: ClipRule::Adaptive { initial_clip_norm: 0.1, target_quantile: 0.5, learning_rate: 0.2, count_noise_std: 2.0 },
+        let distributed = DpSpec {
+            mode: DpMode::Distributed,
             ..dp(1.0, 1.0, 4)
         };
-        let e = StrategySpec::fedavg().with_privacy(adaptive).unwrap().check_secure_aggregation().unwrap_err();
+        assert!(
+            StrategySpec::fedavg()
+                .with_privacy(distributed)
+                .unwrap()
+                .check_secure_aggregation()
+                .is_ok()
+        );
+        let e = StrategySpec::fedavg()
+            .with_privacy(dp(1.0, 1.0, 4))
+            .unwrap()
+            .check_secure_aggregation()
+            .unwrap_err();
+        assert_eq!(e.field, "privacy.mode");
+        let adaptive = DpSpec {
+            clip: ClipRule::Adaptive {
+                initial_clip_norm: 0.1,
+                target_quantile: 0.5,
+                learning_rate: 0.2,
+                count_noise_std: 2.0,
+            },
+            ..dp(1.0, 1.0, 4)
+        };
+        let e = StrategySpec::fedavg()
+            .with_privacy(adaptive)
+            .unwrap()
+            .check_secure_aggregation()
+            .unwrap_err();
         assert_eq!(e.field, "privacy.adaptive");
         assert!(e.message.contains("[secagg]"), "{}", e.message);
     }
@@ -1327,26 +1830,78 @@ mod tests {
     fn fedbuff_parameters_and_staleness_weight() {
         let spec = StrategySpec::from_config(&cfg("fedbuff"), 1).unwrap();
         let fb = spec.fedbuff.unwrap();
-        assert_eq!((fb.buffer_size, fb.max_staleness, fb.concurrency, fb.staleness_exponent), (10, 10, 100, 0.5));
+        assert_eq!(
+            (
+                fb.buffer_size,
+                fb.max_staleness,
+                fb.concurrency,
+                fb.staleness_exponent
+            ),
+            (10, 10, 100, 0.5)
+        );
         // s(τ) = 1/(1+τ)^a: a = 0.5 → 1, 1/√2, 1/2 (τ = 3); a = 2, τ = 4 → 1/25; a = 0 → 1.
         assert_eq!(fb.staleness_weight(0), 1.0);
         assert!((fb.staleness_weight(1) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-15);
         assert_eq!(fb.staleness_weight(3), 0.5);
-        let a2 = FedBuffSpec { staleness_exponent: 2.0, ..fb };
+        let a2 = FedBuffSpec {
+            staleness_exponent: 2.0,
+            ..fb
+        };
         assert!((a2.staleness_weight(4) - 0.04).abs() < 1e-15);
-        assert_eq!(FedBuffSpec { staleness_exponent: 0.0, ..fb }.staleness_weight(7), 1.0);
+        assert_eq!(
+            FedBuffSpec {
+                staleness_exponent: 0.0,
+                ..fb
+            }
+            .staleness_weight(7),
+            1.0
+        );
         let err = |c: StrategyConfig| StrategySpec::from_config(&c, 1).unwrap_err();
-        let e = err(StrategyConfig { buffer_size: Some(0), ..cfg("fedbuff") });
+        let e = err(StrategyConfig {
+            buffer_size: Some(0),
+            ..cfg("fedbuff")
+        });
         assert_eq!(e.field, "strategy.buffer_size");
         assert!(e.message.contains("1..="), "{e}");
-        assert_eq!(err(StrategyConfig { concurrency: Some(0), ..cfg("fedbuff") }).field, "strategy.concurrency");
-        assert_eq!(err(StrategyConfig { max_staleness: Some(5000), ..cfg("fedbuff") }).field, "strategy.max_staleness");
+        assert_eq!(
+            err(StrategyConfig {
+                concurrency: Some(0),
+                ..cfg("fedbuff")
+            })
+            .field,
+            "strategy.concurrency"
+        );
+        assert_eq!(
+            err(StrategyConfig {
+                max_staleness: Some(5000),
+                ..cfg("fedbuff")
+            })
+            .field,
+            "strategy.max_staleness"
+        );
         for a in [-0.1, f64::NAN, 10.5] {
-            let e = err(StrategyConfig { staleness_exponent: Some(a), ..cfg("fedbuff") });
+            let e = err(StrategyConfig {
+                staleness_exponent: Some(a),
+                ..cfg("fedbuff")
+            });
             assert_eq!(e.field, "strategy.staleness_exponent");
         }
-        assert_eq!(err(StrategyConfig { clip_norm: Some(1.0), ..cfg("fedbuff") }).field, "strategy.clip_norm");
-        assert_eq!(err(StrategyConfig { buffer_size: Some(3), ..cfg("fedavg") }).field, "strategy");
+        assert_eq!(
+            err(StrategyConfig {
+                clip_norm: Some(1.0),
+                ..cfg("fedbuff")
+            })
+            .field,
+            "strategy.clip_norm"
+        );
+        assert_eq!(
+            err(StrategyConfig {
+                buffer_size: Some(3),
+                ..cfg("fedavg")
+            })
+            .field,
+            "strategy"
+        );
         let e = spec.check_secure_aggregation().unwrap_err();
         assert_eq!(e.field, "strategy.name");
         assert!(e.message.contains("asynchronous"), "{e}");
@@ -1354,49 +1909,137 @@ mod tests {
 
     #[test]
     fn fedbuff_server_optimizers() {
-        let fb = |o: Option<&str>| StrategyConfig { server_optimizer: o.map(str::to_string), ..cfg("fedbuff") };
+        let fb = |o: Option<&str>| StrategyConfig {
+            server_optimizer: o.map(str::to_string),
+            ..cfg("fedbuff")
+        };
         let ok = |c: StrategyConfig| StrategySpec::from_config(&c, 1).unwrap();
         let err = |c: StrategyConfig| StrategySpec::from_config(&c, 1).unwrap_err();
         // Default: plain SGD with server_lr 1, as before.
         let s = ok(fb(None));
-        assert_eq!((s.optimizer.clone(), s.server_lr), (ServerOptimizer::Sgd, 1.0));
+        assert_eq!(
+            (s.optimizer.clone(), s.server_lr),
+            (ServerOptimizer::Sgd, 1.0)
+        );
         assert_eq!(ok(fb(Some("sgd"))).optimizer, ServerOptimizer::Sgd);
-        let s = ok(StrategyConfig { momentum: Some(0.5), ..fb(Some("momentum")) });
-        assert_eq!((s.optimizer.clone(), s.server_lr), (ServerOptimizer::Momentum { momentum: 0.5 }, 1.0));
+        let s = ok(StrategyConfig {
+            momentum: Some(0.5),
+            ..fb(Some("momentum"))
+        });
+        assert_eq!(
+            (s.optimizer.clone(), s.server_lr),
+            (ServerOptimizer::Momentum { momentum: 0.5 }, 1.0)
+        );
         assert!(s.fedbuff.is_some());
-        assert_eq!(ok(fb(Some("momentum"))).optimizer, ServerOptimizer::Momentum { momentum: 0.9 });
+        assert_eq!(
+            ok(fb(Some("momentum"))).optimizer,
+            ServerOptimizer::Momentum { momentum: 0.9 }
+        );
         // Adaptive optimizers default to server_lr 0.01 like fedadam.
         let s = ok(fb(Some("adam")));
-        assert_eq!((s.optimizer.clone(), s.server_lr), (ServerOptimizer::Adam { beta1: 0.9, beta2: 0.99, tau: 1e-3 }, 0.01));
-        assert_eq!(ok(fb(Some("adagrad"))).optimizer, ServerOptimizer::Adagrad { beta1: 0.0, tau: 1e-3 });
-        let s = ok(StrategyConfig { server_lr: Some(0.1), tau: Some(0.01), ..fb(Some("yogi")) });
-        assert_eq!((s.optimizer, s.server_lr), (ServerOptimizer::Yogi { beta1: 0.9, beta2: 0.99, tau: 0.01 }, 0.1));
+        assert_eq!(
+            (s.optimizer.clone(), s.server_lr),
+            (
+                ServerOptimizer::Adam {
+                    beta1: 0.9,
+                    beta2: 0.99,
+                    tau: 1e-3
+                },
+                0.01
+            )
+        );
+        assert_eq!(
+            ok(fb(Some("adagrad"))).optimizer,
+            ServerOptimizer::Adagrad {
+                beta1: 0.0,
+                tau: 1e-3
+            }
+        );
+        let s = ok(StrategyConfig {
+            server_lr: Some(0.1),
+            tau: Some(0.01),
+            ..fb(Some("yogi"))
+        });
+        assert_eq!(
+            (s.optimizer, s.server_lr),
+            (
+                ServerOptimizer::Yogi {
+                    beta1: 0.9,
+                    beta2: 0.99,
+                    tau: 0.01
+                },
+                0.1
+            )
+        );
         // Refusals name the key and the valid values.
         let e = err(fb(Some("nesterov")));
         assert_eq!(e.field, "strategy.server_optimizer");
-        assert!(e.message.contains("sgd, momentum, adagrad, adam, yogi"), "{e}");
-        let e = err(StrategyConfig { momentum: Some(0.5), ..fb(None) });
+        assert!(
+            e.message.contains("sgd, momentum, adagrad, adam, yogi"),
+            "{e}"
+        );
+        let e = err(StrategyConfig {
+            momentum: Some(0.5),
+            ..fb(None)
+        });
         assert_eq!(e.field, "strategy.momentum");
         assert!(e.message.contains("server_optimizer = \"sgd\""), "{e}");
-        let e = err(StrategyConfig { beta2: Some(0.9), ..fb(Some("adagrad")) });
+        let e = err(StrategyConfig {
+            beta2: Some(0.9),
+            ..fb(Some("adagrad"))
+        });
         assert_eq!(e.field, "strategy.beta2");
         assert!(e.message.contains("beta1, tau"), "{e}");
-        assert_eq!(err(StrategyConfig { momentum: Some(1.0), ..fb(Some("momentum")) }).field, "strategy.momentum");
-        assert_eq!(err(StrategyConfig { tau: Some(0.0), ..fb(Some("adam")) }).field, "strategy.tau");
+        assert_eq!(
+            err(StrategyConfig {
+                momentum: Some(1.0),
+                ..fb(Some("momentum"))
+            })
+            .field,
+            "strategy.momentum"
+        );
+        assert_eq!(
+            err(StrategyConfig {
+                tau: Some(0.0),
+                ..fb(Some("adam"))
+            })
+            .field,
+            "strategy.tau"
+        );
         // Only fedbuff takes the key.
-        let e = err(StrategyConfig { server_optimizer: Some("adam".into()), ..cfg("fedavg") });
+        let e = err(StrategyConfig {
+            server_optimizer: Some("adam".into()),
+            ..cfg("fedavg")
+        });
         assert_eq!(e.field, "strategy");
         assert!(e.message.contains("server_optimizer"), "{e}");
         // The key round-trips through TOML-like serde.
-        let back: StrategyConfig = serde_json::from_str(r#"{"name":"fedbuff","server_optimizer":"momentum","momentum":0.8}"#).unwrap();
-        assert_eq!(ok(back).optimizer, ServerOptimizer::Momentum { momentum: 0.8 });
+        let back: StrategyConfig = serde_json::from_str(
+            r#"{"name":"fedbuff","server_optimizer":"momentum","momentum":0.8}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok(back).optimizer,
+            ServerOptimizer::Momentum { momentum: 0.8 }
+        );
     }
 
     #[test]
     fn server_state_roundtrips_bit_exactly() {
-        let spec = StrategySpec::from_config(&StrategyConfig { server_lr: Some(0.3), ..cfg("fedyogi") }, 1).unwrap();
+        let spec = StrategySpec::from_config(
+            &StrategyConfig {
+                server_lr: Some(0.3),
+                ..cfg("fedyogi")
+            },
+            1,
+        )
+        .unwrap();
         let mut s = Strategy::new(spec, 3);
-        run_round(&mut s, &[0.1, 0.2, 0.3], &[(&[0.7, -0.1, 1e-7], 5.0), (&[0.3, 0.3, 0.3], 2.0)]);
+        run_round(
+            &mut s,
+            &[0.1, 0.2, 0.3],
+            &[(&[0.7, -0.1, 1e-7], 5.0), (&[0.3, 0.3, 0.3], 2.0)],
+        );
         let text = serde_json::to_string(&s).unwrap();
         let back: Strategy = serde_json::from_str(&text).unwrap();
         assert_eq!(back, s);
@@ -1404,6 +2047,9 @@ mod tests {
         let mut b = back;
         let ga = run_round(&mut a, &[0.5, 0.5, 0.5], &[(&[0.1, 0.9, 0.4], 1.0)]);
         let gb = run_round(&mut b, &[0.5, 0.5, 0.5], &[(&[0.1, 0.9, 0.4], 1.0)]);
-        assert_eq!(ga.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), gb.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            ga.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            gb.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

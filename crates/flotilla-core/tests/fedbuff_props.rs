@@ -40,8 +40,17 @@ enum Target {
 enum Op {
     CheckIn(u64),
     Lost(u64),
-    Report { client: u64, target: Target, stage: u32, samples: u64, values: Vec<f32> },
-    StageReport { client: u64, honest: bool },
+    Report {
+        client: u64,
+        target: Target,
+        stage: u32,
+        samples: u64,
+        values: Vec<f32>,
+    },
+    StageReport {
+        client: u64,
+        honest: bool,
+    },
     Aggregated,
     FireEarliestTimer,
     /// A deadline timer for a made-up round and attempt (a stale or forged timer).
@@ -82,7 +91,13 @@ fn op() -> impl Strategy<Value = Op> {
 /// `sgd`, the other invariants all of them.
 const OPTIMIZERS: [&str; 3] = ["sgd", "momentum", "adam"];
 
-fn machine(k: usize, max_staleness: u64, concurrency: usize, optimizer: &str, seed: u64) -> RoundMachine {
+fn machine(
+    k: usize,
+    max_staleness: u64,
+    concurrency: usize,
+    optimizer: &str,
+    seed: u64,
+) -> RoundMachine {
     let cfg = StrategyConfig {
         name: "fedbuff".into(),
         server_lr: Some(SERVER_LR),

@@ -11,7 +11,15 @@ enum Op {
     CheckIn(u64),
     Lost(u64),
     /// Report for the client's current task if it has one (honest), else a made-up one.
-    Report { client: u64, honest: bool, round: u64, attempt: u32, stage: u32, samples: u64, values: Vec<f32> },
+    Report {
+        client: u64,
+        honest: bool,
+        round: u64,
+        attempt: u32,
+        stage: u32,
+        samples: u64,
+        values: Vec<f32>,
+    },
     FireEarliestTimer,
     Advance(u64),
 }

@@ -11,9 +11,22 @@ use proptest::prelude::*;
 enum Op {
     CheckIn(u64),
     Lost(u64),
-    Report { client: u64, honest: bool, round: u64, attempt: u32, stage: u32, samples: u64 },
-    Aggregated { honest: bool, sum: Vec<f64>, count: usize },
-    Failed { honest: bool },
+    Report {
+        client: u64,
+        honest: bool,
+        round: u64,
+        attempt: u32,
+        stage: u32,
+        samples: u64,
+    },
+    Aggregated {
+        honest: bool,
+        sum: Vec<f64>,
+        count: usize,
+    },
+    Failed {
+        honest: bool,
+    },
     FireEarliestTimer,
     Advance(u64),
 }

@@ -21,14 +21,39 @@ fn machine(rounds: u64, cpr: usize, strategy: StrategyConfig, dim: usize) -> Rou
 }
 
 /// Runs one round in which client `i` of the cohort reports `update(i, global)`; returns the commit.
-fn round(m: &mut RoundMachine, now: u64, clients: u64, update: &dyn Fn(u64, &[f32]) -> Vec<f32>) -> Option<CommitInfo> {
-    let mut acts: Vec<Action> =
-        (0..clients).flat_map(|i| m.handle(now, Event::CheckIn { client: ClientId(i) })).collect();
-    let timer = acts.iter().find_map(|a| if let Action::SetTimer { timer, at_ms } = a { Some((*timer, *at_ms)) } else { None })?;
+fn round(
+    m: &mut RoundMachine,
+    now: u64,
+    clients: u64,
+    update: &dyn Fn(u64, &[f32]) -> Vec<f32>,
+) -> Option<CommitInfo> {
+    let mut acts: Vec<Action> = (0..clients)
+        .flat_map(|i| {
+            m.handle(
+                now,
+                Event::CheckIn {
+                    client: ClientId(i),
+                },
+            )
+        })
+        .collect();
+    let timer = acts.iter().find_map(|a| {
+        if let Action::SetTimer { timer, at_ms } = a {
+            Some((*timer, *at_ms))
+        } else {
+            None
+        }
+    })?;
     acts = m.handle(timer.1, Event::TimerFired(timer.0));
     let cohort: Vec<(ClientId, Task)> = acts
         .iter()
-        .filter_map(|a| if let Action::Configure { client, task } = a { Some((*client, task.clone())) } else { None })
+        .filter_map(|a| {
+            if let Action::Configure { client, task } = a {
+                Some((*client, task.clone()))
+            } else {
+                None
+            }
+        })
         .collect();
     let global = m.global().to_vec();
     let mut out = Vec::new();
@@ -47,44 +72,90 @@ fn round(m: &mut RoundMachine, now: u64, clients: u64, update: &dyn Fn(u64, &[f3
             },
         ));
     }
-    out.into_iter().find_map(|a| if let Action::Commit(c) = a { Some(c) } else { None })
+    out.into_iter().find_map(|a| {
+        if let Action::Commit(c) = a {
+            Some(c)
+        } else {
+            None
+        }
+    })
 }
 
 #[test]
 fn anomaly_filter_quarantines_an_attacker_and_the_commit_says_why() {
     let cfg = StrategyConfig {
         name: "fedavg".into(),
-        anomaly: Some(AnomalySpec { max_norm_z: 3.0, max_cosine_distance: 1.0 }),
+        anomaly: Some(AnomalySpec {
+            max_norm_z: 3.0,
+            max_cosine_distance: 1.0,
+        }),
         ..StrategyConfig::default()
     };
     let mut m = machine(1, 6, cfg, 4);
     // Honest clients move the model by ≈ +1 per coordinate; client 5 reports −10× that.
-    let honest = |i: u64, g: &[f32]| g.iter().enumerate().map(|(j, x)| x + 1.0 + 0.01 * (i as f32 + j as f32)).collect();
-    let commit = round(&mut m, 0, 6, &|i, g| if i == 5 { g.iter().map(|x| x - 10.0).collect() } else { honest(i, g) })
-        .expect("round commits");
+    let honest = |i: u64, g: &[f32]| {
+        g.iter()
+            .enumerate()
+            .map(|(j, x)| x + 1.0 + 0.01 * (i as f32 + j as f32))
+            .collect()
+    };
+    let commit = round(&mut m, 0, 6, &|i, g| {
+        if i == 5 {
+            g.iter().map(|x| x - 10.0).collect()
+        } else {
+            honest(i, g)
+        }
+    })
+    .expect("round commits");
     assert_eq!(commit.quarantined.len(), 1, "{:?}", commit.quarantined);
     assert_eq!(commit.quarantined[0].client, 5);
     assert!(!commit.quarantined[0].reason.is_empty());
     assert!(!commit.participants.contains(&ClientId(5)));
-    assert!(m.global().iter().all(|v| (0.9..1.2).contains(v)), "attacker left out: {:?}", m.global());
+    assert!(
+        m.global().iter().all(|v| (0.9..1.2).contains(v)),
+        "attacker left out: {:?}",
+        m.global()
+    );
 }
 
 #[test]
 fn krum_leaves_out_distant_updates() {
-    let cfg = StrategyConfig { name: "krum".into(), f: Some(1), m: Some(3), ..StrategyConfig::default() };
+    let cfg = StrategyConfig {
+        name: "krum".into(),
+        f: Some(1),
+        m: Some(3),
+        ..StrategyConfig::default()
+    };
     let mut m = machine(1, 5, cfg, 3);
     let commit = round(&mut m, 0, 5, &|i, g| {
-        if i == 2 { vec![100.0; 3] } else { g.iter().map(|x| x + 1.0 + 0.1 * i as f32).collect() }
+        if i == 2 {
+            vec![100.0; 3]
+        } else {
+            g.iter().map(|x| x + 1.0 + 0.1 * i as f32).collect()
+        }
     })
     .expect("round commits");
-    assert!(commit.quarantined.iter().any(|q| q.client == 2), "{:?}", commit.quarantined);
+    assert!(
+        commit.quarantined.iter().any(|q| q.client == 2),
+        "{:?}",
+        commit.quarantined
+    );
     assert!(m.global().iter().all(|v| *v < 2.0), "{:?}", m.global());
 }
 
 #[test]
 fn fedadam_state_survives_snapshot_and_restore_bit_exactly() {
-    let cfg = StrategyConfig { name: "fedadam".into(), server_lr: Some(0.05), ..StrategyConfig::default() };
-    let upd = |i: u64, g: &[f32]| g.iter().enumerate().map(|(j, x)| x + 0.3 - 0.1 * ((i + j as u64) % 3) as f32).collect();
+    let cfg = StrategyConfig {
+        name: "fedadam".into(),
+        server_lr: Some(0.05),
+        ..StrategyConfig::default()
+    };
+    let upd = |i: u64, g: &[f32]| {
+        g.iter()
+            .enumerate()
+            .map(|(j, x)| x + 0.3 - 0.1 * ((i + j as u64) % 3) as f32)
+            .collect()
+    };
     let mut reference = machine(4, 3, cfg.clone(), 5);
     for r in 0..4 {
         round(&mut reference, r * 100, 3, &upd).expect("commit");
@@ -103,5 +174,9 @@ fn fedadam_state_survives_snapshot_and_restore_bit_exactly() {
     assert!(m.is_finished());
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(m.global()), bits(reference.global()));
-    assert_eq!(m.strategy(), reference.strategy(), "moments restored exactly");
+    assert_eq!(
+        m.strategy(),
+        reference.strategy(),
+        "moments restored exactly"
+    );
 }

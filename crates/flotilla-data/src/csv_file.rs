@@ -14,7 +14,8 @@ pub const MAX_CSV_CLASSES: u32 = 100_000;
 /// the largest label + 1.
 pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
     let file = path.display().to_string();
-    let bad = |line: u64, m: String| DataError::malformed(file.clone(), format!("line {line}: {m}"));
+    let bad =
+        |line: u64, m: String| DataError::malformed(file.clone(), format!("line {line}: {m}"));
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .trim(csv::Trim::All)
@@ -30,12 +31,20 @@ pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
             return Err(bad(line, "need at least one feature and a label".into()));
         }
         if *width.get_or_insert(n) != n {
-            return Err(bad(line, format!("{n} columns, earlier lines have {}", width.unwrap_or(n))));
+            return Err(bad(
+                line,
+                format!("{n} columns, earlier lines have {}", width.unwrap_or(n)),
+            ));
         }
         for (j, field) in record.iter().take(n - 1).enumerate() {
-            let v: f32 = field.parse().map_err(|_| bad(line, format!("column {}: `{field}` is not a number", j + 1)))?;
+            let v: f32 = field
+                .parse()
+                .map_err(|_| bad(line, format!("column {}: `{field}` is not a number", j + 1)))?;
             if !v.is_finite() {
-                return Err(bad(line, format!("column {}: {field} is not finite", j + 1)));
+                return Err(bad(
+                    line,
+                    format!("column {}: {field} is not finite", j + 1),
+                ));
             }
             features.push(v);
         }
@@ -44,7 +53,12 @@ pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
             .parse()
             .ok()
             .filter(|l| *l < MAX_CSV_CLASSES)
-            .ok_or_else(|| bad(line, format!("label `{field}` must be a whole number below {MAX_CSV_CLASSES}")))?;
+            .ok_or_else(|| {
+                bad(
+                    line,
+                    format!("label `{field}` must be a whole number below {MAX_CSV_CLASSES}"),
+                )
+            })?;
         labels.push(label);
     }
     let Some(width) = width else {

@@ -174,7 +174,10 @@ impl DatasetName {
         match self {
             DatasetName::Digits => (vec![64], 10),
             DatasetName::FashionMnist | DatasetName::Mnist => (vec![1, 28, 28], 10),
-            DatasetName::Shakespeare => (vec![crate::shakespeare::SEQ_LEN], crate::shakespeare::VOCAB_SIZE),
+            DatasetName::Shakespeare => (
+                vec![crate::shakespeare::SEQ_LEN],
+                crate::shakespeare::VOCAB_SIZE,
+            ),
         }
     }
 
@@ -317,7 +320,11 @@ fn split_dataset(all: &Dataset, opts: &LoadOptions) -> TrainTest {
 /// Sample indices grouped by label, ascending; labels at or above `num_classes` are left out.
 /// Sized by the largest label present, so an absurd `num_classes` allocates nothing extra.
 pub(crate) fn indices_by_class(labels: &[u32], num_classes: usize) -> Vec<Vec<u32>> {
-    let classes = labels.iter().max().map_or(0, |&m| m as usize + 1).min(num_classes);
+    let classes = labels
+        .iter()
+        .max()
+        .map_or(0, |&m| m as usize + 1)
+        .min(num_classes);
     let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
         if let Some(v) = by_class.get_mut(l as usize) {
@@ -524,9 +531,15 @@ mod shape_tests {
         for name in DatasetName::ALL {
             match load(name, &crate::test_data_dir(), &LoadOptions::default()) {
                 Ok(tt) => {
-                    assert_eq!((tt.train.feature_shape.clone(), tt.train.num_classes), name.sample_shape(), "{name}");
+                    assert_eq!(
+                        (tt.train.feature_shape.clone(), tt.train.num_classes),
+                        name.sample_shape(),
+                        "{name}"
+                    );
                 }
-                Err(DataError::Missing { .. }) => eprintln!("note: {name} not fetched; shape not cross-checked"),
+                Err(DataError::Missing { .. }) => {
+                    eprintln!("note: {name} not fetched; shape not cross-checked")
+                }
                 Err(e) => panic!("{name}: {e}"),
             }
         }

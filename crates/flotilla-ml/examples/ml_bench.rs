@@ -12,7 +12,9 @@ use flotilla_ml::{FitConfig, ModelKind, ModelSpec, Samples, build};
 fn synthetic(n: usize, dim: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
     let mut s = seed;
     let mut next = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 40) as f32) / (1u64 << 24) as f32
     };
     let mut x = Vec::with_capacity(n * dim);
@@ -31,23 +33,62 @@ fn logreg_fit(samples: usize) {
     let (dim, classes) = (64, 10);
     let (x, y) = synthetic(samples, dim, classes, 1);
     let idx: Vec<u32> = (0..samples as u32).collect();
-    let data = Samples { features: &x, feature_len: dim, labels: &y, indices: &idx };
-    let spec = ModelSpec { kind: ModelKind::LogReg, input_shape: vec![dim], num_classes: classes };
+    let data = Samples {
+        features: &x,
+        feature_len: dim,
+        labels: &y,
+        indices: &idx,
+    };
+    let spec = ModelSpec {
+        kind: ModelKind::LogReg,
+        input_shape: vec![dim],
+        num_classes: classes,
+    };
     let mut t = build(&spec, 0).expect("build");
     let global = t.parameters();
     let iters = 2000;
     for i in 0..50 {
-        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i, max_grad_norm: None }).expect("fit");
+        t.fit(
+            &data,
+            &FitConfig {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                seed: i,
+                max_grad_norm: None,
+            },
+        )
+        .expect("fit");
     }
     let start = Instant::now();
     for i in 0..iters {
-        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i, max_grad_norm: None }).expect("fit");
+        t.fit(
+            &data,
+            &FitConfig {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                seed: i,
+                max_grad_norm: None,
+            },
+        )
+        .expect("fit");
     }
     let fit_us = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
     let start = Instant::now();
     for i in 0..iters {
         t.set_parameters(&global).expect("set");
-        t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: i, max_grad_norm: None }).expect("fit");
+        t.fit(
+            &data,
+            &FitConfig {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                seed: i,
+                max_grad_norm: None,
+            },
+        )
+        .expect("fit");
         std::hint::black_box(t.parameters());
     }
     let round_us = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
@@ -63,26 +104,50 @@ fn logreg_fit(samples: usize) {
 fn federation() {
     let (dim, classes, clients, per_client) = (64, 10, 10, 144);
     let (x, y) = synthetic(clients * per_client + 360, dim, classes, 2);
-    let spec = ModelSpec { kind: ModelKind::LogReg, input_shape: vec![dim], num_classes: classes };
+    let spec = ModelSpec {
+        kind: ModelKind::LogReg,
+        input_shape: vec![dim],
+        num_classes: classes,
+    };
     let start = Instant::now();
     let mut t = build(&spec, 0).expect("build");
     let mut global = t.parameters();
-    let test_idx: Vec<u32> = ((clients * per_client) as u32..(clients * per_client + 360) as u32).collect();
+    let test_idx: Vec<u32> =
+        ((clients * per_client) as u32..(clients * per_client + 360) as u32).collect();
     for round in 0..50u64 {
         let mut sum = vec![0.0f32; global.len()];
         for c in 0..clients {
             let idx: Vec<u32> = ((c * per_client) as u32..((c + 1) * per_client) as u32).collect();
-            let data = Samples { features: &x, feature_len: dim, labels: &y, indices: &idx };
+            let data = Samples {
+                features: &x,
+                feature_len: dim,
+                labels: &y,
+                indices: &idx,
+            };
             t.set_parameters(&global).expect("set");
-            t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.1, seed: round * 100 + c as u64, max_grad_norm: None })
-                .expect("fit");
+            t.fit(
+                &data,
+                &FitConfig {
+                    epochs: 1,
+                    batch_size: 32,
+                    learning_rate: 0.1,
+                    seed: round * 100 + c as u64,
+                    max_grad_norm: None,
+                },
+            )
+            .expect("fit");
             for (s, p) in sum.iter_mut().zip(t.parameters()) {
                 *s += p / clients as f32;
             }
         }
         global = sum;
         t.set_parameters(&global).expect("set");
-        let data = Samples { features: &x, feature_len: dim, labels: &y, indices: &test_idx };
+        let data = Samples {
+            features: &x,
+            feature_len: dim,
+            labels: &y,
+            indices: &test_idx,
+        };
         std::hint::black_box(t.evaluate(&data).expect("eval"));
     }
     println!(
@@ -95,14 +160,47 @@ fn image_model(kind: ModelKind, label: &str) {
     let (n, dim, classes) = (640, 784, 10);
     let (x, y) = synthetic(n, dim, classes, 3);
     let idx: Vec<u32> = (0..n as u32).collect();
-    let data = Samples { features: &x, feature_len: dim, labels: &y, indices: &idx };
-    let shape = if kind == ModelKind::Cnn { vec![1, 28, 28] } else { vec![784] };
-    let spec = ModelSpec { kind, input_shape: shape, num_classes: classes };
+    let data = Samples {
+        features: &x,
+        feature_len: dim,
+        labels: &y,
+        indices: &idx,
+    };
+    let shape = if kind == ModelKind::Cnn {
+        vec![1, 28, 28]
+    } else {
+        vec![784]
+    };
+    let spec = ModelSpec {
+        kind,
+        input_shape: shape,
+        num_classes: classes,
+    };
     let mut t = build(&spec, 0).expect("build");
-    t.fit(&data, &FitConfig { epochs: 1, batch_size: 32, learning_rate: 0.01, seed: 0, max_grad_norm: None }).expect("warmup");
+    t.fit(
+        &data,
+        &FitConfig {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.01,
+            seed: 0,
+            max_grad_norm: None,
+        },
+    )
+    .expect("warmup");
     let epochs = 3;
     let start = Instant::now();
-    t.fit(&data, &FitConfig { epochs, batch_size: 32, learning_rate: 0.01, seed: 1, max_grad_norm: None }).expect("fit");
+    t.fit(
+        &data,
+        &FitConfig {
+            epochs,
+            batch_size: 32,
+            learning_rate: 0.01,
+            seed: 1,
+            max_grad_norm: None,
+        },
+    )
+    .expect("fit");
     let train = (n * epochs as usize) as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     t.evaluate(&data).expect("eval");
@@ -119,11 +217,40 @@ fn determinism() {
     let (n, dim, classes) = (96, 784, 10);
     let (x, y) = synthetic(n, dim, classes, 4);
     let idx: Vec<u32> = (0..n as u32).collect();
-    let data = Samples { features: &x, feature_len: dim, labels: &y, indices: &idx };
-    for (kind, shape) in [(ModelKind::Cnn, vec![1, 28, 28]), (ModelKind::Mlp { hidden: 32 }, vec![784])] {
-        let mut t = build(&ModelSpec { kind, input_shape: shape, num_classes: classes }, 5).expect("build");
-        t.fit(&data, &FitConfig { epochs: 2, batch_size: 32, learning_rate: 0.05, seed: 9, max_grad_norm: None }).expect("fit");
-        println!("det {kind}: {}", flotilla_core::params_sha256(&t.parameters()));
+    let data = Samples {
+        features: &x,
+        feature_len: dim,
+        labels: &y,
+        indices: &idx,
+    };
+    for (kind, shape) in [
+        (ModelKind::Cnn, vec![1, 28, 28]),
+        (ModelKind::Mlp { hidden: 32 }, vec![784]),
+    ] {
+        let mut t = build(
+            &ModelSpec {
+                kind,
+                input_shape: shape,
+                num_classes: classes,
+            },
+            5,
+        )
+        .expect("build");
+        t.fit(
+            &data,
+            &FitConfig {
+                epochs: 2,
+                batch_size: 32,
+                learning_rate: 0.05,
+                seed: 9,
+                max_grad_norm: None,
+            },
+        )
+        .expect("fit");
+        println!(
+            "det {kind}: {}",
+            flotilla_core::params_sha256(&t.parameters())
+        );
     }
 }
 

@@ -74,7 +74,9 @@ pub enum TrainerError {
     },
     /// Training produced a non-finite loss; the parameters are restored to their values before
     /// the call to [`Trainer::fit`].
-    #[error("training diverged: non-finite loss at epoch {epoch}, step {step} (try a smaller learning rate)")]
+    #[error(
+        "training diverged: non-finite loss at epoch {epoch}, step {step} (try a smaller learning rate)"
+    )]
     Diverged {
         /// Zero-based epoch in which the loss became non-finite.
         epoch: u32,
@@ -200,7 +202,11 @@ pub trait Trainer: Send {
     /// parameters change is unspecified. The default installs `params`, then evaluates; the burn
     /// trainers evaluate them without creating trainable (autodiff) tensors, whose bookkeeping burn
     /// frees only in a backward pass — so a process that only evaluates does not grow with every call.
-    fn evaluate_params(&mut self, params: &[f32], data: &Samples<'_>) -> Result<EvalReport, TrainerError> {
+    fn evaluate_params(
+        &mut self,
+        params: &[f32],
+        data: &Samples<'_>,
+    ) -> Result<EvalReport, TrainerError> {
         self.set_parameters(params)?;
         self.evaluate(data)
     }
@@ -266,7 +272,9 @@ impl FromStr for ModelKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "logreg" => Ok(ModelKind::LogReg),
-            "mlp" => Ok(ModelKind::Mlp { hidden: Self::DEFAULT_MLP_HIDDEN }),
+            "mlp" => Ok(ModelKind::Mlp {
+                hidden: Self::DEFAULT_MLP_HIDDEN,
+            }),
             "cnn" => Ok(ModelKind::Cnn),
             "char_mlp" => Ok(ModelKind::CharMlp {
                 embed: Self::DEFAULT_CHAR_EMBED,
@@ -297,13 +305,18 @@ impl ModelSpec {
     /// there), saturating at `u64::MAX`; computed without allocating, so that a spec can be refused
     /// by size (`flotilla_core::limits::MAX_MODEL_PARAMS`) before anything is built.
     pub fn param_count(&self) -> u64 {
-        let input = self.input_shape.iter().fold(1u64, |acc, &d| acc.saturating_mul(d as u64));
+        let input = self
+            .input_shape
+            .iter()
+            .fold(1u64, |acc, &d| acc.saturating_mul(d as u64));
         let classes = self.num_classes as u64;
         // in → out: weights and biases.
         let dense = |i: u64, o: u64| i.saturating_mul(o).saturating_add(o);
         match self.kind {
             ModelKind::LogReg => dense(input, classes),
-            ModelKind::Mlp { hidden } => dense(input, hidden as u64).saturating_add(dense(hidden as u64, classes)),
+            ModelKind::Mlp { hidden } => {
+                dense(input, hidden as u64).saturating_add(dense(hidden as u64, classes))
+            }
             // conv1 8·1·3·3 + 8, conv2 16·8·3·3 + 16, then 784 → 64 → C.
             ModelKind::Cnn => (80 + 1_168 + dense(784, 64)).saturating_add(dense(64, classes)),
             ModelKind::CharMlp { embed, hidden } => classes

@@ -11,8 +11,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::rng;
 use crate::{
-    EvalReport, FitConfig, FitReport, LocalObjective, ModelKind, ModelSpec, ParamLayout, Samples, TensorSpec,
-    Trainer, TrainerError,
+    EvalReport, FitConfig, FitReport, LocalObjective, ModelKind, ModelSpec, ParamLayout, Samples,
+    TensorSpec, Trainer, TrainerError,
 };
 
 /// Channels of the CNN's first and second convolution and width of its hidden linear layer.
@@ -25,10 +25,24 @@ const EVAL_BATCH: usize = 512;
 /// The architecture, with every size resolved.
 #[derive(Debug, Clone, Copy)]
 enum Arch {
-    LogReg { input: usize, classes: usize },
-    Mlp { input: usize, hidden: usize, classes: usize },
-    Cnn { classes: usize },
-    CharMlp { window: usize, vocab: usize, embed: usize, hidden: usize },
+    LogReg {
+        input: usize,
+        classes: usize,
+    },
+    Mlp {
+        input: usize,
+        hidden: usize,
+        classes: usize,
+    },
+    Cnn {
+        classes: usize,
+    },
+    CharMlp {
+        window: usize,
+        vocab: usize,
+        embed: usize,
+        hidden: usize,
+    },
 }
 
 /// A batch of inputs as the model consumes them.
@@ -45,7 +59,9 @@ impl Arch {
     fn from_spec(spec: &ModelSpec) -> Result<Self, TrainerError> {
         let classes = spec.num_classes;
         if classes < 2 {
-            return Err(invalid(format!("num_classes must be at least 2, got {classes}")));
+            return Err(invalid(format!(
+                "num_classes must be at least 2, got {classes}"
+            )));
         }
         if spec.input_shape.is_empty() || spec.input_shape.contains(&0) {
             return Err(invalid(format!(
@@ -65,7 +81,11 @@ impl Arch {
                 if hidden == 0 {
                     return Err(invalid(format!("{name}: hidden width must be > 0")));
                 }
-                Ok(Arch::Mlp { input, hidden, classes })
+                Ok(Arch::Mlp {
+                    input,
+                    hidden,
+                    classes,
+                })
             }
             ModelKind::Cnn => {
                 if spec.input_shape != [1, 28, 28] {
@@ -93,7 +113,12 @@ impl Arch {
                         "char_mlp: vocabulary of {classes} ids is not exactly representable in f32 features"
                     )));
                 }
-                Ok(Arch::CharMlp { window: input, vocab: classes, embed, hidden })
+                Ok(Arch::CharMlp {
+                    window: input,
+                    vocab: classes,
+                    embed,
+                    hidden,
+                })
             }
         }
     }
@@ -126,10 +151,17 @@ impl Arch {
         let t = |name: &str, shape: &[usize]| TensorSpec::new(name, shape.to_vec());
         let (specs, bounds): (Vec<TensorSpec>, Vec<f32>) = match *self {
             Arch::LogReg { input, classes } => (
-                vec![t("linear.weight", &[input, classes]), t("linear.bias", &[classes])],
+                vec![
+                    t("linear.weight", &[input, classes]),
+                    t("linear.bias", &[classes]),
+                ],
                 vec![0.0, 0.0],
             ),
-            Arch::Mlp { input, hidden, classes } => (
+            Arch::Mlp {
+                input,
+                hidden,
+                classes,
+            } => (
                 vec![
                     t("fc1.weight", &[input, hidden]),
                     t("fc1.bias", &[hidden]),
@@ -151,10 +183,24 @@ impl Arch {
                         t("fc2.weight", &[CNN_FC, classes]),
                         t("fc2.bias", &[classes]),
                     ],
-                    vec![he(9), 0.0, he(CNN_C1 * 9), 0.0, he(flat), 0.0, lecun(CNN_FC), 0.0],
+                    vec![
+                        he(9),
+                        0.0,
+                        he(CNN_C1 * 9),
+                        0.0,
+                        he(flat),
+                        0.0,
+                        lecun(CNN_FC),
+                        0.0,
+                    ],
                 )
             }
-            Arch::CharMlp { window, vocab, embed, hidden } => {
+            Arch::CharMlp {
+                window,
+                vocab,
+                embed,
+                hidden,
+            } => {
                 let flat = window
                     .checked_mul(embed)
                     .ok_or_else(|| invalid("char_mlp: window * embed overflows"))?;
@@ -173,7 +219,10 @@ impl Arch {
         let layout = ParamLayout::new(specs);
         // Refuse absurd sizes early instead of failing inside an allocation.
         let total = layout.tensors.iter().try_fold(0usize, |acc, s| {
-            s.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| acc.checked_add(n))
+            s.shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .and_then(|n| acc.checked_add(n))
         });
         match total {
             Some(n) if n <= (1 << 31) => Ok((layout, bounds)),
@@ -191,7 +240,11 @@ impl Arch {
         };
         Ok(match *self {
             Arch::LogReg { input, classes } => linear(dense(x)?, w2(0, input, classes), b1(1)),
-            Arch::Mlp { input, hidden, classes } => {
+            Arch::Mlp {
+                input,
+                hidden,
+                classes,
+            } => {
                 let h = relu(linear(dense(x)?, w2(0, input, hidden), b1(1)));
                 linear(h, w2(2, hidden, classes), b1(3))
             }
@@ -208,7 +261,12 @@ impl Arch {
                 let h = relu(linear(x, w2(4, flat, CNN_FC), b1(5)));
                 linear(h, w2(6, CNN_FC, classes), b1(7))
             }
-            Arch::CharMlp { window, vocab, embed, hidden } => {
+            Arch::CharMlp {
+                window,
+                vocab,
+                embed,
+                hidden,
+            } => {
                 let ids = match x {
                     Input::Ids(t) => t,
                     Input::Dense(_) => {
@@ -246,11 +304,18 @@ impl BurnTrainer {
             let values: Vec<f32> = if bound == 0.0 {
                 vec![0.0; spec.numel()]
             } else {
-                (0..spec.numel()).map(|_| rng::uniform(&mut rng, bound)).collect()
+                (0..spec.numel())
+                    .map(|_| rng::uniform(&mut rng, bound))
+                    .collect()
             };
             params.push(leaf(values, &device));
         }
-        Ok(Self { arch, layout, params, device })
+        Ok(Self {
+            arch,
+            layout,
+            params,
+            device,
+        })
     }
 
     /// Checks the view against the model.
@@ -258,7 +323,10 @@ impl BurnTrainer {
         let bad = |m: String| Err(TrainerError::InvalidData(m));
         let want = self.arch.input_len();
         if data.feature_len != want {
-            return bad(format!("input has {} features, model expects {want}", data.feature_len));
+            return bad(format!(
+                "input has {} features, model expects {want}",
+                data.feature_len
+            ));
         }
         if !data.features.len().is_multiple_of(want) {
             return bad(format!(
@@ -268,7 +336,11 @@ impl BurnTrainer {
         }
         let rows = data.features.len() / want;
         if data.labels.len() != rows {
-            return bad(format!("{} feature rows but {} labels", rows, data.labels.len()));
+            return bad(format!(
+                "{} feature rows but {} labels",
+                rows,
+                data.labels.len()
+            ));
         }
         if data.indices.is_empty() {
             return Err(TrainerError::EmptyData);
@@ -287,10 +359,13 @@ impl BurnTrainer {
             }
             if let Arch::CharMlp { vocab, .. } = self.arch {
                 let row = &data.features[i * want..(i + 1) * want];
-                if let Some(v) =
-                    row.iter().find(|v| !(v.fract() == 0.0 && **v >= 0.0 && (**v as usize) < vocab))
+                if let Some(v) = row
+                    .iter()
+                    .find(|v| !(v.fract() == 0.0 && **v >= 0.0 && (**v as usize) < vocab))
                 {
-                    return bad(format!("row {i} holds {v}, not a character id below {vocab}"));
+                    return bad(format!(
+                        "row {i} holds {v}, not a character id below {vocab}"
+                    ));
                 }
             }
         }
@@ -306,9 +381,16 @@ impl BurnTrainer {
                 let mut ids = Vec::with_capacity(n * len);
                 for &i in idx {
                     let i = i as usize;
-                    ids.extend(data.features[i * len..(i + 1) * len].iter().map(|&v| v as i64));
+                    ids.extend(
+                        data.features[i * len..(i + 1) * len]
+                            .iter()
+                            .map(|&v| v as i64),
+                    );
                 }
-                Input::Ids(Tensor::from_data(TensorData::new(ids, [n, len]), &self.device))
+                Input::Ids(Tensor::from_data(
+                    TensorData::new(ids, [n, len]),
+                    &self.device,
+                ))
             }
             _ => {
                 let mut values = Vec::with_capacity(n * len);
@@ -316,10 +398,16 @@ impl BurnTrainer {
                     let i = i as usize;
                     values.extend_from_slice(&data.features[i * len..(i + 1) * len]);
                 }
-                Input::Dense(Tensor::from_data(TensorData::new(values, [n, len]), &self.device))
+                Input::Dense(Tensor::from_data(
+                    TensorData::new(values, [n, len]),
+                    &self.device,
+                ))
             }
         };
-        let labels: Vec<i64> = idx.iter().map(|&i| i64::from(data.labels[i as usize])).collect();
+        let labels: Vec<i64> = idx
+            .iter()
+            .map(|&i| i64::from(data.labels[i as usize]))
+            .collect();
         let labels = Tensor::from_data(TensorData::new(labels, [n, 1]), &self.device);
         (input, labels)
     }
@@ -328,7 +416,10 @@ impl BurnTrainer {
     fn check_params(&self, params: &[f32]) -> Result<(), TrainerError> {
         let expected = self.layout.len();
         if params.len() != expected {
-            return Err(TrainerError::ParamLength { expected, got: params.len() });
+            return Err(TrainerError::ParamLength {
+                expected,
+                got: params.len(),
+            });
         }
         if let Some(index) = params.iter().position(|v| !v.is_finite()) {
             let tensor = self
@@ -338,7 +429,11 @@ impl BurnTrainer {
                 .last()
                 .map(|(t, _)| t.name.clone())
                 .unwrap_or_default();
-            return Err(TrainerError::NonFiniteParam { index, tensor, value: params[index] });
+            return Err(TrainerError::NonFiniteParam {
+                index,
+                tensor,
+                value: params[index],
+            });
         }
         Ok(())
     }
@@ -348,14 +443,19 @@ impl BurnTrainer {
     }
 
     fn restore(&mut self, snapshot: Vec<Tensor<1>>) {
-        self.params = snapshot.into_iter().map(|p| p.autodiff().require_grad()).collect();
+        self.params = snapshot
+            .into_iter()
+            .map(|p| p.autodiff().require_grad())
+            .collect();
     }
 }
 
 /// A trainable leaf from values.
 fn leaf(values: Vec<f32>, device: &Device) -> Tensor<1> {
     let n = values.len();
-    Tensor::<1>::from_data(TensorData::new(values, [n]), device).autodiff().require_grad()
+    Tensor::<1>::from_data(TensorData::new(values, [n]), device)
+        .autodiff()
+        .require_grad()
 }
 
 /// Mean cross-entropy of `logits` against `labels` (`[batch, 1]`).
@@ -369,9 +469,15 @@ fn scalar(t: Tensor<1>) -> Result<f64, TrainerError> {
 
 /// The single value of a one-element tensor of the inner (non-autodiff) backend.
 fn scalar_inner(t: Tensor<1>) -> Result<f64, TrainerError> {
-    let data = t.try_into_data().map_err(|e| TrainerError::Backend(format!("{e:?}")))?;
-    let v: Vec<f32> = data.try_into_vec().map_err(|e| TrainerError::Backend(format!("{e:?}")))?;
-    v.first().map(|&x| f64::from(x)).ok_or_else(|| TrainerError::Backend("empty scalar".into()))
+    let data = t
+        .try_into_data()
+        .map_err(|e| TrainerError::Backend(format!("{e:?}")))?;
+    let v: Vec<f32> = data
+        .try_into_vec()
+        .map_err(|e| TrainerError::Backend(format!("{e:?}")))?;
+    v.first()
+        .map(|&x| f64::from(x))
+        .ok_or_else(|| TrainerError::Backend("empty scalar".into()))
 }
 
 impl Trainer for BurnTrainer {
@@ -395,13 +501,20 @@ impl Trainer for BurnTrainer {
         self.check_params(params)?;
         let mut fresh = Vec::with_capacity(self.params.len());
         for (spec, start) in self.layout.offsets() {
-            fresh.push(leaf(params[start..start + spec.numel()].to_vec(), &self.device));
+            fresh.push(leaf(
+                params[start..start + spec.numel()].to_vec(),
+                &self.device,
+            ));
         }
         self.params = fresh;
         Ok(())
     }
 
-    fn evaluate_params(&mut self, params: &[f32], data: &Samples<'_>) -> Result<EvalReport, TrainerError> {
+    fn evaluate_params(
+        &mut self,
+        params: &[f32],
+        data: &Samples<'_>,
+    ) -> Result<EvalReport, TrainerError> {
         self.check_params(params)?;
         self.check_samples(data)?;
         // Plain (inner-backend) tensors: no autodiff leaf is registered, so nothing is left in
@@ -411,7 +524,10 @@ impl Trainer for BurnTrainer {
             .offsets()
             .map(|(spec, start)| {
                 let n = spec.numel();
-                Tensor::<1>::from_data(TensorData::new(params[start..start + n].to_vec(), [n]), &self.device)
+                Tensor::<1>::from_data(
+                    TensorData::new(params[start..start + n].to_vec(), [n]),
+                    &self.device,
+                )
             })
             .collect();
         self.evaluate_tensors(tensors, data)
@@ -424,10 +540,14 @@ impl Trainer for BurnTrainer {
         objective: &LocalObjective<'_>,
     ) -> Result<FitReport, TrainerError> {
         if cfg.epochs == 0 {
-            return Err(TrainerError::InvalidConfig("epochs must be at least 1".into()));
+            return Err(TrainerError::InvalidConfig(
+                "epochs must be at least 1".into(),
+            ));
         }
         if cfg.batch_size == 0 {
-            return Err(TrainerError::InvalidConfig("batch_size must be at least 1".into()));
+            return Err(TrainerError::InvalidConfig(
+                "batch_size must be at least 1".into(),
+            ));
         }
         if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
             return Err(TrainerError::InvalidConfig(format!(
@@ -438,7 +558,9 @@ impl Trainer for BurnTrainer {
         if let Some(m) = cfg.max_grad_norm
             && !(m.is_finite() && m > 0.0)
         {
-            return Err(TrainerError::InvalidConfig(format!("max_grad_norm must be finite and > 0, got {m}")));
+            return Err(TrainerError::InvalidConfig(format!(
+                "max_grad_norm must be finite and > 0, got {m}"
+            )));
         }
         if !(objective.proximal_mu.is_finite() && objective.proximal_mu >= 0.0) {
             return Err(TrainerError::InvalidConfig(format!(
@@ -455,15 +577,23 @@ impl Trainer for BurnTrainer {
             None => None,
             Some(c) => {
                 if c.len() != self.layout.len() {
-                    return Err(TrainerError::ParamLength { expected: self.layout.len(), got: c.len() });
+                    return Err(TrainerError::ParamLength {
+                        expected: self.layout.len(),
+                        got: c.len(),
+                    });
                 }
                 if let Some(i) = c.iter().position(|v| !v.is_finite()) {
-                    return Err(TrainerError::InvalidConfig(format!("gradient_correction[{i}] is not finite")));
+                    return Err(TrainerError::InvalidConfig(format!(
+                        "gradient_correction[{i}] is not finite"
+                    )));
                 }
                 let mut parts = Vec::with_capacity(self.layout.tensors.len());
                 for (t, start) in self.layout.offsets() {
                     let n = t.numel();
-                    parts.push(Tensor::<1>::from_data(TensorData::new(c[start..start + n].to_vec(), [n]), &self.device));
+                    parts.push(Tensor::<1>::from_data(
+                        TensorData::new(c[start..start + n].to_vec(), [n]),
+                        &self.device,
+                    ));
                 }
                 Some(parts)
             }
@@ -500,14 +630,20 @@ impl Trainer for BurnTrainer {
                 if let Some(max) = cfg.max_grad_norm {
                     // One global norm over all tensors (one host sync per step), as torch's
                     // clip_grad_norm_ does; only the loss gradient is clipped.
-                    let squares = loss_grads.iter().map(|g| g.clone().powf_scalar(2.0).sum()).reduce(|a, b| a + b);
+                    let squares = loss_grads
+                        .iter()
+                        .map(|g| g.clone().powf_scalar(2.0).sum())
+                        .reduce(|a, b| a + b);
                     let norm = match squares {
                         Some(s) => scalar_inner(s)?.sqrt(),
                         None => 0.0,
                     };
                     if norm > f64::from(max) {
                         let scale = f64::from(max) / norm;
-                        loss_grads = loss_grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
+                        loss_grads = loss_grads
+                            .into_iter()
+                            .map(|g| g.mul_scalar(scale))
+                            .collect();
                     }
                 }
                 let mut updated = Vec::with_capacity(old.len());
@@ -526,7 +662,11 @@ impl Trainer for BurnTrainer {
             }
             last_epoch_loss = loss_sum / n as f64;
         }
-        Ok(FitReport { num_samples: n, mean_loss: last_epoch_loss, steps })
+        Ok(FitReport {
+            num_samples: n,
+            mean_loss: last_epoch_loss,
+            steps,
+        })
     }
 
     fn evaluate(&mut self, data: &Samples<'_>) -> Result<EvalReport, TrainerError> {
@@ -539,7 +679,11 @@ impl Trainer for BurnTrainer {
 impl BurnTrainer {
     /// Mean loss and accuracy of the model with `params` (inner-backend tensors, layout order) on
     /// `data` (already checked).
-    fn evaluate_tensors(&self, params: Vec<Tensor<1>>, data: &Samples<'_>) -> Result<EvalReport, TrainerError> {
+    fn evaluate_tensors(
+        &self,
+        params: Vec<Tensor<1>>,
+        data: &Samples<'_>,
+    ) -> Result<EvalReport, TrainerError> {
         let mut loss_sum = 0.0f64;
         let mut correct = 0usize;
         for chunk in data.indices.chunks(EVAL_BATCH) {

@@ -539,16 +539,25 @@ mod tests {
         acc.compose(0.1, 1.2, 5).unwrap();
         let restored = JobPrivacy::restore("j", budget, acc);
         assert_eq!(restored, live);
-        assert_eq!(restored.spent().epsilon.to_bits(), live.spent().epsilon.to_bits());
+        assert_eq!(
+            restored.spent().epsilon.to_bits(),
+            live.spent().epsilon.to_bits()
+        );
         // Past spend over a (lowered) budget is kept, and refuses every further round.
         let mut big = RdpAccountant::new();
         big.compose(0.5, 0.5, 100).unwrap();
         let over = JobPrivacy::restore("k", Budget::new(1.0, 1e-5).unwrap(), big);
         assert!(over.spent().epsilon > 1.0);
-        assert!(matches!(over.check_round(0.1, 1.2), Err(PrivacyError::BudgetExceeded { .. })));
+        assert!(matches!(
+            over.check_round(0.1, 1.2),
+            Err(PrivacyError::BudgetExceeded { .. })
+        ));
         let mut ledger = TenantLedger::new(Budget::new(100.0, 1e-5).unwrap());
         ledger.insert_job(restored.clone()).unwrap();
-        assert_eq!(ledger.insert_job(restored), Err(PrivacyError::DuplicateJob("j".into())));
+        assert_eq!(
+            ledger.insert_job(restored),
+            Err(PrivacyError::DuplicateJob("j".into()))
+        );
         assert_eq!(ledger.rounds(), 5);
     }
 

@@ -1,8 +1,6 @@
 //! Invariants of the accountant and the budgets (clipping and noise are tested in flotilla-core's `dp`).
 
-use flotilla_privacy::{
-    Budget, JobPrivacy, PrivacyError, RdpAccountant, TenantLedger, epsilon,
-};
+use flotilla_privacy::{Budget, JobPrivacy, PrivacyError, RdpAccountant, TenantLedger, epsilon};
 use proptest::prelude::*;
 
 fn q() -> impl Strategy<Value = f64> {

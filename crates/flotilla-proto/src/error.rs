@@ -38,7 +38,9 @@ pub enum HeaderError {
     },
     /// The stage is unspecified, unknown, or does not match the payload kind (parameters go with
     /// STAGE_TRAIN, a masked input with STAGE_MASKED_INPUT).
-    #[error("stage {0} is not supported for this payload kind (STAGE_TRAIN with PAYLOAD_KIND_PARAMETERS_F32, STAGE_MASKED_INPUT with PAYLOAD_KIND_MASKED_U32)")]
+    #[error(
+        "stage {0} is not supported for this payload kind (STAGE_TRAIN with PAYLOAD_KIND_PARAMETERS_F32, STAGE_MASKED_INPUT with PAYLOAD_KIND_MASKED_U32)"
+    )]
     UnsupportedStage(i32),
     /// `num_samples` is zero.
     #[error("num_samples must be greater than 0")]

@@ -82,8 +82,10 @@ pub fn validate_header(
             max: MAX_UPLOAD_ID_LEN,
         });
     }
-    let plain = h.stage == v1::Stage::Train as i32 && h.payload_kind == v1::PayloadKind::ParametersF32 as i32;
-    let masked = h.stage == v1::Stage::MaskedInput as i32 && h.payload_kind == v1::PayloadKind::MaskedU32 as i32;
+    let plain = h.stage == v1::Stage::Train as i32
+        && h.payload_kind == v1::PayloadKind::ParametersF32 as i32;
+    let masked = h.stage == v1::Stage::MaskedInput as i32
+        && h.payload_kind == v1::PayloadKind::MaskedU32 as i32;
     if !(plain || masked) {
         return Err(HeaderError::UnsupportedStage(h.stage));
     }
@@ -251,14 +253,24 @@ impl Reassembly {
         self.hasher.update(data);
         // Finalising a clone only pads the last block: cheap next to hashing the chunk.
         let digest: [u8; 32] = self.hasher.clone().finalize().into();
-        self.last = Some(LastChunk { offset, len: data.len(), before, digest });
+        self.last = Some(LastChunk {
+            offset,
+            len: data.len(),
+            before,
+            digest,
+        });
         self.received = end;
     }
 
     /// `push` followed by decoding every whole value straight from `data` into `out`, without
     /// buffering the chunk: the receiving fast path. Values appended to `out` are finite; on a
     /// non-finite value `out` keeps only the values before it and the error names its index.
-    fn push_into(&mut self, offset: u64, data: &[u8], out: &mut Vec<f32>) -> Result<PushOutcome, TransferError> {
+    fn push_into(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        out: &mut Vec<f32>,
+    ) -> Result<PushOutcome, TransferError> {
         // Values still buffered by an earlier `push` go first.
         if self.pending.len() >= 4 {
             self.drain(&mut |vs| out.extend_from_slice(vs))?;
@@ -266,12 +278,18 @@ impl Reassembly {
         if data.is_empty() || offset != self.received || data.len() > self.max_chunk {
             // Not the next bytes: `push` gives the verdict (duplicate, conflict or error) and, for a
             // duplicate, accepts nothing.
-            return self.push(offset, data).inspect(|o| debug_assert_eq!(*o, PushOutcome::Duplicate));
+            return self
+                .push(offset, data)
+                .inspect(|o| debug_assert_eq!(*o, PushOutcome::Duplicate));
         }
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= self.total)
-            .ok_or(TransferError::PastEnd { offset, len: data.len(), total: self.total })?;
+            .ok_or(TransferError::PastEnd {
+                offset,
+                len: data.len(),
+                total: self.total,
+            })?;
         self.accept(offset, data, end);
         let mut rest = data;
         if !self.pending.is_empty() {
@@ -280,9 +298,16 @@ impl Reassembly {
             self.pending.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if self.pending.len() == 4 {
-                let v = f32::from_le_bytes([self.pending[0], self.pending[1], self.pending[2], self.pending[3]]);
+                let v = f32::from_le_bytes([
+                    self.pending[0],
+                    self.pending[1],
+                    self.pending[2],
+                    self.pending[3],
+                ]);
                 if !self.raw_words && !v.is_finite() {
-                    return Err(TransferError::NonFinite { index: self.decoded });
+                    return Err(TransferError::NonFinite {
+                        index: self.decoded,
+                    });
                 }
                 self.pending.clear();
                 out.push(v);
@@ -291,12 +316,21 @@ impl Reassembly {
         }
         let whole = rest.len() / 4;
         let start = out.len();
-        out.extend(rest[..4 * whole].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        out.extend(
+            rest[..4 * whole]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
         if !self.raw_words && !out[start..].iter().all(|v| v.is_finite()) {
-            let i = out[start..].iter().position(|v| !v.is_finite()).unwrap_or(0);
+            let i = out[start..]
+                .iter()
+                .position(|v| !v.is_finite())
+                .unwrap_or(0);
             out.truncate(start + i);
             self.decoded += i as u64;
-            return Err(TransferError::NonFinite { index: self.decoded });
+            return Err(TransferError::NonFinite {
+                index: self.decoded,
+            });
         }
         self.decoded += whole as u64;
         self.pending.extend_from_slice(&rest[4 * whole..]);
@@ -419,7 +453,11 @@ impl UploadAssembler {
     ///
     /// Offset and size errors change nothing (as `push`). On [`TransferError::NonFinite`], `out` ends
     /// with the last finite value before it and the upload can never complete; drop it.
-    pub fn push_into(&mut self, chunk: &v1::UpdateChunk, out: &mut Vec<f32>) -> Result<PushOutcome, TransferError> {
+    pub fn push_into(
+        &mut self,
+        chunk: &v1::UpdateChunk,
+        out: &mut Vec<f32>,
+    ) -> Result<PushOutcome, TransferError> {
         self.inner.push_into(chunk.offset, &chunk.data, out)
     }
 

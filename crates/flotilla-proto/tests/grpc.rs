@@ -111,7 +111,9 @@ impl Coordinator for Fake {
         &self,
         _: Request<v1::StageMessageRequest>,
     ) -> Result<Response<v1::StageMessageResponse>, Status> {
-        Err(Status::failed_precondition("this fake runs no secure aggregation"))
+        Err(Status::failed_precondition(
+            "this fake runs no secure aggregation",
+        ))
     }
 
     async fn report_task_failure(

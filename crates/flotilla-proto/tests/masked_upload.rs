@@ -5,7 +5,10 @@ mod common;
 
 use common::{expected, header_for};
 use flotilla_proto::v1;
-use flotilla_proto::{HeaderError, TransferError, UploadAssembler, UploadLimits, masked_words, payload_sha256, validate_header};
+use flotilla_proto::{
+    HeaderError, TransferError, UploadAssembler, UploadLimits, masked_words, payload_sha256,
+    validate_header,
+};
 
 fn words_as_f32(words: &[u32]) -> Vec<f32> {
     words.iter().map(|w| f32::from_bits(*w)).collect()
@@ -30,8 +33,22 @@ fn masked_words_that_are_nan_or_infinite_as_f32_pass_bit_exactly() {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     let mut out = Vec::new();
     // Split mid-word to exercise the carried partial value.
-    a.push_into(&v1::UpdateChunk { offset: 0, data: bytes[..7].to_vec() }, &mut out).unwrap();
-    a.push_into(&v1::UpdateChunk { offset: 7, data: bytes[7..].to_vec() }, &mut out).unwrap();
+    a.push_into(
+        &v1::UpdateChunk {
+            offset: 0,
+            data: bytes[..7].to_vec(),
+        },
+        &mut out,
+    )
+    .unwrap();
+    a.push_into(
+        &v1::UpdateChunk {
+            offset: 7,
+            data: bytes[7..].to_vec(),
+        },
+        &mut out,
+    )
+    .unwrap();
     out.extend(a.finish().unwrap());
     assert_eq!(masked_words(&out), words);
 }
@@ -47,23 +64,43 @@ fn masked_payloads_still_have_their_length_stage_and_sha_checked() {
     // A masked payload only goes with STAGE_MASKED_INPUT, parameters only with STAGE_TRAIN.
     let mut h = masked_header(&words);
     h.stage = v1::Stage::Train as i32;
-    assert_eq!(validate_header(&h, &expected(words.len()), &limits), Err(HeaderError::UnsupportedStage(1)));
+    assert_eq!(
+        validate_header(&h, &expected(words.len()), &limits),
+        Err(HeaderError::UnsupportedStage(1))
+    );
     let mut h = masked_header(&words);
     h.payload_kind = v1::PayloadKind::ParametersF32 as i32;
-    assert_eq!(validate_header(&h, &expected(words.len()), &limits), Err(HeaderError::UnsupportedStage(4)));
+    assert_eq!(
+        validate_header(&h, &expected(words.len()), &limits),
+        Err(HeaderError::UnsupportedStage(4))
+    );
     // The same NaN bit patterns as parameters are refused.
     let f = words_as_f32(&words);
     let mut a = UploadAssembler::new(header_for(&f), &expected(f.len()), &limits).unwrap();
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     let mut out = Vec::new();
     assert!(matches!(
-        a.push_into(&v1::UpdateChunk { offset: 0, data: bytes.clone() }, &mut out),
+        a.push_into(
+            &v1::UpdateChunk {
+                offset: 0,
+                data: bytes.clone()
+            },
+            &mut out
+        ),
         Err(TransferError::NonFinite { index: 0 })
     ));
     // A corrupted masked payload fails its SHA-256.
-    let mut a = UploadAssembler::new(masked_header(&words), &expected(words.len()), &limits).unwrap();
+    let mut a =
+        UploadAssembler::new(masked_header(&words), &expected(words.len()), &limits).unwrap();
     let mut bad = bytes;
     bad[0] ^= 1;
-    a.push_into(&v1::UpdateChunk { offset: 0, data: bad }, &mut out).unwrap();
+    a.push_into(
+        &v1::UpdateChunk {
+            offset: 0,
+            data: bad,
+        },
+        &mut out,
+    )
+    .unwrap();
     assert!(matches!(a.finish(), Err(TransferError::ShaMismatch)));
 }

@@ -571,17 +571,30 @@ fn push_into_decodes_straight_into_the_buffer() {
     while off < bytes.len() {
         let end = (off + 7).min(bytes.len());
         let c = chunk(off as u64, bytes[off..end].to_vec());
-        assert_eq!(a.push_into(&c, &mut out), Ok(PushOutcome::Appended { bytes: end - off }));
+        assert_eq!(
+            a.push_into(&c, &mut out),
+            Ok(PushOutcome::Appended { bytes: end - off })
+        );
         assert_eq!(out.len() as u64, a.received() / 4);
         // Exact re-send of the most recent chunk: ignored; different bytes: a conflict.
         assert_eq!(a.push_into(&c, &mut out), Ok(PushOutcome::Duplicate));
         let mut bad = c.clone();
         bad.data[0] ^= 1;
-        assert_eq!(a.push_into(&bad, &mut out), Err(TransferError::ConflictingChunk { offset: off as u64 }));
-        assert_eq!(out.len() as u64, a.received() / 4, "a refused chunk adds nothing");
+        assert_eq!(
+            a.push_into(&bad, &mut out),
+            Err(TransferError::ConflictingChunk { offset: off as u64 })
+        );
+        assert_eq!(
+            out.len() as u64,
+            a.received() / 4,
+            "a refused chunk adds nothing"
+        );
         off = end;
     }
-    assert!(a.push_into(&chunk(0, bytes[..4].to_vec()), &mut out).is_err());
+    assert!(
+        a.push_into(&chunk(0, bytes[..4].to_vec()), &mut out)
+            .is_err()
+    );
     assert!(a.finish().unwrap().is_empty());
     assert_eq!(bits(&out), bits(&p));
 
@@ -589,7 +602,8 @@ fn push_into_decodes_straight_into_the_buffer() {
     let mut a = assembler(&p);
     let mut out = Vec::new();
     a.push(&chunk(0, bytes[..10].to_vec())).unwrap();
-    a.push_into(&chunk(10, bytes[10..].to_vec()), &mut out).unwrap();
+    a.push_into(&chunk(10, bytes[10..].to_vec()), &mut out)
+        .unwrap();
     assert_eq!(bits(&out), bits(&p));
     assert!(a.finish().unwrap().is_empty());
 

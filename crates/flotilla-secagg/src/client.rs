@@ -23,8 +23,8 @@ use crate::crypto::{self, SHARE_LEN, SHARE_PAIR_LEN};
 use crate::error::{ClientError, Rejected, RoundError};
 use crate::graph::Graph;
 use crate::messages::{
-    AdvertiseKeys, MaskedInput, OutgoingShare, RevealedShare, Roster, ShareBundle, ShareKeys, UnmaskRequest,
-    UnmaskResponse,
+    AdvertiseKeys, MaskedInput, OutgoingShare, RevealedShare, Roster, ShareBundle, ShareKeys,
+    UnmaskRequest, UnmaskResponse,
 };
 use crate::{ClientId, Params, Stage};
 
@@ -43,9 +43,18 @@ struct Held {
 
 enum State {
     Advertised,
-    SharedKeys { neighbours: Vec<Peer>, graph: Graph },
-    HaveShares { live: Vec<Peer>, held: BTreeMap<ClientId, Held> },
-    Masked { live: Vec<Peer>, held: BTreeMap<ClientId, Held> },
+    SharedKeys {
+        neighbours: Vec<Peer>,
+        graph: Graph,
+    },
+    HaveShares {
+        live: Vec<Peer>,
+        held: BTreeMap<ClientId, Held>,
+    },
+    Masked {
+        live: Vec<Peer>,
+        held: BTreeMap<ClientId, Held>,
+    },
     Done,
     Failed(RoundError),
 }
@@ -64,7 +73,11 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("id", &self.id).field("round", &self.round).field("stage", &self.stage()).finish()
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("round", &self.round)
+            .field("stage", &self.stage())
+            .finish()
     }
 }
 
@@ -82,7 +95,16 @@ impl Client {
         let c_sk = StaticSecret::from(draw());
         let s_sk = StaticSecret::from(draw());
         let self_seed = Zeroizing::new(draw());
-        Self { params, id, round, c_sk, s_sk, seed: self_seed, rng, state: State::Advertised }
+        Self {
+            params,
+            id,
+            round,
+            c_sk,
+            s_sk,
+            seed: self_seed,
+            rng,
+            state: State::Advertised,
+        }
     }
 
     /// This client's id.
@@ -124,14 +146,21 @@ impl Client {
         }
         let stage = self.stage();
         if stage != expected {
-            return Err(Rejected::WrongStage { expected: stage, got: expected }.into());
+            return Err(Rejected::WrongStage {
+                expected: stage,
+                got: expected,
+            }
+            .into());
         }
         Ok(())
     }
 
     fn check_round(&self, round: u64) -> Result<(), Rejected> {
         if round != self.round {
-            return Err(Rejected::WrongRound { expected: self.round, got: round });
+            return Err(Rejected::WrongRound {
+                expected: self.round,
+                got: round,
+            });
         }
         Ok(())
     }
@@ -143,13 +172,23 @@ impl Client {
         self.check_live(Stage::ShareKeys)?;
         self.check_round(roster.round)?;
         if roster.params != self.params {
-            return Err(Rejected::ParamsMismatch(format!("{:?} vs {:?}", roster.params, self.params)).into());
+            return Err(Rejected::ParamsMismatch(format!(
+                "{:?} vs {:?}",
+                roster.params, self.params
+            ))
+            .into());
         }
         let ids = validate_roster(roster, self.params.max_clients())?;
         let me = self.advertise();
         match roster.clients.binary_search_by_key(&self.id, |e| e.client) {
             Ok(i) if roster.clients[i].c_pk == me.c_pk && roster.clients[i].s_pk == me.s_pk => {}
-            Ok(_) => return Err(Rejected::InvalidKey { client: self.id, reason: "roster has other keys for this client" }.into()),
+            Ok(_) => {
+                return Err(Rejected::InvalidKey {
+                    client: self.id,
+                    reason: "roster has other keys for this client",
+                }
+                .into());
+            }
             Err(_) => return Err(Rejected::NotInCohort(self.id).into()),
         }
         let graph = Graph::new(&ids, self.params.neighbours(), roster.graph_seed);
@@ -159,7 +198,11 @@ impl Client {
             .filter_map(|v| roster.clients.binary_search_by_key(v, |e| e.client).ok())
             .map(|i| {
                 let e = &roster.clients[i];
-                Peer { id: e.client, c_pk: PublicKey::from(e.c_pk), s_pk: PublicKey::from(e.s_pk) }
+                Peer {
+                    id: e.client,
+                    c_pk: PublicKey::from(e.c_pk),
+                    s_pk: PublicKey::from(e.s_pk),
+                }
             })
             .collect();
         let t = self.params.threshold();
@@ -175,27 +218,50 @@ impl Client {
         for peer in &neighbours {
             let shared = self.c_sk.diffie_hellman(&peer.c_pk);
             if !shared.was_contributory() {
-                return Err(Rejected::InvalidKey { client: peer.id, reason: "low-order point" }.into());
+                return Err(Rejected::InvalidKey {
+                    client: peer.id,
+                    reason: "low-order point",
+                }
+                .into());
             }
             shared_secrets.push(shared);
         }
         let k = neighbours.len();
-        let split = |secret: &[u8; 32], rng: &mut ChaCha20Rng| Gf256::split_bytes(t, k, secret, rng);
-        let (seed_shares, key_shares) = match (split(&self.seed, &mut self.rng), split(self.s_sk.as_bytes(), &mut self.rng)) {
+        let split =
+            |secret: &[u8; 32], rng: &mut ChaCha20Rng| Gf256::split_bytes(t, k, secret, rng);
+        let (seed_shares, key_shares) = match (
+            split(&self.seed, &mut self.rng),
+            split(self.s_sk.as_bytes(), &mut self.rng),
+        ) {
             (Ok(a), Ok(b)) => (a, b),
             // t ≥ 2, t ≤ k ≤ 255 and the secrets are 32 bytes: vsss-rs accepts these by construction.
             _ => unreachable!("Shamir split with validated parameters failed"),
         };
         let mut shares = Vec::with_capacity(k);
-        for (((peer, shared), mut sb), mut sk) in neighbours.iter().zip(&shared_secrets).zip(seed_shares).zip(key_shares) {
+        for (((peer, shared), mut sb), mut sk) in neighbours
+            .iter()
+            .zip(&shared_secrets)
+            .zip(seed_shares)
+            .zip(key_shares)
+        {
             let mut plain = Zeroizing::new([0u8; SHARE_PAIR_LEN]);
             plain[..SHARE_LEN].copy_from_slice(&sb);
             plain[SHARE_LEN..].copy_from_slice(&sk);
             shares.push(OutgoingShare {
                 recipient: peer.id,
-                ciphertext: crypto::seal_share(shared.as_bytes(), self.round, self.id, peer.id, &plain),
-                seed_share_commitment: crypto::share_commitment(b"seed", self.round, self.id, peer.id, &sb),
-                key_share_commitment: crypto::share_commitment(b"key", self.round, self.id, peer.id, &sk),
+                ciphertext: crypto::seal_share(
+                    shared.as_bytes(),
+                    self.round,
+                    self.id,
+                    peer.id,
+                    &plain,
+                ),
+                seed_share_commitment: crypto::share_commitment(
+                    b"seed", self.round, self.id, peer.id, &sb,
+                ),
+                key_share_commitment: crypto::share_commitment(
+                    b"key", self.round, self.id, peer.id, &sk,
+                ),
             });
             sb.zeroize();
             sk.zeroize();
@@ -216,11 +282,21 @@ impl Client {
         self.check_live(Stage::MaskedInput)?;
         let (neighbours, graph) = match &self.state {
             State::SharedKeys { neighbours, graph } => (neighbours, graph),
-            _ => return Err(Rejected::WrongStage { expected: self.stage(), got: Stage::MaskedInput }.into()),
+            _ => {
+                return Err(Rejected::WrongStage {
+                    expected: self.stage(),
+                    got: Stage::MaskedInput,
+                }
+                .into());
+            }
         };
         self.check_round(bundle.round)?;
         if bundle.recipient != self.id {
-            return Err(Rejected::WrongRecipient { expected: self.id, got: bundle.recipient }.into());
+            return Err(Rejected::WrongRecipient {
+                expected: self.id,
+                got: bundle.recipient,
+            }
+            .into());
         }
         let expected_id = |owner: ClientId| graph.share_id(owner, self.id);
         let mut held = BTreeMap::new();
@@ -228,17 +304,34 @@ impl Client {
         let mut last: Option<ClientId> = None;
         for s in &bundle.shares {
             if last.is_some_and(|l| l >= s.sender) {
-                return Err(Rejected::MalformedList("shares must be sorted by sender, without duplicates".into()).into());
+                return Err(Rejected::MalformedList(
+                    "shares must be sorted by sender, without duplicates".into(),
+                )
+                .into());
             }
             last = Some(s.sender);
             let Some(peer) = neighbours.iter().find(|p| p.id == s.sender) else {
-                return Err(Rejected::NotNeighbour { client: self.id, peer: s.sender }.into());
+                return Err(Rejected::NotNeighbour {
+                    client: self.id,
+                    peer: s.sender,
+                }
+                .into());
             };
-            let bad = |reason| Rejected::BadShare { owner: s.sender, holder: self.id, reason };
+            let bad = |reason| Rejected::BadShare {
+                owner: s.sender,
+                holder: self.id,
+                reason,
+            };
             let shared = self.c_sk.diffie_hellman(&peer.c_pk);
             let plain = Zeroizing::new(
-                crypto::open_share(shared.as_bytes(), self.round, s.sender, self.id, &s.ciphertext)
-                    .ok_or_else(|| bad("does not authenticate for this sender, recipient and round"))?,
+                crypto::open_share(
+                    shared.as_bytes(),
+                    self.round,
+                    s.sender,
+                    self.id,
+                    &s.ciphertext,
+                )
+                .ok_or_else(|| bad("does not authenticate for this sender, recipient and round"))?,
             );
             let mut seed_share = Zeroizing::new([0u8; SHARE_LEN]);
             let mut key_share = Zeroizing::new([0u8; SHARE_LEN]);
@@ -248,7 +341,13 @@ impl Client {
             if id != Some(seed_share[0]) || id != Some(key_share[0]) {
                 return Err(bad("share identifier does not match this holder").into());
             }
-            held.insert(s.sender, Held { seed_share, key_share });
+            held.insert(
+                s.sender,
+                Held {
+                    seed_share,
+                    key_share,
+                },
+            );
             live.push(peer.clone());
         }
         let t = self.params.threshold();
@@ -276,29 +375,52 @@ impl Client {
             )));
         }
         if let Some(i) = update.iter().position(|x| !x.is_finite()) {
-            return Err(ClientError::InvalidUpdate(format!("coordinate {i} is not finite")));
+            return Err(ClientError::InvalidUpdate(format!(
+                "coordinate {i} is not finite"
+            )));
         }
         let State::HaveShares { live, .. } = &self.state else {
-            return Err(Rejected::WrongStage { expected: self.stage(), got: Stage::MaskedInput }.into());
+            return Err(Rejected::WrongStage {
+                expected: self.stage(),
+                got: Stage::MaskedInput,
+            }
+            .into());
         };
         let mut pair_keys = Vec::with_capacity(live.len());
         for peer in live {
             let shared = self.s_sk.diffie_hellman(&peer.s_pk);
             if !shared.was_contributory() {
-                return Err(Rejected::InvalidKey { client: peer.id, reason: "low-order point" }.into());
+                return Err(Rejected::InvalidKey {
+                    client: peer.id,
+                    reason: "low-order point",
+                }
+                .into());
             }
-            pair_keys.push((crypto::pair_mask_key(shared.as_bytes(), self.round, self.id, peer.id), self.id > peer.id));
+            pair_keys.push((
+                crypto::pair_mask_key(shared.as_bytes(), self.round, self.id, peer.id),
+                self.id > peer.id,
+            ));
         }
         let mut masked = self.params.encode_all(update);
-        crypto::apply_mask(&crypto::self_mask_key(&self.seed, self.round, self.id), false, &mut masked, 0);
+        crypto::apply_mask(
+            &crypto::self_mask_key(&self.seed, self.round, self.id),
+            false,
+            &mut masked,
+            0,
+        );
         for (key, negate) in &pair_keys {
             crypto::apply_mask(key, *negate, &mut masked, 0);
         }
-        let State::HaveShares { live, held } = std::mem::replace(&mut self.state, State::Done) else {
+        let State::HaveShares { live, held } = std::mem::replace(&mut self.state, State::Done)
+        else {
             unreachable!("state checked above");
         };
         self.state = State::Masked { live, held };
-        Ok(MaskedInput { round: self.round, sender: self.id, masked })
+        Ok(MaskedInput {
+            round: self.round,
+            sender: self.id,
+            masked,
+        })
     }
 
     /// Stage 3: reveals self-mask-seed shares of surviving neighbours and mask-key shares of dropped
@@ -308,10 +430,18 @@ impl Client {
         self.check_live(Stage::Unmasking)?;
         self.check_round(req.round)?;
         if req.recipient != self.id {
-            return Err(Rejected::WrongRecipient { expected: self.id, got: req.recipient }.into());
+            return Err(Rejected::WrongRecipient {
+                expected: self.id,
+                got: req.recipient,
+            }
+            .into());
         }
         let State::Masked { live, held } = &self.state else {
-            return Err(Rejected::WrongStage { expected: self.stage(), got: Stage::Unmasking }.into());
+            return Err(Rejected::WrongStage {
+                expected: self.stage(),
+                got: Stage::Unmasking,
+            }
+            .into());
         };
         let survivors: BTreeSet<ClientId> = req.survivors.iter().copied().collect();
         let dropped: BTreeSet<ClientId> = req.dropped.iter().copied().collect();
@@ -323,7 +453,11 @@ impl Client {
         }
         let live_ids: BTreeSet<ClientId> = live.iter().map(|p| p.id).collect();
         if let Some(&x) = survivors.union(&dropped).find(|x| !live_ids.contains(x)) {
-            return Err(Rejected::NotNeighbour { client: self.id, peer: x }.into());
+            return Err(Rejected::NotNeighbour {
+                client: self.id,
+                peer: x,
+            }
+            .into());
         }
         if survivors.len() + dropped.len() != live_ids.len() {
             return Err(Rejected::BadUnmaskRequest(format!(
@@ -333,33 +467,53 @@ impl Client {
             ))
             .into());
         }
-        let reveal = |ids: &[ClientId], pick: fn(&Held) -> &[u8; SHARE_LEN]| -> Vec<RevealedShare> {
-            ids.iter()
-                .filter_map(|o| held.get(o).map(|h| RevealedShare { owner: *o, share: pick(h).to_vec() }))
-                .collect()
-        };
+        let reveal =
+            |ids: &[ClientId], pick: fn(&Held) -> &[u8; SHARE_LEN]| -> Vec<RevealedShare> {
+                ids.iter()
+                    .filter_map(|o| {
+                        held.get(o).map(|h| RevealedShare {
+                            owner: *o,
+                            share: pick(h).to_vec(),
+                        })
+                    })
+                    .collect()
+            };
         let seed_shares = reveal(&req.survivors, |h| &h.seed_share);
         let key_shares = reveal(&req.dropped, |h| &h.key_share);
         self.state = State::Done;
-        Ok(UnmaskResponse { round: self.round, sender: self.id, seed_shares, key_shares })
+        Ok(UnmaskResponse {
+            round: self.round,
+            sender: self.id,
+            seed_shares,
+            key_shares,
+        })
     }
 }
 
 /// Checks a roster's shape; returns its ids.
 pub(crate) fn validate_roster(roster: &Roster, max: usize) -> Result<Vec<ClientId>, Rejected> {
     if roster.clients.len() > max {
-        return Err(Rejected::WrongLength { what: "roster", expected: max, got: roster.clients.len() });
+        return Err(Rejected::WrongLength {
+            what: "roster",
+            expected: max,
+            got: roster.clients.len(),
+        });
     }
     let ids: Vec<ClientId> = roster.clients.iter().map(|e| e.client).collect();
     if ids.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(Rejected::MalformedList("roster must be sorted by client id, without duplicates".into()));
+        return Err(Rejected::MalformedList(
+            "roster must be sorted by client id, without duplicates".into(),
+        ));
     }
     // Low-order keys are refused by the server at stage 0, and by this client on the shared
     // secrets it actually computes (`was_contributory`); here only reuse is checked, cheaply.
     let mut keys = BTreeSet::new();
     for e in &roster.clients {
         if !keys.insert(e.c_pk) || !keys.insert(e.s_pk) {
-            return Err(Rejected::InvalidKey { client: e.client, reason: "key reused" });
+            return Err(Rejected::InvalidKey {
+                client: e.client,
+                reason: "key reused",
+            });
         }
     }
     Ok(ids)

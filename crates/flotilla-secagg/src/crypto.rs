@@ -25,7 +25,12 @@ pub(crate) const SEALED_LEN: usize = SHARE_PAIR_LEN + TAG_LEN;
 fn hkdf32(ikm: &[u8], label: &[u8], round: u64, a: ClientId, b: ClientId) -> [u8; 32] {
     let hk = Hkdf::<Sha256>::new(Some(DOMAIN), ikm);
     let mut out = [0u8; 32];
-    let info = [label, &round.to_le_bytes(), &a.0.to_le_bytes(), &b.0.to_le_bytes()];
+    let info = [
+        label,
+        &round.to_le_bytes(),
+        &a.0.to_le_bytes(),
+        &b.0.to_le_bytes(),
+    ];
     // 32 bytes is far below HKDF-SHA-256's 8160-byte limit: this cannot fail.
     if hk.expand_multi_info(&info, &mut out).is_err() {
         unreachable!("HKDF output length is fixed at 32 bytes");
@@ -65,7 +70,13 @@ pub(crate) fn seal_share(
     let key = hkdf32(shared, b"share-key", round, sender, recipient);
     let aead = ChaCha20Poly1305::new(&key.into());
     let aad = share_aad(round, sender, recipient);
-    match aead.encrypt(&[0u8; 12].into(), Payload { msg: plaintext, aad: &aad }) {
+    match aead.encrypt(
+        &[0u8; 12].into(),
+        Payload {
+            msg: plaintext,
+            aad: &aad,
+        },
+    ) {
         Ok(c) => c,
         Err(_) => unreachable!("ChaCha20-Poly1305 encryption of 66 bytes cannot fail"),
     }
@@ -86,13 +97,27 @@ pub(crate) fn open_share(
     let key = hkdf32(shared, b"share-key", round, sender, recipient);
     let aead = ChaCha20Poly1305::new(&key.into());
     let aad = share_aad(round, sender, recipient);
-    let plain = aead.decrypt(&[0u8; 12].into(), Payload { msg: ciphertext, aad: &aad }).ok()?;
+    let plain = aead
+        .decrypt(
+            &[0u8; 12].into(),
+            Payload {
+                msg: ciphertext,
+                aad: &aad,
+            },
+        )
+        .ok()?;
     plain.try_into().ok()
 }
 
 /// Hash commitment to one share, so the server can refuse a forged share at unmasking time.
 /// Shares of fewer than `t` holders are uniformly random, so the hash reveals nothing useful.
-pub(crate) fn share_commitment(kind: &[u8], round: u64, owner: ClientId, holder: ClientId, share: &[u8]) -> [u8; 32] {
+pub(crate) fn share_commitment(
+    kind: &[u8],
+    round: u64,
+    owner: ClientId,
+    holder: ClientId,
+    share: &[u8],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(DOMAIN);
     h.update(b"share-commitment");

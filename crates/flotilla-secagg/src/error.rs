@@ -21,7 +21,10 @@ pub struct ParamError {
 
 impl ParamError {
     pub(crate) fn new(name: &'static str, reason: impl Into<String>) -> Self {
-        Self { name, reason: reason.into() }
+        Self {
+            name,
+            reason: reason.into(),
+        }
     }
 
     /// The key of a job or scenario file this error is about (`clients_per_round`,

@@ -41,8 +41,8 @@ use x25519_dalek::{PublicKey, StaticSecret};
 pub use client::Client;
 pub use error::{ClientError, DecodeError, ParamError, Rejected, RoundError};
 pub use messages::{
-    AdvertiseKeys, ClientMessage, IncomingShare, MaskedInput, OutgoingShare, RevealedShare, Roster, RosterEntry,
-    ServerMessage, ShareBundle, ShareKeys, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ClientMessage, IncomingShare, MaskedInput, OutgoingShare, RevealedShare, Roster,
+    RosterEntry, ServerMessage, ShareBundle, ShareKeys, UnmaskRequest, UnmaskResponse,
 };
 pub use params::Params;
 pub use server::{Aggregate, HeldVector, Server};
@@ -91,8 +91,14 @@ impl Stage {
 pub(crate) fn check_public_key(client: ClientId, pk: &[u8; 32]) -> Result<(), Rejected> {
     // Clamped scalars are multiples of 8, so any scalar sends a low-order point to the identity.
     let probe = StaticSecret::from([0x55; 32]);
-    if !probe.diffie_hellman(&PublicKey::from(*pk)).was_contributory() {
-        return Err(Rejected::InvalidKey { client, reason: "low-order point" });
+    if !probe
+        .diffie_hellman(&PublicKey::from(*pk))
+        .was_contributory()
+    {
+        return Err(Rejected::InvalidKey {
+            client,
+            reason: "low-order point",
+        });
     }
     Ok(())
 }

@@ -222,9 +222,13 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
     if bytes.len() > max {
-        return Err(DecodeError::TooLarge { len: bytes.len(), max });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
     }
-    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }
@@ -246,9 +250,15 @@ mod u32_le {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
         let bytes: &[u8] = serde_bytes::deserialize(d)?;
         if !bytes.len().is_multiple_of(4) {
-            return Err(D::Error::custom(format!("{} bytes is not a whole number of u32 words", bytes.len())));
+            return Err(D::Error::custom(format!(
+                "{} bytes is not a whole number of u32 words",
+                bytes.len()
+            )));
         }
-        Ok(bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect())
     }
 }
 
@@ -262,22 +272,41 @@ mod tests {
 
     #[test]
     fn roundtrip_and_limits() {
-        let m = ClientMessage::MaskedInput(MaskedInput { round: 1, sender: ClientId(2), masked: vec![1, 2, u32::MAX] });
+        let m = ClientMessage::MaskedInput(MaskedInput {
+            round: 1,
+            sender: ClientId(2),
+            masked: vec![1, 2, u32::MAX],
+        });
         let b = m.to_bytes();
         assert_eq!(ClientMessage::from_bytes(&b, &params()).unwrap(), m);
         let mut long = b.clone();
         long.push(0);
-        assert_eq!(ClientMessage::from_bytes(&long, &params()), Err(DecodeError::TrailingBytes(1)));
-        assert!(matches!(ClientMessage::from_bytes(&b[..b.len() - 1], &params()), Err(DecodeError::Malformed(_))));
+        assert_eq!(
+            ClientMessage::from_bytes(&long, &params()),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        assert!(matches!(
+            ClientMessage::from_bytes(&b[..b.len() - 1], &params()),
+            Err(DecodeError::Malformed(_))
+        ));
         let huge = vec![0u8; params().max_client_message_len() + 1];
-        assert!(matches!(ClientMessage::from_bytes(&huge, &params()), Err(DecodeError::TooLarge { .. })));
-        assert!(matches!(ClientMessage::from_bytes(&[9, 9, 9], &params()), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            ClientMessage::from_bytes(&huge, &params()),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            ClientMessage::from_bytes(&[9, 9, 9], &params()),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
     fn odd_byte_vectors_are_refused() {
         // Variant 2 (MaskedInput), round 1, sender 2, 5 bytes.
         let bytes = [2u8, 1, 2, 5, 1, 2, 3, 4, 5];
-        assert!(matches!(ClientMessage::from_bytes(&bytes, &params()), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            ClientMessage::from_bytes(&bytes, &params()),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }

@@ -60,15 +60,26 @@ impl Params {
     /// - `t` (`threshold`): shares needed to reconstruct a secret; `k/2 < t ≤ k` and `t ≥ 2`.
     /// - `vector_len`: `1..=2^28`.
     /// - `clip_range` (R): finite, `0 < R ≤ 1e9`.
-    pub fn new(n: usize, t: usize, k: usize, vector_len: usize, clip_range: f64) -> Result<Self, ParamError> {
+    pub fn new(
+        n: usize,
+        t: usize,
+        k: usize,
+        vector_len: usize,
+        clip_range: f64,
+    ) -> Result<Self, ParamError> {
         if !(3..=MAX_CLIENTS).contains(&n) {
-            return Err(ParamError::new("n", format!("must be in 3..={MAX_CLIENTS}, got {n}")));
+            return Err(ParamError::new(
+                "n",
+                format!("must be in 3..={MAX_CLIENTS}, got {n}"),
+            ));
         }
         let complete = k == n - 1;
         if complete && k > MAX_NEIGHBOURS {
             return Err(ParamError::new(
                 "k",
-                format!("a complete graph of n = {n} needs {k} neighbours; at most {MAX_NEIGHBOURS}"),
+                format!(
+                    "a complete graph of n = {n} needs {k} neighbours; at most {MAX_NEIGHBOURS}"
+                ),
             ));
         }
         if !complete {
@@ -102,14 +113,23 @@ impl Params {
                 format!("must be finite and in (0, {MAX_CLIP_RANGE:e}], got {clip_range}"),
             ));
         }
-        Ok(Self { max_clients: n, threshold: t, neighbours: k, vector_len, clip_range })
+        Ok(Self {
+            max_clients: n,
+            threshold: t,
+            neighbours: k,
+            vector_len,
+            clip_range,
+        })
     }
 
     /// The documented default for `n` clients: `k = 2·⌈1.5·log2 n⌉` (or the complete graph if that is
     /// not smaller) and `t = k/2 + 1`. See the module documentation.
     pub fn recommended(n: usize, vector_len: usize, clip_range: f64) -> Result<Self, ParamError> {
         if n < 3 {
-            return Err(ParamError::new("n", format!("must be in 3..={MAX_CLIENTS}, got {n}")));
+            return Err(ParamError::new(
+                "n",
+                format!("must be in 3..={MAX_CLIENTS}, got {n}"),
+            ));
         }
         let log2 = (n as f64).log2();
         let k_even = 2 * ((1.5 * log2).ceil() as usize);
@@ -131,7 +151,9 @@ impl Params {
         match (neighbours, threshold) {
             (None, None) => Self::recommended(n, vector_len, clip_range),
             (k, t) => {
-                let rec_k = Self::recommended(n.max(3), 1, 1.0).map(|p| p.neighbours()).unwrap_or(2);
+                let rec_k = Self::recommended(n.max(3), 1, 1.0)
+                    .map(|p| p.neighbours())
+                    .unwrap_or(2);
                 let k = k.unwrap_or(rec_k);
                 Self::new(n, t.unwrap_or(k / 2 + 1), k, vector_len, clip_range)
             }
@@ -186,7 +208,9 @@ impl Params {
     /// Encodes a whole update (every value must be finite); same as [`Params::encode`] per value.
     pub fn encode_all(&self, xs: &[f32]) -> Vec<u32> {
         let (r, scale, max) = (self.clip_range, self.scale(), self.max_encoded());
-        xs.iter().map(|&x| ((((f64::from(x).clamp(-r, r)) + r) * scale).round() as u32).min(max)).collect()
+        xs.iter()
+            .map(|&x| ((((f64::from(x).clamp(-r, r)) + r) * scale).round() as u32).min(max))
+            .collect()
     }
 
     /// Decodes a sum of `m` encodings to the sum of the clipped values.
@@ -219,9 +243,18 @@ mod tests {
         assert_eq!(Params::new(1000, 200, 300, 10, 1.0).unwrap_err().name, "k");
         assert_eq!(Params::new(100, 5, 10, 10, 1.0).unwrap_err().name, "t");
         assert_eq!(Params::new(100, 11, 10, 10, 1.0).unwrap_err().name, "t");
-        assert_eq!(Params::new(100, 6, 10, 0, 1.0).unwrap_err().name, "vector_len");
-        assert_eq!(Params::new(100, 6, 10, 10, 0.0).unwrap_err().name, "clip_range");
-        assert_eq!(Params::new(100, 6, 10, 10, f64::NAN).unwrap_err().name, "clip_range");
+        assert_eq!(
+            Params::new(100, 6, 10, 0, 1.0).unwrap_err().name,
+            "vector_len"
+        );
+        assert_eq!(
+            Params::new(100, 6, 10, 10, 0.0).unwrap_err().name,
+            "clip_range"
+        );
+        assert_eq!(
+            Params::new(100, 6, 10, 10, f64::NAN).unwrap_err().name,
+            "clip_range"
+        );
         let e = Params::new(100, 5, 10, 10, 1.0).unwrap_err();
         assert!(e.to_string().contains("6..=10"), "{e}");
         // Complete graph with odd degree is allowed.

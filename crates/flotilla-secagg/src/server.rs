@@ -29,8 +29,8 @@ use crate::crypto::{self, SEALED_LEN, SHARE_LEN};
 use crate::error::{Rejected, RoundError};
 use crate::graph::Graph;
 use crate::messages::{
-    AdvertiseKeys, ClientMessage, IncomingShare, MaskedInput, Roster, RosterEntry, ShareBundle, ShareKeys,
-    UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ClientMessage, IncomingShare, MaskedInput, Roster, RosterEntry, ShareBundle,
+    ShareKeys, UnmaskRequest, UnmaskResponse,
 };
 use crate::{ClientId, Params, Stage};
 
@@ -129,7 +129,11 @@ impl Server {
 
     /// The current stage ([`Stage::Failed`] after a round error).
     pub fn stage(&self) -> Stage {
-        if self.failure.is_some() { Stage::Failed } else { self.stage }
+        if self.failure.is_some() {
+            Stage::Failed
+        } else {
+            self.stage
+        }
     }
 
     /// The round's parameters.
@@ -142,7 +146,10 @@ impl Server {
     pub fn held_vectors(&self) -> Vec<HeldVector<'_>> {
         let mut v = Vec::new();
         if !self.masked_sum.is_empty() {
-            v.push(HeldVector::MaskedSum { inputs: self.contributors.len(), data: &self.masked_sum });
+            v.push(HeldVector::MaskedSum {
+                inputs: self.contributors.len(),
+                data: &self.masked_sum,
+            });
         }
         if let Some(a) = &self.aggregate {
             v.push(HeldVector::Aggregate(a));
@@ -159,7 +166,10 @@ impl Server {
     /// Handles a message from the authenticated client `from`. On error nothing changed.
     pub fn handle(&mut self, from: ClientId, msg: ClientMessage) -> Result<(), Rejected> {
         if msg.stage() != self.stage() {
-            return Err(Rejected::WrongStage { expected: self.stage(), got: msg.stage() });
+            return Err(Rejected::WrongStage {
+                expected: self.stage(),
+                got: msg.stage(),
+            });
         }
         match msg {
             ClientMessage::AdvertiseKeys(m) => self.on_advertise(from, m),
@@ -171,10 +181,16 @@ impl Server {
 
     fn check_header(&self, from: ClientId, round: u64, sender: ClientId) -> Result<(), Rejected> {
         if round != self.round {
-            return Err(Rejected::WrongRound { expected: self.round, got: round });
+            return Err(Rejected::WrongRound {
+                expected: self.round,
+                got: round,
+            });
         }
         if sender != from {
-            return Err(Rejected::SenderMismatch { claimed: sender, authenticated: from });
+            return Err(Rejected::SenderMismatch {
+                claimed: sender,
+                authenticated: from,
+            });
         }
         Ok(())
     }
@@ -186,11 +202,23 @@ impl Server {
         }
         crate::check_public_key(from, &m.c_pk)?;
         crate::check_public_key(from, &m.s_pk)?;
-        if m.c_pk == m.s_pk || self.keys.values().any(|(c, s)| [c, s].iter().any(|k| **k == m.c_pk || **k == m.s_pk)) {
-            return Err(Rejected::InvalidKey { client: from, reason: "key reused" });
+        if m.c_pk == m.s_pk
+            || self
+                .keys
+                .values()
+                .any(|(c, s)| [c, s].iter().any(|k| **k == m.c_pk || **k == m.s_pk))
+        {
+            return Err(Rejected::InvalidKey {
+                client: from,
+                reason: "key reused",
+            });
         }
         if self.keys.len() >= self.params.max_clients() {
-            return Err(Rejected::WrongLength { what: "roster", expected: self.params.max_clients(), got: self.keys.len() + 1 });
+            return Err(Rejected::WrongLength {
+                what: "roster",
+                expected: self.params.max_clients(),
+                got: self.keys.len() + 1,
+            });
         }
         self.keys.insert(from, (m.c_pk, m.s_pk));
         Ok(())
@@ -198,7 +226,9 @@ impl Server {
 
     fn on_share_keys(&mut self, from: ClientId, m: ShareKeys) -> Result<(), Rejected> {
         self.check_header(from, m.round, m.sender)?;
-        let Some(graph) = &self.graph else { return Err(Rejected::NotInCohort(from)) };
+        let Some(graph) = &self.graph else {
+            return Err(Rejected::NotInCohort(from));
+        };
         if !self.keys.contains_key(&from) {
             return Err(Rejected::NotInCohort(from));
         }
@@ -207,7 +237,11 @@ impl Server {
         }
         let nb = graph.neighbours(from);
         if m.shares.len() != nb.len() {
-            return Err(Rejected::WrongLength { what: "shares", expected: nb.len(), got: m.shares.len() });
+            return Err(Rejected::WrongLength {
+                what: "shares",
+                expected: nb.len(),
+                got: m.shares.len(),
+            });
         }
         let mut shares = BTreeMap::new();
         for (s, &v) in m.shares.into_iter().zip(nb) {
@@ -215,15 +249,35 @@ impl Server {
                 return Err(if graph.are_neighbours(from, s.recipient) {
                     Rejected::MalformedList("shares must be sorted by recipient".into())
                 } else {
-                    Rejected::NotNeighbour { client: from, peer: s.recipient }
+                    Rejected::NotNeighbour {
+                        client: from,
+                        peer: s.recipient,
+                    }
                 });
             }
             if s.ciphertext.len() != SEALED_LEN {
-                return Err(Rejected::BadShare { owner: from, holder: v, reason: "ciphertext has the wrong length" });
+                return Err(Rejected::BadShare {
+                    owner: from,
+                    holder: v,
+                    reason: "ciphertext has the wrong length",
+                });
             }
-            shares.insert(v, (s.ciphertext, s.seed_share_commitment, s.key_share_commitment));
+            shares.insert(
+                v,
+                (
+                    s.ciphertext,
+                    s.seed_share_commitment,
+                    s.key_share_commitment,
+                ),
+            );
         }
-        self.shares.insert(from, SharesFrom { seed_commitment: m.seed_commitment, shares });
+        self.shares.insert(
+            from,
+            SharesFrom {
+                seed_commitment: m.seed_commitment,
+                shares,
+            },
+        );
         Ok(())
     }
 
@@ -237,7 +291,11 @@ impl Server {
         }
         let d = self.params.vector_len();
         if m.masked.len() != d {
-            return Err(Rejected::WrongLength { what: "masked input", expected: d, got: m.masked.len() });
+            return Err(Rejected::WrongLength {
+                what: "masked input",
+                expected: d,
+                got: m.masked.len(),
+            });
         }
         if self.masked_sum.is_empty() {
             self.masked_sum = m.masked;
@@ -252,32 +310,57 @@ impl Server {
 
     fn on_unmask(&mut self, from: ClientId, m: UnmaskResponse) -> Result<(), Rejected> {
         self.check_header(from, m.round, m.sender)?;
-        let Some(req) = self.requests.get(&from) else { return Err(Rejected::NotInCohort(from)) };
+        let Some(req) = self.requests.get(&from) else {
+            return Err(Rejected::NotInCohort(from));
+        };
         if self.responded.contains(&from) {
             return Err(Rejected::Duplicate(from));
         }
         if m.seed_shares.len() != req.survivors.len() {
-            return Err(Rejected::WrongLength { what: "seed shares", expected: req.survivors.len(), got: m.seed_shares.len() });
+            return Err(Rejected::WrongLength {
+                what: "seed shares",
+                expected: req.survivors.len(),
+                got: m.seed_shares.len(),
+            });
         }
         if m.key_shares.len() != req.dropped.len() {
-            return Err(Rejected::WrongLength { what: "key shares", expected: req.dropped.len(), got: m.key_shares.len() });
+            return Err(Rejected::WrongLength {
+                what: "key shares",
+                expected: req.dropped.len(),
+                got: m.key_shares.len(),
+            });
         }
         let graph = self.graph.as_ref().ok_or(Rejected::NotInCohort(from))?;
-        for (list, asked, kind) in [(&m.seed_shares, &req.survivors, "seed"), (&m.key_shares, &req.dropped, "key")] {
+        for (list, asked, kind) in [
+            (&m.seed_shares, &req.survivors, "seed"),
+            (&m.key_shares, &req.dropped, "key"),
+        ] {
             for (s, &owner) in list.iter().zip(asked) {
                 if s.owner != owner {
-                    return Err(Rejected::MalformedList(format!("{kind} shares must follow the request's order")));
+                    return Err(Rejected::MalformedList(format!(
+                        "{kind} shares must follow the request's order"
+                    )));
                 }
-                let bad = |reason| Rejected::BadShare { owner, holder: from, reason };
+                let bad = |reason| Rejected::BadShare {
+                    owner,
+                    holder: from,
+                    reason,
+                };
                 if s.share.len() != SHARE_LEN {
                     return Err(bad("share has the wrong length"));
                 }
                 if graph.share_id(owner, from) != Some(s.share[0]) {
                     return Err(bad("share identifier does not match this holder"));
                 }
-                let stored = self.shares.get(&owner).and_then(|f| f.shares.get(&from)).ok_or(bad("no such share was dealt"))?;
+                let stored = self
+                    .shares
+                    .get(&owner)
+                    .and_then(|f| f.shares.get(&from))
+                    .ok_or(bad("no such share was dealt"))?;
                 let commitment = if kind == "seed" { stored.1 } else { stored.2 };
-                if crypto::share_commitment(kind.as_bytes(), self.round, owner, from, &s.share) != commitment {
+                if crypto::share_commitment(kind.as_bytes(), self.round, owner, from, &s.share)
+                    != commitment
+                {
                     return Err(bad("share does not match the owner's commitment"));
                 }
             }
@@ -297,7 +380,10 @@ impl Server {
             return Err(e.clone());
         }
         if self.stage != stage {
-            return Err(RoundError::WrongStage { stage: self.stage, what });
+            return Err(RoundError::WrongStage {
+                stage: self.stage,
+                what,
+            });
         }
         Ok(())
     }
@@ -315,12 +401,23 @@ impl Server {
         owners: impl Iterator<Item = &'a ClientId>,
         holders: &BTreeSet<ClientId>,
     ) -> Result<(), RoundError> {
-        let Some(graph) = &self.graph else { return Ok(()) };
+        let Some(graph) = &self.graph else {
+            return Ok(());
+        };
         let t = self.params.threshold();
         for &u in owners {
-            let available = graph.neighbours(u).iter().filter(|v| holders.contains(v)).count();
+            let available = graph
+                .neighbours(u)
+                .iter()
+                .filter(|v| holders.contains(v))
+                .count();
             if available < t {
-                return Err(RoundError::BelowThreshold { stage, client: u, available, threshold: t });
+                return Err(RoundError::BelowThreshold {
+                    stage,
+                    client: u,
+                    available,
+                    threshold: t,
+                });
             }
         }
         Ok(())
@@ -332,7 +429,11 @@ impl Server {
         self.begin_close(Stage::AdvertiseKeys, "close_advertise")?;
         let required = self.params.threshold() + 1;
         if self.keys.len() < required {
-            let e = RoundError::TooFewClients { stage: Stage::AdvertiseKeys, available: self.keys.len(), required };
+            let e = RoundError::TooFewClients {
+                stage: Stage::AdvertiseKeys,
+                available: self.keys.len(),
+                required,
+            };
             return Err(self.fail(e));
         }
         let ids: Vec<ClientId> = self.keys.keys().copied().collect();
@@ -342,7 +443,11 @@ impl Server {
             round: self.round,
             params: self.params,
             graph_seed: self.graph_seed,
-            clients: self.keys.iter().map(|(&client, &(c_pk, s_pk))| RosterEntry { client, c_pk, s_pk }).collect(),
+            clients: self
+                .keys
+                .iter()
+                .map(|(&client, &(c_pk, s_pk))| RosterEntry { client, c_pk, s_pk })
+                .collect(),
         })
     }
 
@@ -356,12 +461,24 @@ impl Server {
         }
         let mut bundles: BTreeMap<ClientId, ShareBundle> = u2
             .iter()
-            .map(|&v| (v, ShareBundle { round: self.round, recipient: v, shares: Vec::new() }))
+            .map(|&v| {
+                (
+                    v,
+                    ShareBundle {
+                        round: self.round,
+                        recipient: v,
+                        shares: Vec::new(),
+                    },
+                )
+            })
             .collect();
         for (&owner, from) in &self.shares {
             for (holder, (c, _, _)) in &from.shares {
                 if let Some(b) = bundles.get_mut(holder) {
-                    b.shares.push(IncomingShare { sender: owner, ciphertext: c.clone() });
+                    b.shares.push(IncomingShare {
+                        sender: owner,
+                        ciphertext: c.clone(),
+                    });
                 }
             }
         }
@@ -375,15 +492,23 @@ impl Server {
         self.begin_close(Stage::MaskedInput, "close_masked_input")?;
         let t = self.params.threshold();
         if self.contributors.len() < t {
-            let e = RoundError::TooFewClients { stage: Stage::MaskedInput, available: self.contributors.len(), required: t };
+            let e = RoundError::TooFewClients {
+                stage: Stage::MaskedInput,
+                available: self.contributors.len(),
+                required: t,
+            };
             return Err(self.fail(e));
         }
         let dropped = self.dropped_with_live_neighbours();
         let u3 = self.contributors.clone();
-        if let Err(e) = self.check_neighbourhoods(Stage::MaskedInput, u3.iter().chain(dropped.iter()), &u3) {
+        if let Err(e) =
+            self.check_neighbourhoods(Stage::MaskedInput, u3.iter().chain(dropped.iter()), &u3)
+        {
             return Err(self.fail(e));
         }
-        let Some(graph) = &self.graph else { unreachable!("graph exists after stage 0") };
+        let Some(graph) = &self.graph else {
+            unreachable!("graph exists after stage 0")
+        };
         let mut requests = BTreeMap::new();
         for &v in &self.contributors {
             let (mut survivors, mut dropped) = (Vec::new(), Vec::new());
@@ -394,7 +519,15 @@ impl Server {
                     dropped.push(u);
                 }
             }
-            requests.insert(v, UnmaskRequest { round: self.round, recipient: v, survivors, dropped });
+            requests.insert(
+                v,
+                UnmaskRequest {
+                    round: self.round,
+                    recipient: v,
+                    survivors,
+                    dropped,
+                },
+            );
         }
         self.requests = requests.clone();
         self.stage = Stage::Unmasking;
@@ -403,11 +536,18 @@ impl Server {
 
     /// U2 \ U3 members with at least one neighbour in U3 (their pair masks are in the sum).
     fn dropped_with_live_neighbours(&self) -> Vec<ClientId> {
-        let Some(graph) = &self.graph else { return Vec::new() };
+        let Some(graph) = &self.graph else {
+            return Vec::new();
+        };
         self.shares
             .keys()
             .filter(|u| !self.contributors.contains(u))
-            .filter(|&&u| graph.neighbours(u).iter().any(|v| self.contributors.contains(v)))
+            .filter(|&&u| {
+                graph
+                    .neighbours(u)
+                    .iter()
+                    .any(|v| self.contributors.contains(v))
+            })
             .copied()
             .collect()
     }
@@ -426,33 +566,62 @@ impl Server {
     fn unmask(&mut self) -> Result<Aggregate, RoundError> {
         let t = self.params.threshold();
         let dropped = self.dropped_with_live_neighbours();
-        self.check_neighbourhoods(Stage::Unmasking, self.contributors.iter().chain(dropped.iter()), &self.responded)?;
-        let Some(graph) = &self.graph else { unreachable!("graph exists after stage 0") };
+        self.check_neighbourhoods(
+            Stage::Unmasking,
+            self.contributors.iter().chain(dropped.iter()),
+            &self.responded,
+        )?;
+        let Some(graph) = &self.graph else {
+            unreachable!("graph exists after stage 0")
+        };
         let mut masks: Vec<([u8; 32], bool)> = Vec::new();
         for &u in &self.contributors {
             let shares = self.seed_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
-            let secret = combine(&shares[..t.min(shares.len())])
-                .ok_or(RoundError::ReconstructionFailed { client: u, secret: "self-mask seed" })?;
+            let secret = combine(&shares[..t.min(shares.len())]).ok_or(
+                RoundError::ReconstructionFailed {
+                    client: u,
+                    secret: "self-mask seed",
+                },
+            )?;
             let committed = self.shares.get(&u).map(|s| s.seed_commitment);
             if committed != Some(crypto::seed_commitment(self.round, u, &secret)) {
-                return Err(RoundError::ReconstructionFailed { client: u, secret: "self-mask seed" });
+                return Err(RoundError::ReconstructionFailed {
+                    client: u,
+                    secret: "self-mask seed",
+                });
             }
             masks.push((crypto::self_mask_key(&secret, self.round, u), true));
         }
         for &u in &dropped {
             let shares = self.key_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
-            let secret = combine(&shares[..t.min(shares.len())])
-                .ok_or(RoundError::ReconstructionFailed { client: u, secret: "mask key" })?;
+            let secret = combine(&shares[..t.min(shares.len())]).ok_or(
+                RoundError::ReconstructionFailed {
+                    client: u,
+                    secret: "mask key",
+                },
+            )?;
             let s_sk = StaticSecret::from(secret);
             let s_pk = self.keys.get(&u).map(|k| k.1);
             if s_pk != Some(PublicKey::from(&s_sk).to_bytes()) {
-                return Err(RoundError::ReconstructionFailed { client: u, secret: "mask key" });
+                return Err(RoundError::ReconstructionFailed {
+                    client: u,
+                    secret: "mask key",
+                });
             }
-            for &v in graph.neighbours(u).iter().filter(|v| self.contributors.contains(v)) {
-                let Some(&(_, v_pk)) = self.keys.get(&v) else { continue };
+            for &v in graph
+                .neighbours(u)
+                .iter()
+                .filter(|v| self.contributors.contains(v))
+            {
+                let Some(&(_, v_pk)) = self.keys.get(&v) else {
+                    continue;
+                };
                 let shared = s_sk.diffie_hellman(&PublicKey::from(v_pk));
                 // v added the mask with sign + if v < u, − otherwise; undo it.
-                masks.push((crypto::pair_mask_key(shared.as_bytes(), self.round, u, v), v < u));
+                masks.push((
+                    crypto::pair_mask_key(shared.as_bytes(), self.round, u, v),
+                    v < u,
+                ));
             }
         }
         let mut sum = std::mem::take(&mut self.masked_sum);

@@ -17,26 +17,45 @@ fn id(i: u64) -> ClientId {
 }
 
 /// Independent prediction of where (if anywhere) the round must fail.
-fn predicted_failure(p: &Params, n: u64, drops: &BTreeMap<ClientId, Drop>, seed: [u8; 32]) -> Option<Stage> {
+fn predicted_failure(
+    p: &Params,
+    n: u64,
+    drops: &BTreeMap<ClientId, Drop>,
+    seed: [u8; 32],
+) -> Option<Stage> {
     let t = p.threshold();
     let past = |c: &ClientId, stage: Drop| drops.get(c).is_none_or(|d| (*d as u8) > (stage as u8));
     let all: Vec<ClientId> = (0..n).map(id).collect();
-    let u1: Vec<ClientId> = all.iter().copied().filter(|c| past(c, Drop::BeforeAdvertise)).collect();
+    let u1: Vec<ClientId> = all
+        .iter()
+        .copied()
+        .filter(|c| past(c, Drop::BeforeAdvertise))
+        .collect();
     if u1.len() < t + 1 {
         return Some(Stage::AdvertiseKeys);
     }
     let g = Graph::new(&u1, p.neighbours(), seed);
-    let set = |s: Drop| -> BTreeSet<ClientId> { u1.iter().copied().filter(|c| past(c, s)).collect() };
-    let (u2, u3, u5) = (set(Drop::BeforeShareKeys), set(Drop::BeforeMaskedInput), set(Drop::BeforeUnmasking));
-    let live = |u: ClientId, among: &BTreeSet<ClientId>| g.neighbours(u).iter().filter(|v| among.contains(v)).count();
+    let set =
+        |s: Drop| -> BTreeSet<ClientId> { u1.iter().copied().filter(|c| past(c, s)).collect() };
+    let (u2, u3, u5) = (
+        set(Drop::BeforeShareKeys),
+        set(Drop::BeforeMaskedInput),
+        set(Drop::BeforeUnmasking),
+    );
+    let live = |u: ClientId, among: &BTreeSet<ClientId>| {
+        g.neighbours(u).iter().filter(|v| among.contains(v)).count()
+    };
     if u2.iter().any(|&u| live(u, &u2) < t) {
         return Some(Stage::ShareKeys);
     }
     if u3.len() < t {
         return Some(Stage::MaskedInput);
     }
-    let at_stake: Vec<ClientId> =
-        u2.iter().copied().filter(|&u| u3.contains(&u) || g.neighbours(u).iter().any(|v| u3.contains(v))).collect();
+    let at_stake: Vec<ClientId> = u2
+        .iter()
+        .copied()
+        .filter(|&u| u3.contains(&u) || g.neighbours(u).iter().any(|v| u3.contains(v)))
+        .collect();
     if at_stake.iter().any(|&u| live(u, &u3) < t) {
         return Some(Stage::MaskedInput);
     }
@@ -47,12 +66,25 @@ fn predicted_failure(p: &Params, n: u64, drops: &BTreeMap<ClientId, Drop>, seed:
 }
 
 fn setting() -> impl Strategy<Value = (Params, u64, Vec<Option<Drop>>)> {
-    (3u64..=18, 1usize..=48, prop_oneof![Just(0.5f64), Just(1.0), Just(7.25)], 0.0f64..0.45)
+    (
+        3u64..=18,
+        1usize..=48,
+        prop_oneof![Just(0.5f64), Just(1.0), Just(7.25)],
+        0.0f64..0.45,
+    )
         .prop_flat_map(|(n, len, r, drop_rate)| {
             let n_us = n as usize;
             let max_k_even = (n_us - 1) & !1;
-            let ks: Vec<usize> = (1..=max_k_even / 2).map(|h| 2 * h).chain(std::iter::once(n_us - 1)).collect();
-            (Just((n, len, r)), proptest::sample::select(ks), proptest::collection::vec((0.0f64..1.0, 0u8..4), n_us), Just(drop_rate))
+            let ks: Vec<usize> = (1..=max_k_even / 2)
+                .map(|h| 2 * h)
+                .chain(std::iter::once(n_us - 1))
+                .collect();
+            (
+                Just((n, len, r)),
+                proptest::sample::select(ks),
+                proptest::collection::vec((0.0f64..1.0, 0u8..4), n_us),
+                Just(drop_rate),
+            )
         })
         .prop_flat_map(|((n, len, r), k, coins, rate)| {
             let lo = (k / 2 + 1).max(2);

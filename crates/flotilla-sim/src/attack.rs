@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::scenario::{image_side, AttackKind, AttackSettings};
+use crate::scenario::{AttackKind, AttackSettings, image_side};
 
 /// The attackers of one simulation and what they need.
 pub struct Attackers {
@@ -41,11 +41,20 @@ fn stamp(row: &mut [f32], side: usize, value: f32) {
 
 impl Attackers {
     /// Picks `round(fraction × clients)` attackers (at least one) from `seed` and prepares their data.
-    pub fn new(settings: AttackSettings, seed: u64, train: &Dataset, test: &Dataset, partition: &Partition) -> Self {
+    pub fn new(
+        settings: AttackSettings,
+        seed: u64,
+        train: &Dataset,
+        test: &Dataset,
+        partition: &Partition,
+    ) -> Self {
         let n = partition.clients.len();
         let k = ((settings.fraction * n as f64).round() as usize).clamp(1, n);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xA77A_C4);
-        let clients: BTreeSet<u64> = index::sample(&mut rng, n, k).into_iter().map(|i| i as u64).collect();
+        let clients: BTreeSet<u64> = index::sample(&mut rng, n, k)
+            .into_iter()
+            .map(|i| i as u64)
+            .collect();
         let feature_len = train.feature_len();
         let (mut poisoned_train, mut backdoor_test) = (None, None);
         match settings.kind {
@@ -59,7 +68,10 @@ impl Attackers {
                 }
                 poisoned_train = Some(d);
             }
-            AttackKind::Backdoor { target, poison_fraction } => {
+            AttackKind::Backdoor {
+                target,
+                poison_fraction,
+            } => {
                 // `parse_attack` admits backdoors only on square images.
                 let side = image_side(&train.feature_shape).unwrap_or(0);
                 let bright = train.features.iter().copied().fold(f32::MIN, f32::max);
@@ -67,17 +79,23 @@ impl Attackers {
                 for &client in &clients {
                     for &i in &partition.clients[client as usize] {
                         if rng.random_bool(poison_fraction) {
-                            let row = &mut d.features[i as usize * feature_len..(i as usize + 1) * feature_len];
+                            let row = &mut d.features
+                                [i as usize * feature_len..(i as usize + 1) * feature_len];
                             stamp(row, side, bright);
                             d.labels[i as usize] = target;
                         }
                     }
                 }
                 poisoned_train = Some(d);
-                let mut t = Dataset { features: Vec::new(), labels: Vec::new(), ..test.clone() };
+                let mut t = Dataset {
+                    features: Vec::new(),
+                    labels: Vec::new(),
+                    ..test.clone()
+                };
                 for (i, &label) in test.labels.iter().enumerate() {
                     if label != target {
-                        let mut row = test.features[i * feature_len..(i + 1) * feature_len].to_vec();
+                        let mut row =
+                            test.features[i * feature_len..(i + 1) * feature_len].to_vec();
                         stamp(&mut row, side, bright);
                         t.features.extend_from_slice(&row);
                         t.labels.push(target);
@@ -88,7 +106,13 @@ impl Attackers {
             }
             _ => {}
         }
-        Self { settings, clients, poisoned_train, backdoor_test, noise_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x2015E) }
+        Self {
+            settings,
+            clients,
+            poisoned_train,
+            backdoor_test,
+            noise_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x2015E),
+        }
     }
 
     /// Whether `client` is malicious.
@@ -137,14 +161,19 @@ mod tests {
             groups: None,
             group_names: Vec::new(),
         };
-        let p = Partition { clients: vec![vec![0, 1], vec![2, 3]] };
+        let p = Partition {
+            clients: vec![vec![0, 1], vec![2, 3]],
+        };
         (d, p)
     }
 
     #[test]
     fn label_flip_touches_only_attackers() {
         let (d, p) = tiny();
-        let s = AttackSettings { kind: AttackKind::LabelFlip, fraction: 0.5 };
+        let s = AttackSettings {
+            kind: AttackKind::LabelFlip,
+            fraction: 0.5,
+        };
         let a = Attackers::new(s, 1, &d, &d, &p);
         assert_eq!(a.clients.len(), 1);
         let bad = *a.clients.iter().next().unwrap() as usize;
@@ -160,18 +189,30 @@ mod tests {
     #[test]
     fn backdoor_triggers_test_inputs_of_other_classes() {
         let (d, p) = tiny();
-        let s = AttackSettings { kind: AttackKind::Backdoor { target: 1, poison_fraction: 1.0 }, fraction: 0.5 };
+        let s = AttackSettings {
+            kind: AttackKind::Backdoor {
+                target: 1,
+                poison_fraction: 1.0,
+            },
+            fraction: 0.5,
+        };
         let a = Attackers::new(s, 1, &d, &d, &p);
         let t = a.backdoor_test.as_ref().unwrap();
         assert_eq!(t.len(), 3, "samples of the target class are left out");
         assert!(t.labels.iter().all(|&l| l == 1));
-        assert_eq!(t.features[63], 6.0, "bottom-right pixel carries the trigger (max value)");
+        assert_eq!(
+            t.features[63], 6.0,
+            "bottom-right pixel carries the trigger (max value)"
+        );
     }
 
     #[test]
     fn sign_flip_reverses_the_delta() {
         let (d, p) = tiny();
-        let s = AttackSettings { kind: AttackKind::SignFlip { scale: 2.0 }, fraction: 0.5 };
+        let s = AttackSettings {
+            kind: AttackKind::SignFlip { scale: 2.0 },
+            fraction: 0.5,
+        };
         let mut a = Attackers::new(s, 1, &d, &d, &p);
         let mut params = vec![1.5, 0.0];
         a.tamper(&[1.0, 1.0], &mut params);

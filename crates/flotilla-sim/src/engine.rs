@@ -11,11 +11,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use flotilla_core::round::{
-    Action, ClientId, CommitInfo, Event, RejectReason, ReportMetrics, RoundMachine, RoundPolicy, Task, Timer,
+    Action, ClientId, CommitInfo, Event, RejectReason, ReportMetrics, RoundMachine, RoundPolicy,
+    Task, Timer,
 };
-use flotilla_core::{params_sha256, ParamLayout};
-use flotilla_data::{Dataset, LoadOptions, Partition, TrainTest};
 use flotilla_core::strategy::{Quarantined, scaffold_client_update, scaffold_correction};
+use flotilla_core::{ParamLayout, params_sha256};
+use flotilla_data::{Dataset, LoadOptions, Partition, TrainTest};
 use flotilla_ml::{FitConfig, FitReport, LocalObjective, ModelSpec, Samples, Trainer};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,7 +37,10 @@ pub struct Prepared {
 
 /// Loads the scenario's dataset from `data_dir` and partitions its training set.
 pub fn prepare(scenario: &Scenario, data_dir: &Path) -> Result<Prepared, SimError> {
-    let opts = LoadOptions { test_fraction: scenario.data.test_fraction, split_seed: scenario.data.split_seed };
+    let opts = LoadOptions {
+        test_fraction: scenario.data.test_fraction,
+        split_seed: scenario.data.split_seed,
+    };
     let data = flotilla_data::load(scenario.data.dataset, data_dir, &opts)?;
     let partition = flotilla_data::partition(
         &data.train.labels,
@@ -154,7 +158,12 @@ pub struct SimOutcome {
 }
 
 pub(crate) fn samples<'a>(d: &'a Dataset, indices: &'a [u32]) -> Samples<'a> {
-    Samples { features: &d.features, feature_len: d.feature_len(), labels: &d.labels, indices }
+    Samples {
+        features: &d.features,
+        feature_len: d.feature_len(),
+        labels: &d.labels,
+        indices,
+    }
 }
 
 /// The round policy the simulator runs: the scenario's knobs, on a virtual clock where simulated
@@ -207,8 +216,9 @@ pub(crate) fn setup(
         n => n,
     }
     .min(max_workers.max(1));
-    let mut trainers: Vec<Box<dyn Trainer>> =
-        (0..threads).map(|_| flotilla_ml::build(&spec, scenario.seed)).collect::<Result<_, _>>()?;
+    let mut trainers: Vec<Box<dyn Trainer>> = (0..threads)
+        .map(|_| flotilla_ml::build(&spec, scenario.seed))
+        .collect::<Result<_, _>>()?;
     let layout = trainers[0].layout().clone();
     let initial = trainers[0].parameters();
     let test_idx: Vec<u32> = (0..test.len() as u32).collect();
@@ -219,7 +229,13 @@ pub(crate) fn setup(
         num_params: layout.len(),
         initial_accuracy: init_eval.accuracy,
     });
-    Ok(Setup { trainers, layout, initial, test_idx, init_eval })
+    Ok(Setup {
+        trainers,
+        layout,
+        initial,
+        test_idx,
+        init_eval,
+    })
 }
 
 /// Runs the scenario's federation with its data already prepared, reporting progress to `observe`.
@@ -237,7 +253,13 @@ pub fn run_prepared(
     let started = Instant::now();
     let train = &prepared.data.train;
     let test = &prepared.data.test;
-    let Setup { mut trainers, layout, initial, test_idx, init_eval } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
+    let Setup {
+        mut trainers,
+        layout,
+        initial,
+        test_idx,
+        init_eval,
+    } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
     let test_view = samples(test, &test_idx);
 
     let mut machine = RoundMachine::with_strategy(
@@ -247,8 +269,9 @@ pub fn run_prepared(
         scenario.seed,
         scenario.strategy.clone(),
     )?;
-    let mut attackers =
-        scenario.attack.map(|a| Attackers::new(a, scenario.seed, train, test, &prepared.partition));
+    let mut attackers = scenario
+        .attack
+        .map(|a| Attackers::new(a, scenario.seed, train, test, &prepared.partition));
     // SCAFFOLD client control variates cᵢ, kept by each simulated client across rounds.
     let mut controls: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
     let mut last_backdoor = None;
@@ -282,11 +305,13 @@ pub fn run_prepared(
                     timers.insert((at_ms, timer_seq), timer);
                 }
                 Action::Commit(info) => {
-                    let mut record =
-                        evaluate_commit(scenario, &info, machine, trainers, &test_view, attackers, started)?;
+                    let mut record = evaluate_commit(
+                        scenario, &info, machine, trainers, &test_view, attackers, started,
+                    )?;
                     if let Some(p) = &mut privacy {
                         // The budget is checked before the next round is trained.
-                        let (r, stop) = p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
+                        let (r, stop) =
+                            p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
                         record.privacy = Some(r);
                         finished |= stop;
                     }
@@ -299,14 +324,27 @@ pub fn run_prepared(
                     observe(&SimEvent::Round(record.clone()));
                     history.push(record);
                 }
-                Action::RoundAbandoned { round, attempt, reports, needed, .. } => {
+                Action::RoundAbandoned {
+                    round,
+                    attempt,
+                    reports,
+                    needed,
+                    ..
+                } => {
                     abandoned += 1;
-                    observe(&SimEvent::RoundAbandoned { round, attempt, reports, needed });
+                    observe(&SimEvent::RoundAbandoned {
+                        round,
+                        attempt,
+                        reports,
+                        needed,
+                    });
                 }
                 Action::JobFinished => finished = true,
                 // Secure-aggregation rounds are driven by `crate::secagg`, never by this loop.
                 Action::StageClosed { .. } | Action::Finalize { .. } => {
-                    return Err(SimError::JobFailed("secure-aggregation action in a plain round".into()));
+                    return Err(SimError::JobFailed(
+                        "secure-aggregation action in a plain round".into(),
+                    ));
                 }
                 Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
                 // Simulated clients are always online, so pace steering has nothing to do.
@@ -315,11 +353,16 @@ pub fn run_prepared(
                 // that is the protocol working. Anything else means an honest simulated client was
                 // refused, which is a bug worth surfacing.
                 Action::Reject {
-                    reason: RejectReason::RoundFull | RejectReason::NotAccepting(_) | RejectReason::WrongRound { .. },
+                    reason:
+                        RejectReason::RoundFull
+                        | RejectReason::NotAccepting(_)
+                        | RejectReason::WrongRound { .. },
                     ..
                 } => late_reports += 1,
                 Action::Reject { client, reason } => {
-                    return Err(SimError::JobFailed(format!("simulated {client} was refused: {reason}")));
+                    return Err(SimError::JobFailed(format!(
+                        "simulated {client} was refused: {reason}"
+                    )));
                 }
             }
         }
@@ -328,33 +371,66 @@ pub fn run_prepared(
 
     let mut finished = refused_first;
     for c in 0..scenario.clients as u64 {
-        let acts = machine.handle(now, Event::CheckIn { client: ClientId(c) });
-        apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
+        let acts = machine.handle(
+            now,
+            Event::CheckIn {
+                client: ClientId(c),
+            },
+        );
+        apply(
+            acts,
+            &mut trainers,
+            &machine,
+            &mut pending,
+            &mut timers,
+            attackers.as_ref(),
+        )?;
     }
 
     while !finished {
         if !pending.is_empty() {
             let cohort = std::mem::take(&mut pending);
             // Each selected client drops out with probability `dropout`, decided in cohort order.
-            let drops: Vec<bool> =
-                cohort.iter().map(|_| dropout_rng.random_bool(scenario.round.dropout)).collect();
-            let work: Vec<(ClientId, Task)> =
-                cohort.iter().zip(&drops).filter(|(_, d)| !**d).map(|(c, _)| c.clone()).collect();
+            let drops: Vec<bool> = cohort
+                .iter()
+                .map(|_| dropout_rng.random_bool(scenario.round.dropout))
+                .collect();
+            let work: Vec<(ClientId, Task)> = cohort
+                .iter()
+                .zip(&drops)
+                .filter(|(_, d)| !**d)
+                .map(|(c, _)| c.clone())
+                .collect();
             let directive = machine.strategy().client_directive();
             let jobs: Vec<ClientJob<'_>> = work
                 .iter()
                 .map(|(client, task)| {
                     let data = match &attackers {
-                        Some(a) if a.is_attacker(client.0) => a.poisoned_train.as_ref().unwrap_or(train),
+                        Some(a) if a.is_attacker(client.0) => {
+                            a.poisoned_train.as_ref().unwrap_or(train)
+                        }
                         _ => train,
                     };
                     // SCAFFOLD: local gradients are corrected by c − cᵢ (cᵢ = 0 before the first round).
-                    let correction =
-                        directive.server_control.map(|c| scaffold_correction(c, controls.get(&client.0).map(Vec::as_slice)));
-                    ClientJob { client: *client, seed: task.seed, data, correction }
+                    let correction = directive.server_control.map(|c| {
+                        scaffold_correction(c, controls.get(&client.0).map(Vec::as_slice))
+                    });
+                    ClientJob {
+                        client: *client,
+                        seed: task.seed,
+                        data,
+                        correction,
+                    }
                 })
                 .collect();
-            let results = train_cohort(scenario, prepared, machine.global(), directive.proximal_mu as f32, &jobs, &mut trainers)?;
+            let results = train_cohort(
+                scenario,
+                prepared,
+                machine.global(),
+                directive.proximal_mu as f32,
+                &jobs,
+                &mut trainers,
+            )?;
             let server_control = directive.server_control.map(<[f32]>::to_vec);
             now += 1;
             for ((client, task), (mut params, report)) in work.iter().zip(results) {
@@ -389,33 +465,68 @@ pub fn run_prepared(
                         stage: task.stage,
                         num_samples: report.num_samples as u64,
                         update: &params,
-                        metrics: ReportMetrics { train_loss: report.mean_loss },
+                        metrics: ReportMetrics {
+                            train_loss: report.mean_loss,
+                        },
                     },
                 );
-                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
+                finished |= apply(
+                    acts,
+                    &mut trainers,
+                    &machine,
+                    &mut pending,
+                    &mut timers,
+                    attackers.as_ref(),
+                )?;
             }
             for ((client, _), _) in cohort.iter().zip(&drops).filter(|(_, d)| **d) {
                 let acts = machine.handle(now, Event::ClientLost { client: *client });
-                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
+                finished |= apply(
+                    acts,
+                    &mut trainers,
+                    &machine,
+                    &mut pending,
+                    &mut timers,
+                    attackers.as_ref(),
+                )?;
             }
             // Everyone in the cohort, dropped or not, is available again for later rounds.
             for (client, _) in &cohort {
                 let acts = machine.handle(now, Event::CheckIn { client: *client });
-                finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
+                finished |= apply(
+                    acts,
+                    &mut trainers,
+                    &machine,
+                    &mut pending,
+                    &mut timers,
+                    attackers.as_ref(),
+                )?;
             }
         } else if let Some(((at, _), timer)) = timers.pop_first() {
             now = now.max(at);
             let acts = machine.handle(now, Event::TimerFired(timer));
-            finished |= apply(acts, &mut trainers, &machine, &mut pending, &mut timers, attackers.as_ref())?;
+            finished |= apply(
+                acts,
+                &mut trainers,
+                &machine,
+                &mut pending,
+                &mut timers,
+                attackers.as_ref(),
+            )?;
         } else {
-            return Err(SimError::JobFailed("simulation stalled: no work and no timer pending".into()));
+            return Err(SimError::JobFailed(
+                "simulation stalled: no work and no timer pending".into(),
+            ));
         }
     }
 
     let final_params = machine.global().to_vec();
     Ok(SimOutcome {
         final_backdoor_success: last_backdoor,
-        attackers: attackers.as_ref().map(|a| a.clients.iter().copied().collect()).unwrap_or_default(),
+        attackers: attackers
+            .as_ref()
+            .map(|a| a.clients.iter().copied().collect())
+            .unwrap_or_default(),
         model_sha256: params_sha256(&final_params),
         initial_accuracy: init_eval.accuracy,
         final_accuracy: last_eval.0,
@@ -433,7 +544,11 @@ pub fn run_prepared(
 }
 
 /// Loads, partitions and runs a scenario.
-pub fn run(scenario: &Scenario, data_dir: &Path, observe: &mut dyn FnMut(&SimEvent)) -> Result<SimOutcome, SimError> {
+pub fn run(
+    scenario: &Scenario,
+    data_dir: &Path,
+    observe: &mut dyn FnMut(&SimEvent),
+) -> Result<SimOutcome, SimError> {
     let prepared = prepare(scenario, data_dir)?;
     run_prepared(scenario, &prepared, observe)
 }
@@ -459,8 +574,12 @@ pub(crate) fn evaluate_commit(
             backdoor = Some(trainers[0].evaluate(&samples(t, &idx))?.accuracy);
         }
     }
-    let quarantined_attackers =
-        attackers.map(|a| info.quarantined.iter().filter(|q| a.is_attacker(q.client)).count());
+    let quarantined_attackers = attackers.map(|a| {
+        info.quarantined
+            .iter()
+            .filter(|q| a.is_attacker(q.client))
+            .count()
+    });
     Ok(RoundRecord {
         round: info.round,
         attempt: info.attempt,
@@ -514,7 +633,10 @@ pub(crate) fn train_cohort(
             seed: job.seed,
             max_grad_norm: scenario.train.max_grad_norm,
         };
-        let objective = LocalObjective { proximal_mu, gradient_correction: job.correction.as_deref() };
+        let objective = LocalObjective {
+            proximal_mu,
+            gradient_correction: job.correction.as_deref(),
+        };
         let report = trainer.fit_with(&samples(job.data, idx), &cfg, &objective)?;
         Ok::<_, SimError>((trainer.parameters(), report))
     };

@@ -11,13 +11,18 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use flotilla_core::params_sha256;
-use flotilla_core::round::{Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer};
+use flotilla_core::round::{
+    Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer,
+};
 use flotilla_core::strategy::FedBuffSpec;
 use flotilla_ml::FitReport;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::engine::{evaluate_commit, round_policy, samples, setup, train_cohort, ClientJob, Prepared, Setup, SimEvent, SimOutcome};
+use crate::engine::{
+    ClientJob, Prepared, Setup, SimEvent, SimOutcome, evaluate_commit, round_policy, samples,
+    setup, train_cohort,
+};
 use crate::error::SimError;
 use crate::scenario::Scenario;
 
@@ -38,10 +43,21 @@ pub fn run_prepared(
     let started = Instant::now();
     let train = &prepared.data.train;
     let test = &prepared.data.test;
-    let Setup { mut trainers, layout, initial, test_idx, init_eval } = setup(scenario, prepared, fb.concurrency, observe)?;
+    let Setup {
+        mut trainers,
+        layout,
+        initial,
+        test_idx,
+        init_eval,
+    } = setup(scenario, prepared, fb.concurrency, observe)?;
     let test_view = samples(test, &test_idx);
-    let mut machine =
-        RoundMachine::with_strategy(round_policy(scenario), layout.clone(), initial, scenario.seed, scenario.strategy.clone())?;
+    let mut machine = RoundMachine::with_strategy(
+        round_policy(scenario),
+        layout.clone(),
+        initial,
+        scenario.seed,
+        scenario.strategy.clone(),
+    )?;
 
     let mut dropout_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
     let (lo, hi) = scenario.round.train_ticks;
@@ -62,7 +78,9 @@ pub fn run_prepared(
     let mut finished = false;
     while !finished {
         let Some(((at, _), due)) = queue.pop_first() else {
-            return Err(SimError::JobFailed("simulation stalled: no work and no timer pending".into()));
+            return Err(SimError::JobFailed(
+                "simulation stalled: no work and no timer pending".into(),
+            ));
         };
         now = now.max(at);
         let actions = match due {
@@ -79,7 +97,9 @@ pub fn run_prepared(
                             stage: task.stage,
                             num_samples: report.num_samples as u64,
                             update: params,
-                            metrics: ReportMetrics { train_loss: report.mean_loss },
+                            metrics: ReportMetrics {
+                                train_loss: report.mean_loss,
+                            },
                         },
                     ),
                     None => machine.handle(now, Event::ClientLost { client }),
@@ -94,9 +114,19 @@ pub fn run_prepared(
             match a {
                 Action::Configure { client, task } => configured.push((client, task)),
                 Action::SetTimer { timer, at_ms } => push(&mut queue, at_ms, Due::Timer(timer)),
-                Action::RetryAfter { client, after_ms } => push(&mut queue, now + after_ms, Due::CheckIn(client)),
+                Action::RetryAfter { client, after_ms } => {
+                    push(&mut queue, now + after_ms, Due::CheckIn(client))
+                }
                 Action::Commit(info) => {
-                    let record = evaluate_commit(scenario, &info, &machine, &mut trainers, &test_view, None, started)?;
+                    let record = evaluate_commit(
+                        scenario,
+                        &info,
+                        &machine,
+                        &mut trainers,
+                        &test_view,
+                        None,
+                        started,
+                    )?;
                     if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
                         last_eval = (a, l);
                     }
@@ -105,28 +135,54 @@ pub fn run_prepared(
                 }
                 Action::JobFinished => finished = true,
                 Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
-                Action::Reject { reason: RejectReason::TooStale { .. }, .. } => stale_reports += 1,
-                Action::Reject { reason: RejectReason::NoTask | RejectReason::NotAccepting(_), .. } => late_reports += 1,
+                Action::Reject {
+                    reason: RejectReason::TooStale { .. },
+                    ..
+                } => stale_reports += 1,
+                Action::Reject {
+                    reason: RejectReason::NoTask | RejectReason::NotAccepting(_),
+                    ..
+                } => late_reports += 1,
                 Action::Reject { client, reason } => {
-                    return Err(SimError::JobFailed(format!("simulated {client} was refused: {reason}")));
+                    return Err(SimError::JobFailed(format!(
+                        "simulated {client} was refused: {reason}"
+                    )));
                 }
                 Action::Accepted { .. } | Action::RoundAbandoned { .. } => {}
                 Action::StageClosed { .. } | Action::Finalize { .. } => {
-                    return Err(SimError::JobFailed("secure-aggregation action in a fedbuff job".into()));
+                    return Err(SimError::JobFailed(
+                        "secure-aggregation action in a fedbuff job".into(),
+                    ));
                 }
             }
         }
         if finished || configured.is_empty() {
             continue;
         }
-        let drops: Vec<bool> = configured.iter().map(|_| dropout_rng.random_bool(scenario.round.dropout)).collect();
+        let drops: Vec<bool> = configured
+            .iter()
+            .map(|_| dropout_rng.random_bool(scenario.round.dropout))
+            .collect();
         let jobs: Vec<ClientJob<'_>> = configured
             .iter()
             .zip(&drops)
             .filter(|(_, d)| !**d)
-            .map(|((client, task), _)| ClientJob { client: *client, seed: task.seed, data: train, correction: None })
+            .map(|((client, task), _)| ClientJob {
+                client: *client,
+                seed: task.seed,
+                data: train,
+                correction: None,
+            })
             .collect();
-        let mut results = train_cohort(scenario, prepared, machine.global(), 0.0, &jobs, &mut trainers)?.into_iter();
+        let mut results = train_cohort(
+            scenario,
+            prepared,
+            machine.global(),
+            0.0,
+            &jobs,
+            &mut trainers,
+        )?
+        .into_iter();
         for ((client, task), dropped) in configured.into_iter().zip(drops) {
             let ticks = ChaCha8Rng::seed_from_u64(task.seed ^ 0x7_1C45).random_range(lo..=hi);
             let result = if dropped { None } else { results.next() };

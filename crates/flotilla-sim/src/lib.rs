@@ -6,11 +6,13 @@
 pub mod attack;
 pub mod engine;
 pub mod error;
-pub mod privacy;
 pub mod fedbuff;
+pub mod privacy;
 pub mod scenario;
 pub mod secagg;
 
-pub use engine::{prepare, round_policy, run, run_prepared, Prepared, RoundRecord, SimEvent, SimOutcome};
+pub use engine::{
+    Prepared, RoundRecord, SimEvent, SimOutcome, prepare, round_policy, run, run_prepared,
+};
 pub use error::{ScenarioError, SimError};
 pub use scenario::Scenario;

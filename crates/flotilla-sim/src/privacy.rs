@@ -28,8 +28,13 @@ pub(crate) fn configure(
     strategy: StrategySpec,
     policy: &RoundPolicy,
 ) -> Result<(StrategySpec, Option<PrivacySpec>), ScenarioError> {
-    let invalid = |field: &str, message: String| ScenarioError::Invalid { field: field.to_string(), message };
-    let Some(cfg) = cfg else { return Ok((strategy, None)) };
+    let invalid = |field: &str, message: String| ScenarioError::Invalid {
+        field: field.to_string(),
+        message,
+    };
+    let Some(cfg) = cfg else {
+        return Ok((strategy, None));
+    };
     if cfg.population.is_some() {
         return Err(invalid(
             "privacy.population",
@@ -38,9 +43,12 @@ pub(crate) fn configure(
     }
     let spec = PrivacySpec::from_config(cfg, policy.clients_per_round, policy.min_reports())
         .map_err(|e| invalid(e.field, e.message))?;
-    let strategy = strategy.with_privacy(spec.dp).map_err(|e| invalid(e.field, e.message))?;
+    let strategy = strategy
+        .with_privacy(spec.dp)
+        .map_err(|e| invalid(e.field, e.message))?;
     // The accountant must accept the scenario's numbers too (q ≤ 1 always holds here).
-    Budget::new(spec.max_epsilon.unwrap_or(f64::MAX), spec.delta).map_err(|e| invalid("privacy", e.to_string()))?;
+    Budget::new(spec.max_epsilon.unwrap_or(f64::MAX), spec.delta)
+        .map_err(|e| invalid("privacy", e.to_string()))?;
     Ok((strategy, Some(spec)))
 }
 
@@ -100,18 +108,35 @@ pub struct PrivacySummary {
 
 impl SimPrivacy {
     /// Accounting for a run of `scenario_clients` clients under `policy`.
-    pub fn new(spec: PrivacySpec, policy: &RoundPolicy, scenario_clients: usize) -> Result<Self, SimError> {
+    pub fn new(
+        spec: PrivacySpec,
+        policy: &RoundPolicy,
+        scenario_clients: usize,
+    ) -> Result<Self, SimError> {
         let q = (policy.selection_size() as f64 / scenario_clients.max(1) as f64).min(1.0);
         // No budget: account without a limit.
-        let budget = Budget::new(spec.max_epsilon.unwrap_or(f64::MAX), spec.delta).map_err(privacy_error)?;
-        Ok(Self { job: JobPrivacy::new("simulation", budget), spec, q, stopped_reason: None, clamped: 0 })
+        let budget =
+            Budget::new(spec.max_epsilon.unwrap_or(f64::MAX), spec.delta).map_err(privacy_error)?;
+        Ok(Self {
+            job: JobPrivacy::new("simulation", budget),
+            spec,
+            q,
+            stopped_reason: None,
+            clamped: 0,
+        })
     }
 
     /// The scenario's accounting, started: `None` without `[privacy]`; otherwise the accountant and
     /// whether the budget already refuses the first round (then nothing is trained).
     pub fn start(scenario: &crate::scenario::Scenario) -> Result<(Option<Self>, bool), SimError> {
-        let Some(spec) = scenario.privacy else { return Ok((None, false)) };
-        let mut p = Self::new(spec, &crate::engine::round_policy(scenario), scenario.clients)?;
+        let Some(spec) = scenario.privacy else {
+            return Ok((None, false));
+        };
+        let mut p = Self::new(
+            spec,
+            &crate::engine::round_policy(scenario),
+            scenario.clients,
+        )?;
         let refused_first = !p.admit_next_round()?;
         Ok((Some(p), refused_first))
     }
@@ -119,7 +144,12 @@ impl SimPrivacy {
     /// After round `round` of `rounds` committed: records it and, unless it was the last, checks the
     /// next round against the budget. Returns the round's record and whether the run must stop here
     /// (the explanation is then in the results).
-    pub fn on_commit(&mut self, info: Option<&DpRoundInfo>, round: u64, rounds: u64) -> Result<(RoundPrivacy, bool), SimError> {
+    pub fn on_commit(
+        &mut self,
+        info: Option<&DpRoundInfo>,
+        round: u64,
+        rounds: u64,
+    ) -> Result<(RoundPrivacy, bool), SimError> {
         let record = self.record(info)?;
         let stop = round < rounds && !self.admit_next_round()?;
         Ok((record, stop))
@@ -139,10 +169,14 @@ impl SimPrivacy {
 
     /// Records a committed round.
     pub fn record(&mut self, info: Option<&DpRoundInfo>) -> Result<RoundPrivacy, SimError> {
-        let check = self.job.record_round(self.q, self.spec.dp.noise_multiplier).map_err(privacy_error)?;
-        let round_epsilon = flotilla_privacy::epsilon(self.q, self.spec.dp.noise_multiplier, 1, self.spec.delta)
-            .map_err(privacy_error)?
-            .epsilon;
+        let check = self
+            .job
+            .record_round(self.q, self.spec.dp.noise_multiplier)
+            .map_err(privacy_error)?;
+        let round_epsilon =
+            flotilla_privacy::epsilon(self.q, self.spec.dp.noise_multiplier, 1, self.spec.delta)
+                .map_err(privacy_error)?
+                .epsilon;
         let info = info.copied().unwrap_or(DpRoundInfo {
             clip_norm: self.spec.dp.initial_clip_norm(),
             noise_std: 0.0,
@@ -156,7 +190,11 @@ impl SimPrivacy {
             round_epsilon,
             dp_clip_norm: info.clip_norm,
             dp_noise_std: info.noise_std,
-            dp_unclipped_fraction: if info.reports == 0 { 0.0 } else { info.unclipped as f64 / info.reports as f64 },
+            dp_unclipped_fraction: if info.reports == 0 {
+                0.0
+            } else {
+                info.unclipped as f64 / info.reports as f64
+            },
         })
     }
 

@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
 use flotilla_core::limits;
 use flotilla_core::round::RoundPolicy;
-use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::{DatasetName, PartitionSpec};
 use flotilla_ml::ModelKind;
@@ -255,7 +255,10 @@ const MAX_ALPHA: f64 = 1e6;
 const MAX_THREADS: u64 = 1024;
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> ScenarioError {
-    ScenarioError::Invalid { field: field.to_string(), message: message.to_string() }
+    ScenarioError::Invalid {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// A count that must be ≥ `min`.
@@ -281,12 +284,20 @@ fn seed(field: &str, v: Option<i64>, default: u64) -> Result<u64, ScenarioError>
     }
 }
 
-fn fraction(field: &str, v: f64, lo_inclusive: bool, hi_inclusive: bool) -> Result<f64, ScenarioError> {
+fn fraction(
+    field: &str,
+    v: f64,
+    lo_inclusive: bool,
+    hi_inclusive: bool,
+) -> Result<f64, ScenarioError> {
     let ok = v.is_finite()
         && (if lo_inclusive { v >= 0.0 } else { v > 0.0 })
         && (if hi_inclusive { v <= 1.0 } else { v < 1.0 });
     if !ok {
-        let (l, h) = (if lo_inclusive { '[' } else { '(' }, if hi_inclusive { ']' } else { ')' });
+        let (l, h) = (
+            if lo_inclusive { '[' } else { '(' },
+            if hi_inclusive { ']' } else { ')' },
+        );
         return Err(invalid(field, format!("must be in {l}0, 1{h}, got {v}")));
     }
     Ok(v)
@@ -295,12 +306,15 @@ fn fraction(field: &str, v: f64, lo_inclusive: bool, hi_inclusive: bool) -> Resu
 impl Scenario {
     /// Reads and validates a scenario file, with command-line overrides applied.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ScenarioError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         Self::parse(&text, overrides).map_err(|e| match e {
-            ScenarioError::Syntax { path: None, error } => {
-                ScenarioError::Syntax { path: Some(path.display().to_string()), error }
-            }
+            ScenarioError::Syntax { path: None, error } => ScenarioError::Syntax {
+                path: Some(path.display().to_string()),
+                error,
+            },
             other => other,
         })
     }
@@ -310,7 +324,8 @@ impl Scenario {
         let mut raw: RawScenario = flotilla_core::config_toml::from_str(text)
             .map_err(|error| ScenarioError::Syntax { path: None, error })?;
         if let Some(r) = overrides.rounds {
-            raw.rounds = i64::try_from(r).map_err(|_| invalid("rounds", format!("{r} is too large")))?;
+            raw.rounds =
+                i64::try_from(r).map_err(|_| invalid("rounds", format!("{r} is too large")))?;
         }
         let partition_seed_explicit = raw.partition.seed.is_some();
         let mut scenario = Self::from_raw(raw)?;
@@ -327,19 +342,35 @@ impl Scenario {
         let master_seed = seed("seed", r.seed, 0)?;
         let rounds = bounded("rounds", r.rounds, 1, limits::MAX_ROUNDS)? as u64;
         let clients = bounded("clients", r.clients, 1, limits::MAX_CLIENTS as u64)?;
-        let clients_per_round = bounded("clients_per_round", r.clients_per_round, 1, limits::MAX_CLIENTS_PER_ROUND as u64)?;
+        let clients_per_round = bounded(
+            "clients_per_round",
+            r.clients_per_round,
+            1,
+            limits::MAX_CLIENTS_PER_ROUND as u64,
+        )?;
         if clients_per_round > clients {
             return Err(invalid(
                 "clients_per_round",
                 format!("must be ≤ clients ({clients}), got {clients_per_round}"),
             ));
         }
-        let eval_every = bounded("eval_every", r.eval_every.unwrap_or(1), 1, limits::MAX_ROUNDS)? as u64;
+        let eval_every = bounded(
+            "eval_every",
+            r.eval_every.unwrap_or(1),
+            1,
+            limits::MAX_ROUNDS,
+        )? as u64;
 
-        let dataset = DatasetName::from_str(&r.data.dataset).map_err(|e| invalid("data.dataset", e))?;
+        let dataset =
+            DatasetName::from_str(&r.data.dataset).map_err(|e| invalid("data.dataset", e))?;
         let data = DataSettings {
             dataset,
-            test_fraction: fraction("data.test_fraction", r.data.test_fraction.unwrap_or(0.2), false, false)?,
+            test_fraction: fraction(
+                "data.test_fraction",
+                r.data.test_fraction.unwrap_or(0.2),
+                false,
+                false,
+            )?,
             split_seed: seed("data.split_seed", r.data.split_seed, 42)?,
         };
 
@@ -347,15 +378,27 @@ impl Scenario {
         let alpha = |default: f64| -> Result<f64, ScenarioError> {
             let a = p.alpha.unwrap_or(default);
             if !(a.is_finite() && a > 0.0) {
-                return Err(invalid("partition.alpha", format!("must be a finite number > 0, got {a}")));
+                return Err(invalid(
+                    "partition.alpha",
+                    format!("must be a finite number > 0, got {a}"),
+                ));
             }
             if a > MAX_ALPHA {
-                return Err(invalid("partition.alpha", format!("must be ≤ {MAX_ALPHA:e} (larger is iid), got {a:e}")));
+                return Err(invalid(
+                    "partition.alpha",
+                    format!("must be ≤ {MAX_ALPHA:e} (larger is iid), got {a:e}"),
+                ));
             }
             Ok(a)
         };
-        let min_samples =
-            |default: i64| bounded("partition.min_samples", p.min_samples.unwrap_or(default), 1, limits::MAX_SAMPLES);
+        let min_samples = |default: i64| {
+            bounded(
+                "partition.min_samples",
+                p.min_samples.unwrap_or(default),
+                1,
+                limits::MAX_SAMPLES,
+            )
+        };
         let only = |allowed: &[&str]| -> Result<(), ScenarioError> {
             let given = [
                 ("alpha", p.alpha.is_some()),
@@ -379,39 +422,69 @@ impl Scenario {
             }
             "dirichlet" => {
                 only(&["alpha", "min_samples"])?;
-                PartitionSpec::Dirichlet { alpha: alpha(0.5)?, min_samples: min_samples(1)? }
+                PartitionSpec::Dirichlet {
+                    alpha: alpha(0.5)?,
+                    min_samples: min_samples(1)?,
+                }
             }
             "shards" => {
                 only(&["classes_per_client"])?;
                 PartitionSpec::Shards {
-                    classes_per_client: bounded("partition.classes_per_client", p.classes_per_client.unwrap_or(2), 1, limits::MAX_CLASSES)?,
+                    classes_per_client: bounded(
+                        "partition.classes_per_client",
+                        p.classes_per_client.unwrap_or(2),
+                        1,
+                        limits::MAX_CLASSES,
+                    )?,
                 }
             }
             "natural" => {
                 only(&["min_samples"])?;
-                PartitionSpec::Natural { min_samples: min_samples(1)? }
+                PartitionSpec::Natural {
+                    min_samples: min_samples(1)?,
+                }
             }
             "quantity_skew" => {
                 only(&["alpha", "min_samples"])?;
-                PartitionSpec::QuantitySkew { alpha: alpha(1.0)?, min_samples: min_samples(1)? }
+                PartitionSpec::QuantitySkew {
+                    alpha: alpha(1.0)?,
+                    min_samples: min_samples(1)?,
+                }
             }
             other => {
                 return Err(invalid(
                     "partition.kind",
-                    format!("unknown partitioner `{other}`; expected one of iid, dirichlet, shards, natural, quantity_skew"),
+                    format!(
+                        "unknown partitioner `{other}`; expected one of iid, dirichlet, shards, natural, quantity_skew"
+                    ),
                 ));
             }
         };
-        let partition = PartitionSettings { spec, seed: seed("partition.seed", p.seed, master_seed)? };
+        let partition = PartitionSettings {
+            spec,
+            seed: seed("partition.seed", p.seed, master_seed)?,
+        };
 
         let m = &r.model;
         let kind = match m.kind.as_str() {
             "logreg" => ModelKind::LogReg,
-            "mlp" => ModelKind::Mlp { hidden: bounded("model.hidden", m.hidden.unwrap_or(64), 1, limits::MAX_HIDDEN)? },
+            "mlp" => ModelKind::Mlp {
+                hidden: bounded(
+                    "model.hidden",
+                    m.hidden.unwrap_or(64),
+                    1,
+                    limits::MAX_HIDDEN,
+                )?,
+            },
             "cnn" => ModelKind::Cnn,
             "char_mlp" => ModelKind::CharMlp {
                 embed: bounded("model.embed", m.embed.unwrap_or(8), 1, limits::MAX_EMBED)?,
-                hidden: bounded("model.hidden", m.hidden.unwrap_or(256), 1, limits::MAX_HIDDEN)?,
+                hidden: bounded(
+                    "model.hidden",
+                    m.hidden.unwrap_or(256),
+                    1,
+                    limits::MAX_HIDDEN,
+                )?,
             },
             other => {
                 return Err(invalid(
@@ -420,60 +493,106 @@ impl Scenario {
                 ));
             }
         };
-        if m.hidden.is_some() && !matches!(kind, ModelKind::Mlp { .. } | ModelKind::CharMlp { .. }) {
-            return Err(invalid("model.hidden", format!("does not apply to model `{}`", m.kind)));
+        if m.hidden.is_some() && !matches!(kind, ModelKind::Mlp { .. } | ModelKind::CharMlp { .. })
+        {
+            return Err(invalid(
+                "model.hidden",
+                format!("does not apply to model `{}`", m.kind),
+            ));
         }
         if m.embed.is_some() && !matches!(kind, ModelKind::CharMlp { .. }) {
-            return Err(invalid("model.embed", format!("does not apply to model `{}`", m.kind)));
+            return Err(invalid(
+                "model.embed",
+                format!("does not apply to model `{}`", m.kind),
+            ));
         }
-        let size_key = if matches!(kind, ModelKind::LogReg | ModelKind::Cnn) { "model.kind" } else { "model.hidden" };
+        let size_key = if matches!(kind, ModelKind::LogReg | ModelKind::Cnn) {
+            "model.kind"
+        } else {
+            "model.hidden"
+        };
         let shape = dataset.sample_shape();
-        let model_spec = flotilla_ml::ModelSpec { kind, input_shape: shape.0, num_classes: shape.1 };
-        limits::model_params(size_key, model_spec.param_count()).map_err(|e| invalid(e.field, e.message))?;
+        let model_spec = flotilla_ml::ModelSpec {
+            kind,
+            input_shape: shape.0,
+            num_classes: shape.1,
+        };
+        limits::model_params(size_key, model_spec.param_count())
+            .map_err(|e| invalid(e.field, e.message))?;
 
         let t = &r.train;
         let lr = t.learning_rate;
-        limits::positive("train.learning_rate", lr, limits::MAX_LEARNING_RATE).map_err(|e| invalid(e.field, e.message))?;
+        limits::positive("train.learning_rate", lr, limits::MAX_LEARNING_RATE)
+            .map_err(|e| invalid(e.field, e.message))?;
         let train = TrainSettings {
-            local_epochs: bounded("train.local_epochs", t.local_epochs, 1, limits::MAX_LOCAL_EPOCHS)? as u32,
+            local_epochs: bounded(
+                "train.local_epochs",
+                t.local_epochs,
+                1,
+                limits::MAX_LOCAL_EPOCHS,
+            )? as u32,
             batch_size: bounded("train.batch_size", t.batch_size, 1, limits::MAX_BATCH_SIZE)?,
             learning_rate: lr as f32,
             max_grad_norm: match t.max_grad_norm {
                 None => None,
                 Some(m) if m.is_finite() && m > 0.0 && m <= limits::MAX_NORM => Some(m as f32),
-                Some(m) => return Err(invalid("train.max_grad_norm", format!("must be in (0, 1e6], got {m}"))),
+                Some(m) => {
+                    return Err(invalid(
+                        "train.max_grad_norm",
+                        format!("must be in (0, 1e6], got {m}"),
+                    ));
+                }
             },
         };
 
         let rr = r.round.unwrap_or_default();
         let over_selection = rr.over_selection.unwrap_or(1.0);
         if !(over_selection.is_finite() && (1.0..=10.0).contains(&over_selection)) {
-            return Err(invalid("round.over_selection", format!("must be in [1, 10], got {over_selection}")));
+            return Err(invalid(
+                "round.over_selection",
+                format!("must be in [1, 10], got {over_selection}"),
+            ));
         }
         let round = RoundSettings {
             over_selection,
-            min_report_fraction: fraction("round.min_report_fraction", rr.min_report_fraction.unwrap_or(0.5), false, true)?,
+            min_report_fraction: fraction(
+                "round.min_report_fraction",
+                rr.min_report_fraction.unwrap_or(0.5),
+                false,
+                true,
+            )?,
             dropout: fraction("round.dropout", rr.dropout.unwrap_or(0.0), true, false)?,
             train_ticks: {
-                let lo = count("round.train_ticks_min", rr.train_ticks_min.unwrap_or(10), 1)? as u64;
-                let hi = count("round.train_ticks_max", rr.train_ticks_max.unwrap_or(100), 1)? as u64;
+                let lo =
+                    count("round.train_ticks_min", rr.train_ticks_min.unwrap_or(10), 1)? as u64;
+                let hi = count(
+                    "round.train_ticks_max",
+                    rr.train_ticks_max.unwrap_or(100),
+                    1,
+                )? as u64;
                 // A tick is a virtual second and the stage deadline is the longest training time.
                 let max_ticks = limits::MAX_DEADLINE_MS / 1000;
                 if hi < lo || hi > max_ticks {
                     return Err(invalid(
                         "round.train_ticks_max",
-                        format!("must be in round.train_ticks_min ({lo})..={max_ticks} (7 days of ticks), got {hi}"),
+                        format!(
+                            "must be in round.train_ticks_min ({lo})..={max_ticks} (7 days of ticks), got {hi}"
+                        ),
                     ));
                 }
                 (lo, hi)
             },
         };
         // The smallest round that can commit, by the machine's own rule (Krum's f is checked against it).
-        let min_reports = RoundPolicy { min_report_fraction: round.min_report_fraction, ..RoundPolicy::new(rounds, clients_per_round) }
-            .min_reports();
+        let min_reports = RoundPolicy {
+            min_report_fraction: round.min_report_fraction,
+            ..RoundPolicy::new(rounds, clients_per_round)
+        }
+        .min_reports();
         let strategy = match &r.strategy {
             None => StrategySpec::fedavg(),
-            Some(c) => StrategySpec::from_config(c, min_reports).map_err(|e| invalid(e.field, e.message))?,
+            Some(c) => StrategySpec::from_config(c, min_reports)
+                .map_err(|e| invalid(e.field, e.message))?,
         };
         let policy = RoundPolicy {
             over_selection: round.over_selection,
@@ -486,14 +605,29 @@ impl Scenario {
             Some(a) => Some(parse_attack(a, dataset)?),
         };
         if strategy.fedbuff.is_some() && attack.is_some() {
-            return Err(invalid("attack", "attacks are not simulated with the fedbuff strategy"));
+            return Err(invalid(
+                "attack",
+                "attacks are not simulated with the fedbuff strategy",
+            ));
         }
         let secagg = match &r.secagg {
             None => None,
-            Some(raw) => Some(crate::secagg::SecAggSettings::from_raw(raw, clients_per_round, &strategy, attack.is_some())?),
+            Some(raw) => Some(crate::secagg::SecAggSettings::from_raw(
+                raw,
+                clients_per_round,
+                &strategy,
+                attack.is_some(),
+            )?),
         };
         let sim = r.simulation.unwrap_or_default();
-        let simulation = SimulationSettings { threads: bounded("simulation.threads", sim.threads.unwrap_or(0), 0, MAX_THREADS)? };
+        let simulation = SimulationSettings {
+            threads: bounded(
+                "simulation.threads",
+                sim.threads.unwrap_or(0),
+                0,
+                MAX_THREADS,
+            )?,
+        };
 
         Ok(Scenario {
             name: r.name.unwrap_or_else(|| dataset.to_string()),
@@ -526,7 +660,9 @@ fn parse_attack(a: &RawAttack, dataset: DatasetName) -> Result<AttackSettings, S
         other => {
             return Err(invalid(
                 "attack.kind",
-                format!("unknown attack `{other}`; expected one of sign_flip, scaling, gaussian, label_flip, backdoor"),
+                format!(
+                    "unknown attack `{other}`; expected one of sign_flip, scaling, gaussian, label_flip, backdoor"
+                ),
             ));
         }
     };
@@ -537,7 +673,10 @@ fn parse_attack(a: &RawAttack, dataset: DatasetName) -> Result<AttackSettings, S
         ("poison_fraction", a.poison_fraction.is_some()),
     ] {
         if set && !takes.contains(&name) {
-            return Err(invalid(&format!("attack.{name}"), format!("does not apply to attack `{}`", a.kind)));
+            return Err(invalid(
+                &format!("attack.{name}"),
+                format!("does not apply to attack `{}`", a.kind),
+            ));
         }
     }
     let positive = |field: &str, v: f64| {
@@ -548,27 +687,47 @@ fn parse_attack(a: &RawAttack, dataset: DatasetName) -> Result<AttackSettings, S
         }
     };
     let kind = match a.kind.as_str() {
-        "sign_flip" => AttackKind::SignFlip { scale: positive("attack.scale", a.scale.unwrap_or(1.0))? },
-        "scaling" => AttackKind::Scaling { scale: positive("attack.scale", a.scale.unwrap_or(10.0))? },
-        "gaussian" => AttackKind::GaussianNoise { sigma: positive("attack.sigma", a.sigma.unwrap_or(1.0))? },
+        "sign_flip" => AttackKind::SignFlip {
+            scale: positive("attack.scale", a.scale.unwrap_or(1.0))?,
+        },
+        "scaling" => AttackKind::Scaling {
+            scale: positive("attack.scale", a.scale.unwrap_or(10.0))?,
+        },
+        "gaussian" => AttackKind::GaussianNoise {
+            sigma: positive("attack.sigma", a.sigma.unwrap_or(1.0))?,
+        },
         "label_flip" => AttackKind::LabelFlip,
         _ => {
             let (_, classes) = dataset.sample_shape();
             let t = a.target.unwrap_or(0);
             if t < 0 || t as usize >= classes {
-                return Err(invalid("attack.target", format!("must be a class in 0..{classes}, got {t}")));
+                return Err(invalid(
+                    "attack.target",
+                    format!("must be a class in 0..{classes}, got {t}"),
+                ));
             }
             let shape = dataset.sample_shape().0;
             if dataset == DatasetName::Shakespeare || !is_image(&shape) {
-                return Err(invalid("attack.kind", format!("backdoor needs an image dataset, `{dataset}` is not one")));
+                return Err(invalid(
+                    "attack.kind",
+                    format!("backdoor needs an image dataset, `{dataset}` is not one"),
+                ));
             }
             AttackKind::Backdoor {
                 target: t as u32,
-                poison_fraction: fraction("attack.poison_fraction", a.poison_fraction.unwrap_or(0.5), false, true)?,
+                poison_fraction: fraction(
+                    "attack.poison_fraction",
+                    a.poison_fraction.unwrap_or(0.5),
+                    false,
+                    true,
+                )?,
             }
         }
     };
-    Ok(AttackSettings { kind, fraction: attackers })
+    Ok(AttackSettings {
+        kind,
+        fraction: attackers,
+    })
 }
 
 /// Whether a sample shape is a square image (`[1, H, W]`, `[H, W]` or a square `[H·W]`) large enough
@@ -607,7 +766,9 @@ learning_rate = 0.1
 "#;
 
     fn err(text: &str) -> String {
-        Scenario::parse(text, &Overrides::default()).unwrap_err().to_string()
+        Scenario::parse(text, &Overrides::default())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -615,27 +776,80 @@ learning_rate = 0.1
         let s = Scenario::parse(MINIMAL, &Overrides::default()).unwrap();
         assert_eq!((s.seed, s.partition.seed, s.eval_every), (0, 0, 1));
         assert_eq!(s.round.min_report_fraction, 0.5);
-        let s = Scenario::parse(MINIMAL, &Overrides { rounds: Some(9), seed: Some(u64::MAX) }).unwrap();
-        assert_eq!((s.rounds, s.seed, s.partition.seed), (9, u64::MAX, u64::MAX));
+        let s = Scenario::parse(
+            MINIMAL,
+            &Overrides {
+                rounds: Some(9),
+                seed: Some(u64::MAX),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (s.rounds, s.seed, s.partition.seed),
+            (9, u64::MAX, u64::MAX)
+        );
         let pinned = MINIMAL.replace("kind = \"iid\"", "kind = \"iid\"\nseed = 3");
-        let s = Scenario::parse(&pinned, &Overrides { rounds: None, seed: Some(8) }).unwrap();
-        assert_eq!((s.seed, s.partition.seed), (8, 3), "an explicit partition seed is kept");
+        let s = Scenario::parse(
+            &pinned,
+            &Overrides {
+                rounds: None,
+                seed: Some(8),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (s.seed, s.partition.seed),
+            (8, 3),
+            "an explicit partition seed is kept"
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
         assert!(err(&MINIMAL.replace("[train]", "[train]\nmomentum = 0.9")).contains("momentum"));
-        assert!(err(&MINIMAL.replace("[train]", "[train]\nmax_grad_norm = 0.0")).starts_with("train.max_grad_norm"));
-        let clipped = Scenario::parse(&MINIMAL.replace("[train]", "[train]\nmax_grad_norm = 5.0"), &Overrides::default());
+        assert!(
+            err(&MINIMAL.replace("[train]", "[train]\nmax_grad_norm = 0.0"))
+                .starts_with("train.max_grad_norm")
+        );
+        let clipped = Scenario::parse(
+            &MINIMAL.replace("[train]", "[train]\nmax_grad_norm = 5.0"),
+            &Overrides::default(),
+        );
         assert_eq!(clipped.unwrap().train.max_grad_norm, Some(5.0));
-        assert!(err(&MINIMAL.replace("kind = \"iid\"", "kind = \"iid\"\nalpha = 1")).starts_with("partition.alpha"));
-        assert!(err(&MINIMAL.replace("kind = \"logreg\"", "kind = \"logreg\"\nhidden = 3")).starts_with("model.hidden"));
-        assert!(err(&MINIMAL.replace("seed", "x").replace("rounds = 5", "rounds = 5\nseed = -1")).starts_with("seed"));
-        assert!(err(&MINIMAL.replace("[train]", "[round]\ndropout = 1.0\n[train]")).starts_with("round.dropout"));
-        assert!(err(&MINIMAL.replace("[train]", "[round]\nover_selection = 0.5\n[train]")).starts_with("round.over_selection"));
-        assert!(err(&MINIMAL.replace("kind = \"iid\"", "kind = \"shards\"\nclasses_per_client = 0")).starts_with("partition.classes_per_client"));
+        assert!(
+            err(&MINIMAL.replace("kind = \"iid\"", "kind = \"iid\"\nalpha = 1"))
+                .starts_with("partition.alpha")
+        );
+        assert!(
+            err(&MINIMAL.replace("kind = \"logreg\"", "kind = \"logreg\"\nhidden = 3"))
+                .starts_with("model.hidden")
+        );
+        assert!(
+            err(&MINIMAL
+                .replace("seed", "x")
+                .replace("rounds = 5", "rounds = 5\nseed = -1"))
+            .starts_with("seed")
+        );
+        assert!(
+            err(&MINIMAL.replace("[train]", "[round]\ndropout = 1.0\n[train]"))
+                .starts_with("round.dropout")
+        );
+        assert!(
+            err(&MINIMAL.replace("[train]", "[round]\nover_selection = 0.5\n[train]"))
+                .starts_with("round.over_selection")
+        );
+        assert!(
+            err(&MINIMAL.replace(
+                "kind = \"iid\"",
+                "kind = \"shards\"\nclasses_per_client = 0"
+            ))
+            .starts_with("partition.classes_per_client")
+        );
         assert!(err(&MINIMAL.replace("rounds = 5\n", "")).contains("rounds"));
-        for e in [err("rounds = [1"), err(&MINIMAL.replace("[train]", "[train]\nx = 1"))] {
+        for e in [
+            err("rounds = [1"),
+            err(&MINIMAL.replace("[train]", "[train]\nx = 1")),
+        ] {
             assert_eq!(e.lines().count(), 1, "{e}");
         }
     }
@@ -643,7 +857,10 @@ learning_rate = 0.1
     #[test]
     fn a_typo_is_reported_at_its_own_line_with_the_nearest_key() {
         // Line 5, after the correct `clients_per_round` on line 4 (MINIMAL starts with a newline).
-        let e = err(&MINIMAL.replace("clients_per_round = 2\n", "clients_per_round = 2\nclients_per_rnd = 2\n"));
+        let e = err(&MINIMAL.replace(
+            "clients_per_round = 2\n",
+            "clients_per_round = 2\nclients_per_rnd = 2\n",
+        ));
         assert!(e.starts_with("line 5, column 1: unknown key `clients_per_rnd` at the top level; did you mean `clients_per_round`?"), "{e}");
         // Only one table takes `batch_size` (`learning_rate` is also in `[privacy.adaptive]`).
         let e = err(&MINIMAL.replace("rounds = 5\n", "rounds = 5\nbatch_size = 8\n"));

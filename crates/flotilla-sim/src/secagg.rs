@@ -37,15 +37,20 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use flotilla_core::round::{Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer};
-use flotilla_core::strategy::StrategySpec;
 use flotilla_core::params_sha256;
+use flotilla_core::round::{
+    Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer,
+};
+use flotilla_core::strategy::StrategySpec;
 use flotilla_secagg::{Client, ClientMessage, Params, Server, ServerMessage};
 use rand::{RngExt, SeedableRng};
-use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
+use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 use serde::Deserialize;
 
-use crate::engine::{evaluate_commit, round_policy, samples, setup, train_cohort, ClientJob, Prepared, Setup, SimEvent, SimOutcome};
+use crate::engine::{
+    ClientJob, Prepared, Setup, SimEvent, SimOutcome, evaluate_commit, round_policy, samples,
+    setup, train_cohort,
+};
 use crate::error::{ScenarioError, SimError};
 use crate::privacy::SimPrivacy;
 use crate::scenario::Scenario;
@@ -83,13 +88,22 @@ impl SecAggSettings {
         strategy: &StrategySpec,
         attack: bool,
     ) -> Result<Self, ScenarioError> {
-        let invalid = |field: &str, message: String| ScenarioError::Invalid { field: field.into(), message };
+        let invalid = |field: &str, message: String| ScenarioError::Invalid {
+            field: field.into(),
+            message,
+        };
         let positive = |field: &str, v: Option<i64>| -> Result<Option<usize>, ScenarioError> {
-            v.map(|v| usize::try_from(v).map_err(|_| invalid(field, format!("must be ≥ 0, got {v}")))).transpose()
+            v.map(|v| {
+                usize::try_from(v).map_err(|_| invalid(field, format!("must be ≥ 0, got {v}")))
+            })
+            .transpose()
         };
         let u = raw.unmasking_dropout.unwrap_or(0.0);
         if !(u.is_finite() && (0.0..1.0).contains(&u)) {
-            return Err(invalid("secagg.unmasking_dropout", format!("must be in [0, 1), got {u}")));
+            return Err(invalid(
+                "secagg.unmasking_dropout",
+                format!("must be in [0, 1), got {u}"),
+            ));
         }
         let settings = Self {
             clip_range: raw.clip_range,
@@ -99,13 +113,19 @@ impl SecAggSettings {
         };
         // The vector length is only known once the model is built; 1 checks everything else.
         settings.params(clients_per_round, 1)?;
-        strategy.check_secure_aggregation().map_err(|e| invalid(e.field, e.message))?;
+        strategy
+            .check_secure_aggregation()
+            .map_err(|e| invalid(e.field, e.message))?;
         if let Some(dp) = &strategy.dp {
             // Distributed DP: the clip range must hold a clipped coordinate plus the noise tails.
-            dp.check_secure_aggregation(raw.clip_range).map_err(|e| invalid(e.field, e.message))?;
+            dp.check_secure_aggregation(raw.clip_range)
+                .map_err(|e| invalid(e.field, e.message))?;
         }
         if attack {
-            return Err(invalid("attack", "attacks are not simulated with [secagg]".into()));
+            return Err(invalid(
+                "attack",
+                "attacks are not simulated with [secagg]".into(),
+            ));
         }
         Ok(settings)
     }
@@ -113,9 +133,22 @@ impl SecAggSettings {
     /// The secagg parameters for rosters of up to `clients_per_round` clients and vectors of
     /// `vector_len`: `neighbours`/`threshold` as given, else [`Params::recommended`]'s (with only
     /// `neighbours` given, `t = k/2 + 1`). Errors name the scenario key.
-    pub fn params(&self, clients_per_round: usize, vector_len: usize) -> Result<Params, ScenarioError> {
-        Params::configured(clients_per_round, vector_len, self.clip_range, self.neighbours, self.threshold)
-            .map_err(|e| ScenarioError::Invalid { field: e.config_key().into(), message: format!("secure aggregation: {}", e.reason) })
+    pub fn params(
+        &self,
+        clients_per_round: usize,
+        vector_len: usize,
+    ) -> Result<Params, ScenarioError> {
+        Params::configured(
+            clients_per_round,
+            vector_len,
+            self.clip_range,
+            self.neighbours,
+            self.threshold,
+        )
+        .map_err(|e| ScenarioError::Invalid {
+            field: e.config_key().into(),
+            message: format!("secure aggregation: {}", e.reason),
+        })
     }
 }
 
@@ -133,14 +166,25 @@ struct Attempt {
 
 /// Something the driver must feed the machine after the current batch of actions.
 enum Followup {
-    Aggregated { round: u64, attempt: u32, sum: Vec<f64>, contributors: usize },
-    Failed { round: u64, attempt: u32, reason: String },
+    Aggregated {
+        round: u64,
+        attempt: u32,
+        sum: Vec<f64>,
+        contributors: usize,
+    },
+    Failed {
+        round: u64,
+        attempt: u32,
+        reason: String,
+    },
 }
 
 /// A client's 32-byte secret seed: derived from the scenario seed (the simulator is deterministic;
 /// a real client draws it from the operating system).
 fn client_seed(scenario_seed: u64, client: ClientId, round_id: u64) -> [u8; 32] {
-    let mut rng = ChaCha8Rng::seed_from_u64(scenario_seed ^ 0x5EC_C11E_u64 ^ client.0.rotate_left(29) ^ round_id.rotate_left(7));
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        scenario_seed ^ 0x5EC_C11E_u64 ^ client.0.rotate_left(29) ^ round_id.rotate_left(7),
+    );
     let mut seed = [0u8; 32];
     for chunk in seed.chunks_mut(8) {
         chunk.copy_from_slice(&rng.random::<u64>().to_le_bytes());
@@ -180,11 +224,22 @@ pub(crate) fn run_prepared(
     let started = Instant::now();
     let train = &prepared.data.train;
     let test = &prepared.data.test;
-    let Setup { mut trainers, layout, initial, test_idx, init_eval } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
+    let Setup {
+        mut trainers,
+        layout,
+        initial,
+        test_idx,
+        init_eval,
+    } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
     let test_view = samples(test, &test_idx);
     let params = sa.params(scenario.clients_per_round, layout.len())?;
-    let mut machine =
-        RoundMachine::with_strategy(round_policy(scenario), layout.clone(), initial, scenario.seed, scenario.strategy.clone())?;
+    let mut machine = RoundMachine::with_strategy(
+        round_policy(scenario),
+        layout.clone(),
+        initial,
+        scenario.seed,
+        scenario.strategy.clone(),
+    )?;
     // Distributed DP: clients clip and add their noise share before masking; the machine divides
     // the unmasked sum by the fixed denominator. Accounting and budget as in plain rounds.
     let dp_spec = scenario.strategy.dp;
@@ -219,7 +274,11 @@ pub(crate) fn run_prepared(
         for a in actions {
             match a {
                 Action::Configure { client, task } => {
-                    if task.stage == 0 && current.as_ref().is_none_or(|c| (c.round, c.attempt) != (task.round, task.attempt)) {
+                    if task.stage == 0
+                        && current
+                            .as_ref()
+                            .is_none_or(|c| (c.round, c.attempt) != (task.round, task.attempt))
+                    {
                         let rid = flotilla_secagg::round_id(task.round, task.attempt);
                         *current = Some(Attempt {
                             round: task.round,
@@ -231,7 +290,9 @@ pub(crate) fn run_prepared(
                         });
                     }
                     match current {
-                        Some(c) if (c.round, c.attempt) == (task.round, task.attempt) && !c.failed => {
+                        Some(c)
+                            if (c.round, c.attempt) == (task.round, task.attempt) && !c.failed =>
+                        {
                             pending.push((client, task))
                         }
                         _ => {}
@@ -241,34 +302,71 @@ pub(crate) fn run_prepared(
                     timer_seq += 1;
                     timers.insert((at_ms, timer_seq), timer);
                 }
-                Action::StageClosed { round, attempt, stage, survivors, .. } => {
-                    let Some(c) = current.as_mut().filter(|c| (c.round, c.attempt) == (round, attempt)) else {
-                        return Err(bug(format!("stage {stage} of round {round} attempt {attempt} closed without its server")));
+                Action::StageClosed {
+                    round,
+                    attempt,
+                    stage,
+                    survivors,
+                    ..
+                } => {
+                    let Some(c) = current
+                        .as_mut()
+                        .filter(|c| (c.round, c.attempt) == (round, attempt))
+                    else {
+                        return Err(bug(format!(
+                            "stage {stage} of round {round} attempt {attempt} closed without its server"
+                        )));
                     };
-                    let payloads: Result<BTreeMap<ClientId, Vec<u8>>, flotilla_secagg::RoundError> = match stage {
-                        0 => c.server.close_advertise().map(|r| {
-                            let bytes = ServerMessage::Roster(r).to_bytes();
-                            survivors.iter().map(|s| (*s, bytes.clone())).collect()
-                        }),
-                        1 => c.server.close_share_keys().map(|b| {
-                            b.into_iter().map(|(id, b)| (ClientId(id.0), ServerMessage::Shares(b).to_bytes())).collect()
-                        }),
-                        2 => c.server.close_masked_input().map(|r| {
-                            r.into_iter().map(|(id, r)| (ClientId(id.0), ServerMessage::UnmaskRequest(r).to_bytes())).collect()
-                        }),
-                        _ => return Err(bug(format!("unexpected StageClosed for stage {stage}"))),
-                    };
+                    let payloads: Result<BTreeMap<ClientId, Vec<u8>>, flotilla_secagg::RoundError> =
+                        match stage {
+                            0 => c.server.close_advertise().map(|r| {
+                                let bytes = ServerMessage::Roster(r).to_bytes();
+                                survivors.iter().map(|s| (*s, bytes.clone())).collect()
+                            }),
+                            1 => c.server.close_share_keys().map(|b| {
+                                b.into_iter()
+                                    .map(|(id, b)| {
+                                        (ClientId(id.0), ServerMessage::Shares(b).to_bytes())
+                                    })
+                                    .collect()
+                            }),
+                            2 => c.server.close_masked_input().map(|r| {
+                                r.into_iter()
+                                    .map(|(id, r)| {
+                                        (ClientId(id.0), ServerMessage::UnmaskRequest(r).to_bytes())
+                                    })
+                                    .collect()
+                            }),
+                            _ => {
+                                return Err(bug(format!(
+                                    "unexpected StageClosed for stage {stage}"
+                                )));
+                            }
+                        };
                     match payloads {
                         Ok(p) => c.payloads = p,
                         Err(e) => {
                             c.failed = true;
-                            followups.push_back(Followup::Failed { round, attempt, reason: e.to_string() });
+                            followups.push_back(Followup::Failed {
+                                round,
+                                attempt,
+                                reason: e.to_string(),
+                            });
                         }
                     }
                 }
-                Action::Finalize { round, attempt, contributors } => {
-                    let Some(c) = current.as_mut().filter(|c| (c.round, c.attempt) == (round, attempt)) else {
-                        return Err(bug(format!("round {round} attempt {attempt} finalized without its server")));
+                Action::Finalize {
+                    round,
+                    attempt,
+                    contributors,
+                } => {
+                    let Some(c) = current
+                        .as_mut()
+                        .filter(|c| (c.round, c.attempt) == (round, attempt))
+                    else {
+                        return Err(bug(format!(
+                            "round {round} attempt {attempt} finalized without its server"
+                        )));
                     };
                     match c.server.finish() {
                         Ok(agg) => {
@@ -282,17 +380,29 @@ pub(crate) fn run_prepared(
                                 });
                             } else {
                                 let n = agg.contributors.len();
-                                followups.push_back(Followup::Aggregated { round, attempt, sum: agg.sum, contributors: n });
+                                followups.push_back(Followup::Aggregated {
+                                    round,
+                                    attempt,
+                                    sum: agg.sum,
+                                    contributors: n,
+                                });
                             }
                         }
-                        Err(e) => followups.push_back(Followup::Failed { round, attempt, reason: e.to_string() }),
+                        Err(e) => followups.push_back(Followup::Failed {
+                            round,
+                            attempt,
+                            reason: e.to_string(),
+                        }),
                     }
                 }
                 Action::Commit(info) => {
-                    let mut record = evaluate_commit(scenario, &info, machine, trainers, &test_view, None, started)?;
+                    let mut record = evaluate_commit(
+                        scenario, &info, machine, trainers, &test_view, None, started,
+                    )?;
                     if let Some(p) = &mut privacy {
                         // The budget is checked before the next round starts.
-                        let (r, stop) = p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
+                        let (r, stop) =
+                            p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
                         record.privacy = Some(r);
                         *finished |= stop;
                     }
@@ -303,16 +413,29 @@ pub(crate) fn run_prepared(
                     history.push(record);
                     ended = true;
                 }
-                Action::RoundAbandoned { round, attempt, reports, needed, .. } => {
+                Action::RoundAbandoned {
+                    round,
+                    attempt,
+                    reports,
+                    needed,
+                    ..
+                } => {
                     abandoned += 1;
-                    observe(&SimEvent::RoundAbandoned { round, attempt, reports, needed });
+                    observe(&SimEvent::RoundAbandoned {
+                        round,
+                        attempt,
+                        reports,
+                        needed,
+                    });
                     ended = true;
                 }
                 Action::JobFinished => *finished = true,
                 Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
                 Action::RetryAfter { .. } | Action::Accepted { .. } => {}
                 Action::Reject { client, reason } => {
-                    return Err(bug(format!("simulated {client} was refused after a successful check: {reason}")));
+                    return Err(bug(format!(
+                        "simulated {client} was refused after a successful check: {reason}"
+                    )));
                 }
             }
         }
@@ -324,11 +447,34 @@ pub(crate) fn run_prepared(
     macro_rules! feed {
         ($event:expr) => {{
             let acts = machine.handle(now, $event);
-            let ended = apply(acts, &machine, &mut trainers, &mut current, &mut pending, &mut timers, &mut followups, &mut finished)?;
+            let ended = apply(
+                acts,
+                &machine,
+                &mut trainers,
+                &mut current,
+                &mut pending,
+                &mut timers,
+                &mut followups,
+                &mut finished,
+            )?;
             if ended && !finished {
                 for c in 0..scenario.clients as u64 {
-                    let acts = machine.handle(now, Event::CheckIn { client: ClientId(c) });
-                    apply(acts, &machine, &mut trainers, &mut current, &mut pending, &mut timers, &mut followups, &mut finished)?;
+                    let acts = machine.handle(
+                        now,
+                        Event::CheckIn {
+                            client: ClientId(c),
+                        },
+                    );
+                    apply(
+                        acts,
+                        &machine,
+                        &mut trainers,
+                        &mut current,
+                        &mut pending,
+                        &mut timers,
+                        &mut followups,
+                        &mut finished,
+                    )?;
                 }
             }
         }};
@@ -336,21 +482,43 @@ pub(crate) fn run_prepared(
 
     if !finished {
         for c in 0..scenario.clients as u64 {
-            feed!(Event::CheckIn { client: ClientId(c) });
+            feed!(Event::CheckIn {
+                client: ClientId(c)
+            });
         }
     }
     while !finished {
         if let Some(f) = followups.pop_front() {
             match f {
-                Followup::Aggregated { round, attempt, sum, contributors } => {
-                    feed!(Event::Aggregated { round, attempt, sum: &sum, contributors })
+                Followup::Aggregated {
+                    round,
+                    attempt,
+                    sum,
+                    contributors,
+                } => {
+                    feed!(Event::Aggregated {
+                        round,
+                        attempt,
+                        sum: &sum,
+                        contributors
+                    })
                 }
-                Followup::Failed { round, attempt, reason } => feed!(Event::AggregationFailed { round, attempt, reason }),
+                Followup::Failed {
+                    round,
+                    attempt,
+                    reason,
+                } => feed!(Event::AggregationFailed {
+                    round,
+                    attempt,
+                    reason
+                }),
             }
         } else if !pending.is_empty() {
             let cohort = std::mem::take(&mut pending);
             now += 1;
-            let Some(att) = current.as_mut() else { return Err(bug("tasks without a round attempt")) };
+            let Some(att) = current.as_mut() else {
+                return Err(bug("tasks without a round attempt"));
+            };
             let stage = cohort[0].1.stage;
             if cohort.iter().any(|(_, t)| t.stage != stage) {
                 return Err(bug("one batch of tasks spans two stages"));
@@ -360,22 +528,47 @@ pub(crate) fn run_prepared(
             let mut out: Vec<(ClientId, Task, ClientMessage, u64, f64)> = Vec::new();
             let mut lost: Vec<ClientId> = Vec::new();
             let payload = |att: &Attempt, id: ClientId| -> Result<ServerMessage, SimError> {
-                let bytes = att.payloads.get(&id).ok_or_else(|| bug(format!("no payload for {id} at stage {stage}")))?;
+                let bytes = att
+                    .payloads
+                    .get(&id)
+                    .ok_or_else(|| bug(format!("no payload for {id} at stage {stage}")))?;
                 ServerMessage::from_bytes(bytes, &params).map_err(bug)
             };
             match stage {
                 0 => {
                     for (id, task) in &cohort {
-                        let client = Client::new(params, flotilla_secagg::ClientId(id.0), rid, client_seed(scenario.seed, *id, rid));
-                        out.push((*id, task.clone(), ClientMessage::AdvertiseKeys(client.advertise()), 0, 0.0));
+                        let client = Client::new(
+                            params,
+                            flotilla_secagg::ClientId(id.0),
+                            rid,
+                            client_seed(scenario.seed, *id, rid),
+                        );
+                        out.push((
+                            *id,
+                            task.clone(),
+                            ClientMessage::AdvertiseKeys(client.advertise()),
+                            0,
+                            0.0,
+                        ));
                         att.clients.insert(*id, client);
                     }
                 }
                 1 => {
                     for (id, task) in &cohort {
-                        let ServerMessage::Roster(r) = payload(att, *id)? else { return Err(bug("expected a roster")) };
-                        let c = att.clients.get_mut(id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        out.push((*id, task.clone(), ClientMessage::ShareKeys(c.handle_roster(&r).map_err(bug)?), 0, 0.0));
+                        let ServerMessage::Roster(r) = payload(att, *id)? else {
+                            return Err(bug("expected a roster"));
+                        };
+                        let c = att
+                            .clients
+                            .get_mut(id)
+                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
+                        out.push((
+                            *id,
+                            task.clone(),
+                            ClientMessage::ShareKeys(c.handle_roster(&r).map_err(bug)?),
+                            0,
+                            0.0,
+                        ));
                     }
                 }
                 2 => {
@@ -385,26 +578,59 @@ pub(crate) fn run_prepared(
                             lost.push(*id);
                             continue;
                         }
-                        let ServerMessage::Shares(b) = payload(att, *id)? else { return Err(bug("expected shares")) };
-                        let c = att.clients.get_mut(id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
+                        let ServerMessage::Shares(b) = payload(att, *id)? else {
+                            return Err(bug("expected shares"));
+                        };
+                        let c = att
+                            .clients
+                            .get_mut(id)
+                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
                         c.handle_shares(&b).map_err(bug)?;
                         work.push((*id, task.clone()));
                     }
-                    let jobs: Vec<ClientJob<'_>> =
-                        work.iter().map(|(c, t)| ClientJob { client: *c, seed: t.seed, data: train, correction: None }).collect();
+                    let jobs: Vec<ClientJob<'_>> = work
+                        .iter()
+                        .map(|(c, t)| ClientJob {
+                            client: *c,
+                            seed: t.seed,
+                            data: train,
+                            correction: None,
+                        })
+                        .collect();
                     let mu = machine.strategy().client_directive().proximal_mu as f32;
-                    let results = train_cohort(scenario, prepared, machine.global(), mu, &jobs, &mut trainers)?;
+                    let results = train_cohort(
+                        scenario,
+                        prepared,
+                        machine.global(),
+                        mu,
+                        &jobs,
+                        &mut trainers,
+                    )?;
                     for ((id, task), (new, report)) in work.into_iter().zip(results) {
-                        let mut delta: Vec<f32> = new.iter().zip(machine.global()).map(|(n, g)| n - g).collect();
+                        let mut delta: Vec<f32> = new
+                            .iter()
+                            .zip(machine.global())
+                            .map(|(n, g)| n - g)
+                            .collect();
                         if let Some(dp) = &dp_spec {
                             // The client's share of the noise, added before the delta is masked.
-                            let mut rng = ChaCha20Rng::from_seed(noise_seed(scenario.seed, id, rid));
+                            let mut rng =
+                                ChaCha20Rng::from_seed(noise_seed(scenario.seed, id, rid));
                             flotilla_core::dp::privatize_client_update(&mut delta, dp, &mut rng);
                             clamped += flotilla_core::dp::count_outside(&delta, sa.clip_range);
                         }
-                        let c = att.clients.get_mut(&id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
+                        let c = att
+                            .clients
+                            .get_mut(&id)
+                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
                         let m = c.masked_input(&delta).map_err(bug)?;
-                        out.push((id, task, ClientMessage::MaskedInput(m), report.num_samples as u64, report.mean_loss));
+                        out.push((
+                            id,
+                            task,
+                            ClientMessage::MaskedInput(m),
+                            report.num_samples as u64,
+                            report.mean_loss,
+                        ));
                     }
                 }
                 3 => {
@@ -414,9 +640,20 @@ pub(crate) fn run_prepared(
                             lost.push(*id);
                             continue;
                         }
-                        let ServerMessage::UnmaskRequest(r) = payload(att, *id)? else { return Err(bug("expected a request")) };
-                        let c = att.clients.get_mut(id).ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        out.push((*id, task.clone(), ClientMessage::Unmask(c.handle_unmask(&r).map_err(bug)?), 0, 0.0));
+                        let ServerMessage::UnmaskRequest(r) = payload(att, *id)? else {
+                            return Err(bug("expected a request"));
+                        };
+                        let c = att
+                            .clients
+                            .get_mut(id)
+                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
+                        out.push((
+                            *id,
+                            task.clone(),
+                            ClientMessage::Unmask(c.handle_unmask(&r).map_err(bug)?),
+                            0,
+                            0.0,
+                        ));
                     }
                 }
                 s => return Err(bug(format!("no stage {s}"))),
@@ -436,7 +673,10 @@ pub(crate) fn run_prepared(
                     }
                     Err(e) => return Err(bug(format!("simulated {id} would be refused: {e}"))),
                 }
-                let Some(att) = current.as_mut().filter(|a| (a.round, a.attempt) == (task.round, task.attempt)) else {
+                let Some(att) = current
+                    .as_mut()
+                    .filter(|a| (a.round, a.attempt) == (task.round, task.attempt))
+                else {
                     late_reports += 1;
                     continue;
                 };
@@ -459,7 +699,9 @@ pub(crate) fn run_prepared(
             now = now.max(at);
             feed!(Event::TimerFired(timer));
         } else {
-            return Err(SimError::JobFailed("simulation stalled: no work and no timer pending".into()));
+            return Err(SimError::JobFailed(
+                "simulation stalled: no work and no timer pending".into(),
+            ));
         }
     }
 

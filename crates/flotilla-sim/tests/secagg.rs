@@ -31,7 +31,9 @@ fn scenario(extra: &str) -> Result<Scenario, flotilla_sim::ScenarioError> {
 
 fn run(s: &Scenario) -> Result<(flotilla_sim::SimOutcome, Vec<SimEvent>), SimError> {
     let mut events = Vec::new();
-    let out = flotilla_sim::run(s, Path::new("unused-for-digits"), &mut |e| events.push(e.clone()))?;
+    let out = flotilla_sim::run(s, Path::new("unused-for-digits"), &mut |e| {
+        events.push(e.clone())
+    })?;
     Ok((out, events))
 }
 
@@ -41,22 +43,47 @@ fn run(s: &Scenario) -> Result<(flotilla_sim::SimOutcome, Vec<SimEvent>), SimErr
 fn uniform_fedavg_reference(s: &Scenario, r: f64) -> (Vec<f32>, usize) {
     let prepared = flotilla_sim::prepare(s, Path::new("unused-for-digits")).unwrap();
     let train = &prepared.data.train;
-    let spec = ModelSpec { kind: s.model.kind, input_shape: train.feature_shape.clone(), num_classes: train.num_classes };
+    let spec = ModelSpec {
+        kind: s.model.kind,
+        input_shape: train.feature_shape.clone(),
+        num_classes: train.num_classes,
+    };
     let mut trainer = flotilla_ml::build(&spec, s.seed).unwrap();
     let initial = trainer.parameters();
     // The same policy without secure aggregation configures the same tasks (same seeds).
     let mut policy = flotilla_sim::round_policy(s);
     policy.stages = vec![flotilla_core::round::StageKind::Train];
-    let mut m = RoundMachine::new(policy, trainer.layout().clone(), initial.clone(), s.seed).unwrap();
+    let mut m =
+        RoundMachine::new(policy, trainer.layout().clone(), initial.clone(), s.seed).unwrap();
     let mut acts = Vec::new();
     for c in 0..s.clients as u64 {
-        acts.extend(m.handle(0, Event::CheckIn { client: ClientId(c) }));
+        acts.extend(m.handle(
+            0,
+            Event::CheckIn {
+                client: ClientId(c),
+            },
+        ));
     }
-    let timer = acts.iter().find_map(|a| if let Action::SetTimer { timer, .. } = a { Some(*timer) } else { None }).unwrap();
+    let timer = acts
+        .iter()
+        .find_map(|a| {
+            if let Action::SetTimer { timer, .. } = a {
+                Some(*timer)
+            } else {
+                None
+            }
+        })
+        .unwrap();
     let tasks: Vec<_> = m
         .handle(0, Event::TimerFired(timer))
         .into_iter()
-        .filter_map(|a| if let Action::Configure { client, task } = a { Some((client, task)) } else { None })
+        .filter_map(|a| {
+            if let Action::Configure { client, task } = a {
+                Some((client, task))
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(tasks.len(), s.clients_per_round);
     let mut sum = vec![0.0f64; initial.len()];
@@ -64,7 +91,12 @@ fn uniform_fedavg_reference(s: &Scenario, r: f64) -> (Vec<f32>, usize) {
     for (client, task) in &tasks {
         trainer.set_parameters(&initial).unwrap();
         let idx = &prepared.partition.clients[client.0 as usize];
-        let data = Samples { features: &train.features, feature_len: train.feature_len(), labels: &train.labels, indices: idx };
+        let data = Samples {
+            features: &train.features,
+            feature_len: train.feature_len(),
+            labels: &train.labels,
+            indices: idx,
+        };
         let cfg = FitConfig {
             epochs: s.train.local_epochs,
             batch_size: s.train.batch_size,
@@ -72,7 +104,16 @@ fn uniform_fedavg_reference(s: &Scenario, r: f64) -> (Vec<f32>, usize) {
             seed: task.seed,
             max_grad_norm: None,
         };
-        trainer.fit_with(&data, &cfg, &LocalObjective { proximal_mu: 0.0, gradient_correction: None }).unwrap();
+        trainer
+            .fit_with(
+                &data,
+                &cfg,
+                &LocalObjective {
+                    proximal_mu: 0.0,
+                    gradient_correction: None,
+                },
+            )
+            .unwrap();
         for ((acc, new), old) in sum.iter_mut().zip(trainer.parameters()).zip(&initial) {
             let d = f64::from(new - old);
             clipped += usize::from(d.abs() > r);
@@ -80,7 +121,11 @@ fn uniform_fedavg_reference(s: &Scenario, r: f64) -> (Vec<f32>, usize) {
         }
     }
     let n = tasks.len() as f64;
-    let global = initial.iter().zip(&sum).map(|(g, s)| (f64::from(*g) + (s / n) as f32 as f64) as f32).collect();
+    let global = initial
+        .iter()
+        .zip(&sum)
+        .map(|(g, s)| (f64::from(*g) + (s / n) as f32 as f64) as f32)
+        .collect();
     (global, clipped)
 }
 
@@ -88,21 +133,38 @@ fn uniform_fedavg_reference(s: &Scenario, r: f64) -> (Vec<f32>, usize) {
 fn secure_round_equals_uniform_fedavg_of_clipped_deltas_within_the_quantization_bound() {
     let r = 0.02;
     // 30% of the clients vanish right after sending their masked input: their inputs still count.
-    let s = scenario(&format!("[secagg]\nclip_range = {r}\nunmasking_dropout = 0.3\n")).unwrap();
+    let s = scenario(&format!(
+        "[secagg]\nclip_range = {r}\nunmasking_dropout = 0.3\n"
+    ))
+    .unwrap();
     let (out, _) = run(&s).unwrap();
     assert_eq!(out.history.len(), 1);
     assert_eq!(out.history[0].attempt, 1, "the first attempt commits");
-    assert_eq!(out.history[0].participants, 10, "unmasking dropouts are still contributors");
+    assert_eq!(
+        out.history[0].participants, 10,
+        "unmasking dropouts are still contributors"
+    );
     let (expected, clipped) = uniform_fedavg_reference(&s, r);
-    assert!(clipped > 0, "the clip range is small enough that clipping matters");
-    let params = s.secagg.as_ref().unwrap().params(10, expected.len()).unwrap();
+    assert!(
+        clipped > 0,
+        "the clip range is small enough that clipping matters"
+    );
+    let params = s
+        .secagg
+        .as_ref()
+        .unwrap()
+        .params(10, expected.len())
+        .unwrap();
     // The decoded sum of m clients is within m/(2s); the mean within 1/(2s); plus f32 rounding.
     let bound = params.quantization_error_bound(10) / 10.0;
     let mut worst = 0.0f64;
     for (i, (a, b)) in out.final_params.iter().zip(&expected).enumerate() {
         let err = (f64::from(*a) - f64::from(*b)).abs();
         let tol = bound + 4.0 * f64::from(f32::EPSILON) * f64::from(b.abs()).max(1.0);
-        assert!(err <= tol, "coordinate {i}: secure {a} vs plain {b} (error {err:e} > {tol:e})");
+        assert!(
+            err <= tol,
+            "coordinate {i}: secure {a} vs plain {b} (error {err:e} > {tol:e})"
+        );
         worst = worst.max(err);
     }
     assert!(worst < 1e-5, "{worst}");
@@ -111,9 +173,14 @@ fn secure_round_equals_uniform_fedavg_of_clipped_deltas_within_the_quantization_
 #[test]
 fn survivors_below_the_threshold_fail_the_run_with_the_reason() {
     // n = 5, complete graph (k = 4), t = 4: any unmasking dropout leaves a neighbourhood below t.
-    let extra = "[secagg]\nclip_range = 1.0\nthreshold = 4\nneighbours = 4\nunmasking_dropout = 0.5\n";
+    let extra =
+        "[secagg]\nclip_range = 1.0\nthreshold = 4\nneighbours = 4\nunmasking_dropout = 0.5\n";
     let s = Scenario::parse(
-        &format!("{}{extra}", BASE.replace("clients = 10", "clients = 5").replace("clients_per_round = 10", "clients_per_round = 5")),
+        &format!(
+            "{}{extra}",
+            BASE.replace("clients = 10", "clients = 5")
+                .replace("clients_per_round = 10", "clients_per_round = 5")
+        ),
         &Overrides::default(),
     )
     .unwrap();
@@ -124,27 +191,47 @@ fn survivors_below_the_threshold_fail_the_run_with_the_reason() {
     .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("round 1 failed 5 times"), "{msg}");
-    assert!(msg.contains("secure aggregation failed") && msg.contains("threshold is 4"), "{msg}");
+    assert!(
+        msg.contains("secure aggregation failed") && msg.contains("threshold is 4"),
+        "{msg}"
+    );
     assert_eq!(abandoned, 5);
 }
 
 #[test]
 fn secure_runs_train_and_are_deterministic_across_thread_counts() {
-    let base = BASE.replace("rounds = 1", "rounds = 6").replace("clients = 10", "clients = 20");
+    let base = BASE
+        .replace("rounds = 1", "rounds = 6")
+        .replace("clients = 10", "clients = 20");
     let extra = "[strategy]\nname = \"fedavgm\"\nmomentum = 0.5\n[round]\ndropout = 0.1\nover_selection = 1.2\n\
                  [secagg]\nclip_range = 0.5\nunmasking_dropout = 0.2\n";
     let runs: Vec<_> = [1, 2]
         .iter()
         .map(|t| {
-            let s = Scenario::parse(&format!("{base}{extra}[simulation]\nthreads = {t}\n"), &Overrides::default()).unwrap();
+            let s = Scenario::parse(
+                &format!("{base}{extra}[simulation]\nthreads = {t}\n"),
+                &Overrides::default(),
+            )
+            .unwrap();
             run(&s).unwrap().0
         })
         .collect();
     assert_eq!(runs[0].model_sha256, runs[1].model_sha256);
     let out = &runs[0];
     assert_eq!(out.history.len(), 6);
-    assert!(out.final_accuracy > out.initial_accuracy + 0.3, "{} → {}", out.initial_accuracy, out.final_accuracy);
-    assert!(out.history.iter().all(|r| r.participants <= 10 && r.participants >= 5), "{:?}", out.history);
+    assert!(
+        out.final_accuracy > out.initial_accuracy + 0.3,
+        "{} → {}",
+        out.initial_accuracy,
+        out.final_accuracy
+    );
+    assert!(
+        out.history
+            .iter()
+            .all(|r| r.participants <= 10 && r.participants >= 5),
+        "{:?}",
+        out.history
+    );
 }
 
 #[test]
@@ -156,22 +243,59 @@ fn secagg_sections_are_validated_at_load_naming_the_key() {
     let (f, m) = err("[strategy]\nname = \"median\"\n[secagg]\nclip_range = 1.0\n");
     assert_eq!(f, "strategy.name");
     assert!(m.contains("median") && m.contains("sum"), "{m}");
-    assert_eq!(err("[strategy]\nname = \"krum\"\nf = 1\n[secagg]\nclip_range = 1.0\n").0, "strategy.name");
-    assert_eq!(err("[strategy]\nname = \"trimmed_mean\"\nbeta = 0.1\n[secagg]\nclip_range = 1.0\n").0, "strategy.name");
-    assert_eq!(err("[strategy]\nname = \"scaffold\"\n[secagg]\nclip_range = 1.0\n").0, "strategy.name");
+    assert_eq!(
+        err("[strategy]\nname = \"krum\"\nf = 1\n[secagg]\nclip_range = 1.0\n").0,
+        "strategy.name"
+    );
+    assert_eq!(
+        err("[strategy]\nname = \"trimmed_mean\"\nbeta = 0.1\n[secagg]\nclip_range = 1.0\n").0,
+        "strategy.name"
+    );
+    assert_eq!(
+        err("[strategy]\nname = \"scaffold\"\n[secagg]\nclip_range = 1.0\n").0,
+        "strategy.name"
+    );
     assert_eq!(
         err("[strategy]\nname = \"fedavg\"\n[strategy.anomaly]\nmax_norm_z = 3.0\nmax_cosine_distance = 1.0\n[secagg]\nclip_range = 1.0\n").0,
         "strategy.anomaly"
     );
     assert_eq!(err("[secagg]\nclip_range = 0.0\n").0, "secagg.clip_range");
-    assert_eq!(err("[secagg]\nclip_range = 1.0\nthreshold = 99\n").0, "secagg.threshold");
-    assert_eq!(err("[secagg]\nclip_range = 1.0\nneighbours = 3\n").0, "secagg.neighbours");
-    assert_eq!(err("[secagg]\nclip_range = 1.0\nunmasking_dropout = 1.0\n").0, "secagg.unmasking_dropout");
-    assert_eq!(err("[attack]\nkind = \"sign_flip\"\nfraction = 0.1\n[secagg]\nclip_range = 1.0\n").0, "attack");
-    assert!(matches!(scenario("[secagg]\nclip_range = 1.0\nbogus = 1\n"), Err(flotilla_sim::ScenarioError::Syntax { .. })));
+    assert_eq!(
+        err("[secagg]\nclip_range = 1.0\nthreshold = 99\n").0,
+        "secagg.threshold"
+    );
+    assert_eq!(
+        err("[secagg]\nclip_range = 1.0\nneighbours = 3\n").0,
+        "secagg.neighbours"
+    );
+    assert_eq!(
+        err("[secagg]\nclip_range = 1.0\nunmasking_dropout = 1.0\n").0,
+        "secagg.unmasking_dropout"
+    );
+    assert_eq!(
+        err("[attack]\nkind = \"sign_flip\"\nfraction = 0.1\n[secagg]\nclip_range = 1.0\n").0,
+        "attack"
+    );
+    assert!(matches!(
+        scenario("[secagg]\nclip_range = 1.0\nbogus = 1\n"),
+        Err(flotilla_sim::ScenarioError::Syntax { .. })
+    ));
     // Sum-based strategies are fine.
-    for ok in ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"] {
-        assert!(scenario(&format!("[strategy]\nname = \"{ok}\"\n[secagg]\nclip_range = 1.0\n")).is_ok(), "{ok}");
+    for ok in [
+        "fedavg",
+        "fedavgm",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedprox",
+    ] {
+        assert!(
+            scenario(&format!(
+                "[strategy]\nname = \"{ok}\"\n[secagg]\nclip_range = 1.0\n"
+            ))
+            .is_ok(),
+            "{ok}"
+        );
     }
 }
 

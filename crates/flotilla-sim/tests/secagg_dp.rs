@@ -32,7 +32,9 @@ fn run(s: &Scenario) -> SimOutcome {
 }
 
 fn privacy(mode: &str, sigma: f64, clip: f64) -> String {
-    format!("[privacy]\nmode = \"{mode}\"\nnoise_multiplier = {sigma:e}\nclip_norm = {clip}\ndelta = 1e-5\n")
+    format!(
+        "[privacy]\nmode = \"{mode}\"\nnoise_multiplier = {sigma:e}\nclip_norm = {clip}\ndelta = 1e-5\n"
+    )
 }
 
 /// With a negligible σ, the secure round commits what central DP-FedAvg commits — the clipped deltas
@@ -43,22 +45,42 @@ fn tiny_sigma_secure_round_equals_the_central_clipped_mean_within_the_quantizati
     let base = format!("{BASE}learning_rate = 0.1\n[round]\nmin_report_fraction = 1.0\n");
     let central = scenario(&format!("{base}{}", privacy("central", 1e-9, c))).unwrap();
     let r = 1.01 * c;
-    let secure = scenario(&format!("{base}{}[secagg]\nclip_range = {r}\n", privacy("distributed", 1e-9, c))).unwrap();
+    let secure = scenario(&format!(
+        "{base}{}[secagg]\nclip_range = {r}\n",
+        privacy("distributed", 1e-9, c)
+    ))
+    .unwrap();
     let (a, b) = (run(&secure), run(&central));
     assert_eq!((a.history.len(), b.history.len()), (1, 1));
     assert_eq!(a.history[0].participants, 10);
     let unclipped = b.history[0].privacy.unwrap().dp_unclipped_fraction;
-    assert!(unclipped < 1.0, "C = {c} is small enough that clipping matters ({unclipped})");
+    assert!(
+        unclipped < 1.0,
+        "C = {c} is small enough that clipping matters ({unclipped})"
+    );
     let pa = a.history[0].privacy.unwrap();
-    assert_eq!(pa.dp_noise_std, 0.0, "the server adds no noise in distributed mode");
-    assert!(pa.epsilon_spent > 0.0 && pa.epsilon_spent == b.history[0].privacy.unwrap().epsilon_spent);
-    let params = secure.secagg.as_ref().unwrap().params(10, a.final_params.len()).unwrap();
+    assert_eq!(
+        pa.dp_noise_std, 0.0,
+        "the server adds no noise in distributed mode"
+    );
+    assert!(
+        pa.epsilon_spent > 0.0 && pa.epsilon_spent == b.history[0].privacy.unwrap().epsilon_spent
+    );
+    let params = secure
+        .secagg
+        .as_ref()
+        .unwrap()
+        .params(10, a.final_params.len())
+        .unwrap();
     let bound = params.quantization_error_bound(10) / 10.0;
     let mut worst = 0.0f64;
     for (i, (x, y)) in a.final_params.iter().zip(&b.final_params).enumerate() {
         let err = (f64::from(*x) - f64::from(*y)).abs();
         let tol = bound + 1e-9 + 4.0 * f64::from(f32::EPSILON) * f64::from(y.abs()).max(1.0);
-        assert!(err <= tol, "coordinate {i}: secure {x} vs central {y} (error {err:e} > {tol:e})");
+        assert!(
+            err <= tol,
+            "coordinate {i}: secure {x} vs central {y} (error {err:e} > {tol:e})"
+        );
         worst = worst.max(err);
     }
     // Really the same round: a missing or different clipping would be far off.
@@ -90,14 +112,26 @@ fn aggregate_noise_has_std_sigma_c_over_the_fixed_denominator() {
         let initial = {
             let prepared = flotilla_sim::prepare(&s, Path::new("unused-for-digits")).unwrap();
             let train = &prepared.data.train;
-            let spec = flotilla_ml::ModelSpec { kind: s.model.kind, input_shape: train.feature_shape.clone(), num_classes: train.num_classes };
+            let spec = flotilla_ml::ModelSpec {
+                kind: s.model.kind,
+                input_shape: train.feature_shape.clone(),
+                num_classes: train.num_classes,
+            };
             flotilla_ml::build(&spec, s.seed).unwrap().parameters()
         };
         let want = sigma * c * (k / n_min).sqrt() / m;
-        z.extend(out.final_params.iter().zip(&initial).map(|(a, b)| (f64::from(*a) - f64::from(*b)) / want));
+        z.extend(
+            out.final_params
+                .iter()
+                .zip(&initial)
+                .map(|(a, b)| (f64::from(*a) - f64::from(*b)) / want),
+        );
         assert_eq!(out.privacy.as_ref().unwrap().clamped_values, 0);
     }
-    assert!(ks.iter().any(|k| *k < m), "dropouts left fewer than m contributors in some run: {ks:?}");
+    assert!(
+        ks.iter().any(|k| *k < m),
+        "dropouts left fewer than m contributors in some run: {ks:?}"
+    );
     let n = z.len() as f64;
     let mean = z.iter().sum::<f64>() / n;
     let sd = (z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
@@ -111,7 +145,8 @@ fn the_budget_stops_a_secure_run_before_the_round_that_would_exceed_it() {
     let text = |eps: f64| {
         format!(
             "{}learning_rate = 0.1\n{}max_epsilon = {eps}\n[secagg]\nclip_range = 1.0\n",
-            BASE.replace("rounds = 1", "rounds = 6").replace("clients = 10", "clients = 20"),
+            BASE.replace("rounds = 1", "rounds = 6")
+                .replace("clients = 10", "clients = 20"),
             privacy("distributed", 1.0, 0.05),
         )
     };
@@ -120,7 +155,11 @@ fn the_budget_stops_a_secure_run_before_the_round_that_would_exceed_it() {
     let eps2 = two.privacy.as_ref().unwrap().epsilon_spent;
     assert!(eps2 > 0.0);
     let out = run(&scenario(&text(eps2 * 1.0001)).unwrap());
-    assert_eq!(out.history.len(), 2, "rounds 1 and 2 fit the budget, round 3 does not");
+    assert_eq!(
+        out.history.len(),
+        2,
+        "rounds 1 and 2 fit the budget, round 3 does not"
+    );
     let p = out.privacy.as_ref().unwrap();
     assert!((p.epsilon_spent - eps2).abs() < 1e-9 && p.epsilon_spent <= eps2 * 1.0001);
     let why = p.stopped_reason.as_deref().expect("stopped_reason");
@@ -146,14 +185,31 @@ fn incompatible_privacy_and_secagg_settings_are_refused_at_load_naming_the_key()
         assert!(m.contains("[secagg]"), "{m}");
     }
     // Central noise would be the server's: distributed mode is required.
-    let (f, m) = err(&format!("{}[secagg]\nclip_range = 10.0\n", privacy("central", 1.0, 0.1)));
+    let (f, m) = err(&format!(
+        "{}[secagg]\nclip_range = 10.0\n",
+        privacy("central", 1.0, 0.1)
+    ));
     assert_eq!(f, "privacy.mode");
     assert!(m.contains("distributed"), "{m}");
     // σ = 1, C = 0.1, n_min = 5 (the default 0.5 × 10): the range must be ≥ 0.1 + 10 × 0.1/√5 ≈ 0.5472.
-    let (f, m) = err(&format!("{}[secagg]\nclip_range = 0.5\n", privacy("distributed", 1.0, 0.1)));
+    let (f, m) = err(&format!(
+        "{}[secagg]\nclip_range = 0.5\n",
+        privacy("distributed", 1.0, 0.1)
+    ));
     assert_eq!(f, "secagg.clip_range");
-    assert!(m.contains("0.54721") && m.contains("privacy.clip_norm") && m.contains("privacy.noise_multiplier"), "{m}");
-    assert!(scenario(&format!("{BASE}learning_rate = 0.1\n{}[secagg]\nclip_range = 0.55\n", privacy("distributed", 1.0, 0.1))).is_ok());
+    assert!(
+        m.contains("0.54721")
+            && m.contains("privacy.clip_norm")
+            && m.contains("privacy.noise_multiplier"),
+        "{m}"
+    );
+    assert!(
+        scenario(&format!(
+            "{BASE}learning_rate = 0.1\n{}[secagg]\nclip_range = 0.55\n",
+            privacy("distributed", 1.0, 0.1)
+        ))
+        .is_ok()
+    );
 }
 
 #[test]
@@ -161,6 +217,9 @@ fn the_secagg_dp_example_scenario_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/digits-secagg-dp.toml");
     let s = Scenario::load(&path, &Overrides::default()).unwrap();
     assert!(s.secagg.is_some());
-    assert_eq!(s.privacy.unwrap().dp.mode, flotilla_core::dp::DpMode::Distributed);
+    assert_eq!(
+        s.privacy.unwrap().dp.mode,
+        flotilla_core::dp::DpMode::Distributed
+    );
     assert!(flotilla_sim::round_policy(&s).secure_aggregation());
 }

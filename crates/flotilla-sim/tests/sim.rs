@@ -37,8 +37,16 @@ fn run(s: &Scenario) -> Result<flotilla_sim::SimOutcome, SimError> {
 fn training_improves_accuracy_well_above_chance() {
     let out = run(&scenario("")).unwrap();
     assert_eq!(out.history.len(), 12);
-    assert!(out.initial_accuracy < 0.3, "initial {}", out.initial_accuracy);
-    assert!(out.final_accuracy > 0.75, "final accuracy {} should exceed 0.75 after 12 rounds", out.final_accuracy);
+    assert!(
+        out.initial_accuracy < 0.3,
+        "initial {}",
+        out.initial_accuracy
+    );
+    assert!(
+        out.final_accuracy > 0.75,
+        "final accuracy {} should exceed 0.75 after 12 rounds",
+        out.final_accuracy
+    );
     assert!(out.history.iter().all(|r| r.participants == 8));
     assert_eq!(out.model_sha256.len(), 64);
 }
@@ -47,7 +55,11 @@ fn training_improves_accuracy_well_above_chance() {
 fn result_does_not_depend_on_thread_count() {
     let shas: Vec<String> = [1, 2, 3]
         .iter()
-        .map(|t| run(&scenario(&format!("[simulation]\nthreads = {t}\n"))).unwrap().model_sha256)
+        .map(|t| {
+            run(&scenario(&format!("[simulation]\nthreads = {t}\n")))
+                .unwrap()
+                .model_sha256
+        })
         .collect();
     assert_eq!(shas[0], shas[1]);
     assert_eq!(shas[0], shas[2]);
@@ -55,10 +67,19 @@ fn result_does_not_depend_on_thread_count() {
 
 #[test]
 fn dropouts_commit_from_survivors_or_retry() {
-    let out = run(&scenario("[round]\ndropout = 0.3\nmin_report_fraction = 0.5\n")).unwrap();
+    let out = run(&scenario(
+        "[round]\ndropout = 0.3\nmin_report_fraction = 0.5\n",
+    ))
+    .unwrap();
     assert_eq!(out.history.len(), 12, "every round commits eventually");
-    assert!(out.history.iter().any(|r| r.participants < 8), "some rounds lost clients");
-    assert!(out.history.iter().all(|r| r.participants >= 4), "no round commits below the minimum");
+    assert!(
+        out.history.iter().any(|r| r.participants < 8),
+        "some rounds lost clients"
+    );
+    assert!(
+        out.history.iter().all(|r| r.participants >= 4),
+        "no round commits below the minimum"
+    );
 
     // Nearly everyone drops and the minimum is high: attempts are abandoned until the job fails.
     let mut abandoned = 0;
@@ -73,27 +94,51 @@ fn dropouts_commit_from_survivors_or_retry() {
     )
     .unwrap_err();
     assert!(matches!(err, SimError::JobFailed(_)), "{err}");
-    assert!(abandoned >= 5, "each attempt is reported before failing ({abandoned})");
+    assert!(
+        abandoned >= 5,
+        "each attempt is reported before failing ({abandoned})"
+    );
 }
 
 #[test]
 fn over_selection_fills_the_round_despite_dropouts() {
-    let out = run(&scenario("[round]\ndropout = 0.2\nover_selection = 2.0\nmin_report_fraction = 1.0\n")).unwrap();
+    let out = run(&scenario(
+        "[round]\ndropout = 0.2\nover_selection = 2.0\nmin_report_fraction = 1.0\n",
+    ))
+    .unwrap();
     assert_eq!(out.history.len(), 12);
-    assert!(out.history.iter().all(|r| r.participants == 8), "over-selected cohorts reach the target");
-    assert!(out.late_reports > 0, "the extra over-selected reports arrive late and are refused");
+    assert!(
+        out.history.iter().all(|r| r.participants == 8),
+        "over-selected cohorts reach the target"
+    );
+    assert!(
+        out.late_reports > 0,
+        "the extra over-selected reports arrive late and are refused"
+    );
 }
 
 #[test]
 fn other_partitioners_and_models_run() {
     for extra in [
-        ("kind = \"dirichlet\"\nalpha = 0.5\nmin_samples = 2", "kind = \"logreg\""),
+        (
+            "kind = \"dirichlet\"\nalpha = 0.5\nmin_samples = 2",
+            "kind = \"logreg\"",
+        ),
         ("kind = \"iid\"", "kind = \"mlp\"\nhidden = 16"),
-        ("kind = \"shards\"\nclasses_per_client = 2", "kind = \"logreg\""),
-        ("kind = \"quantity_skew\"\nalpha = 1.0\nmin_samples = 5", "kind = \"logreg\""),
+        (
+            "kind = \"shards\"\nclasses_per_client = 2",
+            "kind = \"logreg\"",
+        ),
+        (
+            "kind = \"quantity_skew\"\nalpha = 1.0\nmin_samples = 5",
+            "kind = \"logreg\"",
+        ),
     ] {
         let text = BASE
-            .replace("kind = \"dirichlet\"\nalpha = 0.5\nmin_samples = 2", extra.0)
+            .replace(
+                "kind = \"dirichlet\"\nalpha = 0.5\nmin_samples = 2",
+                extra.0,
+            )
             .replace("kind = \"logreg\"", extra.1)
             .replace("rounds = 12", "rounds = 3");
         let s = Scenario::parse(&text, &Overrides::default()).unwrap();

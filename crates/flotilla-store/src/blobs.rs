@@ -146,10 +146,12 @@ impl Blobs {
                 Err(e) => return Err(e.into()),
             };
             for meta in listed.objects {
-                let rel = meta
-                    .location
-                    .prefix_match(&self.prefix)
-                    .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"));
+                let rel = meta.location.prefix_match(&self.prefix).map(|parts| {
+                    parts
+                        .map(|p| p.as_ref().to_owned())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                });
                 if let Some(rel) = rel {
                     keys.push(rel);
                 }
@@ -161,7 +163,9 @@ impl Blobs {
     /// Deletes the object under `key` (relative to the store's prefix; any key [`Blobs::list_keys`]
     /// returned). A missing object is not an error.
     pub(crate) async fn delete(&self, key: &str) -> Result<()> {
-        let location = key.split('/').fold(self.prefix.clone(), |path, part| path.join(part));
+        let location = key
+            .split('/')
+            .fold(self.prefix.clone(), |path, part| path.join(part));
         match self.store.delete(&location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -173,8 +177,15 @@ impl Blobs {
     pub(crate) async fn probe(&self, len: usize) -> Result<()> {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| StoreError::Random(e.to_string()))?;
-        let location = self.prefix.clone().join(PROBE_DIR).join(format!("{}.probe", hex::encode(nonce)));
-        let put = self.store.put(&location, PutPayload::from(vec![0u8; len])).await;
+        let location = self
+            .prefix
+            .clone()
+            .join(PROBE_DIR)
+            .join(format!("{}.probe", hex::encode(nonce)));
+        let put = self
+            .store
+            .put(&location, PutPayload::from(vec![0u8; len]))
+            .await;
         let deleted = self.store.delete(&location).await;
         put?;
         match deleted {
@@ -199,7 +210,10 @@ impl Blobs {
         if let Some(root) = self.local_root.clone() {
             removed += tokio::task::spawn_blocking(move || remove_staging_files(&root))
                 .await
-                .map_err(|e| StoreError::Io { path: "blob store".into(), source: std::io::Error::other(e.to_string()) })??;
+                .map_err(|e| StoreError::Io {
+                    path: "blob store".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
         }
         Ok(removed)
     }

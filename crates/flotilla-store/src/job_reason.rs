@@ -12,7 +12,10 @@ pub const MAX_STATE_REASON_BYTES: usize = 2048;
 /// `reason` as stored: one line (control characters become spaces), trimmed, at most
 /// [`MAX_STATE_REASON_BYTES`]; `None` if nothing is left.
 fn clean(reason: &str) -> Option<String> {
-    let one_line: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let one_line: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let text = one_line.trim();
     if text.is_empty() {
         return None;
@@ -34,7 +37,12 @@ impl Store {
     /// staying in the current state is a no-op that keeps the reason recorded first (a second
     /// cancel does not rewrite who cancelled). `reason` is stored as one line of at most
     /// [`MAX_STATE_REASON_BYTES`] (see there); an empty one is stored as NULL.
-    pub async fn set_job_state_with_reason(&self, job_id: JobId, to: JobState, reason: Option<&str>) -> Result<()> {
+    pub async fn set_job_state_with_reason(
+        &self,
+        job_id: JobId,
+        to: JobState,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let from = to.allowed_from();
         let reason = reason.and_then(clean);
         if !from.is_empty() {
@@ -58,7 +66,11 @@ impl Store {
         if current == to {
             Ok(())
         } else {
-            Err(StoreError::InvalidTransition { job_id, from: current, to })
+            Err(StoreError::InvalidTransition {
+                job_id,
+                from: current,
+                to,
+            })
         }
     }
 }
@@ -69,7 +81,10 @@ mod tests {
 
     #[test]
     fn reasons_are_one_bounded_line() {
-        assert_eq!(clean("  cancelled by alice\n: x\u{1b}[31m "), Some("cancelled by alice : x [31m".to_owned()));
+        assert_eq!(
+            clean("  cancelled by alice\n: x\u{1b}[31m "),
+            Some("cancelled by alice : x [31m".to_owned())
+        );
         assert_eq!(clean(" \n\t"), None);
         let long = "é".repeat(MAX_STATE_REASON_BYTES);
         let c = clean(&long).unwrap();

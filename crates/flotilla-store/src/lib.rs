@@ -34,8 +34,8 @@
 mod blobs;
 mod error;
 mod job_reason;
-mod round_lookup;
 mod recovery;
+mod round_lookup;
 mod sweep;
 mod types;
 
@@ -169,7 +169,8 @@ impl Store {
                     // the coordinator's RSS grew with the database, ~4 KB per committed round,
                     // until every pooled connection had cached 2 MiB. The OS caches the file.
                     conn.execute("PRAGMA cache_size = -256").await?;
-                    conn.execute(format!("PRAGMA busy_timeout = {busy_ms}").as_str()).await?;
+                    conn.execute(format!("PRAGMA busy_timeout = {busy_ms}").as_str())
+                        .await?;
                     Ok(())
                 })
             });
@@ -681,7 +682,8 @@ fn new_secret(prefix: &str) -> Result<String> {
 /// Tenants name jobs and tokens and appear in logs and listings: the rule of
 /// `flotilla_core::names::check_tenant` (length, characters) is enforced where they are created.
 fn check_tenant(tenant: &str) -> Result<()> {
-    flotilla_core::names::check_tenant(tenant).map_err(|e| StoreError::InvalidArgument(e.to_string()))
+    flotilla_core::names::check_tenant(tenant)
+        .map_err(|e| StoreError::InvalidArgument(e.to_string()))
 }
 
 fn to_db(v: u64, what: &str) -> Result<i64> {

@@ -19,7 +19,9 @@ fn migrations_dir(db: &TestDb) -> std::path::PathBuf {
         common::Kind::Sqlite => "sqlite",
         common::Kind::Postgres => "postgres",
     };
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend)
 }
 
 /// Brings the database to the schema of release 0001 exactly as that release did: the same
@@ -28,8 +30,14 @@ fn migrations_dir(db: &TestDb) -> std::path::PathBuf {
 async fn create_at_0001(db: &TestDb, pool: &sqlx::AnyPool) {
     let only_0001 = db.dir.path().join("migrations-0001");
     std::fs::create_dir_all(&only_0001).expect("dir");
-    std::fs::copy(migrations_dir(db).join("0001_initial.sql"), only_0001.join("0001_initial.sql")).expect("copy 0001");
-    let migrator = Migrator::new(only_0001.as_path()).await.expect("0001 migrator");
+    std::fs::copy(
+        migrations_dir(db).join("0001_initial.sql"),
+        only_0001.join("0001_initial.sql"),
+    )
+    .expect("copy 0001");
+    let migrator = Migrator::new(only_0001.as_path())
+        .await
+        .expect("0001 migrator");
     assert_eq!(migrator.iter().count(), 1);
     migrator.run(pool).await.expect("apply 0001");
 }
@@ -82,7 +90,12 @@ async fn upgrade_0001_to_current_keeps_clients_and_jobs(db: TestDb) {
     .await
     .expect("insert round");
     // The 0001 schema has no credential expiry yet.
-    assert!(sqlx::query("SELECT credential_expires_at_ms FROM clients").fetch_all(&pool).await.is_err());
+    assert!(
+        sqlx::query("SELECT credential_expires_at_ms FROM clients")
+            .fetch_all(&pool)
+            .await
+            .is_err()
+    );
 
     // The current release opens it: the later migrations run, nothing is lost.
     let store = db.open().await;
@@ -93,35 +106,67 @@ async fn upgrade_0001_to_current_keeps_clients_and_jobs(db: TestDb) {
         .iter()
         .map(|r| r.get::<i64, _>(0))
         .collect();
-    let current = Migrator::new(migrations_dir(&db).as_path()).await.expect("current migrator");
+    let current = Migrator::new(migrations_dir(&db).as_path())
+        .await
+        .expect("current migrator");
     let expected: Vec<i64> = current.iter().map(|m| m.version).collect();
     assert_eq!(applied, expected, "every migration applied once, in order");
     assert!(expected.len() >= 2);
 
     // A credential issued before expiry existed never expires: upgrading locks no client out.
-    let client = store.authenticate(credential).await.expect("old credential still authenticates");
+    let client = store
+        .authenticate(credential)
+        .await
+        .expect("old credential still authenticates");
     assert_eq!(client.tenant, "acme");
     assert_eq!(client.credential_expires_at_ms, None);
-    assert!(store.authenticate_at(credential, i64::MAX / 2).await.is_ok());
+    assert!(
+        store
+            .authenticate_at(credential, i64::MAX / 2)
+            .await
+            .is_ok()
+    );
     // A revocation made before the upgrade still holds.
     assert!(store.authenticate(revoked).await.is_err());
-    assert_eq!(store.list_clients(Some("acme")).await.expect("list").len(), 2);
+    assert_eq!(
+        store.list_clients(Some("acme")).await.expect("list").len(),
+        2
+    );
 
     // The job and its history are intact and usable.
     let job = store.get_job(JobId(1)).await.expect("job");
-    assert_eq!((job.state, job.rounds_total, job.rounds_completed), (JobState::Running, 5, 1));
-    assert_eq!(job.state_reason, None, "jobs from before 0003 have no recorded reason");
+    assert_eq!(
+        (job.state, job.rounds_total, job.rounds_completed),
+        (JobState::Running, 5, 1)
+    );
+    assert_eq!(
+        job.state_reason, None,
+        "jobs from before 0003 have no recorded reason"
+    );
     let history = store.job_history(JobId(1)).await.expect("history");
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].round, 1);
 
     // New writes work on the upgraded schema, and opening again changes nothing.
-    store.touch_client(client.client_id, now + 1).await.expect("touch");
+    store
+        .touch_client(client.client_id, now + 1)
+        .await
+        .expect("touch");
     store.revoke_client(client.client_id).await.expect("revoke");
-    store.set_job_state_with_reason(JobId(1), JobState::Cancelled, Some("cancelled by an admin")).await.expect("cancel with a reason");
+    store
+        .set_job_state_with_reason(JobId(1), JobState::Cancelled, Some("cancelled by an admin"))
+        .await
+        .expect("cancel with a reason");
     drop(store);
     let again = db.open().await;
-    assert!(again.authenticate(credential).await.is_err(), "revocation persisted");
-    let count: i64 = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(&pool).await.expect("count").get(0);
+    assert!(
+        again.authenticate(credential).await.is_err(),
+        "revocation persisted"
+    );
+    let count: i64 = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(count as usize, expected.len());
 }

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
 
 use crate::admin_view::{self, Clock};
 use crate::model_file::ModelFormat;
@@ -181,8 +181,9 @@ struct Admin {
 
 impl Admin {
     fn new(args: &AdminArgs) -> Result<Self> {
-        let token = std::env::var("FLOTILLA_ADMIN_TOKEN")
-            .map_err(|_| anyhow!("FLOTILLA_ADMIN_TOKEN is not set; it must hold the coordinator's admin token"))?;
+        let token = std::env::var("FLOTILLA_ADMIN_TOKEN").map_err(|_| {
+            anyhow!("FLOTILLA_ADMIN_TOKEN is not set; it must hold the coordinator's admin token")
+        })?;
         let base = args.admin_url.trim_end_matches('/').to_string();
         // reqwest is built without a default crypto provider; use ring, as the rest of the stack does.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -196,25 +197,37 @@ impl Admin {
                 .ca_cert
                 .as_ref()
                 .ok_or_else(|| anyhow!("--ca-cert is required for an https:// admin URL"))?;
-            let pem = std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .with_context(|| format!("--ca-cert {} is not a PEM certificate", path.display()))?;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --ca-cert {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).with_context(|| {
+                format!("--ca-cert {} is not a PEM certificate", path.display())
+            })?;
             builder = builder.tls_certs_only([cert]);
         } else {
             bail!("--admin-url must start with https:// (or http:// with --insecure), got {base}");
         }
         let http = builder.build().context("building the HTTP client")?;
-        Ok(Self { base, token, http, wait: args.wait })
+        Ok(Self {
+            base,
+            token,
+            http,
+            wait: args.wait,
+        })
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let deadline = Instant::now() + self.wait;
         let resp = loop {
-            let req = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+            let req = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&self.token);
             let req = match &body {
                 Some(Body::Json(v)) => req.json(v),
-                Some(Body::Toml(t)) => req.header("content-type", "application/toml").body(t.clone()),
+                Some(Body::Toml(t)) => req
+                    .header("content-type", "application/toml")
+                    .body(t.clone()),
                 None => req,
             };
             match req.send() {
@@ -229,7 +242,8 @@ impl Admin {
                     std::thread::sleep(left.min(Duration::from_millis(100)));
                 }
                 Err(e) => {
-                    let e = flotilla_client::diagnose_tls(&e, None, &url).map_or_else(|| anyhow!(e), |hint| anyhow!(hint));
+                    let e = flotilla_client::diagnose_tls(&e, None, &url)
+                        .map_or_else(|| anyhow!(e), |hint| anyhow!(hint));
                     return Err(e).with_context(|| format!("calling {url}"));
                 }
             }
@@ -273,7 +287,10 @@ impl Admin {
 fn connection_refused(e: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
             return e.is_connect();
         }
         source = err.source();
@@ -287,7 +304,8 @@ enum Body {
 }
 
 fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value> {
-    v.get(key).ok_or_else(|| anyhow!("the coordinator's answer has no `{key}`: {v}"))
+    v.get(key)
+        .ok_or_else(|| anyhow!("the coordinator's answer has no `{key}`: {v}"))
 }
 
 fn as_text(v: &Value) -> String {
@@ -299,23 +317,38 @@ fn as_text(v: &Value) -> String {
 
 /// Parses an answer into the typed form it is rendered from.
 fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
-    serde_json::from_value(v).with_context(|| format!("the coordinator's {what} answer is not understood (try --json)"))
+    serde_json::from_value(v)
+        .with_context(|| format!("the coordinator's {what} answer is not understood (try --json)"))
 }
 
 /// Who cancels a job, as recorded with it: the login name, else "admin".
 fn operator() -> String {
-    std::env::var("USER").ok().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| "admin".to_owned())
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "admin".to_owned())
 }
 
 pub fn enroll_token(cmd: EnrollTokenCommand) -> Result<()> {
-    let EnrollTokenCommand::Create { admin, tenant, uses, expires, output } = cmd;
-    let expires_in = humantime::parse_duration(&expires).with_context(|| format!("--expires {expires}"))?;
+    let EnrollTokenCommand::Create {
+        admin,
+        tenant,
+        uses,
+        expires,
+        output,
+    } = cmd;
+    let expires_in =
+        humantime::parse_duration(&expires).with_context(|| format!("--expires {expires}"))?;
     if uses == 0 {
         bail!("--uses must be ≥ 1");
     }
     let a = Admin::new(&admin)?;
     let body = json!({"tenant": tenant, "uses": uses, "expires_in_seconds": expires_in.as_secs()});
-    let v = a.call(reqwest::Method::POST, "/v1/enrollment-tokens", Some(Body::Json(body)))?;
+    let v = a.call(
+        reqwest::Method::POST,
+        "/v1/enrollment-tokens",
+        Some(Body::Json(body)),
+    )?;
     let token = as_text(field(&v, "token")?);
     if output.json {
         println!("{v}");
@@ -324,9 +357,15 @@ pub fn enroll_token(cmd: EnrollTokenCommand) -> Result<()> {
     if !output.quiet {
         // Context on stderr: stdout stays the token alone, for `TOKEN=$(…)` and `| tail -1`.
         let clock = Clock::local();
-        let until = v["expires_at_ms"].as_i64().map(|ms| format!(", valid until {}", clock.both(ms))).unwrap_or_default();
+        let until = v["expires_at_ms"]
+            .as_i64()
+            .map(|ms| format!(", valid until {}", clock.both(ms)))
+            .unwrap_or_default();
         let plural = if uses == 1 { "client" } else { "clients" };
-        eprintln!("enrollment token for tenant {}: enrolls up to {uses} {plural}{until}", admin_view::clean(&tenant));
+        eprintln!(
+            "enrollment token for tenant {}: enrolls up to {uses} {plural}{until}",
+            admin_view::clean(&tenant)
+        );
     }
     println!("{token}");
     Ok(())
@@ -334,23 +373,35 @@ pub fn enroll_token(cmd: EnrollTokenCommand) -> Result<()> {
 
 pub fn job(cmd: JobCommand) -> Result<()> {
     match cmd {
-        JobCommand::Submit { admin, file, output } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let v = Admin::new(&admin)?.call(reqwest::Method::POST, "/v1/jobs", Some(Body::Toml(text))).map_err(|e| {
-                // The coordinator says `toml: line L, column C: …`; name the file as a compiler would.
-                let msg = e.to_string();
-                match flotilla_core::config_toml::TomlError::split_displayed(&msg) {
-                    Some((at, rest)) => anyhow!("{}:{}:{}: {rest}", file.display(), at.line, at.column),
-                    None => e,
-                }
-            })?;
+        JobCommand::Submit {
+            admin,
+            file,
+            output,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let v = Admin::new(&admin)?
+                .call(reqwest::Method::POST, "/v1/jobs", Some(Body::Toml(text)))
+                .map_err(|e| {
+                    // The coordinator says `toml: line L, column C: …`; name the file as a compiler would.
+                    let msg = e.to_string();
+                    match flotilla_core::config_toml::TomlError::split_displayed(&msg) {
+                        Some((at, rest)) => {
+                            anyhow!("{}:{}:{}: {rest}", file.display(), at.line, at.column)
+                        }
+                        None => e,
+                    }
+                })?;
             let id = as_text(field(&v, "job_id")?);
             if output.json {
                 println!("{v}");
                 return Ok(());
             }
             if !output.quiet {
-                eprintln!("submitted {} as job {id}; follow it with: flotilla job status {id}", file.display());
+                eprintln!(
+                    "submitted {} as job {id}; follow it with: flotilla job status {id}",
+                    file.display()
+                );
             }
             // The id is the last line of stdout: scripts and tests read it.
             println!("{id}");
@@ -366,7 +417,8 @@ pub fn job(cmd: JobCommand) -> Result<()> {
             }
         }
         JobCommand::Status { admin, id, output } => {
-            let v = Admin::new(&admin)?.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)?;
+            let v =
+                Admin::new(&admin)?.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)?;
             if output.json {
                 println!("{v}");
             } else {
@@ -374,23 +426,45 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                 print!("{}", admin_view::job_status(&s, &Clock::local()));
             }
         }
-        JobCommand::Cancel { admin, id, reason, output } => {
+        JobCommand::Cancel {
+            admin,
+            id,
+            reason,
+            output,
+        } => {
             let mut body = json!({ "by": operator() });
             if let Some(r) = reason {
                 body["reason"] = json!(r);
             }
-            let v = Admin::new(&admin)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), Some(Body::Json(body)))?;
+            let v = Admin::new(&admin)?.call(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{id}/cancel"),
+                Some(Body::Json(body)),
+            )?;
             if output.json {
                 println!("{v}");
             } else {
                 println!("job {id} cancelled");
             }
         }
-        JobCommand::Wait { admin, id, timeout, interval, output } => {
+        JobCommand::Wait {
+            admin,
+            id,
+            timeout,
+            interval,
+            output,
+        } => {
             let interval = interval.clamp(Duration::from_millis(100), Duration::from_secs(600));
             wait::wait(&Admin::new(&admin)?, &id, timeout, interval, output.json)?;
         }
-        JobCommand::Download { admin, id, round, out, format, output } => {
+        JobCommand::Download {
+            admin,
+            id,
+            round,
+            out,
+            format,
+            output,
+        } => {
             download::download(&Admin::new(&admin)?, &id, round, &out, format, output.json)?;
         }
     }
@@ -410,7 +484,11 @@ pub fn client_admin(cmd: ClientAdminCommand) -> Result<()> {
             }
         }
         ClientAdminCommand::Revoke { admin, id, output } => {
-            let v = Admin::new(&admin)?.call(reqwest::Method::POST, &format!("/v1/clients/{id}/revoke"), None)?;
+            let v = Admin::new(&admin)?.call(
+                reqwest::Method::POST,
+                &format!("/v1/clients/{id}/revoke"),
+                None,
+            )?;
             if output.json {
                 println!("{v}");
             } else {

@@ -164,7 +164,10 @@ fn job_list_is_a_table() {
     let jobs: Vec<JobSummary> = serde_json::from_value(v).unwrap();
     let out = job_list(&jobs, &clock());
     assert!(
-        out.lines().nth(1).unwrap().starts_with(" 1  digits  default  completed   20/20  "),
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(" 1  digits  default  completed   20/20  "),
         "{out}"
     );
     assert!(out.contains("5 min ago"), "{out}");
@@ -179,14 +182,22 @@ fn a_halted_job_says_so_in_the_list_and_in_its_status() {
     let jobs: Vec<JobSummary> = serde_json::from_value(v).unwrap();
     let out = job_list(&jobs, &clock());
     let row = out.lines().nth(1).unwrap();
-    assert!(row.contains(" running (halted) ") && row.contains(" 4/40 "), "{out}");
+    assert!(
+        row.contains(" running (halted) ") && row.contains(" 4/40 "),
+        "{out}"
+    );
     let mut s = status_json(4);
     s["state"] = json!("running");
     s["reason"] = json!(format!("halted: {cause}; retrying every 2 s"));
     s["current"]["halted"] = json!(cause);
     let s: JobStatus = serde_json::from_value(s).unwrap();
     let out = job_status(&s, &clock());
-    assert!(out.contains(&format!("state      running: halted: {cause}; retrying every 2 s")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "state      running: halted: {cause}; retrying every 2 s"
+        )),
+        "{out}"
+    );
 }
 
 #[test]

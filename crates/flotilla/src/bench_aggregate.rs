@@ -47,10 +47,18 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
     if !(0.0..0.5).contains(&args.beta) {
         bail!("--beta must be in [0, 0.5), got {}", args.beta);
     }
-    let input_bytes = k.checked_mul(d).and_then(|n| n.checked_mul(4)).context("--clients × --params is too large")?;
-    let weights: Vec<f64> = (0..k).map(|i| 10.0 + (splitmix(i as u64 ^ 0xfeed) % 91) as f64).collect();
-    let out =
-        if args.streaming { streaming(&args, &weights, input_bytes)? } else { batch(&args, &weights, input_bytes)? };
+    let input_bytes = k
+        .checked_mul(d)
+        .and_then(|n| n.checked_mul(4))
+        .context("--clients × --params is too large")?;
+    let weights: Vec<f64> = (0..k)
+        .map(|i| 10.0 + (splitmix(i as u64 ^ 0xfeed) % 91) as f64)
+        .collect();
+    let out = if args.streaming {
+        streaming(&args, &weights, input_bytes)?
+    } else {
+        batch(&args, &weights, input_bytes)?
+    };
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
@@ -63,10 +71,13 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
 fn batch(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyhow::Result<Value> {
     let (k, d) = (args.clients, args.params);
     let mut updates: Vec<Vec<f32>> = Vec::new();
-    updates.try_reserve_exact(k).context("allocating the updates")?;
+    updates
+        .try_reserve_exact(k)
+        .context("allocating the updates")?;
     for c in 0..k {
         let mut u = Vec::new();
-        u.try_reserve_exact(d).with_context(|| format!("allocating {input_bytes} bytes of updates"))?;
+        u.try_reserve_exact(d)
+            .with_context(|| format!("allocating {input_bytes} bytes of updates"))?;
         u.resize(d, 0.0);
         fill_update(&mut u, c as u64);
         updates.push(u);
@@ -97,11 +108,24 @@ fn batch(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyhow::R
     };
     verify_fedavg(&check, &views, weights)?;
     record("fedavg", fedavg);
-    record("median", timed(args.repeats, || Ok(drop(robust::coordinate_median(&views)?)))?);
-    record("trimmed_mean", timed(args.repeats, || Ok(drop(robust::trimmed_mean(&views, args.beta)?)))?);
+    record(
+        "median",
+        timed(args.repeats, || {
+            Ok(drop(robust::coordinate_median(&views)?))
+        })?,
+    );
+    record(
+        "trimmed_mean",
+        timed(args.repeats, || {
+            Ok(drop(robust::trimmed_mean(&views, args.beta)?))
+        })?,
+    );
     let f = args.krum_f.unwrap_or(k / 10);
     let krum_note = if k >= 2 * f + 3 {
-        record("krum", timed(args.repeats, || Ok(drop(robust::krum(&views, f, 1)?)))?);
+        record(
+            "krum",
+            timed(args.repeats, || Ok(drop(robust::krum(&views, f, 1)?)))?,
+        );
         None
     } else {
         Some(format!("krum skipped: needs K ≥ 2f + 3 = {}", 2 * f + 3))
@@ -136,7 +160,8 @@ fn batch(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyhow::R
 fn streaming(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyhow::Result<Value> {
     let d = args.params;
     let mut buf = Vec::new();
-    buf.try_reserve_exact(d).context("allocating the update buffer")?;
+    buf.try_reserve_exact(d)
+        .context("allocating the update buffer")?;
     buf.resize(d, 0f32);
     let mut folds = Vec::new();
     for _ in 0..args.repeats {
@@ -172,7 +197,12 @@ fn verify_fedavg(got: &[f32], views: &[&[f32]], weights: &[f64]) -> anyhow::Resu
     let total: f64 = weights.iter().sum();
     let step = (got.len() / 997).max(1);
     for j in (0..got.len()).step_by(step) {
-        let want = views.iter().zip(weights).map(|(u, w)| f64::from(u[j]) * w).sum::<f64>() / total;
+        let want = views
+            .iter()
+            .zip(weights)
+            .map(|(u, w)| f64::from(u[j]) * w)
+            .sum::<f64>()
+            / total;
         if (f64::from(got[j]) - want).abs() > 1e-6 * want.abs().max(1.0) {
             bail!("FedAvg result wrong at {j}: {} vs {want}", got[j]);
         }
@@ -181,7 +211,10 @@ fn verify_fedavg(got: &[f32], views: &[&[f32]], weights: &[f64]) -> anyhow::Resu
 }
 
 /// Runs `f` `repeats` times and returns each duration.
-fn timed(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<Duration>> {
+fn timed(
+    repeats: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Duration>> {
     (0..repeats)
         .map(|_| {
             let t0 = Instant::now();
@@ -198,7 +231,11 @@ fn median(mut t: Vec<Duration>) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { t[n / 2].as_secs_f64() } else { (t[n / 2 - 1] + t[n / 2]).as_secs_f64() / 2.0 }
+    if n % 2 == 1 {
+        t[n / 2].as_secs_f64()
+    } else {
+        (t[n / 2 - 1] + t[n / 2]).as_secs_f64() / 2.0
+    }
 }
 
 /// Results of the read-bandwidth probe.
@@ -230,7 +267,11 @@ fn bandwidth(views: &[&[f32]], repeats: usize) -> Bandwidth {
         }
         bytes as f64 / 1e9 / best
     };
-    Bandwidth { one_thread: best(1), all_threads: best(threads), threads }
+    Bandwidth {
+        one_thread: best(1),
+        all_threads: best(threads),
+        threads,
+    }
 }
 
 /// Sum over 16 independent lanes, so it vectorises and is bound by memory, not by add latency.
@@ -268,7 +309,12 @@ fn splitmix(x: u64) -> u64 {
 fn proc_status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Resets the peak RSS (VmHWM) to the current RSS (Linux ≥ 4.0); false if that is not possible.
@@ -290,7 +336,15 @@ fn print_table(out: &Value) {
     }
     let rest: Map<String, Value> = out
         .as_object()
-        .map(|o| o.iter().filter(|(k, _)| *k != "strategies").map(|(k, v)| (k.clone(), v.clone())).collect())
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| *k != "strategies")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default();
-    println!("{}", serde_json::to_string_pretty(&Value::Object(rest)).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(rest)).unwrap_or_default()
+    );
 }

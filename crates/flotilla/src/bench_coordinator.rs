@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use flotilla_proto::v1::{self, coordinator_client::CoordinatorClient};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -43,7 +43,12 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "FLOTILLA_ADMIN_URL", value_name = "URL")]
     admin_url: String,
     /// Admin token [default: $FLOTILLA_ADMIN_TOKEN]
-    #[arg(long, env = "FLOTILLA_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "FLOTILLA_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     admin_token: String,
     /// CA certificate (PEM) that signed the coordinator's certificate (both URLs)
     #[arg(long, value_name = "FILE")]
@@ -106,18 +111,30 @@ pub fn run(args: CoordinatorArgs) -> Result<()> {
 fn validate(a: &CoordinatorArgs) -> Result<()> {
     ensure!(a.clients >= 1, "--clients must be ≥ 1");
     ensure!(a.connections >= 1, "--connections must be ≥ 1");
-    ensure!(a.checkin_seconds.is_finite() && a.checkin_seconds >= 0.0, "--checkin-seconds must be ≥ 0");
-    ensure!(a.checkin_concurrency >= 1, "--checkin-concurrency must be ≥ 1");
+    ensure!(
+        a.checkin_seconds.is_finite() && a.checkin_seconds >= 0.0,
+        "--checkin-seconds must be ≥ 0"
+    );
+    ensure!(
+        a.checkin_concurrency >= 1,
+        "--checkin-concurrency must be ≥ 1"
+    );
     if let Some(r) = a.checkin_rate {
         ensure!(r.is_finite() && r > 0.0, "--checkin-rate must be > 0");
     }
-    ensure!(a.params >= 20 && a.params.is_multiple_of(10), "--params must be a multiple of 10, at least 20");
+    ensure!(
+        a.params >= 20 && a.params.is_multiple_of(10),
+        "--params must be a multiple of 10, at least 20"
+    );
     ensure!(
         (1..=flotilla_proto::MAX_CHUNK_BYTES).contains(&a.chunk_bytes),
         "--chunk-bytes must be in 1..={}",
         flotilla_proto::MAX_CHUNK_BYTES
     );
-    ensure!(a.upload_concurrency >= 1, "--upload-concurrency must be ≥ 1");
+    ensure!(
+        a.upload_concurrency >= 1,
+        "--upload-concurrency must be ≥ 1"
+    );
     Ok(())
 }
 
@@ -132,15 +149,21 @@ struct Virtual {
 impl Virtual {
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        req.metadata_mut().insert("authorization", self.auth.clone());
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
         req
     }
 
     async fn check_in(&self, job: &str) -> Result<v1::check_in_response::Outcome, tonic::Status> {
-        let req = self.request(v1::CheckInRequest { num_samples: 100, job_ids: vec![job.to_owned()], ..Default::default() });
+        let req = self.request(v1::CheckInRequest {
+            num_samples: 100,
+            job_ids: vec![job.to_owned()],
+            ..Default::default()
+        });
         let mut rpc = self.rpc.clone();
         let resp = rpc.check_in(req).await?.into_inner();
-        resp.outcome.ok_or_else(|| tonic::Status::internal("check-in answer without an outcome"))
+        resp.outcome
+            .ok_or_else(|| tonic::Status::internal("check-in answer without an outcome"))
     }
 }
 
@@ -149,7 +172,12 @@ async fn bench(a: &CoordinatorArgs) -> Result<Value> {
     let endpoint = endpoint(a)?;
     let mut channels = Vec::with_capacity(a.connections);
     for _ in 0..a.connections {
-        channels.push(endpoint.connect().await.with_context(|| format!("connecting to {}", a.coordinator))?);
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {}", a.coordinator))?,
+        );
     }
     let t = Instant::now();
     let clients = enroll(a, &channels).await?;
@@ -171,7 +199,9 @@ async fn bench(a: &CoordinatorArgs) -> Result<Value> {
 
 fn endpoint(a: &CoordinatorArgs) -> Result<Endpoint> {
     let url = a.coordinator.trim().to_owned();
-    let uri: tonic::codegen::http::Uri = url.parse().with_context(|| format!("--coordinator {url}"))?;
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .with_context(|| format!("--coordinator {url}"))?;
     let endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("--coordinator {url}"))?
         .connect_timeout(Duration::from_secs(10))
@@ -179,9 +209,15 @@ fn endpoint(a: &CoordinatorArgs) -> Result<Endpoint> {
         .buffer_size(64 * 1024);
     match uri.scheme_str() {
         Some("https") => {
-            let ca = a.ca_cert.as_ref().ok_or_else(|| anyhow!("--ca-cert is required for an https:// coordinator"))?;
-            let pem = std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
-            let host = uri.host().ok_or_else(|| anyhow!("--coordinator {url} has no host"))?;
+            let ca = a
+                .ca_cert
+                .as_ref()
+                .ok_or_else(|| anyhow!("--ca-cert is required for an https:// coordinator"))?;
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
+            let host = uri
+                .host()
+                .ok_or_else(|| anyhow!("--coordinator {url} has no host"))?;
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(pem))
                 .domain_name(host.trim_start_matches('[').trim_end_matches(']'));
@@ -189,7 +225,9 @@ fn endpoint(a: &CoordinatorArgs) -> Result<Endpoint> {
         }
         Some("http") if a.insecure => Ok(endpoint),
         Some("http") => bail!("--coordinator {url} is plain text; use https:// or pass --insecure"),
-        _ => bail!("--coordinator must start with https:// (or http:// with --insecure), got {url}"),
+        _ => {
+            bail!("--coordinator must start with https:// (or http:// with --insecure), got {url}")
+        }
     }
 }
 
@@ -203,11 +241,27 @@ async fn enroll(a: &CoordinatorArgs, channels: &[Channel]) -> Result<Vec<Virtual
         let slots = slots.clone();
         set.spawn(async move {
             let _slot = slots.acquire_owned().await?;
-            let req = v1::EnrollRequest { enrollment_token: token, client_name: format!("bench-{i}"), ..Default::default() };
-            let r = rpc.enroll(req).await.map_err(|s| anyhow!("enrolling client {i}: {}: {}", s.code(), s.message()))?.into_inner();
-            let auth: MetadataValue<Ascii> =
-                format!("Bearer {}", r.credential).parse().map_err(|_| anyhow!("the coordinator sent a credential that is not ASCII"))?;
-            Ok::<_, anyhow::Error>((i, Virtual { id: r.client_id, auth, rpc }))
+            let req = v1::EnrollRequest {
+                enrollment_token: token,
+                client_name: format!("bench-{i}"),
+                ..Default::default()
+            };
+            let r = rpc
+                .enroll(req)
+                .await
+                .map_err(|s| anyhow!("enrolling client {i}: {}: {}", s.code(), s.message()))?
+                .into_inner();
+            let auth: MetadataValue<Ascii> = format!("Bearer {}", r.credential)
+                .parse()
+                .map_err(|_| anyhow!("the coordinator sent a credential that is not ASCII"))?;
+            Ok::<_, anyhow::Error>((
+                i,
+                Virtual {
+                    id: r.client_id,
+                    auth,
+                    rpc,
+                },
+            ))
         });
     }
     let mut out: Vec<Option<Virtual>> = vec![None; a.clients];
@@ -255,7 +309,13 @@ async fn checkin_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) 
         Ok::<_, anyhow::Error>(out)
     }
     .await;
-    admin.call(reqwest::Method::POST, &format!("/v1/jobs/{job}/cancel"), None).await?;
+    admin
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{job}/cancel"),
+            None,
+        )
+        .await?;
     result
 }
 
@@ -270,14 +330,19 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, started: Instant, r: Result<v1::check_in_response::Outcome, tonic::Status>) {
+    fn record(
+        &mut self,
+        started: Instant,
+        r: Result<v1::check_in_response::Outcome, tonic::Status>,
+    ) {
         self.latencies_us.push(started.elapsed().as_micros() as u64);
         match r {
             Ok(v1::check_in_response::Outcome::RetryAfter(_)) => self.retry_after += 1,
             Ok(v1::check_in_response::Outcome::Task(_)) => self.tasks += 1,
             Err(s) => {
                 self.errors += 1;
-                self.first_error.get_or_insert_with(|| format!("{}: {}", s.code(), s.message()));
+                self.first_error
+                    .get_or_insert_with(|| format!("{}: {}", s.code(), s.message()));
             }
         }
     }
@@ -312,13 +377,23 @@ impl Tally {
 }
 
 /// `concurrency` loops, each cycling through its share of the clients, for `duration`.
-async fn closed_loop(clients: &[Virtual], job: &str, concurrency: usize, duration: Duration) -> Result<Value> {
+async fn closed_loop(
+    clients: &[Virtual],
+    job: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<Value> {
     let concurrency = concurrency.min(clients.len()).max(1);
     let start = Instant::now();
     let end = start + duration;
     let mut set = tokio::task::JoinSet::new();
     for w in 0..concurrency {
-        let mine: Vec<Virtual> = clients.iter().skip(w).step_by(concurrency).cloned().collect();
+        let mine: Vec<Virtual> = clients
+            .iter()
+            .skip(w)
+            .step_by(concurrency)
+            .cloned()
+            .collect();
         let job = job.to_owned();
         set.spawn(async move {
             let mut t = Tally::default();
@@ -353,7 +428,12 @@ async fn open_loop(clients: &[Virtual], job: &str, rate: f64, duration: Duration
         let at = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(at.into()).await;
         let c = clients[(i as usize) % clients.len()].clone();
-        let (tally, job, in_flight, max_in_flight) = (tally.clone(), job.clone(), in_flight.clone(), max_in_flight.clone());
+        let (tally, job, in_flight, max_in_flight) = (
+            tally.clone(),
+            job.clone(),
+            in_flight.clone(),
+            max_in_flight.clone(),
+        );
         set.spawn(async move {
             let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
             max_in_flight.fetch_max(now, Ordering::Relaxed);
@@ -383,7 +463,12 @@ struct RssSampler {
 fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line[field.len()..].trim_start_matches(':').split_whitespace().next()?.parse().ok()?;
+    let kb: u64 = line[field.len()..]
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -400,7 +485,11 @@ impl RssSampler {
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        Self { stop, peak, handle: Some(handle) }
+        Self {
+            stop,
+            peak,
+            handle: Some(handle),
+        }
     }
 
     fn finish(mut self) -> u64 {
@@ -414,7 +503,9 @@ impl RssSampler {
 
 /// Deterministic finite update values.
 fn payload(params: usize) -> Vec<f32> {
-    (0..params).map(|i| ((i % 2001) as f32 - 1000.0) * 1e-4).collect()
+    (0..params)
+        .map(|i| ((i % 2001) as f32 - 1000.0) * 1e-4)
+        .collect()
 }
 
 // `..Default::default()` in the header keeps this compiling when the protocol gains fields.
@@ -440,13 +531,22 @@ async fn ingest_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -
             loop {
                 let outcome = {
                     let _slot = slots.acquire().await?;
-                    c.check_in(&job).await.map_err(|s| anyhow!("check-in of client {i}: {}: {}", s.code(), s.message()))?
+                    c.check_in(&job).await.map_err(|s| {
+                        anyhow!("check-in of client {i}: {}: {}", s.code(), s.message())
+                    })?
                 };
                 match outcome {
-                    v1::check_in_response::Outcome::Task(t) => return Ok::<_, anyhow::Error>((i, t)),
+                    v1::check_in_response::Outcome::Task(t) => {
+                        return Ok::<_, anyhow::Error>((i, t));
+                    }
                     v1::check_in_response::Outcome::RetryAfter(r) => {
-                        ensure!(Instant::now() < deadline, "client {i} got no task within 300 s ({})", r.reason);
-                        tokio::time::sleep(Duration::from_millis(r.retry_after_ms.clamp(10, 200))).await;
+                        ensure!(
+                            Instant::now() < deadline,
+                            "client {i} got no task within 300 s ({})",
+                            r.reason
+                        );
+                        tokio::time::sleep(Duration::from_millis(r.retry_after_ms.clamp(10, 200)))
+                            .await;
                     }
                 }
             }
@@ -458,7 +558,10 @@ async fn ingest_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -
         tasks[i] = Some(t);
     }
     let tasks: Vec<v1::Task> = tasks.into_iter().flatten().collect();
-    let model = tasks.first().and_then(|t| t.model.clone()).ok_or_else(|| anyhow!("the task carries no model info"))?;
+    let model = tasks
+        .first()
+        .and_then(|t| t.model.clone())
+        .ok_or_else(|| anyhow!("the task carries no model info"))?;
     let total_bytes = 4 * a.params as u64;
     ensure!(
         model.size_bytes == total_bytes,
@@ -469,7 +572,8 @@ async fn ingest_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -
     // One payload, encoded and hashed once, sent by every client.
     let values = payload(a.params);
     let sha = flotilla_proto::payload_sha256(&values).to_vec();
-    let chunks: Arc<Vec<(u64, Vec<u8>)>> = Arc::new(flotilla_proto::chunk_f32(&values, a.chunk_bytes).collect());
+    let chunks: Arc<Vec<(u64, Vec<u8>)>> =
+        Arc::new(flotilla_proto::chunk_f32(&values, a.chunk_bytes).collect());
     drop(values);
 
     let baseline_rss = a.server_pid.and_then(|p| proc_status_bytes(p, "VmRSS"));
@@ -489,28 +593,41 @@ async fn ingest_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -
             total_bytes,
             layout_fingerprint: model.layout_fingerprint.clone(),
             sha256: sha.clone(),
-            upload_id: flotilla_client::upload_id(&t.job_id, t.round, t.attempt, t.stage_index, &c.id),
+            upload_id: flotilla_client::upload_id(
+                &t.job_id,
+                t.round,
+                t.attempt,
+                t.stage_index,
+                &c.id,
+            ),
             base_model_version: t.model_version,
             stage_index: t.stage_index,
             ..Default::default()
         };
         set.spawn(async move {
             let _slot = slots.acquire_owned().await?;
-            let head = v1::UploadMessage { kind: Some(v1::upload_message::Kind::Header(header)) };
+            let head = v1::UploadMessage {
+                kind: Some(v1::upload_message::Kind::Header(header)),
+            };
             // Chunks are copied into messages lazily, as the stream is polled.
             let body = (0..chunks.len()).map(move |k| v1::UploadMessage {
-                kind: Some(v1::upload_message::Kind::Chunk(v1::UpdateChunk { offset: chunks[k].0, data: chunks[k].1.clone() })),
+                kind: Some(v1::upload_message::Kind::Chunk(v1::UpdateChunk {
+                    offset: chunks[k].0,
+                    data: chunks[k].1.clone(),
+                })),
             });
             let stream = tokio_stream::iter(std::iter::once(head).chain(body));
             let mut rpc = c.rpc.clone();
             let r = rpc.upload_update(c.request(stream)).await;
             Ok::<_, anyhow::Error>(match r {
-                Ok(resp) => v1::UploadStatus::try_from(resp.into_inner().status).map_err(|_| "unknown upload status".to_owned()),
+                Ok(resp) => v1::UploadStatus::try_from(resp.into_inner().status)
+                    .map_err(|_| "unknown upload status".to_owned()),
                 Err(s) => Err(format!("{}: {}", s.code(), s.message())),
             })
         });
     }
-    let (mut accepted, mut other, mut errors, mut first_problem) = (0u64, 0u64, 0u64, None::<String>);
+    let (mut accepted, mut other, mut errors, mut first_problem) =
+        (0u64, 0u64, 0u64, None::<String>);
     while let Some(r) = set.join_next().await {
         match r.context("upload task")?? {
             Ok(v1::UploadStatus::Accepted) => accepted += 1,
@@ -528,7 +645,9 @@ async fn ingest_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -
     let peak_rss = sampler.map(RssSampler::finish);
     let hwm = a.server_pid.and_then(|p| proc_status_bytes(p, "VmHWM"));
 
-    let status = admin.call(reqwest::Method::GET, &format!("/v1/jobs/{job}"), None).await?;
+    let status = admin
+        .call(reqwest::Method::GET, &format!("/v1/jobs/{job}"), None)
+        .await?;
     let committed = status["rounds_completed"].as_u64().unwrap_or(0) >= 1;
     let payload_bytes = total_bytes * n as u64;
     let model_bytes = total_bytes as f64;
@@ -572,18 +691,32 @@ impl Admin {
         let base = a.admin_url.trim_end_matches('/').to_owned();
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(120));
         if base.starts_with("https://") {
-            let path = a.ca_cert.as_ref().ok_or_else(|| anyhow!("--ca-cert is required for an https:// admin URL"))?;
-            let pem = std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem).with_context(|| format!("--ca-cert {} is not PEM", path.display()))?;
+            let path = a
+                .ca_cert
+                .as_ref()
+                .ok_or_else(|| anyhow!("--ca-cert is required for an https:// admin URL"))?;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --ca-cert {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--ca-cert {} is not PEM", path.display()))?;
             builder = builder.tls_certs_only([cert]);
         } else if !(base.starts_with("http://") && a.insecure) {
             bail!("--admin-url must start with https:// (or http:// with --insecure), got {base}");
         }
         let http = builder.build().context("building the HTTP client")?;
-        Ok(Self { base, token: a.admin_token.clone(), http })
+        Ok(Self {
+            base,
+            token: a.admin_token.clone(),
+            http,
+        })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, toml: Option<String>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        toml: Option<String>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(t) = toml {
@@ -602,7 +735,9 @@ impl Admin {
     }
 
     async fn submit(&self, spec: &str) -> Result<String> {
-        let v = self.call(reqwest::Method::POST, "/v1/jobs", Some(spec.to_owned())).await?;
+        let v = self
+            .call(reqwest::Method::POST, "/v1/jobs", Some(spec.to_owned()))
+            .await?;
         match &v["job_id"] {
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
@@ -612,7 +747,12 @@ impl Admin {
 }
 
 fn print_text(r: &Value) {
-    println!("clients {} over {} connections (enrolled in {:.2} s)", r["clients"], r["connections"], r["enroll_seconds"].as_f64().unwrap_or(0.0));
+    println!(
+        "clients {} over {} connections (enrolled in {:.2} s)",
+        r["clients"],
+        r["connections"],
+        r["enroll_seconds"].as_f64().unwrap_or(0.0)
+    );
     for (name, key) in [("closed loop", "closed_loop"), ("open loop", "open_loop")] {
         let c = &r["checkin"][key];
         if c.is_null() {

@@ -93,8 +93,12 @@ fn stage<T: Send, C: Send>(
                 s.spawn(move || -> anyhow::Result<Vec<(ClientId, usize, f64)>> {
                     let mut out = Vec::new();
                     for (t, c) in chunk.iter_mut() {
-                        let Some((id, bytes, secs)) = work(t, c)? else { continue };
-                        let mut guard = server.lock().map_err(|_| anyhow::anyhow!("server lock poisoned"))?;
+                        let Some((id, bytes, secs)) = work(t, c)? else {
+                            continue;
+                        };
+                        let mut guard = server
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("server lock poisoned"))?;
                         let t0 = Instant::now();
                         guard.0.receive(id, &bytes)?;
                         guard.1 += t0.elapsed().as_secs_f64();
@@ -106,7 +110,10 @@ fn stage<T: Send, C: Send>(
             .collect();
         let mut all = Vec::new();
         for h in handles {
-            all.extend(h.join().map_err(|_| anyhow::anyhow!("a client worker panicked"))??);
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a client worker panicked"))??,
+            );
         }
         Ok(all)
     })
@@ -114,7 +121,11 @@ fn stage<T: Send, C: Send>(
 
 /// Runs the benchmark.
 pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
-    ensure!((0.0..0.5).contains(&args.dropout), "--dropout must be in [0, 0.5), got {}", args.dropout);
+    ensure!(
+        (0.0..0.5).contains(&args.dropout),
+        "--dropout must be in [0, 0.5), got {}",
+        args.dropout
+    );
     let n = args.clients;
     let d = args.params;
     let rec = Params::recommended(n, d, 1.0).context("secure-aggregation parameters")?;
@@ -136,7 +147,11 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
     let mut server = Server::new(params, round, graph_seed);
     server.set_threads(threads);
     let server = Mutex::new((server, 0.0f64));
-    let lock = || server.lock().map_err(|_| anyhow::anyhow!("server lock poisoned"));
+    let lock = || {
+        server
+            .lock()
+            .map_err(|_| anyhow::anyhow!("server lock poisoned"))
+    };
     let timed = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
         let t0 = Instant::now();
         f()?;
@@ -145,7 +160,8 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
     };
 
     // Stage 0: clients are created and advertise keys.
-    let mut items: Vec<(ClientId, Option<(Client, Tally)>)> = (0..n as u64).map(|i| (ClientId(i), None)).collect();
+    let mut items: Vec<(ClientId, Option<(Client, Tally)>)> =
+        (0..n as u64).map(|i| (ClientId(i), None)).collect();
     let seed = args.seed;
     let record = |tally: &mut Tally, stage: usize, secs: f64, up: usize, down: usize| {
         tally.seconds += secs;
@@ -175,9 +191,13 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
         Ok(())
     })?;
     stage(workers, &mut items, &server, |&id, slot| {
-        let Some((c, tally)) = slot else { return Ok(None) };
+        let Some((c, tally)) = slot else {
+            return Ok(None);
+        };
         let t0 = Instant::now();
-        let ServerMessage::Roster(r) = ServerMessage::from_bytes(&roster, &params)? else { bail!("expected a roster") };
+        let ServerMessage::Roster(r) = ServerMessage::from_bytes(&roster, &params)? else {
+            bail!("expected a roster")
+        };
         let bytes = ClientMessage::ShareKeys(c.handle_roster(&r)?).to_bytes();
         let secs = t0.elapsed().as_secs_f64();
         record(tally, 1, secs, bytes.len(), roster.len());
@@ -187,29 +207,47 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
     // Stage 2: survivors mask their updates; the plain sum is kept per worker (untimed).
     let mut bundles = std::collections::BTreeMap::new();
     timed(&mut || {
-        bundles = lock()?.0.close_share_keys()?.into_iter().map(|(id, b)| (id, ServerMessage::Shares(b).to_bytes())).collect();
+        bundles = lock()?
+            .0
+            .close_share_keys()?
+            .into_iter()
+            .map(|(id, b)| (id, ServerMessage::Shares(b).to_bytes()))
+            .collect();
         Ok(())
     })?;
     let plain_parts: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
     stage(workers, &mut items, &server, |&id, slot| {
-        let Some((c, tally)) = slot else { return Ok(None) };
+        let Some((c, tally)) = slot else {
+            return Ok(None);
+        };
         if dropped.contains(&id) {
             return Ok(None);
         }
-        let Some(bundle) = bundles.get(&id) else { return Ok(None) };
+        let Some(bundle) = bundles.get(&id) else {
+            return Ok(None);
+        };
         let x = update(seed, id.0, d);
         let clipped: Vec<f64> = x.iter().map(|v| f64::from(*v).clamp(-1.0, 1.0)).collect();
-        plain_parts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(clipped);
+        plain_parts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push(clipped);
         let t0 = Instant::now();
-        let ServerMessage::Shares(b) = ServerMessage::from_bytes(bundle, &params)? else { bail!("expected shares") };
+        let ServerMessage::Shares(b) = ServerMessage::from_bytes(bundle, &params)? else {
+            bail!("expected shares")
+        };
         c.handle_shares(&b)?;
         let bytes = ClientMessage::MaskedInput(c.masked_input(&x)?).to_bytes();
         let secs = t0.elapsed().as_secs_f64();
         record(tally, 2, secs, bytes.len(), bundle.len());
         // Fold the plain parts eagerly so memory stays O(workers × D).
-        let mut parts = plain_parts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut parts = plain_parts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
         while parts.len() > 1 {
-            let (Some(a), Some(mut b)) = (parts.pop(), parts.pop()) else { break };
+            let (Some(a), Some(mut b)) = (parts.pop(), parts.pop()) else {
+                break;
+            };
             for (s, v) in b.iter_mut().zip(&a) {
                 *s += v;
             }
@@ -239,10 +277,16 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
         Ok(())
     })?;
     stage(workers, &mut items, &server, |&id, slot| {
-        let Some((c, tally)) = slot else { return Ok(None) };
-        let Some(req) = requests.get(&id) else { return Ok(None) };
+        let Some((c, tally)) = slot else {
+            return Ok(None);
+        };
+        let Some(req) = requests.get(&id) else {
+            return Ok(None);
+        };
         let t0 = Instant::now();
-        let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(req, &params)? else { bail!("expected a request") };
+        let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(req, &params)? else {
+            bail!("expected a request")
+        };
         let bytes = ClientMessage::Unmask(c.handle_unmask(&r)?).to_bytes();
         let secs = t0.elapsed().as_secs_f64();
         record(tally, 3, secs, bytes.len(), req.len());
@@ -255,16 +299,38 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
     let server_s = lock()?.1 + finish_s;
 
     let contributors = n - n_drop;
-    ensure!(agg.contributors.len() == contributors, "contributors {} != {contributors}", agg.contributors.len());
-    let max_err = agg.sum.iter().zip(&plain_sum).map(|(a, b)| (a - b).abs()).fold(0.0f64, f64::max);
+    ensure!(
+        agg.contributors.len() == contributors,
+        "contributors {} != {contributors}",
+        agg.contributors.len()
+    );
+    let max_err = agg
+        .sum
+        .iter()
+        .zip(&plain_sum)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f64, f64::max);
     let correct = max_err <= agg.error_bound * (1.0 + 1e-9) + 1e-9;
-    ensure!(correct, "aggregate off by {max_err}, bound {}", agg.error_bound);
+    ensure!(
+        correct,
+        "aggregate off by {max_err}, bound {}",
+        agg.error_bound
+    );
 
-    let live: Vec<Tally> =
-        items.iter().filter(|(id, _)| !dropped.contains(id)).filter_map(|(_, s)| s.as_ref().map(|(_, t)| *t)).collect();
-    let mean = |f: &dyn Fn(&Tally) -> f64| live.iter().map(f).sum::<f64>() / live.len().max(1) as f64;
-    let stage_max: f64 =
-        (0..4).map(|s| live.iter().map(|t| t.stage_seconds[s]).fold(0.0f64, f64::max)).sum();
+    let live: Vec<Tally> = items
+        .iter()
+        .filter(|(id, _)| !dropped.contains(id))
+        .filter_map(|(_, s)| s.as_ref().map(|(_, t)| *t))
+        .collect();
+    let mean =
+        |f: &dyn Fn(&Tally) -> f64| live.iter().map(f).sum::<f64>() / live.len().max(1) as f64;
+    let stage_max: f64 = (0..4)
+        .map(|s| {
+            live.iter()
+                .map(|t| t.stage_seconds[s])
+                .fold(0.0f64, f64::max)
+        })
+        .sum();
     let client_mean = mean(&|t| t.seconds);
     let client_max = live.iter().map(|t| t.seconds).fold(0.0f64, f64::max);
     let up = mean(&|t| t.up as f64);
@@ -308,10 +374,15 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
         );
         println!(
             "  client mean {client_mean:.4} s (by stage {:.4?}), max {client_max:.4} s; upload {up:.0} B/client vs {plain:.0} B plain ({:.4}×)",
-            (0..4).map(|s| mean(&|t| t.stage_seconds[s])).collect::<Vec<f64>>(),
+            (0..4)
+                .map(|s| mean(&|t| t.stage_seconds[s]))
+                .collect::<Vec<f64>>(),
             up / plain
         );
-        println!("  max |error| {max_err:.3e} ≤ bound {:.3e}", agg.error_bound);
+        println!(
+            "  max |error| {max_err:.3e} ≤ bound {:.3e}",
+            agg.error_bound
+        );
     }
     Ok(())
 }

@@ -40,9 +40,12 @@ pub enum DataCommand {
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Fetch { name, data_dir } => fetch(&name, data_dir.resolve()),
-        DataCommand::PartitionStats { scenario, clients, json, data_dir } => {
-            partition_stats(&scenario, clients, json, data_dir.resolve())
-        }
+        DataCommand::PartitionStats {
+            scenario,
+            clients,
+            json,
+            data_dir,
+        } => partition_stats(&scenario, clients, json, data_dir.resolve()),
     }
 }
 
@@ -72,7 +75,9 @@ fn fetch(name: &str, dir: PathBuf) -> Result<()> {
         })
         .with_context(|| format!("fetching {n}"))?;
         bar.finish_and_clear();
-        let place = outcome.dir.map_or("built in".to_string(), |d| d.display().to_string());
+        let place = outcome
+            .dir
+            .map_or("built in".to_string(), |d| d.display().to_string());
         if outcome.already_present {
             println!("{n}: already present ({place})");
         } else {
@@ -88,7 +93,10 @@ fn partition_stats(path: &Path, per_client: bool, json: bool, dir: PathBuf) -> R
     let train = &prepared.data.train;
     let s = flotilla_data::stats(&prepared.partition, &train.labels, train.num_classes);
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).context("encoding stats")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).context("encoding stats")?
+        );
         return Ok(());
     }
     println!(
@@ -101,7 +109,13 @@ fn partition_stats(path: &Path, per_client: bool, json: bool, dir: PathBuf) -> R
     );
     println!(
         "samples: {} assigned of {} train; per client min {} / median {} / mean {:.1} / max {}; empty clients {}",
-        s.total_samples, train.len(), s.min_size, s.median_size, s.mean_size, s.max_size, s.empty_clients
+        s.total_samples,
+        train.len(),
+        s.min_size,
+        s.median_size,
+        s.mean_size,
+        s.max_size,
+        s.empty_clients
     );
     println!(
         "label skew: {:.2} classes per client on average (of {}); total-variation distance from the global label mix: mean {:.3}, max {:.3}",

@@ -11,9 +11,9 @@ mod dp_cmd;
 mod log_escape;
 mod model_file;
 mod net_cmd;
-mod server_cmd;
 mod plot;
 mod ready;
+mod server_cmd;
 mod sim_cmd;
 
 use std::path::PathBuf;
@@ -68,7 +68,9 @@ struct DataDirArg {
 
 impl DataDirArg {
     fn resolve(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(flotilla_data::default_data_dir)
+        self.data_dir
+            .clone()
+            .unwrap_or_else(flotilla_data::default_data_dir)
     }
 }
 
@@ -91,7 +93,10 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the outermost context and its causes, joined.
             // Messages quote the server and files: escaped, so they cannot drive the terminal.
-            eprintln!("error: {}", log_escape::escape_control(&format!("{e:#}").replace('\n', " ")));
+            eprintln!(
+                "error: {}",
+                log_escape::escape_control(&format!("{e:#}").replace('\n', " "))
+            );
             ExitCode::FAILURE
         }
     }

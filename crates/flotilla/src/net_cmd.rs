@@ -3,14 +3,16 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use std::time::Duration;
 
-use flotilla_client::{BoxError, Client, ClientConfig, DatasetTrainer, LocalTrainer, TaskInfo, TrainOutcome};
+use flotilla_client::{
+    BoxError, Client, ClientConfig, DatasetTrainer, LocalTrainer, TaskInfo, TrainOutcome,
+};
 use flotilla_data::DatasetName;
 
-use crate::admin_cmd::{self, ClientAdminCommand};
 use crate::DataDirArg;
+use crate::admin_cmd::{self, ClientAdminCommand};
 
 /// Arguments of `flotilla client`: run a client, or administer clients (`client list`, `client revoke`).
 #[derive(Debug, clap::Args)]
@@ -71,7 +73,10 @@ pub(crate) fn init_logging() {
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -79,13 +84,14 @@ pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -120,9 +126,17 @@ impl<T: LocalTrainer> LocalTrainer for Slowed<T> {
 }
 
 fn parse_partition(s: &str) -> Result<(usize, usize)> {
-    let (i, n) = s.split_once('/').ok_or_else(|| anyhow!("--partition must look like I/N, e.g. 3/10, got {s}"))?;
-    let i: usize = i.trim().parse().with_context(|| format!("--partition {s}: I is not a number"))?;
-    let n: usize = n.trim().parse().with_context(|| format!("--partition {s}: N is not a number"))?;
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow!("--partition must look like I/N, e.g. 3/10, got {s}"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .with_context(|| format!("--partition {s}: I is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .with_context(|| format!("--partition {s}: N is not a number"))?;
     if n == 0 || i >= n {
         bail!("--partition {s}: need 0 ≤ I < N");
     }
@@ -134,11 +148,18 @@ pub fn client(args: ClientArgs) -> Result<()> {
         return admin_cmd::client_admin(cmd);
     }
     init_logging();
-    let coordinator = args.coordinator.ok_or_else(|| anyhow!("--coordinator is required"))?;
+    let coordinator = args
+        .coordinator
+        .ok_or_else(|| anyhow!("--coordinator is required"))?;
     if args.train_delay_ms > MAX_TRAIN_DELAY_MS {
-        bail!("--train-delay-ms must be in 0..={MAX_TRAIN_DELAY_MS}, got {}", args.train_delay_ms);
+        bail!(
+            "--train-delay-ms must be in 0..={MAX_TRAIN_DELAY_MS}, got {}",
+            args.train_delay_ms
+        );
     }
-    let state_dir = args.state_dir.ok_or_else(|| anyhow!("--state-dir is required"))?;
+    let state_dir = args
+        .state_dir
+        .ok_or_else(|| anyhow!("--state-dir is required"))?;
     let trainer = match (args.data, args.dataset, args.partition) {
         (Some(path), _, _) => {
             let data = flotilla_data::load_csv(&path)?;
@@ -151,7 +172,9 @@ pub fn client(args: ClientArgs) -> Result<()> {
             DatasetTrainer::from_partition(dataset, &args.data_dir.resolve(), index, of)
                 .with_context(|| format!("loading {dataset} part {index}/{of}"))?
         }
-        _ => bail!("give the client data to train on: --dataset NAME --partition I/N, or --data FILE.csv"),
+        _ => bail!(
+            "give the client data to train on: --dataset NAME --partition I/N, or --data FILE.csv"
+        ),
     };
     let mut config = ClientConfig::new(coordinator, state_dir);
     config.ca_cert = args.ca_cert;
@@ -160,7 +183,10 @@ pub fn client(args: ClientArgs) -> Result<()> {
     config.client_name = args.name;
     config.job_ids = args.jobs;
     let client = Client::new(config).context("configuring the client")?;
-    let trainer = Slowed { inner: trainer, delay: Duration::from_millis(args.train_delay_ms) };
+    let trainer = Slowed {
+        inner: trainer,
+        delay: Duration::from_millis(args.train_delay_ms),
+    };
     // The run's error, not the `RunError` around it: its Display repeats the error's, which the
     // one-line `error: …` report would then print twice.
     let stats = runtime()?

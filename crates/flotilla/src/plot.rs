@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 /// Writes test accuracy against round as an SVG line chart.
@@ -24,7 +24,10 @@ pub fn accuracy_svg(path: &Path, title: &str, points: &[(u64, f64)]) -> Result<(
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     chart
-        .draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2)))
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            BLUE.stroke_width(2),
+        ))
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())

@@ -21,13 +21,19 @@ impl Ready {
     /// URLs of the bound listeners: `https://` with TLS, `http://` when `insecure`.
     pub fn new(insecure: bool, grpc: SocketAddr, admin: SocketAddr) -> Self {
         let scheme = if insecure { "http" } else { "https" };
-        Self { grpc: format!("{scheme}://{grpc}"), admin: format!("{scheme}://{admin}") }
+        Self {
+            grpc: format!("{scheme}://{grpc}"),
+            admin: format!("{scheme}://{admin}"),
+        }
     }
 
     /// The one line printed on stdout, e.g.
     /// `coordinator ready: gRPC https://127.0.0.1:7070, admin https://127.0.0.1:7443`.
     pub fn line(&self) -> String {
-        format!("coordinator ready: gRPC {}, admin {}", self.grpc, self.admin)
+        format!(
+            "coordinator ready: gRPC {}, admin {}",
+            self.grpc, self.admin
+        )
     }
 
     /// Writes `{"grpc": …, "admin": …, "pid": …}` to `path` atomically (a temporary file in the same
@@ -42,9 +48,17 @@ impl Ready {
         let mut tmp = tempfile::Builder::new()
             .prefix(".flotilla-ready")
             .tempfile_in(dir)
-            .with_context(|| format!("creating a temporary file in {} for --ready-file", dir.display()))?;
-        writeln!(tmp, "{doc}").and_then(|()| tmp.as_file().sync_all()).context("writing the ready file")?;
-        tmp.persist(path).with_context(|| format!("writing --ready-file {}", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "creating a temporary file in {} for --ready-file",
+                    dir.display()
+                )
+            })?;
+        writeln!(tmp, "{doc}")
+            .and_then(|()| tmp.as_file().sync_all())
+            .context("writing the ready file")?;
+        tmp.persist(path)
+            .with_context(|| format!("writing --ready-file {}", path.display()))?;
         Ok(ReadyFile(path.to_path_buf()))
     }
 }

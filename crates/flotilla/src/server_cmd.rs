@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use flotilla_coordinator::{ServerConfig, TlsMode};
 
 use crate::net_cmd::{init_logging, runtime, shutdown_signal};
@@ -29,10 +29,20 @@ pub struct ServerArgs {
     #[arg(long, value_name = "URL")]
     blob_url: Option<String>,
     /// TLS certificate chain (PEM)
-    #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "insecure")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "insecure"
+    )]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM)
-    #[arg(long, value_name = "FILE", requires = "tls_cert", conflicts_with = "insecure")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        conflicts_with = "insecure"
+    )]
     tls_key: Option<PathBuf>,
     /// Serve plain text (development only; logged as a warning)
     #[arg(long)]
@@ -94,7 +104,9 @@ pub fn server(args: ServerArgs) -> Result<()> {
     let admin_token = std::env::var("FLOTILLA_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| anyhow!("FLOTILLA_ADMIN_TOKEN must be set to the token the admin API will require"))?;
+        .ok_or_else(|| {
+            anyhow!("FLOTILLA_ADMIN_TOKEN must be set to the token the admin API will require")
+        })?;
     let tls = match (args.tls_cert, args.tls_key, args.insecure) {
         (Some(cert), Some(key), false) => TlsMode::Files { cert, key },
         (None, None, true) => TlsMode::Insecure,
@@ -135,8 +147,14 @@ pub fn dev_certs(args: DevCertsArgs) -> Result<()> {
     let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
     let certs = flotilla_coordinator::write_dev_certs(&args.dir, &hosts)
         .with_context(|| format!("writing certificates to {}", args.dir.display()))?;
-    println!("CA certificate (give clients --ca-cert): {}", certs.ca_cert.display());
-    println!("server certificate (--tls-cert): {}", certs.server_cert.display());
+    println!(
+        "CA certificate (give clients --ca-cert): {}",
+        certs.ca_cert.display()
+    );
+    println!(
+        "server certificate (--tls-cert): {}",
+        certs.server_cert.display()
+    );
     println!("server key (--tls-key): {}", certs.server_key.display());
     Ok(())
 }

@@ -45,29 +45,51 @@ fn peak_rss_bytes() -> Option<u64> {
 pub(crate) fn load_scenario(path: &Path, overrides: &Overrides) -> Result<Scenario> {
     Scenario::load(path, overrides).map_err(|e| match e {
         ScenarioError::Read { .. } | ScenarioError::Syntax { .. } => anyhow::Error::new(e),
-        ScenarioError::Invalid { .. } => anyhow::Error::new(e).context(format!("scenario {}", path.display())),
+        ScenarioError::Invalid { .. } => {
+            anyhow::Error::new(e).context(format!("scenario {}", path.display()))
+        }
     })
 }
 
 pub fn run(args: SimArgs) -> Result<()> {
     let t0 = Instant::now();
-    let overrides = Overrides { rounds: args.rounds, seed: args.seed };
+    let overrides = Overrides {
+        rounds: args.rounds,
+        seed: args.seed,
+    };
     let scenario = load_scenario(&args.scenario, &overrides)?;
     let data_dir = args.data_dir.resolve();
     let prepared = flotilla_sim::prepare(&scenario, &data_dir)?;
 
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(scenario.rounds) };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(scenario.rounds)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let quiet = args.quiet;
     // indicatif drops `println` on a hidden bar (output not a terminal): print plainly then, so
     // logs and pipes still get one line per round.
-    let say = |line: String| if bar.is_hidden() { println!("{line}") } else { bar.println(line) };
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}")
+        } else {
+            bar.println(line)
+        }
+    };
     let mut observe = |e: &SimEvent| match e {
-        SimEvent::Started { train_samples, test_samples, num_params, initial_accuracy } => {
+        SimEvent::Started {
+            train_samples,
+            test_samples,
+            num_params,
+            initial_accuracy,
+        } => {
             if !quiet {
                 say(format!(
                     "{}: {} rounds on {} ({} train / {} test samples), {} clients, {} per round, model {} ({} parameters); initial test accuracy {:.4}",
@@ -93,7 +115,12 @@ pub fn run(args: SimArgs) -> Result<()> {
                 ));
             }
         }
-        SimEvent::RoundAbandoned { round, attempt, reports, needed } => {
+        SimEvent::RoundAbandoned {
+            round,
+            attempt,
+            reports,
+            needed,
+        } => {
             if !quiet {
                 say(format!(
                     "round {round:>4}  attempt {attempt} abandoned: {reports} of {needed} needed reports; retrying"
@@ -112,7 +139,16 @@ pub fn run(args: SimArgs) -> Result<()> {
         }
         println!(
             "privacy: ({:.4}, {:e})-DP after {} rounds ({} mode, q = {}, noise multiplier {})",
-            p.epsilon_spent, p.delta, p.rounds, if p.mode == flotilla_core::dp::DpMode::Central { "central" } else { "distributed" }, p.sampling_rate, p.noise_multiplier
+            p.epsilon_spent,
+            p.delta,
+            p.rounds,
+            if p.mode == flotilla_core::dp::DpMode::Central {
+                "central"
+            } else {
+                "distributed"
+            },
+            p.sampling_rate,
+            p.noise_multiplier
         );
     }
     if let Some(b) = outcome.final_backdoor_success {
@@ -124,7 +160,10 @@ pub fn run(args: SimArgs) -> Result<()> {
         outcome.final_accuracy,
         outcome.final_loss,
         wall,
-        rss.map_or("unknown".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6)),
+        rss.map_or("unknown".to_string(), |b| format!(
+            "{:.1} MB",
+            b as f64 / 1e6
+        )),
         outcome.model_sha256
     );
 
@@ -132,10 +171,18 @@ pub fn run(args: SimArgs) -> Result<()> {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let evaluated: Vec<_> = outcome.history.iter().filter(|r| r.test_accuracy.is_some()).collect();
+        let evaluated: Vec<_> = outcome
+            .history
+            .iter()
+            .filter(|r| r.test_accuracy.is_some())
+            .collect();
         let plot_path = out.with_extension("svg");
         let points: Vec<(u64, f64)> = std::iter::once((0, outcome.initial_accuracy))
-            .chain(evaluated.iter().filter_map(|r| r.test_accuracy.map(|a| (r.round, a))))
+            .chain(
+                evaluated
+                    .iter()
+                    .filter_map(|r| r.test_accuracy.map(|a| (r.round, a))),
+            )
             .collect();
         crate::plot::accuracy_svg(&plot_path, &scenario.name, &points)
             .with_context(|| format!("writing plot {}", plot_path.display()))?;

@@ -24,7 +24,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn admin(dir: &std::path::Path, admin_port: u16, args: &[&str]) -> Output {
@@ -39,24 +43,47 @@ fn admin(dir: &std::path::Path, admin_port: u16, args: &[&str]) -> Output {
 }
 
 fn last_line(out: &Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_owned()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
 fn bench_coordinator_counts_every_call_and_commits_the_round() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("flotilla-bench-coord-{}", std::process::id()));
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("flotilla-bench-coord-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(bin()).args(["dev-certs"]).arg(dir.join("certs")).output().unwrap();
-    assert!(out.status.success(), "dev-certs: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["dev-certs"])
+        .arg(dir.join("certs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dev-certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (grpc, admin_port) = (free_port(), free_port());
     let certs = dir.join("certs");
     let server = Server(
         Command::new(bin())
             .args(["server", "--data-dir"])
             .arg(dir.join("server"))
-            .args(["--listen", &format!("127.0.0.1:{grpc}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
+            ])
             .arg("--tls-cert")
             .arg(certs.join("server.pem"))
             .arg("--tls-key")
@@ -70,27 +97,69 @@ fn bench_coordinator_counts_every_call_and_commits_the_round() {
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !admin(&dir, admin_port, &["job", "list"]).status.success() {
-        assert!(Instant::now() < deadline, "coordinator did not come up; see {}", dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "coordinator did not come up; see {}",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     let clients = 12;
-    let token = last_line(&admin(&dir, admin_port, &["enroll-token", "create", "--uses", "12", "--expires", "1h"]));
+    let token = last_line(&admin(
+        &dir,
+        admin_port,
+        &["enroll-token", "create", "--uses", "12", "--expires", "1h"],
+    ));
     let out = Command::new(bin())
-        .args(["bench", "coordinator", "--coordinator", &format!("https://127.0.0.1:{grpc}")])
+        .args([
+            "bench",
+            "coordinator",
+            "--coordinator",
+            &format!("https://127.0.0.1:{grpc}"),
+        ])
         .args(["--admin-url", &format!("https://127.0.0.1:{admin_port}")])
         .arg("--ca-cert")
         .arg(certs.join("ca.pem"))
-        .args(["--token", &token, "--clients", &clients.to_string(), "--connections", "2"])
-        .args(["--checkin-seconds", "0.3", "--checkin-concurrency", "4", "--checkin-rate", "40"])
-        .args(["--params", "1000", "--chunk-bytes", "1000", "--upload-concurrency", "3"])
+        .args([
+            "--token",
+            &token,
+            "--clients",
+            &clients.to_string(),
+            "--connections",
+            "2",
+        ])
+        .args([
+            "--checkin-seconds",
+            "0.3",
+            "--checkin-concurrency",
+            "4",
+            "--checkin-rate",
+            "40",
+        ])
+        .args([
+            "--params",
+            "1000",
+            "--chunk-bytes",
+            "1000",
+            "--upload-concurrency",
+            "3",
+        ])
         .args(["--server-pid", &server.0.id().to_string(), "--json"])
         .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap();
-    assert!(out.status.success(), "bench: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.trim().lines().count(), 1, "one JSON object on one line: {stdout}");
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "one JSON object on one line: {stdout}"
+    );
     let r: Value = serde_json::from_str(stdout.trim()).unwrap();
 
     assert_eq!(r["clients"], clients);
@@ -101,9 +170,16 @@ fn bench_coordinator_counts_every_call_and_commits_the_round() {
         assert_eq!(c["tasks"], 0, "the check-in job never starts a round: {c}");
         let count = c["count"].as_u64().unwrap();
         assert!(count >= 1, "{key}: {c}");
-        assert_eq!(c["retry_after"].as_u64().unwrap(), count, "{key}: every check-in answered RetryAfter");
+        assert_eq!(
+            c["retry_after"].as_u64().unwrap(),
+            count,
+            "{key}: every check-in answered RetryAfter"
+        );
         for p in ["p50", "p90", "p99", "max"] {
-            assert!(c["latency_ms"][p].as_f64().is_some(), "{key}.latency_ms.{p}: {c}");
+            assert!(
+                c["latency_ms"][p].as_f64().is_some(),
+                "{key}.latency_ms.{p}: {c}"
+            );
         }
     }
     assert_eq!(r["checkin"]["closed_loop"]["concurrency"], 4);
@@ -126,12 +202,26 @@ fn bench_coordinator_counts_every_call_and_commits_the_round() {
 
     // The coordinator agrees: one committed round with every client in it; the check-in job is gone.
     let job = i["job_id"].as_str().unwrap();
-    let status: Value = serde_json::from_str(&last_line(&admin(&dir, admin_port, &["job", "status", job, "--json"]))).unwrap();
+    let status: Value = serde_json::from_str(&last_line(&admin(
+        &dir,
+        admin_port,
+        &["job", "status", job, "--json"],
+    )))
+    .unwrap();
     assert_eq!(status["rounds_completed"], 1);
-    assert_eq!(status["history"][0]["participants"].as_array().map(Vec::len), Some(clients));
+    assert_eq!(
+        status["history"][0]["participants"]
+            .as_array()
+            .map(Vec::len),
+        Some(clients)
+    );
     let checkin_job = r["checkin"]["job_id"].as_str().unwrap();
-    let status: Value =
-        serde_json::from_str(&last_line(&admin(&dir, admin_port, &["job", "status", checkin_job, "--json"]))).unwrap();
+    let status: Value = serde_json::from_str(&last_line(&admin(
+        &dir,
+        admin_port,
+        &["job", "status", checkin_job, "--json"],
+    )))
+    .unwrap();
     assert_eq!(status["state"], "cancelled");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

@@ -22,7 +22,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("flotilla-first-hour-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("flotilla-first-hour-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -37,8 +38,16 @@ impl Drop for Scratch {
 
 /// `flotilla dev-certs DIR`: a CA and a server certificate of its own, as a user would make them.
 fn dev_certs(dir: &Path) {
-    let out = Command::new(bin()).arg("dev-certs").arg(dir).output().unwrap();
-    assert!(out.status.success(), "dev-certs: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .arg("dev-certs")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dev-certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Waits up to `limit` for `child` to exit, then kills it. Returns its output and how long it ran,
@@ -54,14 +63,21 @@ fn wait_output(mut child: Child, limit: Duration) -> (Option<Output>, Duration) 
     }
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    eprintln!("killed after {limit:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "killed after {limit:?}; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (None, start.elapsed())
 }
 
 /// The lines of `out`'s stderr that start with `error:` (what `main` prints), and all of stderr.
 fn error_lines(out: &Output) -> (Vec<String>, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let errors = stderr.lines().filter(|l| l.starts_with("error:")).map(str::to_owned).collect();
+    let errors = stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_owned)
+        .collect();
     (errors, stderr)
 }
 
@@ -81,7 +97,11 @@ fn a_client_given_the_wrong_ca_stops_at_once_with_the_hint() {
     dev_certs(&other);
     let wrong_ca = other.join("ca.pem");
     let child = Command::new(bin())
-        .args(["client", "--coordinator", &format!("https://127.0.0.1:{}", f.grpc)])
+        .args([
+            "client",
+            "--coordinator",
+            &format!("https://127.0.0.1:{}", f.grpc),
+        ])
         .args(["--token", &token])
         .arg("--state-dir")
         .arg(f.dir.join("client-state"))
@@ -96,7 +116,10 @@ fn a_client_given_the_wrong_ca_stops_at_once_with_the_hint() {
         .unwrap();
     let (out, elapsed) = wait_output(child, Duration::from_secs(30));
     let out = out.expect("the client kept running with the wrong CA");
-    assert!(elapsed <= CLIENT_EXIT_BOUND, "the client took {elapsed:?} to give up");
+    assert!(
+        elapsed <= CLIENT_EXIT_BOUND,
+        "the client took {elapsed:?} to give up"
+    );
     assert!(!out.status.success());
     let (errors, stderr) = error_lines(&out);
     assert_eq!(errors.len(), 1, "{stderr}");
@@ -108,7 +131,10 @@ fn a_client_given_the_wrong_ca_stops_at_once_with_the_hint() {
         )),
         "{hint}"
     );
-    assert!(hint.contains("give the CA that signed the server certificate"), "{hint}");
+    assert!(
+        hint.contains("give the CA that signed the server certificate"),
+        "{hint}"
+    );
     assert!(hint.contains("flotilla dev-certs"), "{hint}");
     // Said once, not wrapped around itself; and never treated as an outage to wait out.
     assert_eq!(hint.matches("not signed by").count(), 1, "{hint}");
@@ -130,13 +156,26 @@ fn an_admin_command_given_the_wrong_ca_fails_with_the_same_hint() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let (errors, stderr) = error_lines(&out);
     assert_eq!(errors.len(), 1, "{stderr}");
     let hint = &errors[0];
-    assert!(hint.contains("the coordinator's certificate is not signed by the CA given with --ca-cert"), "{hint}");
-    assert!(hint.contains("give the CA that signed the server certificate"), "{hint}");
-    assert!(hint.contains(&format!("calling {}/v1/enrollment-tokens", f.admin_url())), "{hint}");
+    assert!(
+        hint.contains("the coordinator's certificate is not signed by the CA given with --ca-cert"),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("give the CA that signed the server certificate"),
+        "{hint}"
+    );
+    assert!(
+        hint.contains(&format!("calling {}/v1/enrollment-tokens", f.admin_url())),
+        "{hint}"
+    );
     // The right CA still works, so the hint is about the CA and nothing else.
     let token = f.last_line(&["enroll-token", "create"]);
     assert!(!token.is_empty());
@@ -185,7 +224,8 @@ fn write_cert(dir: &Path, params: CertificateParams, self_signed: bool) -> (Path
 }
 
 fn localhost() -> CertificateParams {
-    let mut p = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let mut p =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     p.distinguished_name.push(DnType::CommonName, "localhost");
     p
 }
@@ -204,7 +244,10 @@ fn the_server_refuses_a_ca_certificate_as_its_own() {
     assert_eq!(errors.len(), 1, "{stderr}");
     let e = &errors[0];
     assert!(
-        e.contains(&format!("--tls-cert {} is a CA certificate (basicConstraints CA:TRUE); clients refuse it", cert.display())),
+        e.contains(&format!(
+            "--tls-cert {} is a CA certificate (basicConstraints CA:TRUE); clients refuse it",
+            cert.display()
+        )),
         "{e}"
     );
     assert!(e.contains("leaf certificate signed by your CA"), "{e}");
@@ -223,7 +266,10 @@ fn the_server_refuses_an_expired_certificate() {
     let (errors, stderr) = error_lines(&out);
     assert_eq!(errors.len(), 1, "{stderr}");
     let e = &errors[0];
-    assert!(e.contains(&format!("--tls-cert {} expired at", cert.display())), "{e}");
+    assert!(
+        e.contains(&format!("--tls-cert {} expired at", cert.display())),
+        "{e}"
+    );
     assert!(e.contains("2021"), "{e}");
     assert!(e.contains("clients refuse it"), "{e}");
 }
@@ -242,7 +288,11 @@ fn the_server_refuses_a_key_of_another_certificate() {
     assert_eq!(errors.len(), 1, "{stderr}");
     let e = &errors[0];
     assert!(
-        e.contains(&format!("--tls-key {} does not belong to --tls-cert {}", key.display(), cert.display())),
+        e.contains(&format!(
+            "--tls-key {} does not belong to --tls-cert {}",
+            key.display(),
+            cert.display()
+        )),
         "{e}"
     );
 }

@@ -32,17 +32,32 @@ impl LocalTrainer for Shift {
 
     fn train(&mut self, task: &TaskInfo, global: &[f32]) -> Result<TrainOutcome, BoxError> {
         if global.len() != PARAMS {
-            return Err(format!("global model has {} values, expected {PARAMS}", global.len()).into());
+            return Err(format!(
+                "global model has {} values, expected {PARAMS}",
+                global.len()
+            )
+            .into());
         }
         if let Some(last) = &self.last {
             if let Some(i) = (0..PARAMS).find(|&i| last[i].to_bits() != global[i].to_bits()) {
-                return Err(format!("round {}: value {i} is {}, sent {}", task.round, global[i], last[i]).into());
+                return Err(format!(
+                    "round {}: value {i} is {}, sent {}",
+                    task.round, global[i], last[i]
+                )
+                .into());
             }
-            self.checked.lock().map_err(|e| e.to_string())?.push(task.round);
+            self.checked
+                .lock()
+                .map_err(|e| e.to_string())?
+                .push(task.round);
         }
         let params: Vec<f32> = global.iter().map(|v| v + 0.25).collect();
         self.last = Some(params.clone());
-        Ok(TrainOutcome { params, num_samples: 7, ..Default::default() })
+        Ok(TrainOutcome {
+            params,
+            num_samples: 7,
+            ..Default::default()
+        })
     }
 }
 
@@ -68,12 +83,18 @@ fn one_gigabyte_model_round_trips_with_bounded_coordinator_memory() {
     let job = f.submit(&spec);
     let token = f.last_line(&["enroll-token", "create", "--uses", "1", "--expires", "1h"]);
 
-    let mut config = ClientConfig::new(format!("https://127.0.0.1:{}", f.grpc), f.dir.join("sdk-client"));
+    let mut config = ClientConfig::new(
+        format!("https://127.0.0.1:{}", f.grpc),
+        f.dir.join("sdk-client"),
+    );
     config.ca_cert = Some(f.dir.join("certs/ca.pem"));
     config.enrollment_token = Some(token);
     let client = Client::new(config).expect("client config");
     let checked = Arc::new(Mutex::new(Vec::new()));
-    let trainer = Shift { last: None, checked: Arc::clone(&checked) };
+    let trainer = Shift {
+        last: None,
+        checked: Arc::clone(&checked),
+    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
     let (status, stats) = std::thread::scope(|s| {
@@ -84,9 +105,12 @@ fn one_gigabyte_model_round_trips_with_bounded_coordinator_memory() {
                 let _ = stopped.await;
             }))
         });
-        let status = f.wait_for(&job, "the 1 GB job to complete", Duration::from_secs(1200), |s| {
-            completed(s) || s["state"] == "failed"
-        });
+        let status = f.wait_for(
+            &job,
+            "the 1 GB job to complete",
+            Duration::from_secs(1200),
+            |s| completed(s) || s["state"] == "failed",
+        );
         // The store says completed before the last upload's answer reaches the client, and stopping
         // the client drops what it has in flight: stop it only once it has checked in again, which
         // its loop does after it has handled that answer.
@@ -103,7 +127,11 @@ fn one_gigabyte_model_round_trips_with_bounded_coordinator_memory() {
     assert_eq!(status["state"], "completed", "{status}");
     assert_eq!(status["rounds_completed"], 2, "{status}");
     assert_eq!(stats.uploads_accepted, 2, "{stats:?}");
-    assert_eq!(*checked.lock().unwrap(), vec![2], "round 2 received round 1's update bit-exactly");
+    assert_eq!(
+        *checked.lock().unwrap(),
+        vec![2],
+        "round 2 received round 1's update bit-exactly"
+    );
 
     // Memory is O(model), independent of clients and of message sizes. What is resident at the
     // commit of a round (measured peak 7.0 GB on 2026-11-28): the machine's global model (1×), the
@@ -113,6 +141,13 @@ fn one_gigabyte_model_round_trips_with_bounded_coordinator_memory() {
     // would bring this to 5×; see the coordinator README.)
     let server_pid = f.server.0[0].id();
     let peak = peak_rss(server_pid);
-    eprintln!("coordinator peak RSS {:.2} GB for a {:.2} GB model", peak as f64 / 1e9, MODEL_BYTES as f64 / 1e9);
-    assert!(peak < 8 * MODEL_BYTES, "coordinator peak RSS {peak} B is not a small multiple of the {MODEL_BYTES} B model");
+    eprintln!(
+        "coordinator peak RSS {:.2} GB for a {:.2} GB model",
+        peak as f64 / 1e9,
+        MODEL_BYTES as f64 / 1e9
+    );
+    assert!(
+        peak < 8 * MODEL_BYTES,
+        "coordinator peak RSS {peak} B is not a small multiple of the {MODEL_BYTES} B model"
+    );
 }

@@ -8,18 +8,25 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{bin, free_port, Procs, ADMIN_TOKEN};
+use common::{ADMIN_TOKEN, Procs, bin, free_port};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flotilla-ready-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(bin()).args(["dev-certs", dir.join("certs").to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "dev-certs: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["dev-certs", dir.join("certs").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dev-certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir
 }
 
@@ -27,7 +34,12 @@ fn scratch(name: &str) -> PathBuf {
 fn server(dir: &Path, grpc: u16, admin: u16, insecure: bool, ready_file: Option<&Path>) -> Child {
     let mut cmd = Command::new(bin());
     cmd.args(["server", "--data-dir", dir.join("server").to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{grpc}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
         .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -36,7 +48,10 @@ fn server(dir: &Path, grpc: u16, admin: u16, insecure: bool, ready_file: Option<
         cmd.arg("--insecure");
     } else {
         cmd.args(["--tls-cert", dir.join("certs/server.pem").to_str().unwrap()])
-            .args(["--tls-key", dir.join("certs/server-key.pem").to_str().unwrap()]);
+            .args([
+                "--tls-key",
+                dir.join("certs/server-key.pem").to_str().unwrap(),
+            ]);
     }
     if let Some(path) = ready_file {
         cmd.arg("--ready-file").arg(path);
@@ -47,7 +62,14 @@ fn server(dir: &Path, grpc: u16, admin: u16, insecure: bool, ready_file: Option<
 /// `flotilla job list` against the admin API at `url`, with extra arguments and environment.
 fn job_list(dir: &Path, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin())
-        .args(["job", "list", "--admin-url", url, "--ca-cert", dir.join("certs/ca.pem").to_str().unwrap()])
+        .args([
+            "job",
+            "list",
+            "--admin-url",
+            url,
+            "--ca-cert",
+            dir.join("certs/ca.pem").to_str().unwrap(),
+        ])
         .args(extra)
         .env_remove("FLOTILLA_ADMIN_WAIT")
         .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -74,24 +96,45 @@ fn server_prints_one_ready_line_and_keeps_a_ready_file_while_it_runs() {
     let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     assert_eq!(
         line.trim_end(),
-        format!("coordinator ready: gRPC https://127.0.0.1:{grpc}, admin https://127.0.0.1:{admin}"),
+        format!(
+            "coordinator ready: gRPC https://127.0.0.1:{grpc}, admin https://127.0.0.1:{admin}"
+        ),
         "server log: {}",
         log()
     );
     // The file is there by the time the line is printed, and both listeners take connections.
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
     assert_eq!(doc["grpc"], format!("https://127.0.0.1:{grpc}"));
     assert_eq!(doc["admin"], format!("https://127.0.0.1:{admin}"));
     assert_eq!(doc["pid"], procs.0[0].id());
     std::net::TcpStream::connect(("127.0.0.1", grpc)).expect("the gRPC listener accepts");
-    let out = job_list(&dir, &format!("https://127.0.0.1:{admin}"), &["--wait", "0"], &[]);
-    assert!(out.status.success(), "the admin API answers at once: {}", text(&out.stderr));
+    let out = job_list(
+        &dir,
+        &format!("https://127.0.0.1:{admin}"),
+        &["--wait", "0"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "the admin API answers at once: {}",
+        text(&out.stderr)
+    );
     // No temporary file is left next to it.
-    let names: Vec<_> = std::fs::read_dir(ready.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(ready.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["server.ready"]);
 
     // A clean stop removes the file; nothing more was printed on stdout.
-    assert!(Command::new("kill").args(["-TERM", &procs.0[0].id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &procs.0[0].id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = procs.0[0].wait().unwrap();
     assert!(status.success(), "server exit {status}: {}", log());
     assert!(!ready.exists(), "the ready file outlived the server");
@@ -109,7 +152,10 @@ fn insecure_server_announces_plain_http() {
     let _procs = Procs(vec![child]);
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim_end(), format!("coordinator ready: gRPC http://127.0.0.1:{grpc}, admin http://127.0.0.1:{admin}"));
+    assert_eq!(
+        line.trim_end(),
+        format!("coordinator ready: gRPC http://127.0.0.1:{grpc}, admin http://127.0.0.1:{admin}")
+    );
 }
 
 #[test]
@@ -125,7 +171,11 @@ fn admin_command_waits_for_a_coordinator_that_is_still_starting() {
     std::thread::sleep(Duration::from_millis(500));
     let _server = Procs(vec![server(&dir, grpc, admin, false, None)]);
     let out = cli.join().unwrap();
-    assert!(out.status.success(), "job list after the server came up: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "job list after the server came up: {}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -149,7 +199,11 @@ fn admin_command_gives_up_after_wait_with_one_line() {
     }
     let out = job_list(&dir, &url, &["--wait", "soon"], &[]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("--wait"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--wait"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A request that reached a server is never sent again, even with time left to wait: a server
@@ -173,7 +227,15 @@ fn a_request_that_reached_the_server_is_not_retried() {
     }
     let dir = std::env::temp_dir();
     let out = Command::new(bin())
-        .args(["job", "submit", "--admin-url", &format!("http://127.0.0.1:{port}"), "--insecure", "--wait", "60s"])
+        .args([
+            "job",
+            "submit",
+            "--admin-url",
+            &format!("http://127.0.0.1:{port}"),
+            "--insecure",
+            "--wait",
+            "60s",
+        ])
         .arg(common::workspace_root().join("examples/job-digits.toml"))
         .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
         .current_dir(dir)

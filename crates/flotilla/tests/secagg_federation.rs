@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_client::{DatasetTrainer, ModelDescription, TaskInfo, TrainingConfig};
-use flotilla_core::round::{Action, ClientId, Event, RoundMachine};
 use flotilla_coordinator::spec::JobSpec;
+use flotilla_core::round::{Action, ClientId, Event, RoundMachine};
 use serde_json::Value;
 
 const ADMIN_TOKEN: &str = "e2e-admin-token";
@@ -37,7 +37,11 @@ impl Drop for Procs {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn admin(dir: &Path, admin_port: u16, args: &[&str]) -> std::process::Output {
@@ -52,14 +56,26 @@ fn admin(dir: &Path, admin_port: u16, args: &[&str]) -> std::process::Output {
 }
 
 fn last_line(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_string()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn job_spec() -> String {
     let base = std::fs::read_to_string(workspace_root().join("examples/job-digits.toml")).unwrap();
     base.replace("rounds = 20", "rounds = 1")
-        .replace("clients_per_round = 10", &format!("clients_per_round = {CLIENTS}"))
+        .replace(
+            "clients_per_round = 10",
+            &format!("clients_per_round = {CLIENTS}"),
+        )
         .replace("min_clients = 10", &format!("min_clients = {CLIENTS}"))
         .replace("round_deadline_seconds = 60", "round_deadline_seconds = 20")
         .replace("min_report_fraction = 0.8", "min_report_fraction = 0.6")
@@ -96,8 +112,15 @@ fn start_coordinator(tag: &str) -> Coordinator {
     let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(bin()).args(["dev-certs", dir.join("certs").to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "dev-certs: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["dev-certs", dir.join("certs").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dev-certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (grpc, admin_port) = (free_port(), free_port());
     let certs = dir.join("certs");
     let server = Command::new(bin())
@@ -118,29 +141,58 @@ fn start_coordinator(tag: &str) -> Coordinator {
     let server = Procs(vec![server]);
     let up = Instant::now() + Duration::from_secs(60);
     while !admin(&dir, admin_port, &["job", "list"]).status.success() {
-        assert!(Instant::now() < up, "coordinator did not come up; see {}", dir.display());
+        assert!(
+            Instant::now() < up,
+            "coordinator did not come up; see {}",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    Coordinator { dir, admin_port, grpc, _server: server }
+    Coordinator {
+        dir,
+        admin_port,
+        grpc,
+        _server: server,
+    }
 }
 
 /// Starts `n` client processes on digits partitions `i/n`; those in `dying` exit right after their
 /// masked input.
 fn start_clients(co: &Coordinator, n: usize, dying: &[usize]) -> Procs {
     let (dir, admin_port) = (&co.dir, co.admin_port);
-    let token = last_line(&admin(dir, admin_port, &["enroll-token", "create", "--uses", &n.to_string(), "--expires", "1h"]));
+    let token = last_line(&admin(
+        dir,
+        admin_port,
+        &[
+            "enroll-token",
+            "create",
+            "--uses",
+            &n.to_string(),
+            "--expires",
+            "1h",
+        ],
+    ));
     let certs = dir.join("certs");
     let mut clients = Procs(Vec::new());
     for i in 0..n {
         let mut cmd = Command::new(bin());
-        cmd.args(["client", "--coordinator", &format!("https://127.0.0.1:{}", co.grpc)])
-            .args(["--ca-cert", certs.join("ca.pem").to_str().unwrap(), "--token", &token])
-            .arg("--state-dir")
-            .arg(dir.join(format!("client-{i}")))
-            .args(["--dataset", "digits", "--partition", &format!("{i}/{n}")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("client-{i}.log"))).unwrap());
+        cmd.args([
+            "client",
+            "--coordinator",
+            &format!("https://127.0.0.1:{}", co.grpc),
+        ])
+        .args([
+            "--ca-cert",
+            certs.join("ca.pem").to_str().unwrap(),
+            "--token",
+            &token,
+        ])
+        .arg("--state-dir")
+        .arg(dir.join(format!("client-{i}")))
+        .args(["--dataset", "digits", "--partition", &format!("{i}/{n}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("client-{i}.log"))).unwrap());
         if dying.contains(&i) {
             cmd.env(flotilla_client::EXIT_AFTER_MASKED_INPUT_ENV, "1");
         }
@@ -154,7 +206,11 @@ fn start_clients(co: &Coordinator, n: usize, dying: &[usize]) -> Procs {
 fn run_job(co: &Coordinator, spec_text: &str, secs: u64) -> (String, Value) {
     let (dir, admin_port) = (&co.dir, co.admin_port);
     std::fs::write(dir.join("job.toml"), spec_text).unwrap();
-    let job = last_line(&admin(dir, admin_port, &["job", "submit", dir.join("job.toml").to_str().unwrap()]));
+    let job = last_line(&admin(
+        dir,
+        admin_port,
+        &["job", "submit", dir.join("job.toml").to_str().unwrap()],
+    ));
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let out = admin(dir, admin_port, &["job", "status", &job, "--json"]);
@@ -162,7 +218,11 @@ fn run_job(co: &Coordinator, spec_text: &str, secs: u64) -> (String, Value) {
         if s["state"] == "completed" || s["state"] == "failed" {
             return (job, s);
         }
-        assert!(Instant::now() < deadline, "timed out; last status {s}; logs in {}", dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "timed out; last status {s}; logs in {}",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -170,12 +230,20 @@ fn run_job(co: &Coordinator, spec_text: &str, secs: u64) -> (String, Value) {
 /// Recomputes round 1 of `job` without secure aggregation: every client `i` of `n` (enrolled id in
 /// its credential) trains from the initial model with the task seed the round machine gives it.
 /// Returns the initial model, the client ids (by partition), and each client's delta `new − initial`.
-fn round_one_deltas(dir: &Path, job: &str, spec: &JobSpec, n: usize) -> (Vec<f32>, Vec<u64>, Vec<Vec<f32>>) {
+fn round_one_deltas(
+    dir: &Path,
+    job: &str,
+    spec: &JobSpec,
+    n: usize,
+) -> (Vec<f32>, Vec<u64>, Vec<Vec<f32>>) {
     let ml = spec.ml_spec().unwrap();
     let model = flotilla_ml::build(&ml, spec.seed).unwrap();
     let (layout, initial) = (model.layout().clone(), model.parameters());
     let mut machine = RoundMachine::new(
-        flotilla_core::round::RoundPolicy { stages: vec![flotilla_core::round::StageKind::Train], ..spec.policy() },
+        flotilla_core::round::RoundPolicy {
+            stages: vec![flotilla_core::round::StageKind::Train],
+            ..spec.policy()
+        },
         layout.clone(),
         initial.clone(),
         spec.seed,
@@ -183,26 +251,49 @@ fn round_one_deltas(dir: &Path, job: &str, spec: &JobSpec, n: usize) -> (Vec<f32
     .unwrap();
     let ids: Vec<u64> = (0..n)
         .map(|i| {
-            let cred: Value =
-                serde_json::from_slice(&std::fs::read(dir.join(format!("client-{i}/credential.json"))).unwrap()).unwrap();
+            let cred: Value = serde_json::from_slice(
+                &std::fs::read(dir.join(format!("client-{i}/credential.json"))).unwrap(),
+            )
+            .unwrap();
             cred["client_id"].as_str().unwrap().parse().unwrap()
         })
         .collect();
     let mut acts = Vec::new();
     for &id in &ids {
-        acts.extend(machine.handle(0, Event::CheckIn { client: ClientId(id) }));
+        acts.extend(machine.handle(
+            0,
+            Event::CheckIn {
+                client: ClientId(id),
+            },
+        ));
     }
-    let (timer, at) =
-        acts.iter().find_map(|a| if let Action::SetTimer { timer, at_ms } = a { Some((*timer, *at_ms)) } else { None }).unwrap();
+    let (timer, at) = acts
+        .iter()
+        .find_map(|a| {
+            if let Action::SetTimer { timer, at_ms } = a {
+                Some((*timer, *at_ms))
+            } else {
+                None
+            }
+        })
+        .unwrap();
     let seeds: std::collections::BTreeMap<u64, u64> = machine
         .handle(at, Event::TimerFired(timer))
         .into_iter()
-        .filter_map(|a| if let Action::Configure { client, task } = a { Some((client.0, task.seed)) } else { None })
+        .filter_map(|a| {
+            if let Action::Configure { client, task } = a {
+                Some((client.0, task.seed))
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(seeds.len(), n);
     let mut deltas = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let mut trainer = DatasetTrainer::from_partition("digits".parse().unwrap(), Path::new("unused"), i, n).unwrap();
+        let mut trainer =
+            DatasetTrainer::from_partition("digits".parse().unwrap(), Path::new("unused"), i, n)
+                .unwrap();
         let info = TaskInfo {
             job_id: job.to_string(),
             round: 1,
@@ -230,7 +321,13 @@ fn round_one_deltas(dir: &Path, job: &str, spec: &JobSpec, n: usize) -> (Vec<f32
             deadline: None,
         };
         let out = trainer.train_task(&info, &initial).unwrap();
-        deltas.push(out.params.iter().zip(&initial).map(|(n, g)| n - g).collect());
+        deltas.push(
+            out.params
+                .iter()
+                .zip(&initial)
+                .map(|(n, g)| n - g)
+                .collect(),
+        );
     }
     (initial, ids, deltas)
 }
@@ -244,16 +341,33 @@ fn twenty_client_processes_secure_round_with_30_percent_dying_after_masked_input
     let spec_text = job_spec();
     let (job, status) = run_job(&co, &spec_text, 240);
     let dir = co.dir.clone();
-    assert_eq!(status["state"], "completed", "{status}; logs in {}", dir.display());
+    assert_eq!(
+        status["state"],
+        "completed",
+        "{status}; logs in {}",
+        dir.display()
+    );
     let round = &status["history"][0];
     assert_eq!(round["metrics"]["attempt"], 1, "{status}");
     // The dying clients exited after their masked input, which still counts.
     for &i in &dying {
         let st = clients.0[i].try_wait().unwrap();
-        assert!(st.is_some_and(|s| s.success()), "client {i} should have exited after its masked input: {st:?}");
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "client {i} should have exited after its masked input: {st:?}"
+        );
     }
-    let participants: Vec<u64> = round["participants"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
-    assert_eq!(participants.len(), CLIENTS, "every masked input is in the sum: {status}");
+    let participants: Vec<u64> = round["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        participants.len(),
+        CLIENTS,
+        "every masked input is in the sum: {status}"
+    );
 
     // Recompute the plain uniform mean of the clipped deltas from what every client trained.
     let spec = JobSpec::from_toml(&spec_text).unwrap();
@@ -270,12 +384,20 @@ fn twenty_client_processes_secure_round_with_30_percent_dying_after_masked_input
     }
     let sha = round["metrics"]["model_sha256"].as_str().unwrap();
     let committed = model_blob(&dir.join("server"), 1, sha);
-    let params = spec.secagg.as_ref().unwrap().params(CLIENTS, initial.len()).unwrap();
+    let params = spec
+        .secagg
+        .as_ref()
+        .unwrap()
+        .params(CLIENTS, initial.len())
+        .unwrap();
     let bound = params.quantization_error_bound(CLIENTS) / CLIENTS as f64 + 1e-6;
     let mut moved = 0;
     for (k, ((c, g), s)) in committed.iter().zip(&initial).zip(&sum).enumerate() {
         let expected = f64::from(*g) + s / CLIENTS as f64;
-        assert!((f64::from(*c) - expected).abs() <= bound, "coordinate {k}: committed {c}, plain uniform mean {expected}");
+        assert!(
+            (f64::from(*c) - expected).abs() <= bound,
+            "coordinate {k}: committed {c}, plain uniform mean {expected}"
+        );
         moved += usize::from(c != g);
     }
     assert!(moved > initial.len() / 2, "the round changed the model");
@@ -299,7 +421,10 @@ fn six_client_processes_distributed_dp_over_secure_aggregation() {
     // m = 6, n_min = ⌈6 × 0.6⌉ = 4: shares of std 0.25; the clip range needs ≥ 0.5 + 10 × 0.25 = 3.0.
     let spec_text = base
         .replace("rounds = 20", "rounds = 2")
-        .replace("clients_per_round = 10", &format!("clients_per_round = {N}"))
+        .replace(
+            "clients_per_round = 10",
+            &format!("clients_per_round = {N}"),
+        )
         .replace("min_clients = 10", &format!("min_clients = {N}"))
         .replace("round_deadline_seconds = 60", "round_deadline_seconds = 20")
         .replace("min_report_fraction = 0.8", "min_report_fraction = 0.6")
@@ -309,15 +434,29 @@ fn six_client_processes_distributed_dp_over_secure_aggregation() {
              [secagg]\nclip_range = 3.0\n"
         );
     let (job, status) = run_job(&co, &spec_text, 240);
-    assert_eq!(status["state"], "completed", "{status}; logs in {}", dir.display());
-    let want = flotilla_privacy::epsilon(1.0, sigma, 2, 1e-5).unwrap().epsilon;
+    assert_eq!(
+        status["state"],
+        "completed",
+        "{status}; logs in {}",
+        dir.display()
+    );
+    let want = flotilla_privacy::epsilon(1.0, sigma, 2, 1e-5)
+        .unwrap()
+        .epsilon;
     let spent = status["epsilon_spent"].as_f64().unwrap_or(f64::NAN);
-    assert!(spent > 0.0 && (spent - want).abs() <= 1e-9 * want, "epsilon_spent {spent} vs {want}: {status}");
+    assert!(
+        spent > 0.0 && (spent - want).abs() <= 1e-9 * want,
+        "epsilon_spent {spent} vs {want}: {status}"
+    );
     assert_eq!(status["delta"].as_f64(), Some(1e-5), "{status}");
     let history = status["history"].as_array().unwrap();
     assert_eq!(history.len(), 2, "{status}");
     for r in history {
-        assert_eq!(r["metrics"]["privacy"]["noise_std"].as_f64(), Some(0.0), "the server adds no noise: {r}");
+        assert_eq!(
+            r["metrics"]["privacy"]["noise_std"].as_f64(),
+            Some(0.0),
+            "the server adds no noise: {r}"
+        );
         assert!(r["epsilon_spent"].as_f64().is_some_and(|e| e > 0.0), "{r}");
     }
     let round = &history[0];
@@ -327,7 +466,12 @@ fn six_client_processes_distributed_dp_over_secure_aggregation() {
     // The noise-free round 1: Σ clip_C(Δᵢ) over the participants, over m = 6.
     let spec = JobSpec::from_toml(&spec_text).unwrap();
     let (initial, ids, deltas) = round_one_deltas(&dir, &job, &spec, N);
-    let participants: Vec<u64> = round["participants"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+    let participants: Vec<u64> = round["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
     let mut sum = vec![0.0f64; initial.len()];
     for (id, d) in ids.iter().zip(deltas) {
         if participants.contains(id) {
@@ -341,15 +485,25 @@ fn six_client_processes_distributed_dp_over_secure_aggregation() {
     let sha = round["metrics"]["model_sha256"].as_str().unwrap();
     let committed = model_blob(&dir.join("server"), 1, sha);
     let expected_std = sigma * c * (k as f64 / 4.0).sqrt() / N as f64;
-    let residual: Vec<f64> =
-        committed.iter().zip(&initial).zip(&sum).map(|((m, g), s)| f64::from(*m) - (f64::from(*g) + s / N as f64)).collect();
+    let residual: Vec<f64> = committed
+        .iter()
+        .zip(&initial)
+        .zip(&sum)
+        .map(|((m, g), s)| f64::from(*m) - (f64::from(*g) + s / N as f64))
+        .collect();
     let n = residual.len() as f64;
     let mean = residual.iter().sum::<f64>() / n;
     let sd = (residual.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
     // 650 coordinates: the sample std is within ~3% (1σ) of the truth; 15% is a wide but telling margin
     // (no noise, or the server's σC/m instead of the shares, or a √m sizing would all be far off).
-    assert!((sd / expected_std - 1.0).abs() < 0.15, "residual std {sd} vs expected {expected_std} (k = {k})");
-    assert!(mean.abs() < 4.0 * expected_std / n.sqrt(), "residual mean {mean}");
+    assert!(
+        (sd / expected_std - 1.0).abs() < 0.15,
+        "residual std {sd} vs expected {expected_std} (k = {k})"
+    );
+    assert!(
+        mean.abs() < 4.0 * expected_std / n.sqrt(),
+        "residual mean {mean}"
+    );
     drop(co);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,10 @@ const MAX_REASON_BYTES: usize = 256;
 
 /// `reason` as one line of at most [`MAX_REASON_BYTES`], cut at a character boundary.
 fn one_line(reason: &str) -> String {
-    let line: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let line: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let line = line.trim();
     let mut end = line.len().min(MAX_REASON_BYTES);
     while !line.is_char_boundary(end) {
@@ -34,10 +37,11 @@ pub(super) fn trainer_failure_kind(e: &BoxError) -> v1::FailureKind {
     while let Some(err) = cur {
         if let Some(d) = err.downcast_ref::<DatasetTrainerError>() {
             return match d {
-                DatasetTrainerError::SpecMismatch { .. } | DatasetTrainerError::LayoutMismatch { .. } => {
+                DatasetTrainerError::SpecMismatch { .. }
+                | DatasetTrainerError::LayoutMismatch { .. } => v1::FailureKind::DataIncompatible,
+                DatasetTrainerError::Trainer(flotilla_ml::TrainerError::InvalidData(_)) => {
                     v1::FailureKind::DataIncompatible
                 }
-                DatasetTrainerError::Trainer(flotilla_ml::TrainerError::InvalidData(_)) => v1::FailureKind::DataIncompatible,
                 _ => v1::FailureKind::TrainingFailed,
             };
         }
@@ -51,7 +55,9 @@ pub(super) fn trainer_failure_kind(e: &BoxError) -> v1::FailureKind {
 pub(super) fn trainer_failure_reason(e: &BoxError) -> String {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
     while let Some(err) = cur {
-        if let Some(DatasetTrainerError::SpecMismatch { reason, .. }) = err.downcast_ref::<DatasetTrainerError>() {
+        if let Some(DatasetTrainerError::SpecMismatch { reason, .. }) =
+            err.downcast_ref::<DatasetTrainerError>()
+        {
             return reason.clone();
         }
         cur = err.source();
@@ -63,7 +69,13 @@ impl Session<'_> {
     /// Reports that this client gives up `task`, and why. Never fails and never waits longer than
     /// [`REPORT_TIMEOUT`]: a coordinator that is unreachable, older (`UNIMPLEMENTED`) or no longer
     /// running the task only costs a debug line.
-    pub(super) async fn report_failure(&mut self, bearer: &MetadataValue<Ascii>, task: &v1::Task, kind: v1::FailureKind, reason: &str) {
+    pub(super) async fn report_failure(
+        &mut self,
+        bearer: &MetadataValue<Ascii>,
+        task: &v1::Task,
+        kind: v1::FailureKind,
+        reason: &str,
+    ) {
         let mut req = Request::new(v1::TaskFailure {
             job_id: task.job_id.clone(),
             round: task.round,
@@ -75,7 +87,9 @@ impl Session<'_> {
         req.set_timeout(REPORT_TIMEOUT);
         let mut rpc = self.rpc(bearer);
         match tokio::time::timeout(REPORT_TIMEOUT, rpc.report_task_failure(req)).await {
-            Ok(Ok(_)) => tracing::debug!(job = %task.job_id, round = task.round, "task failure reported to the coordinator"),
+            Ok(Ok(_)) => {
+                tracing::debug!(job = %task.job_id, round = task.round, "task failure reported to the coordinator")
+            }
             Ok(Err(status)) => tracing::debug!(
                 job = %task.job_id,
                 code = ?status.code(),
@@ -100,12 +114,22 @@ mod tests {
 
     #[test]
     fn data_mismatch_is_told_apart() {
-        let e: BoxError = Box::new(DatasetTrainerError::BadConfig("epochs must be at least 1".into()));
+        let e: BoxError = Box::new(DatasetTrainerError::BadConfig(
+            "epochs must be at least 1".into(),
+        ));
         assert_eq!(trainer_failure_kind(&e), v1::FailureKind::TrainingFailed);
-        assert_eq!(trainer_failure_reason(&e), "invalid training configuration: epochs must be at least 1");
-        let e: BoxError = Box::new(DatasetTrainerError::Trainer(flotilla_ml::TrainerError::InvalidData("x".into())));
+        assert_eq!(
+            trainer_failure_reason(&e),
+            "invalid training configuration: epochs must be at least 1"
+        );
+        let e: BoxError = Box::new(DatasetTrainerError::Trainer(
+            flotilla_ml::TrainerError::InvalidData("x".into()),
+        ));
         assert_eq!(trainer_failure_kind(&e), v1::FailureKind::DataIncompatible);
         let plain: BoxError = "boom".into();
-        assert_eq!(trainer_failure_kind(&plain), v1::FailureKind::TrainingFailed);
+        assert_eq!(
+            trainer_failure_kind(&plain),
+            v1::FailureKind::TrainingFailed
+        );
     }
 }

@@ -15,7 +15,9 @@
 use std::sync::Arc;
 
 use flotilla_proto::v1;
-use flotilla_secagg::{Client as SecAggClient, ClientId as SecAggId, ClientMessage, Params, ServerMessage};
+use flotilla_secagg::{
+    Client as SecAggClient, ClientId as SecAggId, ClientMessage, Params, ServerMessage,
+};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request};
 
@@ -38,19 +40,32 @@ pub(super) struct SecAggState {
 
 /// The task's secagg parameters, with the model layout's length as the vector length.
 fn task_params(task: &v1::Task, vector_len: usize) -> Result<Params, String> {
-    let c = task.secagg.as_ref().ok_or("a secure-aggregation task without secagg parameters")?;
-    Params::new(c.max_clients as usize, c.threshold as usize, c.neighbours as usize, vector_len, c.clip_range)
-        .map_err(|e| format!("secagg parameters: {e}"))
+    let c = task
+        .secagg
+        .as_ref()
+        .ok_or("a secure-aggregation task without secagg parameters")?;
+    Params::new(
+        c.max_clients as usize,
+        c.threshold as usize,
+        c.neighbours as usize,
+        vector_len,
+        c.clip_range,
+    )
+    .map_err(|e| format!("secagg parameters: {e}"))
 }
 
 /// Distributed DP parameters of a secure-aggregation task: `(clip_norm, noise_std)` when the job
 /// asks for them (`dp_clip_norm > 0`), `None` without DP; an error for values no honest coordinator
 /// sends (non-finite, negative, or noise without a clip norm).
 fn dp_share(task: &v1::Task) -> Result<Option<(f64, f64)>, String> {
-    let Some(c) = task.secagg.as_ref() else { return Ok(None) };
+    let Some(c) = task.secagg.as_ref() else {
+        return Ok(None);
+    };
     let (clip, std) = (c.dp_clip_norm, c.dp_noise_std);
     if !(clip.is_finite() && clip >= 0.0 && std.is_finite() && std >= 0.0) {
-        return Err(format!("invalid distributed-DP parameters (dp_clip_norm = {clip}, dp_noise_std = {std})"));
+        return Err(format!(
+            "invalid distributed-DP parameters (dp_clip_norm = {clip}, dp_noise_std = {std})"
+        ));
     }
     match (clip > 0.0, std > 0.0) {
         (false, false) => Ok(None),
@@ -64,7 +79,12 @@ fn dp_share(task: &v1::Task) -> Result<Option<(f64, f64)>, String> {
 /// the operating system: nothing the coordinator knows, such as the task seed, determines it), before
 /// anything is encoded or masked. Returns what clipping did and how many noised values lie outside
 /// `±clip_range` (the encoding clamps them).
-fn privatize_delta(delta: &mut [f32], clip_norm: f64, noise_std: f64, clip_range: f64) -> (flotilla_core::dp::ClipOutcome, u64) {
+fn privatize_delta(
+    delta: &mut [f32],
+    clip_norm: f64,
+    noise_std: f64,
+    clip_range: f64,
+) -> (flotilla_core::dp::ClipOutcome, u64) {
     let out = flotilla_core::dp::clip_and_add_noise(delta, clip_norm, noise_std, &mut rand::rng());
     (out, flotilla_core::dp::count_outside(delta, clip_range))
 }
@@ -78,9 +98,9 @@ impl Session<'_> {
     }
 
     fn secagg_state(&mut self, task: &v1::Task) -> Option<&mut SecAggState> {
-        self.secagg
-            .as_mut()
-            .filter(|s| s.job_id == task.job_id && s.round == task.round && s.attempt == task.attempt)
+        self.secagg.as_mut().filter(|s| {
+            s.job_id == task.job_id && s.round == task.round && s.attempt == task.attempt
+        })
     }
 
     /// Carries out one secure-aggregation stage task.
@@ -100,7 +120,9 @@ impl Session<'_> {
         let Ok(me) = self.client_id().parse::<u64>() else {
             return self.skip_secagg(&task, "client id is not numeric").await;
         };
-        let decode = |bytes: &[u8]| ServerMessage::from_bytes(bytes, &params).map_err(|e| format!("secagg payload: {e}"));
+        let decode = |bytes: &[u8]| {
+            ServerMessage::from_bytes(bytes, &params).map_err(|e| format!("secagg payload: {e}"))
+        };
         let msg = match stage {
             v1::Stage::AdvertiseKeys => {
                 let mut seed = [0u8; 32];
@@ -108,7 +130,12 @@ impl Session<'_> {
                 let rid = flotilla_secagg::round_id(task.round, task.attempt);
                 let client = SecAggClient::new(params, SecAggId(me), rid, seed);
                 let m = ClientMessage::AdvertiseKeys(client.advertise());
-                self.secagg = Some(SecAggState { job_id: task.job_id.clone(), round: task.round, attempt: task.attempt, client });
+                self.secagg = Some(SecAggState {
+                    job_id: task.job_id.clone(),
+                    round: task.round,
+                    attempt: task.attempt,
+                    client,
+                });
                 m
             }
             v1::Stage::ShareKeys => {
@@ -118,32 +145,51 @@ impl Session<'_> {
                     Err(e) => return self.skip_secagg(&task, &e).await,
                 };
                 let Some(st) = self.secagg_state(&task) else {
-                    return self.skip_secagg(&task, "no keys were advertised for this round attempt").await;
+                    return self
+                        .skip_secagg(&task, "no keys were advertised for this round attempt")
+                        .await;
                 };
                 match st.client.handle_roster(&roster) {
                     Ok(m) => ClientMessage::ShareKeys(m),
                     Err(e) => return self.skip_secagg(&task, &e.to_string()).await,
                 }
             }
-            v1::Stage::MaskedInput => return self.masked_input(bearer, task, info, receiver, &params, deadline).await,
+            v1::Stage::MaskedInput => {
+                return self
+                    .masked_input(bearer, task, info, receiver, &params, deadline)
+                    .await;
+            }
             v1::Stage::Unmasking => {
                 let req = match decode(&task.secagg_payload) {
                     Ok(ServerMessage::UnmaskRequest(r)) => r,
-                    Ok(_) => return self.skip_secagg(&task, "expected an unmasking request").await,
+                    Ok(_) => {
+                        return self
+                            .skip_secagg(&task, "expected an unmasking request")
+                            .await;
+                    }
                     Err(e) => return self.skip_secagg(&task, &e).await,
                 };
                 let Some(st) = self.secagg_state(&task) else {
-                    return self.skip_secagg(&task, "no masked input was sent in this round attempt").await;
+                    return self
+                        .skip_secagg(&task, "no masked input was sent in this round attempt")
+                        .await;
                 };
                 match st.client.handle_unmask(&req) {
                     Ok(m) => ClientMessage::Unmask(m),
                     Err(e) => return self.skip_secagg(&task, &e.to_string()).await,
                 }
             }
-            v1::Stage::Train | v1::Stage::Unspecified => return self.skip_secagg(&task, "not a secure-aggregation stage").await,
+            v1::Stage::Train | v1::Stage::Unspecified => {
+                return self
+                    .skip_secagg(&task, "not a secure-aggregation stage")
+                    .await;
+            }
         };
         let last = stage == v1::Stage::Unmasking;
-        match self.send_stage(bearer, &task, msg.to_bytes(), deadline).await? {
+        match self
+            .send_stage(bearer, &task, msg.to_bytes(), deadline)
+            .await?
+        {
             Done::Ok(()) => {
                 self.stats.tasks_done += 1;
                 if last {
@@ -217,15 +263,24 @@ impl Session<'_> {
         let bundle = match ServerMessage::from_bytes(&task.secagg_payload, params) {
             Ok(ServerMessage::Shares(b)) => b,
             Ok(_) => return self.skip_secagg(&task, "expected a share bundle").await,
-            Err(e) => return self.skip_secagg(&task, &format!("secagg payload: {e}")).await,
+            Err(e) => {
+                return self
+                    .skip_secagg(&task, &format!("secagg payload: {e}"))
+                    .await;
+            }
         };
         let Some(st) = self.secagg_state(&task) else {
-            return self.skip_secagg(&task, "no keys were shared in this round attempt").await;
+            return self
+                .skip_secagg(&task, "no keys were shared in this round attempt")
+                .await;
         };
         if let Err(e) = st.client.handle_shares(&bundle) {
             return self.skip_secagg(&task, &e.to_string()).await;
         }
-        let global = match self.download(bearer, &task, v1::ModelPart::Global, receiver, deadline).await? {
+        let global = match self
+            .download(bearer, &task, v1::ModelPart::Global, receiver, deadline)
+            .await?
+        {
             Done::Ok(p) => Arc::new(p),
             Done::Abandoned | Done::Outdated => {
                 self.pause_after_failed_task().await;
@@ -236,9 +291,14 @@ impl Session<'_> {
         let outcome = match self.train(&info, &global).await? {
             Ok(o) => o,
             Err(e) => {
-                let (kind, why) = (super::failure::trainer_failure_kind(&e), super::failure::trainer_failure_reason(&e));
+                let (kind, why) = (
+                    super::failure::trainer_failure_kind(&e),
+                    super::failure::trainer_failure_reason(&e),
+                );
                 self.report_failure(bearer, &task, kind, &why).await;
-                return self.skip_secagg(&task, &format!("training failed: {e}")).await;
+                return self
+                    .skip_secagg(&task, &format!("training failed: {e}"))
+                    .await;
             }
         };
         // Checks the trainer's output (length, finiteness, samples, metrics) as for a plain upload.
@@ -250,7 +310,8 @@ impl Session<'_> {
         match dp_share(&task) {
             Ok(None) => {}
             Ok(Some((clip_norm, noise_std))) => {
-                let (out, clamped) = privatize_delta(&mut delta, clip_norm, noise_std, params.clip_range());
+                let (out, clamped) =
+                    privatize_delta(&mut delta, clip_norm, noise_std, params.clip_range());
                 tracing::debug!(job = %task.job_id, round = task.round, norm = out.norm, clipped = out.clipped, "distributed DP: delta clipped and noised");
                 if clamped > 0 {
                     tracing::warn!(job = %task.job_id, round = task.round, clamped, clip_range = params.clip_range(), "distributed DP: noised values outside the secure-aggregation clip range are clamped");
@@ -259,7 +320,9 @@ impl Session<'_> {
             Err(reason) => return self.skip_secagg(&task, &reason).await,
         }
         let Some(st) = self.secagg_state(&task) else {
-            return self.skip_secagg(&task, "secure-aggregation state lost").await;
+            return self
+                .skip_secagg(&task, "secure-aggregation state lost")
+                .await;
         };
         let masked = match st.client.masked_input(&delta) {
             Ok(m) => m.masked,
@@ -270,11 +333,16 @@ impl Session<'_> {
         header.stage = v1::Stage::MaskedInput as i32;
         header.payload_kind = v1::PayloadKind::MaskedU32 as i32;
         header.sha256 = flotilla_proto::payload_sha256(&words).to_vec();
-        match self.upload(bearer, header, Arc::new(words), deadline).await? {
+        match self
+            .upload(bearer, header, Arc::new(words), deadline)
+            .await?
+        {
             Done::Ok(()) => {
                 self.stats.tasks_done += 1;
                 if std::env::var(EXIT_AFTER_MASKED_INPUT_ENV).is_ok_and(|v| v == "1") {
-                    tracing::warn!("{EXIT_AFTER_MASKED_INPUT_ENV}=1: exiting right after the masked input");
+                    tracing::warn!(
+                        "{EXIT_AFTER_MASKED_INPUT_ENV}=1: exiting right after the masked input"
+                    );
                     std::process::exit(0);
                 }
             }
@@ -290,7 +358,11 @@ mod tests {
 
     fn task(clip: f64, std: f64) -> v1::Task {
         v1::Task {
-            secagg: Some(v1::SecAggConfig { dp_clip_norm: clip, dp_noise_std: std, ..Default::default() }),
+            secagg: Some(v1::SecAggConfig {
+                dp_clip_norm: clip,
+                dp_noise_std: std,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -301,7 +373,13 @@ mod tests {
         assert_eq!(dp_share(&task(0.0, 0.0)), Ok(None));
         assert_eq!(dp_share(&task(0.5, 0.25)), Ok(Some((0.5, 0.25))));
         assert_eq!(dp_share(&task(0.5, 0.0)), Ok(Some((0.5, 0.0))));
-        for (c, s) in [(0.0, 0.1), (-1.0, 0.1), (f64::NAN, 0.1), (0.5, f64::INFINITY), (0.5, -0.1)] {
+        for (c, s) in [
+            (0.0, 0.1),
+            (-1.0, 0.1),
+            (f64::NAN, 0.1),
+            (0.5, f64::INFINITY),
+            (0.5, -0.1),
+        ] {
             assert!(dp_share(&task(c, s)).is_err(), "{c} {s}");
         }
     }
@@ -309,16 +387,26 @@ mod tests {
     #[test]
     fn the_noise_share_is_fresh_and_has_the_requested_spread() {
         // A large delta is clipped to C = 1 first; the noise then has std 0.2 around it.
-        let clean: Vec<f32> = (0..20_000).map(|i| if i == 0 { 100.0 } else { 0.0 }).collect();
+        let clean: Vec<f32> = (0..20_000)
+            .map(|i| if i == 0 { 100.0 } else { 0.0 })
+            .collect();
         let (mut a, mut b) = (clean.clone(), clean.clone());
         let (out, clamped) = privatize_delta(&mut a, 1.0, 0.2, 10.0);
         privatize_delta(&mut b, 1.0, 0.2, 10.0);
         assert!(out.clipped && (out.norm - 100.0).abs() < 1e-9);
         assert_eq!(clamped, 0);
-        assert_ne!(a, b, "two draws for the same input differ: the noise does not come from the input or a fixed seed");
-        let sd = (a[1..].iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / (a.len() - 1) as f64).sqrt();
+        assert_ne!(
+            a, b,
+            "two draws for the same input differ: the noise does not come from the input or a fixed seed"
+        );
+        let sd = (a[1..].iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / (a.len() - 1) as f64)
+            .sqrt();
         assert!((sd / 0.2 - 1.0).abs() < 0.05, "{sd}");
-        assert!((f64::from(a[0]) - 1.0).abs() < 1.0, "the clipped coordinate is near C: {}", a[0]);
+        assert!(
+            (f64::from(a[0]) - 1.0).abs() < 1.0,
+            "the clipped coordinate is near C: {}",
+            a[0]
+        );
         // A range too small for the noise: the values that will be clamped are counted.
         let mut c = clean;
         assert!(privatize_delta(&mut c, 1.0, 0.2, 0.1).1 > 1000);

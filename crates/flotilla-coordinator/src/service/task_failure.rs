@@ -12,14 +12,22 @@ impl CoordinatorService {
     /// Validates the report like every client message (credential, tenant, the client must hold
     /// that task now, bounded reason), records the reason against the round attempt, then feeds
     /// the machine [`Event::TaskFailed`], which counts the client as dropped out of the stage.
-    pub(super) async fn task_failure(&self, req: Request<v1::TaskFailure>) -> Result<Response<v1::TaskFailureAck>, Status> {
+    pub(super) async fn task_failure(
+        &self,
+        req: Request<v1::TaskFailure>,
+    ) -> Result<Response<v1::TaskFailureAck>, Status> {
         let caller = self.authenticate(&req).await?;
         let client = caller.id;
         let r = req.into_inner();
-        let kind = FailureKind::from_wire(r.kind).map_err(|m| self.refuse("invalid_task_failure", Status::invalid_argument(m)))?;
-        let text = clean_client_reason(&r.reason, kind).map_err(|m| self.refuse("invalid_task_failure", Status::invalid_argument(m)))?;
+        let kind = FailureKind::from_wire(r.kind)
+            .map_err(|m| self.refuse("invalid_task_failure", Status::invalid_argument(m)))?;
+        let text = clean_client_reason(&r.reason, kind)
+            .map_err(|m| self.refuse("invalid_task_failure", Status::invalid_argument(m)))?;
         let Some(job) = self.shared.job(&r.job_id) else {
-            return Err(self.refuse("unknown_job", self.shared.not_running_status(&r.job_id).await));
+            return Err(self.refuse(
+                "unknown_job",
+                self.shared.not_running_status(&r.job_id).await,
+            ));
         };
         self.check_tenant(&caller, &job)?;
         // In a task of its own: the failure may close the stage and commit the round, which a
@@ -27,7 +35,11 @@ impl CoordinatorService {
         let this = self.clone();
         tokio::spawn(async move { this.record_task_failure(job, client, r, kind, text).await })
             .await
-            .unwrap_or_else(|e| Err(Status::internal(format!("the task failure's task failed: {e}"))))
+            .unwrap_or_else(|e| {
+                Err(Status::internal(format!(
+                    "the task failure's task failed: {e}"
+                )))
+            })
     }
 
     async fn record_task_failure(
@@ -40,12 +52,21 @@ impl CoordinatorService {
     ) -> Result<Response<v1::TaskFailureAck>, Status> {
         let mut inner = job.inner.lock().await;
         if let Some(state) = inner.ended {
-            return Err(self.refuse("unknown_job", Status::not_found(crate::job_end::not_running_text(job.id.0, state))));
+            return Err(self.refuse(
+                "unknown_job",
+                Status::not_found(crate::job_end::not_running_text(job.id.0, state)),
+            ));
         }
         if inner.halted.is_some() {
-            return Err(Status::unavailable("the job is halted until the coordinator restarts; nothing to report"));
+            return Err(Status::unavailable(
+                "the job is halted until the coordinator restarts; nothing to report",
+            ));
         }
-        if let Err(why) = inner.machine.check_task_failure(client, r.round, r.attempt, r.stage_index) {
+        if let Err(why) =
+            inner
+                .machine
+                .check_task_failure(client, r.round, r.attempt, r.stage_index)
+        {
             let msg = format!(
                 "client {} holds no task for round {} attempt {} stage {} of job {}: {why}",
                 client.0, r.round, r.attempt, r.stage_index, job.id
@@ -65,11 +86,23 @@ impl CoordinatorService {
             reason = ?text,
             "client gave up its task"
         );
-        let event = Event::TaskFailed { client, round: r.round, attempt: r.attempt, stage: r.stage_index };
-        let out = self.shared.drive(&job, &mut inner, event, Some(client)).await;
+        let event = Event::TaskFailed {
+            client,
+            round: r.round,
+            attempt: r.attempt,
+            stage: r.stage_index,
+        };
+        let out = self
+            .shared
+            .drive(&job, &mut inner, event, Some(client))
+            .await;
         if let Some(msg) = out.persist_failed {
-            return Err(Status::unavailable(format!("store unavailable: {msg}; retry later")));
+            return Err(Status::unavailable(format!(
+                "store unavailable: {msg}; retry later"
+            )));
         }
-        Ok(Response::new(v1::TaskFailureAck { message: "task failure recorded".into() }))
+        Ok(Response::new(v1::TaskFailureAck {
+            message: "task failure recorded".into(),
+        }))
     }
 }

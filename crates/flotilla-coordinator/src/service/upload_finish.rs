@@ -28,8 +28,20 @@ pub(crate) struct Finished {
 
 impl CoordinatorService {
     /// Feeds a complete upload to its job and answers it.
-    pub(super) async fn finish_upload(&self, upload: Finished) -> Result<Response<v1::UploadResponse>, Status> {
-        let Finished { job, header, key, values, total, masked, train_loss, permit } = upload;
+    pub(super) async fn finish_upload(
+        &self,
+        upload: Finished,
+    ) -> Result<Response<v1::UploadResponse>, Status> {
+        let Finished {
+            job,
+            header,
+            key,
+            values,
+            total,
+            masked,
+            train_loss,
+            permit,
+        } = upload;
         let shared = &self.shared;
         let m = &shared.metrics;
         let client = key.3;
@@ -40,25 +52,43 @@ impl CoordinatorService {
         }
         if let Some(sha) = inner.accepted.get(&key) {
             let dup = *sha == header.sha256;
-            shared.metrics.reject(if dup { "duplicate" } else { "conflicting_update" });
+            shared.metrics.reject(if dup {
+                "duplicate"
+            } else {
+                "conflicting_update"
+            });
             return Ok(if dup {
                 Metrics::inc(&m.uploads_duplicate);
-                upload_response(v1::UploadStatus::Duplicate, "this update was already accepted", total)
+                upload_response(
+                    v1::UploadStatus::Duplicate,
+                    "this update was already accepted",
+                    total,
+                )
             } else {
-                upload_refused("conflicting_update", "a different update was already accepted for this round, attempt and stage")
+                upload_refused(
+                    "conflicting_update",
+                    "a different update was already accepted for this round, attempt and stage",
+                )
             });
         }
         if masked {
             // Secure aggregation: the words go to the secagg server's running masked sum.
             let words = flotilla_proto::masked_words(&values);
             drop(values);
-            let res = crate::secagg_round::accept_masked(shared, &job, &mut inner, client, &header, words).await;
+            let res = crate::secagg_round::accept_masked(
+                shared, &job, &mut inner, client, &header, words,
+            )
+            .await;
             drop(permit);
             return match res {
                 Ok(()) => {
                     inner.accepted.insert(key, header.sha256.clone());
                     Metrics::inc(&m.uploads_accepted);
-                    Ok(upload_response(v1::UploadStatus::Accepted, "masked input accepted", total))
+                    Ok(upload_response(
+                        v1::UploadStatus::Accepted,
+                        "masked input accepted",
+                        total,
+                    ))
                 }
                 Err((reason, status)) => Err(self.refuse(reason, status)),
             };
@@ -82,11 +112,17 @@ impl CoordinatorService {
             return Ok(self.job_ended(job.id.0, state));
         }
         if let Some(msg) = out.persist_failed {
-            return Err(Status::unavailable(format!("store unavailable: {msg}; retry later")));
+            return Err(Status::unavailable(format!(
+                "store unavailable: {msg}; retry later"
+            )));
         }
         if out.accepted {
             Metrics::inc(&m.uploads_accepted);
-            return Ok(upload_response(v1::UploadStatus::Accepted, "update accepted", total));
+            return Ok(upload_response(
+                v1::UploadStatus::Accepted,
+                "update accepted",
+                total,
+            ));
         }
         let reason = out.reject.unwrap_or(RejectReason::NotAccepting("unknown"));
         shared.metrics.reject(reject_name(&reason));

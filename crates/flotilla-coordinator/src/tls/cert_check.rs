@@ -18,7 +18,9 @@ pub(crate) fn check_server_cert(path: &Path, der: &[u8], now: SystemTime) -> Res
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| format!("{file} does not hold a valid X.509 certificate ({e}); give the PEM server certificate, {DEV_CERTS_HINT}"))?;
     let bad_extension = |what: &str, e: x509_parser::error::X509Error| {
-        format!("{file} has a malformed {what} extension ({e}); clients refuse it. Use another certificate, {DEV_CERTS_HINT}")
+        format!(
+            "{file} has a malformed {what} extension ({e}); clients refuse it. Use another certificate, {DEV_CERTS_HINT}"
+        )
     };
     let is_ca = cert
         .basic_constraints()
@@ -75,7 +77,9 @@ pub(crate) fn check_server_cert(path: &Path, der: &[u8], now: SystemTime) -> Res
 /// `t` as RFC 3339 (`2021-01-01T00:00:00Z`).
 fn date(t: &ASN1Time) -> String {
     match u64::try_from(t.timestamp()) {
-        Ok(secs) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string(),
+        Ok(secs) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+        }
         Err(_) => t.to_string(),
     }
 }
@@ -116,7 +120,10 @@ mod tests {
         let mut p = leaf();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let e = check(&der(p)).unwrap_err();
-        assert!(e.starts_with("--tls-cert server.pem is a CA certificate (basicConstraints CA:TRUE)"), "{e}");
+        assert!(
+            e.starts_with("--tls-cert server.pem is a CA certificate (basicConstraints CA:TRUE)"),
+            "{e}"
+        );
         assert!(e.contains("flotilla dev-certs"), "{e}");
     }
 
@@ -154,7 +161,10 @@ mod tests {
         let e = check(&der(p)).unwrap_err();
         assert!(e.contains("lacks serverAuth"), "{e}");
         let mut p = leaf();
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         check(&der(p)).unwrap();
     }
 

@@ -36,7 +36,11 @@ pub async fn start(data_dir: &Path, certs_dir: &Path, database_url: Option<Strin
 }
 
 /// [`start`] with a configuration adjusted by `configure`.
-pub async fn start_with(data_dir: &Path, certs_dir: &Path, configure: impl FnOnce(&mut ServerConfig)) -> Harness {
+pub async fn start_with(
+    data_dir: &Path,
+    certs_dir: &Path,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> Harness {
     let certs = if certs_dir.join("ca.pem").exists() {
         flotilla_coordinator::DevCerts {
             ca_cert: certs_dir.join("ca.pem"),
@@ -47,7 +51,10 @@ pub async fn start_with(data_dir: &Path, certs_dir: &Path, configure: impl FnOnc
         write_dev_certs(certs_dir, &["localhost", "127.0.0.1"]).expect("dev certs")
     };
     let mut config = ServerConfig::new(data_dir, ADMIN_TOKEN);
-    config.tls = TlsMode::Files { cert: certs.server_cert.clone(), key: certs.server_key.clone() };
+    config.tls = TlsMode::Files {
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+    };
     configure(&mut config);
     let server = Server::bind(config).await.expect("bind");
     let (stop, rx) = oneshot::channel();
@@ -93,25 +100,40 @@ impl Harness {
         self.admin_with(method, path, body, Some(ADMIN_TOKEN)).await
     }
 
-    pub async fn admin_with(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+    pub async fn admin_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(self.admin_addr).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(self.admin_addr)
+            .await
+            .unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("admin TLS");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
-        let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -119,7 +141,8 @@ impl Harness {
         let resp = sender.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, json)
     }
 
@@ -140,11 +163,19 @@ impl Harness {
         let token = body["token"].as_str().unwrap().to_owned();
         let mut g = self.grpc().await;
         let r = g
-            .enroll(v1::EnrollRequest { enrollment_token: token, client_name: name.into(), attributes: Default::default() })
+            .enroll(v1::EnrollRequest {
+                enrollment_token: token,
+                client_name: name.into(),
+                attributes: Default::default(),
+            })
             .await
             .expect("enroll")
             .into_inner();
-        Client { id: r.client_id.parse().unwrap(), credential: r.credential, grpc: g }
+        Client {
+            id: r.client_id.parse().unwrap(),
+            credential: r.credential,
+            grpc: g,
+        }
     }
 
     pub async fn submit(&self, toml: &str) -> u64 {
@@ -162,20 +193,39 @@ pub struct Client {
 
 pub fn authed<T>(msg: T, cred: &str) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {cred}").parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {cred}").parse().unwrap());
     r
 }
 
 impl Client {
-    pub async fn check_in(&mut self, num_samples: u64) -> Result<v1::check_in_response::Outcome, Status> {
-        let req = authed(v1::CheckInRequest { num_samples, job_ids: vec![], attributes: Default::default() }, &self.credential);
-        Ok(self.grpc.check_in(req).await?.into_inner().outcome.expect("outcome"))
+    pub async fn check_in(
+        &mut self,
+        num_samples: u64,
+    ) -> Result<v1::check_in_response::Outcome, Status> {
+        let req = authed(
+            v1::CheckInRequest {
+                num_samples,
+                job_ids: vec![],
+                attributes: Default::default(),
+            },
+            &self.credential,
+        );
+        Ok(self
+            .grpc
+            .check_in(req)
+            .await?
+            .into_inner()
+            .outcome
+            .expect("outcome"))
     }
 
     /// Checks in until a task arrives (at most 15 s).
     pub async fn wait_task(&mut self, num_samples: u64) -> v1::Task {
         for _ in 0..300 {
-            if let v1::check_in_response::Outcome::Task(t) = self.check_in(num_samples).await.expect("check in") {
+            if let v1::check_in_response::Outcome::Task(t) =
+                self.check_in(num_samples).await.expect("check in")
+            {
                 return t;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -185,8 +235,21 @@ impl Client {
 
     pub async fn download(&mut self, task: &v1::Task) -> Vec<f32> {
         let info = task.model.clone().expect("model info");
-        let req = authed(v1::DownloadRequest { job_id: task.job_id.clone(), model_version: task.model_version, offset: 0, ..Default::default() }, &self.credential);
-        let mut stream = self.grpc.download_model(req).await.expect("download").into_inner();
+        let req = authed(
+            v1::DownloadRequest {
+                job_id: task.job_id.clone(),
+                model_version: task.model_version,
+                offset: 0,
+                ..Default::default()
+            },
+            &self.credential,
+        );
+        let mut stream = self
+            .grpc
+            .download_model(req)
+            .await
+            .expect("download")
+            .into_inner();
         let mut rx = ModelReceiver::new(&info, 1 << 30).expect("receiver");
         while let Some(chunk) = stream.message().await.expect("chunk") {
             rx.push(&chunk).expect("push");
@@ -194,13 +257,22 @@ impl Client {
         rx.finish().expect("verified model")
     }
 
-    pub async fn upload_header(&mut self, header: v1::UpdateHeader, params: &[f32]) -> Result<v1::UploadResponse, Status> {
+    pub async fn upload_header(
+        &mut self,
+        header: v1::UpdateHeader,
+        params: &[f32],
+    ) -> Result<v1::UploadResponse, Status> {
         let msgs: Vec<_> = upload_messages(header, params, 16, 0).collect();
         let req = authed(tokio_stream::iter(msgs), &self.credential);
         Ok(self.grpc.upload_update(req).await?.into_inner())
     }
 
-    pub async fn upload(&mut self, task: &v1::Task, params: &[f32], num_samples: u64) -> Result<v1::UploadResponse, Status> {
+    pub async fn upload(
+        &mut self,
+        task: &v1::Task,
+        params: &[f32],
+        num_samples: u64,
+    ) -> Result<v1::UploadResponse, Status> {
         let h = header(task, params, num_samples);
         self.upload_header(h, params).await
     }
@@ -212,7 +284,8 @@ pub async fn wait_tasks(clients: &mut [Client]) -> Vec<v1::Task> {
     for _ in 0..300 {
         for (i, c) in clients.iter_mut().enumerate() {
             if tasks[i].is_none()
-                && let v1::check_in_response::Outcome::Task(t) = c.check_in(samples(i)).await.expect("check in")
+                && let v1::check_in_response::Outcome::Task(t) =
+                    c.check_in(samples(i)).await.expect("check in")
             {
                 tasks[i] = Some(t);
             }
@@ -276,7 +349,9 @@ min_samples = 5
 
 /// The update client `i` sends in `round`.
 pub fn update(i: usize, round: u64, len: usize) -> Vec<f32> {
-    (0..len).map(|k| (i as f32 + 1.0) * 0.125 + k as f32 * 0.01 + round as f32).collect()
+    (0..len)
+        .map(|k| (i as f32 + 1.0) * 0.125 + k as f32 * 0.01 + round as f32)
+        .collect()
 }
 
 pub fn samples(i: usize) -> u64 {
@@ -288,7 +363,13 @@ pub fn weighted_mean(updates: &[(Vec<f32>, u64)]) -> Vec<f32> {
     let len = updates[0].0.len();
     let total: f64 = updates.iter().map(|(_, n)| *n as f64).sum();
     (0..len)
-        .map(|k| (updates.iter().map(|(u, n)| u[k] as f64 * *n as f64).sum::<f64>() / total) as f32)
+        .map(|k| {
+            (updates
+                .iter()
+                .map(|(u, n)| u[k] as f64 * *n as f64)
+                .sum::<f64>()
+                / total) as f32
+        })
         .collect()
 }
 

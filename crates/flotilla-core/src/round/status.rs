@@ -50,10 +50,16 @@ impl RoundMachine {
         match &self.phase {
             Phase::Finished => Activity::Finished,
             Phase::Failed(_) => Activity::Failed,
-            _ if self.fedbuff_spec().is_some() => Activity::Stage { index: 0, kind: StageKind::Train },
+            _ if self.fedbuff_spec().is_some() => Activity::Stage {
+                index: 0,
+                kind: StageKind::Train,
+            },
             Phase::Waiting => Activity::WaitingForClients,
             Phase::SelectionPending => Activity::Selecting,
-            Phase::Running(s) => Activity::Stage { index: s.index, kind: self.policy.stages[s.index as usize] },
+            Phase::Running(s) => Activity::Stage {
+                index: s.index,
+                kind: self.policy.stages[s.index as usize],
+            },
             Phase::Finalizing(_) => Activity::Finalizing,
         }
     }
@@ -66,7 +72,10 @@ impl RoundMachine {
             return self.fedbuff.in_flight.len();
         }
         let ttl = self.policy.checkin_ttl_ms;
-        self.pool.values().filter(|seen| now_ms.saturating_sub(**seen) <= ttl).count()
+        self.pool
+            .values()
+            .filter(|seen| now_ms.saturating_sub(**seen) <= ttl)
+            .count()
     }
 
     /// Forgets check-ins older than `checkin_ttl_ms` once the pool is large, so its memory (and the
@@ -76,14 +85,21 @@ impl RoundMachine {
         let n = self.pool.len();
         if n >= PRUNE_FROM && n.is_power_of_two() {
             let ttl = self.policy.checkin_ttl_ms;
-            self.pool.retain(|_, seen| now_ms.saturating_sub(*seen) <= ttl);
+            self.pool
+                .retain(|_, seen| now_ms.saturating_sub(*seen) <= ttl);
         }
     }
 
     /// Whether `client` holds the task `(round, attempt, stage)` now, so that
     /// [`Event::TaskFailed`](super::Event::TaskFailed) for it would be accepted; changes nothing. A
     /// driver checks this before it records the client's reason, then feeds the event.
-    pub fn check_task_failure(&self, client: ClientId, round: u64, attempt: u32, stage: u32) -> Result<(), RejectReason> {
+    pub fn check_task_failure(
+        &self,
+        client: ClientId,
+        round: u64,
+        attempt: u32,
+        stage: u32,
+    ) -> Result<(), RejectReason> {
         if matches!(self.phase, Phase::Finished | Phase::Failed(_)) {
             return Err(RejectReason::NotAccepting(self.phase.name()));
         }
@@ -103,10 +119,18 @@ impl RoundMachine {
             return Err(RejectReason::NotAccepting(self.phase.name()));
         };
         if (round, attempt) != (self.round, self.attempt) {
-            return Err(RejectReason::WrongRound { round: self.round, attempt: self.attempt, got_round: round, got_attempt: attempt });
+            return Err(RejectReason::WrongRound {
+                round: self.round,
+                attempt: self.attempt,
+                got_round: round,
+                got_attempt: attempt,
+            });
         }
         if stage != s.index {
-            return Err(RejectReason::WrongStage { expected: s.index, got: stage });
+            return Err(RejectReason::WrongStage {
+                expected: s.index,
+                got: stage,
+            });
         }
         if !s.cohort.contains(&client) {
             return Err(RejectReason::NotSelected);
@@ -117,7 +141,13 @@ impl RoundMachine {
         Ok(())
     }
 
-    pub(super) fn on_task_failed(&mut self, now_ms: u64, client: ClientId, (round, attempt, stage): (u64, u32, u32), out: &mut Vec<Action>) {
+    pub(super) fn on_task_failed(
+        &mut self,
+        now_ms: u64,
+        client: ClientId,
+        (round, attempt, stage): (u64, u32, u32),
+        out: &mut Vec<Action>,
+    ) {
         if let Err(reason) = self.check_task_failure(client, round, attempt, stage) {
             out.push(Action::Reject { client, reason });
             return;
@@ -131,7 +161,13 @@ impl RoundMachine {
     }
 
     /// FedBuff: the client's outstanding task is dropped, freeing its concurrency slot.
-    pub(super) fn async_task_failed(&mut self, fb: FedBuffSpec, client: ClientId, (round, attempt, stage): (u64, u32, u32), out: &mut Vec<Action>) {
+    pub(super) fn async_task_failed(
+        &mut self,
+        fb: FedBuffSpec,
+        client: ClientId,
+        (round, attempt, stage): (u64, u32, u32),
+        out: &mut Vec<Action>,
+    ) {
         if let Err(reason) = self.check_task_failure(client, round, attempt, stage) {
             out.push(Action::Reject { client, reason });
             return;

@@ -32,7 +32,9 @@ pub fn seed_for(round: u64, id: u64) -> [u8; 32] {
 pub fn update_for(id: u64, len: usize, r: f64) -> Vec<f32> {
     (0..len)
         .map(|i| {
-            let h = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)) >> 11;
+            let h = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+                >> 11;
             let u = h as f64 / (1u64 << 53) as f64; // [0, 1)
             ((u * 3.0 - 1.5) * r) as f32
         })
@@ -66,7 +68,13 @@ impl Round {
                 (id, Client::new(params, id, round, seed_for(round, id.0)))
             })
             .collect();
-        Self { params, round, server, clients, drops }
+        Self {
+            params,
+            round,
+            server,
+            clients,
+            drops,
+        }
     }
 
     fn alive(&self, id: ClientId, stage: Drop) -> bool {
@@ -81,7 +89,9 @@ impl Round {
         for id in ids {
             if self.alive(id, Drop::BeforeAdvertise) {
                 let m = ClientMessage::AdvertiseKeys(self.clients[&id].advertise());
-                self.server.receive(id, &m.to_bytes()).expect("advertise accepted");
+                self.server
+                    .receive(id, &m.to_bytes())
+                    .expect("advertise accepted");
             }
         }
     }
@@ -92,10 +102,15 @@ impl Round {
         let mut out = BTreeMap::new();
         let drops = &self.drops;
         for (&id, c) in self.clients.iter_mut() {
-            if drops.get(&id).is_some_and(|d| (*d as u8) <= Drop::BeforeShareKeys as u8) {
+            if drops
+                .get(&id)
+                .is_some_and(|d| (*d as u8) <= Drop::BeforeShareKeys as u8)
+            {
                 continue;
             }
-            let ServerMessage::Roster(r) = ServerMessage::from_bytes(&roster_bytes, &self.params).unwrap() else {
+            let ServerMessage::Roster(r) =
+                ServerMessage::from_bytes(&roster_bytes, &self.params).unwrap()
+            else {
                 panic!("roster")
             };
             let m = c.handle_roster(&r).expect("roster accepted");
@@ -118,10 +133,19 @@ impl Round {
                 continue;
             }
             let bytes = ServerMessage::Shares(bundle).to_bytes();
-            let ServerMessage::Shares(b) = ServerMessage::from_bytes(&bytes, &self.params).unwrap() else { panic!() };
+            let ServerMessage::Shares(b) = ServerMessage::from_bytes(&bytes, &self.params).unwrap()
+            else {
+                panic!()
+            };
             let c = self.clients.get_mut(&id).unwrap();
             c.handle_shares(&b).expect("bundle accepted");
-            let m = c.masked_input(&update_for(id.0, self.params.vector_len(), self.params.clip_range())).unwrap();
+            let m = c
+                .masked_input(&update_for(
+                    id.0,
+                    self.params.vector_len(),
+                    self.params.clip_range(),
+                ))
+                .unwrap();
             out.insert(id, ClientMessage::MaskedInput(m).to_bytes());
         }
         Ok(out)
@@ -135,10 +159,17 @@ impl Round {
                 continue;
             }
             let bytes = ServerMessage::UnmaskRequest(req).to_bytes();
-            let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(&bytes, &self.params).unwrap() else {
+            let ServerMessage::UnmaskRequest(r) =
+                ServerMessage::from_bytes(&bytes, &self.params).unwrap()
+            else {
                 panic!()
             };
-            let m = self.clients.get_mut(&id).unwrap().handle_unmask(&r).expect("request answered");
+            let m = self
+                .clients
+                .get_mut(&id)
+                .unwrap()
+                .handle_unmask(&r)
+                .expect("request answered");
             out.insert(id, ClientMessage::Unmask(m).to_bytes());
         }
         Ok(out)
@@ -162,7 +193,11 @@ impl Round {
     pub fn contributors(&self) -> BTreeSet<u64> {
         self.clients
             .keys()
-            .filter(|id| self.drops.get(id).is_none_or(|d| *d == Drop::BeforeUnmasking))
+            .filter(|id| {
+                self.drops
+                    .get(id)
+                    .is_none_or(|d| *d == Drop::BeforeUnmasking)
+            })
             .map(|id| id.0)
             .collect()
     }
@@ -172,6 +207,10 @@ pub fn assert_close(agg: &Aggregate, expected: &[f64]) {
     assert_eq!(agg.sum.len(), expected.len());
     for (i, (a, e)) in agg.sum.iter().zip(expected).enumerate() {
         let err = (a - e).abs();
-        assert!(err <= agg.error_bound * (1.0 + 1e-6) + 1e-9, "coordinate {i}: {a} vs {e}, error {err} > {}", agg.error_bound);
+        assert!(
+            err <= agg.error_bound * (1.0 + 1e-6) + 1e-9,
+            "coordinate {i}: {a} vs {e}, error {err} > {}",
+            agg.error_bound
+        );
     }
 }

@@ -146,12 +146,23 @@ impl Federation {
 
     /// `GET /v1/metrics` (from a plain thread: reqwest's blocking client must not run in a runtime).
     pub fn metrics(&self) -> Value {
-        let (url, ca) = (format!("{}/v1/metrics", self.admin_url()), std::fs::read(self.ca()).unwrap());
+        let (url, ca) = (
+            format!("{}/v1/metrics", self.admin_url()),
+            std::fs::read(self.ca()).unwrap(),
+        );
         std::thread::spawn(move || {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let ca = reqwest::Certificate::from_pem(&ca).unwrap();
-            let http = reqwest::blocking::Client::builder().add_root_certificate(ca).build().unwrap();
-            http.get(url).bearer_auth(ADMIN_TOKEN).send().unwrap().json::<Value>().unwrap()
+            let http = reqwest::blocking::Client::builder()
+                .add_root_certificate(ca)
+                .build()
+                .unwrap();
+            http.get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .unwrap()
+                .json::<Value>()
+                .unwrap()
         })
         .join()
         .unwrap()
