@@ -1,17 +1,13 @@
 //! The gRPC `flotilla.v1.Coordinator` service.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core::round::{ClientId, Event, RejectReason};
+use flotilla_proto::v1;
 use flotilla_proto::v1::coordinator_server::Coordinator;
-use flotilla_proto::v1::{self, upload_message};
-use flotilla_proto::{
-    AuthError, DEFAULT_CHUNK_BYTES, HeaderError, MAX_CHUNK_BYTES, TransferError, UploadAssembler,
-    UploadLimits, chunk_f32_from, validate_header,
-};
+use flotilla_proto::{AuthError, DEFAULT_CHUNK_BYTES, HeaderError, TransferError, chunk_f32_from};
 use flotilla_store::StoreError;
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -21,55 +17,12 @@ use crate::metrics::Metrics;
 
 pub(crate) mod admission;
 mod task_failure;
+mod upload;
 mod upload_finish;
 mod upload_pace;
 
-use upload_finish::Finished;
+pub(crate) use upload::PartialUploads;
 pub(crate) use upload_pace::CountUploadBytes;
-use upload_pace::{Next, Pacer, UploadProgress};
-
-/// An upload whose stream ended before its last byte, kept for resume.
-pub(crate) struct Partial {
-    assembler: UploadAssembler,
-    values: Vec<f32>,
-    seq: u64,
-}
-
-/// Partial uploads by (client, upload_id), at most `max` of them; the oldest is evicted first.
-#[derive(Default)]
-pub(crate) struct PartialUploads {
-    map: HashMap<(u64, String), Partial>,
-    seq: u64,
-}
-
-impl PartialUploads {
-    fn take(&mut self, key: &(u64, String)) -> Option<Partial> {
-        self.map.remove(key)
-    }
-
-    fn put(&mut self, key: (u64, String), mut p: Partial, max: usize) {
-        self.seq += 1;
-        p.seq = self.seq;
-        while self.map.len() >= max.max(1) {
-            let Some(oldest) = self
-                .map
-                .iter()
-                .min_by_key(|(_, v)| v.seq)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.map.remove(&oldest);
-        }
-        self.map.insert(key, p);
-    }
-
-    fn received(&self, key: &(u64, String)) -> Option<(u64, u64)> {
-        self.map
-            .get(key)
-            .map(|p| (p.assembler.received(), p.assembler.total_bytes()))
-    }
-}
 
 /// An authenticated caller.
 pub(crate) struct Caller {
@@ -519,248 +472,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<Streaming<v1::UploadMessage>>,
     ) -> Result<Response<v1::UploadResponse>, Status> {
-        let caller = self.authenticate(&req).await?;
-        let client = caller.id;
-        let shared = &self.shared;
-        let m = &shared.metrics;
-        if let Err(e) = shared.admission.check_throttle(client.0) {
-            return Err(self.refuse(e.reason(), e.status()));
-        }
-        let progress = req.extensions().get::<UploadProgress>().cloned();
-        let mut stream = req.into_inner();
-        // The header must come promptly too: a stream that sends none still ties up a handler.
-        let Ok(first) =
-            tokio::time::timeout(shared.limits.upload_idle_timeout, stream.message()).await
-        else {
-            shared.admission.strike(client.0);
-            let msg = format!(
-                "no upload header within {} ms",
-                shared.limits.upload_idle_timeout.as_millis()
-            );
-            return Err(self.refuse("slow_upload", Status::deadline_exceeded(msg)));
-        };
-        let header = match first? {
-            Some(v1::UploadMessage {
-                kind: Some(upload_message::Kind::Header(h)),
-            }) => h,
-            Some(_) => {
-                return Err(self.refuse(
-                    "invalid_header",
-                    Status::invalid_argument("the first message of an upload must be the header"),
-                ));
-            }
-            None => {
-                return Err(self.refuse(
-                    "invalid_header",
-                    Status::invalid_argument("empty upload stream"),
-                ));
-            }
-        };
-        let Some(job) = shared.job(&header.job_id) else {
-            return Err(self.refuse(
-                "unknown_job",
-                shared.not_running_status(&header.job_id).await,
-            ));
-        };
-        self.check_tenant(&caller, &job)?;
-        let key = (header.round, header.attempt, header.stage_index, client);
-        // Cheap verdicts before any payload byte is read and before any upload slot is taken.
-        let deadline_ms = {
-            let inner = job.inner.lock().await;
-            if let Some(sha) = inner.accepted.get(&key) {
-                return Ok(if *sha == header.sha256 {
-                    Metrics::inc(&m.uploads_duplicate);
-                    shared.metrics.reject("duplicate");
-                    upload_response(
-                        v1::UploadStatus::Duplicate,
-                        "this update was already accepted",
-                        header.total_bytes,
-                    )
-                } else {
-                    shared.metrics.reject("conflicting_update");
-                    upload_refused(
-                        "conflicting_update",
-                        "a different update was already accepted for this round, attempt and stage",
-                    )
-                });
-            }
-            if let Some(state) = inner.ended {
-                return Ok(self.job_ended(job.id.0, state));
-            }
-            if inner.machine.is_finished() || inner.machine.failure().is_some() {
-                shared.metrics.reject("not_accepting");
-                return Ok(upload_refused(
-                    "not_accepting",
-                    "the job is no longer running rounds",
-                ));
-            }
-            // Round-based jobs: the current round, attempt and stage, and the client in its cohort;
-            // FedBuff: the client's outstanding, not too stale task.
-            if let Err(reason) = inner.machine.precheck_upload(
-                client,
-                header.round,
-                header.attempt,
-                header.stage_index,
-            ) {
-                if reason == RejectReason::NotSelected {
-                    shared.admission.strike(client.0);
-                }
-                shared.metrics.reject(reject_name(&reason));
-                return Ok(upload_refused(reject_name(&reason), reason.to_string()));
-            }
-            inner.deadline_ms
-        };
-        let limits = UploadLimits {
-            max_total_bytes: shared.limits.max_upload_bytes,
-            max_chunk_bytes: MAX_CHUNK_BYTES,
-            max_samples: job.spec.policy().max_samples_per_report,
-        };
-        if let Err(e) = validate_header(&header, &job.expected, &limits) {
-            let e = TransferError::from(e);
-            return Err(self.refuse(transfer_reason(&e), e.into()));
-        }
-        // Bounded memory and fairness: at most `upload_concurrency` payloads are assembled at once,
-        // admitted per client, per tenant and in FIFO order (see `admission`), waiting no longer
-        // than the stage deadline.
-        let deadline = deadline_ms.map(|d| {
-            tokio::time::Instant::now() + Duration::from_millis(d.saturating_sub(now_ms()))
-        });
-        let permit = match shared
-            .admission
-            .admit(client.0, &caller.tenant, deadline)
-            .await
-        {
-            Ok(slot) => slot,
-            Err(e) => return Err(self.refuse(e.reason(), e.status())),
-        };
-        let pkey = (client.0, header.upload_id.clone());
-        let previous = shared
-            .partial_uploads
-            .lock()
-            .ok()
-            .and_then(|mut p| p.take(&pkey));
-        let mut part = match previous {
-            Some(p) if *p.assembler.header() == header => p,
-            Some(p) => {
-                // Keep the original transfer; this stream is refused.
-                if let Ok(mut map) = shared.partial_uploads.lock() {
-                    map.put(pkey, p, shared.limits.max_partial_uploads);
-                }
-                return Err(self.refuse(
-                    "invalid_header",
-                    Status::invalid_argument(
-                        "header differs from the one first sent under this upload_id",
-                    ),
-                ));
-            }
-            None => {
-                let assembler = UploadAssembler::new(header.clone(), &job.expected, &limits)
-                    .map_err(|e| self.refuse(transfer_reason(&e), e.into()))?;
-                let cap = usize::try_from(header.total_bytes / 4).unwrap_or(0);
-                Partial {
-                    assembler,
-                    values: Vec::with_capacity(cap),
-                    seq: 0,
-                }
-            }
-        };
-        let save = |p: Partial| {
-            if let Ok(mut map) = shared.partial_uploads.lock() {
-                map.put(pkey.clone(), p, shared.limits.max_partial_uploads);
-            }
-        };
-        let mut pacer = Pacer::new(&shared.limits, progress);
-        loop {
-            let msg = match pacer.next(&mut stream).await {
-                Next::Message(Some(msg)) => msg,
-                Next::Message(None) => break,
-                Next::Broken(status) => {
-                    // Broken stream: keep what arrived for a resume.
-                    save(part);
-                    Metrics::inc(&m.uploads_incomplete);
-                    return Err(status);
-                }
-                Next::TooSlow(why) => {
-                    // Slowloris or a dying link: free the slot, keep what arrived for a resume.
-                    let received = part.assembler.received();
-                    save(part);
-                    Metrics::inc(&m.uploads_incomplete);
-                    shared.admission.strike(client.0);
-                    tracing::info!(client = client.0, job = job.id.0, received, why = %why, "slow upload dropped; its slot is free");
-                    let msg = format!(
-                        "upload too slow ({why}); dropped to free its slot, {received} bytes kept: resume from QueryUpload's offset"
-                    );
-                    return Err(self.refuse("slow_upload", Status::deadline_exceeded(msg)));
-                }
-            };
-            let chunk = match msg.kind {
-                Some(upload_message::Kind::Chunk(c)) => c,
-                _ => {
-                    save(part);
-                    return Err(self.refuse(
-                        "invalid_header",
-                        Status::invalid_argument("only the first message may be a header"),
-                    ));
-                }
-            };
-            // Decoded straight from the chunk into the update's buffer: no intermediate copies.
-            match part.assembler.push_into(&chunk, &mut part.values) {
-                Ok(_) => {}
-                // A non-finite value: the payload can never be accepted; drop it.
-                Err(e @ TransferError::NonFinite { .. }) => {
-                    return Err(self.refuse(transfer_reason(&e), e.into()));
-                }
-                Err(e) => {
-                    save(part);
-                    return Err(self.refuse(transfer_reason(&e), e.into()));
-                }
-            }
-        }
-        if !part.assembler.is_complete() {
-            let received = part.assembler.received();
-            save(part);
-            Metrics::inc(&m.uploads_incomplete);
-            return Ok(upload_response(
-                v1::UploadStatus::Incomplete,
-                "stream ended before total_bytes; resume from resume_offset",
-                received,
-            ));
-        }
-        let Partial {
-            assembler,
-            mut values,
-            ..
-        } = part;
-        let total = assembler.total_bytes();
-        let assembler_masked = assembler.is_masked();
-        match assembler.finish() {
-            Ok(rest) => values.extend_from_slice(&rest),
-            Err(e) => return Err(self.refuse(transfer_reason(&e), e.into())),
-        }
-        let train_loss = header
-            .metrics
-            .get("train_loss")
-            .copied()
-            .unwrap_or(f64::NAN);
-        // In a task of its own: a client that disconnects now must not cancel the rest halfway (a
-        // commit would stop after the machine moved on and before the store or the next round's
-        // timers did, leaving the job stuck; seen in the soak with clients killed at random).
-        let (this, upload) = (
-            self.clone(),
-            Finished {
-                job,
-                header,
-                key,
-                values,
-                total,
-                masked: assembler_masked,
-                train_loss,
-                permit,
-            },
-        );
-        tokio::spawn(async move { this.finish_upload(upload).await })
-            .await
-            .unwrap_or_else(|e| Err(Status::internal(format!("the upload's task failed: {e}"))))
+        self.receive_upload(req).await
     }
 
     async fn submit_stage_message(
@@ -814,26 +526,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<v1::QueryUploadRequest>,
     ) -> Result<Response<v1::UploadResponse>, Status> {
-        let client = self.authenticate(&req).await?.id;
-        let r = req.into_inner();
-        let key = (client.0, r.upload_id);
-        let found = self
-            .shared
-            .partial_uploads
-            .lock()
-            .ok()
-            .and_then(|p| p.received(&key));
-        match found {
-            Some((received, _total)) => Ok(upload_response(
-                v1::UploadStatus::Incomplete,
-                "upload in progress",
-                received,
-            )),
-            None => Err(self.refuse(
-                "unknown_upload",
-                Status::not_found("no such upload for this client: start again from offset 0"),
-            )),
-        }
+        self.query_partial(req).await
     }
 }
 
