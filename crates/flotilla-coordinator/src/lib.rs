@@ -444,9 +444,6 @@ impl Server {
             shutdown.await;
             let _ = stop_tx.send(true);
         }));
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         let service = service::CountUploadBytes(
             CoordinatorServer::new(service::CoordinatorService {
                 shared: shared.clone(),
@@ -464,38 +461,20 @@ impl Server {
                 .add_service(service.clone())
         };
         tracing::info!(%grpc_addr, %admin_addr, tls = tls.is_some(), "coordinator listening");
+        // One serve path for both listener kinds: only the accept loops differ (TLS handshakes
+        // or plain TCP); what is served on the accepted streams is the same code.
         let (grpc_res, admin_res) = match tls {
             Some((grpc_tls, admin_tls)) => {
                 let (grx, gh) = tls::spawn_tls_accept(grpc, grpc_tls, shared.metrics.clone());
                 let (arx, ah) = tls::spawn_tls_accept(admin, admin_tls, shared.metrics.clone());
                 tasks.0.extend([gh, ah]);
-                let incoming = ReceiverStream::new(grx).map(|(io, _)| Ok::<_, std::io::Error>(io));
-                let listener = tls::ChannelListener {
-                    rx: arx,
-                    addr: admin_addr,
-                };
-                tokio::join!(
-                    grpc_builder().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(stopped(stop_rx.clone()))
-                        .into_future()
-                )
+                serve_accepted(grpc_builder(), router, grx, arx, admin_addr, stop_rx).await
             }
             None => {
                 let (grx, gh) = tls::spawn_plain_accept(grpc);
                 let (arx, ah) = tls::spawn_plain_accept(admin);
                 tasks.0.extend([gh, ah]);
-                let incoming = ReceiverStream::new(grx).map(|(io, _)| Ok::<_, std::io::Error>(io));
-                let listener = tls::ChannelListener {
-                    rx: arx,
-                    addr: admin_addr,
-                };
-                tokio::join!(
-                    grpc_builder().serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(stopped(stop_rx.clone()))
-                        .into_future()
-                )
+                serve_accepted(grpc_builder(), router, grx, arx, admin_addr, stop_rx).await
             }
         };
         drop(tasks);
@@ -514,6 +493,40 @@ impl Server {
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()
     }
+}
+
+/// Serves gRPC and the admin API on connections the accept loops hand over (TLS or plain
+/// streams alike) until `stop` turns true.
+async fn serve_accepted<IO>(
+    grpc: tonic::transport::server::Router,
+    admin: axum::Router,
+    grpc_rx: tokio::sync::mpsc::Receiver<(IO, SocketAddr)>,
+    admin_rx: tokio::sync::mpsc::Receiver<(IO, SocketAddr)>,
+    admin_addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> (Result<(), tonic::transport::Error>, std::io::Result<()>)
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let incoming = ReceiverStream::new(grpc_rx).map(|(io, _)| Ok::<_, std::io::Error>(io));
+    let listener = tls::ChannelListener {
+        rx: admin_rx,
+        addr: admin_addr,
+    };
+    tokio::join!(
+        grpc.serve_with_incoming_shutdown(incoming, stopped(stop.clone())),
+        axum::serve(listener, admin)
+            .with_graceful_shutdown(stopped(stop))
+            .into_future()
+    )
 }
 
 /// [`Server::bind`] then [`Server::run`].
