@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use flotilla_store::{ClientId, JobId, JobRecord, JobState, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 
 use crate::jobs::{Shared, SubmitError, now_ms};
 use crate::metrics::Metrics;
@@ -91,7 +92,7 @@ type ApiResult = Result<Json<Value>, ApiError>;
 
 /// Constant-time comparison of two byte strings (length is not secret).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Response {

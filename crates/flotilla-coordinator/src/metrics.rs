@@ -6,74 +6,75 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// Process-wide counters. All are monotonic since start.
+/// Process-wide counters, each described at its [`MetricsSnapshot`] field.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Check-ins answered (task or retry).
+    /// See [`MetricsSnapshot::checkins`].
     pub checkins: AtomicU64,
-    /// Tasks handed out.
+    /// See [`MetricsSnapshot::tasks`].
     pub tasks: AtomicU64,
-    /// `RetryAfter` answers.
+    /// See [`MetricsSnapshot::retry_afters`].
     pub retry_afters: AtomicU64,
-    /// Enrollments that succeeded.
+    /// See [`MetricsSnapshot::enrollments`].
     pub enrollments: AtomicU64,
-    /// Model downloads started.
+    /// See [`MetricsSnapshot::downloads`].
     pub downloads: AtomicU64,
-    /// Updates accepted into an aggregate.
+    /// See [`MetricsSnapshot::uploads_accepted`].
     pub uploads_accepted: AtomicU64,
-    /// Re-uploads answered `DUPLICATE`.
+    /// See [`MetricsSnapshot::uploads_duplicate`].
     pub uploads_duplicate: AtomicU64,
-    /// Upload streams that ended early (`INCOMPLETE`).
+    /// See [`MetricsSnapshot::uploads_incomplete`].
     pub uploads_incomplete: AtomicU64,
-    /// Rounds committed.
+    /// See [`MetricsSnapshot::rounds_committed`].
     pub rounds_committed: AtomicU64,
-    /// Round attempts abandoned below their minimum.
+    /// See [`MetricsSnapshot::rounds_abandoned`].
     pub rounds_abandoned: AtomicU64,
-    /// Requests refused for a missing, unknown or revoked credential (or a bad admin token).
+    /// See [`MetricsSnapshot::auth_failures`].
     pub auth_failures: AtomicU64,
-    /// TLS handshakes that failed (garbage bytes, wrong protocol, timeouts).
+    /// See [`MetricsSnapshot::tls_handshake_failures`].
     pub tls_handshake_failures: AtomicU64,
-    /// Task failures clients reported (`ReportTaskFailure`) and the coordinator recorded.
+    /// See [`MetricsSnapshot::task_failures`].
     pub task_failures: AtomicU64,
-    /// Jobs halted because a commit (or a new attempt) could not be persisted.
+    /// See [`MetricsSnapshot::jobs_halted`].
     pub jobs_halted: AtomicU64,
-    /// Halted jobs resumed by themselves once the store accepted writes again.
+    /// See [`MetricsSnapshot::jobs_healed`].
     pub jobs_healed: AtomicU64,
     rejections: Mutex<BTreeMap<String, u64>>,
 }
 
-/// A snapshot of [`Metrics`], as JSON.
+/// The coordinator's counters at one moment, as `GET /v1/metrics` answers them; all are
+/// monotonic since the process started.
 #[derive(Debug, Clone, Serialize)]
 pub struct MetricsSnapshot {
-    /// See [`Metrics::checkins`].
+    /// Check-ins answered (task or retry).
     pub checkins: u64,
-    /// See [`Metrics::tasks`].
+    /// Tasks handed out.
     pub tasks: u64,
-    /// See [`Metrics::retry_afters`].
+    /// `RetryAfter` answers.
     pub retry_afters: u64,
-    /// See [`Metrics::enrollments`].
+    /// Enrollments that succeeded.
     pub enrollments: u64,
-    /// See [`Metrics::downloads`].
+    /// Model downloads started.
     pub downloads: u64,
-    /// See [`Metrics::uploads_accepted`].
+    /// Updates accepted into an aggregate.
     pub uploads_accepted: u64,
-    /// See [`Metrics::uploads_duplicate`].
+    /// Re-uploads answered `DUPLICATE`.
     pub uploads_duplicate: u64,
-    /// See [`Metrics::uploads_incomplete`].
+    /// Upload streams that ended early (`INCOMPLETE`).
     pub uploads_incomplete: u64,
-    /// See [`Metrics::rounds_committed`].
+    /// Rounds committed.
     pub rounds_committed: u64,
-    /// See [`Metrics::rounds_abandoned`].
+    /// Round attempts abandoned below their minimum.
     pub rounds_abandoned: u64,
-    /// See [`Metrics::auth_failures`].
+    /// Requests refused for a missing, unknown or revoked credential (or a bad admin token).
     pub auth_failures: u64,
-    /// See [`Metrics::tls_handshake_failures`].
+    /// TLS handshakes that failed (garbage bytes, wrong protocol, timeouts).
     pub tls_handshake_failures: u64,
-    /// See [`Metrics::task_failures`].
+    /// Task failures clients reported (`ReportTaskFailure`) and the coordinator recorded.
     pub task_failures: u64,
-    /// See [`Metrics::jobs_halted`].
+    /// Jobs halted because a commit (or a new attempt) could not be persisted.
     pub jobs_halted: u64,
-    /// See [`Metrics::jobs_healed`].
+    /// Halted jobs resumed by themselves once the store accepted writes again.
     pub jobs_healed: u64,
     /// Refused requests by reason (e.g. `unauthenticated`, `wrong_round`, `non_finite`).
     pub rejections: BTreeMap<String, u64>,

@@ -189,7 +189,7 @@ impl FailureBook {
         let a = self.find(round, attempt)?;
         let mut reasons: Vec<&ReasonCount> = a.reasons.iter().collect();
         // Most frequent first; ties in order of first report (the sort is stable).
-        reasons.sort_by(|x, y| y.clients.cmp(&x.clients));
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.clients));
         let clients = |n: u64| {
             if n == 1 {
                 "1 client".to_owned()

@@ -112,10 +112,7 @@ pub fn params_digest(params: &[f32]) -> [u8; 32] {
 
 /// [`params_digest`], hex encoded: the `model_sha256` users see.
 pub fn params_sha256(params: &[f32]) -> String {
-    params_digest(params)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(params_digest(params))
 }
 
 #[cfg(test)]

@@ -29,21 +29,33 @@ pub(crate) fn load_all() -> Result<Dataset, DataError> {
 pub(crate) fn parse_csv(text: &str, file: &str) -> Result<Dataset, DataError> {
     let mut features = Vec::new();
     let mut labels = Vec::new();
-    for (lineno, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
+    // Flexible: a row of the wrong width is reported below with both counts, not as csv's error.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let at = e
+                .position()
+                .map_or(String::new(), |p| format!("line {}: ", p.line()));
+            DataError::malformed(file, format!("{at}{e}"))
+        })?;
+        // A line of blanks is one empty field; csv skips only lines that are truly empty.
+        if record.len() == 1 && record[0].is_empty() {
             continue;
         }
-        let bad = |msg: String| DataError::malformed(file, format!("line {}: {msg}", lineno + 1));
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if fields.len() != PIXELS + 1 {
+        let lineno = record.position().map_or(0, csv::Position::line);
+        let bad = |msg: String| DataError::malformed(file, format!("line {lineno}: {msg}"));
+        if record.len() != PIXELS + 1 {
             return Err(bad(format!(
                 "expected {} fields, found {}",
                 PIXELS + 1,
-                fields.len()
+                record.len()
             )));
         }
-        for f in &fields[..PIXELS] {
+        for f in record.iter().take(PIXELS) {
             let v: f64 = f
                 .parse()
                 .map_err(|_| bad(format!("`{f}` is not a number")))?;
@@ -52,7 +64,7 @@ pub(crate) fn parse_csv(text: &str, file: &str) -> Result<Dataset, DataError> {
             }
             features.push((v / 16.0) as f32);
         }
-        let label_field = fields[PIXELS];
+        let label_field = &record[PIXELS];
         let label: f64 = label_field
             .parse()
             .map_err(|_| bad(format!("label `{label_field}` is not a number")))?;
@@ -107,5 +119,19 @@ mod tests {
         let label = format!("{},10\n", vec!["0"; 64].join(","));
         assert!(parse_csv(&label, "t").is_err());
         assert!(parse_csv("", "t").is_err());
+    }
+
+    #[test]
+    fn blank_lines_are_skipped_and_errors_name_the_line() {
+        let good = format!("{},3", vec!["0"; 64].join(", "));
+        let short = format!("{},3", vec!["0"; 63].join(","));
+        let d = parse_csv(&format!("\n{good}\n   \n{good}\n"), "t").unwrap();
+        assert_eq!(d.labels, [3, 3]);
+        let e = parse_csv(&format!("{good}\n\n  \n{short}\n"), "t").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 4: expected 65 fields, found 64"),
+            "{e}"
+        );
     }
 }

@@ -79,17 +79,7 @@ pub fn pinned(name: DatasetName) -> Option<&'static PinnedSource> {
 
 /// Lower-case hex SHA-256 of a byte slice.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    to_hex(&Sha256::digest(bytes))
-}
-
-fn to_hex(digest: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(digest.len() * 2);
-    for &b in digest {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 0xf) as usize] as char);
-    }
-    s
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Lower-case hex SHA-256 of a file, read in chunks.
@@ -104,7 +94,7 @@ pub fn sha256_file(path: &Path) -> Result<String, DataError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(to_hex(&hasher.finalize()))
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn verify_file(path: &Path, label: &str, expected: &str) -> Result<(), DataError> {

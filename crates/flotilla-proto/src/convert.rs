@@ -22,13 +22,7 @@ pub fn payload_sha256(params: &[f32]) -> [u8; 32] {
 
 /// Lower-case hexadecimal encoding of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    ::hex::encode(bytes)
 }
 
 /// Wire form of a layout.

@@ -50,7 +50,7 @@ impl Attackers {
     ) -> Self {
         let n = partition.clients.len();
         let k = ((settings.fraction * n as f64).round() as usize).clamp(1, n);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xA77A_C4);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00A7_7AC4);
         let clients: BTreeSet<u64> = index::sample(&mut rng, n, k)
             .into_iter()
             .map(|i| i as u64)
