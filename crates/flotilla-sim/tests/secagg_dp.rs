@@ -12,12 +12,11 @@ seed = 7
 rounds = 1
 clients = 10
 clients_per_round = 10
-[data]
-dataset = "digits"
 [partition]
 kind = "iid"
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 1
 batch_size = 16
@@ -100,7 +99,7 @@ fn aggregate_noise_has_std_sigma_c_over_the_fixed_denominator() {
     for seed in [7u64, 8, 9, 10] {
         // learning_rate 1e-30: the trained deltas are ~1e-31, far below the noise (5e-3).
         let text = format!(
-            "{}learning_rate = 1e-30\n[round]\nmin_report_fraction = 0.5\ndropout = 0.3\n{}[secagg]\nclip_range = 0.3\n",
+            "{}learning_rate = 1e-30\n[round]\nmin_report_fraction = 0.5\nmax_attempts = 5\n[simulation]\ndropout = 0.3\n{}[secagg]\nclip_range = 0.3\n",
             BASE.replace("seed = 7", &format!("seed = {seed}")),
             privacy("distributed", sigma, c),
         );

@@ -11,14 +11,13 @@ seed = 42
 rounds = 12
 clients = 40
 clients_per_round = 10
-[data]
-dataset = "digits"
 [partition]
 kind = "dirichlet"
 alpha = 0.5
 min_samples = 2
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 2
 batch_size = 16
