@@ -171,7 +171,9 @@ fn the_budget_stops_a_secure_run_before_the_round_that_would_exceed_it() {
 
 #[test]
 fn incompatible_privacy_and_secagg_settings_are_refused_at_load_naming_the_key() {
-    let err = |extra: &str| match scenario(&format!("{BASE}learning_rate = 0.1\n{extra}")) {
+    let err = |extra: &str| match scenario(&format!(
+        "{BASE}learning_rate = 0.1\n[round]\nmin_report_fraction = 0.5\n{extra}"
+    )) {
         Err(ScenarioError::Invalid { field, message }) => (field, message),
         other => panic!("{extra}: {other:?}"),
     };
@@ -190,7 +192,7 @@ fn incompatible_privacy_and_secagg_settings_are_refused_at_load_naming_the_key()
     ));
     assert_eq!(f, "privacy.mode");
     assert!(m.contains("distributed"), "{m}");
-    // σ = 1, C = 0.1, n_min = 5 (the default 0.5 × 10): the range must be ≥ 0.1 + 10 × 0.1/√5 ≈ 0.5472.
+    // σ = 1, C = 0.1, n_min = 5 (min_report_fraction 0.5 × 10): the range must be ≥ 0.1 + 10 × 0.1/√5 ≈ 0.5472.
     let (f, m) = err(&format!(
         "{}[secagg]\nclip_range = 0.5\n",
         privacy("distributed", 1.0, 0.1)
@@ -204,7 +206,7 @@ fn incompatible_privacy_and_secagg_settings_are_refused_at_load_naming_the_key()
     );
     assert!(
         scenario(&format!(
-            "{BASE}learning_rate = 0.1\n{}[secagg]\nclip_range = 0.55\n",
+            "{BASE}learning_rate = 0.1\n[round]\nmin_report_fraction = 0.5\n{}[secagg]\nclip_range = 0.55\n",
             privacy("distributed", 1.0, 0.1)
         ))
         .is_ok()

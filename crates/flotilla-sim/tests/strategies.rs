@@ -164,7 +164,8 @@ fn bad_strategy_and_attack_parameters_name_the_field() {
     };
     assert!(err("[strategy]\nname = \"trimmed_mean\"\nbeta = 0.5\n").starts_with("strategy.beta"));
     assert!(
-        err("[strategy]\nname = \"krum\"\nf = 2\n").starts_with("strategy.f"),
+        err("[round]\nmin_report_fraction = 0.5\n[strategy]\nname = \"krum\"\nf = 2\n")
+            .starts_with("strategy.f"),
         "min reports 5 → f ≤ 1"
     );
     assert!(err("[strategy]\nname = \"fedprox\"\nmu = -1.0\n").starts_with("strategy.mu"));
