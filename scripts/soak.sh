@@ -97,9 +97,10 @@ name = "soak"
 seed = 7
 rounds = $ROUNDS
 clients_per_round = 2
+[round]
 min_clients = 2
 over_selection = 1.0
-round_deadline_seconds = 5     # a killed client costs at most this
+deadline_seconds = 5           # a killed client costs at most this
 min_report_fraction = 0.5
 selection_window_ms = 0
 retry_after_ms = 50

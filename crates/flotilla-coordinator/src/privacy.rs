@@ -39,9 +39,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use flotilla_core::dp::{DpMode, DpRoundInfo, PrivacyConfig, PrivacySpec};
+use flotilla_core::dp::{DpMode, DpRoundInfo, PrivacySpec};
 use flotilla_core::round::RoundPolicy;
-use flotilla_core::strategy::StrategySpec;
 use flotilla_privacy::{Budget, JobPrivacy, PrivacyError, RdpAccountant, TenantLedger};
 use flotilla_store::{JobId, JobRecord, JobState, Store};
 use serde_json::{Value, json};
@@ -57,19 +56,17 @@ pub struct TenantPrivacy {
     pub delta: f64,
 }
 
-/// Validates `[privacy]` of a job against its policy and adds DP-FedAvg to its strategy.
-/// `secagg` is whether the job has `[secagg]` (distributed mode needs it).
-pub(crate) fn configure(
-    cfg: Option<&PrivacyConfig>,
-    strategy: StrategySpec,
+/// The coordinator's own rules for a job's `[privacy]` (parsed and added to the strategy by
+/// `flotilla_spec`): distributed DP only over `[secagg]` (`secagg` is whether the job has it),
+/// `population` required and at least the cohort, and a budget the accountant accepts.
+pub(crate) fn check(
+    spec: Option<&PrivacySpec>,
     policy: &RoundPolicy,
     secagg: bool,
-) -> Result<(StrategySpec, Option<PrivacySpec>), SpecError> {
-    let Some(cfg) = cfg else {
-        return Ok((strategy, None));
+) -> Result<(), SpecError> {
+    let Some(spec) = spec else {
+        return Ok(());
     };
-    let spec = PrivacySpec::from_config(cfg, policy.clients_per_round, policy.min_reports())
-        .map_err(|e| SpecError::new(e.field, e.message))?;
     if spec.dp.mode == DpMode::Distributed && !secagg {
         return Err(SpecError::new(
             "privacy.mode",
@@ -99,11 +96,8 @@ pub(crate) fn configure(
         }
         Some(_) => {}
     }
-    let strategy = strategy
-        .with_privacy(spec.dp)
-        .map_err(|e| SpecError::new(e.field, e.message))?;
-    job_budget(&spec).map_err(|e| SpecError::new("privacy", e.to_string()))?;
-    Ok((strategy, Some(spec)))
+    job_budget(spec).map_err(|e| SpecError::new("privacy", e.to_string()))?;
+    Ok(())
 }
 
 /// The job's own budget (unlimited ε when `max_epsilon` is not set).

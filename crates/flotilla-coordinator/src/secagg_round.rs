@@ -37,41 +37,13 @@ use flotilla_proto::v1;
 use flotilla_secagg::{
     ClientMessage, HeldVector, MaskedInput, Params, Rejected, Server, ServerMessage,
 };
-use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::jobs::{JobInner, JobRuntime, Shared};
-use crate::spec::SpecError;
 
-/// `[secagg]` of a job spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecAggSpec {
-    /// Each coordinate of a client's delta is clipped to `[-clip_range, clip_range]` before masking.
-    pub clip_range: f64,
-    /// Shares needed to reconstruct a secret (t); default `k/2 + 1`.
-    #[serde(default)]
-    pub threshold: Option<usize>,
-    /// Degree k of the communication graph (even, or `clients_per_round − 1`); default
-    /// ≈ 3·log2(clients_per_round).
-    #[serde(default)]
-    pub neighbours: Option<usize>,
-}
-
-impl SecAggSpec {
-    /// The secagg parameters for rosters of up to `clients_per_round` and vectors of `vector_len`.
-    /// Errors name the job-spec key.
-    pub fn params(&self, clients_per_round: usize, vector_len: usize) -> Result<Params, SpecError> {
-        Params::configured(
-            clients_per_round,
-            vector_len,
-            self.clip_range,
-            self.neighbours,
-            self.threshold,
-        )
-        .map_err(|e| SpecError::new(e.config_key(), format!("secure aggregation: {}", e.reason)))
-    }
-}
+/// `[secagg]` of a job spec: the shared vocabulary's [`flotilla_spec::SecAggConfig`] (parsed and
+/// checked there, stored with the job).
+pub use flotilla_spec::SecAggConfig as SecAggSpec;
 
 /// What the driver must feed the machine after carrying out a batch of actions.
 pub(crate) enum Followup {

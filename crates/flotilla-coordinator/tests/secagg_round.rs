@@ -84,7 +84,7 @@ fn delta(i: usize) -> Vec<f32> {
 async fn stage_rpc_refuses_bad_input_and_a_round_with_a_dropout_commits_the_secure_mean() {
     let (_dir, data, certs) = tmp();
     let h = start(&data, &certs, None).await;
-    let toml = job_toml(1, 4).replace("round_deadline_seconds = 60", "round_deadline_seconds = 4")
+    let toml = job_toml(1, 4).replace("deadline_seconds = 60", "deadline_seconds = 4")
         + "[secagg]\nclip_range = 1.0\n";
     let job = h.submit(&toml).await;
     let mut cs = vec![
@@ -436,7 +436,7 @@ async fn distributed_dp_over_secure_aggregation_commits_and_accounts() {
     use rand::SeedableRng;
     let (_dir, data, certs) = tmp();
     let h = start(&data, &certs, None).await;
-    let base = job_toml(2, 4).replace("round_deadline_seconds = 60", "round_deadline_seconds = 10");
+    let base = job_toml(2, 4).replace("deadline_seconds = 60", "deadline_seconds = 10");
     // σ = 1, C = 0.5, n_min = 2 (0.5 × 4): each share has std 0.5/√2; the range needs ≥ 0.5 + 10 × 0.354.
     let privacy = "[privacy]\nmode = \"distributed\"\nnoise_multiplier = 1.0\nclip_norm = 0.5\ndelta = 1e-5\npopulation = 4\n";
     for (extra, key) in [

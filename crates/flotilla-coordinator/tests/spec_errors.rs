@@ -30,7 +30,7 @@ async fn a_job_typo_gets_its_line_and_a_suggestion() {
     assert_eq!(code, 400, "{body}");
     let msg = body["error"].as_str().unwrap();
     assert!(
-        msg.starts_with("toml: line 11, column 1: unknown key `local_epochs` in `[model]`"),
+        msg.starts_with("toml: line 12, column 1: unknown key `local_epochs` in `[model]`"),
         "{msg}"
     );
     assert!(

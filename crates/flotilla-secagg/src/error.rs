@@ -26,18 +26,6 @@ impl ParamError {
             reason: reason.into(),
         }
     }
-
-    /// The key of a job or scenario file this error is about (`clients_per_round`,
-    /// `secagg.threshold`, `secagg.neighbours`, `secagg.clip_range`, or `model` for the vector).
-    pub fn config_key(&self) -> &'static str {
-        match self.name {
-            "n" => "clients_per_round",
-            "t" => "secagg.threshold",
-            "k" => "secagg.neighbours",
-            "clip_range" => "secagg.clip_range",
-            _ => "model",
-        }
-    }
 }
 
 /// Bytes that are not a well-formed message.

@@ -138,28 +138,6 @@ impl Params {
         Self::new(n, t, k, vector_len, clip_range)
     }
 
-    /// The parameters a job's or scenario's `[secagg]` section asks for: `neighbours` (k) and
-    /// `threshold` (t) as given, else [`Params::recommended`]'s (with only k given, `t = k/2 + 1`).
-    /// Config loaders name the offending key with [`ParamError::config_key`].
-    pub fn configured(
-        n: usize,
-        vector_len: usize,
-        clip_range: f64,
-        neighbours: Option<usize>,
-        threshold: Option<usize>,
-    ) -> Result<Self, ParamError> {
-        match (neighbours, threshold) {
-            (None, None) => Self::recommended(n, vector_len, clip_range),
-            (k, t) => {
-                let rec_k = Self::recommended(n.max(3), 1, 1.0)
-                    .map(|p| p.neighbours())
-                    .unwrap_or(2);
-                let k = k.unwrap_or(rec_k);
-                Self::new(n, t.unwrap_or(k / 2 + 1), k, vector_len, clip_range)
-            }
-        }
-    }
-
     /// Largest roster (n).
     pub fn max_clients(&self) -> usize {
         self.max_clients

@@ -166,18 +166,16 @@ pub(crate) fn samples<'a>(d: &'a Dataset, indices: &'a [u32]) -> Samples<'a> {
     }
 }
 
-/// The round policy the simulator runs: the scenario's knobs, on a virtual clock where simulated
-/// clients stay available and a stage never times out before every selected client has answered.
+/// The round policy the simulator runs: the job's `[round]`, built by `flotilla_spec` as the
+/// coordinator builds it, on a virtual clock where simulated clients are always available (no
+/// selection window, check-ins never expire).
 pub fn round_policy(s: &Scenario) -> RoundPolicy {
-    let mut p = RoundPolicy::new(s.rounds, s.clients_per_round);
-    p.over_selection = s.round.over_selection;
-    p.min_report_fraction = s.round.min_report_fraction;
+    let mut p = s
+        .round
+        .config
+        .policy(s.rounds, s.clients_per_round, s.secagg.is_some());
     p.selection_window_ms = 0;
     p.checkin_ttl_ms = flotilla_core::limits::CHECKIN_TTL_NEVER;
-    p.max_attempts = 5;
-    if s.secagg.is_some() {
-        p.stages = flotilla_core::round::StageKind::SECURE_AGGREGATION.to_vec();
-    }
     if s.strategy.fedbuff.is_some() {
         // Idle clients come back about as often as a task takes; no task is ever dropped.
         p.retry_after_ms = s.round.train_ticks.1;

@@ -12,9 +12,8 @@
 //! treats rounds as Poisson-sampled with that `q` — the usual approximation of DP-FedAvg
 //! implementations (TensorFlow Federated, Opacus) for fixed-size uniform sampling.
 
-use flotilla_core::dp::{DpMode, DpRoundInfo, DpSpec, PrivacyConfig, PrivacySpec};
+use flotilla_core::dp::{DpMode, DpRoundInfo, DpSpec, PrivacySpec};
 use flotilla_core::round::RoundPolicy;
-use flotilla_core::strategy::StrategySpec;
 use flotilla_privacy::{Budget, JobPrivacy, PrivacyError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -22,34 +21,27 @@ use serde::Serialize;
 
 use crate::error::{ScenarioError, SimError};
 
-/// Validates `[privacy]` against the rest of the scenario and adds DP-FedAvg to `strategy`.
-pub(crate) fn configure(
-    cfg: Option<&PrivacyConfig>,
-    strategy: StrategySpec,
-    policy: &RoundPolicy,
-) -> Result<(StrategySpec, Option<PrivacySpec>), ScenarioError> {
+/// The simulator's own rules for `[privacy]` (parsed, checked against the round and added to the
+/// strategy by `flotilla_spec`, as on the coordinator): no `population` (the simulator samples from
+/// its `clients`), and a budget the accountant accepts.
+pub(crate) fn check(spec: Option<&PrivacySpec>) -> Result<(), ScenarioError> {
     let invalid = |field: &str, message: String| ScenarioError::Invalid {
         field: field.to_string(),
         message,
     };
-    let Some(cfg) = cfg else {
-        return Ok((strategy, None));
+    let Some(spec) = spec else {
+        return Ok(());
     };
-    if cfg.population.is_some() {
+    if spec.population.is_some() {
         return Err(invalid(
             "privacy.population",
             "is for the coordinator; the simulator samples from its `clients`".into(),
         ));
     }
-    let spec = PrivacySpec::from_config(cfg, policy.clients_per_round, policy.min_reports())
-        .map_err(|e| invalid(e.field, e.message))?;
-    let strategy = strategy
-        .with_privacy(spec.dp)
-        .map_err(|e| invalid(e.field, e.message))?;
     // The accountant must accept the scenario's numbers too (q ≤ 1 always holds here).
     Budget::new(spec.max_epsilon.unwrap_or(f64::MAX), spec.delta)
         .map_err(|e| invalid("privacy", e.to_string()))?;
-    Ok((strategy, Some(spec)))
+    Ok(())
 }
 
 /// The privacy of one committed round, as the results report it.

@@ -1,19 +1,22 @@
 //! Scenario files: every knob of a simulated federation, in TOML, validated before anything runs.
 //!
-//! Parsing is two steps: serde reads the file into a raw form that refuses unknown keys, then
-//! [`Scenario::from_raw`] checks ranges and names and builds the typed form. Every error is one line
+//! A scenario file is a job spec (`flotilla_spec`: `name`, `seed`, `rounds`, `clients_per_round`,
+//! `[model]`, `[train]`, `[round]`, `[strategy]`, `[privacy]`, `[secagg]`, read and checked there
+//! exactly as the coordinator reads them) plus the simulation-only keys this module validates:
+//! `clients`, `eval_every`, `[data]`, `[partition]`, `[simulation]` and `[attack]`. `tenant`,
+//! `[eligibility]` and `[evaluation]` are accepted and ignored (one tenant; every simulated client
+//! is eligible; the test split of `[model] dataset` evaluates every round). Every error is one line
 //! that names the field (`partition.alpha: must be > 0, got -1`).
 
 use std::path::Path;
-use std::str::FromStr;
 
-use flotilla_core::dp::{PrivacyConfig, PrivacySpec};
+use flotilla_core::dp::PrivacySpec;
 use flotilla_core::limits;
-use flotilla_core::round::RoundPolicy;
-use flotilla_core::strategy::{StrategyConfig, StrategySpec};
+use flotilla_core::strategy::StrategySpec;
 use flotilla_data::{DatasetName, PartitionSpec};
 use flotilla_ml::ModelKind;
-use serde::Deserialize;
+use flotilla_spec::raw::{RawAttack, RawDocument, RawPartition};
+use flotilla_spec::{JobConfig, ParseError, RoundConfig, SpecError};
 
 use crate::error::ScenarioError;
 
@@ -133,17 +136,17 @@ pub struct TrainSettings {
     pub max_grad_norm: Option<f32>,
 }
 
-/// Selection policy knobs of the round state machine.
+/// The job's `[round]` policy and what the simulated clients do (`[simulation]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundSettings {
-    /// Over-selection factor (≥ 1).
-    pub over_selection: f64,
-    /// Fraction of `clients_per_round` needed to commit at the deadline.
-    pub min_report_fraction: f64,
-    /// Fraction of selected clients that drop out mid-round (simulated failures).
+    /// `[round]`, as the coordinator reads it; [`crate::engine::round_policy`] builds the machine's
+    /// policy from it.
+    pub config: RoundConfig,
+    /// Fraction of selected clients that drop out mid-round (`[simulation] dropout`).
     pub dropout: f64,
     /// FedBuff only: virtual milliseconds a client's local training takes, drawn per task uniformly
-    /// from `[min, max]` (seeded), so clients finish at different times and updates go stale.
+    /// from `[min, max]` (seeded), so clients finish at different times and updates go stale
+    /// (`[simulation] train_ticks_min`, `train_ticks_max`).
     pub train_ticks: (u64, u64),
 }
 
@@ -163,92 +166,6 @@ pub struct Overrides {
     pub seed: Option<u64>,
 }
 
-// ---------------------------------------------------------------------------------------------
-// Raw form: what serde reads. Counts are signed so that a negative value gets our message.
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawScenario {
-    name: Option<String>,
-    seed: Option<i64>,
-    rounds: i64,
-    clients: i64,
-    clients_per_round: i64,
-    eval_every: Option<i64>,
-    data: RawData,
-    partition: RawPartition,
-    model: RawModel,
-    train: RawTrain,
-    round: Option<RawRound>,
-    simulation: Option<RawSimulation>,
-    strategy: Option<StrategyConfig>,
-    attack: Option<RawAttack>,
-    secagg: Option<crate::secagg::RawSecAgg>,
-    privacy: Option<PrivacyConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAttack {
-    kind: String,
-    fraction: f64,
-    scale: Option<f64>,
-    sigma: Option<f64>,
-    target: Option<i64>,
-    poison_fraction: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawData {
-    dataset: String,
-    test_fraction: Option<f64>,
-    split_seed: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPartition {
-    kind: String,
-    alpha: Option<f64>,
-    min_samples: Option<i64>,
-    classes_per_client: Option<i64>,
-    seed: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    kind: String,
-    hidden: Option<i64>,
-    embed: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTrain {
-    local_epochs: i64,
-    batch_size: i64,
-    learning_rate: f64,
-    max_grad_norm: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRound {
-    over_selection: Option<f64>,
-    min_report_fraction: Option<f64>,
-    dropout: Option<f64>,
-    train_ticks_min: Option<i64>,
-    train_ticks_max: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSimulation {
-    threads: Option<i64>,
-}
-
 /// Dirichlet/quantity-skew concentration: beyond this the partition is iid to machine precision.
 const MAX_ALPHA: f64 = 1e6;
 /// Worker threads of the simulator.
@@ -259,6 +176,10 @@ fn invalid(field: &str, message: impl std::fmt::Display) -> ScenarioError {
         field: field.to_string(),
         message: message.to_string(),
     }
+}
+
+fn spec_error(e: SpecError) -> ScenarioError {
+    invalid(&e.field, e.message)
 }
 
 /// A count that must be ≥ `min`.
@@ -321,14 +242,16 @@ impl Scenario {
 
     /// Parses and validates scenario TOML, with overrides applied.
     pub fn parse(text: &str, overrides: &Overrides) -> Result<Self, ScenarioError> {
-        let mut raw: RawScenario = flotilla_core::config_toml::from_str(text)
-            .map_err(|error| ScenarioError::Syntax { path: None, error })?;
+        let mut raw = flotilla_spec::read(text).map_err(|e| match e {
+            ParseError::Syntax(error) => ScenarioError::Syntax { path: None, error },
+            ParseError::Invalid(e) => spec_error(e),
+        })?;
         if let Some(r) = overrides.rounds {
             raw.rounds =
-                i64::try_from(r).map_err(|_| invalid("rounds", format!("{r} is too large")))?;
+                Some(i64::try_from(r).map_err(|_| invalid("rounds", format!("{r} is too large")))?);
         }
-        let partition_seed_explicit = raw.partition.seed.is_some();
-        let mut scenario = Self::from_raw(raw)?;
+        let partition_seed_explicit = raw.partition.as_ref().is_some_and(|p| p.seed.is_some());
+        let mut scenario = Self::from_raw(&raw)?;
         if let Some(s) = overrides.seed {
             scenario.seed = s;
             if !partition_seed_explicit {
@@ -338,15 +261,37 @@ impl Scenario {
         Ok(scenario)
     }
 
-    fn from_raw(r: RawScenario) -> Result<Self, ScenarioError> {
-        let master_seed = seed("seed", r.seed, 0)?;
-        let rounds = bounded("rounds", r.rounds, 1, limits::MAX_ROUNDS)? as u64;
-        let clients = bounded("clients", r.clients, 1, limits::MAX_CLIENTS as u64)?;
-        let clients_per_round = bounded(
-            "clients_per_round",
-            r.clients_per_round,
+    fn from_raw(r: &RawDocument) -> Result<Self, ScenarioError> {
+        // The job part, exactly as the coordinator validates it.
+        let job = JobConfig::from_raw(r).map_err(spec_error)?;
+        let JobConfig {
+            name,
+            seed: master_seed,
+            rounds,
+            clients_per_round,
+            model,
+            train,
+            round: round_config,
+            strategy,
+            privacy,
+            secagg,
+            ..
+        } = job;
+        let Some(dataset) = model.dataset else {
+            return Err(invalid(
+                "model.dataset",
+                "is required in a scenario: the simulator trains on a built-in dataset's partitions \
+                 (input_shape and num_classes are for coordinator jobs)",
+            ));
+        };
+
+        // The simulation-only part.
+        let clients = bounded(
+            "clients",
+            r.clients
+                .ok_or_else(|| invalid("clients", "is required in a scenario"))?,
             1,
-            limits::MAX_CLIENTS_PER_ROUND as u64,
+            limits::MAX_CLIENTS as u64,
         )?;
         if clients_per_round > clients {
             return Err(invalid(
@@ -360,246 +305,65 @@ impl Scenario {
             1,
             limits::MAX_ROUNDS,
         )? as u64;
-
-        let dataset =
-            DatasetName::from_str(&r.data.dataset).map_err(|e| invalid("data.dataset", e))?;
+        let raw_data = r.data.as_ref();
         let data = DataSettings {
             dataset,
             test_fraction: fraction(
                 "data.test_fraction",
-                r.data.test_fraction.unwrap_or(0.2),
+                raw_data.and_then(|d| d.test_fraction).unwrap_or(0.2),
                 false,
                 false,
             )?,
-            split_seed: seed("data.split_seed", r.data.split_seed, 42)?,
+            split_seed: seed("data.split_seed", raw_data.and_then(|d| d.split_seed), 42)?,
         };
-
-        let p = &r.partition;
-        let alpha = |default: f64| -> Result<f64, ScenarioError> {
-            let a = p.alpha.unwrap_or(default);
-            if !(a.is_finite() && a > 0.0) {
-                return Err(invalid(
-                    "partition.alpha",
-                    format!("must be a finite number > 0, got {a}"),
-                ));
-            }
-            if a > MAX_ALPHA {
-                return Err(invalid(
-                    "partition.alpha",
-                    format!("must be ≤ {MAX_ALPHA:e} (larger is iid), got {a:e}"),
-                ));
-            }
-            Ok(a)
-        };
-        let min_samples = |default: i64| {
-            bounded(
-                "partition.min_samples",
-                p.min_samples.unwrap_or(default),
-                1,
-                limits::MAX_SAMPLES,
-            )
-        };
-        let only = |allowed: &[&str]| -> Result<(), ScenarioError> {
-            let given = [
-                ("alpha", p.alpha.is_some()),
-                ("min_samples", p.min_samples.is_some()),
-                ("classes_per_client", p.classes_per_client.is_some()),
-            ];
-            for (name, set) in given {
-                if set && !allowed.contains(&name) {
-                    return Err(invalid(
-                        &format!("partition.{name}"),
-                        format!("does not apply to partition kind `{}`", p.kind),
-                    ));
-                }
-            }
-            Ok(())
-        };
-        let spec = match p.kind.as_str() {
-            "iid" => {
-                only(&[])?;
-                PartitionSpec::Iid
-            }
-            "dirichlet" => {
-                only(&["alpha", "min_samples"])?;
-                PartitionSpec::Dirichlet {
-                    alpha: alpha(0.5)?,
-                    min_samples: min_samples(1)?,
-                }
-            }
-            "shards" => {
-                only(&["classes_per_client"])?;
-                PartitionSpec::Shards {
-                    classes_per_client: bounded(
-                        "partition.classes_per_client",
-                        p.classes_per_client.unwrap_or(2),
-                        1,
-                        limits::MAX_CLASSES,
-                    )?,
-                }
-            }
-            "natural" => {
-                only(&["min_samples"])?;
-                PartitionSpec::Natural {
-                    min_samples: min_samples(1)?,
-                }
-            }
-            "quantity_skew" => {
-                only(&["alpha", "min_samples"])?;
-                PartitionSpec::QuantitySkew {
-                    alpha: alpha(1.0)?,
-                    min_samples: min_samples(1)?,
-                }
-            }
-            other => {
-                return Err(invalid(
-                    "partition.kind",
-                    format!(
-                        "unknown partitioner `{other}`; expected one of iid, dirichlet, shards, natural, quantity_skew"
-                    ),
-                ));
-            }
-        };
+        let p = r
+            .partition
+            .as_ref()
+            .ok_or_else(|| invalid("partition", "is required in a scenario"))?;
         let partition = PartitionSettings {
-            spec,
+            spec: parse_partition(p)?,
             seed: seed("partition.seed", p.seed, master_seed)?,
         };
-
-        let m = &r.model;
-        let kind = match m.kind.as_str() {
-            "logreg" => ModelKind::LogReg,
-            "mlp" => ModelKind::Mlp {
-                hidden: bounded(
-                    "model.hidden",
-                    m.hidden.unwrap_or(64),
-                    1,
-                    limits::MAX_HIDDEN,
-                )?,
-            },
-            "cnn" => ModelKind::Cnn,
-            "char_mlp" => ModelKind::CharMlp {
-                embed: bounded("model.embed", m.embed.unwrap_or(8), 1, limits::MAX_EMBED)?,
-                hidden: bounded(
-                    "model.hidden",
-                    m.hidden.unwrap_or(256),
-                    1,
-                    limits::MAX_HIDDEN,
-                )?,
-            },
-            other => {
-                return Err(invalid(
-                    "model.kind",
-                    format!("unknown model `{other}`; expected one of logreg, mlp, cnn, char_mlp"),
-                ));
-            }
-        };
-        if m.hidden.is_some() && !matches!(kind, ModelKind::Mlp { .. } | ModelKind::CharMlp { .. })
-        {
-            return Err(invalid(
-                "model.hidden",
-                format!("does not apply to model `{}`", m.kind),
-            ));
-        }
-        if m.embed.is_some() && !matches!(kind, ModelKind::CharMlp { .. }) {
-            return Err(invalid(
-                "model.embed",
-                format!("does not apply to model `{}`", m.kind),
-            ));
-        }
-        let size_key = if matches!(kind, ModelKind::LogReg | ModelKind::Cnn) {
-            "model.kind"
-        } else {
-            "model.hidden"
-        };
-        let shape = dataset.sample_shape();
-        let model_spec = flotilla_ml::ModelSpec {
-            kind,
-            input_shape: shape.0,
-            num_classes: shape.1,
-        };
-        limits::model_params(size_key, model_spec.param_count())
-            .map_err(|e| invalid(e.field, e.message))?;
-
-        let t = &r.train;
-        let lr = t.learning_rate;
-        limits::positive("train.learning_rate", lr, limits::MAX_LEARNING_RATE)
-            .map_err(|e| invalid(e.field, e.message))?;
         let train = TrainSettings {
-            local_epochs: bounded(
-                "train.local_epochs",
-                t.local_epochs,
-                1,
-                limits::MAX_LOCAL_EPOCHS,
-            )? as u32,
-            batch_size: bounded("train.batch_size", t.batch_size, 1, limits::MAX_BATCH_SIZE)?,
-            learning_rate: lr as f32,
-            max_grad_norm: match t.max_grad_norm {
-                None => None,
-                Some(m) if m.is_finite() && m > 0.0 && m <= limits::MAX_NORM => Some(m as f32),
-                Some(m) => {
-                    return Err(invalid(
-                        "train.max_grad_norm",
-                        format!("must be in (0, 1e6], got {m}"),
-                    ));
-                }
-            },
+            local_epochs: train.local_epochs,
+            batch_size: train.batch_size as usize,
+            learning_rate: train.learning_rate as f32,
+            max_grad_norm: train.max_grad_norm.map(|m| m as f32),
         };
-
-        let rr = r.round.unwrap_or_default();
-        let over_selection = rr.over_selection.unwrap_or(1.0);
-        if !(over_selection.is_finite() && (1.0..=10.0).contains(&over_selection)) {
-            return Err(invalid(
-                "round.over_selection",
-                format!("must be in [1, 10], got {over_selection}"),
-            ));
-        }
+        let sim = r.simulation.as_ref();
         let round = RoundSettings {
-            over_selection,
-            min_report_fraction: fraction(
-                "round.min_report_fraction",
-                rr.min_report_fraction.unwrap_or(0.5),
-                false,
+            config: round_config,
+            dropout: fraction(
+                "simulation.dropout",
+                sim.and_then(|s| s.dropout).unwrap_or(0.0),
                 true,
+                false,
             )?,
-            dropout: fraction("round.dropout", rr.dropout.unwrap_or(0.0), true, false)?,
             train_ticks: {
-                let lo =
-                    count("round.train_ticks_min", rr.train_ticks_min.unwrap_or(10), 1)? as u64;
+                let lo = count(
+                    "simulation.train_ticks_min",
+                    sim.and_then(|s| s.train_ticks_min).unwrap_or(10),
+                    1,
+                )? as u64;
                 let hi = count(
-                    "round.train_ticks_max",
-                    rr.train_ticks_max.unwrap_or(100),
+                    "simulation.train_ticks_max",
+                    sim.and_then(|s| s.train_ticks_max).unwrap_or(100),
                     1,
                 )? as u64;
                 // A tick is a virtual second and the stage deadline is the longest training time.
                 let max_ticks = limits::MAX_DEADLINE_MS / 1000;
                 if hi < lo || hi > max_ticks {
                     return Err(invalid(
-                        "round.train_ticks_max",
+                        "simulation.train_ticks_max",
                         format!(
-                            "must be in round.train_ticks_min ({lo})..={max_ticks} (7 days of ticks), got {hi}"
+                            "must be in simulation.train_ticks_min ({lo})..={max_ticks} (7 days of ticks), got {hi}"
                         ),
                     ));
                 }
                 (lo, hi)
             },
         };
-        // The smallest round that can commit, by the machine's own rule (Krum's f is checked against it).
-        let min_reports = RoundPolicy {
-            min_report_fraction: round.min_report_fraction,
-            ..RoundPolicy::new(rounds, clients_per_round)
-        }
-        .min_reports();
-        let strategy = match &r.strategy {
-            None => StrategySpec::fedavg(),
-            Some(c) => StrategySpec::from_config(c, min_reports)
-                .map_err(|e| invalid(e.field, e.message))?,
-        };
-        let policy = RoundPolicy {
-            over_selection: round.over_selection,
-            min_report_fraction: round.min_report_fraction,
-            ..RoundPolicy::new(rounds, clients_per_round)
-        };
-        let (strategy, privacy) = crate::privacy::configure(r.privacy.as_ref(), strategy, &policy)?;
+        crate::privacy::check(privacy.as_ref())?;
         let attack = match &r.attack {
             None => None,
             Some(a) => Some(parse_attack(a, dataset)?),
@@ -610,27 +374,34 @@ impl Scenario {
                 "attacks are not simulated with the fedbuff strategy",
             ));
         }
-        let secagg = match &r.secagg {
-            None => None,
-            Some(raw) => Some(crate::secagg::SecAggSettings::from_raw(
-                raw,
-                clients_per_round,
-                &strategy,
+        let unmasking_dropout = sim.and_then(|s| s.unmasking_dropout);
+        let secagg = match secagg {
+            None => {
+                if unmasking_dropout.is_some() {
+                    return Err(invalid(
+                        "simulation.unmasking_dropout",
+                        "applies only with [secagg]",
+                    ));
+                }
+                None
+            }
+            Some(config) => Some(crate::secagg::SecAggSettings::new(
+                config,
+                unmasking_dropout.unwrap_or(0.0),
                 attack.is_some(),
             )?),
         };
-        let sim = r.simulation.unwrap_or_default();
         let simulation = SimulationSettings {
             threads: bounded(
                 "simulation.threads",
-                sim.threads.unwrap_or(0),
+                sim.and_then(|s| s.threads).unwrap_or(0),
                 0,
                 MAX_THREADS,
             )?,
         };
 
         Ok(Scenario {
-            name: r.name.unwrap_or_else(|| dataset.to_string()),
+            name: name.unwrap_or_else(|| dataset.to_string()),
             seed: master_seed,
             rounds,
             clients,
@@ -638,7 +409,9 @@ impl Scenario {
             eval_every,
             data,
             partition,
-            model: ModelSettings { kind },
+            model: ModelSettings {
+                kind: model.spec.kind,
+            },
             train,
             round,
             simulation,
@@ -648,6 +421,94 @@ impl Scenario {
             privacy,
         })
     }
+}
+
+fn parse_partition(p: &RawPartition) -> Result<PartitionSpec, ScenarioError> {
+    let alpha = |default: f64| -> Result<f64, ScenarioError> {
+        let a = p.alpha.unwrap_or(default);
+        if !(a.is_finite() && a > 0.0) {
+            return Err(invalid(
+                "partition.alpha",
+                format!("must be a finite number > 0, got {a}"),
+            ));
+        }
+        if a > MAX_ALPHA {
+            return Err(invalid(
+                "partition.alpha",
+                format!("must be ≤ {MAX_ALPHA:e} (larger is iid), got {a:e}"),
+            ));
+        }
+        Ok(a)
+    };
+    let min_samples = |default: i64| {
+        bounded(
+            "partition.min_samples",
+            p.min_samples.unwrap_or(default),
+            1,
+            limits::MAX_SAMPLES,
+        )
+    };
+    let only = |allowed: &[&str]| -> Result<(), ScenarioError> {
+        let given = [
+            ("alpha", p.alpha.is_some()),
+            ("min_samples", p.min_samples.is_some()),
+            ("classes_per_client", p.classes_per_client.is_some()),
+        ];
+        for (name, set) in given {
+            if set && !allowed.contains(&name) {
+                return Err(invalid(
+                    &format!("partition.{name}"),
+                    format!("does not apply to partition kind `{}`", p.kind),
+                ));
+            }
+        }
+        Ok(())
+    };
+    Ok(match p.kind.as_str() {
+        "iid" => {
+            only(&[])?;
+            PartitionSpec::Iid
+        }
+        "dirichlet" => {
+            only(&["alpha", "min_samples"])?;
+            PartitionSpec::Dirichlet {
+                alpha: alpha(0.5)?,
+                min_samples: min_samples(1)?,
+            }
+        }
+        "shards" => {
+            only(&["classes_per_client"])?;
+            PartitionSpec::Shards {
+                classes_per_client: bounded(
+                    "partition.classes_per_client",
+                    p.classes_per_client.unwrap_or(2),
+                    1,
+                    limits::MAX_CLASSES,
+                )?,
+            }
+        }
+        "natural" => {
+            only(&["min_samples"])?;
+            PartitionSpec::Natural {
+                min_samples: min_samples(1)?,
+            }
+        }
+        "quantity_skew" => {
+            only(&["alpha", "min_samples"])?;
+            PartitionSpec::QuantitySkew {
+                alpha: alpha(1.0)?,
+                min_samples: min_samples(1)?,
+            }
+        }
+        other => {
+            return Err(invalid(
+                "partition.kind",
+                format!(
+                    "unknown partitioner `{other}`; expected one of iid, dirichlet, shards, natural, quantity_skew"
+                ),
+            ));
+        }
+    })
 }
 
 fn parse_attack(a: &RawAttack, dataset: DatasetName) -> Result<AttackSettings, ScenarioError> {
@@ -753,12 +614,11 @@ mod tests {
 rounds = 5
 clients = 10
 clients_per_round = 2
-[data]
-dataset = "digits"
 [partition]
 kind = "iid"
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 1
 batch_size = 8
@@ -775,7 +635,8 @@ learning_rate = 0.1
     fn defaults_and_overrides() {
         let s = Scenario::parse(MINIMAL, &Overrides::default()).unwrap();
         assert_eq!((s.seed, s.partition.seed, s.eval_every), (0, 0, 1));
-        assert_eq!(s.round.min_report_fraction, 0.5);
+        assert_eq!(s.round.config.min_report_fraction, 0.8);
+        assert_eq!(s.round.config, RoundConfig::default());
         let s = Scenario::parse(
             MINIMAL,
             &Overrides {
@@ -831,8 +692,8 @@ learning_rate = 0.1
             .starts_with("seed")
         );
         assert!(
-            err(&MINIMAL.replace("[train]", "[round]\ndropout = 1.0\n[train]"))
-                .starts_with("round.dropout")
+            err(&MINIMAL.replace("[train]", "[simulation]\ndropout = 1.0\n[train]"))
+                .starts_with("simulation.dropout")
         );
         assert!(
             err(&MINIMAL.replace("[train]", "[round]\nover_selection = 0.5\n[train]"))
@@ -846,12 +707,35 @@ learning_rate = 0.1
             .starts_with("partition.classes_per_client")
         );
         assert!(err(&MINIMAL.replace("rounds = 5\n", "")).contains("rounds"));
+        assert!(
+            err(&MINIMAL.replace(
+                "dataset = \"digits\"\n",
+                "input_shape = [64]\nnum_classes = 10\n"
+            ))
+            .starts_with("model.dataset")
+        );
         for e in [
             err("rounds = [1"),
             err(&MINIMAL.replace("[train]", "[train]\nx = 1")),
         ] {
             assert_eq!(e.lines().count(), 1, "{e}");
         }
+    }
+
+    #[test]
+    fn a_moved_key_names_its_new_place() {
+        let e = err(&MINIMAL.replace("[train]", "[round]\ndropout = 0.1\n[train]"));
+        assert!(
+            e.contains("`[round] dropout` has moved: write it as `[simulation] dropout`"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace("[partition]", "[data]\ndataset = \"digits\"\n[partition]"));
+        assert!(e.contains("write it as `[model] dataset`"), "{e}");
+        let e = err(&MINIMAL.replace("rounds = 5\n", "rounds = 5\nover_selection = 1.2\n"));
+        assert!(
+            e.starts_with("line 3, column 1: `over_selection` at the top level has moved"),
+            "{e}"
+        );
     }
 
     #[test]

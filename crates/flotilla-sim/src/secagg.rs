@@ -41,11 +41,10 @@ use flotilla_core::params_sha256;
 use flotilla_core::round::{
     Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer,
 };
-use flotilla_core::strategy::StrategySpec;
 use flotilla_secagg::{Client, ClientMessage, Params, Server, ServerMessage};
+use flotilla_spec::SecAggConfig;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
-use serde::Deserialize;
 
 use crate::engine::{
     ClientJob, Prepared, Setup, SimEvent, SimOutcome, evaluate_commit, round_policy, samples,
@@ -55,17 +54,8 @@ use crate::error::{ScenarioError, SimError};
 use crate::privacy::SimPrivacy;
 use crate::scenario::Scenario;
 
-/// `[secagg]` as read from the file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawSecAgg {
-    clip_range: f64,
-    threshold: Option<i64>,
-    neighbours: Option<i64>,
-    unmasking_dropout: Option<f64>,
-}
-
-/// Secure-aggregation settings of a scenario (`[secagg]`).
+/// Secure-aggregation settings of a scenario: the job's `[secagg]` and the simulated
+/// `[simulation] unmasking_dropout`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecAggSettings {
     /// Each coordinate of a client's delta is clipped to `[-clip_range, clip_range]` before masking.
@@ -79,47 +69,24 @@ pub struct SecAggSettings {
 }
 
 impl SecAggSettings {
-    /// Validates `[secagg]` against the rest of the scenario: the parameters with
-    /// [`flotilla_secagg::Params`] (for a roster of `clients_per_round`), the strategy with
-    /// [`StrategySpec::check_secure_aggregation`]; attacks are not simulated under secure aggregation.
-    pub(crate) fn from_raw(
-        raw: &RawSecAgg,
-        clients_per_round: usize,
-        strategy: &StrategySpec,
+    /// The settings of a `[secagg]` already validated by `flotilla_spec` (parameters, strategy,
+    /// distributed DP), with the simulation's `unmasking_dropout`; attacks are not simulated under
+    /// secure aggregation.
+    pub(crate) fn new(
+        config: SecAggConfig,
+        unmasking_dropout: f64,
         attack: bool,
     ) -> Result<Self, ScenarioError> {
         let invalid = |field: &str, message: String| ScenarioError::Invalid {
             field: field.into(),
             message,
         };
-        let positive = |field: &str, v: Option<i64>| -> Result<Option<usize>, ScenarioError> {
-            v.map(|v| {
-                usize::try_from(v).map_err(|_| invalid(field, format!("must be ≥ 0, got {v}")))
-            })
-            .transpose()
-        };
-        let u = raw.unmasking_dropout.unwrap_or(0.0);
+        let u = unmasking_dropout;
         if !(u.is_finite() && (0.0..1.0).contains(&u)) {
             return Err(invalid(
-                "secagg.unmasking_dropout",
+                "simulation.unmasking_dropout",
                 format!("must be in [0, 1), got {u}"),
             ));
-        }
-        let settings = Self {
-            clip_range: raw.clip_range,
-            threshold: positive("secagg.threshold", raw.threshold)?,
-            neighbours: positive("secagg.neighbours", raw.neighbours)?,
-            unmasking_dropout: u,
-        };
-        // The vector length is only known once the model is built; 1 checks everything else.
-        settings.params(clients_per_round, 1)?;
-        strategy
-            .check_secure_aggregation()
-            .map_err(|e| invalid(e.field, e.message))?;
-        if let Some(dp) = &strategy.dp {
-            // Distributed DP: the clip range must hold a clipped coordinate plus the noise tails.
-            dp.check_secure_aggregation(raw.clip_range)
-                .map_err(|e| invalid(e.field, e.message))?;
         }
         if attack {
             return Err(invalid(
@@ -127,27 +94,30 @@ impl SecAggSettings {
                 "attacks are not simulated with [secagg]".into(),
             ));
         }
-        Ok(settings)
+        Ok(Self {
+            clip_range: config.clip_range,
+            threshold: config.threshold,
+            neighbours: config.neighbours,
+            unmasking_dropout: u,
+        })
     }
 
     /// The secagg parameters for rosters of up to `clients_per_round` clients and vectors of
-    /// `vector_len`: `neighbours`/`threshold` as given, else [`Params::recommended`]'s (with only
-    /// `neighbours` given, `t = k/2 + 1`). Errors name the scenario key.
+    /// `vector_len` (`flotilla_spec::SecAggConfig::params`). Errors name the scenario key.
     pub fn params(
         &self,
         clients_per_round: usize,
         vector_len: usize,
     ) -> Result<Params, ScenarioError> {
-        Params::configured(
-            clients_per_round,
-            vector_len,
-            self.clip_range,
-            self.neighbours,
-            self.threshold,
-        )
+        SecAggConfig {
+            clip_range: self.clip_range,
+            threshold: self.threshold,
+            neighbours: self.neighbours,
+        }
+        .params(clients_per_round, vector_len)
         .map_err(|e| ScenarioError::Invalid {
-            field: e.config_key().into(),
-            message: format!("secure aggregation: {}", e.reason),
+            field: e.field,
+            message: e.message,
         })
     }
 }

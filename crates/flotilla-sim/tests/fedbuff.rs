@@ -11,19 +11,18 @@ seed = 42
 rounds = 60
 clients = 40
 clients_per_round = 10
-[data]
-dataset = "digits"
 [partition]
 kind = "dirichlet"
 alpha = 0.5
 min_samples = 2
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 2
 batch_size = 16
 learning_rate = 0.1
-[round]
+[simulation]
 train_ticks_min = 5
 train_ticks_max = 100
 "#;

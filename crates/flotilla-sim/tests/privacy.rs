@@ -11,12 +11,11 @@ seed = 7
 rounds = 10
 clients = 40
 clients_per_round = 20
-[data]
-dataset = "digits"
 [partition]
 kind = "iid"
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 2
 batch_size = 16

@@ -13,12 +13,11 @@ seed = 7
 rounds = 1
 clients = 10
 clients_per_round = 10
-[data]
-dataset = "digits"
 [partition]
 kind = "iid"
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 1
 batch_size = 16
@@ -134,7 +133,7 @@ fn secure_round_equals_uniform_fedavg_of_clipped_deltas_within_the_quantization_
     let r = 0.02;
     // 30% of the clients vanish right after sending their masked input: their inputs still count.
     let s = scenario(&format!(
-        "[secagg]\nclip_range = {r}\nunmasking_dropout = 0.3\n"
+        "[secagg]\nclip_range = {r}\n[simulation]\nunmasking_dropout = 0.3\n"
     ))
     .unwrap();
     let (out, _) = run(&s).unwrap();
@@ -173,8 +172,7 @@ fn secure_round_equals_uniform_fedavg_of_clipped_deltas_within_the_quantization_
 #[test]
 fn survivors_below_the_threshold_fail_the_run_with_the_reason() {
     // n = 5, complete graph (k = 4), t = 4: any unmasking dropout leaves a neighbourhood below t.
-    let extra =
-        "[secagg]\nclip_range = 1.0\nthreshold = 4\nneighbours = 4\nunmasking_dropout = 0.5\n";
+    let extra = "[round]\nmax_attempts = 5\n[secagg]\nclip_range = 1.0\nthreshold = 4\nneighbours = 4\n[simulation]\nunmasking_dropout = 0.5\n";
     let s = Scenario::parse(
         &format!(
             "{}{extra}",
@@ -203,13 +201,13 @@ fn secure_runs_train_and_are_deterministic_across_thread_counts() {
     let base = BASE
         .replace("rounds = 1", "rounds = 6")
         .replace("clients = 10", "clients = 20");
-    let extra = "[strategy]\nname = \"fedavgm\"\nmomentum = 0.5\n[round]\ndropout = 0.1\nover_selection = 1.2\n\
-                 [secagg]\nclip_range = 0.5\nunmasking_dropout = 0.2\n";
+    let extra = "[strategy]\nname = \"fedavgm\"\nmomentum = 0.5\n[round]\nover_selection = 1.2\nmax_attempts = 5\n\
+                 [secagg]\nclip_range = 0.5\n[simulation]\ndropout = 0.1\nunmasking_dropout = 0.2\n";
     let runs: Vec<_> = [1, 2]
         .iter()
         .map(|t| {
             let s = Scenario::parse(
-                &format!("{base}{extra}[simulation]\nthreads = {t}\n"),
+                &format!("{base}{extra}threads = {t}\n"),
                 &Overrides::default(),
             )
             .unwrap();
@@ -269,8 +267,8 @@ fn secagg_sections_are_validated_at_load_naming_the_key() {
         "secagg.neighbours"
     );
     assert_eq!(
-        err("[secagg]\nclip_range = 1.0\nunmasking_dropout = 1.0\n").0,
-        "secagg.unmasking_dropout"
+        err("[secagg]\nclip_range = 1.0\n[simulation]\nunmasking_dropout = 1.0\n").0,
+        "simulation.unmasking_dropout"
     );
     assert_eq!(
         err("[attack]\nkind = \"sign_flip\"\nfraction = 0.1\n[secagg]\nclip_range = 1.0\n").0,

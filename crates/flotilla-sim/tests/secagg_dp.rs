@@ -12,12 +12,11 @@ seed = 7
 rounds = 1
 clients = 10
 clients_per_round = 10
-[data]
-dataset = "digits"
 [partition]
 kind = "iid"
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 1
 batch_size = 16
@@ -100,7 +99,7 @@ fn aggregate_noise_has_std_sigma_c_over_the_fixed_denominator() {
     for seed in [7u64, 8, 9, 10] {
         // learning_rate 1e-30: the trained deltas are ~1e-31, far below the noise (5e-3).
         let text = format!(
-            "{}learning_rate = 1e-30\n[round]\nmin_report_fraction = 0.5\ndropout = 0.3\n{}[secagg]\nclip_range = 0.3\n",
+            "{}learning_rate = 1e-30\n[round]\nmin_report_fraction = 0.5\nmax_attempts = 5\n[simulation]\ndropout = 0.3\n{}[secagg]\nclip_range = 0.3\n",
             BASE.replace("seed = 7", &format!("seed = {seed}")),
             privacy("distributed", sigma, c),
         );
@@ -172,7 +171,9 @@ fn the_budget_stops_a_secure_run_before_the_round_that_would_exceed_it() {
 
 #[test]
 fn incompatible_privacy_and_secagg_settings_are_refused_at_load_naming_the_key() {
-    let err = |extra: &str| match scenario(&format!("{BASE}learning_rate = 0.1\n{extra}")) {
+    let err = |extra: &str| match scenario(&format!(
+        "{BASE}learning_rate = 0.1\n[round]\nmin_report_fraction = 0.5\n{extra}"
+    )) {
         Err(ScenarioError::Invalid { field, message }) => (field, message),
         other => panic!("{extra}: {other:?}"),
     };
@@ -191,7 +192,7 @@ fn incompatible_privacy_and_secagg_settings_are_refused_at_load_naming_the_key()
     ));
     assert_eq!(f, "privacy.mode");
     assert!(m.contains("distributed"), "{m}");
-    // σ = 1, C = 0.1, n_min = 5 (the default 0.5 × 10): the range must be ≥ 0.1 + 10 × 0.1/√5 ≈ 0.5472.
+    // σ = 1, C = 0.1, n_min = 5 (min_report_fraction 0.5 × 10): the range must be ≥ 0.1 + 10 × 0.1/√5 ≈ 0.5472.
     let (f, m) = err(&format!(
         "{}[secagg]\nclip_range = 0.5\n",
         privacy("distributed", 1.0, 0.1)
@@ -205,7 +206,7 @@ fn incompatible_privacy_and_secagg_settings_are_refused_at_load_naming_the_key()
     );
     assert!(
         scenario(&format!(
-            "{BASE}learning_rate = 0.1\n{}[secagg]\nclip_range = 0.55\n",
+            "{BASE}learning_rate = 0.1\n[round]\nmin_report_fraction = 0.5\n{}[secagg]\nclip_range = 0.55\n",
             privacy("distributed", 1.0, 0.1)
         ))
         .is_ok()

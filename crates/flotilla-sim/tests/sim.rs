@@ -11,14 +11,13 @@ seed = 42
 rounds = 12
 clients = 40
 clients_per_round = 8
-[data]
-dataset = "digits"
 [partition]
 kind = "dirichlet"
 alpha = 0.5
 min_samples = 2
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 2
 batch_size = 16
@@ -68,7 +67,7 @@ fn result_does_not_depend_on_thread_count() {
 #[test]
 fn dropouts_commit_from_survivors_or_retry() {
     let out = run(&scenario(
-        "[round]\ndropout = 0.3\nmin_report_fraction = 0.5\n",
+        "[round]\nmin_report_fraction = 0.5\n[simulation]\ndropout = 0.3\n",
     ))
     .unwrap();
     assert_eq!(out.history.len(), 12, "every round commits eventually");
@@ -84,7 +83,9 @@ fn dropouts_commit_from_survivors_or_retry() {
     // Nearly everyone drops and the minimum is high: attempts are abandoned until the job fails.
     let mut abandoned = 0;
     let err = flotilla_sim::run(
-        &scenario("[round]\ndropout = 0.9\nmin_report_fraction = 0.9\n"),
+        &scenario(
+            "[round]\nmin_report_fraction = 0.9\nmax_attempts = 5\n[simulation]\ndropout = 0.9\n",
+        ),
         Path::new("."),
         &mut |e| {
             if matches!(e, SimEvent::RoundAbandoned { .. }) {
@@ -103,7 +104,7 @@ fn dropouts_commit_from_survivors_or_retry() {
 #[test]
 fn over_selection_fills_the_round_despite_dropouts() {
     let out = run(&scenario(
-        "[round]\ndropout = 0.2\nover_selection = 2.0\nmin_report_fraction = 1.0\n",
+        "[round]\nover_selection = 2.0\nmin_report_fraction = 1.0\n[simulation]\ndropout = 0.2\n",
     ))
     .unwrap();
     assert_eq!(out.history.len(), 12);

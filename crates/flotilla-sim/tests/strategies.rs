@@ -11,14 +11,13 @@ seed = 42
 rounds = 12
 clients = 40
 clients_per_round = 10
-[data]
-dataset = "digits"
 [partition]
 kind = "dirichlet"
 alpha = 0.5
 min_samples = 2
 [model]
 kind = "logreg"
+dataset = "digits"
 [train]
 local_epochs = 2
 batch_size = 16
@@ -165,7 +164,8 @@ fn bad_strategy_and_attack_parameters_name_the_field() {
     };
     assert!(err("[strategy]\nname = \"trimmed_mean\"\nbeta = 0.5\n").starts_with("strategy.beta"));
     assert!(
-        err("[strategy]\nname = \"krum\"\nf = 2\n").starts_with("strategy.f"),
+        err("[round]\nmin_report_fraction = 0.5\n[strategy]\nname = \"krum\"\nf = 2\n")
+            .starts_with("strategy.f"),
         "min reports 5 → f ≤ 1"
     );
     assert!(err("[strategy]\nname = \"fedprox\"\nmu = -1.0\n").starts_with("strategy.mu"));

@@ -380,6 +380,28 @@ pub fn job(cmd: JobCommand) -> Result<()> {
         } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
+            // A scenario file is a job spec plus simulation-only sections: submit its job part,
+            // validated here first so that errors point into the file as written. A job file goes
+            // as it is (the coordinator validates it, and would refuse simulation-only sections).
+            let is_scenario = flotilla_spec::read(&text)
+                .is_ok_and(|d| !flotilla_spec::moved::simulation_keys(&d).is_empty());
+            let (text, removed) = if !is_scenario {
+                (text, Vec::new())
+            } else {
+                flotilla_spec::strip_simulation_only(&text).map_err(|e| match e {
+                    flotilla_spec::ParseError::Syntax(t) => {
+                        anyhow!("{}", t.in_file(&file.display().to_string()))
+                    }
+                    flotilla_spec::ParseError::Invalid(e) => anyhow!("{}: {e}", file.display()),
+                })?
+            };
+            if !removed.is_empty() && !output.quiet {
+                eprintln!(
+                    "note: {} is a scenario; submitting its job part without the simulation-only {}",
+                    file.display(),
+                    removed.join(", ")
+                );
+            }
             let v = Admin::new(&admin)?
                 .call(reqwest::Method::POST, "/v1/jobs", Some(Body::Toml(text)))
                 .map_err(|e| {

@@ -294,7 +294,7 @@ async fn checkin_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) 
     // A job that never starts a round: every check-in goes through its machine and gets RetryAfter.
     let never = clients.len() + 1;
     let spec = format!(
-        "name = \"bench-checkin\"\nrounds = 1\nclients_per_round = {never}\nmin_clients = {never}\n\
+        "name = \"bench-checkin\"\nrounds = 1\nclients_per_round = {never}\n[round]\nmin_clients = {never}\n\
          checkin_ttl_seconds = 600\n\n[model]\nkind = \"logreg\"\ninput_shape = [4]\nnum_classes = 2\n\n\
          [train]\nlearning_rate = 0.1\n"
     );
@@ -514,8 +514,8 @@ async fn ingest_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -
     let n = clients.len();
     let inputs = a.params / 10 - 1;
     let spec = format!(
-        "name = \"bench-ingest\"\nrounds = 1\nclients_per_round = {n}\nmin_clients = {n}\n\
-         round_deadline_seconds = 600\nmin_report_fraction = 1.0\nselection_window_ms = 200\n\
+        "name = \"bench-ingest\"\nrounds = 1\nclients_per_round = {n}\n[round]\nmin_clients = {n}\n\
+         deadline_seconds = 600\nmin_report_fraction = 1.0\nselection_window_ms = 200\n\
          retry_after_ms = 100\ncheckin_ttl_seconds = 600\n\n[model]\nkind = \"logreg\"\n\
          input_shape = [{inputs}]\nnum_classes = 10\n\n[train]\nlearning_rate = 0.1\n"
     );

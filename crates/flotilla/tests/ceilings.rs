@@ -18,9 +18,11 @@ const JOB: &str = r#"name = "ceilings"
 seed = 1
 rounds = 3
 clients_per_round = 3
+
+[round]
 min_clients = 3
 over_selection = 1.0
-round_deadline_seconds = 60
+deadline_seconds = 60
 min_report_fraction = 0.8
 max_attempts = 3
 checkin_ttl_seconds = 300
@@ -52,30 +54,38 @@ const JOB_CASES: &[(&str, &str, &str)] = &[
         "clients_per_round = 3",
         "clients_per_round = 9223372036854775807",
     ),
-    ("min_clients", "min_clients = 3", "min_clients = 2000000"),
     (
-        "over_selection",
+        "round.min_clients",
+        "min_clients = 3",
+        "min_clients = 2000000",
+    ),
+    (
+        "round.over_selection",
         "over_selection = 1.0",
         "over_selection = 11.0",
     ),
-    ("max_attempts", "max_attempts = 3", "max_attempts = 1000000"),
     (
-        "round_deadline_seconds",
-        "round_deadline_seconds = 60",
-        "round_deadline_seconds = 1e12",
+        "round.max_attempts",
+        "max_attempts = 3",
+        "max_attempts = 1000000",
     ),
     (
-        "checkin_ttl_seconds",
+        "round.deadline_seconds",
+        "deadline_seconds = 60",
+        "deadline_seconds = 1e12",
+    ),
+    (
+        "round.checkin_ttl_seconds",
         "checkin_ttl_seconds = 300",
         "checkin_ttl_seconds = 100000000",
     ),
     (
-        "selection_window_ms",
+        "round.selection_window_ms",
         "selection_window_ms = 100",
         "selection_window_ms = 10000000000",
     ),
     (
-        "retry_after_ms",
+        "round.retry_after_ms",
         "retry_after_ms = 500",
         "retry_after_ms = 100000000",
     ),
@@ -268,22 +278,20 @@ const SCENARIO: &str = r#"rounds = 2
 clients = 10
 clients_per_round = 3
 eval_every = 1
-[data]
-dataset = "digits"
 [partition]
 kind = "dirichlet"
 alpha = 0.5
 min_samples = 2
 [model]
 kind = "mlp"
+dataset = "digits"
 hidden = 8
 [train]
 local_epochs = 1
 batch_size = 32
 learning_rate = 0.1
-[round]
-train_ticks_max = 100
 [simulation]
+train_ticks_max = 100
 threads = 1
 "#;
 
@@ -323,7 +331,7 @@ const SIM_CASES: &[(&str, &str, &str)] = &[
         "learning_rate = 1e300",
     ),
     (
-        "round.train_ticks_max",
+        "simulation.train_ticks_max",
         "train_ticks_max = 100",
         "train_ticks_max = 100000000",
     ),

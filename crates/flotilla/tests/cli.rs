@@ -150,7 +150,7 @@ fn bad_scenarios_get_one_line_errors_naming_the_field() {
         (
             "unknown-dataset",
             Box::new(|s| s.replace("dataset = \"digits\"", "dataset = \"cifar\"")),
-            "data.dataset",
+            "model.dataset",
         ),
         (
             "unknown-model",

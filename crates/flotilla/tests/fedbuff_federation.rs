@@ -21,7 +21,7 @@ fn job_spec() -> String {
         .replace("rounds = 20", &format!("rounds = {STEPS}"))
         .replace("clients_per_round = 10", "clients_per_round = 3")
         .replace("min_clients = 10", "min_clients = 3")
-        .replace("round_deadline_seconds = 60", "round_deadline_seconds = 30")
+        .replace("deadline_seconds = 60", "deadline_seconds = 30")
         .replace("retry_after_ms = 500", "retry_after_ms = 100");
     assert!(
         spec.contains(&format!("rounds = {STEPS}")) && spec.contains("retry_after_ms = 100"),

@@ -20,8 +20,8 @@ fn job_spec(rounds: u64, clients: usize, deadline_s: u64, min_fraction: f64) -> 
         )
         .replace("min_clients = 10", &format!("min_clients = {clients}"))
         .replace(
-            "round_deadline_seconds = 60",
-            &format!("round_deadline_seconds = {deadline_s}"),
+            "deadline_seconds = 60",
+            &format!("deadline_seconds = {deadline_s}"),
         )
         .replace(
             "min_report_fraction = 0.8",

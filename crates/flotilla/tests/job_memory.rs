@@ -23,9 +23,10 @@ name = "{name}"
 seed = 3
 rounds = {rounds}
 clients_per_round = {clients}
+[round]
 min_clients = {clients}
 over_selection = {over:?}
-round_deadline_seconds = 120
+deadline_seconds = 120
 min_report_fraction = 1.0
 selection_window_ms = 20
 retry_after_ms = 50

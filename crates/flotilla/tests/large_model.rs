@@ -76,8 +76,8 @@ fn peak_rss(pid: u32) -> u64 {
 fn one_gigabyte_model_round_trips_with_bounded_coordinator_memory() {
     let f = Federation::new("1gb", None);
     let spec = format!(
-        "name = \"one-gigabyte\"\nrounds = 2\nclients_per_round = 1\nmin_clients = 1\n\
-         round_deadline_seconds = 900\nmin_report_fraction = 1.0\nretry_after_ms = 200\n\n\
+        "name = \"one-gigabyte\"\nrounds = 2\nclients_per_round = 1\n[round]\nmin_clients = 1\n\
+         deadline_seconds = 900\nmin_report_fraction = 1.0\nretry_after_ms = 200\n\n\
          [model]\nkind = \"mlp\"\ninput_shape = [{INPUTS}]\nhidden = 15\nnum_classes = 10\n\n[train]\nlearning_rate = 0.1\n"
     );
     let job = f.submit(&spec);

@@ -77,7 +77,7 @@ fn job_spec() -> String {
             &format!("clients_per_round = {CLIENTS}"),
         )
         .replace("min_clients = 10", &format!("min_clients = {CLIENTS}"))
-        .replace("round_deadline_seconds = 60", "round_deadline_seconds = 20")
+        .replace("deadline_seconds = 60", "deadline_seconds = 20")
         .replace("min_report_fraction = 0.8", "min_report_fraction = 0.6")
         .replace("retry_after_ms = 500 ", "retry_after_ms = 200 ")
         + "\n[secagg]\nclip_range = 0.25\n"
@@ -426,7 +426,7 @@ fn six_client_processes_distributed_dp_over_secure_aggregation() {
             &format!("clients_per_round = {N}"),
         )
         .replace("min_clients = 10", &format!("min_clients = {N}"))
-        .replace("round_deadline_seconds = 60", "round_deadline_seconds = 20")
+        .replace("deadline_seconds = 60", "deadline_seconds = 20")
         .replace("min_report_fraction = 0.8", "min_report_fraction = 0.6")
         .replace("retry_after_ms = 500 ", "retry_after_ms = 200 ")
         + &format!(

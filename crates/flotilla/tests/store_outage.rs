@@ -22,7 +22,7 @@ fn job_spec(rounds: u64, clients: usize, min_clients: usize) -> String {
             &format!("clients_per_round = {clients}"),
         )
         .replace("min_clients = 10", &format!("min_clients = {min_clients}"))
-        .replace("round_deadline_seconds = 60", "round_deadline_seconds = 30")
+        .replace("deadline_seconds = 60", "deadline_seconds = 30")
         .replace("min_report_fraction = 0.8", "min_report_fraction = 1.0")
         .replace("[model]", "selection_window_ms = 300\n\n[model]")
 }

@@ -84,7 +84,8 @@ tenant = "{tenant}"
 seed = 7
 rounds = 1
 clients_per_round = {clients}
-round_deadline_seconds = 120
+[round]
+deadline_seconds = 120
 min_report_fraction = 1.0
 selection_window_ms = 100
 retry_after_ms = 50

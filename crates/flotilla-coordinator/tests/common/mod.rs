@@ -329,7 +329,8 @@ name = "tiny"
 seed = 7
 rounds = {rounds}
 clients_per_round = {clients}
-round_deadline_seconds = 60
+[round]
+deadline_seconds = 60
 min_report_fraction = 0.5
 selection_window_ms = 100
 retry_after_ms = 50
