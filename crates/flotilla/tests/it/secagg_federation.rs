@@ -5,7 +5,7 @@
 //! here from each client's data share and task seed — within the quantization bound.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_client::{DatasetTrainer, ModelDescription, TaskInfo, TrainingConfig};
@@ -13,36 +13,10 @@ use flotilla_coordinator::spec::JobSpec;
 use flotilla_core::round::{Action, ClientId, Event, RoundMachine};
 use serde_json::Value;
 
+use crate::common::{Procs, bin, free_port, last_line, scratch_with_certs, workspace_root};
+
 const ADMIN_TOKEN: &str = "e2e-admin-token";
 const CLIENTS: usize = 20;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_flotilla")
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Kills its processes when dropped, so a failing test leaves nothing running.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn admin(dir: &Path, admin_port: u16, args: &[&str]) -> std::process::Output {
     Command::new(bin())
@@ -53,20 +27,6 @@ fn admin(dir: &Path, admin_port: u16, args: &[&str]) -> std::process::Output {
         .current_dir(workspace_root())
         .output()
         .unwrap()
-}
-
-fn last_line(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn job_spec() -> String {
@@ -109,18 +69,7 @@ struct Coordinator {
 }
 
 fn start_coordinator(tag: &str) -> Coordinator {
-    let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(bin())
-        .args(["dev-certs", dir.join("certs").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dev-certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = scratch_with_certs("e2e", tag);
     let (grpc, admin_port) = (free_port(), free_port());
     let certs = dir.join("certs");
     let server = Command::new(bin())
