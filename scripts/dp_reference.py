@@ -2,7 +2,7 @@
 """Reference ε values for flotilla-privacy's Rényi-DP accountant, from Google's `dp-accounting`.
 
 Writes crates/flotilla-privacy/tests/data/dp_accounting_reference.csv, which is committed and read
-by crates/flotilla-privacy/tests/reference.rs (every row must agree within 1% relative).
+by crates/flotilla-privacy/tests/it/reference.rs (every row must agree within 1% relative).
 
 Each row is `steps` rounds of the Poisson-sampled Gaussian mechanism accounted by
 `dp_accounting.rdp.RdpAccountant()` (default orders, add/remove-one neighbouring relation):

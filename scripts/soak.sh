@@ -34,14 +34,14 @@ case "$WHAT" in fuzz|soak|all) ;; *) echo "usage: $0 [fuzz|soak|all]" >&2; exit 
 
 fuzz() {
   export PROPTEST_CASES=${PROPTEST_CASES:-20000}
-  # Every integration test file that uses proptest, by name (`--workspace --test NAME` runs the
-  # files of that name in every crate).
+  # Every integration test file that uses proptest, by name: each crate's tests are one binary
+  # (`it`) with a module per file, so `NAME::` selects that file's tests in every crate.
   local names
-  names=$(grep -l proptest crates/*/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//' | sort -u)
+  names=$(grep -l proptest crates/*/tests/it/*.rs | xargs -n1 basename | sed 's/\.rs$//' | sort -u)
   echo "fuzz: PROPTEST_CASES=$PROPTEST_CASES over: $(echo $names)"
-  local args=()
-  for n in $names; do args+=(--test "$n"); done
-  time cargo test --workspace --locked "${args[@]}"
+  local filters=()
+  for n in $names; do filters+=("$n::"); done
+  time cargo test --workspace --locked --test it -- "${filters[@]}"
 }
 
 soak() {
