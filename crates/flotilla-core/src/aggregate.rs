@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AggregateError;
-use crate::robust::{PAR_MIN, first_non_finite, in_pool, simd, simd_kernel};
+use crate::norms::{PAR_MIN, first_non_finite, in_pool, simd, simd_kernel};
 
 /// Weighted federated averaging (McMahan et al. 2017), folded one update at a time.
 ///

@@ -14,6 +14,7 @@ pub mod dp;
 pub mod error;
 pub mod limits;
 pub mod names;
+pub mod norms;
 pub mod robust;
 pub mod round;
 pub mod strategy;

@@ -1,11 +1,7 @@
 //! What a [`RoundMachine`] is doing and waiting for, for drivers that explain it to people, and the
 //! client-reported task failures ([`Event::TaskFailed`](super::Event::TaskFailed)).
 
-use super::{Action, ClientId, Phase, RejectReason, RoundMachine, StageKind};
-use crate::strategy::FedBuffSpec;
-
-/// Pools at least this large are pruned of expired check-ins (amortised: at every power of two).
-const PRUNE_FROM: usize = 64;
+use super::{ClientId, Phase, RejectReason, RoundMachine, StageKind};
 
 /// Why a round attempt was abandoned ([`Action::RoundAbandoned`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,18 +74,6 @@ impl RoundMachine {
             .count()
     }
 
-    /// Forgets check-ins older than `checkin_ttl_ms` once the pool is large, so its memory (and the
-    /// snapshot) is bounded by the clients seen within the TTL. Changes no decision: expired
-    /// check-ins are never counted or selected.
-    pub(super) fn prune_pool(&mut self, now_ms: u64) {
-        let n = self.pool.len();
-        if n >= PRUNE_FROM && n.is_power_of_two() {
-            let ttl = self.policy.checkin_ttl_ms;
-            self.pool
-                .retain(|_, seen| now_ms.saturating_sub(*seen) <= ttl);
-        }
-    }
-
     /// Whether `client` holds the task `(round, attempt, stage)` now, so that
     /// [`Event::TaskFailed`](super::Event::TaskFailed) for it would be accepted; changes nothing. A
     /// driver checks this before it records the client's reason, then feeds the event.
@@ -139,41 +123,5 @@ impl RoundMachine {
             return Err(RejectReason::Duplicate);
         }
         Ok(())
-    }
-
-    pub(super) fn on_task_failed(
-        &mut self,
-        now_ms: u64,
-        client: ClientId,
-        (round, attempt, stage): (u64, u32, u32),
-        out: &mut Vec<Action>,
-    ) {
-        if let Err(reason) = self.check_task_failure(client, round, attempt, stage) {
-            out.push(Action::Reject { client, reason });
-            return;
-        }
-        if let Phase::Running(s) = &mut self.phase {
-            s.failed.insert(client);
-            s.dropped.insert(client);
-        }
-        out.push(Action::Accepted { client });
-        self.maybe_close_early(now_ms, out);
-    }
-
-    /// FedBuff: the client's outstanding task is dropped, freeing its concurrency slot.
-    pub(super) fn async_task_failed(
-        &mut self,
-        fb: FedBuffSpec,
-        client: ClientId,
-        (round, attempt, stage): (u64, u32, u32),
-        out: &mut Vec<Action>,
-    ) {
-        if let Err(reason) = self.check_task_failure(client, round, attempt, stage) {
-            out.push(Action::Reject { client, reason });
-            return;
-        }
-        self.fedbuff.in_flight.remove(&client);
-        self.prune_bases(fb);
-        out.push(Action::Accepted { client });
     }
 }
