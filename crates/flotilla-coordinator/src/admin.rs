@@ -13,8 +13,9 @@ use flotilla_store::{ClientId, JobId, JobRecord, JobState, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::jobs::{Shared, SubmitError, now_ms};
+use crate::jobs::{Shared, now_ms};
 use crate::metrics::Metrics;
+use crate::submit::SubmitError;
 
 #[path = "admin_model.rs"]
 mod model;

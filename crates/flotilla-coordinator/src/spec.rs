@@ -10,7 +10,7 @@ use flotilla_core::limits::{self, count};
 use flotilla_core::round::{RoundPolicy, StageKind};
 use flotilla_core::strategy::{StrategyConfig, StrategySpec};
 use flotilla_data::DatasetName;
-use flotilla_ml::{ModelKind, ModelSpec};
+use flotilla_model::{ModelKind, ModelSpec};
 use flotilla_proto::v1;
 use serde::{Deserialize, Serialize};
 
@@ -488,7 +488,7 @@ impl JobSpec {
         p
     }
 
-    /// The `flotilla-ml` model spec.
+    /// The model spec of the built-in model families (`flotilla-model`).
     pub fn ml_spec(&self) -> Result<ModelSpec, SpecError> {
         let kind = match self.model.kind.as_str() {
             "logreg" => ModelKind::LogReg,

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_coordinator::{Server, ServerConfig, TlsMode, write_dev_certs};
+use flotilla_coordinator::spec::JobSpec;
+use flotilla_coordinator::{JobModel, ModelProvider, Server, ServerConfig, TlsMode};
 use flotilla_proto::v1::coordinator_client::CoordinatorClient;
 use flotilla_proto::{ModelReceiver, payload_sha256, upload_messages, v1};
 use http_body_util::{BodyExt, Full};
@@ -21,6 +22,57 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Request, Status};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The built-in models (`flotilla_ml::build`), as `flotilla server` provides them, without
+/// server-side evaluation.
+#[derive(Debug)]
+pub struct BuiltinModels;
+
+impl ModelProvider for BuiltinModels {
+    fn model(&self, spec: &JobSpec) -> Result<JobModel, String> {
+        let ml = spec.ml_spec().map_err(|e| e.to_string())?;
+        let t = flotilla_ml::build(&ml, spec.seed).map_err(|e| e.to_string())?;
+        Ok(JobModel {
+            layout: t.layout().clone(),
+            initial: t.parameters(),
+        })
+    }
+}
+
+/// PEM files of a development CA and a server certificate it signed.
+pub struct DevCerts {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+/// Writes a development CA (`ca.pem`) and a server certificate for `hosts` signed by it
+/// (`server.pem`, `server-key.pem`) into `dir`, as `flotilla dev-certs` does.
+pub fn write_dev_certs(dir: &Path, hosts: &[&str]) -> DevCerts {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let out = DevCerts {
+        ca_cert: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+    };
+    std::fs::write(&out.ca_cert, ca_cert.pem()).unwrap();
+    std::fs::write(&out.server_cert, cert.pem()).unwrap();
+    std::fs::write(&out.server_key, key.serialize_pem()).unwrap();
+    out
+}
 
 pub struct Harness {
     pub grpc_addr: SocketAddr,
@@ -42,15 +94,16 @@ pub async fn start_with(
     configure: impl FnOnce(&mut ServerConfig),
 ) -> Harness {
     let certs = if certs_dir.join("ca.pem").exists() {
-        flotilla_coordinator::DevCerts {
+        DevCerts {
             ca_cert: certs_dir.join("ca.pem"),
             server_cert: certs_dir.join("server.pem"),
             server_key: certs_dir.join("server-key.pem"),
         }
     } else {
-        write_dev_certs(certs_dir, &["localhost", "127.0.0.1"]).expect("dev certs")
+        write_dev_certs(certs_dir, &["localhost", "127.0.0.1"])
     };
     let mut config = ServerConfig::new(data_dir, ADMIN_TOKEN);
+    config.models = Some(Arc::new(BuiltinModels));
     config.tls = TlsMode::Files {
         cert: certs.server_cert.clone(),
         key: certs.server_key.clone(),
