@@ -28,7 +28,6 @@ mod failure;
 mod outage_log;
 mod secagg;
 use outage_log::{OUTAGE_LOG_INTERVAL, OutageLog};
-pub use secagg::EXIT_AFTER_MASKED_INPUT_ENV;
 
 /// Timeout of unary calls (enroll, check-in, query-upload) and of opening a download.
 const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
