@@ -33,7 +33,6 @@ mod session;
 mod task;
 mod transfer;
 use outage_log::{OUTAGE_LOG_INTERVAL, OutageLog};
-pub use secagg::EXIT_AFTER_MASKED_INPUT_ENV;
 pub use task::upload_id;
 use task::{build_header, check_task};
 use transfer::Retries;

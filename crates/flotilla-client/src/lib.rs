@@ -38,8 +38,7 @@ mod tls_diagnosis;
 mod trainer;
 
 pub use client::{
-    Client, ClientStats, DEADLINE_GRACE, EXIT_AFTER_MASKED_INPUT_ENV, MAX_MODEL_BYTES,
-    MAX_RETRY_AFTER, upload_id,
+    Client, ClientStats, DEADLINE_GRACE, MAX_MODEL_BYTES, MAX_RETRY_AFTER, upload_id,
 };
 pub use config::{Backoff, ClientConfig};
 pub use credential::{CREDENTIAL_FILE, StoredCredential};

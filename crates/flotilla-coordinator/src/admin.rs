@@ -14,8 +14,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::jobs::{Shared, SubmitError, now_ms};
+use crate::jobs::{Shared, now_ms};
 use crate::metrics::Metrics;
+use crate::submit::SubmitError;
 
 #[path = "admin_model.rs"]
 mod model;

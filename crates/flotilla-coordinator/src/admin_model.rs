@@ -112,7 +112,7 @@ async fn locate(st: &AdminState, id: &str, query: Option<&str>) -> Result<Locate
     let spec: Option<JobSpec> = serde_json::from_value(job.spec.clone()).ok();
     let layout = match st.shared.job(&id.0.to_string()) {
         Some(rt) => rt.layout.clone(),
-        None => layout_of(id, spec.clone()).await?,
+        None => layout_of(st, id, spec.clone()).await?,
     };
     Ok(Located {
         job,
@@ -123,29 +123,34 @@ async fn locate(st: &AdminState, id: &str, query: Option<&str>) -> Result<Locate
     })
 }
 
-/// The layout of a job that is not running in this process: rebuilt from its spec (the layout is a
-/// pure function of the model spec).
-async fn layout_of(id: JobId, spec: Option<JobSpec>) -> Result<ParamLayout, ApiError> {
+/// The layout of a job that is not running in this process: the one stored with it, or, for a
+/// job stored before layouts were, the model provider's for its spec.
+async fn layout_of(
+    st: &AdminState,
+    id: JobId,
+    spec: Option<JobSpec>,
+) -> Result<ParamLayout, ApiError> {
+    if let Some(layout) = super::bounded(st.shared.store.job_layout(id)).await? {
+        return Ok(layout);
+    }
     let spec = spec.ok_or_else(|| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the stored spec of job {id} is unreadable"),
         )
     })?;
-    let built = tokio::task::spawn_blocking(move || {
-        let ml = spec.ml_spec().map_err(|e| e.to_string())?;
-        flotilla_ml::build(&ml, spec.seed)
-            .map(|t| t.layout().clone())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    built.map_err(|e| {
-        ApiError(
+    let provided = st.shared.provide(&spec, true, false).await;
+    match provided.map(|p| p.model) {
+        Ok(Some(model)) => Ok(model.layout),
+        Ok(None) => Err(ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("rebuilding the model of job {id}: {e}"),
-        )
-    })
+            format!("the model provider gave no layout for job {id}"),
+        )),
+        Err(e) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("job {id} has no stored layout and its model cannot be rebuilt: {e}"),
+        )),
+    }
 }
 
 fn layout_json(layout: &ParamLayout) -> Value {

@@ -32,9 +32,6 @@ pub enum CoordinatorError {
     /// TLS material is missing or invalid.
     #[error("TLS: {0}")]
     Tls(String),
-    /// Certificate generation failed.
-    #[error("certificate generation: {0}")]
-    CertGen(String),
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),

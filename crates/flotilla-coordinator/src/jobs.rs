@@ -4,7 +4,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,8 +12,6 @@ use flotilla_core::ParamLayout;
 use flotilla_core::round::{
     Action, ClientId, CommitInfo, Event, RejectReason, RoundMachine, Task, Timer,
 };
-use flotilla_data::Dataset;
-use flotilla_ml::{Samples, Trainer};
 use flotilla_proto::{ExpectedLayout, v1};
 use flotilla_store::{JobId, JobState, RoundCommit, Store, StoreError};
 use tokio::sync::{Mutex, mpsc};
@@ -62,29 +59,6 @@ impl ModelVersion {
     }
 }
 
-/// Server-side evaluation of committed models on a dataset's test split.
-pub(crate) struct Evaluator {
-    trainer: Box<dyn Trainer>,
-    test: Dataset,
-    indices: Vec<u32>,
-}
-
-impl Evaluator {
-    fn evaluate(&mut self, params: &[f32]) -> Result<flotilla_ml::EvalReport, String> {
-        let data = Samples {
-            features: &self.test.features,
-            feature_len: self.test.feature_len(),
-            labels: &self.test.labels,
-            indices: &self.indices,
-        };
-        // Not `set_parameters` + `evaluate`: that would leave trainable tensors in burn's autodiff
-        // bookkeeping at every commit (~4 KB a round), which only a backward pass frees.
-        self.trainer
-            .evaluate_params(params, &data)
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// Idempotency key of an update: (round, attempt, stage, client) within a job.
 pub(crate) type UploadKey = (u64, u32, u32, ClientId);
 
@@ -123,7 +97,9 @@ pub(crate) struct JobRuntime {
     pub layout: ParamLayout,
     pub expected: ExpectedLayout,
     pub inner: Mutex<JobInner>,
-    evaluator: Option<Arc<StdMutex<Evaluator>>>,
+    /// Server-side evaluation of committed models (jobs with `[evaluation]`), run after each
+    /// commit is durable and off the job lock.
+    evaluations: Option<Arc<crate::evaluation::Evaluations>>,
 }
 
 /// What feeding one event produced for the client that caused it.
@@ -147,60 +123,6 @@ pub(crate) struct TimerEntry {
     pub timer: Timer,
 }
 
-/// Everything a built job needs besides its machine.
-pub(crate) struct Prepared {
-    layout: ParamLayout,
-    initial: Vec<f32>,
-    evaluator: Option<Evaluator>,
-}
-
-impl Prepared {
-    /// A new machine for `spec`, at round 1 attempt 1 with the initial model.
-    pub(crate) fn fresh_machine(
-        &self,
-        spec: &JobSpec,
-    ) -> Result<RoundMachine, flotilla_core::ConfigError> {
-        RoundMachine::with_strategy(
-            spec.policy(),
-            self.layout.clone(),
-            self.initial.clone(),
-            spec.seed,
-            spec.strategy.clone(),
-        )
-    }
-}
-
-/// Builds the model (initial parameters, layout) and the evaluator of a spec. Blocking (burn,
-/// dataset loading): call from `spawn_blocking`.
-pub(crate) fn prepare(spec: &JobSpec, data_dir: &Path) -> Result<Prepared, String> {
-    let ml = spec.ml_spec().map_err(|e| e.to_string())?;
-    let trainer = flotilla_ml::build(&ml, spec.seed).map_err(|e| format!("model: {e}"))?;
-    let layout = trainer.layout().clone();
-    let initial = trainer.parameters();
-    let evaluator = match &spec.evaluation_dataset {
-        None => None,
-        Some(name) => {
-            let ds = name
-                .parse()
-                .map_err(|e| format!("evaluation.dataset: {e}"))?;
-            let tt = flotilla_data::load(ds, data_dir, &flotilla_data::LoadOptions::default())
-                .map_err(|e| format!("evaluation.dataset: {e}"))?;
-            let n = u32::try_from(tt.test.len())
-                .map_err(|_| "evaluation.dataset: too large".to_owned())?;
-            Some(Evaluator {
-                trainer,
-                test: tt.test,
-                indices: (0..n).collect(),
-            })
-        }
-    };
-    Ok(Prepared {
-        layout,
-        initial,
-        evaluator,
-    })
-}
-
 /// Process-wide state shared by the gRPC service, the admin API and the timer task.
 pub(crate) struct Shared {
     pub store: Store,
@@ -211,7 +133,8 @@ pub(crate) struct Shared {
     pub admission: Arc<crate::service::admission::Admission>,
     pub partial_uploads: StdMutex<crate::service::PartialUploads>,
     pub limits: crate::Limits,
-    pub data_dir: PathBuf,
+    /// Where jobs' models come from (`ServerConfig::models`); none: no job can be submitted.
+    pub models: Option<Arc<dyn crate::models::ModelProvider>>,
     /// When each client's `last_seen` was last written (Unix ms); entries older than
     /// [`crate::bounds::TOUCH_INTERVAL_MS`] are dropped once the map holds
     /// [`crate::bounds::MAX_TOUCH_ENTRIES`].
@@ -227,17 +150,7 @@ pub(crate) struct Shared {
     pub recently_ended: crate::job_end::RecentlyEnded,
 }
 
-/// Store operations are retried this many times on infrastructure errors.
-const STORE_ATTEMPTS: u32 = 3;
-
-/// Whether a store error is an infrastructure failure (database, blob store, disk) that may pass,
-/// rather than an outcome of the request.
-pub(crate) fn retryable(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::Database(_) | StoreError::Blob(_) | StoreError::Io { .. }
-    )
-}
+pub(crate) use crate::retry::{STORE_ATTEMPTS, retryable};
 
 impl Shared {
     /// Running jobs, in id order.
@@ -264,26 +177,15 @@ impl Shared {
         self.jobs.write().ok()?.remove(&id)
     }
 
-    /// Builds the runtime of a new or recovered job.
+    /// Builds the runtime of a new or recovered job around its machine.
     pub fn runtime(
         &self,
         id: JobId,
         spec: JobSpec,
-        prepared: Prepared,
-        machine: Option<RoundMachine>,
+        machine: RoundMachine,
+        evaluator: Option<Box<dyn crate::models::Evaluate>>,
     ) -> Result<Arc<JobRuntime>, String> {
-        let machine = match machine {
-            Some(m) => {
-                if m.layout() != &prepared.layout {
-                    return Err("the saved machine's layout differs from the spec's model".into());
-                }
-                m
-            }
-            None => prepared.fresh_machine(&spec).map_err(|e| e.to_string())?,
-        };
-        let Prepared {
-            layout, evaluator, ..
-        } = prepared;
+        let layout = machine.layout().clone();
         let secagg = crate::secagg_round::for_job(&spec, layout.len())?;
         let model_spec = spec.proto_model_spec();
         let control = machine.strategy().client_directive().server_control;
@@ -319,7 +221,7 @@ impl Shared {
                 notes: Default::default(),
                 ended: None,
             }),
-            evaluator: evaluator.map(|e| Arc::new(StdMutex::new(e))),
+            evaluations: evaluator.map(crate::evaluation::Evaluations::new),
         }))
     }
 
@@ -464,6 +366,16 @@ impl Shared {
                         participants = info.participants.len(),
                         "round committed"
                     );
+                    // The round is durable: its model is evaluated on a task of its own, which
+                    // neither holds this job's lock nor delays the next round.
+                    if let Some(ev) = &job.evaluations {
+                        ev.submit(
+                            &self.store,
+                            job.id,
+                            info.round,
+                            inner.current.params.clone(),
+                        );
+                    }
                     // The next round is admitted (and charged) by the privacy budgets before any
                     // client is configured for it; a refusal ends the job here.
                     if let Err(why) = self
@@ -687,28 +599,6 @@ impl Shared {
             // Robust strategies record whom they left out and why; operators see it in job status.
             metrics["quarantined"] = serde_json::json!(info.quarantined);
         }
-        if let Some(ev) = &job.evaluator {
-            let ev = ev.clone();
-            let p = params.clone();
-            let res = tokio::task::spawn_blocking(move || match ev.lock() {
-                Ok(mut e) => e.evaluate(&p),
-                Err(_) => Err("evaluator poisoned".to_owned()),
-            })
-            .await;
-            match res {
-                Ok(Ok(r)) => {
-                    metrics["eval_accuracy"] = serde_json::json!(r.accuracy);
-                    metrics["eval_loss"] = if r.loss.is_finite() {
-                        serde_json::json!(r.loss)
-                    } else {
-                        serde_json::Value::Null
-                    };
-                    metrics["eval_samples"] = serde_json::json!(r.num_samples);
-                }
-                Ok(Err(e)) => tracing::warn!(job = job.id.0, error = %e, "evaluation failed"),
-                Err(e) => tracing::warn!(job = job.id.0, error = %e, "evaluation task failed"),
-            }
-        }
         let participants: Vec<flotilla_store::ClientId> = info
             .participants
             .iter()
@@ -822,86 +712,6 @@ impl Shared {
             None,
         )))
     }
-
-    /// Validates, stores and starts a job from its TOML text.
-    pub async fn submit_job(&self, text: String) -> Result<JobId, SubmitError> {
-        let dir = self.data_dir.clone();
-        let (spec, prepared) = tokio::task::spawn_blocking(move || {
-            let spec =
-                JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
-            let prepared = prepare(&spec, &dir).map_err(SubmitError::Invalid)?;
-            Ok::<_, SubmitError>((spec, prepared))
-        })
-        .await
-        .map_err(|e| SubmitError::Internal(e.to_string()))??;
-        // Build the machine before storing anything, so an invalid job leaves no trace.
-        let mut machine = prepared
-            .fresh_machine(&spec)
-            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
-        if spec.privacy.is_some() {
-            // The central noise must not be reproducible from the job seed (clients can recover it
-            // from their task seeds): a fresh secret key, kept in the machine snapshot.
-            let mut key = [0u8; 32];
-            rand::Rng::fill_bytes(&mut rand::rng(), &mut key);
-            machine.set_noise_key(key);
-        }
-        // A job whose first round would already exceed its own or its tenant's budget is refused.
-        self.privacy
-            .check_new(&self.store, &spec)
-            .await
-            .map_err(SubmitError::Invalid)?;
-        let spec_json =
-            serde_json::to_value(&spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
-        let id = self
-            .store
-            .create_job(&spec.tenant, &spec.name, &spec_json, spec.rounds)
-            .await
-            .map_err(|e| match e {
-                StoreError::InvalidArgument(m) => SubmitError::Invalid(m),
-                e if retryable(&e) => SubmitError::Unavailable(e.to_string()),
-                e => SubmitError::Internal(e.to_string()),
-            })?;
-        // Round 1 attempt 1 may be handed out as soon as the job runs: recorded first, so a
-        // restart before the first commit resumes at attempt 2, not at a second attempt 1.
-        if let Err(e) = self.record_attempt(id, 1, 1).await {
-            let _ = self
-                .store
-                .set_job_state_with_reason(
-                    id,
-                    JobState::Failed,
-                    Some("could not be started: the store was unavailable"),
-                )
-                .await;
-            return Err(SubmitError::Unavailable(e));
-        }
-        if let Err(why) = self.privacy.register(&self.store, id, &spec).await {
-            // Another job of the tenant took the budget in the meantime.
-            let _ = self.store.set_job_state(id, JobState::Failed).await;
-            return Err(SubmitError::Invalid(why));
-        }
-        self.store
-            .set_job_state(id, JobState::Running)
-            .await
-            .map_err(|e| SubmitError::Internal(e.to_string()))?;
-        let rt = self
-            .runtime(id, spec, prepared, Some(machine))
-            .map_err(SubmitError::Internal)?;
-        self.insert_job(rt);
-        tracing::info!(job = id.0, "job submitted and running");
-        Ok(id)
-    }
-}
-
-/// Why a job submission failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SubmitError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Internal(String),
-    /// The store failed (infrastructure): nothing the request can change.
-    #[error("store unavailable: {0}; retry later")]
-    Unavailable(String),
 }
 
 /// Fires machine timers on the real clock. One task for all jobs.

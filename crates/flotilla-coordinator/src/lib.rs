@@ -4,12 +4,17 @@
 //! sans-IO [`flotilla_core::round::RoundMachine`] per job with real clients, the admin HTTP/JSON API,
 //! persistence through `flotilla-store` and recovery after a crash.
 //!
+//! The coordinator links no training framework: the models of jobs come from the
+//! [`ModelProvider`] the embedding program puts in [`ServerConfig::models`] (see [`models`]);
+//! `flotilla server` provides the built-in burn models.
+//!
 //! ```no_run
-//! # async fn demo() -> Result<(), flotilla_coordinator::CoordinatorError> {
+//! # async fn demo(provider: std::sync::Arc<dyn flotilla_coordinator::ModelProvider>)
+//! #     -> Result<(), flotilla_coordinator::CoordinatorError> {
 //! use flotilla_coordinator::{Server, ServerConfig, TlsMode};
-//! let certs = flotilla_coordinator::write_dev_certs("certs".as_ref(), &["localhost", "127.0.0.1"])?;
 //! let config = ServerConfig {
-//!     tls: TlsMode::Files { cert: certs.server_cert, key: certs.server_key },
+//!     tls: TlsMode::Files { cert: "certs/server.pem".into(), key: "certs/server-key.pem".into() },
+//!     models: Some(provider),
 //!     ..ServerConfig::new("data", "secret-admin-token")
 //! };
 //! let server = Server::bind(config).await?;
@@ -25,16 +30,20 @@ mod admin;
 mod auth_cache;
 mod bounds;
 mod error;
+mod evaluation;
 mod heal;
 mod job_end;
 mod jobs;
 mod metrics;
+pub mod models;
 mod privacy;
 mod reasons;
 mod recovery;
+mod retry;
 pub mod secagg_round;
 mod service;
 pub mod spec;
+mod submit;
 mod tls;
 
 use std::future::Future;
@@ -52,9 +61,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub use error::CoordinatorError;
 pub use metrics::MetricsSnapshot;
+pub use models::{Evaluate, JobModel, ModelProvider};
 pub use privacy::TenantPrivacy;
 pub use spec::{JobSpec, SpecError};
-pub use tls::{DevCerts, write_dev_certs};
 
 /// HTTP/2 streams (concurrent calls) one client connection may have open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
@@ -216,8 +225,7 @@ impl Limits {
 /// Configuration of [`Server::bind`] / [`serve`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Directory for the default SQLite database (`flotilla.db`), model blobs (`models/`) and
-    /// datasets used for server-side evaluation (`data/`, or `$FLOTILLA_DATA_DIR`).
+    /// Directory for the default SQLite database (`flotilla.db`) and model blobs (`models/`).
     pub data_dir: PathBuf,
     /// gRPC listen address (port 0 picks a free port; see [`Server::grpc_addr`]).
     pub listen: SocketAddr,
@@ -240,6 +248,10 @@ pub struct ServerConfig {
     /// A differential-privacy budget every tenant's DP jobs share (`--tenant-epsilon-budget`,
     /// `--tenant-delta`); none: only each job's own `[privacy] max_epsilon` applies.
     pub tenant_privacy: Option<TenantPrivacy>,
+    /// Where the models of jobs come from: their layout, initial parameters and server-side
+    /// evaluator. None (the default): every job submission is refused with a one-line reason,
+    /// and only jobs whose model is already stored can be resumed or served.
+    pub models: Option<Arc<dyn ModelProvider>>,
 }
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
@@ -263,6 +275,7 @@ impl ServerConfig {
             limits: Limits::default(),
             credential_ttl: DEFAULT_CREDENTIAL_TTL,
             tenant_privacy: None,
+            models: None,
         }
     }
 }
@@ -338,10 +351,6 @@ impl Server {
         let privacy = privacy::PrivacyBook::new(config.tenant_privacy)
             .map_err(|e| CoordinatorError::Config(format!("tenant privacy budget: {e}")))?;
         let store = Store::open(&store_cfg).await?;
-        let data_dir = match std::env::var_os("FLOTILLA_DATA_DIR") {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => config.data_dir.join("data"),
-        };
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(jobs::Shared {
             store,
@@ -351,7 +360,7 @@ impl Server {
             admission: Arc::new(service::admission::Admission::new(&config.limits)),
             partial_uploads: Default::default(),
             limits: config.limits.clone(),
-            data_dir,
+            models: config.models.clone(),
             last_touch: Default::default(),
             rotate: Default::default(),
             credentials: Default::default(),

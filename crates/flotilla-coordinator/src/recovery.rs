@@ -8,8 +8,9 @@ use std::sync::Arc;
 use flotilla_core::round::RoundMachine;
 use flotilla_store::RecoveredJob;
 
-use crate::jobs::{JobRuntime, Shared, prepare};
+use crate::jobs::{JobRuntime, Shared};
 use crate::spec::JobSpec;
+use crate::submit::{ProvideError, fresh_machine};
 
 /// Why a job could not be rebuilt.
 #[derive(Debug, thiserror::Error)]
@@ -94,20 +95,31 @@ impl Shared {
             }
             None => None,
         };
-        let dir = self.data_dir.clone();
-        let spec2 = spec.clone();
-        let prepared = match tokio::task::spawn_blocking(move || prepare(&spec2, &dir)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return Err(fail("cannot rebuild the job's model", &e)),
-            Err(e) => return Err(RecoverError::Task(e.to_string())),
+        // The provider is asked for the initial model only if no round committed (the snapshot
+        // and the committed blob are the model otherwise), and for the evaluator if any.
+        let provided = match self.provide(&spec, machine.is_none(), true).await {
+            Ok(p) => p,
+            Err(ProvideError::Refused(e)) => {
+                return Err(fail("cannot rebuild the job's model", &e));
+            }
+            Err(ProvideError::Task(e)) => return Err(RecoverError::Task(e)),
         };
-        let mut machine = match machine {
-            Some(m) => m,
+        let mut machine = match (machine, provided.model) {
+            (Some(m), _) => m,
             // No round committed: the job starts over from its initial model, at a new attempt.
-            None => prepared
-                .fresh_machine(&spec)
+            (None, Some(model)) => fresh_machine(&spec, model)
                 .map_err(|e| fail("cannot rebuild the job's machine", &e))?,
+            (None, None) => return Err(fail("cannot rebuild the job's model", &"not provided")),
         };
+        // The layout stored with the job (jobs created before layouts were stored have none) is
+        // what its clients and committed models were built for.
+        if let Some(stored) = &rj.layout
+            && stored != machine.layout()
+        {
+            return Err(RecoverError::Job(
+                "the job's model no longer has the layout stored with it".into(),
+            ));
+        }
         let (round, _) = machine.current_round();
         if let Some((issued_round, issued_attempt)) = rj.issued_attempt
             && issued_round == round
@@ -124,7 +136,7 @@ impl Shared {
                 ))
             })?;
         }
-        self.runtime(id, spec, prepared, Some(machine))
+        self.runtime(id, spec, machine, provided.evaluator)
             .map_err(|e| fail("cannot resume job", &e))
     }
 }

@@ -6,7 +6,7 @@
 use flotilla_core::dp::PrivacySpec;
 use flotilla_core::round::RoundPolicy;
 use flotilla_core::strategy::StrategySpec;
-use flotilla_ml::{ModelKind, ModelSpec};
+use flotilla_model::{ModelKind, ModelSpec};
 use flotilla_proto::v1;
 use flotilla_spec::{JobConfig, ParseError, RoundConfig};
 use serde::{Deserialize, Serialize};
@@ -166,7 +166,7 @@ impl JobSpec {
         .policy(self.rounds, self.clients_per_round, self.secagg.is_some())
     }
 
-    /// The `flotilla-ml` model spec.
+    /// The model spec of the built-in model families (`flotilla-model`).
     pub fn ml_spec(&self) -> Result<ModelSpec, SpecError> {
         let kind = match self.model.kind.as_str() {
             "logreg" => ModelKind::LogReg,

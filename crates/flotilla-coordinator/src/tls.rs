@@ -1,9 +1,9 @@
-//! TLS: development certificates (rcgen), loading PEM files into a rustls server configuration
-//! (ring provider), and accept loops that complete handshakes concurrently so one slow or hostile
+//! TLS: loading PEM files into a rustls server configuration (ring provider, certificates checked
+//! as clients would check them), and accept loops that complete handshakes concurrently so one slow or hostile
 //! peer never blocks the listener.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,81 +23,6 @@ mod cert_check;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting to be picked up by the server.
 const ACCEPT_QUEUE: usize = 256;
-
-/// Paths of the PEM files written by [`write_dev_certs`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DevCerts {
-    /// The development CA's certificate (`ca.pem`): what clients trust (`--ca-cert`).
-    pub ca_cert: PathBuf,
-    /// The server certificate (`server.pem`), signed by the CA.
-    pub server_cert: PathBuf,
-    /// The server's private key (`server-key.pem`).
-    pub server_key: PathBuf,
-}
-
-fn cert_err(e: rcgen::Error) -> CoordinatorError {
-    CoordinatorError::CertGen(e.to_string())
-}
-
-/// Writes a fresh development CA and a server certificate for `hosts` (DNS names or IP
-/// addresses, e.g. `["localhost", "127.0.0.1"]`) signed by it, as PEM files in `dir`
-/// (created if needed): `ca.pem`, `server.pem`, `server-key.pem`. For tests and demos only.
-pub fn write_dev_certs(dir: &Path, hosts: &[&str]) -> Result<DevCerts, CoordinatorError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-
-    if hosts.is_empty() {
-        return Err(CoordinatorError::CertGen(
-            "at least one host name is needed".into(),
-        ));
-    }
-    let ca_key = KeyPair::generate().map_err(cert_err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Flotilla development CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let key = KeyPair::generate().map_err(cert_err)?;
-    let names: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
-    let mut params = CertificateParams::new(names).map_err(cert_err)?;
-    params.distinguished_name.push(DnType::CommonName, hosts[0]);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
-
-    std::fs::create_dir_all(dir).map_err(|source| CoordinatorError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let out = DevCerts {
-        ca_cert: dir.join("ca.pem"),
-        server_cert: dir.join("server.pem"),
-        server_key: dir.join("server-key.pem"),
-    };
-    let write = |path: &Path, text: String| {
-        std::fs::write(path, text).map_err(|source| CoordinatorError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    write(&out.ca_cert, ca_cert.pem())?;
-    write(&out.server_cert, cert.pem())?;
-    write(&out.server_key, key.serialize_pem())?;
-    Ok(out)
-}
 
 /// A rustls server configuration (ring provider) from PEM files, advertising `alpn`.
 pub(crate) fn server_config(

@@ -119,6 +119,14 @@ pub enum StoreError {
         /// The round that was offered.
         got: u64,
     },
+    /// The round has not been committed (so it cannot be evaluated).
+    #[error("round {round} of job {job_id} is not committed")]
+    RoundNotCommitted {
+        /// The job.
+        job_id: JobId,
+        /// The round that was named.
+        round: u64,
+    },
     /// A model blob key was not produced by [`crate::Store::put_model`].
     #[error("invalid model blob key {0:?}")]
     InvalidBlobKey(String),

@@ -34,6 +34,7 @@
 mod blobs;
 mod error;
 mod job_reason;
+mod layout_eval;
 mod recovery;
 mod round_lookup;
 mod sweep;
@@ -141,7 +142,7 @@ const CLIENT_COLUMNS: &str =
 const JOB_COLUMNS: &str = "id, tenant, name, spec_json, state, rounds_total, rounds_completed, \
                            model_version, model_blob_key, created_at_ms, updated_at_ms, state_reason";
 const ROUND_COLUMNS: &str = "job_id, round, attempt, model_version, participants_json, \
-                             metrics_json, model_blob_key, committed_at_ms";
+                             metrics_json, model_blob_key, committed_at_ms, eval_json";
 
 impl Store {
     /// Opens (creating if needed) the store and brings its schema up to date.
@@ -437,7 +438,8 @@ impl Store {
 
     // ----- jobs ---------------------------------------------------------------------------------
 
-    /// Creates a job in state [`JobState::Pending`].
+    /// Creates a job in state [`JobState::Pending`], without a recorded layout (see
+    /// [`Store::create_job_with_layout`]).
     pub async fn create_job(
         &self,
         tenant: &str,
@@ -445,28 +447,8 @@ impl Store {
         spec: &serde_json::Value,
         rounds_total: u64,
     ) -> Result<JobId> {
-        check_tenant(tenant)?;
-        if rounds_total == 0 {
-            return Err(StoreError::InvalidArgument(
-                "a job needs at least one round".into(),
-            ));
-        }
-        let spec_json = serde_json::to_string(spec)
-            .map_err(|e| StoreError::InvalidArgument(format!("job spec: {e}")))?;
-        let now = now_ms();
-        let row = sqlx::query(
-            "INSERT INTO jobs (tenant, name, spec_json, state, rounds_total, rounds_completed, \
-             model_version, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, 'pending', $4, 0, 0, $5, $5) RETURNING id",
-        )
-        .bind(tenant)
-        .bind(name)
-        .bind(spec_json)
-        .bind(to_db(rounds_total, "rounds_total")?)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        JobId::from_db(row.try_get("id")?)
+        self.create_job_with_layout(tenant, name, spec, rounds_total, None)
+            .await
     }
 
     /// One job.
@@ -740,6 +722,7 @@ fn round_from_row(row: &AnyRow, p: &str) -> Result<CommittedRound> {
     let col = |name: &str| format!("{p}{name}");
     let participants: String = row.try_get(col("participants_json").as_str())?;
     let metrics: String = row.try_get(col("metrics_json").as_str())?;
+    let eval: Option<String> = row.try_get(col("eval_json").as_str())?;
     let attempt: i64 = row.try_get(col("attempt").as_str())?;
     Ok(CommittedRound {
         job_id: JobId::from_db(row.try_get(col("job_id").as_str())?)?,
@@ -749,7 +732,7 @@ fn round_from_row(row: &AnyRow, p: &str) -> Result<CommittedRound> {
         model_version: from_db(row.try_get(col("model_version").as_str())?, "model_version")?,
         participants: serde_json::from_str(&participants)
             .map_err(|e| StoreError::Corrupt(format!("round participants: {e}")))?,
-        metrics: json_from_db(&metrics, "round metrics")?,
+        metrics: layout_eval::with_eval(json_from_db(&metrics, "round metrics")?, eval.as_deref())?,
         model_blob_key: row.try_get(col("model_blob_key").as_str())?,
         committed_at_ms: row.try_get(col("committed_at_ms").as_str())?,
     })

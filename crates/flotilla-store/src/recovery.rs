@@ -15,7 +15,7 @@ const RECOVERY_SELECT: &str = "SELECT j.id, j.tenant, j.name, j.spec_json, j.sta
      r.job_id AS r_job_id, r.round AS r_round, r.attempt AS r_attempt, \
      r.model_version AS r_model_version, r.participants_json AS r_participants_json, \
      r.metrics_json AS r_metrics_json, r.model_blob_key AS r_model_blob_key, \
-     r.committed_at_ms AS r_committed_at_ms \
+     r.committed_at_ms AS r_committed_at_ms, r.eval_json AS r_eval_json, j.layout_json \
      FROM jobs j LEFT JOIN rounds r ON r.job_id = j.id AND r.round = j.rounds_completed";
 
 impl Store {
@@ -95,7 +95,12 @@ fn recovered_from_row(row: &AnyRow) -> Result<RecoveredJob> {
     let issued_attempt = u32::try_from(issued_attempt).map_err(|_| {
         StoreError::Corrupt(format!("issued_attempt {issued_attempt} out of range"))
     })?;
+    let layout_json: Option<String> = row.try_get("layout_json")?;
     Ok(RecoveredJob {
+        layout: layout_json
+            .as_deref()
+            .map(crate::layout_eval::layout_from_db)
+            .transpose()?,
         job,
         last_round,
         machine_state_json,

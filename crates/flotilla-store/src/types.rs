@@ -221,7 +221,8 @@ pub struct CommittedRound {
     pub model_version: u64,
     /// The clients whose reports were aggregated.
     pub participants: Vec<ClientId>,
-    /// Round metrics, opaque to the store.
+    /// Round metrics, opaque to the store, with the evaluation metrics recorded later by
+    /// [`crate::Store::record_round_eval`] (if any) merged in.
     pub metrics: serde_json::Value,
     /// The blob key of the committed model.
     pub model_blob_key: String,
@@ -257,4 +258,7 @@ pub struct RecoveredJob {
     /// The highest `(round, attempt)` recorded by [`crate::Store::record_issued_attempt`], if any:
     /// tasks of that attempt may have been handed out, so recovery must start above it.
     pub issued_attempt: Option<(u64, u32)>,
+    /// The parameter layout recorded when the job was created
+    /// ([`crate::Store::create_job_with_layout`]); `None` for jobs created without one.
+    pub layout: Option<flotilla_core::ParamLayout>,
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_coordinator::{Server, ServerConfig, TlsMode};
+use flotilla_coordinator::spec::JobSpec;
+use flotilla_coordinator::{JobModel, ModelProvider, Server, ServerConfig, TlsMode};
 use flotilla_proto::v1::coordinator_client::CoordinatorClient;
 use flotilla_proto::{ModelReceiver, payload_sha256, upload_messages, v1};
 use http_body_util::{BodyExt, Full};
@@ -23,6 +24,22 @@ use crate::certs::dev_certs_in;
 
 /// The admin token of every harness coordinator.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The built-in models (`flotilla_ml::build`), as `flotilla server` provides them, without
+/// server-side evaluation.
+#[derive(Debug)]
+pub struct BuiltinModels;
+
+impl ModelProvider for BuiltinModels {
+    fn model(&self, spec: &JobSpec) -> Result<JobModel, String> {
+        let ml = spec.ml_spec().map_err(|e| e.to_string())?;
+        let t = flotilla_ml::build(&ml, spec.seed).map_err(|e| e.to_string())?;
+        Ok(JobModel {
+            layout: t.layout().clone(),
+            initial: t.parameters(),
+        })
+    }
+}
 
 /// A running coordinator; [`Harness::stop`] shuts it down (dropping it aborts nothing: the runtime
 /// ending does).
@@ -51,6 +68,7 @@ pub async fn start_with(
 ) -> Harness {
     let certs = dev_certs_in(certs_dir, &["localhost", "127.0.0.1"]);
     let mut config = ServerConfig::new(data_dir, ADMIN_TOKEN);
+    config.models = Some(Arc::new(BuiltinModels));
     config.tls = TlsMode::Files {
         cert: certs.server_cert.clone(),
         key: certs.server_key.clone(),

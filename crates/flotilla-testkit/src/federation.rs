@@ -278,3 +278,14 @@ pub fn scratch_with_certs(kind: &str, name: &str) -> PathBuf {
 pub fn completed(s: &Value) -> bool {
     s["state"] == "completed"
 }
+
+/// Completed, and its last round evaluated: the coordinator evaluates a committed model after the
+/// commit is durable, off the round's path, so the last round's `eval_*` metrics appear shortly
+/// after the job completed (earlier rounds may be skipped when rounds commit faster).
+pub fn completed_and_evaluated(s: &Value) -> bool {
+    completed(s)
+        && s["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .is_some_and(|r| r["metrics"]["eval_accuracy"].is_number())
+}

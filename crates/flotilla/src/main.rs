@@ -7,6 +7,7 @@ mod bench_aggregate;
 mod bench_cmd;
 mod completions_cmd;
 mod data_cmd;
+mod dev_certs;
 mod dp_cmd;
 mod log_escape;
 mod model_file;
@@ -14,6 +15,7 @@ mod net_cmd;
 mod plot;
 mod ready;
 mod server_cmd;
+mod server_models;
 mod sim_cmd;
 
 use std::path::PathBuf;

@@ -114,6 +114,14 @@ pub fn server(args: ServerArgs) -> Result<()> {
     };
     let (insecure, ready_file) = (args.insecure, args.ready_file);
     let mut config = ServerConfig::new(&args.data_dir, admin_token);
+    // The built-in models; evaluation datasets from $FLOTILLA_DATA_DIR, else DATA_DIR/data.
+    let eval_data = match std::env::var_os("FLOTILLA_DATA_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => args.data_dir.join("data"),
+    };
+    config.models = Some(std::sync::Arc::new(crate::server_models::BuiltinModels {
+        data_dir: eval_data,
+    }));
     config.listen = args.listen;
     config.admin_listen = args.admin_listen;
     config.database_url = args.database_url;
@@ -145,7 +153,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
 
 pub fn dev_certs(args: DevCertsArgs) -> Result<()> {
     let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
-    let certs = flotilla_coordinator::write_dev_certs(&args.dir, &hosts)
+    let certs = crate::dev_certs::write_dev_certs(&args.dir, &hosts)
         .with_context(|| format!("writing certificates to {}", args.dir.display()))?;
     println!(
         "CA certificate (give clients --ca-cert): {}",

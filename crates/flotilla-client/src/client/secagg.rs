@@ -26,10 +26,6 @@ use crate::error::ClientError;
 use crate::trainer::TaskInfo;
 use flotilla_proto::ModelReceiver;
 
-/// Hidden, for tests only: when set to `1`, the process exits right after its masked input was
-/// accepted, before the unmasking stage (a client that dies mid-round).
-pub const EXIT_AFTER_MASKED_INPUT_ENV: &str = "FLOTILLA_TEST_EXIT_AFTER_MASKED_INPUT";
-
 /// This client's secagg state for the round attempt it is in.
 pub(super) struct SecAggState {
     job_id: String,
@@ -337,15 +333,7 @@ impl Session<'_> {
             .upload(bearer, header, Arc::new(words), deadline)
             .await?
         {
-            Done::Ok(()) => {
-                self.stats.tasks_done += 1;
-                if std::env::var(EXIT_AFTER_MASKED_INPUT_ENV).is_ok_and(|v| v == "1") {
-                    tracing::warn!(
-                        "{EXIT_AFTER_MASKED_INPUT_ENV}=1: exiting right after the masked input"
-                    );
-                    std::process::exit(0);
-                }
-            }
+            Done::Ok(()) => self.stats.tasks_done += 1,
             Done::Abandoned | Done::Outdated => self.pause_after_failed_task().await,
         }
         Ok(())

@@ -106,12 +106,19 @@ mod tests {
     }
 
     #[test]
-    fn a_leaf_with_names_passes_and_dev_certs_pass() {
+    fn a_leaf_with_names_passes_and_a_ca_signed_server_certificate_passes() {
         check(&der(leaf())).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let certs = crate::write_dev_certs(dir.path(), &["localhost", "127.0.0.1"]).unwrap();
-        let pem = std::fs::read(&certs.server_cert).unwrap();
-        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        // What `flotilla dev-certs` writes: a server certificate signed by a development CA.
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let pem = p.signed_by(&key, &issuer).unwrap().pem();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         check(&der).unwrap();
     }
 

@@ -5,6 +5,7 @@ use crate::common;
 use std::sync::Arc;
 
 use common::{TestDb, both_backends, now_ms};
+use flotilla_core::{ParamLayout, TensorSpec};
 use flotilla_store::{ClientId, JobId, JobState, RoundCommit, Store, StoreError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -24,6 +25,8 @@ both_backends!(
     reopen_keeps_everything_committed,
     load_running_jobs_for_recovery,
     model_blob_round_trip_and_idempotent_put,
+    layout_is_kept_with_the_job,
+    evaluation_is_recorded_after_the_commit,
 );
 
 const FAR: i64 = i64::MAX / 2;
@@ -878,4 +881,67 @@ async fn model_blob_round_trip_and_idempotent_put(db: TestDb) {
     ));
     assert_eq!(store.put_model(job, 1, bytes.clone()).await.unwrap(), key);
     assert_eq!(store.get_model(&key).await.unwrap(), bytes);
+}
+
+async fn layout_is_kept_with_the_job(db: TestDb) {
+    let store = db.open().await;
+    let layout = ParamLayout::new(vec![
+        TensorSpec::new("a", [3]),
+        TensorSpec::new("b", [2, 2]),
+    ]);
+    let with = store
+        .create_job_with_layout("acme", "custom", &json!({}), 2, Some(&layout))
+        .await
+        .unwrap();
+    let without = running_job(&store, "acme", 2).await;
+    assert_eq!(store.job_layout(with).await.unwrap(), Some(layout.clone()));
+    assert_eq!(store.job_layout(without).await.unwrap(), None);
+    assert!(matches!(
+        store.job_layout(JobId(999)).await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    store.set_job_state(with, JobState::Running).await.unwrap();
+    let recovered = store.load_running_jobs().await.unwrap();
+    let layouts: Vec<_> = recovered
+        .iter()
+        .map(|r| (r.job.id, r.layout.clone()))
+        .collect();
+    assert_eq!(layouts, vec![(with, Some(layout)), (without, None)]);
+}
+
+async fn evaluation_is_recorded_after_the_commit(db: TestDb) {
+    let store = db.open().await;
+    let job = running_job(&store, "acme", 1).await;
+    let eval = json!({"eval_accuracy": 0.9, "eval_samples": 360});
+    assert!(matches!(
+        store.record_round_eval(job, 1, &eval).await,
+        Err(StoreError::RoundNotCommitted { round: 1, .. })
+    ));
+    assert!(matches!(
+        store.record_round_eval(JobId(999), 1, &eval).await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    assert!(matches!(
+        store.record_round_eval(job, 1, &json!([1])).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    commit(&store, job, 1, 1).await.unwrap();
+    // The last round completed the job: it can still be evaluated.
+    assert_eq!(store.get_job(job).await.unwrap().state, JobState::Completed);
+    store.record_round_eval(job, 1, &eval).await.unwrap();
+    let want = json!({"loss": 1.0, "attempt": 1, "eval_accuracy": 0.9, "eval_samples": 360});
+    assert_eq!(store.job_history(job).await.unwrap()[0].metrics, want);
+    assert_eq!(
+        store.get_round(job, 1).await.unwrap().unwrap().metrics,
+        want
+    );
+    // A second evaluation replaces the first; the commit's own keys are never overwritten.
+    store
+        .record_round_eval(job, 1, &json!({"eval_accuracy": 0.5, "loss": 7.0}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job_history(job).await.unwrap()[0].metrics,
+        json!({"loss": 1.0, "attempt": 1, "eval_accuracy": 0.5})
+    );
 }

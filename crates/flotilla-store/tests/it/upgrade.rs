@@ -146,6 +146,17 @@ async fn upgrade_0001_to_current_keeps_clients_and_jobs(db: TestDb) {
     let history = store.job_history(JobId(1)).await.expect("history");
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].round, 1);
+    // Jobs from before 0006 have no recorded layout; their rounds can still be evaluated.
+    assert_eq!(store.job_layout(JobId(1)).await.expect("layout"), None);
+    store
+        .record_round_eval(JobId(1), 1, &serde_json::json!({"eval_accuracy": 0.75}))
+        .await
+        .expect("evaluate an old round");
+    let history = store.job_history(JobId(1)).await.expect("history");
+    assert_eq!(
+        history[0].metrics,
+        serde_json::json!({"accuracy": 0.5, "eval_accuracy": 0.75})
+    );
 
     // New writes work on the upgraded schema, and opening again changes nothing.
     store

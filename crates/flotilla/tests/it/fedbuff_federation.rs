@@ -88,9 +88,9 @@ fn fedbuff_job_with_clients_of_different_speeds() {
     }
     let s = f.wait_for(
         &job,
-        "all server steps",
+        "all server steps, the last evaluated",
         Duration::from_secs(120),
-        completed,
+        completed_and_evaluated,
     );
     let took = started.elapsed();
 

@@ -53,7 +53,12 @@ fn run_ten_clients(name: &str, database_url: Option<String>) {
     let mut f = Federation::new(name, database_url);
     f.start_clients(10);
     let job = f.submit(&job_spec(5, 10, 60, 0.8));
-    let s = f.wait_for(&job, "5 rounds", Duration::from_secs(240), completed);
+    let s = f.wait_for(
+        &job,
+        "5 rounds, the last evaluated",
+        Duration::from_secs(240),
+        completed_and_evaluated,
+    );
     assert_eq!(s["rounds_completed"], 5);
     assert_eq!(s["rounds_total"], 5);
     assert_history(&s, 5, 8);
@@ -236,7 +241,7 @@ fn fedprox_and_scaffold_jobs_run_side_by_side() {
     ));
     let mut learned_loss = 0.0f64;
     for (job, what) in [(&prox, "fedprox"), (&scaffold, "scaffold")] {
-        let s = f.wait_for(job, what, Duration::from_secs(300), completed);
+        let s = f.wait_for(job, what, Duration::from_secs(300), completed_and_evaluated);
         assert_history(&s, 4, 4);
         let acc = s["history"][3]["metrics"]["eval_accuracy"]
             .as_f64()
@@ -254,7 +259,7 @@ fn fedprox_and_scaffold_jobs_run_side_by_side() {
         &frozen,
         "max_grad_norm",
         Duration::from_secs(300),
-        completed,
+        completed_and_evaluated,
     );
     assert_history(&s, 4, 4);
     let loss = s["history"][3]["metrics"]["eval_loss"]

@@ -1,11 +1,16 @@
 //! Secure aggregation with real processes: a coordinator (`flotilla server`) and 20 client processes
-//! (`flotilla client`) over TLS run one SecAgg+ round; 30 % of the clients exit right after their
-//! masked input was accepted (hidden test option `FLOTILLA_TEST_EXIT_AFTER_MASKED_INPUT=1`). The
-//! committed model must equal the uniform mean of every contributor's clipped delta — recomputed
-//! here from each client's data share and task seed — within the quantization bound.
+//! (`flotilla client`) over TLS run one SecAgg+ round; 30 % of the clients are killed (SIGKILL, from
+//! outside) right after their masked input was accepted: the test reads their log as it is written
+//! and kills each the moment it logs the accepted upload (in a secure round the masked input is the
+//! only upload). The committed model must equal the uniform mean of every contributor's clipped
+//! delta — recomputed here from each client's data share and task seed — within the quantization
+//! bound.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_client::{DatasetTrainer, ModelDescription, TaskInfo, TrainingConfig};
@@ -17,6 +22,54 @@ use crate::common::{Procs, bin, free_port, last_line, scratch_with_certs, worksp
 
 const ADMIN_TOKEN: &str = "e2e-admin-token";
 const CLIENTS: usize = 20;
+
+/// A client process that is killed from outside right after its masked input was accepted: a
+/// thread copies its log (stderr) to `log` line by line and kills it on the line that says its
+/// upload was accepted. Killed on drop in any case.
+struct DiesAfterMaskedInput {
+    child: Arc<Mutex<Child>>,
+    killed: Arc<AtomicBool>,
+}
+
+impl DiesAfterMaskedInput {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        // INFO for the SDK: "update accepted" is logged at INFO.
+        cmd.env("RUST_LOG", "warn,flotilla_client=info")
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let child = Arc::new(Mutex::new(child));
+        let killed = Arc::new(AtomicBool::new(false));
+        let (c, k) = (child.clone(), killed.clone());
+        std::thread::spawn(move || {
+            let mut log = std::fs::File::create(log).unwrap();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("update accepted") && !k.load(Ordering::SeqCst) {
+                    let _ = c.lock().unwrap().kill();
+                    k.store(true, Ordering::SeqCst);
+                }
+                let _ = writeln!(log, "{line}");
+            }
+        });
+        Self { child, killed }
+    }
+
+    /// Whether it was killed after its masked input (and has exited).
+    fn killed_after_masked_input(&self) -> bool {
+        self.killed.load(Ordering::SeqCst) && self.child.lock().unwrap().wait().is_ok()
+    }
+}
+
+impl Drop for DiesAfterMaskedInput {
+    fn drop(&mut self) {
+        let mut c = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
 
 fn admin(dir: &Path, admin_port: u16, args: &[&str]) -> std::process::Output {
     Command::new(bin())
@@ -105,9 +158,13 @@ fn start_coordinator(tag: &str) -> Coordinator {
     }
 }
 
-/// Starts `n` client processes on digits partitions `i/n`; those in `dying` exit right after their
-/// masked input.
-fn start_clients(co: &Coordinator, n: usize, dying: &[usize]) -> Procs {
+/// Starts `n` client processes on digits partitions `i/n`; those in `dying` are killed right after
+/// their masked input (returned apart, in the order of `dying`).
+fn start_clients(
+    co: &Coordinator,
+    n: usize,
+    dying: &[usize],
+) -> (Procs, Vec<DiesAfterMaskedInput>) {
     let (dir, admin_port) = (&co.dir, co.admin_port);
     let token = last_line(&admin(
         dir,
@@ -123,6 +180,7 @@ fn start_clients(co: &Coordinator, n: usize, dying: &[usize]) -> Procs {
     ));
     let certs = dir.join("certs");
     let mut clients = Procs(Vec::new());
+    let mut dies = Vec::new();
     for i in 0..n {
         let mut cmd = Command::new(bin());
         cmd.args([
@@ -139,15 +197,17 @@ fn start_clients(co: &Coordinator, n: usize, dying: &[usize]) -> Procs {
         .arg("--state-dir")
         .arg(dir.join(format!("client-{i}")))
         .args(["--dataset", "digits", "--partition", &format!("{i}/{n}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("client-{i}.log"))).unwrap());
+        .stdout(Stdio::null());
+        let log = dir.join(format!("client-{i}.log"));
         if dying.contains(&i) {
-            cmd.env(flotilla_client::EXIT_AFTER_MASKED_INPUT_ENV, "1");
+            dies.push(DiesAfterMaskedInput::spawn(cmd, log));
+        } else {
+            cmd.env("RUST_LOG", "warn")
+                .stderr(std::fs::File::create(log).unwrap());
+            clients.0.push(cmd.spawn().unwrap());
         }
-        clients.0.push(cmd.spawn().unwrap());
     }
-    clients
+    (clients, dies)
 }
 
 /// Submits `spec_text` and waits (at most `secs`) until the job completes or fails; returns its id
@@ -286,7 +346,7 @@ fn twenty_client_processes_secure_round_with_30_percent_dying_after_masked_input
     let co = start_coordinator("secagg");
     // Every third-ish client (6 of 20) dies right after its masked input.
     let dying: Vec<usize> = vec![1, 4, 7, 10, 13, 16];
-    let mut clients = start_clients(&co, CLIENTS, &dying);
+    let (_clients, dies) = start_clients(&co, CLIENTS, &dying);
     let spec_text = job_spec();
     let (job, status) = run_job(&co, &spec_text, 240);
     let dir = co.dir.clone();
@@ -298,12 +358,11 @@ fn twenty_client_processes_secure_round_with_30_percent_dying_after_masked_input
     );
     let round = &status["history"][0];
     assert_eq!(round["metrics"]["attempt"], 1, "{status}");
-    // The dying clients exited after their masked input, which still counts.
-    for &i in &dying {
-        let st = clients.0[i].try_wait().unwrap();
+    // The dying clients were killed after their masked input, which still counts.
+    for (d, &i) in dies.iter().zip(&dying) {
         assert!(
-            st.is_some_and(|s| s.success()),
-            "client {i} should have exited after its masked input: {st:?}"
+            d.killed_after_masked_input(),
+            "client {i} should have been killed after its masked input"
         );
     }
     let participants: Vec<u64> = round["participants"]

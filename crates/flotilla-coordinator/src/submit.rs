@@ -1,0 +1,171 @@
+//! Submitting a job: the spec is parsed, the model provider asked for the job's model (and
+//! evaluator), the privacy budgets consulted, and only then is anything stored; the layout is
+//! stored with the job so it is never rebuilt.
+
+use flotilla_core::round::RoundMachine;
+use flotilla_store::{JobId, JobState, StoreError};
+
+use crate::jobs::{Shared, retryable};
+use crate::models::{Evaluate, JobModel};
+use crate::spec::JobSpec;
+
+/// What the model provider gave for a job.
+pub(crate) struct Provided {
+    /// The layout and initial parameters, if they were asked for.
+    pub model: Option<JobModel>,
+    /// The evaluator, for a job with `[evaluation]`.
+    pub evaluator: Option<Box<dyn Evaluate>>,
+}
+
+/// Why the model provider gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProvideError {
+    /// The provider cannot serve this spec (or there is none): a one-line reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The blocking task failed (the provider panicked): the process is in trouble, not the spec.
+    #[error("{0}")]
+    Task(String),
+}
+
+/// A new machine for `spec`, at round 1 attempt 1 with the initial model (moved in: a large
+/// model is not copied).
+pub(crate) fn fresh_machine(
+    spec: &JobSpec,
+    model: JobModel,
+) -> Result<RoundMachine, flotilla_core::ConfigError> {
+    RoundMachine::with_strategy(
+        spec.policy(),
+        model.layout,
+        model.initial,
+        spec.seed,
+        spec.strategy.clone(),
+    )
+}
+
+impl Shared {
+    /// Asks the model provider, on a blocking thread, for what `spec` needs: its model if
+    /// `want_model`, and, if `want_evaluator` and the spec has an `[evaluation]` section, an
+    /// evaluator.
+    pub(crate) async fn provide(
+        &self,
+        spec: &JobSpec,
+        want_model: bool,
+        want_evaluator: bool,
+    ) -> Result<Provided, ProvideError> {
+        let wants_evaluator = want_evaluator && spec.evaluation_dataset.is_some();
+        if !want_model && !wants_evaluator {
+            return Ok(Provided {
+                model: None,
+                evaluator: None,
+            });
+        }
+        let Some(models) = self.models.clone() else {
+            return Err(ProvideError::Refused(crate::models::no_provider(spec)));
+        };
+        let spec = spec.clone();
+        let asked = tokio::task::spawn_blocking(move || {
+            let model = if want_model {
+                let m = models.model(&spec)?;
+                crate::models::check(&m)?;
+                Some(m)
+            } else {
+                None
+            };
+            let evaluator = if wants_evaluator {
+                Some(models.evaluator(&spec)?)
+            } else {
+                None
+            };
+            Ok::<_, String>(Provided { model, evaluator })
+        })
+        .await
+        .map_err(|e| ProvideError::Task(format!("the model provider failed: {e}")))?;
+        // One line, whatever the provider wrote: it is shown as the submission's error.
+        asked.map_err(|m| ProvideError::Refused(m.split_whitespace().collect::<Vec<_>>().join(" ")))
+    }
+
+    /// Validates, stores and starts a job from its TOML text.
+    pub async fn submit_job(&self, text: String) -> Result<JobId, SubmitError> {
+        let spec = JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let provided = self.provide(&spec, true, true).await.map_err(|e| match e {
+            ProvideError::Refused(m) => SubmitError::Invalid(m),
+            ProvideError::Task(m) => SubmitError::Internal(m),
+        })?;
+        let model = provided
+            .model
+            .ok_or_else(|| SubmitError::Internal("the model provider was not asked".into()))?;
+        // Build the machine before storing anything, so an invalid job leaves no trace.
+        let mut machine =
+            fresh_machine(&spec, model).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        if spec.privacy.is_some() {
+            // The central noise must not be reproducible from the job seed (clients can recover it
+            // from their task seeds): a fresh secret key, kept in the machine snapshot.
+            let mut key = [0u8; 32];
+            rand::Rng::fill_bytes(&mut rand::rng(), &mut key);
+            machine.set_noise_key(key);
+        }
+        // A job whose first round would already exceed its own or its tenant's budget is refused.
+        self.privacy
+            .check_new(&self.store, &spec)
+            .await
+            .map_err(SubmitError::Invalid)?;
+        let spec_json =
+            serde_json::to_value(&spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
+        let id = self
+            .store
+            .create_job_with_layout(
+                &spec.tenant,
+                &spec.name,
+                &spec_json,
+                spec.rounds,
+                Some(machine.layout()),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::InvalidArgument(m) => SubmitError::Invalid(m),
+                e if retryable(&e) => SubmitError::Unavailable(e.to_string()),
+                e => SubmitError::Internal(e.to_string()),
+            })?;
+        // Round 1 attempt 1 may be handed out as soon as the job runs: recorded first, so a
+        // restart before the first commit resumes at attempt 2, not at a second attempt 1.
+        if let Err(e) = self.record_attempt(id, 1, 1).await {
+            let _ = self
+                .store
+                .set_job_state_with_reason(
+                    id,
+                    JobState::Failed,
+                    Some("could not be started: the store was unavailable"),
+                )
+                .await;
+            return Err(SubmitError::Unavailable(e));
+        }
+        if let Err(why) = self.privacy.register(&self.store, id, &spec).await {
+            // Another job of the tenant took the budget in the meantime.
+            let _ = self.store.set_job_state(id, JobState::Failed).await;
+            return Err(SubmitError::Invalid(why));
+        }
+        self.store
+            .set_job_state(id, JobState::Running)
+            .await
+            .map_err(|e| SubmitError::Internal(e.to_string()))?;
+        let rt = self
+            .runtime(id, spec, machine, provided.evaluator)
+            .map_err(SubmitError::Internal)?;
+        self.insert_job(rt);
+        tracing::info!(job = id.0, "job submitted and running");
+        Ok(id)
+    }
+}
+
+/// Why a job submission failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+    /// The store failed (infrastructure): nothing the request can change.
+    #[error("store unavailable: {0}; retry later")]
+    Unavailable(String),
+}
