@@ -11,6 +11,7 @@ mod bad_input;
 mod common;
 mod fedbuff;
 mod federation;
+mod injected_model;
 mod privacy;
 mod secagg_round;
 mod spec_errors;

@@ -3,7 +3,7 @@
 //! with a trivial `LocalTrainer`; evaluation is recorded after the commit; and a coordinator
 //! without a provider refuses jobs with a one-line reason.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;
