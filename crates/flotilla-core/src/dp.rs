@@ -487,10 +487,14 @@ pub fn clip_and_add_noise<R: Rng + ?Sized>(
     out
 }
 
-/// How many values of `v` lie outside `±clip_range` (the secure-aggregation encoding clamps them).
+/// How many values of `v` lie outside `±clip_range` (the secure-aggregation encoding clamps them);
+/// a NaN counts as outside.
 pub fn count_outside(v: &[f32], clip_range: f64) -> u64 {
     v.iter()
-        .filter(|x| !(f64::from(**x).abs() <= clip_range))
+        .filter(|x| {
+            let a = f64::from(**x).abs();
+            a.is_nan() || clip_range.is_nan() || a > clip_range
+        })
         .count() as u64
 }
 
