@@ -4,7 +4,7 @@
 //!
 //! Who validates what:
 //!
-//! - the **round machine** (via [`RoundMachine::check_stage_report`], then `Event::StageReport`):
+//! - the **round machine** (via `RoundMachine::check_stage_report`, then `Event::StageReport`):
 //!   round, attempt, stage, cohort, duplicates, full stage, sample count at the masked input;
 //! - the **secagg server** (this module): the payload — decoding, sender = authenticated caller,
 //!   secagg round, stage, lengths, keys, share commitments;
@@ -28,7 +28,7 @@
 //! The secagg server's state lives only in memory: after a coordinator restart the machine's
 //! `recover()` abandons the attempt that was in flight, and the next attempt starts a fresh server.
 //! The server never holds an individual unmasked update: its only vector is the running masked sum,
-//! then the aggregate (see [`SecAggRound::held_vectors`]).
+//! then the aggregate (see `SecAggRound::held_vectors`).
 
 use std::collections::BTreeMap;
 

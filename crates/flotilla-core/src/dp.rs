@@ -37,7 +37,7 @@
 //! clipped delta has every coordinate within `±C`, and the noise share exceeds
 //! [`SECAGG_NOISE_TAIL`] standard deviations with probability `< 2·10⁻²³` per value, so
 //! `secagg.clip_range ≥ C + SECAGG_NOISE_TAIL · σC/√n_min` is required at load
-//! ([`DpSpec::check_secagg_clip_range`]); clients still count (and log) any value that would be
+//! ([`DpSpec::check_secure_aggregation`]); clients still count (and log) any value that would be
 //! clamped. Caveats, documented rather than hidden: (1) the accounting treats the fixed-point sum as
 //! the continuous Gaussian mechanism — each contribution is rounded to a grid of step
 //! `2·clip_range/(2³²−1)·clients_per_round` before summing, which is not analysed formally (the

@@ -25,7 +25,7 @@ async fn run_round(clients: &mut [Client], round: u64, previous: Option<&[f32]>)
             ),
             ("logreg", &[4u64][..], 2)
         );
-        let model = c.download(&t).await;
+        let model = c.download(t).await;
         assert_eq!(model.len(), LEN);
         if let Some(p) = previous {
             assert_eq!(model, p, "the task's model is the last committed one");

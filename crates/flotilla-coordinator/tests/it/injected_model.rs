@@ -93,7 +93,8 @@ name = "injected"
 seed = 3
 rounds = {rounds}
 clients_per_round = 2
-round_deadline_seconds = 60
+[round]
+deadline_seconds = 60
 min_report_fraction = 1.0
 selection_window_ms = 100
 retry_after_ms = 50

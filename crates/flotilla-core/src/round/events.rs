@@ -288,7 +288,7 @@ pub enum Action {
         /// When.
         at_ms: u64,
     },
-    /// A round committed; [`RoundMachine::global`] now holds the new model.
+    /// A round committed; [`RoundMachine::global`](crate::round::RoundMachine::global) now holds the new model.
     Commit(CommitInfo),
     /// A secure-aggregation stage closed; `survivors` (sorted) are the next stage's cohort. Comes
     /// before that stage's `Configure`s: close the secagg server's stage and prepare each survivor's

@@ -3,7 +3,7 @@
 
 use super::{ClientId, Phase, RejectReason, RoundMachine, StageKind};
 
-/// Why a round attempt was abandoned ([`Action::RoundAbandoned`]).
+/// Why a round attempt was abandoned ([`Action::RoundAbandoned`](crate::round::Action::RoundAbandoned)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AbandonCause {

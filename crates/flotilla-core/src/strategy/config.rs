@@ -68,7 +68,7 @@ pub enum ServerOptimizer {
     },
 }
 
-/// Thresholds of the anomaly filter; see [`robust::anomaly_filter`].
+/// Thresholds of the anomaly filter; see [`robust::anomaly_filter`](crate::robust::anomaly_filter).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalySpec {

@@ -18,11 +18,8 @@ fn policy_error(edit: impl Fn(&mut RoundPolicy)) -> String {
 #[test]
 fn round_policy_ceilings() {
     assert_eq!(policy_error(|_| {}), "");
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut RoundPolicy)>,
-        Box<dyn Fn(&mut RoundPolicy)>,
-    )> = vec![
+    type Edit = Box<dyn Fn(&mut RoundPolicy)>;
+    let cases: Vec<(&str, Edit, Edit)> = vec![
         (
             "rounds",
             Box::new(|p| p.rounds = MAX_ROUNDS),

@@ -528,8 +528,7 @@ fn model_kind_parses_names() {
     }
     let msg = "resnet"
         .parse::<ModelKind>()
-        .err()
-        .expect("error")
+        .expect_err("error")
         .to_string();
     assert!(
         msg.contains("resnet") && msg.contains("logreg, mlp, cnn, char_mlp"),

@@ -103,7 +103,7 @@ fn distributed_and_adaptive_modes_run_and_learn_with_little_noise() {
     let dist = run(
         "[privacy]\nmode = \"distributed\"\nnoise_multiplier = 0.05\nclip_norm = 5.0\ndelta = 1e-5\n",
     );
-    assert_eq!(dist.privacy.as_ref().unwrap().epsilon_spent > 0.0, true);
+    assert!(dist.privacy.as_ref().unwrap().epsilon_spent > 0.0);
     assert_eq!(
         dist.history[0].privacy.unwrap().dp_noise_std,
         0.0,

@@ -109,7 +109,8 @@ fn assert_refused(args: &[&str], needle: &str) {
 #[test]
 fn bad_scenarios_get_one_line_errors_naming_the_field() {
     let dir = scratch("bad");
-    let cases: Vec<(&str, Box<dyn Fn(String) -> String>, &str)> = vec![
+    type Edit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "unknown-key",
             Box::new(|s| s.replace("rounds = 50", "rounds = 50\nrouns = 3")),

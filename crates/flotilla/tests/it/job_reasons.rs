@@ -58,7 +58,7 @@ fn a_job_waiting_for_clients_says_how_many_it_waits_for() {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|j| j["job_id"].to_string() == job)
+        .find(|j| j["job_id"].as_u64() == job.parse::<u64>().ok())
         .expect("job listed");
     assert!(reason(listed).contains("waiting for 20"), "{listed}");
     // And the human status shows it.
