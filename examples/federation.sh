@@ -27,8 +27,10 @@ command -v "$F" >/dev/null || { echo "error: no flotilla binary at $F: run \`car
 # Every process started here, and its log, so that all of them are stopped (by PID) on exit.
 PIDS=()
 LOGS=()
+WAITER=   # the `job wait` running in the background, if any
 stop() {
   trap - EXIT INT TERM
+  if [ -n "$WAITER" ]; then kill -TERM "$WAITER" 2>/dev/null || true; fi
   if [ ${#PIDS[@]} -gt 0 ]; then
     echo "stopping ${#PIDS[@]} processes"
     kill -TERM "${PIDS[@]}" 2>/dev/null || true   # flotilla server and client shut down on SIGTERM
@@ -81,7 +83,11 @@ JOB=$("$F" job submit "${ADMIN[@]}" "$JOB_SPEC" --quiet)
 echo "submitted $JOB_SPEC as job $JOB"
 
 # A line per round on stderr, then the job's status; non-zero unless the job completed.
-if ! "$F" job wait "${ADMIN[@]}" "$JOB" --timeout 10m; then
+# In the background, waited for with `wait`: bash runs a trap only between commands, so a SIGINT or
+# SIGTERM sent to this script alone would otherwise stop everything only after the job ended.
+"$F" job wait "${ADMIN[@]}" "$JOB" --timeout 10m &
+WAITER=$!
+if ! wait "$WAITER"; then
   check_alive
   echo "error: job $JOB did not complete; see $DIR/server.log and $DIR/client-*.log" >&2
   exit 1
