@@ -30,7 +30,7 @@ LOGS=()
 WAITER=   # the `job wait` running in the background, if any
 stop() {
   trap - EXIT INT TERM
-  if [ -n "$WAITER" ]; then kill -TERM "$WAITER" 2>/dev/null || true; fi
+  if [ -n "$WAITER" ]; then kill -TERM "$WAITER" 2>/dev/null || true; wait "$WAITER" 2>/dev/null || true; fi
   if [ ${#PIDS[@]} -gt 0 ]; then
     echo "stopping ${#PIDS[@]} processes"
     kill -TERM "${PIDS[@]}" 2>/dev/null || true   # flotilla server and client shut down on SIGTERM

@@ -82,8 +82,12 @@ impl Script {
     /// `bash ARGS` in the workspace root with `FLOTILLA_DIR=dir/fl`, free ports and the
     /// `extra_env`; stdout and stderr go to `dir/out.log` and `dir/err.log`.
     fn start(dir: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Script {
-        let mut cmd = Command::new("bash");
-        cmd.args(args)
+        // Through `env --default-signal=INT`: a test runner started in the background (`cmd &` in a
+        // script, nohup) ignores SIGINT, an ignored signal stays ignored across exec, and bash
+        // cannot trap a signal ignored on entry — the script must see Ctrl-C as a terminal sends it.
+        let mut cmd = Command::new("env");
+        cmd.args(["--default-signal=INT", "bash"])
+            .args(args)
             .current_dir(workspace_root())
             .process_group(0)
             .stdin(Stdio::null());
