@@ -154,18 +154,7 @@ impl Federation {
 
     /// The last stdout line of a successful [`Federation::admin_cli`] call.
     pub fn last_line(&self, args: &[&str]) -> String {
-        let out = self.admin_cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string()
+        crate::process::last_line(&self.admin_cli(args))
     }
 
     /// Creates an enrollment token and starts `n` clients on digits partitions `i/n`.
