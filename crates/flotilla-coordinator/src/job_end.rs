@@ -64,8 +64,8 @@ impl Shared {
     /// remembers its state for the answers to late calls. The store must already have the state.
     pub(crate) fn end_job(&self, job: &JobRuntime, inner: &mut JobInner, state: JobState) {
         inner.ended = Some(state);
-        // The secagg server and the idempotency keys are of rounds that will never commit.
-        inner.secagg = None;
+        // The idempotency keys are of rounds that will never commit (the machine, with its secure
+        // aggregator, goes when the last request holding the runtime lets go).
         inner.accepted.clear();
         self.recently_ended.insert(job.id.0, state);
         self.privacy.forget_running(job.id);

@@ -79,8 +79,6 @@ pub(crate) struct JobInner {
     /// it by a runtime rebuilt from the last durable commit once the store accepts writes again.
     /// The text is the cause, for `job status` ("could not persist round 5 (…)").
     pub halted: Option<String>,
-    /// Secure aggregation (`[secagg]` jobs): the current attempt's secagg server and payloads.
-    pub secagg: Option<crate::secagg_round::SecAggRound>,
     /// What the job remembers to explain itself: client-reported failures, the last abandoned
     /// attempt, when its wait for clients was logged.
     pub notes: crate::reasons::JobNotes,
@@ -96,6 +94,8 @@ pub(crate) struct JobRuntime {
     pub model_spec: v1::ModelSpec,
     pub layout: ParamLayout,
     pub expected: ExpectedLayout,
+    /// `[secagg]` jobs: the parameters every task carries.
+    pub secagg: Option<v1::SecAggConfig>,
     pub inner: Mutex<JobInner>,
     /// Server-side evaluation of committed models (jobs with `[evaluation]`), run after each
     /// commit is durable and off the job lock.
@@ -185,8 +185,10 @@ impl Shared {
         machine: RoundMachine,
         evaluator: Option<Box<dyn crate::models::Evaluate>>,
     ) -> Result<Arc<JobRuntime>, String> {
+        let mut machine = machine;
         let layout = machine.layout().clone();
-        let secagg = crate::secagg_round::for_job(&spec, layout.len())?;
+        // `[secagg]`: the machine's secure aggregator (a recovered machine has none).
+        let secagg = crate::secagg_round::install(&spec, &mut machine)?;
         let model_spec = spec.proto_model_spec();
         let control = machine.strategy().client_directive().server_control;
         let current = Arc::new(ModelVersion::new(
@@ -209,6 +211,7 @@ impl Shared {
             model_spec,
             layout,
             spec,
+            secagg,
             inner: Mutex::new(JobInner {
                 machine,
                 current,
@@ -217,7 +220,6 @@ impl Shared {
                 deadline_ms: None,
                 accepted: HashMap::new(),
                 halted: None,
-                secagg,
                 notes: Default::default(),
                 ended: None,
             }),
@@ -235,17 +237,7 @@ impl Shared {
         me: Option<ClientId>,
     ) -> Outcome {
         let mut out = Outcome::default();
-        let mut followups = std::collections::VecDeque::new();
-        self.drive_one(job, inner, event, me, &mut out, &mut followups)
-            .await;
-        // Secure aggregation: what the secagg server concluded (sum or failure) goes back in.
-        while let Some(f) = followups.pop_front() {
-            if out.persist_failed.is_some() {
-                break;
-            }
-            self.drive_one(job, inner, f.event(), None, &mut out, &mut followups)
-                .await;
-        }
+        self.drive_one(job, inner, event, me, &mut out).await;
         let (m, now) = (&inner.machine, now_ms());
         let waiting = m.activity() == flotilla_core::round::Activity::WaitingForClients
             && inner.halted.is_none();
@@ -263,7 +255,6 @@ impl Shared {
         event: Event<'_>,
         me: Option<ClientId>,
         out: &mut Outcome,
-        followups: &mut std::collections::VecDeque<crate::secagg_round::Followup>,
     ) {
         if let Some(state) = inner.ended {
             out.ended = Some(state);
@@ -306,10 +297,6 @@ impl Shared {
                     inner
                         .accepted
                         .remove(&(task.round, task.attempt, task.stage, client));
-                    let seed = inner.machine.attempt_seed();
-                    if let Some(sa) = inner.secagg.as_mut() {
-                        sa.on_configure(&task, seed);
-                    }
                     if Some(client) == me {
                         out.task = Some(task);
                     }
@@ -431,46 +418,6 @@ impl Shared {
                             return;
                         }
                     }
-                }
-                Action::StageClosed {
-                    round,
-                    attempt,
-                    stage,
-                    survivors,
-                    ..
-                } => {
-                    tracing::info!(
-                        job = job.id.0,
-                        round,
-                        attempt,
-                        stage,
-                        survivors = survivors.len(),
-                        "secure-aggregation stage closed"
-                    );
-                    let f = match inner.secagg.as_mut() {
-                        Some(sa) => sa.on_stage_closed(round, attempt, stage, &survivors),
-                        None => Some(crate::secagg_round::Followup::Failed {
-                            round,
-                            attempt,
-                            reason: "the job has no secure-aggregation state".into(),
-                        }),
-                    };
-                    followups.extend(f);
-                }
-                Action::Finalize {
-                    round,
-                    attempt,
-                    contributors,
-                } => {
-                    let f = match inner.secagg.as_mut() {
-                        Some(sa) => sa.on_finalize(round, attempt, &contributors),
-                        None => crate::secagg_round::Followup::Failed {
-                            round,
-                            attempt,
-                            reason: "the job has no secure-aggregation state".into(),
-                        },
-                    };
-                    followups.push_back(f);
                 }
                 Action::JobFinished => {
                     tracing::info!(job = job.id.0, "job completed");

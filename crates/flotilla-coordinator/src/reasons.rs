@@ -375,7 +375,7 @@ pub(crate) fn live_status(inner: &JobInner, now_ms: u64) -> LiveStatus {
                 "waiting"
             }
             Activity::Selecting => "selecting",
-            _ if matches!(activity, Activity::Stage { .. } | Activity::Finalizing)
+            _ if matches!(activity, Activity::Stage { .. })
                 && retrying.is_some() =>
             {
                 "retrying"
@@ -384,7 +384,7 @@ pub(crate) fn live_status(inner: &JobInner, now_ms: u64) -> LiveStatus {
                 kind: StageKind::Train,
                 ..
             } => "training",
-            Activity::Stage { .. } | Activity::Finalizing => "secagg",
+            Activity::Stage { .. } => "secagg",
             Activity::Finished => "finished",
             Activity::Failed => {
                 reasons.clear();

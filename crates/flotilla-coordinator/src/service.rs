@@ -49,6 +49,7 @@ fn reject_name(r: &RejectReason) -> &'static str {
         RejectReason::WrongStageKind { .. } => "wrong_stage_kind",
         RejectReason::TooStale { .. } => "too_stale",
         RejectReason::NoTask => "no_task",
+        RejectReason::SecureAggregation(s) => s.code,
     }
 }
 
@@ -238,14 +239,10 @@ impl CoordinatorService {
             stage_index: task.stage,
             server_control: inner.current.control.as_ref().map(|(_, info)| info.clone()),
             secagg_payload: inner
-                .secagg
-                .as_ref()
-                .map(|s| s.payload(client, task))
-                .unwrap_or_default(),
-            secagg: inner
-                .secagg
-                .as_ref()
-                .map(crate::secagg_round::SecAggRound::config_proto),
+                .machine
+                .stage_payload(client, task.round, task.attempt, task.stage)
+                .to_vec(),
+            secagg: job.secagg.clone(),
         }
     }
 }
