@@ -338,12 +338,6 @@ pub fn run_prepared(
                     });
                 }
                 Action::JobFinished => finished = true,
-                // Secure-aggregation rounds are driven by `crate::secagg`, never by this loop.
-                Action::StageClosed { .. } | Action::Finalize { .. } => {
-                    return Err(SimError::JobFailed(
-                        "secure-aggregation action in a plain round".into(),
-                    ));
-                }
                 Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
                 // Simulated clients are always online, so pace steering has nothing to do.
                 Action::RetryAfter { .. } | Action::Accepted { .. } => {}

@@ -149,11 +149,6 @@ pub fn run_prepared(
                     )));
                 }
                 Action::Accepted { .. } | Action::RoundAbandoned { .. } => {}
-                Action::StageClosed { .. } | Action::Finalize { .. } => {
-                    return Err(SimError::JobFailed(
-                        "secure-aggregation action in a fedbuff job".into(),
-                    ));
-                }
             }
         }
         if finished || configured.is_empty() {

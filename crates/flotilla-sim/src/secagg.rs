@@ -1,19 +1,19 @@
 //! Secure aggregation in the simulator (`[secagg]` in a scenario).
 //!
 //! Every round runs the round machine's four secure-aggregation stages with in-process
-//! `flotilla_secagg` clients and one secagg server per round attempt, through the same encoded
-//! messages the network carries:
+//! `flotilla_secagg` clients, through the same encoded messages the network carries. The machine
+//! owns the server side (`flotilla_secagg::RoundAggregator`, installed here), exactly as in the
+//! coordinator; this module plays the clients:
 //!
-//! | stage | a simulated client | the driver (this module) |
-//! |---|---|---|
-//! | 0 advertise keys | `Client::new` (secrets from the scenario seed), `advertise` | — |
-//! | 1 share keys | `handle_roster` | `close_advertise` → roster, on [`Action::StageClosed`] |
-//! | 2 masked input | `handle_shares`, trains, masks its delta `new − global` | `close_share_keys` → share bundles |
-//! | 3 unmasking | `handle_unmask` | `close_masked_input` → unmasking requests |
-//! | — | — | on [`Action::Finalize`]: `finish` → [`Event::Aggregated`] / [`Event::AggregationFailed`] |
+//! | stage | a simulated client |
+//! |---|---|
+//! | 0 advertise keys | `Client::new` (secrets from the scenario seed), `advertise` |
+//! | 1 share keys | `handle_roster` (the payload the machine holds for it) |
+//! | 2 masked input | `handle_shares`, trains, masks its delta `new − global` |
+//! | 3 unmasking | `handle_unmask` |
 //!
-//! Each client message is first checked against the machine (`check_stage_report`), then handed to
-//! the secagg server, and only then fed as [`Event::StageReport`]. Dropouts: `round.dropout` is the
+//! Each client message is fed as [`Event::StageMessage`]; a refused one is counted as late when the
+//! stage had already closed (an over-selected client), and is a bug otherwise. Dropouts: `round.dropout` is the
 //! chance a selected client vanishes before sending its masked input (its pairwise masks are then
 //! recovered from its mask-key shares); `[secagg].unmasking_dropout` the chance a client vanishes
 //! right *after* sending its masked input (its input still counts; its self mask is recovered from
@@ -34,14 +34,14 @@
 //! `1 / (2s) = clip_range / M` (M = ⌊(2^32 − 1) / clients_per_round⌋) of the exact mean of the clipped
 //! deltas (`flotilla_secagg::Params::quantization_error_bound` divided by the contributors).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use flotilla_core::params_sha256;
 use flotilla_core::round::{
-    Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer,
+    Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, StageInput, Task, Timer,
 };
-use flotilla_secagg::{Client, ClientMessage, Params, Server, ServerMessage};
+use flotilla_secagg::{Client, ClientMessage, Params, RoundAggregator, ServerMessage};
 use flotilla_spec::SecAggConfig;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
@@ -122,31 +122,11 @@ impl SecAggSettings {
     }
 }
 
-/// The secure-aggregation state of one round attempt.
+/// The simulated clients of one round attempt.
 struct Attempt {
     round: u64,
     attempt: u32,
-    server: Server,
     clients: BTreeMap<ClientId, Client>,
-    /// The current stage's server→client message per client, as sent over the wire.
-    payloads: BTreeMap<ClientId, Vec<u8>>,
-    /// Set when the secagg server failed; the attempt's remaining tasks are not carried out.
-    failed: bool,
-}
-
-/// Something the driver must feed the machine after the current batch of actions.
-enum Followup {
-    Aggregated {
-        round: u64,
-        attempt: u32,
-        sum: Vec<f64>,
-        contributors: usize,
-    },
-    Failed {
-        round: u64,
-        attempt: u32,
-        reason: String,
-    },
 }
 
 /// A client's 32-byte secret seed: derived from the scenario seed (the simulator is deterministic;
@@ -168,15 +148,6 @@ fn client_seed(scenario_seed: u64, client: ClientId, round_id: u64) -> [u8; 32] 
 fn noise_seed(scenario_seed: u64, client: ClientId, round_id: u64) -> [u8; 32] {
     let mut seed = client_seed(scenario_seed ^ 0xD15_7B1B_u64, client, round_id);
     seed[31] ^= 0x5A;
-    seed
-}
-
-fn graph_seed(attempt_seed: u64) -> [u8; 32] {
-    let mut rng = ChaCha8Rng::seed_from_u64(attempt_seed);
-    let mut seed = [0u8; 32];
-    for chunk in seed.chunks_mut(8) {
-        chunk.copy_from_slice(&rng.random::<u64>().to_le_bytes());
-    }
     seed
 }
 
@@ -209,7 +180,8 @@ pub(crate) fn run_prepared(
         initial,
         scenario.seed,
         scenario.strategy.clone(),
-    )?;
+    )?
+    .with_secure_aggregator(Box::new(RoundAggregator::new(params)));
     // Distributed DP: clients clip and add their noise share before masking; the machine divides
     // the unmasked sum by the fixed denominator. Accounting and budget as in plain rounds.
     let dp_spec = scenario.strategy.dp;
@@ -220,7 +192,6 @@ pub(crate) fn run_prepared(
     let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
     let mut timer_seq = 0u64;
     let mut pending: Vec<(ClientId, Task)> = Vec::new();
-    let mut followups: VecDeque<Followup> = VecDeque::new();
     let mut current: Option<Attempt> = None;
     let mut history = Vec::new();
     let (mut abandoned, mut late_reports) = (0u64, 0u64);
@@ -237,7 +208,6 @@ pub(crate) fn run_prepared(
                      current: &mut Option<Attempt>,
                      pending: &mut Vec<(ClientId, Task)>,
                      timers: &mut BTreeMap<(u64, u64), Timer>,
-                     followups: &mut VecDeque<Followup>,
                      finished: &mut bool|
      -> Result<bool, SimError> {
         let mut ended = false;
@@ -249,121 +219,17 @@ pub(crate) fn run_prepared(
                             .as_ref()
                             .is_none_or(|c| (c.round, c.attempt) != (task.round, task.attempt))
                     {
-                        let rid = flotilla_secagg::round_id(task.round, task.attempt);
                         *current = Some(Attempt {
                             round: task.round,
                             attempt: task.attempt,
-                            server: Server::new(params, rid, graph_seed(machine.attempt_seed())),
                             clients: BTreeMap::new(),
-                            payloads: BTreeMap::new(),
-                            failed: false,
                         });
                     }
-                    match current {
-                        Some(c)
-                            if (c.round, c.attempt) == (task.round, task.attempt) && !c.failed =>
-                        {
-                            pending.push((client, task))
-                        }
-                        _ => {}
-                    }
+                    pending.push((client, task));
                 }
                 Action::SetTimer { timer, at_ms } => {
                     timer_seq += 1;
                     timers.insert((at_ms, timer_seq), timer);
-                }
-                Action::StageClosed {
-                    round,
-                    attempt,
-                    stage,
-                    survivors,
-                    ..
-                } => {
-                    let Some(c) = current
-                        .as_mut()
-                        .filter(|c| (c.round, c.attempt) == (round, attempt))
-                    else {
-                        return Err(bug(format!(
-                            "stage {stage} of round {round} attempt {attempt} closed without its server"
-                        )));
-                    };
-                    let payloads: Result<BTreeMap<ClientId, Vec<u8>>, flotilla_secagg::RoundError> =
-                        match stage {
-                            0 => c.server.close_advertise().map(|r| {
-                                let bytes = ServerMessage::Roster(r).to_bytes();
-                                survivors.iter().map(|s| (*s, bytes.clone())).collect()
-                            }),
-                            1 => c.server.close_share_keys().map(|b| {
-                                b.into_iter()
-                                    .map(|(id, b)| {
-                                        (ClientId(id.0), ServerMessage::Shares(b).to_bytes())
-                                    })
-                                    .collect()
-                            }),
-                            2 => c.server.close_masked_input().map(|r| {
-                                r.into_iter()
-                                    .map(|(id, r)| {
-                                        (ClientId(id.0), ServerMessage::UnmaskRequest(r).to_bytes())
-                                    })
-                                    .collect()
-                            }),
-                            _ => {
-                                return Err(bug(format!(
-                                    "unexpected StageClosed for stage {stage}"
-                                )));
-                            }
-                        };
-                    match payloads {
-                        Ok(p) => c.payloads = p,
-                        Err(e) => {
-                            c.failed = true;
-                            followups.push_back(Followup::Failed {
-                                round,
-                                attempt,
-                                reason: e.to_string(),
-                            });
-                        }
-                    }
-                }
-                Action::Finalize {
-                    round,
-                    attempt,
-                    contributors,
-                } => {
-                    let Some(c) = current
-                        .as_mut()
-                        .filter(|c| (c.round, c.attempt) == (round, attempt))
-                    else {
-                        return Err(bug(format!(
-                            "round {round} attempt {attempt} finalized without its server"
-                        )));
-                    };
-                    match c.server.finish() {
-                        Ok(agg) => {
-                            let theirs: Vec<u64> = agg.contributors.iter().map(|c| c.0).collect();
-                            let ours: Vec<u64> = contributors.iter().map(|c| c.0).collect();
-                            if theirs != ours {
-                                followups.push_back(Followup::Failed {
-                                    round,
-                                    attempt,
-                                    reason: format!("the secagg sum covers {theirs:?}, the machine's contributors are {ours:?}"),
-                                });
-                            } else {
-                                let n = agg.contributors.len();
-                                followups.push_back(Followup::Aggregated {
-                                    round,
-                                    attempt,
-                                    sum: agg.sum,
-                                    contributors: n,
-                                });
-                            }
-                        }
-                        Err(e) => followups.push_back(Followup::Failed {
-                            round,
-                            attempt,
-                            reason: e.to_string(),
-                        }),
-                    }
                 }
                 Action::Commit(info) => {
                     let mut record = evaluate_commit(
@@ -414,9 +280,9 @@ pub(crate) fn run_prepared(
 
     // Feeds `event`, carries out what follows, and lets every client check in again once an attempt
     // ended (they are all available for the next one).
-    macro_rules! feed {
-        ($event:expr) => {{
-            let acts = machine.handle(now, $event);
+    macro_rules! feed_actions {
+        ($acts:expr) => {{
+            let acts = $acts;
             let ended = apply(
                 acts,
                 &machine,
@@ -424,7 +290,6 @@ pub(crate) fn run_prepared(
                 &mut current,
                 &mut pending,
                 &mut timers,
-                &mut followups,
                 &mut finished,
             )?;
             if ended && !finished {
@@ -442,11 +307,15 @@ pub(crate) fn run_prepared(
                         &mut current,
                         &mut pending,
                         &mut timers,
-                        &mut followups,
                         &mut finished,
                     )?;
                 }
             }
+        }};
+    }
+    macro_rules! feed {
+        ($event:expr) => {{
+            feed_actions!(machine.handle(now, $event))
         }};
     }
 
@@ -458,32 +327,7 @@ pub(crate) fn run_prepared(
         }
     }
     while !finished {
-        if let Some(f) = followups.pop_front() {
-            match f {
-                Followup::Aggregated {
-                    round,
-                    attempt,
-                    sum,
-                    contributors,
-                } => {
-                    feed!(Event::Aggregated {
-                        round,
-                        attempt,
-                        sum: &sum,
-                        contributors
-                    })
-                }
-                Followup::Failed {
-                    round,
-                    attempt,
-                    reason,
-                } => feed!(Event::AggregationFailed {
-                    round,
-                    attempt,
-                    reason
-                }),
-            }
-        } else if !pending.is_empty() {
+        if !pending.is_empty() {
             let cohort = std::mem::take(&mut pending);
             now += 1;
             let Some(att) = current.as_mut() else {
@@ -497,11 +341,12 @@ pub(crate) fn run_prepared(
             // (client, task, message, samples, loss) to submit, in cohort order; and who vanished.
             let mut out: Vec<(ClientId, Task, ClientMessage, u64, f64)> = Vec::new();
             let mut lost: Vec<ClientId> = Vec::new();
-            let payload = |att: &Attempt, id: ClientId| -> Result<ServerMessage, SimError> {
-                let bytes = att
-                    .payloads
-                    .get(&id)
-                    .ok_or_else(|| bug(format!("no payload for {id} at stage {stage}")))?;
+            let (round, attempt) = (att.round, att.attempt);
+            let payload = |machine: &RoundMachine, id: ClientId| -> Result<ServerMessage, SimError> {
+                let bytes = machine.stage_payload(id, round, attempt, stage);
+                if bytes.is_empty() {
+                    return Err(bug(format!("no payload for {id} at stage {stage}")));
+                }
                 ServerMessage::from_bytes(bytes, &params).map_err(bug)
             };
             match stage {
@@ -525,7 +370,7 @@ pub(crate) fn run_prepared(
                 }
                 1 => {
                     for (id, task) in &cohort {
-                        let ServerMessage::Roster(r) = payload(att, *id)? else {
+                        let ServerMessage::Roster(r) = payload(&machine, *id)? else {
                             return Err(bug("expected a roster"));
                         };
                         let c = att
@@ -548,7 +393,7 @@ pub(crate) fn run_prepared(
                             lost.push(*id);
                             continue;
                         }
-                        let ServerMessage::Shares(b) = payload(att, *id)? else {
+                        let ServerMessage::Shares(b) = payload(&machine, *id)? else {
                             return Err(bug("expected shares"));
                         };
                         let c = att
@@ -610,7 +455,7 @@ pub(crate) fn run_prepared(
                             lost.push(*id);
                             continue;
                         }
-                        let ServerMessage::UnmaskRequest(r) = payload(att, *id)? else {
+                        let ServerMessage::UnmaskRequest(r) = payload(&machine, *id)? else {
                             return Err(bug("expected a request"));
                         };
                         let c = att
@@ -629,38 +474,41 @@ pub(crate) fn run_prepared(
                 s => return Err(bug(format!("no stage {s}"))),
             }
             for (id, task, msg, n, loss) in out {
-                match machine.check_stage_report(id, task.round, task.attempt, task.stage, n) {
-                    Ok(()) => {}
-                    // Over-selected clients after the stage filled up (and closed), or an attempt that ended.
-                    Err(
+                let bytes;
+                let input = match msg {
+                    ClientMessage::MaskedInput(m) => StageInput::Masked(m.masked),
+                    m => {
+                        bytes = m.to_bytes();
+                        StageInput::Message(&bytes)
+                    }
+                };
+                let acts = machine.handle(
+                    now,
+                    Event::StageMessage {
+                        client: id,
+                        round: task.round,
+                        attempt: task.attempt,
+                        stage: task.stage,
+                        input,
+                        num_samples: n,
+                        metrics: ReportMetrics { train_loss: loss },
+                    },
+                );
+                if let Some(Action::Reject { reason, .. }) = acts.first() {
+                    match reason {
+                        // Over-selected clients after the stage filled up (and closed), or an
+                        // attempt that ended.
                         RejectReason::RoundFull
                         | RejectReason::NotAccepting(_)
                         | RejectReason::WrongRound { .. }
-                        | RejectReason::WrongStage { .. },
-                    ) => {
-                        late_reports += 1;
-                        continue;
+                        | RejectReason::WrongStage { .. } => {
+                            late_reports += 1;
+                            continue;
+                        }
+                        e => return Err(bug(format!("simulated {id} was refused: {e}"))),
                     }
-                    Err(e) => return Err(bug(format!("simulated {id} would be refused: {e}"))),
                 }
-                let Some(att) = current
-                    .as_mut()
-                    .filter(|a| (a.round, a.attempt) == (task.round, task.attempt))
-                else {
-                    late_reports += 1;
-                    continue;
-                };
-                att.server
-                    .receive(flotilla_secagg::ClientId(id.0), &msg.to_bytes())
-                    .map_err(|e| bug(format!("the secagg server refused simulated {id}: {e}")))?;
-                feed!(Event::StageReport {
-                    client: id,
-                    round: task.round,
-                    attempt: task.attempt,
-                    stage: task.stage,
-                    num_samples: n,
-                    metrics: ReportMetrics { train_loss: loss },
-                });
+                feed_actions!(acts);
             }
             for id in lost {
                 feed!(Event::ClientLost { client: id });
