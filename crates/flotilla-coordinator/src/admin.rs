@@ -9,13 +9,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flotilla_store::{ClientId, JobId, JobRecord, JobState, StoreError};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use flotilla_store::{ClientId, ClientRecord, JobId, JobRecord, JobState, StoreError};
 use subtle::ConstantTimeEq;
 
+use crate::api::{
+    CancelRequest, ClientRevoked, CurrentRound, ErrorBody, JobCancelled, JobStatus, JobSubmitted,
+    JobSummary, RoundMetrics, RoundRecord, TokenIssued, TokenRequest,
+};
+
 use crate::jobs::{Shared, now_ms};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::submit::SubmitError;
 
 #[path = "admin_model.rs"]
@@ -33,7 +36,7 @@ struct ApiError(StatusCode, String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let msg = self.1.replace('\n', " ");
-        (self.0, Json(json!({ "error": msg }))).into_response()
+        (self.0, Json(ErrorBody { error: msg })).into_response()
     }
 }
 
@@ -89,7 +92,8 @@ async fn bounded<T>(
     }
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
+/// An answer of type `T`, or an error answer.
+type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Constant-time comparison of two byte strings (length is not secret).
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -139,15 +143,7 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
         .with_state(st)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenRequest {
-    tenant: Option<String>,
-    uses: Option<u32>,
-    expires_in_seconds: Option<u64>,
-}
-
-async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult {
+async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<TokenIssued> {
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {
@@ -170,16 +166,20 @@ async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult {
             .create_enrollment_token(&tenant, uses, expires_at_ms),
     )
     .await?;
-    Ok(Json(
-        json!({ "token": t.secret, "token_id": t.id.0, "tenant": tenant, "uses": uses, "expires_at_ms": expires_at_ms }),
-    ))
+    Ok(Json(TokenIssued {
+        token: t.secret,
+        token_id: t.id.0,
+        tenant,
+        uses,
+        expires_at_ms,
+    }))
 }
 
-async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult {
+async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult<JobSubmitted> {
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "toml: body is not UTF-8".into()))?;
     match st.shared.submit_job(text).await {
-        Ok(id) => Ok(Json(json!({ "job_id": id.0 }))),
+        Ok(id) => Ok(Json(JobSubmitted { job_id: id.0 })),
         Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
         Err(e @ SubmitError::Unavailable(_)) => {
             tracing::warn!(error = %e, "job submission failed");
@@ -194,30 +194,27 @@ async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult {
 
 /// A job as listed. `live` is the reason of a running job ([`job_reason`]); `halted` the cause of
 /// its halt, if a storage fault halted it.
-fn job_summary(j: &JobRecord, live: Option<String>, halted: Option<&str>) -> Value {
-    let mut v = json!({
-        "job_id": j.id.0,
-        "name": j.name,
-        "tenant": j.tenant,
-        "state": j.state.as_str(),
-        "rounds_completed": j.rounds_completed,
-        "rounds_total": j.rounds_total,
-        "model_version": j.model_version,
-        "created_at_ms": j.created_at_ms,
-        "updated_at_ms": j.updated_at_ms,
-    });
+fn job_summary(j: &JobRecord, live: Option<String>, halted: Option<&str>) -> JobSummary {
     let reason = match j.state {
         JobState::Failed | JobState::Cancelled => j.state_reason.clone(),
         JobState::Running => live,
         JobState::Pending | JobState::Completed => None,
     };
-    if let Some(r) = reason {
-        v["reason"] = json!(r);
+    JobSummary {
+        job_id: j.id.0,
+        name: j.name.clone(),
+        tenant: j.tenant.clone(),
+        state: j.state.as_str().to_owned(),
+        rounds_completed: j.rounds_completed,
+        rounds_total: j.rounds_total,
+        model_version: j.model_version,
+        created_at_ms: j.created_at_ms,
+        updated_at_ms: j.updated_at_ms,
+        reason,
+        halted: halted
+            .filter(|_| j.state == JobState::Running)
+            .map(str::to_owned),
     }
-    if let Some(h) = halted.filter(|_| j.state == JobState::Running) {
-        v["halted"] = json!(h);
-    }
-    v
 }
 
 /// Why a running job is not simply making progress (waiting, retrying, halted), from its runtime;
@@ -254,7 +251,7 @@ struct Live {
     halted: Option<String>,
 }
 
-async fn list_jobs(State(st): State<AdminState>) -> ApiResult {
+async fn list_jobs(State(st): State<AdminState>) -> ApiResult<Vec<JobSummary>> {
     let jobs = bounded(st.shared.store.list_jobs(None)).await?;
     let mut out = Vec::with_capacity(jobs.len());
     for j in &jobs {
@@ -265,7 +262,7 @@ async fn list_jobs(State(st): State<AdminState>) -> ApiResult {
             live.as_ref().and_then(|l| l.halted.as_deref()),
         ));
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
 fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
@@ -280,83 +277,69 @@ fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
     })
 }
 
-async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult<JobStatus> {
     let id = JobId(parse_id(&id, "job id")?);
     let job = bounded(st.shared.store.get_job(id)).await?;
     let history = bounded(st.shared.store.job_history(id)).await?;
     let (reason, live) = job_reason(&st, &job).await;
-    let mut out = job_summary(
+    let summary = job_summary(
         &job,
         reason,
         live.as_ref().and_then(|l| l.halted.as_deref()),
     );
-    out["history"] = Value::Array(
-        history
-            .iter()
-            .map(|r| {
-                let mut e = json!({
-                    "round": r.round,
-                    "attempt": r.attempt,
-                    "participants": r.participants.iter().map(|c| c.0).collect::<Vec<_>>(),
-                    "metrics": r.metrics,
-                    "committed_at_ms": r.committed_at_ms,
-                });
-                if let Some(eps) = r.metrics["privacy"]["epsilon_spent"].as_f64() {
-                    e["epsilon_spent"] = json!(eps);
-                    e["delta"] = r.metrics["privacy"]["delta"].clone();
-                }
-                e
-            })
-            .collect(),
-    );
-    if let Some(p) = st
+    let mut rounds = Vec::with_capacity(history.len());
+    for r in &history {
+        // The store keeps metrics as opaque JSON; this coordinator wrote them as `RoundMetrics`.
+        let metrics: RoundMetrics = serde_json::from_value(r.metrics.clone()).map_err(|e| {
+            tracing::error!(job = id.0, round = r.round, error = %e, "unreadable round metrics");
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the stored metrics of round {} of job {id} are unreadable: {e}",
+                    r.round
+                ),
+            )
+        })?;
+        let privacy = metrics.privacy.as_ref();
+        rounds.push(RoundRecord {
+            round: r.round,
+            attempt: r.attempt,
+            participants: r.participants.iter().map(|c| c.0).collect(),
+            epsilon_spent: privacy.map(|p| p.epsilon_spent),
+            delta: privacy.map(|p| p.delta),
+            metrics,
+            committed_at_ms: r.committed_at_ms,
+        });
+    }
+    let privacy = st
         .shared
         .privacy
-        .status(&job, history.last().map(|r| &r.metrics))
-    {
-        out["epsilon_spent"] = p["epsilon_spent"].clone();
-        out["delta"] = p["delta"].clone();
-        if !p["stopped_reason"].is_null() {
-            out["stopped_reason"] = p["stopped_reason"].clone();
-        }
-        out["privacy"] = p;
-    }
-    if let Some(Live {
-        status,
-        round,
-        attempt,
-        halted,
-    }) = live
-    {
-        let mut cur = json!({
-            "round": round,
-            "attempt": attempt,
-            "halted": halted,
-            "phase": status.phase,
-            "available_clients": status.available_clients,
-            "needed_clients": status.needed_clients,
-        });
-        if let Some(d) = status.deadline_ms {
-            cur["deadline_ms"] = json!(d);
-        }
-        out["current"] = cur;
-    }
-    Ok(Json(out))
-}
-
-/// Optional body of `POST /v1/jobs/{id}/cancel`: who cancels and why.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelRequest {
-    by: Option<String>,
-    reason: Option<String>,
+        .status(&job, rounds.last().map(|r| &r.metrics));
+    let current = live.map(|l| CurrentRound {
+        round: l.round,
+        attempt: l.attempt,
+        halted: l.halted,
+        phase: l.status.phase.to_owned(),
+        available_clients: l.status.available_clients,
+        needed_clients: l.status.needed_clients,
+        deadline_ms: l.status.deadline_ms,
+    });
+    Ok(Json(JobStatus {
+        job: summary,
+        history: rounds,
+        epsilon_spent: privacy.as_ref().map(|p| p.epsilon_spent),
+        delta: privacy.as_ref().map(|p| p.delta),
+        stopped_reason: privacy.as_ref().and_then(|p| p.stopped_reason.clone()),
+        privacy,
+        current,
+    }))
 }
 
 async fn cancel_job(
     State(st): State<AdminState>,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult {
+) -> ApiResult<JobCancelled> {
     let id = JobId(parse_id(&id, "job id")?);
     let req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()
@@ -418,30 +401,32 @@ async fn cancel_job(
         }
     }
     tracing::info!(job = id.0, reason = ?text, "job cancelled");
-    Ok(Json(
-        json!({ "job_id": id.0, "state": "cancelled", "reason": text }),
-    ))
+    Ok(Json(JobCancelled {
+        job_id: id.0,
+        state: JobState::Cancelled.as_str().to_owned(),
+        reason: text,
+    }))
 }
 
-async fn list_clients(State(st): State<AdminState>) -> ApiResult {
-    let clients = bounded(st.shared.store.list_clients(None)).await?;
-    Ok(Json(serde_json::to_value(clients).map_err(|e| {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    })?))
+async fn list_clients(State(st): State<AdminState>) -> ApiResult<Vec<ClientRecord>> {
+    Ok(Json(bounded(st.shared.store.list_clients(None)).await?))
 }
 
-async fn revoke_client(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+async fn revoke_client(
+    State(st): State<AdminState>,
+    Path(id): Path<String>,
+) -> ApiResult<ClientRevoked> {
     let id = ClientId(parse_id(&id, "client id")?);
     bounded(st.shared.store.revoke_client(id)).await?;
     // After the store has it, so a concurrent call cannot re-cache the credential as valid.
     st.shared.credentials.forget_client(id);
     tracing::info!(client = id.0, "client revoked");
-    Ok(Json(json!({ "client_id": id.0, "revoked": true })))
+    Ok(Json(ClientRevoked {
+        client_id: id.0,
+        revoked: true,
+    }))
 }
 
-async fn metrics(State(st): State<AdminState>) -> ApiResult {
-    Ok(Json(
-        serde_json::to_value(st.shared.metrics.snapshot())
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-    ))
+async fn metrics(State(st): State<AdminState>) -> ApiResult<MetricsSnapshot> {
+    Ok(Json(st.shared.metrics.snapshot()))
 }

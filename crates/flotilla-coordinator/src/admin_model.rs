@@ -16,9 +16,9 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_core::ParamLayout;
 use flotilla_store::{CommittedRound, JobId, JobRecord};
-use serde_json::{Value, json};
 
 use super::{AdminState, ApiError, parse_id};
+use crate::api::{ModelInfo, RoundMetrics, TensorInfo};
 use crate::spec::JobSpec;
 
 /// Response header: the round whose model the body is.
@@ -93,8 +93,11 @@ async fn locate(st: &AdminState, id: &str, query: Option<&str>) -> Result<Locate
             ApiError(StatusCode::NOT_FOUND, format!("job {id} has no committed round {r}; {have}"))
         })?,
     };
-    let sha256 = match round.metrics["model_sha256"].as_str() {
-        Some(s) => s.to_owned(),
+    let recorded = serde_json::from_value::<RoundMetrics>(round.metrics.clone())
+        .ok()
+        .and_then(|m| m.model_sha256);
+    let sha256 = match recorded {
+        Some(s) => s,
         // Blob keys are `job-<id>/v<version>-<sha256>.bin`: the same digest, for commits made
         // before the metrics carried it.
         None => round
@@ -153,13 +156,16 @@ async fn layout_of(
     }
 }
 
-fn layout_json(layout: &ParamLayout) -> Value {
-    Value::Array(
-        layout
-            .offsets()
-            .map(|(t, offset)| json!({ "name": t.name, "shape": t.shape, "offset": offset, "numel": t.numel() }))
-            .collect(),
-    )
+fn tensors(layout: &ParamLayout) -> Vec<TensorInfo> {
+    layout
+        .offsets()
+        .map(|(t, offset)| TensorInfo {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            offset,
+            numel: t.numel(),
+        })
+        .collect()
 }
 
 /// `GET /v1/jobs/{id}/model/info[?round=R]`
@@ -167,30 +173,32 @@ pub(super) async fn model_info(
     State(st): State<AdminState>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelInfo>, ApiError> {
     let m = locate(&st, &id, q.as_deref()).await?;
-    let numel = m.layout.len();
-    let mut out = json!({
-        "job_id": m.job.id.0,
-        "name": m.job.name,
-        "state": m.job.state.as_str(),
-        "round": m.round.round,
-        "attempt": m.round.attempt,
-        "model_version": m.round.model_version,
-        "committed_at_ms": m.round.committed_at_ms,
-        "rounds_completed": m.job.rounds_completed,
-        "model_sha256": m.sha256,
-        "dtype": "F32",
-        "byte_order": "little",
-        "num_params": numel,
-        "size_bytes": numel * 4,
-        "layout_fingerprint": m.layout.fingerprint().iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        "tensors": layout_json(&m.layout),
-    });
-    if let Some(spec) = &m.spec {
-        out["model"] = serde_json::to_value(&spec.model).unwrap_or(Value::Null);
-    }
-    Ok(Json(out))
+    let numel = m.layout.len() as u64;
+    Ok(Json(ModelInfo {
+        job_id: m.job.id.0,
+        name: m.job.name.clone(),
+        state: m.job.state.as_str().to_owned(),
+        round: m.round.round,
+        attempt: m.round.attempt,
+        model_version: m.round.model_version,
+        committed_at_ms: m.round.committed_at_ms,
+        rounds_completed: m.job.rounds_completed,
+        model_sha256: m.sha256,
+        dtype: "F32".to_owned(),
+        byte_order: "little".to_owned(),
+        num_params: numel,
+        size_bytes: numel * 4,
+        layout_fingerprint: m
+            .layout
+            .fingerprint()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        tensors: tensors(&m.layout),
+        model: m.spec.map(|s| s.model),
+    }))
 }
 
 /// `GET /v1/jobs/{id}/model[?round=R]`: the blob, checked against its SHA-256 by the store.

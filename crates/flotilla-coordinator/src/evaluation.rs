@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use flotilla_store::{JobId, Store};
 
+use crate::api::EvalMetrics;
 use crate::models::{EvalReport, Evaluate};
 use crate::retry::{STORE_ATTEMPTS, retryable};
 
@@ -106,18 +107,20 @@ impl Evaluations {
 }
 
 /// The metrics an evaluation adds to its round (a non-finite loss is recorded as `null`).
-pub(crate) fn eval_metrics(r: &EvalReport) -> serde_json::Value {
-    let finite = |x: f64| x.is_finite().then_some(x);
-    serde_json::json!({
-        "eval_accuracy": finite(r.accuracy),
-        "eval_loss": finite(r.loss),
-        "eval_samples": r.num_samples,
-    })
+pub(crate) fn eval_metrics(r: &EvalReport) -> EvalMetrics {
+    EvalMetrics::new(r.accuracy, r.loss, r.num_samples as u64)
 }
 
 /// Records an evaluation, retrying infrastructure errors; a failure leaves the round unevaluated.
 async fn record(store: &Store, job: JobId, round: u64, report: &EvalReport) {
-    let metrics = eval_metrics(report);
+    // The store merges an opaque JSON object into the round's metrics.
+    let metrics = match serde_json::to_value(eval_metrics(report)) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(job = job.0, round, error = %e, "could not encode the evaluation");
+            return;
+        }
+    };
     for attempt in 1..=STORE_ATTEMPTS {
         match store.record_round_eval(job, round, &metrics).await {
             Ok(()) => {
@@ -232,7 +235,7 @@ mod tests {
             accuracy: 0.5,
         };
         assert_eq!(
-            eval_metrics(&r),
+            serde_json::to_value(eval_metrics(&r)).unwrap(),
             serde_json::json!({"eval_accuracy": 0.5, "eval_loss": null, "eval_samples": 360})
         );
     }

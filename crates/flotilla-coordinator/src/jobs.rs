@@ -521,31 +521,23 @@ impl Shared {
         let key = key.ok_or("storing the model failed")?;
         drop(bytes);
 
-        let mut metrics = serde_json::json!({
-            "attempt": info.attempt,
-            "num_samples": info.num_samples,
-            "train_loss": if info.train_loss.is_finite() { serde_json::json!(info.train_loss) } else { serde_json::Value::Null },
-            "model_sha256": flotilla_core::params_sha256(&params),
-        });
-        if let Some(p) = self
-            .privacy
-            .round_metrics(job.id, &job.spec, info.round, info.dp.as_ref())
-        {
-            metrics["privacy"] = p;
-        }
-        if !info.staleness.is_empty() {
-            // FedBuff: each aggregated update's staleness τ, in acceptance order, and a summary
-            // under the simulator's names.
-            let max = info.staleness.iter().copied().max().unwrap_or(0);
-            let mean = info.staleness.iter().sum::<u64>() as f64 / info.staleness.len() as f64;
-            metrics["staleness"] = serde_json::json!(info.staleness);
-            metrics["staleness_max"] = serde_json::json!(max);
-            metrics["staleness_mean"] = serde_json::json!(mean);
-        }
-        if !info.quarantined.is_empty() {
-            // Robust strategies record whom they left out and why; operators see it in job status.
-            metrics["quarantined"] = serde_json::json!(info.quarantined);
-        }
+        let mut metrics = crate::api::RoundMetrics::new(
+            info.attempt,
+            info.num_samples,
+            info.train_loss,
+            flotilla_core::params_sha256(&params),
+        );
+        metrics.privacy =
+            self.privacy
+                .round_metrics(job.id, &job.spec, info.round, info.dp.as_ref());
+        // FedBuff: each aggregated update's staleness τ, in acceptance order, and a summary under
+        // the simulator's names.
+        metrics.set_staleness(info.staleness.clone());
+        // Robust strategies record whom they left out and why; operators see it in job status.
+        metrics.quarantined = info.quarantined.clone();
+        // The store keeps metrics as opaque JSON.
+        let metrics = serde_json::to_value(&metrics)
+            .map_err(|e| format!("encoding the metrics of round {}: {e}", info.round))?;
         let participants: Vec<flotilla_store::ClientId> = info
             .participants
             .iter()

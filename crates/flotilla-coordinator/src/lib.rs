@@ -27,6 +27,7 @@
 //! code mapping and the memory bound of uploads.
 
 mod admin;
+pub mod api;
 mod auth_cache;
 mod bounds;
 mod error;

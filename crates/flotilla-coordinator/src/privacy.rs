@@ -43,8 +43,8 @@ use flotilla_core::dp::{DpMode, DpRoundInfo, PrivacySpec};
 use flotilla_core::round::RoundPolicy;
 use flotilla_privacy::{Budget, JobPrivacy, PrivacyError, RdpAccountant, TenantLedger};
 use flotilla_store::{JobId, JobRecord, JobState, Store};
-use serde_json::{Value, json};
 
+use crate::api::{PrivacyStatus, RoundMetrics, RoundPrivacy};
 use crate::spec::{JobSpec, SpecError};
 
 /// A budget applied to each tenant across all its DP jobs.
@@ -288,7 +288,7 @@ impl PrivacyBook {
         spec: &JobSpec,
         round: u64,
         info: Option<&DpRoundInfo>,
-    ) -> Option<Value> {
+    ) -> Option<RoundPrivacy> {
         let p = spec.privacy?;
         let inner = self.lock();
         let q = inner.pending_q.get(&id.0).copied().unwrap_or(1.0);
@@ -302,26 +302,31 @@ impl PrivacyBook {
                 "privacy accountant is out of step with the rounds"
             );
         }
-        Some(json!({
-            "q": q,
-            "sigma": p.dp.noise_multiplier,
-            "epsilon_spent": job.spent().epsilon,
-            "delta": p.delta,
-            "clip_norm": info.map(|i| i.clip_norm),
-            "noise_std": info.map(|i| i.noise_std),
-            "unclipped": info.map(|i| i.unclipped),
-        }))
+        Some(RoundPrivacy {
+            q,
+            sigma: p.dp.noise_multiplier,
+            epsilon_spent: job.spent().epsilon,
+            delta: p.delta,
+            clip_norm: info.map(|i| i.clip_norm),
+            noise_std: info.map(|i| i.noise_std),
+            unclipped: info.map(|i| i.unclipped),
+        })
     }
 
     /// The privacy fields of `job status`: `epsilon_spent` (released rounds), `delta`, the budget,
     /// the tenant's spend, and `stopped_reason` for a job a budget ended.
-    pub fn status(&self, job: &JobRecord, last_round_metrics: Option<&Value>) -> Option<Value> {
+    pub fn status(
+        &self,
+        job: &JobRecord,
+        last_round_metrics: Option<&RoundMetrics>,
+    ) -> Option<PrivacyStatus> {
         let spec: JobSpec = serde_json::from_value(job.spec.clone()).ok()?;
         let p = spec.privacy?;
         let inner = self.lock();
         let ledger = inner.ledgers.get(&job.tenant);
         let released = last_round_metrics
-            .and_then(|m| m["privacy"]["epsilon_spent"].as_f64())
+            .and_then(|m| m.privacy.as_ref())
+            .map(|p| p.epsilon_spent)
             .unwrap_or(0.0);
         let charged = ledger
             .and_then(|l| l.job(&job_key(job.id)))
@@ -347,18 +352,18 @@ impl PrivacyBook {
                 }
             }
         }
-        Some(json!({
-            "epsilon_spent": released,
-            "delta": p.delta,
-            "max_epsilon": p.max_epsilon,
-            "noise_multiplier": p.dp.noise_multiplier,
-            "population": p.population,
-            "epsilon_charged": charged,
-            "tenant_epsilon_spent": self.tenant.and(ledger.map(|l| l.spent().epsilon)),
-            "tenant_max_epsilon": self.tenant.map(|t| t.max_epsilon),
-            "tenant_delta": self.tenant.map(|t| t.delta),
-            "stopped_reason": stopped,
-        }))
+        Some(PrivacyStatus {
+            epsilon_spent: released,
+            delta: p.delta,
+            max_epsilon: p.max_epsilon,
+            noise_multiplier: p.dp.noise_multiplier,
+            population: p.population,
+            epsilon_charged: charged,
+            tenant_epsilon_spent: self.tenant.and(ledger.map(|l| l.spent().epsilon)),
+            tenant_max_epsilon: self.tenant.map(|t| t.max_epsilon),
+            tenant_delta: self.tenant.map(|t| t.delta),
+            stopped_reason: stopped,
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_coordinator::api::{JobStatus, JobSubmitted, TokenIssued, TokenRequest};
 use flotilla_coordinator::spec::JobSpec;
 use flotilla_coordinator::{JobModel, ModelProvider, Server, ServerConfig, TlsMode};
 use flotilla_proto::v1::coordinator_client::CoordinatorClient;
@@ -179,10 +180,15 @@ impl Harness {
 
     /// [`Harness::enroll`] into `tenant`.
     pub async fn enroll_in(&self, tenant: &str, name: &str) -> Client {
-        let req = serde_json::json!({"uses": 1, "tenant": tenant}).to_string();
+        let req = TokenRequest {
+            tenant: Some(tenant.to_owned()),
+            uses: Some(1),
+            expires_in_seconds: None,
+        };
+        let req = serde_json::to_string(&req).unwrap();
         let (code, body) = self.admin("POST", "/v1/enrollment-tokens", &req).await;
         assert_eq!(code, 200, "{body}");
-        let token = body["token"].as_str().unwrap().to_owned();
+        let token = serde_json::from_value::<TokenIssued>(body).unwrap().token;
         let mut g = self.grpc().await;
         let r = g
             .enroll(v1::EnrollRequest {
@@ -204,7 +210,14 @@ impl Harness {
     pub async fn submit(&self, toml: &str) -> u64 {
         let (code, body) = self.admin("POST", "/v1/jobs", toml).await;
         assert_eq!(code, 200, "{body}");
-        body["job_id"].as_u64().unwrap()
+        serde_json::from_value::<JobSubmitted>(body).unwrap().job_id
+    }
+
+    /// `GET /v1/jobs/{id}`, typed (panics unless it answers 200 with a job status).
+    pub async fn job_status(&self, id: u64) -> JobStatus {
+        let (code, body) = self.admin("GET", &format!("/v1/jobs/{id}"), "").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_value(body).expect("a job status")
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flotilla_coordinator::api::JobStatus;
 use serde_json::Value;
 
 use crate::process::{Procs, bin, free_port, workspace_root};
@@ -263,18 +264,25 @@ pub fn scratch_with_certs(kind: &str, name: &str) -> PathBuf {
     dir
 }
 
+/// A `job status --json` answer, typed (`None` for `Null` or anything else that is not one).
+pub fn typed_status(s: &Value) -> Option<JobStatus> {
+    serde_json::from_value(s.clone()).ok()
+}
+
 /// Whether a job status says completed.
 pub fn completed(s: &Value) -> bool {
-    s["state"] == "completed"
+    typed_status(s).is_some_and(|s| s.job.state == "completed")
 }
 
 /// Completed, and its last round evaluated: the coordinator evaluates a committed model after the
 /// commit is durable, off the round's path, so the last round's `eval_*` metrics appear shortly
 /// after the job completed (earlier rounds may be skipped when rounds commit faster).
 pub fn completed_and_evaluated(s: &Value) -> bool {
-    completed(s)
-        && s["history"]
-            .as_array()
-            .and_then(|h| h.last())
-            .is_some_and(|r| r["metrics"]["eval_accuracy"].is_number())
+    typed_status(s).is_some_and(|s| {
+        s.job.state == "completed"
+            && s.history
+                .last()
+                .and_then(|r| r.metrics.eval.as_ref())
+                .is_some_and(|e| e.eval_accuracy.is_some())
+    })
 }

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Value, json};
+use flotilla_coordinator::api::{
+    CancelRequest, ErrorBody, JobSubmitted, TokenIssued, TokenRequest,
+};
+use serde_json::Value;
 
 use crate::admin_view::{self, Clock};
 use crate::model_file::ModelFormat;
@@ -251,9 +254,8 @@ impl Admin {
         let status = resp.status();
         let text = resp.text().unwrap_or_default();
         if !status.is_success() {
-            let msg = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+            let msg = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error)
                 .unwrap_or(text);
             bail!("{status}: {}", msg.trim());
         }
@@ -303,22 +305,17 @@ enum Body {
     Toml(String),
 }
 
-fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value> {
-    v.get(key)
-        .ok_or_else(|| anyhow!("the coordinator's answer has no `{key}`: {v}"))
-}
-
-fn as_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// Parses an answer into the typed form it is rendered from.
 fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
     serde_json::from_value(v)
         .with_context(|| format!("the coordinator's {what} answer is not understood (try --json)"))
+}
+
+/// A request body as JSON.
+fn body(req: &impl serde::Serialize) -> Result<Option<Body>> {
+    Ok(Some(Body::Json(
+        serde_json::to_value(req).context("encoding the request")?,
+    )))
 }
 
 /// Who cancels a job, as recorded with it: the login name, else "admin".
@@ -343,13 +340,13 @@ pub fn enroll_token(cmd: EnrollTokenCommand) -> Result<()> {
         bail!("--uses must be ≥ 1");
     }
     let a = Admin::new(&admin)?;
-    let body = json!({"tenant": tenant, "uses": uses, "expires_in_seconds": expires_in.as_secs()});
-    let v = a.call(
-        reqwest::Method::POST,
-        "/v1/enrollment-tokens",
-        Some(Body::Json(body)),
-    )?;
-    let token = as_text(field(&v, "token")?);
+    let req = TokenRequest {
+        tenant: Some(tenant.clone()),
+        uses: Some(uses),
+        expires_in_seconds: Some(expires_in.as_secs()),
+    };
+    let v = a.call(reqwest::Method::POST, "/v1/enrollment-tokens", body(&req)?)?;
+    let issued: TokenIssued = typed(v.clone(), "enrollment token")?;
     if output.json {
         println!("{v}");
         return Ok(());
@@ -357,17 +354,14 @@ pub fn enroll_token(cmd: EnrollTokenCommand) -> Result<()> {
     if !output.quiet {
         // Context on stderr: stdout stays the token alone, for `TOKEN=$(…)` and `| tail -1`.
         let clock = Clock::local();
-        let until = v["expires_at_ms"]
-            .as_i64()
-            .map(|ms| format!(", valid until {}", clock.both(ms)))
-            .unwrap_or_default();
+        let until = format!(", valid until {}", clock.both(issued.expires_at_ms));
         let plural = if uses == 1 { "client" } else { "clients" };
         eprintln!(
             "enrollment token for tenant {}: enrolls up to {uses} {plural}{until}",
             admin_view::clean(&tenant)
         );
     }
-    println!("{token}");
+    println!("{}", issued.token);
     Ok(())
 }
 
@@ -414,7 +408,7 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                         None => e,
                     }
                 })?;
-            let id = as_text(field(&v, "job_id")?);
+            let id = typed::<JobSubmitted>(v.clone(), "job submission")?.job_id;
             if output.json {
                 println!("{v}");
                 return Ok(());
@@ -454,14 +448,14 @@ pub fn job(cmd: JobCommand) -> Result<()> {
             reason,
             output,
         } => {
-            let mut body = json!({ "by": operator() });
-            if let Some(r) = reason {
-                body["reason"] = json!(r);
-            }
+            let req = CancelRequest {
+                by: Some(operator()),
+                reason,
+            };
             let v = Admin::new(&admin)?.call(
                 reqwest::Method::POST,
                 &format!("/v1/jobs/{id}/cancel"),
-                Some(Body::Json(body)),
+                body(&req)?,
             )?;
             if output.json {
                 println!("{v}");

@@ -4,80 +4,11 @@
 
 use chrono::{DateTime, Local, TimeZone, Utc};
 use serde::Deserialize;
-use serde_json::Value;
 
 // ----- typed answers --------------------------------------------------------------------------
 
-/// One job as `GET /v1/jobs` lists it (and the head of `GET /v1/jobs/{id}`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct JobSummary {
-    pub job_id: u64,
-    pub name: String,
-    #[serde(default)]
-    pub tenant: String,
-    pub state: String,
-    pub rounds_completed: u64,
-    pub rounds_total: u64,
-    #[serde(default)]
-    pub created_at_ms: i64,
-    #[serde(default)]
-    pub updated_at_ms: i64,
-    /// Why a running job is halted (a storage fault; it resumes by itself once the store is back).
-    #[serde(default)]
-    pub halted: Option<String>,
-}
-
-/// `GET /v1/jobs/{id}`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct JobStatus {
-    #[serde(flatten)]
-    pub job: JobSummary,
-    #[serde(default)]
-    pub history: Vec<RoundEntry>,
-    /// Why the job is waiting, retrying, failed or was cancelled (when the coordinator says).
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default)]
-    pub stopped_reason: Option<String>,
-    #[serde(default)]
-    pub epsilon_spent: Option<f64>,
-    #[serde(default)]
-    pub delta: Option<f64>,
-    #[serde(default)]
-    pub privacy: Option<Value>,
-    /// Present while the job runs in the coordinator.
-    #[serde(default)]
-    pub current: Option<Current>,
-}
-
-/// The running round of a job.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Current {
-    pub round: u64,
-    pub attempt: u64,
-    #[serde(default)]
-    pub halted: Option<String>,
-    #[serde(default)]
-    pub phase: Option<String>,
-    #[serde(default)]
-    pub available_clients: Option<u64>,
-    #[serde(default)]
-    pub needed_clients: Option<u64>,
-    #[serde(default)]
-    pub deadline_ms: Option<i64>,
-}
-
-/// One committed round.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RoundEntry {
-    pub round: u64,
-    pub attempt: u64,
-    #[serde(default)]
-    pub participants: Vec<u64>,
-    #[serde(default)]
-    pub metrics: Value,
-    pub committed_at_ms: i64,
-}
+// The job answers are the coordinator's own types, so the two cannot drift apart.
+pub use flotilla_coordinator::api::{JobStatus, JobSummary};
 
 /// One client as `GET /v1/clients` lists it.
 #[derive(Debug, Clone, Deserialize)]
@@ -366,6 +297,7 @@ pub fn job_status(s: &JobStatus, clock: &Clock) -> String {
         ),
     );
     let reason = s
+        .job
         .reason
         .as_deref()
         .or(s.stopped_reason.as_deref())
@@ -396,18 +328,17 @@ pub fn job_status(s: &JobStatus, clock: &Clock) -> String {
             "round {}/{}, attempt {}",
             c.round, j.rounds_total, c.attempt
         );
-        if let Some(p) = &c.phase {
-            cur.push_str(&format!(", {}", clean(p)));
-        }
+        cur.push_str(&format!(", {}", clean(&c.phase)));
         kv("current", cur);
-        match (c.available_clients, c.needed_clients) {
-            (Some(a), Some(n)) => kv("clients", format!("{a} available, {n} needed")),
-            (Some(a), None) => kv("clients", format!("{a} available")),
-            (None, Some(n)) => kv("clients", format!("{n} needed")),
-            (None, None) => {}
-        }
+        kv(
+            "clients",
+            format!(
+                "{} available, {} needed",
+                c.available_clients, c.needed_clients
+            ),
+        );
         if let Some(d) = c.deadline_ms {
-            kv("deadline", clock.both(d));
+            kv("deadline", clock.both(i64::try_from(d).unwrap_or(i64::MAX)));
         }
     }
     kv("started", clock.both(j.created_at_ms));
@@ -420,7 +351,7 @@ pub fn job_status(s: &JobStatus, clock: &Clock) -> String {
         let budget = s
             .privacy
             .as_ref()
-            .and_then(|p| p["max_epsilon"].as_f64())
+            .and_then(|p| p.max_epsilon)
             .map(|m| format!(" of a budget of {}", num(m)))
             .unwrap_or_default();
         kv("privacy", format!("ε {} spent{delta}{budget}", num(eps)));
@@ -461,22 +392,16 @@ fn rounds_table(s: &JobStatus, clock: &Clock) -> String {
             h[i - 1].committed_at_ms
         };
         let dash = || "-".to_owned();
+        let eval = r.metrics.eval.as_ref();
         t.row(vec![
             r.round.to_string(),
             r.attempt.to_string(),
             r.participants.len().to_string(),
-            r.metrics["eval_accuracy"]
-                .as_f64()
+            eval.and_then(|e| e.eval_accuracy)
                 .map(|a| format!("{:.1} %", 100.0 * a))
                 .unwrap_or_else(dash),
-            r.metrics["eval_loss"]
-                .as_f64()
-                .map(num)
-                .unwrap_or_else(dash),
-            r.metrics["train_loss"]
-                .as_f64()
-                .map(num)
-                .unwrap_or_else(dash),
+            eval.and_then(|e| e.eval_loss).map(num).unwrap_or_else(dash),
+            r.metrics.train_loss.map(num).unwrap_or_else(dash),
             duration_short(u64::try_from(r.committed_at_ms - prev).unwrap_or(0)),
             clock.absolute(r.committed_at_ms),
         ]);

@@ -1,7 +1,7 @@
 //! Renderings of fixed admin answers.
 
 use super::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// 2026-12-06 12:00:00 UTC.
 const NOW: i64 = 1_796_558_400_000;
@@ -19,7 +19,8 @@ fn status_json(rounds: u64) -> Value {
             json!({
                 "round": r, "attempt": if r == 3 { 2 } else { 1 },
                 "participants": [1, 2, 3, 4, 5, 6, 7, 8],
-                "metrics": {"attempt": 1, "eval_accuracy": 0.5 + r as f64 / 100.0, "eval_loss": 0.312_345_678_901_234_5,
+                "metrics": {"attempt": 1, "num_samples": 800, "eval_accuracy": 0.5 + r as f64 / 100.0,
+                            "eval_loss": 0.312_345_678_901_234_5, "eval_samples": 360,
                             "train_loss": 0.4, "model_sha256": "ab".repeat(32)},
                 "committed_at_ms": NOW - 60_000 + (r as i64) * 2_100,
             })
@@ -94,7 +95,7 @@ fn job_status_shows_progress_current_round_clients_and_rounds() {
 #[test]
 fn job_status_without_rounds_or_optional_fields() {
     let v = json!({"job_id": 1, "name": "x\u{1b}[2J", "tenant": "t", "state": "failed", "rounds_completed": 0,
-                   "rounds_total": 3, "created_at_ms": NOW, "updated_at_ms": NOW, "history": []});
+                   "rounds_total": 3, "model_version": 0, "created_at_ms": NOW, "updated_at_ms": NOW, "history": []});
     let s: JobStatus = serde_json::from_value(v).unwrap();
     let out = job_status(&s, &clock());
     assert!(out.contains("state      failed\n"), "{out}");
@@ -111,7 +112,8 @@ fn job_status_shows_privacy() {
     let mut v = status_json(2);
     v["epsilon_spent"] = json!(1.234_567_89);
     v["delta"] = json!(1e-5);
-    v["privacy"] = json!({"max_epsilon": 8.0});
+    v["privacy"] = json!({"epsilon_spent": 1.234_567_89, "delta": 1e-5, "max_epsilon": 8.0,
+                          "noise_multiplier": 1.1});
     let s: JobStatus = serde_json::from_value(v).unwrap();
     let out = job_status(&s, &clock());
     assert!(
@@ -178,7 +180,7 @@ fn job_list_is_a_table() {
 fn a_halted_job_says_so_in_the_list_and_in_its_status() {
     let cause = "could not persist round 5 (committing round 5: database error: pool timed out)";
     let v = json!([{"job_id": 3, "name": "digits", "tenant": "default", "state": "running", "rounds_completed": 4,
-                    "rounds_total": 40, "halted": cause, "created_at_ms": NOW - 600_000, "updated_at_ms": NOW - 300_000}]);
+                    "rounds_total": 40, "model_version": 4, "halted": cause, "created_at_ms": NOW - 600_000, "updated_at_ms": NOW - 300_000}]);
     let jobs: Vec<JobSummary> = serde_json::from_value(v).unwrap();
     let out = job_list(&jobs, &clock());
     let row = out.lines().nth(1).unwrap();

@@ -7,28 +7,12 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use flotilla_coordinator::api::{ErrorBody, ModelInfo};
 use serde_json::Value;
 
 use super::{Admin, typed};
 use crate::admin_view::{self, Table, bytes_human, clean, thousands};
 use crate::model_file::{self, ModelFormat, TensorEntry};
-
-/// `GET /v1/jobs/{id}/model/info`, the parts used here.
-#[derive(Debug, Deserialize)]
-struct ModelInfo {
-    job_id: u64,
-    name: String,
-    state: String,
-    round: u64,
-    rounds_completed: u64,
-    model_sha256: String,
-    size_bytes: u64,
-    num_params: u64,
-    tensors: Vec<TensorEntry>,
-    #[serde(default)]
-    model: Value,
-}
 
 /// Refuses models this large rather than trying to hold them (the server sends at most what the
 /// layout says; this only bounds a confused answer).
@@ -72,9 +56,8 @@ pub(super) fn download(
     let status = resp.status();
     if !status.is_success() {
         let text = resp.text().unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
+        let msg = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
             .unwrap_or(text);
         bail!("{status}: {}", msg.trim());
     }
@@ -112,13 +95,21 @@ pub(super) fn download(
         ("model_sha256".to_owned(), info.model_sha256.clone()),
         ("format".to_owned(), "flotilla".to_owned()),
     ]);
-    if let Some(kind) = info.model["kind"].as_str() {
-        meta.insert("model_kind".to_owned(), kind.to_owned());
+    if let Some(model) = &info.model {
+        meta.insert("model_kind".to_owned(), model.kind.clone());
+        // Through a JSON value, whose keys are sorted: the metadata reads as it always has.
+        let spec = serde_json::to_value(model).context("encoding the model section")?;
+        meta.insert("model_spec".to_owned(), spec.to_string());
     }
-    if !info.model.is_null() {
-        meta.insert("model_spec".to_owned(), info.model.to_string());
-    }
-    let size = model_file::write_model(out, format, &info.tensors, &bytes, meta)?;
+    let tensors: Vec<TensorEntry> = info
+        .tensors
+        .iter()
+        .map(|t| TensorEntry {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let size = model_file::write_model(out, format, &tensors, &bytes, meta)?;
 
     if json {
         let mut v = info_json;

@@ -40,6 +40,7 @@ pub(super) fn wait(
             }
             if s.job.state != "completed" {
                 let why = s
+                    .job
                     .reason
                     .as_deref()
                     .or(s.stopped_reason.as_deref())
@@ -71,11 +72,12 @@ fn progress_line(s: &JobStatus) -> String {
     if let Some(acc) = s
         .history
         .last()
-        .and_then(|r| r.metrics["eval_accuracy"].as_f64())
+        .and_then(|r| r.metrics.eval.as_ref())
+        .and_then(|e| e.eval_accuracy)
     {
         line.push_str(&format!(", accuracy {:.1}%", acc * 100.0));
     }
-    if let Some(why) = &s.reason {
+    if let Some(why) = &s.job.reason {
         line.push_str(&format!(" ({})", admin_view::clean(why)));
     }
     line
