@@ -3,7 +3,8 @@
 //! Every round runs the round machine's four secure-aggregation stages with in-process
 //! `flotilla_secagg` clients, through the same encoded messages the network carries. The machine
 //! owns the server side (`flotilla_secagg::RoundAggregator`, installed here), exactly as in the
-//! coordinator; this module plays the clients:
+//! coordinator; this module plays the clients (`SecAggClients`, one stage of the cohort per batch
+//! of the shared event loop, `crate::driver`):
 //!
 //! | stage | a simulated client |
 //! |---|---|
@@ -13,12 +14,14 @@
 //! | 3 unmasking | `handle_unmask` |
 //!
 //! Each client message is fed as [`Event::StageMessage`]; a refused one is counted as late when the
-//! stage had already closed (an over-selected client), and is a bug otherwise. Dropouts: `round.dropout` is the
-//! chance a selected client vanishes before sending its masked input (its pairwise masks are then
-//! recovered from its mask-key shares); `[secagg].unmasking_dropout` the chance a client vanishes
-//! right *after* sending its masked input (its input still counts; its self mask is recovered from
-//! its neighbours' shares). If a neighbourhood falls below the threshold t the attempt is abandoned
-//! with the secagg server's reason, and after `max_attempts` the run fails with it.
+//! stage had already closed (an over-selected client), and is a bug otherwise. When an attempt ends
+//! (commit or abandon) every client checks in again: they are all available for the next one.
+//! Dropouts: `round.dropout` is the chance a selected client vanishes before sending its masked
+//! input (its pairwise masks are then recovered from its mask-key shares);
+//! `[secagg].unmasking_dropout` the chance a client vanishes right *after* sending its masked input
+//! (its input still counts; its self mask is recovered from its neighbours' shares). If a
+//! neighbourhood falls below the threshold t the attempt is abandoned with the secagg server's
+//! reason, and after `max_attempts` the run fails with it.
 //!
 //! **Distributed DP** (`[privacy] mode = "distributed"` with `[secagg]`): at stage 2 each simulated
 //! client clips its delta to `privacy.clip_norm` and adds its noise share `N(0, (σC)²/min_reports)`
@@ -35,21 +38,18 @@
 //! deltas (`flotilla_secagg::Params::quantization_error_bound` divided by the contributors).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
-use flotilla_core::params_sha256;
+use flotilla_core::dp::DpSpec;
 use flotilla_core::round::{
-    Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, StageInput, Task, Timer,
+    ClientId, Event, RejectReason, ReportMetrics, RoundMachine, StageInput, Task,
 };
 use flotilla_secagg::{Client, ClientMessage, Params, RoundAggregator, ServerMessage};
 use flotilla_spec::SecAggConfig;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 
-use crate::engine::{
-    ClientJob, Prepared, Setup, SimEvent, SimOutcome, evaluate_commit, round_policy, samples,
-    setup, train_cohort,
-};
+use crate::driver::{Clients, Driver, Refused};
+use crate::engine::{ClientJob, train_cohort};
 use crate::error::{ScenarioError, SimError};
 use crate::privacy::SimPrivacy;
 use crate::scenario::Scenario;
@@ -155,393 +155,263 @@ fn bug(what: impl std::fmt::Display) -> SimError {
     SimError::JobFailed(format!("secure aggregation: {what}"))
 }
 
-/// Runs a scenario with `[secagg]`; called by [`crate::engine::run_prepared`].
-pub(crate) fn run_prepared(
-    scenario: &Scenario,
-    sa: &SecAggSettings,
-    prepared: &Prepared,
-    observe: &mut dyn FnMut(&SimEvent),
-) -> Result<SimOutcome, SimError> {
-    let started = Instant::now();
-    let train = &prepared.data.train;
-    let test = &prepared.data.test;
-    let Setup {
-        mut trainers,
-        layout,
-        initial,
-        test_idx,
-        init_eval,
-    } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
-    let test_view = samples(test, &test_idx);
-    let params = sa.params(scenario.clients_per_round, layout.len())?;
-    let mut machine = RoundMachine::with_strategy(
-        round_policy(scenario),
-        layout.clone(),
-        initial,
-        scenario.seed,
-        scenario.strategy.clone(),
-    )?
-    .with_secure_aggregator(Box::new(RoundAggregator::new(params)));
-    // Distributed DP: clients clip and add their noise share before masking; the machine divides
-    // the unmasked sum by the fixed denominator. Accounting and budget as in plain rounds.
-    let dp_spec = scenario.strategy.dp;
-    // A first round that would already exceed the budget is refused before anything is trained.
-    let (mut privacy, refused_first) = SimPrivacy::start(scenario)?;
+/// The simulated SecAgg+ clients of a `[secagg]` run (see the module documentation).
+pub(crate) struct SecAggClients {
+    params: Params,
+    scenario_seed: u64,
+    dropout: f64,
+    unmasking_dropout: f64,
+    clip_range: f64,
+    /// Distributed DP: each client clips and adds its noise share before masking.
+    dp: Option<DpSpec>,
+    drop_rng: ChaCha8Rng,
+    current: Option<Attempt>,
+    /// Noised values outside `±clip_range`, for the privacy summary.
+    clamped: u64,
+}
 
-    let mut drop_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
-    let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
-    let mut timer_seq = 0u64;
-    let mut pending: Vec<(ClientId, Task)> = Vec::new();
-    let mut current: Option<Attempt> = None;
-    let mut history = Vec::new();
-    let (mut abandoned, mut late_reports) = (0u64, 0u64);
-    let mut last_eval = (init_eval.accuracy, init_eval.loss);
-    let mut now = 0u64;
-    let mut finished = refused_first;
-    let mut clamped = 0u64;
+impl SecAggClients {
+    /// The clients of `scenario` for models of `vector_len` parameters.
+    pub(crate) fn new(
+        scenario: &Scenario,
+        sa: &SecAggSettings,
+        vector_len: usize,
+    ) -> Result<Self, SimError> {
+        Ok(Self {
+            params: sa.params(scenario.clients_per_round, vector_len)?,
+            scenario_seed: scenario.seed,
+            dropout: scenario.round.dropout,
+            unmasking_dropout: sa.unmasking_dropout,
+            clip_range: sa.clip_range,
+            dp: scenario.strategy.dp,
+            drop_rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64),
+            current: None,
+            clamped: 0,
+        })
+    }
 
-    // Carries out the machine's actions. Returns whether the attempt ended (commit or abandon), so
-    // the simulated clients check in again.
-    let mut apply = |actions: Vec<Action>,
-                     machine: &RoundMachine,
-                     trainers: &mut [Box<dyn flotilla_ml::Trainer>],
-                     current: &mut Option<Attempt>,
-                     pending: &mut Vec<(ClientId, Task)>,
-                     timers: &mut BTreeMap<(u64, u64), Timer>,
-                     finished: &mut bool|
-     -> Result<bool, SimError> {
-        let mut ended = false;
-        for a in actions {
-            match a {
-                Action::Configure { client, task } => {
-                    if task.stage == 0
-                        && current
-                            .as_ref()
-                            .is_none_or(|c| (c.round, c.attempt) != (task.round, task.attempt))
-                    {
-                        *current = Some(Attempt {
-                            round: task.round,
-                            attempt: task.attempt,
-                            clients: BTreeMap::new(),
-                        });
-                    }
-                    pending.push((client, task));
-                }
-                Action::SetTimer { timer, at_ms } => {
-                    timer_seq += 1;
-                    timers.insert((at_ms, timer_seq), timer);
-                }
-                Action::Commit(info) => {
-                    let mut record = evaluate_commit(
-                        scenario, &info, machine, trainers, &test_view, None, started,
-                    )?;
-                    if let Some(p) = &mut privacy {
-                        // The budget is checked before the next round starts.
-                        let (r, stop) =
-                            p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
-                        record.privacy = Some(r);
-                        *finished |= stop;
-                    }
-                    if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
-                        last_eval = (a, l);
-                    }
-                    observe(&SimEvent::Round(record.clone()));
-                    history.push(record);
-                    ended = true;
-                }
-                Action::RoundAbandoned {
-                    round,
-                    attempt,
-                    reports,
-                    needed,
-                    ..
-                } => {
-                    abandoned += 1;
-                    observe(&SimEvent::RoundAbandoned {
-                        round,
-                        attempt,
-                        reports,
-                        needed,
-                    });
-                    ended = true;
-                }
-                Action::JobFinished => *finished = true,
-                Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
-                Action::RetryAfter { .. } | Action::Accepted { .. } => {}
-                Action::Reject { client, reason } => {
-                    return Err(bug(format!(
-                        "simulated {client} was refused after a successful check: {reason}"
-                    )));
-                }
+    /// Stage 2: the clients that stay decode their shares, train, and mask their (DP-noised) delta.
+    fn masked_inputs(
+        &mut self,
+        d: &mut Driver<'_>,
+        cohort: &[(ClientId, Task)],
+        out: &mut Vec<Outgoing>,
+        lost: &mut Vec<ClientId>,
+    ) -> Result<(), SimError> {
+        let (scenario, prepared) = (d.scenario, d.prepared);
+        let Some(att) = self.current.as_mut() else {
+            return Err(bug("tasks without a round attempt"));
+        };
+        let rid = flotilla_secagg::round_id(att.round, att.attempt);
+        let at = (att.round, att.attempt, 2);
+        let mut work = Vec::new();
+        for (id, task) in cohort {
+            if self.drop_rng.random_bool(self.dropout) {
+                lost.push(*id);
+                continue;
             }
+            let ServerMessage::Shares(b) = payload(d, &self.params, *id, at)? else {
+                return Err(bug("expected shares"));
+            };
+            att.client(*id)?.handle_shares(&b).map_err(bug)?;
+            work.push((*id, task.clone()));
         }
-        Ok(ended)
-    };
-
-    // Feeds `event`, carries out what follows, and lets every client check in again once an attempt
-    // ended (they are all available for the next one).
-    macro_rules! feed_actions {
-        ($acts:expr) => {{
-            let acts = $acts;
-            let ended = apply(
-                acts,
-                &machine,
-                &mut trainers,
-                &mut current,
-                &mut pending,
-                &mut timers,
-                &mut finished,
-            )?;
-            if ended && !finished {
-                for c in 0..scenario.clients as u64 {
-                    let acts = machine.handle(
-                        now,
-                        Event::CheckIn {
-                            client: ClientId(c),
-                        },
-                    );
-                    apply(
-                        acts,
-                        &machine,
-                        &mut trainers,
-                        &mut current,
-                        &mut pending,
-                        &mut timers,
-                        &mut finished,
-                    )?;
-                }
+        let jobs: Vec<ClientJob<'_>> = work
+            .iter()
+            .map(|(c, t)| ClientJob {
+                client: *c,
+                seed: t.seed,
+                data: &prepared.data.train,
+                correction: None,
+            })
+            .collect();
+        let mu = d.machine.strategy().client_directive().proximal_mu as f32;
+        let results = train_cohort(
+            scenario,
+            prepared,
+            d.machine.global(),
+            mu,
+            &jobs,
+            &mut d.trainers,
+        )?;
+        for ((id, task), (new, report)) in work.into_iter().zip(results) {
+            let mut delta: Vec<f32> = new
+                .iter()
+                .zip(d.machine.global())
+                .map(|(n, g)| n - g)
+                .collect();
+            if let Some(dp) = &self.dp {
+                // The client's share of the noise, added before the delta is masked.
+                let mut rng = ChaCha20Rng::from_seed(noise_seed(self.scenario_seed, id, rid));
+                flotilla_core::dp::privatize_client_update(&mut delta, dp, &mut rng);
+                self.clamped += flotilla_core::dp::count_outside(&delta, self.clip_range);
             }
-        }};
+            let m = att.client(id)?.masked_input(&delta).map_err(bug)?;
+            out.push((
+                id,
+                task,
+                ClientMessage::MaskedInput(m),
+                report.num_samples as u64,
+                report.mean_loss,
+            ));
+        }
+        Ok(())
     }
-    macro_rules! feed {
-        ($event:expr) => {{
-            feed_actions!(machine.handle(now, $event))
-        }};
+}
+
+/// A client message to submit: (client, task, message, samples, training loss).
+type Outgoing = (ClientId, Task, ClientMessage, u64, f64);
+
+impl Attempt {
+    fn client(&mut self, id: ClientId) -> Result<&mut Client, SimError> {
+        self.clients
+            .get_mut(&id)
+            .ok_or_else(|| bug(format!("{id} has no secagg client")))
+    }
+}
+
+/// The stage payload the machine holds for `id` (its roster, shares or unmask request), decoded.
+fn payload(
+    d: &Driver<'_>,
+    params: &Params,
+    id: ClientId,
+    (round, attempt, stage): (u64, u32, u32),
+) -> Result<ServerMessage, SimError> {
+    let bytes = d.machine.stage_payload(id, round, attempt, stage);
+    if bytes.is_empty() {
+        return Err(bug(format!("no payload for {id} at stage {stage}")));
+    }
+    ServerMessage::from_bytes(bytes, params).map_err(bug)
+}
+
+impl Clients for SecAggClients {
+    /// The machine owns the secagg server, as in the coordinator.
+    fn install(&mut self, machine: RoundMachine) -> Result<RoundMachine, SimError> {
+        Ok(machine.with_secure_aggregator(Box::new(RoundAggregator::new(self.params))))
     }
 
-    if !finished {
-        for c in 0..scenario.clients as u64 {
-            feed!(Event::CheckIn {
-                client: ClientId(c)
+    /// Over-selected clients after the stage filled up (and closed), or an attempt that ended.
+    fn refused(&self, reason: &RejectReason) -> Option<Refused> {
+        matches!(
+            reason,
+            RejectReason::RoundFull
+                | RejectReason::NotAccepting(_)
+                | RejectReason::WrongRound { .. }
+                | RejectReason::WrongStage { .. }
+        )
+        .then_some(Refused::Late)
+    }
+
+    /// A stage-0 task of a new attempt starts its set of clients.
+    fn on_configure(&mut self, task: &Task) {
+        if task.stage == 0
+            && self
+                .current
+                .as_ref()
+                .is_none_or(|c| (c.round, c.attempt) != (task.round, task.attempt))
+        {
+            self.current = Some(Attempt {
+                round: task.round,
+                attempt: task.attempt,
+                clients: BTreeMap::new(),
             });
         }
     }
-    while !finished {
-        if !pending.is_empty() {
-            let cohort = std::mem::take(&mut pending);
-            now += 1;
-            let Some(att) = current.as_mut() else {
-                return Err(bug("tasks without a round attempt"));
-            };
-            let stage = cohort[0].1.stage;
-            if cohort.iter().any(|(_, t)| t.stage != stage) {
-                return Err(bug("one batch of tasks spans two stages"));
-            }
-            let rid = flotilla_secagg::round_id(att.round, att.attempt);
-            // (client, task, message, samples, loss) to submit, in cohort order; and who vanished.
-            let mut out: Vec<(ClientId, Task, ClientMessage, u64, f64)> = Vec::new();
-            let mut lost: Vec<ClientId> = Vec::new();
-            let (round, attempt) = (att.round, att.attempt);
-            let payload = |machine: &RoundMachine, id: ClientId| -> Result<ServerMessage, SimError> {
-                let bytes = machine.stage_payload(id, round, attempt, stage);
-                if bytes.is_empty() {
-                    return Err(bug(format!("no payload for {id} at stage {stage}")));
-                }
-                ServerMessage::from_bytes(bytes, &params).map_err(bug)
-            };
-            match stage {
-                0 => {
-                    for (id, task) in &cohort {
-                        let client = Client::new(
-                            params,
-                            flotilla_secagg::ClientId(id.0),
-                            rid,
-                            client_seed(scenario.seed, *id, rid),
-                        );
-                        out.push((
-                            *id,
-                            task.clone(),
-                            ClientMessage::AdvertiseKeys(client.advertise()),
-                            0,
-                            0.0,
-                        ));
-                        att.clients.insert(*id, client);
-                    }
-                }
-                1 => {
-                    for (id, task) in &cohort {
-                        let ServerMessage::Roster(r) = payload(&machine, *id)? else {
-                            return Err(bug("expected a roster"));
-                        };
-                        let c = att
-                            .clients
-                            .get_mut(id)
-                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        out.push((
-                            *id,
-                            task.clone(),
-                            ClientMessage::ShareKeys(c.handle_roster(&r).map_err(bug)?),
-                            0,
-                            0.0,
-                        ));
-                    }
-                }
-                2 => {
-                    let mut work = Vec::new();
-                    for (id, task) in &cohort {
-                        if drop_rng.random_bool(scenario.round.dropout) {
-                            lost.push(*id);
-                            continue;
-                        }
-                        let ServerMessage::Shares(b) = payload(&machine, *id)? else {
-                            return Err(bug("expected shares"));
-                        };
-                        let c = att
-                            .clients
-                            .get_mut(id)
-                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        c.handle_shares(&b).map_err(bug)?;
-                        work.push((*id, task.clone()));
-                    }
-                    let jobs: Vec<ClientJob<'_>> = work
-                        .iter()
-                        .map(|(c, t)| ClientJob {
-                            client: *c,
-                            seed: t.seed,
-                            data: train,
-                            correction: None,
-                        })
-                        .collect();
-                    let mu = machine.strategy().client_directive().proximal_mu as f32;
-                    let results = train_cohort(
-                        scenario,
-                        prepared,
-                        machine.global(),
-                        mu,
-                        &jobs,
-                        &mut trainers,
-                    )?;
-                    for ((id, task), (new, report)) in work.into_iter().zip(results) {
-                        let mut delta: Vec<f32> = new
-                            .iter()
-                            .zip(machine.global())
-                            .map(|(n, g)| n - g)
-                            .collect();
-                        if let Some(dp) = &dp_spec {
-                            // The client's share of the noise, added before the delta is masked.
-                            let mut rng =
-                                ChaCha20Rng::from_seed(noise_seed(scenario.seed, id, rid));
-                            flotilla_core::dp::privatize_client_update(&mut delta, dp, &mut rng);
-                            clamped += flotilla_core::dp::count_outside(&delta, sa.clip_range);
-                        }
-                        let c = att
-                            .clients
-                            .get_mut(&id)
-                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        let m = c.masked_input(&delta).map_err(bug)?;
-                        out.push((
-                            id,
-                            task,
-                            ClientMessage::MaskedInput(m),
-                            report.num_samples as u64,
-                            report.mean_loss,
-                        ));
-                    }
-                }
-                3 => {
-                    for (id, task) in &cohort {
-                        // Sent its masked input, then vanished.
-                        if drop_rng.random_bool(sa.unmasking_dropout) {
-                            lost.push(*id);
-                            continue;
-                        }
-                        let ServerMessage::UnmaskRequest(r) = payload(&machine, *id)? else {
-                            return Err(bug("expected a request"));
-                        };
-                        let c = att
-                            .clients
-                            .get_mut(id)
-                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        out.push((
-                            *id,
-                            task.clone(),
-                            ClientMessage::Unmask(c.handle_unmask(&r).map_err(bug)?),
-                            0,
-                            0.0,
-                        ));
-                    }
-                }
-                s => return Err(bug(format!("no stage {s}"))),
-            }
-            for (id, task, msg, n, loss) in out {
-                let bytes;
-                let input = match msg {
-                    ClientMessage::MaskedInput(m) => StageInput::Masked(m.masked),
-                    m => {
-                        bytes = m.to_bytes();
-                        StageInput::Message(&bytes)
-                    }
-                };
-                let acts = machine.handle(
-                    now,
-                    Event::StageMessage {
-                        client: id,
-                        round: task.round,
-                        attempt: task.attempt,
-                        stage: task.stage,
-                        input,
-                        num_samples: n,
-                        metrics: ReportMetrics { train_loss: loss },
-                    },
-                );
-                if let Some(Action::Reject { reason, .. }) = acts.first() {
-                    match reason {
-                        // Over-selected clients after the stage filled up (and closed), or an
-                        // attempt that ended.
-                        RejectReason::RoundFull
-                        | RejectReason::NotAccepting(_)
-                        | RejectReason::WrongRound { .. }
-                        | RejectReason::WrongStage { .. } => {
-                            late_reports += 1;
-                            continue;
-                        }
-                        e => return Err(bug(format!("simulated {id} was refused: {e}"))),
-                    }
-                }
-                feed_actions!(acts);
-            }
-            for id in lost {
-                feed!(Event::ClientLost { client: id });
-            }
-        } else if let Some(((at, _), timer)) = timers.pop_first() {
-            now = now.max(at);
-            feed!(Event::TimerFired(timer));
-        } else {
-            return Err(SimError::JobFailed(
-                "simulation stalled: no work and no timer pending".into(),
-            ));
-        }
+
+    /// They are all available for the next attempt.
+    fn check_in_after_attempt(&self) -> bool {
+        true
     }
 
-    if let Some(p) = &mut privacy {
-        p.add_clamped(clamped);
+    fn run_batch(
+        &mut self,
+        d: &mut Driver<'_>,
+        cohort: Vec<(ClientId, Task)>,
+    ) -> Result<(), SimError> {
+        d.now += 1;
+        let Some(att) = self.current.as_mut() else {
+            return Err(bug("tasks without a round attempt"));
+        };
+        let stage = cohort[0].1.stage;
+        if cohort.iter().any(|(_, t)| t.stage != stage) {
+            return Err(bug("one batch of tasks spans two stages"));
+        }
+        let rid = flotilla_secagg::round_id(att.round, att.attempt);
+        let at = (att.round, att.attempt, stage);
+        // What to submit, in cohort order; and who vanished.
+        let mut out: Vec<Outgoing> = Vec::new();
+        let mut lost: Vec<ClientId> = Vec::new();
+        match stage {
+            0 => {
+                for (id, task) in &cohort {
+                    let client = Client::new(
+                        self.params,
+                        flotilla_secagg::ClientId(id.0),
+                        rid,
+                        client_seed(self.scenario_seed, *id, rid),
+                    );
+                    let msg = ClientMessage::AdvertiseKeys(client.advertise());
+                    out.push((*id, task.clone(), msg, 0, 0.0));
+                    att.clients.insert(*id, client);
+                }
+            }
+            1 => {
+                for (id, task) in &cohort {
+                    let ServerMessage::Roster(r) = payload(d, &self.params, *id, at)? else {
+                        return Err(bug("expected a roster"));
+                    };
+                    let shares = att.client(*id)?.handle_roster(&r).map_err(bug)?;
+                    out.push((*id, task.clone(), ClientMessage::ShareKeys(shares), 0, 0.0));
+                }
+            }
+            2 => self.masked_inputs(d, &cohort, &mut out, &mut lost)?,
+            3 => {
+                for (id, task) in &cohort {
+                    // Sent its masked input, then vanished.
+                    if self.drop_rng.random_bool(self.unmasking_dropout) {
+                        lost.push(*id);
+                        continue;
+                    }
+                    let ServerMessage::UnmaskRequest(r) = payload(d, &self.params, *id, at)? else {
+                        return Err(bug("expected a request"));
+                    };
+                    let unmask = att.client(*id)?.handle_unmask(&r).map_err(bug)?;
+                    out.push((*id, task.clone(), ClientMessage::Unmask(unmask), 0, 0.0));
+                }
+            }
+            s => return Err(bug(format!("no stage {s}"))),
+        }
+        for (id, task, msg, n, loss) in out {
+            let bytes;
+            let input = match msg {
+                ClientMessage::MaskedInput(m) => StageInput::Masked(m.masked),
+                m => {
+                    bytes = m.to_bytes();
+                    StageInput::Message(&bytes)
+                }
+            };
+            d.feed(
+                self,
+                Event::StageMessage {
+                    client: id,
+                    round: task.round,
+                    attempt: task.attempt,
+                    stage: task.stage,
+                    input,
+                    num_samples: n,
+                    metrics: ReportMetrics { train_loss: loss },
+                },
+            )?;
+        }
+        for id in lost {
+            d.feed(self, Event::ClientLost { client: id })?;
+        }
+        Ok(())
     }
-    let final_params = machine.global().to_vec();
-    Ok(SimOutcome {
-        final_backdoor_success: None,
-        attackers: Vec::new(),
-        model_sha256: params_sha256(&final_params),
-        initial_accuracy: init_eval.accuracy,
-        final_accuracy: last_eval.0,
-        final_loss: last_eval.1,
-        history,
-        final_params,
-        layout,
-        abandoned_attempts: abandoned,
-        late_reports,
-        privacy: privacy.as_ref().map(SimPrivacy::summary),
-        stale_reports: 0,
-        train_samples: train.len(),
-        test_samples: test.len(),
-    })
+
+    fn finish(&mut self, privacy: Option<&mut SimPrivacy>) {
+        if let Some(p) = privacy {
+            p.add_clamped(self.clamped);
+        }
+    }
 }
