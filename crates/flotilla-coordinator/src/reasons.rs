@@ -375,11 +375,7 @@ pub(crate) fn live_status(inner: &JobInner, now_ms: u64) -> LiveStatus {
                 "waiting"
             }
             Activity::Selecting => "selecting",
-            _ if matches!(activity, Activity::Stage { .. })
-                && retrying.is_some() =>
-            {
-                "retrying"
-            }
+            _ if matches!(activity, Activity::Stage { .. }) && retrying.is_some() => "retrying",
             Activity::Stage {
                 kind: StageKind::Train,
                 ..

@@ -128,7 +128,16 @@ pub(crate) async fn accept_masked(
         .unwrap_or(f64::NAN);
     let at = (header.round, header.attempt, header.stage_index);
     let input = StageInput::Masked(words);
-    report(shared, job, inner, client, at, input, (header.num_samples, loss)).await
+    report(
+        shared,
+        job,
+        inner,
+        client,
+        at,
+        input,
+        (header.num_samples, loss),
+    )
+    .await
 }
 
 async fn report(

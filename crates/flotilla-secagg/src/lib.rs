@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 pub use client::Client;
-pub use machine::RoundAggregator;
 pub use error::{ClientError, DecodeError, ParamError, Rejected, RoundError};
+pub use machine::RoundAggregator;
 pub use messages::{
     AdvertiseKeys, ClientMessage, IncomingShare, MaskedInput, OutgoingShare, RevealedShare, Roster,
     RosterEntry, ServerMessage, ShareBundle, ShareKeys, UnmaskRequest, UnmaskResponse,

@@ -82,9 +82,7 @@ fn refusal(r: &Rejected) -> StageRefusal {
         Rejected::Decode(_) => ("secagg_malformed", RefusalKind::Malformed),
         Rejected::WrongRound { .. } => ("secagg_wrong_round", RefusalKind::Precondition),
         Rejected::WrongStage { .. } => ("secagg_wrong_stage", RefusalKind::Precondition),
-        Rejected::SenderMismatch { .. } => {
-            ("secagg_sender_mismatch", RefusalKind::SenderMismatch)
-        }
+        Rejected::SenderMismatch { .. } => ("secagg_sender_mismatch", RefusalKind::SenderMismatch),
         Rejected::Duplicate(_) => ("secagg_duplicate", RefusalKind::Duplicate),
         Rejected::NotInCohort(_) => ("secagg_not_in_cohort", RefusalKind::Precondition),
         _ => ("secagg_invalid", RefusalKind::Malformed),

@@ -394,7 +394,14 @@ impl RoundMachine {
             // Unreachable: the first stage does not open without an aggregator.
             let why = "secure aggregation failed: no secure aggregator is installed";
             let needed = self.policy.min_reports();
-            return self.abandon_attempt(now_ms, reports, needed, why, AbandonCause::AggregationFailed, out);
+            return self.abandon_attempt(
+                now_ms,
+                reports,
+                needed,
+                why,
+                AbandonCause::AggregationFailed,
+                out,
+            );
         };
         if !last {
             let survivors: Vec<ClientId> = s.reported.iter().copied().collect();

@@ -98,13 +98,16 @@ pub trait SecureAggregator: fmt::Debug + Send {
     fn finish(&mut self, contributors: &[ClientId]) -> Result<Vec<f64>, String>;
 }
 
+/// The server→client payloads of one stage: its `(round, attempt, stage)` and each cohort member's.
+type StagePayloads = ((u64, u32, u32), BTreeMap<ClientId, Vec<u8>>);
+
 /// The machine's secure aggregator and the payloads of the current stage. Neither is part of a
 /// snapshot, and a clone of the machine has neither: cryptographic state is never duplicated.
 #[derive(Default)]
 pub(super) struct SecureSlot {
     pub(super) aggregator: Option<Box<dyn SecureAggregator>>,
     /// `(round, attempt, stage)` the payloads belong to, and each cohort member's payload.
-    pub(super) payloads: Option<((u64, u32, u32), BTreeMap<ClientId, Vec<u8>>)>,
+    pub(super) payloads: Option<StagePayloads>,
 }
 
 impl Clone for SecureSlot {
@@ -117,7 +120,10 @@ impl fmt::Debug for SecureSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecureSlot")
             .field("aggregator", &self.aggregator)
-            .field("payloads", &self.payloads.as_ref().map(|(k, p)| (k, p.len())))
+            .field(
+                "payloads",
+                &self.payloads.as_ref().map(|(k, p)| (k, p.len())),
+            )
             .finish()
     }
 }

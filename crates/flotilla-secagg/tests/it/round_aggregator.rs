@@ -55,9 +55,7 @@ fn coordinator_state_never_holds_an_individual_update() {
     assert!(sa.held_vectors().is_empty());
     let p = sa.close_stage(0, &ids).unwrap();
     for (&c, cl) in clients.iter_mut() {
-        let ServerMessage::Roster(r) =
-            ServerMessage::from_bytes(&p[&c], &params).unwrap()
-        else {
+        let ServerMessage::Roster(r) = ServerMessage::from_bytes(&p[&c], &params).unwrap() else {
             panic!()
         };
         let m = cl.handle_roster(&r).unwrap();
@@ -66,9 +64,7 @@ fn coordinator_state_never_holds_an_individual_update() {
     let p = sa.close_stage(1, &ids).unwrap();
     let mut encoded_inputs = Vec::new();
     for (i, (&c, cl)) in clients.iter_mut().enumerate() {
-        let ServerMessage::Shares(b) =
-            ServerMessage::from_bytes(&p[&c], &params).unwrap()
-        else {
+        let ServerMessage::Shares(b) = ServerMessage::from_bytes(&p[&c], &params).unwrap() else {
             panic!()
         };
         cl.handle_shares(&b).unwrap();
@@ -89,8 +85,7 @@ fn coordinator_state_never_holds_an_individual_update() {
     let survivors: Vec<ClientId> = ids[..n - 1].to_vec();
     let p = sa.close_stage(2, &ids).unwrap();
     for &c in &survivors {
-        let ServerMessage::UnmaskRequest(r) =
-            ServerMessage::from_bytes(&p[&c], &params).unwrap()
+        let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(&p[&c], &params).unwrap()
         else {
             panic!()
         };
@@ -151,9 +146,7 @@ fn under_distributed_dp_the_server_never_holds_a_noise_free_update() {
     }
     let p = sa.close_stage(0, &ids).unwrap();
     for (&c, cl) in clients.iter_mut() {
-        let ServerMessage::Roster(r) =
-            ServerMessage::from_bytes(&p[&c], &params).unwrap()
-        else {
+        let ServerMessage::Roster(r) = ServerMessage::from_bytes(&p[&c], &params).unwrap() else {
             panic!()
         };
         let m = cl.handle_roster(&r).unwrap();
@@ -166,9 +159,7 @@ fn under_distributed_dp_the_server_never_holds_a_noise_free_update() {
         .map(|v| params.encode_all(v))
         .collect();
     for (&c, cl) in clients.iter_mut() {
-        let ServerMessage::Shares(b) =
-            ServerMessage::from_bytes(&p[&c], &params).unwrap()
-        else {
+        let ServerMessage::Shares(b) = ServerMessage::from_bytes(&p[&c], &params).unwrap() else {
             panic!()
         };
         cl.handle_shares(&b).unwrap();
@@ -186,8 +177,7 @@ fn under_distributed_dp_the_server_never_holds_a_noise_free_update() {
     }
     let p = sa.close_stage(2, &ids).unwrap();
     for (&c, cl) in clients.iter_mut() {
-        let ServerMessage::UnmaskRequest(r) =
-            ServerMessage::from_bytes(&p[&c], &params).unwrap()
+        let ServerMessage::UnmaskRequest(r) = ServerMessage::from_bytes(&p[&c], &params).unwrap()
         else {
             panic!()
         };
@@ -217,7 +207,11 @@ fn a_stage_close_below_threshold_is_an_explicit_failure() {
     // Only 3 of the needed t + 1 = 5 clients advertise.
     for c in 0..3u64 {
         let cl = Client::new(params, flotilla_secagg::ClientId(c), rid, [c as u8 + 1; 32]);
-        give(&mut sa, ClientId(c), ClientMessage::AdvertiseKeys(cl.advertise()));
+        give(
+            &mut sa,
+            ClientId(c),
+            ClientMessage::AdvertiseKeys(cl.advertise()),
+        );
     }
     let ids: Vec<ClientId> = (0..3).map(ClientId).collect();
     let reason = sa.close_stage(0, &ids).expect_err("too few clients");
@@ -239,14 +233,30 @@ fn refusals_name_their_cause() {
     let cl = Client::new(params, sid(ClientId(1)), rid, [1; 32]);
     let adv = ClientMessage::AdvertiseKeys(cl.advertise()).to_bytes();
     let code = |r: Result<(), StageRefusal>| r.expect_err("refused").code;
-    assert_eq!(code(sa.receive(ClientId(1), 0, StageInput::Message(&adv))), "secagg_no_state");
+    assert_eq!(
+        code(sa.receive(ClientId(1), 0, StageInput::Message(&adv))),
+        "secagg_no_state"
+    );
     sa.start(1, 1, 9);
-    assert_eq!(code(sa.receive(ClientId(1), 1, StageInput::Message(&adv))), "secagg_wrong_stage");
-    assert_eq!(code(sa.receive(ClientId(2), 0, StageInput::Message(&adv))), "secagg_sender_mismatch");
+    assert_eq!(
+        code(sa.receive(ClientId(1), 1, StageInput::Message(&adv))),
+        "secagg_wrong_stage"
+    );
+    assert_eq!(
+        code(sa.receive(ClientId(2), 0, StageInput::Message(&adv))),
+        "secagg_sender_mismatch"
+    );
     let big = vec![0u8; params.max_client_message_len() + 1];
-    assert_eq!(code(sa.receive(ClientId(1), 0, StageInput::Message(&big))), "secagg_too_large");
-    assert_eq!(code(sa.receive(ClientId(1), 0, StageInput::Message(&[1, 2, 3]))), "secagg_malformed");
-    sa.receive(ClientId(1), 0, StageInput::Message(&adv)).expect("accepted");
+    assert_eq!(
+        code(sa.receive(ClientId(1), 0, StageInput::Message(&big))),
+        "secagg_too_large"
+    );
+    assert_eq!(
+        code(sa.receive(ClientId(1), 0, StageInput::Message(&[1, 2, 3]))),
+        "secagg_malformed"
+    );
+    sa.receive(ClientId(1), 0, StageInput::Message(&adv))
+        .expect("accepted");
     let dup = code(sa.receive(ClientId(1), 0, StageInput::Message(&adv)));
     assert_eq!(dup, "secagg_duplicate");
 }
