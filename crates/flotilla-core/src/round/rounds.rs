@@ -593,6 +593,8 @@ impl RoundMachine {
         cause: AbandonCause,
         out: &mut Vec<Action>,
     ) {
+        // Payloads of an attempt that is over are never served again: drop them now.
+        self.secure.payloads = None;
         out.push(Action::RoundAbandoned {
             round: self.round,
             attempt: self.attempt,
