@@ -298,7 +298,6 @@ fn too_few_survivors_at_any_stage_abandon_the_attempt_with_the_stage_named() {
 }
 
 #[test]
-#[ignore = "machine bug: an attempt abandoned for too few reports keeps serving its stage payloads"]
 fn an_attempt_abandoned_for_too_few_reports_serves_no_payload() {
     // `stage_payload` is empty "for a task that is not the current stage's"; once the attempt is
     // abandoned no stage is current. The machine clears the payloads when the aggregator fails, on
