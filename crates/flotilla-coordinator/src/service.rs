@@ -240,7 +240,7 @@ impl CoordinatorService {
                 .machine
                 .stage_payload(client, task.round, task.attempt, task.stage)
                 .to_vec(),
-            secagg: job.secagg.clone(),
+            secagg: job.secagg,
         }
     }
 }
