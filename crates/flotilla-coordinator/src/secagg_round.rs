@@ -31,7 +31,7 @@ use flotilla_proto::v1;
 use flotilla_secagg::RoundAggregator;
 use tonic::Status;
 
-use crate::jobs::{JobInner, JobRuntime, Shared};
+use crate::state::{JobInner, JobRuntime, Shared};
 
 /// `[secagg]` of a job spec: the shared vocabulary's [`flotilla_spec::SecAggConfig`] (parsed and
 /// checked there, stored with the job).

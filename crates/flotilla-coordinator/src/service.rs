@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flotilla_core::round::{ClientId, Event, RejectReason};
 use flotilla_proto::v1;
@@ -12,16 +11,15 @@ use flotilla_store::StoreError;
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::jobs::{JobInner, JobRuntime, Shared, now_ms};
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
+use crate::state::{JobInner, JobRuntime, Shared};
 
-pub(crate) mod admission;
 mod task_failure;
 mod upload;
 mod upload_finish;
 mod upload_pace;
 
-pub(crate) use upload::PartialUploads;
 pub(crate) use upload_pace::CountUploadBytes;
 
 /// An authenticated caller.
@@ -526,6 +524,3 @@ impl Coordinator for CoordinatorService {
         self.query_partial(req).await
     }
 }
-
-/// How long an upload waits for a free slot by default.
-pub(crate) const DEFAULT_SLOT_WAIT: Duration = Duration::from_secs(30);
