@@ -16,9 +16,9 @@ use crate::api::{
     CancelRequest, ClientRevoked, CurrentRound, ErrorBody, JobCancelled, JobStatus, JobSubmitted,
     JobSummary, RoundMetrics, RoundRecord, TokenIssued, TokenRequest,
 };
-
-use crate::jobs::{Shared, now_ms};
+use crate::clock::now_ms;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::state::Shared;
 use crate::submit::SubmitError;
 
 #[path = "admin_model.rs"]
@@ -42,7 +42,7 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        if crate::jobs::retryable(&e) {
+        if crate::retry::retryable(&e) {
             // The database or blob store is down or full: the request may succeed later. Not an
             // ERROR line per request: a halted job logs the outage once.
             tracing::warn!(error = %e, "admin request failed: store unavailable");
@@ -230,7 +230,7 @@ async fn job_reason(st: &AdminState, j: &JobRecord) -> (Option<String>, Option<L
     let Ok(inner) = tokio::time::timeout(JOB_LOCK_TIMEOUT, rt.inner.lock()).await else {
         return (Some("busy: a round is being committed".into()), None);
     };
-    let live = crate::reasons::live_status(&inner, now_ms());
+    let live = crate::live::live_status(&inner, now_ms());
     let (round, attempt) = inner.machine.current_round();
     (
         live.reason.clone(),
@@ -245,7 +245,7 @@ async fn job_reason(st: &AdminState, j: &JobRecord) -> (Option<String>, Option<L
 
 /// A running job's `current` object.
 struct Live {
-    status: crate::reasons::LiveStatus,
+    status: crate::live::LiveStatus,
     round: u64,
     attempt: u32,
     halted: Option<String>,

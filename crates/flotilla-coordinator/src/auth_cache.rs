@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_store::{ClientRecord, Store, StoreError};
 
-use crate::jobs::now_ms;
+use crate::clock::now_ms;
 
 /// How long a successful lookup is trusted without asking the store again, milliseconds.
 pub(crate) const CACHE_TTL_MS: u64 = 10_000;
@@ -62,7 +62,7 @@ impl CredentialCache {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let record = match store.authenticate(credential).await {
             Ok(r) => r,
-            Err(e) if crate::jobs::retryable(&e) => {
+            Err(e) if crate::retry::retryable(&e) => {
                 return self.lookup(credential, now, OUTAGE_GRACE_MS).ok_or(e);
             }
             Err(e) => return Err(e),

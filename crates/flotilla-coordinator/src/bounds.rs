@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use crate::jobs::{Shared, TimerEntry};
+use crate::state::{Shared, TimerEntry};
 
 /// `last_seen` of a client is written at most this often, milliseconds.
 pub(crate) const TOUCH_INTERVAL_MS: u64 = 60_000;

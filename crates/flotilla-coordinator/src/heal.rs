@@ -9,16 +9,13 @@
 //! failed checks in between only at DEBUG.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use flotilla_store::JobState;
 
-use crate::jobs::{JobRuntime, Shared};
 use crate::metrics::Metrics;
 use crate::recovery::RecoverError;
-
-/// How often halted jobs are retried.
-pub(crate) const HEAL_INTERVAL: Duration = Duration::from_secs(2);
+use crate::retry::HEAL_INTERVAL;
+use crate::state::{JobRuntime, Shared};
 
 /// Retries halted jobs every [`HEAL_INTERVAL`], for as long as the server runs.
 pub(crate) async fn heal_loop(shared: Arc<Shared>) {

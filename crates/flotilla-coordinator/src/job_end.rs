@@ -6,47 +6,16 @@
 //! still arriving, a check-in waiting for the job's lock) sees [`JobInner::ended`] under the lock
 //! and is refused as `job_ended`, never fed to the machine.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use flotilla_store::{JobId, JobState};
 use tonic::Status;
 
-use crate::jobs::{JobInner, JobRuntime, Shared};
+use crate::state::{JobInner, JobRuntime, Shared};
 
-/// Jobs remembered as recently ended, so that the calls of clients still working on them are
-/// answered without a database query; older ones are looked up in the store.
-pub(crate) const MAX_RECENTLY_ENDED: usize = 1024;
 /// How long a `NOT_FOUND` answer waits for the store to name the state of a job it does not
 /// remember before it answers without it.
 const STATE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The terminal states of the jobs that ended most recently in this process, by job id (at most
-/// [`MAX_RECENTLY_ENDED`]; the lowest ids, i.e. the oldest jobs, are forgotten first).
-#[derive(Default)]
-pub(crate) struct RecentlyEnded(Mutex<BTreeMap<u64, JobState>>);
-
-impl RecentlyEnded {
-    fn insert(&self, id: u64, state: JobState) {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(id, state);
-        while map.len() > MAX_RECENTLY_ENDED {
-            map.pop_first();
-        }
-    }
-
-    fn get(&self, id: u64) -> Option<JobState> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-            .copied()
-    }
-}
 
 /// "job 7 is not running (completed)".
 pub(crate) fn not_running_text(id: u64, state: JobState) -> String {
@@ -64,8 +33,8 @@ impl Shared {
     /// remembers its state for the answers to late calls. The store must already have the state.
     pub(crate) fn end_job(&self, job: &JobRuntime, inner: &mut JobInner, state: JobState) {
         inner.ended = Some(state);
-        // The secagg server and the idempotency keys are of rounds that will never commit.
-        inner.secagg = None;
+        // The idempotency keys are of rounds that will never commit (the machine, with its secure
+        // aggregator, goes when the last request holding the runtime lets go).
         inner.accepted.clear();
         self.recently_ended.insert(job.id.0, state);
         self.privacy.forget_running(job.id);
@@ -108,17 +77,6 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_oldest_ended_jobs_are_forgotten_first() {
-        let r = RecentlyEnded::default();
-        for id in 0..(MAX_RECENTLY_ENDED as u64 + 10) {
-            r.insert(id, JobState::Completed);
-        }
-        assert_eq!(r.0.lock().unwrap().len(), MAX_RECENTLY_ENDED);
-        assert_eq!(r.get(9), None);
-        assert_eq!(r.get(10), Some(JobState::Completed));
-    }
 
     #[test]
     fn the_text_names_the_state() {

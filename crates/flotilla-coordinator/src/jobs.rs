@@ -1,230 +1,22 @@
-//! Running jobs: one [`RoundMachine`] per job, driven by check-ins, uploads and timers, with every
+//! Running jobs: one [`RoundMachine`](flotilla_core::round::RoundMachine) per job, driven by check-ins, uploads and timers, with every
 //! commit made durable (model blob, then `commit_round` with the machine snapshot) before any other
 //! action of the machine is carried out.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex as StdMutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use flotilla_core::ParamLayout;
-use flotilla_core::round::{
-    Action, ClientId, CommitInfo, Event, RejectReason, RoundMachine, Task, Timer,
-};
-use flotilla_proto::{ExpectedLayout, v1};
-use flotilla_store::{JobId, JobState, RoundCommit, Store, StoreError};
-use tokio::sync::{Mutex, mpsc};
+use flotilla_core::round::{Action, ClientId, CommitInfo, Event, Timer};
+use flotilla_store::{JobId, JobState, RoundCommit, StoreError};
+use tokio::sync::mpsc;
 
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::spec::JobSpec;
-
-/// Unix time in milliseconds: the clock the machines are driven with.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// One committed model version held in memory for downloads.
-#[derive(Debug)]
-pub(crate) struct ModelVersion {
-    pub version: u64,
-    pub params: Arc<Vec<f32>>,
-    pub info: v1::ModelInfo,
-    /// SCAFFOLD's server control variate paired with this version, and its description (kept for
-    /// the versions held in memory only: a task is always for the current version).
-    pub control: Option<(Arc<Vec<f32>>, v1::ModelInfo)>,
-}
-
-impl ModelVersion {
-    fn new(
-        version: u64,
-        params: Vec<f32>,
-        layout: &ParamLayout,
-        spec: &v1::ModelSpec,
-        control: Option<&[f32]>,
-    ) -> Self {
-        let mut info = flotilla_proto::model_info(layout, &params);
-        info.spec = Some(spec.clone());
-        let control =
-            control.map(|c| (Arc::new(c.to_vec()), flotilla_proto::model_info(layout, c)));
-        Self {
-            version,
-            params: Arc::new(params),
-            info,
-            control,
-        }
-    }
-}
-
-/// Idempotency key of an update: (round, attempt, stage, client) within a job.
-pub(crate) type UploadKey = (u64, u32, u32, ClientId);
-
-/// Mutable state of a running job, behind the job's lock.
-pub(crate) struct JobInner {
-    pub machine: RoundMachine,
-    pub current: Arc<ModelVersion>,
-    pub previous: Option<Arc<ModelVersion>>,
-    /// FedBuff jobs started in this process: version 0, which the blob store does not hold, for
-    /// tasks that started from it and download after later versions were committed.
-    pub origin: Option<Arc<ModelVersion>>,
-    /// Deadline (Unix ms) of the stage currently collecting reports.
-    pub deadline_ms: Option<u64>,
-    /// SHA-256 of every accepted update of the current and previous round.
-    pub accepted: HashMap<UploadKey, Vec<u8>>,
-    /// Set when a commit (or a new attempt) could not be persisted: the in-memory machine is
-    /// ahead of the database, so the job takes no more events; the heal task (`heal.rs`) replaces
-    /// it by a runtime rebuilt from the last durable commit once the store accepts writes again.
-    /// The text is the cause, for `job status` ("could not persist round 5 (…)").
-    pub halted: Option<String>,
-    /// Secure aggregation (`[secagg]` jobs): the current attempt's secagg server and payloads.
-    pub secagg: Option<crate::secagg_round::SecAggRound>,
-    /// What the job remembers to explain itself: client-reported failures, the last abandoned
-    /// attempt, when its wait for clients was logged.
-    pub notes: crate::reasons::JobNotes,
-    /// Set when the job completed, failed or was cancelled: the runtime has left the job table,
-    /// and a request that still holds it is refused (`job_ended`) without touching the machine.
-    pub ended: Option<JobState>,
-}
-
-/// A job being run by this process.
-pub(crate) struct JobRuntime {
-    pub id: JobId,
-    pub spec: JobSpec,
-    pub model_spec: v1::ModelSpec,
-    pub layout: ParamLayout,
-    pub expected: ExpectedLayout,
-    pub inner: Mutex<JobInner>,
-    /// Server-side evaluation of committed models (jobs with `[evaluation]`), run after each
-    /// commit is durable and off the job lock.
-    evaluations: Option<Arc<crate::evaluation::Evaluations>>,
-}
-
-/// What feeding one event produced for the client that caused it.
-#[derive(Debug, Default)]
-pub(crate) struct Outcome {
-    pub task: Option<Task>,
-    pub retry_after_ms: Option<u64>,
-    pub accepted: bool,
-    pub reject: Option<RejectReason>,
-    /// The event led to a commit that could not be persisted.
-    pub persist_failed: Option<String>,
-    /// The job had ended (or ended because of this event's commit): its state.
-    pub ended: Option<JobState>,
-}
-
-/// A timer to fire for a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct TimerEntry {
-    pub at_ms: u64,
-    pub job: u64,
-    pub timer: Timer,
-}
-
-/// Process-wide state shared by the gRPC service, the admin API and the timer task.
-pub(crate) struct Shared {
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    pub jobs: RwLock<BTreeMap<u64, Arc<JobRuntime>>>,
-    pub timers: mpsc::UnboundedSender<TimerEntry>,
-    /// Upload slots, per-client and per-tenant caps, the wait queue and throttling.
-    pub admission: Arc<crate::service::admission::Admission>,
-    pub partial_uploads: StdMutex<crate::service::PartialUploads>,
-    pub limits: crate::Limits,
-    /// Where jobs' models come from (`ServerConfig::models`); none: no job can be submitted.
-    pub models: Option<Arc<dyn crate::models::ModelProvider>>,
-    /// When each client's `last_seen` was last written (Unix ms); entries older than
-    /// [`crate::bounds::TOUCH_INTERVAL_MS`] are dropped once the map holds
-    /// [`crate::bounds::MAX_TOUCH_ENTRIES`].
-    pub last_touch: StdMutex<HashMap<u64, u64>>,
-    pub rotate: AtomicU64,
-    /// Successful credential lookups, so authenticated calls skip the database.
-    pub credentials: crate::auth_cache::CredentialCache,
-    /// Lifetime of the credentials `Enroll` issues.
-    pub credential_ttl: Duration,
-    /// Differential-privacy accountants and budgets of jobs and tenants.
-    pub privacy: crate::privacy::PrivacyBook,
-    /// The states of the jobs that ended most recently, for the answers to late calls.
-    pub recently_ended: crate::job_end::RecentlyEnded,
-}
-
-pub(crate) use crate::retry::{STORE_ATTEMPTS, retryable};
+use crate::retry::{STORE_ATTEMPTS, retryable};
+use crate::state::{JobInner, JobRuntime, ModelVersion, Outcome, Shared, TimerEntry};
 
 impl Shared {
-    /// Running jobs, in id order.
-    pub fn job_list(&self) -> Vec<Arc<JobRuntime>> {
-        self.jobs
-            .read()
-            .map(|j| j.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// A running job by its wire id.
-    pub fn job(&self, id: &str) -> Option<Arc<JobRuntime>> {
-        let id: u64 = id.parse().ok()?;
-        self.jobs.read().ok()?.get(&id).cloned()
-    }
-
-    pub fn insert_job(&self, job: Arc<JobRuntime>) {
-        if let Ok(mut j) = self.jobs.write() {
-            j.insert(job.id.0, job);
-        }
-    }
-
-    pub fn remove_job(&self, id: u64) -> Option<Arc<JobRuntime>> {
-        self.jobs.write().ok()?.remove(&id)
-    }
-
-    /// Builds the runtime of a new or recovered job around its machine.
-    pub fn runtime(
-        &self,
-        id: JobId,
-        spec: JobSpec,
-        machine: RoundMachine,
-        evaluator: Option<Box<dyn crate::models::Evaluate>>,
-    ) -> Result<Arc<JobRuntime>, String> {
-        let layout = machine.layout().clone();
-        let secagg = crate::secagg_round::for_job(&spec, layout.len())?;
-        let model_spec = spec.proto_model_spec();
-        let control = machine.strategy().client_directive().server_control;
-        let current = Arc::new(ModelVersion::new(
-            machine.rounds_committed(),
-            machine.global().to_vec(),
-            &layout,
-            &model_spec,
-            control,
-        ));
-        let origin = (machine.strategy().spec().fedbuff.is_some()
-            && machine.rounds_committed() == 0)
-            .then(|| current.clone());
-        Ok(Arc::new(JobRuntime {
-            id,
-            // Under SCAFFOLD a report is the parameters followed by Δcᵢ: twice the model.
-            expected: ExpectedLayout {
-                len: machine.strategy().report_len() as u64,
-                fingerprint: layout.fingerprint(),
-            },
-            model_spec,
-            layout,
-            spec,
-            inner: Mutex::new(JobInner {
-                machine,
-                current,
-                previous: None,
-                origin,
-                deadline_ms: None,
-                accepted: HashMap::new(),
-                halted: None,
-                secagg,
-                notes: Default::default(),
-                ended: None,
-            }),
-            evaluations: evaluator.map(crate::evaluation::Evaluations::new),
-        }))
-    }
-
     /// Feeds `event` to the job's machine at the current time and carries out the actions.
     /// `me` is the client that caused the event (its task / retry / verdict is returned).
     pub async fn drive(
@@ -235,17 +27,7 @@ impl Shared {
         me: Option<ClientId>,
     ) -> Outcome {
         let mut out = Outcome::default();
-        let mut followups = std::collections::VecDeque::new();
-        self.drive_one(job, inner, event, me, &mut out, &mut followups)
-            .await;
-        // Secure aggregation: what the secagg server concluded (sum or failure) goes back in.
-        while let Some(f) = followups.pop_front() {
-            if out.persist_failed.is_some() {
-                break;
-            }
-            self.drive_one(job, inner, f.event(), None, &mut out, &mut followups)
-                .await;
-        }
+        self.drive_one(job, inner, event, me, &mut out).await;
         let (m, now) = (&inner.machine, now_ms());
         let waiting = m.activity() == flotilla_core::round::Activity::WaitingForClients
             && inner.halted.is_none();
@@ -263,7 +45,6 @@ impl Shared {
         event: Event<'_>,
         me: Option<ClientId>,
         out: &mut Outcome,
-        followups: &mut std::collections::VecDeque<crate::secagg_round::Followup>,
     ) {
         if let Some(state) = inner.ended {
             out.ended = Some(state);
@@ -306,10 +87,6 @@ impl Shared {
                     inner
                         .accepted
                         .remove(&(task.round, task.attempt, task.stage, client));
-                    let seed = inner.machine.attempt_seed();
-                    if let Some(sa) = inner.secagg.as_mut() {
-                        sa.on_configure(&task, seed);
-                    }
                     if Some(client) == me {
                         out.task = Some(task);
                     }
@@ -432,46 +209,6 @@ impl Shared {
                         }
                     }
                 }
-                Action::StageClosed {
-                    round,
-                    attempt,
-                    stage,
-                    survivors,
-                    ..
-                } => {
-                    tracing::info!(
-                        job = job.id.0,
-                        round,
-                        attempt,
-                        stage,
-                        survivors = survivors.len(),
-                        "secure-aggregation stage closed"
-                    );
-                    let f = match inner.secagg.as_mut() {
-                        Some(sa) => sa.on_stage_closed(round, attempt, stage, &survivors),
-                        None => Some(crate::secagg_round::Followup::Failed {
-                            round,
-                            attempt,
-                            reason: "the job has no secure-aggregation state".into(),
-                        }),
-                    };
-                    followups.extend(f);
-                }
-                Action::Finalize {
-                    round,
-                    attempt,
-                    contributors,
-                } => {
-                    let f = match inner.secagg.as_mut() {
-                        Some(sa) => sa.on_finalize(round, attempt, &contributors),
-                        None => crate::secagg_round::Followup::Failed {
-                            round,
-                            attempt,
-                            reason: "the job has no secure-aggregation state".into(),
-                        },
-                    };
-                    followups.push_back(f);
-                }
                 Action::JobFinished => {
                     tracing::info!(job = job.id.0, "job completed");
                     // `commit_round` of the last round marked it completed in the store.
@@ -516,7 +253,7 @@ impl Shared {
         tracing::error!(
             job = job.id.0,
             "{cause}; job halted, retrying every {} s until the store accepts writes",
-            crate::heal::HEAL_INTERVAL.as_secs()
+            crate::retry::HEAL_INTERVAL.as_secs()
         );
         Metrics::inc(&self.metrics.jobs_halted);
         inner.halted = Some(cause.clone());

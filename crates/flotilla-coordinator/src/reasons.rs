@@ -5,10 +5,8 @@
 
 use std::collections::VecDeque;
 
-use flotilla_core::round::{AbandonCause, Activity, StageKind};
+use flotilla_core::round::AbandonCause;
 use flotilla_proto::v1;
-
-use crate::jobs::JobInner;
 
 /// Longest reason a client may send with a task failure, bytes.
 pub(crate) const MAX_CLIENT_REASON_BYTES: usize = 256;
@@ -325,85 +323,6 @@ impl JobNotes {
             );
             self.wait.logged = Some((available, now_ms));
         }
-    }
-}
-
-/// A running job's state for the admin API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LiveStatus {
-    /// `waiting`, `selecting`, `training`, `secagg`, `retrying`, `halted`, `finished` or `failed`.
-    pub phase: &'static str,
-    pub available_clients: u64,
-    pub needed_clients: u64,
-    /// Deadline of the stage collecting reports, Unix ms.
-    pub deadline_ms: Option<u64>,
-    /// Present when the job is not simply making progress.
-    pub reason: Option<String>,
-}
-
-/// What the job is doing and, unless it is simply making progress, why not.
-pub(crate) fn live_status(inner: &JobInner, now_ms: u64) -> LiveStatus {
-    let m = &inner.machine;
-    let (round, _) = m.current_round();
-    let fedbuff = m.strategy().spec().fedbuff;
-    let needed = match fedbuff {
-        Some(fb) => fb.buffer_size as u64,
-        None => m.policy().min_clients as u64,
-    };
-    let available = m.available_clients(now_ms);
-    let activity = m.activity();
-    let retrying = inner
-        .notes
-        .retry
-        .as_ref()
-        .filter(|r| r.round == round && fedbuff.is_none());
-    let mut reasons: Vec<String> = Vec::new();
-    let phase = if let Some(h) = &inner.halted {
-        // The heal task resumes the job once the store accepts writes again (heal.rs).
-        reasons.push(format!(
-            "halted: {h}; retrying every {} s",
-            crate::heal::HEAL_INTERVAL.as_secs()
-        ));
-        "halted"
-    } else {
-        if let Some(r) = retrying {
-            reasons.push(r.text.clone());
-        }
-        match activity {
-            Activity::WaitingForClients => {
-                reasons.push(waiting_text(needed as usize, available));
-                "waiting"
-            }
-            Activity::Selecting => "selecting",
-            _ if matches!(activity, Activity::Stage { .. } | Activity::Finalizing)
-                && retrying.is_some() =>
-            {
-                "retrying"
-            }
-            Activity::Stage {
-                kind: StageKind::Train,
-                ..
-            } => "training",
-            Activity::Stage { .. } | Activity::Finalizing => "secagg",
-            Activity::Finished => "finished",
-            Activity::Failed => {
-                reasons.clear();
-                reasons.push(m.failure().unwrap_or("failed").to_owned());
-                "failed"
-            }
-            _ => "running",
-        }
-    };
-    let deadline_ms = match activity {
-        Activity::Stage { .. } if fedbuff.is_none() => inner.deadline_ms,
-        _ => None,
-    };
-    LiveStatus {
-        phase,
-        available_clients: available as u64,
-        needed_clients: needed,
-        deadline_ms,
-        reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
     }
 }
 

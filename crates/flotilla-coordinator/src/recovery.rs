@@ -8,8 +8,8 @@ use std::sync::Arc;
 use flotilla_core::round::RoundMachine;
 use flotilla_store::RecoveredJob;
 
-use crate::jobs::{JobRuntime, Shared};
 use crate::spec::JobSpec;
+use crate::state::{JobRuntime, Shared};
 use crate::submit::{ProvideError, fresh_machine};
 
 /// Why a job could not be rebuilt.
@@ -36,7 +36,7 @@ impl Shared {
     }
 
     /// Restores every running job from the store: snapshot (+ committed model) → `recover()` → continue.
-    pub async fn recover_jobs(&self) -> Result<usize, crate::CoordinatorError> {
+    pub async fn recover_jobs(&self) -> Result<usize, crate::error::CoordinatorError> {
         let recovered = self.store.load_running_jobs().await?;
         let mut n = 0;
         for rj in recovered {
@@ -53,7 +53,7 @@ impl Shared {
                     n += 1;
                 }
                 Err(RecoverError::Job(e)) => tracing::error!(job = id.0, "{e}; job left as is"),
-                Err(RecoverError::Task(e)) => return Err(crate::CoordinatorError::Task(e)),
+                Err(RecoverError::Task(e)) => return Err(crate::error::CoordinatorError::Task(e)),
             }
         }
         Ok(n)

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flotilla_core::round::{ClientId, Event, RejectReason};
 use flotilla_proto::v1;
@@ -12,16 +11,15 @@ use flotilla_store::StoreError;
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::jobs::{JobInner, JobRuntime, Shared, now_ms};
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
+use crate::state::{JobInner, JobRuntime, Shared};
 
-pub(crate) mod admission;
 mod task_failure;
 mod upload;
 mod upload_finish;
 mod upload_pace;
 
-pub(crate) use upload::PartialUploads;
 pub(crate) use upload_pace::CountUploadBytes;
 
 /// An authenticated caller.
@@ -49,6 +47,7 @@ fn reject_name(r: &RejectReason) -> &'static str {
         RejectReason::WrongStageKind { .. } => "wrong_stage_kind",
         RejectReason::TooStale { .. } => "too_stale",
         RejectReason::NoTask => "no_task",
+        RejectReason::SecureAggregation(s) => s.code,
     }
 }
 
@@ -238,14 +237,10 @@ impl CoordinatorService {
             stage_index: task.stage,
             server_control: inner.current.control.as_ref().map(|(_, info)| info.clone()),
             secagg_payload: inner
-                .secagg
-                .as_ref()
-                .map(|s| s.payload(client, task))
-                .unwrap_or_default(),
-            secagg: inner
-                .secagg
-                .as_ref()
-                .map(crate::secagg_round::SecAggRound::config_proto),
+                .machine
+                .stage_payload(client, task.round, task.attempt, task.stage)
+                .to_vec(),
+            secagg: job.secagg,
         }
     }
 }
@@ -529,6 +524,3 @@ impl Coordinator for CoordinatorService {
         self.query_partial(req).await
     }
 }
-
-/// How long an upload waits for a free slot by default.
-pub(crate) const DEFAULT_SLOT_WAIT: Duration = Duration::from_secs(30);

@@ -1,14 +1,19 @@
-//! Job specifications: the TOML an operator submits, validated into a [`JobSpec`].
+//! Job specifications: the TOML an operator submits, validated into a [`JobSpec`] by
+//! [`JobSpec::from_toml`].
 //!
 //! Every validation error is one line that starts with the offending field, e.g.
 //! `clients_per_round: must be ≥ 1`. See the crate README for the format.
+//!
+//! This module holds the types and what is derived from a spec; the parser (`from_toml`, with the
+//! coordinator's privacy rules) is in `job_toml.rs`, one layer up, so that the privacy module can
+//! name [`JobSpec`] without a cycle.
 
 use flotilla_core::dp::PrivacySpec;
 use flotilla_core::round::RoundPolicy;
 use flotilla_core::strategy::StrategySpec;
 use flotilla_model::{ModelKind, ModelSpec};
 use flotilla_proto::v1;
-use flotilla_spec::{JobConfig, ParseError, RoundConfig};
+use flotilla_spec::{RoundConfig, SecAggConfig};
 use serde::{Deserialize, Serialize};
 
 /// A job specification that failed to parse or validate. The message names the field (`toml` for
@@ -87,10 +92,10 @@ pub struct JobSpec {
     /// How reports are aggregated (`[strategy]`; FedAvg when absent).
     #[serde(default = "StrategySpec::fedavg")]
     pub strategy: StrategySpec,
-    /// Secure aggregation (`[secagg]`): rounds run the four SecAgg+ stages; see
-    /// [`crate::secagg_round`].
+    /// Secure aggregation (`[secagg]`): rounds run the four SecAgg+ stages; see the crate's
+    /// `secagg_round` module.
     #[serde(default)]
-    pub secagg: Option<crate::secagg_round::SecAggSpec>,
+    pub secagg: Option<SecAggConfig>,
     /// Differential privacy (`[privacy]`: central DP-FedAvg, or distributed DP with `[secagg]`); the
     /// mechanism is also in `strategy.dp`.
     #[serde(default)]
@@ -98,59 +103,6 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    /// Parses and validates a job TOML with `flotilla_spec` (the vocabulary scenario files share),
-    /// then applies the coordinator's own rules (`[privacy] population`, distributed DP only over
-    /// `[secagg]`). A scenario's simulation-only sections are refused, naming them. Nothing is read
-    /// from disk: dataset shapes are known statically, and an evaluation dataset is loaded when the
-    /// job starts.
-    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let job = JobConfig::from_job_toml(text).map_err(|e| match e {
-            // `toml: line 9, column 1: unknown key …`: the server does not know the file's name,
-            // so the position is spelled out for the client to prefix its own (see `TomlError`).
-            ParseError::Syntax(e) => SpecError::new("toml", e.to_string()),
-            ParseError::Invalid(e) => e,
-        })?;
-        let name = job.name.clone().unwrap_or_else(|| "job".to_owned());
-        flotilla_core::names::check_job_name(&name)
-            .map_err(|e| SpecError::new("name", e.to_string()))?;
-        let policy = job.policy();
-        crate::privacy::check(job.privacy.as_ref(), &policy, job.secagg.is_some())?;
-        let model = &job.model;
-        Ok(JobSpec {
-            name,
-            tenant: job.tenant,
-            seed: job.seed,
-            rounds: job.rounds,
-            clients_per_round: job.clients_per_round,
-            min_clients: policy.min_clients,
-            over_selection: policy.over_selection,
-            round_deadline_ms: policy.stage_deadline_ms,
-            min_report_fraction: policy.min_report_fraction,
-            max_attempts: policy.max_attempts,
-            selection_window_ms: policy.selection_window_ms,
-            retry_after_ms: policy.retry_after_ms,
-            checkin_ttl_ms: policy.checkin_ttl_ms,
-            model: ModelSection {
-                kind: model.kind_name().to_owned(),
-                input_shape: model.spec.input_shape.clone(),
-                num_classes: model.spec.num_classes,
-                hidden: model.hidden(),
-                embed: model.embed(),
-            },
-            train: TrainSection {
-                local_epochs: job.train.local_epochs,
-                batch_size: job.train.batch_size,
-                learning_rate: job.train.learning_rate,
-                max_grad_norm: job.train.max_grad_norm,
-            },
-            min_samples: job.min_samples,
-            evaluation_dataset: job.evaluation_dataset.map(|d| d.to_string()),
-            strategy: job.strategy,
-            secagg: job.secagg,
-            privacy: job.privacy,
-        })
-    }
-
     /// The round policy of the job, built by `flotilla_spec::RoundConfig` like the simulator's.
     pub fn policy(&self) -> RoundPolicy {
         RoundConfig {
@@ -200,194 +152,6 @@ impl JobSpec {
             num_classes: u32::try_from(self.model.num_classes).unwrap_or(u32::MAX),
             hidden: u32::try_from(self.model.hidden).unwrap_or(u32::MAX),
             embed: u32::try_from(self.model.embed).unwrap_or(u32::MAX),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DIGITS: &str = r#"
-name = "digits"
-seed = 42
-rounds = 20
-clients_per_round = 10
-[round]
-min_clients = 10
-over_selection = 1.0
-deadline_seconds = 60
-min_report_fraction = 0.8
-[model]
-kind = "logreg"
-dataset = "digits"
-[train]
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.1
-[eligibility]
-min_samples = 1
-[evaluation]
-dataset = "digits"
-"#;
-
-    fn err(text: &str) -> String {
-        JobSpec::from_toml(text).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn parses_the_documented_example() {
-        let s = JobSpec::from_toml(DIGITS).unwrap();
-        assert_eq!(s.model.input_shape, vec![64]);
-        assert_eq!(s.model.num_classes, 10);
-        assert_eq!(s.round_deadline_ms, 60_000);
-        assert_eq!(s.evaluation_dataset.as_deref(), Some("digits"));
-        s.policy().validate().unwrap();
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        assert!(
-            err(&DIGITS.replace("clients_per_round = 10", "clients_per_round = 0"))
-                .starts_with("clients_per_round:")
-        );
-        assert!(
-            err(&DIGITS.replace("min_clients = 10", "min_clients = 3"))
-                .starts_with("round.min_clients:")
-        );
-        assert!(
-            err(&DIGITS.replace("over_selection = 1.0", "over_selection = 0.5"))
-                .starts_with("round.over_selection:")
-        );
-        assert!(
-            err(&DIGITS.replace("kind = \"logreg\"", "kind = \"nope\"")).starts_with("model.kind:")
-        );
-        assert!(
-            err(&DIGITS.replace("learning_rate = 0.1", "learning_rate = -1.0"))
-                .starts_with("train.learning_rate:")
-        );
-        assert!(
-            err(&DIGITS.replace(
-                "learning_rate = 0.1",
-                "learning_rate = 0.1\nmax_grad_norm = -2"
-            ))
-            .starts_with("train.max_grad_norm:")
-        );
-        assert!(err(&DIGITS.replace("rounds = 20", "rounds = 0")).starts_with("rounds:"));
-        assert!(
-            err(&DIGITS.replace("deadline_seconds = 60", "deadline_seconds = 0"))
-                .starts_with("round.deadline_seconds:")
-        );
-        assert!(err(&DIGITS.replace("seed = 42", "seed = 42\nbogus = 1")).starts_with("toml:"));
-        assert!(
-            err(&DIGITS.replace(
-                "dataset = \"digits\"\n[train]",
-                "dataset = \"nope\"\n[train]"
-            ))
-            .starts_with("model.dataset:")
-        );
-        assert!(!err("rounds = ").contains('\n'));
-        assert!(
-            err(&format!(
-                "{DIGITS}[strategy]\nname = \"trimmed_mean\"\nbeta = 0.5\n"
-            ))
-            .starts_with("strategy.beta:")
-        );
-        assert!(
-            err(&format!("{DIGITS}[strategy]\nname = \"krum\"\nf = 3\n"))
-                .starts_with("strategy.f:")
-        );
-        assert!(
-            err(&format!(
-                "{DIGITS}[strategy]\nname = \"fedadam\"\nserver_lr = 0\n"
-            ))
-            .starts_with("strategy.server_lr:")
-        );
-    }
-
-    #[test]
-    fn moved_keys_and_simulation_sections_are_refused_naming_them() {
-        let e = err(&DIGITS.replace("[round]\nmin_clients = 10\n", "min_clients = 10\n[round]\n"));
-        assert!(e.starts_with("toml: line "), "{e}");
-        assert!(e.contains("write it as `[round] min_clients`"), "{e}");
-        let e = err(&format!("{DIGITS}[partition]\nkind = \"iid\"\n"));
-        assert!(e.contains("`[partition]` is simulation-only"), "{e}");
-        let e = err(&DIGITS.replace("seed = 42", "seed = 42\nclients = 100"));
-        assert!(e.contains("`clients` is simulation-only"), "{e}");
-    }
-
-    #[test]
-    fn strategy_defaults_to_fedavg_and_parses_by_name() {
-        assert_eq!(
-            JobSpec::from_toml(DIGITS).unwrap().strategy,
-            StrategySpec::fedavg()
-        );
-        let s = JobSpec::from_toml(&format!(
-            "{DIGITS}[strategy]\nname = \"krum\"\nf = 2\nm = 4\n"
-        ))
-        .unwrap();
-        assert_eq!(s.strategy.name, "krum");
-    }
-
-    #[test]
-    fn secagg_section_sets_the_stages_and_refuses_per_update_strategies() {
-        let s = JobSpec::from_toml(&format!("{DIGITS}[secagg]\nclip_range = 0.5\n")).unwrap();
-        assert!(s.policy().secure_aggregation());
-        assert_eq!(s.secagg.as_ref().unwrap().clip_range, 0.5);
-        assert!(
-            !JobSpec::from_toml(DIGITS)
-                .unwrap()
-                .policy()
-                .secure_aggregation()
-        );
-        // Stored specs without the key still load.
-        let mut json = serde_json::to_value(JobSpec::from_toml(DIGITS).unwrap()).unwrap();
-        json.as_object_mut().unwrap().remove("secagg");
-        assert_eq!(
-            serde_json::from_value::<JobSpec>(json).unwrap().secagg,
-            None
-        );
-        let sa = "[secagg]\nclip_range = 0.5\n";
-        assert!(
-            err(&format!("{DIGITS}[strategy]\nname = \"median\"\n{sa}"))
-                .starts_with("strategy.name:")
-        );
-        assert!(
-            err(&format!("{DIGITS}[strategy]\nname = \"krum\"\nf = 1\n{sa}"))
-                .starts_with("strategy.name:")
-        );
-        assert!(
-            err(&format!(
-                "{DIGITS}[strategy]\nname = \"trimmed_mean\"\nbeta = 0.1\n{sa}"
-            ))
-            .starts_with("strategy.name:")
-        );
-        assert!(err(&format!("{DIGITS}[strategy]\nname = \"fedavg\"\n[strategy.anomaly]\nmax_norm_z = 3.0\nmax_cosine_distance = 1.0\n{sa}"))
-            .starts_with("strategy.anomaly:"));
-        assert!(
-            err(&format!("{DIGITS}[secagg]\nclip_range = -1.0\n"))
-                .starts_with("secagg.clip_range:")
-        );
-        assert!(
-            err(&format!(
-                "{DIGITS}[secagg]\nclip_range = 1.0\nthreshold = 50\n"
-            ))
-            .starts_with("secagg.threshold:")
-        );
-        assert!(
-            err(&format!(
-                "{DIGITS}[secagg]\nclip_range = 1.0\nneighbours = 3\n"
-            ))
-            .starts_with("secagg.neighbours:")
-        );
-        assert!(
-            err(&format!("{DIGITS}[secagg]\nclip_range = 1.0\nbogus = 3\n")).starts_with("toml:")
-        );
-        for ok in ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] {
-            assert!(
-                JobSpec::from_toml(&format!("{DIGITS}[strategy]\nname = \"{ok}\"\n{sa}")).is_ok(),
-                "{ok}"
-            );
         }
     }
 }

@@ -5,9 +5,10 @@
 use flotilla_core::round::RoundMachine;
 use flotilla_store::{JobId, JobState, StoreError};
 
-use crate::jobs::{Shared, retryable};
 use crate::models::{Evaluate, JobModel};
+use crate::retry::retryable;
 use crate::spec::JobSpec;
+use crate::state::Shared;
 
 /// What the model provider gave for a job.
 pub(crate) struct Provided {

@@ -30,10 +30,12 @@ mod fedbuff;
 mod policy;
 mod precheck;
 mod rounds;
+mod secure;
 mod status;
 
 pub use events::{Action, ClientId, CommitInfo, Event, RejectReason, ReportMetrics, Task, Timer};
 pub use policy::{RoundPolicy, StageKind};
+pub use secure::{RefusalKind, SecureAggregator, StageInput, StageRefusal};
 pub use status::{AbandonCause, Activity};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,14 +55,6 @@ struct StageState {
     contributors: BTreeSet<ClientId>,
 }
 
-/// A secure-aggregation round waiting for the driver's unmasked sum.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Finalizing {
-    contributors: BTreeSet<ClientId>,
-    loss_weighted: f64,
-    num_samples: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Phase {
     /// Waiting for `min_clients` live check-ins.
@@ -69,8 +63,6 @@ enum Phase {
     SelectionPending,
     /// A stage is collecting reports.
     Running(Box<StageState>),
-    /// Secure aggregation: every stage closed; waiting for `Aggregated` / `AggregationFailed`.
-    Finalizing(Box<Finalizing>),
     Finished,
     Failed(String),
 }
@@ -81,7 +73,6 @@ impl Phase {
             Phase::Waiting => "waiting for clients",
             Phase::SelectionPending => "selecting",
             Phase::Running(_) => "running",
-            Phase::Finalizing(_) => "finalizing",
             Phase::Finished => "finished",
             Phase::Failed(_) => "failed",
         }
@@ -112,6 +103,9 @@ pub struct RoundMachine {
     /// FedBuff mode: tasks in flight and the buffer of the next server step.
     #[serde(default)]
     fedbuff: AsyncState,
+    /// Secure aggregation: the aggregator and the current stage's payloads (never in a snapshot).
+    #[serde(skip)]
+    secure: secure::SecureSlot,
 }
 
 /// A FedBuff task in flight.
@@ -217,6 +211,7 @@ impl RoundMachine {
             select_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x5E_1EC7)),
             jitter_rng: ChaCha8Rng::seed_from_u64(mix(seed ^ 0x7_17E5)),
             fedbuff: AsyncState::default(),
+            secure: secure::SecureSlot::default(),
         })
     }
 
@@ -298,6 +293,7 @@ impl RoundMachine {
         }
         self.global = global;
         self.pool.clear();
+        self.secure.payloads = None;
         // FedBuff: in-flight tasks and the partly filled buffer are abandoned (the bumped attempt
         // makes their late reports stale).
         self.fedbuff = AsyncState {
@@ -308,7 +304,7 @@ impl RoundMachine {
             Phase::Finished | Phase::Failed(_) => {}
             // Even a machine persisted between rounds moves to a new attempt: the dead process may
             // have selected and configured clients for the old one after its last snapshot.
-            Phase::Running(_) | Phase::Finalizing(_) | Phase::SelectionPending | Phase::Waiting => {
+            Phase::Running(_) | Phase::SelectionPending | Phase::Waiting => {
                 self.attempt += 1;
                 self.phase = Phase::Waiting;
             }
@@ -397,32 +393,22 @@ impl RoundMachine {
                 metrics,
                 &mut out,
             ),
-            Event::StageReport {
+            Event::StageMessage {
                 client,
                 round,
                 attempt,
                 stage,
+                input,
                 num_samples,
                 metrics,
-            } => self.on_stage_report(
+            } => self.on_stage_message(
                 now_ms,
                 client,
                 (round, attempt, stage),
-                num_samples,
-                metrics,
+                input,
+                (num_samples, metrics),
                 &mut out,
             ),
-            Event::Aggregated {
-                round,
-                attempt,
-                sum,
-                contributors,
-            } => self.on_aggregated(now_ms, (round, attempt), sum, contributors, &mut out),
-            Event::AggregationFailed {
-                round,
-                attempt,
-                reason,
-            } => self.on_aggregation_failed(now_ms, (round, attempt), &reason, &mut out),
             Event::ClientLost { client } => self.on_lost(now_ms, client, &mut out),
             Event::TaskFailed {
                 client,

@@ -18,6 +18,9 @@
 //! decodes the sum of the clipped updates ([`Aggregate`]). See [`params`] for the ring, encoding,
 //! error bound and the choice of k and t.
 //!
+//! [`RoundAggregator`] is SecAgg+ as the round machine's pluggable secure aggregator
+//! (`flotilla_core::round::SecureAggregator`): the machine owns it, so drivers never see a stage.
+//!
 //! Threat model: honest-but-curious server and clients (Bell et al.'s semi-honest setting). A
 //! client refuses to reveal both secrets of one peer; shares carry hash commitments so the server
 //! refuses forged shares; reconstructed secrets are checked against commitments. The transport
@@ -31,6 +34,7 @@ pub mod client;
 pub mod crypto;
 pub mod error;
 pub mod graph;
+pub mod machine;
 pub mod messages;
 pub mod params;
 pub mod server;
@@ -40,6 +44,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 pub use client::Client;
 pub use error::{ClientError, DecodeError, ParamError, Rejected, RoundError};
+pub use machine::RoundAggregator;
 pub use messages::{
     AdvertiseKeys, ClientMessage, IncomingShare, MaskedInput, OutgoingShare, RevealedShare, Roster,
     RosterEntry, ServerMessage, ShareBundle, ShareKeys, UnmaskRequest, UnmaskResponse,

@@ -1,31 +1,34 @@
 //! The simulator: many virtual clients in one process, driving the same [`RoundMachine`] the
 //! coordinator drives, on a virtual clock.
 //!
+//! This module holds the entry points and what every mode shares: loading and partitioning the data,
+//! the round policy on a virtual clock, the setup a run starts with (trainers, initial evaluation),
+//! evaluating a commit, and training a batch of clients on the worker threads. [`run_prepared`] picks
+//! the scenario's simulated clients — plain rounds (`crate::plain`), secure aggregation
+//! (`crate::secagg`) or FedBuff (`crate::fedbuff`) — and runs them in the one event loop,
+//! `crate::driver`.
+//!
 //! Determinism: client selection and per-client seeds come from the machine (seeded by the scenario),
 //! each client's training depends only on the global model, its own data and its task seed, and
 //! reports are fed back in cohort order whatever thread trained them. So one scenario and seed give a
 //! bit-identical final model, with any number of worker threads.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use flotilla_core::round::{
-    Action, ClientId, CommitInfo, Event, RejectReason, ReportMetrics, RoundMachine, RoundPolicy,
-    Task, Timer,
-};
-use flotilla_core::strategy::{Quarantined, scaffold_client_update, scaffold_correction};
-use flotilla_core::{ParamLayout, params_sha256};
+use flotilla_core::ParamLayout;
+use flotilla_core::round::{ClientId, CommitInfo, RoundMachine, RoundPolicy};
+use flotilla_core::strategy::Quarantined;
 use flotilla_data::{Dataset, LoadOptions, Partition, TrainTest};
 use flotilla_ml::{FitConfig, FitReport, LocalObjective, ModelSpec, Samples, Trainer};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::attack::Attackers;
 use crate::error::SimError;
-use crate::privacy::{PrivacySummary, RoundPrivacy, SimPrivacy};
+use crate::plain::PlainClients;
+use crate::privacy::{PrivacySummary, RoundPrivacy};
 use crate::scenario::Scenario;
+use crate::secagg::SecAggClients;
 
 /// A scenario's data, loaded and partitioned: what `flotilla data partition-stats` shows.
 pub struct Prepared {
@@ -243,302 +246,24 @@ pub fn run_prepared(
     observe: &mut dyn FnMut(&SimEvent),
 ) -> Result<SimOutcome, SimError> {
     if let Some(sa) = &scenario.secagg {
-        return crate::secagg::run_prepared(scenario, sa, prepared, observe);
+        return crate::driver::run(
+            scenario,
+            prepared,
+            scenario.clients_per_round,
+            observe,
+            |layout| SecAggClients::new(scenario, sa, layout.len()),
+        );
     }
     if let Some(fb) = scenario.strategy.fedbuff {
         return crate::fedbuff::run_prepared(scenario, fb, prepared, observe);
     }
-    let started = Instant::now();
-    let train = &prepared.data.train;
-    let test = &prepared.data.test;
-    let Setup {
-        mut trainers,
-        layout,
-        initial,
-        test_idx,
-        init_eval,
-    } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
-    let test_view = samples(test, &test_idx);
-
-    let mut machine = RoundMachine::with_strategy(
-        round_policy(scenario),
-        layout.clone(),
-        initial,
-        scenario.seed,
-        scenario.strategy.clone(),
-    )?;
-    let mut attackers = scenario
-        .attack
-        .map(|a| Attackers::new(a, scenario.seed, train, test, &prepared.partition));
-    // SCAFFOLD client control variates cᵢ, kept by each simulated client across rounds.
-    let mut controls: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
-    let mut last_backdoor = None;
-    let mut dropout_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
-    let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
-    let mut timer_seq = 0u64;
-    let mut pending: Vec<(ClientId, Task)> = Vec::new();
-    let mut history = Vec::new();
-    let mut abandoned = 0u64;
-    let mut late_reports = 0u64;
-    let mut last_eval = (init_eval.accuracy, init_eval.loss);
-    let mut now = 0u64;
-    // A first round that would already exceed the budget is refused before anything is trained.
-    let (mut privacy, refused_first) = SimPrivacy::start(scenario)?;
-    let dp_spec = scenario.strategy.dp;
-
-    // Carries out the machine's actions; returns true once the job has finished.
-    let mut apply = |actions: Vec<Action>,
-                     trainers: &mut [Box<dyn Trainer>],
-                     machine: &RoundMachine,
-                     pending: &mut Vec<(ClientId, Task)>,
-                     timers: &mut BTreeMap<(u64, u64), Timer>,
-                     attackers: Option<&Attackers>|
-     -> Result<bool, SimError> {
-        let mut finished = false;
-        for a in actions {
-            match a {
-                Action::Configure { client, task } => pending.push((client, task)),
-                Action::SetTimer { timer, at_ms } => {
-                    timer_seq += 1;
-                    timers.insert((at_ms, timer_seq), timer);
-                }
-                Action::Commit(info) => {
-                    let mut record = evaluate_commit(
-                        scenario, &info, machine, trainers, &test_view, attackers, started,
-                    )?;
-                    if let Some(p) = &mut privacy {
-                        // The budget is checked before the next round is trained.
-                        let (r, stop) =
-                            p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
-                        record.privacy = Some(r);
-                        finished |= stop;
-                    }
-                    if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
-                        last_eval = (a, l);
-                    }
-                    if record.backdoor_success.is_some() {
-                        last_backdoor = record.backdoor_success;
-                    }
-                    observe(&SimEvent::Round(record.clone()));
-                    history.push(record);
-                }
-                Action::RoundAbandoned {
-                    round,
-                    attempt,
-                    reports,
-                    needed,
-                    ..
-                } => {
-                    abandoned += 1;
-                    observe(&SimEvent::RoundAbandoned {
-                        round,
-                        attempt,
-                        reports,
-                        needed,
-                    });
-                }
-                Action::JobFinished => finished = true,
-                // Secure-aggregation rounds are driven by `crate::secagg`, never by this loop.
-                Action::StageClosed { .. } | Action::Finalize { .. } => {
-                    return Err(SimError::JobFailed(
-                        "secure-aggregation action in a plain round".into(),
-                    ));
-                }
-                Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
-                // Simulated clients are always online, so pace steering has nothing to do.
-                Action::RetryAfter { .. } | Action::Accepted { .. } => {}
-                // Over-selected clients that finish after the round filled up are refused as late:
-                // that is the protocol working. Anything else means an honest simulated client was
-                // refused, which is a bug worth surfacing.
-                Action::Reject {
-                    reason:
-                        RejectReason::RoundFull
-                        | RejectReason::NotAccepting(_)
-                        | RejectReason::WrongRound { .. },
-                    ..
-                } => late_reports += 1,
-                Action::Reject { client, reason } => {
-                    return Err(SimError::JobFailed(format!(
-                        "simulated {client} was refused: {reason}"
-                    )));
-                }
-            }
-        }
-        Ok(finished)
-    };
-
-    let mut finished = refused_first;
-    for c in 0..scenario.clients as u64 {
-        let acts = machine.handle(
-            now,
-            Event::CheckIn {
-                client: ClientId(c),
-            },
-        );
-        apply(
-            acts,
-            &mut trainers,
-            &machine,
-            &mut pending,
-            &mut timers,
-            attackers.as_ref(),
-        )?;
-    }
-
-    while !finished {
-        if !pending.is_empty() {
-            let cohort = std::mem::take(&mut pending);
-            // Each selected client drops out with probability `dropout`, decided in cohort order.
-            let drops: Vec<bool> = cohort
-                .iter()
-                .map(|_| dropout_rng.random_bool(scenario.round.dropout))
-                .collect();
-            let work: Vec<(ClientId, Task)> = cohort
-                .iter()
-                .zip(&drops)
-                .filter(|(_, d)| !**d)
-                .map(|(c, _)| c.clone())
-                .collect();
-            let directive = machine.strategy().client_directive();
-            let jobs: Vec<ClientJob<'_>> = work
-                .iter()
-                .map(|(client, task)| {
-                    let data = match &attackers {
-                        Some(a) if a.is_attacker(client.0) => {
-                            a.poisoned_train.as_ref().unwrap_or(train)
-                        }
-                        _ => train,
-                    };
-                    // SCAFFOLD: local gradients are corrected by c − cᵢ (cᵢ = 0 before the first round).
-                    let correction = directive.server_control.map(|c| {
-                        scaffold_correction(c, controls.get(&client.0).map(Vec::as_slice))
-                    });
-                    ClientJob {
-                        client: *client,
-                        seed: task.seed,
-                        data,
-                        correction,
-                    }
-                })
-                .collect();
-            let results = train_cohort(
-                scenario,
-                prepared,
-                machine.global(),
-                directive.proximal_mu as f32,
-                &jobs,
-                &mut trainers,
-            )?;
-            let server_control = directive.server_control.map(<[f32]>::to_vec);
-            now += 1;
-            for ((client, task), (mut params, report)) in work.iter().zip(results) {
-                if let Some(a) = &mut attackers
-                    && a.is_attacker(client.0)
-                {
-                    a.tamper(machine.global(), &mut params);
-                }
-                if let Some(dp) = &dp_spec {
-                    SimPrivacy::client_share(dp, machine.global(), &mut params, task.seed);
-                }
-                if let Some(c) = &server_control {
-                    // SCAFFOLD option II: cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η); report Δcᵢ = cᵢ⁺ − cᵢ after
-                    // the parameters.
-                    let ci = controls.entry(client.0).or_default();
-                    let delta_c = scaffold_client_update(
-                        ci,
-                        c,
-                        machine.global(),
-                        &params,
-                        report.steps,
-                        scenario.train.learning_rate,
-                    );
-                    params.extend_from_slice(&delta_c);
-                }
-                let acts = machine.handle(
-                    now,
-                    Event::Report {
-                        client: *client,
-                        round: task.round,
-                        attempt: task.attempt,
-                        stage: task.stage,
-                        num_samples: report.num_samples as u64,
-                        update: &params,
-                        metrics: ReportMetrics {
-                            train_loss: report.mean_loss,
-                        },
-                    },
-                );
-                finished |= apply(
-                    acts,
-                    &mut trainers,
-                    &machine,
-                    &mut pending,
-                    &mut timers,
-                    attackers.as_ref(),
-                )?;
-            }
-            for ((client, _), _) in cohort.iter().zip(&drops).filter(|(_, d)| **d) {
-                let acts = machine.handle(now, Event::ClientLost { client: *client });
-                finished |= apply(
-                    acts,
-                    &mut trainers,
-                    &machine,
-                    &mut pending,
-                    &mut timers,
-                    attackers.as_ref(),
-                )?;
-            }
-            // Everyone in the cohort, dropped or not, is available again for later rounds.
-            for (client, _) in &cohort {
-                let acts = machine.handle(now, Event::CheckIn { client: *client });
-                finished |= apply(
-                    acts,
-                    &mut trainers,
-                    &machine,
-                    &mut pending,
-                    &mut timers,
-                    attackers.as_ref(),
-                )?;
-            }
-        } else if let Some(((at, _), timer)) = timers.pop_first() {
-            now = now.max(at);
-            let acts = machine.handle(now, Event::TimerFired(timer));
-            finished |= apply(
-                acts,
-                &mut trainers,
-                &machine,
-                &mut pending,
-                &mut timers,
-                attackers.as_ref(),
-            )?;
-        } else {
-            return Err(SimError::JobFailed(
-                "simulation stalled: no work and no timer pending".into(),
-            ));
-        }
-    }
-
-    let final_params = machine.global().to_vec();
-    Ok(SimOutcome {
-        final_backdoor_success: last_backdoor,
-        attackers: attackers
-            .as_ref()
-            .map(|a| a.clients.iter().copied().collect())
-            .unwrap_or_default(),
-        model_sha256: params_sha256(&final_params),
-        initial_accuracy: init_eval.accuracy,
-        final_accuracy: last_eval.0,
-        final_loss: last_eval.1,
-        history,
-        final_params,
-        layout,
-        abandoned_attempts: abandoned,
-        late_reports,
-        stale_reports: 0,
-        train_samples: train.len(),
-        test_samples: test.len(),
-        privacy: privacy.as_ref().map(SimPrivacy::summary),
-    })
+    crate::driver::run(
+        scenario,
+        prepared,
+        scenario.clients_per_round,
+        observe,
+        |_| Ok(PlainClients::new(scenario, prepared)),
+    )
 }
 
 /// Loads, partitions and runs a scenario.

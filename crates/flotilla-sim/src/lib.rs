@@ -4,9 +4,11 @@
 #![warn(missing_docs)]
 
 pub mod attack;
+mod driver;
 pub mod engine;
 pub mod error;
 pub mod fedbuff;
+mod plain;
 pub mod privacy;
 pub mod scenario;
 pub mod secagg;

@@ -1,24 +1,27 @@
 //! Secure aggregation in the simulator (`[secagg]` in a scenario).
 //!
 //! Every round runs the round machine's four secure-aggregation stages with in-process
-//! `flotilla_secagg` clients and one secagg server per round attempt, through the same encoded
-//! messages the network carries:
+//! `flotilla_secagg` clients, through the same encoded messages the network carries. The machine
+//! owns the server side (`flotilla_secagg::RoundAggregator`, installed here), exactly as in the
+//! coordinator; this module plays the clients (`SecAggClients`, one stage of the cohort per batch
+//! of the shared event loop, `crate::driver`):
 //!
-//! | stage | a simulated client | the driver (this module) |
-//! |---|---|---|
-//! | 0 advertise keys | `Client::new` (secrets from the scenario seed), `advertise` | — |
-//! | 1 share keys | `handle_roster` | `close_advertise` → roster, on [`Action::StageClosed`] |
-//! | 2 masked input | `handle_shares`, trains, masks its delta `new − global` | `close_share_keys` → share bundles |
-//! | 3 unmasking | `handle_unmask` | `close_masked_input` → unmasking requests |
-//! | — | — | on [`Action::Finalize`]: `finish` → [`Event::Aggregated`] / [`Event::AggregationFailed`] |
+//! | stage | a simulated client |
+//! |---|---|
+//! | 0 advertise keys | `Client::new` (secrets from the scenario seed), `advertise` |
+//! | 1 share keys | `handle_roster` (the payload the machine holds for it) |
+//! | 2 masked input | `handle_shares`, trains, masks its delta `new − global` |
+//! | 3 unmasking | `handle_unmask` |
 //!
-//! Each client message is first checked against the machine (`check_stage_report`), then handed to
-//! the secagg server, and only then fed as [`Event::StageReport`]. Dropouts: `round.dropout` is the
-//! chance a selected client vanishes before sending its masked input (its pairwise masks are then
-//! recovered from its mask-key shares); `[secagg].unmasking_dropout` the chance a client vanishes
-//! right *after* sending its masked input (its input still counts; its self mask is recovered from
-//! its neighbours' shares). If a neighbourhood falls below the threshold t the attempt is abandoned
-//! with the secagg server's reason, and after `max_attempts` the run fails with it.
+//! Each client message is fed as [`Event::StageMessage`]; a refused one is counted as late when the
+//! stage had already closed (an over-selected client), and is a bug otherwise. When an attempt ends
+//! (commit or abandon) every client checks in again: they are all available for the next one.
+//! Dropouts: `round.dropout` is the chance a selected client vanishes before sending its masked
+//! input (its pairwise masks are then recovered from its mask-key shares);
+//! `[secagg].unmasking_dropout` the chance a client vanishes right *after* sending its masked input
+//! (its input still counts; its self mask is recovered from its neighbours' shares). If a
+//! neighbourhood falls below the threshold t the attempt is abandoned with the secagg server's
+//! reason, and after `max_attempts` the run fails with it.
 //!
 //! **Distributed DP** (`[privacy] mode = "distributed"` with `[secagg]`): at stage 2 each simulated
 //! client clips its delta to `privacy.clip_norm` and adds its noise share `N(0, (σC)²/min_reports)`
@@ -34,22 +37,19 @@
 //! `1 / (2s) = clip_range / M` (M = ⌊(2^32 − 1) / clients_per_round⌋) of the exact mean of the clipped
 //! deltas (`flotilla_secagg::Params::quantization_error_bound` divided by the contributors).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::collections::BTreeMap;
 
-use flotilla_core::params_sha256;
+use flotilla_core::dp::DpSpec;
 use flotilla_core::round::{
-    Action, ClientId, Event, RejectReason, ReportMetrics, RoundMachine, Task, Timer,
+    ClientId, Event, RejectReason, ReportMetrics, RoundMachine, StageInput, Task,
 };
-use flotilla_secagg::{Client, ClientMessage, Params, Server, ServerMessage};
+use flotilla_secagg::{Client, ClientMessage, Params, RoundAggregator, ServerMessage};
 use flotilla_spec::SecAggConfig;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 
-use crate::engine::{
-    ClientJob, Prepared, Setup, SimEvent, SimOutcome, evaluate_commit, round_policy, samples,
-    setup, train_cohort,
-};
+use crate::driver::{Clients, Driver, Refused};
+use crate::engine::{ClientJob, train_cohort};
 use crate::error::{ScenarioError, SimError};
 use crate::privacy::SimPrivacy;
 use crate::scenario::Scenario;
@@ -122,31 +122,11 @@ impl SecAggSettings {
     }
 }
 
-/// The secure-aggregation state of one round attempt.
+/// The simulated clients of one round attempt.
 struct Attempt {
     round: u64,
     attempt: u32,
-    server: Server,
     clients: BTreeMap<ClientId, Client>,
-    /// The current stage's server→client message per client, as sent over the wire.
-    payloads: BTreeMap<ClientId, Vec<u8>>,
-    /// Set when the secagg server failed; the attempt's remaining tasks are not carried out.
-    failed: bool,
-}
-
-/// Something the driver must feed the machine after the current batch of actions.
-enum Followup {
-    Aggregated {
-        round: u64,
-        attempt: u32,
-        sum: Vec<f64>,
-        contributors: usize,
-    },
-    Failed {
-        round: u64,
-        attempt: u32,
-        reason: String,
-    },
 }
 
 /// A client's 32-byte secret seed: derived from the scenario seed (the simulator is deterministic;
@@ -171,529 +151,267 @@ fn noise_seed(scenario_seed: u64, client: ClientId, round_id: u64) -> [u8; 32] {
     seed
 }
 
-fn graph_seed(attempt_seed: u64) -> [u8; 32] {
-    let mut rng = ChaCha8Rng::seed_from_u64(attempt_seed);
-    let mut seed = [0u8; 32];
-    for chunk in seed.chunks_mut(8) {
-        chunk.copy_from_slice(&rng.random::<u64>().to_le_bytes());
-    }
-    seed
-}
-
 fn bug(what: impl std::fmt::Display) -> SimError {
     SimError::JobFailed(format!("secure aggregation: {what}"))
 }
 
-/// Runs a scenario with `[secagg]`; called by [`crate::engine::run_prepared`].
-pub(crate) fn run_prepared(
-    scenario: &Scenario,
-    sa: &SecAggSettings,
-    prepared: &Prepared,
-    observe: &mut dyn FnMut(&SimEvent),
-) -> Result<SimOutcome, SimError> {
-    let started = Instant::now();
-    let train = &prepared.data.train;
-    let test = &prepared.data.test;
-    let Setup {
-        mut trainers,
-        layout,
-        initial,
-        test_idx,
-        init_eval,
-    } = setup(scenario, prepared, scenario.clients_per_round, observe)?;
-    let test_view = samples(test, &test_idx);
-    let params = sa.params(scenario.clients_per_round, layout.len())?;
-    let mut machine = RoundMachine::with_strategy(
-        round_policy(scenario),
-        layout.clone(),
-        initial,
-        scenario.seed,
-        scenario.strategy.clone(),
-    )?;
-    // Distributed DP: clients clip and add their noise share before masking; the machine divides
-    // the unmasked sum by the fixed denominator. Accounting and budget as in plain rounds.
-    let dp_spec = scenario.strategy.dp;
-    // A first round that would already exceed the budget is refused before anything is trained.
-    let (mut privacy, refused_first) = SimPrivacy::start(scenario)?;
+/// The simulated SecAgg+ clients of a `[secagg]` run (see the module documentation).
+pub(crate) struct SecAggClients {
+    params: Params,
+    scenario_seed: u64,
+    dropout: f64,
+    unmasking_dropout: f64,
+    clip_range: f64,
+    /// Distributed DP: each client clips and adds its noise share before masking.
+    dp: Option<DpSpec>,
+    drop_rng: ChaCha8Rng,
+    current: Option<Attempt>,
+    /// Noised values outside `±clip_range`, for the privacy summary.
+    clamped: u64,
+}
 
-    let mut drop_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64);
-    let mut timers: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
-    let mut timer_seq = 0u64;
-    let mut pending: Vec<(ClientId, Task)> = Vec::new();
-    let mut followups: VecDeque<Followup> = VecDeque::new();
-    let mut current: Option<Attempt> = None;
-    let mut history = Vec::new();
-    let (mut abandoned, mut late_reports) = (0u64, 0u64);
-    let mut last_eval = (init_eval.accuracy, init_eval.loss);
-    let mut now = 0u64;
-    let mut finished = refused_first;
-    let mut clamped = 0u64;
-
-    // Carries out the machine's actions. Returns whether the attempt ended (commit or abandon), so
-    // the simulated clients check in again.
-    let mut apply = |actions: Vec<Action>,
-                     machine: &RoundMachine,
-                     trainers: &mut [Box<dyn flotilla_ml::Trainer>],
-                     current: &mut Option<Attempt>,
-                     pending: &mut Vec<(ClientId, Task)>,
-                     timers: &mut BTreeMap<(u64, u64), Timer>,
-                     followups: &mut VecDeque<Followup>,
-                     finished: &mut bool|
-     -> Result<bool, SimError> {
-        let mut ended = false;
-        for a in actions {
-            match a {
-                Action::Configure { client, task } => {
-                    if task.stage == 0
-                        && current
-                            .as_ref()
-                            .is_none_or(|c| (c.round, c.attempt) != (task.round, task.attempt))
-                    {
-                        let rid = flotilla_secagg::round_id(task.round, task.attempt);
-                        *current = Some(Attempt {
-                            round: task.round,
-                            attempt: task.attempt,
-                            server: Server::new(params, rid, graph_seed(machine.attempt_seed())),
-                            clients: BTreeMap::new(),
-                            payloads: BTreeMap::new(),
-                            failed: false,
-                        });
-                    }
-                    match current {
-                        Some(c)
-                            if (c.round, c.attempt) == (task.round, task.attempt) && !c.failed =>
-                        {
-                            pending.push((client, task))
-                        }
-                        _ => {}
-                    }
-                }
-                Action::SetTimer { timer, at_ms } => {
-                    timer_seq += 1;
-                    timers.insert((at_ms, timer_seq), timer);
-                }
-                Action::StageClosed {
-                    round,
-                    attempt,
-                    stage,
-                    survivors,
-                    ..
-                } => {
-                    let Some(c) = current
-                        .as_mut()
-                        .filter(|c| (c.round, c.attempt) == (round, attempt))
-                    else {
-                        return Err(bug(format!(
-                            "stage {stage} of round {round} attempt {attempt} closed without its server"
-                        )));
-                    };
-                    let payloads: Result<BTreeMap<ClientId, Vec<u8>>, flotilla_secagg::RoundError> =
-                        match stage {
-                            0 => c.server.close_advertise().map(|r| {
-                                let bytes = ServerMessage::Roster(r).to_bytes();
-                                survivors.iter().map(|s| (*s, bytes.clone())).collect()
-                            }),
-                            1 => c.server.close_share_keys().map(|b| {
-                                b.into_iter()
-                                    .map(|(id, b)| {
-                                        (ClientId(id.0), ServerMessage::Shares(b).to_bytes())
-                                    })
-                                    .collect()
-                            }),
-                            2 => c.server.close_masked_input().map(|r| {
-                                r.into_iter()
-                                    .map(|(id, r)| {
-                                        (ClientId(id.0), ServerMessage::UnmaskRequest(r).to_bytes())
-                                    })
-                                    .collect()
-                            }),
-                            _ => {
-                                return Err(bug(format!(
-                                    "unexpected StageClosed for stage {stage}"
-                                )));
-                            }
-                        };
-                    match payloads {
-                        Ok(p) => c.payloads = p,
-                        Err(e) => {
-                            c.failed = true;
-                            followups.push_back(Followup::Failed {
-                                round,
-                                attempt,
-                                reason: e.to_string(),
-                            });
-                        }
-                    }
-                }
-                Action::Finalize {
-                    round,
-                    attempt,
-                    contributors,
-                } => {
-                    let Some(c) = current
-                        .as_mut()
-                        .filter(|c| (c.round, c.attempt) == (round, attempt))
-                    else {
-                        return Err(bug(format!(
-                            "round {round} attempt {attempt} finalized without its server"
-                        )));
-                    };
-                    match c.server.finish() {
-                        Ok(agg) => {
-                            let theirs: Vec<u64> = agg.contributors.iter().map(|c| c.0).collect();
-                            let ours: Vec<u64> = contributors.iter().map(|c| c.0).collect();
-                            if theirs != ours {
-                                followups.push_back(Followup::Failed {
-                                    round,
-                                    attempt,
-                                    reason: format!("the secagg sum covers {theirs:?}, the machine's contributors are {ours:?}"),
-                                });
-                            } else {
-                                let n = agg.contributors.len();
-                                followups.push_back(Followup::Aggregated {
-                                    round,
-                                    attempt,
-                                    sum: agg.sum,
-                                    contributors: n,
-                                });
-                            }
-                        }
-                        Err(e) => followups.push_back(Followup::Failed {
-                            round,
-                            attempt,
-                            reason: e.to_string(),
-                        }),
-                    }
-                }
-                Action::Commit(info) => {
-                    let mut record = evaluate_commit(
-                        scenario, &info, machine, trainers, &test_view, None, started,
-                    )?;
-                    if let Some(p) = &mut privacy {
-                        // The budget is checked before the next round starts.
-                        let (r, stop) =
-                            p.on_commit(info.dp.as_ref(), info.round, scenario.rounds)?;
-                        record.privacy = Some(r);
-                        *finished |= stop;
-                    }
-                    if let (Some(a), Some(l)) = (record.test_accuracy, record.test_loss) {
-                        last_eval = (a, l);
-                    }
-                    observe(&SimEvent::Round(record.clone()));
-                    history.push(record);
-                    ended = true;
-                }
-                Action::RoundAbandoned {
-                    round,
-                    attempt,
-                    reports,
-                    needed,
-                    ..
-                } => {
-                    abandoned += 1;
-                    observe(&SimEvent::RoundAbandoned {
-                        round,
-                        attempt,
-                        reports,
-                        needed,
-                    });
-                    ended = true;
-                }
-                Action::JobFinished => *finished = true,
-                Action::JobFailed { reason } => return Err(SimError::JobFailed(reason)),
-                Action::RetryAfter { .. } | Action::Accepted { .. } => {}
-                Action::Reject { client, reason } => {
-                    return Err(bug(format!(
-                        "simulated {client} was refused after a successful check: {reason}"
-                    )));
-                }
-            }
-        }
-        Ok(ended)
-    };
-
-    // Feeds `event`, carries out what follows, and lets every client check in again once an attempt
-    // ended (they are all available for the next one).
-    macro_rules! feed {
-        ($event:expr) => {{
-            let acts = machine.handle(now, $event);
-            let ended = apply(
-                acts,
-                &machine,
-                &mut trainers,
-                &mut current,
-                &mut pending,
-                &mut timers,
-                &mut followups,
-                &mut finished,
-            )?;
-            if ended && !finished {
-                for c in 0..scenario.clients as u64 {
-                    let acts = machine.handle(
-                        now,
-                        Event::CheckIn {
-                            client: ClientId(c),
-                        },
-                    );
-                    apply(
-                        acts,
-                        &machine,
-                        &mut trainers,
-                        &mut current,
-                        &mut pending,
-                        &mut timers,
-                        &mut followups,
-                        &mut finished,
-                    )?;
-                }
-            }
-        }};
+impl SecAggClients {
+    /// The clients of `scenario` for models of `vector_len` parameters.
+    pub(crate) fn new(
+        scenario: &Scenario,
+        sa: &SecAggSettings,
+        vector_len: usize,
+    ) -> Result<Self, SimError> {
+        Ok(Self {
+            params: sa.params(scenario.clients_per_round, vector_len)?,
+            scenario_seed: scenario.seed,
+            dropout: scenario.round.dropout,
+            unmasking_dropout: sa.unmasking_dropout,
+            clip_range: sa.clip_range,
+            dp: scenario.strategy.dp,
+            drop_rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64),
+            current: None,
+            clamped: 0,
+        })
     }
 
-    if !finished {
-        for c in 0..scenario.clients as u64 {
-            feed!(Event::CheckIn {
-                client: ClientId(c)
+    /// Stage 2: the clients that stay decode their shares, train, and mask their (DP-noised) delta.
+    fn masked_inputs(
+        &mut self,
+        d: &mut Driver<'_>,
+        cohort: &[(ClientId, Task)],
+        out: &mut Vec<Outgoing>,
+        lost: &mut Vec<ClientId>,
+    ) -> Result<(), SimError> {
+        let (scenario, prepared) = (d.scenario, d.prepared);
+        let Some(att) = self.current.as_mut() else {
+            return Err(bug("tasks without a round attempt"));
+        };
+        let rid = flotilla_secagg::round_id(att.round, att.attempt);
+        let at = (att.round, att.attempt, 2);
+        let mut work = Vec::new();
+        for (id, task) in cohort {
+            if self.drop_rng.random_bool(self.dropout) {
+                lost.push(*id);
+                continue;
+            }
+            let ServerMessage::Shares(b) = payload(d, &self.params, *id, at)? else {
+                return Err(bug("expected shares"));
+            };
+            att.client(*id)?.handle_shares(&b).map_err(bug)?;
+            work.push((*id, task.clone()));
+        }
+        let jobs: Vec<ClientJob<'_>> = work
+            .iter()
+            .map(|(c, t)| ClientJob {
+                client: *c,
+                seed: t.seed,
+                data: &prepared.data.train,
+                correction: None,
+            })
+            .collect();
+        let mu = d.machine.strategy().client_directive().proximal_mu as f32;
+        let results = train_cohort(
+            scenario,
+            prepared,
+            d.machine.global(),
+            mu,
+            &jobs,
+            &mut d.trainers,
+        )?;
+        for ((id, task), (new, report)) in work.into_iter().zip(results) {
+            let mut delta: Vec<f32> = new
+                .iter()
+                .zip(d.machine.global())
+                .map(|(n, g)| n - g)
+                .collect();
+            if let Some(dp) = &self.dp {
+                // The client's share of the noise, added before the delta is masked.
+                let mut rng = ChaCha20Rng::from_seed(noise_seed(self.scenario_seed, id, rid));
+                flotilla_core::dp::privatize_client_update(&mut delta, dp, &mut rng);
+                self.clamped += flotilla_core::dp::count_outside(&delta, self.clip_range);
+            }
+            let m = att.client(id)?.masked_input(&delta).map_err(bug)?;
+            out.push((
+                id,
+                task,
+                ClientMessage::MaskedInput(m),
+                report.num_samples as u64,
+                report.mean_loss,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A client message to submit: (client, task, message, samples, training loss).
+type Outgoing = (ClientId, Task, ClientMessage, u64, f64);
+
+impl Attempt {
+    fn client(&mut self, id: ClientId) -> Result<&mut Client, SimError> {
+        self.clients
+            .get_mut(&id)
+            .ok_or_else(|| bug(format!("{id} has no secagg client")))
+    }
+}
+
+/// The stage payload the machine holds for `id` (its roster, shares or unmask request), decoded.
+fn payload(
+    d: &Driver<'_>,
+    params: &Params,
+    id: ClientId,
+    (round, attempt, stage): (u64, u32, u32),
+) -> Result<ServerMessage, SimError> {
+    let bytes = d.machine.stage_payload(id, round, attempt, stage);
+    if bytes.is_empty() {
+        return Err(bug(format!("no payload for {id} at stage {stage}")));
+    }
+    ServerMessage::from_bytes(bytes, params).map_err(bug)
+}
+
+impl Clients for SecAggClients {
+    /// The machine owns the secagg server, as in the coordinator.
+    fn install(&mut self, machine: RoundMachine) -> Result<RoundMachine, SimError> {
+        Ok(machine.with_secure_aggregator(Box::new(RoundAggregator::new(self.params))))
+    }
+
+    /// Over-selected clients after the stage filled up (and closed), or an attempt that ended.
+    fn refused(&self, reason: &RejectReason) -> Option<Refused> {
+        matches!(
+            reason,
+            RejectReason::RoundFull
+                | RejectReason::NotAccepting(_)
+                | RejectReason::WrongRound { .. }
+                | RejectReason::WrongStage { .. }
+        )
+        .then_some(Refused::Late)
+    }
+
+    /// A stage-0 task of a new attempt starts its set of clients.
+    fn on_configure(&mut self, task: &Task) {
+        if task.stage == 0
+            && self
+                .current
+                .as_ref()
+                .is_none_or(|c| (c.round, c.attempt) != (task.round, task.attempt))
+        {
+            self.current = Some(Attempt {
+                round: task.round,
+                attempt: task.attempt,
+                clients: BTreeMap::new(),
             });
         }
     }
-    while !finished {
-        if let Some(f) = followups.pop_front() {
-            match f {
-                Followup::Aggregated {
-                    round,
-                    attempt,
-                    sum,
-                    contributors,
-                } => {
-                    feed!(Event::Aggregated {
-                        round,
-                        attempt,
-                        sum: &sum,
-                        contributors
-                    })
+
+    /// They are all available for the next attempt.
+    fn check_in_after_attempt(&self) -> bool {
+        true
+    }
+
+    fn run_batch(
+        &mut self,
+        d: &mut Driver<'_>,
+        cohort: Vec<(ClientId, Task)>,
+    ) -> Result<(), SimError> {
+        d.now += 1;
+        let Some(att) = self.current.as_mut() else {
+            return Err(bug("tasks without a round attempt"));
+        };
+        let stage = cohort[0].1.stage;
+        if cohort.iter().any(|(_, t)| t.stage != stage) {
+            return Err(bug("one batch of tasks spans two stages"));
+        }
+        let rid = flotilla_secagg::round_id(att.round, att.attempt);
+        let at = (att.round, att.attempt, stage);
+        // What to submit, in cohort order; and who vanished.
+        let mut out: Vec<Outgoing> = Vec::new();
+        let mut lost: Vec<ClientId> = Vec::new();
+        match stage {
+            0 => {
+                for (id, task) in &cohort {
+                    let client = Client::new(
+                        self.params,
+                        flotilla_secagg::ClientId(id.0),
+                        rid,
+                        client_seed(self.scenario_seed, *id, rid),
+                    );
+                    let msg = ClientMessage::AdvertiseKeys(client.advertise());
+                    out.push((*id, task.clone(), msg, 0, 0.0));
+                    att.clients.insert(*id, client);
                 }
-                Followup::Failed {
-                    round,
-                    attempt,
-                    reason,
-                } => feed!(Event::AggregationFailed {
-                    round,
-                    attempt,
-                    reason
-                }),
             }
-        } else if !pending.is_empty() {
-            let cohort = std::mem::take(&mut pending);
-            now += 1;
-            let Some(att) = current.as_mut() else {
-                return Err(bug("tasks without a round attempt"));
-            };
-            let stage = cohort[0].1.stage;
-            if cohort.iter().any(|(_, t)| t.stage != stage) {
-                return Err(bug("one batch of tasks spans two stages"));
+            1 => {
+                for (id, task) in &cohort {
+                    let ServerMessage::Roster(r) = payload(d, &self.params, *id, at)? else {
+                        return Err(bug("expected a roster"));
+                    };
+                    let shares = att.client(*id)?.handle_roster(&r).map_err(bug)?;
+                    out.push((*id, task.clone(), ClientMessage::ShareKeys(shares), 0, 0.0));
+                }
             }
-            let rid = flotilla_secagg::round_id(att.round, att.attempt);
-            // (client, task, message, samples, loss) to submit, in cohort order; and who vanished.
-            let mut out: Vec<(ClientId, Task, ClientMessage, u64, f64)> = Vec::new();
-            let mut lost: Vec<ClientId> = Vec::new();
-            let payload = |att: &Attempt, id: ClientId| -> Result<ServerMessage, SimError> {
-                let bytes = att
-                    .payloads
-                    .get(&id)
-                    .ok_or_else(|| bug(format!("no payload for {id} at stage {stage}")))?;
-                ServerMessage::from_bytes(bytes, &params).map_err(bug)
-            };
-            match stage {
-                0 => {
-                    for (id, task) in &cohort {
-                        let client = Client::new(
-                            params,
-                            flotilla_secagg::ClientId(id.0),
-                            rid,
-                            client_seed(scenario.seed, *id, rid),
-                        );
-                        out.push((
-                            *id,
-                            task.clone(),
-                            ClientMessage::AdvertiseKeys(client.advertise()),
-                            0,
-                            0.0,
-                        ));
-                        att.clients.insert(*id, client);
-                    }
-                }
-                1 => {
-                    for (id, task) in &cohort {
-                        let ServerMessage::Roster(r) = payload(att, *id)? else {
-                            return Err(bug("expected a roster"));
-                        };
-                        let c = att
-                            .clients
-                            .get_mut(id)
-                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        out.push((
-                            *id,
-                            task.clone(),
-                            ClientMessage::ShareKeys(c.handle_roster(&r).map_err(bug)?),
-                            0,
-                            0.0,
-                        ));
-                    }
-                }
-                2 => {
-                    let mut work = Vec::new();
-                    for (id, task) in &cohort {
-                        if drop_rng.random_bool(scenario.round.dropout) {
-                            lost.push(*id);
-                            continue;
-                        }
-                        let ServerMessage::Shares(b) = payload(att, *id)? else {
-                            return Err(bug("expected shares"));
-                        };
-                        let c = att
-                            .clients
-                            .get_mut(id)
-                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        c.handle_shares(&b).map_err(bug)?;
-                        work.push((*id, task.clone()));
-                    }
-                    let jobs: Vec<ClientJob<'_>> = work
-                        .iter()
-                        .map(|(c, t)| ClientJob {
-                            client: *c,
-                            seed: t.seed,
-                            data: train,
-                            correction: None,
-                        })
-                        .collect();
-                    let mu = machine.strategy().client_directive().proximal_mu as f32;
-                    let results = train_cohort(
-                        scenario,
-                        prepared,
-                        machine.global(),
-                        mu,
-                        &jobs,
-                        &mut trainers,
-                    )?;
-                    for ((id, task), (new, report)) in work.into_iter().zip(results) {
-                        let mut delta: Vec<f32> = new
-                            .iter()
-                            .zip(machine.global())
-                            .map(|(n, g)| n - g)
-                            .collect();
-                        if let Some(dp) = &dp_spec {
-                            // The client's share of the noise, added before the delta is masked.
-                            let mut rng =
-                                ChaCha20Rng::from_seed(noise_seed(scenario.seed, id, rid));
-                            flotilla_core::dp::privatize_client_update(&mut delta, dp, &mut rng);
-                            clamped += flotilla_core::dp::count_outside(&delta, sa.clip_range);
-                        }
-                        let c = att
-                            .clients
-                            .get_mut(&id)
-                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        let m = c.masked_input(&delta).map_err(bug)?;
-                        out.push((
-                            id,
-                            task,
-                            ClientMessage::MaskedInput(m),
-                            report.num_samples as u64,
-                            report.mean_loss,
-                        ));
-                    }
-                }
-                3 => {
-                    for (id, task) in &cohort {
-                        // Sent its masked input, then vanished.
-                        if drop_rng.random_bool(sa.unmasking_dropout) {
-                            lost.push(*id);
-                            continue;
-                        }
-                        let ServerMessage::UnmaskRequest(r) = payload(att, *id)? else {
-                            return Err(bug("expected a request"));
-                        };
-                        let c = att
-                            .clients
-                            .get_mut(id)
-                            .ok_or_else(|| bug(format!("{id} has no secagg client")))?;
-                        out.push((
-                            *id,
-                            task.clone(),
-                            ClientMessage::Unmask(c.handle_unmask(&r).map_err(bug)?),
-                            0,
-                            0.0,
-                        ));
-                    }
-                }
-                s => return Err(bug(format!("no stage {s}"))),
-            }
-            for (id, task, msg, n, loss) in out {
-                match machine.check_stage_report(id, task.round, task.attempt, task.stage, n) {
-                    Ok(()) => {}
-                    // Over-selected clients after the stage filled up (and closed), or an attempt that ended.
-                    Err(
-                        RejectReason::RoundFull
-                        | RejectReason::NotAccepting(_)
-                        | RejectReason::WrongRound { .. }
-                        | RejectReason::WrongStage { .. },
-                    ) => {
-                        late_reports += 1;
+            2 => self.masked_inputs(d, &cohort, &mut out, &mut lost)?,
+            3 => {
+                for (id, task) in &cohort {
+                    // Sent its masked input, then vanished.
+                    if self.drop_rng.random_bool(self.unmasking_dropout) {
+                        lost.push(*id);
                         continue;
                     }
-                    Err(e) => return Err(bug(format!("simulated {id} would be refused: {e}"))),
+                    let ServerMessage::UnmaskRequest(r) = payload(d, &self.params, *id, at)? else {
+                        return Err(bug("expected a request"));
+                    };
+                    let unmask = att.client(*id)?.handle_unmask(&r).map_err(bug)?;
+                    out.push((*id, task.clone(), ClientMessage::Unmask(unmask), 0, 0.0));
                 }
-                let Some(att) = current
-                    .as_mut()
-                    .filter(|a| (a.round, a.attempt) == (task.round, task.attempt))
-                else {
-                    late_reports += 1;
-                    continue;
-                };
-                att.server
-                    .receive(flotilla_secagg::ClientId(id.0), &msg.to_bytes())
-                    .map_err(|e| bug(format!("the secagg server refused simulated {id}: {e}")))?;
-                feed!(Event::StageReport {
+            }
+            s => return Err(bug(format!("no stage {s}"))),
+        }
+        for (id, task, msg, n, loss) in out {
+            let bytes;
+            let input = match msg {
+                ClientMessage::MaskedInput(m) => StageInput::Masked(m.masked),
+                m => {
+                    bytes = m.to_bytes();
+                    StageInput::Message(&bytes)
+                }
+            };
+            d.feed(
+                self,
+                Event::StageMessage {
                     client: id,
                     round: task.round,
                     attempt: task.attempt,
                     stage: task.stage,
+                    input,
                     num_samples: n,
                     metrics: ReportMetrics { train_loss: loss },
-                });
-            }
-            for id in lost {
-                feed!(Event::ClientLost { client: id });
-            }
-        } else if let Some(((at, _), timer)) = timers.pop_first() {
-            now = now.max(at);
-            feed!(Event::TimerFired(timer));
-        } else {
-            return Err(SimError::JobFailed(
-                "simulation stalled: no work and no timer pending".into(),
-            ));
+                },
+            )?;
         }
+        for id in lost {
+            d.feed(self, Event::ClientLost { client: id })?;
+        }
+        Ok(())
     }
 
-    if let Some(p) = &mut privacy {
-        p.add_clamped(clamped);
+    fn finish(&mut self, privacy: Option<&mut SimPrivacy>) {
+        if let Some(p) = privacy {
+            p.add_clamped(self.clamped);
+        }
     }
-    let final_params = machine.global().to_vec();
-    Ok(SimOutcome {
-        final_backdoor_success: None,
-        attackers: Vec::new(),
-        model_sha256: params_sha256(&final_params),
-        initial_accuracy: init_eval.accuracy,
-        final_accuracy: last_eval.0,
-        final_loss: last_eval.1,
-        history,
-        final_params,
-        layout,
-        abandoned_attempts: abandoned,
-        late_reports,
-        privacy: privacy.as_ref().map(SimPrivacy::summary),
-        stale_reports: 0,
-        train_samples: train.len(),
-        test_samples: test.len(),
-    })
 }

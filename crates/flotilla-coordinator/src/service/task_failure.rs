@@ -44,7 +44,7 @@ impl CoordinatorService {
 
     async fn record_task_failure(
         &self,
-        job: std::sync::Arc<crate::jobs::JobRuntime>,
+        job: std::sync::Arc<crate::state::JobRuntime>,
         client: flotilla_core::round::ClientId,
         r: v1::TaskFailure,
         kind: FailureKind,

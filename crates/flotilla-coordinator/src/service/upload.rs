@@ -1,7 +1,6 @@
 //! Receiving an upload: the header's pre-check, a fair slot, the paced and resumable payload, and
 //! the partial uploads kept for resume. The job's verdict is `upload_finish.rs`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use flotilla_core::round::RejectReason;
@@ -14,51 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::upload_finish::Finished;
 use super::upload_pace::{Next, Pacer, UploadProgress};
 use super::{CoordinatorService, reject_name, transfer_reason, upload_refused, upload_response};
-use crate::jobs::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
-
-/// An upload whose stream ended before its last byte, kept for resume.
-pub(crate) struct Partial {
-    assembler: UploadAssembler,
-    values: Vec<f32>,
-    seq: u64,
-}
-
-/// Partial uploads by (client, upload_id), at most `max` of them; the oldest is evicted first.
-#[derive(Default)]
-pub(crate) struct PartialUploads {
-    map: HashMap<(u64, String), Partial>,
-    seq: u64,
-}
-
-impl PartialUploads {
-    fn take(&mut self, key: &(u64, String)) -> Option<Partial> {
-        self.map.remove(key)
-    }
-
-    fn put(&mut self, key: (u64, String), mut p: Partial, max: usize) {
-        self.seq += 1;
-        p.seq = self.seq;
-        while self.map.len() >= max.max(1) {
-            let Some(oldest) = self
-                .map
-                .iter()
-                .min_by_key(|(_, v)| v.seq)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.map.remove(&oldest);
-        }
-        self.map.insert(key, p);
-    }
-
-    fn received(&self, key: &(u64, String)) -> Option<(u64, u64)> {
-        self.map
-            .get(key)
-            .map(|p| (p.assembler.received(), p.assembler.total_bytes()))
-    }
-}
+use crate::partial_uploads::Partial;
 
 impl CoordinatorService {
     /// `UploadUpdate`: authenticate, pre-check the header, wait for a fair upload slot, receive

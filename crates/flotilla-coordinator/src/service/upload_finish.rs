@@ -9,8 +9,8 @@ use flotilla_proto::v1;
 use tonic::{Response, Status};
 
 use super::{CoordinatorService, reject_name, upload_refused, upload_response};
-use crate::jobs::{JobRuntime, UploadKey};
 use crate::metrics::Metrics;
+use crate::state::{JobRuntime, UploadKey};
 
 /// A complete, verified upload.
 pub(crate) struct Finished {
@@ -23,7 +23,7 @@ pub(crate) struct Finished {
     pub masked: bool,
     pub train_loss: f64,
     /// The upload slot, released once the update is folded in.
-    pub permit: super::admission::UploadSlot,
+    pub permit: crate::admission::UploadSlot,
 }
 
 impl CoordinatorService {

@@ -22,7 +22,7 @@ use tonic::codegen::http::Request;
 use tonic::codegen::{Bytes, Service};
 use tonic::server::NamedService;
 
-use crate::Limits;
+use crate::limits::Limits;
 
 /// The gRPC path whose request bodies are counted.
 const UPLOAD_PATH: &str = "/flotilla.v1.Coordinator/UploadUpdate";

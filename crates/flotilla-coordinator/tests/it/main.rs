@@ -12,6 +12,7 @@ mod common;
 mod fedbuff;
 mod federation;
 mod injected_model;
+mod module_layers;
 mod privacy;
 mod secagg_round;
 mod spec_errors;

@@ -89,10 +89,12 @@ pub enum Event<'a> {
         /// Its training metrics.
         metrics: ReportMetrics,
     },
-    /// A client's message for a secure-aggregation stage was accepted by the driver's secagg server
-    /// (which validated and absorbed the payload); the machine does the bookkeeping.
-    StageReport {
-        /// Who.
+    /// A client's message for a secure-aggregation stage, passed through unread. The machine checks
+    /// it (round, attempt, stage, cohort, duplicate, full stage; at the training stage `MaskedInput`
+    /// the sample count), then hands it to its [`SecureAggregator`](super::SecureAggregator), and
+    /// records the report only if both accept it.
+    StageMessage {
+        /// Who (as authenticated by the driver).
         client: ClientId,
         /// The round it claims to report for.
         round: u64,
@@ -100,31 +102,12 @@ pub enum Event<'a> {
         attempt: u32,
         /// The stage it claims to report for.
         stage: u32,
+        /// What it sent: the masked vector at the `MaskedInput` stage, an encoded message otherwise.
+        input: super::StageInput<'a>,
         /// Its sample count; checked and recorded only at a training stage (`MaskedInput`).
         num_samples: u64,
         /// Its training metrics; recorded only at a training stage.
         metrics: ReportMetrics,
-    },
-    /// The driver's secagg server unmasked the sum after [`Action::Finalize`].
-    Aggregated {
-        /// Round of the `Finalize`.
-        round: u64,
-        /// Attempt of the `Finalize`.
-        attempt: u32,
-        /// Per coordinate, the sum of the contributors' clipped deltas (`new − global`).
-        sum: &'a [f64],
-        /// How many clients the sum covers (must equal the `Finalize`'s contributors).
-        contributors: usize,
-    },
-    /// The driver's secagg server could not produce the sum (e.g. a neighbourhood fell below the
-    /// threshold t). Abandons the attempt with `reason`.
-    AggregationFailed {
-        /// Round of the failed attempt.
-        round: u64,
-        /// The failed attempt.
-        attempt: u32,
-        /// Why, for logs and the `RoundAbandoned` action.
-        reason: String,
     },
     /// The driver knows the client is gone (connection lost, process dead).
     ClientLost {
@@ -215,8 +198,9 @@ pub enum RejectReason {
     /// was dropped at its deadline or replaced).
     #[error("client has no outstanding task")]
     NoTask,
-    /// A `Report` (with parameters) for a secure-aggregation stage, or a `StageReport` for a
-    /// `Train` stage.
+    /// A `Report` (with parameters) for a secure-aggregation stage, a `StageMessage` for a `Train`
+    /// stage, or a stage message of the wrong form (a masked vector at a stage that takes an encoded
+    /// message, or the reverse).
     #[error("stage {stage} ({kind}) takes no such report")]
     WrongStageKind {
         /// The stage index.
@@ -224,6 +208,9 @@ pub enum RejectReason {
         /// Its kind's name.
         kind: &'static str,
     },
+    /// The job's secure aggregator refused the stage message (or none is installed).
+    #[error(transparent)]
+    SecureAggregation(super::StageRefusal),
 }
 
 /// What a committed round produced.
@@ -290,31 +277,6 @@ pub enum Action {
     },
     /// A round committed; [`RoundMachine::global`](crate::round::RoundMachine::global) now holds the new model.
     Commit(CommitInfo),
-    /// A secure-aggregation stage closed; `survivors` (sorted) are the next stage's cohort. Comes
-    /// before that stage's `Configure`s: close the secagg server's stage and prepare each survivor's
-    /// payload first.
-    StageClosed {
-        /// Round number.
-        round: u64,
-        /// Attempt number.
-        attempt: u32,
-        /// Index of the stage that closed.
-        stage: u32,
-        /// Its kind.
-        kind: StageKind,
-        /// The clients whose report for it was accepted.
-        survivors: Vec<ClientId>,
-    },
-    /// The last stage of a secure-aggregation round closed: unmask the sum of `contributors`'
-    /// inputs and feed [`Event::Aggregated`] or [`Event::AggregationFailed`].
-    Finalize {
-        /// Round number.
-        round: u64,
-        /// Attempt number.
-        attempt: u32,
-        /// Clients whose masked input was accepted, sorted.
-        contributors: Vec<ClientId>,
-    },
     /// A round attempt ended without a commit and will be retried (unless the job failed).
     RoundAbandoned {
         /// Round number.

@@ -114,7 +114,7 @@ impl RoundMachine {
         if matches!(self.phase, Phase::Finished | Phase::Failed(_)) {
             match event {
                 Event::CheckIn { client } => self.retry_after(client, out),
-                Event::Report { client, .. } | Event::StageReport { client, .. } => {
+                Event::Report { client, .. } | Event::StageMessage { client, .. } => {
                     out.push(Action::Reject {
                         client,
                         reason: RejectReason::NotAccepting(self.phase.name()),
@@ -155,14 +155,13 @@ impl RoundMachine {
                     ),
                 }
             }
-            Event::StageReport { client, stage, .. } => out.push(Action::Reject {
+            Event::StageMessage { client, stage, .. } => out.push(Action::Reject {
                 client,
                 reason: RejectReason::WrongStageKind {
                     stage,
                     kind: StageKind::Train.name(),
                 },
             }),
-            Event::Aggregated { .. } | Event::AggregationFailed { .. } => {}
             Event::TaskFailed {
                 client,
                 round,

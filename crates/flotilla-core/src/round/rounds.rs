@@ -2,37 +2,36 @@
 //!
 //! # Secure-aggregation rounds
 //!
-//! The machine does the bookkeeping of a secure-aggregation round; the cryptography is the driver's
-//! (`flotilla-secagg`'s `Server`), so this crate stays free of it:
+//! The machine runs a secure-aggregation round with the [`SecureAggregator`] it owns
+//! ([`RoundMachine::set_secure_aggregator`]; `flotilla-secagg` implements it), so this crate stays
+//! free of cryptography and drivers stay free of the stages:
 //!
-//! 1. A client's stage message (keys, shares, masked vector, unmasking shares) is first checked
-//!    against the machine without changing it ([`RoundMachine::check_stage_report`]: round, attempt,
-//!    stage, cohort, duplicate, full stage; the sample count at the `MaskedInput` stage, where clients
-//!    train), then validated and absorbed by the driver's secagg server, and only if both accepted it
-//!    does the driver feed [`Event::StageReport`] for the bookkeeping. Checking the machine first
-//!    matters: otherwise the secagg server could hold keys or a masked vector from a client the machine
-//!    then refuses (e.g. an over-selected client after the stage filled up), and its roster or sum
-//!    would cover a different set of clients than the machine's survivors.
-//!    The machine never sees a vector of a secure-aggregation round.
-//! 2. When a stage closes with enough reports the machine emits [`Action::StageClosed`] with the
-//!    survivors *before* the next stage's [`Action::Configure`]s, so the driver can close the secagg
-//!    stage and compute each survivor's server→client payload (roster, share bundle, unmasking request)
-//!    before it sends the tasks.
-//! 3. After the unmasking stage the machine emits [`Action::Finalize`] with the contributors (the
-//!    clients whose masked input was accepted — including those that dropped out during unmasking)
-//!    and waits. The driver runs the secagg server's `finish` and feeds either [`Event::Aggregated`]
-//!    (the sum of the contributors' clipped deltas; the strategy divides by their number — an
-//!    *unweighted* mean — or, under distributed DP, by the fixed denominator `clients_per_round`,
-//!    and takes its server step, see [`Strategy::apply_secure_sum`]) or [`Event::AggregationFailed`] with the reason (e.g. a
-//!    neighbourhood below the secagg threshold t), which abandons the attempt with that reason.
-//!    The driver may also feed `AggregationFailed` while a stage is running (a secagg `close_*`
-//!    failed); the attempt is then abandoned at once.
+//! 1. When a round attempt's first stage opens, the aggregator [starts](SecureAggregator::start)
+//!    afresh with the attempt's seed.
+//! 2. A client's stage message ([`Event::StageMessage`]) is first checked by the machine (round,
+//!    attempt, stage, cohort, duplicate, full stage, the form of the input; the sample count at the
+//!    `MaskedInput` stage, where clients train), then validated and absorbed by the aggregator, and
+//!    recorded only if both accept it. Checking the machine first matters: otherwise the aggregator
+//!    could hold keys or a masked vector from a client the machine then refuses (an over-selected
+//!    client after the stage filled up), and its roster or sum would cover other clients than the
+//!    machine's survivors. The machine never sees a vector of a secure-aggregation round.
+//! 3. When a stage closes with enough reports, the aggregator [closes](SecureAggregator::close_stage)
+//!    it too and returns each survivor's payload for the next stage (roster, share bundle,
+//!    unmasking request), which the machine holds for the driver ([`RoundMachine::stage_payload`])
+//!    before the next stage's [`Action::Configure`]s.
+//! 4. When the unmasking stage closes, the aggregator [unmasks](SecureAggregator::finish) the sum of
+//!    the contributors' clipped deltas (the clients whose masked input was accepted, including those
+//!    that dropped out during unmasking); the strategy divides it by their number (an *unweighted*
+//!    mean) or, under distributed DP, by the fixed denominator `clients_per_round`, and takes its
+//!    server step ([`Strategy::apply_secure_sum`]), and the round commits.
 //!
+//! Any aggregator failure (a neighbourhood below the secagg threshold t, an unusable sum) abandons
+//! the attempt with its reason ([`AbandonCause::AggregationFailed`]).
 //! The minimum report count ([`RoundPolicy::min_reports`]) applies to every stage up to the masked
 //! input; the unmasking stage needs one answer, because whether the answers suffice is decided per
-//! neighbourhood by the secagg threshold, which only the driver's secagg server can check.
+//! neighbourhood by the secagg threshold, which only the aggregator can check.
 //! Only sum-based strategies can run under secure aggregation
-//! ([`StrategySpec::check_secure_aggregation`]). The secagg server's state is not persisted:
+//! ([`StrategySpec::check_secure_aggregation`]). The aggregator's state is not persisted:
 //! [`RoundMachine::recover`] abandons an in-flight secure-aggregation attempt like any other.
 
 use std::collections::BTreeSet;
@@ -169,6 +168,22 @@ impl RoundMachine {
         (contributors, loss_weighted, num_samples): (BTreeSet<ClientId>, f64, u64),
         out: &mut Vec<Action>,
     ) {
+        if index == 0 && self.policy.secure_aggregation() {
+            let seed = self.attempt_seed();
+            let (round, attempt) = (self.round, self.attempt);
+            self.secure.payloads = None;
+            match self.secure.aggregator.as_mut() {
+                Some(agg) => agg.start(round, attempt, seed),
+                None => {
+                    let reason = "the job runs secure aggregation but its driver installed no \
+                                  secure aggregator"
+                        .to_string();
+                    self.phase = Phase::Failed(reason.clone());
+                    out.push(Action::JobFailed { reason });
+                    return;
+                }
+            }
+        }
         for &client in &cohort {
             out.push(Action::Configure {
                 client,
@@ -292,22 +307,25 @@ impl RoundMachine {
         Ok(())
     }
 
-    /// Whether [`Event::StageReport`] with these fields would be accepted now, without changing
-    /// anything. A driver calls this *before* its secagg server absorbs the client's payload, so the
-    /// secagg server never holds a message the machine then refuses (a late over-selected client, a
-    /// bad sample count); feeding the event right after a successful check (with no other event in
-    /// between) is then accepted.
-    pub fn check_stage_report(
+    /// The machine's checks of a stage message (before the aggregator sees it): those of every
+    /// report, the form of the input for the stage, and the sample count at a training stage.
+    fn check_stage_message(
         &self,
         client: ClientId,
-        round: u64,
-        attempt: u32,
-        stage: u32,
+        (round, attempt, stage): (u64, u32, u32),
+        input: &StageInput<'_>,
         num_samples: u64,
     ) -> Result<(), RejectReason> {
         self.check_report(client, (round, attempt, stage), false)?;
+        let kind = self.policy.stages[stage as usize];
+        if matches!(input, StageInput::Masked(_)) != (kind == StageKind::MaskedInput) {
+            return Err(RejectReason::WrongStageKind {
+                stage,
+                kind: kind.name(),
+            });
+        }
         let max = self.policy.max_samples_per_report;
-        if self.policy.stages[stage as usize].trains() && (num_samples == 0 || num_samples > max) {
+        if kind.trains() && (num_samples == 0 || num_samples > max) {
             return Err(RejectReason::BadSampleCount {
                 got: num_samples,
                 max,
@@ -316,16 +334,28 @@ impl RoundMachine {
         Ok(())
     }
 
-    pub(super) fn on_stage_report(
+    pub(super) fn on_stage_message(
         &mut self,
         now_ms: u64,
         client: ClientId,
         (round, attempt, stage): (u64, u32, u32),
-        num_samples: u64,
-        metrics: ReportMetrics,
+        input: StageInput<'_>,
+        (num_samples, metrics): (u64, ReportMetrics),
         out: &mut Vec<Action>,
     ) {
-        if let Err(reason) = self.check_stage_report(client, round, attempt, stage, num_samples) {
+        let checked = self
+            .check_stage_message(client, (round, attempt, stage), &input, num_samples)
+            .and_then(|()| match self.secure.aggregator.as_mut() {
+                Some(agg) => agg
+                    .receive(client, stage, input)
+                    .map_err(RejectReason::SecureAggregation),
+                None => Err(RejectReason::SecureAggregation(StageRefusal::new(
+                    "secagg_no_state",
+                    RefusalKind::Precondition,
+                    "no secure aggregator is installed",
+                ))),
+            });
+        if let Err(reason) = checked {
             out.push(Action::Reject { client, reason });
             return;
         }
@@ -348,82 +378,76 @@ impl RoundMachine {
         self.maybe_close_early(now_ms, out);
     }
 
-    pub(super) fn on_aggregated(
-        &mut self,
-        now_ms: u64,
-        (round, attempt): (u64, u32),
-        sum: &[f64],
-        count: usize,
-        out: &mut Vec<Action>,
-    ) {
-        if round != self.round || attempt != self.attempt {
-            return; // stale: an attempt that is over
-        }
-        let Phase::Finalizing(f) = std::mem::replace(&mut self.phase, Phase::Waiting) else {
-            // Not waiting for a sum: ignore, like a stale timer.
-            return;
-        };
-        let expected = f.contributors.len();
-        let mean: Result<(), String> = if count != expected {
-            Err(format!(
-                "the unmasked sum covers {count} clients, {expected} contributed"
-            ))
-        } else if sum.len() != self.layout.len() {
-            Err(format!(
-                "the unmasked sum has {} values, the layout has {}",
-                sum.len(),
-                self.layout.len()
-            ))
+    /// Closes a secure-aggregation stage that had enough reports: the aggregator closes it too and
+    /// hands over the next stage's payloads, or, after the last stage, unmasks the sum, which
+    /// commits.
+    fn close_secure_stage(&mut self, now_ms: u64, s: StageState, out: &mut Vec<Action>) {
+        let kind = self.policy.stages[s.index as usize];
+        let contributors = if kind == StageKind::MaskedInput {
+            s.reported.clone()
         } else {
-            Ok(())
+            s.contributors
         };
-        // The strategy divides: by the contributors (unweighted mean), or under distributed DP by the
-        // fixed denominator `clients_per_round`.
-        let result = mean.and_then(|()| {
+        let last = (s.index as usize) + 1 == self.policy.stages.len();
+        let reports = s.reported.len();
+        let Some(agg) = self.secure.aggregator.as_mut() else {
+            // Unreachable: the first stage does not open without an aggregator.
+            let why = "secure aggregation failed: no secure aggregator is installed";
+            let needed = self.policy.min_reports();
+            return self.abandon_attempt(
+                now_ms,
+                reports,
+                needed,
+                why,
+                AbandonCause::AggregationFailed,
+                out,
+            );
+        };
+        if !last {
+            let survivors: Vec<ClientId> = s.reported.iter().copied().collect();
+            match agg.close_stage(s.index, &survivors) {
+                Ok(payloads) => {
+                    let next = s.index + 1;
+                    self.secure.payloads = Some(((self.round, self.attempt, next), payloads));
+                    let carry = (contributors, s.loss_weighted, s.num_samples);
+                    self.start_stage_with(now_ms, next, s.reported, carry, out);
+                }
+                Err(reason) => self.secure_failed(now_ms, reports, &reason, out),
+            }
+            return;
+        }
+        self.secure.payloads = None;
+        let ids: Vec<ClientId> = contributors.iter().copied().collect();
+        let n = ids.len();
+        let result = agg.finish(&ids).and_then(|sum| {
+            if sum.len() != self.layout.len() {
+                return Err(format!(
+                    "the unmasked sum has {} values, the layout has {}",
+                    sum.len(),
+                    self.layout.len()
+                ));
+            }
+            // The strategy divides: by the contributors (unweighted mean), or under distributed DP
+            // by the fixed denominator `clients_per_round`.
             self.strategy
-                .apply_secure_sum(&self.global, sum, count)
-                .map_err(|e| format!("secure aggregation produced an unusable mean: {e}"))
+                .apply_secure_sum(&self.global, &sum, n)
+                .map_err(|e| format!("it produced an unusable mean: {e}"))
         });
         match result {
-            Ok(r) => {
-                let participants = f.contributors.iter().copied().collect();
-                self.commit(now_ms, r, participants, f.num_samples, f.loss_weighted, out);
-            }
-            Err(why) => {
-                let needed = self.policy.min_reports();
-                self.abandon_attempt(
-                    now_ms,
-                    expected,
-                    needed,
-                    &why,
-                    AbandonCause::AggregationFailed,
-                    out,
-                );
-            }
+            Ok(r) => self.commit(now_ms, r, ids, s.num_samples, s.loss_weighted, out),
+            Err(reason) => self.secure_failed(now_ms, n, &reason, out),
         }
     }
 
-    pub(super) fn on_aggregation_failed(
-        &mut self,
-        now_ms: u64,
-        (round, attempt): (u64, u32),
-        reason: &str,
-        out: &mut Vec<Action>,
-    ) {
-        if round != self.round || attempt != self.attempt || !self.policy.secure_aggregation() {
-            return; // stale, or not a secure-aggregation job
-        }
-        let reports = match &self.phase {
-            Phase::Running(s) => s.reported.len(),
-            Phase::Finalizing(f) => f.contributors.len(),
-            _ => return,
-        };
-        self.phase = Phase::Waiting;
+    /// Abandons the attempt because the aggregator could not go on.
+    fn secure_failed(&mut self, now_ms: u64, reports: usize, reason: &str, out: &mut Vec<Action>) {
+        self.secure.payloads = None;
         let why = format!("secure aggregation failed: {reason}");
+        let needed = self.policy.min_reports();
         self.abandon_attempt(
             now_ms,
             reports,
-            self.policy.min_reports(),
+            needed,
             &why,
             AbandonCause::AggregationFailed,
             out,
@@ -477,38 +501,7 @@ impl RoundMachine {
             return;
         }
         if kind != StageKind::Train {
-            // Secure aggregation: the driver's secagg server holds the data; the machine hands over
-            // the survivors and carries the training tally to the end of the round.
-            let s = *s;
-            let contributors = if kind == StageKind::MaskedInput {
-                s.reported.clone()
-            } else {
-                s.contributors
-            };
-            let last = (s.index as usize) + 1 == self.policy.stages.len();
-            if last {
-                out.push(Action::Finalize {
-                    round: self.round,
-                    attempt: self.attempt,
-                    contributors: contributors.iter().copied().collect(),
-                });
-                self.phase = Phase::Finalizing(Box::new(Finalizing {
-                    contributors,
-                    loss_weighted: s.loss_weighted,
-                    num_samples: s.num_samples,
-                }));
-            } else {
-                out.push(Action::StageClosed {
-                    round: self.round,
-                    attempt: self.attempt,
-                    stage: s.index,
-                    kind,
-                    survivors: s.reported.iter().copied().collect(),
-                });
-                let carry = (contributors, s.loss_weighted, s.num_samples);
-                self.start_stage_with(now_ms, s.index + 1, s.reported, carry, out);
-            }
-            return;
+            return self.close_secure_stage(now_ms, *s, out);
         }
         if (s.index as usize) + 1 < self.policy.stages.len() {
             // Survivors of this stage are the cohort of the next one.
@@ -600,6 +593,8 @@ impl RoundMachine {
         cause: AbandonCause,
         out: &mut Vec<Action>,
     ) {
+        // Payloads of an attempt that is over are never served again: drop them now.
+        self.secure.payloads = None;
         out.push(Action::RoundAbandoned {
             round: self.round,
             attempt: self.attempt,

@@ -32,8 +32,6 @@ pub enum Activity {
         /// Its kind.
         kind: StageKind,
     },
-    /// Secure aggregation: every stage closed; the driver is unmasking the sum.
-    Finalizing,
     /// Every round committed.
     Finished,
     /// The job failed ([`RoundMachine::failure`]).
@@ -56,7 +54,6 @@ impl RoundMachine {
                 index: s.index,
                 kind: self.policy.stages[s.index as usize],
             },
-            Phase::Finalizing(_) => Activity::Finalizing,
         }
     }
 

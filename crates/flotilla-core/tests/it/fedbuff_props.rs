@@ -1,7 +1,8 @@
 //! The round machine in FedBuff mode under arbitrary, hostile event sequences: check-ins, reports
 //! for the client's task, for older or future versions, for made-up tasks, duplicates, reports from
 //! clients without a task, wrong-length and non-finite updates, bad sample counts, secure-aggregation
-//! events the mode does not take, lost clients, timer ticks and deadlines.
+//! stage messages the mode does not take (refused as the wrong kind), lost clients, timer ticks and
+//! deadlines.
 //!
 //! Invariants checked after every event: no panic; a refused report is the only action and changes
 //! nothing (the machine's `Debug`, which includes the buffer and the old base models, is compared);
@@ -47,11 +48,12 @@ enum Op {
         samples: u64,
         values: Vec<f32>,
     },
-    StageReport {
+    /// A secure-aggregation stage message, which FedBuff does not take.
+    StageMessage {
         client: u64,
         honest: bool,
+        masked: bool,
     },
-    Aggregated,
     FireEarliestTimer,
     /// A deadline timer for a made-up round and attempt (a stale or forged timer).
     FireMadeUpTimer(u64, u32),
@@ -79,8 +81,7 @@ fn op() -> impl Strategy<Value = Op> {
             ],
         )
             .prop_map(|(client, target, stage, samples, values)| Op::Report { client, target, stage, samples, values }),
-        1 => (0u64..7, any::<bool>()).prop_map(|(client, honest)| Op::StageReport { client, honest }),
-        1 => Just(Op::Aggregated),
+        2 => (0u64..7, any::<bool>(), any::<bool>()).prop_map(|(client, honest, masked)| Op::StageMessage { client, honest, masked }),
         2 => Just(Op::FireEarliestTimer),
         1 => (0u64..8, 0u32..4).prop_map(|(r, a)| Op::FireMadeUpTimer(r, a)),
         2 => (0u64..800).prop_map(Op::Advance),
@@ -173,17 +174,14 @@ proptest! {
                         metrics: ReportMetrics { train_loss: 0.5 },
                     }
                 }
-                Op::StageReport { client, honest } => {
+                Op::StageMessage { client, honest, masked } => {
                     let c = ClientId(*client);
                     let (round, attempt) = match (honest, tasks.get(&c)) {
                         (true, Some(t)) => (t.round, t.attempt),
                         _ => (1, 1),
                     };
-                    Event::StageReport { client: c, round, attempt, stage: 0, num_samples: 1, metrics: ReportMetrics::default() }
-                }
-                Op::Aggregated => {
-                    let (round, attempt) = m.current_round();
-                    Event::Aggregated { round, attempt, sum: &[1.0; DIM], contributors: 1 }
+                    let input = if *masked { StageInput::Masked(vec![1; DIM]) } else { StageInput::Message(b"keys") };
+                    Event::StageMessage { client: c, round, attempt, stage: 0, input, num_samples: 1, metrics: ReportMetrics::default() }
                 }
                 Op::FireEarliestTimer => {
                     timers.sort();
@@ -201,6 +199,16 @@ proptest! {
             let outstanding_before = m.outstanding();
             let actions = m.handle(now, event);
 
+            // A stage message is refused as the wrong kind while the job runs (not accepting, once
+            // it is over).
+            if let Op::StageMessage { .. } = op {
+                let want = if m.is_finished() {
+                    RejectReason::NotAccepting("finished")
+                } else {
+                    RejectReason::WrongStageKind { stage: 0, kind: "train" }
+                };
+                prop_assert!(matches!(actions.as_slice(), [Action::Reject { reason, .. }] if *reason == want), "{:?}", actions);
+            }
             // A refused report: the only action, nothing changed, and the pre-check agrees.
             if let Some(Action::Reject { client, reason }) = actions.iter().find(|a| matches!(a, Action::Reject { .. })) {
                 prop_assert_eq!(actions.len(), 1, "a rejection is the only action: {:?}", actions);

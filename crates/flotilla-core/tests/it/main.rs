@@ -8,10 +8,12 @@
 
 mod ceilings;
 mod config_toml;
+mod fake_secagg;
 mod fedbuff;
 mod fedbuff_props;
 mod round_machine;
 mod round_machine_props;
+mod secagg_failures;
 mod secagg_props;
 mod secagg_stages;
 mod strategies;

@@ -10,3 +10,4 @@ mod adversarial;
 mod common;
 mod properties;
 mod protocol;
+mod round_aggregator;

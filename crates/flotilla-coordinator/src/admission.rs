@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::Limits;
+use crate::limits::Limits;
 
 /// Strikes within [`STRIKE_WINDOW`] that throttle a client.
 pub(crate) const STRIKE_LIMIT: u32 = 8;

@@ -1,0 +1,157 @@
+//! Plain rounds in the simulator: the clients of one configured batch (a round attempt's cohort)
+//! train together on the worker threads, then report in cohort order; the dropped are lost; then the
+//! whole cohort checks in again. Attackers, SCAFFOLD control variates and local DP shares are applied
+//! here, per client, before its report. The loop itself is [`crate::driver`].
+
+use std::collections::BTreeMap;
+
+use flotilla_core::round::{ClientId, Event, RejectReason, ReportMetrics, Task};
+use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::attack::Attackers;
+use crate::driver::{Clients, Driver, Refused};
+use crate::engine::{ClientJob, Prepared, train_cohort};
+use crate::error::SimError;
+use crate::privacy::SimPrivacy;
+use crate::scenario::Scenario;
+
+/// The simulated clients of plain (synchronous, unmasked) rounds.
+pub(crate) struct PlainClients {
+    attackers: Option<Attackers>,
+    /// SCAFFOLD client control variates cᵢ, kept by each simulated client across rounds.
+    controls: BTreeMap<u64, Vec<f32>>,
+    dropout_rng: ChaCha8Rng,
+}
+
+impl PlainClients {
+    /// The clients of `scenario`, its attackers among them.
+    pub(crate) fn new(scenario: &Scenario, prepared: &Prepared) -> Self {
+        let train = &prepared.data.train;
+        let test = &prepared.data.test;
+        Self {
+            attackers: scenario
+                .attack
+                .map(|a| Attackers::new(a, scenario.seed, train, test, &prepared.partition)),
+            controls: BTreeMap::new(),
+            dropout_rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64),
+        }
+    }
+}
+
+impl Clients for PlainClients {
+    fn attackers(&self) -> Option<&Attackers> {
+        self.attackers.as_ref()
+    }
+
+    /// Over-selected clients that finish after the round filled up are refused as late: that is
+    /// the protocol working. Anything else is a bug.
+    fn refused(&self, reason: &RejectReason) -> Option<Refused> {
+        matches!(
+            reason,
+            RejectReason::RoundFull
+                | RejectReason::NotAccepting(_)
+                | RejectReason::WrongRound { .. }
+        )
+        .then_some(Refused::Late)
+    }
+
+    fn run_batch(
+        &mut self,
+        d: &mut Driver<'_>,
+        cohort: Vec<(ClientId, Task)>,
+    ) -> Result<(), SimError> {
+        let (scenario, prepared) = (d.scenario, d.prepared);
+        let train = &prepared.data.train;
+        // Each selected client drops out with probability `dropout`, decided in cohort order.
+        let drops: Vec<bool> = cohort
+            .iter()
+            .map(|_| self.dropout_rng.random_bool(scenario.round.dropout))
+            .collect();
+        let work: Vec<(ClientId, Task)> = cohort
+            .iter()
+            .zip(&drops)
+            .filter(|(_, d)| !**d)
+            .map(|(c, _)| c.clone())
+            .collect();
+        let directive = d.machine.strategy().client_directive();
+        let jobs: Vec<ClientJob<'_>> = work
+            .iter()
+            .map(|(client, task)| {
+                let data = match &self.attackers {
+                    Some(a) if a.is_attacker(client.0) => {
+                        a.poisoned_train.as_ref().unwrap_or(train)
+                    }
+                    _ => train,
+                };
+                // SCAFFOLD: local gradients are corrected by c − cᵢ (cᵢ = 0 before the first round).
+                let correction = directive.server_control.map(|c| {
+                    scaffold_correction(c, self.controls.get(&client.0).map(Vec::as_slice))
+                });
+                ClientJob {
+                    client: *client,
+                    seed: task.seed,
+                    data,
+                    correction,
+                }
+            })
+            .collect();
+        let results = train_cohort(
+            scenario,
+            prepared,
+            d.machine.global(),
+            directive.proximal_mu as f32,
+            &jobs,
+            &mut d.trainers,
+        )?;
+        let server_control = directive.server_control.map(<[f32]>::to_vec);
+        d.now += 1;
+        for ((client, task), (mut params, report)) in work.iter().zip(results) {
+            if let Some(a) = &mut self.attackers
+                && a.is_attacker(client.0)
+            {
+                a.tamper(d.machine.global(), &mut params);
+            }
+            if let Some(dp) = &scenario.strategy.dp {
+                SimPrivacy::client_share(dp, d.machine.global(), &mut params, task.seed);
+            }
+            if let Some(c) = &server_control {
+                // SCAFFOLD option II: cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η); report Δcᵢ = cᵢ⁺ − cᵢ after
+                // the parameters.
+                let ci = self.controls.entry(client.0).or_default();
+                let delta_c = scaffold_client_update(
+                    ci,
+                    c,
+                    d.machine.global(),
+                    &params,
+                    report.steps,
+                    scenario.train.learning_rate,
+                );
+                params.extend_from_slice(&delta_c);
+            }
+            d.feed(
+                self,
+                Event::Report {
+                    client: *client,
+                    round: task.round,
+                    attempt: task.attempt,
+                    stage: task.stage,
+                    num_samples: report.num_samples as u64,
+                    update: &params,
+                    metrics: ReportMetrics {
+                        train_loss: report.mean_loss,
+                    },
+                },
+            )?;
+        }
+        for ((client, _), _) in cohort.iter().zip(&drops).filter(|(_, d)| **d) {
+            d.feed(self, Event::ClientLost { client: *client })?;
+        }
+        // Everyone in the cohort, dropped or not, is available again for later rounds.
+        for (client, _) in &cohort {
+            d.feed(self, Event::CheckIn { client: *client })?;
+        }
+        Ok(())
+    }
+}
