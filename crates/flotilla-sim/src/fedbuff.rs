@@ -101,7 +101,7 @@ impl Clients for FedBuffClients {
     }
 }
 
-/// Runs a FedBuff scenario (see the module documentation); [`crate::engine::run_prepared`] calls it
+/// Runs a FedBuff scenario (see the module documentation); [`crate::run_prepared`] calls it
 /// for scenarios with `[strategy] fedbuff`.
 pub fn run_prepared(
     scenario: &Scenario,
