@@ -607,6 +607,24 @@ pub(crate) fn image_side(shape: &[usize]) -> Option<usize> {
     (square && plausible && !(shape.len() == 1 && n < 36)).then_some(side)
 }
 
+/// The round policy the simulator runs: the job's `[round]`, built by `flotilla_spec` as the
+/// coordinator builds it, on a virtual clock where simulated clients are always available (no
+/// selection window, check-ins never expire).
+pub fn round_policy(s: &Scenario) -> RoundPolicy {
+    let mut p = s
+        .round
+        .config
+        .policy(s.rounds, s.clients_per_round, s.secagg.is_some());
+    p.selection_window_ms = 0;
+    p.checkin_ttl_ms = flotilla_core::limits::CHECKIN_TTL_NEVER;
+    if s.strategy.fedbuff.is_some() {
+        // Idle clients come back about as often as a task takes; no task is ever dropped.
+        p.retry_after_ms = s.round.train_ticks.1;
+        p.stage_deadline_ms = 1000 * s.round.train_ticks.1;
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,22 +769,4 @@ learning_rate = 0.1
         let e = err(&MINIMAL.replace("rounds = 5\n", "rounds = 5\nbatch_size = 8\n"));
         assert!(e.contains("did you mean `[train] batch_size`?"), "{e}");
     }
-}
-
-/// The round policy the simulator runs: the job's `[round]`, built by `flotilla_spec` as the
-/// coordinator builds it, on a virtual clock where simulated clients are always available (no
-/// selection window, check-ins never expire).
-pub fn round_policy(s: &Scenario) -> RoundPolicy {
-    let mut p = s
-        .round
-        .config
-        .policy(s.rounds, s.clients_per_round, s.secagg.is_some());
-    p.selection_window_ms = 0;
-    p.checkin_ttl_ms = flotilla_core::limits::CHECKIN_TTL_NEVER;
-    if s.strategy.fedbuff.is_some() {
-        // Idle clients come back about as often as a task takes; no task is ever dropped.
-        p.retry_after_ms = s.round.train_ticks.1;
-        p.stage_deadline_ms = 1000 * s.round.train_ticks.1;
-    }
-    p
 }
