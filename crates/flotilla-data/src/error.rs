@@ -2,18 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::dataset::DatasetName;
+use crate::name::DatasetName;
 
-/// A dataset name that is not one of [`DatasetName::ALL`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown dataset `{name}`; valid names: {}",
-    crate::dataset::valid_names()
-)]
-pub struct UnknownDatasetError {
-    /// The name that was given.
-    pub name: String,
-}
+pub use crate::name::UnknownDatasetError;
 
 /// Everything that can go wrong while fetching or loading a dataset.
 #[derive(Debug, thiserror::Error)]

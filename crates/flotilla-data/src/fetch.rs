@@ -24,8 +24,8 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::dataset::DatasetName;
 use crate::error::DataError;
+use crate::name::DatasetName;
 use crate::pins::{self, PinnedSource, Registry};
 
 /// Progress reported by [`fetch`].

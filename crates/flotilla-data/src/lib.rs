@@ -20,17 +20,19 @@ mod digits;
 pub mod error;
 pub mod fetch;
 pub mod idx;
+mod loader;
 mod mnist;
+mod name;
 pub mod partition;
 pub mod pins;
 pub mod shakespeare;
 
 pub use csv_file::{MAX_CSV_CLASSES, load_csv};
-pub use dataset::{
-    Dataset, DatasetName, LoadOptions, TrainTest, default_data_dir, load, stratified_split,
-};
+pub use dataset::{Dataset, TrainTest, stratified_split};
 pub use error::{DataError, PartitionError, UnknownDatasetError};
 pub use fetch::{FetchEvent, FetchOutcome, fetch, is_present};
+pub use loader::{LoadOptions, default_data_dir, load};
+pub use name::DatasetName;
 pub use partition::{Partition, PartitionSpec, PartitionStats, partition, stats};
 
 /// Data directory for tests: `$FLOTILLA_DATA_DIR`, else the workspace's `data/`.

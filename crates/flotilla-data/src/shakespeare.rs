@@ -35,13 +35,13 @@ use crate::dataset::{Dataset, TrainTest};
 use crate::error::DataError;
 
 /// Characters of context per sample.
-pub const SEQ_LEN: usize = 80;
+pub const SEQ_LEN: usize = crate::name::SHAKESPEARE_SEQ_LEN;
 /// Minimum characters of text for a role to become a group.
 pub const MIN_ROLE_CHARS: usize = 2 * SEQ_LEN;
 /// Maximum samples (train + test) kept per role.
 pub const MAX_SAMPLES_PER_ROLE: usize = 2_000;
 /// Number of character ids (= number of classes).
-pub const VOCAB_SIZE: usize = 96;
+pub const VOCAB_SIZE: usize = crate::name::SHAKESPEARE_VOCAB_SIZE;
 /// Id of every character outside printable ASCII.
 pub const UNKNOWN_CHAR_ID: u32 = 95;
 

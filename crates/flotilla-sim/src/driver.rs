@@ -28,12 +28,11 @@ use flotilla_ml::Trainer;
 
 use crate::attack::Attackers;
 use crate::engine::{
-    Fitted, Prepared, RoundRecord, Setup, SimEvent, SimOutcome, evaluate_commit, round_policy,
-    samples, setup,
+    Fitted, Prepared, RoundRecord, Setup, SimEvent, SimOutcome, evaluate_commit, samples, setup,
 };
 use crate::error::SimError;
 use crate::privacy::SimPrivacy;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, round_policy};
 
 /// A future event on the virtual clock.
 pub(crate) enum Due {

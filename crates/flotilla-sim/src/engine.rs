@@ -1,12 +1,12 @@
 //! The simulator: many virtual clients in one process, driving the same [`RoundMachine`] the
 //! coordinator drives, on a virtual clock.
 //!
-//! This module holds the entry points and what every mode shares: loading and partitioning the data,
-//! the round policy on a virtual clock, the setup a run starts with (trainers, initial evaluation),
-//! evaluating a commit, and training a batch of clients on the worker threads. [`run_prepared`] picks
-//! the scenario's simulated clients — plain rounds (`crate::plain`), secure aggregation
-//! (`crate::secagg`) or FedBuff (`crate::fedbuff`) — and runs them in the one event loop,
-//! `crate::driver`.
+//! This module holds what every mode shares, below the drivers: loading and partitioning the data,
+//! the setup a run starts with (trainers, initial evaluation), evaluating a commit, and training a
+//! batch of clients on the worker threads. The entry points (`crate::run`) pick the scenario's
+//! simulated clients — plain rounds (`crate::plain`), secure aggregation (`crate::secagg`) or
+//! FedBuff (`crate::fedbuff`) — and run them in the one event loop, `crate::driver`; the round
+//! policy on a virtual clock is the scenario's (`crate::scenario::round_policy`).
 //!
 //! Determinism: client selection and per-client seeds come from the machine (seeded by the scenario),
 //! each client's training depends only on the global model, its own data and its task seed, and
@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use flotilla_core::ParamLayout;
-use flotilla_core::round::{ClientId, CommitInfo, RoundMachine, RoundPolicy};
+use flotilla_core::round::{ClientId, CommitInfo, RoundMachine};
 use flotilla_core::strategy::Quarantined;
 use flotilla_data::{Dataset, LoadOptions, Partition, TrainTest};
 use flotilla_ml::{FitConfig, FitReport, LocalObjective, ModelSpec, Samples, Trainer};
@@ -25,10 +25,8 @@ use serde::Serialize;
 
 use crate::attack::Attackers;
 use crate::error::SimError;
-use crate::plain::PlainClients;
 use crate::privacy::{PrivacySummary, RoundPrivacy};
 use crate::scenario::Scenario;
-use crate::secagg::SecAggClients;
 
 /// A scenario's data, loaded and partitioned: what `flotilla data partition-stats` shows.
 pub struct Prepared {
@@ -169,24 +167,6 @@ pub(crate) fn samples<'a>(d: &'a Dataset, indices: &'a [u32]) -> Samples<'a> {
     }
 }
 
-/// The round policy the simulator runs: the job's `[round]`, built by `flotilla_spec` as the
-/// coordinator builds it, on a virtual clock where simulated clients are always available (no
-/// selection window, check-ins never expire).
-pub fn round_policy(s: &Scenario) -> RoundPolicy {
-    let mut p = s
-        .round
-        .config
-        .policy(s.rounds, s.clients_per_round, s.secagg.is_some());
-    p.selection_window_ms = 0;
-    p.checkin_ttl_ms = flotilla_core::limits::CHECKIN_TTL_NEVER;
-    if s.strategy.fedbuff.is_some() {
-        // Idle clients come back about as often as a task takes; no task is ever dropped.
-        p.retry_after_ms = s.round.train_ticks.1;
-        p.stage_deadline_ms = 1000 * s.round.train_ticks.1;
-    }
-    p
-}
-
 /// What every simulation driver starts with: one trainer per worker thread (at most `max_workers`,
 /// each built from the scenario seed), the model's layout and initial parameters, the test split's
 /// indices and the initial model's evaluation, announced through `observe` as [`SimEvent::Started`].
@@ -237,43 +217,6 @@ pub(crate) fn setup(
         test_idx,
         init_eval,
     })
-}
-
-/// Runs the scenario's federation with its data already prepared, reporting progress to `observe`.
-pub fn run_prepared(
-    scenario: &Scenario,
-    prepared: &Prepared,
-    observe: &mut dyn FnMut(&SimEvent),
-) -> Result<SimOutcome, SimError> {
-    if let Some(sa) = &scenario.secagg {
-        return crate::driver::run(
-            scenario,
-            prepared,
-            scenario.clients_per_round,
-            observe,
-            |layout| SecAggClients::new(scenario, sa, layout.len()),
-        );
-    }
-    if let Some(fb) = scenario.strategy.fedbuff {
-        return crate::fedbuff::run_prepared(scenario, fb, prepared, observe);
-    }
-    crate::driver::run(
-        scenario,
-        prepared,
-        scenario.clients_per_round,
-        observe,
-        |_| Ok(PlainClients::new(scenario, prepared)),
-    )
-}
-
-/// Loads, partitions and runs a scenario.
-pub fn run(
-    scenario: &Scenario,
-    data_dir: &Path,
-    observe: &mut dyn FnMut(&SimEvent),
-) -> Result<SimOutcome, SimError> {
-    let prepared = prepare(scenario, data_dir)?;
-    run_prepared(scenario, &prepared, observe)
 }
 
 pub(crate) fn evaluate_commit(

@@ -3,7 +3,7 @@
 //! number of ticks (`[round] train_ticks_min..=train_ticks_max`), so clients finish out of order and
 //! their updates arrive stale.
 //!
-//! Determinism: events run in (virtual time, sequence) order ([`crate::driver`]'s queue); a client's
+//! Determinism: events run in (virtual time, sequence) order (`crate::driver`'s queue); a client's
 //! training starts from the global model at the moment it is configured, with its task seed; tasks
 //! configured by the same event are trained together (on the worker threads) and their reports are
 //! queued in configuration order. A finished client reports (or, if it dropped out, is lost) and
@@ -101,7 +101,7 @@ impl Clients for FedBuffClients {
     }
 }
 
-/// Runs a FedBuff scenario (see the module documentation); [`crate::engine::run_prepared`] calls it
+/// Runs a FedBuff scenario (see the module documentation); [`crate::run_prepared`] calls it
 /// for scenarios with `[strategy] fedbuff`.
 pub fn run_prepared(
     scenario: &Scenario,

@@ -10,11 +10,13 @@ pub mod error;
 pub mod fedbuff;
 mod plain;
 pub mod privacy;
+mod run;
 pub mod scenario;
 pub mod secagg;
+mod settings;
 
-pub use engine::{
-    Prepared, RoundRecord, SimEvent, SimOutcome, prepare, round_policy, run, run_prepared,
-};
+pub use engine::{Prepared, RoundRecord, SimEvent, SimOutcome, prepare};
 pub use error::{ScenarioError, SimError};
+pub use run::{run, run_prepared};
 pub use scenario::Scenario;
+pub use scenario::round_policy;

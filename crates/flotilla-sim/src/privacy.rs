@@ -19,30 +19,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
-use crate::error::{ScenarioError, SimError};
-
-/// The simulator's own rules for `[privacy]` (parsed, checked against the round and added to the
-/// strategy by `flotilla_spec`, as on the coordinator): no `population` (the simulator samples from
-/// its `clients`), and a budget the accountant accepts.
-pub(crate) fn check(spec: Option<&PrivacySpec>) -> Result<(), ScenarioError> {
-    let invalid = |field: &str, message: String| ScenarioError::Invalid {
-        field: field.to_string(),
-        message,
-    };
-    let Some(spec) = spec else {
-        return Ok(());
-    };
-    if spec.population.is_some() {
-        return Err(invalid(
-            "privacy.population",
-            "is for the coordinator; the simulator samples from its `clients`".into(),
-        ));
-    }
-    // The accountant must accept the scenario's numbers too (q ≤ 1 always holds here).
-    Budget::new(spec.max_epsilon.unwrap_or(f64::MAX), spec.delta)
-        .map_err(|e| invalid("privacy", e.to_string()))?;
-    Ok(())
-}
+use crate::error::SimError;
 
 /// The privacy of one committed round, as the results report it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -126,7 +103,7 @@ impl SimPrivacy {
         };
         let mut p = Self::new(
             spec,
-            &crate::engine::round_policy(scenario),
+            &crate::scenario::round_policy(scenario),
             scenario.clients,
         )?;
         let refused_first = !p.admit_next_round()?;

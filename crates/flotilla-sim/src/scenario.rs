@@ -12,6 +12,7 @@ use std::path::Path;
 
 use flotilla_core::dp::PrivacySpec;
 use flotilla_core::limits;
+use flotilla_core::round::RoundPolicy;
 use flotilla_core::strategy::StrategySpec;
 use flotilla_data::{DatasetName, PartitionSpec};
 use flotilla_ml::ModelKind;
@@ -52,7 +53,7 @@ pub struct Scenario {
     /// Simulated attackers (`[attack]`), if any.
     pub attack: Option<AttackSettings>,
     /// Secure aggregation (`[secagg]`), if rounds run it; see [`crate::secagg`].
-    pub secagg: Option<crate::secagg::SecAggSettings>,
+    pub secagg: Option<crate::settings::SecAggSettings>,
     /// Differential privacy (`[privacy]`), if any; the mechanism is also in `strategy.dp`.
     pub privacy: Option<PrivacySpec>,
 }
@@ -139,7 +140,7 @@ pub struct TrainSettings {
 /// The job's `[round]` policy and what the simulated clients do (`[simulation]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundSettings {
-    /// `[round]`, as the coordinator reads it; [`crate::engine::round_policy`] builds the machine's
+    /// `[round]`, as the coordinator reads it; [`round_policy`] builds the machine's
     /// policy from it.
     pub config: RoundConfig,
     /// Fraction of selected clients that drop out mid-round (`[simulation] dropout`).
@@ -363,7 +364,7 @@ impl Scenario {
                 (lo, hi)
             },
         };
-        crate::privacy::check(privacy.as_ref())?;
+        crate::settings::check_privacy(privacy.as_ref())?;
         let attack = match &r.attack {
             None => None,
             Some(a) => Some(parse_attack(a, dataset)?),
@@ -385,7 +386,7 @@ impl Scenario {
                 }
                 None
             }
-            Some(config) => Some(crate::secagg::SecAggSettings::new(
+            Some(config) => Some(crate::settings::SecAggSettings::new(
                 config,
                 unmasking_dropout.unwrap_or(0.0),
                 attack.is_some(),
@@ -604,6 +605,24 @@ pub(crate) fn image_side(shape: &[usize]) -> Option<usize> {
     let square = side * side == n && side >= 6;
     let plausible = matches!(shape.len(), 1..=3) && shape.iter().rev().skip(2).all(|&d| d == 1);
     (square && plausible && !(shape.len() == 1 && n < 36)).then_some(side)
+}
+
+/// The round policy the simulator runs: the job's `[round]`, built by `flotilla_spec` as the
+/// coordinator builds it, on a virtual clock where simulated clients are always available (no
+/// selection window, check-ins never expire).
+pub fn round_policy(s: &Scenario) -> RoundPolicy {
+    let mut p = s
+        .round
+        .config
+        .policy(s.rounds, s.clients_per_round, s.secagg.is_some());
+    p.selection_window_ms = 0;
+    p.checkin_ttl_ms = flotilla_core::limits::CHECKIN_TTL_NEVER;
+    if s.strategy.fedbuff.is_some() {
+        // Idle clients come back about as often as a task takes; no task is ever dropped.
+        p.retry_after_ms = s.round.train_ticks.1;
+        p.stage_deadline_ms = 1000 * s.round.train_ticks.1;
+    }
+    p
 }
 
 #[cfg(test)]

@@ -44,83 +44,15 @@ use flotilla_core::round::{
     ClientId, Event, RejectReason, ReportMetrics, RoundMachine, StageInput, Task,
 };
 use flotilla_secagg::{Client, ClientMessage, Params, RoundAggregator, ServerMessage};
-use flotilla_spec::SecAggConfig;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 
 use crate::driver::{Clients, Driver, Refused};
 use crate::engine::{ClientJob, train_cohort};
-use crate::error::{ScenarioError, SimError};
+use crate::error::SimError;
 use crate::privacy::SimPrivacy;
 use crate::scenario::Scenario;
-
-/// Secure-aggregation settings of a scenario: the job's `[secagg]` and the simulated
-/// `[simulation] unmasking_dropout`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SecAggSettings {
-    /// Each coordinate of a client's delta is clipped to `[-clip_range, clip_range]` before masking.
-    pub clip_range: f64,
-    /// Shares needed to reconstruct a secret (t); default `k/2 + 1`.
-    pub threshold: Option<usize>,
-    /// Degree k of the communication graph; default ≈ 3·log2(clients_per_round), even.
-    pub neighbours: Option<usize>,
-    /// Chance that a client vanishes right after sending its masked input.
-    pub unmasking_dropout: f64,
-}
-
-impl SecAggSettings {
-    /// The settings of a `[secagg]` already validated by `flotilla_spec` (parameters, strategy,
-    /// distributed DP), with the simulation's `unmasking_dropout`; attacks are not simulated under
-    /// secure aggregation.
-    pub(crate) fn new(
-        config: SecAggConfig,
-        unmasking_dropout: f64,
-        attack: bool,
-    ) -> Result<Self, ScenarioError> {
-        let invalid = |field: &str, message: String| ScenarioError::Invalid {
-            field: field.into(),
-            message,
-        };
-        let u = unmasking_dropout;
-        if !(u.is_finite() && (0.0..1.0).contains(&u)) {
-            return Err(invalid(
-                "simulation.unmasking_dropout",
-                format!("must be in [0, 1), got {u}"),
-            ));
-        }
-        if attack {
-            return Err(invalid(
-                "attack",
-                "attacks are not simulated with [secagg]".into(),
-            ));
-        }
-        Ok(Self {
-            clip_range: config.clip_range,
-            threshold: config.threshold,
-            neighbours: config.neighbours,
-            unmasking_dropout: u,
-        })
-    }
-
-    /// The secagg parameters for rosters of up to `clients_per_round` clients and vectors of
-    /// `vector_len` (`flotilla_spec::SecAggConfig::params`). Errors name the scenario key.
-    pub fn params(
-        &self,
-        clients_per_round: usize,
-        vector_len: usize,
-    ) -> Result<Params, ScenarioError> {
-        SecAggConfig {
-            clip_range: self.clip_range,
-            threshold: self.threshold,
-            neighbours: self.neighbours,
-        }
-        .params(clients_per_round, vector_len)
-        .map_err(|e| ScenarioError::Invalid {
-            field: e.field,
-            message: e.message,
-        })
-    }
-}
+pub use crate::settings::SecAggSettings;
 
 /// The simulated clients of one round attempt.
 struct Attempt {

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod blobs;
+mod db_ids;
 mod error;
 mod job_reason;
 mod layout_eval;

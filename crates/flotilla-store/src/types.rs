@@ -5,8 +5,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
-
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -20,20 +18,6 @@ macro_rules! id_type {
             }
         }
 
-        impl $name {
-            pub(crate) fn from_db(v: i64) -> Result<Self, StoreError> {
-                u64::try_from(v).map($name).map_err(|_| {
-                    StoreError::Corrupt(format!("negative {} {v}", stringify!($name)))
-                })
-            }
-
-            #[allow(dead_code)] // not every id is ever bound as a parameter
-            pub(crate) fn to_db(self) -> Result<i64, StoreError> {
-                i64::try_from(self.0).map_err(|_| {
-                    StoreError::InvalidArgument(format!("{} {} out of range", stringify!($name), self.0))
-                })
-            }
-        }
     };
 }
 
