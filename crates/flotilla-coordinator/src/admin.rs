@@ -206,7 +206,10 @@ fn spec_text(body: Bytes) -> Result<String, ApiError> {
     if body.len() > MAX_SPEC_BYTES {
         return Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("toml: the job spec is larger than {} MiB", MAX_SPEC_BYTES >> 20),
+            format!(
+                "toml: the job spec is larger than {} MiB",
+                MAX_SPEC_BYTES >> 20
+            ),
         ));
     }
     String::from_utf8(body.to_vec())

@@ -259,7 +259,10 @@ mod tests {
             ("a", Dtype::F32, vec![2], le(&[0.0, 1.0])),
             ("b", Dtype::F32, vec![3, 0], vec![]),
         ]));
-        assert!(e.contains("tensor \"b\" has shape [3, 0], no values"), "{e}");
+        assert!(
+            e.contains("tensor \"b\" has shape [3, 0], no values"),
+            "{e}"
+        );
         let none: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         assert!(err(&file(&none)).contains("no tensors"));
     }

@@ -208,12 +208,22 @@ dataset = "digits"
         assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), s);
         let builtin = serde_json::to_value(JobSpec::from_toml(DIGITS).unwrap()).unwrap();
         assert!(builtin["model"].get("initial").is_none());
-        assert!(!serde_json::from_value::<JobSpec>(builtin).unwrap().is_custom());
+        assert!(
+            !serde_json::from_value::<JobSpec>(builtin)
+                .unwrap()
+                .is_custom()
+        );
         // With [evaluation], and with a built-in key beside it: refused naming the key.
         let e = err(&DIGITS.replace("dataset = \"digits\"\n[train]", "initial = \"x\"\n[train]"));
-        assert!(e.starts_with("model.kind: does not apply to a model given by model.initial"), "{e}");
+        assert!(
+            e.starts_with("model.kind: does not apply to a model given by model.initial"),
+            "{e}"
+        );
         let e = err(&text.replace("[train]", "[evaluation]\ndataset = \"digits\"\n[train]"));
-        assert!(e.starts_with("evaluation.dataset: a model given by model.initial"), "{e}");
+        assert!(
+            e.starts_with("evaluation.dataset: a model given by model.initial"),
+            "{e}"
+        );
     }
 
     #[test]

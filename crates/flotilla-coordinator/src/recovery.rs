@@ -120,14 +120,13 @@ impl Shared {
         };
         // A model given by `[model] initial` and no round committed: its parameters are the
         // version-0 blob the job row names, its layout the one stored with the job.
-        let given = match (&machine, spec.is_custom()) {
-            (None, true) => Some(
-                self.given_initial_model(&rj)
-                    .await
-                    .map_err(|e| fail("cannot load the job's initial model (model.initial)", &e))?,
-            ),
-            _ => None,
-        };
+        let given =
+            match (&machine, spec.is_custom()) {
+                (None, true) => Some(self.given_initial_model(&rj).await.map_err(|e| {
+                    fail("cannot load the job's initial model (model.initial)", &e)
+                })?),
+                _ => None,
+            };
         // The provider is asked for the initial model only if no round committed (the snapshot
         // and the committed blob are the model otherwise) and the job's model is not given, and
         // for the evaluator if any.

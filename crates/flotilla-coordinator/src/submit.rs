@@ -242,7 +242,11 @@ impl Shared {
                 SubmitError::Internal(format!("storing model.initial: {e}"))
             }
         };
-        let key = self.store.put_model(id, 0, blob).await.map_err(store_error)?;
+        let key = self
+            .store
+            .put_model(id, 0, blob)
+            .await
+            .map_err(store_error)?;
         self.store
             .set_initial_model(id, &key)
             .await

@@ -749,7 +749,10 @@ learning_rate = 0.1
             "initial = \"init.safetensors\"\n",
         ));
         assert!(e.starts_with("model.initial"), "{e}");
-        assert!(e.contains("the simulator trains built-in models only"), "{e}");
+        assert!(
+            e.contains("the simulator trains built-in models only"),
+            "{e}"
+        );
         for e in [
             err("rounds = [1"),
             err(&MINIMAL.replace("[train]", "[train]\nx = 1")),

@@ -279,7 +279,10 @@ mod tests {
                 initial: Some(bad.into()),
                 ..RawModel::default()
             };
-            assert_eq!(ModelSource::from_raw(&m).unwrap_err().field, "model.initial");
+            assert_eq!(
+                ModelSource::from_raw(&m).unwrap_err().field,
+                "model.initial"
+            );
         }
     }
 

@@ -168,7 +168,9 @@ fn a_model_given_by_initial_is_a_job_without_built_in_keys() {
     assert!(e.starts_with("model.input_shape: does not apply"), "{e}");
     let e = err(&format!("{CUSTOM}[evaluation]\ndataset = \"digits\"\n"));
     assert!(
-        e.starts_with("evaluation.dataset: a model given by model.initial has no server-side evaluator"),
+        e.starts_with(
+            "evaluation.dataset: a model given by model.initial has no server-side evaluator"
+        ),
         "{e}"
     );
 }

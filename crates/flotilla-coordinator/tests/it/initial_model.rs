@@ -22,8 +22,14 @@ fn file() -> (Vec<u8>, Vec<f32>) {
     let b = [-0.5f32, 1.5];
     let (wb, bb) = (le(&w), le(&b));
     let views = vec![
-        ("w".to_owned(), TensorView::new(Dtype::F32, vec![2, 3], &wb).unwrap()),
-        ("b".to_owned(), TensorView::new(Dtype::F32, vec![2], &bb).unwrap()),
+        (
+            "w".to_owned(),
+            TensorView::new(Dtype::F32, vec![2, 3], &wb).unwrap(),
+        ),
+        (
+            "b".to_owned(),
+            TensorView::new(Dtype::F32, vec![2], &bb).unwrap(),
+        ),
     ];
     let bytes = safetensors::serialize(views, None).unwrap();
     (bytes, b.iter().chain(&w).copied().collect())
@@ -99,7 +105,11 @@ async fn a_given_model_is_served_resumed_from_its_blob_and_committed() {
     let tasks = wait_tasks(&mut clients).await;
     let mut ups = Vec::new();
     for (i, (c, t)) in clients.iter_mut().zip(&tasks).enumerate() {
-        assert_eq!(c.download(t).await, initial, "resumed from the version-0 blob");
+        assert_eq!(
+            c.download(t).await,
+            initial,
+            "resumed from the version-0 blob"
+        );
         let u: Vec<f32> = initial.iter().map(|v| v + i as f32).collect();
         let r = c.upload(t, &u, samples(i)).await.expect("upload");
         assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{}", r.message);

@@ -85,6 +85,10 @@ mod tests {
         std::fs::write(dir.path().join("nope.safetensors"), b"bytes").unwrap();
         let f = read(&job, text).unwrap().unwrap();
         assert_eq!(f.bytes, b"bytes");
-        assert!(read(&job, "[model]\nkind = \"logreg\"\n").unwrap().is_none());
+        assert!(
+            read(&job, "[model]\nkind = \"logreg\"\n")
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -13,8 +13,8 @@ use common::*;
 use flotilla_client::{
     BoxError, CUSTOM_MODEL_KIND, Client, ClientConfig, LocalTrainer, TaskInfo, TrainOutcome,
 };
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 use serde_json::Value;
 
 /// `fc.weight` [10, 64] and `fc.bias` [10], as a PyTorch `nn.Linear(64, 10)` would name them.
@@ -85,7 +85,12 @@ impl LocalTrainer for Nudge {
     }
 
     fn train(&mut self, task: &TaskInfo, global: &[f32]) -> Result<TrainOutcome, BoxError> {
-        let names: Vec<&str> = task.layout.tensors.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = task
+            .layout
+            .tensors
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
         if names != ["fc.bias", "fc.weight"] || global.len() != 650 {
             return Err(format!("unexpected layout {names:?} of {} values", global.len()).into());
         }
@@ -263,7 +268,7 @@ fn bad_initial_files_are_refused_through_the_cli_naming_the_tensor_or_key() {
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 
     // Nothing was created by any of them.
-    let jobs: Value = serde_json::from_slice(&f.admin_cli(&["job", "list", "--json"]).stdout)
-        .unwrap();
+    let jobs: Value =
+        serde_json::from_slice(&f.admin_cli(&["job", "list", "--json"]).stdout).unwrap();
     assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
 }
