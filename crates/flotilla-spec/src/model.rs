@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn every_built_in_key_is_refused_with_initial_naming_it() {
-        let cases: [(&str, fn(&mut RawModel)); 6] = [
+        type Set = fn(&mut RawModel);
+        let cases: [(&str, Set); 6] = [
             ("model.kind", |m| m.kind = Some("mlp".into())),
             ("model.dataset", |m| m.dataset = Some("digits".into())),
             ("model.input_shape", |m| m.input_shape = Some(vec![64])),

@@ -12,6 +12,9 @@ use serde_json::Value;
 
 const BOUNDARY: &str = "flotilla-test-boundary";
 
+/// The `(name, bytes)` parts of a multipart body.
+type Parts<'a> = Vec<(&'a str, &'a [u8])>;
+
 fn le(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -147,7 +150,7 @@ async fn submissions_that_do_not_fit_are_refused_naming_model_initial() {
         safetensors::serialize(views, None).unwrap()
     };
     let eval = spec("[evaluation]\ndataset = \"digits\"\n");
-    let cases: Vec<(Vec<(&str, &[u8])>, &str)> = vec![
+    let cases: Vec<(Parts<'_>, &str)> = vec![
         (
             vec![("spec", custom.as_bytes())],
             "model.initial: the spec names a model file but the request has no `initial` part",
