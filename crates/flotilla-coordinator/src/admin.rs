@@ -547,3 +547,58 @@ async fn revoke_client(
 async fn metrics(State(st): State<AdminState>) -> ApiResult<MetricsSnapshot> {
     Ok(Json(st.shared.metrics.snapshot()))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The answer to a multipart `body` read by [`submission_parts`] behind a body limit of
+    /// `limit` bytes (the route's [`MAX_JOB_SUBMISSION_BYTES`], scaled down).
+    async fn parts(limit: usize, body: Vec<u8>) -> (StatusCode, String) {
+        async fn probe(parts: Multipart) -> Result<String, ApiError> {
+            let (spec, initial) = submission_parts(parts).await?;
+            Ok(format!("{spec} {}", initial.map_or(0, |i| i.len())))
+        }
+        let app = Router::new()
+            .route("/", post(probe))
+            .layer(DefaultBodyLimit::max(limit));
+        let req = Request::post("/")
+            .header("content-type", "multipart/form-data; boundary=B")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn body(initial: usize) -> Vec<u8> {
+        let mut b = b"--B\r\ncontent-disposition: form-data; name=\"spec\"\r\n\r\nrounds = 1\r\n\
+                      --B\r\ncontent-disposition: form-data; name=\"initial\"\r\n\r\n"
+            .to_vec();
+        b.extend(std::iter::repeat_n(7u8, initial));
+        b.extend_from_slice(b"\r\n--B--\r\n");
+        b
+    }
+
+    #[tokio::test]
+    async fn a_submission_over_the_ceiling_is_413_naming_model_initial() {
+        let (status, text) = parts(4096, body(1000)).await;
+        assert_eq!((status, text.as_str()), (StatusCode::OK, "rounds = 1 1000"));
+        let (status, text) = parts(4096, body(8000)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+        let error: ErrorBody = serde_json::from_str(&text).unwrap();
+        assert!(
+            error
+                .error
+                .starts_with("model.initial: the request is larger than 1024 MiB"),
+            "{text}"
+        );
+        assert!(!error.error.contains('\n'));
+    }
+}
