@@ -14,13 +14,17 @@ use flotilla_ml::{
 /// Error type a [`LocalTrainer`] returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// [`ModelDescription::kind`] of a model given to the coordinator as a file of named tensors
+/// (`[model] initial`): it has a layout only, no sizes, and only a trainer brought for it trains it.
+pub const CUSTOM_MODEL_KIND: &str = "custom";
+
 /// The model a task is about, as announced by the coordinator (`ModelInfo.spec`).
 ///
 /// It mirrors the wire message and is not validated, so that a custom [`LocalTrainer`] can
 /// interpret `kind` freely; [`ModelDescription::to_ml_spec`] converts it for `flotilla-ml`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct ModelDescription {
-    /// Model family, e.g. `"logreg"`, `"mlp"`, `"cnn"`, `"char_mlp"`.
+    /// Model family, e.g. `"logreg"`, `"mlp"`, `"cnn"`, `"char_mlp"`, or [`CUSTOM_MODEL_KIND`].
     pub kind: String,
     /// Shape of one input sample, e.g. `[64]` or `[1, 28, 28]`.
     pub input_shape: Vec<u64>,
@@ -43,6 +47,13 @@ impl ModelDescription {
             }
             usize::try_from(v).map_err(|_| invalid(format!("{name} {v} is too large")))
         };
+        if self.kind == CUSTOM_MODEL_KIND {
+            return Err(invalid(
+                "the job's model is custom (given by model.initial); the built-in trainer trains \
+                 logreg|mlp|cnn|char_mlp only: bring a trainer (a LocalTrainer for the job's layout)"
+                    .to_owned(),
+            ));
+        }
         let kind = match self.kind.parse::<ModelKind>()? {
             ModelKind::LogReg => ModelKind::LogReg,
             ModelKind::Cnn => ModelKind::Cnn,
@@ -452,6 +463,21 @@ mod tests {
             gradient_correction: None,
             deadline: None,
         }
+    }
+
+    #[test]
+    fn a_custom_model_is_refused_by_the_built_in_trainer_with_its_reason() {
+        let custom = ModelDescription {
+            kind: CUSTOM_MODEL_KIND.to_owned(),
+            ..ModelDescription::default()
+        };
+        let e = custom.to_ml_spec().unwrap_err().to_string();
+        assert!(
+            e.contains("the job's model is custom (given by model.initial)")
+                && e.contains("bring a trainer"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

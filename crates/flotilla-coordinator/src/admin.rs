@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::extract::multipart::MultipartError;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -130,7 +131,12 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
     };
     Router::new()
         .route("/v1/enrollment-tokens", post(create_token))
-        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route(
+            "/v1/jobs",
+            post(submit_job)
+                .layer(DefaultBodyLimit::max(MAX_JOB_SUBMISSION_BYTES))
+                .get(list_jobs),
+        )
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/model", get(model::model_bytes))
@@ -175,10 +181,121 @@ async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<To
     }))
 }
 
-async fn submit_job(State(st): State<AdminState>, body: Bytes) -> ApiResult<JobSubmitted> {
-    let text = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "toml: body is not UTF-8".into()))?;
-    match st.shared.submit_job(text).await {
+/// Largest `POST /v1/jobs` request, bytes (1 GiB): the job spec and, for a model given by
+/// `[model] initial`, its safetensors file. A larger request is refused with `413`.
+pub const MAX_JOB_SUBMISSION_BYTES: usize = 1 << 30;
+
+/// Largest job spec (TOML), bytes: a plain body or the `spec` part.
+const MAX_SPEC_BYTES: usize = 2 << 20;
+
+/// `413` for a request over [`MAX_JOB_SUBMISSION_BYTES`], naming `model.initial` (what makes a
+/// job submission large).
+fn too_large() -> ApiError {
+    ApiError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "model.initial: the request is larger than {} MiB, the most a job submission may be \
+             (MAX_JOB_SUBMISSION_BYTES); a model may have at most {} f32 values",
+            MAX_JOB_SUBMISSION_BYTES >> 20,
+            flotilla_core::limits::MAX_MODEL_PARAMS
+        ),
+    )
+}
+
+fn spec_text(body: Bytes) -> Result<String, ApiError> {
+    if body.len() > MAX_SPEC_BYTES {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "toml: the job spec is larger than {} MiB",
+                MAX_SPEC_BYTES >> 20
+            ),
+        ));
+    }
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "toml: body is not UTF-8".into()))
+}
+
+/// The parts of a `multipart/form-data` submission: `spec` (the TOML, required) and `initial`
+/// (the safetensors file of a model given by `[model] initial`).
+async fn submission_parts(mut parts: Multipart) -> Result<(String, Option<Vec<u8>>), ApiError> {
+    let part_error = |e: MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("multipart body: {}", e.body_text()),
+            )
+        }
+    };
+    let (mut spec, mut initial) = (None, None);
+    while let Some(part) = parts.next_field().await.map_err(part_error)? {
+        let name = part.name().unwrap_or_default().to_owned();
+        let twice = || {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("multipart body: part `{name}` is given twice"),
+            )
+        };
+        match name.as_str() {
+            "spec" if spec.is_some() => return Err(twice()),
+            "spec" => spec = Some(spec_text(part.bytes().await.map_err(part_error)?)?),
+            "initial" if initial.is_some() => return Err(twice()),
+            // Moved out of the body buffer, not copied (a model may be large).
+            "initial" => initial = Some(Vec::from(part.bytes().await.map_err(part_error)?)),
+            other => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "multipart body: unknown part {:?} (the parts are `spec` and `initial`)",
+                        other.chars().take(32).collect::<String>()
+                    ),
+                ));
+            }
+        }
+    }
+    let spec = spec.ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "multipart body: the part `spec` (the job's TOML) is required".into(),
+        )
+    })?;
+    Ok((spec, initial))
+}
+
+/// `POST /v1/jobs`: the job's TOML as the body, or `multipart/form-data` with the parts `spec`
+/// and, for a model given by `[model] initial`, `initial` (the safetensors file).
+async fn submit_job(State(st): State<AdminState>, req: Request) -> ApiResult<JobSubmitted> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    let (text, initial) = if multipart {
+        let parts = Multipart::from_request(req, &st)
+            .await
+            .map_err(|e| ApiError(e.status(), format!("multipart body: {}", e.body_text())))?;
+        submission_parts(parts).await?
+    } else {
+        let body = axum::body::to_bytes(req.into_body(), MAX_SPEC_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "toml: the job spec is larger than {} MiB (or the body could not be read)",
+                        MAX_SPEC_BYTES >> 20
+                    ),
+                )
+            })?;
+        (spec_text(body)?, None)
+    };
+    match st.shared.submit_job(text, initial).await {
         Ok(id) => Ok(Json(JobSubmitted { job_id: id.0 })),
         Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
         Err(e @ SubmitError::Unavailable(_)) => {
@@ -429,4 +546,59 @@ async fn revoke_client(
 
 async fn metrics(State(st): State<AdminState>) -> ApiResult<MetricsSnapshot> {
     Ok(Json(st.shared.metrics.snapshot()))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The answer to a multipart `body` read by [`submission_parts`] behind a body limit of
+    /// `limit` bytes (the route's [`MAX_JOB_SUBMISSION_BYTES`], scaled down).
+    async fn parts(limit: usize, body: Vec<u8>) -> (StatusCode, String) {
+        async fn probe(parts: Multipart) -> Result<String, ApiError> {
+            let (spec, initial) = submission_parts(parts).await?;
+            Ok(format!("{spec} {}", initial.map_or(0, |i| i.len())))
+        }
+        let app = Router::new()
+            .route("/", post(probe))
+            .layer(DefaultBodyLimit::max(limit));
+        let req = Request::post("/")
+            .header("content-type", "multipart/form-data; boundary=B")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn body(initial: usize) -> Vec<u8> {
+        let mut b = b"--B\r\ncontent-disposition: form-data; name=\"spec\"\r\n\r\nrounds = 1\r\n\
+                      --B\r\ncontent-disposition: form-data; name=\"initial\"\r\n\r\n"
+            .to_vec();
+        b.extend(std::iter::repeat_n(7u8, initial));
+        b.extend_from_slice(b"\r\n--B--\r\n");
+        b
+    }
+
+    #[tokio::test]
+    async fn a_submission_over_the_ceiling_is_413_naming_model_initial() {
+        let (status, text) = parts(4096, body(1000)).await;
+        assert_eq!((status, text.as_str()), (StatusCode::OK, "rounds = 1 1000"));
+        let (status, text) = parts(4096, body(8000)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+        let error: ErrorBody = serde_json::from_str(&text).unwrap();
+        assert!(
+            error
+                .error
+                .starts_with("model.initial: the request is larger than 1024 MiB"),
+            "{text}"
+        );
+        assert!(!error.error.contains('\n'));
+    }
 }

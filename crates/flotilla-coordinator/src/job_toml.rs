@@ -2,9 +2,9 @@
 //! then the coordinator's own rules (`privacy::check`). Above both `spec.rs` (the types) and
 //! `privacy.rs` (which names [`JobSpec`]), so neither depends on the other's caller.
 
-use flotilla_spec::{JobConfig, ParseError};
+use flotilla_spec::{JobConfig, ModelSource, ParseError};
 
-use crate::spec::{JobSpec, ModelSection, SpecError, TrainSection};
+use crate::spec::{CUSTOM_KIND, JobSpec, ModelSection, SpecError, TrainSection};
 
 impl JobSpec {
     /// Parses and validates a job TOML with `flotilla_spec` (the vocabulary scenario files share),
@@ -24,7 +24,24 @@ impl JobSpec {
             .map_err(|e| SpecError::new("name", e.to_string()))?;
         let policy = job.policy();
         crate::privacy::check(job.privacy.as_ref(), &policy, job.secagg.is_some())?;
-        let model = &job.model;
+        let model = match &job.model {
+            ModelSource::BuiltIn(model) => ModelSection {
+                kind: model.kind_name().to_owned(),
+                initial: None,
+                input_shape: model.spec.input_shape.clone(),
+                num_classes: model.spec.num_classes,
+                hidden: model.hidden(),
+                embed: model.embed(),
+            },
+            ModelSource::Initial(given) => ModelSection {
+                kind: CUSTOM_KIND.to_owned(),
+                initial: Some(given.path.clone()),
+                input_shape: Vec::new(),
+                num_classes: 0,
+                hidden: 0,
+                embed: 0,
+            },
+        };
         Ok(JobSpec {
             name,
             tenant: job.tenant,
@@ -39,13 +56,7 @@ impl JobSpec {
             selection_window_ms: policy.selection_window_ms,
             retry_after_ms: policy.retry_after_ms,
             checkin_ttl_ms: policy.checkin_ttl_ms,
-            model: ModelSection {
-                kind: model.kind_name().to_owned(),
-                input_shape: model.spec.input_shape.clone(),
-                num_classes: model.spec.num_classes,
-                hidden: model.hidden(),
-                embed: model.embed(),
-            },
+            model,
             train: TrainSection {
                 local_epochs: job.train.local_epochs,
                 batch_size: job.train.batch_size,
@@ -173,6 +184,46 @@ dataset = "digits"
         assert!(e.contains("`[partition]` is simulation-only"), "{e}");
         let e = err(&DIGITS.replace("seed = 42", "seed = 42\nclients = 100"));
         assert!(e.contains("`clients` is simulation-only"), "{e}");
+    }
+
+    #[test]
+    fn a_model_given_by_initial_is_custom_with_no_sizes() {
+        let text = DIGITS
+            .replace(
+                "kind = \"logreg\"\ndataset = \"digits\"",
+                "initial = \"init.safetensors\"",
+            )
+            .replace("[evaluation]\ndataset = \"digits\"\n", "");
+        let s = JobSpec::from_toml(&text).unwrap();
+        assert!(s.is_custom());
+        assert_eq!(s.model.kind, CUSTOM_KIND);
+        assert_eq!(s.model.initial.as_deref(), Some("init.safetensors"));
+        assert_eq!((s.model.input_shape.len(), s.model.num_classes), (0, 0));
+        let wire = s.proto_model_spec();
+        assert_eq!(wire.kind, "custom");
+        assert!(wire.input_shape.is_empty() && wire.num_classes == 0 && wire.hidden == 0);
+        assert_eq!(s.ml_spec().unwrap_err().field, "model.initial");
+        // Stored and read back; a built-in spec stored before the key existed still loads.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), s);
+        let builtin = serde_json::to_value(JobSpec::from_toml(DIGITS).unwrap()).unwrap();
+        assert!(builtin["model"].get("initial").is_none());
+        assert!(
+            !serde_json::from_value::<JobSpec>(builtin)
+                .unwrap()
+                .is_custom()
+        );
+        // With [evaluation], and with a built-in key beside it: refused naming the key.
+        let e = err(&DIGITS.replace("dataset = \"digits\"\n[train]", "initial = \"x\"\n[train]"));
+        assert!(
+            e.starts_with("model.kind: does not apply to a model given by model.initial"),
+            "{e}"
+        );
+        let e = err(&text.replace("[train]", "[evaluation]\ndataset = \"digits\"\n[train]"));
+        assert!(
+            e.starts_with("evaluation.dataset: a model given by model.initial"),
+            "{e}"
+        );
     }
 
     #[test]

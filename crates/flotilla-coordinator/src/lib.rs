@@ -30,8 +30,9 @@
 //! calling an `impl Shared` method, and there is no cycle; `tests/it/module_layers.rs` checks it):
 //! 1. `clock`, `retry`, `error`, `metrics`, `spec` (types), `reasons`, `partial_uploads`: no
 //!    other module;
-//! 2. `api` (the admin API's JSON types), `limits`, `admission`, `models`, `privacy`,
-//!    `auth_cache`, `evaluation`, `job_toml` (the spec parser), `tls`;
+//! 2. `api` (the admin API's JSON types), `limits`, `admission`, `models`, `initial_model` (a
+//!    model given as a safetensors file), `privacy`, `auth_cache`, `evaluation`, `job_toml` (the
+//!    spec parser), `tls`;
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`;
@@ -46,6 +47,7 @@ mod clock;
 mod error;
 mod evaluation;
 mod heal;
+mod initial_model;
 mod job_end;
 mod job_toml;
 mod jobs;
@@ -79,6 +81,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
+pub use admin::MAX_JOB_SUBMISSION_BYTES;
 pub use error::CoordinatorError;
 pub use limits::Limits;
 pub use metrics::MetricsSnapshot;

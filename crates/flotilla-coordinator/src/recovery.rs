@@ -8,6 +8,7 @@ use std::sync::Arc;
 use flotilla_core::round::RoundMachine;
 use flotilla_store::RecoveredJob;
 
+use crate::models::JobModel;
 use crate::spec::JobSpec;
 use crate::state::{JobRuntime, Shared};
 use crate::submit::{ProvideError, fresh_machine};
@@ -33,6 +34,28 @@ impl Shared {
         let bytes = self.store.get_model(key).await.map_err(|e| e.to_string())?;
         flotilla_core::params_from_le_bytes(&bytes)
             .ok_or_else(|| "the stored model is not f32 data".to_owned())
+    }
+
+    /// The initial model of a job given by `[model] initial`, before its first commit: the
+    /// version-0 blob its row names, in the layout stored with it.
+    async fn given_initial_model(&self, rj: &RecoveredJob) -> Result<JobModel, String> {
+        let key = rj
+            .job
+            .model_blob_key
+            .as_deref()
+            .ok_or("the job names no initial model blob")?;
+        let layout = rj.layout.clone().ok_or("the job has no stored layout")?;
+        let bytes = self.store.get_model(key).await.map_err(|e| e.to_string())?;
+        let initial = flotilla_core::params_from_le_bytes(&bytes)
+            .ok_or_else(|| "the stored initial model is not f32 data".to_owned())?;
+        if initial.len() != layout.len() {
+            return Err(format!(
+                "the stored initial model has {} values, the job's layout {}",
+                initial.len(),
+                layout.len()
+            ));
+        }
+        Ok(JobModel { layout, initial })
     }
 
     /// Restores every running job from the store: snapshot (+ committed model) → `recover()` → continue.
@@ -95,16 +118,27 @@ impl Shared {
             }
             None => None,
         };
+        // A model given by `[model] initial` and no round committed: its parameters are the
+        // version-0 blob the job row names, its layout the one stored with the job.
+        let given =
+            match (&machine, spec.is_custom()) {
+                (None, true) => Some(self.given_initial_model(&rj).await.map_err(|e| {
+                    fail("cannot load the job's initial model (model.initial)", &e)
+                })?),
+                _ => None,
+            };
         // The provider is asked for the initial model only if no round committed (the snapshot
-        // and the committed blob are the model otherwise), and for the evaluator if any.
-        let provided = match self.provide(&spec, machine.is_none(), true).await {
+        // and the committed blob are the model otherwise) and the job's model is not given, and
+        // for the evaluator if any.
+        let want_model = machine.is_none() && given.is_none();
+        let provided = match self.provide(&spec, want_model, true).await {
             Ok(p) => p,
             Err(ProvideError::Refused(e)) => {
                 return Err(fail("cannot rebuild the job's model", &e));
             }
             Err(ProvideError::Task(e)) => return Err(RecoverError::Task(e)),
         };
-        let mut machine = match (machine, provided.model) {
+        let mut machine = match (machine, given.or(provided.model)) {
             (Some(m), _) => m,
             // No round committed: the job starts over from its initial model, at a new attempt.
             (None, Some(model)) => fresh_machine(&spec, model)

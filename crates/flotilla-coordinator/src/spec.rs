@@ -20,11 +20,21 @@ use serde::{Deserialize, Serialize};
 /// a syntax error, an unknown or moved key, or a simulation-only section).
 pub use flotilla_spec::SpecError;
 
-/// The model of a job, resolved (input shape and classes known).
+/// [`ModelSection::kind`] of a model given by `[model] initial` (a file of named tensors): the
+/// coordinator knows its layout only, and its sizes are 0.
+pub const CUSTOM_KIND: &str = "custom";
+
+/// The model of a job, resolved (input shape and classes known), or a model given by its initial
+/// parameters ([`CUSTOM_KIND`], no sizes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelSection {
-    /// `logreg`, `mlp`, `cnn` or `char_mlp`.
+    /// `logreg`, `mlp`, `cnn`, `char_mlp`, or [`CUSTOM_KIND`] for a model given by
+    /// `[model] initial`.
     pub kind: String,
+    /// `[model] initial` as the job file wrote it (for information: the file's tensors are the
+    /// job's version-0 model in the blob store). Absent for a built-in model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<String>,
     /// Shape of one input sample.
     pub input_shape: Vec<usize>,
     /// Number of classes (vocabulary size for `char_mlp`).
@@ -118,9 +128,21 @@ impl JobSpec {
         .policy(self.rounds, self.clients_per_round, self.secagg.is_some())
     }
 
-    /// The model spec of the built-in model families (`flotilla-model`).
+    /// Whether the job's model was given by `[model] initial` (no model provider serves it).
+    pub fn is_custom(&self) -> bool {
+        self.model.kind == CUSTOM_KIND
+    }
+
+    /// The model spec of the built-in model families (`flotilla-model`); refused for a model
+    /// given by `[model] initial`.
     pub fn ml_spec(&self) -> Result<ModelSpec, SpecError> {
         let kind = match self.model.kind.as_str() {
+            CUSTOM_KIND => {
+                return Err(SpecError::new(
+                    "model.initial",
+                    "the job's model is given by its initial parameters, not a built-in model",
+                ));
+            }
             "logreg" => ModelKind::LogReg,
             "mlp" => ModelKind::Mlp {
                 hidden: self.model.hidden,
@@ -144,7 +166,8 @@ impl JobSpec {
         })
     }
 
-    /// The wire form of the model spec (`ModelInfo.spec`).
+    /// The wire form of the model spec (`ModelInfo.spec`): for a model given by
+    /// `[model] initial`, kind [`CUSTOM_KIND`] and no sizes (the layout says it all).
     pub fn proto_model_spec(&self) -> v1::ModelSpec {
         v1::ModelSpec {
             kind: self.model.kind.clone(),

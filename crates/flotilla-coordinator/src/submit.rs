@@ -1,6 +1,9 @@
 //! Submitting a job: the spec is parsed, the model provider asked for the job's model (and
-//! evaluator), the privacy budgets consulted, and only then is anything stored; the layout is
-//! stored with the job so it is never rebuilt.
+//! evaluator) — or, for a model given by `[model] initial`, the submitted file checked
+//! (`initial_model`) — the privacy budgets consulted, and only then is anything stored; the layout
+//! is stored with the job so it is never rebuilt. A given model's parameters are stored as the
+//! job's version-0 blob and named by the job row before the job runs, so recovery before the first
+//! commit reads them (no provider could rebuild them).
 
 use flotilla_core::round::RoundMachine;
 use flotilla_store::{JobId, JobState, StoreError};
@@ -61,6 +64,14 @@ impl Shared {
                 evaluator: None,
             });
         }
+        if spec.is_custom() {
+            // Its parameters are stored with the job; a provider builds built-in models only.
+            return Err(ProvideError::Refused(
+                "model.initial: the job's model was given as a file when it was submitted; no \
+                 model provider can build it"
+                    .to_owned(),
+            ));
+        }
         let Some(models) = self.models.clone() else {
             return Err(ProvideError::Refused(crate::models::no_provider(spec)));
         };
@@ -86,16 +97,63 @@ impl Shared {
         asked.map_err(|m| ProvideError::Refused(m.split_whitespace().collect::<Vec<_>>().join(" ")))
     }
 
-    /// Validates, stores and starts a job from its TOML text.
-    pub async fn submit_job(&self, text: String) -> Result<JobId, SubmitError> {
-        let spec = JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
-        let provided = self.provide(&spec, true, true).await.map_err(|e| match e {
-            ProvideError::Refused(m) => SubmitError::Invalid(m),
-            ProvideError::Task(m) => SubmitError::Internal(m),
+    /// The model of a job given by `[model] initial`: `initial` (the safetensors file submitted
+    /// with it) checked on a blocking thread; the model and its parameters as the blob to store
+    /// (little-endian `f32` in layout order).
+    async fn given_model(
+        &self,
+        initial: Option<Vec<u8>>,
+    ) -> Result<(JobModel, Vec<u8>), SubmitError> {
+        let bytes = initial.ok_or_else(|| {
+            SubmitError::Invalid(
+                "model.initial: the spec names a model file but the request has no `initial` \
+                 part; submit with `flotilla job submit`, which sends the file (multipart/form-data \
+                 with parts `spec` and `initial`)"
+                    .into(),
+            )
         })?;
-        let model = provided
-            .model
-            .ok_or_else(|| SubmitError::Internal("the model provider was not asked".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let model = crate::initial_model::parse(&bytes)?;
+            Ok::<_, crate::initial_model::InitialModelError>((
+                model,
+                crate::initial_model::data_section(bytes),
+            ))
+        })
+        .await
+        .map_err(|e| SubmitError::Internal(format!("checking model.initial failed: {e}")))?
+        .map_err(|e| SubmitError::Invalid(e.to_string()))
+    }
+
+    /// Validates, stores and starts a job from its TOML text and, for a model given by
+    /// `[model] initial`, the safetensors file (`initial`, required then and refused otherwise).
+    pub async fn submit_job(
+        &self,
+        text: String,
+        initial: Option<Vec<u8>>,
+    ) -> Result<JobId, SubmitError> {
+        let spec = JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let (model, initial_blob, evaluator) = if spec.is_custom() {
+            let (model, blob) = self.given_model(initial).await?;
+            // `[evaluation]` was refused with the spec: nothing evaluates a given model here.
+            (model, Some(blob), None)
+        } else {
+            if initial.is_some() {
+                return Err(SubmitError::Invalid(
+                    "model.initial: the request has an `initial` part but the spec has no \
+                     [model] initial; remove the part, or give the model by model.initial \
+                     instead of model.kind"
+                        .into(),
+                ));
+            }
+            let provided = self.provide(&spec, true, true).await.map_err(|e| match e {
+                ProvideError::Refused(m) => SubmitError::Invalid(m),
+                ProvideError::Task(m) => SubmitError::Internal(m),
+            })?;
+            let model = provided
+                .model
+                .ok_or_else(|| SubmitError::Internal("the model provider was not asked".into()))?;
+            (model, None, provided.evaluator)
+        };
         // Build the machine before storing anything, so an invalid job leaves no trace.
         let mut machine =
             fresh_machine(&spec, model).map_err(|e| SubmitError::Invalid(e.to_string()))?;
@@ -128,6 +186,19 @@ impl Shared {
                 e if retryable(&e) => SubmitError::Unavailable(e.to_string()),
                 e => SubmitError::Internal(e.to_string()),
             })?;
+        if let Some(blob) = initial_blob
+            && let Err(e) = self.store_initial_model(id, blob).await
+        {
+            let _ = self
+                .store
+                .set_job_state_with_reason(
+                    id,
+                    JobState::Failed,
+                    Some("could not be started: its initial model (model.initial) could not be stored"),
+                )
+                .await;
+            return Err(e);
+        }
         // Round 1 attempt 1 may be handed out as soon as the job runs: recorded first, so a
         // restart before the first commit resumes at attempt 2, not at a second attempt 1.
         if let Err(e) = self.record_attempt(id, 1, 1).await {
@@ -151,11 +222,35 @@ impl Shared {
             .await
             .map_err(|e| SubmitError::Internal(e.to_string()))?;
         let rt = self
-            .runtime(id, spec, machine, provided.evaluator)
+            .runtime(id, spec, machine, evaluator)
             .map_err(SubmitError::Internal)?;
         self.insert_job(rt);
         tracing::info!(job = id.0, "job submitted and running");
         Ok(id)
+    }
+}
+
+impl Shared {
+    /// Stores a given model's parameters as version 0 of job `id` and names the blob in the job's
+    /// row (still pending: nothing runs it yet), so recovery before the first commit finds it and
+    /// the orphan sweep keeps it.
+    async fn store_initial_model(&self, id: JobId, blob: Vec<u8>) -> Result<(), SubmitError> {
+        let store_error = |e: StoreError| {
+            if retryable(&e) {
+                SubmitError::Unavailable(format!("storing model.initial: {e}"))
+            } else {
+                SubmitError::Internal(format!("storing model.initial: {e}"))
+            }
+        };
+        let key = self
+            .store
+            .put_model(id, 0, blob)
+            .await
+            .map_err(store_error)?;
+        self.store
+            .set_initial_model(id, &key)
+            .await
+            .map_err(store_error)
     }
 }
 

@@ -17,7 +17,7 @@ use flotilla_core::strategy::StrategySpec;
 use flotilla_data::{DatasetName, PartitionSpec};
 use flotilla_ml::ModelKind;
 use flotilla_spec::raw::{RawAttack, RawDocument, RawPartition};
-use flotilla_spec::{JobConfig, ParseError, RoundConfig, SpecError};
+use flotilla_spec::{JobConfig, ModelSource, ParseError, RoundConfig, SpecError};
 
 use crate::error::ScenarioError;
 
@@ -278,6 +278,17 @@ impl Scenario {
             secagg,
             ..
         } = job;
+        let model = match model {
+            ModelSource::BuiltIn(m) => m,
+            ModelSource::Initial(_) => {
+                return Err(invalid(
+                    "model.initial",
+                    "the simulator trains built-in models only (model.kind with model.dataset); \
+                     a model given by model.initial runs as a coordinator job \
+                     (`flotilla job submit`)",
+                ));
+            }
+        };
         let Some(dataset) = model.dataset else {
             return Err(invalid(
                 "model.dataset",
@@ -732,6 +743,15 @@ learning_rate = 0.1
                 "input_shape = [64]\nnum_classes = 10\n"
             ))
             .starts_with("model.dataset")
+        );
+        let e = err(&MINIMAL.replace(
+            "kind = \"logreg\"\ndataset = \"digits\"\n",
+            "initial = \"init.safetensors\"\n",
+        ));
+        assert!(e.starts_with("model.initial"), "{e}");
+        assert!(
+            e.contains("the simulator trains built-in models only"),
+            "{e}"
         );
         for e in [
             err("rounds = [1"),

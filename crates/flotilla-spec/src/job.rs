@@ -11,7 +11,7 @@ use flotilla_data::DatasetName;
 
 use crate::checks::{int, need, seed, size};
 use crate::raw::RawDocument;
-use crate::{ModelConfig, ParseError, RoundConfig, SecAggConfig, SpecError, TrainConfig, moved};
+use crate::{ModelSource, ParseError, RoundConfig, SecAggConfig, SpecError, TrainConfig, moved};
 
 /// `tenant` when absent.
 pub const DEFAULT_TENANT: &str = "default";
@@ -31,8 +31,8 @@ pub struct JobConfig {
     pub rounds: u64,
     /// Reports for a full round, `1..=MAX_CLIENTS_PER_ROUND`.
     pub clients_per_round: usize,
-    /// `[model]`.
-    pub model: ModelConfig,
+    /// `[model]`: a built-in model, or one given by `initial`.
+    pub model: ModelSource,
     /// `[train]`.
     pub train: TrainConfig,
     /// `[round]`.
@@ -83,7 +83,7 @@ impl JobConfig {
             limits::MAX_CLIENTS_PER_ROUND as u64,
         )?;
         let round = RoundConfig::from_raw(r.round.as_ref(), rounds, clients_per_round)?;
-        let model = ModelConfig::from_raw(need(r.model.as_ref(), "model")?)?;
+        let model = ModelSource::from_raw(need(r.model.as_ref(), "model")?)?;
         let train = TrainConfig::from_raw(r.train.as_ref())?;
         let min_samples = match r.eligibility.as_ref().and_then(|e| e.min_samples) {
             None => DEFAULT_MIN_SAMPLES,
@@ -93,6 +93,13 @@ impl JobConfig {
             None => None,
             Some(e) => {
                 let d = need(e.dataset.as_deref(), "evaluation.dataset")?;
+                let Some(model) = model.built_in() else {
+                    return Err(SpecError::new(
+                        "evaluation.dataset",
+                        "a model given by model.initial has no server-side evaluator; clients \
+                         report evaluation (federated evaluation): remove [evaluation]",
+                    ));
+                };
                 let ds = DatasetName::from_str(d)
                     .map_err(|e| SpecError::new("evaluation.dataset", e.to_string()))?;
                 let (shape, classes) = ds.sample_shape();

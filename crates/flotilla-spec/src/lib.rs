@@ -7,7 +7,7 @@
 //! | section | keys | file |
 //! |---|---|---|
 //! | top level | `name`, `tenant`, `seed`, `rounds`, `clients_per_round` | both |
-//! | `[model]` | `kind`, `dataset` *or* `input_shape` + `num_classes`, `hidden`, `embed` | both |
+//! | `[model]` | `kind`, `dataset` *or* `input_shape` + `num_classes`, `hidden`, `embed`; *or* `initial` alone | both (`initial`: job only) |
 //! | `[train]` | `local_epochs`, `batch_size`, `learning_rate`, `max_grad_norm` | both |
 //! | `[round]` | `min_clients`, `over_selection`, `min_report_fraction`, `deadline_seconds`, `max_attempts`, `selection_window_ms`, `retry_after_ms`, `checkin_ttl_seconds` | both |
 //! | `[strategy]`, `[privacy]`, `[secagg]` | see `flotilla_core::strategy`, `flotilla_core::dp`, [`SecAggConfig`] | both |
@@ -32,7 +32,7 @@ mod secagg;
 mod train;
 
 pub use job::{DEFAULT_MIN_SAMPLES, DEFAULT_TENANT, JobConfig, read};
-pub use model::ModelConfig;
+pub use model::{InitialModel, MAX_INITIAL_PATH_LEN, ModelConfig, ModelSource};
 pub use round::RoundConfig;
 pub use round::{
     DEFAULT_CHECKIN_TTL_SECONDS, DEFAULT_DEADLINE_SECONDS, DEFAULT_MAX_ATTEMPTS,

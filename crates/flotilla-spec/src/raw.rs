@@ -81,6 +81,9 @@ pub struct RawDocument {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
+    /// A model given as a safetensors file of named `f32` tensors (its initial parameters) instead
+    /// of a built-in `kind`; a path relative to the job file (the server only records it).
+    pub initial: Option<String>,
     /// `logreg`, `mlp`, `cnn` or `char_mlp`.
     pub kind: Option<String>,
     /// A built-in dataset: the input shape and classes come from it (and the simulator trains on it).

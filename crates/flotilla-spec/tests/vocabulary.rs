@@ -31,8 +31,9 @@ fn defaults_live_here_once() {
     assert_eq!(j.round, RoundConfig::default());
     assert_eq!(j.tenant, "default");
     assert_eq!(j.min_samples, 1);
-    assert_eq!(j.model.spec.input_shape, vec![64]);
-    assert_eq!(j.model.spec.num_classes, 10);
+    let model = j.model.built_in().unwrap();
+    assert_eq!(model.spec.input_shape, vec![64]);
+    assert_eq!(model.spec.num_classes, 10);
     let p = j.policy();
     assert_eq!(p.min_report_fraction, 0.8);
     assert_eq!(p.min_clients, 10);
@@ -142,4 +143,34 @@ fn a_job_refuses_simulation_only_keys_and_a_scenario_is_stripped_to_its_job_part
 fn a_typo_still_gets_the_nearest_key() {
     let e = err(&JOB.replace("[train]", "[round]\nover_selectoin = 1.0\n[train]"));
     assert!(e.contains("did you mean `over_selection`?"), "{e}");
+}
+
+const CUSTOM: &str = r#"
+name = "custom"
+rounds = 3
+clients_per_round = 2
+[model]
+initial = "init.safetensors"
+[train]
+learning_rate = 0.1
+"#;
+
+#[test]
+fn a_model_given_by_initial_is_a_job_without_built_in_keys() {
+    let j = job(CUSTOM).unwrap();
+    assert_eq!(j.model.initial().unwrap().path, "init.safetensors");
+    let e = err(&CUSTOM.replace("[train]", "kind = \"mlp\"\n[train]"));
+    assert!(
+        e.starts_with("model.kind: does not apply to a model given by model.initial"),
+        "{e}"
+    );
+    let e = err(&CUSTOM.replace("[train]", "input_shape = [4]\n[train]"));
+    assert!(e.starts_with("model.input_shape: does not apply"), "{e}");
+    let e = err(&format!("{CUSTOM}[evaluation]\ndataset = \"digits\"\n"));
+    assert!(
+        e.starts_with(
+            "evaluation.dataset: a model given by model.initial has no server-side evaluator"
+        ),
+        "{e}"
+    );
 }

@@ -55,6 +55,37 @@ impl Store {
         JobId::from_db(row.try_get("id")?)
     }
 
+    /// Names `key` (a blob stored with [`Store::put_model`] at version 0) as the model of a job no
+    /// round of which has committed: the initial parameters of a job whose model was submitted
+    /// with it. Recovery before the first commit reads it from [`crate::JobRecord::model_blob_key`]
+    /// and [`Store::sweep_orphan_blobs`] keeps it; the first commit replaces it. Put the blob
+    /// first. Refused ([`StoreError::InvalidArgument`]) once a round has committed;
+    /// [`StoreError::JobNotFound`] if the job does not exist.
+    pub async fn set_initial_model(&self, job_id: JobId, key: &str) -> Result<()> {
+        let db_job = job_id.to_db()?;
+        let done = sqlx::query(
+            "UPDATE jobs SET model_blob_key = $2, updated_at_ms = $3 \
+             WHERE id = $1 AND rounds_completed = 0",
+        )
+        .bind(db_job)
+        .bind(key)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            sqlx::query("SELECT id FROM jobs WHERE id = $1")
+                .bind(db_job)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::JobNotFound(job_id))?;
+            return Err(StoreError::InvalidArgument(format!(
+                "job {} has committed rounds: its initial model cannot be set",
+                job_id.0
+            )));
+        }
+        Ok(())
+    }
+
     /// The parameter layout recorded when the job was created; `None` if it was created without
     /// one. [`StoreError::JobNotFound`] if the job does not exist.
     pub async fn job_layout(&self, job_id: JobId) -> Result<Option<ParamLayout>> {

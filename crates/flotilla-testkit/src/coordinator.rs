@@ -129,6 +129,20 @@ impl Harness {
         body: &str,
         token: Option<&str>,
     ) -> (u16, Value) {
+        self.admin_body(method, path, None, body.as_bytes().to_vec(), token)
+            .await
+    }
+
+    /// An admin API call with a body of any bytes and, if given, its `content-type` (e.g.
+    /// `multipart/form-data; boundary=…`): (status, JSON body).
+    pub async fn admin_body(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
             roots.add(c.unwrap()).unwrap();
@@ -159,7 +173,10 @@ impl Harness {
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();

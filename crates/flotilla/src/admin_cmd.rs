@@ -17,6 +17,7 @@ use crate::admin_view::{self, Clock};
 use crate::model_file::ModelFormat;
 
 mod download;
+mod initial;
 mod wait;
 
 /// Where the admin API is and how to trust it.
@@ -231,6 +232,22 @@ impl Admin {
                 Some(Body::Toml(t)) => req
                     .header("content-type", "application/toml")
                     .body(t.clone()),
+                Some(Body::Multipart {
+                    spec,
+                    initial,
+                    file_name,
+                }) => {
+                    let part = reqwest::blocking::multipart::Part::bytes(initial.clone())
+                        .file_name(file_name.clone())
+                        .mime_str("application/octet-stream")
+                        .context("building the request")?;
+                    let form = reqwest::blocking::multipart::Form::new()
+                        .text("spec", spec.clone())
+                        .part("initial", part);
+                    // A large model takes longer than a request's usual 30 s to send.
+                    let secs = 30 + (initial.len() as u64 >> 20);
+                    req.multipart(form).timeout(Duration::from_secs(secs))
+                }
                 None => req,
             };
             match req.send() {
@@ -303,6 +320,12 @@ fn connection_refused(e: &reqwest::Error) -> bool {
 enum Body {
     Json(Value),
     Toml(String),
+    /// A job spec with its `[model] initial` file (`multipart/form-data`).
+    Multipart {
+        spec: String,
+        initial: Vec<u8>,
+        file_name: String,
+    },
 }
 
 /// Parses an answer into the typed form it is rendered from.
@@ -396,8 +419,21 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                     removed.join(", ")
                 );
             }
+            // A model given by `[model] initial` goes with the spec, read relative to the file.
+            let body = match initial::read(&file, &text)? {
+                None => Body::Toml(text),
+                Some(f) => Body::Multipart {
+                    spec: text,
+                    initial: f.bytes,
+                    file_name: f
+                        .path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "initial.safetensors".to_owned()),
+                },
+            };
             let v = Admin::new(&admin)?
-                .call(reqwest::Method::POST, "/v1/jobs", Some(Body::Toml(text)))
+                .call(reqwest::Method::POST, "/v1/jobs", Some(body))
                 .map_err(|e| {
                     // The coordinator says `toml: line L, column C: …`; name the file as a compiler would.
                     let msg = e.to_string();

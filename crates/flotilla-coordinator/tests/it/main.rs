@@ -11,6 +11,7 @@ mod bad_input;
 mod common;
 mod fedbuff;
 mod federation;
+mod initial_model;
 mod injected_model;
 mod module_layers;
 mod privacy;

@@ -26,6 +26,7 @@ both_backends!(
     load_running_jobs_for_recovery,
     model_blob_round_trip_and_idempotent_put,
     layout_is_kept_with_the_job,
+    initial_model_is_named_before_the_first_commit,
     evaluation_is_recorded_after_the_commit,
 );
 
@@ -907,6 +908,41 @@ async fn layout_is_kept_with_the_job(db: TestDb) {
         .map(|r| (r.job.id, r.layout.clone()))
         .collect();
     assert_eq!(layouts, vec![(with, Some(layout)), (without, None)]);
+}
+
+async fn initial_model_is_named_before_the_first_commit(db: TestDb) {
+    let store = db.open().await;
+    let job = store
+        .create_job_with_layout("acme", "custom", &json!({}), 2, None)
+        .await
+        .unwrap();
+    let key = store.put_model(job, 0, vec![0, 0, 128, 63]).await.unwrap();
+    store.set_initial_model(job, &key).await.unwrap();
+    assert_eq!(
+        store.get_job(job).await.unwrap().model_blob_key.as_deref(),
+        Some(key.as_str())
+    );
+    // Named, so the sweep keeps it, and recovery before the first commit finds it.
+    assert_eq!(store.sweep_orphan_blobs(Some(job)).await.unwrap(), 0);
+    store.set_job_state(job, JobState::Running).await.unwrap();
+    let recovered = store.load_running_job(job).await.unwrap().unwrap();
+    assert_eq!(recovered.job.model_blob_key.as_deref(), Some(key.as_str()));
+    assert_eq!(recovered.machine_state_json, None);
+    assert_eq!(store.get_model(&key).await.unwrap(), vec![0, 0, 128, 63]);
+    // Once a round committed, the initial model cannot be set any more.
+    let committed = commit(&store, job, 1, 1).await.unwrap();
+    assert!(matches!(
+        store.set_initial_model(job, &key).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert_eq!(
+        store.get_job(job).await.unwrap().model_blob_key,
+        Some(committed)
+    );
+    assert!(matches!(
+        store.set_initial_model(JobId(999), &key).await,
+        Err(StoreError::JobNotFound(_))
+    ));
 }
 
 async fn evaluation_is_recorded_after_the_commit(db: TestDb) {
