@@ -10,6 +10,7 @@
 mod bad_input;
 mod common;
 mod fedbuff;
+mod federated_eval;
 mod federation;
 mod injected_model;
 mod module_layers;
