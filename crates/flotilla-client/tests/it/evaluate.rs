@@ -21,10 +21,13 @@ use flotilla_data::DatasetName;
 /// What the trainer was called with, in order: `("evaluate" | "train", thread, global model)`.
 type Calls = Arc<Mutex<Vec<(&'static str, ThreadId, Vec<f32>)>>>;
 
+/// What `evaluate` answers.
+type Answer = fn() -> Result<Option<EvalOutcome>, BoxError>;
+
 /// Digits part 0 of 10, evaluating with a fixed answer.
 struct Evaluating {
     inner: DatasetTrainer,
-    answer: fn() -> Result<Option<EvalOutcome>, BoxError>,
+    answer: Answer,
     calls: Calls,
 }
 
@@ -59,9 +62,7 @@ impl LocalTrainer for Evaluating {
     }
 }
 
-async fn run_with(
-    answer: fn() -> Result<Option<EvalOutcome>, BoxError>,
-) -> (Arc<Fake>, ClientStats, Calls) {
+async fn run_with(answer: Answer) -> (Arc<Fake>, ClientStats, Calls) {
     let fake = Fake::new(Faults::default());
     let (addr, server) = common::serve(Arc::clone(&fake)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +135,7 @@ async fn the_global_model_is_evaluated_before_training_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_or_invalid_evaluation_is_dropped_and_the_task_trains_on() {
-    let failing: [fn() -> Result<Option<EvalOutcome>, BoxError>; 3] = [
+    let failing: [Answer; 3] = [
         || Err("evaluation data missing\n\u{1b}[2J".into()),
         || {
             Ok(Some(EvalOutcome {
