@@ -3,8 +3,9 @@
 //! [`Client`] and the state of one run ([`Session`]) live here, with what every part shares (failure
 //! classification, backoff, training on a blocking thread). The parts: `session` (enrollment,
 //! credentials, the check-in loop, a plain training task), `transfer` (resumable download and
-//! upload), `task` (pure: a task's checks and the upload header), `secagg` (secure-aggregation
-//! stages), `failure` (reporting a failed task).
+//! upload), `task` (pure: a task's checks and the upload header), `eval` (federated evaluation:
+//! checking the trainer's and its upload metrics), `secagg` (secure-aggregation stages), `failure`
+//! (reporting a failed task).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,8 +25,10 @@ use crate::credential::StoredCredential;
 use crate::error::{ClientError, RunError};
 use crate::scaffold::ControlStore;
 use crate::trainer::{BoxError, LocalTrainer, TaskInfo, TrainOutcome};
+use flotilla_core::round::ClientEval;
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
+mod eval;
 mod failure;
 mod outage_log;
 mod secagg;
@@ -85,6 +88,12 @@ pub struct ClientStats {
     pub enrolled: bool,
     /// Times this run enrolled again because the coordinator reported the credential expired.
     pub re_enrollments: u64,
+    /// Tasks whose global model the trainer evaluated ([`LocalTrainer::evaluate`]) with a usable
+    /// outcome, reported with the update.
+    pub evaluations: u64,
+    /// Evaluations that failed or returned an unusable outcome (logged; the task trained on
+    /// without evaluation metrics).
+    pub evaluations_dropped: u64,
 }
 
 /// Adds `authorization: Bearer <credential>` to every call.
@@ -351,26 +360,36 @@ impl Session<'_> {
             .map_or("", |c| c.client_id.as_str())
     }
 
-    /// Runs the user's trainer on a blocking thread. The outer error is fatal (the trainer
-    /// panicked); the inner one is the trainer's own failure, which abandons only this task.
+    /// Runs the user's trainer on a blocking thread: first its evaluation of `global` (federated
+    /// evaluation; `None` when it made none or an unusable one, see `eval::checked`), then its
+    /// training. The outer error is fatal (the trainer panicked); the inner one is the trainer's
+    /// own training failure, which abandons only this task.
     async fn train(
         &mut self,
         info: &Arc<TaskInfo>,
         global: &Arc<Vec<f32>>,
-    ) -> Result<Result<TrainOutcome, BoxError>, ClientError> {
+    ) -> Result<(Option<ClientEval>, Result<TrainOutcome, BoxError>), ClientError> {
         let Some(mut trainer) = self.trainer.take() else {
             return Err(ClientError::TrainerPanicked("trainer missing".into()));
         };
         let (info, global) = (Arc::clone(info), Arc::clone(global));
         let joined = tokio::task::spawn_blocking(move || {
+            let evaluated = trainer.evaluate(&info, &global);
+            let made = !matches!(evaluated, Ok(None));
+            let eval = eval::checked(&info, evaluated);
             let r = trainer.train(&info, &global);
-            (trainer, r)
+            (trainer, (made, eval), r)
         })
         .await;
         match joined {
-            Ok((trainer, r)) => {
+            Ok((trainer, (made, eval), r)) => {
                 self.trainer = Some(trainer);
-                Ok(r)
+                if eval.is_some() {
+                    self.stats.evaluations += 1;
+                } else if made {
+                    self.stats.evaluations_dropped += 1;
+                }
+                Ok((eval, r))
             }
             Err(e) => Err(ClientError::TrainerPanicked(e.to_string())),
         }

@@ -9,9 +9,11 @@
 //!    starts reuse it; every call then carries `authorization: Bearer <credential>`.
 //! 2. **Check-in loop**: the client announces how many samples it holds and which jobs it serves. The
 //!    coordinator answers `RetryAfter` (the client sleeps that long plus jitter) or a `Task`.
-//! 3. **Task**: download the global model (resumable, SHA-256 verified), train it with the user's
-//!    [`LocalTrainer`] on a blocking thread, upload the new parameters (resumable and idempotent: the
-//!    upload id is derived from job, round, attempt, stage and client id).
+//! 3. **Task**: download the global model (resumable, SHA-256 verified), evaluate it on local
+//!    held-out data if the trainer implements [`LocalTrainer::evaluate`] (federated evaluation),
+//!    train it with the user's [`LocalTrainer`] on a blocking thread, upload the new parameters
+//!    with the evaluation's metrics (resumable and idempotent: the upload id is derived from job,
+//!    round, attempt, stage and client id).
 //!
 //! Transport errors and `UNAVAILABLE` (e.g. a coordinator restart) are retried after a jittered
 //! exponential [`Backoff`], with a rate-limited warning; errors no retry can fix end the run with
@@ -45,6 +47,11 @@ pub use credential::{CREDENTIAL_FILE, StoredCredential};
 pub use error::{ClientError, ConfigError, RunError};
 pub use tls_diagnosis::{diagnose_tls, find_rustls_error};
 pub use trainer::{
+<<<<<<< HEAD
     BoxError, CUSTOM_MODEL_KIND, DatasetTrainer, DatasetTrainerError, LocalTrainer,
     ModelDescription, PARTITION_SEED, TaskInfo, TrainOutcome, TrainingConfig,
+=======
+    BoxError, DatasetTrainer, DatasetTrainerError, EvalOutcome, LocalTrainer, ModelDescription,
+    PARTITION_SEED, TaskInfo, TrainOutcome, TrainingConfig,
+>>>>>>> h14-feval
 };

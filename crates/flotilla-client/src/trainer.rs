@@ -147,10 +147,22 @@ pub struct TrainOutcome {
     pub local_steps: u64,
 }
 
+/// What evaluating a model on the client's held-out data gave.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EvalOutcome {
+    /// Mean loss over the evaluated samples (must be finite).
+    pub loss: f64,
+    /// Samples evaluated: the evaluation's weight in the job's mean (must be in `1..=2^53`).
+    pub num_samples: u64,
+    /// Further metrics; `"accuracy"` (in `[0, 1]`) is reported to the coordinator, the others
+    /// are not sent.
+    pub metrics: BTreeMap<String, f64>,
+}
+
 /// The one trait an SDK user implements to bring their own model and data.
 ///
-/// [`crate::Client::run`] calls [`LocalTrainer::train`] on a blocking thread (`spawn_blocking`), one
-/// task at a time.
+/// [`crate::Client::run`] calls [`LocalTrainer::evaluate`] and then [`LocalTrainer::train`] on a
+/// blocking thread (`spawn_blocking`), one task at a time.
 pub trait LocalTrainer: Send {
     /// Samples this client holds (sent at check-in for eligibility).
     fn num_samples(&self) -> u64;
@@ -158,6 +170,26 @@ pub trait LocalTrainer: Send {
     /// Train from `global` for one task; return new parameters (same layout), sample count and
     /// metrics. An error abandons the task (logged; the client goes on checking in).
     fn train(&mut self, task: &TaskInfo, global: &[f32]) -> Result<TrainOutcome, BoxError>;
+
+    /// Evaluates the task's global model on local held-out data before training (federated
+    /// evaluation). Default: no evaluation.
+    ///
+    /// Called with the downloaded global model, on the same blocking thread as
+    /// [`LocalTrainer::train`] and just before it, for every training task (plain, secure
+    /// aggregation, FedBuff). The SDK reports the outcome with the update as the metrics
+    /// `eval_loss`, `eval_samples` and, if `metrics["accuracy"]` exists, `eval_accuracy`; the
+    /// coordinator records their sample-weighted mean per round (`federated_eval`). An error or an
+    /// invalid outcome (non-finite loss, 0 or more than 2^53 samples, accuracy outside `[0, 1]`) is
+    /// logged and the task trains on without evaluation metrics. Those three metric names are
+    /// reserved: [`TrainOutcome::metrics`] of the same names are dropped.
+    fn evaluate(
+        &mut self,
+        task: &TaskInfo,
+        global: &[f32],
+    ) -> Result<Option<EvalOutcome>, BoxError> {
+        let _ = (task, global);
+        Ok(None)
+    }
 }
 
 /// Seed of the IID partition used by [`DatasetTrainer::from_partition`].

@@ -14,7 +14,7 @@ use crate::spec::ModelSection;
 
 mod metrics;
 
-pub use metrics::{EvalMetrics, RoundMetrics, RoundPrivacy};
+pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
 
 /// Every error answer: `{"error": "<one line>"}`, with a 4xx/5xx status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -325,6 +325,10 @@ impl Shared {
         metrics.set_staleness(info.staleness.clone());
         // Robust strategies record whom they left out and why; operators see it in job status.
         metrics.quarantined = info.quarantined.clone();
+        // Federated evaluation: of the model the round started from (the previous version).
+        metrics.federated_eval = info.federated_eval.as_ref().map(|f| {
+            crate::api::FederatedEvalMetrics::new(info.model_version.saturating_sub(1), f)
+        });
         // The store keeps metrics as opaque JSON.
         let metrics = serde_json::to_value(&metrics)
             .map_err(|e| format!("encoding the metrics of round {}: {e}", info.round))?;

@@ -83,6 +83,7 @@ fn machine_refusal(r: &RejectReason) -> Refusal {
         RejectReason::RoundFull => ("round_full", Status::failed_precondition(msg)),
         RejectReason::BadSampleCount { .. } => ("bad_sample_count", Status::invalid_argument(msg)),
         RejectReason::BadUpdate(_) => ("bad_update", Status::invalid_argument(msg)),
+        RejectReason::BadEval(_) => ("bad_eval", Status::invalid_argument(msg)),
         RejectReason::SecureAggregation(s) => (
             s.code,
             match s.kind {
@@ -108,24 +109,25 @@ pub(crate) async fn submit_stage(
 ) -> Result<(), Refusal> {
     let input = StageInput::Message(&r.payload);
     let at = (r.round, r.attempt, r.stage_index);
-    report(shared, job, inner, client, at, input, (0, f64::NAN)).await
+    let metrics = ReportMetrics {
+        train_loss: f64::NAN,
+        eval: None,
+    };
+    report(shared, job, inner, client, at, input, (0, metrics)).await
 }
 
 /// Handles a completed masked-input upload (`PAYLOAD_KIND_MASKED_U32`): the aggregator adds the
-/// words into its running masked sum and drops them.
+/// words into its running masked sum and drops them. `metrics` are the header's
+/// (`service::upload::report_metrics`): the training loss and the federated evaluation, which
+/// travel in the clear beside the masked vector.
 pub(crate) async fn accept_masked(
     shared: &Shared,
     job: &JobRuntime,
     inner: &mut JobInner,
     client: ClientId,
-    header: &v1::UpdateHeader,
+    (header, metrics): (&v1::UpdateHeader, ReportMetrics),
     words: Vec<u32>,
 ) -> Result<(), Refusal> {
-    let loss = header
-        .metrics
-        .get("train_loss")
-        .copied()
-        .unwrap_or(f64::NAN);
     let at = (header.round, header.attempt, header.stage_index);
     let input = StageInput::Masked(words);
     report(
@@ -135,7 +137,7 @@ pub(crate) async fn accept_masked(
         client,
         at,
         input,
-        (header.num_samples, loss),
+        (header.num_samples, metrics),
     )
     .await
 }
@@ -147,7 +149,7 @@ async fn report(
     client: ClientId,
     (round, attempt, stage): (u64, u32, u32),
     input: StageInput<'_>,
-    (num_samples, train_loss): (u64, f64),
+    (num_samples, metrics): (u64, ReportMetrics),
 ) -> Result<(), Refusal> {
     if job.secagg.is_none() {
         return Err((
@@ -163,7 +165,7 @@ async fn report(
         stage,
         input,
         num_samples,
-        metrics: ReportMetrics { train_loss },
+        metrics,
     };
     let out = shared.drive(job, inner, event, Some(client)).await;
     if let Some(msg) = out.persist_failed {

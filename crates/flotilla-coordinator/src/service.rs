@@ -44,6 +44,7 @@ fn reject_name(r: &RejectReason) -> &'static str {
         RejectReason::RoundFull => "round_full",
         RejectReason::BadSampleCount { .. } => "bad_sample_count",
         RejectReason::BadUpdate(_) => "bad_update",
+        RejectReason::BadEval(_) => "bad_eval",
         RejectReason::WrongStageKind { .. } => "wrong_stage_kind",
         RejectReason::TooStale { .. } => "too_stale",
         RejectReason::NoTask => "no_task",

@@ -13,7 +13,8 @@
 //!
 //! Submodules: the [policy](RoundPolicy) and the [events and actions](Event); the round-based
 //! mechanism, including secure-aggregation rounds, in `rounds`; FedBuff in `fedbuff`; the upload
-//! pre-check in `precheck`; what the machine is doing, for status pages, in `status`.
+//! pre-check in `precheck`; what the machine is doing, for status pages, in `status`; federated
+//! evaluation ([`ClientEval`], [`FederatedEval`]) in `feval`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +28,7 @@ use crate::strategy::{FedBuffSpec, RoundAggregate, RoundResult, Strategy, Strate
 
 mod events;
 mod fedbuff;
+mod feval;
 mod policy;
 mod precheck;
 mod rounds;
@@ -34,6 +36,7 @@ mod secure;
 mod status;
 
 pub use events::{Action, ClientId, CommitInfo, Event, RejectReason, ReportMetrics, Task, Timer};
+pub use feval::{ClientEval, EvalError, FederatedEval, MAX_EVAL_SAMPLES};
 pub use policy::{RoundPolicy, StageKind};
 pub use secure::{RefusalKind, SecureAggregator, StageInput, StageRefusal};
 pub use status::{AbandonCause, Activity};
@@ -53,6 +56,10 @@ struct StageState {
     /// Secure aggregation: clients whose masked input was accepted (set when that stage closes).
     #[serde(default)]
     contributors: BTreeSet<ClientId>,
+    /// Federated evaluations of the round's accepted training reports (at most one per member of
+    /// the cohort), carried through the later stages of a secure-aggregation round.
+    #[serde(default)]
+    evals: BTreeMap<ClientId, ClientEval>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +152,9 @@ struct AsyncState {
     staleness: Vec<u64>,
     num_samples: u64,
     loss_weighted: f64,
+    /// Federated evaluations of the buffered updates that carried one, in acceptance order.
+    #[serde(default)]
+    evals: Vec<ClientEval>,
 }
 
 /// Derives independent 64-bit seeds from one (SplitMix64 finaliser).

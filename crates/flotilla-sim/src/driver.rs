@@ -282,6 +282,7 @@ impl Driver<'_> {
                     update: params,
                     metrics: ReportMetrics {
                         train_loss: report.mean_loss,
+                        eval: None,
                     },
                 },
             ),

@@ -141,6 +141,7 @@ impl Clients for PlainClients {
                     update: &params,
                     metrics: ReportMetrics {
                         train_loss: report.mean_loss,
+                        eval: None,
                     },
                 },
             )?;

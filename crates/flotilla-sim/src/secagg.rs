@@ -331,7 +331,10 @@ impl Clients for SecAggClients {
                     stage: task.stage,
                     input,
                     num_samples: n,
-                    metrics: ReportMetrics { train_loss: loss },
+                    metrics: ReportMetrics {
+                        train_loss: loss,
+                        eval: None,
+                    },
                 },
             )?;
         }

@@ -362,6 +362,28 @@ pub fn job_status(s: &JobStatus, clock: &Clock) -> String {
     }
     out.push('\n');
     out.push_str(&rounds_table(s, clock));
+    // Federated evaluation (clients' own held-out data): the latest, with the version it is of,
+    // which is the one before its round's.
+    if let Some((r, f)) = s
+        .history
+        .iter()
+        .rev()
+        .find_map(|r| r.metrics.federated_eval.as_ref().map(|f| (r, f)))
+    {
+        let acc = f
+            .accuracy
+            .map(|a| format!("accuracy {:.1} %, ", 100.0 * a))
+            .unwrap_or_default();
+        let loss = f.loss.map(num).unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "\nfederated  eval of version {} by {} client{} (round {}): {acc}loss {loss}, {} samples\n",
+            f.model_version,
+            f.clients,
+            if f.clients == 1 { "" } else { "s" },
+            r.round,
+            thousands(f.samples),
+        ));
+    }
     let last = s.history.last().map(|r| r.round).unwrap_or(0);
     out.push_str(&format!(
         "\nmodel      round {last} is downloadable: flotilla job download {} --out {}-round{last}.safetensors\n",
@@ -375,16 +397,25 @@ pub fn job_status(s: &JobStatus, clock: &Clock) -> String {
 fn rounds_table(s: &JobStatus, clock: &Clock) -> String {
     let h = &s.history;
     let skip = h.len().saturating_sub(STATUS_ROUNDS);
-    let mut t = Table::new(&[
+    // Federated evaluation columns only for jobs whose clients report one: the model the round
+    // started from, on the clients' own held-out data.
+    let fed = h[skip..].iter().any(|r| r.metrics.federated_eval.is_some());
+    let mut cols = vec![
         ("ROUND", true),
         ("ATTEMPT", true),
         ("CLIENTS", true),
         ("ACCURACY", true),
         ("EVAL LOSS", true),
+    ];
+    if fed {
+        cols.extend([("FED ACCURACY", true), ("FED LOSS", true)]);
+    }
+    cols.extend([
         ("TRAIN LOSS", true),
         ("DURATION", true),
         ("COMMITTED", false),
     ]);
+    let mut t = Table::new(&cols);
     for (i, r) in h.iter().enumerate().skip(skip) {
         let prev = if i == 0 {
             s.job.created_at_ms
@@ -393,18 +424,27 @@ fn rounds_table(s: &JobStatus, clock: &Clock) -> String {
         };
         let dash = || "-".to_owned();
         let eval = r.metrics.eval.as_ref();
-        t.row(vec![
+        let pct = |a: f64| format!("{:.1} %", 100.0 * a);
+        let mut cells = vec![
             r.round.to_string(),
             r.attempt.to_string(),
             r.participants.len().to_string(),
             eval.and_then(|e| e.eval_accuracy)
-                .map(|a| format!("{:.1} %", 100.0 * a))
+                .map(pct)
                 .unwrap_or_else(dash),
             eval.and_then(|e| e.eval_loss).map(num).unwrap_or_else(dash),
+        ];
+        if fed {
+            let f = r.metrics.federated_eval.as_ref();
+            cells.push(f.and_then(|f| f.accuracy).map(pct).unwrap_or_else(dash));
+            cells.push(f.and_then(|f| f.loss).map(num).unwrap_or_else(dash));
+        }
+        cells.extend([
             r.metrics.train_loss.map(num).unwrap_or_else(dash),
             duration_short(u64::try_from(r.committed_at_ms - prev).unwrap_or(0)),
             clock.absolute(r.committed_at_ms),
         ]);
+        t.row(cells);
     }
     let mut out = t.render();
     if skip > 0 {

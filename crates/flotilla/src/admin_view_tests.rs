@@ -108,6 +108,45 @@ fn job_status_without_rounds_or_optional_fields() {
 }
 
 #[test]
+fn job_status_shows_federated_evaluation() {
+    // Without it (above), no federated columns; with it, columns and the latest as a line.
+    let plain = job_status(&serde_json::from_value(status_json(2)).unwrap(), &clock());
+    assert!(
+        !plain.contains("FED ") && !plain.contains("federated"),
+        "{plain}"
+    );
+    let mut v = status_json(3);
+    for r in 1..3 {
+        v["history"][r]["metrics"]["federated_eval"] = json!({"model_version": r, "loss": 0.25 * r as f64,
+            "accuracy": 0.8 + r as f64 / 100.0, "samples": 1500, "clients": 8});
+    }
+    v["history"][2]["metrics"]["federated_eval"]["accuracy"] = Value::Null;
+    let s: JobStatus = serde_json::from_value(v).unwrap();
+    let out = job_status(&s, &clock());
+    assert!(out.contains("FED ACCURACY  FED LOSS"), "{out}");
+    let cells = |round: &str| -> Vec<String> {
+        let row = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{round} ")))
+            .unwrap();
+        row.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(cells("1")[5..7], ["-", "-"], "{out}");
+    assert_eq!(cells("2")[5..7], ["81.0 %", "0.2500"], "{out}");
+    assert_eq!(cells("3")[5..7], ["-", "0.5000"], "{out}");
+    assert!(
+        out.contains(
+            "federated  eval of version 2 by 8 clients (round 3): loss 0.5000, 1,500 samples"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn job_status_shows_privacy() {
     let mut v = status_json(2);
     v["epsilon_spent"] = json!(1.234_567_89);

@@ -284,7 +284,8 @@ impl Session<'_> {
             }
         };
         let info = Arc::new(info);
-        let outcome = match self.train(&info, &global).await? {
+        let (eval, trained) = self.train(&info, &global).await?;
+        let outcome = match trained {
             Ok(o) => o,
             Err(e) => {
                 let (kind, why) = (
@@ -298,7 +299,7 @@ impl Session<'_> {
             }
         };
         // Checks the trainer's output (length, finiteness, samples, metrics) as for a plain upload.
-        let (mut header, new) = match build_header(&info, outcome, None, self.client_id()) {
+        let (mut header, new) = match build_header(&info, (outcome, eval), None, self.client_id()) {
             Ok(x) => x,
             Err(reason) => return self.skip_secagg(&task, &reason).await,
         };

@@ -250,7 +250,8 @@ impl Session<'_> {
         };
 
         let info = Arc::new(info);
-        let outcome = match self.train(&info, &global).await? {
+        let (eval, trained) = self.train(&info, &global).await?;
+        let outcome = match trained {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(job = %info.job_id, round = info.round, error = %error_chain(e.as_ref()), "training failed; task abandoned");
@@ -290,7 +291,7 @@ impl Session<'_> {
             }
         };
         let extra = scaffold.as_ref().map(|(_, delta)| delta.as_slice());
-        let (header, params) = match build_header(&info, outcome, extra, self.client_id()) {
+        let (header, params) = match build_header(&info, (outcome, eval), extra, self.client_id()) {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(job = %info.job_id, round = info.round, %reason, "trainer output unusable; task abandoned");

@@ -8,8 +8,9 @@ use flotilla_proto::v1;
 use flotilla_proto::{ExpectedLayout, ModelReceiver, UploadLimits};
 use sha2::{Digest, Sha256};
 
-use super::MAX_MODEL_BYTES;
+use super::{MAX_MODEL_BYTES, eval};
 use crate::trainer::{ModelDescription, TaskInfo, TrainOutcome, TrainingConfig};
+use flotilla_core::round::ClientEval;
 
 /// Checks a task and prepares the model receiver. Errors are reasons to skip the task.
 ///
@@ -133,10 +134,12 @@ pub fn upload_id(
 }
 
 /// Checks the trainer's output and builds the upload header. Non-finite or badly named metrics are
-/// dropped (with a warning); at most [`flotilla_proto::MAX_METRICS`] are kept.
+/// dropped (with a warning); at most [`flotilla_proto::MAX_METRICS`] are kept. A checked
+/// evaluation (`eval::checked`) goes first, as `eval_loss`, `eval_samples` and `eval_accuracy`;
+/// training metrics of those reserved names are dropped.
 pub(super) fn build_header(
     info: &TaskInfo,
-    outcome: TrainOutcome,
+    (outcome, evaluation): (TrainOutcome, Option<ClientEval>),
     extra: Option<&[f32]>,
     client_id: &str,
 ) -> Result<(v1::UpdateHeader, Vec<f32>), String> {
@@ -168,8 +171,16 @@ pub(super) fn build_header(
         }
         params.extend_from_slice(extra);
     }
-    let mut kept = HashMap::new();
+    let mut kept: HashMap<String, f64> = evaluation
+        .iter()
+        .flat_map(eval::metrics)
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     for (name, value) in metrics {
+        if eval::RESERVED.contains(&name.as_str()) {
+            tracing::warn!(metric = %name, "metric dropped: the name is reserved for federated evaluation (implement LocalTrainer::evaluate)");
+            continue;
+        }
         let ok_name = !name.is_empty() && name.len() <= flotilla_proto::MAX_NAME_LEN;
         if !ok_name || !value.is_finite() || kept.len() >= flotilla_proto::MAX_METRICS {
             tracing::warn!(metric = %name.chars().take(64).collect::<String>(), value, "metric dropped (bad name, non-finite value or too many metrics)");
@@ -304,11 +315,14 @@ mod tests {
             gradient_correction: None,
             deadline: None,
         };
-        let out = |params: Vec<f32>, n| TrainOutcome {
-            params,
-            num_samples: n,
-            metrics: [("train_loss".into(), 0.5), ("bad".into(), f64::NAN)].into(),
-            local_steps: 4,
+        let out = |params: Vec<f32>, n| {
+            let o = TrainOutcome {
+                params,
+                num_samples: n,
+                metrics: [("train_loss".into(), 0.5), ("bad".into(), f64::NAN)].into(),
+                local_steps: 4,
+            };
+            (o, None)
         };
         let (h, p) = build_header(&info, out(vec![1.0, 2.0, 3.0], 7), None, "c").unwrap();
         assert_eq!(p, vec![1.0, 2.0, 3.0]);
@@ -328,6 +342,23 @@ mod tests {
         .unwrap();
         assert_eq!(p, vec![1.0, 2.0, 3.0, 0.5, 0.0, -0.5]);
         assert_eq!(h.total_bytes, 24);
+        // Federated evaluation: its metrics go first; a trainer's own of those names are dropped.
+        let mut o = out(vec![1.0, 2.0, 3.0], 7).0;
+        o.metrics.insert("eval_loss".into(), 9.0);
+        o.metrics.insert("eval_samples".into(), 0.5);
+        let (h, _) = build_header(&info, (o.clone(), None), None, "c").unwrap();
+        assert_eq!(h.metrics.len(), 1, "{:?}", h.metrics);
+        let e = ClientEval {
+            loss: 0.25,
+            accuracy: Some(0.5),
+            samples: 30,
+        };
+        let (h, _) = build_header(&info, (o, Some(e)), None, "c").unwrap();
+        assert_eq!(h.metrics["eval_loss"], 0.25);
+        assert_eq!(h.metrics["eval_samples"], 30.0);
+        assert_eq!(h.metrics["eval_accuracy"], 0.5);
+        assert_eq!(h.metrics["train_loss"], 0.5);
+        assert_eq!(h.metrics.len(), 4);
         assert!(build_header(&info, out(vec![1.0, 2.0, 3.0], 7), Some(&[0.5]), "c").is_err());
         assert!(
             build_header(

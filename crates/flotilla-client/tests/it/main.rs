@@ -8,5 +8,6 @@
 
 mod common;
 mod config;
+mod evaluate;
 mod run;
 mod tls;

@@ -33,6 +33,10 @@ pub struct RoundMetrics {
     /// Robust strategies: the reporters left out of the aggregate, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<Quarantined>,
+    /// Federated evaluation: what the clients whose updates went into this round measured on
+    /// their own held-out data with the model they started from; absent when none reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_eval: Option<FederatedEvalMetrics>,
     /// The evaluation of the round's model, once recorded (its fields sit at the top level).
     #[serde(flatten)]
     pub eval: Option<EvalMetrics>,
@@ -62,6 +66,38 @@ pub struct RoundPrivacy {
     pub unclipped: Option<u64>,
 }
 
+/// A round's federated evaluation (`federated_eval`): the sample-weighted means of the evaluations
+/// the round's aggregated reports carried (`eval_loss`, `eval_accuracy`, `eval_samples` in the
+/// upload header). Unlike [`EvalMetrics`] it is of the model the round *started from*.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FederatedEvalMetrics {
+    /// The global model version the clients evaluated: the one the round started from (the
+    /// round's own version − 1). FedBuff: the step's previous version; buffered updates may have
+    /// started from versions up to `max_staleness` older.
+    pub model_version: u64,
+    /// Sample-weighted mean loss (`null` when not finite).
+    pub loss: Option<f64>,
+    /// Sample-weighted mean accuracy over the clients that measured one (`null` if none did).
+    pub accuracy: Option<f64>,
+    /// Samples evaluated, over all the clients.
+    pub samples: u64,
+    /// Reports that carried an evaluation.
+    pub clients: u64,
+}
+
+impl FederatedEvalMetrics {
+    /// The metrics of a commit's federated evaluation of `model_version`.
+    pub fn new(model_version: u64, f: &flotilla_core::round::FederatedEval) -> Self {
+        FederatedEvalMetrics {
+            model_version,
+            loss: f.loss.is_finite().then_some(f.loss),
+            accuracy: f.accuracy.filter(|a| a.is_finite()),
+            samples: f.samples,
+            clients: f.clients,
+        }
+    }
+}
+
 /// The evaluation of a round's model on the job's evaluation dataset. All three fields are
 /// present once a round is evaluated; a non-finite value is `null`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +124,7 @@ impl RoundMetrics {
             staleness_max: None,
             staleness_mean: None,
             quarantined: Vec::new(),
+            federated_eval: None,
             eval: None,
             other: serde_json::Map::new(),
         }

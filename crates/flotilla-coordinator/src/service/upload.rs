@@ -1,9 +1,10 @@
 //! Receiving an upload: the header's pre-check, a fair slot, the paced and resumable payload, and
 //! the partial uploads kept for resume. The job's verdict is `upload_finish.rs`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use flotilla_core::round::RejectReason;
+use flotilla_core::round::{ClientEval, MAX_EVAL_SAMPLES, RejectReason, ReportMetrics};
 use flotilla_proto::v1::{self, upload_message};
 use flotilla_proto::{
     MAX_CHUNK_BYTES, TransferError, UploadAssembler, UploadLimits, validate_header,
@@ -124,6 +125,12 @@ impl CoordinatorService {
             let e = TransferError::from(e);
             return Err(self.refuse(transfer_reason(&e), e.into()));
         }
+        // Before any payload byte: an upload whose evaluation the machine would refuse is refused
+        // now, naming the metric.
+        let metrics = match report_metrics(&header.metrics) {
+            Ok(m) => m,
+            Err(msg) => return Err(self.refuse("bad_eval", Status::invalid_argument(msg))),
+        };
         // Bounded memory and fairness: at most `upload_concurrency` payloads are assembled at once,
         // admitted per client, per tenant and in FIFO order (see `admission`), waiting no longer
         // than the stage deadline.
@@ -242,11 +249,6 @@ impl CoordinatorService {
             Ok(rest) => values.extend_from_slice(&rest),
             Err(e) => return Err(self.refuse(transfer_reason(&e), e.into())),
         }
-        let train_loss = header
-            .metrics
-            .get("train_loss")
-            .copied()
-            .unwrap_or(f64::NAN);
         // In a task of its own: a client that disconnects now must not cancel the rest halfway (a
         // commit would stop after the machine moved on and before the store or the next round's
         // timers did, leaving the job stuck; seen in the soak with clients killed at random).
@@ -259,7 +261,7 @@ impl CoordinatorService {
                 values,
                 total,
                 masked: assembler_masked,
-                train_loss,
+                metrics,
                 permit,
             },
         );
@@ -293,5 +295,105 @@ impl CoordinatorService {
                 Status::not_found("no such upload for this client: start again from offset 0"),
             )),
         }
+    }
+}
+
+/// The report metrics an upload header carries: `train_loss` (NaN when absent) and the federated
+/// evaluation, present when `eval_samples` is: `eval_loss` (required with it), `eval_samples` (a
+/// whole number in `1..=2^53`) and the optional `eval_accuracy` (in `[0, 1]`). `eval_loss` or
+/// `eval_accuracy` without `eval_samples` have no weight and are ignored, as any other metric is.
+/// Metrics are finite (`validate_header`). The error is the one-line reason to refuse the upload.
+pub(crate) fn report_metrics(metrics: &HashMap<String, f64>) -> Result<ReportMetrics, String> {
+    let train_loss = metrics.get("train_loss").copied().unwrap_or(f64::NAN);
+    let Some(&samples) = metrics.get("eval_samples") else {
+        return Ok(ReportMetrics {
+            train_loss,
+            eval: None,
+        });
+    };
+    if !(samples.fract() == 0.0 && samples >= 1.0 && samples <= MAX_EVAL_SAMPLES as f64) {
+        return Err(format!(
+            "metric eval_samples must be a whole number in 1..={MAX_EVAL_SAMPLES}, got {samples}"
+        ));
+    }
+    let Some(&loss) = metrics.get("eval_loss") else {
+        return Err(
+            "metric eval_samples needs eval_loss beside it (the evaluation's mean loss)".into(),
+        );
+    };
+    let eval = ClientEval {
+        loss,
+        accuracy: metrics.get("eval_accuracy").copied(),
+        samples: samples as u64,
+    };
+    eval.validate()
+        .map_err(|e| format!("invalid federated evaluation: {e}"))?;
+    Ok(ReportMetrics {
+        train_loss,
+        eval: Some(eval),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, f64)]) -> Result<ReportMetrics, String> {
+        report_metrics(&pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
+    }
+
+    #[test]
+    fn header_metrics_map_to_the_report() {
+        let m = parse(&[("train_loss", 0.5)]).unwrap();
+        assert_eq!((m.train_loss, m.eval), (0.5, None));
+        assert!(parse(&[]).unwrap().train_loss.is_nan());
+        // Without `eval_samples` an evaluation has no weight: ignored, as before this existed.
+        assert_eq!(
+            parse(&[("eval_loss", 0.3), ("eval_accuracy", 0.9)])
+                .unwrap()
+                .eval,
+            None
+        );
+        let m = parse(&[
+            ("eval_loss", 0.3),
+            ("eval_samples", 40.0),
+            ("eval_accuracy", 0.9),
+        ])
+        .unwrap();
+        assert_eq!(
+            m.eval,
+            Some(ClientEval {
+                loss: 0.3,
+                accuracy: Some(0.9),
+                samples: 40
+            })
+        );
+        let m = parse(&[
+            ("eval_loss", 0.3),
+            ("eval_samples", 9_007_199_254_740_992.0),
+        ])
+        .unwrap();
+        assert_eq!(m.eval.unwrap().samples, MAX_EVAL_SAMPLES);
+    }
+
+    #[test]
+    fn bad_evaluations_are_refused_naming_the_metric() {
+        for samples in [0.0, 2.5, -1.0, 1e300, 9_007_199_254_740_994.0] {
+            let e = parse(&[("eval_loss", 0.3), ("eval_samples", samples)]).unwrap_err();
+            assert!(
+                e.starts_with("metric eval_samples must be a whole number"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'));
+        }
+        let e = parse(&[("eval_samples", 3.0)]).unwrap_err();
+        assert!(e.contains("eval_loss"), "{e}");
+        let e = parse(&[
+            ("eval_loss", 0.3),
+            ("eval_samples", 3.0),
+            ("eval_accuracy", 1.5),
+        ])
+        .unwrap_err();
+        assert!(e.contains("eval_accuracy"), "{e}");
     }
 }

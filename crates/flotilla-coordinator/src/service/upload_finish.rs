@@ -21,7 +21,8 @@ pub(crate) struct Finished {
     pub total: u64,
     /// A secure-aggregation masked input (`u32` words).
     pub masked: bool,
-    pub train_loss: f64,
+    /// The header's training loss and federated evaluation (`upload::report_metrics`).
+    pub metrics: ReportMetrics,
     /// The upload slot, released once the update is folded in.
     pub permit: crate::admission::UploadSlot,
 }
@@ -39,7 +40,7 @@ impl CoordinatorService {
             values,
             total,
             masked,
-            train_loss,
+            metrics,
             permit,
         } = upload;
         let shared = &self.shared;
@@ -76,7 +77,12 @@ impl CoordinatorService {
             let words = flotilla_proto::masked_words(&values);
             drop(values);
             let res = crate::secagg_round::accept_masked(
-                shared, &job, &mut inner, client, &header, words,
+                shared,
+                &job,
+                &mut inner,
+                client,
+                (&header, metrics),
+                words,
             )
             .await;
             drop(permit);
@@ -100,7 +106,7 @@ impl CoordinatorService {
             stage: header.stage_index,
             num_samples: header.num_samples,
             update: &values,
-            metrics: ReportMetrics { train_loss },
+            metrics,
         };
         let out = shared.drive(&job, &mut inner, event, Some(client)).await;
         drop(permit);

@@ -10,6 +10,7 @@
 mod bad_input;
 mod common;
 mod fedbuff;
+mod federated_eval;
 mod federation;
 mod initial_model;
 mod injected_model;

@@ -280,6 +280,10 @@ async fn stage_rpc_refuses_bad_input_and_a_round_with_a_dropout_commits_the_secu
         let mut hd = header(&t, &words, 10 + i as u64);
         hd.stage = v1::Stage::MaskedInput as i32;
         hd.payload_kind = v1::PayloadKind::MaskedU32 as i32;
+        // Federated evaluation travels in the clear beside the masked vector.
+        hd.metrics.insert("eval_loss".into(), (i + 1) as f64);
+        hd.metrics
+            .insert("eval_samples".into(), 10.0 * (i + 1) as f64);
         if i == 1 {
             // Wrong length for the layout: refused before any state changes.
             let mut short = hd.clone();
@@ -336,6 +340,14 @@ async fn stage_rpc_refuses_bad_input_and_a_round_with_a_dropout_commits_the_secu
     assert_eq!(
         status["history"][0]["metrics"]["num_samples"],
         10 + 11 + 12 + 13
+    );
+    // Every contributor's evaluation counts: (1·10 + 2·20 + 3·30 + 4·40) / 100 = 3.
+    let f = &status["history"][0]["metrics"]["federated_eval"];
+    assert_eq!(f["loss"], 3.0, "{status}");
+    assert_eq!(f["accuracy"], serde_json::Value::Null, "{status}");
+    assert_eq!(
+        (f["samples"].as_u64(), f["clients"].as_u64()),
+        (Some(100), Some(4))
     );
 
     // The committed model is the unweighted mean of the clipped deltas, within the quantization bound.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::AggregateError;
 use crate::strategy::Quarantined;
 
-use super::{AbandonCause, StageKind};
+use super::{AbandonCause, ClientEval, EvalError, FederatedEval, StageKind};
 
 /// Identity of a client within a job, assigned by whoever authenticated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -62,6 +62,11 @@ pub enum Timer {
 pub struct ReportMetrics {
     /// Mean training loss over the client's last local epoch.
     pub train_loss: f64,
+    /// Federated evaluation: the client's evaluation of the global model it started from, on its
+    /// own held-out data, if it made one. Validated with the report ([`ClientEval::validate`]; an
+    /// invalid one refuses the report, [`RejectReason::BadEval`]); never changes the aggregate.
+    #[serde(default)]
+    pub eval: Option<ClientEval>,
 }
 
 /// Something that happened, as the driver observed it. Nothing in an event is trusted.
@@ -182,6 +187,10 @@ pub enum RejectReason {
     /// The update itself is malformed.
     #[error("invalid update: {0}")]
     BadUpdate(AggregateError),
+    /// The report's federated evaluation ([`ReportMetrics::eval`]) is unusable: a non-finite loss,
+    /// a sample count outside `1..=2^53` or an accuracy outside `[0, 1]`.
+    #[error("invalid federated evaluation: {0}")]
+    BadEval(EvalError),
     /// FedBuff: the report's base model is more versions behind the global model than allowed.
     #[error(
         "update is {staleness} versions stale (based on version {base}); at most {max} are accepted"
@@ -237,6 +246,13 @@ pub struct CommitInfo {
     /// FedBuff: the staleness τ of each aggregated update, in acceptance order (empty for rounds).
     #[serde(default)]
     pub staleness: Vec<u64>,
+    /// Federated evaluation: over the aggregated reports that carried an evaluation
+    /// ([`ReportMetrics::eval`]), the sample-weighted means of what the clients measured on the
+    /// model they started from — version `model_version − 1` in a round (FedBuff: each update's
+    /// base version, up to `max_staleness` older); `None` if no such report carried one.
+    /// Reports a robust strategy left out of the aggregate are left out here too.
+    #[serde(default)]
+    pub federated_eval: Option<FederatedEval>,
 }
 
 /// What the driver must do. Actions are returned in the order they must be carried out.

@@ -16,7 +16,9 @@
 //! it is within `max_staleness` (O((max_staleness + 1) × model) memory at worst). A `Deadline` timer
 //! drops every task older than the stage deadline. [`RoundMachine::recover`] abandons in-flight
 //! tasks and the partly filled buffer (neither the buffer sum nor old models are in a snapshot); the
-//! optimizer's state is in the snapshot.
+//! optimizer's state is in the snapshot. A report's federated evaluation is of its task's base
+//! model; a step's [`CommitInfo::federated_eval`] averages those of its buffered updates, whose
+//! bases may differ by up to `max_staleness` versions.
 
 use super::*;
 
@@ -139,7 +141,7 @@ impl RoundMachine {
                     fb,
                     client,
                     (round, attempt, stage),
-                    num_samples,
+                    (num_samples, &metrics),
                     update,
                 ) {
                     Err(reason) => out.push(Action::Reject { client, reason }),
@@ -256,7 +258,7 @@ impl RoundMachine {
         fb: FedBuffSpec,
         client: ClientId,
         (round, attempt, stage): (u64, u32, u32),
-        num_samples: u64,
+        (num_samples, metrics): (u64, &ReportMetrics),
         update: &[f32],
     ) -> Result<(u64, u64), RejectReason> {
         // First exactly what `precheck_report` checks, so a driver's pre-check and the machine
@@ -274,6 +276,9 @@ impl RoundMachine {
                 got: num_samples,
                 max,
             });
+        }
+        if let Some(Err(e)) = metrics.eval.map(|e| e.validate()) {
+            return Err(RejectReason::BadEval(e));
         }
         if update.len() != self.layout.len() {
             return Err(RejectReason::BadUpdate(AggregateError::Length {
@@ -328,6 +333,9 @@ impl RoundMachine {
             f64::NAN
         };
         st.loss_weighted += loss * num_samples as f64;
+        if let Some(e) = metrics.eval {
+            st.evals.push(e);
+        }
         out.push(Action::Accepted { client });
         if st.contributors.len() >= fb.buffer_size {
             self.async_commit(fb, out);
@@ -401,6 +409,7 @@ impl RoundMachine {
             // `[privacy]` is refused with FedBuff (`StrategySpec::with_privacy`).
             dp: None,
             staleness: st.staleness,
+            federated_eval: FederatedEval::over(&st.evals),
         }));
         if self.committed >= self.policy.rounds {
             self.phase = Phase::Finished;

@@ -127,7 +127,10 @@ mod tests {
             stage: t.stage,
             num_samples: 5,
             update: &[1.0, 2.0],
-            metrics: ReportMetrics { train_loss: 0.5 },
+            metrics: ReportMetrics {
+                train_loss: 0.5,
+                eval: None,
+            },
         };
         m.handle(20, e)
     }

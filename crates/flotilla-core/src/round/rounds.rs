@@ -43,6 +43,16 @@ use super::*;
 /// Pools at least this large are pruned of expired check-ins (amortised: at every power of two).
 const PRUNE_FROM: usize = 64;
 
+/// A secure-aggregation round's training tally, carried from stage to stage: the contributors, the
+/// loss-weighted sum, the samples and the federated evaluations of the masked-input stage.
+#[derive(Default)]
+struct Carry {
+    contributors: BTreeSet<ClientId>,
+    loss_weighted: f64,
+    num_samples: u64,
+    evals: BTreeMap<ClientId, ClientEval>,
+}
+
 /// Round-based jobs: selection, stages, closing, commit.
 impl RoundMachine {
     fn live_pool(&self, now_ms: u64) -> Vec<ClientId> {
@@ -155,19 +165,26 @@ impl RoundMachine {
         cohort: BTreeSet<ClientId>,
         out: &mut Vec<Action>,
     ) {
-        self.start_stage_with(now_ms, index, cohort, (BTreeSet::new(), 0.0, 0), out);
+        self.start_stage_with(now_ms, index, cohort, Carry::default(), out);
     }
 
     /// Opens stage `index` for `cohort`, carrying the round's training tally so far (contributors,
-    /// loss-weighted sum, samples) from the previous stage of a secure-aggregation round.
+    /// loss-weighted sum, samples, evaluations) from the previous stage of a secure-aggregation
+    /// round.
     fn start_stage_with(
         &mut self,
         now_ms: u64,
         index: u32,
         cohort: BTreeSet<ClientId>,
-        (contributors, loss_weighted, num_samples): (BTreeSet<ClientId>, f64, u64),
+        carry: Carry,
         out: &mut Vec<Action>,
     ) {
+        let Carry {
+            contributors,
+            loss_weighted,
+            num_samples,
+            evals,
+        } = carry;
         if index == 0 && self.policy.secure_aggregation() {
             let seed = self.attempt_seed();
             let (round, attempt) = (self.round, self.attempt);
@@ -208,6 +225,7 @@ impl RoundMachine {
             loss_weighted,
             num_samples,
             contributors,
+            evals,
         }));
     }
 
@@ -238,6 +256,10 @@ impl RoundMachine {
             }));
             return;
         }
+        if let Some(Err(e)) = metrics.eval.map(|e| e.validate()) {
+            out.push(reject(RejectReason::BadEval(e)));
+            return;
+        }
         let loss = if metrics.train_loss.is_finite() {
             metrics.train_loss
         } else {
@@ -257,6 +279,9 @@ impl RoundMachine {
         s.dropped.remove(&client);
         s.num_samples += num_samples;
         s.loss_weighted += loss * num_samples as f64;
+        if let Some(e) = metrics.eval {
+            s.evals.insert(client, e);
+        }
         out.push(Action::Accepted { client });
         self.maybe_close_early(now_ms, out);
     }
@@ -308,13 +333,14 @@ impl RoundMachine {
     }
 
     /// The machine's checks of a stage message (before the aggregator sees it): those of every
-    /// report, the form of the input for the stage, and the sample count at a training stage.
+    /// report, the form of the input for the stage, and the sample count and the federated
+    /// evaluation at a training stage.
     fn check_stage_message(
         &self,
         client: ClientId,
         (round, attempt, stage): (u64, u32, u32),
         input: &StageInput<'_>,
-        num_samples: u64,
+        (num_samples, metrics): (u64, &ReportMetrics),
     ) -> Result<(), RejectReason> {
         self.check_report(client, (round, attempt, stage), false)?;
         let kind = self.policy.stages[stage as usize];
@@ -331,6 +357,11 @@ impl RoundMachine {
                 max,
             });
         }
+        if kind.trains()
+            && let Some(Err(e)) = metrics.eval.map(|e| e.validate())
+        {
+            return Err(RejectReason::BadEval(e));
+        }
         Ok(())
     }
 
@@ -344,7 +375,12 @@ impl RoundMachine {
         out: &mut Vec<Action>,
     ) {
         let checked = self
-            .check_stage_message(client, (round, attempt, stage), &input, num_samples)
+            .check_stage_message(
+                client,
+                (round, attempt, stage),
+                &input,
+                (num_samples, &metrics),
+            )
             .and_then(|()| match self.secure.aggregator.as_mut() {
                 Some(agg) => agg
                     .receive(client, stage, input)
@@ -371,6 +407,9 @@ impl RoundMachine {
             };
             s.num_samples += num_samples;
             s.loss_weighted += loss * num_samples as f64;
+            if let Some(e) = metrics.eval {
+                s.evals.insert(client, e);
+            }
         }
         s.reported.insert(client);
         s.dropped.remove(&client);
@@ -409,7 +448,12 @@ impl RoundMachine {
                 Ok(payloads) => {
                     let next = s.index + 1;
                     self.secure.payloads = Some(((self.round, self.attempt, next), payloads));
-                    let carry = (contributors, s.loss_weighted, s.num_samples);
+                    let carry = Carry {
+                        contributors,
+                        loss_weighted: s.loss_weighted,
+                        num_samples: s.num_samples,
+                        evals: s.evals,
+                    };
                     self.start_stage_with(now_ms, next, s.reported, carry, out);
                 }
                 Err(reason) => self.secure_failed(now_ms, reports, &reason, out),
@@ -433,8 +477,13 @@ impl RoundMachine {
                 .apply_secure_sum(&self.global, &sum, n)
                 .map_err(|e| format!("it produced an unusable mean: {e}"))
         });
+        // Every contributor's masked input is in the sum, so every evaluation counts.
+        let feval = FederatedEval::over(ids.iter().filter_map(|c| s.evals.get(c)));
         match result {
-            Ok(r) => self.commit(now_ms, r, ids, s.num_samples, s.loss_weighted, out),
+            Ok(r) => {
+                let tally = (s.num_samples, s.loss_weighted);
+                self.commit(now_ms, r, ids, tally, feval, out)
+            }
             Err(reason) => self.secure_failed(now_ms, n, &reason, out),
         }
     }
@@ -531,20 +580,17 @@ impl RoundMachine {
             }
         };
         let quarantined: BTreeSet<u64> = result.quarantined.iter().map(|q| q.client).collect();
-        let participants = s
+        let participants: Vec<ClientId> = s
             .reported
             .iter()
             .copied()
             .filter(|c| !quarantined.contains(&c.0))
             .collect();
-        self.commit(
-            now_ms,
-            result,
-            participants,
-            s.num_samples,
-            s.loss_weighted,
-            out,
-        );
+        // Over the aggregate's reports only: a quarantined client's evaluation is as suspect as
+        // its update.
+        let feval = FederatedEval::over(participants.iter().filter_map(|c| s.evals.get(c)));
+        let tally = (s.num_samples, s.loss_weighted);
+        self.commit(now_ms, result, participants, tally, feval, out);
     }
 
     /// Installs the new global model and moves to the next round (or finishes the job).
@@ -553,8 +599,8 @@ impl RoundMachine {
         now_ms: u64,
         result: RoundResult,
         participants: Vec<ClientId>,
-        num_samples: u64,
-        loss_weighted: f64,
+        (num_samples, loss_weighted): (u64, f64),
+        federated_eval: Option<FederatedEval>,
         out: &mut Vec<Action>,
     ) {
         self.global = result.global;
@@ -569,6 +615,7 @@ impl RoundMachine {
             quarantined: result.quarantined,
             dp: result.dp,
             staleness: Vec::new(),
+            federated_eval,
         };
         out.push(Action::Commit(info));
         if self.committed >= self.policy.rounds {

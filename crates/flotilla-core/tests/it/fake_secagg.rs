@@ -318,7 +318,10 @@ pub fn send(
             stage: t.stage,
             input,
             num_samples: n,
-            metrics: ReportMetrics { train_loss: 2.0 },
+            metrics: ReportMetrics {
+                train_loss: 2.0,
+                eval: None,
+            },
         },
     )
 }

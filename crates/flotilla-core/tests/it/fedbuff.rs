@@ -50,7 +50,10 @@ fn report(m: &mut RoundMachine, now: u64, c: u64, t: &Task, value: f32) -> Vec<A
             stage: t.stage,
             num_samples: 5,
             update: &[value],
-            metrics: ReportMetrics { train_loss: 1.0 },
+            metrics: ReportMetrics {
+                train_loss: 1.0,
+                eval: None,
+            },
         },
     )
 }

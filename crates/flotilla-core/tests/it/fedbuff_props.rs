@@ -171,7 +171,7 @@ proptest! {
                         stage: *stage,
                         num_samples: *samples,
                         update: values,
-                        metrics: ReportMetrics { train_loss: 0.5 },
+                        metrics: ReportMetrics { train_loss: 0.5, eval: None },
                     }
                 }
                 Op::StageMessage { client, honest, masked } => {

@@ -11,6 +11,7 @@ mod config_toml;
 mod fake_secagg;
 mod fedbuff;
 mod fedbuff_props;
+mod federated_eval;
 mod round_machine;
 mod round_machine_props;
 mod secagg_failures;

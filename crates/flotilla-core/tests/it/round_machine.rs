@@ -66,7 +66,10 @@ fn report(
             stage: t.stage,
             num_samples: n,
             update: upd,
-            metrics: ReportMetrics { train_loss: 1.0 },
+            metrics: ReportMetrics {
+                train_loss: 1.0,
+                eval: None,
+            },
         },
     )
 }
