@@ -136,6 +136,17 @@ pub struct TrainOutcome {
     pub local_steps: u64,
 }
 
+/// What evaluating a model on the client's held-out data gave.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EvalOutcome {
+    /// Mean loss.
+    pub loss: f64,
+    /// Samples evaluated.
+    pub num_samples: u64,
+    /// Further metrics, e.g. `"accuracy"`.
+    pub metrics: BTreeMap<String, f64>,
+}
+
 /// The one trait an SDK user implements to bring their own model and data.
 ///
 /// [`crate::Client::run`] calls [`LocalTrainer::train`] on a blocking thread (`spawn_blocking`), one
@@ -147,6 +158,17 @@ pub trait LocalTrainer: Send {
     /// Train from `global` for one task; return new parameters (same layout), sample count and
     /// metrics. An error abandons the task (logged; the client goes on checking in).
     fn train(&mut self, task: &TaskInfo, global: &[f32]) -> Result<TrainOutcome, BoxError>;
+
+    /// Evaluates the task's global model on local held-out data before training (federated
+    /// evaluation). Default: no evaluation.
+    fn evaluate(
+        &mut self,
+        task: &TaskInfo,
+        global: &[f32],
+    ) -> Result<Option<EvalOutcome>, BoxError> {
+        let _ = (task, global);
+        Ok(None)
+    }
 }
 
 /// Seed of the IID partition used by [`DatasetTrainer::from_partition`].
