@@ -23,6 +23,8 @@ import pytest
 import flotilla
 
 ROOT = Path(__file__).resolve().parents[3]
+#: RUST_LOG of every process started here (`FLOTILLA_TEST_LOG=info` to debug a failing test).
+LOG = os.environ.get("FLOTILLA_TEST_LOG", "warn")
 BIN = os.environ.get("FLOTILLA", str(ROOT / "target" / "release" / "flotilla"))
 EXAMPLE = ROOT / "examples" / "python" / "numpy_logreg_client.py"
 
@@ -97,7 +99,7 @@ class Federation:
              "--listen", f"127.0.0.1:{self.grpc}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
              "--tls-cert", str(dir / "certs" / "server.pem"), "--tls-key", str(dir / "certs" / "server-key.pem"),
              "--ready-file", str(ready)],
-            "server", env={"FLOTILLA_ADMIN_TOKEN": self.ADMIN_TOKEN, "RUST_LOG": "warn"},
+            "server", env={"FLOTILLA_ADMIN_TOKEN": self.ADMIN_TOKEN, "RUST_LOG": LOG},
         )
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -120,7 +122,7 @@ class Federation:
             [BIN, "client", "--coordinator", self.coordinator, "--ca-cert", self.ca, "--token", token,
              "--name", f"rust-{index}", "--state-dir", str(self.dir / f"rust-{index}"),
              "--dataset", "digits", "--partition", f"{index}/{of}"],
-            f"rust-{index}", env={"RUST_LOG": "warn", **(env or {})}, on_line=on_line,
+            f"rust-{index}", env={"RUST_LOG": LOG, **(env or {})}, on_line=on_line,
         )
 
     def python_client(self, token: str, index: int, of: int, script: Path = EXAMPLE, extra: Optional[List[str]] = None,
@@ -128,7 +130,7 @@ class Federation:
         return self.spawn(
             [sys.executable, str(script), "--coordinator", self.coordinator, "--ca-cert", self.ca, "--token", token,
              "--state-dir", str(self.dir / f"py-{index}"), "--partition", f"{index}/{of}", *(extra or [])],
-            f"py-{index}", env={"RUST_LOG": "warn", **(env or {})}, on_line=on_line,
+            f"py-{index}", env={"RUST_LOG": LOG, **(env or {})}, on_line=on_line,
         )
 
     def close(self) -> None:
