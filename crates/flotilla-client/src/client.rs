@@ -85,6 +85,11 @@ pub struct ClientStats {
     pub enrolled: bool,
     /// Times this run enrolled again because the coordinator reported the credential expired.
     pub re_enrollments: u64,
+    /// Wall time of the completed tasks, from receiving the task to the acknowledged upload
+    /// (each secure-aggregation stage is a task).
+    pub task_time: Duration,
+    /// Wall time spent in the trainer ([`LocalTrainer`]'s methods, on the blocking thread).
+    pub train_time: Duration,
 }
 
 /// Adds `authorization: Bearer <credential>` to every call.
@@ -362,11 +367,13 @@ impl Session<'_> {
             return Err(ClientError::TrainerPanicked("trainer missing".into()));
         };
         let (info, global) = (Arc::clone(info), Arc::clone(global));
+        let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
             let r = trainer.train(&info, &global);
             (trainer, r)
         })
         .await;
+        self.stats.train_time += started.elapsed();
         match joined {
             Ok((trainer, r)) => {
                 self.trainer = Some(trainer);

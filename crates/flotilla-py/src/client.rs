@@ -6,6 +6,7 @@
 //! thread does the same.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
@@ -69,7 +70,13 @@ impl Client {
     fn run(&self, py: Python<'_>, trainer: &Bound<'_, PyAny>) -> PyResult<Py<PyDict>> {
         init_logging();
         let failure = Arc::new(Mutex::new(None));
-        let trainer = PyTrainer::new(trainer, failure.clone(), self.stop.clone())?;
+        let user_nanos = Arc::new(AtomicU64::new(0));
+        let trainer = PyTrainer::new(
+            trainer,
+            failure.clone(),
+            self.stop.clone(),
+            user_nanos.clone(),
+        )?;
         let client =
             flotilla_client::Client::new(self.config.clone()).map_err(|e| flotilla_error(&e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -133,7 +140,8 @@ impl Client {
         if let Some(e) = error {
             return Err(flotilla_error(&e));
         }
-        stats_dict(py, &stats)
+        let user = Duration::from_nanos(user_nanos.load(Ordering::Relaxed));
+        stats_dict(py, &stats, user)
     }
 
     /// Asks a running `run` (in another thread) to stop, as Ctrl-C does.
@@ -167,7 +175,9 @@ pub(crate) fn _check_update(
     crate::arrays::from_python(params, &layout, "fit").map(|_| ())
 }
 
-fn stats_dict(py: Python<'_>, s: &ClientStats) -> PyResult<Py<PyDict>> {
+/// The run's counters; `task_seconds − user_seconds` is the SDK's time (network, crypto, the
+/// Python boundary) outside the user's `fit`/`evaluate`.
+fn stats_dict(py: Python<'_>, s: &ClientStats, user: Duration) -> PyResult<Py<PyDict>> {
     let d = PyDict::new(py);
     d.set_item("check_ins", s.check_ins)?;
     d.set_item("tasks_received", s.tasks_received)?;
@@ -180,6 +190,9 @@ fn stats_dict(py: Python<'_>, s: &ClientStats) -> PyResult<Py<PyDict>> {
     d.set_item("upload_resumes", s.upload_resumes)?;
     d.set_item("reconnects", s.reconnects)?;
     d.set_item("enrolled", s.enrolled)?;
+    d.set_item("task_seconds", s.task_time.as_secs_f64())?;
+    d.set_item("train_seconds", s.train_time.as_secs_f64())?;
+    d.set_item("user_seconds", user.as_secs_f64())?;
     Ok(d.unbind())
 }
 

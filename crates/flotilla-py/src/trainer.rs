@@ -6,8 +6,9 @@
 //! Nothing of that task is uploaded.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::UNIX_EPOCH;
+use std::time::{Instant, UNIX_EPOCH};
 
 use flotilla_client::{BoxError, EvalOutcome, LocalTrainer, TaskInfo, TrainOutcome};
 use pyo3::prelude::*;
@@ -30,6 +31,8 @@ pub(crate) struct PyTrainer {
     has_evaluate: bool,
     failure: Failure,
     stop: Arc<Notify>,
+    /// Nanoseconds spent inside the user's `fit` and `evaluate` (the rest of a task is overhead).
+    user_nanos: Arc<AtomicU64>,
 }
 
 impl PyTrainer {
@@ -38,6 +41,7 @@ impl PyTrainer {
         trainer: &Bound<'_, PyAny>,
         failure: Failure,
         stop: Arc<Notify>,
+        user_nanos: Arc<AtomicU64>,
     ) -> PyResult<Self> {
         for method in ["num_samples", "fit"] {
             if !trainer.hasattr(method)? {
@@ -53,11 +57,26 @@ impl PyTrainer {
             has_evaluate: trainer.hasattr("evaluate")?,
             failure,
             stop,
+            user_nanos,
         })
     }
 
     /// Keeps the first failure, wakes the run so that it stops, and returns the message for the
     /// SDK's log.
+    /// Calls the user's `method` and counts the time spent in it.
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        args: (Bound<'py, PyDict>, Bound<'py, PyDict>),
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let started = Instant::now();
+        let out = self.trainer.bind(py).call_method1(method, args);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.user_nanos.fetch_add(nanos, Ordering::Relaxed);
+        out
+    }
+
     fn failed(&self, err: PyErr) -> BoxError {
         let msg = Python::attach(|py| err.value(py).to_string());
         let mut slot = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
@@ -71,10 +90,7 @@ impl PyTrainer {
     fn fit(&self, py: Python<'_>, task: &TaskInfo, global: &[f32]) -> PyResult<TrainOutcome> {
         let params = arrays::to_python(py, &task.layout, global.to_vec())?;
         let config = task_config(py, task)?;
-        let out = self
-            .trainer
-            .bind(py)
-            .call_method1("fit", (params, config))?;
+        let out = self.call(py, "fit", (params, config))?;
         let (params, num_samples, metrics) = triple(&out, "fit", "(params, num_samples, metrics)")?;
         let params = arrays::from_python(&params, &task.layout, "fit")?;
         let num_samples = samples(&num_samples, "fit")?;
@@ -95,10 +111,7 @@ impl PyTrainer {
     fn eval(&self, py: Python<'_>, task: &TaskInfo, global: &[f32]) -> PyResult<EvalOutcome> {
         let params = arrays::to_python(py, &task.layout, global.to_vec())?;
         let config = task_config(py, task)?;
-        let out = self
-            .trainer
-            .bind(py)
-            .call_method1("evaluate", (params, config))?;
+        let out = self.call(py, "evaluate", (params, config))?;
         let (loss, num_samples, metrics) =
             triple(&out, "evaluate", "(loss, num_samples, metrics)")?;
         let loss: f64 = loss.extract().map_err(|_| {
