@@ -88,7 +88,7 @@ pub struct ClientStats {
     /// Wall time of the completed tasks, from receiving the task to the acknowledged upload
     /// (each secure-aggregation stage is a task).
     pub task_time: Duration,
-    /// Wall time spent in the trainer ([`LocalTrainer`]'s methods, on the blocking thread).
+    /// Wall time spent inside the trainer's methods ([`LocalTrainer`], on the blocking thread).
     pub train_time: Duration,
 }
 
@@ -367,16 +367,16 @@ impl Session<'_> {
             return Err(ClientError::TrainerPanicked("trainer missing".into()));
         };
         let (info, global) = (Arc::clone(info), Arc::clone(global));
-        let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let r = trainer.train(&info, &global);
-            (trainer, r)
+            (trainer, r, started.elapsed())
         })
         .await;
-        self.stats.train_time += started.elapsed();
         match joined {
-            Ok((trainer, r)) => {
+            Ok((trainer, r, took)) => {
                 self.trainer = Some(trainer);
+                self.stats.train_time += took;
                 Ok(r)
             }
             Err(e) => Err(ClientError::TrainerPanicked(e.to_string())),
