@@ -45,6 +45,6 @@ pub use credential::{CREDENTIAL_FILE, StoredCredential};
 pub use error::{ClientError, ConfigError, RunError};
 pub use tls_diagnosis::{diagnose_tls, find_rustls_error};
 pub use trainer::{
-    BoxError, DatasetTrainer, DatasetTrainerError, EvalOutcome, LocalTrainer, ModelDescription, PARTITION_SEED,
-    TaskInfo, TrainOutcome, TrainingConfig,
+    BoxError, DatasetTrainer, DatasetTrainerError, EvalOutcome, LocalTrainer, ModelDescription,
+    PARTITION_SEED, TaskInfo, TrainOutcome, TrainingConfig,
 };

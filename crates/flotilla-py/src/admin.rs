@@ -78,7 +78,10 @@ impl Admin {
                 PyValueError::new_err(format!("reading ca_cert {}: {e}", path.display()))
             })?;
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|_| {
-                PyValueError::new_err(format!("ca_cert {} is not a PEM certificate", path.display()))
+                PyValueError::new_err(format!(
+                    "ca_cert {} is not a PEM certificate",
+                    path.display()
+                ))
             })?;
             builder = builder.tls_certs_only([cert]);
         } else {
@@ -109,10 +112,11 @@ impl Admin {
             let path: PathBuf = spec.extract().map_err(|_| {
                 PyTypeError::new_err("spec must be the job's TOML text (str) or a path to it")
             })?;
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                PyValueError::new_err(format!("reading {}: {e}", path.display()))
-            })?;
-            let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| PyValueError::new_err(format!("reading {}: {e}", path.display())))?;
+            let dir = path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
             (text, dir)
         };
         let text = job_part(&text)?;
@@ -122,7 +126,9 @@ impl Admin {
                 Ok(b) => b.as_bytes().to_vec(),
                 Err(_) => {
                     let p: PathBuf = v.extract().map_err(|_| {
-                        PyTypeError::new_err("initial must be bytes or a path to a safetensors file")
+                        PyTypeError::new_err(
+                            "initial must be bytes or a path to a safetensors file",
+                        )
                     })?;
                     read_initial(&p)?
                 }
@@ -138,9 +144,9 @@ impl Admin {
             None => Body::Toml(text),
         };
         let v = py.detach(|| self.call(Method::POST, "/v1/jobs", Some(body)))?;
-        v.get("job_id")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| FlotillaError::new_err(format!("the coordinator answered {v} without a job_id")))
+        v.get("job_id").and_then(Value::as_u64).ok_or_else(|| {
+            FlotillaError::new_err(format!("the coordinator answered {v} without a job_id"))
+        })
     }
 
     /// The job's status: `GET /v1/jobs/{id}` as a dict (state, rounds, per-round `history` with
@@ -159,7 +165,8 @@ impl Admin {
 
     /// Cancels a job; returns its summary.
     fn cancel_job(&self, py: Python<'_>, job_id: u64) -> PyResult<Py<PyAny>> {
-        let v = py.detach(|| self.call(Method::POST, &format!("/v1/jobs/{job_id}/cancel"), None))?;
+        let v =
+            py.detach(|| self.call(Method::POST, &format!("/v1/jobs/{job_id}/cancel"), None))?;
         to_py(py, &v)
     }
 
@@ -216,11 +223,12 @@ impl Admin {
         let req = match body {
             Some(Body::Json(v)) => req.json(&v),
             Some(Body::Toml(t)) => req.header("content-type", "application/toml").body(t),
-            Some(Body::Multipart { spec, initial }) => req.multipart(
-                multipart::Form::new()
-                    .text("spec", spec)
-                    .part("initial", multipart::Part::bytes(initial).file_name("initial.safetensors")),
-            ),
+            Some(Body::Multipart { spec, initial }) => {
+                req.multipart(multipart::Form::new().text("spec", spec).part(
+                    "initial",
+                    multipart::Part::bytes(initial).file_name("initial.safetensors"),
+                ))
+            }
             None => req,
         };
         let resp = req.send().map_err(|e| self.transport(&e))?;
@@ -252,35 +260,69 @@ impl Admin {
 
     fn download(&self, job_id: u64, round: Option<u64>) -> PyResult<(ParamLayout, Vec<f32>)> {
         let query = round.map(|r| format!("?round={r}")).unwrap_or_default();
-        let info = self.call(Method::GET, &format!("/v1/jobs/{job_id}/model/info{query}"), None)?;
-        let bad = |what: &str| FlotillaError::new_err(format!("the model description has no valid {what}"));
-        let round = info.get("round").and_then(Value::as_u64).ok_or_else(|| bad("round"))?;
-        let sha = info.get("model_sha256").and_then(Value::as_str).ok_or_else(|| bad("model_sha256"))?;
-        let size = info.get("size_bytes").and_then(Value::as_u64).ok_or_else(|| bad("size_bytes"))?;
+        let info = self.call(
+            Method::GET,
+            &format!("/v1/jobs/{job_id}/model/info{query}"),
+            None,
+        )?;
+        let bad = |what: &str| {
+            FlotillaError::new_err(format!("the model description has no valid {what}"))
+        };
+        let round = info
+            .get("round")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("round"))?;
+        let sha = info
+            .get("model_sha256")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("model_sha256"))?;
+        let size = info
+            .get("size_bytes")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("size_bytes"))?;
         if size > MAX_DOWNLOAD_BYTES {
-            return Err(FlotillaError::new_err(format!("the model has {size} bytes; refusing more than {MAX_DOWNLOAD_BYTES}")));
+            return Err(FlotillaError::new_err(format!(
+                "the model has {size} bytes; refusing more than {MAX_DOWNLOAD_BYTES}"
+            )));
         }
-        let tensors = info.get("tensors").and_then(Value::as_array).ok_or_else(|| bad("tensors"))?;
+        let tensors = info
+            .get("tensors")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("tensors"))?;
         let mut specs = Vec::with_capacity(tensors.len());
         for t in tensors {
-            let name = t.get("name").and_then(Value::as_str).ok_or_else(|| bad("tensor name"))?;
+            let name = t
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("tensor name"))?;
             let shape: Option<Vec<usize>> = t.get("shape").and_then(Value::as_array).map(|s| {
-                s.iter().filter_map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect()
+                s.iter()
+                    .filter_map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect()
             });
-            specs.push(TensorSpec::new(name, shape.ok_or_else(|| bad("tensor shape"))?));
+            specs.push(TensorSpec::new(
+                name,
+                shape.ok_or_else(|| bad("tensor shape"))?,
+            ));
         }
         let layout = ParamLayout::new(specs);
         // The round is pinned: "latest" must not move between the description and the bytes.
         let resp = self
-            .request(Method::GET, &format!("/v1/jobs/{job_id}/model?round={round}"))
+            .request(
+                Method::GET,
+                &format!("/v1/jobs/{job_id}/model?round={round}"),
+            )
             .send()
             .map_err(|e| self.transport(&e))?;
         if !resp.status().is_success() {
-            return Err(FlotillaError::new_err(format!("{}: downloading round {round}'s model", resp.status())));
+            return Err(FlotillaError::new_err(format!(
+                "{}: downloading round {round}'s model",
+                resp.status()
+            )));
         }
-        let bytes = resp
-            .bytes()
-            .map_err(|e| FlotillaError::new_err(format!("downloading round {round}'s model: {e}")))?;
+        let bytes = resp.bytes().map_err(|e| {
+            FlotillaError::new_err(format!("downloading round {round}'s model: {e}"))
+        })?;
         let got = hex::encode(Sha256::digest(&bytes));
         if !got.eq_ignore_ascii_case(sha) {
             return Err(FlotillaError::new_err(format!(
@@ -289,9 +331,13 @@ impl Admin {
         }
         let values = flotilla_core::params_from_le_bytes(&bytes)
             .filter(|v| v.len() == layout.len())
-            .ok_or_else(|| FlotillaError::new_err(format!(
-                "the model is {} bytes but its layout describes {} values", bytes.len(), layout.len()
-            )))?;
+            .ok_or_else(|| {
+                FlotillaError::new_err(format!(
+                    "the model is {} bytes but its layout describes {} values",
+                    bytes.len(),
+                    layout.len()
+                ))
+            })?;
         Ok((layout, values))
     }
 }
@@ -317,7 +363,9 @@ fn initial_name(text: &str) -> PyResult<Option<String>> {
     match doc.get("model").and_then(|m| m.get("initial")) {
         None => Ok(None),
         Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(PyValueError::new_err("model.initial: must be a file name (a string)")),
+        Some(_) => Err(PyValueError::new_err(
+            "model.initial: must be a file name (a string)",
+        )),
     }
 }
 

@@ -95,9 +95,9 @@ pub(crate) fn from_python(
             )));
         }
         let start = flat.len();
-        let read = typed.try_readonly().map_err(|e| {
-            InvalidUpdate::new_err(format!("tensor {:?} from {what}: {e}", t.name))
-        })?;
+        let read = typed
+            .try_readonly()
+            .map_err(|e| InvalidUpdate::new_err(format!("tensor {:?} from {what}: {e}", t.name)))?;
         match read.as_slice() {
             Ok(values) => flat.extend_from_slice(values),
             // Not contiguous (a transposed view, say): read it element by element, in C order.

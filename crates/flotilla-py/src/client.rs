@@ -90,7 +90,9 @@ impl Client {
         let done_rx = Mutex::new(done_rx);
         let stop = self.stop.clone();
         runtime.spawn(async move {
-            let result = client.run(trainer, async move { stop.notified().await }).await;
+            let result = client
+                .run(trainer, async move { stop.notified().await })
+                .await;
             let _ = done_tx.send(result);
         });
         let mut interrupted: Option<PyErr> = None;
@@ -125,7 +127,11 @@ impl Client {
                 .import("signal")
                 .and_then(|s| s.call_method1("signal", (s.getattr("SIGTERM")?, previous)));
         }
-        if let Some(err) = failure.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(err) = failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             return Err(err);
         }
         if let Some(e) = interrupted

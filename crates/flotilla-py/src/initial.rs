@@ -42,9 +42,9 @@ pub(crate) fn _save_safetensors(params: &Bound<'_, PyDict>, path: PathBuf) -> Py
                 array.shape()
             )));
         }
-        let read = typed.try_readonly().map_err(|e| {
-            InvalidUpdate::new_err(format!("model.initial: tensor {name:?}: {e}"))
-        })?;
+        let read = typed
+            .try_readonly()
+            .map_err(|e| InvalidUpdate::new_err(format!("model.initial: tensor {name:?}: {e}")))?;
         let values: Vec<f32> = read.as_array().iter().copied().collect();
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(InvalidUpdate::new_err(format!(

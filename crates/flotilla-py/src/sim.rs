@@ -29,11 +29,12 @@ pub(crate) fn simulate(
     let data_dir = data_dir.unwrap_or_else(flotilla_data::default_data_dir);
     let text = py.detach(|| {
         let t0 = Instant::now();
-        let outcome = flotilla_sim::run(&scenario, &data_dir, &mut |_| {})
-            .map_err(|e| flotilla_error(&e))?;
+        let outcome =
+            flotilla_sim::run(&scenario, &data_dir, &mut |_| {}).map_err(|e| flotilla_error(&e))?;
         let wall = t0.elapsed().as_secs_f64();
         let rss = flotilla_sim::results::peak_rss_bytes();
-        let doc = flotilla_sim::results::results_json(&scenario, "<string>", &outcome, wall, rss, None);
+        let doc =
+            flotilla_sim::results::results_json(&scenario, "<string>", &outcome, wall, rss, None);
         Ok::<_, PyErr>(doc.to_string())
     })?;
     Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
