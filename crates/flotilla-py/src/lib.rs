@@ -3,16 +3,16 @@
 //! The Python package (`python/flotilla/`) re-exports these and adds what is plain Python: the
 //! PyTorch helpers (`flotilla.torch`) and the Flower adapter (`flotilla.flower`).
 //!
-//! - [`client::Client`] runs the Rust client SDK (`flotilla-client`) with a Python trainer: every
+//! - `client::Client` runs the Rust client SDK (`flotilla-client`) with a Python trainer: every
 //!   protocol feature (enrollment, resumable transfer, SecAgg+, distributed DP, FedProx/SCAFFOLD
 //!   fields, retries) is the SDK's; Python only sees `fit`/`evaluate` calls with numpy arrays. The
 //!   GIL is released while the SDK does network I/O and crypto.
-//! - [`admin::Admin`] calls the coordinator's admin HTTP API.
-//! - [`sim::simulate`] runs the deterministic simulator and returns what `flotilla sim --out` writes.
+//! - `admin::Admin` calls the coordinator's admin HTTP API.
+//! - `sim::simulate` runs the deterministic simulator and returns what `flotilla sim --out` writes.
 //!
 //! Everything a user passes in is checked here, before anything reaches a coordinator: returned
 //! parameters must have the job's tensor names, shapes and dtype (float32) and be finite
-//! ([`arrays`]), metrics must be finite numbers.
+//! (`arrays`), metrics must be finite numbers.
 
 mod admin;
 mod arrays;
