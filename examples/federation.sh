@@ -12,6 +12,9 @@
 #   FLOTILLA_CLIENTS=10                how many clients to start (the job waits for its min_clients)
 #   FLOTILLA_JOB=examples/job-digits.toml  the job to run
 #   FLOTILLA_ADMIN_TOKEN               admin API token (a random one if unset)
+#   FLOTILLA_PYTHON_CLIENTS=0          how many of the clients are Python (numpy) clients,
+#                                      examples/python/numpy_logreg_client.py (the last ones)
+#   FLOTILLA_PYTHON=python3            the Python that has the flotilla package installed
 set -euo pipefail
 
 F=${FLOTILLA:-target/release/flotilla}
@@ -20,9 +23,15 @@ LISTEN=${FLOTILLA_LISTEN:-127.0.0.1:7070}
 ADMIN_LISTEN=${FLOTILLA_ADMIN_LISTEN:-127.0.0.1:7443}
 CLIENTS=${FLOTILLA_CLIENTS:-10}
 JOB_SPEC=${FLOTILLA_JOB:-examples/job-digits.toml}
+PY_CLIENTS=${FLOTILLA_PYTHON_CLIENTS:-0}
+PY=${FLOTILLA_PYTHON:-python3}
 export FLOTILLA_ADMIN_TOKEN=${FLOTILLA_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 command -v "$F" >/dev/null || { echo "error: no flotilla binary at $F: run \`cargo build --release\`, or set FLOTILLA" >&2; exit 1; }
+if [ "$PY_CLIENTS" -gt 0 ] && ! "$PY" -c 'import flotilla' 2>/dev/null; then
+  echo "error: $PY cannot import flotilla: install it with \`$PY -m pip install ./crates/flotilla-py\`, or set FLOTILLA_PYTHON" >&2
+  exit 1
+fi
 
 # Every process started here, and its log, so that all of them are stopped (by PID) on exit.
 PIDS=()
@@ -72,12 +81,18 @@ echo "coordinator ready: gRPC https://$LISTEN, admin https://$ADMIN_LISTEN (log:
 ADMIN=(--admin-url "https://$ADMIN_LISTEN" --ca-cert "$DIR/certs/ca.pem")
 TOKEN=$("$F" enroll-token create "${ADMIN[@]}" --uses "$CLIENTS" --expires 1h --quiet)
 for i in $(seq 0 $((CLIENTS - 1))); do
-  "$F" client --coordinator "https://$LISTEN" --ca-cert "$DIR/certs/ca.pem" --token "$TOKEN" \
-    --name "client-$i" --state-dir "$DIR/client-$i" --dataset digits --partition "$i/$CLIENTS" \
-    >/dev/null 2>"$DIR/client-$i.log" &
+  if [ "$i" -ge $((CLIENTS - PY_CLIENTS)) ]; then   # a Python client, same data share and options
+    "$PY" examples/python/numpy_logreg_client.py --coordinator "https://$LISTEN" \
+      --ca-cert "$DIR/certs/ca.pem" --token "$TOKEN" --name "py-client-$i" \
+      --state-dir "$DIR/client-$i" --partition "$i/$CLIENTS" >/dev/null 2>"$DIR/client-$i.log" &
+  else
+    "$F" client --coordinator "https://$LISTEN" --ca-cert "$DIR/certs/ca.pem" --token "$TOKEN" \
+      --name "client-$i" --state-dir "$DIR/client-$i" --dataset digits --partition "$i/$CLIENTS" \
+      >/dev/null 2>"$DIR/client-$i.log" &
+  fi
   PIDS+=($!); LOGS+=("$DIR/client-$i.log")
 done
-echo "started $CLIENTS clients (logs: $DIR/client-*.log)"
+echo "started $CLIENTS clients, $PY_CLIENTS of them Python (logs: $DIR/client-*.log)"
 
 JOB=$("$F" job submit "${ADMIN[@]}" "$JOB_SPEC" --quiet)
 echo "submitted $JOB_SPEC as job $JOB"

@@ -94,6 +94,11 @@ pub struct ClientStats {
     /// Evaluations that failed or returned an unusable outcome (logged; the task trained on
     /// without evaluation metrics).
     pub evaluations_dropped: u64,
+    /// Wall time of the completed tasks, from receiving the task to the acknowledged upload
+    /// (each secure-aggregation stage is a task).
+    pub task_time: Duration,
+    /// Wall time spent inside the trainer's methods ([`LocalTrainer`], on the blocking thread).
+    pub train_time: Duration,
 }
 
 /// Adds `authorization: Bearer <credential>` to every call.
@@ -374,16 +379,18 @@ impl Session<'_> {
         };
         let (info, global) = (Arc::clone(info), Arc::clone(global));
         let joined = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let evaluated = trainer.evaluate(&info, &global);
             let made = !matches!(evaluated, Ok(None));
             let eval = eval::checked(&info, evaluated);
             let r = trainer.train(&info, &global);
-            (trainer, (made, eval), r)
+            (trainer, (made, eval), r, started.elapsed())
         })
         .await;
         match joined {
-            Ok((trainer, (made, eval), r)) => {
+            Ok((trainer, (made, eval), r, took)) => {
                 self.trainer = Some(trainer);
+                self.stats.train_time += took;
                 if eval.is_some() {
                     self.stats.evaluations += 1;
                 } else if made {

@@ -47,11 +47,6 @@ pub use credential::{CREDENTIAL_FILE, StoredCredential};
 pub use error::{ClientError, ConfigError, RunError};
 pub use tls_diagnosis::{diagnose_tls, find_rustls_error};
 pub use trainer::{
-<<<<<<< HEAD
-    BoxError, CUSTOM_MODEL_KIND, DatasetTrainer, DatasetTrainerError, LocalTrainer,
+    BoxError, CUSTOM_MODEL_KIND, DatasetTrainer, DatasetTrainerError, EvalOutcome, LocalTrainer,
     ModelDescription, PARTITION_SEED, TaskInfo, TrainOutcome, TrainingConfig,
-=======
-    BoxError, DatasetTrainer, DatasetTrainerError, EvalOutcome, LocalTrainer, ModelDescription,
-    PARTITION_SEED, TaskInfo, TrainOutcome, TrainingConfig,
->>>>>>> h14-feval
 };

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fedbuff;
 mod plain;
 pub mod privacy;
+pub mod results;
 mod run;
 pub mod scenario;
 pub mod secagg;

@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use flotilla_sim::scenario::Overrides;
 use flotilla_sim::{Scenario, ScenarioError, SimEvent};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 use crate::DataDirArg;
 
@@ -30,14 +29,6 @@ pub struct SimArgs {
     quiet: bool,
     #[command(flatten)]
     data_dir: DataDirArg,
-}
-
-/// Peak resident set size of this process (Linux `VmHWM`), if the platform tells.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Reads a scenario file. Errors name the file once: TOML errors as `FILE:LINE:COLUMN: …`, the
@@ -131,7 +122,7 @@ pub fn run(args: SimArgs) -> Result<()> {
     let outcome = flotilla_sim::run_prepared(&scenario, &prepared, &mut observe)?;
     bar.finish_and_clear();
     let wall = t0.elapsed().as_secs_f64();
-    let rss = peak_rss_bytes();
+    let rss = flotilla_sim::results::peak_rss_bytes();
 
     if let Some(p) = &outcome.privacy {
         if let Some(why) = &p.stopped_reason {
@@ -186,47 +177,15 @@ pub fn run(args: SimArgs) -> Result<()> {
             .collect();
         crate::plot::accuracy_svg(&plot_path, &scenario.name, &points)
             .with_context(|| format!("writing plot {}", plot_path.display()))?;
-        let result = json!({
-            "scenario": scenario.name,
-            "scenario_file": args.scenario.display().to_string(),
-            "dataset": scenario.data.dataset.to_string(),
-            "model": scenario.model.kind.to_string(),
-            "num_params": outcome.layout.len(),
-            "seed": scenario.seed,
-            "rounds": outcome.history.len(),
-            "clients": scenario.clients,
-            "clients_per_round": scenario.clients_per_round,
-            "local_epochs": scenario.train.local_epochs,
-            "batch_size": scenario.train.batch_size,
-            "learning_rate": scenario.train.learning_rate,
-            "train_samples": outcome.train_samples,
-            "test_samples": outcome.test_samples,
-            "initial_accuracy": outcome.initial_accuracy,
-            "final_accuracy": outcome.final_accuracy,
-            "final_loss": outcome.final_loss,
-            "accuracy_per_round": evaluated.iter().filter_map(|r| r.test_accuracy).collect::<Vec<_>>(),
-            "evaluated_rounds": evaluated.iter().map(|r| r.round).collect::<Vec<_>>(),
-            "strategy": scenario.strategy,
-            "attack": scenario.attack.map(|a| format!("{:?} on {:.0}% of clients", a.kind, a.fraction * 100.0)),
-            "attackers": outcome.attackers,
-            "final_backdoor_success": outcome.final_backdoor_success,
-            "quarantined_total": outcome.history.iter().map(|r| r.quarantined.len()).sum::<usize>(),
-            "quarantined_attackers_total": outcome.history.iter().filter_map(|r| r.quarantined_attackers).sum::<usize>(),
-            "abandoned_attempts": outcome.abandoned_attempts,
-            "late_reports": outcome.late_reports,
-            "privacy": outcome.privacy,
-            "epsilon_spent": outcome.privacy.as_ref().map(|p| p.epsilon_spent),
-            "delta": outcome.privacy.as_ref().map(|p| p.delta),
-            "stopped_reason": outcome.privacy.as_ref().and_then(|p| p.stopped_reason.clone()),
-            "stale_reports": outcome.stale_reports,
-            "history": outcome.history,
-            "wall_seconds": wall,
-            "seconds_per_round": wall / outcome.history.len().max(1) as f64,
-            "peak_rss_bytes": rss,
-            "model_sha256": outcome.model_sha256,
-            "plot": plot_path.display().to_string(),
-            "flotilla_version": env!("CARGO_PKG_VERSION"),
-        });
+        let plot = plot_path.display().to_string();
+        let result = flotilla_sim::results::results_json(
+            &scenario,
+            &args.scenario.display().to_string(),
+            &outcome,
+            wall,
+            rss,
+            Some(&plot),
+        );
         let text = serde_json::to_string_pretty(&result).context("encoding results")?;
         std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
         if !args.quiet {

@@ -92,7 +92,11 @@ impl Session<'_> {
                         }
                         Some(Outcome::Task(task)) => {
                             self.stats.tasks_received += 1;
+                            let (started, done) = (Instant::now(), self.stats.tasks_done);
                             self.do_task(&bearer, task).await?;
+                            if self.stats.tasks_done > done {
+                                self.stats.task_time += started.elapsed();
+                            }
                         }
                         None => {
                             tracing::warn!("check-in answer holds neither a task nor RetryAfter");
