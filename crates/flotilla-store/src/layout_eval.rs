@@ -73,11 +73,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            sqlx::query("SELECT id FROM jobs WHERE id = $1")
-                .bind(db_job)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::JobNotFound(job_id))?;
+            self.require_job(job_id).await?;
             return Err(StoreError::InvalidArgument(format!(
                 "job {} has committed rounds: its initial model cannot be set",
                 job_id.0
@@ -130,11 +126,7 @@ impl Store {
         if done.rows_affected() == 1 {
             return Ok(());
         }
-        sqlx::query("SELECT id FROM jobs WHERE id = $1")
-            .bind(db_job)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::JobNotFound(job_id))?;
+        self.require_job(job_id).await?;
         Err(StoreError::RoundNotCommitted { job_id, round })
     }
 }

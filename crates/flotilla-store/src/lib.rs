@@ -605,6 +605,17 @@ impl Store {
         })
     }
 
+    /// `Err(JobNotFound)` unless the job exists: after an update that changed no row, it tells a
+    /// missing job from a refused change.
+    pub(crate) async fn require_job(&self, job_id: JobId) -> Result<()> {
+        sqlx::query("SELECT id FROM jobs WHERE id = $1")
+            .bind(job_id.to_db()?)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::JobNotFound(job_id))?;
+        Ok(())
+    }
+
     /// Every committed round of a job, in round order.
     pub async fn job_history(&self, job_id: JobId) -> Result<Vec<CommittedRound>> {
         let db_job = job_id.to_db()?;

@@ -66,11 +66,7 @@ impl Store {
         .await?;
         if done.rows_affected() == 0 {
             // Already at or above it, or no such job.
-            sqlx::query("SELECT id FROM jobs WHERE id = $1")
-                .bind(db_job)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::JobNotFound(job_id))?;
+            self.require_job(job_id).await?;
         }
         Ok(())
     }
