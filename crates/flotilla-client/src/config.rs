@@ -230,8 +230,8 @@ pub(crate) fn read_ca_pem(path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(pem)
 }
 
-/// `e` and its sources on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its sources on one line (a source whose text the line already holds is skipped).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

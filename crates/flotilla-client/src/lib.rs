@@ -42,7 +42,7 @@ mod trainer;
 pub use client::{
     Client, ClientStats, DEADLINE_GRACE, MAX_MODEL_BYTES, MAX_RETRY_AFTER, upload_id,
 };
-pub use config::{Backoff, ClientConfig};
+pub use config::{Backoff, ClientConfig, error_chain};
 pub use credential::{CREDENTIAL_FILE, StoredCredential};
 pub use error::{ClientError, ConfigError, RunError};
 pub use tls_diagnosis::{diagnose_tls, find_rustls_error};

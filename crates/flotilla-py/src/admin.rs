@@ -254,7 +254,7 @@ impl Admin {
         let hint = flotilla_client::diagnose_tls(e, None, &self.base);
         FlotillaError::new_err(match hint {
             Some(h) => h,
-            None => format!("calling {}: {}", self.base, crate::errors::chain(e)),
+            None => format!("calling {}: {}", self.base, flotilla_client::error_chain(e)),
         })
     }
 

@@ -19,20 +19,5 @@ create_exception!(
 
 /// A `FlotillaError` with `e`'s message and its causes, on one line.
 pub(crate) fn flotilla_error(e: &(dyn std::error::Error + 'static)) -> pyo3::PyErr {
-    FlotillaError::new_err(chain(e))
-}
-
-/// `e` and its causes, on one line.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
+    FlotillaError::new_err(flotilla_client::error_chain(e))
 }
