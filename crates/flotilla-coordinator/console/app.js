@@ -208,7 +208,8 @@
       svg.append(s('polyline', { fill: 'none', stroke: x.color, 'stroke-width': 2.5, points: x.points.map((p) => X(p[0]) + ',' + Y(p[1])).join(' ') }));
       for (const p of x.points.slice(-1)) svg.append(s('circle', { cx: X(p[0]), cy: Y(p[1]), r: 3.5, fill: x.color }));
     }
-    const legend = h('ul', { class: 'legend' }, series.map((x) => h('li', {}, h('span', { class: 'swatch ' + x.sw, 'aria-hidden': 'true' }), x.name)));
+    const legend = h('ul', { class: 'legend' }, series.map((x) => h('li', {}, h('span', { class: 'swatch ' + x.sw, 'aria-hidden': 'true' }),
+      x.points.length ? x.name : x.name + ' (none reported)')));
     return h('figure', {}, h('figcaption', { text: title }), legend, svg);
   }
 
@@ -235,11 +236,11 @@
       setText($('job-title'), 'Job #' + j.job_id + ' · ' + j.name);
       setText(rounds, j.rounds_completed + ' / ' + j.rounds_total);
       const c = j.current;
-      head.replaceChildren(h('p', {},
+      head.replaceChildren(...[h('p', {},
         h('span', { class: 'state state-' + j.state, id: 'job-state', text: j.state }),
         ' · tenant ' + j.tenant + ' · submitted ' + time(j.created_at_ms),
         c ? ' · round ' + c.round + ' attempt ' + c.attempt + ' ' + c.phase + ', ' + c.available_clients + ' clients available, ' + c.needed_clients + ' needed' : ''),
-        (j.halted || j.reason) ? h('p', { class: j.halted ? 'error' : 'muted', text: j.halted || j.reason }) : null);
+        (j.halted || j.reason) ? h('p', { class: j.halted ? 'error' : 'muted', text: j.halted || j.reason }) : null].filter(Boolean));
       const hist = j.history || [];
       const pick = (f) => hist.map((r) => [r.round, f(r)]).filter((p) => p[1] !== null && p[1] !== undefined);
       const fe = (r) => r.metrics.federated_eval || {};

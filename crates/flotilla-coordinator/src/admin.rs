@@ -16,8 +16,8 @@ use flotilla_store::{ClientId, ClientRecord, JobId, JobRecord, JobState, StoreEr
 use subtle::ConstantTimeEq;
 
 use crate::api::{
-    AbandonedAttempt, CancelRequest, ClientRevoked, CurrentRound, ErrorBody, JobCancelled, JobStatus, JobSubmitted,
-    JobSummary, RoundMetrics, RoundRecord, TokenIssued, TokenRequest,
+    AbandonedAttempt, CancelRequest, ClientRevoked, CurrentRound, ErrorBody, JobCancelled,
+    JobStatus, JobSubmitted, JobSummary, RoundMetrics, RoundRecord, TokenIssued, TokenRequest,
 };
 use crate::clock::now_ms;
 use crate::console::session::Admit;
@@ -116,7 +116,9 @@ async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Respons
         // No bearer token: a browser with a console session (CSRF rules for state changes).
         match st.console.admit(req.method(), req.headers()) {
             Admit::Session(_) => return next.run(req).await,
-            Admit::Refused(why) => return ApiError(StatusCode::FORBIDDEN, why.into()).into_response(),
+            Admit::Refused(why) => {
+                return ApiError(StatusCode::FORBIDDEN, why.into()).into_response();
+            }
             Admit::NoSession => {}
         }
     }

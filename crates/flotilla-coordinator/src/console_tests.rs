@@ -3,9 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use axum::Router;
 use axum::response::Response;
 use tower::ServiceExt;
 
@@ -51,7 +51,10 @@ fn login_req(token: &str) -> Request<Body> {
 async fn login(app: &Router) -> (String, String) {
     let resp = call(app, login_req(TOKEN)).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let set = resp.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
+    let set = resp.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: serde_json::Value = serde_json::from_str(&text(resp).await).unwrap();
     let pair = set.split(';').next().unwrap().to_owned();
     (pair, body["csrf_token"].as_str().unwrap().to_owned())
@@ -102,7 +105,10 @@ async fn the_right_token_gives_a_strict_cookie_that_the_admin_api_accepts() {
     let (s, app, _dir) = server().await;
     let resp = call(&app, login_req(TOKEN)).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let set = resp.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
+    let set = resp.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(set.split("; ").any(|a| a == attr), "{attr} missing: {set}");
     }
@@ -139,8 +145,14 @@ async fn the_right_token_gives_a_strict_cookie_that_the_admin_api_accepts() {
     for (req, why) in [
         (post(None, ORIGIN, "same-origin"), "X-CSRF-Token"),
         (post(Some("wrong"), ORIGIN, "same-origin"), "X-CSRF-Token"),
-        (post(Some(&csrf), "https://evil.example", "cross-site"), "cross-site"),
-        (post(Some(&csrf), "https://evil.example", "same-origin"), "Origin"),
+        (
+            post(Some(&csrf), "https://evil.example", "cross-site"),
+            "cross-site",
+        ),
+        (
+            post(Some(&csrf), "https://evil.example", "same-origin"),
+            "Origin",
+        ),
     ] {
         let resp = call(&app, req).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
@@ -162,10 +174,12 @@ async fn the_right_token_gives_a_strict_cookie_that_the_admin_api_accepts() {
         .unwrap();
     let resp = call(&app, logout).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .contains("Max-Age=0"));
+    assert!(
+        resp.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     let resp = call(&app, get("/v1/jobs", &cookie)).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }

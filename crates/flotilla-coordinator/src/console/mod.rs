@@ -70,7 +70,10 @@ impl Console {
 /// The console's routes (no bearer token: the login is how one gets in).
 pub(crate) fn router(console: Arc<Console>) -> Router {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/console/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
@@ -192,4 +195,3 @@ async fn session_info(State(c): State<Arc<Console>>, headers: HeaderMap) -> Resp
         _ => error(StatusCode::UNAUTHORIZED, "not logged in"),
     }
 }
-
