@@ -1,4 +1,6 @@
-//! The admin HTTP/JSON API (axum). Every request needs `authorization: Bearer <admin token>`.
+//! The admin HTTP/JSON API (axum). Every `/v1/…` request needs `authorization: Bearer <admin
+//! token>` or a web console session (`console`); the console's page and login and the health
+//! probes (`probes`) need neither.
 
 use std::sync::Arc;
 
@@ -14,10 +16,11 @@ use flotilla_store::{ClientId, ClientRecord, JobId, JobRecord, JobState, StoreEr
 use subtle::ConstantTimeEq;
 
 use crate::api::{
-    CancelRequest, ClientRevoked, CurrentRound, ErrorBody, JobCancelled, JobStatus, JobSubmitted,
-    JobSummary, RoundMetrics, RoundRecord, TokenIssued, TokenRequest,
+    AbandonedAttempt, CancelRequest, ClientRevoked, CurrentRound, ErrorBody, JobCancelled,
+    JobStatus, JobSubmitted, JobSummary, RoundMetrics, RoundRecord, TokenIssued, TokenRequest,
 };
 use crate::clock::now_ms;
+use crate::console::session::Admit;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::state::Shared;
 use crate::submit::SubmitError;
@@ -29,6 +32,7 @@ mod model;
 struct AdminState {
     shared: Arc<Shared>,
     token: Arc<str>,
+    console: Arc<crate::console::Console>,
 }
 
 /// An error answer: `{"error": "<one line>"}` with a status code.
@@ -108,6 +112,16 @@ async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    if given.is_none() {
+        // No bearer token: a browser with a console session (CSRF rules for state changes).
+        match st.console.admit(req.method(), req.headers()) {
+            Admit::Session(_) => return next.run(req).await,
+            Admit::Refused(why) => {
+                return ApiError(StatusCode::FORBIDDEN, why.into()).into_response();
+            }
+            Admit::NoSession => {}
+        }
+    }
     match given {
         Some(t) if same(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
         _ => {
@@ -125,9 +139,12 @@ async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Respons
 
 /// The admin router.
 pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
+    let token: Arc<str> = Arc::from(token);
+    let console = Arc::new(crate::console::Console::new(shared.clone(), token.clone()));
     let st = AdminState {
-        shared,
-        token: Arc::from(token),
+        shared: shared.clone(),
+        token,
+        console: console.clone(),
     };
     Router::new()
         .route("/v1/enrollment-tokens", post(create_token))
@@ -147,6 +164,9 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(middleware::from_fn_with_state(st.clone(), auth))
         .with_state(st)
+        // Added after the token layer, so outside it.
+        .merge(crate::console::router(console))
+        .merge(crate::probes::router(shared))
 }
 
 async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<TokenIssued> {
@@ -356,16 +376,28 @@ async fn job_reason(st: &AdminState, j: &JobRecord) -> (Option<String>, Option<L
             round,
             attempt,
             halted: inner.halted.clone(),
+            abandoned: inner
+                .notes
+                .abandoned
+                .iter()
+                .map(|n| AbandonedAttempt {
+                    round: n.round,
+                    attempt: n.attempt,
+                    reason: n.text.clone(),
+                    at_ms: n.at_ms,
+                })
+                .collect(),
         }),
     )
 }
 
-/// A running job's `current` object.
+/// A running job's `current` object (and its recently abandoned attempts).
 struct Live {
     status: crate::live::LiveStatus,
     round: u64,
     attempt: u32,
     halted: Option<String>,
+    abandoned: Vec<AbandonedAttempt>,
 }
 
 async fn list_jobs(State(st): State<AdminState>) -> ApiResult<Vec<JobSummary>> {
@@ -398,7 +430,7 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
     let id = JobId(parse_id(&id, "job id")?);
     let job = bounded(st.shared.store.get_job(id)).await?;
     let history = bounded(st.shared.store.job_history(id)).await?;
-    let (reason, live) = job_reason(&st, &job).await;
+    let (reason, mut live) = job_reason(&st, &job).await;
     let summary = job_summary(
         &job,
         reason,
@@ -432,6 +464,10 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
         .shared
         .privacy
         .status(&job, rounds.last().map(|r| &r.metrics));
+    let abandoned = live
+        .as_mut()
+        .map(|l| std::mem::take(&mut l.abandoned))
+        .unwrap_or_default();
     let current = live.map(|l| CurrentRound {
         round: l.round,
         attempt: l.attempt,
@@ -449,6 +485,8 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
         stopped_reason: privacy.as_ref().and_then(|p| p.stopped_reason.clone()),
         privacy,
         current,
+        abandoned,
+        spec: Some(job.spec.clone()),
     }))
 }
 

@@ -116,6 +116,27 @@ pub struct JobStatus {
     /// While the job runs on this coordinator: its round in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<CurrentRound>,
+    /// While the job runs on this coordinator: its most recently abandoned attempts (at most 32,
+    /// oldest first; since this process started), with why. Committed rounds show how many
+    /// attempts each took in `history[].attempt`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abandoned: Vec<AbandonedAttempt>,
+    /// The job's spec as the coordinator parsed it (every default filled in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+}
+
+/// An abandoned round attempt in a job's status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AbandonedAttempt {
+    /// The round.
+    pub round: u64,
+    /// The attempt that was abandoned.
+    pub attempt: u32,
+    /// Why, on one line (e.g. "round 3 attempt 2: 4 of 10 reports by the deadline (needed 8)").
+    pub reason: String,
+    /// When, Unix ms.
+    pub at_ms: u64,
 }
 
 /// One committed round in a job's status.

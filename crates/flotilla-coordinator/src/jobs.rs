@@ -195,6 +195,12 @@ impl Shared {
                     }
                     // Debug formatting: the text may quote what clients reported.
                     tracing::warn!(job = job.id.0, round, attempt, reports, needed, reason = ?text, "round attempt abandoned");
+                    inner.notes.note_abandoned(crate::reasons::AbandonedNote {
+                        round,
+                        attempt,
+                        text: text.clone(),
+                        at_ms: now,
+                    });
                     inner.notes.retry = Some(crate::reasons::Retry { round, text });
                     if !job_fails {
                         // The next attempt is recorded before any of its tasks can be handed out

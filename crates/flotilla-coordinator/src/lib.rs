@@ -36,7 +36,8 @@
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`;
-//! 5. the APIs, `service` (gRPC) and `admin`; then this root.
+//! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
+//!    sessions) and `admin`, which mounts the last two; then this root.
 
 mod admin;
 mod admission;
@@ -44,6 +45,9 @@ pub mod api;
 mod auth_cache;
 mod bounds;
 mod clock;
+mod console;
+#[cfg(test)]
+mod console_tests;
 mod error;
 mod evaluation;
 mod heal;
@@ -57,6 +61,7 @@ mod metrics;
 pub mod models;
 mod partial_uploads;
 mod privacy;
+mod probes;
 mod reasons;
 mod recovery;
 mod retry;

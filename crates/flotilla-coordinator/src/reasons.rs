@@ -274,15 +274,38 @@ struct WaitLog {
     logged: Option<(usize, u64)>,
 }
 
+/// Abandoned attempts a running job remembers for its status (the most recent ones).
+pub(crate) const MAX_ABANDONED_NOTES: usize = 32;
+
+/// One abandoned attempt, as its status lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AbandonedNote {
+    pub round: u64,
+    pub attempt: u32,
+    /// [`Abandoned::text`], with the failures clients reported.
+    pub text: String,
+    pub at_ms: u64,
+}
+
 /// Everything a running job remembers to explain itself (inside its lock).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct JobNotes {
     pub failures: FailureBook,
     pub retry: Option<Retry>,
+    /// The last [`MAX_ABANDONED_NOTES`] abandoned attempts, oldest first.
+    pub abandoned: std::collections::VecDeque<AbandonedNote>,
     wait: WaitLog,
 }
 
 impl JobNotes {
+    /// Remembers an abandoned attempt, forgetting the oldest beyond [`MAX_ABANDONED_NOTES`].
+    pub(crate) fn note_abandoned(&mut self, note: AbandonedNote) {
+        if self.abandoned.len() >= MAX_ABANDONED_NOTES {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(note);
+    }
+
     /// Logs a wait for clients: once it has lasted [`WAIT_LOG_GRACE_MS`], then when the number of
     /// available clients changed, at most every [`WAIT_LOG_INTERVAL_MS`]; and its end, if it was
     /// logged. Call after every event.

@@ -34,6 +34,7 @@
 mod blobs;
 mod db_ids;
 mod error;
+mod health;
 mod job_reason;
 mod layout_eval;
 mod recovery;

@@ -133,6 +133,8 @@ fn job_status_has_the_summary_at_the_top_level() {
             needed_clients: 2,
             deadline_ms: None,
         }),
+        abandoned: Vec::new(),
+        spec: None,
     };
     let mut want = value(&summary());
     want["history"] = json!([{"round": 1, "attempt": 1, "participants": [4, 5],

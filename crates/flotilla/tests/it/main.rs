@@ -11,6 +11,7 @@ mod ceilings;
 mod cli;
 mod common;
 mod config_errors;
+mod console;
 mod custom_model;
 mod dp_cli;
 mod fedbuff_federation;
