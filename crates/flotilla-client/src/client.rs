@@ -34,6 +34,7 @@ mod outage_log;
 mod secagg;
 mod session;
 mod task;
+mod trace;
 mod transfer;
 use outage_log::{OUTAGE_LOG_INTERVAL, OutageLog};
 pub use task::upload_id;
@@ -101,13 +102,15 @@ pub struct ClientStats {
     pub train_time: Duration,
 }
 
-/// Adds `authorization: Bearer <credential>` to every call.
+/// Adds `authorization: Bearer <credential>` and the current span's trace context
+/// (`traceparent`, when traces are exported) to every call.
 #[derive(Clone)]
 struct Auth(MetadataValue<Ascii>);
 
 impl Interceptor for Auth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         req.metadata_mut().insert("authorization", self.0.clone());
+        trace::inject(req.metadata_mut());
         Ok(req)
     }
 }

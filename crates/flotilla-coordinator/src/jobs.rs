@@ -28,6 +28,8 @@ impl Shared {
     ) -> Outcome {
         let mut out = Outcome::default();
         self.drive_one(job, inner, event, me, &mut out).await;
+        let ended = inner.ended.is_some();
+        inner.trace.observe(job.id.0, &inner.machine, ended);
         let (m, now) = (&inner.machine, now_ms());
         let waiting = m.activity() == flotilla_core::round::Activity::WaitingForClients
             && inner.halted.is_none();

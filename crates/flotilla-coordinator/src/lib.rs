@@ -28,8 +28,8 @@
 //!
 //! Module layers, bottom-up (a module uses only modules of its own or lower layers, by path or by
 //! calling an `impl Shared` method, and there is no cycle; `tests/it/module_layers.rs` checks it):
-//! 1. `clock`, `retry`, `error`, `metrics`, `spec` (types), `reasons`, `partial_uploads`: no
-//!    other module;
+//! 1. `clock`, `retry`, `error`, `metrics`, `spec` (types), `reasons`, `partial_uploads`,
+//!    `round_trace`, `rpc_trace` (tracing spans): no other module;
 //! 2. `api` (the admin API's JSON types), `limits`, `admission`, `models`, `initial_model` (a
 //!    model given as a safetensors file), `privacy`, `auth_cache`, `evaluation`, `job_toml` (the
 //!    spec parser), `tls`;
@@ -65,6 +65,8 @@ mod probes;
 mod reasons;
 mod recovery;
 mod retry;
+mod round_trace;
+mod rpc_trace;
 mod runtime;
 pub mod secagg_round;
 mod service;
@@ -347,12 +349,12 @@ impl Server {
             shutdown.await;
             let _ = stop_tx.send(true);
         }));
-        let service = service::CountUploadBytes(
+        let service = rpc_trace::RpcTrace(service::CountUploadBytes(
             CoordinatorServer::new(service::CoordinatorService {
                 shared: shared.clone(),
             })
             .max_decoding_message_size(flotilla_proto::MAX_CHUNK_BYTES + (64 << 10)),
-        );
+        ));
         let router = admin::router(shared.clone(), &admin_token);
         let grpc_builder = || {
             tonic::transport::Server::builder()

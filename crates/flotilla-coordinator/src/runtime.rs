@@ -59,6 +59,7 @@ impl Shared {
                 accepted: HashMap::new(),
                 halted: None,
                 notes: Default::default(),
+                trace: Default::default(),
                 ended: None,
             }),
             evaluations: evaluator.map(crate::evaluation::Evaluations::new),

@@ -369,6 +369,7 @@ impl Coordinator for CoordinatorService {
                 .drive(job, &mut inner, Event::CheckIn { client }, Some(client))
                 .await;
             if let Some(task) = out.task {
+                crate::rpc_trace::record_task(job.id.0, task.round, task.attempt, task.stage);
                 let t = Self::task_proto(job, &inner, client, &task);
                 Metrics::inc(&m.tasks);
                 return Ok(Response::new(v1::CheckInResponse {
@@ -419,6 +420,7 @@ impl Coordinator for CoordinatorService {
             ));
         };
         self.check_tenant(&caller, &job)?;
+        crate::rpc_trace::record_job(job.id.0);
         let model = match self.shared.model_version(&job, r.model_version).await {
             Ok(m) => m,
             Err(s) => return Err(self.refuse("unknown_model_version", s)),
@@ -484,6 +486,7 @@ impl Coordinator for CoordinatorService {
             ));
         };
         self.check_tenant(&caller, &job)?;
+        crate::rpc_trace::record_task(job.id.0, r.round, r.attempt, r.stage_index);
         // In a task of its own: the message may finish the round and commit it, which a client
         // that disconnects must not cancel halfway.
         let this = self.clone();

@@ -77,6 +77,8 @@ pub(crate) struct JobInner {
     /// Set when the job completed, failed or was cancelled: the runtime has left the job table,
     /// and a request that still holds it is refused (`job_ended`) without touching the machine.
     pub ended: Option<JobState>,
+    /// The tracing spans of the current round attempt and stage.
+    pub trace: crate::round_trace::RoundTrace,
 }
 
 /// A job being run by this process.

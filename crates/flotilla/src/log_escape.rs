@@ -12,9 +12,8 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
-use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::FormatFields;
-use tracing_subscriber::fmt::format::{self, Writer};
+use tracing_subscriber::fmt::format::Writer;
 
 /// Whether `c` must not reach a log line or a terminal raw: C0 and C1 controls (newline, CR, ESC,
 /// tab, …), DEL, the Unicode line and paragraph separators, and the bidi controls (embeddings,
@@ -70,12 +69,51 @@ fn write_field(
     }
 }
 
-/// The field formatter of the `flotilla` subscriber (see the module documentation).
+/// The field formatter of the `flotilla` subscriber (see the module documentation): fields
+/// separated by a space, each through [`write_field`], except the `otel.*` hints spans carry for
+/// the OpenTelemetry exporter (`otel.name`, `otel.kind`), which would only repeat the span on every
+/// log line.
 pub(crate) fn fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
-    format::debug_fn(
-        write_field as fn(&mut Writer<'_>, &tracing::field::Field, &dyn fmt::Debug) -> fmt::Result,
-    )
-    .delimited(" ")
+    EscapedFields
+}
+
+struct EscapedFields;
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut v = Visitor {
+            w: writer,
+            seen: false,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+/// Writes the fields of one event or span record.
+struct Visitor<'w> {
+    w: Writer<'w>,
+    seen: bool,
+    result: fmt::Result,
+}
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("otel.") {
+            return;
+        }
+        if std::mem::replace(&mut self.seen, true) {
+            self.result = self.w.write_char(' ');
+        }
+        if self.result.is_ok() {
+            self.result = write_field(&mut self.w, field, value);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -135,5 +173,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(" n=3"), "{text}");
+        // Span fields too, with the exporter's `otel.*` hints left out, and those recorded later.
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(fields())
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "rpc",
+                rpc = "CheckIn",
+                job = tracing::field::Empty,
+                otel.name = "flotilla.v1.Coordinator/CheckIn",
+                otel.kind = "server"
+            );
+            span.record("job", evil);
+            span.in_scope(|| tracing::info!("inside"));
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let last = text.lines().last().unwrap();
+        assert!(
+            last.contains(r#"rpc{rpc="CheckIn" job="x\nERROR flotilla_coordinator: forged\u{1b}[31m\u{202e}"}: "#),
+            "{last}"
+        );
+        assert!(
+            !last.contains("otel") && last.ends_with(" inside"),
+            "{last}"
+        );
     }
 }

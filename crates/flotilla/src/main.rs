@@ -17,6 +17,7 @@ mod ready;
 mod server_cmd;
 mod server_models;
 mod sim_cmd;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

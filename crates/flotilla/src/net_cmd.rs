@@ -56,20 +56,8 @@ pub struct ClientArgs {
     train_delay_ms: u64,
     #[command(flatten)]
     data_dir: DataDirArg,
-}
-
-pub(crate) fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour codes only on a terminal: logs redirected to files stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // Every field and message escaped (newlines, ESC, bidi controls): see `log_escape`.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .fmt_fields(crate::log_escape::fields())
-        .with_writer(std::io::stderr)
-        .try_init();
+    #[command(flatten)]
+    telemetry: crate::telemetry::TelemetryArgs,
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -147,7 +135,8 @@ pub fn client(args: ClientArgs) -> Result<()> {
     if let Some(cmd) = args.admin {
         return admin_cmd::client_admin(cmd);
     }
-    init_logging();
+    let rt = runtime()?;
+    let telemetry = crate::telemetry::init(&args.telemetry, "flotilla-client", &rt)?;
     let coordinator = args
         .coordinator
         .ok_or_else(|| anyhow!("--coordinator is required"))?;
@@ -189,10 +178,14 @@ pub fn client(args: ClientArgs) -> Result<()> {
     };
     // The run's error, not the `RunError` around it: its Display repeats the error's, which the
     // one-line `error: …` report would then print twice.
-    let stats = runtime()?
+    let stats = rt
         .block_on(client.run(trainer, shutdown_signal()))
         .map_err(|e| e.error)
-        .context("client stopped")?;
-    tracing::info!(?stats, "client finished");
-    Ok(())
+        .context("client stopped");
+    if let Ok(stats) = &stats {
+        tracing::info!(?stats, "client finished");
+    }
+    // The last spans (the task cut short by the shutdown) are exported while the runtime runs.
+    telemetry.shutdown();
+    stats.map(drop)
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use flotilla_coordinator::{ServerConfig, TlsMode};
 
-use crate::net_cmd::{init_logging, runtime, shutdown_signal};
+use crate::net_cmd::{runtime, shutdown_signal};
 use crate::ready::Ready;
 
 /// Arguments of `flotilla server`.
@@ -87,6 +87,8 @@ pub struct ServerArgs {
     /// `coordinator ready: …` line on stdout
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    telemetry: crate::telemetry::TelemetryArgs,
 }
 
 /// Arguments of `flotilla dev-certs`.
@@ -100,7 +102,8 @@ pub struct DevCertsArgs {
 }
 
 pub fn server(args: ServerArgs) -> Result<()> {
-    init_logging();
+    let rt = runtime()?;
+    let telemetry = crate::telemetry::init(&args.telemetry, "flotilla-coordinator", &rt)?;
     let admin_token = std::env::var("FLOTILLA_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
@@ -139,7 +142,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
     if let (Some(max_epsilon), Some(delta)) = (args.tenant_epsilon_budget, args.tenant_delta) {
         config.tenant_privacy = Some(flotilla_coordinator::TenantPrivacy { max_epsilon, delta });
     }
-    runtime()?.block_on(async move {
+    let result = rt.block_on(async move {
         let server = flotilla_coordinator::Server::bind(config).await.context("starting the coordinator")?;
         tracing::info!(grpc = %server.grpc_addr(), admin = %server.admin_addr(), "coordinator listening");
         // Both sockets are listening: connections made from now on are queued, then served by `run`.
@@ -148,7 +151,10 @@ pub fn server(args: ServerArgs) -> Result<()> {
         // Not `println!`: a closed stdout (nobody reads the line) must not stop the server.
         let _ = writeln!(std::io::stdout(), "{}", ready.line());
         server.run(shutdown_signal()).await.context("coordinator stopped")
-    })
+    });
+    // The last spans are exported while the runtime still runs.
+    telemetry.shutdown();
+    result
 }
 
 pub fn dev_certs(args: DevCertsArgs) -> Result<()> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use flotilla_proto::v1::{self, check_in_response::Outcome};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request};
+use tracing::Instrument;
 
 use super::*;
 
@@ -76,12 +77,16 @@ impl Session<'_> {
             req.set_timeout(UNARY_TIMEOUT);
             self.stats.check_ins += 1;
             let mut rpc = self.rpc(&bearer);
-            match rpc.check_in(req).await {
+            let span = trace::task_span();
+            let check_in = tracing::info_span!(parent: &span, "check_in");
+            match rpc.check_in(req).instrument(check_in).await {
                 Ok(resp) => {
                     self.succeeded();
                     self.fresh_credential = false;
                     match resp.into_inner().outcome {
                         Some(Outcome::RetryAfter(r)) => {
+                            span.record("otel.name", "check_in");
+                            drop(span);
                             let delay = retry_delay(r.retry_after_ms);
                             tracing::debug!(
                                 reason = %r.reason,
@@ -93,10 +98,24 @@ impl Session<'_> {
                         Some(Outcome::Task(task)) => {
                             self.stats.tasks_received += 1;
                             let (started, done) = (Instant::now(), self.stats.tasks_done);
-                            self.do_task(&bearer, task).await?;
-                            if self.stats.tasks_done > done {
+                            let outdated = self.stats.uploads_outdated;
+                            trace::record_task(
+                                &span,
+                                &task.job_id,
+                                task.round,
+                                task.attempt,
+                                task.stage_index,
+                            );
+                            self.do_task(&bearer, task).instrument(span.clone()).await?;
+                            let outcome = if self.stats.tasks_done > done {
                                 self.stats.task_time += started.elapsed();
-                            }
+                                "done"
+                            } else if self.stats.uploads_outdated > outdated {
+                                "outdated"
+                            } else {
+                                "abandoned"
+                            };
+                            span.record("outcome", outcome);
                         }
                         None => {
                             tracing::warn!("check-in answer holds neither a task nor RetryAfter");
@@ -225,6 +244,7 @@ impl Session<'_> {
 
         let global = match self
             .download(bearer, &task, v1::ModelPart::Global, receiver, deadline)
+            .instrument(tracing::info_span!("download", part = "global"))
             .await?
         {
             Done::Ok(p) => Arc::new(p),
@@ -239,6 +259,7 @@ impl Session<'_> {
             None => None,
             Some(r) => match self
                 .download(bearer, &task, v1::ModelPart::ServerControl, r, deadline)
+                .instrument(tracing::info_span!("download", part = "server_control"))
                 .await?
             {
                 Done::Ok(c) => {
@@ -254,7 +275,10 @@ impl Session<'_> {
         };
 
         let info = Arc::new(info);
-        let (eval, trained) = self.train(&info, &global).await?;
+        let (eval, trained) = self
+            .train(&info, &global)
+            .instrument(tracing::info_span!("train"))
+            .await?;
         let outcome = match trained {
             Ok(o) => o,
             Err(e) => {
@@ -308,6 +332,7 @@ impl Session<'_> {
         };
         match self
             .upload(bearer, header, Arc::new(params), deadline)
+            .instrument(tracing::info_span!("upload"))
             .await?
         {
             Done::Ok(()) => {

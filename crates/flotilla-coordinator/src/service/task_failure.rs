@@ -30,6 +30,7 @@ impl CoordinatorService {
             ));
         };
         self.check_tenant(&caller, &job)?;
+        crate::rpc_trace::record_task(job.id.0, r.round, r.attempt, r.stage_index);
         // In a task of its own: the failure may close the stage and commit the round, which a
         // client that disconnects must not cancel halfway.
         let this = self.clone();

@@ -69,6 +69,7 @@ impl CoordinatorService {
             ));
         };
         self.check_tenant(&caller, &job)?;
+        crate::rpc_trace::record_task(job.id.0, header.round, header.attempt, header.stage_index);
         let key = (header.round, header.attempt, header.stage_index, client);
         // Cheap verdicts before any payload byte is read and before any upload slot is taken.
         let deadline_ms = {

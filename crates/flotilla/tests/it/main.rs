@@ -21,6 +21,7 @@ mod job_download;
 mod job_memory;
 mod job_reasons;
 mod large_model;
+mod otlp;
 mod readiness;
 mod readme;
 mod scenario_submit;
