@@ -20,6 +20,7 @@ mod job_download;
 mod job_memory;
 mod job_reasons;
 mod large_model;
+mod prometheus;
 mod readiness;
 mod readme;
 mod scenario_submit;
