@@ -205,8 +205,9 @@ mod tests {
             seen: seen.clone(),
         }));
         // Round 1 starts (and blocks on the gate); 2 waits; 3 replaces it. None of this waits.
+        let metrics = Arc::new(Metrics::new(true));
         for r in 1..=3u64 {
-            ev.submit(&store, job, r, Arc::new(vec![r as f32]));
+            ev.submit(&store, &metrics, job, r, Arc::new(vec![r as f32]));
         }
         go.send(()).unwrap();
         go.send(()).unwrap();
