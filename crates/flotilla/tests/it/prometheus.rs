@@ -52,8 +52,9 @@ fn http() -> reqwest::blocking::Client {
 
 /// `GET /api/v1/query?query=Q` on Prometheus at `base`: the whole answer.
 fn query(http: &reqwest::blocking::Client, base: &str, q: &str) -> Value {
-    http.get(format!("{base}/api/v1/query"))
-        .query(&[("query", q)])
+    let url =
+        reqwest::Url::parse_with_params(&format!("{base}/api/v1/query"), &[("query", q)]).unwrap();
+    http.get(url)
         .send()
         .and_then(|r| r.json::<Value>())
         .unwrap_or_else(|e| serde_json::json!({"status": "unreachable", "error": e.to_string()}))
