@@ -200,7 +200,7 @@ fn prometheus_scrapes_a_federation_and_evaluates_the_alerts_and_dashboards() {
     let config = write_config(
         &f.dir,
         &[
-            ("flotilla", metrics_addr.clone()),
+            ("flotilla-coordinator", metrics_addr.clone()),
             ("flotilla-client", client_metrics.clone()),
         ],
         rules,
