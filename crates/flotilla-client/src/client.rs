@@ -100,7 +100,14 @@ pub struct ClientStats {
     pub task_time: Duration,
     /// Wall time spent inside the trainer's methods ([`LocalTrainer`], on the blocking thread).
     pub train_time: Duration,
+    /// Update payload bytes sent in upload streams the coordinator answered (a resumed upload
+    /// counts the bytes from its resume offset).
+    pub upload_bytes: u64,
 }
+
+/// Called with the counters so far before every check-in of a running [`Client::run`] (so after
+/// every task or retry), and once more when the run ends: see [`Client::on_stats`].
+pub type StatsObserver = Arc<dyn Fn(&ClientStats) + Send + Sync>;
 
 /// Adds `authorization: Bearer <credential>` and the current span's trace context
 /// (`traceparent`, when traces are exported) to every call.
@@ -134,11 +141,22 @@ type Rpc = CoordinatorClient<InterceptedService<Channel, Auth>>;
 /// println!("{} tasks done", stats.tasks_done);
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
     endpoint: Endpoint,
     credential: Option<StoredCredential>,
+    observer: Option<StatsObserver>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.config)
+            .field("endpoint", &self.endpoint)
+            .field("credential", &self.credential)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
 }
 
 impl Client {
@@ -161,7 +179,15 @@ impl Client {
             config,
             endpoint,
             credential,
+            observer: None,
         })
+    }
+
+    /// Calls `observer` with the counters before every check-in and when the run ends, e.g. to
+    /// export them as metrics while the client runs (the SDK itself serves nothing).
+    pub fn on_stats(mut self, observer: impl Fn(&ClientStats) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
     }
 
     /// The configuration.
@@ -216,6 +242,9 @@ impl Client {
                 r = session.run_loop() => r,
             }
         };
+        if let Some(o) = &self.observer {
+            o(&stats);
+        }
         match result {
             Ok(()) => Ok(stats),
             Err(error) => Err(RunError { error, stats }),

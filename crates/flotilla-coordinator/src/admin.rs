@@ -21,7 +21,7 @@ use crate::api::{
 };
 use crate::clock::now_ms;
 use crate::console::session::Admit;
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::MetricsSnapshot;
 use crate::state::Shared;
 use crate::submit::SubmitError;
 
@@ -125,7 +125,7 @@ async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Respons
     match given {
         Some(t) if same(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
         _ => {
-            Metrics::inc(&st.shared.metrics.auth_failures);
+            st.shared.metrics.auth_failure("admin_unauthenticated");
             st.shared.metrics.reject("admin_unauthenticated");
             ApiError(
                 StatusCode::UNAUTHORIZED,
@@ -137,8 +137,9 @@ async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Respons
     }
 }
 
-/// The admin router.
-pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
+/// The admin router; `prometheus` (the `GET /metrics` route) is served behind the token (or a
+/// console session) too.
+pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router>) -> Router {
     let token: Arc<str> = Arc::from(token);
     let console = Arc::new(crate::console::Console::new(shared.clone(), token.clone()));
     let st = AdminState {
@@ -146,7 +147,7 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
         token,
         console: console.clone(),
     };
-    Router::new()
+    let mut r = Router::new()
         .route("/v1/enrollment-tokens", post(create_token))
         .route(
             "/v1/jobs",
@@ -160,8 +161,11 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str) -> Router {
         .route("/v1/jobs/{id}/model/info", get(model::model_info))
         .route("/v1/clients", get(list_clients))
         .route("/v1/clients/{id}/revoke", post(revoke_client))
-        .route("/v1/metrics", get(metrics))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .route("/v1/metrics", get(metrics));
+    if let Some(p) = prometheus {
+        r = r.route_service("/metrics", p);
+    }
+    r.fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(middleware::from_fn_with_state(st.clone(), auth))
         .with_state(st)
         // Added after the token layer, so outside it.

@@ -1,7 +1,6 @@
 //! The console's login, its sessions on the admin API and the health probes, through the admin
 //! router of a real coordinator (SQLite in a temp dir).
 
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
@@ -22,7 +21,7 @@ async fn server() -> (Server, Router, tempfile::TempDir) {
     let s = Server::bind(ServerConfig::new(dir.path(), TOKEN))
         .await
         .unwrap();
-    let app = crate::admin::router(s.shared.clone(), TOKEN);
+    let app = crate::admin::router(s.shared.clone(), TOKEN, None);
     (s, app, dir)
 }
 
@@ -206,5 +205,5 @@ async fn the_console_page_is_served_with_a_strict_content_security_policy() {
     assert!(html.contains(r#"<script src="/console/app.js""#));
     assert!(!html.contains("<script>"), "no inline script");
     // Nothing of the page needs a token, so nothing counted as a failure.
-    assert_eq!(s.shared.metrics.auth_failures.load(Ordering::Relaxed), 0);
+    assert_eq!(s.metrics().auth_failures, 0);
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use flotilla_store::{JobId, Store};
 
 use crate::api::EvalMetrics;
+use crate::metrics::Metrics;
 use crate::models::{EvalReport, Evaluate};
 use crate::retry::{STORE_ATTEMPTS, retryable};
 
@@ -50,6 +51,7 @@ impl Evaluations {
     pub(crate) fn submit(
         self: &Arc<Self>,
         store: &Store,
+        metrics: &Arc<Metrics>,
         job: JobId,
         round: u64,
         params: Arc<Vec<f32>>,
@@ -68,14 +70,15 @@ impl Evaluations {
             }
             q.running = true;
         }
-        let (me, store) = (self.clone(), store.clone());
-        tokio::spawn(me.run(store, job, round, params));
+        let (me, store, metrics) = (self.clone(), store.clone(), metrics.clone());
+        tokio::spawn(me.run(store, metrics, job, round, params));
     }
 
     /// Evaluates and records `round`, then whatever waits, until nothing does.
     async fn run(
         self: Arc<Self>,
         store: Store,
+        metrics: Arc<Metrics>,
         job: JobId,
         mut round: u64,
         mut params: Arc<Vec<f32>>,
@@ -88,7 +91,11 @@ impl Evaluations {
             })
             .await;
             match done {
-                Ok(Ok(report)) => record(&store, job, round, &report).await,
+                Ok(Ok(report)) => {
+                    let finite = |x: f64| x.is_finite().then_some(x);
+                    metrics.model_eval(job.0, finite(report.accuracy), finite(report.loss));
+                    record(&store, job, round, &report).await
+                }
                 Ok(Err(e)) => tracing::warn!(job = job.0, round, error = %e, "evaluation failed"),
                 Err(e) => tracing::warn!(job = job.0, round, error = %e, "evaluation task failed"),
             }
@@ -198,8 +205,9 @@ mod tests {
             seen: seen.clone(),
         }));
         // Round 1 starts (and blocks on the gate); 2 waits; 3 replaces it. None of this waits.
+        let metrics = Arc::new(Metrics::new(true));
         for r in 1..=3u64 {
-            ev.submit(&store, job, r, Arc::new(vec![r as f32]));
+            ev.submit(&store, &metrics, job, r, Arc::new(vec![r as f32]));
         }
         go.send(()).unwrap();
         go.send(()).unwrap();

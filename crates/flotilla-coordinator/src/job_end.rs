@@ -37,6 +37,7 @@ impl Shared {
         // aggregator, goes when the last request holding the runtime lets go).
         inner.accepted.clear();
         self.recently_ended.insert(job.id.0, state);
+        self.metrics.job_ended(job.id.0, state.as_str());
         self.privacy.forget_running(job.id);
         self.remove_job(job.id.0);
     }

@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core::round::{Action, ClientId, CommitInfo, Event, Timer};
+use flotilla_core::round::{Action, Activity, ClientId, CommitInfo, Event, Timer};
 use flotilla_store::{JobId, JobState, RoundCommit, StoreError};
 use tokio::sync::mpsc;
 
@@ -58,7 +58,12 @@ impl Shared {
         }
         let now = now_ms();
         let at_deadline = matches!(event, Event::TimerFired(Timer::Deadline { .. }));
+        let before = inner.machine.activity();
         let actions = inner.machine.handle(now, event);
+        if job.secagg.is_some() {
+            self.metrics
+                .secagg_step(job.id.0, before, inner.machine.activity());
+        }
         let job_fails = actions
             .iter()
             .any(|a| matches!(a, Action::JobFailed { .. }));
@@ -138,18 +143,33 @@ impl Shared {
                         self.halt(job, inner, cause, out);
                         return;
                     }
-                    Metrics::inc(&self.metrics.rounds_committed);
+                    self.metrics.round_committed(
+                        job.id.0,
+                        info.round,
+                        info.participants.len(),
+                        now_ms() as f64 / 1000.0,
+                    );
                     tracing::info!(
                         job = job.id.0,
                         round = info.round,
                         participants = info.participants.len(),
                         "round committed"
                     );
+                    // Without a server-side evaluation the federated one is what there is.
+                    if let (None, Some(f)) = (&job.evaluations, &info.federated_eval) {
+                        let finite = |x: f64| x.is_finite().then_some(x);
+                        self.metrics.model_eval(
+                            job.id.0,
+                            f.accuracy.and_then(finite),
+                            finite(f.loss),
+                        );
+                    }
                     // The round is durable: its model is evaluated on a task of its own, which
                     // neither holds this job's lock nor delays the next round.
                     if let Some(ev) = &job.evaluations {
                         ev.submit(
                             &self.store,
+                            &self.metrics,
                             job.id,
                             info.round,
                             inner.current.params.clone(),
@@ -176,7 +196,13 @@ impl Shared {
                     reason,
                     cause,
                 } => {
-                    Metrics::inc(&self.metrics.rounds_abandoned);
+                    self.metrics
+                        .round_abandoned(job.id.0, crate::metrics::abandon_reason(cause));
+                    if let (Some(_), Activity::Stage { kind, .. }) = (&job.secagg, before) {
+                        let wanted = inner.machine.policy().clients_per_round;
+                        self.metrics
+                            .secagg_dropouts(kind, wanted.saturating_sub(reports));
+                    }
                     let wanted = inner.machine.policy().clients_per_round;
                     let abandoned = crate::reasons::Abandoned {
                         round,
@@ -277,7 +303,8 @@ impl Shared {
         attempt: u32,
     ) -> Result<(), String> {
         for n in 1..=STORE_ATTEMPTS {
-            match self.store.record_issued_attempt(job, round, attempt).await {
+            let call = self.store.record_issued_attempt(job, round, attempt);
+            match self.metrics.store_op("record_attempt", call).await {
                 Ok(()) => return Ok(()),
                 Err(e) if retryable(&e) && n < STORE_ATTEMPTS => {
                     tracing::warn!(job = job.0, error = %e, "recording the attempt failed; retrying");
@@ -300,11 +327,10 @@ impl Shared {
         let bytes = flotilla_core::params_to_le_bytes(&params);
         let mut key = None;
         for attempt in 1..=STORE_ATTEMPTS {
-            match self
+            let put = self
                 .store
-                .put_model(job.id, info.model_version, bytes.clone())
-                .await
-            {
+                .put_model(job.id, info.model_version, bytes.clone());
+            match self.metrics.store_op("put_model", put).await {
                 Ok(k) => {
                     key = Some(k);
                     break;
@@ -353,7 +379,8 @@ impl Shared {
             machine_state_json: snapshot,
         };
         for attempt in 1..=STORE_ATTEMPTS {
-            match self.store.commit_round(job.id, info.round, &commit).await {
+            let call = self.store.commit_round(job.id, info.round, &commit);
+            match self.metrics.store_op("commit_round", call).await {
                 Ok(_) => break,
                 Err(e) if retryable(&e) && attempt < STORE_ATTEMPTS => {
                     tracing::warn!(job = job.id.0, error = %e, "commit_round failed; retrying");
@@ -361,6 +388,10 @@ impl Shared {
                 }
                 Err(e) => return Err(format!("committing round {}: {e}", info.round)),
             }
+        }
+        if let Some(p) = metrics.get("privacy").and_then(|p| p.get("epsilon_spent")) {
+            self.metrics
+                .dp_spent(job.id.0, p.as_f64().unwrap_or(f64::NAN));
         }
         let control = inner.machine.strategy().client_directive().server_control;
         let version = Arc::new(ModelVersion::new(

@@ -37,7 +37,8 @@
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`;
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
-//!    sessions) and `admin`, which mounts the last two; then this root.
+//!    sessions), `prom` (`GET /metrics`) and `admin`, which mounts the console and the probes;
+//!    then this root.
 
 mod admin;
 mod admission;
@@ -62,6 +63,7 @@ pub mod models;
 mod partial_uploads;
 mod privacy;
 mod probes;
+mod prom;
 mod reasons;
 mod recovery;
 mod retry;
@@ -148,6 +150,16 @@ pub struct ServerConfig {
     /// evaluator. None (the default): every job submission is refused with a one-line reason,
     /// and only jobs whose model is already stored can be resumed or served.
     pub models: Option<Arc<dyn ModelProvider>>,
+    /// Serve `GET /metrics` on the admin listener without the admin token (`--metrics-public`;
+    /// default: the token is required, as for every admin route).
+    pub metrics_public: bool,
+    /// An extra plain-HTTP listener that serves only `GET /metrics`, without a token
+    /// (`--metrics-listen`), e.g. for a scrape network or a sidecar.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Record the timing histograms and per-job gauges of `/metrics` (default on). Off, only the
+    /// counters `GET /v1/metrics` reports are kept: for measuring the overhead (`flotilla bench
+    /// coordinator --telemetry off`).
+    pub telemetry: bool,
 }
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
@@ -172,6 +184,9 @@ impl ServerConfig {
             credential_ttl: DEFAULT_CREDENTIAL_TTL,
             tenant_privacy: None,
             models: None,
+            metrics_public: false,
+            metrics_listen: None,
+            telemetry: true,
         }
     }
 }
@@ -186,6 +201,9 @@ pub struct Server {
     admin_addr: SocketAddr,
     tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
     admin_token: String,
+    metrics_public: bool,
+    /// The `--metrics-listen` listener and its address.
+    metrics: Option<(TcpListener, SocketAddr)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -250,7 +268,7 @@ impl Server {
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(state::Shared {
             store,
-            metrics: Arc::new(metrics::Metrics::default()),
+            metrics: Arc::new(metrics::Metrics::new(config.telemetry)),
             jobs: Default::default(),
             timers: timer_tx,
             admission: Arc::new(admission::Admission::new(&config.limits)),
@@ -300,6 +318,24 @@ impl Server {
         };
         let grpc_addr = addr_of(&grpc, "gRPC listener address", config.listen)?;
         let admin_addr = addr_of(&admin, "admin listener address", config.admin_listen)?;
+        let metrics = match config.metrics_listen {
+            Some(a) => {
+                let l = bind(a, "binding the metrics listener").await?;
+                let addr = addr_of(&l, "metrics listener address", a)?;
+                Some((l, addr))
+            }
+            None => None,
+        };
+        if let TlsMode::Files { cert, .. } = &config.tls
+            && let Some(t) = tls::cert_not_after(cert)
+        {
+            shared
+                .metrics
+                .tenants
+                .cert_expiry
+                .get_or_create(&[])
+                .set(t as f64);
+        }
         Ok(Server {
             shared,
             timer_rx,
@@ -309,6 +345,8 @@ impl Server {
             admin_addr,
             tls,
             admin_token: config.admin_token,
+            metrics_public: config.metrics_public,
+            metrics,
         })
     }
 
@@ -320,6 +358,11 @@ impl Server {
     /// The bound admin API address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The bound `--metrics-listen` address, if one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
@@ -338,6 +381,8 @@ impl Server {
             admin_addr,
             tls,
             admin_token,
+            metrics_public,
+            metrics,
         } = self;
         let mut tasks = AbortOnDrop(Vec::new());
         tasks
@@ -354,8 +399,34 @@ impl Server {
                 shared: shared.clone(),
             })
             .max_decoding_message_size(flotilla_proto::MAX_CHUNK_BYTES + (64 << 10)),
+            shared.metrics.clone(),
         ));
-        let router = admin::router(shared.clone(), &admin_token);
+        let scrape = prom::Scrape::new(shared.clone());
+        let router = if metrics_public {
+            prom::router(scrape.clone()).merge(admin::router(shared.clone(), &admin_token, None))
+        } else {
+            admin::router(
+                shared.clone(),
+                &admin_token,
+                Some(prom::router(scrape.clone())),
+            )
+        };
+        if let Some((listener, addr)) = metrics {
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz (plain HTTP, no token)");
+            let mut stop = stop_rx.clone();
+            let app = prom::router(scrape).merge(probes::router(shared.clone()));
+            tasks.0.push(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            }));
+        }
         let grpc_builder = || {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))

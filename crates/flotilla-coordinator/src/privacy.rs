@@ -280,6 +280,18 @@ impl PrivacyBook {
         self.lock().pending_q.remove(&id.0);
     }
 
+    /// Each tenant's charged ε (at most `max` tenants) and the tenant budget, if one is set.
+    pub fn tenant_spend(&self, max: usize) -> (Vec<(String, f64)>, Option<f64>) {
+        let inner = self.lock();
+        let spent = inner
+            .ledgers
+            .iter()
+            .take(max)
+            .map(|(t, l)| (t.clone(), l.spent().epsilon))
+            .collect();
+        (spent, self.tenant.map(|t| t.max_epsilon))
+    }
+
     /// The privacy record of a round about to be committed (stored in its metrics): its `(q, σ)`,
     /// the clip norm and noise, and the job's ε after it.
     pub fn round_metrics(

@@ -140,7 +140,7 @@ impl CoordinatorService {
             .map(str::trim)
             .filter(|c| !c.is_empty() && c.len() <= 512);
         let Some(cred) = cred else {
-            Metrics::inc(&m.auth_failures);
+            m.auth_failure("unauthenticated");
             return Err(self.refuse(
                 "unauthenticated",
                 AuthError::Missing
@@ -178,21 +178,21 @@ impl CoordinatorService {
                 })
             }
             Err(StoreError::UnknownCredential) => {
-                Metrics::inc(&m.auth_failures);
+                m.auth_failure("unauthenticated");
                 Err(self.refuse(
                     "unauthenticated",
                     AuthError::Unknown.status("unknown credential"),
                 ))
             }
             Err(StoreError::ClientRevoked(id)) => {
-                Metrics::inc(&m.auth_failures);
+                m.auth_failure("revoked");
                 Err(self.refuse(
                     "revoked",
                     AuthError::Revoked.status(format!("credential of client {id} was revoked")),
                 ))
             }
             Err(StoreError::CredentialExpired { client_id, .. }) => {
-                Metrics::inc(&m.auth_failures);
+                m.auth_failure("credential_expired");
                 tracing::info!(client = client_id.0, "expired credential refused");
                 Err(self.refuse(
                     "credential_expired",
@@ -301,7 +301,7 @@ impl Coordinator for CoordinatorService {
                 | StoreError::TokenExpired { .. }
                 | StoreError::TokenUsedUp { .. }),
             ) => {
-                Metrics::inc(&m.auth_failures);
+                m.auth_failure("enroll_denied");
                 Err(self.refuse("enroll_denied", Status::permission_denied(e.to_string())))
             }
             Err(e) => {
@@ -455,11 +455,14 @@ impl Coordinator for CoordinatorService {
             ));
         }
         Metrics::inc(&self.shared.metrics.downloads);
+        let sent = self.shared.metrics.sent_bytes.clone();
         let stream = futures_util::stream::unfold(r.offset, move |offset| {
             let params = params.clone();
+            let sent = sent.clone();
             async move {
                 let (off, data) = chunk_f32_from(&params, DEFAULT_CHUNK_BYTES, offset).next()?;
                 let next = off + data.len() as u64;
+                sent.inc_by(data.len() as u64);
                 Some((Ok(v1::ModelChunk { offset: off, data }), next))
             }
         });

@@ -188,8 +188,21 @@ impl Shared {
         self.jobs.read().ok()?.get(&id).cloned()
     }
 
-    /// Adds a running job to the job table.
+    /// Adds a running job to the job table (and its series to the metrics).
     pub fn insert_job(&self, job: Arc<JobRuntime>) {
+        // Just built: nobody else holds its lock.
+        let committed = job
+            .inner
+            .try_lock()
+            .map(|i| i.machine.current_round().0.saturating_sub(1))
+            .unwrap_or_default();
+        self.metrics.job_running(
+            job.id.0,
+            committed,
+            job.spec.policy().stage_deadline_ms as f64 / 1000.0,
+            job.spec.privacy.and_then(|p| p.max_epsilon),
+            crate::clock::now_ms() as f64 / 1000.0,
+        );
         if let Ok(mut j) = self.jobs.write() {
             j.insert(job.id.0, job);
         }

@@ -24,6 +24,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting to be picked up by the server.
 const ACCEPT_QUEUE: usize = 256;
 
+/// `notAfter` of the first certificate in the PEM file `cert`, Unix seconds (for
+/// `flotilla_tls_cert_expiry_timestamp_seconds`; `None` if unreadable).
+pub(crate) fn cert_not_after(cert: &Path) -> Option<i64> {
+    let pem = std::fs::read(cert).ok()?;
+    let first = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
+    cert_check::not_after(&first)
+}
+
 /// A rustls server configuration (ring provider) from PEM files, advertising `alpn`.
 pub(crate) fn server_config(
     cert: &Path,

@@ -5,6 +5,7 @@ mod admin_cmd;
 mod admin_view;
 mod bench_aggregate;
 mod bench_cmd;
+mod client_metrics;
 mod completions_cmd;
 mod data_cmd;
 mod dev_certs;

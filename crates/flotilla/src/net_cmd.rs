@@ -54,6 +54,9 @@ pub struct ClientArgs {
     /// (try deadlines or FedBuff's staleness settings on one machine); at most 3600000
     #[arg(long, value_name = "MS", default_value_t = 0)]
     train_delay_ms: u64,
+    /// Serve this client's own GET /metrics (Prometheus; plain HTTP, no token) on this address
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     data_dir: DataDirArg,
     #[command(flatten)]
@@ -171,7 +174,14 @@ pub fn client(args: ClientArgs) -> Result<()> {
     config.enrollment_token = args.token;
     config.client_name = args.name;
     config.job_ids = args.jobs;
-    let client = Client::new(config).context("configuring the client")?;
+    let mut client = Client::new(config).context("configuring the client")?;
+    let rt = runtime()?;
+    if let Some(addr) = args.metrics_listen {
+        let metrics = std::sync::Arc::new(crate::client_metrics::ClientMetrics::new());
+        let bound = rt.block_on(crate::client_metrics::serve(addr, metrics.clone()))?;
+        tracing::info!(addr = %bound, "serving /metrics (plain HTTP, no token)");
+        client = client.on_stats(move |s| metrics.observe(s));
+    }
     let trainer = Slowed {
         inner: trainer,
         delay: Duration::from_millis(args.train_delay_ms),

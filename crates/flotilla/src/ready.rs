@@ -15,6 +15,8 @@ use anyhow::{Context, Result};
 pub struct Ready {
     grpc: String,
     admin: String,
+    /// The `--metrics-listen` URL of `/metrics`, if any.
+    metrics: Option<String>,
 }
 
 impl Ready {
@@ -24,7 +26,14 @@ impl Ready {
         Self {
             grpc: format!("{scheme}://{grpc}"),
             admin: format!("{scheme}://{admin}"),
+            metrics: None,
         }
+    }
+
+    /// Adds the `--metrics-listen` address (plain HTTP) to the ready file as `"metrics"`.
+    pub fn with_metrics(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics = addr.map(|a| format!("http://{a}/metrics"));
+        self
     }
 
     /// The one line printed on stdout, e.g.
@@ -36,11 +45,14 @@ impl Ready {
         )
     }
 
-    /// Writes `{"grpc": …, "admin": …, "pid": …}` to `path` atomically (a temporary file in the same
+    /// Writes `{"grpc": …, "admin": …, "pid": …}` (and `"metrics": …` with `--metrics-listen`) to `path` atomically (a temporary file in the same
     /// directory, then a rename), so a reader never sees a half-written file. The returned guard
     /// removes the file when dropped, i.e. when the server stops.
     pub fn write_file(&self, path: &Path) -> Result<ReadyFile> {
-        let doc = serde_json::json!({ "grpc": self.grpc, "admin": self.admin, "pid": std::process::id() });
+        let mut doc = serde_json::json!({ "grpc": self.grpc, "admin": self.admin, "pid": std::process::id() });
+        if let Some(m) = &self.metrics {
+            doc["metrics"] = serde_json::Value::from(m.as_str());
+        }
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),

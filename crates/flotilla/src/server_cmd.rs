@@ -89,6 +89,27 @@ pub struct ServerArgs {
     ready_file: Option<PathBuf>,
     #[command(flatten)]
     telemetry: crate::telemetry::TelemetryArgs,
+    /// Serve GET /metrics (Prometheus) on the admin listener without the admin token (default:
+    /// the token is required there)
+    #[arg(long)]
+    metrics_public: bool,
+    /// Also serve GET /metrics, without a token, on this plain-HTTP address (e.g. a scrape
+    /// network or a sidecar); nothing else is served there
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Record the timing histograms and per-job series of /metrics (off: only the counters of
+    /// GET /v1/metrics; for measuring the overhead with `flotilla bench coordinator`)
+    #[arg(long = "telemetry", value_enum, value_name = "on|off", default_value = "on")]
+    record: Telemetry,
+}
+
+/// `--telemetry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Telemetry {
+    /// Record everything.
+    On,
+    /// Only the counters.
+    Off,
 }
 
 /// Arguments of `flotilla dev-certs`.
@@ -131,6 +152,9 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.blob_url = args.blob_url;
     config.tls = tls;
     config.credential_ttl = args.credential_ttl;
+    config.metrics_public = args.metrics_public;
+    config.metrics_listen = args.metrics_listen;
+    config.telemetry = args.record == Telemetry::On;
     let limits = &mut config.limits;
     limits.upload_concurrency = args.upload_concurrency;
     limits.upload_tenant_slots = args.upload_tenant_slots;
@@ -146,7 +170,8 @@ pub fn server(args: ServerArgs) -> Result<()> {
         let server = flotilla_coordinator::Server::bind(config).await.context("starting the coordinator")?;
         tracing::info!(grpc = %server.grpc_addr(), admin = %server.admin_addr(), "coordinator listening");
         // Both sockets are listening: connections made from now on are queued, then served by `run`.
-        let ready = Ready::new(insecure, server.grpc_addr(), server.admin_addr());
+        let ready = Ready::new(insecure, server.grpc_addr(), server.admin_addr())
+            .with_metrics(server.metrics_addr());
         let _ready_file = ready_file.map(|path| ready.write_file(&path)).transpose()?;
         // Not `println!`: a closed stdout (nobody reads the line) must not stop the server.
         let _ = writeln!(std::io::stdout(), "{}", ready.line());

@@ -68,6 +68,9 @@ impl Session<'_> {
     async fn serve(&mut self) -> Result<(), ClientError> {
         let bearer = self.ensure_enrolled().await?;
         loop {
+            if let Some(o) = &self.client.observer {
+                o(self.stats);
+            }
             let num_samples = self.trainer.as_ref().map_or(0, |t| t.num_samples());
             let mut req = Request::new(v1::CheckInRequest {
                 num_samples,

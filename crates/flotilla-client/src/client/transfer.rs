@@ -218,6 +218,8 @@ impl Session<'_> {
                 Ok(resp) => {
                     self.succeeded();
                     retries.transient = 0;
+                    // The stream carried the payload from `offset` to the end.
+                    self.stats.upload_bytes += total.saturating_sub(offset);
                     let resp = resp.into_inner();
                     if let Some(done) = self.settle(&resp) {
                         return Ok(done);

@@ -23,7 +23,6 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::clock::now_ms;
-use crate::metrics::Metrics;
 use crate::state::Shared;
 use session::{Admit, Sessions};
 
@@ -59,7 +58,7 @@ impl Console {
     pub(crate) fn admit(&self, method: &Method, headers: &HeaderMap) -> Admit {
         let admit = self.sessions.admit(method, headers, now_ms());
         if let Admit::Refused(why) = &admit {
-            Metrics::inc(&self.shared.metrics.auth_failures);
+            self.shared.metrics.auth_failure("console_csrf");
             self.shared.metrics.reject("console_csrf");
             tracing::warn!(reason = why, "console request refused");
         }
@@ -148,7 +147,7 @@ async fn login(
         );
     };
     if !bool::from(form.token.trim().as_bytes().ct_eq(c.token.as_bytes())) {
-        Metrics::inc(&c.shared.metrics.auth_failures);
+        c.shared.metrics.auth_failure("console_unauthenticated");
         c.shared.metrics.reject("console_unauthenticated");
         tracing::warn!("console login with a wrong admin token");
         return error(StatusCode::UNAUTHORIZED, "wrong admin token");

@@ -15,7 +15,6 @@ use super::upload_finish::Finished;
 use super::upload_pace::{Next, Pacer, UploadProgress};
 use super::{CoordinatorService, reject_name, transfer_reason, upload_refused, upload_response};
 use crate::clock::now_ms;
-use crate::metrics::Metrics;
 use crate::partial_uploads::Partial;
 
 impl CoordinatorService {
@@ -76,15 +75,14 @@ impl CoordinatorService {
             let inner = job.inner.lock().await;
             if let Some(sha) = inner.accepted.get(&key) {
                 return Ok(if *sha == header.sha256 {
-                    Metrics::inc(&m.uploads_duplicate);
-                    shared.metrics.reject("duplicate");
+                    m.upload_duplicate();
                     upload_response(
                         v1::UploadStatus::Duplicate,
                         "this update was already accepted",
                         header.total_bytes,
                     )
                 } else {
-                    shared.metrics.reject("conflicting_update");
+                    m.upload_rejected("conflicting_update");
                     upload_refused(
                         "conflicting_update",
                         "a different update was already accepted for this round, attempt and stage",
@@ -95,7 +93,7 @@ impl CoordinatorService {
                 return Ok(self.job_ended(job.id.0, state));
             }
             if inner.machine.is_finished() || inner.machine.failure().is_some() {
-                shared.metrics.reject("not_accepting");
+                m.upload_rejected("not_accepting");
                 return Ok(upload_refused(
                     "not_accepting",
                     "the job is no longer running rounds",
@@ -112,7 +110,7 @@ impl CoordinatorService {
                 if reason == RejectReason::NotSelected {
                     shared.admission.strike(client.0);
                 }
-                shared.metrics.reject(reject_name(&reason));
+                m.upload_rejected(reject_name(&reason));
                 return Ok(upload_refused(reject_name(&reason), reason.to_string()));
             }
             inner.deadline_ms
@@ -190,14 +188,14 @@ impl CoordinatorService {
                 Next::Broken(status) => {
                     // Broken stream: keep what arrived for a resume.
                     save(part);
-                    Metrics::inc(&m.uploads_incomplete);
+                    m.upload_incomplete();
                     return Err(status);
                 }
                 Next::TooSlow(why) => {
                     // Slowloris or a dying link: free the slot, keep what arrived for a resume.
                     let received = part.assembler.received();
                     save(part);
-                    Metrics::inc(&m.uploads_incomplete);
+                    m.upload_incomplete();
                     shared.admission.strike(client.0);
                     tracing::info!(client = client.0, job = job.id.0, received, why = %why, "slow upload dropped; its slot is free");
                     let msg = format!(
@@ -232,7 +230,7 @@ impl CoordinatorService {
         if !part.assembler.is_complete() {
             let received = part.assembler.received();
             save(part);
-            Metrics::inc(&m.uploads_incomplete);
+            m.upload_incomplete();
             return Ok(upload_response(
                 v1::UploadStatus::Incomplete,
                 "stream ended before total_bytes; resume from resume_offset",

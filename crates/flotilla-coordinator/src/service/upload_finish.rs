@@ -9,7 +9,6 @@ use flotilla_proto::v1;
 use tonic::{Response, Status};
 
 use super::{CoordinatorService, reject_name, upload_refused, upload_response};
-use crate::metrics::Metrics;
 use crate::state::{JobRuntime, UploadKey};
 
 /// A complete, verified upload.
@@ -53,19 +52,15 @@ impl CoordinatorService {
         }
         if let Some(sha) = inner.accepted.get(&key) {
             let dup = *sha == header.sha256;
-            shared.metrics.reject(if dup {
-                "duplicate"
-            } else {
-                "conflicting_update"
-            });
             return Ok(if dup {
-                Metrics::inc(&m.uploads_duplicate);
+                m.upload_duplicate();
                 upload_response(
                     v1::UploadStatus::Duplicate,
                     "this update was already accepted",
                     total,
                 )
             } else {
+                m.upload_rejected("conflicting_update");
                 upload_refused(
                     "conflicting_update",
                     "a different update was already accepted for this round, attempt and stage",
@@ -89,7 +84,7 @@ impl CoordinatorService {
             return match res {
                 Ok(()) => {
                     inner.accepted.insert(key, header.sha256.clone());
-                    Metrics::inc(&m.uploads_accepted);
+                    m.upload_accepted();
                     Ok(upload_response(
                         v1::UploadStatus::Accepted,
                         "masked input accepted",
@@ -123,7 +118,7 @@ impl CoordinatorService {
             )));
         }
         if out.accepted {
-            Metrics::inc(&m.uploads_accepted);
+            m.upload_accepted();
             return Ok(upload_response(
                 v1::UploadStatus::Accepted,
                 "update accepted",
@@ -131,7 +126,7 @@ impl CoordinatorService {
             ));
         }
         let reason = out.reject.unwrap_or(RejectReason::NotAccepting("unknown"));
-        shared.metrics.reject(reject_name(&reason));
+        m.upload_rejected(reject_name(&reason));
         Ok(upload_refused(reject_name(&reason), reason.to_string()))
     }
 }

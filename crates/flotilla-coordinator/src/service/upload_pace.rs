@@ -41,6 +41,8 @@ impl UploadProgress {
 struct CountingBody {
     inner: Body,
     progress: UploadProgress,
+    /// `flotilla_received_bytes_total`.
+    total: prometheus_client::metrics::counter::Counter,
 }
 
 impl http_body::Body for CountingBody {
@@ -58,6 +60,7 @@ impl http_body::Body for CountingBody {
             self.progress
                 .0
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.total.inc_by(data.len() as u64);
         }
         polled
     }
@@ -72,37 +75,68 @@ impl http_body::Body for CountingBody {
 }
 
 /// Wraps the gRPC service: `UploadUpdate` requests get a counting body and its [`UploadProgress`]
-/// in their extensions; every other call passes unchanged.
+/// in their extensions; every call is timed into `flotilla_rpc_duration_seconds{rpc}` (until its
+/// response starts).
 #[derive(Clone)]
-pub(crate) struct CountUploadBytes<S>(pub S);
+pub(crate) struct CountUploadBytes<S>(pub S, pub Arc<crate::metrics::Metrics>);
 
 impl<S: NamedService> NamedService for CountUploadBytes<S> {
     const NAME: &'static str = S::NAME;
 }
 
+/// The `rpc` label of a gRPC path: the method name, from a fixed list.
+fn rpc_name(path: &str) -> &'static str {
+    const RPCS: [&str; 7] = [
+        "Enroll",
+        "CheckIn",
+        "DownloadModel",
+        "UploadUpdate",
+        "QueryUpload",
+        "SubmitStageMessage",
+        "ReportTaskFailure",
+    ];
+    let method = path.rsplit('/').next().unwrap_or_default();
+    RPCS.into_iter().find(|r| *r == method).unwrap_or("other")
+}
+
 impl<S> Service<Request<Body>> for CountUploadBytes<S>
 where
     S: Service<Request<Body>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if req.uri().path() != UPLOAD_PATH {
-            return self.0.call(req);
-        }
-        let (mut parts, inner) = req.into_parts();
-        let progress = UploadProgress::default();
-        parts.extensions.insert(progress.clone());
-        self.0.call(Request::from_parts(
-            parts,
-            Body::new(CountingBody { inner, progress }),
-        ))
+        let rpc = rpc_name(req.uri().path());
+        let fut = if req.uri().path() != UPLOAD_PATH {
+            self.0.call(req)
+        } else {
+            let (mut parts, inner) = req.into_parts();
+            let progress = UploadProgress::default();
+            parts.extensions.insert(progress.clone());
+            let total = self.1.received_bytes.clone();
+            self.0.call(Request::from_parts(
+                parts,
+                Body::new(CountingBody {
+                    inner,
+                    progress,
+                    total,
+                }),
+            ))
+        };
+        let metrics = self.1.clone();
+        let started = std::time::Instant::now();
+        Box::pin(async move {
+            let out = fut.await;
+            metrics.rpc_done(rpc, started);
+            out
+        })
     }
 }
 

@@ -9,6 +9,12 @@ use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
 /// What a development certificate is made with, suggested in every refusal.
 const DEV_CERTS_HINT: &str = "e.g. `flotilla dev-certs DIR --host NAME`";
 
+/// `notAfter` of the certificate `der`, Unix seconds (`None` if it does not parse).
+pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Checks the leaf certificate `der` of the `--tls-cert` file `path` at the time `now`: refuses a
 /// CA certificate (basicConstraints CA:TRUE), an expired or not yet valid certificate, one without
 /// a subjectAltName (rustls clients ignore the subject's CN), and one whose extendedKeyUsage

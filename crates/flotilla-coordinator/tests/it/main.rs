@@ -16,6 +16,7 @@ mod initial_model;
 mod injected_model;
 mod module_layers;
 mod privacy;
+mod prometheus;
 mod secagg_round;
 mod spec_errors;
 mod upload_resume;

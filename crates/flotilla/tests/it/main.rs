@@ -22,6 +22,7 @@ mod job_memory;
 mod job_reasons;
 mod large_model;
 mod otlp;
+mod prometheus;
 mod readiness;
 mod readme;
 mod scenario_submit;
