@@ -15,6 +15,14 @@
 #   FLOTILLA_PYTHON_CLIENTS=0          how many of the clients are Python (numpy) clients,
 #                                      examples/python/numpy_logreg_client.py (the last ones)
 #   FLOTILLA_PYTHON=python3            the Python that has the flotilla package installed
+#   FLOTILLA_OPERATE=0                 1: also what an operator sees: the coordinator's Prometheus
+#                                      metrics on FLOTILLA_METRICS_LISTEN, a real Prometheus (if
+#                                      installed) scraping them with deploy/prometheus/alerts.yml,
+#                                      the probes, and the web console's address
+#   FLOTILLA_METRICS_LISTEN=127.0.0.1:9464     plain-HTTP metrics listener (FLOTILLA_OPERATE=1)
+#   FLOTILLA_PROMETHEUS_LISTEN=127.0.0.1:9090  Prometheus's web address (FLOTILLA_OPERATE=1)
+#   FLOTILLA_HOLD=0                    1: keep everything running after the job until Ctrl-C, to
+#                                      look at the console, the metrics and Prometheus
 set -euo pipefail
 
 F=${FLOTILLA:-target/release/flotilla}
@@ -25,6 +33,10 @@ CLIENTS=${FLOTILLA_CLIENTS:-10}
 JOB_SPEC=${FLOTILLA_JOB:-examples/job-digits.toml}
 PY_CLIENTS=${FLOTILLA_PYTHON_CLIENTS:-0}
 PY=${FLOTILLA_PYTHON:-python3}
+OPERATE=${FLOTILLA_OPERATE:-0}
+METRICS_LISTEN=${FLOTILLA_METRICS_LISTEN:-127.0.0.1:9464}
+PROM_LISTEN=${FLOTILLA_PROMETHEUS_LISTEN:-127.0.0.1:9090}
+HOLD=${FLOTILLA_HOLD:-0}
 export FLOTILLA_ADMIN_TOKEN=${FLOTILLA_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 command -v "$F" >/dev/null || { echo "error: no flotilla binary at $F: run \`cargo build --release\`, or set FLOTILLA" >&2; exit 1; }
@@ -71,12 +83,40 @@ rm -rf "$DIR"
 mkdir -p "$DIR"
 "$F" dev-certs "$DIR/certs" >/dev/null     # a development CA and a certificate for localhost
 
+OPERATE_ARGS=()
+[ "$OPERATE" = 1 ] && OPERATE_ARGS=(--metrics-listen "$METRICS_LISTEN")
 "$F" server --data-dir "$DIR/server" --listen "$LISTEN" --admin-listen "$ADMIN_LISTEN" \
-  --tls-cert "$DIR/certs/server.pem" --tls-key "$DIR/certs/server-key.pem" \
+  --tls-cert "$DIR/certs/server.pem" --tls-key "$DIR/certs/server-key.pem" "${OPERATE_ARGS[@]}" \
   --ready-file "$DIR/server.ready" >/dev/null 2>"$DIR/server.log" &
 PIDS+=($!); LOGS+=("$DIR/server.log")
 until [ -e "$DIR/server.ready" ]; do check_alive; sleep 0.1; done
 echo "coordinator ready: gRPC https://$LISTEN, admin https://$ADMIN_LISTEN (log: $DIR/server.log)"
+
+PROMETHEUS=
+if [ "$OPERATE" = 1 ]; then
+  (umask 077; printf '%s\n' "$FLOTILLA_ADMIN_TOKEN" > "$DIR/admin-token")
+  echo "console: https://$ADMIN_LISTEN/ (CA $DIR/certs/ca.pem; log in with the token in $DIR/admin-token)"
+  echo "metrics: http://$METRICS_LISTEN/metrics; probes: https://$ADMIN_LISTEN/healthz and /readyz"
+  if command -v prometheus >/dev/null; then
+    # Scraped every second so that a short job shows up; honor_labels keeps Flotilla's `job`
+    # label (the job id). The alert rules are the ones deploy/ ships.
+    cat > "$DIR/prometheus.yml" <<PROM
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: ["$PWD/deploy/prometheus/alerts.yml"]
+scrape_configs:
+  - job_name: flotilla-coordinator
+    honor_labels: true
+    static_configs: [{targets: ["$METRICS_LISTEN"]}]
+PROM
+    prometheus --config.file "$DIR/prometheus.yml" --storage.tsdb.path "$DIR/prometheus" \
+      --web.listen-address "$PROM_LISTEN" >/dev/null 2>"$DIR/prometheus.log" &
+    PIDS+=($!); LOGS+=("$DIR/prometheus.log")
+    PROMETHEUS=http://$PROM_LISTEN
+    echo "prometheus: $PROMETHEUS (alert rules of deploy/prometheus/alerts.yml; log: $DIR/prometheus.log)"
+  else
+    echo "prometheus is not installed (apt-get install prometheus): metrics are served, not scraped"
+  fi
+fi
 
 ADMIN=(--admin-url "https://$ADMIN_LISTEN" --ca-cert "$DIR/certs/ca.pem")
 TOKEN=$("$F" enroll-token create "${ADMIN[@]}" --uses "$CLIENTS" --expires 1h --quiet)
@@ -109,3 +149,25 @@ if ! wait "$WAITER"; then
 fi
 "$F" job download "${ADMIN[@]}" "$JOB" --out "$DIR/model.safetensors"
 echo "federation finished: job $JOB completed; trained model in $DIR/model.safetensors"
+
+if [ "$OPERATE" = 1 ]; then
+  echo "readyz: $(curl -fsS --cacert "$DIR/certs/ca.pem" "https://$ADMIN_LISTEN/readyz")"
+  ROUNDS=$("$F" job status "${ADMIN[@]}" "$JOB" --json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["history"]))')
+  if [ -n "$PROMETHEUS" ]; then
+    # The last scrape may predate the last commit: ask until Prometheus has seen every round.
+    query() { curl -fsS "$PROMETHEUS/api/v1/query" --data-urlencode "query=$1" \
+      | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(int(float(r[0]["value"][1])) if r else 0)'; }
+    SEEN=0
+    for _ in $(seq 100); do
+      SEEN=$(query "sum(flotilla_rounds_committed_total{job=\"$JOB\"})") && [ "$SEEN" = "$ROUNDS" ] && break
+      check_alive; sleep 0.2
+    done
+    echo "prometheus: flotilla_rounds_committed_total{job=\"$JOB\"} = $SEEN; the job committed $ROUNDS rounds"
+    echo "prometheus: $(query 'count(ALERTS{alertstate="firing"})') alerts firing"
+    [ "$SEEN" = "$ROUNDS" ] || { echo "error: Prometheus saw $SEEN rounds committed, not $ROUNDS" >&2; exit 1; }
+  fi
+fi
+if [ "$HOLD" = 1 ]; then
+  echo "everything keeps running; press Ctrl-C to stop"
+  while true; do check_alive; sleep 1; done
+fi

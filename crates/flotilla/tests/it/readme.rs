@@ -100,6 +100,9 @@ impl Script {
             "FLOTILLA_ADMIN_TOKEN",
             "FLOTILLA_ADMIN_URL",
             "FLOTILLA_CA_CERT",
+            "FLOTILLA_OPERATE",
+            "FLOTILLA_HOLD",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
         ] {
             cmd.env_remove(var);
         }
@@ -107,6 +110,14 @@ impl Script {
             .env("FLOTILLA_LISTEN", format!("127.0.0.1:{}", free_port()))
             .env(
                 "FLOTILLA_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env(
+                "FLOTILLA_METRICS_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env(
+                "FLOTILLA_PROMETHEUS_LISTEN",
                 format!("127.0.0.1:{}", free_port()),
             )
             .envs(extra_env.iter().copied())
@@ -219,6 +230,50 @@ fn readme_federation_block_runs_as_written_and_leaves_no_process() {
         left.is_empty(),
         "processes left behind by the README block: {left:#?}"
     );
+    drop(script);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// README's "Operate it" block: the federation with the metrics listener and a real Prometheus
+/// (Debian's `prometheus`, which `.ci/run` installs) scraping it with the shipped alert rules; the
+/// script itself checks that Prometheus saw every committed round.
+#[test]
+fn readme_operate_block_runs_as_written() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let block = marked_block(&readme, "<!-- test: operate -->").unwrap_or_else(|e| panic!("{e}"));
+    let has_prometheus = Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_prometheus && std::env::var_os("FLOTILLA_REQUIRE_PROMETHEUS").is_none() {
+        eprintln!("skipped: `prometheus` is not installed (apt-get install prometheus)");
+        return;
+    }
+    let dir = work_dir("operate");
+    let mut script = Script::start(&dir, &["-euo", "pipefail", "-c", &block], &[]);
+    let status = script.wait_for(Duration::from_secs(600));
+    let (out, err) = (read(&dir.join("out.log")), read(&dir.join("err.log")));
+    let status = status.unwrap_or_else(|| {
+        panic!("the README block ran for over 10 minutes; stdout:\n{out}\nstderr:\n{err}")
+    });
+    assert!(
+        status.success(),
+        "the README block failed ({status}); stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        out.contains("readyz: ") && out.contains("console: https://"),
+        "no probe or console line:\n{out}"
+    );
+    let seen = out
+        .lines()
+        .find(|l| l.starts_with("prometheus: flotilla_rounds_committed_total"))
+        .unwrap_or_else(|| panic!("Prometheus was not asked:\n{out}\n{err}"));
+    let (left, right) = seen.split_once("; the job committed ").unwrap();
+    let rounds: u64 = right.trim_end_matches(" rounds").parse().unwrap();
+    assert!(rounds > 0, "{seen}");
+    assert!(left.ends_with(&format!("= {rounds}")), "{seen}");
+    let left = processes_mentioning(&dir);
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
     drop(script);
     let _ = std::fs::remove_dir_all(&dir);
 }
