@@ -1,7 +1,6 @@
 //! The console's login, its sessions on the admin API and the health probes, through the admin
 //! router of a real coordinator (SQLite in a temp dir).
 
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};

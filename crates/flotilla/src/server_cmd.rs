@@ -99,7 +99,12 @@ pub struct ServerArgs {
     metrics_listen: Option<SocketAddr>,
     /// Record the timing histograms and per-job series of /metrics (off: only the counters of
     /// GET /v1/metrics; for measuring the overhead with `flotilla bench coordinator`)
-    #[arg(long = "telemetry", value_enum, value_name = "on|off", default_value = "on")]
+    #[arg(
+        long = "telemetry",
+        value_enum,
+        value_name = "on|off",
+        default_value = "on"
+    )]
     record: Telemetry,
 }
 
