@@ -204,11 +204,14 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-#[test]
-fn readme_federation_block_runs_as_written_and_leaves_no_process() {
+/// Runs README.md's ```sh block after `marker` as written (`bash -euo pipefail -c`) in a fresh work
+/// directory `name`, and fails the test, with both logs, unless it exits 0 within 10 minutes.
+/// Returns the script (its process group is killed when dropped), the work directory, stdout and
+/// stderr.
+fn run_readme_block(marker: &str, name: &str) -> (Script, PathBuf, String, String) {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
-    let block = readme_block(&readme).unwrap_or_else(|e| panic!("{e}"));
-    let dir = work_dir("block");
+    let block = marked_block(&readme, marker).unwrap_or_else(|e| panic!("{e}"));
+    let dir = work_dir(name);
     let mut script = Script::start(&dir, &["-euo", "pipefail", "-c", &block], &[]);
     let status = script.wait_for(Duration::from_secs(600));
     let (out, err) = (read(&dir.join("out.log")), read(&dir.join("err.log")));
@@ -219,6 +222,12 @@ fn readme_federation_block_runs_as_written_and_leaves_no_process() {
         status.success(),
         "the README block failed ({status}); stdout:\n{out}\nstderr:\n{err}"
     );
+    (script, dir, out, err)
+}
+
+#[test]
+fn readme_federation_block_runs_as_written_and_leaves_no_process() {
+    let (script, dir, out, _) = run_readme_block(MARKER, "block");
     assert!(
         out.lines()
             .any(|l| l.starts_with("federation finished: job ")
@@ -239,8 +248,6 @@ fn readme_federation_block_runs_as_written_and_leaves_no_process() {
 /// script itself checks that Prometheus saw every committed round.
 #[test]
 fn readme_operate_block_runs_as_written() {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
-    let block = marked_block(&readme, "<!-- test: operate -->").unwrap_or_else(|e| panic!("{e}"));
     let has_prometheus = Command::new("prometheus")
         .arg("--version")
         .output()
@@ -249,17 +256,7 @@ fn readme_operate_block_runs_as_written() {
         eprintln!("skipped: `prometheus` is not installed (apt-get install prometheus)");
         return;
     }
-    let dir = work_dir("operate");
-    let mut script = Script::start(&dir, &["-euo", "pipefail", "-c", &block], &[]);
-    let status = script.wait_for(Duration::from_secs(600));
-    let (out, err) = (read(&dir.join("out.log")), read(&dir.join("err.log")));
-    let status = status.unwrap_or_else(|| {
-        panic!("the README block ran for over 10 minutes; stdout:\n{out}\nstderr:\n{err}")
-    });
-    assert!(
-        status.success(),
-        "the README block failed ({status}); stdout:\n{out}\nstderr:\n{err}"
-    );
+    let (script, dir, out, err) = run_readme_block("<!-- test: operate -->", "operate");
     assert!(
         out.contains("readyz: ") && out.contains("console: https://"),
         "no probe or console line:\n{out}"
