@@ -13,8 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::spec::ModelSection;
 
 mod metrics;
+mod principals;
 
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
+pub use principals::{
+    ApprovalInfo, JobDecided, PrincipalCreated, PrincipalInfo, PrincipalRequest, RejectRequest,
+    RoleBinding, TenantSettingsInfo, TenantSettingsRequest,
+};
 
 /// Every error answer: `{"error": "<one line>"}`, with a 4xx/5xx status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -69,7 +74,8 @@ pub struct JobSummary {
     pub name: String,
     /// Tenant it runs for.
     pub tenant: String,
-    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    /// `pending`, `pending_approval` (waiting for an approver), `running`, `completed`, `failed`,
+    /// `cancelled` or `rejected` (cancelled by an approver: it never ran).
     pub state: String,
     /// Rounds committed so far.
     pub rounds_completed: u64,
@@ -124,6 +130,10 @@ pub struct JobStatus {
     /// The job's spec as the coordinator parsed it (every default filled in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<serde_json::Value>,
+    /// Who submitted the job and, in a tenant that requires approval, who approved or rejected
+    /// it and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalInfo>,
 }
 
 /// An abandoned round attempt in a job's status.

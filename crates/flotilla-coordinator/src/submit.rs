@@ -126,12 +126,21 @@ impl Shared {
 
     /// Validates, stores and starts a job from its TOML text and, for a model given by
     /// `[model] initial`, the safetensors file (`initial`, required then and refused otherwise).
+    /// `submitter` (an audit actor name) is recorded with it. In a tenant that requires approval
+    /// the job is validated and stored but not started: it waits for [`Shared::start_approved`].
     pub async fn submit_job(
         &self,
         text: String,
         initial: Option<Vec<u8>>,
+        submitter: &str,
     ) -> Result<JobId, SubmitError> {
         let spec = JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let needs_approval = self
+            .store
+            .tenant_settings(&spec.tenant)
+            .await
+            .map_err(store_error)?
+            .require_approval;
         let (model, initial_blob, evaluator) = if spec.is_custom() {
             let (model, blob) = self.given_model(initial).await?;
             // `[evaluation]` was refused with the spec: nothing evaluates a given model here.
@@ -171,21 +180,18 @@ impl Shared {
             .map_err(SubmitError::Invalid)?;
         let spec_json =
             serde_json::to_value(&spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
+        let new_job = flotilla_store::NewJob {
+            tenant: &spec.tenant,
+            name: &spec.name,
+            spec: &spec_json,
+            rounds_total: spec.rounds,
+            layout: Some(machine.layout()),
+        };
         let id = self
             .store
-            .create_job_with_layout(
-                &spec.tenant,
-                &spec.name,
-                &spec_json,
-                spec.rounds,
-                Some(machine.layout()),
-            )
+            .create_submitted_job(&new_job, submitter, needs_approval)
             .await
-            .map_err(|e| match e {
-                StoreError::InvalidArgument(m) => SubmitError::Invalid(m),
-                e if retryable(&e) => SubmitError::Unavailable(e.to_string()),
-                e => SubmitError::Internal(e.to_string()),
-            })?;
+            .map_err(store_error)?;
         if let Some(blob) = initial_blob
             && let Err(e) = self.store_initial_model(id, blob).await
         {
@@ -199,6 +205,25 @@ impl Shared {
                 .await;
             return Err(e);
         }
+        if needs_approval {
+            // Stored, not started: recovery loads running jobs only, so it waits across restarts.
+            tracing::info!(job = id.0, submitter, "job submitted; waiting for approval");
+            return Ok(id);
+        }
+        self.start_stored(id, spec, machine, evaluator).await?;
+        tracing::info!(job = id.0, "job submitted and running");
+        Ok(id)
+    }
+
+    /// Starts a stored job with its new machine, exactly as a submission does: round 1 attempt 1
+    /// recorded, the privacy budget registered, the job marked running and its runtime inserted.
+    async fn start_stored(
+        &self,
+        id: JobId,
+        spec: JobSpec,
+        machine: RoundMachine,
+        evaluator: Option<Box<dyn Evaluate>>,
+    ) -> Result<(), SubmitError> {
         // Round 1 attempt 1 may be handed out as soon as the job runs: recorded first, so a
         // restart before the first commit resumes at attempt 2, not at a second attempt 1.
         if let Err(e) = self.record_attempt(id, 1, 1).await {
@@ -225,8 +250,16 @@ impl Shared {
             .runtime(id, spec, machine, evaluator)
             .map_err(SubmitError::Internal)?;
         self.insert_job(rt);
-        tracing::info!(job = id.0, "job submitted and running");
-        Ok(id)
+        Ok(())
+    }
+}
+
+/// A store error of a submission, by whose fault.
+fn store_error(e: StoreError) -> SubmitError {
+    match e {
+        StoreError::InvalidArgument(m) => SubmitError::Invalid(m),
+        e if retryable(&e) => SubmitError::Unavailable(e.to_string()),
+        e => SubmitError::Internal(e.to_string()),
     }
 }
 

@@ -139,6 +139,16 @@ pub enum StoreError {
     /// An argument was out of range or malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// No principal has this name.
+    #[error("principal {0:?} not found")]
+    PrincipalNotFound(String),
+    /// A principal with this name exists (revoked principals' names stay taken).
+    #[error("principal {0:?} already exists; choose another name")]
+    PrincipalExists(String),
+    /// A job cannot be approved or rejected now (not waiting, already decided, or by its own
+    /// submitter): why, on one line.
+    #[error("{0}")]
+    ApprovalRefused(String),
 }
 
 impl From<sqlx::Error> for StoreError {

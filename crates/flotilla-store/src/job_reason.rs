@@ -11,7 +11,7 @@ pub const MAX_STATE_REASON_BYTES: usize = 2048;
 
 /// `reason` as stored: one line (control characters become spaces), trimmed, at most
 /// [`MAX_STATE_REASON_BYTES`]; `None` if nothing is left.
-fn clean(reason: &str) -> Option<String> {
+pub(crate) fn clean(reason: &str) -> Option<String> {
     let one_line: String = reason
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

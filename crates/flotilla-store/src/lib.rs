@@ -31,12 +31,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod approvals;
 mod blobs;
 mod db_ids;
 mod error;
 mod health;
 mod job_reason;
 mod layout_eval;
+mod principals;
 mod recovery;
 mod round_lookup;
 mod sweep;
@@ -50,8 +52,13 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+pub use approvals::{ApprovalState, JobApproval, NewJob};
 pub use error::{Result, StoreError};
 pub use job_reason::MAX_STATE_REASON_BYTES;
+pub use principals::{
+    ALL_TENANTS, NewPrincipal, PRINCIPAL_TOKEN_PREFIX, PrincipalKind, PrincipalRecord, ROLE_NAMES,
+    RoleGrant, TenantSettings, check_principal_name,
+};
 pub use types::{
     ClientId, ClientRecord, CommittedRound, Enrollment, JobId, JobRecord, JobState,
     NewEnrollmentToken, ParseJobStateError, RecoveredJob, RoundCommit, TokenId,

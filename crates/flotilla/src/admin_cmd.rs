@@ -1,7 +1,8 @@
 //! Commands that talk to a coordinator's admin HTTP/JSON API: `enroll-token`, `job`, `client`.
 //! Output is for people by default (see `admin_view`); `--json` prints the coordinator's answer.
 //!
-//! Every request carries `authorization: Bearer $FLOTILLA_ADMIN_TOKEN`. TLS is verified against the
+//! Every request carries `authorization: Bearer <token>`: `--token`, else `$FLOTILLA_TOKEN`, else
+//! `$FLOTILLA_ADMIN_TOKEN`. TLS is verified against the
 //! CA given with `--ca-cert` (and only that CA); plain `http://` needs `--insecure`.
 
 use std::path::PathBuf;
@@ -37,6 +38,10 @@ pub struct AdminArgs {
     #[arg(long, env = "FLOTILLA_ADMIN_WAIT", value_name = "DURATION", default_value = "5s",
           value_parser = humantime::parse_duration)]
     wait: Duration,
+    /// Token to call with: a principal's token [default: $FLOTILLA_TOKEN, else
+    /// $FLOTILLA_ADMIN_TOKEN, the bootstrap admin]
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 /// `--json` / `--quiet`: who reads the output.
@@ -44,10 +49,10 @@ pub struct AdminArgs {
 pub struct OutputArgs {
     /// Print the coordinator's answer as JSON (for scripts)
     #[arg(long, conflicts_with = "quiet")]
-    json: bool,
+    pub(crate) json: bool,
     /// Print only the essential value (an id, a token), nothing else
     #[arg(long, short = 'q')]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 /// `--json` alone, for commands with nothing to be quiet about.
@@ -55,7 +60,7 @@ pub struct OutputArgs {
 pub struct JsonArg {
     /// Print the coordinator's answer as JSON (for scripts)
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `flotilla enroll-token …`
@@ -109,6 +114,27 @@ pub enum JobCommand {
     },
     /// Cancel a job.
     Cancel {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Job id
+        id: String,
+        /// Why, recorded with the job and shown in its status
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        output: JsonArg,
+    },
+    /// Approve a job waiting for approval (needs `approver` in its tenant; not its submitter).
+    Approve {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Job id
+        id: String,
+        #[command(flatten)]
+        output: JsonArg,
+    },
+    /// Reject a job waiting for approval: it is cancelled and never runs.
+    Reject {
         #[command(flatten)]
         admin: AdminArgs,
         /// Job id
@@ -175,7 +201,7 @@ pub enum ClientAdminCommand {
     },
 }
 
-struct Admin {
+pub(crate) struct Admin {
     base: String,
     token: String,
     http: reqwest::blocking::Client,
@@ -184,10 +210,16 @@ struct Admin {
 }
 
 impl Admin {
-    fn new(args: &AdminArgs) -> Result<Self> {
-        let token = std::env::var("FLOTILLA_ADMIN_TOKEN").map_err(|_| {
-            anyhow!("FLOTILLA_ADMIN_TOKEN is not set; it must hold the coordinator's admin token")
-        })?;
+    pub(crate) fn new(args: &AdminArgs) -> Result<Self> {
+        let token = match &args.token {
+            Some(t) => t.trim().to_owned(),
+            None => std::env::var("FLOTILLA_ADMIN_TOKEN").map_err(|_| {
+                anyhow!(
+                    "no token: pass --token, or set FLOTILLA_TOKEN (a principal's token) or \
+                     FLOTILLA_ADMIN_TOKEN (the coordinator's admin token)"
+                )
+            })?,
+        };
         let base = args.admin_url.trim_end_matches('/').to_string();
         // reqwest is built without a default crypto provider; use ring, as the rest of the stack does.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -219,7 +251,12 @@ impl Admin {
         })
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let deadline = Instant::now() + self.wait;
         let resp = loop {
@@ -317,7 +354,7 @@ fn connection_refused(e: &reqwest::Error) -> bool {
     false
 }
 
-enum Body {
+pub(crate) enum Body {
     Json(Value),
     Toml(String),
     /// A job spec with its `[model] initial` file (`multipart/form-data`).
@@ -329,13 +366,13 @@ enum Body {
 }
 
 /// Parses an answer into the typed form it is rendered from.
-fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
     serde_json::from_value(v)
         .with_context(|| format!("the coordinator's {what} answer is not understood (try --json)"))
 }
 
 /// A request body as JSON.
-fn body(req: &impl serde::Serialize) -> Result<Option<Body>> {
+pub(crate) fn body(req: &impl serde::Serialize) -> Result<Option<Body>> {
     Ok(Some(Body::Json(
         serde_json::to_value(req).context("encoding the request")?,
     )))
@@ -499,6 +536,15 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                 println!("job {id} cancelled");
             }
         }
+        JobCommand::Approve { admin, id, output } => {
+            crate::principal_cmd::approve(&admin, &id, output)?
+        }
+        JobCommand::Reject {
+            admin,
+            id,
+            reason,
+            output,
+        } => crate::principal_cmd::reject(&admin, &id, reason, output)?,
         JobCommand::Wait {
             admin,
             id,

@@ -14,6 +14,7 @@ mod log_escape;
 mod model_file;
 mod net_cmd;
 mod plot;
+mod principal_cmd;
 mod ready;
 mod server_cmd;
 mod server_models;
@@ -52,6 +53,12 @@ enum Command {
     /// Submit, list, inspect, cancel jobs on a coordinator and download their models.
     #[command(subcommand)]
     Job(admin_cmd::JobCommand),
+    /// Create, list and revoke principals (people and service accounts with roles per tenant).
+    #[command(subcommand)]
+    Principal(principal_cmd::PrincipalCommand),
+    /// Tenant settings on a coordinator (e.g. whether jobs need approval).
+    #[command(subcommand)]
+    Tenant(principal_cmd::TenantCommand),
     /// Measure aggregation, secure aggregation and the coordinator; prints JSON with --json.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -88,6 +95,8 @@ fn main() -> ExitCode {
         Command::DevCerts(args) => server_cmd::dev_certs(args),
         Command::EnrollToken(cmd) => admin_cmd::enroll_token(cmd),
         Command::Job(cmd) => admin_cmd::job(cmd),
+        Command::Principal(cmd) => principal_cmd::principal(cmd),
+        Command::Tenant(cmd) => principal_cmd::tenant(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Dp(cmd) => dp_cmd::run(cmd),
         Command::Completions(args) => completions_cmd::run(args),

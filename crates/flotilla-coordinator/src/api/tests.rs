@@ -135,6 +135,7 @@ fn job_status_has_the_summary_at_the_top_level() {
         }),
         abandoned: Vec::new(),
         spec: None,
+        approval: None,
     };
     let mut want = value(&summary());
     want["history"] = json!([{"round": 1, "attempt": 1, "participants": [4, 5],

@@ -10,7 +10,7 @@ use super::{Admin, typed};
 use crate::admin_view::{self, Clock, JobStatus};
 
 /// States after which a job never changes again.
-const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
+const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "rejected"];
 
 /// Polls the job every `interval` until it is completed, failed or cancelled, printing one line on
 /// stderr whenever its progress or its reason changes; then prints its status (human, or JSON with
