@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod approvals;
+mod audit;
 mod blobs;
 mod db_ids;
 mod error;
@@ -53,6 +54,10 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 pub use approvals::{ApprovalState, JobApproval, NewJob};
+pub use audit::{
+    AuditEntry, AuditEvent, AuditOutcome, AuditProblem, AuditVerification, GENESIS_HASH,
+    MAX_DETAILS_BYTES,
+};
 pub use error::{Result, StoreError};
 pub use job_reason::MAX_STATE_REASON_BYTES;
 pub use principals::{

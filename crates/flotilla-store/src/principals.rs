@@ -445,7 +445,10 @@ pub(crate) async fn audit_record(
     details: serde_json::Value,
     at_ms: i64,
 ) -> Result<()> {
-    // FOUNDATION: audit::append
-    let _ = (tx, actor, tenant, action, resource, details, at_ms);
+    let mut ev = crate::AuditEvent::new(actor, action, resource).details(details);
+    if let Some(t) = tenant {
+        ev = ev.tenant(t);
+    }
+    crate::audit::append(tx, &ev, at_ms).await?;
     Ok(())
 }
