@@ -11,15 +11,15 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use flotilla_store::{ClientId, ClientRecord, JobId, JobRecord, JobState, StoreError};
-use subtle::ConstantTimeEq;
 
 use crate::api::{
     AbandonedAttempt, CancelRequest, ClientRevoked, CurrentRound, ErrorBody, JobCancelled,
     JobStatus, JobSubmitted, JobSummary, RoundMetrics, RoundRecord, TokenIssued, TokenRequest,
 };
 use crate::authz::{self, Action, Actor, Denied};
+use crate::principal_auth::Resolved;
 use crate::clock::now_ms;
 use crate::console::session::Admit;
 use crate::metrics::MetricsSnapshot;
@@ -28,6 +28,8 @@ use crate::submit::SubmitError;
 
 #[path = "admin_model.rs"]
 mod model;
+#[path = "admin_principals.rs"]
+mod principals;
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -58,10 +60,13 @@ impl From<StoreError> for ApiError {
             );
         }
         let code = match &e {
-            StoreError::JobNotFound(_) | StoreError::ClientNotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::InvalidTransition { .. } | StoreError::JobNotRunning { .. } => {
-                StatusCode::CONFLICT
-            }
+            StoreError::JobNotFound(_)
+            | StoreError::ClientNotFound(_)
+            | StoreError::PrincipalNotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::InvalidTransition { .. }
+            | StoreError::JobNotRunning { .. }
+            | StoreError::PrincipalExists(_)
+            | StoreError::ApprovalRefused(_) => StatusCode::CONFLICT,
             StoreError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -101,15 +106,10 @@ async fn bounded<T>(
 /// An answer of type `T`, or an error answer.
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// Constant-time comparison of two byte strings (length is not secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
-}
 
 /// Whether `actor` may do `action` on a resource of `tenant` (`None`: installation-wide or a
 /// list): the roles first (`authz`), then the Cedar policies on top. `resource` names the resource
 /// in a `404` ("job 7"), which reads exactly like the answer for a resource that does not exist.
-#[allow(dead_code)] // Foundation of issue 16: every handler calls it as the issue lands.
 pub(crate) fn allow(
     st: &AdminState,
     actor: &Actor,
@@ -143,7 +143,6 @@ pub(crate) fn allow(
 }
 
 /// An actor's roles as `tenant:role, …` for messages.
-#[allow(dead_code)]
 fn roles_text(actor: &Actor) -> String {
     if actor.roles.is_empty() {
         return "none".into();
@@ -157,45 +156,64 @@ fn roles_text(actor: &Actor) -> String {
 }
 
 /// Resolves the caller (`Actor`) and puts it into the request's extensions for the handlers
-/// (`Extension<Actor>`), or answers `401`.
+/// (`Extension<Actor>`), or answers `401`: a bearer token (the bootstrap admin token or a
+/// principal's, `principal_auth`), else a console session (which carries the actor that logged
+/// in). `GET /metrics` (a service of its own) is authorized here.
 async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if given.is_none() {
-        // No bearer token: a browser with a console session (CSRF rules for state changes).
-        match st.console.admit(req.method(), req.headers()) {
-            Admit::Session(_) => {
-                req.extensions_mut().insert(Actor::bootstrap());
-                return next.run(req).await;
+        .map(|t| t.trim().to_owned());
+    let actor = match given {
+        None => {
+            // No bearer token: a browser with a console session (CSRF rules for state changes).
+            match st.console.admit(req.method(), req.headers()) {
+                Admit::Session(_) => match st.console.session_actor(req.headers()) {
+                    Some(a) => a,
+                    None => return unauthenticated(&st, "the console session ended; log in again"),
+                },
+                Admit::Refused(why) => {
+                    return ApiError(StatusCode::FORBIDDEN, why.into()).into_response();
+                }
+                Admit::NoSession => {
+                    return unauthenticated(
+                        &st,
+                        "missing token (authorization: Bearer <FLOTILLA_ADMIN_TOKEN or a principal's token>)",
+                    );
+                }
             }
-            Admit::Refused(why) => {
-                return ApiError(StatusCode::FORBIDDEN, why.into()).into_response();
-            }
-            Admit::NoSession => {}
         }
+        Some(t) => match crate::principal_auth::resolve(
+            &st.shared.store,
+            &st.shared.principals,
+            &st.token,
+            &t,
+        )
+        .await
+        {
+            Resolved::Actor(a) => a,
+            Resolved::Refused(why) => return unauthenticated(&st, &why),
+            Resolved::Unavailable(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    if req.uri().path() == "/metrics"
+        && let Err(e) = allow(&st, &actor, Action::MetricsRead, None, "/metrics")
+    {
+        return e.into_response();
     }
-    match given {
-        Some(t) if same(t.as_bytes(), st.token.as_bytes()) => {
-            req.extensions_mut().insert(Actor::bootstrap());
-            next.run(req).await
-        }
-        _ => {
-            // Audit hook: failed admin authentications are counted here and flushed to the audit
-            // log in aggregate (a flood cannot fill the disk).
-            st.shared.metrics.auth_failure("admin_unauthenticated");
-            st.shared.metrics.reject("admin_unauthenticated");
-            ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong admin token (authorization: Bearer <FLOTILLA_ADMIN_TOKEN>)"
-                    .into(),
-            )
-            .into_response()
-        }
-    }
+    req.extensions_mut().insert(actor);
+    next.run(req).await
+}
+
+/// `401` with `why`, counted as a failed admin authentication.
+fn unauthenticated(st: &AdminState, why: &str) -> Response {
+    // Audit hook: failed admin authentications are counted here and flushed to the audit log in
+    // aggregate (a flood cannot fill the disk).
+    st.shared.metrics.auth_failure("admin_unauthenticated");
+    st.shared.metrics.reject("admin_unauthenticated");
+    ApiError(StatusCode::UNAUTHORIZED, why.to_owned()).into_response()
 }
 
 /// The admin router; `prometheus` (the `GET /metrics` route) is served behind the token (or a
@@ -222,7 +240,21 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route("/v1/jobs/{id}/model/info", get(model::model_info))
         .route("/v1/clients", get(list_clients))
         .route("/v1/clients/{id}/revoke", post(revoke_client))
-        .route("/v1/metrics", get(metrics));
+        .route("/v1/metrics", get(metrics))
+        .route(
+            "/v1/principals",
+            post(principals::create_principal).get(principals::list_principals),
+        )
+        .route(
+            "/v1/principals/{name}/revoke",
+            post(principals::revoke_principal),
+        )
+        .route(
+            "/v1/tenants/{tenant}",
+            get(principals::get_tenant).put(principals::put_tenant),
+        )
+        .route("/v1/jobs/{id}/approve", post(principals::approve_job))
+        .route("/v1/jobs/{id}/reject", post(principals::reject_job));
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);
     }
@@ -234,7 +266,11 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .merge(crate::probes::router(shared))
 }
 
-async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<TokenIssued> {
+async fn create_token(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> ApiResult<TokenIssued> {
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {
@@ -242,6 +278,13 @@ async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<To
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
     };
     let tenant = req.tenant.unwrap_or_else(|| "default".to_owned());
+    allow(
+        &st,
+        &actor,
+        Action::TokenCreate,
+        Some(&tenant),
+        &format!("tenant {tenant}"),
+    )?;
     let uses = req.uses.unwrap_or(1);
     let secs = req.expires_in_seconds.unwrap_or(86_400);
     if secs == 0 || secs > 10 * 365 * 86_400 {
@@ -351,7 +394,13 @@ async fn submission_parts(mut parts: Multipart) -> Result<(String, Option<Vec<u8
 
 /// `POST /v1/jobs`: the job's TOML as the body, or `multipart/form-data` with the parts `spec`
 /// and, for a model given by `[model] initial`, `initial` (the safetensors file).
-async fn submit_job(State(st): State<AdminState>, req: Request) -> ApiResult<JobSubmitted> {
+async fn submit_job(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    req: Request,
+) -> ApiResult<JobSubmitted> {
+    // Refused before the body is read if the actor may submit nowhere.
+    allow(&st, &actor, Action::JobSubmit, None, "tenant")?;
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -380,7 +429,12 @@ async fn submit_job(State(st): State<AdminState>, req: Request) -> ApiResult<Job
             })?;
         (spec_text(body)?, None)
     };
-    match st.shared.submit_job(text, initial).await {
+    // The tenant is in the spec: an unreadable spec is refused by the submission with its error.
+    if let Ok(spec) = crate::spec::JobSpec::from_toml(&text) {
+        let t = &spec.tenant;
+        allow(&st, &actor, Action::JobSubmit, Some(t), &format!("tenant {t}"))?;
+    }
+    match st.shared.submit_job(text, initial, &actor.audit_name()).await {
         Ok(id) => Ok(Json(JobSubmitted { job_id: id.0 })),
         Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
         Err(e @ SubmitError::Unavailable(_)) => {
@@ -465,16 +519,27 @@ struct Live {
     abandoned: Vec<AbandonedAttempt>,
 }
 
-async fn list_jobs(State(st): State<AdminState>) -> ApiResult<Vec<JobSummary>> {
+async fn list_jobs(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult<Vec<JobSummary>> {
+    allow(&st, &actor, Action::JobRead, None, "jobs")?;
+    let visible = actor.tenants_for(Action::JobRead);
     let jobs = bounded(st.shared.store.list_jobs(None)).await?;
+    let approvals = bounded(st.shared.store.job_approvals(None)).await?;
     let mut out = Vec::with_capacity(jobs.len());
     for j in &jobs {
+        if visible.as_ref().is_some_and(|v| !v.contains(&j.tenant)) {
+            continue;
+        }
         let (reason, live) = job_reason(&st, j).await;
-        out.push(job_summary(
+        let mut summary = job_summary(
             j,
             reason,
             live.as_ref().and_then(|l| l.halted.as_deref()),
-        ));
+        );
+        summary.state = principals::shown_state(j.state, approvals.get(&j.id));
+        out.push(summary);
     }
     Ok(Json(out))
 }
@@ -491,16 +556,23 @@ fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
     })
 }
 
-async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiResult<JobStatus> {
+async fn get_job(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<JobStatus> {
     let id = JobId(parse_id(&id, "job id")?);
     let job = bounded(st.shared.store.get_job(id)).await?;
+    allow(&st, &actor, Action::JobRead, Some(&job.tenant), &format!("job {id}"))?;
+    let approval = bounded(st.shared.store.job_approval(id)).await?;
     let history = bounded(st.shared.store.job_history(id)).await?;
     let (reason, mut live) = job_reason(&st, &job).await;
-    let summary = job_summary(
+    let mut summary = job_summary(
         &job,
         reason,
         live.as_ref().and_then(|l| l.halted.as_deref()),
     );
+    summary.state = principals::shown_state(job.state, Some(&approval));
     let mut rounds = Vec::with_capacity(history.len());
     for r in &history {
         // The store keeps metrics as opaque JSON; this coordinator wrote them as `RoundMetrics`.
@@ -552,21 +624,30 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
         current,
         abandoned,
         spec: Some(job.spec.clone()),
+        approval: (approval.submitted_by.is_some() || approval.state.is_some())
+            .then(|| principals::approval_info(&approval)),
     }))
 }
 
 async fn cancel_job(
     State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<JobCancelled> {
     let id = JobId(parse_id(&id, "job id")?);
-    let req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    let tenant = bounded(st.shared.store.get_job(id)).await?.tenant;
+    allow(&st, &actor, Action::JobCancel, Some(&tenant), &format!("job {id}"))?;
+    let mut req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
     };
+    // A principal cancels under its own name, whatever the body says.
+    if let crate::authz::ActorId::Principal(name) = &actor.id {
+        req.by = Some(name.clone());
+    }
     let text = crate::reasons::cancel_text(req.by.as_deref(), req.reason.as_deref())
         .map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
     let terminal = move |job: &JobRecord| {
@@ -628,15 +709,26 @@ async fn cancel_job(
     }))
 }
 
-async fn list_clients(State(st): State<AdminState>) -> ApiResult<Vec<ClientRecord>> {
-    Ok(Json(bounded(st.shared.store.list_clients(None)).await?))
+async fn list_clients(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult<Vec<ClientRecord>> {
+    allow(&st, &actor, Action::ClientRead, None, "clients")?;
+    let mut clients = bounded(st.shared.store.list_clients(None)).await?;
+    if let Some(visible) = actor.tenants_for(Action::ClientRead) {
+        clients.retain(|c| visible.contains(&c.tenant));
+    }
+    Ok(Json(clients))
 }
 
 async fn revoke_client(
     State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<ClientRevoked> {
     let id = ClientId(parse_id(&id, "client id")?);
+    let tenant = bounded(st.shared.store.get_client(id)).await?.tenant;
+    allow(&st, &actor, Action::ClientRevoke, Some(&tenant), &format!("client {id}"))?;
     bounded(st.shared.store.revoke_client(id)).await?;
     // After the store has it, so a concurrent call cannot re-cache the credential as valid.
     st.shared.credentials.forget_client(id);
@@ -647,7 +739,11 @@ async fn revoke_client(
     }))
 }
 
-async fn metrics(State(st): State<AdminState>) -> ApiResult<MetricsSnapshot> {
+async fn metrics(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult<MetricsSnapshot> {
+    allow(&st, &actor, Action::MetricsRead, None, "metrics")?;
     Ok(Json(st.shared.metrics.snapshot()))
 }
 

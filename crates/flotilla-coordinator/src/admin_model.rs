@@ -9,7 +9,7 @@
 //!
 //! Both work for running and finished jobs: committed models stay in the blob store.
 
-use axum::Json;
+use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -19,6 +19,7 @@ use flotilla_store::{CommittedRound, JobId, JobRecord};
 
 use super::{AdminState, ApiError, parse_id};
 use crate::api::{ModelInfo, RoundMetrics, TensorInfo};
+use crate::authz::{Action, Actor};
 use crate::spec::JobSpec;
 
 /// Response header: the round whose model the body is.
@@ -76,10 +77,22 @@ fn parse_round(query: Option<&str>) -> Result<Option<u64>, ApiError> {
     Ok(round)
 }
 
-async fn locate(st: &AdminState, id: &str, query: Option<&str>) -> Result<Located, ApiError> {
+async fn locate(
+    st: &AdminState,
+    actor: &Actor,
+    id: &str,
+    query: Option<&str>,
+) -> Result<Located, ApiError> {
     let id = JobId(parse_id(id, "job id")?);
-    let wanted = parse_round(query)?;
     let job = super::bounded(st.shared.store.get_job(id)).await?;
+    super::allow(
+        st,
+        actor,
+        Action::JobModelRead,
+        Some(&job.tenant),
+        &format!("job {id}"),
+    )?;
+    let wanted = parse_round(query)?;
     let history = super::bounded(st.shared.store.job_history(id)).await?;
     let round = match wanted {
         None => history.last().cloned().ok_or_else(|| {
@@ -171,10 +184,11 @@ fn tensors(layout: &ParamLayout) -> Vec<TensorInfo> {
 /// `GET /v1/jobs/{id}/model/info[?round=R]`
 pub(super) async fn model_info(
     State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<ModelInfo>, ApiError> {
-    let m = locate(&st, &id, q.as_deref()).await?;
+    let m = locate(&st, &actor, &id, q.as_deref()).await?;
     let numel = m.layout.len() as u64;
     Ok(Json(ModelInfo {
         job_id: m.job.id.0,
@@ -204,10 +218,11 @@ pub(super) async fn model_info(
 /// `GET /v1/jobs/{id}/model[?round=R]`: the blob, checked against its SHA-256 by the store.
 pub(super) async fn model_bytes(
     State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let m = locate(&st, &id, q.as_deref()).await?;
+    let m = locate(&st, &actor, &id, q.as_deref()).await?;
     // One copy of the model in memory (the object store hands it out whole and the store verifies
     // its digest before anything is sent), moved into the body without another copy.
     let bytes = st.shared.store.get_model(&m.round.model_blob_key).await?;

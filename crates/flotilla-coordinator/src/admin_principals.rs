@@ -51,7 +51,7 @@ pub(super) async fn create_principal(
     Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> ApiResult<PrincipalCreated> {
-    allow(&actor, Action::ManagePrincipals, None)?;
+    allow(&st, &actor, Action::PrincipalManage, None, "principals")?;
     let req: PrincipalRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     let kind = match req.kind.as_deref().unwrap_or("person") {
@@ -107,8 +107,12 @@ pub(super) async fn list_principals(
     State(st): State<AdminState>,
     Extension(actor): Extension<Actor>,
 ) -> ApiResult<Vec<PrincipalInfo>> {
-    allow(&actor, Action::ManagePrincipals, None)?;
-    let list = bounded(st.shared.store.list_principals()).await?;
+    allow(&st, &actor, Action::PrincipalRead, None, "principals")?;
+    let mut list = bounded(st.shared.store.list_principals()).await?;
+    // A non-admin (an auditor) sees the principals holding a role in its tenants.
+    if let Some(visible) = actor.tenants_for(Action::PrincipalRead) {
+        list.retain(|p| p.roles.iter().any(|g| visible.contains(&g.tenant)));
+    }
     Ok(Json(list.iter().map(info).collect()))
 }
 
@@ -118,7 +122,7 @@ pub(super) async fn revoke_principal(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> ApiResult<PrincipalInfo> {
-    allow(&actor, Action::ManagePrincipals, None)?;
+    allow(&st, &actor, Action::PrincipalManage, None, "principals")?;
     let p = bounded(
         st.shared
             .store
@@ -126,7 +130,9 @@ pub(super) async fn revoke_principal(
     )
     .await?;
     // After the store has it, so a lookup racing with this cannot cache the principal as valid.
-    st.principals.forget_all();
+    st.shared.principals.forget_all();
+    st.console
+        .end_sessions_of(&crate::authz::ActorId::Principal(p.name.clone()));
     tracing::info!(principal = %p.name, by = %actor.audit_name(), "principal revoked");
     Ok(Json(info(&p)))
 }
@@ -153,7 +159,7 @@ pub(super) async fn put_tenant(
     body: Bytes,
 ) -> ApiResult<TenantSettingsInfo> {
     check_tenant_path(&tenant)?;
-    allow(&actor, Action::ManageTenants, Some(&tenant))?;
+    allow(&st, &actor, Action::TenantConfigure, Some(&tenant), &format!("tenant {tenant}"))?;
     let req: TenantSettingsRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     let s = bounded(st.shared.store.set_tenant_settings(
@@ -173,7 +179,8 @@ pub(super) async fn get_tenant(
     Path(tenant): Path<String>,
 ) -> ApiResult<TenantSettingsInfo> {
     check_tenant_path(&tenant)?;
-    allow(&actor, Action::ReadTenant, Some(&tenant))?;
+    // Anyone with a role in the tenant may read its settings (every role reads jobs).
+    allow(&st, &actor, Action::JobRead, Some(&tenant), &format!("tenant {tenant}"))?;
     Ok(Json(settings_info(
         bounded(st.shared.store.tenant_settings(&tenant)).await?,
     )))
@@ -209,7 +216,7 @@ async fn job_for(
 ) -> Result<flotilla_store::JobRecord, ApiError> {
     let id = JobId(parse_id(id, "job id")?);
     let job = bounded(st.shared.store.get_job(id)).await?;
-    allow(actor, action, Some(&job.tenant))?;
+    allow(st, actor, action, Some(&job.tenant), &format!("job {id}"))?;
     Ok(job)
 }
 
@@ -235,7 +242,7 @@ pub(super) async fn approve_job(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<JobDecided> {
-    let job = job_for(&st, &actor, &id, Action::ApproveJob).await?;
+    let job = job_for(&st, &actor, &id, Action::JobApprove).await?;
     let by = actor.audit_name();
     four_eyes(&st, job.id, &by).await?;
     let approval = bounded(st.shared.store.approve_job(job.id, &by)).await?;
@@ -257,7 +264,7 @@ pub(super) async fn reject_job(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<JobDecided> {
-    let job = job_for(&st, &actor, &id, Action::ApproveJob).await?;
+    let job = job_for(&st, &actor, &id, Action::JobApprove).await?;
     let req: RejectRequest = json_body(&body)?;
     let reason = req.reason.unwrap_or_default();
     if reason.len() > flotilla_store::MAX_STATE_REASON_BYTES {

@@ -32,10 +32,11 @@
 //!    `round_trace`, `rpc_trace` (tracing spans): no other module;
 //! 2. `api` (the admin API's JSON types), `limits`, `admission`, `models`, `initial_model` (a
 //!    model given as a safetensors file), `privacy`, `auth_cache`, `authz` (roles and actions),
-//!    `evaluation`, `job_toml` (the spec parser), `tls`;
+//!    `principal_auth` (bearer tokens → actors), `evaluation`, `job_toml` (the spec parser), `tls`;
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
-//!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`;
+//!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
+//!    `approval` (starting an approved job);
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
 //!    sessions), `prom` (`GET /metrics`) and `admin`, which mounts the console and the probes;
 //!    then this root.
@@ -43,6 +44,7 @@
 mod admin;
 mod admission;
 pub mod api;
+mod approval;
 mod auth_cache;
 mod authz;
 mod bounds;
@@ -62,6 +64,7 @@ mod live;
 mod metrics;
 pub mod models;
 mod partial_uploads;
+mod principal_auth;
 mod privacy;
 mod probes;
 mod prom;
@@ -279,6 +282,7 @@ impl Server {
             last_touch: Default::default(),
             rotate: Default::default(),
             credentials: Default::default(),
+            principals: Default::default(),
             credential_ttl: config.credential_ttl,
             privacy,
             recently_ended: Default::default(),

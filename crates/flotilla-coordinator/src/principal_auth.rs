@@ -18,9 +18,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flotilla_store::{PRINCIPAL_TOKEN_PREFIX, PrincipalRecord, Store, StoreError};
+use flotilla_store::{ALL_TENANTS, PRINCIPAL_TOKEN_PREFIX, PrincipalRecord, Store, StoreError};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
+use crate::authz::{ANY_TENANT, Actor, ActorId, Role};
 use crate::clock::now_ms;
 
 /// How long a principal lookup is trusted without asking the store again, milliseconds.
@@ -54,6 +56,66 @@ pub(crate) struct PrincipalCache {
 /// Whether a bearer token looks like a principal token (the store is asked only for those).
 pub(crate) fn is_principal_token(token: &str) -> bool {
     token.starts_with(PRINCIPAL_TOKEN_PREFIX)
+}
+
+/// The actor a live principal calls as: its roles per tenant (`*` is every tenant).
+pub(crate) fn principal_actor(p: &PrincipalRecord) -> Actor {
+    Actor {
+        id: ActorId::Principal(p.name.clone()),
+        roles: p
+            .roles
+            .iter()
+            .filter_map(|g| {
+                let tenant = if g.tenant == ALL_TENANTS {
+                    ANY_TENANT.to_owned()
+                } else {
+                    g.tenant.clone()
+                };
+                Role::parse(&g.role).map(|r| (tenant, r))
+            })
+            .collect(),
+    }
+}
+
+/// What a bearer token amounts to.
+#[derive(Debug)]
+pub(crate) enum Resolved {
+    /// A known, live caller.
+    Actor(Actor),
+    /// Refused (`401`): why, on one line.
+    Refused(String),
+    /// The store could not be asked (`503`).
+    Unavailable(StoreError),
+}
+
+/// Resolves a bearer token: the bootstrap admin token (compared in constant time), else a
+/// principal's token. A revoked principal's token is refused naming the revocation.
+pub(crate) async fn resolve(
+    store: &Store,
+    cache: &PrincipalCache,
+    bootstrap: &str,
+    token: &str,
+) -> Resolved {
+    if bool::from(token.as_bytes().ct_eq(bootstrap.as_bytes())) {
+        return Resolved::Actor(Actor::bootstrap());
+    }
+    if !is_principal_token(token) {
+        return Resolved::Refused(
+            "missing or wrong token (authorization: Bearer <FLOTILLA_ADMIN_TOKEN or a principal's \
+             token>)"
+                .into(),
+        );
+    }
+    match cache.lookup(store, token).await {
+        Ok(PrincipalLookup::Live(p)) => Resolved::Actor(principal_actor(&p)),
+        Ok(PrincipalLookup::Revoked(name)) => Resolved::Refused(format!(
+            "the token of principal {name} was revoked; ask an admin for a new principal"
+        )),
+        Ok(PrincipalLookup::Unknown) => Resolved::Refused(
+            "unknown principal token (it may have been mistyped); ask an admin for a token".into(),
+        ),
+        Err(e) => Resolved::Unavailable(e),
+    }
 }
 
 impl PrincipalCache {

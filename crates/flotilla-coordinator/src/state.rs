@@ -135,6 +135,8 @@ pub(crate) struct Shared {
     pub rotate: AtomicU64,
     /// Successful credential lookups, so authenticated calls skip the database.
     pub credentials: crate::auth_cache::CredentialCache,
+    /// Recent principal token lookups of the admin API (bounded; emptied on a revocation).
+    pub principals: crate::principal_auth::PrincipalCache,
     /// Lifetime of the credentials `Enroll` issues.
     pub credential_ttl: Duration,
     /// Differential-privacy accountants and budgets of jobs and tenants.

@@ -20,7 +20,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use crate::clock::now_ms;
 use crate::state::Shared;
@@ -63,6 +62,16 @@ impl Console {
             tracing::warn!(reason = why, "console request refused");
         }
         admit
+    }
+
+    /// Ends every session of `id` (its principal was revoked: at once, not at the session's end).
+    pub(crate) fn end_sessions_of(&self, id: &crate::authz::ActorId) {
+        self.sessions.end_actor(id);
+    }
+
+    /// The actor of the request's console session (see [`Sessions::actor`]).
+    pub(crate) fn session_actor(&self, headers: &HeaderMap) -> Option<crate::authz::Actor> {
+        self.sessions.actor(&session::session_id(headers)?, now_ms())
     }
 }
 
@@ -146,14 +155,33 @@ async fn login(
             "the login form must be application/x-www-form-urlencoded with a `token` field",
         );
     };
-    if !bool::from(form.token.trim().as_bytes().ct_eq(c.token.as_bytes())) {
-        c.shared.metrics.auth_failure("console_unauthenticated");
-        c.shared.metrics.reject("console_unauthenticated");
-        tracing::warn!("console login with a wrong admin token");
-        return error(StatusCode::UNAUTHORIZED, "wrong admin token");
-    }
-    let new = c.sessions.create(now_ms());
-    tracing::info!("console login");
+    // The admin token or a principal's token; the session then acts as that principal, with the
+    // same checks as its bearer token.
+    let actor = match crate::principal_auth::resolve(
+        &c.shared.store,
+        &c.shared.principals,
+        &c.token,
+        form.token.trim(),
+    )
+    .await
+    {
+        crate::principal_auth::Resolved::Actor(a) => a,
+        crate::principal_auth::Resolved::Unavailable(e) => {
+            tracing::warn!(error = %e, "console login failed: store unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable: the token cannot be checked now; retry later",
+            );
+        }
+        crate::principal_auth::Resolved::Refused(_) => {
+            c.shared.metrics.auth_failure("console_unauthenticated");
+            c.shared.metrics.reject("console_unauthenticated");
+            tracing::warn!("console login with a wrong token");
+            return error(StatusCode::UNAUTHORIZED, "wrong admin token");
+        }
+    };
+    tracing::info!(actor = %actor.audit_name(), "console login");
+    let new = c.sessions.create_as(now_ms(), actor);
     (
         [
             (header::SET_COOKIE, session::set_cookie(&new.id)),

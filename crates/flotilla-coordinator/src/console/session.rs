@@ -17,6 +17,8 @@ use axum::http::{HeaderMap, Method, Uri, header};
 use hashlink::LinkedHashMap;
 use subtle::ConstantTimeEq;
 
+use crate::authz::Actor;
+
 /// Name of the session cookie.
 pub(crate) const COOKIE: &str = "flotilla_session";
 /// Header carrying the session's CSRF token on state-changing requests.
@@ -32,6 +34,8 @@ struct Session {
     csrf: String,
     created_ms: u64,
     last_ms: u64,
+    /// Who logged in: every request of the session acts as them, with the same checks.
+    actor: Actor,
 }
 
 impl Session {
@@ -74,8 +78,14 @@ fn random_hex() -> String {
 }
 
 impl Sessions {
-    /// Starts a session (after the admin token was checked).
+    /// Starts a session of the bootstrap admin (tests).
+    #[cfg(test)]
     pub(crate) fn create(&self, now_ms: u64) -> NewSession {
+        self.create_as(now_ms, Actor::bootstrap())
+    }
+
+    /// Starts a session acting as `actor` (after its token was checked).
+    pub(crate) fn create_as(&self, now_ms: u64, actor: Actor) -> NewSession {
         let new = NewSession {
             id: random_hex(),
             csrf: random_hex(),
@@ -91,6 +101,7 @@ impl Sessions {
                 csrf: new.csrf.clone(),
                 created_ms: now_ms,
                 last_ms: now_ms,
+                actor,
             },
         );
         new
@@ -108,6 +119,20 @@ impl Sessions {
         let s = map.get_mut(id)?;
         s.last_ms = now_ms;
         Some(s.csrf.clone())
+    }
+
+    /// The actor of the live session `id`.
+    pub(crate) fn actor(&self, id: &str, now_ms: u64) -> Option<Actor> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id)
+            .filter(|s| s.alive(now_ms))
+            .map(|s| s.actor.clone())
+    }
+
+    /// Ends every session acting as `id`.
+    pub(crate) fn end_actor(&self, id: &crate::authz::ActorId) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, s| &s.actor.id != id);
     }
 
     /// Ends the session `id` (logout); whether there was one.
