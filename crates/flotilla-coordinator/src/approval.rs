@@ -38,10 +38,10 @@ impl Shared {
     async fn try_start_approved(&self, id: JobId) -> Result<(), String> {
         let rj = self
             .store
-            .load_running_job(id)
+            .load_approved_job(id)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("job {} not found", id.0))?;
+            .ok_or_else(|| format!("job {} is not an approved job waiting to start", id.0))?;
         let spec: JobSpec = serde_json::from_value(rj.job.spec.clone())
             .map_err(|e| format!("stored job spec is unreadable: {e}"))?;
         // The budget is taken when the job starts: other jobs may have spent it meanwhile.

@@ -186,6 +186,19 @@ impl Store {
             .collect()
     }
 
+    /// An approved job that has not started yet (still `pending`), as recovery loads a running
+    /// one, so it starts exactly like one no round of which committed; `None` otherwise.
+    pub async fn load_approved_job(&self, job_id: JobId) -> Result<Option<crate::RecoveredJob>> {
+        let row = sqlx::query(&format!(
+            "{} WHERE j.id = $1 AND j.state = 'pending' AND j.approval = 'approved'",
+            crate::recovery::RECOVERY_SELECT
+        ))
+        .bind(job_id.to_db()?)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(crate::recovery::recovered_from_row).transpose()
+    }
+
     /// Approves a job waiting for approval, as `by`, recording it in the audit log in the same
     /// transaction. The job stays `pending` until the caller starts it. Refused with
     /// [`StoreError::ApprovalRefused`] if the job is not waiting for approval or `by` submitted it

@@ -9,7 +9,7 @@ use crate::types::{JobId, RecoveredJob};
 use crate::{Store, from_db, job_from_row, round_from_row, to_db};
 
 /// A job with its last committed round (joined on `rounds_completed`) and its snapshot.
-const RECOVERY_SELECT: &str = "SELECT j.id, j.tenant, j.name, j.spec_json, j.state, j.rounds_total, \
+pub(crate) const RECOVERY_SELECT: &str = "SELECT j.id, j.tenant, j.name, j.spec_json, j.state, j.rounds_total, \
      j.rounds_completed, j.model_version, j.model_blob_key, j.created_at_ms, \
      j.updated_at_ms, j.state_reason, j.machine_state_json, j.issued_round, j.issued_attempt, \
      r.job_id AS r_job_id, r.round AS r_round, r.attempt AS r_attempt, \
@@ -72,7 +72,7 @@ impl Store {
     }
 }
 
-fn recovered_from_row(row: &AnyRow) -> Result<RecoveredJob> {
+pub(crate) fn recovered_from_row(row: &AnyRow) -> Result<RecoveredJob> {
     let job = job_from_row(row, "")?;
     let r_job: Option<i64> = row.try_get("r_job_id")?;
     let last_round = match r_job {
