@@ -19,10 +19,10 @@ use crate::api::{
     JobStatus, JobSubmitted, JobSummary, RoundMetrics, RoundRecord, TokenIssued, TokenRequest,
 };
 use crate::authz::{self, Action, Actor, Denied};
-use crate::principal_auth::Resolved;
 use crate::clock::now_ms;
 use crate::console::session::Admit;
 use crate::metrics::MetricsSnapshot;
+use crate::principal_auth::Resolved;
 use crate::state::Shared;
 use crate::submit::SubmitError;
 
@@ -105,7 +105,6 @@ async fn bounded<T>(
 
 /// An answer of type `T`, or an error answer.
 type ApiResult<T> = Result<Json<T>, ApiError>;
-
 
 /// Whether `actor` may do `action` on a resource of `tenant` (`None`: installation-wide or a
 /// list): the roles first (`authz`), then the Cedar policies on top. `resource` names the resource
@@ -432,9 +431,19 @@ async fn submit_job(
     // The tenant is in the spec: an unreadable spec is refused by the submission with its error.
     if let Ok(spec) = crate::spec::JobSpec::from_toml(&text) {
         let t = &spec.tenant;
-        allow(&st, &actor, Action::JobSubmit, Some(t), &format!("tenant {t}"))?;
+        allow(
+            &st,
+            &actor,
+            Action::JobSubmit,
+            Some(t),
+            &format!("tenant {t}"),
+        )?;
     }
-    match st.shared.submit_job(text, initial, &actor.audit_name()).await {
+    match st
+        .shared
+        .submit_job(text, initial, &actor.audit_name())
+        .await
+    {
         Ok(id) => Ok(Json(JobSubmitted { job_id: id.0 })),
         Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
         Err(e @ SubmitError::Unavailable(_)) => {
@@ -533,11 +542,7 @@ async fn list_jobs(
             continue;
         }
         let (reason, live) = job_reason(&st, j).await;
-        let mut summary = job_summary(
-            j,
-            reason,
-            live.as_ref().and_then(|l| l.halted.as_deref()),
-        );
+        let mut summary = job_summary(j, reason, live.as_ref().and_then(|l| l.halted.as_deref()));
         summary.state = principals::shown_state(j.state, approvals.get(&j.id));
         out.push(summary);
     }
@@ -563,7 +568,13 @@ async fn get_job(
 ) -> ApiResult<JobStatus> {
     let id = JobId(parse_id(&id, "job id")?);
     let job = bounded(st.shared.store.get_job(id)).await?;
-    allow(&st, &actor, Action::JobRead, Some(&job.tenant), &format!("job {id}"))?;
+    allow(
+        &st,
+        &actor,
+        Action::JobRead,
+        Some(&job.tenant),
+        &format!("job {id}"),
+    )?;
     let approval = bounded(st.shared.store.job_approval(id)).await?;
     let history = bounded(st.shared.store.job_history(id)).await?;
     let (reason, mut live) = job_reason(&st, &job).await;
@@ -637,7 +648,13 @@ async fn cancel_job(
 ) -> ApiResult<JobCancelled> {
     let id = JobId(parse_id(&id, "job id")?);
     let tenant = bounded(st.shared.store.get_job(id)).await?.tenant;
-    allow(&st, &actor, Action::JobCancel, Some(&tenant), &format!("job {id}"))?;
+    allow(
+        &st,
+        &actor,
+        Action::JobCancel,
+        Some(&tenant),
+        &format!("job {id}"),
+    )?;
     let mut req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()
     } else {
@@ -728,7 +745,13 @@ async fn revoke_client(
 ) -> ApiResult<ClientRevoked> {
     let id = ClientId(parse_id(&id, "client id")?);
     let tenant = bounded(st.shared.store.get_client(id)).await?.tenant;
-    allow(&st, &actor, Action::ClientRevoke, Some(&tenant), &format!("client {id}"))?;
+    allow(
+        &st,
+        &actor,
+        Action::ClientRevoke,
+        Some(&tenant),
+        &format!("client {id}"),
+    )?;
     bounded(st.shared.store.revoke_client(id)).await?;
     // After the store has it, so a concurrent call cannot re-cache the credential as valid.
     st.shared.credentials.forget_client(id);

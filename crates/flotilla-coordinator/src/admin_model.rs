@@ -9,11 +9,11 @@
 //!
 //! Both work for running and finished jobs: committed models stay in the blob store.
 
-use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use flotilla_core::ParamLayout;
 use flotilla_store::{CommittedRound, JobId, JobRecord};
 

@@ -23,7 +23,8 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))
 }
 
 fn info(p: &PrincipalRecord) -> PrincipalInfo {
@@ -123,12 +124,7 @@ pub(super) async fn revoke_principal(
     Path(name): Path<String>,
 ) -> ApiResult<PrincipalInfo> {
     allow(&st, &actor, Action::PrincipalManage, None, "principals")?;
-    let p = bounded(
-        st.shared
-            .store
-            .revoke_principal(&name, &actor.audit_name()),
-    )
-    .await?;
+    let p = bounded(st.shared.store.revoke_principal(&name, &actor.audit_name())).await?;
     // After the store has it, so a lookup racing with this cannot cache the principal as valid.
     st.shared.principals.forget_all();
     st.console
@@ -159,7 +155,13 @@ pub(super) async fn put_tenant(
     body: Bytes,
 ) -> ApiResult<TenantSettingsInfo> {
     check_tenant_path(&tenant)?;
-    allow(&st, &actor, Action::TenantConfigure, Some(&tenant), &format!("tenant {tenant}"))?;
+    allow(
+        &st,
+        &actor,
+        Action::TenantConfigure,
+        Some(&tenant),
+        &format!("tenant {tenant}"),
+    )?;
     let req: TenantSettingsRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     let s = bounded(st.shared.store.set_tenant_settings(
@@ -180,7 +182,13 @@ pub(super) async fn get_tenant(
 ) -> ApiResult<TenantSettingsInfo> {
     check_tenant_path(&tenant)?;
     // Anyone with a role in the tenant may read its settings (every role reads jobs).
-    allow(&st, &actor, Action::JobRead, Some(&tenant), &format!("tenant {tenant}"))?;
+    allow(
+        &st,
+        &actor,
+        Action::JobRead,
+        Some(&tenant),
+        &format!("tenant {tenant}"),
+    )?;
     Ok(Json(settings_info(
         bounded(st.shared.store.tenant_settings(&tenant)).await?,
     )))

@@ -196,7 +196,9 @@ impl Store {
         .bind(job_id.to_db()?)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(crate::recovery::recovered_from_row).transpose()
+        row.as_ref()
+            .map(crate::recovery::recovered_from_row)
+            .transpose()
     }
 
     /// Approves a job waiting for approval, as `by`, recording it in the audit log in the same
@@ -250,7 +252,11 @@ impl Store {
             Some(r) if r.is_empty() => ("rejected", Some(format!("rejected by {by}"))),
             Some(r) => ("rejected", Some(format!("rejected by {by}: {r}"))),
         };
-        let new_state = if reason.is_some() { "cancelled" } else { "pending" };
+        let new_state = if reason.is_some() {
+            "cancelled"
+        } else {
+            "pending"
+        };
         let state_reason = state_reason.and_then(|s| crate::job_reason::clean(&s));
         // Guarded by the approval still pending: a concurrent decision loses.
         let done = sqlx::query(
@@ -277,7 +283,11 @@ impl Store {
             &mut tx,
             by,
             Some(&tenant),
-            if reason.is_some() { "job.reject" } else { "job.approve" },
+            if reason.is_some() {
+                "job.reject"
+            } else {
+                "job.approve"
+            },
             &format!("job:{}", job_id.0),
             match &reason {
                 Some(r) => serde_json::json!({ "reason": r }),

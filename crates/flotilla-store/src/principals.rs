@@ -145,8 +145,7 @@ fn check_grant(g: &RoleGrant) -> Result<()> {
     Ok(())
 }
 
-const PRINCIPAL_COLUMNS: &str =
-    "id, name, kind, created_by, created_at_ms, revoked, revoked_at_ms";
+const PRINCIPAL_COLUMNS: &str = "id, name, kind, created_by, created_at_ms, revoked, revoked_at_ms";
 
 fn principal_from_row(row: &AnyRow, roles: Vec<RoleGrant>) -> Result<PrincipalRecord> {
     let id: i64 = row.try_get("id")?;
@@ -210,14 +209,19 @@ impl Store {
         .await?;
         let principal = principal_from_row(&row, roles.clone())?;
         for g in &roles {
-            sqlx::query("INSERT INTO principal_roles (principal_id, tenant, role) VALUES ($1, $2, $3)")
-                .bind(crate::to_db(principal.id, "principal id")?)
-                .bind(&g.tenant)
-                .bind(&g.role)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO principal_roles (principal_id, tenant, role) VALUES ($1, $2, $3)",
+            )
+            .bind(crate::to_db(principal.id, "principal id")?)
+            .bind(&g.tenant)
+            .bind(&g.role)
+            .execute(&mut *tx)
+            .await?;
         }
-        let granted: Vec<String> = roles.iter().map(|g| format!("{}:{}", g.tenant, g.role)).collect();
+        let granted: Vec<String> = roles
+            .iter()
+            .map(|g| format!("{}:{}", g.tenant, g.role))
+            .collect();
         let details = serde_json::json!({ "kind": kind.as_str(), "roles": granted });
         crate::principals::audit_record(
             &mut tx,

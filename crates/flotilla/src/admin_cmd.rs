@@ -40,7 +40,12 @@ pub struct AdminArgs {
     wait: Duration,
     /// Token to call with: a principal's token [default: $FLOTILLA_TOKEN, else
     /// $FLOTILLA_ADMIN_TOKEN, the bootstrap admin]
-    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "FLOTILLA_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     token: Option<String>,
 }
 

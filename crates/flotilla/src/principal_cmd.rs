@@ -169,7 +169,8 @@ pub fn principal(cmd: PrincipalCommand) -> Result<()> {
                 kind: Some(kind),
                 roles: bindings(tenant.as_deref(), &roles)?,
             };
-            let v = Admin::new(&admin)?.call(reqwest::Method::POST, "/v1/principals", body(&req)?)?;
+            let v =
+                Admin::new(&admin)?.call(reqwest::Method::POST, "/v1/principals", body(&req)?)?;
             let created: PrincipalCreated = typed(v.clone(), "principal")?;
             if output.json {
                 println!("{v}");

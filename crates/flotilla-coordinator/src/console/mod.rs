@@ -71,7 +71,8 @@ impl Console {
 
     /// The actor of the request's console session (see [`Sessions::actor`]).
     pub(crate) fn session_actor(&self, headers: &HeaderMap) -> Option<crate::authz::Actor> {
-        self.sessions.actor(&session::session_id(headers)?, now_ms())
+        self.sessions
+            .actor(&session::session_id(headers)?, now_ms())
     }
 }
 

@@ -82,7 +82,10 @@ fn job_spec(name: &str, tenant: &str, rounds: u64, min: usize) -> String {
     let body = base
         .replace("name = \"digits\"", &format!("name = \"{name}\""))
         .replace("rounds = 20", &format!("rounds = {rounds}"))
-        .replace("clients_per_round = 10", &format!("clients_per_round = {min}"))
+        .replace(
+            "clients_per_round = 10",
+            &format!("clients_per_round = {min}"),
+        )
         .replace("min_clients = 10", &format!("min_clients = {min}"))
         .replace("min_report_fraction = 0.8", "min_report_fraction = 1.0");
     format!("tenant = \"{tenant}\"\n{body}")
@@ -199,21 +202,65 @@ const EXPECTED: [(&str, [&str; 6], [&str; 6]); 18] = {
     [
         ("GET /v1/jobs", [A, A, A, A, A, A], [X, X, X, X, X, X]),
         ("GET /v1/jobs/{id}", [A, A, A, A, A, A], [A, N, N, N, N, N]),
-        ("GET /v1/jobs/{id}/model/info", [A, A, A, F, A, F], [A, N, N, N, N, N]),
-        ("GET /v1/jobs/{id}/model", [A, A, A, F, A, F], [A, N, N, N, N, N]),
+        (
+            "GET /v1/jobs/{id}/model/info",
+            [A, A, A, F, A, F],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "GET /v1/jobs/{id}/model",
+            [A, A, A, F, A, F],
+            [A, N, N, N, N, N],
+        ),
         // A principal that may submit in no tenant is refused before the body is read.
         ("POST /v1/jobs", [A, F, A, F, F, F], [A, F, N, F, F, F]),
-        ("POST /v1/jobs/{id}/cancel", [A, A, F, F, F, F], [A, N, N, N, N, N]),
-        ("POST /v1/jobs/{id}/approve", [A, F, F, A, F, F], [A, N, N, N, N, N]),
-        ("POST /v1/jobs/{id}/reject", [A, F, F, A, F, F], [A, N, N, N, N, N]),
+        (
+            "POST /v1/jobs/{id}/cancel",
+            [A, A, F, F, F, F],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "POST /v1/jobs/{id}/approve",
+            [A, F, F, A, F, F],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "POST /v1/jobs/{id}/reject",
+            [A, F, F, A, F, F],
+            [A, N, N, N, N, N],
+        ),
         ("GET /v1/clients", [A, A, F, F, A, F], [X, X, X, X, X, X]),
-        ("POST /v1/clients/{id}/revoke", [A, A, F, F, F, F], [A, N, N, N, N, N]),
-        ("POST /v1/enrollment-tokens", [A, A, F, F, F, F], [A, N, N, N, N, N]),
-        ("GET /v1/tenants/{tenant}", [A, A, A, A, A, A], [A, N, N, N, N, N]),
-        ("PUT /v1/tenants/{tenant}", [A, F, F, F, F, F], [A, N, N, N, N, N]),
+        (
+            "POST /v1/clients/{id}/revoke",
+            [A, A, F, F, F, F],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "POST /v1/enrollment-tokens",
+            [A, A, F, F, F, F],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "GET /v1/tenants/{tenant}",
+            [A, A, A, A, A, A],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "PUT /v1/tenants/{tenant}",
+            [A, F, F, F, F, F],
+            [A, N, N, N, N, N],
+        ),
         ("GET /v1/principals", [A, F, F, F, A, F], [X, X, X, X, X, X]),
-        ("POST /v1/principals", [A, F, F, F, F, F], [X, X, X, X, X, X]),
-        ("POST /v1/principals/{name}/revoke", [A, F, F, F, F, F], [X, X, X, X, X, X]),
+        (
+            "POST /v1/principals",
+            [A, F, F, F, F, F],
+            [X, X, X, X, X, X],
+        ),
+        (
+            "POST /v1/principals/{name}/revoke",
+            [A, F, F, F, F, F],
+            [X, X, X, X, X, X],
+        ),
         ("GET /v1/metrics", [A, A, F, F, A, F], [X, X, X, X, X, X]),
         ("GET /metrics", [A, A, F, F, A, F], [X, X, X, X, X, X]),
     ]
@@ -256,7 +303,10 @@ fn clients_of(f: &mut Federation, api: &Api, tenant: &str, n: usize) -> Vec<u64>
         if ids.len() >= n {
             return ids;
         }
-        assert!(Instant::now() < deadline, "clients of {tenant} did not enroll");
+        assert!(
+            Instant::now() < deadline,
+            "clients of {tenant} did not enroll"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -314,7 +364,12 @@ fn run_matrix(name: &str, database_url: Option<String>) {
     for tenant in [OWN, OTHER] {
         let clients = clients_of(&mut f, &api, tenant, 2);
         let job = f.submit(&job_spec(&format!("matrix-{tenant}"), tenant, 1, 2));
-        f.wait_for(&job, "the job completed", Duration::from_secs(180), completed);
+        f.wait_for(
+            &job,
+            "the job completed",
+            Duration::from_secs(180),
+            completed,
+        );
         res.push(Resources {
             tenant,
             job,
@@ -350,7 +405,11 @@ fn run_matrix(name: &str, database_url: Option<String>) {
                     let text = v.to_string();
                     assert!(!text.contains(r.tenant), "{label} as {role}: {text}");
                 }
-                let want = if side == 0 { want_own[i] } else { want_other[i] };
+                let want = if side == 0 {
+                    want_own[i]
+                } else {
+                    want_other[i]
+                };
                 if o != want {
                     mismatches.push(format!(
                         "{label} as {role} ({}): want {want}, got {status} {v}",
@@ -383,7 +442,10 @@ fn run_matrix(name: &str, database_url: Option<String>) {
     }
     let (_, v) = api.call("GET", "/v1/clients", &tokens[1], "", false);
     let listed: Vec<&Value> = v.as_array().unwrap().iter().collect();
-    assert!(!listed.is_empty() && listed.iter().all(|c| c["tenant"] == OWN), "{v}");
+    assert!(
+        !listed.is_empty() && listed.iter().all(|c| c["tenant"] == OWN),
+        "{v}"
+    );
     // The bootstrap admin sees both tenants.
     let (_, v) = api.call("GET", "/v1/jobs", ADMIN_TOKEN, "", false);
     let all: Vec<&str> = v
@@ -422,7 +484,10 @@ fn the_access_matrix_holds_and_is_documented_postgres() {
 }
 
 fn state(f: &Federation, job: &str) -> String {
-    f.status(job)["state"].as_str().unwrap_or_default().to_owned()
+    f.status(job)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn run_approval(name: &str, database_url: Option<String>) {
@@ -432,7 +497,11 @@ fn run_approval(name: &str, database_url: Option<String>) {
     let bob = principal(&f, "bob", &["approver"]);
     let carol = principal(&f, "carol", &["scientist"]);
     // Only admins change tenant settings.
-    let refused = cli_as(&f, &alice, &["tenant", "set", OWN, "--require-approval", "on"]);
+    let refused = cli_as(
+        &f,
+        &alice,
+        &["tenant", "set", OWN, "--require-approval", "on"],
+    );
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("403"),
@@ -459,7 +528,13 @@ fn run_approval(name: &str, database_url: Option<String>) {
     assert!(!own.status.success());
     let err = String::from_utf8_lossy(&own.stderr);
     assert!(err.contains("403") && err.contains("submitter"), "{err}");
-    let (status, v) = api.call("POST", &format!("/v1/jobs/{job}/approve"), &carol, "", false);
+    let (status, v) = api.call(
+        "POST",
+        &format!("/v1/jobs/{job}/approve"),
+        &carol,
+        "",
+        false,
+    );
     assert_eq!(status, 403, "{v}");
     assert_eq!(state(&f, &job), "pending_approval");
 
@@ -471,7 +546,12 @@ fn run_approval(name: &str, database_url: Option<String>) {
 
     // Another approver approves: it starts and completes as any job would.
     ok(&cli_as(&f, &bob, &["job", "approve", &job]));
-    let s = f.wait_for(&job, "the approved job completed", Duration::from_secs(180), completed);
+    let s = f.wait_for(
+        &job,
+        "the approved job completed",
+        Duration::from_secs(180),
+        completed,
+    );
     assert_eq!(s["approval"]["state"], "approved", "{s}");
     assert_eq!(s["approval"]["by"], "principal:bob", "{s}");
     assert!(s["approval"]["at_ms"].as_i64().unwrap_or(0) > 0, "{s}");
@@ -479,7 +559,11 @@ fn run_approval(name: &str, database_url: Option<String>) {
 
     // A rejected job never runs.
     let job2 = ok(&cli_as(&f, &alice, &["job", "submit", spec]));
-    let out = cli_as(&f, &bob, &["job", "reject", &job2, "--reason", "wrong dataset"]);
+    let out = cli_as(
+        &f,
+        &bob,
+        &["job", "reject", &job2, "--reason", "wrong dataset"],
+    );
     assert!(ok(&out).contains("rejected"));
     std::thread::sleep(Duration::from_secs(3));
     let s = f.status(&job2);
@@ -489,7 +573,10 @@ fn run_approval(name: &str, database_url: Option<String>) {
     assert_eq!(s["approval"]["by"], "principal:bob", "{s}");
     assert_eq!(s["approval"]["reason"], "wrong dataset", "{s}");
     assert!(
-        s["reason"].as_str().unwrap_or_default().contains("wrong dataset"),
+        s["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("wrong dataset"),
         "{s}"
     );
     // Decided once: approving it now is a conflict.
@@ -501,7 +588,10 @@ fn run_approval(name: &str, database_url: Option<String>) {
     let _ = list;
     let out = f.admin_cli(&["principal", "list"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("alice") && table.contains("hospital:approver"), "{table}");
+    assert!(
+        table.contains("alice") && table.contains("hospital:approver"),
+        "{table}"
+    );
     let (status, _) = api.call("GET", "/v1/jobs", &alice, "", false);
     assert_eq!(status, 200);
     ok(&f.admin_cli(&["principal", "revoke", "alice"]));
