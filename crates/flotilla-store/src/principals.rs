@@ -412,6 +412,24 @@ impl Store {
     }
 }
 
+/// Appends one audit entry inside `tx` (so the change and its entry commit together).
+pub(crate) async fn audit_record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    actor: &str,
+    tenant: Option<&str>,
+    action: &str,
+    resource: &str,
+    details: serde_json::Value,
+    at_ms: i64,
+) -> Result<()> {
+    let mut ev = crate::AuditEvent::new(actor, action, resource).details(details);
+    if let Some(t) = tenant {
+        ev = ev.tenant(t);
+    }
+    crate::audit::append(tx, &ev, at_ms).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,22 +455,4 @@ mod tests {
         assert!(check_grant(&g("hospital", "root")).is_err());
         assert!(check_grant(&g("a b", "viewer")).is_err());
     }
-}
-
-/// Appends one audit entry inside `tx` (so the change and its entry commit together).
-pub(crate) async fn audit_record(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    actor: &str,
-    tenant: Option<&str>,
-    action: &str,
-    resource: &str,
-    details: serde_json::Value,
-    at_ms: i64,
-) -> Result<()> {
-    let mut ev = crate::AuditEvent::new(actor, action, resource).details(details);
-    if let Some(t) = tenant {
-        ev = ev.tenant(t);
-    }
-    crate::audit::append(tx, &ev, at_ms).await?;
-    Ok(())
 }
