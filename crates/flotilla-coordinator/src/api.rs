@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::ModelSection;
 
+mod audit;
 mod metrics;
 
+pub use audit::{AuditCheckpointView, AuditEntryView, AuditPage, AuditProblem, AuditVerification};
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
 
 /// Every error answer: `{"error": "<one line>"}`, with a 4xx/5xx status.

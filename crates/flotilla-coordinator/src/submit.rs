@@ -195,6 +195,7 @@ impl Shared {
                     id,
                     JobState::Failed,
                     Some("could not be started: its initial model (model.initial) could not be stored"),
+                    "system",
                 )
                 .await;
             return Err(e);
@@ -208,6 +209,7 @@ impl Shared {
                     id,
                     JobState::Failed,
                     Some("could not be started: the store was unavailable"),
+                    "system",
                 )
                 .await;
             return Err(SubmitError::Unavailable(e));
