@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit;
 mod audit_sign;
 mod audit_wiring;
 mod blobs;
@@ -52,6 +53,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+pub use audit::{
+    AuditEntry, AuditEvent, AuditOutcome, AuditProblem, AuditVerification, GENESIS_HASH,
+    MAX_DETAILS_BYTES,
+};
 pub use audit_sign::{AuditSigner, CHECKPOINT_ACTION, Checkpoint, signed_message};
 pub use audit_wiring::AuditState;
 pub use error::{Result, StoreError};
