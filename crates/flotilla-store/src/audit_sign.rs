@@ -117,10 +117,20 @@ mod tests {
         cp.check(None).unwrap();
         cp.check(Some(&cp.public_key.to_uppercase())).unwrap();
         let other = AuditSigner::from_pkcs8_pem(&pem()).unwrap();
-        assert!(cp.check(Some(&other.public_key_hex())).unwrap_err().contains("pinned"));
-        let moved = Checkpoint { seq: 18, ..cp.clone() };
+        assert!(
+            cp.check(Some(&other.public_key_hex()))
+                .unwrap_err()
+                .contains("pinned")
+        );
+        let moved = Checkpoint {
+            seq: 18,
+            ..cp.clone()
+        };
         assert!(moved.check(None).is_err());
-        let rehashed = Checkpoint { hash: "cd".repeat(32), ..cp.clone() };
+        let rehashed = Checkpoint {
+            hash: "cd".repeat(32),
+            ..cp.clone()
+        };
         assert!(rehashed.check(None).is_err());
         // Somebody else's key and signature over the same text: valid, but not pinned.
         let forged = other.checkpoint(17, &cp.hash);
@@ -130,7 +140,11 @@ mod tests {
 
     #[test]
     fn bad_key_files_are_refused_with_what_to_do() {
-        for text in ["", "not pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"] {
+        for text in [
+            "",
+            "not pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ] {
             let e = AuditSigner::from_pkcs8_pem(text).unwrap_err().to_string();
             assert!(e.contains("flotilla audit keygen"), "{e}");
         }

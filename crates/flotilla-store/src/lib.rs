@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod audit;
+mod audit_checks;
 mod audit_sign;
 mod audit_wiring;
 mod blobs;
@@ -57,6 +58,7 @@ pub use audit::{
     AuditEntry, AuditEvent, AuditOutcome, AuditProblem, AuditVerification, GENESIS_HASH,
     MAX_DETAILS_BYTES,
 };
+pub use audit_checks::SignedVerification;
 pub use audit_sign::{AuditSigner, CHECKPOINT_ACTION, Checkpoint, signed_message};
 pub use audit_wiring::AuditState;
 pub use error::{Result, StoreError};
