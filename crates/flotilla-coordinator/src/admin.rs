@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use flotilla_store::{ClientId, ClientRecord, JobId, JobRecord, JobState, StoreError};
 use subtle::ConstantTimeEq;
 
@@ -26,6 +26,8 @@ use crate::metrics::MetricsSnapshot;
 use crate::state::Shared;
 use crate::submit::SubmitError;
 
+#[path = "admin_audit.rs"]
+mod audit;
 #[path = "admin_model.rs"]
 mod model;
 
@@ -186,6 +188,8 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
         _ => {
             // Audit hook: failed admin authentications are counted here and flushed to the audit
             // log in aggregate (a flood cannot fill the disk).
+            let kind = if given.is_some() { "bad_token" } else { "missing_token" };
+            st.shared.audit.failed.record(kind, None);
             st.shared.metrics.auth_failure("admin_unauthenticated");
             st.shared.metrics.reject("admin_unauthenticated");
             ApiError(
@@ -222,7 +226,9 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route("/v1/jobs/{id}/model/info", get(model::model_info))
         .route("/v1/clients", get(list_clients))
         .route("/v1/clients/{id}/revoke", post(revoke_client))
-        .route("/v1/metrics", get(metrics));
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify));
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);
     }
@@ -234,7 +240,11 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .merge(crate::probes::router(shared))
 }
 
-async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<TokenIssued> {
+async fn create_token(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> ApiResult<TokenIssued> {
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {
@@ -254,7 +264,7 @@ async fn create_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<To
     let t = bounded(
         st.shared
             .store
-            .create_enrollment_token(&tenant, uses, expires_at_ms),
+            .create_enrollment_token(&tenant, uses, expires_at_ms, &actor.audit_name()),
     )
     .await?;
     Ok(Json(TokenIssued {
@@ -557,6 +567,7 @@ async fn get_job(State(st): State<AdminState>, Path(id): Path<String>) -> ApiRes
 
 async fn cancel_job(
     State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<JobCancelled> {
@@ -589,7 +600,7 @@ async fn cancel_job(
             // Under the job's lock: no round of it is being driven or committed meanwhile, and a
             // request that holds the runtime afterwards sees it ended. In a task of its own, so
             // that an admin client that disconnects cannot stop it between the store and memory.
-            let (shared, text2) = (st.shared.clone(), text.clone());
+            let (shared, text2, who) = (st.shared.clone(), text.clone(), actor.audit_name());
             let task = tokio::spawn(async move {
                 let mut inner = rt.inner.lock().await;
                 if inner.ended.is_some() {
@@ -599,6 +610,7 @@ async fn cancel_job(
                     id,
                     JobState::Cancelled,
                     Some(&text2),
+                    &who,
                 ))
                 .await?;
                 shared.end_job(&rt, &mut inner, JobState::Cancelled);
@@ -615,7 +627,12 @@ async fn cancel_job(
             bounded(
                 st.shared
                     .store
-                    .set_job_state_with_reason(id, JobState::Cancelled, Some(&text)),
+                    .set_job_state_with_reason(
+                        id,
+                        JobState::Cancelled,
+                        Some(&text),
+                        &actor.audit_name(),
+                    ),
             )
             .await?
         }
@@ -634,10 +651,11 @@ async fn list_clients(State(st): State<AdminState>) -> ApiResult<Vec<ClientRecor
 
 async fn revoke_client(
     State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<ClientRevoked> {
     let id = ClientId(parse_id(&id, "client id")?);
-    bounded(st.shared.store.revoke_client(id)).await?;
+    bounded(st.shared.store.revoke_client(id, &actor.audit_name())).await?;
     // After the store has it, so a concurrent call cannot re-cache the credential as valid.
     st.shared.credentials.forget_client(id);
     tracing::info!(client = id.0, "client revoked");

@@ -11,12 +11,12 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use flotilla_store::{AuditEntry, AuditVerdict};
+use flotilla_store::{AuditEntry, SignedVerification};
 use serde::Deserialize;
 
-use super::{AdminState, ApiError, ApiResult, bounded};
+use super::{AdminState, ApiError, ApiResult, allow, bounded};
 use crate::api::{AuditCheckpointView, AuditEntryView, AuditPage, AuditProblem, AuditVerification};
-use crate::authz::{Action, Actor, authorize};
+use crate::authz::{Action, Actor};
 
 /// Entries per page when `limit` is not given, and the most one page may hold.
 const DEFAULT_LIMIT: u32 = 1000;
@@ -61,7 +61,8 @@ fn since_ms(text: &str) -> Result<i64, ApiError> {
     Ok(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
-pub(crate) fn view(e: &AuditEntry) -> AuditEntryView {
+/// An entry as the API shows it; details that are not JSON (an altered row) are shown as text.
+fn view(e: &AuditEntry) -> AuditEntryView {
     AuditEntryView {
         seq: e.seq,
         at_ms: e.at_ms,
@@ -69,8 +70,10 @@ pub(crate) fn view(e: &AuditEntry) -> AuditEntryView {
         tenant: e.tenant.clone(),
         action: e.action.clone(),
         resource: e.resource.clone(),
-        outcome: e.outcome.as_str().to_owned(),
-        details: e.details.clone(),
+        outcome: e.outcome.clone(),
+        details: serde_json::from_str(&e.details_json)
+            .unwrap_or_else(|_| serde_json::Value::String(e.details_json.clone())),
+        details_json: e.details_json.clone(),
         prev_hash: e.prev_hash.clone(),
         hash: e.hash.clone(),
     }
@@ -82,9 +85,7 @@ pub(super) async fn list(
     Extension(actor): Extension<Actor>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    authorize(&actor, Action::AuditRead, None)
-        .or_else(|_| authorize_any_tenant(&actor))
-        .map_err(ApiError::from)?;
+    allow(&st, &actor, Action::AuditRead, None, "audit log")?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(bad(format!("limit: must be in 1..={MAX_LIMIT}")));
@@ -104,7 +105,14 @@ pub(super) async fn list(
         (None, ms) => ms,
     };
     let after = q.since_seq.unwrap_or(0);
-    let read = bounded(st.shared.store.audit_entries(after, limit)).await?;
+    // An auditor reads only its tenants' entries: one tenant is filtered by the store, several
+    // here (so a page may hold fewer entries than were read; `next_since_seq` goes on).
+    let tenants = actor.tenants_for(Action::AuditRead);
+    let only = match tenants.as_deref() {
+        Some([one]) => Some(one.as_str()),
+        _ => None,
+    };
+    let read = bounded(st.shared.store.audit_entries(after, only, limit)).await?;
     // A full page may have more after it; the caller continues from the last seq read (also
     // when this caller may see none of the page's entries).
     let next = (read.len() == limit as usize)
@@ -113,7 +121,10 @@ pub(super) async fn list(
     let entries: Vec<AuditEntryView> = read
         .iter()
         .filter(|e| since.is_none_or(|s| e.at_ms >= s))
-        .filter(|e| authorize(&actor, Action::AuditRead, e.tenant.as_deref()).is_ok())
+        .filter(|e| match &tenants {
+            None => true,
+            Some(ts) => e.tenant.as_ref().is_some_and(|t| ts.contains(t)),
+        })
         .map(view)
         .collect();
     if jsonl {
@@ -149,17 +160,21 @@ pub(super) async fn verify(
     Extension(actor): Extension<Actor>,
     Query(q): Query<VerifyQuery>,
 ) -> ApiResult<AuditVerification> {
-    authorize(&actor, Action::AuditRead, None)
-        .or_else(|_| authorize_any_tenant(&actor))
-        .map_err(ApiError::from)?;
+    allow(&st, &actor, Action::AuditRead, None, "audit log")?;
     if let Some(k) = &q.public_key
         && (k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
     {
-        return Err(bad("public_key: must be 64 hex digits (an Ed25519 public key)"));
+        return Err(bad(
+            "public_key: must be 64 hex digits (an Ed25519 public key)",
+        ));
     }
     let pinned = q.public_key.as_deref();
+    let signed_here = st.shared.audit.last_signed();
     // The whole chain is read: allow more time than one ordinary store call.
-    let call = st.shared.store.audit_verify_signed(pinned);
+    let call = st
+        .shared
+        .store
+        .audit_verify_signed(pinned, signed_here.as_ref());
     let v = tokio::time::timeout(std::time::Duration::from_secs(120), call)
         .await
         .map_err(|_| {
@@ -169,51 +184,26 @@ pub(super) async fn verify(
             )
         })?
         .map_err(ApiError::from)?;
-    Ok(Json(verification(v, st.shared.audit.last_signed())))
+    Ok(Json(verification(v)))
 }
 
-/// The answer, adding what only this process knows: the last checkpoint it signed, which a
-/// truncated chain (head row rewritten too) no longer reaches.
-fn verification(
-    v: AuditVerdict,
-    signed_here: Option<flotilla_store::Checkpoint>,
-) -> AuditVerification {
-    let mut problem = v.problem.map(|p| AuditProblem {
-        seq: p.seq,
-        kind: p.kind.as_str().to_owned(),
-        message: p.message,
-    });
-    if problem.is_none()
-        && let Some(cp) = signed_here
-        && (cp.seq > v.head_seq || v.hash_at(cp.seq).is_some_and(|h| h != cp.hash))
-    {
-        let missing = v.head_seq + 1;
-        problem = Some(AuditProblem {
-            seq: missing.min(cp.seq),
-            kind: "removed".into(),
-            message: if cp.seq > v.head_seq {
-                format!(
-                    "audit entry {missing} was removed: the chain ends at {} but this server signed a checkpoint of entry {} (hash {})",
-                    v.head_seq, cp.seq, cp.hash
-                )
-            } else {
-                format!(
-                    "audit entry {} was altered: its hash differs from the checkpoint this server signed",
-                    cp.seq
-                )
-            },
-        });
-    }
+/// The API's form of the store's answer.
+fn verification(v: SignedVerification) -> AuditVerification {
+    let c = v.chain;
     AuditVerification {
-        ok: problem.is_none(),
-        entries: v.entries,
-        head_seq: v.head_seq,
-        head_hash: v.head_hash,
-        last_checkpoint: v.last_checkpoint.map(|c| AuditCheckpointView {
-            seq: c.seq,
-            hash: c.hash,
-            public_key: c.public_key,
+        ok: c.problem.is_none(),
+        entries: c.entries,
+        head_seq: c.head_seq,
+        head_hash: c.head_hash,
+        last_checkpoint: v.last_checkpoint.map(|cp| AuditCheckpointView {
+            seq: cp.seq,
+            hash: cp.hash,
+            public_key: cp.public_key,
         }),
-        problem,
+        problem: c.problem.map(|p| AuditProblem {
+            seq: p.seq,
+            kind: p.kind,
+            message: p.message,
+        }),
     }
 }

@@ -130,9 +130,8 @@ impl AuditHandle {
         let signer = match key {
             None => None,
             Some(path) => {
-                let pem = std::fs::read_to_string(path).map_err(|e| {
-                    format!("--audit-signing-key {}: {e}", path.display())
-                })?;
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--audit-signing-key {}: {e}", path.display()))?;
                 let s = AuditSigner::from_pkcs8_pem(&pem)
                     .map_err(|e| format!("--audit-signing-key {}: {e}", path.display()))?;
                 Some(Arc::new(s))
@@ -186,10 +185,15 @@ impl AuditTimer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         self.publish_head().await;
+        // The guard `wait_for` returns is not `Send`: dropped inside this future.
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stopped);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.once().await,
-                _ = stop.wait_for(|s| *s) => break,
+                () = &mut stopped => break,
             }
         }
         self.once().await;
@@ -285,7 +289,10 @@ mod tests {
         let items = f.take();
         assert_eq!(items.len(), MAX_FAILED_AUTH_KEYS);
         let other = items.iter().find(|(k, _)| k.0 == "other").unwrap().1;
-        assert_eq!(other.count as usize, 10 * MAX_FAILED_AUTH_KEYS - (MAX_FAILED_AUTH_KEYS - 1));
+        assert_eq!(
+            other.count as usize,
+            10 * MAX_FAILED_AUTH_KEYS - (MAX_FAILED_AUTH_KEYS - 1)
+        );
     }
 
     #[test]

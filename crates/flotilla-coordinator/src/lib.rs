@@ -95,6 +95,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub use admin::MAX_JOB_SUBMISSION_BYTES;
 pub use error::CoordinatorError;
+/// The audit checkpoint key (`--audit-signing-key`), for `flotilla audit keygen` to check its output.
+pub use flotilla_store::AuditSigner;
 pub use limits::Limits;
 pub use metrics::MetricsSnapshot;
 pub use models::{Evaluate, JobModel, ModelProvider};

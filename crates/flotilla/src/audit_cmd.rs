@@ -98,7 +98,11 @@ fn public_key_arg(arg: &str) -> Result<String> {
     } else {
         arg.to_owned()
     };
-    let hex = text.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+    let hex = text
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!(
             "--public-key must be 64 hex digits (an Ed25519 public key, as `flotilla audit keygen` prints it) or a file holding them"
@@ -119,7 +123,11 @@ fn verify(admin: &AdminArgs, public_key: Option<&str>, json: bool) -> Result<()>
         println!("{v}");
     } else if r.ok {
         let checkpoint = match &r.last_checkpoint {
-            Some(c) => format!("last checkpoint {} signed by {}", c.seq, short(&c.public_key)),
+            Some(c) => format!(
+                "last checkpoint {} signed by {}",
+                c.seq,
+                short(&c.public_key)
+            ),
             None => "no signed checkpoint".to_owned(),
         };
         println!(
@@ -180,8 +188,8 @@ fn export(
             path = format!("{path}&since_ms={ms}");
         }
         let v = a.call(reqwest::Method::GET, &path, None)?;
-        let page: AuditPage = serde_json::from_value(v)
-            .context("the coordinator's audit page is not understood")?;
+        let page: AuditPage =
+            serde_json::from_value(v).context("the coordinator's audit page is not understood")?;
         if format == ExportFormat::Jsonl {
             // Streamed: an export of a long log does not sit in memory.
             for e in &page.entries {
@@ -244,8 +252,8 @@ fn table(entries: &[AuditEntryView], clock: &Clock) -> String {
 }
 
 fn keygen(out: &Path) -> Result<()> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-        .context("generating an Ed25519 key")?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).context("generating an Ed25519 key")?;
     let pem = key.serialize_pem();
     let public = hex::encode(key.public_key_raw());
     let mut opts = std::fs::OpenOptions::new();
@@ -278,7 +286,10 @@ mod tests {
         assert_eq!(since_ms("1970-01-02").unwrap(), 86_400_000);
         assert_eq!(since_ms("1970-01-01T00:00:01Z").unwrap(), 1000);
         let e = since_ms("yesterday").unwrap_err().to_string();
-        assert!(e.contains("--since yesterday") && e.contains("2026-12-01"), "{e}");
+        assert!(
+            e.contains("--since yesterday") && e.contains("2026-12-01"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -293,7 +304,7 @@ mod tests {
         let path = dir.path().join("audit.pem");
         keygen(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let signer = flotilla_store::AuditSigner::from_pkcs8_pem(&text).unwrap();
+        let signer = flotilla_coordinator::AuditSigner::from_pkcs8_pem(&text).unwrap();
         assert_eq!(signer.public_key_hex().len(), 64);
         #[cfg(unix)]
         {

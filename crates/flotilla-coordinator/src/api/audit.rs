@@ -22,6 +22,8 @@ pub struct AuditEntryView {
     pub outcome: String,
     /// Free-form facts of the event (JSON).
     pub details: serde_json::Value,
+    /// The details exactly as stored and hashed (what an offline verifier hashes).
+    pub details_json: String,
     /// The previous entry's hash (hex; 64 zeros before the first entry).
     pub prev_hash: String,
     /// SHA-256(previous hash ‖ canonical entry), hex.

@@ -155,7 +155,14 @@ fn run(name: &str, schema: Option<&flotilla_testkit::pg::PgSchema>) {
     db.sql("UPDATE clients SET credential_expires_at_ms = 1 WHERE id = 2");
     for _ in 0..5 {
         let o = Command::new(bin())
-            .args(["job", "list", "--admin-url", &f.admin_url(), "--ca-cert", &f.ca()])
+            .args([
+                "job",
+                "list",
+                "--admin-url",
+                &f.admin_url(),
+                "--ca-cert",
+                &f.ca(),
+            ])
             .env("FLOTILLA_ADMIN_TOKEN", "wrong-token")
             .output()
             .unwrap();
@@ -182,7 +189,10 @@ fn run(name: &str, schema: Option<&flotilla_testkit::pg::PgSchema>) {
     assert_eq!(count("client.enrolled"), 3);
     assert_eq!(count("dp.charge"), 2, "one charge per committed round");
     assert_eq!(count("client.credential_expired"), 1, "once per credential");
-    let charge = entries.iter().rfind(|e| e["action"] == "dp.charge").unwrap();
+    let charge = entries
+        .iter()
+        .rfind(|e| e["action"] == "dp.charge")
+        .unwrap();
     let d = &charge["details"];
     assert_eq!(d["round"], 2);
     assert!(d["epsilon_round"].as_f64().unwrap() > 0.0);
@@ -198,19 +208,34 @@ fn run(name: &str, schema: Option<&flotilla_testkit::pg::PgSchema>) {
         "5 failures aggregated into one or two entries: {failed} in {}",
         count("admin.auth_failed")
     );
-    let cancel = entries.iter().find(|e| e["action"] == "job.cancelled").unwrap();
+    let cancel = entries
+        .iter()
+        .find(|e| e["action"] == "job.cancelled")
+        .unwrap();
     assert_eq!(cancel["resource"], format!("job:{long_job}"));
-    assert_eq!(cancel["actor"], "admin");
-    let revoke = entries.iter().find(|e| e["action"] == "client.revoked").unwrap();
-    assert_eq!((&revoke["resource"], &revoke["tenant"]), (&Value::from("client:1"), &Value::from("default")));
-    let enrolled = entries.iter().find(|e| e["action"] == "client.enrolled").unwrap();
+    assert_eq!(cancel["actor"], "admin-token");
+    let revoke = entries
+        .iter()
+        .find(|e| e["action"] == "client.revoked")
+        .unwrap();
+    assert_eq!(
+        (&revoke["resource"], &revoke["tenant"]),
+        (&Value::from("client:1"), &Value::from("default"))
+    );
+    let enrolled = entries
+        .iter()
+        .find(|e| e["action"] == "client.enrolled")
+        .unwrap();
     assert!(enrolled["actor"].as_str().unwrap().starts_with("client:"));
 
     // Nothing changes the log from here on: no clients, no failures; the last checkpoint comes.
     drop(std::mem::take(&mut f.clients.0));
-    let entries = wait_log(&f, "a checkpoint of the head", Duration::from_secs(30), |e| {
-        e.last().is_some_and(|l| l["action"] == "audit.checkpoint")
-    });
+    let entries = wait_log(
+        &f,
+        "a checkpoint of the head",
+        Duration::from_secs(30),
+        |e| e.last().is_some_and(|l| l["action"] == "audit.checkpoint"),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let entries = {
         let again = export(&f);
@@ -229,12 +254,18 @@ fn run(name: &str, schema: Option<&flotilla_testkit::pg::PgSchema>) {
         "{out}"
     );
     let o = f.admin_cli(&["audit", "verify", "--public-key", &"ab".repeat(32)]);
-    assert!(!o.status.success(), "a checkpoint signed by another key: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "a checkpoint signed by another key: {}",
+        text(&o)
+    );
     assert!(text(&o).contains("pinned"), "{}", text(&o));
 
     // One row's details changed: verify names it.
     let victim = 5;
-    let original = db.sql(&format!("SELECT details FROM audit_log WHERE seq = {victim}"));
+    let original = db.sql(&format!(
+        "SELECT details FROM audit_log WHERE seq = {victim}"
+    ));
     db.sql(&format!(
         "UPDATE audit_log SET details = '{{\"forged\":true}}' WHERE seq = {victim}"
     ));
@@ -269,7 +300,11 @@ fn run(name: &str, schema: Option<&flotilla_testkit::pg::PgSchema>) {
         n - 3
     ));
     let o = f.admin_cli(&["audit", "verify"]);
-    assert!(!o.status.success(), "truncated log with its head verified: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "truncated log with its head verified: {}",
+        text(&o)
+    );
     assert!(
         text(&o).contains(&format!("audit entry {} was removed", n - 2)),
         "{}",
