@@ -203,6 +203,25 @@ impl AuditTimer {
     pub(crate) async fn once(&self) {
         self.flush_failed().await;
         if let Some(signer) = &self.signer {
+            // A head below what this process signed means the tail was deleted and the head row
+            // rewritten: never sign that (verify reports it against the kept checkpoint).
+            let signed = self
+                .last_signed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|c| c.seq);
+            if let (Some(signed), Ok(state)) = (signed, self.store.audit_state().await)
+                && state.head_seq < signed
+            {
+                tracing::error!(
+                    head = state.head_seq,
+                    signed,
+                    "the audit log's head is below the last signed checkpoint: entries were removed; not signing"
+                );
+                self.publish_head().await;
+                return;
+            }
             match self.store.audit_checkpoint(signer, now_ms() as i64).await {
                 Ok(Some(cp)) => {
                     tracing::debug!(seq = cp.seq, "audit checkpoint signed");

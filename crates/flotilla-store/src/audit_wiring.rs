@@ -266,7 +266,13 @@ impl Store {
                 .await?
                 .map(|r| r.try_get("action"))
                 .transpose()?;
-        if seq <= 0 || last_action.as_deref() == Some(CHECKPOINT_ACTION) {
+        // Nothing new, an empty log, or a head whose entry is gone (a deleted tail): signing that
+        // would vouch for a log that was tampered with.
+        if seq <= 0
+            || last_action
+                .as_deref()
+                .is_none_or(|a| a == CHECKPOINT_ACTION)
+        {
             return Ok(None);
         }
         let cp = signer.checkpoint(seq as u64, &hash);
