@@ -26,6 +26,8 @@ use crate::principal_auth::Resolved;
 use crate::state::Shared;
 use crate::submit::SubmitError;
 
+#[path = "admin_audit.rs"]
+mod audit;
 #[path = "admin_model.rs"]
 mod model;
 #[path = "admin_principals.rs"]
@@ -171,7 +173,13 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
             match st.console.admit(req.method(), req.headers()) {
                 Admit::Session(_) => match st.console.session_actor(req.headers()) {
                     Some(a) => a,
-                    None => return unauthenticated(&st, "the console session ended; log in again"),
+                    None => {
+                        return unauthenticated(
+                            &st,
+                            "session_ended",
+                            "the console session ended; log in again",
+                        );
+                    }
                 },
                 Admit::Refused(why) => {
                     return ApiError(StatusCode::FORBIDDEN, why.into()).into_response();
@@ -179,6 +187,7 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
                 Admit::NoSession => {
                     return unauthenticated(
                         &st,
+                        "missing_token",
                         "missing token (authorization: Bearer <FLOTILLA_ADMIN_TOKEN or a principal's token>)",
                     );
                 }
@@ -193,7 +202,7 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
         .await
         {
             Resolved::Actor(a) => a,
-            Resolved::Refused(why) => return unauthenticated(&st, &why),
+            Resolved::Refused(why) => return unauthenticated(&st, "bad_token", &why),
             Resolved::Unavailable(e) => return ApiError::from(e).into_response(),
         },
     };
@@ -206,10 +215,10 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
     next.run(req).await
 }
 
-/// `401` with `why`, counted as a failed admin authentication.
-fn unauthenticated(st: &AdminState, why: &str) -> Response {
-    // Audit hook: failed admin authentications are counted here and flushed to the audit log in
-    // aggregate (a flood cannot fill the disk).
+/// `401` with `why`, counted as a failed admin authentication of `kind`.
+fn unauthenticated(st: &AdminState, kind: &str, why: &str) -> Response {
+    // Counted here and flushed to the audit log in aggregate (a flood cannot fill the disk).
+    st.shared.audit.failed.record(kind, None);
     st.shared.metrics.auth_failure("admin_unauthenticated");
     st.shared.metrics.reject("admin_unauthenticated");
     ApiError(StatusCode::UNAUTHORIZED, why.to_owned()).into_response()
@@ -253,7 +262,9 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
             get(principals::get_tenant).put(principals::put_tenant),
         )
         .route("/v1/jobs/{id}/approve", post(principals::approve_job))
-        .route("/v1/jobs/{id}/reject", post(principals::reject_job));
+        .route("/v1/jobs/{id}/reject", post(principals::reject_job))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify));
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);
     }
@@ -296,7 +307,7 @@ async fn create_token(
     let t = bounded(
         st.shared
             .store
-            .create_enrollment_token(&tenant, uses, expires_at_ms),
+            .create_enrollment_token(&tenant, uses, expires_at_ms, &actor.audit_name()),
     )
     .await?;
     Ok(Json(TokenIssued {
@@ -687,7 +698,7 @@ async fn cancel_job(
             // Under the job's lock: no round of it is being driven or committed meanwhile, and a
             // request that holds the runtime afterwards sees it ended. In a task of its own, so
             // that an admin client that disconnects cannot stop it between the store and memory.
-            let (shared, text2) = (st.shared.clone(), text.clone());
+            let (shared, text2, who) = (st.shared.clone(), text.clone(), actor.audit_name());
             let task = tokio::spawn(async move {
                 let mut inner = rt.inner.lock().await;
                 if inner.ended.is_some() {
@@ -697,6 +708,7 @@ async fn cancel_job(
                     id,
                     JobState::Cancelled,
                     Some(&text2),
+                    &who,
                 ))
                 .await?;
                 shared.end_job(&rt, &mut inner, JobState::Cancelled);
@@ -713,7 +725,12 @@ async fn cancel_job(
             bounded(
                 st.shared
                     .store
-                    .set_job_state_with_reason(id, JobState::Cancelled, Some(&text)),
+                    .set_job_state_with_reason(
+                        id,
+                        JobState::Cancelled,
+                        Some(&text),
+                        &actor.audit_name(),
+                    ),
             )
             .await?
         }
@@ -752,7 +769,7 @@ async fn revoke_client(
         Some(&tenant),
         &format!("client {id}"),
     )?;
-    bounded(st.shared.store.revoke_client(id)).await?;
+    bounded(st.shared.store.revoke_client(id, &actor.audit_name())).await?;
     // After the store has it, so a concurrent call cannot re-cache the credential as valid.
     st.shared.credentials.forget_client(id);
     tracing::info!(client = id.0, "client revoked");

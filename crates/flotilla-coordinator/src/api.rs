@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::ModelSection;
 
+mod audit;
 mod metrics;
 mod principals;
 
+pub use audit::{AuditCheckpointView, AuditEntryView, AuditPage, AuditProblem, AuditVerification};
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
 pub use principals::{
     ApprovalInfo, JobDecided, PrincipalCreated, PrincipalInfo, PrincipalRequest, RejectRequest,

@@ -200,7 +200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in_dir(dir.path()).await.unwrap();
         let token = store
-            .create_enrollment_token("default", 1, i64::MAX)
+            .create_enrollment_token("default", 1, i64::MAX, "admin")
             .await
             .unwrap();
         let e = store
@@ -216,7 +216,7 @@ mod tests {
                 .client_id,
             e.client_id
         );
-        store.revoke_client(e.client_id).await.unwrap();
+        store.revoke_client(e.client_id, "admin").await.unwrap();
         // What admin.rs does after the store has recorded the revocation.
         cache.forget_client(e.client_id);
         assert!(matches!(

@@ -195,6 +195,7 @@ mod tests {
                 metrics: &json!({"round": r}),
                 model_blob_key: &key,
                 machine_state_json: "{}",
+                dp_charge: None,
             };
             store.commit_round(job, r, &commit).await.unwrap();
         }

@@ -95,7 +95,7 @@ impl Shared {
                 tracing::warn!(job = id.0, reason = %why, "job stopped by its privacy budget");
                 if let Err(e) = self
                     .store
-                    .set_job_state_with_reason(id, JobState::Failed, Some(&why))
+                    .set_job_state_with_reason(id, JobState::Failed, Some(&why), "system")
                     .await
                 {
                     tracing::debug!(job = id.0, error = %e, "could not mark the job failed; retrying");

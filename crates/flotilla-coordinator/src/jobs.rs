@@ -259,7 +259,7 @@ impl Shared {
                     tracing::warn!(job = job.id.0, reason = ?reason, "job failed");
                     if let Err(e) = self
                         .store
-                        .set_job_state_with_reason(job.id, JobState::Failed, Some(&reason))
+                        .set_job_state_with_reason(job.id, JobState::Failed, Some(&reason), "system")
                         .await
                     {
                         tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");
@@ -377,6 +377,7 @@ impl Shared {
             metrics: &metrics,
             model_blob_key: &key,
             machine_state_json: snapshot,
+            dp_charge: self.privacy.round_charge(job.id, &job.spec),
         };
         for attempt in 1..=STORE_ATTEMPTS {
             let call = self.store.commit_round(job.id, info.round, &commit);
@@ -415,7 +416,7 @@ impl Shared {
         tracing::warn!(job = job.id.0, reason = %why, "job stopped by its privacy budget");
         if let Err(e) = self
             .store
-            .set_job_state_with_reason(job.id, JobState::Failed, Some(&why))
+            .set_job_state_with_reason(job.id, JobState::Failed, Some(&why), "system")
             .await
         {
             tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");

@@ -30,9 +30,10 @@
 //! calling an `impl Shared` method, and there is no cycle; `tests/it/module_layers.rs` checks it):
 //! 1. `clock`, `retry`, `error`, `metrics`, `spec` (types), `reasons`, `partial_uploads`,
 //!    `round_trace`, `rpc_trace` (tracing spans): no other module;
-//! 2. `api` (the admin API's JSON types), `limits`, `admission`, `models`, `initial_model` (a
-//!    model given as a safetensors file), `privacy`, `auth_cache`, `authz` (roles and actions),
-//!    `principal_auth` (bearer tokens → actors), `evaluation`, `job_toml` (the spec parser), `tls`;
+//! 2. `api` (the admin API's JSON types), `audit_flush` (failed logins and checkpoints),
+//!    `limits`, `admission`, `models`, `initial_model` (a model given as a safetensors file),
+//!    `privacy`, `auth_cache`, `authz` (roles and actions), `principal_auth` (bearer tokens →
+//!    actors), `evaluation`, `job_toml` (the spec parser), `tls`;
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
@@ -45,6 +46,7 @@ mod admin;
 mod admission;
 pub mod api;
 mod approval;
+mod audit_flush;
 mod auth_cache;
 mod authz;
 mod bounds;
@@ -96,6 +98,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub use admin::MAX_JOB_SUBMISSION_BYTES;
 pub use error::CoordinatorError;
+/// The audit checkpoint key (`--audit-signing-key`), for `flotilla audit keygen` to check its output.
+pub use flotilla_store::AuditSigner;
 pub use limits::Limits;
 pub use metrics::MetricsSnapshot;
 pub use models::{Evaluate, JobModel, ModelProvider};
@@ -164,6 +168,12 @@ pub struct ServerConfig {
     /// counters `GET /v1/metrics` reports are kept: for measuring the overhead (`flotilla bench
     /// coordinator --telemetry off`).
     pub telemetry: bool,
+    /// The Ed25519 key (PKCS#8 PEM file) that signs the audit log's checkpoints
+    /// (`--audit-signing-key`); none: no checkpoints are written.
+    pub audit_signing_key: Option<PathBuf>,
+    /// How often failed admin logins are flushed to the audit log and the head is checkpointed
+    /// (default [`audit_flush::DEFAULT_AUDIT_INTERVAL`], 60 s).
+    pub audit_interval: Duration,
 }
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
@@ -191,6 +201,8 @@ impl ServerConfig {
             metrics_public: false,
             metrics_listen: None,
             telemetry: true,
+            audit_signing_key: None,
+            audit_interval: audit_flush::DEFAULT_AUDIT_INTERVAL,
         }
     }
 }
@@ -268,6 +280,11 @@ impl Server {
         }
         let privacy = privacy::PrivacyBook::new(config.tenant_privacy)
             .map_err(|e| CoordinatorError::Config(format!("tenant privacy budget: {e}")))?;
+        let audit = audit_flush::AuditHandle::new(
+            config.audit_signing_key.as_deref(),
+            config.audit_interval,
+        )
+        .map_err(CoordinatorError::Config)?;
         let store = Store::open(&store_cfg).await?;
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(state::Shared {
@@ -286,6 +303,7 @@ impl Server {
             credential_ttl: config.credential_ttl,
             privacy,
             recently_ended: Default::default(),
+            audit,
         });
         // Before any job resumes (nothing writes blobs yet): models of commits that failed or
         // never happened (a crash between storing the model and committing the round).
@@ -395,6 +413,13 @@ impl Server {
             .push(tokio::spawn(jobs::timer_loop(shared.clone(), timer_rx)));
         tasks.0.push(tokio::spawn(heal::heal_loop(shared.clone())));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let tenants = &shared.metrics.tenants;
+        let audit_timer = shared.audit.timer(
+            shared.store.clone(),
+            tenants.audit_head_seq.clone(),
+            tenants.audit_checkpoint_seq.clone(),
+        );
+        let audit_task = tokio::spawn(audit_timer.run(stop_rx.clone()));
         tasks.0.push(tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -458,6 +483,13 @@ impl Server {
                 serve_accepted(grpc_builder(), router, grx, arx, admin_addr, stop_rx).await
             }
         };
+        // The last failed logins and a checkpoint of the final head, before the store closes.
+        if tokio::time::timeout(Duration::from_secs(10), audit_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the audit log's last checkpoint did not finish within 10 s");
+        }
         drop(tasks);
         shared.store.close().await;
         tracing::info!("coordinator stopped");

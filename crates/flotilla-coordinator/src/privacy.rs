@@ -325,6 +325,26 @@ impl PrivacyBook {
         })
     }
 
+    /// The audit log's `dp.charge` of a round about to be committed: ε it adds to the job's
+    /// total (the total after it minus the total after the round before), the total, and δ.
+    pub fn round_charge(&self, id: JobId, spec: &JobSpec) -> Option<flotilla_store::DpCharge> {
+        let p = spec.privacy?;
+        let inner = self.lock();
+        let job = inner.ledgers.get(&spec.tenant)?.job(&job_key(id))?;
+        let total = job.spent().epsilon;
+        // O(rounds × orders) per commit: microseconds next to a round.
+        let per_round = job.accountant().per_round(p.delta).ok()?;
+        let before = per_round
+            .len()
+            .checked_sub(2)
+            .map_or(0.0, |i| per_round[i].epsilon);
+        Some(flotilla_store::DpCharge {
+            epsilon_round: total - before,
+            epsilon_total: total,
+            delta: p.delta,
+        })
+    }
+
     /// The privacy fields of `job status`: `epsilon_spent` (released rounds), `delta`, the budget,
     /// the tenant's spend, and `stopped_reason` for a job a budget ended.
     pub fn status(

@@ -143,6 +143,8 @@ pub(crate) struct Shared {
     pub privacy: crate::privacy::PrivacyBook,
     /// The states of the jobs that ended most recently, for the answers to late calls.
     pub recently_ended: RecentlyEnded,
+    /// Failed admin logins to flush and checkpoints signed (`audit_flush`).
+    pub audit: crate::audit_flush::AuditHandle,
 }
 
 /// Jobs remembered as recently ended, so that the calls of clients still working on them are

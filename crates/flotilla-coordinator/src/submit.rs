@@ -201,6 +201,7 @@ impl Shared {
                     id,
                     JobState::Failed,
                     Some("could not be started: its initial model (model.initial) could not be stored"),
+                    "system",
                 )
                 .await;
             return Err(e);
@@ -233,6 +234,7 @@ impl Shared {
                     id,
                     JobState::Failed,
                     Some("could not be started: the store was unavailable"),
+                    "system",
                 )
                 .await;
             return Err(SubmitError::Unavailable(e));

@@ -1,5 +1,7 @@
 //! State changes that carry a reason for people: why a job failed or who cancelled it.
 
+use sqlx::Row;
+
 use crate::error::{Result, StoreError};
 use crate::types::{JobId, JobState};
 use crate::{Store, now_ms};
@@ -37,28 +39,45 @@ impl Store {
     /// staying in the current state is a no-op that keeps the reason recorded first (a second
     /// cancel does not rewrite who cancelled). `reason` is stored as one line of at most
     /// [`MAX_STATE_REASON_BYTES`] (see there); an empty one is stored as NULL.
+    ///
+    /// A change is audited in the same transaction (`job.started`, `job.cancelled`, `job.failed`,
+    /// or `job.budget_stopped` for a reason that starts with `privacy budget:`) with `actor` as
+    /// who did it (`system` for the coordinator itself); a no-op writes no entry.
     pub async fn set_job_state_with_reason(
         &self,
         job_id: JobId,
         to: JobState,
         reason: Option<&str>,
+        actor: &str,
     ) -> Result<()> {
         let from = to.allowed_from();
         let reason = reason.and_then(clean);
         if !from.is_empty() {
             // The IN list is made of this crate's constants, never of caller input.
             let list: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            let now = now_ms();
+            let mut tx = self.begin_write().await?;
             let done = sqlx::query(&format!(
-                "UPDATE jobs SET state = $2, updated_at_ms = $3, state_reason = $4 WHERE id = $1 AND state IN ({})",
+                "UPDATE jobs SET state = $2, updated_at_ms = $3, state_reason = $4 WHERE id = $1 AND state IN ({}) RETURNING tenant",
                 list.join(", ")
             ))
             .bind(job_id.to_db()?)
             .bind(to.as_str())
-            .bind(now_ms())
-            .bind(reason)
-            .execute(&self.pool)
+            .bind(now)
+            .bind(reason.as_deref())
+            .fetch_optional(&mut *tx)
             .await?;
-            if done.rows_affected() == 1 {
+            if let Some(row) = done {
+                let tenant: String = row.try_get("tenant")?;
+                let change = crate::audit_wiring::JobChange {
+                    job_id,
+                    tenant: &tenant,
+                    to,
+                    reason: reason.as_deref(),
+                    actor,
+                };
+                crate::audit_wiring::job_state(&mut tx, &change, now).await?;
+                tx.commit().await?;
                 return Ok(());
             }
         }

@@ -33,6 +33,9 @@
 
 mod approvals;
 mod audit;
+mod audit_checks;
+mod audit_sign;
+mod audit_wiring;
 mod blobs;
 mod db_ids;
 mod error;
@@ -58,6 +61,9 @@ pub use audit::{
     AuditEntry, AuditEvent, AuditOutcome, AuditProblem, AuditVerification, GENESIS_HASH,
     MAX_DETAILS_BYTES,
 };
+pub use audit_checks::SignedVerification;
+pub use audit_sign::{AuditSigner, CHECKPOINT_ACTION, Checkpoint, signed_message};
+pub use audit_wiring::AuditState;
 pub use error::{Result, StoreError};
 pub use job_reason::MAX_STATE_REASON_BYTES;
 pub use principals::{
@@ -65,7 +71,7 @@ pub use principals::{
     RoleGrant, TenantSettings, check_principal_name,
 };
 pub use types::{
-    ClientId, ClientRecord, CommittedRound, Enrollment, JobId, JobRecord, JobState,
+    ClientId, ClientRecord, CommittedRound, DpCharge, Enrollment, JobId, JobRecord, JobState,
     NewEnrollmentToken, ParseJobStateError, RecoveredJob, RoundCommit, TokenId,
 };
 
@@ -237,12 +243,14 @@ impl Store {
     // ----- enrollment tokens and clients -------------------------------------------------------
 
     /// Creates an enrollment token for `tenant`, valid for `uses` enrollments until
-    /// `expires_at_ms` (Unix milliseconds, exclusive). Only the secret's SHA-256 is stored.
+    /// `expires_at_ms` (Unix milliseconds, exclusive). Only the secret's SHA-256 is stored. Audited
+    /// (`enrollment_token.created` by `actor`) in the same transaction.
     pub async fn create_enrollment_token(
         &self,
         tenant: &str,
         uses: u32,
         expires_at_ms: i64,
+        actor: &str,
     ) -> Result<NewEnrollmentToken> {
         check_tenant(tenant)?;
         if uses == 0 {
@@ -251,6 +259,8 @@ impl Store {
             ));
         }
         let secret = new_secret(TOKEN_PREFIX)?;
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "INSERT INTO enrollment_tokens (tenant, secret_sha256, uses_left, expires_at_ms, created_at_ms) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -259,13 +269,13 @@ impl Store {
         .bind(sha256_hex(&secret))
         .bind(i64::from(uses))
         .bind(expires_at_ms)
-        .bind(now_ms())
-        .fetch_one(&self.pool)
+        .bind(now)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(NewEnrollmentToken {
-            id: TokenId::from_db(row.try_get("id")?)?,
-            secret,
-        })
+        let id = TokenId::from_db(row.try_get("id")?)?;
+        audit_wiring::token_created(&mut tx, actor, tenant, id, uses, expires_at_ms, now).await?;
+        tx.commit().await?;
+        Ok(NewEnrollmentToken { id, secret })
     }
 
     /// Redeems an enrollment token at time `now_ms`: atomically uses it up by one and enrolls a new
@@ -351,6 +361,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let client_id = ClientId::from_db(row.try_get("id")?)?;
+        audit_wiring::enrolled(&mut tx, client_id, &tenant, token_id, client_name, now_ms).await?;
         tx.commit().await?;
         Ok(Enrollment {
             client_id,
@@ -365,12 +376,13 @@ impl Store {
         self.authenticate_at(credential, now_ms()).await
     }
 
-    /// Looks up the client a credential belongs to, at time `now_ms` (Unix milliseconds). Read-only.
+    /// Looks up the client a credential belongs to, at time `now_ms` (Unix milliseconds).
     ///
     /// Refuses unknown credentials ([`StoreError::UnknownCredential`]), revoked clients
     /// ([`StoreError::ClientRevoked`]) and credentials whose expiry is at or before `now_ms`
     /// ([`StoreError::CredentialExpired`]), in that order of precedence: a revoked client is told it
     /// is revoked even once its credential has also expired, so it does not try to enroll again.
+    /// The first refusal of an expired credential writes its audit entry (once per credential).
     pub async fn authenticate_at(&self, credential: &str, now_ms: i64) -> Result<ClientRecord> {
         let row = sqlx::query(&format!(
             "SELECT {CLIENT_COLUMNS} FROM clients WHERE credential_sha256 = $1"
@@ -386,6 +398,8 @@ impl Store {
         if let Some(expired_at_ms) = client.credential_expires_at_ms
             && expired_at_ms <= now_ms
         {
+            self.audit_credential_expired(&client, expired_at_ms, now_ms)
+                .await?;
             return Err(StoreError::CredentialExpired {
                 client_id: client.client_id,
                 expired_at_ms,
@@ -394,14 +408,24 @@ impl Store {
         Ok(client)
     }
 
-    /// Revokes a client's credential for good. Revoking twice is not an error.
-    pub async fn revoke_client(&self, client_id: ClientId) -> Result<()> {
-        let done = sqlx::query("UPDATE clients SET revoked = 1 WHERE id = $1")
+    /// Revokes a client's credential for good; audited (`client.revoked` by `actor`) in the same
+    /// transaction. Revoking twice is not an error (and writes no second entry).
+    pub async fn revoke_client(&self, client_id: ClientId, actor: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE clients SET revoked = 1 WHERE id = $1 AND revoked = 0 RETURNING tenant")
             .bind(client_id.to_db()?)
-            .execute(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::ClientNotFound(client_id));
+        match done {
+            Some(row) => {
+                let tenant: String = row.try_get("tenant")?;
+                audit_wiring::revoked(&mut tx, actor, client_id, &tenant).await?;
+                tx.commit().await?;
+            }
+            None => {
+                drop(tx);
+                self.get_client(client_id).await?;
+            }
         }
         Ok(())
     }
@@ -502,7 +526,8 @@ impl Store {
     pub async fn set_job_state(&self, job_id: JobId, to: JobState) -> Result<()> {
         // A reason is only ever recorded with a terminal state, which nothing leaves, so moving
         // without one never erases a reason that was shown.
-        self.set_job_state_with_reason(job_id, to, None).await
+        self.set_job_state_with_reason(job_id, to, None, "system")
+            .await
     }
 
     // ----- rounds -------------------------------------------------------------------------------
@@ -513,7 +538,8 @@ impl Store {
     /// commit with [`StoreError::AlreadyCommitted`]), advances the job's `rounds_completed` and
     /// `model_version` to `round` and its current model to `commit.model_blob_key`, replaces its
     /// machine snapshot, and marks the job [`JobState::Completed`] when this was the last round.
-    /// On any error nothing changes.
+    /// Audited in the same transaction: the DP charge of the round ([`RoundCommit::dp_charge`])
+    /// and the job's completion. On any error nothing changes.
     ///
     /// Also refused: an unknown job ([`StoreError::JobNotFound`]), a job that is not running
     /// ([`StoreError::JobNotRunning`]), a round other than `rounds_completed + 1`
@@ -605,6 +631,7 @@ impl Store {
                 }
             });
         }
+        audit_wiring::round_committed(&mut tx, job_id, round, commit, committed_at_ms).await?;
         tx.commit().await?;
         Ok(CommittedRound {
             job_id,

@@ -228,6 +228,20 @@ pub struct RoundCommit<'a> {
     /// Serialised snapshot of the round state machine after the commit (must be valid JSON;
     /// otherwise opaque). Replaces the previous snapshot.
     pub machine_state_json: &'a str,
+    /// The privacy cost of the round of a DP job, written to the audit log as `dp.charge` in the
+    /// commit's transaction (`None` for a job without differential privacy).
+    pub dp_charge: Option<DpCharge>,
+}
+
+/// What a committed round of a DP job spent (see [`RoundCommit::dp_charge`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpCharge {
+    /// ε this round added to the job's total.
+    pub epsilon_round: f64,
+    /// The job's ε after this round.
+    pub epsilon_total: f64,
+    /// The δ both are measured at.
+    pub delta: f64,
 }
 
 /// A running job as reloaded after a restart by [`crate::Store::load_running_jobs`].

@@ -3,6 +3,7 @@
 
 mod admin_cmd;
 mod admin_view;
+mod audit_cmd;
 mod bench_aggregate;
 mod bench_cmd;
 mod client_metrics;
@@ -65,6 +66,9 @@ enum Command {
     /// Differential privacy: ε of a DP-FedAvg schedule (`dp epsilon`).
     #[command(subcommand)]
     Dp(dp_cmd::DpCommand),
+    /// The tamper-evident audit log: verify it, export it, make its signing key.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
     Completions(completions_cmd::CompletionsArgs),
 }
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Tenant(cmd) => principal_cmd::tenant(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Dp(cmd) => dp_cmd::run(cmd),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Completions(args) => completions_cmd::run(args),
     };
     match result {

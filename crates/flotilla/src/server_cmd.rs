@@ -106,6 +106,14 @@ pub struct ServerArgs {
         default_value = "on"
     )]
     record: Telemetry,
+    /// Sign the audit log's head with this Ed25519 key (PKCS#8 PEM, e.g. from `flotilla audit
+    /// keygen`) every --audit-interval in which it moved, and at shutdown
+    #[arg(long, value_name = "FILE")]
+    audit_signing_key: Option<PathBuf>,
+    /// How often failed admin logins are written to the audit log (one entry per kind) and the
+    /// head is checkpointed; 1s..=1h
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    audit_interval: std::time::Duration,
 }
 
 /// `--telemetry`.
@@ -160,6 +168,8 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.metrics_public = args.metrics_public;
     config.metrics_listen = args.metrics_listen;
     config.telemetry = args.record == Telemetry::On;
+    config.audit_signing_key = args.audit_signing_key;
+    config.audit_interval = args.audit_interval;
     let limits = &mut config.limits;
     limits.upload_concurrency = args.upload_concurrency;
     limits.upload_tenant_slots = args.upload_tenant_slots;

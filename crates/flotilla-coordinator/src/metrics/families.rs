@@ -199,6 +199,9 @@ pub(crate) struct TenantFamilies {
     pub epsilon_budget: Family<L1, FGauge>,
     /// `notAfter` of the served certificate (TLS mode only).
     pub cert_expiry: Family<[(&'static str, String); 0], FGauge>,
+    /// The audit log's head and last signed checkpoint (`audit_flush`).
+    pub audit_head_seq: Gauge,
+    pub audit_checkpoint_seq: Gauge,
 }
 
 impl TenantFamilies {
@@ -209,7 +212,19 @@ impl TenantFamilies {
             epsilon_spent: Family::default(),
             epsilon_budget: Family::default(),
             cert_expiry: Family::default(),
+            audit_head_seq: Gauge::default(),
+            audit_checkpoint_seq: Gauge::default(),
         };
+        r.register(
+            "flotilla_audit_head_seq",
+            "Seq of the last entry of the audit log",
+            f.audit_head_seq.clone(),
+        );
+        r.register(
+            "flotilla_audit_checkpoint_seq",
+            "Seq the last signed audit checkpoint covers (0: none)",
+            f.audit_checkpoint_seq.clone(),
+        );
         r.register(
             "flotilla_clients_enrolled",
             "Enrolled clients not revoked, by tenant",

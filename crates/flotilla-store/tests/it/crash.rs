@@ -44,7 +44,8 @@ async fn crash_child_writer() {
                     participants: &[ClientId(round)],
                     metrics: &json!({"round": round}),
                     model_blob_key: &key,
-                    machine_state_json: &machine,
+                    dp_charge: None,
+                machine_state_json: &machine,
                 },
             )
             .await
@@ -160,6 +161,7 @@ async fn kill_dash_nine_loses_nothing_committed(db: TestDb) {
                 participants: &[],
                 metrics: &json!({}),
                 model_blob_key: &key,
+                dp_charge: None,
                 machine_state_json: "{}",
             },
         )

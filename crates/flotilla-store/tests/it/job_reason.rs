@@ -31,6 +31,7 @@ async fn reason_is_written_with_the_state_and_survives_reopen(db: TestDb) {
             job,
             JobState::Failed,
             Some("clients reported errors: input has 63 features, model expects 64 (3 clients)"),
+            "admin",
         )
         .await
         .expect("fail");
@@ -47,7 +48,7 @@ async fn reason_is_written_with_the_state_and_survives_reopen(db: TestDb) {
     // Terminal: no transition, and the reason is untouched.
     assert!(matches!(
         store
-            .set_job_state_with_reason(job, JobState::Cancelled, Some("cancelled by bob"))
+            .set_job_state_with_reason(job, JobState::Cancelled, Some("cancelled by bob"), "admin")
             .await,
         Err(StoreError::InvalidTransition { .. })
     ));
@@ -73,7 +74,7 @@ async fn reason_is_bounded_and_kept_by_no_op(db: TestDb) {
         "second line"
     );
     store
-        .set_job_state_with_reason(job, JobState::Cancelled, Some(&long))
+        .set_job_state_with_reason(job, JobState::Cancelled, Some(&long), "admin")
         .await
         .expect("cancel");
     let reason = store
@@ -94,7 +95,7 @@ async fn reason_is_bounded_and_kept_by_no_op(db: TestDb) {
     );
     // Cancelling again is a no-op that keeps who cancelled first.
     store
-        .set_job_state_with_reason(job, JobState::Cancelled, Some("cancelled by bob"))
+        .set_job_state_with_reason(job, JobState::Cancelled, Some("cancelled by bob"), "admin")
         .await
         .expect("no-op");
     assert_eq!(
@@ -112,7 +113,7 @@ async fn reason_is_bounded_and_kept_by_no_op(db: TestDb) {
         .await
         .expect("create");
     store
-        .set_job_state_with_reason(other, JobState::Cancelled, None)
+        .set_job_state_with_reason(other, JobState::Cancelled, None, "admin")
         .await
         .expect("cancel");
     assert_eq!(store.get_job(other).await.expect("get").state_reason, None);

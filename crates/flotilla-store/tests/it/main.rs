@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod audit_wiring;
 mod common;
 mod config;
 mod crash;

@@ -42,6 +42,7 @@ async fn commit(store: &Store, job: JobId, round: u64) -> String {
                 participants: &[ClientId(1)],
                 metrics: &json!({}),
                 model_blob_key: &key,
+                dp_charge: None,
                 machine_state_json: &machine,
             },
         )

@@ -67,6 +67,7 @@ async fn commit(store: &Store, job: JobId, round: u64, attempt: u32) -> Result<S
                 participants: &participants,
                 metrics: &metrics,
                 model_blob_key: &key,
+                dp_charge: None,
                 machine_state_json: &machine,
             },
         )
@@ -78,7 +79,7 @@ async fn enrollment_token_uses_expiry_and_unknown(db: TestDb) {
     let store = db.open().await;
     let now = now_ms();
     let token = store
-        .create_enrollment_token("acme", 2, now + 60_000)
+        .create_enrollment_token("acme", 2, now + 60_000, "admin")
         .await
         .unwrap();
     let a = store
@@ -102,7 +103,7 @@ async fn enrollment_token_uses_expiry_and_unknown(db: TestDb) {
 
     // Expiry is exclusive: valid strictly before expires_at_ms.
     let short = store
-        .create_enrollment_token("acme", 5, now + 1_000)
+        .create_enrollment_token("acme", 5, now + 1_000, "admin")
         .await
         .unwrap();
     store
@@ -133,11 +134,11 @@ async fn enrollment_token_uses_expiry_and_unknown(db: TestDb) {
         Err(StoreError::UnknownToken)
     ));
     assert!(matches!(
-        store.create_enrollment_token("acme", 0, FAR).await,
+        store.create_enrollment_token("acme", 0, FAR, "admin").await,
         Err(StoreError::InvalidArgument(_))
     ));
     assert!(matches!(
-        store.create_enrollment_token("", 1, FAR).await,
+        store.create_enrollment_token("", 1, FAR, "admin").await,
         Err(StoreError::InvalidArgument(_))
     ));
     // Three redemptions succeeded in all; refusals enrolled nobody.
@@ -146,7 +147,7 @@ async fn enrollment_token_uses_expiry_and_unknown(db: TestDb) {
 
 async fn concurrent_redemptions_respect_uses(db: TestDb) {
     let store = db.open().await;
-    let token = store.create_enrollment_token("acme", 3, FAR).await.unwrap();
+    let token = store.create_enrollment_token("acme", 3, FAR, "admin").await.unwrap();
     let secret = Arc::new(token.secret);
     let barrier = Arc::new(tokio::sync::Barrier::new(10));
     let tasks: Vec<_> = (0..10)
@@ -172,7 +173,7 @@ async fn concurrent_redemptions_respect_uses(db: TestDb) {
 
 async fn secrets_are_stored_only_as_hashes(db: TestDb) {
     let store = db.open().await;
-    let token = store.create_enrollment_token("acme", 1, FAR).await.unwrap();
+    let token = store.create_enrollment_token("acme", 1, FAR, "admin").await.unwrap();
     let enrolled = store
         .redeem_enrollment_token(&token.secret, now_ms(), None)
         .await
@@ -202,9 +203,9 @@ async fn secrets_are_stored_only_as_hashes(db: TestDb) {
 
 async fn credential_authentication_and_revocation(db: TestDb) {
     let store = db.open().await;
-    let t1 = store.create_enrollment_token("acme", 2, FAR).await.unwrap();
+    let t1 = store.create_enrollment_token("acme", 2, FAR, "admin").await.unwrap();
     let t2 = store
-        .create_enrollment_token("globex", 1, FAR)
+        .create_enrollment_token("globex", 1, FAR, "admin")
         .await
         .unwrap();
     let a = store
@@ -246,8 +247,8 @@ async fn credential_authentication_and_revocation(db: TestDb) {
         Some(5_000)
     );
 
-    store.revoke_client(b.client_id).await.unwrap();
-    store.revoke_client(b.client_id).await.unwrap(); // idempotent
+    store.revoke_client(b.client_id, "admin").await.unwrap();
+    store.revoke_client(b.client_id, "admin").await.unwrap(); // idempotent
     match store.authenticate(&b.credential).await {
         Err(StoreError::ClientRevoked(id)) => assert_eq!(id, b.client_id),
         other => panic!("expected ClientRevoked, got {other:?}"),
@@ -255,7 +256,7 @@ async fn credential_authentication_and_revocation(db: TestDb) {
     assert!(store.get_client(b.client_id).await.unwrap().revoked);
     assert!(store.authenticate(&a.credential).await.is_ok());
     assert!(matches!(
-        store.revoke_client(ClientId(9_999)).await,
+        store.revoke_client(ClientId(9_999), "admin").await,
         Err(StoreError::ClientNotFound(_))
     ));
     assert!(matches!(
@@ -278,7 +279,7 @@ async fn credential_authentication_and_revocation(db: TestDb) {
 
 async fn credential_expiry(db: TestDb) {
     let store = db.open().await;
-    let token = store.create_enrollment_token("acme", 4, FAR).await.unwrap();
+    let token = store.create_enrollment_token("acme", 4, FAR, "admin").await.unwrap();
     // An expiry that is not after the enrollment time is refused and uses nothing up.
     for bad in [1_000, 999] {
         assert!(matches!(
@@ -350,7 +351,7 @@ async fn credential_expiry(db: TestDb) {
         .redeem_enrollment_token(&token.secret, 1_000, Some(2_000))
         .await
         .unwrap();
-    store.revoke_client(b.client_id).await.unwrap();
+    store.revoke_client(b.client_id, "admin").await.unwrap();
     assert!(matches!(
         store.authenticate_at(&b.credential, 5_000).await,
         Err(StoreError::ClientRevoked(id)) if id == b.client_id
@@ -530,6 +531,7 @@ async fn commit_round_refuses_sequential_duplicate(db: TestDb) {
                 participants: &[ClientId(42)],
                 metrics: &json!({"loss": 0.0}),
                 model_blob_key: &other_key,
+                dp_charge: None,
                 machine_state_json: "{\"other\":true}",
             },
         )
@@ -584,7 +586,8 @@ async fn commit_round_exactly_once_under_concurrency(db: TestDb) {
                             participants: &participants,
                             metrics: &metrics,
                             model_blob_key: &key,
-                            machine_state_json: &machine,
+                            dp_charge: None,
+                machine_state_json: &machine,
                         },
                     )
                     .await
@@ -659,6 +662,7 @@ async fn commit_round_refusals_change_nothing(db: TestDb) {
                 participants: &[],
                 metrics: &json!(null),
                 model_blob_key: &missing,
+                dp_charge: None,
                 machine_state_json: "{}",
             },
         )
@@ -677,6 +681,7 @@ async fn commit_round_refusals_change_nothing(db: TestDb) {
                 participants: &[],
                 metrics: &json!(null),
                 model_blob_key: &key,
+                dp_charge: None,
                 machine_state_json: "{not json",
             },
         )
@@ -740,7 +745,7 @@ async fn history_is_in_round_order(db: TestDb) {
 
 async fn reopen_keeps_everything_committed(db: TestDb) {
     let store = db.open().await;
-    let token = store.create_enrollment_token("acme", 3, FAR).await.unwrap();
+    let token = store.create_enrollment_token("acme", 3, FAR, "admin").await.unwrap();
     let a = store
         .redeem_enrollment_token(&token.secret, 10, None)
         .await
@@ -749,7 +754,7 @@ async fn reopen_keeps_everything_committed(db: TestDb) {
         .redeem_enrollment_token(&token.secret, 10, None)
         .await
         .unwrap();
-    store.revoke_client(b.client_id).await.unwrap();
+    store.revoke_client(b.client_id, "admin").await.unwrap();
     let job = running_job(&store, "acme", 5).await;
     commit(&store, job, 1, 1).await.unwrap();
     let key2 = commit(&store, job, 2, 2).await.unwrap();

@@ -16,6 +16,7 @@ mod custom_model;
 mod dp_cli;
 mod fedbuff_federation;
 mod federation;
+mod governance_audit;
 mod first_hour_errors;
 mod governance_authz;
 mod job_download;
