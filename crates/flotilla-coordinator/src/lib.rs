@@ -31,8 +31,8 @@
 //! 1. `clock`, `retry`, `error`, `metrics`, `spec` (types), `reasons`, `partial_uploads`,
 //!    `round_trace`, `rpc_trace` (tracing spans): no other module;
 //! 2. `api` (the admin API's JSON types), `limits`, `admission`, `models`, `initial_model` (a
-//!    model given as a safetensors file), `privacy`, `auth_cache`, `evaluation`, `job_toml` (the
-//!    spec parser), `tls`;
+//!    model given as a safetensors file), `privacy`, `auth_cache`, `authz` (roles and actions),
+//!    `evaluation`, `job_toml` (the spec parser), `tls`;
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`;
@@ -44,6 +44,7 @@ mod admin;
 mod admission;
 pub mod api;
 mod auth_cache;
+mod authz;
 mod bounds;
 mod clock;
 mod console;

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit;
 mod blobs;
 mod db_ids;
 mod error;
@@ -50,6 +51,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+pub use audit::{
+    AuditEntry, AuditEvent, AuditOutcome, AuditProblem, AuditVerification, GENESIS_HASH,
+    MAX_DETAILS_BYTES,
+};
 pub use error::{Result, StoreError};
 pub use job_reason::MAX_STATE_REASON_BYTES;
 pub use types::{
