@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use flotilla_store::{ClientId, ClientRecord, JobId, JobRecord, JobState, StoreError};
 use subtle::ConstantTimeEq;
 
@@ -28,6 +28,8 @@ use crate::submit::SubmitError;
 
 #[path = "admin_model.rs"]
 mod model;
+#[path = "admin_policy.rs"]
+mod policies;
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -138,7 +140,23 @@ pub(crate) fn allow(
         }
     }
     // Cedar admin policies (issue 16 §4) are evaluated here, on top of the roles.
-    let _ = st;
+    let caller = crate::policy::caller(actor, tenant);
+    if let Err(d) = st
+        .shared
+        .policy
+        .current()
+        .set
+        .admin(&caller, action.as_str(), tenant)
+    {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not {} here: refused by {d}",
+                actor.audit_name(),
+                action.as_str().replace('_', " ")
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -222,7 +240,9 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route("/v1/jobs/{id}/model/info", get(model::model_info))
         .route("/v1/clients", get(list_clients))
         .route("/v1/clients/{id}/revoke", post(revoke_client))
-        .route("/v1/metrics", get(metrics));
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/policies", post(policies::apply).get(policies::list))
+        .route("/v1/policies/{version}", get(policies::show));
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);
     }
@@ -351,7 +371,11 @@ async fn submission_parts(mut parts: Multipart) -> Result<(String, Option<Vec<u8
 
 /// `POST /v1/jobs`: the job's TOML as the body, or `multipart/form-data` with the parts `spec`
 /// and, for a model given by `[model] initial`, `initial` (the safetensors file).
-async fn submit_job(State(st): State<AdminState>, req: Request) -> ApiResult<JobSubmitted> {
+async fn submit_job(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    req: Request,
+) -> ApiResult<JobSubmitted> {
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -380,9 +404,10 @@ async fn submit_job(State(st): State<AdminState>, req: Request) -> ApiResult<Job
             })?;
         (spec_text(body)?, None)
     };
-    match st.shared.submit_job(text, initial).await {
+    match st.shared.submit_job(&actor, text, initial).await {
         Ok(id) => Ok(Json(JobSubmitted { job_id: id.0 })),
         Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
+        Err(SubmitError::Forbidden(m)) => Err(ApiError(StatusCode::FORBIDDEN, m)),
         Err(e @ SubmitError::Unavailable(_)) => {
             tracing::warn!(error = %e, "job submission failed");
             Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))

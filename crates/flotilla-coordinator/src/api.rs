@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::spec::ModelSection;
 
 mod metrics;
+mod policy;
 
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
+pub use policy::{PolicyVersionSummary, PolicyVersionText};
 
 /// Every error answer: `{"error": "<one line>"}`, with a 4xx/5xx status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

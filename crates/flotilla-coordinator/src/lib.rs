@@ -32,7 +32,7 @@
 //!    `round_trace`, `rpc_trace` (tracing spans): no other module;
 //! 2. `api` (the admin API's JSON types), `limits`, `admission`, `models`, `initial_model` (a
 //!    model given as a safetensors file), `privacy`, `auth_cache`, `authz` (roles and actions),
-//!    `evaluation`, `job_toml` (the spec parser), `tls`;
+//!    `evaluation`, `job_toml` (the spec parser), `tls`, `policy` (the Cedar policy in force);
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`;
@@ -62,6 +62,7 @@ mod live;
 mod metrics;
 pub mod models;
 mod partial_uploads;
+mod policy;
 mod privacy;
 mod probes;
 mod prom;
@@ -96,6 +97,7 @@ pub use error::CoordinatorError;
 pub use limits::Limits;
 pub use metrics::MetricsSnapshot;
 pub use models::{Evaluate, JobModel, ModelProvider};
+pub use policy::PolicyFile;
 pub use privacy::TenantPrivacy;
 pub use spec::{JobSpec, SpecError};
 
@@ -161,6 +163,9 @@ pub struct ServerConfig {
     /// counters `GET /v1/metrics` reports are kept: for measuring the overhead (`flotilla bench
     /// coordinator --telemetry off`).
     pub telemetry: bool,
+    /// A Cedar policy file to apply at start (`--policy FILE`); none: the stored policy in force,
+    /// if any. [`Server::bind`] fails if either is malformed.
+    pub policy: Option<PolicyFile>,
 }
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
@@ -188,6 +193,7 @@ impl ServerConfig {
             metrics_public: false,
             metrics_listen: None,
             telemetry: true,
+            policy: None,
         }
     }
 }
@@ -266,6 +272,7 @@ impl Server {
         let privacy = privacy::PrivacyBook::new(config.tenant_privacy)
             .map_err(|e| CoordinatorError::Config(format!("tenant privacy budget: {e}")))?;
         let store = Store::open(&store_cfg).await?;
+        let in_force = policy::load(&store, config.policy.as_ref(), "server --policy").await?;
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(state::Shared {
             store,
@@ -282,7 +289,9 @@ impl Server {
             credential_ttl: config.credential_ttl,
             privacy,
             recently_ended: Default::default(),
+            policy: Default::default(),
         });
+        shared.policy.replace(in_force);
         // Before any job resumes (nothing writes blobs yet): models of commits that failed or
         // never happened (a crash between storing the model and committing the round).
         match shared.store.sweep_orphan_blobs(None).await {

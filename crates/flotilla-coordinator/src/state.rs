@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     pub privacy: crate::privacy::PrivacyBook,
     /// The states of the jobs that ended most recently, for the answers to late calls.
     pub recently_ended: RecentlyEnded,
+    /// The Cedar policy in force (`policy.rs`), read by every decision without a store call.
+    pub policy: crate::policy::Policies,
 }
 
 /// Jobs remembered as recently ended, so that the calls of clients still working on them are

@@ -128,10 +128,32 @@ impl Shared {
     /// `[model] initial`, the safetensors file (`initial`, required then and refused otherwise).
     pub async fn submit_job(
         &self,
+        actor: &crate::authz::Actor,
         text: String,
         initial: Option<Vec<u8>>,
     ) -> Result<JobId, SubmitError> {
         let spec = JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        // Policies as code: the policy in force must admit the job (before anything is built).
+        let caller = crate::policy::caller(actor, Some(&spec.tenant));
+        let in_force = self.policy.current();
+        if let Err(d) = in_force
+            .set
+            .admit_job(&caller, &crate::policy::job_attrs(&spec))
+        {
+            let resource = format!("job:{}", spec.name);
+            crate::policy::audit_denied(
+                &self.store,
+                actor,
+                "job.submit",
+                Some(&spec.tenant),
+                &resource,
+                &d,
+            )
+            .await;
+            return Err(SubmitError::Forbidden(format!(
+                "job submission refused by {d}"
+            )));
+        }
         let (model, initial_blob, evaluator) = if spec.is_custom() {
             let (model, blob) = self.given_model(initial).await?;
             // `[evaluation]` was refused with the spec: nothing evaluates a given model here.
@@ -259,6 +281,9 @@ impl Shared {
 pub(crate) enum SubmitError {
     #[error("{0}")]
     Invalid(String),
+    /// A policy refused the job (`403`).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
     /// The store failed (infrastructure): nothing the request can change.

@@ -8,31 +8,27 @@ use cedar_policy::Schema;
 /// The fixed part of the schema, without its namespace's closing brace.
 const BASE: &str = include_str!("flotilla.cedarschema");
 
-/// Every admin action a policy can name, as `Flotilla::Action::"<name>"`: the audit log's action
-/// names, one per admin endpoint (the coordinator's `authz::Action` must have no name missing here,
-/// which its tests check).
+/// Every admin action a policy can name, as `Flotilla::Action::"<name>"`: the coordinator's
+/// `authz::Action` names, in its order (its tests check the two lists are the same).
 pub const ADMIN_ACTIONS: &[&str] = &[
-    "enrollment_token.create",
-    "job.submit",
-    "job.list",
-    "job.read",
-    "job.cancel",
-    "job.approve",
-    "job.reject",
-    "model.read",
-    "client.list",
-    "client.revoke",
-    "client.forget",
-    "metrics.read",
-    "principal.create",
-    "principal.list",
-    "principal.revoke",
-    "policy.apply",
-    "policy.read",
-    "audit.read",
-    "audit.verify",
-    "retention.run",
-    "evidence.read",
+    "token_create",
+    "job_submit",
+    "job_read",
+    "job_model_read",
+    "job_cancel",
+    "job_approve",
+    "client_read",
+    "client_revoke",
+    "client_forget",
+    "metrics_read",
+    "principal_read",
+    "principal_manage",
+    "tenant_configure",
+    "policy_read",
+    "policy_apply",
+    "audit_read",
+    "evidence_read",
+    "retention_run",
 ];
 
 /// The action of job admission.

@@ -66,7 +66,7 @@ fn an_empty_file_allows_everything() {
     assert!(set.is_empty());
     assert!(set.admit_job(&alice(), &hospital_job()).is_ok());
     assert!(set.participate(&client(&[]), 1, &hospital_job()).is_ok());
-    assert!(set.admin(&alice(), "job.cancel", Some("hospital")).is_ok());
+    assert!(set.admin(&alice(), "job_cancel", Some("hospital")).is_ok());
 }
 
 #[test]
@@ -187,11 +187,11 @@ fn admin_actions_see_the_principal_roles_and_tenant() {
     let set = validate(
         r#"
 @id("hospital-revoke-by-admins")
-forbid (principal, action == Flotilla::Action::"client.revoke", resource == Flotilla::Tenant::"hospital")
+forbid (principal, action == Flotilla::Action::"client_revoke", resource == Flotilla::Tenant::"hospital")
 unless { principal.roles.contains("admin") };
 
 @id("no-global-retention")
-forbid (principal, action == Flotilla::Action::"retention.run", resource is Flotilla::Installation);
+forbid (principal, action == Flotilla::Action::"retention_run", resource is Flotilla::Installation);
 "#,
     )
     .unwrap();
@@ -201,24 +201,24 @@ forbid (principal, action == Flotilla::Action::"retention.run", resource is Flot
         tenants: vec!["hospital".into()],
     };
     assert_eq!(
-        set.admin(&op, "client.revoke", Some("hospital"))
+        set.admin(&op, "client_revoke", Some("hospital"))
             .unwrap_err()
             .policy,
         "hospital-revoke-by-admins"
     );
-    assert!(set.admin(&op, "client.revoke", Some("retail")).is_ok());
+    assert!(set.admin(&op, "client_revoke", Some("retail")).is_ok());
     let admin = Caller {
         name: "admin".into(),
         roles: vec!["admin".into()],
         tenants: vec![],
     };
-    assert!(set.admin(&admin, "client.revoke", Some("hospital")).is_ok());
+    assert!(set.admin(&admin, "client_revoke", Some("hospital")).is_ok());
     assert_eq!(
-        set.admin(&admin, "retention.run", None).unwrap_err().policy,
+        set.admin(&admin, "retention_run", None).unwrap_err().policy,
         "no-global-retention"
     );
-    assert!(set.admin(&admin, "retention.run", Some("hospital")).is_ok());
-    assert!(!set.governs("job.submit"));
+    assert!(set.admin(&admin, "retention_run", Some("hospital")).is_ok());
+    assert!(!set.governs("job_submit"));
 }
 
 #[test]
@@ -227,19 +227,19 @@ fn a_policy_for_any_action_governs_all_of_them() {
         r#"@id("freeze") forbid (principal, action, resource in Flotilla::Tenant::"frozen");"#,
     )
     .unwrap();
-    assert!(set.governs("job.submit") && set.governs(PARTICIPATE));
+    assert!(set.governs("job_submit") && set.governs(PARTICIPATE));
     let job = JobAttrs {
         tenant: "frozen".into(),
         ..hospital_job()
     };
     assert_eq!(set.admit_job(&alice(), &job).unwrap_err().policy, "freeze");
     assert_eq!(
-        set.admin(&alice(), "job.submit", Some("frozen"))
+        set.admin(&alice(), "job_submit", Some("frozen"))
             .unwrap_err()
             .policy,
         "freeze"
     );
-    assert!(set.admin(&alice(), "job.submit", Some("other")).is_ok());
+    assert!(set.admin(&alice(), "job_submit", Some("other")).is_ok());
 }
 
 #[test]

@@ -38,6 +38,7 @@ mod error;
 mod health;
 mod job_reason;
 mod layout_eval;
+mod policies;
 mod recovery;
 mod round_lookup;
 mod sweep;
@@ -57,6 +58,9 @@ pub use audit::{
 };
 pub use error::{Result, StoreError};
 pub use job_reason::MAX_STATE_REASON_BYTES;
+pub use policies::{
+    MAX_POLICY_TEXT_BYTES, MAX_POLICY_VERSIONS_LISTED, PolicyVersion, PolicyVersionInfo,
+};
 pub use types::{
     ClientId, ClientRecord, CommittedRound, Enrollment, JobId, JobRecord, JobState,
     NewEnrollmentToken, ParseJobStateError, RecoveredJob, RoundCommit, TokenId,

@@ -175,7 +175,7 @@ pub enum ClientAdminCommand {
     },
 }
 
-struct Admin {
+pub(crate) struct Admin {
     base: String,
     token: String,
     http: reqwest::blocking::Client,
@@ -184,7 +184,7 @@ struct Admin {
 }
 
 impl Admin {
-    fn new(args: &AdminArgs) -> Result<Self> {
+    pub(crate) fn new(args: &AdminArgs) -> Result<Self> {
         let token = std::env::var("FLOTILLA_ADMIN_TOKEN").map_err(|_| {
             anyhow!("FLOTILLA_ADMIN_TOKEN is not set; it must hold the coordinator's admin token")
         })?;
@@ -219,7 +219,12 @@ impl Admin {
         })
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let deadline = Instant::now() + self.wait;
         let resp = loop {
@@ -232,6 +237,7 @@ impl Admin {
                 Some(Body::Toml(t)) => req
                     .header("content-type", "application/toml")
                     .body(t.clone()),
+                Some(Body::Cedar(t)) => req.header("content-type", "text/plain").body(t.clone()),
                 Some(Body::Multipart {
                     spec,
                     initial,
@@ -317,9 +323,11 @@ fn connection_refused(e: &reqwest::Error) -> bool {
     false
 }
 
-enum Body {
+pub(crate) enum Body {
     Json(Value),
     Toml(String),
+    /// A Cedar policy file (`policy apply`).
+    Cedar(String),
     /// A job spec with its `[model] initial` file (`multipart/form-data`).
     Multipart {
         spec: String,
@@ -329,7 +337,7 @@ enum Body {
 }
 
 /// Parses an answer into the typed form it is rendered from.
-fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
     serde_json::from_value(v)
         .with_context(|| format!("the coordinator's {what} answer is not understood (try --json)"))
 }

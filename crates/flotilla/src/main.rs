@@ -14,6 +14,7 @@ mod log_escape;
 mod model_file;
 mod net_cmd;
 mod plot;
+mod policy_cmd;
 mod ready;
 mod server_cmd;
 mod server_models;
@@ -55,6 +56,9 @@ enum Command {
     /// Measure aggregation, secure aggregation and the coordinator; prints JSON with --json.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
+    /// Policies as code (Cedar): validate, apply, list and show the coordinator's policies.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Differential privacy: ε of a DP-FedAvg schedule (`dp epsilon`).
     #[command(subcommand)]
     Dp(dp_cmd::DpCommand),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::EnrollToken(cmd) => admin_cmd::enroll_token(cmd),
         Command::Job(cmd) => admin_cmd::job(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Dp(cmd) => dp_cmd::run(cmd),
         Command::Completions(args) => completions_cmd::run(args),
     };

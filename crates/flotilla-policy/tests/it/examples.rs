@@ -207,23 +207,23 @@ fn admin_guardrails_sit_on_top_of_the_roles() {
         set.admin(c, action, tenant).err().map(|d| d.policy)
     };
     assert_eq!(
-        verdict(&operator, "client.revoke", Some("hospital")).as_deref(),
+        verdict(&operator, "client_revoke", Some("hospital")).as_deref(),
         Some("hospital-revocations-by-admins")
     );
-    assert_eq!(verdict(&admin, "client.revoke", Some("hospital")), None);
+    assert_eq!(verdict(&admin, "client_revoke", Some("hospital")), None);
     assert_eq!(
-        verdict(&admin, "job.submit", Some("retail")).as_deref(),
+        verdict(&admin, "job_submit", Some("retail")).as_deref(),
         Some("retail-freeze")
     );
-    assert_eq!(verdict(&admin, "job.submit", Some("hospital")), None);
+    assert_eq!(verdict(&admin, "job_submit", Some("hospital")), None);
     let ci = Caller {
         name: "ci-nightly".into(),
         roles: vec!["admin".into()],
         tenants: vec![],
     };
     assert_eq!(
-        verdict(&ci, "policy.apply", None).as_deref(),
+        verdict(&ci, "policy_apply", None).as_deref(),
         Some("no-policy-changes-by-ci")
     );
-    assert_eq!(verdict(&admin, "policy.apply", None), None);
+    assert_eq!(verdict(&admin, "policy_apply", None), None);
 }

@@ -17,6 +17,7 @@ mod dp_cli;
 mod fedbuff_federation;
 mod federation;
 mod first_hour_errors;
+mod governance_policy;
 mod job_download;
 mod job_memory;
 mod job_reasons;
