@@ -86,7 +86,8 @@ fn run_policy_federation(name: &str, database_url: Option<String>) {
         "nothing stored: {jobs}"
     );
 
-    // Eligibility: two charging, unmetered clients and one on battery, all of tenant `clinic`.
+    // Eligibility: the gated job waits for two clients; a client on battery is told it is not
+    // eligible, and never trains, while two charging, unmetered ones run the job.
     let token = f.last_line(&[
         "enroll-token",
         "create",
@@ -95,26 +96,7 @@ fn run_policy_federation(name: &str, database_url: Option<String>) {
         "--uses",
         "3",
     ]);
-    let good = [
-        "--attribute",
-        "charging=true",
-        "--attribute",
-        "unmetered=yes",
-    ];
-    f.spawn_client_with(
-        "good-0",
-        &token,
-        "0/3",
-        &[&good[..], &["--name", "good-0"]].concat(),
-        "warn",
-    );
-    f.spawn_client_with(
-        "good-1",
-        &token,
-        "1/3",
-        &[&good[..], &["--name", "good-1"]].concat(),
-        "warn",
-    );
+    let id = f.submit(&job("gated", "clinic", 3));
     f.spawn_client_with(
         "battery",
         &token,
@@ -129,7 +111,28 @@ fn run_policy_federation(name: &str, database_url: Option<String>) {
         ],
         "warn,flotilla_client=debug",
     );
-    let id = f.submit(&job("gated", "clinic", 3));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(f.dir.join("battery.log")).unwrap_or_default();
+        if log.contains("not eligible: policy gated-charging-unmetered") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "battery client log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let good = [
+        "--attribute",
+        "charging=true",
+        "--attribute",
+        "unmetered=yes",
+    ];
+    for (i, name) in ["good-0", "good-1"].into_iter().enumerate() {
+        let extra = [&good[..], &["--name", name]].concat();
+        f.spawn_client_with(name, &token, &format!("{i}/3"), &extra, "warn");
+    }
     let s = f.wait_for(
         &id,
         "the gated job to complete",
@@ -167,13 +170,6 @@ fn run_policy_federation(name: &str, database_url: Option<String>) {
             "{r}"
         );
     }
-    // It was told why.
-    let log = std::fs::read_to_string(f.dir.join("battery.log")).unwrap();
-    assert!(
-        log.contains("not eligible: policy gated-charging-unmetered"),
-        "battery client log: {log}"
-    );
-
     // A second version through the CLI; `show` prints the one in force.
     let strict = policy_file(
         &format!("{name}-v2"),
