@@ -369,7 +369,7 @@ impl PolicySet {
         let reasons: BTreeSet<&str> = response
             .diagnostics()
             .reason()
-            .map(|id| AsRef::<str>::as_ref(id))
+            .map(AsRef::<str>::as_ref)
             .collect();
         let policy = self
             .ids

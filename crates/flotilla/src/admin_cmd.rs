@@ -55,7 +55,7 @@ pub struct OutputArgs {
 pub struct JsonArg {
     /// Print the coordinator's answer as JSON (for scripts)
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `flotilla enroll-token …`
