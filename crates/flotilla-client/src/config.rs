@@ -93,6 +93,10 @@ pub struct ClientConfig {
     pub client_name: String,
     /// Jobs this client is willing to serve; empty means any job it is eligible for.
     pub job_ids: Vec<String>,
+    /// Attributes announced at every check-in, which the coordinator's eligibility policies read
+    /// (`platform`, `app_version`, `charging`, `unmetered`, `idle`, `region`, `labels`, or any
+    /// other key). At most 64, keys ≤ 64 bytes, values ≤ 256 bytes, or check-ins are refused.
+    pub attributes: std::collections::BTreeMap<String, String>,
     /// Reconnection backoff.
     pub backoff: Backoff,
     /// Payload bytes per upload chunk (default [`flotilla_proto::DEFAULT_CHUNK_BYTES`]).
@@ -111,6 +115,7 @@ impl ClientConfig {
             enrollment_token: None,
             client_name: "flotilla-client".into(),
             job_ids: Vec::new(),
+            attributes: Default::default(),
             backoff: Backoff::default(),
             upload_chunk_bytes: flotilla_proto::DEFAULT_CHUNK_BYTES,
         }

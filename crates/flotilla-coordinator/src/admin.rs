@@ -32,6 +32,8 @@ mod audit;
 mod model;
 #[path = "admin_principals.rs"]
 mod principals;
+#[path = "admin_policy.rs"]
+mod policies;
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -139,7 +141,23 @@ pub(crate) fn allow(
         }
     }
     // Cedar admin policies (issue 16 §4) are evaluated here, on top of the roles.
-    let _ = st;
+    let caller = crate::policy::caller(actor, tenant);
+    if let Err(d) = st
+        .shared
+        .policy
+        .current()
+        .set
+        .admin(&caller, action.as_str(), tenant)
+    {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not {} here: refused by {d}",
+                actor.audit_name(),
+                action.as_str().replace('_', " ")
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -264,7 +282,9 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route("/v1/jobs/{id}/approve", post(principals::approve_job))
         .route("/v1/jobs/{id}/reject", post(principals::reject_job))
         .route("/v1/audit", get(audit::list))
-        .route("/v1/audit/verify", get(audit::verify));
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/policies", post(policies::apply).get(policies::list))
+        .route("/v1/policies/{version}", get(policies::show));
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);
     }
@@ -450,13 +470,10 @@ async fn submit_job(
             &format!("tenant {t}"),
         )?;
     }
-    match st
-        .shared
-        .submit_job(text, initial, &actor.audit_name())
-        .await
-    {
+    match st.shared.submit_job(&actor, text, initial).await {
         Ok(id) => Ok(Json(JobSubmitted { job_id: id.0 })),
         Err(SubmitError::Invalid(m)) => Err(ApiError(StatusCode::BAD_REQUEST, m)),
+        Err(SubmitError::Forbidden(m)) => Err(ApiError(StatusCode::FORBIDDEN, m)),
         Err(e @ SubmitError::Unavailable(_)) => {
             tracing::warn!(error = %e, "job submission failed");
             Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))

@@ -15,6 +15,7 @@ use crate::spec::ModelSection;
 mod audit;
 mod metrics;
 mod principals;
+mod policy;
 
 pub use audit::{AuditCheckpointView, AuditEntryView, AuditPage, AuditProblem, AuditVerification};
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
@@ -22,6 +23,7 @@ pub use principals::{
     ApprovalInfo, JobDecided, PrincipalCreated, PrincipalInfo, PrincipalRequest, RejectRequest,
     RoleBinding, TenantSettingsInfo, TenantSettingsRequest,
 };
+pub use policy::{PolicyVersionSummary, PolicyVersionText};
 
 /// Every error answer: `{"error": "<one line>"}`, with a 4xx/5xx status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -33,7 +33,8 @@
 //! 2. `api` (the admin API's JSON types), `audit_flush` (failed logins and checkpoints),
 //!    `limits`, `admission`, `models`, `initial_model` (a model given as a safetensors file),
 //!    `privacy`, `auth_cache`, `authz` (roles and actions), `principal_auth` (bearer tokens →
-//!    actors), `evaluation`, `job_toml` (the spec parser), `tls`;
+//!    actors), `evaluation`, `job_toml` (the spec parser), `tls`, `policy` (the Cedar policy in
+//!    force);
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
@@ -67,6 +68,7 @@ mod metrics;
 pub mod models;
 mod partial_uploads;
 mod principal_auth;
+mod policy;
 mod privacy;
 mod probes;
 mod prom;
@@ -103,6 +105,7 @@ pub use flotilla_store::AuditSigner;
 pub use limits::Limits;
 pub use metrics::MetricsSnapshot;
 pub use models::{Evaluate, JobModel, ModelProvider};
+pub use policy::PolicyFile;
 pub use privacy::TenantPrivacy;
 pub use spec::{JobSpec, SpecError};
 
@@ -174,6 +177,9 @@ pub struct ServerConfig {
     /// How often failed admin logins are flushed to the audit log and the head is checkpointed
     /// (default [`audit_flush::DEFAULT_AUDIT_INTERVAL`], 60 s).
     pub audit_interval: Duration,
+    /// A Cedar policy file to apply at start (`--policy FILE`); none: the stored policy in force,
+    /// if any. [`Server::bind`] fails if either is malformed.
+    pub policy: Option<PolicyFile>,
 }
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
@@ -203,6 +209,7 @@ impl ServerConfig {
             telemetry: true,
             audit_signing_key: None,
             audit_interval: audit_flush::DEFAULT_AUDIT_INTERVAL,
+            policy: None,
         }
     }
 }
@@ -286,6 +293,7 @@ impl Server {
         )
         .map_err(CoordinatorError::Config)?;
         let store = Store::open(&store_cfg).await?;
+        let in_force = policy::load(&store, config.policy.as_ref(), "server --policy").await?;
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(state::Shared {
             store,
@@ -304,7 +312,9 @@ impl Server {
             privacy,
             recently_ended: Default::default(),
             audit,
+            policy: Default::default(),
         });
+        shared.policy.replace(in_force);
         // Before any job resumes (nothing writes blobs yet): models of commits that failed or
         // never happened (a crash between storing the model and committing the round).
         match shared.store.sweep_orphan_blobs(None).await {

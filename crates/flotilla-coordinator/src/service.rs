@@ -327,6 +327,9 @@ impl Coordinator for CoordinatorService {
                 Status::invalid_argument("at most 1024 job_ids"),
             ));
         }
+        if let Err(m) = flotilla_policy::check_attributes(r.attributes.iter()) {
+            return Err(self.refuse("invalid_checkin", Status::invalid_argument(m)));
+        }
         let wanted: Vec<&str> = r.job_ids.iter().map(String::as_str).collect();
         let mut jobs: Vec<Arc<JobRuntime>> = self
             .shared
@@ -339,6 +342,13 @@ impl Coordinator for CoordinatorService {
             .collect();
         let any_job = !jobs.is_empty();
         jobs.retain(|j| r.num_samples >= j.spec.min_samples);
+        // The eligibility policies (Cedar, in memory): a job they forbid gives this client nothing.
+        let denied = crate::policy::retain_eligible(
+            &self.shared.policy.current().set,
+            || crate::policy::client_attrs(client.0, &tenant, r.num_samples, &r.attributes),
+            &mut jobs,
+            |j| (j.id.0, &j.spec),
+        );
         let mut retry: Option<u64> = None;
         if !jobs.is_empty() {
             // Spread load: start with a different job on every check-in.
@@ -391,9 +401,12 @@ impl Coordinator for CoordinatorService {
                 },
                 _ => "no running job matches".to_owned(),
             },
-            (None, true) if jobs.is_empty() => {
-                "not eligible: num_samples below the jobs' eligibility.min_samples".to_owned()
-            }
+            (None, true) if jobs.is_empty() => match denied {
+                Some(d) => format!("not eligible: {d}"),
+                None => {
+                    "not eligible: num_samples below the jobs' eligibility.min_samples".to_owned()
+                }
+            },
             (None, true) => "no job has work now".to_owned(),
         };
         let retry_after_ms = retry.unwrap_or(5000);

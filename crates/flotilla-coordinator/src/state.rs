@@ -145,6 +145,8 @@ pub(crate) struct Shared {
     pub recently_ended: RecentlyEnded,
     /// Failed admin logins to flush and checkpoints signed (`audit_flush`).
     pub audit: crate::audit_flush::AuditHandle,
+    /// The Cedar policy in force (`policy.rs`), read by every decision without a store call.
+    pub policy: crate::policy::Policies,
 }
 
 /// Jobs remembered as recently ended, so that the calls of clients still working on them are

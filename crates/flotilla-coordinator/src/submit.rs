@@ -126,15 +126,38 @@ impl Shared {
 
     /// Validates, stores and starts a job from its TOML text and, for a model given by
     /// `[model] initial`, the safetensors file (`initial`, required then and refused otherwise).
-    /// `submitter` (an audit actor name) is recorded with it. In a tenant that requires approval
+    /// The `actor`'s audit name is recorded with it as its submitter. In a tenant that requires approval
     /// the job is validated and stored but not started: it waits for [`Shared::start_approved`].
     pub async fn submit_job(
         &self,
+        actor: &crate::authz::Actor,
         text: String,
         initial: Option<Vec<u8>>,
-        submitter: &str,
     ) -> Result<JobId, SubmitError> {
+        let submitter = actor.audit_name();
+        let submitter = submitter.as_str();
         let spec = JobSpec::from_toml(&text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        // Policies as code: the policy in force must admit the job (before anything is built).
+        let caller = crate::policy::caller(actor, Some(&spec.tenant));
+        let in_force = self.policy.current();
+        if let Err(d) = in_force
+            .set
+            .admit_job(&caller, &crate::policy::job_attrs(&spec))
+        {
+            let resource = format!("job:{}", spec.name);
+            crate::policy::audit_denied(
+                &self.store,
+                actor,
+                "job.submit",
+                Some(&spec.tenant),
+                &resource,
+                &d,
+            )
+            .await;
+            return Err(SubmitError::Forbidden(format!(
+                "job submission refused by {d}"
+            )));
+        }
         let needs_approval = self
             .store
             .tenant_settings(&spec.tenant)
@@ -294,6 +317,9 @@ impl Shared {
 pub(crate) enum SubmitError {
     #[error("{0}")]
     Invalid(String),
+    /// A policy refused the job (`403`).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
     /// The store failed (infrastructure): nothing the request can change.

@@ -36,9 +36,11 @@ impl Client {
     /// A client of the coordinator at `coordinator` (`https://host:port`), keeping its credential in
     /// `state_dir`. `token` is the one-time enrollment token, needed on the first start only;
     /// `ca_cert` the PEM file of the CA that signed the coordinator's certificate. `insecure=True`
-    /// allows a plain `http://` coordinator (development only). `jobs` limits the jobs served.
+    /// allows a plain `http://` coordinator (development only). `jobs` limits the jobs served;
+    /// `attributes` are announced at every check-in for the coordinator's eligibility policies.
     #[new]
-    #[pyo3(signature = (coordinator, state_dir, *, ca_cert=None, token=None, name=None, jobs=None, insecure=false))]
+    #[pyo3(signature = (coordinator, state_dir, *, ca_cert=None, token=None, name=None, jobs=None, insecure=false, attributes=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         coordinator: String,
         state_dir: PathBuf,
@@ -47,6 +49,7 @@ impl Client {
         name: Option<String>,
         jobs: Option<Vec<String>>,
         insecure: bool,
+        attributes: Option<std::collections::BTreeMap<String, String>>,
     ) -> PyResult<Self> {
         let mut config = ClientConfig::new(coordinator, state_dir);
         config.ca_cert = ca_cert;
@@ -56,6 +59,7 @@ impl Client {
             config.client_name = name;
         }
         config.job_ids = jobs.unwrap_or_default();
+        config.attributes = attributes.unwrap_or_default();
         // Validate now (address, TLS files, stored credential), so a mistake shows at once.
         flotilla_client::Client::new(config.clone()).map_err(|e| flotilla_error(&e))?;
         Ok(Self {

@@ -43,6 +43,7 @@ mod health;
 mod job_reason;
 mod layout_eval;
 mod principals;
+mod policies;
 mod recovery;
 mod round_lookup;
 mod sweep;
@@ -69,6 +70,9 @@ pub use job_reason::MAX_STATE_REASON_BYTES;
 pub use principals::{
     ALL_TENANTS, NewPrincipal, PRINCIPAL_TOKEN_PREFIX, PrincipalKind, PrincipalRecord, ROLE_NAMES,
     RoleGrant, TenantSettings, check_principal_name,
+};
+pub use policies::{
+    MAX_POLICY_TEXT_BYTES, MAX_POLICY_VERSIONS_LISTED, PolicyVersion, PolicyVersionInfo,
 };
 pub use types::{
     ClientId, ClientRecord, CommittedRound, DpCharge, Enrollment, JobId, JobRecord, JobState,

@@ -274,6 +274,7 @@ impl Admin {
                 Some(Body::Toml(t)) => req
                     .header("content-type", "application/toml")
                     .body(t.clone()),
+                Some(Body::Cedar(t)) => req.header("content-type", "text/plain").body(t.clone()),
                 Some(Body::Multipart {
                     spec,
                     initial,
@@ -362,6 +363,8 @@ fn connection_refused(e: &reqwest::Error) -> bool {
 pub(crate) enum Body {
     Json(Value),
     Toml(String),
+    /// A Cedar policy file (`policy apply`).
+    Cedar(String),
     /// A job spec with its `[model] initial` file (`multipart/form-data`).
     Multipart {
         spec: String,

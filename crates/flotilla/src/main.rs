@@ -16,6 +16,7 @@ mod model_file;
 mod net_cmd;
 mod plot;
 mod principal_cmd;
+mod policy_cmd;
 mod ready;
 mod server_cmd;
 mod server_models;
@@ -63,6 +64,9 @@ enum Command {
     /// Measure aggregation, secure aggregation and the coordinator; prints JSON with --json.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
+    /// Policies as code (Cedar): validate, apply, list and show the coordinator's policies.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Differential privacy: ε of a DP-FedAvg schedule (`dp epsilon`).
     #[command(subcommand)]
     Dp(dp_cmd::DpCommand),
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::Principal(cmd) => principal_cmd::principal(cmd),
         Command::Tenant(cmd) => principal_cmd::tenant(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Dp(cmd) => dp_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Completions(args) => completions_cmd::run(args),

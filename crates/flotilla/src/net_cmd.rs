@@ -50,6 +50,10 @@ pub struct ClientArgs {
     /// Only serve these jobs (repeatable); default: any job this client is eligible for
     #[arg(long = "job", value_name = "ID")]
     jobs: Vec<String>,
+    /// Announce an attribute at every check-in, for the coordinator's eligibility policies
+    /// (repeatable), e.g. charging=true, unmetered=true, region=eu, labels=ward,icu
+    #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+    attributes: Vec<(String, String)>,
     /// Wait this long after each local training before uploading, to act like a slower device
     /// (try deadlines or FedBuff's staleness settings on one machine); at most 3600000
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -134,6 +138,20 @@ fn parse_partition(s: &str) -> Result<(usize, usize)> {
     Ok((i, n))
 }
 
+/// `--attribute KEY=VALUE`: a non-empty key of at most 64 bytes, a value of at most 256.
+fn parse_attribute(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, e.g. charging=true, got {s:?}"))?;
+    let k = k.trim();
+    if k.is_empty() || k.len() > 64 || v.len() > 256 {
+        return Err(format!(
+            "{s:?}: the key must be 1..=64 bytes and the value at most 256"
+        ));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
 pub fn client(args: ClientArgs) -> Result<()> {
     if let Some(cmd) = args.admin {
         return admin_cmd::client_admin(cmd);
@@ -174,6 +192,7 @@ pub fn client(args: ClientArgs) -> Result<()> {
     config.enrollment_token = args.token;
     config.client_name = args.name;
     config.job_ids = args.jobs;
+    config.attributes = args.attributes.into_iter().collect();
     let mut client = Client::new(config).context("configuring the client")?;
     let rt = runtime()?;
     if let Some(addr) = args.metrics_listen {

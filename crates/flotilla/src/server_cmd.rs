@@ -87,6 +87,10 @@ pub struct ServerArgs {
     /// `coordinator ready: …` line on stdout
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// Cedar policy file to apply at start (a new version unless it is already in force); the
+    /// server does not start if it, or the stored policy in force, is malformed
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     #[command(flatten)]
     telemetry: crate::telemetry::TelemetryArgs,
     /// Serve GET /metrics (Prometheus) on the admin listener without the admin token (default:
@@ -150,6 +154,11 @@ pub fn server(args: ServerArgs) -> Result<()> {
         _ => bail!("give --tls-cert and --tls-key, or --insecure for plain text"),
     };
     let (insecure, ready_file) = (args.insecure, args.ready_file);
+    let policy = args
+        .policy
+        .as_deref()
+        .map(crate::policy_cmd::policy_file)
+        .transpose()?;
     let mut config = ServerConfig::new(&args.data_dir, admin_token);
     // The built-in models; evaluation datasets from $FLOTILLA_DATA_DIR, else DATA_DIR/data.
     let eval_data = match std::env::var_os("FLOTILLA_DATA_DIR") {
@@ -170,6 +179,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.telemetry = args.record == Telemetry::On;
     config.audit_signing_key = args.audit_signing_key;
     config.audit_interval = args.audit_interval;
+    config.policy = policy;
     let limits = &mut config.limits;
     limits.upload_concurrency = args.upload_concurrency;
     limits.upload_tenant_slots = args.upload_tenant_slots;

@@ -1,7 +1,6 @@
 //! A client's session with its coordinator: enrollment and the stored credential, the check-in
 //! loop, and carrying out a plain training task (download, train, upload).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use flotilla_proto::v1::{self, check_in_response::Outcome};
@@ -75,7 +74,13 @@ impl Session<'_> {
             let mut req = Request::new(v1::CheckInRequest {
                 num_samples,
                 job_ids: self.client.config.job_ids.clone(),
-                attributes: HashMap::new(),
+                attributes: self
+                    .client
+                    .config
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             });
             req.set_timeout(UNARY_TIMEOUT);
             self.stats.check_ins += 1;

@@ -19,6 +19,7 @@ mod federation;
 mod governance_audit;
 mod first_hour_errors;
 mod governance_authz;
+mod governance_policy;
 mod job_download;
 mod job_memory;
 mod job_reasons;
