@@ -35,6 +35,13 @@ struct AdminState {
     console: Arc<crate::console::Console>,
 }
 
+/// The handlers of other modules (`retention`, `evidence`) take the shared state alone.
+impl axum::extract::FromRef<AdminState> for Arc<Shared> {
+    fn from_ref(st: &AdminState) -> Self {
+        st.shared.clone()
+    }
+}
+
 /// An error answer: `{"error": "<one line>"}` with a status code.
 struct ApiError(StatusCode, String);
 
@@ -161,6 +168,9 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route("/v1/jobs/{id}/model/info", get(model::model_info))
         .route("/v1/clients", get(list_clients))
         .route("/v1/clients/{id}/revoke", post(revoke_client))
+        .route("/v1/clients/{id}/forget", post(crate::retention::forget_http))
+        .route("/v1/retention/run", post(crate::retention::run_http))
+        .route("/v1/jobs/{id}/evidence", get(crate::evidence::evidence_http))
         .route("/v1/metrics", get(metrics));
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);

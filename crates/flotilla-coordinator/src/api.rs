@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::ModelSection;
 
+pub mod evidence;
 mod metrics;
+pub mod retention;
 
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
 

@@ -35,7 +35,8 @@
 //!    spec parser), `tls`;
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
-//!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`;
+//!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
+//!    `retention` (retention runs, erasure and their HTTP handlers), `evidence` (evidence packs);
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
 //!    sessions), `prom` (`GET /metrics`) and `admin`, which mounts the console and the probes;
 //!    then this root.
@@ -51,6 +52,7 @@ mod console;
 mod console_tests;
 mod error;
 mod evaluation;
+mod evidence;
 mod heal;
 mod initial_model;
 mod job_end;
@@ -66,6 +68,7 @@ mod probes;
 mod prom;
 mod reasons;
 mod recovery;
+mod retention;
 mod retry;
 mod round_trace;
 mod rpc_trace;
@@ -96,6 +99,7 @@ pub use limits::Limits;
 pub use metrics::MetricsSnapshot;
 pub use models::{Evaluate, JobModel, ModelProvider};
 pub use privacy::TenantPrivacy;
+pub use retention::RetentionConfig;
 pub use spec::{JobSpec, SpecError};
 
 /// HTTP/2 streams (concurrent calls) one client connection may have open.
@@ -160,6 +164,9 @@ pub struct ServerConfig {
     /// counters `GET /v1/metrics` reports are kept: for measuring the overhead (`flotilla bench
     /// coordinator --telemetry off`).
     pub telemetry: bool,
+    /// What is deleted when (`--retain-…`) and how often retention runs by itself; the default
+    /// keeps everything.
+    pub retention: RetentionConfig,
 }
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
@@ -187,6 +194,7 @@ impl ServerConfig {
             metrics_public: false,
             metrics_listen: None,
             telemetry: true,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -204,6 +212,8 @@ pub struct Server {
     metrics_public: bool,
     /// The `--metrics-listen` listener and its address.
     metrics: Option<(TcpListener, SocketAddr)>,
+    /// How often retention runs by itself (`None`: never, or no rule is set).
+    retention_every: Option<Duration>,
 }
 
 impl std::fmt::Debug for Server {
@@ -243,6 +253,11 @@ impl Server {
                 config.credential_ttl
             )));
         }
+        config
+            .retention
+            .rules
+            .validate()
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
         let tls = match &config.tls {
             TlsMode::Files { cert, key } => Some((
                 tls::server_config(cert, key, &[b"h2"])?,
@@ -281,6 +296,8 @@ impl Server {
             credential_ttl: config.credential_ttl,
             privacy,
             recently_ended: Default::default(),
+            retention: config.retention.rules,
+            tls_offer: tls.as_ref().map(|(_, admin)| tls::offer(admin)),
         });
         // Before any job resumes (nothing writes blobs yet): models of commits that failed or
         // never happened (a crash between storing the model and committing the round).
@@ -347,6 +364,10 @@ impl Server {
             admin_token: config.admin_token,
             metrics_public: config.metrics_public,
             metrics,
+            retention_every: config
+                .retention
+                .interval
+                .filter(|_| !config.retention.rules.keeps_everything()),
         })
     }
 
@@ -383,12 +404,16 @@ impl Server {
             admin_token,
             metrics_public,
             metrics,
+            retention_every,
         } = self;
         let mut tasks = AbortOnDrop(Vec::new());
         tasks
             .0
             .push(tokio::spawn(jobs::timer_loop(shared.clone(), timer_rx)));
         tasks.0.push(tokio::spawn(heal::heal_loop(shared.clone())));
+        if let Some(every) = retention_every {
+            tasks.0.push(tokio::spawn(retention::schedule(shared.clone(), every)));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         tasks.0.push(tokio::spawn(async move {
             shutdown.await;

@@ -141,6 +141,10 @@ pub(crate) struct Shared {
     pub privacy: crate::privacy::PrivacyBook,
     /// The states of the jobs that ended most recently, for the answers to late calls.
     pub recently_ended: RecentlyEnded,
+    /// Retention rules (`ServerConfig::retention`), applied by `retention.rs`.
+    pub retention: flotilla_store::RetentionRules,
+    /// What the TLS listeners offer (for evidence packs); `None` without TLS.
+    pub tls_offer: Option<crate::tls::TlsOffer>,
 }
 
 /// Jobs remembered as recently ended, so that the calls of clients still working on them are

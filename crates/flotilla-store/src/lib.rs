@@ -31,13 +31,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit_retention;
 mod blobs;
 mod db_ids;
+mod erasure;
 mod error;
 mod health;
 mod job_reason;
 mod layout_eval;
 mod recovery;
+mod retention;
 mod round_lookup;
 mod sweep;
 mod types;
@@ -50,8 +53,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+pub use erasure::{ERASED_FIELDS, ForgottenClient};
 pub use error::{Result, StoreError};
 pub use job_reason::MAX_STATE_REASON_BYTES;
+pub use retention::{RetentionApplied, RetentionItem, RetentionKind, RetentionRules};
 pub use types::{
     ClientId, ClientRecord, CommittedRound, Enrollment, JobId, JobRecord, JobState,
     NewEnrollmentToken, ParseJobStateError, RecoveredJob, RoundCommit, TokenId,

@@ -55,6 +55,11 @@ enum Command {
     /// Measure aggregation, secure aggregation and the coordinator; prints JSON with --json.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
+    /// Apply the coordinator's retention rules now (`retention run [--dry-run]`).
+    #[command(subcommand)]
+    Retention(admin_cmd::retention_cmd::RetentionCommand),
+    /// Write a job's evidence pack (evidence.json and evidence.md) for a security review.
+    EvidencePack(admin_cmd::evidence_cmd::EvidenceArgs),
     /// Differential privacy: ε of a DP-FedAvg schedule (`dp epsilon`).
     #[command(subcommand)]
     Dp(dp_cmd::DpCommand),
@@ -90,6 +95,8 @@ fn main() -> ExitCode {
         Command::Job(cmd) => admin_cmd::job(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Dp(cmd) => dp_cmd::run(cmd),
+        Command::Retention(cmd) => admin_cmd::retention_cmd::retention(cmd),
+        Command::EvidencePack(args) => admin_cmd::evidence_cmd::evidence_pack(args),
         Command::Completions(args) => completions_cmd::run(args),
     };
     match result {

@@ -106,6 +106,8 @@ pub struct ServerArgs {
         default_value = "on"
     )]
     record: Telemetry,
+    #[command(flatten)]
+    retention: crate::admin_cmd::retention_cmd::RetentionArgs,
 }
 
 /// `--telemetry`.
@@ -160,6 +162,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.metrics_public = args.metrics_public;
     config.metrics_listen = args.metrics_listen;
     config.telemetry = args.record == Telemetry::On;
+    config.retention = args.retention.config();
     let limits = &mut config.limits;
     limits.upload_concurrency = args.upload_concurrency;
     limits.upload_tenant_slots = args.upload_tenant_slots;

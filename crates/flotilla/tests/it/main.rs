@@ -17,6 +17,8 @@ mod dp_cli;
 mod fedbuff_federation;
 mod federation;
 mod first_hour_errors;
+mod governance_evidence;
+mod governance_retention;
 mod job_download;
 mod job_memory;
 mod job_reasons;
