@@ -31,20 +31,22 @@
 //! 1. `clock`, `retry`, `error`, `metrics`, `spec` (types), `reasons`, `partial_uploads`,
 //!    `round_trace`, `rpc_trace` (tracing spans): no other module;
 //! 2. `api` (the admin API's JSON types), `limits`, `admission`, `models`, `initial_model` (a
-//!    model given as a safetensors file), `privacy`, `auth_cache`, `evaluation`, `job_toml` (the
-//!    spec parser), `tls`;
+//!    model given as a safetensors file), `privacy`, `auth_cache`, `authz` (roles and actions),
+//!    `evaluation`, `job_toml` (the spec parser), `tls`;
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
-//!    `retention` (retention runs, erasure and their HTTP handlers), `evidence` (evidence packs);
+//!    `retention` (retention runs and erasure), `evidence` (evidence packs);
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
-//!    sessions), `prom` (`GET /metrics`) and `admin`, which mounts the console and the probes;
+//!    sessions), `prom` (`GET /metrics`) and `admin` (with `admin_model.rs` and
+//!    `admin_governance.rs`), which mounts the console and the probes;
 //!    then this root.
 
 mod admin;
 mod admission;
 pub mod api;
 mod auth_cache;
+mod authz;
 mod bounds;
 mod clock;
 mod console;

@@ -1,29 +1,15 @@
 //! Retention and erasure in the coordinator: the server's rules (`flotilla server --retain-…`),
-//! the daily run, and the admin endpoints
-//!
-//! * `POST /v1/retention/run` (`{"dry_run": true}` returns the plan; otherwise deletes exactly
-//!   the plan it computes and answers what went),
-//! * `POST /v1/clients/{id}/forget` (the right to erasure: erases a client's record and says what
-//!   it removed and kept),
-//!
-//! and the evidence pack's route, `GET /v1/jobs/{id}/evidence` (built in `evidence.rs`). The store
-//! does the work in one transaction per run with its audit entries (`flotilla_store::retention`,
-//! `flotilla_store::erasure`); this module adds the schedule, the caches to drop and the HTTP.
+//! the scheduled run, and what `POST /v1/retention/run` and `POST /v1/clients/{id}/forget` do
+//! (their HTTP handlers are in `admin_governance.rs`). The store does the work in one transaction
+//! per run with its audit entries (`flotilla_store::retention`, `flotilla_store::erasure`); this
+//! module adds the schedule and drops what this process caches about erased clients.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use flotilla_store::{ClientId, RetentionRules, StoreError};
 
-use crate::api::ErrorBody;
-use crate::api::retention::{
-    ClientForgotten, RetentionReport, RetentionRunRequest, SkippedItem,
-};
+use crate::api::retention::{ClientForgotten, RetentionReport, SkippedItem};
 use crate::state::Shared;
 
 /// Retention configuration of a coordinator ([`crate::ServerConfig::retention`]).
@@ -158,103 +144,3 @@ pub(crate) async fn schedule(shared: Arc<Shared>, every: Duration) {
         }
     }
 }
-
-// ----- HTTP -------------------------------------------------------------------------------------
-
-/// An error answer of these endpoints (`{"error": …}`).
-pub(crate) struct HttpError(pub(crate) StatusCode, pub(crate) String);
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(ErrorBody {
-                error: self.1.replace('\n', " "),
-            }),
-        )
-            .into_response()
-    }
-}
-
-impl From<StoreError> for HttpError {
-    fn from(e: StoreError) -> Self {
-        if crate::retry::retryable(&e) {
-            return HttpError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("store unavailable: {e}; retry later"),
-            );
-        }
-        let code = match &e {
-            StoreError::JobNotFound(_) | StoreError::ClientNotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if code == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "retention or evidence request failed on the store");
-        }
-        HttpError(code, e.to_string())
-    }
-}
-
-pub(crate) fn parse_id(s: &str, what: &str) -> Result<u64, HttpError> {
-    s.parse().map_err(|_| {
-        HttpError(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{what}: not a number: {:?}",
-                s.chars().take(32).collect::<String>()
-            ),
-        )
-    })
-}
-
-/// `POST /v1/retention/run`.
-pub(crate) async fn run_http(
-    State(shared): State<Arc<Shared>>,
-    Extension(actor): Extension<crate::authz::Actor>,
-    body: Bytes,
-) -> Result<Json<RetentionReport>, HttpError> {
-    crate::authz::authorize(&actor, crate::authz::Action::RetentionRun, None)
-        .map_err(denied)?;
-    let req: RetentionRunRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RetentionRunRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| HttpError(StatusCode::BAD_REQUEST, format!("body: {e}")))?
-    };
-    // In a task of its own: a client that disconnects must not stop a run between its commit and
-    // the blob deletes.
-    let name = actor.audit_name();
-    let run = tokio::spawn(async move { shared.retention_run(req.dry_run, &name).await });
-    let report = run.await.map_err(|e| {
-        HttpError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the retention run's task failed: {e}"),
-        )
-    })??;
-    Ok(Json(report))
-}
-
-/// `POST /v1/clients/{id}/forget`.
-pub(crate) async fn forget_http(
-    State(shared): State<Arc<Shared>>,
-    Extension(actor): Extension<crate::authz::Actor>,
-    Path(id): Path<String>,
-) -> Result<Json<ClientForgotten>, HttpError> {
-    let id = ClientId(parse_id(&id, "client id")?);
-    // The client's tenant decides who may erase it (404 for a caller outside it).
-    let client = shared.store.get_client(id).await?;
-    crate::authz::authorize(
-        &actor,
-        crate::authz::Action::ClientForget,
-        Some(&client.tenant),
-    )
-    .map_err(denied)?;
-    Ok(Json(shared.erase_client_record(id, &actor.audit_name()).await?))
-}
-
-pub(crate) fn denied(d: crate::authz::Denied) -> HttpError {
-    let r = d.into_response();
-    HttpError(r.status(), "denied".into())
-}
-

@@ -115,8 +115,9 @@ pub struct RetentionApplied {
     pub blob_errors: Vec<String>,
 }
 
-/// Most blob keys one audit entry lists (a job with more deleted versions gets several entries).
-const KEYS_PER_ENTRY: usize = 256;
+/// Most blob keys one audit entry lists (a job with more deleted versions gets several entries):
+/// 128 keys of ~90 bytes stay well inside an entry's `MAX_DETAILS_BYTES`.
+const KEYS_PER_ENTRY: usize = 128;
 /// Most earlier-failed blob deletes one run retries.
 const RETRY_PENDING: i64 = 1000;
 
@@ -343,10 +344,12 @@ impl Store {
                     deleted.push((*item).clone());
                 }
                 let bytes: u64 = chunk.iter().filter_map(|i| i.bytes).sum();
+                // The reasons of one job's chunk differ only in the round named: the first stands
+                // for the rule.
                 let details = serde_json::json!({
                     "keys": chunk.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
-                    "reasons": chunk.iter().map(|i| i.reason.as_str()).collect::<Vec<_>>(),
                     "bytes": bytes,
+                    "reason": chunk[0].reason,
                 });
                 let ev = crate::audit_retention::event(
                     actor,

@@ -6,6 +6,7 @@
 //! --test it file::`). A test file moved here replaces its `mod common;` with `use crate::common;`.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod common;
 mod config;
 mod crash;
