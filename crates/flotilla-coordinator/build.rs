@@ -108,8 +108,13 @@ fn sbom() {
                 c["hashes"] = serde_json::json!([{ "alg": "SHA-256", "content": sum }]);
             }
             match field("source") {
-                Some(src) => c["properties"] = serde_json::json!([{ "name": "cargo:source", "value": src }]),
-                None => c["properties"] = serde_json::json!([{ "name": "cargo:source", "value": "workspace" }]),
+                Some(src) => {
+                    c["properties"] = serde_json::json!([{ "name": "cargo:source", "value": src }])
+                }
+                None => {
+                    c["properties"] =
+                        serde_json::json!([{ "name": "cargo:source", "value": "workspace" }])
+                }
             }
             components.push(c);
         }

@@ -213,7 +213,11 @@ pub(super) async fn model_bytes(
     let bytes = match st.shared.store.get_model(&m.round.model_blob_key).await {
         Err(e @ flotilla_store::StoreError::BlobNotFound(_)) => {
             // Gone on purpose (retention) is not a fault: say so, with `410 Gone`.
-            let deleted = st.shared.store.blob_deleted_at(&m.round.model_blob_key).await?;
+            let deleted = st
+                .shared
+                .store
+                .blob_deleted_at(&m.round.model_blob_key)
+                .await?;
             return Err(match deleted {
                 Some(at) => ApiError(
                     StatusCode::GONE,

@@ -12,12 +12,12 @@ use flotilla_privacy::RdpAccountant;
 use flotilla_store::{CommittedRound, JobId, JobRecord, StoreError};
 use sha2::{Digest, Sha256};
 
+use crate::api::RoundMetrics;
 use crate::api::evidence::{
     AuditEvidence, AuthMode, BuildInfo, DpEvidence, DpRound, DpSegment, DpTotal, DropoutTolerance,
-    EVIDENCE_FORMAT, EvidenceApprovals, EvidenceJob, EvidencePack, EvidencePolicies,
-    EvidenceRound, EvidenceSpec, SecAggEvidence, SecurityConfig,
+    EVIDENCE_FORMAT, EvidenceApprovals, EvidenceJob, EvidencePack, EvidencePolicies, EvidenceRound,
+    EvidenceSpec, SecAggEvidence, SecurityConfig,
 };
-use crate::api::RoundMetrics;
 use crate::spec::JobSpec;
 use crate::state::Shared;
 
@@ -209,8 +209,9 @@ impl Shared {
                     truncated = true;
                     break 'pages;
                 }
-                let mut value = serde_json::to_value(e)
-                    .map_err(|err| EvidenceError::Corrupt(format!("audit entry {}: {err}", e.seq)))?;
+                let mut value = serde_json::to_value(e).map_err(|err| {
+                    EvidenceError::Corrupt(format!("audit entry {}: {err}", e.seq))
+                })?;
                 // The details as JSON for readers; `details_json` stays as hashed.
                 value["details"] =
                     serde_json::from_str(&e.details_json).unwrap_or(serde_json::Value::Null);
@@ -415,7 +416,10 @@ mod tests {
             .expect("the crate itself is listed");
         assert_eq!(
             own["purl"],
-            format!("pkg:cargo/flotilla-coordinator@{}", env!("CARGO_PKG_VERSION"))
+            format!(
+                "pkg:cargo/flotilla-coordinator@{}",
+                env!("CARGO_PKG_VERSION")
+            )
         );
         // A registry crate has its checksum; build metadata (`+`) is percent-encoded in purls.
         let toml = comps.iter().find(|c| c["name"] == "toml").expect("toml");

@@ -414,7 +414,9 @@ impl Server {
             .push(tokio::spawn(jobs::timer_loop(shared.clone(), timer_rx)));
         tasks.0.push(tokio::spawn(heal::heal_loop(shared.clone())));
         if let Some(every) = retention_every {
-            tasks.0.push(tokio::spawn(retention::schedule(shared.clone(), every)));
+            tasks
+                .0
+                .push(tokio::spawn(retention::schedule(shared.clone(), every)));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         tasks.0.push(tokio::spawn(async move {

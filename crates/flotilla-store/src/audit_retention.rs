@@ -3,10 +3,10 @@
 
 use sqlx::{Any, Row, Transaction};
 
+use crate::Store;
 use crate::audit::{AuditEvent, AuditOutcome};
 use crate::error::{Result, StoreError};
 use crate::retention::{RetentionItem, RetentionKind, human_ms};
-use crate::Store;
 
 /// The action of the audit helper's signed checkpoints (the head hash, signed).
 const CHECKPOINT_ACTION: &str = "audit.checkpoint";
@@ -57,7 +57,11 @@ pub(crate) async fn delete_range(
 impl Store {
     /// Audit entries older than `limit_ms` and before the last checkpoint, as one range item
     /// (none without a checkpoint: nothing vouches for a log cut short then).
-    pub(crate) async fn plan_audit(&self, limit_ms: u64, now_ms: i64) -> Result<Vec<RetentionItem>> {
+    pub(crate) async fn plan_audit(
+        &self,
+        limit_ms: u64,
+        now_ms: i64,
+    ) -> Result<Vec<RetentionItem>> {
         let checkpoint = sqlx::query("SELECT MAX(seq) AS seq FROM audit_log WHERE action = $1")
             .bind(CHECKPOINT_ACTION)
             .fetch_one(&self.pool)

@@ -22,7 +22,7 @@ use sqlx::{Any, Row, Transaction};
 
 use crate::error::{Result, StoreError};
 use crate::types::{ClientId, ClientRecord};
-use crate::{Store, client_from_row, CLIENT_COLUMNS};
+use crate::{CLIENT_COLUMNS, Store, client_from_row};
 
 /// The fields of a client's record that erasure removes (for the answer and the audit entry).
 pub const ERASED_FIELDS: [&str; 8] = [
@@ -129,11 +129,13 @@ impl Store {
         now_ms: i64,
     ) -> Result<ForgottenClient> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE id = $1"))
-            .bind(id.to_db()?)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::ClientNotFound(id))?;
+        let row = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients WHERE id = $1"
+        ))
+        .bind(id.to_db()?)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::ClientNotFound(id))?;
         let record = client_from_row(&row)?;
         let summary = erase_clients(&mut tx, &[id]).await?;
         let rounds_rewritten = summary.rounds_of.get(&id).copied().unwrap_or(0);

@@ -180,10 +180,10 @@ impl Store {
         .await?;
         let mut by_job: BTreeMap<i64, Vec<(u64, String)>> = BTreeMap::new();
         for r in &rounds {
-            by_job
-                .entry(r.try_get("job_id")?)
-                .or_default()
-                .push((from_db(r.try_get("round")?, "round")?, r.try_get("model_blob_key")?));
+            by_job.entry(r.try_get("job_id")?).or_default().push((
+                from_db(r.try_get("round")?, "round")?,
+                r.try_get("model_blob_key")?,
+            ));
         }
         let mut items = Vec::new();
         for j in &jobs {
@@ -242,7 +242,10 @@ impl Store {
                 // A blob already missing (never written, swept) frees nothing and needs no tombstone
                 // unless a row names it; rows do name every picked key except orphans, so only an
                 // orphan that vanished meanwhile is skipped.
-                if bytes.is_none() && !rounds.iter().any(|(_, k)| *k == key) && current.as_ref() != Some(&key) {
+                if bytes.is_none()
+                    && !rounds.iter().any(|(_, k)| *k == key)
+                    && current.as_ref() != Some(&key)
+                {
                     continue;
                 }
                 items.push(RetentionItem {
@@ -412,7 +415,10 @@ impl Store {
         }
 
         // Audit ranges.
-        for item in plan.iter().filter(|i| i.kind == RetentionKind::AuditEntries) {
+        for item in plan
+            .iter()
+            .filter(|i| i.kind == RetentionKind::AuditEntries)
+        {
             let (first, last) = crate::audit_retention::parse_range(&item.id)?;
             let n = crate::audit_retention::delete_range(&mut tx, first, last).await?;
             let details = serde_json::json!({
@@ -447,10 +453,12 @@ impl Store {
         for key in &blob_keys {
             match self.blobs.delete(key).await {
                 Ok(()) => {
-                    sqlx::query("UPDATE retention_deleted_blobs SET removed = 1 WHERE blob_key = $1")
-                        .bind(key)
-                        .execute(&self.pool)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE retention_deleted_blobs SET removed = 1 WHERE blob_key = $1",
+                    )
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
                 }
                 Err(e) => blob_errors.push(format!("{key}: {e}")),
             }
@@ -466,10 +474,11 @@ impl Store {
     /// When retention deleted the blob `key` (Unix ms), if it did: a round whose model is gone on
     /// purpose answers "deleted by retention", not "missing".
     pub async fn blob_deleted_at(&self, key: &str) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT deleted_at_ms FROM retention_deleted_blobs WHERE blob_key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT deleted_at_ms FROM retention_deleted_blobs WHERE blob_key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match row {
             Some(r) => Some(r.try_get("deleted_at_ms")?),
             None => None,

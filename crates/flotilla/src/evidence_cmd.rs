@@ -48,7 +48,10 @@ pub fn evidence_pack(args: EvidenceArgs) -> Result<()> {
         now_ms: pack.generated_at_ms,
         utc: true,
     };
-    write(&args.out.join("evidence.md"), markdown(&pack, &clock).as_bytes())?;
+    write(
+        &args.out.join("evidence.md"),
+        markdown(&pack, &clock).as_bytes(),
+    )?;
     eprintln!(
         "evidence pack of job {id} written to {} (evidence.json, evidence.md)",
         args.out.display()
@@ -70,7 +73,8 @@ fn md(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in clean(s).chars() {
         match c {
-            '|' | '`' | '*' | '_' | '<' | '>' | '[' | ']' | '#' => {
+            // `_` is left alone: GitHub Markdown never emphasises inside a word.
+            '|' | '`' | '*' | '<' | '>' | '[' | ']' | '#' => {
                 out.push('\\');
                 out.push(c);
             }
@@ -79,6 +83,14 @@ fn md(s: &str) -> String {
         }
     }
     out
+}
+
+/// Text from the coordinator as a code span: verbatim inside backticks, one line, terminal-safe.
+fn code(s: &str) -> String {
+    format!(
+        "`{}`",
+        clean(s).replace(['`', '\n', '\r'], " ").replace('|', "\\|")
+    )
 }
 
 /// A Markdown table.
@@ -134,8 +146,8 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
     o.push_str("## Job spec\n\n");
     let _ = writeln!(
         o,
-        "SHA-256 `{}` over the {}.\n",
-        md(&p.spec.sha256),
+        "SHA-256 {} over the {}.\n",
+        code(&p.spec.sha256),
         md(&p.spec.canonicalization)
     );
     let _ = writeln!(
@@ -166,13 +178,19 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
                 vec![
                     md(&x.id),
                     x.version.map(|v| v.to_string()).unwrap_or_default(),
-                    format!("`{}`", md(&x.sha256)),
-                    x.applied_at_ms.map(|t| clock.absolute(t)).unwrap_or_default(),
+                    code(&x.sha256),
+                    x.applied_at_ms
+                        .map(|t| clock.absolute(t))
+                        .unwrap_or_default(),
                     x.applied_by.as_deref().map(md).unwrap_or_default(),
                 ]
             })
             .collect();
-        table(&mut o, &["Policy", "Version", "SHA-256", "Applied", "By"], &rows);
+        table(
+            &mut o,
+            &["Policy", "Version", "SHA-256", "Applied", "By"],
+            &rows,
+        );
     }
 
     o.push_str("## Approvals\n\n");
@@ -238,7 +256,7 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
         .iter()
         .map(|a| {
             vec![
-                format!("`{}`", md(&a.name)),
+                code(&a.name),
                 if a.enabled { "enabled" } else { "disabled" }.into(),
                 md(&a.detail),
             ]
@@ -259,7 +277,10 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
                     vec!["k (neighbours per client)".into(), sa.k.to_string()],
                     vec!["t (shares to reconstruct)".into(), sa.t.to_string()],
                     vec!["Clip range".into(), format!("±{}", num(sa.clip_range))],
-                    vec!["Fewest inputs a round commits with".into(), sa.min_reports.to_string()],
+                    vec![
+                        "Fewest inputs a round commits with".into(),
+                        sa.min_reports.to_string(),
+                    ],
                     vec![
                         "Dropouts tolerated per round".into(),
                         sa.dropouts_tolerated.per_round.to_string(),
@@ -332,7 +353,14 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
                 .collect();
             table(
                 &mut o,
-                &["Round", "q", "σ", "ε of the round", "ε recorded", "ε (accountant)"],
+                &[
+                    "Round",
+                    "q",
+                    "σ",
+                    "ε of the round",
+                    "ε recorded",
+                    "ε (accountant)",
+                ],
                 &rows,
             );
         }
@@ -352,10 +380,7 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
                     r.attempt.to_string(),
                     clock.absolute(r.committed_at_ms),
                     r.participants.to_string(),
-                    r.model_sha256
-                        .as_deref()
-                        .map(|s| format!("`{}`", md(s)))
-                        .unwrap_or_default(),
+                    r.model_sha256.as_deref().map(code).unwrap_or_default(),
                     match r.model_deleted_at_ms {
                         Some(t) => format!("deleted {}", clock.absolute(t)),
                         None => "kept".into(),
@@ -408,7 +433,11 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
     let _ = writeln!(
         o,
         "Hash chain: **{}** — {} ({} entries checked).\n",
-        if a.chain_verified { "verified" } else { "NOT verified" },
+        if a.chain_verified {
+            "verified"
+        } else {
+            "NOT verified"
+        },
         md(&a.verification),
         a.entries_checked
     );
@@ -436,7 +465,11 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
                 ]
             })
             .collect();
-        table(&mut o, &["Seq", "When", "Actor", "Action", "Outcome"], &rows);
+        table(
+            &mut o,
+            &["Seq", "When", "Actor", "Action", "Outcome"],
+            &rows,
+        );
         if a.job_entries_truncated {
             o.push_str("(The list is cut at its limit; `flotilla audit export` has them all.)\n\n");
         }
@@ -469,7 +502,11 @@ pub(crate) fn markdown(p: &EvidencePack, clock: &Clock) -> String {
         .iter()
         .map(|c| {
             let s = |k: &str| md(c[k].as_str().unwrap_or(""));
-            vec![s("name"), s("version"), format!("`{}`", s("purl"))]
+            vec![
+                s("name"),
+                s("version"),
+                code(c["purl"].as_str().unwrap_or("")),
+            ]
         })
         .collect();
     o.push_str("<details><summary>Components</summary>\n\n");
@@ -488,5 +525,7 @@ mod tests {
         assert_eq!(md("<script>"), "\\<script\\>");
         assert_eq!(md("x\ny"), "x\\ny");
         assert_eq!(md("**bold**"), "\\*\\*bold\\*\\*");
+        assert_eq!(md("x86_64"), "x86_64");
+        assert_eq!(code("a`b|c"), "`a b\\|c`");
     }
 }

@@ -122,7 +122,12 @@ pub(crate) fn render(r: &RetentionReport) -> String {
             "nothing was deleted: nothing is due\n"
         });
     } else {
-        let mut t = Table::new(&[("KIND", false), ("ID", false), ("BYTES", true), ("WHY", false)]);
+        let mut t = Table::new(&[
+            ("KIND", false),
+            ("ID", false),
+            ("BYTES", true),
+            ("WHY", false),
+        ]);
         for i in &r.items {
             t.row(vec![
                 kind(i.kind).to_owned(),
@@ -239,10 +244,16 @@ mod tests {
         };
         let text = render(&report(true, vec![item.clone()]));
         assert!(text.starts_with("KIND"), "{text}");
-        assert!(text.contains("model blob  job-1/v1-ab.bin  2.0 KiB  round 1"), "{text}");
+        assert!(
+            text.contains("model blob  job-1/v1-ab.bin  2.0 KiB  round 1"),
+            "{text}"
+        );
         assert!(text.contains("would delete 1 item(s), 2.0 KiB"), "{text}");
         let text = render(&report(false, vec![item]));
-        assert!(text.contains("deleted 1 item(s)") && text.contains("audit entries 7"), "{text}");
+        assert!(
+            text.contains("deleted 1 item(s)") && text.contains("audit entries 7"),
+            "{text}"
+        );
         assert!(render(&report(true, vec![])).contains("nothing to delete"));
     }
 

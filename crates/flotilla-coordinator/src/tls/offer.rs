@@ -43,7 +43,10 @@ pub(crate) fn offer(cfg: &rustls::ServerConfig) -> TlsOffer {
         .filter(|s| enabled(s.version().version))
         .collect();
     let mut versions = Vec::new();
-    for v in [rustls::ProtocolVersion::TLSv1_3, rustls::ProtocolVersion::TLSv1_2] {
+    for v in [
+        rustls::ProtocolVersion::TLSv1_3,
+        rustls::ProtocolVersion::TLSv1_2,
+    ] {
         if suites.iter().any(|s| s.version().version == v) {
             versions.push(version_name(v));
         }

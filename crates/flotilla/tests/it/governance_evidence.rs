@@ -46,7 +46,10 @@ fn wait_for_clients(f: &Federation, n: usize) {
         if count >= n {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{count} of {n} clients enrolled");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} of {n} clients enrolled"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -69,7 +72,12 @@ fn run(name: &str, database_url: Option<String>) {
     // q = selected / min(population, enrolled clients): submit once all six are enrolled.
     wait_for_clients(&f, 6);
     let job = f.submit(&job_spec());
-    let status = f.wait_for(&job, "2 DP+SecAgg rounds", Duration::from_secs(300), completed);
+    let status = f.wait_for(
+        &job,
+        "2 DP+SecAgg rounds",
+        Duration::from_secs(300),
+        completed,
+    );
     let history = status["history"].as_array().unwrap().clone();
 
     let dir = f.dir.join("evidence");
@@ -97,12 +105,22 @@ fn run(name: &str, database_url: Option<String>) {
     let out = Command::new(bin())
         .args(["dp", "epsilon", "--sampling-rate", &q.to_string()])
         .args(["--noise-multiplier", &sigma.to_string()])
-        .args(["--steps", &history.len().to_string(), "--delta", "1e-5", "--json"])
+        .args([
+            "--steps",
+            &history.len().to_string(),
+            "--delta",
+            "1e-5",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(dp.total.epsilon, cli["epsilon"].as_f64().unwrap(), "ε of the pack");
+    assert_eq!(
+        dp.total.epsilon,
+        cli["epsilon"].as_f64().unwrap(),
+        "ε of the pack"
+    );
     assert_eq!(dp.total.order, cli["order"].as_f64().unwrap());
     assert_eq!(dp.total.steps, history.len() as u64);
     assert_eq!(dp.total.delta, 1e-5);
@@ -111,11 +129,17 @@ fn run(name: &str, database_url: Option<String>) {
         dp.total.epsilon,
         "the per-round ε ends at the total"
     );
-    assert_eq!(dp.rounds.last().unwrap().epsilon_recorded, status["epsilon_spent"].as_f64().unwrap());
+    assert_eq!(
+        dp.rounds.last().unwrap().epsilon_recorded,
+        status["epsilon_spent"].as_f64().unwrap()
+    );
     assert_eq!(dp.mode, "distributed");
     assert_eq!(dp.orders.len(), flotilla_privacy::DEFAULT_ORDERS.len());
     let cmd = dp.reproduce.as_deref().expect("one segment: a command");
-    assert!(cmd.starts_with("flotilla dp epsilon --sampling-rate 0.5 --noise-multiplier 1 --steps 2"), "{cmd}");
+    assert!(
+        cmd.starts_with("flotilla dp epsilon --sampling-rate 0.5 --noise-multiplier 1 --steps 2"),
+        "{cmd}"
+    );
 
     // SecAgg+ with 3 clients: the complete graph, t = 2.
     let sa = p.secagg.as_ref().expect("secagg section");
@@ -127,9 +151,15 @@ fn run(name: &str, database_url: Option<String>) {
     assert!(!p.identities_included);
     assert_eq!(p.rounds.len(), history.len());
     for (r, h) in p.rounds.iter().zip(&history) {
-        assert_eq!(r.participants, h["participants"].as_array().unwrap().len() as u64);
+        assert_eq!(
+            r.participants,
+            h["participants"].as_array().unwrap().len() as u64
+        );
         assert!(r.participant_ids.is_none());
-        assert_eq!(r.model_sha256.as_deref(), h["metrics"]["model_sha256"].as_str());
+        assert_eq!(
+            r.model_sha256.as_deref(),
+            h["metrics"]["model_sha256"].as_str()
+        );
         assert!(r.model_deleted_at_ms.is_none());
     }
     let with_ids = pack(&f, &job, &f.dir.join("evidence-ids"), true);
@@ -142,7 +172,10 @@ fn run(name: &str, database_url: Option<String>) {
     // Security: what rustls offers; the audit chain.
     let tls = p.security.tls.as_ref().expect("TLS is on");
     assert!(tls.versions.contains(&"TLS 1.3".to_owned()), "{tls:?}");
-    assert!(tls.cipher_suites.iter().any(|s| s.starts_with("TLS13_")), "{tls:?}");
+    assert!(
+        tls.cipher_suites.iter().any(|s| s.starts_with("TLS13_")),
+        "{tls:?}"
+    );
     assert_eq!(p.security.credential_ttl_seconds, 30 * 86_400);
     assert!(p.audit.chain_verified, "{}", p.audit.verification);
 
@@ -162,9 +195,9 @@ fn run(name: &str, database_url: Option<String>) {
         );
         let purl = format!("pkg:cargo/{name}@{}", purl_version(version));
         assert!(
-            comps
-                .iter()
-                .any(|c| c["name"] == name && c["version"] == version && c["purl"] == purl.as_str()),
+            comps.iter().any(|c| c["name"] == name
+                && c["version"] == version
+                && c["purl"] == purl.as_str()),
             "{name} {version} is not in the SBOM"
         );
     }
@@ -185,7 +218,10 @@ fn run(name: &str, database_url: Option<String>) {
     ] {
         assert!(md.contains(heading), "evidence.md lacks {heading}");
     }
-    assert!(md.contains(&format!("**Total: ε = {}", dp.total.epsilon)), "{md}");
+    assert!(
+        md.contains(&format!("**Total: ε = {}", dp.total.epsilon)),
+        "{md}"
+    );
     assert!(md.contains(&p.spec.sha256));
     assert!(md.contains(" UTC |"), "times are readable: {md}");
 }
