@@ -151,10 +151,21 @@ mod tests {
 
     #[test]
     fn identities_are_asked_for_exactly() {
-        assert!(!parse_identities(None).unwrap());
-        assert!(parse_identities(Some("identities=true")).unwrap());
-        assert!(!parse_identities(Some("identities=false")).unwrap());
-        assert!(parse_identities(Some("identity=true")).is_err());
-        assert!(parse_identities(Some("identities=yes")).is_err());
+        assert!(matches!(parse_identities(None), Ok(false)));
+        assert!(matches!(
+            parse_identities(Some("identities=true")),
+            Ok(true)
+        ));
+        assert!(matches!(
+            parse_identities(Some("identities=false")),
+            Ok(false)
+        ));
+        for bad in ["identity=true", "identities=yes", "identities"] {
+            let Err(ApiError(code, text)) = parse_identities(Some(bad)) else {
+                panic!("{bad} accepted");
+            };
+            assert_eq!(code, StatusCode::BAD_REQUEST);
+            assert!(text.contains("identities=true|false"), "{text}");
+        }
     }
 }
