@@ -28,6 +28,8 @@ use crate::submit::SubmitError;
 
 #[path = "admin_audit.rs"]
 mod audit;
+#[path = "admin_governance.rs"]
+mod governance;
 #[path = "admin_model.rs"]
 mod model;
 #[path = "admin_principals.rs"]
@@ -284,7 +286,10 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/policies", post(policies::apply).get(policies::list))
-        .route("/v1/policies/{version}", get(policies::show));
+        .route("/v1/policies/{version}", get(policies::show))
+        .route("/v1/clients/{id}/forget", post(governance::forget_client))
+        .route("/v1/retention/run", post(governance::retention_run))
+        .route("/v1/jobs/{id}/evidence", get(governance::evidence));
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);
     }

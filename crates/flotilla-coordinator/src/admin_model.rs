@@ -225,7 +225,27 @@ pub(super) async fn model_bytes(
     let m = locate(&st, &actor, &id, q.as_deref()).await?;
     // One copy of the model in memory (the object store hands it out whole and the store verifies
     // its digest before anything is sent), moved into the body without another copy.
-    let bytes = st.shared.store.get_model(&m.round.model_blob_key).await?;
+    let bytes = match st.shared.store.get_model(&m.round.model_blob_key).await {
+        Err(e @ flotilla_store::StoreError::BlobNotFound(_)) => {
+            // Gone on purpose (retention) is not a fault: say so, with `410 Gone`.
+            let deleted = st
+                .shared
+                .store
+                .blob_deleted_at(&m.round.model_blob_key)
+                .await?;
+            return Err(match deleted {
+                Some(at) => ApiError(
+                    StatusCode::GONE,
+                    format!(
+                        "the model of round {} of job {} was deleted by retention at {at} ms                          (Unix); its SHA-256 and metrics remain in the job's history",
+                        m.round.round, m.job.id
+                    ),
+                ),
+                None => e.into(),
+            });
+        }
+        other => other?,
+    };
     if bytes.len() != m.layout.len() * 4 {
         tracing::error!(
             job = m.job.id.0,

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::spec::ModelSection;
 
 mod audit;
+pub mod evidence;
 mod metrics;
-mod principals;
 mod policy;
+mod principals;
+pub mod retention;
 
 pub use audit::{AuditCheckpointView, AuditEntryView, AuditPage, AuditProblem, AuditVerification};
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};

@@ -38,9 +38,11 @@
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
-//!    `approval` (starting an approved job);
+//!    `approval` (starting an approved job), `retention` (retention runs and erasure), `evidence`
+//!    (evidence packs);
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
-//!    sessions), `prom` (`GET /metrics`) and `admin`, which mounts the console and the probes;
+//!    sessions), `prom` (`GET /metrics`) and `admin` (with `admin_model.rs` and
+//!    `admin_governance.rs`), which mounts the console and the probes;
 //!    then this root.
 
 mod admin;
@@ -57,6 +59,7 @@ mod console;
 mod console_tests;
 mod error;
 mod evaluation;
+mod evidence;
 mod heal;
 mod initial_model;
 mod job_end;
@@ -74,6 +77,7 @@ mod probes;
 mod prom;
 mod reasons;
 mod recovery;
+mod retention;
 mod retry;
 mod round_trace;
 mod rpc_trace;
@@ -107,6 +111,7 @@ pub use metrics::MetricsSnapshot;
 pub use models::{Evaluate, JobModel, ModelProvider};
 pub use policy::PolicyFile;
 pub use privacy::TenantPrivacy;
+pub use retention::RetentionConfig;
 pub use spec::{JobSpec, SpecError};
 
 /// HTTP/2 streams (concurrent calls) one client connection may have open.
@@ -180,6 +185,9 @@ pub struct ServerConfig {
     /// A Cedar policy file to apply at start (`--policy FILE`); none: the stored policy in force,
     /// if any. [`Server::bind`] fails if either is malformed.
     pub policy: Option<PolicyFile>,
+    /// What is deleted when (`--retain-…`) and how often retention runs by itself; the default
+    /// keeps everything.
+    pub retention: RetentionConfig,
 }
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
@@ -210,6 +218,7 @@ impl ServerConfig {
             audit_signing_key: None,
             audit_interval: audit_flush::DEFAULT_AUDIT_INTERVAL,
             policy: None,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -227,6 +236,8 @@ pub struct Server {
     metrics_public: bool,
     /// The `--metrics-listen` listener and its address.
     metrics: Option<(TcpListener, SocketAddr)>,
+    /// How often retention runs by itself (`None`: never, or no rule is set).
+    retention_every: Option<Duration>,
 }
 
 impl std::fmt::Debug for Server {
@@ -266,6 +277,11 @@ impl Server {
                 config.credential_ttl
             )));
         }
+        config
+            .retention
+            .rules
+            .validate()
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
         let tls = match &config.tls {
             TlsMode::Files { cert, key } => Some((
                 tls::server_config(cert, key, &[b"h2"])?,
@@ -313,6 +329,8 @@ impl Server {
             recently_ended: Default::default(),
             audit,
             policy: Default::default(),
+            retention: config.retention.rules,
+            tls_offer: tls.as_ref().map(|(_, admin)| tls::offer(admin)),
         });
         shared.policy.replace(in_force);
         // Before any job resumes (nothing writes blobs yet): models of commits that failed or
@@ -380,6 +398,10 @@ impl Server {
             admin_token: config.admin_token,
             metrics_public: config.metrics_public,
             metrics,
+            retention_every: config
+                .retention
+                .interval
+                .filter(|_| !config.retention.rules.keeps_everything()),
         })
     }
 
@@ -416,12 +438,18 @@ impl Server {
             admin_token,
             metrics_public,
             metrics,
+            retention_every,
         } = self;
         let mut tasks = AbortOnDrop(Vec::new());
         tasks
             .0
             .push(tokio::spawn(jobs::timer_loop(shared.clone(), timer_rx)));
         tasks.0.push(tokio::spawn(heal::heal_loop(shared.clone())));
+        if let Some(every) = retention_every {
+            tasks
+                .0
+                .push(tokio::spawn(retention::schedule(shared.clone(), every)));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let tenants = &shared.metrics.tenants;
         let audit_timer = shared.audit.timer(

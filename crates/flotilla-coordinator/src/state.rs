@@ -147,6 +147,10 @@ pub(crate) struct Shared {
     pub audit: crate::audit_flush::AuditHandle,
     /// The Cedar policy in force (`policy.rs`), read by every decision without a store call.
     pub policy: crate::policy::Policies,
+    /// Retention rules (`ServerConfig::retention`), applied by `retention.rs`.
+    pub retention: flotilla_store::RetentionRules,
+    /// What the TLS listeners offer (for evidence packs); `None` without TLS.
+    pub tls_offer: Option<crate::tls::TlsOffer>,
 }
 
 /// Jobs remembered as recently ended, so that the calls of clients still working on them are

@@ -18,6 +18,10 @@ use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
 
 mod cert_check;
+mod offer;
+
+pub use offer::TlsOffer;
+pub(crate) use offer::offer;
 
 /// Longest time a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,7 +67,7 @@ pub(crate) fn server_config(
         .map_err(|e| CoordinatorError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(offer::PROTOCOL_VERSIONS)
         .map_err(|e| CoordinatorError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)

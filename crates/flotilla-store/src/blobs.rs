@@ -123,6 +123,16 @@ impl Blobs {
         }
     }
 
+    /// The size of the blob under `key`, bytes; `None` if there is none.
+    pub(crate) async fn size(&self, key: &str) -> Result<Option<u64>> {
+        let location = self.location(key)?;
+        match self.store.head(&location).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every object under `job-<id>/` directories (of one job, if given), as keys relative to the
     /// store's prefix: model blobs, and anything else left there. Two levels of
     /// `list_with_delimiter`, which is all the layout has.
@@ -263,6 +273,16 @@ fn validate_key(key: &str) -> Result<()> {
     } else {
         Err(bad())
     }
+}
+
+/// Whether `key` is a model blob's key (`job-<id>/v<version>-<sha256>.bin`), not a leftover.
+pub(crate) fn is_model_key(key: &str) -> bool {
+    validate_key(key).is_ok()
+}
+
+/// [`StoreError::InvalidBlobKey`] unless `key` is a model blob's key.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    validate_key(key)
 }
 
 fn key_sha(key: &str) -> Result<&str> {

@@ -36,8 +36,10 @@ mod audit;
 mod audit_checks;
 mod audit_sign;
 mod audit_wiring;
+mod audit_retention;
 mod blobs;
 mod db_ids;
+mod erasure;
 mod error;
 mod health;
 mod job_reason;
@@ -45,6 +47,7 @@ mod layout_eval;
 mod principals;
 mod policies;
 mod recovery;
+mod retention;
 mod round_lookup;
 mod sweep;
 mod types;
@@ -74,6 +77,8 @@ pub use principals::{
 pub use policies::{
     MAX_POLICY_TEXT_BYTES, MAX_POLICY_VERSIONS_LISTED, PolicyVersion, PolicyVersionInfo,
 };
+pub use erasure::{ERASED_FIELDS, ForgottenClient};
+pub use retention::{RetentionApplied, RetentionItem, RetentionKind, RetentionRules};
 pub use types::{
     ClientId, ClientRecord, CommittedRound, DpCharge, Enrollment, JobId, JobRecord, JobState,
     NewEnrollmentToken, ParseJobStateError, RecoveredJob, RoundCommit, TokenId,

@@ -18,7 +18,11 @@ use crate::admin_view::{self, Clock};
 use crate::model_file::ModelFormat;
 
 mod download;
+#[path = "evidence_cmd.rs"]
+pub(crate) mod evidence_cmd;
 mod initial;
+#[path = "retention_cmd.rs"]
+pub(crate) mod retention_cmd;
 mod wait;
 
 /// Where the admin API is and how to trust it.
@@ -197,6 +201,15 @@ pub enum ClientAdminCommand {
     },
     /// Revoke a client's credential; its next call is refused.
     Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Client id
+        id: String,
+        #[command(flatten)]
+        output: JsonArg,
+    },
+    /// Erase a client's record (right to erasure) and print what was removed and kept.
+    Forget {
         #[command(flatten)]
         admin: AdminArgs,
         /// Client id
@@ -600,6 +613,9 @@ pub fn client_admin(cmd: ClientAdminCommand) -> Result<()> {
             } else {
                 println!("client {id} revoked; its next call is refused");
             }
+        }
+        ClientAdminCommand::Forget { admin, id, output } => {
+            retention_cmd::forget(&admin, &id, output)?;
         }
     }
     Ok(())

@@ -67,6 +67,11 @@ enum Command {
     /// Policies as code (Cedar): validate, apply, list and show the coordinator's policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Apply the coordinator's retention rules now (`retention run [--dry-run]`).
+    #[command(subcommand)]
+    Retention(admin_cmd::retention_cmd::RetentionCommand),
+    /// Write a job's evidence pack (evidence.json and evidence.md) for a security review.
+    EvidencePack(admin_cmd::evidence_cmd::EvidenceArgs),
     /// Differential privacy: ε of a DP-FedAvg schedule (`dp epsilon`).
     #[command(subcommand)]
     Dp(dp_cmd::DpCommand),
@@ -109,6 +114,8 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Dp(cmd) => dp_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Retention(cmd) => admin_cmd::retention_cmd::retention(cmd),
+        Command::EvidencePack(args) => admin_cmd::evidence_cmd::evidence_pack(args),
         Command::Completions(args) => completions_cmd::run(args),
     };
     match result {

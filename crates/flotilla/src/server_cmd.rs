@@ -118,6 +118,8 @@ pub struct ServerArgs {
     /// head is checkpointed; 1s..=1h
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     audit_interval: std::time::Duration,
+    #[command(flatten)]
+    retention: crate::admin_cmd::retention_cmd::RetentionArgs,
 }
 
 /// `--telemetry`.
@@ -180,6 +182,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.audit_signing_key = args.audit_signing_key;
     config.audit_interval = args.audit_interval;
     config.policy = policy;
+    config.retention = args.retention.config();
     let limits = &mut config.limits;
     limits.upload_concurrency = args.upload_concurrency;
     limits.upload_tenant_slots = args.upload_tenant_slots;

@@ -13,5 +13,6 @@ mod config;
 mod crash;
 mod job_reason;
 mod outage;
+mod retention;
 mod store;
 mod upgrade;

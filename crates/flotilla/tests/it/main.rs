@@ -20,6 +20,8 @@ mod governance_audit;
 mod first_hour_errors;
 mod governance_authz;
 mod governance_policy;
+mod governance_evidence;
+mod governance_retention;
 mod job_download;
 mod job_memory;
 mod job_reasons;
