@@ -28,7 +28,7 @@ impl Shared {
                 tracing::error!(job = id.0, "{why}");
                 let _ = self
                     .store
-                    .set_job_state_with_reason(id, JobState::Failed, Some(&why))
+                    .set_job_state_with_reason(id, JobState::Failed, Some(&why), "system")
                     .await;
                 Err(why)
             }

@@ -9,14 +9,14 @@
 //! round), so the pack cannot drift from what ran.
 
 use flotilla_privacy::RdpAccountant;
-use flotilla_store::{CommittedRound, JobId, JobRecord, StoreError};
+use flotilla_store::{ApprovalState, CommittedRound, JobId, JobRecord, StoreError};
 use sha2::{Digest, Sha256};
 
 use crate::api::RoundMetrics;
 use crate::api::evidence::{
-    AuditEvidence, AuthMode, BuildInfo, DpEvidence, DpRound, DpSegment, DpTotal, DropoutTolerance,
-    EVIDENCE_FORMAT, EvidenceApprovals, EvidenceJob, EvidencePack, EvidencePolicies, EvidenceRound,
-    EvidenceSpec, SecAggEvidence, SecurityConfig,
+    ApprovalEvidence, AuditEvidence, AuthMode, BuildInfo, DpEvidence, DpRound, DpSegment, DpTotal,
+    DropoutTolerance, EVIDENCE_FORMAT, EvidenceApprovals, EvidenceJob, EvidencePack,
+    EvidencePolicies, EvidenceRound, EvidenceSpec, PolicyEvidence, SecAggEvidence, SecurityConfig,
 };
 use crate::spec::JobSpec;
 use crate::state::Shared;
@@ -230,24 +230,73 @@ impl Shared {
         })
     }
 
-    /// The policies in force for `job`.
-    // TODO(lead, h16-policy): read the `policies` table through the store function h16-policy adds
-    // (every version with its hash; the versions applied before the job was submitted and since).
-    async fn policies_in_force(&self, _job: &JobRecord) -> Result<EvidencePolicies, EvidenceError> {
+    /// The policies in force for `job`: the version in force when it was submitted and every
+    /// version applied while it could still run (each with its SHA-256, who applied it and when).
+    async fn policies_in_force(&self, job: &JobRecord) -> Result<EvidencePolicies, EvidenceError> {
+        let versions = self.store.policy_versions().await?;
+        let until = if job.state.is_terminal() {
+            job.updated_at_ms
+        } else {
+            i64::MAX
+        };
+        let at_submission = versions
+            .iter()
+            .filter(|v| v.applied_at_ms <= job.created_at_ms)
+            .map(|v| v.version)
+            .max();
+        let policies: Vec<PolicyEvidence> = versions
+            .iter()
+            .filter(|v| {
+                Some(v.version) == at_submission
+                    || (v.applied_at_ms > job.created_at_ms && v.applied_at_ms <= until)
+            })
+            .map(|v| PolicyEvidence {
+                id: format!("policy v{}", v.version),
+                version: Some(v.version),
+                sha256: v.sha256.clone(),
+                applied_at_ms: Some(v.applied_at_ms),
+                applied_by: Some(v.applied_by.clone()),
+            })
+            .collect();
+        let note = policies.is_empty().then(|| {
+            "no policy was in force: only the roles decided (flotilla policy apply FILE)".to_owned()
+        });
         Ok(EvidencePolicies {
-            available: false,
-            note: Some("this coordinator build does not record policies".to_owned()),
-            policies: Vec::new(),
+            available: true,
+            note,
+            policies,
         })
     }
 
-    /// The approvals and rejections of `job`.
-    // TODO(lead, h16-authz): read the job's approval columns (who approved or rejected, when, why).
-    async fn approvals_of(&self, _job: &JobRecord) -> Result<EvidenceApprovals, EvidenceError> {
+    /// The approval or rejection of `job` (who decided, when, why).
+    async fn approvals_of(&self, job: &JobRecord) -> Result<EvidenceApprovals, EvidenceError> {
+        let a = self.store.job_approval(job.id).await?;
+        let decisions = match (a.state, a.by, a.at_ms) {
+            (
+                Some(state @ (ApprovalState::Approved | ApprovalState::Rejected)),
+                Some(by),
+                Some(at_ms),
+            ) => {
+                vec![ApprovalEvidence {
+                    decision: state.as_str().to_owned(),
+                    by,
+                    at_ms,
+                    reason: a.reason,
+                }]
+            }
+            _ => Vec::new(),
+        };
+        let note = match a.state {
+            None => {
+                Some("the job's tenant did not require approval when it was submitted".to_owned())
+            }
+            Some(ApprovalState::Pending) => Some("the job is waiting for approval".to_owned()),
+            Some(_) => None,
+        };
         Ok(EvidenceApprovals {
-            available: false,
-            note: Some("this coordinator build does not record approvals".to_owned()),
-            decisions: Vec::new(),
+            available: true,
+            note,
+            decisions,
         })
     }
 }

@@ -49,6 +49,7 @@ async fn job_with_rounds(
                     metrics: &json!({}),
                     model_blob_key: &key,
                     machine_state_json: "{}",
+                    dp_charge: None,
                 },
             )
             .await
@@ -174,7 +175,7 @@ async fn forget_rewrites_participants_and_is_audited(db: TestDb) {
     let store = db.open().await;
     let now = now_ms();
     let token = store
-        .create_enrollment_token("acme", 3, now + 60_000)
+        .create_enrollment_token("acme", 3, now + 60_000, "admin-token")
         .await
         .unwrap();
     let a = store
