@@ -23,6 +23,12 @@
 #   FLOTILLA_PROMETHEUS_LISTEN=127.0.0.1:9090  Prometheus's web address (FLOTILLA_OPERATE=1)
 #   FLOTILLA_HOLD=0                    1: keep everything running after the job until Ctrl-C, to
 #                                      look at the console, the metrics and Prometheus
+#   FLOTILLA_GOVERN=0                  1: also governance: the coordinator signs its audit log;
+#                                      principals alice (scientist), bob (approver) and carol
+#                                      (auditor); the tenant needs approval and the Cedar policy
+#                                      examples/policies/job-limits.cedar is applied; alice submits, her own
+#                                      approval is refused, bob approves; carol verifies the audit
+#                                      log and writes the job's evidence pack to $FLOTILLA_DIR/evidence
 set -euo pipefail
 
 F=${FLOTILLA:-target/release/flotilla}
@@ -37,6 +43,7 @@ OPERATE=${FLOTILLA_OPERATE:-0}
 METRICS_LISTEN=${FLOTILLA_METRICS_LISTEN:-127.0.0.1:9464}
 PROM_LISTEN=${FLOTILLA_PROMETHEUS_LISTEN:-127.0.0.1:9090}
 HOLD=${FLOTILLA_HOLD:-0}
+GOVERN=${FLOTILLA_GOVERN:-0}
 export FLOTILLA_ADMIN_TOKEN=${FLOTILLA_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 command -v "$F" >/dev/null || { echo "error: no flotilla binary at $F: run \`cargo build --release\`, or set FLOTILLA" >&2; exit 1; }
@@ -84,7 +91,11 @@ mkdir -p "$DIR"
 "$F" dev-certs "$DIR/certs" >/dev/null     # a development CA and a certificate for localhost
 
 OPERATE_ARGS=()
-[ "$OPERATE" = 1 ] && OPERATE_ARGS=(--metrics-listen "$METRICS_LISTEN")
+[ "$OPERATE" = 1 ] && OPERATE_ARGS+=(--metrics-listen "$METRICS_LISTEN")
+if [ "$GOVERN" = 1 ]; then   # the audit log's head is signed with this key (public key printed)
+  "$F" audit keygen --out "$DIR/audit-key.pem" | tail -n 1 > "$DIR/audit-key.pub"
+  OPERATE_ARGS+=(--audit-signing-key "$DIR/audit-key.pem")
+fi
 "$F" server --data-dir "$DIR/server" --listen "$LISTEN" --admin-listen "$ADMIN_LISTEN" \
   --tls-cert "$DIR/certs/server.pem" --tls-key "$DIR/certs/server-key.pem" "${OPERATE_ARGS[@]}" \
   --ready-file "$DIR/server.ready" >/dev/null 2>"$DIR/server.log" &
@@ -134,8 +145,25 @@ for i in $(seq 0 $((CLIENTS - 1))); do
 done
 echo "started $CLIENTS clients, $PY_CLIENTS of them Python (logs: $DIR/client-*.log)"
 
-JOB=$("$F" job submit "${ADMIN[@]}" "$JOB_SPEC" --quiet)
-echo "submitted $JOB_SPEC as job $JOB"
+if [ "$GOVERN" = 1 ]; then
+  # People with roles in the tenant `default`; each token is shown once, as the last line.
+  ALICE=$("$F" principal create alice --tenant default --role scientist "${ADMIN[@]}" | tail -n 1)
+  BOB=$("$F" principal create bob --tenant default --role approver "${ADMIN[@]}" | tail -n 1)
+  CAROL=$("$F" principal create carol --tenant default --role auditor "${ADMIN[@]}" | tail -n 1)
+  "$F" tenant set default --require-approval on "${ADMIN[@]}" >/dev/null
+  "$F" policy apply examples/policies/job-limits.cedar "${ADMIN[@]}"
+  echo "principals alice (scientist), bob (approver), carol (auditor); tenant default requires approval"
+  JOB=$(FLOTILLA_TOKEN=$ALICE "$F" job submit "${ADMIN[@]}" "$JOB_SPEC" --quiet)
+  echo "alice submitted $JOB_SPEC as job $JOB: $(FLOTILLA_TOKEN=$ALICE "$F" job status "${ADMIN[@]}" "$JOB" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["state"])')"
+  if FLOTILLA_TOKEN=$ALICE "$F" job approve "${ADMIN[@]}" "$JOB" 2>"$DIR/self-approval.err"; then
+    echo "error: alice approved her own job" >&2; exit 1
+  fi
+  echo "alice may not approve it: $(cat "$DIR/self-approval.err")"
+  FLOTILLA_TOKEN=$BOB "$F" job approve "${ADMIN[@]}" "$JOB"
+else
+  JOB=$("$F" job submit "${ADMIN[@]}" "$JOB_SPEC" --quiet)
+  echo "submitted $JOB_SPEC as job $JOB"
+fi
 
 # A line per round on stderr, then the job's status; non-zero unless the job completed.
 # In the background, waited for with `wait`: bash runs a trap only between commands, so a SIGINT or
@@ -166,6 +194,11 @@ if [ "$OPERATE" = 1 ]; then
     echo "prometheus: $(query 'count(ALERTS{alertstate="firing"})') alerts firing"
     [ "$SEEN" = "$ROUNDS" ] || { echo "error: Prometheus saw $SEEN rounds committed, not $ROUNDS" >&2; exit 1; }
   fi
+fi
+if [ "$GOVERN" = 1 ]; then
+  FLOTILLA_TOKEN=$CAROL "$F" audit verify "${ADMIN[@]}" --public-key "$DIR/audit-key.pub"
+  FLOTILLA_TOKEN=$CAROL "$F" evidence-pack "${ADMIN[@]}" --job "$JOB" --out "$DIR/evidence"
+  echo "evidence pack of job $JOB: $DIR/evidence/evidence.md and evidence.json"
 fi
 if [ "$HOLD" = 1 ]; then
   echo "everything keeps running; press Ctrl-C to stop"

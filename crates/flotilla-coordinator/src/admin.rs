@@ -32,10 +32,10 @@ mod audit;
 mod governance;
 #[path = "admin_model.rs"]
 mod model;
-#[path = "admin_principals.rs"]
-mod principals;
 #[path = "admin_policy.rs"]
 mod policies;
+#[path = "admin_principals.rs"]
+mod principals;
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -329,11 +329,12 @@ async fn create_token(
         ));
     }
     let expires_at_ms = now_ms().saturating_add(secs * 1000) as i64;
-    let t = bounded(
-        st.shared
-            .store
-            .create_enrollment_token(&tenant, uses, expires_at_ms, &actor.audit_name()),
-    )
+    let t = bounded(st.shared.store.create_enrollment_token(
+        &tenant,
+        uses,
+        expires_at_ms,
+        &actor.audit_name(),
+    ))
     .await?;
     Ok(Json(TokenIssued {
         token: t.secret,
@@ -744,16 +745,12 @@ async fn cancel_job(
             })??;
         }
         None => {
-            bounded(
-                st.shared
-                    .store
-                    .set_job_state_with_reason(
-                        id,
-                        JobState::Cancelled,
-                        Some(&text),
-                        &actor.audit_name(),
-                    ),
-            )
+            bounded(st.shared.store.set_job_state_with_reason(
+                id,
+                JobState::Cancelled,
+                Some(&text),
+                &actor.audit_name(),
+            ))
             .await?
         }
     }

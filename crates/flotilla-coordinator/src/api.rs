@@ -21,11 +21,11 @@ pub mod retention;
 
 pub use audit::{AuditCheckpointView, AuditEntryView, AuditPage, AuditProblem, AuditVerification};
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
+pub use policy::{PolicyVersionSummary, PolicyVersionText};
 pub use principals::{
     ApprovalInfo, JobDecided, PrincipalCreated, PrincipalInfo, PrincipalRequest, RejectRequest,
     RoleBinding, TenantSettingsInfo, TenantSettingsRequest,
 };
-pub use policy::{PolicyVersionSummary, PolicyVersionText};
 
 /// Every error answer: `{"error": "<one line>"}`, with a 4xx/5xx status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -259,7 +259,12 @@ impl Shared {
                     tracing::warn!(job = job.id.0, reason = ?reason, "job failed");
                     if let Err(e) = self
                         .store
-                        .set_job_state_with_reason(job.id, JobState::Failed, Some(&reason), "system")
+                        .set_job_state_with_reason(
+                            job.id,
+                            JobState::Failed,
+                            Some(&reason),
+                            "system",
+                        )
                         .await
                     {
                         tracing::error!(job = job.id.0, error = %e, "could not mark the job failed");

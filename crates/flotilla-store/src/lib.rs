@@ -34,9 +34,9 @@
 mod approvals;
 mod audit;
 mod audit_checks;
+mod audit_retention;
 mod audit_sign;
 mod audit_wiring;
-mod audit_retention;
 mod blobs;
 mod db_ids;
 mod erasure;
@@ -44,8 +44,8 @@ mod error;
 mod health;
 mod job_reason;
 mod layout_eval;
-mod principals;
 mod policies;
+mod principals;
 mod recovery;
 mod retention;
 mod round_lookup;
@@ -68,16 +68,16 @@ pub use audit::{
 pub use audit_checks::SignedVerification;
 pub use audit_sign::{AuditSigner, CHECKPOINT_ACTION, Checkpoint, signed_message};
 pub use audit_wiring::AuditState;
+pub use erasure::{ERASED_FIELDS, ForgottenClient};
 pub use error::{Result, StoreError};
 pub use job_reason::MAX_STATE_REASON_BYTES;
+pub use policies::{
+    MAX_POLICY_TEXT_BYTES, MAX_POLICY_VERSIONS_LISTED, PolicyVersion, PolicyVersionInfo,
+};
 pub use principals::{
     ALL_TENANTS, NewPrincipal, PRINCIPAL_TOKEN_PREFIX, PrincipalKind, PrincipalRecord, ROLE_NAMES,
     RoleGrant, TenantSettings, check_principal_name,
 };
-pub use policies::{
-    MAX_POLICY_TEXT_BYTES, MAX_POLICY_VERSIONS_LISTED, PolicyVersion, PolicyVersionInfo,
-};
-pub use erasure::{ERASED_FIELDS, ForgottenClient};
 pub use retention::{RetentionApplied, RetentionItem, RetentionKind, RetentionRules};
 pub use types::{
     ClientId, ClientRecord, CommittedRound, DpCharge, Enrollment, JobId, JobRecord, JobState,
@@ -421,10 +421,12 @@ impl Store {
     /// transaction. Revoking twice is not an error (and writes no second entry).
     pub async fn revoke_client(&self, client_id: ClientId, actor: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query("UPDATE clients SET revoked = 1 WHERE id = $1 AND revoked = 0 RETURNING tenant")
-            .bind(client_id.to_db()?)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE clients SET revoked = 1 WHERE id = $1 AND revoked = 0 RETURNING tenant",
+        )
+        .bind(client_id.to_db()?)
+        .fetch_optional(&mut *tx)
+        .await?;
         match done {
             Some(row) => {
                 let tenant: String = row.try_get("tenant")?;

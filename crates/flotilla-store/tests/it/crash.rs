@@ -45,7 +45,7 @@ async fn crash_child_writer() {
                     metrics: &json!({"round": round}),
                     model_blob_key: &key,
                     dp_charge: None,
-                machine_state_json: &machine,
+                    machine_state_json: &machine,
                 },
             )
             .await

@@ -92,7 +92,13 @@ async fn model_versions_keep_the_last_n_and_the_current(db: TestDb) {
         assert!(store.get_model(k).await.is_ok());
         assert_eq!(store.blob_deleted_at(k).await.unwrap(), None);
     }
-    let entry = &store.audit_entries(0, None, 10).await.unwrap()[0];
+    let entry = store
+        .audit_entries(0, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.seq == done.audit_seqs[0])
+        .expect("the retention entry");
     assert_eq!(entry.action, "retention.delete_model_blobs");
     assert_eq!(entry.resource, format!("job:{job}"));
     assert_eq!(entry.tenant.as_deref(), Some("acme"));
@@ -208,7 +214,7 @@ async fn forget_rewrites_participants_and_is_audited(db: TestDb) {
     }
     assert!(store.get_client(b.client_id).await.is_ok(), "others stay");
     let entry = store
-        .audit_entries(0, None, 10)
+        .audit_entries(0, None, 1000)
         .await
         .unwrap()
         .into_iter()

@@ -147,7 +147,10 @@ async fn enrollment_token_uses_expiry_and_unknown(db: TestDb) {
 
 async fn concurrent_redemptions_respect_uses(db: TestDb) {
     let store = db.open().await;
-    let token = store.create_enrollment_token("acme", 3, FAR, "admin").await.unwrap();
+    let token = store
+        .create_enrollment_token("acme", 3, FAR, "admin")
+        .await
+        .unwrap();
     let secret = Arc::new(token.secret);
     let barrier = Arc::new(tokio::sync::Barrier::new(10));
     let tasks: Vec<_> = (0..10)
@@ -173,7 +176,10 @@ async fn concurrent_redemptions_respect_uses(db: TestDb) {
 
 async fn secrets_are_stored_only_as_hashes(db: TestDb) {
     let store = db.open().await;
-    let token = store.create_enrollment_token("acme", 1, FAR, "admin").await.unwrap();
+    let token = store
+        .create_enrollment_token("acme", 1, FAR, "admin")
+        .await
+        .unwrap();
     let enrolled = store
         .redeem_enrollment_token(&token.secret, now_ms(), None)
         .await
@@ -203,7 +209,10 @@ async fn secrets_are_stored_only_as_hashes(db: TestDb) {
 
 async fn credential_authentication_and_revocation(db: TestDb) {
     let store = db.open().await;
-    let t1 = store.create_enrollment_token("acme", 2, FAR, "admin").await.unwrap();
+    let t1 = store
+        .create_enrollment_token("acme", 2, FAR, "admin")
+        .await
+        .unwrap();
     let t2 = store
         .create_enrollment_token("globex", 1, FAR, "admin")
         .await
@@ -279,7 +288,10 @@ async fn credential_authentication_and_revocation(db: TestDb) {
 
 async fn credential_expiry(db: TestDb) {
     let store = db.open().await;
-    let token = store.create_enrollment_token("acme", 4, FAR, "admin").await.unwrap();
+    let token = store
+        .create_enrollment_token("acme", 4, FAR, "admin")
+        .await
+        .unwrap();
     // An expiry that is not after the enrollment time is refused and uses nothing up.
     for bad in [1_000, 999] {
         assert!(matches!(
@@ -587,7 +599,7 @@ async fn commit_round_exactly_once_under_concurrency(db: TestDb) {
                             metrics: &metrics,
                             model_blob_key: &key,
                             dp_charge: None,
-                machine_state_json: &machine,
+                            machine_state_json: &machine,
                         },
                     )
                     .await
@@ -745,7 +757,10 @@ async fn history_is_in_round_order(db: TestDb) {
 
 async fn reopen_keeps_everything_committed(db: TestDb) {
     let store = db.open().await;
-    let token = store.create_enrollment_token("acme", 3, FAR, "admin").await.unwrap();
+    let token = store
+        .create_enrollment_token("acme", 3, FAR, "admin")
+        .await
+        .unwrap();
     let a = store
         .redeem_enrollment_token(&token.secret, 10, None)
         .await

@@ -163,9 +163,17 @@ async fn upgrade_0001_to_current_keeps_clients_and_jobs(db: TestDb) {
         .touch_client(client.client_id, now + 1)
         .await
         .expect("touch");
-    store.revoke_client(client.client_id, "admin").await.expect("revoke");
     store
-        .set_job_state_with_reason(JobId(1), JobState::Cancelled, Some("cancelled by an admin"), "admin")
+        .revoke_client(client.client_id, "admin")
+        .await
+        .expect("revoke");
+    store
+        .set_job_state_with_reason(
+            JobId(1),
+            JobState::Cancelled,
+            Some("cancelled by an admin"),
+            "admin",
+        )
         .await
         .expect("cancel with a reason");
     drop(store);

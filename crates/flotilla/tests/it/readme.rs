@@ -102,6 +102,8 @@ impl Script {
             "FLOTILLA_CA_CERT",
             "FLOTILLA_OPERATE",
             "FLOTILLA_HOLD",
+            "FLOTILLA_GOVERN",
+            "FLOTILLA_TOKEN",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         ] {
             cmd.env_remove(var);
@@ -269,6 +271,39 @@ fn readme_operate_block_runs_as_written() {
     let rounds: u64 = right.trim_end_matches(" rounds").parse().unwrap();
     assert!(rounds > 0, "{seen}");
     assert!(left.ends_with(&format!("= {rounds}")), "{seen}");
+    let left = processes_mentioning(&dir);
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+    drop(script);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// README's "Govern it" block: principals, approval by another person, a Cedar policy, a signed
+/// audit log verified by an auditor, and the job's evidence pack — the script fails if alice could
+/// approve her own job; here the evidence pack is checked to name bob's approval and the policy.
+#[test]
+fn readme_govern_block_runs_as_written() {
+    let (script, dir, out, err) = run_readme_block("<!-- test: govern -->", "govern");
+    assert!(
+        out.contains("is pending_approval") || out.contains(": pending_approval"),
+        "the job did not wait for approval:\n{out}\n{err}"
+    );
+    assert!(out.contains("alice may not approve it"), "{out}");
+    assert!(
+        out.contains("ok: "),
+        "the audit log did not verify:\n{out}\n{err}"
+    );
+    let pack = read(&dir.join("fl/evidence/evidence.json"));
+    let pack: serde_json::Value = serde_json::from_str(&pack).expect("evidence.json");
+    let decisions = pack["approvals"]["decisions"]
+        .as_array()
+        .expect("decisions");
+    assert_eq!(decisions.len(), 1, "{}", pack["approvals"]);
+    assert_eq!(decisions[0]["decision"], "approved");
+    assert_eq!(decisions[0]["by"], "principal:bob");
+    assert_eq!(
+        pack["policies"]["policies"].as_array().map(Vec::len),
+        Some(1)
+    );
     let left = processes_mentioning(&dir);
     assert!(left.is_empty(), "processes left behind: {left:#?}");
     drop(script);
