@@ -180,7 +180,7 @@ pub struct ServerConfig {
     /// (`--audit-signing-key`); none: no checkpoints are written.
     pub audit_signing_key: Option<PathBuf>,
     /// How often failed admin logins are flushed to the audit log and the head is checkpointed
-    /// (default [`audit_flush::DEFAULT_AUDIT_INTERVAL`], 60 s).
+    /// (default 60 s).
     pub audit_interval: Duration,
     /// A Cedar policy file to apply at start (`--policy FILE`); none: the stored policy in force,
     /// if any. [`Server::bind`] fails if either is malformed.

@@ -34,12 +34,10 @@
 mod approvals;
 mod audit;
 mod audit_checks;
-mod audit_retention;
 mod audit_sign;
 mod audit_wiring;
 mod blobs;
 mod db_ids;
-mod erasure;
 mod error;
 mod health;
 mod job_reason;
@@ -68,7 +66,6 @@ pub use audit::{
 pub use audit_checks::SignedVerification;
 pub use audit_sign::{AuditSigner, CHECKPOINT_ACTION, Checkpoint, signed_message};
 pub use audit_wiring::AuditState;
-pub use erasure::{ERASED_FIELDS, ForgottenClient};
 pub use error::{Result, StoreError};
 pub use job_reason::MAX_STATE_REASON_BYTES;
 pub use policies::{
@@ -78,6 +75,7 @@ pub use principals::{
     ALL_TENANTS, NewPrincipal, PRINCIPAL_TOKEN_PREFIX, PrincipalKind, PrincipalRecord, ROLE_NAMES,
     RoleGrant, TenantSettings, check_principal_name,
 };
+pub use retention::erasure::{ERASED_FIELDS, ForgottenClient};
 pub use retention::{RetentionApplied, RetentionItem, RetentionKind, RetentionRules};
 pub use types::{
     ClientId, ClientRecord, CommittedRound, DpCharge, Enrollment, JobId, JobRecord, JobState,

@@ -111,7 +111,7 @@ pub struct TenantSettings {
     pub updated_at_ms: Option<i64>,
 }
 
-/// A principal's name: 1 to [`MAX_PRINCIPAL_NAME_CHARS`] ASCII letters, digits and `. _ - @`
+/// A principal's name: 1 to `MAX_PRINCIPAL_NAME_CHARS` ASCII letters, digits and `. _ - @`
 /// (an e-mail address fits), not starting with `flt_` (a pasted token is not a name).
 pub fn check_principal_name(name: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');

@@ -5,7 +5,7 @@
 //! each with why and how many bytes); [`Store::retention_apply`] deletes exactly such a plan:
 //!
 //! * in **one transaction**: the tombstones of the deleted blobs (`retention_deleted_blobs`), the
-//!   deleted client records (see [`crate::erasure`]), the deleted audit entries, and one audit entry
+//!   deleted client records (see `erasure`), the deleted audit entries, and one audit entry
 //!   per job, client or audit range saying what went and why. So no deletion is ever without its
 //!   entry, and a failed run deletes nothing.
 //! * **after the commit**: the blobs themselves. A blob whose delete fails stays in the store until
@@ -14,6 +14,9 @@
 //! Eligibility only ever grows with time (rounds are added, jobs end for good, audit entries age),
 //! so every item of a plan is still eligible when it is applied, except a client seen again in
 //! between: that one is re-checked in the `DELETE` and reported as skipped.
+
+pub(crate) mod audit_entries;
+pub(crate) mod erasure;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -354,7 +357,7 @@ impl Store {
                     "bytes": bytes,
                     "reason": chunk[0].reason,
                 });
-                let ev = crate::audit_retention::event(
+                let ev = audit_entries::event(
                     actor,
                     chunk[0].tenant.as_deref(),
                     "retention.delete_model_blobs",
@@ -390,14 +393,14 @@ impl Store {
                 erased.push((id, item));
             }
             let ids: Vec<ClientId> = erased.iter().map(|(id, _)| *id).collect();
-            let summary = crate::erasure::erase_clients(&mut tx, &ids).await?;
+            let summary = erasure::erase_clients(&mut tx, &ids).await?;
             for (id, item) in erased {
                 let details = serde_json::json!({
                     "reason": item.reason,
-                    "removed": crate::erasure::ERASED_FIELDS,
+                    "removed": erasure::ERASED_FIELDS,
                     "rounds_rewritten": summary.rounds_of.get(&id).copied().unwrap_or(0),
                 });
-                let ev = crate::audit_retention::event(
+                let ev = audit_entries::event(
                     actor,
                     item.tenant.as_deref(),
                     "retention.erase_client",
@@ -419,12 +422,12 @@ impl Store {
             .iter()
             .filter(|i| i.kind == RetentionKind::AuditEntries)
         {
-            let (first, last) = crate::audit_retention::parse_range(&item.id)?;
-            let n = crate::audit_retention::delete_range(&mut tx, first, last).await?;
+            let (first, last) = audit_entries::parse_range(&item.id)?;
+            let n = audit_entries::delete_range(&mut tx, first, last).await?;
             let details = serde_json::json!({
                 "first_seq": first, "last_seq": last, "entries": n, "reason": item.reason,
             });
-            let ev = crate::audit_retention::event(
+            let ev = audit_entries::event(
                 actor,
                 None,
                 "retention.delete_audit_entries",
@@ -495,8 +498,8 @@ mod tests {
         assert_eq!(human_ms(0), "0ms");
         assert_eq!(human_ms(40_500), "40s");
         assert_eq!(human_ms(125_000), "2m 5s");
-        assert_eq!(human_ms(5 * 3600_000 + 2 * 60_000), "5h 2m");
-        assert_eq!(human_ms(3 * 86_400_000 + 4 * 3600_000 + 1), "3d 4h");
+        assert_eq!(human_ms(5 * 3_600_000 + 2 * 60_000), "5h 2m");
+        assert_eq!(human_ms(3 * 86_400_000 + 4 * 3_600_000 + 1), "3d 4h");
     }
 
     #[test]

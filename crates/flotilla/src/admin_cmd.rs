@@ -21,6 +21,8 @@ mod download;
 #[path = "evidence_cmd.rs"]
 pub(crate) mod evidence_cmd;
 mod initial;
+#[path = "principal_cmd.rs"]
+pub(crate) mod principal_cmd;
 #[path = "retention_cmd.rs"]
 pub(crate) mod retention_cmd;
 mod wait;
@@ -557,15 +559,13 @@ pub fn job(cmd: JobCommand) -> Result<()> {
                 println!("job {id} cancelled");
             }
         }
-        JobCommand::Approve { admin, id, output } => {
-            crate::principal_cmd::approve(&admin, &id, output)?
-        }
+        JobCommand::Approve { admin, id, output } => principal_cmd::approve(&admin, &id, output)?,
         JobCommand::Reject {
             admin,
             id,
             reason,
             output,
-        } => crate::principal_cmd::reject(&admin, &id, reason, output)?,
+        } => principal_cmd::reject(&admin, &id, reason, output)?,
         JobCommand::Wait {
             admin,
             id,

@@ -16,7 +16,6 @@ mod model_file;
 mod net_cmd;
 mod plot;
 mod policy_cmd;
-mod principal_cmd;
 mod ready;
 mod server_cmd;
 mod server_models;
@@ -57,10 +56,10 @@ enum Command {
     Job(admin_cmd::JobCommand),
     /// Create, list and revoke principals (people and service accounts with roles per tenant).
     #[command(subcommand)]
-    Principal(principal_cmd::PrincipalCommand),
+    Principal(admin_cmd::principal_cmd::PrincipalCommand),
     /// Tenant settings on a coordinator (e.g. whether jobs need approval).
     #[command(subcommand)]
-    Tenant(principal_cmd::TenantCommand),
+    Tenant(admin_cmd::principal_cmd::TenantCommand),
     /// Measure aggregation, secure aggregation and the coordinator; prints JSON with --json.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -108,8 +107,8 @@ fn main() -> ExitCode {
         Command::DevCerts(args) => server_cmd::dev_certs(args),
         Command::EnrollToken(cmd) => admin_cmd::enroll_token(cmd),
         Command::Job(cmd) => admin_cmd::job(cmd),
-        Command::Principal(cmd) => principal_cmd::principal(cmd),
-        Command::Tenant(cmd) => principal_cmd::tenant(cmd),
+        Command::Principal(cmd) => admin_cmd::principal_cmd::principal(cmd),
+        Command::Tenant(cmd) => admin_cmd::principal_cmd::tenant(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Dp(cmd) => dp_cmd::run(cmd),

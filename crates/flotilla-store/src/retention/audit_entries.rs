@@ -3,10 +3,10 @@
 
 use sqlx::{Any, Row, Transaction};
 
+use super::{RetentionItem, RetentionKind, human_ms};
 use crate::Store;
 use crate::audit::{AuditEvent, AuditOutcome};
 use crate::error::{Result, StoreError};
-use crate::retention::{RetentionItem, RetentionKind, human_ms};
 
 /// The action of the audit helper's signed checkpoints (the head hash, signed).
 const CHECKPOINT_ACTION: &str = "audit.checkpoint";

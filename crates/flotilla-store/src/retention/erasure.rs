@@ -143,7 +143,7 @@ impl Store {
             "removed": ERASED_FIELDS,
             "rounds_rewritten": rounds_rewritten,
         });
-        let ev = crate::audit_retention::event(
+        let ev = super::audit_entries::event(
             actor,
             Some(&record.tenant),
             "client.forget",
