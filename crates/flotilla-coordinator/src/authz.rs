@@ -73,9 +73,17 @@ impl Role {
                     | ClientForget
                     | MetricsRead
                     | PolicyRead
+                    | ModelRead
+                    | ModelRegister
+                    | ModelPromote
+                    | ModelEvaluate
             ),
-            Role::Scientist => matches!(action, JobSubmit | JobRead | JobModelRead),
-            Role::Approver => matches!(action, JobApprove | JobRead),
+            Role::Scientist => matches!(
+                action,
+                JobSubmit | JobRead | JobModelRead | ModelRead | ModelRegister | ModelEvaluate
+            ),
+            // Promotion is a release decision: the approver's, as job approval is.
+            Role::Approver => matches!(action, JobApprove | JobRead | ModelRead | ModelPromote),
             Role::Auditor => matches!(
                 action,
                 JobRead
@@ -86,8 +94,9 @@ impl Role {
                     | AuditRead
                     | EvidenceRead
                     | PrincipalRead
+                    | ModelRead
             ),
-            Role::Viewer => matches!(action, JobRead),
+            Role::Viewer => matches!(action, JobRead | ModelRead),
         }
     }
 }
@@ -137,11 +146,19 @@ pub(crate) enum Action {
     EvidenceRead,
     /// Run retention (or plan it).
     RetentionRun,
+    /// List registered models, read versions, lineage, evaluations, download artifacts.
+    ModelRead,
+    /// Register a job's model as a version; set a model's release gate.
+    ModelRegister,
+    /// Promote (through the gate), start a canary, roll back.
+    ModelPromote,
+    /// Start a federated evaluation.
+    ModelEvaluate,
 }
 
 impl Action {
     /// Every action, in the order tables list them.
-    pub(crate) const ALL: [Action; 18] = [
+    pub(crate) const ALL: [Action; 22] = [
         Action::TokenCreate,
         Action::JobSubmit,
         Action::JobRead,
@@ -160,6 +177,10 @@ impl Action {
         Action::AuditRead,
         Action::EvidenceRead,
         Action::RetentionRun,
+        Action::ModelRead,
+        Action::ModelRegister,
+        Action::ModelPromote,
+        Action::ModelEvaluate,
     ];
 
     /// The action's name (`snake_case`): the Cedar action id and the audit log's verb stem.
@@ -183,6 +204,10 @@ impl Action {
             Action::AuditRead => "audit_read",
             Action::EvidenceRead => "evidence_read",
             Action::RetentionRun => "retention_run",
+            Action::ModelRead => "model_read",
+            Action::ModelRegister => "model_register",
+            Action::ModelPromote => "model_promote",
+            Action::ModelEvaluate => "model_evaluate",
         }
     }
 }

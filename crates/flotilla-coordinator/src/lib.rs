@@ -33,7 +33,7 @@
 //! 2. `api` (the admin API's JSON types), `audit_flush` (failed logins and checkpoints),
 //!    `limits`, `admission`, `models`, `initial_model` (a model given as a safetensors file),
 //!    `privacy`, `auth_cache`, `authz` (roles and actions), `principal_auth` (bearer tokens →
-//!    actors), `evaluation`, `job_toml` (the spec parser), `tls`, `policy` (the Cedar policy in
+//!    actors), `evaluation`, `fed_eval` (federated evaluation campaigns), `job_toml` (the spec parser), `tls`, `policy` (the Cedar policy in
 //!    force);
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
@@ -60,6 +60,7 @@ mod console_tests;
 mod error;
 mod evaluation;
 mod evidence;
+mod fed_eval;
 mod heal;
 mod initial_model;
 mod job_end;
@@ -331,6 +332,7 @@ impl Server {
             policy: Default::default(),
             retention: config.retention.rules,
             tls_offer: tls.as_ref().map(|(_, admin)| tls::offer(admin)),
+            fed_evals: Default::default(),
         });
         shared.policy.replace(in_force);
         // Before any job resumes (nothing writes blobs yet): models of commits that failed or

@@ -15,6 +15,8 @@ use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::state::{JobInner, JobRuntime, Shared};
 
+mod evaluate;
+mod serving;
 mod task_failure;
 mod upload;
 mod upload_finish;
@@ -94,6 +96,36 @@ fn upload_refused(reason: &str, message: impl Into<String>) -> Response<v1::Uplo
 }
 
 impl CoordinatorService {
+    /// Streams `params` from byte `offset` as `ModelChunk`s (`DownloadModel`), counting them.
+    fn stream_params(
+        &self,
+        params: std::sync::Arc<Vec<f32>>,
+        offset: u64,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let total = 4 * params.len() as u64;
+        if offset > total {
+            return Err(self.refuse(
+                "bad_offset",
+                Status::out_of_range(format!(
+                    "offset {offset} is past the end of the {total}-byte model"
+                )),
+            ));
+        }
+        Metrics::inc(&self.shared.metrics.downloads);
+        let sent = self.shared.metrics.sent_bytes.clone();
+        let stream = futures_util::stream::unfold(offset, move |offset| {
+            let params = params.clone();
+            let sent = sent.clone();
+            async move {
+                let (off, data) = chunk_f32_from(&params, DEFAULT_CHUNK_BYTES, offset).next()?;
+                let next = off + data.len() as u64;
+                sent.inc_by(data.len() as u64);
+                Some((Ok(v1::ModelChunk { offset: off, data }), next))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     fn refuse(&self, reason: &str, status: Status) -> Status {
         self.shared.metrics.reject(reason);
         status
@@ -246,7 +278,7 @@ impl CoordinatorService {
     }
 }
 
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::ModelChunk, Status>> + Send>>;
+pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::ModelChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
@@ -426,6 +458,9 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<ChunkStream>, Status> {
         let caller = self.authenticate(&req).await?;
         let r = req.into_inner();
+        if let Some(reg) = r.registry_model {
+            return self.registry_download(&caller, &reg, r.offset).await;
+        }
         let Some(job) = self.shared.job(&r.job_id) else {
             return Err(self.refuse(
                 "unknown_job",
@@ -457,29 +492,7 @@ impl Coordinator for CoordinatorService {
                 ));
             }
         };
-        let total = 4 * params.len() as u64;
-        if r.offset > total {
-            return Err(self.refuse(
-                "bad_offset",
-                Status::out_of_range(format!(
-                    "offset {} is past the end of the {total}-byte model",
-                    r.offset
-                )),
-            ));
-        }
-        Metrics::inc(&self.shared.metrics.downloads);
-        let sent = self.shared.metrics.sent_bytes.clone();
-        let stream = futures_util::stream::unfold(r.offset, move |offset| {
-            let params = params.clone();
-            let sent = sent.clone();
-            async move {
-                let (off, data) = chunk_f32_from(&params, DEFAULT_CHUNK_BYTES, offset).next()?;
-                let next = off + data.len() as u64;
-                sent.inc_by(data.len() as u64);
-                Some((Ok(v1::ModelChunk { offset: off, data }), next))
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        self.stream_params(params, r.offset)
     }
 
     async fn upload_update(
@@ -542,5 +555,19 @@ impl Coordinator for CoordinatorService {
         req: Request<v1::QueryUploadRequest>,
     ) -> Result<Response<v1::UploadResponse>, Status> {
         self.query_partial(req).await
+    }
+
+    async fn resolve_model(
+        &self,
+        req: Request<v1::ResolveModelRequest>,
+    ) -> Result<Response<v1::ResolvedModel>, Status> {
+        self.resolve_registry_model(req).await
+    }
+
+    async fn submit_evaluation(
+        &self,
+        req: Request<v1::EvaluationReport>,
+    ) -> Result<Response<v1::EvaluationAck>, Status> {
+        self.evaluation_report(req).await
     }
 }

@@ -29,6 +29,10 @@ pub const ADMIN_ACTIONS: &[&str] = &[
     "audit_read",
     "evidence_read",
     "retention_run",
+    "model_read",
+    "model_register",
+    "model_promote",
+    "model_evaluate",
 ];
 
 /// The action of job admission.

@@ -97,6 +97,36 @@ impl Blobs {
         Ok(key)
     }
 
+    /// Stores `bytes` as version `version` of the registered model `name` (already checked by
+    /// [`flotilla_registry::ModelName`]); returns its key `registry/NAME/vN-SHA256.bin`. Idempotent
+    /// like [`Blobs::put`].
+    pub(crate) async fn put_registry(
+        &self,
+        name: &str,
+        version: u64,
+        bytes: Vec<u8>,
+    ) -> Result<String> {
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let key = format!("registry/{name}/v{version}-{sha}.bin");
+        let location = self.location(&key)?;
+        match self.store.head(&location).await {
+            Ok(meta) if meta.size == bytes.len() as u64 => return Ok(key),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.store.put(&location, PutPayload::from(bytes)).await?;
+        if let Some(root) = &self.local_root {
+            let file = root.join(&key);
+            tokio::task::spawn_blocking(move || sync_file_and_parents(&file, 3))
+                .await
+                .map_err(|e| StoreError::Io {
+                    path: key.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
+        }
+        Ok(key)
+    }
+
     /// Reads the blob under `key` and checks it against the SHA-256 in the key.
     pub(crate) async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let location = self.location(key)?;
@@ -256,11 +286,27 @@ fn remove_staging_files(root: &FsPath) -> Result<usize> {
     Ok(removed)
 }
 
-/// Keys look like `job-<id>/v<version>-<sha256 hex>.bin`.
+/// Keys look like `job-<id>/v<version>-<sha256 hex>.bin`, or for a registered model's version
+/// `registry/<name>/v<version>-<sha256 hex>.bin`.
 fn validate_key(key: &str) -> Result<()> {
     let bad = || StoreError::InvalidBlobKey(key.to_owned());
+    if let Some(rest) = key.strip_prefix("registry/") {
+        let (name, file) = rest.split_once('/').ok_or_else(bad)?;
+        flotilla_registry::ModelName::new(name).map_err(|_| bad())?;
+        return validate_file(key, file);
+    }
     let (dir, file) = key.split_once('/').ok_or_else(bad)?;
     let job = dir.strip_prefix("job-").ok_or_else(bad)?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(job) {
+        return Err(bad());
+    }
+    validate_file(key, file)
+}
+
+/// The file part of a key: `v<version>-<sha256 hex>.bin`.
+fn validate_file(key: &str, file: &str) -> Result<()> {
+    let bad = || StoreError::InvalidBlobKey(key.to_owned());
     let file = file
         .strip_prefix('v')
         .and_then(|f| f.strip_suffix(".bin"))
@@ -268,16 +314,16 @@ fn validate_key(key: &str) -> Result<()> {
     let (version, sha) = file.split_once('-').ok_or_else(bad)?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let hex64 = sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if digits(job) && digits(version) && hex64 {
+    if digits(version) && hex64 {
         Ok(())
     } else {
         Err(bad())
     }
 }
 
-/// Whether `key` is a model blob's key (`job-<id>/v<version>-<sha256>.bin`), not a leftover.
+/// Whether `key` is a job's model blob key (`job-<id>/v<version>-<sha256>.bin`), not a leftover.
 pub(crate) fn is_model_key(key: &str) -> bool {
-    validate_key(key).is_ok()
+    key.starts_with("job-") && validate_key(key).is_ok()
 }
 
 /// [`StoreError::InvalidBlobKey`] unless `key` is a model blob's key.

@@ -149,6 +149,12 @@ pub enum StoreError {
     /// submitter): why, on one line.
     #[error("{0}")]
     ApprovalRefused(String),
+    /// No registered model (or `NAME@VERSION`) by this name, in the caller's tenant.
+    #[error("model {0} not found")]
+    ModelNotFound(String),
+    /// A registry stage change that cannot happen now: why, on one line.
+    #[error("{0}")]
+    StageConflict(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -45,6 +45,7 @@ mod layout_eval;
 mod policies;
 mod principals;
 mod recovery;
+mod registry;
 mod retention;
 mod round_lookup;
 mod sweep;
@@ -74,6 +75,10 @@ pub use policies::{
 pub use principals::{
     ALL_TENANTS, NewPrincipal, PRINCIPAL_TOKEN_PREFIX, PrincipalKind, PrincipalRecord, ROLE_NAMES,
     RoleGrant, TenantSettings, check_principal_name,
+};
+pub use registry::{
+    Canary, EvalKind, EvalSubject, MAX_VERSIONS_PER_MODEL, ModelVersion, NewModelVersion, RegisteredModel,
+    Rollback, StoredEvaluation,
 };
 pub use retention::erasure::{ERASED_FIELDS, ForgottenClient};
 pub use retention::{RetentionApplied, RetentionItem, RetentionKind, RetentionRules};

@@ -392,6 +392,20 @@ impl Coordinator for Fake {
         }))
     }
 
+    async fn resolve_model(
+        &self,
+        _: Request<v1::ResolveModelRequest>,
+    ) -> Result<Response<v1::ResolvedModel>, Status> {
+        Err(Status::unimplemented("resolve_model"))
+    }
+
+    async fn submit_evaluation(
+        &self,
+        _: Request<v1::EvaluationReport>,
+    ) -> Result<Response<v1::EvaluationAck>, Status> {
+        Err(Status::unimplemented("submit_evaluation"))
+    }
+
     async fn query_upload(
         &self,
         req: Request<v1::QueryUploadRequest>,

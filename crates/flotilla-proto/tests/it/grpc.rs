@@ -122,6 +122,20 @@ impl Coordinator for Fake {
     ) -> Result<Response<v1::TaskFailureAck>, Status> {
         Err(Status::unimplemented("report_task_failure"))
     }
+
+    async fn resolve_model(
+        &self,
+        _: Request<v1::ResolveModelRequest>,
+    ) -> Result<Response<v1::ResolvedModel>, Status> {
+        Err(Status::unimplemented("resolve_model"))
+    }
+
+    async fn submit_evaluation(
+        &self,
+        _: Request<v1::EvaluationReport>,
+    ) -> Result<Response<v1::EvaluationAck>, Status> {
+        Err(Status::unimplemented("submit_evaluation"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
