@@ -13,6 +13,7 @@ mod config;
 mod crash;
 mod job_reason;
 mod outage;
+mod registry;
 mod retention;
 mod store;
 mod upgrade;
