@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 both_backends!(versions_stages_canary_and_rollback, evaluations_are_kept_per_subject);
 
 /// A running job in `tenant` with `rounds` committed 2-value models; the rounds' (key, sha).
-async fn job(store: &Store, tenant: &str, rounds: u64) -> (JobId, Vec<(String, String)>) {
+async fn running_job(store: &Store, tenant: &str, rounds: u64) -> (JobId, Vec<(String, String)>) {
     let job = store
         .create_job(tenant, "digits", &json!({"seed": 1}), rounds)
         .await
@@ -82,7 +82,7 @@ async fn register(store: &Store, tenant: &str, job: JobId, round: u64, blob: &(S
 
 async fn versions_stages_canary_and_rollback(db: TestDb) {
     let store = db.open().await;
-    let (job, blobs) = job(&store, "acme", 3).await;
+    let (job, blobs) = running_job(&store, "acme", 3).await;
     let v1 = register(&store, "acme", job, 3, &blobs[2]).await.unwrap();
     assert_eq!((v1.version, v1.stage, v1.lineage.parent_version), (1, Stage::Candidate, None));
     assert!(v1.blob_key.starts_with("registry/digits/v1-"), "{}", v1.blob_key);
@@ -90,7 +90,7 @@ async fn versions_stages_canary_and_rollback(db: TestDb) {
     let v2 = register(&store, "acme", job, 1, &blobs[0]).await.unwrap();
     assert_eq!((v2.version, v2.lineage.parent_version), (2, Some(1)));
     // Another tenant cannot add to (or learn of) the name.
-    let (other, oblobs) = job(&store, "globex", 1).await;
+    let (other, oblobs) = running_job(&store, "globex", 1).await;
     assert!(matches!(
         register(&store, "globex", other, 1, &oblobs[0]).await,
         Err(StoreError::ModelNotFound(_))
@@ -199,7 +199,7 @@ async fn versions_stages_canary_and_rollback(db: TestDb) {
 
 async fn evaluations_are_kept_per_subject(db: TestDb) {
     let store = db.open().await;
-    let (job, _) = job(&store, "acme", 1).await;
+    let (job, _) = running_job(&store, "acme", 1).await;
     let s = summarize(
         &[ClientEvalReport {
             loss: 0.5,
