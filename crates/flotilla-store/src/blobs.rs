@@ -412,6 +412,22 @@ fn s3_credentials_problem(var: impl Fn(&str) -> Option<String>) -> Option<String
     )
 }
 
+/// [`s3_credentials_problem`], and a plain-HTTP endpoint without `AWS_ALLOW_HTTP` (object_store
+/// would refuse each request with a bare "builder error").
+#[cfg(feature = "s3")]
+fn s3_env_problem(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let endpoint = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"));
+    let allowed = var("AWS_ALLOW_HTTP").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if endpoint.is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("http://")) && !allowed {
+        return Some(
+            "AWS_ENDPOINT_URL is plain http://: set AWS_ALLOW_HTTP=true (only for a server on a \
+             trusted network) or use https://"
+                .to_owned(),
+        );
+    }
+    s3_credentials_problem(var)
+}
+
 /// An error message on one line and of bounded length: object_store's S3 errors can carry an
 /// XML response body over several lines.
 #[cfg(feature = "s3")]
@@ -448,7 +464,7 @@ async fn open_s3(url: &str, rest: &str) -> Result<Blobs> {
         url: url.to_owned(),
         reason,
     };
-    if let Some(problem) = s3_credentials_problem(|k| std::env::var(k).ok()) {
+    if let Some(problem) = s3_env_problem(|k| std::env::var(k).ok()) {
         return Err(unusable(problem));
     }
     // object_store's HTTP client is reqwest over rustls without a built-in crypto provider (no
@@ -552,6 +568,22 @@ mod tests {
         let half = s3_credentials_problem(env(&[("AWS_ACCESS_KEY_ID", "k")])).unwrap();
         assert_eq!(half, "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set it too");
         // An empty value is not a credential.
+        let http = s3_env_problem(env(&[
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+        ]))
+        .unwrap();
+        assert!(http.contains("set AWS_ALLOW_HTTP=true"), "{http}");
+        assert_eq!(
+            s3_env_problem(env(&[
+                ("AWS_ACCESS_KEY_ID", "k"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+                ("AWS_ALLOW_HTTP", "true"),
+            ])),
+            None
+        );
         let blank = s3_credentials_problem(env(&[
             ("AWS_ACCESS_KEY_ID", "k"),
             ("AWS_SECRET_ACCESS_KEY", " "),
