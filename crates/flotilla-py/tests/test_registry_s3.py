@@ -172,7 +172,8 @@ def test_artifacts_round_trip_through_an_s3_compatible_server(tmp_path: Path, s3
     out = tmp_path / "model.safetensors"
     f.cli("job", "download", str(job), "--format", "safetensors", "--out", str(out))
     check_safetensors(out, raw, info["tensors"], sha)
-    metadata = safe_open(str(out), "np").metadata()
+    with safe_open(str(out), "np") as st:
+        metadata = st.metadata()
     assert metadata["model_sha256"] == sha
     assert metadata["tensor_order"] == ",".join(t["name"] for t in info["tensors"])
 
