@@ -376,7 +376,10 @@ const S3_CREDENTIAL_SOURCES: &[&[&str]] = &[
     &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
     &["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"],
     &["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"],
-    &["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"],
+    &[
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    ],
     &["AWS_METADATA_ENDPOINT"],
     &["AWS_SKIP_SIGNATURE"],
 ];
@@ -563,10 +566,16 @@ mod tests {
             None
         );
         let none = s3_credentials_problem(env(&[("AWS_REGION", "eu-west-1")])).unwrap();
-        assert!(none.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"), "{none}");
+        assert!(
+            none.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+            "{none}"
+        );
         assert!(!none.contains('\n'));
         let half = s3_credentials_problem(env(&[("AWS_ACCESS_KEY_ID", "k")])).unwrap();
-        assert_eq!(half, "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set it too");
+        assert_eq!(
+            half,
+            "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set it too"
+        );
         // An empty value is not a credential.
         let http = s3_env_problem(env(&[
             ("AWS_ACCESS_KEY_ID", "k"),
@@ -595,7 +604,10 @@ mod tests {
     #[cfg(feature = "s3")]
     #[test]
     fn errors_are_one_bounded_line() {
-        assert_eq!(one_line("a\n  <Error>\r\n b</Error>\n"), "a <Error> b</Error>");
+        assert_eq!(
+            one_line("a\n  <Error>\r\n b</Error>\n"),
+            "a <Error> b</Error>"
+        );
         let long = one_line(&"é".repeat(500));
         assert!(long.len() <= 400 + '…'.len_utf8() && long.ends_with('…'));
     }
