@@ -13,7 +13,10 @@ export FLOTILLA=${FLOTILLA:-$PWD/target/release/flotilla}
 
 rm -rf "$VENV" target/wheels
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check "maturin==1.16.0" "numpy==2.4.6" "pytest==9.2.0"
+# safetensors: the model export read as a user would; moto[server]: a real S3-compatible server on
+# loopback for the S3 blob store test (boto3 comes with it).
+"$VENV/bin/pip" install -q --disable-pip-version-check "maturin==1.16.0" "numpy==2.4.6" "pytest==9.2.0" \
+  "safetensors==0.8.0" "moto[server]==5.2.5"
 # --release shares target/release with the release build: only the extension module is compiled.
 "$VENV/bin/maturin" build --release --locked --manifest-path crates/flotilla-py/Cargo.toml \
   --out target/wheels --quiet

@@ -11,10 +11,12 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -87,27 +89,65 @@ class Federation:
 
     ADMIN_TOKEN = "py-admin-" + secrets.token_hex(8)
 
-    def __init__(self, dir: Path):
+    def __init__(self, dir: Path, server_args: Optional[List[str]] = None, server_env: Optional[dict] = None):
         self.dir = dir
         self.grpc, self.admin_port = free_port(), free_port()
         subprocess.run([BIN, "dev-certs", str(dir / "certs")], check=True, capture_output=True)
         self.ca = str(dir / "certs" / "ca.pem")
         self.procs: List[Proc] = []
-        ready = dir / "server.ready"
-        self.server = self.spawn(
-            [BIN, "server", "--data-dir", str(dir / "server"),
-             "--listen", f"127.0.0.1:{self.grpc}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
-             "--tls-cert", str(dir / "certs" / "server.pem"), "--tls-key", str(dir / "certs" / "server-key.pem"),
-             "--ready-file", str(ready)],
-            "server", env={"FLOTILLA_ADMIN_TOKEN": self.ADMIN_TOKEN, "RUST_LOG": LOG},
+        #: Extra `flotilla server` arguments and environment (a blob store URL and its credentials).
+        self.server_args, self.server_env = server_args or [], server_env or {}
+        self.starts = 0
+        self.server = self.start_server()
+        self.admin = flotilla.Admin(f"https://127.0.0.1:{self.admin_port}", ca_cert=self.ca, token=self.ADMIN_TOKEN)
+        self.coordinator = f"https://127.0.0.1:{self.grpc}"
+
+    def server_command(self, ready: Path) -> List[str]:
+        return [BIN, "server", "--data-dir", str(self.dir / "server"),
+                "--listen", f"127.0.0.1:{self.grpc}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                "--tls-cert", str(self.dir / "certs" / "server.pem"),
+                "--tls-key", str(self.dir / "certs" / "server-key.pem"),
+                "--ready-file", str(ready), *self.server_args]
+
+    def start_server(self) -> Proc:
+        """Starts the coordinator (again, after `stop_server`: same data, ports and blob store) and
+        waits until it is ready."""
+        self.starts += 1
+        ready = self.dir / f"server-{self.starts}.ready"
+        server = self.spawn(
+            self.server_command(ready), "server" if self.starts == 1 else f"server-{self.starts}",
+            env={"FLOTILLA_ADMIN_TOKEN": self.ADMIN_TOKEN, "RUST_LOG": LOG, **self.server_env},
         )
         deadline = time.monotonic() + 60
         while not ready.exists():
-            assert self.server.popen.poll() is None, f"the server exited: {self.server.log.read_text()}"
+            assert server.popen.poll() is None, f"the server exited: {server.log.read_text()}"
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.1)
-        self.admin = flotilla.Admin(f"https://127.0.0.1:{self.admin_port}", ca_cert=self.ca, token=self.ADMIN_TOKEN)
-        self.coordinator = f"https://127.0.0.1:{self.grpc}"
+        return server
+
+    def stop_server(self) -> None:
+        """SIGTERM to the coordinator; waits for it to exit."""
+        self.server.signal(signal.SIGTERM)
+        self.server.wait(30)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """`flotilla ARGS… --admin-url … --ca-cert …` with the admin token in the environment."""
+        done = subprocess.run(
+            [BIN, *args, "--admin-url", f"https://127.0.0.1:{self.admin_port}", "--ca-cert", self.ca],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+            env={**os.environ, "FLOTILLA_ADMIN_TOKEN": self.ADMIN_TOKEN, "RUST_LOG": LOG},
+        )
+        if check:
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done
+
+    def get(self, path: str) -> bytes:
+        """GET an admin API path (over TLS, verified against the federation's CA), the raw body."""
+        ctx = ssl.create_default_context(cafile=self.ca)
+        req = urllib.request.Request(f"https://127.0.0.1:{self.admin_port}{path}",
+                                     headers={"Authorization": f"Bearer {self.ADMIN_TOKEN}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=60) as r:
+            return r.read()
 
     def spawn(self, args: List[str], name: str, env: Optional[dict] = None, on_line=None) -> Proc:
         p = Proc(args, self.dir / f"{name}.log", env=env, on_line=on_line)

@@ -33,7 +33,7 @@ impl Blobs {
     /// `s3` feature) `s3://bucket/prefix`.
     pub(crate) async fn open(url: &str) -> Result<Self> {
         if let Some(rest) = url.strip_prefix("s3://") {
-            return open_s3(url, rest);
+            return open_s3(url, rest).await;
         }
         let dir = if url.starts_with("file:") {
             let parsed = url::Url::parse(url).map_err(|e| StoreError::UnsupportedBlobUrl {
@@ -367,38 +367,152 @@ fn sync_file_and_parents(file: &FsPath, levels: usize) -> Result<()> {
     Ok(())
 }
 
+/// Where the credentials for S3 can come from: the environment variables object_store's
+/// `AmazonS3Builder::from_env` reads. Without any of them it would fall back to the EC2 instance
+/// metadata endpoint, which off EC2 only times out minutes later; so that fallback must be asked
+/// for (`AWS_METADATA_ENDPOINT`), and its absence is a one-line error at startup instead.
 #[cfg(feature = "s3")]
-fn open_s3(url: &str, rest: &str) -> Result<Blobs> {
+const S3_CREDENTIAL_SOURCES: &[&[&str]] = &[
+    &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+    &["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"],
+    &["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"],
+    &[
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    ],
+    &["AWS_METADATA_ENDPOINT"],
+    &["AWS_SKIP_SIGNATURE"],
+];
+
+/// `None` when the environment (`var`) names a complete credential source for S3; otherwise what
+/// to set, one line.
+#[cfg(feature = "s3")]
+fn s3_credentials_problem(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |k: &str| var(k).is_some_and(|v| !v.trim().is_empty());
+    if S3_CREDENTIAL_SOURCES
+        .iter()
+        .any(|source| source.iter().all(|k| set(k)))
+    {
+        return None;
+    }
+    // Half a pair is the likeliest mistake: name the missing half.
+    for source in S3_CREDENTIAL_SOURCES.iter().filter(|s| s.len() == 2) {
+        if let (true, false) | (false, true) = (set(source[0]), set(source[1])) {
+            let (given, missing) = if set(source[0]) {
+                (source[0], source[1])
+            } else {
+                (source[1], source[0])
+            };
+            return Some(format!("{given} is set but {missing} is not: set it too"));
+        }
+    }
+    Some(
+        "no AWS credentials in the environment: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+         (plus AWS_REGION, and AWS_ENDPOINT_URL for a server other than AWS S3), or \
+         AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, or AWS_METADATA_ENDPOINT to use an EC2 \
+         instance role"
+            .to_owned(),
+    )
+}
+
+/// [`s3_credentials_problem`], and a plain-HTTP endpoint without `AWS_ALLOW_HTTP` (object_store
+/// would refuse each request with a bare "builder error").
+#[cfg(feature = "s3")]
+fn s3_env_problem(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let endpoint = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"));
+    let allowed = var("AWS_ALLOW_HTTP").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if endpoint.is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("http://")) && !allowed {
+        return Some(
+            "AWS_ENDPOINT_URL is plain http://: set AWS_ALLOW_HTTP=true (only for a server on a \
+             trusted network) or use https://"
+                .to_owned(),
+        );
+    }
+    s3_credentials_problem(var)
+}
+
+/// An error message on one line and of bounded length: object_store's S3 errors can carry an
+/// XML response body over several lines.
+#[cfg(feature = "s3")]
+fn one_line(message: &str) -> String {
+    let mut line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.len() > 400 {
+        let mut end = 400;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    line
+}
+
+#[cfg(feature = "s3")]
+async fn open_s3(url: &str, rest: &str) -> Result<Blobs> {
+    use object_store::RetryConfig;
     use object_store::aws::AmazonS3Builder;
     let bucket_end = rest.find('/').unwrap_or(rest.len());
     let (bucket, prefix) = rest.split_at(bucket_end);
+    let unsupported = |reason: String| StoreError::UnsupportedBlobUrl {
+        url: url.to_owned(),
+        reason,
+    };
     if bucket.is_empty() {
-        return Err(StoreError::UnsupportedBlobUrl {
-            url: url.to_owned(),
-            reason: "no bucket name".to_owned(),
-        });
+        return Err(unsupported(
+            "no bucket name: write s3://BUCKET/PREFIX".to_owned(),
+        ));
     }
+    let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| unsupported(e.to_string()))?;
+    let unusable = |reason: String| StoreError::BlobStoreUnusable {
+        url: url.to_owned(),
+        reason,
+    };
+    if let Some(problem) = s3_env_problem(|k| std::env::var(k).ok()) {
+        return Err(unusable(problem));
+    }
+    // object_store's HTTP client is reqwest over rustls without a built-in crypto provider (no
+    // aws-lc-rs in the build), and reqwest panics when the process has none: ring, as the rest of
+    // the stack uses. A provider the process installed already is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Credentials, region and endpoint (for S3-compatible servers such as MinIO) come from the
     // usual AWS_* environment variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
-    // AWS_ENDPOINT, AWS_ALLOW_HTTP.
-    let store = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .build()?;
-    let prefix =
-        Path::parse(prefix.trim_matches('/')).map_err(|e| StoreError::UnsupportedBlobUrl {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
-    Ok(Blobs {
-        store: Arc::new(store),
+    // AWS_ENDPOINT_URL, AWS_ALLOW_HTTP (see `S3_CREDENTIAL_SOURCES` for the other credentials).
+    let builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let store = builder
+        .clone()
+        .build()
+        .map_err(|e| unusable(one_line(&e.to_string())))?;
+    // A wrong endpoint, bucket or key is found out now, in one line, not at the first commit.
+    // The check has a short retry budget of its own; the store keeps object_store's default.
+    let check = builder
+        .with_retry(RetryConfig {
+            max_retries: 1,
+            retry_timeout: std::time::Duration::from_secs(10),
+            ..RetryConfig::default()
+        })
+        .build()
+        .map_err(|e| unusable(one_line(&e.to_string())))?;
+    let blobs = Blobs {
+        store: Arc::new(check),
         prefix,
         local_root: None,
         description: format!("S3 bucket {bucket}"),
+    };
+    blobs.probe(0).await.map_err(|e| {
+        unusable(one_line(&format!(
+            "cannot write to the bucket ({e}): check AWS_ENDPOINT_URL, AWS_REGION, the \
+             credentials and that the bucket exists (AWS_ALLOW_HTTP=true for a plain-HTTP \
+             endpoint)"
+        )))
+    })?;
+    Ok(Blobs {
+        store: Arc::new(store),
+        ..blobs
     })
 }
 
 #[cfg(not(feature = "s3"))]
-fn open_s3(url: &str, _rest: &str) -> Result<Blobs> {
+async fn open_s3(url: &str, _rest: &str) -> Result<Blobs> {
     Err(StoreError::UnsupportedBlobUrl {
         url: url.to_owned(),
         reason: "S3 support is not compiled in (enable flotilla-store's `s3` feature)".to_owned(),
@@ -427,5 +541,74 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn s3_credentials_are_checked_before_anything_is_tried() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(
+            s3_credentials_problem(env(&[
+                ("AWS_ACCESS_KEY_ID", "k"),
+                ("AWS_SECRET_ACCESS_KEY", "s")
+            ])),
+            None
+        );
+        assert_eq!(
+            s3_credentials_problem(env(&[("AWS_METADATA_ENDPOINT", "http://169.254.169.254")])),
+            None
+        );
+        let none = s3_credentials_problem(env(&[("AWS_REGION", "eu-west-1")])).unwrap();
+        assert!(
+            none.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+            "{none}"
+        );
+        assert!(!none.contains('\n'));
+        let half = s3_credentials_problem(env(&[("AWS_ACCESS_KEY_ID", "k")])).unwrap();
+        assert_eq!(
+            half,
+            "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set it too"
+        );
+        // An empty value is not a credential.
+        let http = s3_env_problem(env(&[
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+        ]))
+        .unwrap();
+        assert!(http.contains("set AWS_ALLOW_HTTP=true"), "{http}");
+        assert_eq!(
+            s3_env_problem(env(&[
+                ("AWS_ACCESS_KEY_ID", "k"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+                ("AWS_ALLOW_HTTP", "true"),
+            ])),
+            None
+        );
+        let blank = s3_credentials_problem(env(&[
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", " "),
+        ]))
+        .unwrap();
+        assert!(blank.contains("AWS_SECRET_ACCESS_KEY is not"), "{blank}");
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn errors_are_one_bounded_line() {
+        assert_eq!(
+            one_line("a\n  <Error>\r\n b</Error>\n"),
+            "a <Error> b</Error>"
+        );
+        let long = one_line(&"é".repeat(500));
+        assert!(long.len() <= 400 + '…'.len_utf8() && long.ends_with('…'));
     }
 }

@@ -21,6 +21,15 @@ pub enum StoreError {
         /// Why it was refused.
         reason: String,
     },
+    /// The blob store URL is well formed but the store cannot be used as configured (missing
+    /// credentials, an unreachable endpoint, a bucket that refuses writes).
+    #[error("blob store {url}: {reason}")]
+    BlobStoreUnusable {
+        /// The URL as given.
+        url: String,
+        /// What is wrong and what to set, one line.
+        reason: String,
+    },
     /// The database reported an error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),

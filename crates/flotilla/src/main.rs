@@ -124,9 +124,59 @@ fn main() -> ExitCode {
             // Messages quote the server and files: escaped, so they cannot drive the terminal.
             eprintln!(
                 "error: {}",
-                log_escape::escape_control(&format!("{e:#}").replace('\n', " "))
+                log_escape::escape_control(&error_line(&e).replace('\n', " "))
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes joined by `: ` (as `{:#}` does), leaving out a cause whose message the
+/// one before it already quotes: many error types print their source in their own message too
+/// (`store: {0}` with `#[source]`), and the line would otherwise say everything twice.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if line.is_empty() || !previous.contains(&message) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&message);
+        }
+        previous = message;
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    /// Prints its source in its own message, and names it as its source too.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "store: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::other("bucket missing");
+        let e = anyhow::Error::new(Quoting(io)).context("starting the coordinator");
+        assert_eq!(
+            super::error_line(&e),
+            "starting the coordinator: store: bucket missing"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_line(&plain), "outer: inner");
     }
 }
