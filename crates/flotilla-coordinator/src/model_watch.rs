@@ -93,7 +93,11 @@ pub(crate) fn canary_verdict(
     regs.sort_by(|a, b| b.drop_points.total_cmp(&a.drop_points));
     let worst = regs.first()?;
     let (overall, cohort) = tolerances(gate);
-    let tol = if worst.cohort == OVERALL { overall } else { cohort };
+    let tol = if worst.cohort == OVERALL {
+        overall
+    } else {
+        cohort
+    };
     let more = match regs.len() {
         1 => String::new(),
         n => format!(" (and {} more cohort(s))", n - 1),
@@ -231,11 +235,15 @@ impl Watch {
                     current = c,
                     "production model regressed against its baseline"
                 );
-                let ev = AuditEvent::new(ACTOR, "model.regression", format!("model:{}@{version}", m.name))
-                    .tenant(m.tenant.clone())
-                    .details(serde_json::json!({
-                        "cohort": cohort, "drop_points": drop, "baseline": b, "current": c,
-                    }));
+                let ev = AuditEvent::new(
+                    ACTOR,
+                    "model.regression",
+                    format!("model:{}@{version}", m.name),
+                )
+                .tenant(m.tenant.clone())
+                .details(serde_json::json!({
+                    "cohort": cohort, "drop_points": drop, "baseline": b, "current": c,
+                }));
                 if let Err(e) = shared.store.audit(&ev).await {
                     tracing::warn!(error = %e, "model watch: could not audit a regression");
                 }
@@ -259,9 +267,10 @@ async fn watch_canary(
         name: m.name.clone(),
         version,
     };
+    let (cs, ps) = (subject(canary), subject(production));
     let (c, p) = tokio::join!(
-        evaluate(shared, cfg, m, &subject(canary), EvalKind::Canary),
-        evaluate(shared, cfg, m, &subject(production), EvalKind::Canary),
+        evaluate(shared, cfg, m, &cs, EvalKind::Canary),
+        evaluate(shared, cfg, m, &ps, EvalKind::Canary),
     );
     let (Some(c), Some(p)) = (c, p) else { return };
     let Some(reason) = canary_verdict(&p, &c, m.gate.as_ref(), canary) else {
@@ -278,7 +287,9 @@ async fn watch_canary(
             shared.resolve_cache.forget(&m.name);
             tracing::warn!(model = %m.name, from = r.from, to = r.to, reason = %reason.escape_debug(), "canary rolled back by itself");
         }
-        Err(e) => tracing::warn!(model = %m.name, error = %e, "model watch: could not roll the canary back"),
+        Err(e) => {
+            tracing::warn!(model = %m.name, error = %e, "model watch: could not roll the canary back")
+        }
     }
 }
 
@@ -354,7 +365,10 @@ mod tests {
         assert!(why.contains("regressed in overall"), "{why}");
         assert!(!why.contains("more"), "{why}");
         // A better canary passes.
-        assert_eq!(canary_verdict(&prod, &summary(0.95, 0.95), Some(&gate), 2), None);
+        assert_eq!(
+            canary_verdict(&prod, &summary(0.95, 0.95), Some(&gate), 2),
+            None
+        );
     }
 
     #[test]

@@ -157,6 +157,9 @@ mod tests {
         assert_eq!(c.len(), MAX_CACHED_MODELS);
         // The oldest reads went first.
         assert!(c.fresh("m0", t0).is_none());
-        assert!(c.fresh(&format!("m{}", MAX_CACHED_MODELS + 9), t0).is_some());
+        assert!(
+            c.fresh(&format!("m{}", MAX_CACHED_MODELS + 9), t0)
+                .is_some()
+        );
     }
 }

@@ -82,7 +82,11 @@ impl CoordinatorService {
             return Ok(None);
         };
         let mut infos = Vec::new();
-        for v in model.production.into_iter().chain(model.canary.map(|c| c.version)) {
+        for v in model
+            .production
+            .into_iter()
+            .chain(model.canary.map(|c| c.version))
+        {
             let info = match cache.info(name, v) {
                 Some(i) => i,
                 None => self.version_info(name, v).await?,
@@ -109,7 +113,9 @@ impl CoordinatorService {
             .ok()
             .filter(|b| b.len() == 32)
             .ok_or_else(|| {
-                Status::internal(format!("{name}@{version} has a malformed SHA-256 in the store"))
+                Status::internal(format!(
+                    "{name}@{version} has a malformed SHA-256 in the store"
+                ))
             })?;
         let spec = match store.get_job(v.job_id).await {
             Ok(job) => serde_json::from_value::<crate::spec::JobSpec>(job.spec)

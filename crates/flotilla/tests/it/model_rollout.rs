@@ -163,15 +163,15 @@ fn cli_pull(f: &Federation, client: usize, out: &std::path::Path) -> std::proces
 }
 
 fn run(name: &str, database_url: Option<String>) {
-    let mut f = Federation::with_server(
-        name,
-        database_url,
-        &["--model-eval-interval", "0"],
-        &[],
-    );
+    let mut f = Federation::with_server(name, database_url, &["--model-eval-interval", "0"], &[]);
     f.start_clients(2);
     let job = f.submit(&job_spec());
-    f.wait_for(&job, "the job to complete", Duration::from_secs(180), completed);
+    f.wait_for(
+        &job,
+        "the job to complete",
+        Duration::from_secs(180),
+        completed,
+    );
     let shas = register_rounds(&f, job.parse().unwrap());
     assert_eq!(shas.len(), 2);
 
@@ -242,8 +242,8 @@ fn run(name: &str, database_url: Option<String>) {
     // The CLI, as a client in the canary.
     let in_canary = (0..CLIENTS)
         .find(|i| {
-            let cred = std::fs::read_to_string(f.dir.join(format!("pull-{i}/credential.json")))
-                .unwrap();
+            let cred =
+                std::fs::read_to_string(f.dir.join(format!("pull-{i}/credential.json"))).unwrap();
             let id = serde_json::from_str::<serde_json::Value>(&cred).unwrap()["client_id"]
                 .as_str()
                 .unwrap()
@@ -254,7 +254,11 @@ fn run(name: &str, database_url: Option<String>) {
     let file = f.dir.join("canary.safetensors");
     let out = cli_pull(&f, in_canary, &file);
     let line = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(line.starts_with("pulled digits@2 (canary) → "), "{line}");
     assert!(line.contains(&format!("sha256 {}", shas[1])), "{line}");
     assert!(std::fs::metadata(&file).unwrap().len() > 4 * 650);
