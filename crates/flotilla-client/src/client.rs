@@ -5,7 +5,7 @@
 //! credentials, the check-in loop, a plain training task), `transfer` (resumable download and
 //! upload), `task` (pure: a task's checks and the upload header), `eval` (federated evaluation:
 //! checking the trainer's and its upload metrics), `secagg` (secure-aggregation stages), `failure`
-//! (reporting a failed task).
+//! (reporting a failed task), `pull` (a registered model for inference).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,12 +31,14 @@ use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 mod eval;
 mod failure;
 mod outage_log;
+mod pull;
 mod secagg;
 mod session;
 mod task;
 mod trace;
 mod transfer;
 use outage_log::{OUTAGE_LOG_INTERVAL, OutageLog};
+pub use pull::PulledModel;
 pub use task::upload_id;
 use task::{build_header, check_task};
 use transfer::Retries;

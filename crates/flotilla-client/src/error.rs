@@ -175,6 +175,15 @@ pub enum ClientError {
         /// The coordinator's message.
         message: String,
     },
+    /// [`crate::Client::pull_model`]: the model cannot be served to this client (no such model
+    /// in its tenant, no production version yet, a malformed name) or its download kept failing.
+    #[error("cannot pull model {name:?}: {message}")]
+    ModelUnavailable {
+        /// The model's name, as asked for.
+        name: String,
+        /// The coordinator's message, or what went wrong.
+        message: String,
+    },
     /// The coordinator does not allow this client to participate.
     #[error("the coordinator denied this client: {message}")]
     PermissionDenied {

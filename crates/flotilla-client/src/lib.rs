@@ -40,7 +40,8 @@ mod tls_diagnosis;
 mod trainer;
 
 pub use client::{
-    Client, ClientStats, DEADLINE_GRACE, MAX_MODEL_BYTES, MAX_RETRY_AFTER, StatsObserver, upload_id,
+    Client, ClientStats, DEADLINE_GRACE, MAX_MODEL_BYTES, MAX_RETRY_AFTER, PulledModel,
+    StatsObserver, upload_id,
 };
 pub use config::{Backoff, ClientConfig, error_chain};
 pub use credential::{CREDENTIAL_FILE, StoredCredential};

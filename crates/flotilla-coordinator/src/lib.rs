@@ -34,12 +34,12 @@
 //!    `limits`, `admission`, `models`, `initial_model` (a model given as a safetensors file),
 //!    `privacy`, `auth_cache`, `authz` (roles and actions), `principal_auth` (bearer tokens →
 //!    actors), `evaluation`, `fed_eval` (federated evaluation campaigns), `job_toml` (the spec parser), `tls`, `policy` (the Cedar policy in
-//!    force);
+//!    force), `resolve_cache` (what `ResolveModel` reads);
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
 //!    `approval` (starting an approved job), `retention` (retention runs and erasure), `evidence`
-//!    (evidence packs);
+//!    (evidence packs), `model_watch` (canary comparison and regression detection);
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
 //!    sessions), `prom` (`GET /metrics`) and `admin` (with `admin_model.rs` and
 //!    `admin_governance.rs`), which mounts the console and the probes;
@@ -69,6 +69,7 @@ mod jobs;
 mod limits;
 mod live;
 mod metrics;
+mod model_watch;
 pub mod models;
 mod partial_uploads;
 mod policy;
@@ -78,6 +79,7 @@ mod probes;
 mod prom;
 mod reasons;
 mod recovery;
+mod resolve_cache;
 mod retention;
 mod retry;
 mod round_trace;
@@ -189,7 +191,19 @@ pub struct ServerConfig {
     /// What is deleted when (`--retain-…`) and how often retention runs by itself; the default
     /// keeps everything.
     pub retention: RetentionConfig,
+    /// How often registered models in production are evaluated by their tenants' clients
+    /// (`--model-eval-interval`, default [`DEFAULT_MODEL_EVAL_INTERVAL`]; zero: never): a canary
+    /// that regressed against production rolls back by itself, and a production version that
+    /// regressed against its baseline is exported as `flotilla_model_regression`.
+    pub model_eval_interval: Duration,
+    /// Clients each of those evaluations asks for (`--model-eval-clients`, default 20).
+    pub model_eval_clients: u32,
 }
+
+/// Default [`ServerConfig::model_eval_interval`]: 10 minutes.
+pub const DEFAULT_MODEL_EVAL_INTERVAL: Duration = Duration::from_secs(600);
+/// Default [`ServerConfig::model_eval_clients`].
+pub const DEFAULT_MODEL_EVAL_CLIENTS: u32 = 20;
 
 /// Default [`ServerConfig::credential_ttl`]: 30 days.
 pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(30 * 86_400);
@@ -220,6 +234,8 @@ impl ServerConfig {
             audit_interval: audit_flush::DEFAULT_AUDIT_INTERVAL,
             policy: None,
             retention: RetentionConfig::default(),
+            model_eval_interval: DEFAULT_MODEL_EVAL_INTERVAL,
+            model_eval_clients: DEFAULT_MODEL_EVAL_CLIENTS,
         }
     }
 }
@@ -239,6 +255,8 @@ pub struct Server {
     metrics: Option<(TcpListener, SocketAddr)>,
     /// How often retention runs by itself (`None`: never, or no rule is set).
     retention_every: Option<Duration>,
+    /// The model watch (`None`: off).
+    model_watch: Option<model_watch::WatchConfig>,
 }
 
 impl std::fmt::Debug for Server {
@@ -276,6 +294,13 @@ impl Server {
                 "credential_ttl must be in 1 ms..={} days, got {:?}",
                 MAX_CREDENTIAL_TTL.as_secs() / 86_400,
                 config.credential_ttl
+            )));
+        }
+        if !(1..=fed_eval::MAX_EVAL_CLIENTS).contains(&config.model_eval_clients) {
+            return Err(CoordinatorError::Config(format!(
+                "model_eval_clients must be in 1..={}, got {}",
+                fed_eval::MAX_EVAL_CLIENTS,
+                config.model_eval_clients
             )));
         }
         config
@@ -333,6 +358,7 @@ impl Server {
             retention: config.retention.rules,
             tls_offer: tls.as_ref().map(|(_, admin)| tls::offer(admin)),
             fed_evals: Default::default(),
+            resolve_cache: Default::default(),
         });
         shared.policy.replace(in_force);
         // Before any job resumes (nothing writes blobs yet): models of commits that failed or
@@ -404,6 +430,12 @@ impl Server {
                 .retention
                 .interval
                 .filter(|_| !config.retention.rules.keeps_everything()),
+            model_watch: (!config.model_eval_interval.is_zero()).then_some(
+                model_watch::WatchConfig {
+                    every: config.model_eval_interval,
+                    clients: config.model_eval_clients,
+                },
+            ),
         })
     }
 
@@ -441,6 +473,7 @@ impl Server {
             metrics_public,
             metrics,
             retention_every,
+            model_watch,
         } = self;
         let mut tasks = AbortOnDrop(Vec::new());
         tasks
@@ -451,6 +484,11 @@ impl Server {
             tasks
                 .0
                 .push(tokio::spawn(retention::schedule(shared.clone(), every)));
+        }
+        if let Some(cfg) = model_watch {
+            tasks
+                .0
+                .push(tokio::spawn(model_watch::schedule(shared.clone(), cfg)));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let tenants = &shared.metrics.tenants;

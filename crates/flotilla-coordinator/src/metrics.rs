@@ -248,6 +248,27 @@ impl Metrics {
         counter.inc();
     }
 
+    /// Sets `flotilla_model_regression{model,cohort}` (the caller bounds the label sets).
+    pub(crate) fn model_regression_set(&self, model: &str, cohort: &str, points: f64) {
+        self.tenants
+            .model_regression
+            .get_or_create(&[("model", model.to_owned()), ("cohort", cohort.to_owned())])
+            .set(points);
+    }
+
+    /// Removes the `flotilla_model_regression` series of `model` in `cohorts`.
+    pub(crate) fn model_regression_clear<'a>(
+        &self,
+        model: &str,
+        cohorts: impl IntoIterator<Item = &'a String>,
+    ) {
+        for c in cohorts {
+            self.tenants
+                .model_regression
+                .remove(&[("model", model.to_owned()), ("cohort", c.clone())]);
+        }
+    }
+
     /// Counts a refused request under `reason` (a fixed vocabulary: never a client's text).
     pub fn reject(&self, reason: &str) {
         self.rejections.inc(reason);

@@ -153,6 +153,8 @@ pub(crate) struct Shared {
     pub tls_offer: Option<crate::tls::TlsOffer>,
     /// Federated evaluation campaigns (`fed_eval.rs`), bounded.
     pub fed_evals: crate::fed_eval::FedEvals,
+    /// Registered models' rows and version descriptions for `ResolveModel` (bounded, 1 s).
+    pub resolve_cache: crate::resolve_cache::ResolveCache,
 }
 
 /// Jobs remembered as recently ended, so that the calls of clients still working on them are

@@ -154,6 +154,29 @@ impl Client {
         stats_dict(py, &stats, user)
     }
 
+    /// Fetches the version of registered model `name` this client is served now (production, or
+    /// the canary for a canary rollout's share), enrolling first if needed; returns
+    /// `(version, canary, {tensor name: numpy.ndarray})`. The download is checked against the
+    /// version's layout and SHA-256. Raises `FlotillaError` (e.g. "digits has no production
+    /// version yet").
+    fn pull_model(&self, py: Python<'_>, name: String) -> PyResult<(u64, bool, Py<PyDict>)> {
+        init_logging();
+        let config = self.config.clone();
+        let pulled = py.detach(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut client = flotilla_client::Client::new(config).map_err(|e| e.to_string())?;
+            runtime
+                .block_on(client.pull_model(&name))
+                .map_err(|e| e.to_string())
+        });
+        let m = pulled.map_err(FlotillaError::new_err)?;
+        let arrays = crate::arrays::to_python(py, &m.layout, m.params)?;
+        Ok((m.version, m.canary, arrays.unbind()))
+    }
+
     /// Asks a running `run` (in another thread) to stop, as Ctrl-C does.
     fn stop(&self) {
         self.stop.notify_one();

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::admin_view::{self, Clock};
 use crate::model_file::ModelFormat;
 
+pub(crate) mod client_model;
 mod download;
 #[path = "evidence_cmd.rs"]
 pub(crate) mod evidence_cmd;
@@ -219,6 +220,9 @@ pub enum ClientAdminCommand {
         #[command(flatten)]
         output: JsonArg,
     },
+    /// Registered models for inference (`client model pull NAME --out FILE`).
+    #[command(subcommand)]
+    Model(client_model::ClientModelCommand),
 }
 
 pub(crate) struct Admin {
@@ -617,6 +621,7 @@ pub fn client_admin(cmd: ClientAdminCommand) -> Result<()> {
         ClientAdminCommand::Forget { admin, id, output } => {
             retention_cmd::forget(&admin, &id, output)?;
         }
+        ClientAdminCommand::Model(cmd) => client_model::run(cmd)?,
     }
     Ok(())
 }

@@ -120,6 +120,14 @@ pub struct ServerArgs {
     audit_interval: std::time::Duration,
     #[command(flatten)]
     retention: crate::admin_cmd::retention_cmd::RetentionArgs,
+    /// How often registered models in production are evaluated by their tenant's clients: a
+    /// canary that regressed rolls back by itself, a production regression is exported as
+    /// flotilla_model_regression; 0 = never
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    model_eval_interval: std::time::Duration,
+    /// Clients each of those evaluations asks for
+    #[arg(long, value_name = "N", default_value_t = flotilla_coordinator::DEFAULT_MODEL_EVAL_CLIENTS)]
+    model_eval_clients: u32,
 }
 
 /// `--telemetry`.
@@ -183,6 +191,8 @@ pub fn server(args: ServerArgs) -> Result<()> {
     config.audit_interval = args.audit_interval;
     config.policy = policy;
     config.retention = args.retention.config();
+    config.model_eval_interval = args.model_eval_interval;
+    config.model_eval_clients = args.model_eval_clients;
     let limits = &mut config.limits;
     limits.upload_concurrency = args.upload_concurrency;
     limits.upload_tenant_slots = args.upload_tenant_slots;

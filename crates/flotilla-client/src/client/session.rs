@@ -48,7 +48,7 @@ impl Session<'_> {
     }
 
     /// Deletes the stored credential (file and memory) and drops the channel that sends it.
-    fn discard_credential(&mut self) -> Result<(), ClientError> {
+    pub(super) fn discard_credential(&mut self) -> Result<(), ClientError> {
         let path = self.client.config.credential_path();
         self.client.credential = None;
         self.rpc = None;
@@ -149,7 +149,7 @@ impl Session<'_> {
     }
 
     /// Returns the `authorization` value, enrolling first if needed.
-    async fn ensure_enrolled(&mut self) -> Result<MetadataValue<Ascii>, ClientError> {
+    pub(super) async fn ensure_enrolled(&mut self) -> Result<MetadataValue<Ascii>, ClientError> {
         let path = self.client.config.credential_path();
         if let Some(c) = &self.client.credential {
             tracing::info!(client_id = %c.client_id, "using stored credential");

@@ -49,6 +49,29 @@ impl Session<'_> {
         receiver: ModelReceiver,
         deadline: Option<SystemTime>,
     ) -> Result<Done<Vec<f32>>, ClientError> {
+        let req = v1::DownloadRequest {
+            job_id: task.job_id.clone(),
+            model_version: task.model_version,
+            offset: 0,
+            part: part as i32,
+            // A federated evaluation of a registered model version: the registry serves it.
+            registry_model: task
+                .evaluation
+                .as_ref()
+                .and_then(|e| e.registry_model.clone()),
+        };
+        self.download_request(bearer, req, receiver, deadline).await
+    }
+
+    /// Downloads and verifies what `base` names (its offset is set for every attempt: resuming a
+    /// broken stream from the bytes already received).
+    pub(super) async fn download_request(
+        &mut self,
+        bearer: &MetadataValue<Ascii>,
+        base: v1::DownloadRequest,
+        receiver: ModelReceiver,
+        deadline: Option<SystemTime>,
+    ) -> Result<Done<Vec<f32>>, ClientError> {
         let pristine = receiver.clone();
         let mut receiver = receiver;
         let mut retries = Retries::new(deadline);
@@ -63,11 +86,8 @@ impl Session<'_> {
                 );
             }
             let req = v1::DownloadRequest {
-                job_id: task.job_id.clone(),
-                model_version: task.model_version,
                 offset,
-                part: part as i32,
-                registry_model: None,
+                ..base.clone()
             };
             let mut rpc = self.rpc(bearer);
             let result = stream_model(&mut rpc, req, &mut receiver).await;

@@ -202,6 +202,9 @@ pub(crate) struct TenantFamilies {
     /// The audit log's head and last signed checkpoint (`audit_flush`).
     pub audit_head_seq: Gauge,
     pub audit_checkpoint_seq: Gauge,
+    /// Accuracy drop of a production model against its baseline, by model and cohort
+    /// (`model_watch.rs`; ≤ 256 models × 17 cohorts).
+    pub model_regression: Family<L2, FGauge>,
 }
 
 impl TenantFamilies {
@@ -214,7 +217,13 @@ impl TenantFamilies {
             cert_expiry: Family::default(),
             audit_head_seq: Gauge::default(),
             audit_checkpoint_seq: Gauge::default(),
+            model_regression: Family::default(),
         };
+        r.register(
+            "flotilla_model_regression",
+            "Accuracy drop in points of a production model against its baseline evaluation beyond the gate's tolerance, by model and cohort (0: none)",
+            f.model_regression.clone(),
+        );
         r.register(
             "flotilla_audit_head_seq",
             "Seq of the last entry of the audit log",

@@ -40,6 +40,8 @@ class Client:
     def run(self, trainer: Trainer) -> Dict[str, Any]:
         """Serves the coordinator until Ctrl-C, ``stop()`` or a fatal error; returns counters."""
     def stop(self) -> None: ...
+    def pull_model(self, name: str) -> Tuple[int, bool, Params]:
+        """The registered model's version this client is served: (version, canary, params)."""
     @property
     def client_id(self) -> Optional[str]: ...
 
