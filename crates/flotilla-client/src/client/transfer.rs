@@ -67,6 +67,7 @@ impl Session<'_> {
                 model_version: task.model_version,
                 offset,
                 part: part as i32,
+                registry_model: None,
             };
             let mut rpc = self.rpc(bearer);
             let result = stream_model(&mut rpc, req, &mut receiver).await;
