@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, Sta
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use flotilla_store::{ClientId, ClientRecord, JobId, JobRecord, JobState, StoreError};
 
@@ -36,6 +36,8 @@ mod model;
 mod policies;
 #[path = "admin_principals.rs"]
 mod principals;
+#[path = "admin_registry.rs"]
+mod registry;
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -68,8 +70,10 @@ impl From<StoreError> for ApiError {
         let code = match &e {
             StoreError::JobNotFound(_)
             | StoreError::ClientNotFound(_)
-            | StoreError::PrincipalNotFound(_) => StatusCode::NOT_FOUND,
+            | StoreError::PrincipalNotFound(_)
+            | StoreError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidTransition { .. }
+            | StoreError::StageConflict(_)
             | StoreError::JobNotRunning { .. }
             | StoreError::PrincipalExists(_)
             | StoreError::ApprovalRefused(_) => StatusCode::CONFLICT,
@@ -289,7 +293,23 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route("/v1/policies/{version}", get(policies::show))
         .route("/v1/clients/{id}/forget", post(governance::forget_client))
         .route("/v1/retention/run", post(governance::retention_run))
-        .route("/v1/jobs/{id}/evidence", get(governance::evidence));
+        .route("/v1/jobs/{id}/evidence", get(governance::evidence))
+        .route("/v1/models", get(registry::list).post(registry::register))
+        .route("/v1/models/{name}", get(registry::show))
+        .route("/v1/models/{name}/gate", put(registry::set_gate))
+        .route("/v1/models/{name}/rollback", post(registry::rollback))
+        .route(
+            "/v1/models/{name}/versions/{version}",
+            get(registry::show_version),
+        )
+        .route(
+            "/v1/models/{name}/versions/{version}/artifact",
+            get(registry::artifact),
+        )
+        .route(
+            "/v1/models/{name}/versions/{version}/promote",
+            post(registry::promote),
+        );
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);
     }

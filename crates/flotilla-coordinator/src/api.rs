@@ -17,11 +17,17 @@ pub mod evidence;
 mod metrics;
 mod policy;
 mod principals;
+mod registry;
 pub mod retention;
 
 pub use audit::{AuditCheckpointView, AuditEntryView, AuditPage, AuditProblem, AuditVerification};
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
 pub use policy::{PolicyVersionSummary, PolicyVersionText};
+pub use registry::{
+    CanaryInfo, GateRefusal, ModelDetail, ModelVersionInfo, PromoteRequest, PromoteResult,
+    RegisterRequest, RegisteredModelInfo, RolledBack, RollbackRequest, VersionDetail,
+    VersionEvaluation,
+};
 pub use principals::{
     ApprovalInfo, JobDecided, PrincipalCreated, PrincipalInfo, PrincipalRequest, RejectRequest,
     RoleBinding, TenantSettingsInfo, TenantSettingsRequest,

@@ -40,6 +40,16 @@ impl Shared {
         self.metrics.job_ended(job.id.0, state.as_str());
         self.privacy.forget_running(job.id);
         self.remove_job(job.id.0);
+        if state == JobState::Completed && job.spec.registry.is_some() {
+            // `[registry]`: the store has the job completed (the last commit marked it); the
+            // registration runs off the job's lock and never fails the job.
+            tokio::spawn(crate::registry::register_completed(
+                self.store.clone(),
+                job.id,
+                job.spec.clone(),
+                job.layout.clone(),
+            ));
+        }
     }
 
     /// The state of a job that is not in the job table, if it is known: from memory, else from the

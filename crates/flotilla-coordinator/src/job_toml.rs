@@ -68,6 +68,8 @@ impl JobSpec {
             strategy: job.strategy,
             secagg: job.secagg,
             privacy: job.privacy,
+            registry: job.registry.map(String::from),
+            release: job.release,
         })
     }
 }

@@ -36,13 +36,14 @@
 //!    actors), `evaluation`, `fed_eval` (federated evaluation campaigns), `job_toml` (the spec parser), `tls`, `policy` (the Cedar policy in
 //!    force), `resolve_cache` (what `ResolveModel` reads);
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
-//! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
+//! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `registry`
+//!    (registering, promoting and rolling back model versions), `job_end`,
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
 //!    `approval` (starting an approved job), `retention` (retention runs and erasure), `evidence`
 //!    (evidence packs), `model_watch` (canary comparison and regression detection);
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
-//!    sessions), `prom` (`GET /metrics`) and `admin` (with `admin_model.rs` and
-//!    `admin_governance.rs`), which mounts the console and the probes;
+//!    sessions), `prom` (`GET /metrics`) and `admin` (with `admin_model.rs`,
+//!    `admin_governance.rs` and `admin_registry.rs`), which mounts the console and the probes;
 //!    then this root.
 
 mod admin;
@@ -79,6 +80,7 @@ mod probes;
 mod prom;
 mod reasons;
 mod recovery;
+mod registry;
 mod resolve_cache;
 mod retention;
 mod retry;

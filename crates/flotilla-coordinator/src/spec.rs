@@ -110,6 +110,14 @@ pub struct JobSpec {
     /// mechanism is also in `strategy.dp`.
     #[serde(default)]
     pub privacy: Option<PrivacySpec>,
+    /// `[registry] name`: the model name the job's final model is registered under when the job
+    /// completes. Absent from the stored JSON when not set (so the spec hashes of jobs without it
+    /// are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// `[release]`: the release gate set on that model when the job registers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<flotilla_registry::Gate>,
 }
 
 impl JobSpec {

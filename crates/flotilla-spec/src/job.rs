@@ -47,6 +47,10 @@ pub struct JobConfig {
     pub min_samples: u64,
     /// `[evaluation] dataset`: whose test split evaluates every committed model.
     pub evaluation_dataset: Option<DatasetName>,
+    /// `[registry] name`: the job's final model is registered under it when the job completes.
+    pub registry: Option<flotilla_registry::ModelName>,
+    /// `[release]`: the gate set on that model when the job registers it.
+    pub release: Option<flotilla_registry::Gate>,
 }
 
 /// Reads a file into its raw form: TOML syntax, unknown keys (with "did you mean") and moved keys
@@ -135,6 +139,8 @@ impl JobConfig {
             .as_ref()
             .map(|s| SecAggConfig::from_raw(s, clients_per_round, &strategy))
             .transpose()?;
+        let registry = crate::release::registry_name(r.registry.as_ref())?;
+        let release = crate::release::release_gate(r.release.as_ref(), registry.as_ref())?;
         Ok(Self {
             name: r.name.clone(),
             tenant,
@@ -149,6 +155,8 @@ impl JobConfig {
             secagg,
             min_samples,
             evaluation_dataset,
+            registry,
+            release,
         })
     }
 

@@ -12,6 +12,7 @@
 //! | `[round]` | `min_clients`, `over_selection`, `min_report_fraction`, `deadline_seconds`, `max_attempts`, `selection_window_ms`, `retry_after_ms`, `checkin_ttl_seconds` | both |
 //! | `[strategy]`, `[privacy]`, `[secagg]` | see `flotilla_core::strategy`, `flotilla_core::dp`, [`SecAggConfig`] | both |
 //! | `[eligibility]`, `[evaluation]` | `min_samples`; `dataset` | both (the simulator ignores them) |
+//! | `[registry]`, `[release]` | `name`; the `flotilla_registry::Gate` fields (`min_accuracy`, `max_regression_points`, `max_cohort_regression_points`, `max_epsilon`, `require_secagg`, `min_eval_clients`, `auto_staging`) | both (the simulator ignores them) |
 //! | top level | `clients`, `eval_every` | simulation only |
 //! | `[data]`, `[partition]`, `[simulation]`, `[attack]` | see `flotilla-sim` | simulation only |
 //!
@@ -27,6 +28,7 @@ mod job;
 mod model;
 pub mod moved;
 pub mod raw;
+mod release;
 mod round;
 mod secagg;
 mod train;

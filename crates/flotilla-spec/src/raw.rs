@@ -44,6 +44,10 @@ pub struct RawDocument {
     pub eligibility: Option<RawEligibility>,
     /// `[evaluation]`.
     pub evaluation: Option<RawEvaluation>,
+    /// `[registry]` (coordinator; the simulator ignores it).
+    pub registry: Option<RawRegistry>,
+    /// `[release]` (coordinator; the simulator ignores it).
+    pub release: Option<RawRelease>,
 
     /// Simulation only: `clients`.
     pub clients: Option<i64>,
@@ -171,6 +175,35 @@ pub struct RawEligibility {
 pub struct RawEvaluation {
     /// Dataset whose test split evaluates every committed model.
     pub dataset: Option<String>,
+}
+
+/// `[registry]`: register the job's final model under a name when it completes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    /// The model's name in the registry.
+    pub name: Option<String>,
+}
+
+/// `[release]`: the release gate set on the model when the job registers it (see
+/// `flotilla_registry::Gate`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelease {
+    /// Minimum overall accuracy of the version's latest federated evaluation, `0..=1`.
+    pub min_accuracy: Option<f64>,
+    /// Most the overall accuracy may fall below production's, in points.
+    pub max_regression_points: Option<f64>,
+    /// Most any cohort's accuracy may fall below production's, in points.
+    pub max_cohort_regression_points: Option<f64>,
+    /// Most ε the job may have spent.
+    pub max_epsilon: Option<f64>,
+    /// The job must run under `[secagg]`.
+    pub require_secagg: Option<bool>,
+    /// Fewest clients the latest federated evaluation must have heard from.
+    pub min_eval_clients: Option<i64>,
+    /// Promote a newly registered version that passes the gate to staging by itself.
+    pub auto_staging: Option<bool>,
 }
 
 /// Simulation only: `[data]`, how the simulator splits `[model] dataset`.

@@ -17,6 +17,9 @@ use crate::error::{Result, StoreError};
 use crate::types::JobId;
 use crate::{Store, check_tenant, from_db, now_ms, to_db};
 
+#[path = "registry_gate.rs"]
+mod gate;
+
 /// A version to register (see [`Store::register_model_version`]).
 #[derive(Debug, Clone, Copy)]
 pub struct NewModelVersion<'a> {

@@ -346,6 +346,40 @@ impl Admin {
 }
 
 impl Admin {
+    /// `GET path` of a binary answer (a model's parameters): its headers and at most `max` bytes
+    /// (one more is read, so a longer answer is refused rather than cut to size).
+    pub(crate) fn get_bytes(
+        &self,
+        path: &str,
+        max: u64,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>)> {
+        use std::io::Read;
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .with_context(|| format!("calling {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().unwrap_or_default();
+            let msg = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error)
+                .unwrap_or(text);
+            bail!("{status}: {}", msg.trim());
+        }
+        let headers = resp.headers().clone();
+        let mut bytes = Vec::new();
+        resp.take(max + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading the answer of {url}"))?;
+        if bytes.len() as u64 > max {
+            bail!("{url} answered with more than {max} bytes; refusing it");
+        }
+        Ok((headers, bytes))
+    }
+
     /// The one-line error when nothing listens at the admin URL, even after `--wait`.
     fn no_coordinator(&self) -> anyhow::Error {
         let listen = reqwest::Url::parse(&self.base)

@@ -12,6 +12,7 @@ mod data_cmd;
 mod dev_certs;
 mod dp_cmd;
 mod log_escape;
+mod model_cmd;
 mod model_file;
 mod net_cmd;
 mod plot;
@@ -54,6 +55,9 @@ enum Command {
     /// Submit, list, inspect, cancel jobs on a coordinator and download their models.
     #[command(subcommand)]
     Job(admin_cmd::JobCommand),
+    /// The model registry: register, list, show, promote, roll back, gate and export models.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
     /// Create, list and revoke principals (people and service accounts with roles per tenant).
     #[command(subcommand)]
     Principal(admin_cmd::principal_cmd::PrincipalCommand),
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::DevCerts(args) => server_cmd::dev_certs(args),
         Command::EnrollToken(cmd) => admin_cmd::enroll_token(cmd),
         Command::Job(cmd) => admin_cmd::job(cmd),
+        Command::Model(cmd) => model_cmd::run(cmd),
         Command::Principal(cmd) => admin_cmd::principal_cmd::principal(cmd),
         Command::Tenant(cmd) => admin_cmd::principal_cmd::tenant(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),

@@ -131,6 +131,9 @@ struct Resources {
     job: String,
     /// An enrolled client.
     client: u64,
+    /// A registered model (version 1: the job's model); its name does not name the tenant, so a
+    /// `404` can be checked not to reveal it.
+    model: &'static str,
 }
 
 /// One endpoint of the admin API and how to call it on a tenant's resources. `scoped`: whether it
@@ -188,13 +191,26 @@ fn endpoints() -> Vec<Endpoint> {
         e("POST", "/v1/principals/{victim}/revoke", false, no_body),
         e("GET", "/v1/metrics", false, no_body),
         e("GET", "/metrics", false, no_body),
+        e("GET", "/v1/models", false, no_body),
+        // A name per tenant: a model belongs to the tenant of its first version.
+        e("POST", "/v1/models", true, |t| {
+            (format!(r#"{{"job_id":{{job}},"name":"matrix-{t}"}}"#), false)
+        }),
+        e("GET", "/v1/models/{model}", true, no_body),
+        e("GET", "/v1/models/{model}/versions/1", true, no_body),
+        e("GET", "/v1/models/{model}/versions/1/artifact", true, no_body),
+        e("PUT", "/v1/models/{model}/gate", true, |_| ("{}".into(), false)),
+        e("POST", "/v1/models/{model}/versions/1/promote", true, |_| {
+            (r#"{"stage":"staging"}"#.into(), false)
+        }),
+        e("POST", "/v1/models/{model}/rollback", true, no_body),
     ]
 }
 
 /// The expected table: per endpoint (in [`endpoints`] order), the outcome for each role (in
 /// [`ROLES`] order) in its own tenant, then in the other tenant. `ok`: authorized; `—`: the
 /// endpoint names no tenant's resource.
-const EXPECTED: [(&str, [&str; 6], [&str; 6]); 18] = {
+const EXPECTED: [(&str, [&str; 6], [&str; 6]); 26] = {
     const A: &str = "ok";
     const F: &str = "403";
     const N: &str = "404";
@@ -263,6 +279,40 @@ const EXPECTED: [(&str, [&str; 6], [&str; 6]); 18] = {
         ),
         ("GET /v1/metrics", [A, A, F, F, A, F], [X, X, X, X, X, X]),
         ("GET /metrics", [A, A, F, F, A, F], [X, X, X, X, X, X]),
+        ("GET /v1/models", [A, A, A, A, A, A], [X, X, X, X, X, X]),
+        ("POST /v1/models", [A, A, A, F, F, F], [A, N, N, N, N, N]),
+        (
+            "GET /v1/models/{name}",
+            [A, A, A, A, A, A],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "GET /v1/models/{name}/versions/{v}",
+            [A, A, A, A, A, A],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "GET /v1/models/{name}/versions/{v}/artifact",
+            [A, A, A, A, A, A],
+            [A, N, N, N, N, N],
+        ),
+        (
+            "PUT /v1/models/{name}/gate",
+            [A, A, F, A, F, F],
+            [A, N, N, N, N, N],
+        ),
+        // The first allowed call moves version 1 to staging, the next are `409` (already there).
+        (
+            "POST /v1/models/{name}/versions/{v}/promote",
+            [A, A, F, A, F, F],
+            [A, N, N, N, N, N],
+        ),
+        // `409`: no production version to roll back (authorized).
+        (
+            "POST /v1/models/{name}/rollback",
+            [A, A, F, A, F, F],
+            [A, N, N, N, N, N],
+        ),
     ]
 };
 
@@ -361,7 +411,7 @@ fn run_matrix(name: &str, database_url: Option<String>) {
         .collect();
     // One job per tenant that commits a round (its model can be read), and a client per tenant.
     let mut res = Vec::new();
-    for tenant in [OWN, OTHER] {
+    for (tenant, model) in [(OWN, "digits-a"), (OTHER, "digits-b")] {
         let clients = clients_of(&mut f, &api, tenant, 2);
         let job = f.submit(&job_spec(&format!("matrix-{tenant}"), tenant, 1, 2));
         f.wait_for(
@@ -370,10 +420,19 @@ fn run_matrix(name: &str, database_url: Option<String>) {
             Duration::from_secs(180),
             completed,
         );
+        let (status, v) = api.call(
+            "POST",
+            "/v1/models",
+            ADMIN_TOKEN,
+            &format!(r#"{{"job_id":{job},"name":"{model}"}}"#),
+            false,
+        );
+        assert_eq!(status, 201, "{v}");
         res.push(Resources {
             tenant,
             job,
             client: clients[0],
+            model,
         });
     }
     let mut table = Vec::new();
@@ -396,8 +455,10 @@ fn run_matrix(name: &str, database_url: Option<String>) {
                     .replace("{job}", &r.job)
                     .replace("{client}", &r.client.to_string())
                     .replace("{tenant}", r.tenant)
-                    .replace("{victim}", &victim);
+                    .replace("{victim}", &victim)
+                    .replace("{model}", r.model);
                 let (body, toml) = (ep.body)(r.tenant);
+                let body = body.replace("{job}", &r.job);
                 let (status, v) = api.call(ep.method, &path, &tokens[i], &body, toml);
                 let o = outcome(status);
                 if o == "404" && !path.contains(r.tenant) && !body.contains(r.tenant) {

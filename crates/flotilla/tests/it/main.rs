@@ -26,6 +26,7 @@ mod job_download;
 mod job_memory;
 mod job_reasons;
 mod large_model;
+mod model_registry;
 mod model_rollout;
 mod otlp;
 mod prometheus;
