@@ -37,12 +37,12 @@
 //!    force);
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `job_end`,
-//!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
+//!    `fed_eval_run` (running federated evaluation campaigns), `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
 //!    `approval` (starting an approved job), `retention` (retention runs and erasure), `evidence`
 //!    (evidence packs);
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
-//!    sessions), `prom` (`GET /metrics`) and `admin` (with `admin_model.rs` and
-//!    `admin_governance.rs`), which mounts the console and the probes;
+//!    sessions), `prom` (`GET /metrics`) and `admin` (with `admin_model.rs`,
+//!    `admin_governance.rs` and `admin_evaluations.rs`), which mounts the console and the probes;
 //!    then this root.
 
 mod admin;
@@ -61,6 +61,7 @@ mod error;
 mod evaluation;
 mod evidence;
 mod fed_eval;
+mod fed_eval_run;
 mod heal;
 mod initial_model;
 mod job_end;

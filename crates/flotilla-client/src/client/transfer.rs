@@ -67,6 +67,11 @@ impl Session<'_> {
                 model_version: task.model_version,
                 offset,
                 part: part as i32,
+                // A federated evaluation of a registered model version: the registry serves it.
+                registry_model: task
+                    .evaluation
+                    .as_ref()
+                    .and_then(|e| e.registry_model.clone()),
             };
             let mut rpc = self.rpc(bearer);
             let result = stream_model(&mut rpc, req, &mut receiver).await;
