@@ -294,7 +294,11 @@ impl DatasetTrainer {
     /// Evaluates ([`LocalTrainer::evaluate`], federated evaluation) on the rows `indices` of
     /// `data` instead of the training rows; `data` must have the training data's feature length
     /// and at most its number of classes.
-    pub fn with_eval(mut self, data: Dataset, indices: Vec<u32>) -> Result<Self, DatasetTrainerError> {
+    pub fn with_eval(
+        mut self,
+        data: Dataset,
+        indices: Vec<u32>,
+    ) -> Result<Self, DatasetTrainerError> {
         if indices.is_empty() {
             return Err(DatasetTrainerError::BadSelection(
                 "no evaluation samples selected".into(),
@@ -679,6 +683,56 @@ mod tests {
             t.train_task(&wrong, &global),
             Err(DatasetTrainerError::BadConfig(_))
         ));
+    }
+
+    #[test]
+    fn evaluates_on_its_part_of_the_test_split() {
+        let mut t =
+            DatasetTrainer::from_partition(DatasetName::Digits, Path::new("."), 1, 4).unwrap();
+        let (data, rows) = t.eval_rows();
+        let n = rows.len() as u64;
+        // digits: 1797 rows, 20 % test, a quarter of it per client.
+        assert!(n > 60 && n < 120, "{n}");
+        assert_ne!(
+            data.len(),
+            t.dataset().len(),
+            "the test split, not the training rows"
+        );
+        let spec = ModelSpec {
+            kind: ModelKind::LogReg,
+            input_shape: vec![64],
+            num_classes: 10,
+        };
+        let init = flotilla_ml::build(&spec, 9).unwrap();
+        let task = logreg_task(init.layout().clone());
+        let global = init.parameters();
+        let e = t.evaluate_task(&task, &global).unwrap();
+        assert_eq!(e.num_samples, n);
+        assert!(e.loss.is_finite());
+        let a = e.metrics["accuracy"];
+        assert!((0.0..=1.0).contains(&a), "{a}");
+        // Trained parameters do better on the held-out rows, deterministically.
+        let trained = t.train_task(&task, &global).unwrap().params;
+        let better = t.evaluate_task(&task, &trained).unwrap();
+        assert!(better.metrics["accuracy"] > a, "{better:?} vs {e:?}");
+        assert_eq!(better, t.evaluate_task(&task, &trained).unwrap());
+        // Through the trait, as the SDK calls it.
+        let via_trait = LocalTrainer::evaluate(&mut t, &task, &trained).unwrap();
+        assert_eq!(via_trait, Some(better));
+
+        // Other evaluation rows: checked against the training data.
+        let other = t.dataset().clone();
+        assert!(
+            DatasetTrainer::from_partition(DatasetName::Digits, Path::new("."), 0, 4)
+                .unwrap()
+                .with_eval(other.clone(), vec![])
+                .is_err()
+        );
+        let t = DatasetTrainer::new(other.clone(), vec![0, 1])
+            .unwrap()
+            .with_eval(other, vec![5, 6, 7])
+            .unwrap();
+        assert_eq!(t.eval_rows().1, &[5, 6, 7]);
     }
 
     #[test]

@@ -294,7 +294,10 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route("/v1/jobs/{id}/evidence", get(governance::evidence))
         .route("/v1/evaluations", post(evaluations::start))
         .route("/v1/evaluations/{id}", get(evaluations::show))
-        .route("/v1/jobs/{id}/evaluations", get(evaluations::job_evaluations));
+        .route(
+            "/v1/jobs/{id}/evaluations",
+            get(evaluations::job_evaluations),
+        );
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);
     }

@@ -128,11 +128,9 @@ async fn subject(
             }
             .map(|c| c.round)
             .ok_or_else(|| {
-                let what = req
-                    .round
-                    .map_or("no committed round yet".to_owned(), |r| {
-                        format!("no committed round {r}")
-                    });
+                let what = req.round.map_or("no committed round yet".to_owned(), |r| {
+                    format!("no committed round {r}")
+                });
                 ApiError(StatusCode::NOT_FOUND, format!("job {id} has {what}"))
             })?;
             Ok((EvalSubject::Round { job_id: id, round }, record.tenant))

@@ -81,7 +81,9 @@ impl Shared {
                     let prepared =
                         tokio::spawn(async move { shared.prepare_fed_eval(id, &subject).await })
                             .await
-                            .unwrap_or_else(|e| Err(format!("preparing the evaluation failed: {e}")));
+                            .unwrap_or_else(|e| {
+                                Err(format!("preparing the evaluation failed: {e}"))
+                            });
                     if let Err(why) = &prepared {
                         tracing::warn!(evaluation = id, error = %why, "federated evaluation failed");
                     }
@@ -116,7 +118,14 @@ impl Shared {
                         .map_err(store_err)?
                         .ok_or_else(|| format!("job {job_id} has no stored layout"))?,
                 };
-                (*job_id, *round, committed.model_version, None, layout, bytes)
+                (
+                    *job_id,
+                    *round,
+                    committed.model_version,
+                    None,
+                    layout,
+                    bytes,
+                )
             }
             EvalSubject::Version { name, version } => {
                 let v = self

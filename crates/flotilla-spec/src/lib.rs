@@ -32,7 +32,8 @@ mod secagg;
 mod train;
 
 pub use job::{
-    DEFAULT_MIN_SAMPLES, DEFAULT_TENANT, FederatedEvaluation, JobConfig, MAX_FEDERATED_EVAL_CLIENTS, read,
+    DEFAULT_MIN_SAMPLES, DEFAULT_TENANT, FederatedEvaluation, JobConfig,
+    MAX_FEDERATED_EVAL_CLIENTS, read,
 };
 pub use model::{InitialModel, MAX_INITIAL_PATH_LEN, ModelConfig, ModelSource};
 pub use round::RoundConfig;

@@ -165,7 +165,9 @@ pub(crate) fn render(v: &EvaluationView) -> String {
         out.push_str(&format!("stored as evaluation {id}\n"));
     }
     if s.cohorts.is_empty() {
-        out.push_str("no cohorts: the clients announced no labels (flotilla client --cohort KEY=VALUE)\n");
+        out.push_str(
+            "no cohorts: the clients announced no labels (flotilla client --cohort KEY=VALUE)\n",
+        );
         return out;
     }
     let mut t = Table::new(&[
@@ -197,7 +199,11 @@ pub(crate) fn render(v: &EvaluationView) -> String {
             let below = if f.below.is_empty() {
                 "none".to_owned()
             } else {
-                f.below.iter().map(|c| clean(c)).collect::<Vec<_>>().join(", ")
+                f.below
+                    .iter()
+                    .map(|c| clean(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             out.push_str(&format!("; below {}: {below}", pct(Some(th))));
         }
@@ -226,7 +232,11 @@ pub(crate) fn job_lines(j: &JobEvaluations) -> String {
             e.requested_clients
         ));
         if let Some((worst, acc)) = &e.summary.fairness.worst {
-            out.push_str(&format!(", worst cohort {} {}", clean(worst), pct(Some(*acc))));
+            out.push_str(&format!(
+                ", worst cohort {} {}",
+                clean(worst),
+                pct(Some(*acc))
+            ));
         }
         out.push('\n');
     }
@@ -246,4 +256,96 @@ pub(crate) fn job_status_lines(admin: &Admin, id: &str) -> String {
         .and_then(|v| serde_json::from_value::<JobEvaluations>(v).ok())
         .map(|j| job_lines(&j))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_coordinator::api::evaluations::{EvalKind, StoredEvaluation};
+    use flotilla_store::JobId;
+
+    fn summary() -> flotilla_coordinator::api::evaluations::EvalSummary {
+        let rep = |acc: f64, n: u64, region: &str| flotilla_registry::ClientEvalReport {
+            loss: 1.0 - acc,
+            accuracy: Some(acc),
+            samples: n,
+            cohorts: [("region".to_owned(), region.to_owned())].into(),
+        };
+        flotilla_registry::summarize(
+            &[rep(0.9, 100, "eu"), rep(0.8, 100, "eu"), rep(0.7, 50, "us")],
+            Some(0.8),
+        )
+    }
+
+    #[test]
+    fn the_human_view_shows_cohorts_and_fairness() {
+        let v = EvaluationView {
+            id: 3,
+            tenant: "default".into(),
+            subject: EvalSubject::Round {
+                job_id: JobId(7),
+                round: 2,
+            },
+            kind: EvalKind::OnDemand,
+            clients: 3,
+            deadline_secs: 120,
+            status: "done".into(),
+            asked: None,
+            reported: None,
+            summary: Some(summary()),
+            stored_id: Some(11),
+            error: None,
+        };
+        let text = render(&v);
+        assert!(
+            text.starts_with("evaluation 3 of job 7 round 2: done\n"),
+            "{text}"
+        );
+        assert!(text.contains("overall: accuracy 82.00%"), "{text}");
+        assert!(text.contains("3 of 3 client(s), 250 samples"), "{text}");
+        assert!(text.contains("region=eu"), "{text}");
+        assert!(text.contains("85.00%"), "{text}");
+        assert!(
+            text.contains("fairness: worst cohort region=us (70.00%), spread 15.00 points; below 80.00%: region=us"),
+            "{text}"
+        );
+        let failed = EvaluationView {
+            status: "failed".into(),
+            summary: None,
+            error: Some("no client reported within 120 s (0 asked)".into()),
+            ..v
+        };
+        assert!(render(&failed).contains("no client reported"));
+    }
+
+    #[test]
+    fn job_status_lines_name_round_and_worst_cohort() {
+        let j = JobEvaluations {
+            job_id: 7,
+            evaluations: vec![StoredEvaluation {
+                id: 1,
+                subject: EvalSubject::Round {
+                    job_id: JobId(7),
+                    round: 2,
+                },
+                kind: EvalKind::Job,
+                requested_clients: 4,
+                summary: summary(),
+                started_at_ms: 0,
+                finished_at_ms: 1,
+            }],
+        };
+        let text = job_lines(&j);
+        assert!(
+            text.contains("round 2: accuracy 82.00%, loss 0.1800, 3 of 4 client(s), worst cohort region=us 70.00%"),
+            "{text}"
+        );
+        assert_eq!(
+            job_lines(&JobEvaluations {
+                job_id: 7,
+                evaluations: vec![]
+            }),
+            ""
+        );
+    }
 }

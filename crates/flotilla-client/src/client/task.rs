@@ -355,6 +355,51 @@ mod tests {
     }
 
     #[test]
+    fn evaluation_tasks_are_checked() {
+        let layout =
+            flotilla_core::ParamLayout::new(vec![flotilla_core::TensorSpec::new("w", [3])]);
+        let mut task = v1::Task {
+            job_id: "7".into(),
+            round: 2,
+            stage: v1::Stage::Evaluate as i32,
+            model_version: 2,
+            model: Some(flotilla_proto::model_info(&layout, &[0.0; 3])),
+            time_remaining_ms: 60_000,
+            evaluation: Some(v1::EvaluationTask {
+                evaluation_id: "5".into(),
+                registry_model: None,
+            }),
+            ..Default::default()
+        };
+        let (info, id, receiver) = check_eval_task(&task, SystemTime::now()).unwrap();
+        assert_eq!(
+            (info.job_id.as_str(), info.round, id.as_str()),
+            ("7", 2, "5")
+        );
+        assert_eq!(receiver.total_bytes(), 12);
+        assert!(info.deadline.is_some());
+        // The training path refuses it: an evaluation is not a training task.
+        assert!(check_task(&task, SystemTime::now()).is_err());
+        let mut bad = task.clone();
+        bad.evaluation = None;
+        assert!(check_eval_task(&bad, SystemTime::now()).is_err());
+        let mut bad = task.clone();
+        bad.evaluation.as_mut().unwrap().evaluation_id.clear();
+        assert!(check_eval_task(&bad, SystemTime::now()).is_err());
+        let mut bad = task.clone();
+        bad.model.as_mut().unwrap().layout_fingerprint = vec![0; 32];
+        assert!(check_eval_task(&bad, SystemTime::now()).is_err());
+        // A registry version needs no job.
+        task.job_id.clear();
+        assert!(check_eval_task(&task, SystemTime::now()).is_err());
+        task.evaluation.as_mut().unwrap().registry_model = Some(v1::RegistryModelRef {
+            name: "digits".into(),
+            version: 3,
+        });
+        assert!(check_eval_task(&task, SystemTime::now()).is_ok());
+    }
+
+    #[test]
     fn header_checks_trainer_output() {
         let layout =
             flotilla_core::ParamLayout::new(vec![flotilla_core::TensorSpec::new("w", [3])]);

@@ -105,7 +105,11 @@ fn check_cohorts(
         assert_eq!((c.clients, c.samples), (2, *n), "{name}");
         let got = c.accuracy.unwrap();
         assert!((got - acc).abs() < 1e-6, "{name}: accuracy {got} vs {acc}");
-        assert!((c.loss - loss).abs() < 1e-6, "{name}: loss {} vs {loss}", c.loss);
+        assert!(
+            (c.loss - loss).abs() < 1e-6,
+            "{name}: loss {} vs {loss}",
+            c.loss
+        );
     }
     let worst = expected
         .iter()
@@ -166,7 +170,14 @@ fn run(name: &str, database_url: Option<String>) {
     // The job's round-2 model, as committed, and what the clients' data say of it.
     let raw = f.dir.join("round2.f32");
     let o = f.admin_cli(&[
-        "job", "download", &job, "--round", "2", "--format", "raw", "--out",
+        "job",
+        "download",
+        &job,
+        "--round",
+        "2",
+        "--format",
+        "raw",
+        "--out",
         raw.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -180,7 +191,15 @@ fn run(name: &str, database_url: Option<String>) {
     // On demand.
     let started = Instant::now();
     let o = f.admin_cli(&[
-        "job", "evaluate", &job, "--round", "2", "--clients", "4", "--deadline", "90s",
+        "job",
+        "evaluate",
+        &job,
+        "--round",
+        "2",
+        "--clients",
+        "4",
+        "--deadline",
+        "90s",
         "--json",
     ]);
     assert!(
