@@ -274,6 +274,7 @@ impl CoordinatorService {
                 .stage_payload(client, task.round, task.attempt, task.stage)
                 .to_vec(),
             secagg: job.secagg,
+            evaluation: None,
         }
     }
 }

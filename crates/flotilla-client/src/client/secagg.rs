@@ -175,7 +175,7 @@ impl Session<'_> {
                     Err(e) => return self.skip_secagg(&task, &e.to_string()).await,
                 }
             }
-            v1::Stage::Train | v1::Stage::Unspecified => {
+            v1::Stage::Train | v1::Stage::Evaluate | v1::Stage::Unspecified => {
                 return self
                     .skip_secagg(&task, "not a secure-aggregation stage")
                     .await;
