@@ -4,7 +4,8 @@
 //! classification, backoff, training on a blocking thread). The parts: `session` (enrollment,
 //! credentials, the check-in loop, a plain training task), `transfer` (resumable download and
 //! upload), `task` (pure: a task's checks and the upload header), `eval` (federated evaluation:
-//! checking the trainer's and its upload metrics), `secagg` (secure-aggregation stages), `failure`
+//! checking the trainer's and its upload metrics), `evaluation` (a federated evaluation task:
+//! download, evaluate, `SubmitEvaluation`), `secagg` (secure-aggregation stages), `failure`
 //! (reporting a failed task), `pull` (a registered model for inference).
 
 use std::future::Future;
@@ -29,6 +30,7 @@ use flotilla_core::round::ClientEval;
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
 mod eval;
+mod evaluation;
 mod failure;
 mod outage_log;
 mod pull;
@@ -97,6 +99,9 @@ pub struct ClientStats {
     /// Evaluations that failed or returned an unusable outcome (logged; the task trained on
     /// without evaluation metrics).
     pub evaluations_dropped: u64,
+    /// Federated evaluation tasks (`STAGE_EVALUATE`) whose result the coordinator acknowledged
+    /// (also counted in `tasks_done`).
+    pub evaluation_tasks: u64,
     /// Wall time of the completed tasks, from receiving the task to the acknowledged upload
     /// (each secure-aggregation stage is a task).
     pub task_time: Duration,

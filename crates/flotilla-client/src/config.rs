@@ -97,6 +97,11 @@ pub struct ClientConfig {
     /// (`platform`, `app_version`, `charging`, `unmetered`, `idle`, `region`, `labels`, or any
     /// other key). At most 64, keys ≤ 64 bytes, values ≤ 256 bytes, or check-ins are refused.
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// Cohort labels sent with every federated evaluation report (`region → eu`,
+    /// `device → phone`, …): the coordinator summarizes evaluations per `key=value`. At most 16;
+    /// keys and values 1–64 bytes of printable ASCII, keys without `=` (checked by
+    /// [`crate::Client::new`]).
+    pub cohorts: std::collections::BTreeMap<String, String>,
     /// Reconnection backoff.
     pub backoff: Backoff,
     /// Payload bytes per upload chunk (default [`flotilla_proto::DEFAULT_CHUNK_BYTES`]).
@@ -116,6 +121,7 @@ impl ClientConfig {
             client_name: "flotilla-client".into(),
             job_ids: Vec::new(),
             attributes: Default::default(),
+            cohorts: Default::default(),
             backoff: Backoff::default(),
             upload_chunk_bytes: flotilla_proto::DEFAULT_CHUNK_BYTES,
         }
@@ -130,6 +136,8 @@ impl ClientConfig {
     /// for `https://`). Does not connect.
     pub(crate) fn endpoint(&self) -> Result<Endpoint, ConfigError> {
         self.backoff.validate()?;
+        flotilla_registry::check_cohorts(&self.cohorts)
+            .map_err(|e| ConfigError::InvalidCohorts(e.to_string()))?;
         if self.client_name.trim().is_empty() {
             return Err(ConfigError::EmptyClientName);
         }

@@ -58,6 +58,9 @@ pub enum ConfigError {
     /// A [`crate::Backoff`] value is out of range.
     #[error("invalid backoff: {0}")]
     InvalidBackoff(String),
+    /// [`crate::ClientConfig::cohorts`] breaks the bounds of cohort labels.
+    #[error("invalid cohorts: {0}")]
+    InvalidCohorts(String),
     /// `client_name` is empty.
     #[error("client_name must not be empty")]
     EmptyClientName,

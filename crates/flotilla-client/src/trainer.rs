@@ -252,6 +252,8 @@ pub enum DatasetTrainerError {
 pub struct DatasetTrainer {
     data: Dataset,
     indices: Vec<u32>,
+    /// Held-out rows [`LocalTrainer::evaluate`] evaluates on (`None`: the training rows).
+    eval: Option<(Dataset, Vec<u32>)>,
     models: HashMap<ModelSpec, Box<dyn Trainer>>,
 }
 
@@ -259,6 +261,7 @@ impl std::fmt::Debug for DatasetTrainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatasetTrainer")
             .field("num_samples", &self.indices.len())
+            .field("eval_samples", &self.eval.as_ref().map(|(_, i)| i.len()))
             .field("feature_shape", &self.data.feature_shape)
             .field("num_classes", &self.data.num_classes)
             .field("cached_models", &self.models.len())
@@ -283,13 +286,58 @@ impl DatasetTrainer {
         Ok(Self {
             data,
             indices,
+            eval: None,
             models: HashMap::new(),
         })
+    }
+
+    /// Evaluates ([`LocalTrainer::evaluate`], federated evaluation) on the rows `indices` of
+    /// `data` instead of the training rows; `data` must have the training data's feature length
+    /// and at most its number of classes.
+    pub fn with_eval(
+        mut self,
+        data: Dataset,
+        indices: Vec<u32>,
+    ) -> Result<Self, DatasetTrainerError> {
+        if indices.is_empty() {
+            return Err(DatasetTrainerError::BadSelection(
+                "no evaluation samples selected".into(),
+            ));
+        }
+        if let Some(&i) = indices.iter().find(|&&i| i as usize >= data.len()) {
+            return Err(DatasetTrainerError::BadSelection(format!(
+                "evaluation index {i} is out of range for {} samples",
+                data.len()
+            )));
+        }
+        if data.feature_len() != self.data.feature_len() || data.num_classes > self.data.num_classes
+        {
+            return Err(DatasetTrainerError::BadSelection(format!(
+                "the evaluation data has {} features and {} classes, the training data {} and {}",
+                data.feature_len(),
+                data.num_classes,
+                self.data.feature_len(),
+                self.data.num_classes
+            )));
+        }
+        self.eval = Some((data, indices));
+        Ok(self)
+    }
+
+    /// The rows [`LocalTrainer::evaluate`] uses: `(dataset, indices)` of the held-out data given
+    /// by [`DatasetTrainer::with_eval`], or the training rows.
+    pub fn eval_rows(&self) -> (&Dataset, &[u32]) {
+        match &self.eval {
+            Some((d, i)) => (d, i),
+            None => (&self.data, &self.indices),
+        }
     }
 
     /// Loads `dataset`'s train split (default [`LoadOptions`]: 20 % test, split seed 42) from
     /// `data_dir` (ignored for the built-in digits) and keeps part `index` (0-based) of an IID
     /// partition into `of` near-equal parts drawn with the fixed seed [`PARTITION_SEED`] (42).
+    /// It evaluates ([`LocalTrainer::evaluate`]) on part `index` of the same partition of the
+    /// test split, or on its training rows when the test split has fewer than `of` rows.
     ///
     /// Every client started with the same `dataset` and `of` therefore holds a disjoint share:
     /// `flotilla client --dataset digits --partition 3/10` uses part 3 of 10.
@@ -302,7 +350,8 @@ impl DatasetTrainer {
         if index >= of {
             return Err(DatasetTrainerError::BadPartitionIndex { index, of });
         }
-        let train = flotilla_data::load(dataset, data_dir, &LoadOptions::default())?.train;
+        let split = flotilla_data::load(dataset, data_dir, &LoadOptions::default())?;
+        let (train, test) = (split.train, split.test);
         let mut parts = flotilla_data::partition(
             &train.labels,
             train.groups.as_deref(),
@@ -315,7 +364,32 @@ impl DatasetTrainer {
             return Err(DatasetTrainerError::BadPartitionIndex { index, of });
         }
         let indices = parts.clients.swap_remove(index);
-        Self::new(train, indices)
+        let trainer = Self::new(train, indices)?;
+        // Evaluation rows: part `index` of the same IID partition of the test split, when there
+        // are enough test rows for every part to get some; otherwise the training rows.
+        match Self::test_part(&test, index, of) {
+            Some(rows) => trainer.with_eval(test, rows),
+            None => Ok(trainer),
+        }
+    }
+
+    /// Part `index` of `of` of an IID partition (seed [`PARTITION_SEED`]) of `test`, if every
+    /// part is non-empty.
+    fn test_part(test: &Dataset, index: usize, of: usize) -> Option<Vec<u32>> {
+        if test.len() < of {
+            return None;
+        }
+        let mut parts = flotilla_data::partition(
+            &test.labels,
+            test.groups.as_deref(),
+            test.num_classes,
+            of,
+            &PartitionSpec::Iid,
+            PARTITION_SEED,
+        )
+        .ok()?;
+        (index < parts.clients.len() && parts.clients.iter().all(|p| !p.is_empty()))
+            .then(|| parts.clients.swap_remove(index))
     }
 
     /// The dataset this trainer holds a share of.
@@ -343,53 +417,8 @@ impl DatasetTrainer {
         task: &TaskInfo,
         global: &[f32],
     ) -> Result<TrainOutcome, DatasetTrainerError> {
-        let desc = task
-            .model
-            .as_ref()
-            .ok_or(DatasetTrainerError::MissingSpec)?;
-        let spec = desc.to_ml_spec()?;
-        let mismatch = |reason: String| DatasetTrainerError::SpecMismatch {
-            spec: desc.clone(),
-            reason,
-        };
-        let input_len = spec
-            .input_shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d));
-        if input_len != Some(self.data.feature_len()) {
-            // Exactly what an operator needs to fix the data or the job: both feature counts.
-            let expects = match (input_len, spec.input_shape.len()) {
-                (Some(n), 1) => n.to_string(),
-                (Some(n), _) => format!("{n} (shape {:?})", spec.input_shape),
-                (None, _) => format!("shape {:?}", spec.input_shape),
-            };
-            return Err(mismatch(format!(
-                "input has {} features, model expects {expects}",
-                self.data.feature_len()
-            )));
-        }
-        if spec.num_classes < self.data.num_classes {
-            return Err(mismatch(format!(
-                "input has {} classes, model expects at most {}",
-                self.data.num_classes, spec.num_classes
-            )));
-        }
         let cfg = fit_config(&task.training)?;
-
-        // Check the layout before building anything else (a wrong spec must not train).
-        let kind = spec.kind.name().to_owned();
-        let trainer = match self.models.entry(spec) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let built = flotilla_ml::build(e.key(), 0)?;
-                e.insert(built)
-            }
-        };
-        if trainer.layout().fingerprint() != task.layout_fingerprint
-            || trainer.layout() != &task.layout
-        {
-            return Err(DatasetTrainerError::LayoutMismatch { kind });
-        }
+        let trainer = Self::model_for(&mut self.models, &self.data, task)?;
         trainer.set_parameters(global)?;
         let data = Samples {
             features: &self.data.features,
@@ -413,6 +442,88 @@ impl DatasetTrainer {
             metrics,
             local_steps: report.steps,
         })
+    }
+
+    /// Evaluates `global` for `task` on the evaluation rows ([`DatasetTrainer::eval_rows`]): mean
+    /// loss and accuracy; the typed-error form of [`LocalTrainer::evaluate`].
+    pub fn evaluate_task(
+        &mut self,
+        task: &TaskInfo,
+        global: &[f32],
+    ) -> Result<EvalOutcome, DatasetTrainerError> {
+        let trainer = Self::model_for(&mut self.models, &self.data, task)?;
+        let (data, indices) = match &self.eval {
+            Some((d, i)) => (d, i),
+            None => (&self.data, &self.indices),
+        };
+        trainer.set_parameters(global)?;
+        let samples = Samples {
+            features: &data.features,
+            feature_len: data.feature_len(),
+            labels: &data.labels,
+            indices,
+        };
+        let report = trainer.evaluate(&samples)?;
+        Ok(EvalOutcome {
+            loss: report.loss,
+            num_samples: report.num_samples as u64,
+            metrics: [("accuracy".to_owned(), report.accuracy)].into(),
+        })
+    }
+
+    /// The cached model for `task`'s spec, built on first use, after checking that the spec fits
+    /// this client's data and the built model has the task's layout.
+    fn model_for<'m>(
+        models: &'m mut HashMap<ModelSpec, Box<dyn Trainer>>,
+        data: &Dataset,
+        task: &TaskInfo,
+    ) -> Result<&'m mut Box<dyn Trainer>, DatasetTrainerError> {
+        let desc = task
+            .model
+            .as_ref()
+            .ok_or(DatasetTrainerError::MissingSpec)?;
+        let spec = desc.to_ml_spec()?;
+        let mismatch = |reason: String| DatasetTrainerError::SpecMismatch {
+            spec: desc.clone(),
+            reason,
+        };
+        let input_len = spec
+            .input_shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        if input_len != Some(data.feature_len()) {
+            // Exactly what an operator needs to fix the data or the job: both feature counts.
+            let expects = match (input_len, spec.input_shape.len()) {
+                (Some(n), 1) => n.to_string(),
+                (Some(n), _) => format!("{n} (shape {:?})", spec.input_shape),
+                (None, _) => format!("shape {:?}", spec.input_shape),
+            };
+            return Err(mismatch(format!(
+                "input has {} features, model expects {expects}",
+                data.feature_len()
+            )));
+        }
+        if spec.num_classes < data.num_classes {
+            return Err(mismatch(format!(
+                "input has {} classes, model expects at most {}",
+                data.num_classes, spec.num_classes
+            )));
+        }
+        // Check the layout before building anything else (a wrong spec must not train).
+        let kind = spec.kind.name().to_owned();
+        let trainer = match models.entry(spec) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let built = flotilla_ml::build(e.key(), 0)?;
+                e.insert(built)
+            }
+        };
+        if trainer.layout().fingerprint() != task.layout_fingerprint
+            || trainer.layout() != &task.layout
+        {
+            return Err(DatasetTrainerError::LayoutMismatch { kind });
+        }
+        Ok(trainer)
     }
 }
 
@@ -461,6 +572,14 @@ impl LocalTrainer for DatasetTrainer {
 
     fn train(&mut self, task: &TaskInfo, global: &[f32]) -> Result<TrainOutcome, BoxError> {
         Ok(self.train_task(task, global)?)
+    }
+
+    fn evaluate(
+        &mut self,
+        task: &TaskInfo,
+        global: &[f32],
+    ) -> Result<Option<EvalOutcome>, BoxError> {
+        Ok(Some(self.evaluate_task(task, global)?))
     }
 }
 
@@ -564,6 +683,56 @@ mod tests {
             t.train_task(&wrong, &global),
             Err(DatasetTrainerError::BadConfig(_))
         ));
+    }
+
+    #[test]
+    fn evaluates_on_its_part_of_the_test_split() {
+        let mut t =
+            DatasetTrainer::from_partition(DatasetName::Digits, Path::new("."), 1, 4).unwrap();
+        let (data, rows) = t.eval_rows();
+        let n = rows.len() as u64;
+        // digits: 1797 rows, 20 % test, a quarter of it per client.
+        assert!(n > 60 && n < 120, "{n}");
+        assert_ne!(
+            data.len(),
+            t.dataset().len(),
+            "the test split, not the training rows"
+        );
+        let spec = ModelSpec {
+            kind: ModelKind::LogReg,
+            input_shape: vec![64],
+            num_classes: 10,
+        };
+        let init = flotilla_ml::build(&spec, 9).unwrap();
+        let task = logreg_task(init.layout().clone());
+        let global = init.parameters();
+        let e = t.evaluate_task(&task, &global).unwrap();
+        assert_eq!(e.num_samples, n);
+        assert!(e.loss.is_finite());
+        let a = e.metrics["accuracy"];
+        assert!((0.0..=1.0).contains(&a), "{a}");
+        // Trained parameters do better on the held-out rows, deterministically.
+        let trained = t.train_task(&task, &global).unwrap().params;
+        let better = t.evaluate_task(&task, &trained).unwrap();
+        assert!(better.metrics["accuracy"] > a, "{better:?} vs {e:?}");
+        assert_eq!(better, t.evaluate_task(&task, &trained).unwrap());
+        // Through the trait, as the SDK calls it.
+        let via_trait = LocalTrainer::evaluate(&mut t, &task, &trained).unwrap();
+        assert_eq!(via_trait, Some(better));
+
+        // Other evaluation rows: checked against the training data.
+        let other = t.dataset().clone();
+        assert!(
+            DatasetTrainer::from_partition(DatasetName::Digits, Path::new("."), 0, 4)
+                .unwrap()
+                .with_eval(other.clone(), vec![])
+                .is_err()
+        );
+        let t = DatasetTrainer::new(other.clone(), vec![0, 1])
+            .unwrap()
+            .with_eval(other, vec![5, 6, 7])
+            .unwrap();
+        assert_eq!(t.eval_rows().1, &[5, 6, 7]);
     }
 
     #[test]

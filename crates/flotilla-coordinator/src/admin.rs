@@ -28,6 +28,8 @@ use crate::submit::SubmitError;
 
 #[path = "admin_audit.rs"]
 mod audit;
+#[path = "admin_evaluations.rs"]
+mod evaluations;
 #[path = "admin_governance.rs"]
 mod governance;
 #[path = "admin_model.rs"]
@@ -309,6 +311,12 @@ pub(crate) fn router(shared: Arc<Shared>, token: &str, prometheus: Option<Router
         .route(
             "/v1/models/{name}/versions/{version}/promote",
             post(registry::promote),
+        )
+        .route("/v1/evaluations", post(evaluations::start))
+        .route("/v1/evaluations/{id}", get(evaluations::show))
+        .route(
+            "/v1/jobs/{id}/evaluations",
+            get(evaluations::job_evaluations),
         );
     if let Some(p) = prometheus {
         r = r.route_service("/metrics", p);

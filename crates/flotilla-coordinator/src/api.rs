@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::ModelSection;
 
 mod audit;
+pub mod evaluations;
 pub mod evidence;
 mod metrics;
 mod policy;

@@ -4,7 +4,9 @@
 
 use flotilla_spec::{JobConfig, ModelSource, ParseError};
 
-use crate::spec::{CUSTOM_KIND, JobSpec, ModelSection, SpecError, TrainSection};
+use crate::spec::{
+    CUSTOM_KIND, FederatedEvalSection, JobSpec, ModelSection, SpecError, TrainSection,
+};
 
 impl JobSpec {
     /// Parses and validates a job TOML with `flotilla_spec` (the vocabulary scenario files share),
@@ -65,6 +67,10 @@ impl JobSpec {
             },
             min_samples: job.min_samples,
             evaluation_dataset: job.evaluation_dataset.map(|d| d.to_string()),
+            federated_evaluation: job.federated_evaluation.map(|f| FederatedEvalSection {
+                every: f.every,
+                clients: f.clients,
+            }),
             strategy: job.strategy,
             secagg: job.secagg,
             privacy: job.privacy,

@@ -175,6 +175,9 @@ impl Shared {
                             inner.current.params.clone(),
                         );
                     }
+                    // `[evaluation] federated_every`: the clients evaluate the committed model. Only
+                    // booked here; tasks go out at check-ins, never blocking a round.
+                    self.schedule_job_fed_eval(job, info.round);
                     // The next round is admitted (and charged) by the privacy budgets before any
                     // client is configured for it; a refusal ends the job here.
                     if let Err(why) = self

@@ -38,12 +38,13 @@
 //! 3. `state`: the shared types (`Shared`, `JobRuntime`, `JobInner`, …), no logic;
 //! 4. the logic on that state, each calling only those before it: `bounds`, `live`, `registry`
 //!    (registering, promoting and rolling back model versions), `job_end`,
+//!    `fed_eval_run` (running federated evaluation campaigns),
 //!    `jobs` (driving and committing), `secagg_round`, `runtime`, `submit`, `recovery`, `heal`,
 //!    `approval` (starting an approved job), `retention` (retention runs and erasure), `evidence`
 //!    (evidence packs), `model_watch` (canary comparison and regression detection);
 //! 5. the APIs: `service` (gRPC), `probes` (health), `console` (the web console's page and
 //!    sessions), `prom` (`GET /metrics`) and `admin` (with `admin_model.rs`,
-//!    `admin_governance.rs` and `admin_registry.rs`), which mounts the console and the probes;
+//!    `admin_governance.rs`, `admin_registry.rs` and `admin_evaluations.rs`), which mounts the console and the probes;
 //!    then this root.
 
 mod admin;
@@ -62,6 +63,7 @@ mod error;
 mod evaluation;
 mod evidence;
 mod fed_eval;
+mod fed_eval_run;
 mod heal;
 mod initial_model;
 mod job_end;

@@ -423,6 +423,13 @@ impl Coordinator for CoordinatorService {
                 retry = Some(retry.map_or(ms, |r| r.min(ms)));
             }
         }
+        // No training work: a federated evaluation of the tenant may ask this client.
+        if let Some(t) = self.shared.fed_eval_task(&tenant, client).await {
+            Metrics::inc(&m.tasks);
+            return Ok(Response::new(v1::CheckInResponse {
+                outcome: Some(v1::check_in_response::Outcome::Task(t)),
+            }));
+        }
         Metrics::inc(&m.retry_afters);
         let reason = match (retry, any_job) {
             (Some(_), _) => "no task for this client now".to_owned(),
@@ -461,6 +468,16 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         if let Some(reg) = r.registry_model {
             return self.registry_download(&caller, &reg, r.offset).await;
+        }
+        // A job round's model under federated evaluation, for a client holding that task (the
+        // job may have ended: the campaign holds the parameters).
+        if r.part == v1::ModelPart::Global as i32
+            && let Some(params) =
+                self.shared
+                    .fed_evals
+                    .round_params(caller.id.0, &r.job_id, r.model_version)
+        {
+            return self.stream_params(params, r.offset);
         }
         let Some(job) = self.shared.job(&r.job_id) else {
             return Err(self.refuse(

@@ -99,6 +99,10 @@ pub struct JobSpec {
     pub min_samples: u64,
     /// Dataset whose test split evaluates every committed model, if any.
     pub evaluation_dataset: Option<String>,
+    /// `[evaluation] federated_every` / `federated_clients`: a federated evaluation of the
+    /// committed model by the clients every K rounds (and after the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_evaluation: Option<FederatedEvalSection>,
     /// How reports are aggregated (`[strategy]`; FedAvg when absent).
     #[serde(default = "StrategySpec::fedavg")]
     pub strategy: StrategySpec,
@@ -118,6 +122,26 @@ pub struct JobSpec {
     /// `[release]`: the release gate set on that model when the job registers it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<flotilla_registry::Gate>,
+}
+
+/// `[evaluation] federated_every = K`, `federated_clients = N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederatedEvalSection {
+    /// K: every K-th committed round (and the last) is evaluated.
+    pub every: u64,
+    /// N: clients asked for each evaluation.
+    pub clients: u32,
+}
+
+impl FederatedEvalSection {
+    /// Whether committed round `round` of a job of `rounds` rounds is evaluated.
+    pub fn due(&self, round: u64, rounds: u64) -> bool {
+        flotilla_spec::FederatedEvaluation {
+            every: self.every,
+            clients: self.clients,
+        }
+        .due(round, rounds)
+    }
 }
 
 impl JobSpec {

@@ -152,7 +152,7 @@ pub(crate) struct Shared {
     /// What the TLS listeners offer (for evidence packs); `None` without TLS.
     pub tls_offer: Option<crate::tls::TlsOffer>,
     /// Federated evaluation campaigns (`fed_eval.rs`), bounded.
-    pub fed_evals: crate::fed_eval::FedEvals,
+    pub fed_evals: Arc<crate::fed_eval::FedEvals>,
     /// Registered models' rows and version descriptions for `ResolveModel` (bounded, 1 s).
     pub resolve_cache: crate::resolve_cache::ResolveCache,
 }

@@ -37,9 +37,10 @@ impl Client {
     /// `state_dir`. `token` is the one-time enrollment token, needed on the first start only;
     /// `ca_cert` the PEM file of the CA that signed the coordinator's certificate. `insecure=True`
     /// allows a plain `http://` coordinator (development only). `jobs` limits the jobs served;
-    /// `attributes` are announced at every check-in for the coordinator's eligibility policies.
+    /// `attributes` are announced at every check-in for the coordinator's eligibility policies;
+    /// `cohorts` (e.g. `{"region": "eu"}`) are sent with every federated evaluation report.
     #[new]
-    #[pyo3(signature = (coordinator, state_dir, *, ca_cert=None, token=None, name=None, jobs=None, insecure=false, attributes=None))]
+    #[pyo3(signature = (coordinator, state_dir, *, ca_cert=None, token=None, name=None, jobs=None, insecure=false, attributes=None, cohorts=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         coordinator: String,
@@ -50,6 +51,7 @@ impl Client {
         jobs: Option<Vec<String>>,
         insecure: bool,
         attributes: Option<std::collections::BTreeMap<String, String>>,
+        cohorts: Option<std::collections::BTreeMap<String, String>>,
     ) -> PyResult<Self> {
         let mut config = ClientConfig::new(coordinator, state_dir);
         config.ca_cert = ca_cert;
@@ -60,6 +62,7 @@ impl Client {
         }
         config.job_ids = jobs.unwrap_or_default();
         config.attributes = attributes.unwrap_or_default();
+        config.cohorts = cohorts.unwrap_or_default();
         // Validate now (address, TLS files, stored credential), so a mistake shows at once.
         flotilla_client::Client::new(config.clone()).map_err(|e| flotilla_error(&e))?;
         Ok(Self {

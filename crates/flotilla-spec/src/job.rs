@@ -51,6 +51,29 @@ pub struct JobConfig {
     pub registry: Option<flotilla_registry::ModelName>,
     /// `[release]`: the gate set on that model when the job registers it.
     pub release: Option<flotilla_registry::Gate>,
+    /// `[evaluation] federated_every` and `federated_clients`: federated evaluation of committed
+    /// models by the clients.
+    pub federated_evaluation: Option<FederatedEvaluation>,
+}
+
+/// Most clients `[evaluation] federated_clients` may ask for.
+pub const MAX_FEDERATED_EVAL_CLIENTS: u64 = 10_000;
+
+/// `[evaluation] federated_every = K`, `federated_clients = N`: after every K-th committed round
+/// (and the last), N clients of the job's tenant evaluate the committed model on their local data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FederatedEvaluation {
+    /// K, in rounds (≥ 1).
+    pub every: u64,
+    /// N, 1..=[`MAX_FEDERATED_EVAL_CLIENTS`] (default: `clients_per_round`).
+    pub clients: u32,
+}
+
+impl FederatedEvaluation {
+    /// Whether committed round `round` of a job of `rounds` rounds is evaluated.
+    pub fn due(&self, round: u64, rounds: u64) -> bool {
+        round > 0 && (round % self.every == 0 || round == rounds)
+    }
 }
 
 /// Reads a file into its raw form: TOML syntax, unknown keys (with "did you mean") and moved keys
@@ -93,15 +116,14 @@ impl JobConfig {
             None => DEFAULT_MIN_SAMPLES,
             Some(m) => int("eligibility.min_samples", m, 0, limits::MAX_SAMPLES)?,
         };
-        let evaluation_dataset = match &r.evaluation {
+        let evaluation_dataset = match r.evaluation.as_ref().and_then(|e| e.dataset.as_deref()) {
             None => None,
-            Some(e) => {
-                let d = need(e.dataset.as_deref(), "evaluation.dataset")?;
+            Some(d) => {
                 let Some(model) = model.built_in() else {
                     return Err(SpecError::new(
                         "evaluation.dataset",
                         "a model given by model.initial has no server-side evaluator; clients \
-                         report evaluation (federated evaluation): remove [evaluation]",
+                         report evaluation (federated evaluation): use federated_every instead",
                     ));
                 };
                 let ds = DatasetName::from_str(d)
@@ -117,6 +139,39 @@ impl JobConfig {
                 }
                 Some(ds)
             }
+        };
+        let federated_evaluation = match &r.evaluation {
+            None => None,
+            Some(e) => match (e.federated_every, e.federated_clients) {
+                (None, None) => {
+                    if e.dataset.is_none() {
+                        return Err(SpecError::new(
+                            "evaluation",
+                            "give dataset (server-side evaluation) or federated_every (federated \
+                             evaluation by the clients), or remove [evaluation]",
+                        ));
+                    }
+                    None
+                }
+                (None, Some(_)) => {
+                    return Err(SpecError::new(
+                        "evaluation.federated_clients",
+                        "needs federated_every (evaluate every K rounds)",
+                    ));
+                }
+                (Some(k), n) => Some(FederatedEvaluation {
+                    every: int("evaluation.federated_every", k, 1, rounds)?,
+                    clients: match n {
+                        None => clients_per_round as u32,
+                        Some(n) => int(
+                            "evaluation.federated_clients",
+                            n,
+                            1,
+                            MAX_FEDERATED_EVAL_CLIENTS,
+                        )? as u32,
+                    },
+                }),
+            },
         };
 
         let policy = round.policy(rounds, clients_per_round, r.secagg.is_some());
@@ -157,6 +212,7 @@ impl JobConfig {
             evaluation_dataset,
             registry,
             release,
+            federated_evaluation,
         })
     }
 

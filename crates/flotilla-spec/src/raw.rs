@@ -175,6 +175,10 @@ pub struct RawEligibility {
 pub struct RawEvaluation {
     /// Dataset whose test split evaluates every committed model.
     pub dataset: Option<String>,
+    /// Federated evaluation of the committed model every K rounds (and after the last).
+    pub federated_every: Option<i64>,
+    /// Clients asked for each federated evaluation (default `clients_per_round`).
+    pub federated_clients: Option<i64>,
 }
 
 /// `[registry]`: register the job's final model under a name when it completes.

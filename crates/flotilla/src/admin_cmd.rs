@@ -19,6 +19,8 @@ use crate::model_file::ModelFormat;
 
 pub(crate) mod client_model;
 mod download;
+#[path = "evaluate_cmd.rs"]
+pub(crate) mod evaluate_cmd;
 #[path = "evidence_cmd.rs"]
 pub(crate) mod evidence_cmd;
 mod initial;
@@ -171,6 +173,17 @@ pub enum JobCommand {
         interval: Duration,
         #[command(flatten)]
         output: JsonArg,
+    },
+    /// Federated evaluation of a committed model: N clients of the job's tenant evaluate it on
+    /// their local data; prints the result overall, per cohort, and the fairness view.
+    Evaluate {
+        /// Job id
+        id: u64,
+        /// Round whose model to evaluate [default: the latest committed round]
+        #[arg(long, value_name = "R")]
+        round: Option<u64>,
+        #[command(flatten)]
+        args: evaluate_cmd::EvaluateArgs,
     },
     /// Download a committed model, verified against the round's SHA-256.
     Download {
@@ -567,13 +580,14 @@ pub fn job(cmd: JobCommand) -> Result<()> {
             }
         }
         JobCommand::Status { admin, id, output } => {
-            let v =
-                Admin::new(&admin)?.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)?;
+            let a = Admin::new(&admin)?;
+            let v = a.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)?;
             if output.json {
                 println!("{v}");
             } else {
                 let s: admin_view::JobStatus = typed(v, "job status")?;
                 print!("{}", admin_view::job_status(&s, &Clock::local()));
+                print!("{}", evaluate_cmd::job_status_lines(&a, &id));
             }
         }
         JobCommand::Cancel {
@@ -613,6 +627,9 @@ pub fn job(cmd: JobCommand) -> Result<()> {
         } => {
             let interval = interval.clamp(Duration::from_millis(100), Duration::from_secs(600));
             wait::wait(&Admin::new(&admin)?, &id, timeout, interval, output.json)?;
+        }
+        JobCommand::Evaluate { id, round, args } => {
+            evaluate_cmd::run(&args, evaluate_cmd::Subject::Job { id, round })?;
         }
         JobCommand::Download {
             admin,

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::time::Duration;
 
 use flotilla_client::{
-    BoxError, Client, ClientConfig, DatasetTrainer, LocalTrainer, TaskInfo, TrainOutcome,
+    BoxError, Client, ClientConfig, DatasetTrainer, EvalOutcome, LocalTrainer, TaskInfo,
+    TrainOutcome,
 };
 use flotilla_data::DatasetName;
 
@@ -54,6 +55,10 @@ pub struct ClientArgs {
     /// (repeatable), e.g. charging=true, unmetered=true, region=eu, labels=ward,icu
     #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse_attribute)]
     attributes: Vec<(String, String)>,
+    /// A cohort label sent with every federated evaluation report (repeatable), e.g.
+    /// region=eu, device=phone: evaluations are summarized per KEY=VALUE
+    #[arg(long = "cohort", value_name = "KEY=VALUE", value_parser = parse_cohort)]
+    cohorts: Vec<(String, String)>,
     /// Wait this long after each local training before uploading, to act like a slower device
     /// (try deadlines or FedBuff's staleness settings on one machine); at most 3600000
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -118,6 +123,24 @@ impl<T: LocalTrainer> LocalTrainer for Slowed<T> {
         }
         outcome
     }
+
+    fn evaluate(
+        &mut self,
+        task: &TaskInfo,
+        global: &[f32],
+    ) -> Result<Option<EvalOutcome>, BoxError> {
+        self.inner.evaluate(task, global)
+    }
+}
+
+/// `--cohort KEY=VALUE`, checked like the SDK checks `ClientConfig::cohorts`.
+fn parse_cohort(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, e.g. region=eu, got {s:?}"))?;
+    let pair = (k.trim().to_owned(), v.trim().to_owned());
+    flotilla_registry::check_cohorts([(&pair.0, &pair.1)]).map_err(|e| e.to_string())?;
+    Ok(pair)
 }
 
 fn parse_partition(s: &str) -> Result<(usize, usize)> {
@@ -193,6 +216,7 @@ pub fn client(args: ClientArgs) -> Result<()> {
     config.client_name = args.name;
     config.job_ids = args.jobs;
     config.attributes = args.attributes.into_iter().collect();
+    config.cohorts = args.cohorts.into_iter().collect();
     let mut client = Client::new(config).context("configuring the client")?;
     let rt = runtime()?;
     if let Some(addr) = args.metrics_listen {

@@ -25,7 +25,7 @@ pub(super) fn checked(
         Ok(o) => o?,
         Err(e) => {
             let error = error_chain(e.as_ref());
-            tracing::warn!(job = %info.job_id.escape_debug(), round = info.round, error = %error.escape_debug(), "evaluation failed; training without evaluation metrics");
+            tracing::warn!(job = %info.job_id.escape_debug(), round = info.round, error = %error.escape_debug(), "evaluation failed; no evaluation reported");
             return None;
         }
     };
@@ -37,7 +37,7 @@ pub(super) fn checked(
     match eval.validate() {
         Ok(()) => Some(eval),
         Err(e) => {
-            tracing::warn!(job = %info.job_id.escape_debug(), round = info.round, error = %e, "evaluation unusable; training without evaluation metrics");
+            tracing::warn!(job = %info.job_id.escape_debug(), round = info.round, error = %e, "evaluation unusable; no evaluation reported");
             None
         }
     }

@@ -217,6 +217,9 @@ impl Session<'_> {
         bearer: &MetadataValue<Ascii>,
         task: v1::Task,
     ) -> Result<(), ClientError> {
+        if task.stage == v1::Stage::Evaluate as i32 {
+            return self.do_evaluation(bearer, task).await;
+        }
         let (mut info, receiver, control_receiver) = match check_task(&task, SystemTime::now()) {
             Ok(x) => x,
             Err(reason) => {

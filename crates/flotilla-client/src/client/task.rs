@@ -111,6 +111,69 @@ pub(super) fn check_task(
     Ok((info, receiver, control))
 }
 
+/// Checks a federated evaluation task (`STAGE_EVALUATE`) and prepares the model receiver:
+/// the task, its evaluation id and the receiver of the model to evaluate. Errors are reasons to
+/// skip the task.
+pub(super) fn check_eval_task(
+    task: &v1::Task,
+    now: SystemTime,
+) -> Result<(TaskInfo, String, ModelReceiver), String> {
+    let e = task
+        .evaluation
+        .as_ref()
+        .ok_or("the evaluation task names no evaluation")?;
+    if e.evaluation_id.is_empty() || e.evaluation_id.len() > flotilla_proto::MAX_ID_LEN {
+        return Err("evaluation_id is empty or too long".into());
+    }
+    if task.job_id.len() > flotilla_proto::MAX_ID_LEN {
+        return Err("job_id is too long".into());
+    }
+    if e.registry_model.is_none() && task.job_id.is_empty() {
+        return Err("the evaluation task names neither a registry model nor a job".into());
+    }
+    let model = task.model.as_ref().ok_or("the task has no model")?;
+    let receiver = ModelReceiver::new(model, MAX_MODEL_BYTES).map_err(|e| e.to_string())?;
+    let fingerprint: [u8; 32] = model
+        .layout_fingerprint
+        .as_slice()
+        .try_into()
+        .map_err(|_| "layout_fingerprint does not have 32 bytes".to_owned())?;
+    if fingerprint != receiver.layout().fingerprint() {
+        return Err("layout_fingerprint does not match the announced layout".into());
+    }
+    let t = task.training.unwrap_or_default();
+    let info = TaskInfo {
+        job_id: task.job_id.clone(),
+        round: task.round,
+        attempt: task.attempt,
+        stage_index: task.stage_index,
+        model_version: task.model_version,
+        layout: receiver.layout().clone(),
+        layout_fingerprint: fingerprint,
+        model: model.spec.as_ref().map(|s| ModelDescription {
+            kind: s.kind.clone(),
+            input_shape: s.input_shape.clone(),
+            num_classes: s.num_classes,
+            hidden: s.hidden,
+            embed: s.embed,
+        }),
+        // Nothing is trained: the values are informational only.
+        training: TrainingConfig {
+            epochs: t.epochs,
+            batch_size: t.batch_size,
+            learning_rate: t.learning_rate,
+            seed: t.seed,
+            proximal_mu: t.proximal_mu,
+            max_grad_norm: t.max_grad_norm,
+        },
+        gradient_correction: None,
+        deadline: (task.time_remaining_ms > 0)
+            .then(|| now.checked_add(Duration::from_millis(task.time_remaining_ms)))
+            .flatten(),
+    };
+    Ok((info, e.evaluation_id.clone(), receiver))
+}
+
 /// Deterministic upload id of a task: hex SHA-256 of (job, round, attempt, stage, stage index,
 /// client id), so that re-uploading the same task's update is idempotent and resumable.
 pub fn upload_id(
@@ -289,6 +352,51 @@ mod tests {
             check_task(&task, SystemTime::now()).unwrap().0.deadline,
             None
         );
+    }
+
+    #[test]
+    fn evaluation_tasks_are_checked() {
+        let layout =
+            flotilla_core::ParamLayout::new(vec![flotilla_core::TensorSpec::new("w", [3])]);
+        let mut task = v1::Task {
+            job_id: "7".into(),
+            round: 2,
+            stage: v1::Stage::Evaluate as i32,
+            model_version: 2,
+            model: Some(flotilla_proto::model_info(&layout, &[0.0; 3])),
+            time_remaining_ms: 60_000,
+            evaluation: Some(v1::EvaluationTask {
+                evaluation_id: "5".into(),
+                registry_model: None,
+            }),
+            ..Default::default()
+        };
+        let (info, id, receiver) = check_eval_task(&task, SystemTime::now()).unwrap();
+        assert_eq!(
+            (info.job_id.as_str(), info.round, id.as_str()),
+            ("7", 2, "5")
+        );
+        assert_eq!(receiver.total_bytes(), 12);
+        assert!(info.deadline.is_some());
+        // The training path refuses it: an evaluation is not a training task.
+        assert!(check_task(&task, SystemTime::now()).is_err());
+        let mut bad = task.clone();
+        bad.evaluation = None;
+        assert!(check_eval_task(&bad, SystemTime::now()).is_err());
+        let mut bad = task.clone();
+        bad.evaluation.as_mut().unwrap().evaluation_id.clear();
+        assert!(check_eval_task(&bad, SystemTime::now()).is_err());
+        let mut bad = task.clone();
+        bad.model.as_mut().unwrap().layout_fingerprint = vec![0; 32];
+        assert!(check_eval_task(&bad, SystemTime::now()).is_err());
+        // A registry version needs no job.
+        task.job_id.clear();
+        assert!(check_eval_task(&task, SystemTime::now()).is_err());
+        task.evaluation.as_mut().unwrap().registry_model = Some(v1::RegistryModelRef {
+            name: "digits".into(),
+            version: 3,
+        });
+        assert!(check_eval_task(&task, SystemTime::now()).is_ok());
     }
 
     #[test]

@@ -36,6 +36,7 @@ class Client:
         jobs: Optional[Sequence[str]] = None,
         insecure: bool = False,
         attributes: Optional[Mapping[str, str]] = None,
+        cohorts: Optional[Mapping[str, str]] = None,
     ) -> None: ...
     def run(self, trainer: Trainer) -> Dict[str, Any]:
         """Serves the coordinator until Ctrl-C, ``stop()`` or a fatal error; returns counters."""

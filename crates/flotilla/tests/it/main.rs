@@ -15,6 +15,7 @@ mod console;
 mod custom_model;
 mod dp_cli;
 mod fedbuff_federation;
+mod federated_evaluation;
 mod federation;
 mod first_hour_errors;
 mod governance_audit;
