@@ -310,7 +310,7 @@ async fn evaluate(
         deadline: cfg.deadline(),
         threshold: None,
     };
-    let id = match shared.fed_evals.start(req) {
+    let id = match shared.start_fed_eval(req) {
         Ok(id) => id,
         Err(why) => {
             tracing::info!(model = %m.name, %why, "model watch: evaluation not started");
