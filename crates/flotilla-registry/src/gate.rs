@@ -47,7 +47,12 @@ impl Gate {
             _ => Ok(()),
         };
         check("min_accuracy", self.min_accuracy, 0.0, 1.0)?;
-        check("max_regression_points", self.max_regression_points, 0.0, 100.0)?;
+        check(
+            "max_regression_points",
+            self.max_regression_points,
+            0.0,
+            100.0,
+        )?;
         check(
             "max_cohort_regression_points",
             self.max_cohort_regression_points,
@@ -121,7 +126,10 @@ pub fn check_gate(gate: &Gate, input: &GateInput<'_>) -> GateReport {
             Some(a) => rule(
                 "min_accuracy",
                 a >= min,
-                format!("accuracy {a:.4} {} {min:.4}", if a >= min { "≥" } else { "<" }),
+                format!(
+                    "accuracy {a:.4} {} {min:.4}",
+                    if a >= min { "≥" } else { "<" }
+                ),
             ),
             None => rule("min_accuracy", false, NO_EVAL.into()),
         }
@@ -174,7 +182,10 @@ pub fn check_gate(gate: &Gate, input: &GateInput<'_>) -> GateReport {
                     Some(w) => rule(
                         "max_cohort_regression",
                         true,
-                        format!("largest cohort drop {} {:.2} points (max {max})", w.cohort, w.drop_points),
+                        format!(
+                            "largest cohort drop {} {:.2} points (max {max})",
+                            w.cohort, w.drop_points
+                        ),
                     ),
                     None => rule(
                         "max_cohort_regression",
@@ -192,7 +203,11 @@ pub fn check_gate(gate: &Gate, input: &GateInput<'_>) -> GateReport {
                 e <= max,
                 format!("ε {e:.4} {} {max}", if e <= max { "≤" } else { ">" }),
             ),
-            None => rule("max_epsilon", true, "the job had no differential privacy: ε not spent".into()),
+            None => rule(
+                "max_epsilon",
+                true,
+                "the job had no differential privacy: ε not spent".into(),
+            ),
         }
     }
     if gate.require_secagg {
@@ -211,7 +226,10 @@ pub fn check_gate(gate: &Gate, input: &GateInput<'_>) -> GateReport {
         rule(
             "min_eval_clients",
             n >= min,
-            format!("{n} evaluating clients {} {min}", if n >= min { "≥" } else { "<" }),
+            format!(
+                "{n} evaluating clients {} {min}",
+                if n >= min { "≥" } else { "<" }
+            ),
         );
     }
     GateReport {
@@ -260,16 +278,46 @@ mod tests {
         assert_eq!(r.rules.len(), 6);
         // One cohort falls 10 points, overall 5.
         let worse = eval(0.8, 0.9);
-        let r = check_gate(&gate, &GateInput { candidate: Some(&worse), ..input });
+        let r = check_gate(
+            &gate,
+            &GateInput {
+                candidate: Some(&worse),
+                ..input
+            },
+        );
         assert!(!r.passed);
         assert_eq!(r.first_failure().unwrap().rule, "max_regression");
-        let fails: Vec<_> = r.rules.iter().filter(|r| !r.passed).map(|r| r.rule.as_str()).collect();
+        let fails: Vec<_> = r
+            .rules
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.rule.as_str())
+            .collect();
         assert_eq!(fails, ["max_regression", "max_cohort_regression"]);
-        let r = check_gate(&gate, &GateInput { candidate: None, ..input });
+        let r = check_gate(
+            &gate,
+            &GateInput {
+                candidate: None,
+                ..input
+            },
+        );
         assert_eq!(r.first_failure().unwrap().rule, "min_accuracy");
-        let r = check_gate(&gate, &GateInput { secagg: false, ..input });
+        let r = check_gate(
+            &gate,
+            &GateInput {
+                secagg: false,
+                ..input
+            },
+        );
         assert_eq!(r.first_failure().unwrap().rule, "require_secagg");
         assert!(check_gate(&Gate::default(), &GateInput::default()).passed);
-        assert!(Gate { min_accuracy: Some(1.5), ..Gate::default() }.validate().is_err());
+        assert!(
+            Gate {
+                min_accuracy: Some(1.5),
+                ..Gate::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -77,8 +77,8 @@ pub use principals::{
     RoleGrant, TenantSettings, check_principal_name,
 };
 pub use registry::{
-    Canary, EvalKind, EvalSubject, MAX_VERSIONS_PER_MODEL, ModelVersion, NewModelVersion, RegisteredModel,
-    Rollback, StoredEvaluation,
+    Canary, EvalKind, EvalSubject, MAX_VERSIONS_PER_MODEL, ModelVersion, NewModelVersion,
+    RegisteredModel, Rollback, StoredEvaluation,
 };
 pub use retention::erasure::{ERASED_FIELDS, ForgottenClient};
 pub use retention::{RetentionApplied, RetentionItem, RetentionKind, RetentionRules};

@@ -252,7 +252,10 @@ fn version_from_row(row: &AnyRow) -> Result<ModelVersion> {
         stage: stage
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("version stage: {e}")))?,
-        gate_report: report.as_deref().map(|r| json(r, "gate report")).transpose()?,
+        gate_report: report
+            .as_deref()
+            .map(|r| json(r, "gate report"))
+            .transpose()?,
         registered_by: row.try_get("registered_by")?,
         created_at_ms: row.try_get("created_at_ms")?,
         stage_changed_at_ms: row.try_get("stage_changed_at_ms")?,
@@ -466,7 +469,10 @@ impl Store {
     }
 
     /// Registered models, by name; only those of `tenants` when given.
-    pub async fn registered_models(&self, tenants: Option<&[String]>) -> Result<Vec<RegisteredModel>> {
+    pub async fn registered_models(
+        &self,
+        tenants: Option<&[String]>,
+    ) -> Result<Vec<RegisteredModel>> {
         let rows = sqlx::query(&format!(
             "SELECT {MODEL_COLUMNS} FROM registry_models ORDER BY name"
         ))
@@ -537,7 +543,16 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let details = serde_json::to_value(gate).unwrap_or_default();
-        audit(&mut tx, actor, &m.tenant, "model.gate", format!("model:{name}"), details, now).await?;
+        audit(
+            &mut tx,
+            actor,
+            &m.tenant,
+            "model.gate",
+            format!("model:{name}"),
+            details,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -806,12 +821,18 @@ impl Store {
         started_at_ms: i64,
     ) -> Result<u64> {
         let (name, version, job, round) = match subject {
-            EvalSubject::Version { name, version } => {
-                (Some(name.as_str()), Some(to_db(*version, "version")?), None, None)
-            }
-            EvalSubject::Round { job_id, round } => {
-                (None, None, Some(job_id.to_db()?), Some(to_db(*round, "round")?))
-            }
+            EvalSubject::Version { name, version } => (
+                Some(name.as_str()),
+                Some(to_db(*version, "version")?),
+                None,
+                None,
+            ),
+            EvalSubject::Round { job_id, round } => (
+                None,
+                None,
+                Some(job_id.to_db()?),
+                Some(to_db(*round, "round")?),
+            ),
         };
         let row = sqlx::query(
             "INSERT INTO evaluations (name, version, job_id, round, kind, requested_clients, \
@@ -842,7 +863,9 @@ impl Store {
             EvalSubject::Version { version, .. } => {
                 ("name = $1 AND version = $2", to_db(*version, "version")?)
             }
-            EvalSubject::Round { round, .. } => ("job_id = $1 AND round = $2", to_db(*round, "round")?),
+            EvalSubject::Round { round, .. } => {
+                ("job_id = $1 AND round = $2", to_db(*round, "round")?)
+            }
         };
         let sql = format!(
             "SELECT {EVAL_COLUMNS} FROM evaluations WHERE {cond} ORDER BY id DESC LIMIT $3"

@@ -12,6 +12,8 @@ impl CoordinatorService {
         req: Request<v1::EvaluationReport>,
     ) -> Result<Response<v1::EvaluationAck>, Status> {
         let _caller = self.authenticate(&req).await?;
-        Err(Status::unimplemented("SubmitEvaluation is not implemented yet"))
+        Err(Status::unimplemented(
+            "SubmitEvaluation is not implemented yet",
+        ))
     }
 }
