@@ -20,7 +20,7 @@ use flotilla_store::{EvalSubject, JobId, ModelVersion, RegisteredModel, StoredEv
 use super::{AdminState, ApiError, ApiResult, allow, bounded, parse_id};
 use crate::api::{
     CanaryInfo, GateRefusal, ModelDetail, ModelVersionInfo, PromoteRequest, PromoteResult,
-    RegisterRequest, RegisteredModelInfo, RolledBack, RollbackRequest, TensorInfo, VersionDetail,
+    RegisterRequest, RegisteredModelInfo, RollbackRequest, RolledBack, TensorInfo, VersionDetail,
     VersionEvaluation,
 };
 use crate::authz::{Action, Actor};
@@ -79,7 +79,11 @@ async fn model_for(
     Ok(m)
 }
 
-async fn version_of(st: &AdminState, m: &RegisteredModel, v: &str) -> Result<ModelVersion, ApiError> {
+async fn version_of(
+    st: &AdminState,
+    m: &RegisteredModel,
+    v: &str,
+) -> Result<ModelVersion, ApiError> {
     let n = parse_id(v, "version")?;
     bounded(st.shared.store.model_version(&m.name, n))
         .await?
@@ -187,7 +191,13 @@ pub(super) async fn register(
     }
     let id = JobId(req.job_id);
     let job = bounded(st.shared.store.get_job(id)).await?;
-    allow(&st, &actor, Action::ModelRegister, Some(&job.tenant), &format!("job {id}"))?;
+    allow(
+        &st,
+        &actor,
+        Action::ModelRegister,
+        Some(&job.tenant),
+        &format!("job {id}"),
+    )?;
     let v = st
         .shared
         .register_model(&actor.audit_name(), id, req.round, &name)
@@ -295,7 +305,12 @@ pub(super) async fn set_gate(
     let gate: Gate = body(&b)?;
     gate.validate()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("gate: {e}")))?;
-    bounded(st.shared.store.set_model_gate(&m.name, &gate, &actor.audit_name())).await?;
+    bounded(
+        st.shared
+            .store
+            .set_model_gate(&m.name, &gate, &actor.audit_name()),
+    )
+    .await?;
     let m = bounded(st.shared.store.registered_model(&m.name))
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("model {} not found", m.name)))?;
@@ -325,7 +340,13 @@ pub(super) async fn promote(
     }
     match st
         .shared
-        .promote_model(&actor.audit_name(), &m.name, v.version, stage, req.canary_percent)
+        .promote_model(
+            &actor.audit_name(),
+            &m.name,
+            v.version,
+            stage,
+            req.canary_percent,
+        )
         .await
     {
         Ok(p) => Ok(Json(PromoteResult {

@@ -24,14 +24,14 @@ pub mod retention;
 pub use audit::{AuditCheckpointView, AuditEntryView, AuditPage, AuditProblem, AuditVerification};
 pub use metrics::{EvalMetrics, FederatedEvalMetrics, RoundMetrics, RoundPrivacy};
 pub use policy::{PolicyVersionSummary, PolicyVersionText};
-pub use registry::{
-    CanaryInfo, GateRefusal, ModelDetail, ModelVersionInfo, PromoteRequest, PromoteResult,
-    RegisterRequest, RegisteredModelInfo, RolledBack, RollbackRequest, VersionDetail,
-    VersionEvaluation,
-};
 pub use principals::{
     ApprovalInfo, JobDecided, PrincipalCreated, PrincipalInfo, PrincipalRequest, RejectRequest,
     RoleBinding, TenantSettingsInfo, TenantSettingsRequest,
+};
+pub use registry::{
+    CanaryInfo, GateRefusal, ModelDetail, ModelVersionInfo, PromoteRequest, PromoteResult,
+    RegisterRequest, RegisteredModelInfo, RollbackRequest, RolledBack, VersionDetail,
+    VersionEvaluation,
 };
 
 /// Every error answer: `{"error": "<one line>"}`, with a 4xx/5xx status.

@@ -87,18 +87,20 @@ fn code_version() -> String {
 }
 
 /// The lineage of round `round` of `job` (`history`: the job's committed rounds, oldest first).
-fn lineage(job: &JobRecord, spec: Option<&JobSpec>, history: &[CommittedRound], round: u64) -> Lineage {
+fn lineage(
+    job: &JobRecord,
+    spec: Option<&JobSpec>,
+    history: &[CommittedRound],
+    round: u64,
+) -> Lineage {
     let spec_text = serde_json::to_string(&job.spec).unwrap_or_default();
     let upto: Vec<&CommittedRound> = history.iter().filter(|c| c.round <= round).collect();
     // ε after the round: its own metrics carry the job's total so far (released rounds only).
-    let privacy = upto
-        .iter()
-        .rev()
-        .find_map(|c| {
-            serde_json::from_value::<RoundMetrics>(c.metrics.clone())
-                .ok()
-                .and_then(|m| m.privacy)
-        });
+    let privacy = upto.iter().rev().find_map(|c| {
+        serde_json::from_value::<RoundMetrics>(c.metrics.clone())
+            .ok()
+            .and_then(|m| m.privacy)
+    });
     let dp = spec.and_then(|s| s.privacy.as_ref());
     Lineage {
         tenant: job.tenant.clone(),
@@ -118,8 +120,16 @@ fn lineage(job: &JobRecord, spec: Option<&JobSpec>, history: &[CommittedRound], 
 }
 
 /// The model's latest evaluation of `subject`, if any.
-async fn latest_eval(store: &Store, subject: EvalSubject) -> Result<Option<EvalSummary>, StoreError> {
-    Ok(store.evaluations(&subject, 1).await?.into_iter().next().map(|e| e.summary))
+async fn latest_eval(
+    store: &Store,
+    subject: EvalSubject,
+) -> Result<Option<EvalSummary>, StoreError> {
+    Ok(store
+        .evaluations(&subject, 1)
+        .await?
+        .into_iter()
+        .next()
+        .map(|e| e.summary))
 }
 
 /// The latest evaluation of a version: of the version itself, else of its job round (the same
@@ -263,8 +273,13 @@ async fn promote_in(
         let gate = model.gate.clone().unwrap_or_default();
         let report = gate_report(store, &gate, &v, model.production).await?;
         if let Some(fail) = report.first_failure() {
-            store.record_gate_report(name, version, &report, actor).await?;
-            let message = format!("gate refused {name}@{version}: {}: {}", fail.rule, fail.detail);
+            store
+                .record_gate_report(name, version, &report, actor)
+                .await?;
+            let message = format!(
+                "gate refused {name}@{version}: {}: {}",
+                fail.rule, fail.detail
+            );
             tracing::info!(model = name, version, rule = %fail.rule, "promotion refused by the release gate");
             return Err(RegistryError::GateRefused { message, report });
         }
@@ -277,10 +292,9 @@ async fn promote_in(
             store
                 .set_model_canary(name, version, p, report.as_ref(), actor)
                 .await?;
-            store
-                .model_version(name, version)
-                .await?
-                .ok_or_else(|| RegistryError::NotFound(format!("model {name}@{version} not found")))?
+            store.model_version(name, version).await?.ok_or_else(|| {
+                RegistryError::NotFound(format!("model {name}@{version} not found"))
+            })?
         }
         None => {
             store
@@ -320,7 +334,12 @@ async fn auto_stage(store: &Store, v: &ModelVersion) -> Result<(), RegistryError
 /// The `[registry]` hook: registers the final model of a job that just completed (durably) as
 /// [`SYSTEM`], sets its `[release]` gate, and stages it under `auto_staging`. Never fails the
 /// job: an error is logged (and the registration can be done by hand, `flotilla model register`).
-pub(crate) async fn register_completed(store: Store, job_id: JobId, spec: JobSpec, layout: ParamLayout) {
+pub(crate) async fn register_completed(
+    store: Store,
+    job_id: JobId,
+    spec: JobSpec,
+    layout: ParamLayout,
+) {
     let Some(raw) = spec.registry.as_deref() else {
         return;
     };

@@ -34,7 +34,12 @@ pub(crate) fn release_gate(
     }
     let min_eval_clients = match r.min_eval_clients {
         None => None,
-        Some(n) => Some(crate::checks::int("release.min_eval_clients", n, 0, 1_000_000)?),
+        Some(n) => Some(crate::checks::int(
+            "release.min_eval_clients",
+            n,
+            0,
+            1_000_000,
+        )?),
     };
     let gate = Gate {
         min_accuracy: r.min_accuracy,
@@ -48,7 +53,10 @@ pub(crate) fn release_gate(
     // The gate's own messages start with the rule's name (`min_accuracy must be …`).
     gate.validate().map_err(|e| {
         let key = e.0.split_whitespace().next().unwrap_or("").to_owned();
-        SpecError::new(format!("release.{key}"), e.0.trim_start_matches(key.as_str()).trim())
+        SpecError::new(
+            format!("release.{key}"),
+            e.0.trim_start_matches(key.as_str()).trim(),
+        )
     })?;
     Ok(Some(gate))
 }

@@ -22,12 +22,14 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let m = super::model_in(&mut tx, name).await?;
         version_in(&mut tx, name, version).await?;
-        sqlx::query("UPDATE registry_versions SET gate_report = $1 WHERE name = $2 AND version = $3")
-            .bind(to_json(report)?)
-            .bind(name)
-            .bind(to_db(version, "version")?)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE registry_versions SET gate_report = $1 WHERE name = $2 AND version = $3",
+        )
+        .bind(to_json(report)?)
+        .bind(name)
+        .bind(to_db(version, "version")?)
+        .execute(&mut *tx)
+        .await?;
         let failed = report.first_failure().map(|r| r.rule.clone());
         audit(
             &mut tx,

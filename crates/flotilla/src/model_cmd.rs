@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use flotilla_coordinator::api::{
     ModelDetail, ModelVersionInfo, PromoteRequest, PromoteResult, RegisterRequest,
-    RegisteredModelInfo, RolledBack, RollbackRequest, VersionDetail,
+    RegisteredModelInfo, RollbackRequest, RolledBack, VersionDetail,
 };
 use flotilla_registry::{Gate, ModelName, ModelRef, Stage};
 
@@ -248,7 +248,11 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
                     print!("{}", view::version_detail(&d));
                 }
                 None => {
-                    let v = a.call(reqwest::Method::GET, &format!("/v1/models/{}", r.name), None)?;
+                    let v = a.call(
+                        reqwest::Method::GET,
+                        &format!("/v1/models/{}", r.name),
+                        None,
+                    )?;
                     if output.json {
                         println!("{v}");
                         return Ok(());
@@ -303,9 +307,16 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
                 Some(pc) => println!(
                     "{}@{} is a canary for {pc}% of clients (production serves the rest); \
                      `flotilla model promote {}@{} --full` completes it, `flotilla model rollback {}` ends it",
-                    p.version.name, p.version.version, p.version.name, p.version.version, p.version.name
+                    p.version.name,
+                    p.version.version,
+                    p.version.name,
+                    p.version.version,
+                    p.version.name
                 ),
-                None => println!("{}@{} is {}", p.version.name, p.version.version, p.version.stage),
+                None => println!(
+                    "{}@{} is {}",
+                    p.version.name, p.version.version, p.version.stage
+                ),
             }
             if let Some(r) = &p.gate_report
                 && !r.rules.is_empty()
@@ -369,7 +380,9 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             gate.validate().map_err(|e| {
                 anyhow!(
                     "--{}",
-                    e.0.replace("_points", "").replacen('_', "-", 3).trim_start_matches('-')
+                    e.0.replace("_points", "")
+                        .replacen('_', "-", 3)
+                        .trim_start_matches('-')
                 )
             })?;
             let v = Admin::new(&admin)?.call(
@@ -391,7 +404,11 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             output,
         }) => {
             let name = name_arg(&name)?;
-            let v = Admin::new(&admin)?.call(reqwest::Method::GET, &format!("/v1/models/{name}"), None)?;
+            let v = Admin::new(&admin)?.call(
+                reqwest::Method::GET,
+                &format!("/v1/models/{name}"),
+                None,
+            )?;
             let m: ModelDetail = typed(v, "model")?;
             if output.json {
                 println!(

@@ -28,9 +28,16 @@ pub(super) fn model_list(models: &[RegisteredModelInfo]) -> String {
             clean(&m.tenant),
             m.latest_version.to_string(),
             m.production.map_or_else(|| "-".into(), |v| v.to_string()),
-            m.canary
-                .map_or_else(|| "-".into(), |c| format!("v{} at {}%", c.version, c.percent)),
-            if m.gate.as_ref().is_some_and(|g| !rules(g).is_empty()) { "set" } else { "-" }.into(),
+            m.canary.map_or_else(
+                || "-".into(),
+                |c| format!("v{} at {}%", c.version, c.percent),
+            ),
+            if m.gate.as_ref().is_some_and(|g| !rules(g).is_empty()) {
+                "set"
+            } else {
+                "-"
+            }
+            .into(),
             clock.relative(m.updated_at_ms),
         ]);
     }
@@ -79,10 +86,7 @@ pub(super) fn gate(g: Option<&Gate>) -> String {
 
 /// A gate report as a table.
 pub(super) fn gate_report(r: &GateReport) -> String {
-    let mut out = format!(
-        "gate: {}\n",
-        if r.passed { "passed" } else { "refused" }
-    );
+    let mut out = format!("gate: {}\n", if r.passed { "passed" } else { "refused" });
     let mut t = Table::new(&[("RULE", false), ("VERDICT", false), ("DETAIL", false)]);
     for rule in &r.rules {
         t.row(vec![
@@ -100,16 +104,31 @@ pub(super) fn model_detail(m: &ModelDetail) -> String {
     let clock = Clock::local();
     let mut out = String::new();
     let i = &m.model;
-    let _ = writeln!(out, "model {} (tenant {})", clean(&i.name), clean(&i.tenant));
+    let _ = writeln!(
+        out,
+        "model {} (tenant {})",
+        clean(&i.name),
+        clean(&i.tenant)
+    );
     let _ = writeln!(
         out,
         "  production  {}",
-        i.production.map_or_else(|| "none".into(), |v| format!("v{v}"))
+        i.production
+            .map_or_else(|| "none".into(), |v| format!("v{v}"))
     );
     if let Some(c) = i.canary {
-        let _ = writeln!(out, "  canary      v{} for {}% of clients", c.version, c.percent);
+        let _ = writeln!(
+            out,
+            "  canary      v{} for {}% of clients",
+            c.version, c.percent
+        );
     }
-    let _ = writeln!(out, "  created     {} by {}", clock.both(i.created_at_ms), clean(&i.created_by));
+    let _ = writeln!(
+        out,
+        "  created     {} by {}",
+        clock.both(i.created_at_ms),
+        clean(&i.created_by)
+    );
     out.push_str("release gate\n");
     out.push_str(&gate(i.gate.as_ref()));
     let mut t = Table::new(&[
@@ -127,7 +146,10 @@ pub(super) fn model_detail(m: &ModelDetail) -> String {
             v.stage.to_string(),
             v.job_id.to_string(),
             v.round.to_string(),
-            v.model_sha256.get(..12).unwrap_or(&v.model_sha256).to_owned(),
+            v.model_sha256
+                .get(..12)
+                .unwrap_or(&v.model_sha256)
+                .to_owned(),
             clock.relative(v.created_at_ms),
             clean(&v.registered_by),
         ]);
@@ -162,7 +184,11 @@ pub(super) fn version_detail(d: &VersionDetail) -> String {
     );
     let _ = writeln!(out, "  spec sha256    {}", l.spec_sha256);
     let _ = writeln!(out, "  strategy       {}", clean(&l.strategy));
-    let _ = writeln!(out, "  secagg         {}", if l.secagg { "on" } else { "off" });
+    let _ = writeln!(
+        out,
+        "  secagg         {}",
+        if l.secagg { "on" } else { "off" }
+    );
     match (l.epsilon, l.delta) {
         (Some(e), Some(dl)) => {
             let _ = writeln!(out, "  privacy        ε = {} at δ = {dl:e}", num(e));

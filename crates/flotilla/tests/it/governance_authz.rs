@@ -194,15 +194,28 @@ fn endpoints() -> Vec<Endpoint> {
         e("GET", "/v1/models", false, no_body),
         // A name per tenant: a model belongs to the tenant of its first version.
         e("POST", "/v1/models", true, |t| {
-            (format!(r#"{{"job_id":{{job}},"name":"matrix-{t}"}}"#), false)
+            (
+                format!(r#"{{"job_id":{{job}},"name":"matrix-{t}"}}"#),
+                false,
+            )
         }),
         e("GET", "/v1/models/{model}", true, no_body),
         e("GET", "/v1/models/{model}/versions/1", true, no_body),
-        e("GET", "/v1/models/{model}/versions/1/artifact", true, no_body),
-        e("PUT", "/v1/models/{model}/gate", true, |_| ("{}".into(), false)),
-        e("POST", "/v1/models/{model}/versions/1/promote", true, |_| {
-            (r#"{"stage":"staging"}"#.into(), false)
+        e(
+            "GET",
+            "/v1/models/{model}/versions/1/artifact",
+            true,
+            no_body,
+        ),
+        e("PUT", "/v1/models/{model}/gate", true, |_| {
+            ("{}".into(), false)
         }),
+        e(
+            "POST",
+            "/v1/models/{model}/versions/1/promote",
+            true,
+            |_| (r#"{"stage":"staging"}"#.into(), false),
+        ),
         e("POST", "/v1/models/{model}/rollback", true, no_body),
     ]
 }

@@ -49,7 +49,11 @@ fn ok(f: &Federation, args: &[&str]) -> String {
 /// `flotilla ARGS` that must fail; its stderr.
 fn fails(f: &Federation, args: &[&str]) -> String {
     let o = f.admin_cli(args);
-    assert!(!o.status.success(), "flotilla {args:?} succeeded: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "flotilla {args:?} succeeded: {}",
+        text(&o)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -84,15 +88,26 @@ fn run(name: &str, database_url: Option<String>, dp: bool) {
         if o.status.success() {
             break serde_json::from_slice::<Value>(&o.stdout).unwrap();
         }
-        assert!(Instant::now() < deadline, "digits@1 was not registered: {}", text(&o));
+        assert!(
+            Instant::now() < deadline,
+            "digits@1 was not registered: {}",
+            text(&o)
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(v1["registered_by"], "system", "{v1}");
     assert_eq!(v1["stage"], "candidate");
-    assert_eq!(v1["model_sha256"].as_str().unwrap(), sha(2), "the job's last model");
+    assert_eq!(
+        v1["model_sha256"].as_str().unwrap(),
+        sha(2),
+        "the job's last model"
+    );
     let l = &v1["lineage"];
     assert_eq!(l["job_id"].as_u64().unwrap().to_string(), job);
-    assert_eq!((l["round"].as_u64(), l["rounds_total"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(
+        (l["round"].as_u64(), l["rounds_total"].as_u64()),
+        (Some(3), Some(3))
+    );
     let participants: Vec<u64> = serde_json::from_value(l["participants"].clone()).unwrap();
     let recorded: Vec<u64> = history
         .iter()
@@ -107,7 +122,9 @@ fn run(name: &str, database_url: Option<String>, dp: bool) {
     let epsilon = l["epsilon"].as_f64();
     if dp {
         let e = epsilon.expect("ε under [privacy]");
-        let last = history[2]["metrics"]["privacy"]["epsilon_spent"].as_f64().unwrap();
+        let last = history[2]["metrics"]["privacy"]["epsilon_spent"]
+            .as_f64()
+            .unwrap();
         assert!(e > 0.0 && (e - last).abs() < 1e-9, "{e} vs {last}");
         assert_eq!(l["delta"].as_f64(), Some(1e-5));
     } else {
@@ -129,14 +146,26 @@ fn run(name: &str, database_url: Option<String>, dp: bool) {
     assert_eq!(shown.contains("ε = "), dp, "{shown}");
 
     // A worse candidate: round 1's model, version 2, whose parent is version 1.
-    let reg = ok(&f, &["model", "register", "--job", &job, "--round", "1", "--name", "digits"]);
+    let reg = ok(
+        &f,
+        &[
+            "model", "register", "--job", &job, "--round", "1", "--name", "digits",
+        ],
+    );
     assert_eq!(reg.lines().last(), Some("digits@2"), "{reg}");
     let v2 = json(&f, &["model", "show", "digits@2"]);
     assert_eq!(v2["model_sha256"].as_str().unwrap(), sha(0));
     assert_eq!(v2["lineage"]["participants"].as_array().unwrap().len(), 1);
     assert_eq!(v2["lineage"]["parent_version"], 1);
-    assert!(fails(&f, &["model", "register", "--job", &job, "--round", "9", "--name", "digits"])
-        .contains("no committed round 9"));
+    assert!(
+        fails(
+            &f,
+            &[
+                "model", "register", "--job", &job, "--round", "9", "--name", "digits"
+            ]
+        )
+        .contains("no committed round 9")
+    );
 
     // Gate rules that need no evaluation refuse, naming the rule; the report is kept.
     let mut rules: Vec<(Vec<&str>, &str)> = vec![
@@ -173,26 +202,59 @@ fn run(name: &str, database_url: Option<String>, dp: bool) {
     let m = json(&f, &["model", "show", "digits"]);
     assert_eq!(m["production"], 2, "{m}");
     assert_eq!(m["versions"][0]["stage"], "archived");
-    let rb = ok(&f, &["model", "rollback", "digits", "--reason", "round 1 is worse"]);
+    let rb = ok(
+        &f,
+        &[
+            "model",
+            "rollback",
+            "digits",
+            "--reason",
+            "round 1 is worse",
+        ],
+    );
     assert!(rb.contains("production is digits@1 again"), "{rb}");
     let m = json(&f, &["model", "show", "digits"]);
     assert_eq!(m["production"], 1, "{m}");
     assert_eq!(
-        (m["versions"][0]["stage"].as_str(), m["versions"][1]["stage"].as_str()),
+        (
+            m["versions"][0]["stage"].as_str(),
+            m["versions"][1]["stage"].as_str()
+        ),
         (Some("production"), Some("archived"))
     );
     assert!(fails(&f, &["model", "rollback", "digits"]).contains("first production version"));
     let listed = ok(&f, &["model", "list"]);
-    assert!(listed.contains("digits") && listed.contains("default"), "{listed}");
+    assert!(
+        listed.contains("digits") && listed.contains("default"),
+        "{listed}"
+    );
 
     // Export: safetensors with the layout beside it, values equal to the artifact's.
     let st_path = f.dir.join("digits-1.safetensors");
     let raw_path = f.dir.join("digits-1.f32");
-    let out = ok(&f, &["model", "export", "digits@1", "--out", st_path.to_str().unwrap()]);
+    let out = ok(
+        &f,
+        &[
+            "model",
+            "export",
+            "digits@1",
+            "--out",
+            st_path.to_str().unwrap(),
+        ],
+    );
     assert!(out.contains("digits-1.safetensors.layout.json"), "{out}");
-    ok(&f, &[
-        "model", "export", "digits@1", "--format", "raw", "--out", raw_path.to_str().unwrap(),
-    ]);
+    ok(
+        &f,
+        &[
+            "model",
+            "export",
+            "digits@1",
+            "--format",
+            "raw",
+            "--out",
+            raw_path.to_str().unwrap(),
+        ],
+    );
     let raw = std::fs::read(&raw_path).unwrap();
     assert_eq!(sha256_hex(&raw), sha(2));
     let file = std::fs::read(&st_path).unwrap();
@@ -205,7 +267,10 @@ fn run(name: &str, database_url: Option<String>, dp: bool) {
     for t in layout["tensors"].as_array().unwrap() {
         let v = st.tensor(t["name"].as_str().unwrap()).unwrap();
         let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).unwrap();
-        assert_eq!((v.dtype(), v.shape()), (safetensors::Dtype::F32, shape.as_slice()));
+        assert_eq!(
+            (v.dtype(), v.shape()),
+            (safetensors::Dtype::F32, shape.as_slice())
+        );
         flat.extend_from_slice(v.data());
     }
     assert_eq!(st.len(), layout["tensors"].as_array().unwrap().len());
@@ -213,7 +278,13 @@ fn run(name: &str, database_url: Option<String>, dp: bool) {
 
     // Another tenant's principal: the model does not exist for it.
     let token = f.last_line(&[
-        "principal", "create", "outsider", "--tenant", "clinic", "--role", "operator",
+        "principal",
+        "create",
+        "outsider",
+        "--tenant",
+        "clinic",
+        "--role",
+        "operator",
     ]);
     let as_outsider = |args: &[&str]| {
         Command::new(bin())
@@ -233,10 +304,18 @@ fn run(name: &str, database_url: Option<String>, dp: bool) {
         assert!(!o.status.success(), "{}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("404") && err.contains("model digits"), "{err}");
-        assert!(!err.contains("default"), "the tenant is not revealed: {err}");
+        assert!(
+            !err.contains("default"),
+            "the tenant is not revealed: {err}"
+        );
     }
     let o = as_outsider(&["model", "list", "--json"]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]", "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "[]",
+        "{}",
+        text(&o)
+    );
     let o = as_outsider(&["model", "register", "--job", &job, "--name", "stolen"]);
     assert!(text(&o).contains("404"), "{}", text(&o));
 }
