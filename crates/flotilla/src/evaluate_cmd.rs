@@ -43,7 +43,6 @@ pub struct EvaluateArgs {
 pub(crate) enum Subject {
     /// A registered model version, `NAME@VERSION` (for `flotilla model evaluate`, which the
     /// registry's commands wire).
-    #[allow(dead_code)]
     Model(String),
     /// A job's committed model: `round`, or its latest committed round.
     Job {

@@ -91,6 +91,15 @@ pub enum ModelCommand {
     /// The model's release gate.
     #[command(subcommand)]
     Gate(GateCommand),
+    /// Federated evaluation of a version: a sample of the tenant's clients evaluate it on their
+    /// local data; prints overall and per-cohort loss and accuracy and the fairness view, and
+    /// stores the result with the version (the release gate reads it).
+    Evaluate {
+        /// NAME@VERSION
+        model: String,
+        #[command(flatten)]
+        args: crate::admin_cmd::evaluate_cmd::EvaluateArgs,
+    },
     /// Write a version's parameters to a file: safetensors (named F32 tensors, with the layout as
     /// FILE.layout.json beside it) or raw little-endian f32; checked against its SHA-256.
     Export {
@@ -189,6 +198,18 @@ fn name_arg(s: &str) -> Result<ModelName> {
 
 pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
+        ModelCommand::Evaluate { model, args } => {
+            let r: flotilla_registry::ModelRef = model
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if r.version.is_none() {
+                anyhow::bail!("model evaluate needs NAME@VERSION, e.g. {model}@1");
+            }
+            crate::admin_cmd::evaluate_cmd::run(
+                &args,
+                crate::admin_cmd::evaluate_cmd::Subject::Model(r.to_string()),
+            )?;
+        }
         ModelCommand::Register {
             admin,
             job,
