@@ -29,6 +29,12 @@
 #                                      examples/policies/job-limits.cedar is applied; alice submits, her own
 #                                      approval is refused, bob approves; carol verifies the audit
 #                                      log and writes the job's evidence pack to $FLOTILLA_DIR/evidence
+#   FLOTILLA_SHIP=0                    1: also the model lifecycle: clients announce a cohort
+#                                      (region=eu or region=us); the trained model is registered
+#                                      as digits@1, evaluated by the clients per cohort, gated and
+#                                      promoted to production; the job's round-1 model, registered
+#                                      as digits@2, is refused by the gate; digits@1 is exported
+#                                      and pulled by a client as it would for inference
 set -euo pipefail
 
 F=${FLOTILLA:-target/release/flotilla}
@@ -44,6 +50,7 @@ METRICS_LISTEN=${FLOTILLA_METRICS_LISTEN:-127.0.0.1:9464}
 PROM_LISTEN=${FLOTILLA_PROMETHEUS_LISTEN:-127.0.0.1:9090}
 HOLD=${FLOTILLA_HOLD:-0}
 GOVERN=${FLOTILLA_GOVERN:-0}
+SHIP=${FLOTILLA_SHIP:-0}
 export FLOTILLA_ADMIN_TOKEN=${FLOTILLA_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 command -v "$F" >/dev/null || { echo "error: no flotilla binary at $F: run \`cargo build --release\`, or set FLOTILLA" >&2; exit 1; }
@@ -137,9 +144,11 @@ for i in $(seq 0 $((CLIENTS - 1))); do
       --ca-cert "$DIR/certs/ca.pem" --token "$TOKEN" --name "py-client-$i" \
       --state-dir "$DIR/client-$i" --partition "$i/$CLIENTS" >/dev/null 2>"$DIR/client-$i.log" &
   else
+    COHORT=()
+    if [ "$SHIP" = 1 ]; then COHORT=(--cohort "region=$([ $((i % 2)) = 0 ] && echo eu || echo us)"); fi
     "$F" client --coordinator "https://$LISTEN" --ca-cert "$DIR/certs/ca.pem" --token "$TOKEN" \
       --name "client-$i" --state-dir "$DIR/client-$i" --dataset digits --partition "$i/$CLIENTS" \
-      >/dev/null 2>"$DIR/client-$i.log" &
+      "${COHORT[@]}" >/dev/null 2>"$DIR/client-$i.log" &
   fi
   PIDS+=($!); LOGS+=("$DIR/client-$i.log")
 done
@@ -199,6 +208,26 @@ if [ "$GOVERN" = 1 ]; then
   FLOTILLA_TOKEN=$CAROL "$F" audit verify "${ADMIN[@]}" --public-key "$DIR/audit-key.pub"
   FLOTILLA_TOKEN=$CAROL "$F" evidence-pack "${ADMIN[@]}" --job "$JOB" --out "$DIR/evidence"
   echo "evidence pack of job $JOB: $DIR/evidence/evidence.md and evidence.json"
+fi
+if [ "$SHIP" = 1 ]; then
+  # The registry: version 1 is the trained model; the clients evaluate it on their own data.
+  "$F" model register "${ADMIN[@]}" --job "$JOB" --name digits
+  "$F" model evaluate "${ADMIN[@]}" digits@1 --clients "$CLIENTS" --deadline 1m
+  # A release gate, then production.
+  "$F" model gate set "${ADMIN[@]}" digits --min-accuracy 0.8 --max-regression 2
+  "$F" model promote "${ADMIN[@]}" digits@1
+  # A worse candidate (the model after one round) is refused, naming the rule.
+  "$F" model register "${ADMIN[@]}" --job "$JOB" --round 1 --name digits
+  "$F" model evaluate "${ADMIN[@]}" digits@2 --clients "$CLIENTS" --deadline 1m
+  if "$F" model promote "${ADMIN[@]}" digits@2 2>"$DIR/gate.err"; then
+    echo "error: the gate let digits@2 through" >&2; exit 1
+  fi
+  echo "digits@2 not promoted: $(cat "$DIR/gate.err")"
+  "$F" model show "${ADMIN[@]}" digits@1
+  "$F" model export "${ADMIN[@]}" digits@1 --format safetensors --out "$DIR/digits-v1.safetensors"
+  # A client fetches the production model for inference with its own credential.
+  "$F" client model pull digits --coordinator "https://$LISTEN" --ca-cert "$DIR/certs/ca.pem" \
+    --state-dir "$DIR/client-0" --out "$DIR/pulled.safetensors"
 fi
 if [ "$HOLD" = 1 ]; then
   echo "everything keeps running; press Ctrl-C to stop"

@@ -310,6 +310,38 @@ fn readme_govern_block_runs_as_written() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The README's "Ship it" block: the model lifecycle on the federation of step 2 — register,
+/// federated evaluation by cohort, gate, production, a worse candidate refused, export, a client
+/// pulling the production model.
+#[test]
+fn readme_ship_block_runs_as_written() {
+    let (script, dir, out, err) = run_readme_block("<!-- test: ship -->", "ship");
+    assert!(out.contains("digits@1"), "not registered:\n{out}\n{err}");
+    assert!(out.contains("region=eu") && out.contains("region=us"), "no cohorts:\n{out}");
+    assert!(
+        out.contains("digits@2 not promoted") && out.contains("max_regression"),
+        "the gate did not refuse digits@2 naming the rule:\n{out}\n{err}"
+    );
+    assert!(out.contains("pulled digits@1"), "no pull:\n{out}\n{err}");
+    let exported = std::fs::read(dir.join("fl/digits-v1.safetensors")).expect("export");
+    let pulled = std::fs::read(dir.join("fl/pulled.safetensors")).expect("pull");
+    let tensors = |b: &[u8]| {
+        let st = safetensors::SafeTensors::deserialize(b).expect("safetensors");
+        let mut t: Vec<(String, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.data().to_vec()))
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(tensors(&exported), tensors(&pulled), "export and pull differ");
+    let left = processes_mentioning(&dir);
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+    drop(script);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn federation_script_stops_everything_on_ctrl_c() {
     let dir = work_dir("sigint");
