@@ -199,9 +199,8 @@ fn name_arg(s: &str) -> Result<ModelName> {
 pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Evaluate { model, args } => {
-            let r: flotilla_registry::ModelRef = model
-                .parse()
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let r: flotilla_registry::ModelRef =
+                model.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
             if r.version.is_none() {
                 anyhow::bail!("model evaluate needs NAME@VERSION, e.g. {model}@1");
             }

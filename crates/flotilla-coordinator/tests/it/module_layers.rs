@@ -31,8 +31,9 @@ fn files() -> Vec<(String, PathBuf)> {
         } else if path.extension().is_some_and(|e| e == "rs") {
             let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
             let module = match stem.as_str() {
-                "admin_model" | "admin_governance" | "admin_registry"
-                | "admin_evaluations" => "admin".to_owned(),
+                "admin_model" | "admin_governance" | "admin_registry" | "admin_evaluations" => {
+                    "admin".to_owned()
+                }
                 _ => stem,
             };
             out.push((module, path));

@@ -8,13 +8,16 @@ use common::{TestDb, both_backends, now_ms};
 use flotilla_core::{ParamLayout, TensorSpec};
 use flotilla_registry::{ClientEvalReport, Gate, Lineage, ModelName, Stage, summarize};
 use flotilla_store::{
-    ClientId, EvalKind, EvalSubject, JobId, JobState, NewModelVersion, RetentionRules,
-    RoundCommit, Store, StoreError,
+    ClientId, EvalKind, EvalSubject, JobId, JobState, NewModelVersion, RetentionRules, RoundCommit,
+    Store, StoreError,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-both_backends!(versions_stages_canary_and_rollback, evaluations_are_kept_per_subject);
+both_backends!(
+    versions_stages_canary_and_rollback,
+    evaluations_are_kept_per_subject
+);
 
 /// A running job in `tenant` with `rounds` committed 2-value models; the rounds' (key, sha).
 async fn running_job(store: &Store, tenant: &str, rounds: u64) -> (JobId, Vec<(String, String)>) {
@@ -55,7 +58,13 @@ fn layout() -> ParamLayout {
     ParamLayout::new(vec![TensorSpec::new("w", [2])])
 }
 
-async fn register(store: &Store, tenant: &str, job: JobId, round: u64, blob: &(String, String)) -> Result<flotilla_store::ModelVersion, StoreError> {
+async fn register(
+    store: &Store,
+    tenant: &str,
+    job: JobId,
+    round: u64,
+    blob: &(String, String),
+) -> Result<flotilla_store::ModelVersion, StoreError> {
     let name = ModelName::new("digits").unwrap();
     let layout = layout();
     let lineage = Lineage {
@@ -84,8 +93,15 @@ async fn versions_stages_canary_and_rollback(db: TestDb) {
     let store = db.open().await;
     let (job, blobs) = running_job(&store, "acme", 3).await;
     let v1 = register(&store, "acme", job, 3, &blobs[2]).await.unwrap();
-    assert_eq!((v1.version, v1.stage, v1.lineage.parent_version), (1, Stage::Candidate, None));
-    assert!(v1.blob_key.starts_with("registry/digits/v1-"), "{}", v1.blob_key);
+    assert_eq!(
+        (v1.version, v1.stage, v1.lineage.parent_version),
+        (1, Stage::Candidate, None)
+    );
+    assert!(
+        v1.blob_key.starts_with("registry/digits/v1-"),
+        "{}",
+        v1.blob_key
+    );
     assert_eq!(v1.lineage.tenant, "acme");
     let v2 = register(&store, "acme", job, 1, &blobs[0]).await.unwrap();
     assert_eq!((v2.version, v2.lineage.parent_version), (2, Some(1)));
@@ -117,7 +133,9 @@ async fn versions_stages_canary_and_rollback(db: TestDb) {
 
     // Stages: nothing goes back to candidate; one production at a time; canary needs production.
     assert!(matches!(
-        store.promote_model_version("digits", 1, Stage::Candidate, None, "a").await,
+        store
+            .promote_model_version("digits", 1, Stage::Candidate, None, "a")
+            .await,
         Err(StoreError::StageConflict(_))
     ));
     assert!(matches!(
@@ -132,11 +150,20 @@ async fn versions_stages_canary_and_rollback(db: TestDb) {
         store.rollback_model("digits", "a", "x").await,
         Err(StoreError::StageConflict(_))
     ));
-    store.set_model_canary("digits", 2, 10, None, "a").await.unwrap();
+    store
+        .set_model_canary("digits", 2, 10, None, "a")
+        .await
+        .unwrap();
     let m = store.registered_model("digits").await.unwrap().unwrap();
-    assert_eq!((m.production, m.canary.map(|c| (c.version, c.percent))), (Some(1), Some((2, 10))));
+    assert_eq!(
+        (m.production, m.canary.map(|c| (c.version, c.percent))),
+        (Some(1), Some((2, 10)))
+    );
     // Rolling back a canary ends it; production stays.
-    let r = store.rollback_model("digits", "system", "canary regressed").await.unwrap();
+    let r = store
+        .rollback_model("digits", "system", "canary regressed")
+        .await
+        .unwrap();
     assert_eq!((r.from, r.to, r.ended_canary), (2, 1, true));
     let m = store.registered_model("digits").await.unwrap().unwrap();
     assert_eq!((m.production, m.canary), (Some(1), None));
@@ -152,7 +179,12 @@ async fn versions_stages_canary_and_rollback(db: TestDb) {
     let m = store.registered_model("digits").await.unwrap().unwrap();
     assert_eq!(m.production, Some(1));
     assert_eq!(
-        store.model_version("digits", 2).await.unwrap().unwrap().stage,
+        store
+            .model_version("digits", 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .stage,
         Stage::Archived
     );
     // The gate is stored and validated.
@@ -162,15 +194,36 @@ async fn versions_stages_canary_and_rollback(db: TestDb) {
     };
     store.set_model_gate("digits", &gate, "a").await.unwrap();
     assert_eq!(
-        store.registered_model("digits").await.unwrap().unwrap().gate,
+        store
+            .registered_model("digits")
+            .await
+            .unwrap()
+            .unwrap()
+            .gate,
         Some(gate)
     );
-    assert!(store
-        .set_model_gate("digits", &Gate { min_accuracy: Some(2.0), ..Gate::default() }, "a")
-        .await
-        .is_err());
+    assert!(
+        store
+            .set_model_gate(
+                "digits",
+                &Gate {
+                    min_accuracy: Some(2.0),
+                    ..Gate::default()
+                },
+                "a"
+            )
+            .await
+            .is_err()
+    );
     // Tenant filter.
-    assert_eq!(store.registered_models(Some(&["globex".to_owned()])).await.unwrap().len(), 0);
+    assert_eq!(
+        store
+            .registered_models(Some(&["globex".to_owned()]))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
     assert_eq!(store.registered_models(None).await.unwrap().len(), 1);
     // Every change is in the audit log, and the chain verifies.
     let actions: Vec<String> = store
@@ -213,15 +266,30 @@ async fn evaluations_are_kept_per_subject(db: TestDb) {
         name: "digits".into(),
         version: 1,
     };
-    let round = EvalSubject::Round { job_id: job, round: 1 };
-    let a = store.record_evaluation(&version, EvalKind::OnDemand, 4, &s, now_ms()).await.unwrap();
-    let b = store.record_evaluation(&version, EvalKind::Canary, 4, &s, now_ms()).await.unwrap();
-    store.record_evaluation(&round, EvalKind::Job, 2, &s, now_ms()).await.unwrap();
+    let round = EvalSubject::Round {
+        job_id: job,
+        round: 1,
+    };
+    let a = store
+        .record_evaluation(&version, EvalKind::OnDemand, 4, &s, now_ms())
+        .await
+        .unwrap();
+    let b = store
+        .record_evaluation(&version, EvalKind::Canary, 4, &s, now_ms())
+        .await
+        .unwrap();
+    store
+        .record_evaluation(&round, EvalKind::Job, 2, &s, now_ms())
+        .await
+        .unwrap();
     let got = store.evaluations(&version, 10).await.unwrap();
     assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), [b, a]);
     assert_eq!(got[0].summary, s);
     assert_eq!(got[1].kind, EvalKind::OnDemand);
     assert_eq!(store.evaluations(&version, 1).await.unwrap().len(), 1);
     let r = store.job_evaluations(job).await.unwrap();
-    assert_eq!((r.len(), &r[0].subject, r[0].requested_clients), (1, &round, 2));
+    assert_eq!(
+        (r.len(), &r[0].subject, r[0].requested_clients),
+        (1, &round, 2)
+    );
 }

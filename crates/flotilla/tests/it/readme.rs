@@ -317,7 +317,10 @@ fn readme_govern_block_runs_as_written() {
 fn readme_ship_block_runs_as_written() {
     let (script, dir, out, err) = run_readme_block("<!-- test: ship -->", "ship");
     assert!(out.contains("digits@1"), "not registered:\n{out}\n{err}");
-    assert!(out.contains("region=eu") && out.contains("region=us"), "no cohorts:\n{out}");
+    assert!(
+        out.contains("region=eu") && out.contains("region=us"),
+        "no cohorts:\n{out}"
+    );
     assert!(
         out.contains("digits@2 not promoted") && out.contains("max_regression"),
         "the gate did not refuse digits@2 naming the rule:\n{out}\n{err}"
@@ -335,7 +338,11 @@ fn readme_ship_block_runs_as_written() {
         t.sort();
         t
     };
-    assert_eq!(tensors(&exported), tensors(&pulled), "export and pull differ");
+    assert_eq!(
+        tensors(&exported),
+        tensors(&pulled),
+        "export and pull differ"
+    );
     let left = processes_mentioning(&dir);
     assert!(left.is_empty(), "processes left behind: {left:#?}");
     drop(script);
