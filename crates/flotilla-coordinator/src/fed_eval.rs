@@ -87,7 +87,7 @@ pub(crate) enum Pick {
     /// Nothing to evaluate.
     Nothing,
     /// This client is asked (already recorded): send it this task.
-    Task(v1::Task),
+    Task(Box<v1::Task>),
     /// Campaign `id` has no task yet: prepare it (`set_prepared`) and pick again.
     Prepare(u64, EvalSubject),
 }
@@ -254,7 +254,7 @@ impl FedEvals {
             let mut task = p.task.clone();
             task.deadline_unix_ms = c.deadline_ms;
             task.time_remaining_ms = c.deadline_ms.saturating_sub(now).max(1);
-            return Pick::Task(task);
+            return Pick::Task(Box::new(task));
         }
         Pick::Nothing
     }

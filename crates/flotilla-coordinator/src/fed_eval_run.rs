@@ -73,7 +73,7 @@ impl Shared {
         for _ in 0..4 {
             match self.fed_evals.pick(tenant, client.0) {
                 Pick::Nothing => return None,
-                Pick::Task(t) => return Some(t),
+                Pick::Task(t) => return Some(*t),
                 Pick::Prepare(id, subject) => {
                     // In a task of its own: a check-in cancelled halfway must not leave the
                     // campaign marked "preparing" for good.

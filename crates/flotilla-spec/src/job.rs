@@ -72,7 +72,7 @@ pub struct FederatedEvaluation {
 impl FederatedEvaluation {
     /// Whether committed round `round` of a job of `rounds` rounds is evaluated.
     pub fn due(&self, round: u64, rounds: u64) -> bool {
-        round > 0 && (round % self.every == 0 || round == rounds)
+        round > 0 && (round.is_multiple_of(self.every) || round == rounds)
     }
 }
 

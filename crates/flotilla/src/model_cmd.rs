@@ -139,7 +139,7 @@ pub enum GateCommand {
         /// Most ε the job that trained the version may have spent
         #[arg(long, value_name = "F")]
         max_epsilon: Option<f64>,
-        /// The job must have run under [secagg]
+        /// The job must have run under `[secagg]`
         #[arg(long)]
         require_secagg: bool,
         /// Fewest clients the latest federated evaluation must have heard from
