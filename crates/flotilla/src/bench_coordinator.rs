@@ -19,6 +19,9 @@
 //!    last response (the round commits inside the last accepted upload). With `--server-pid`, the
 //!    server's `/proc/PID/status` is sampled every 10 ms during the phase (`VmRSS`).
 //!
+//! 3. **Scale** (`--scale-rounds R`, `bench_scale.rs`): memory per idle connected client, then R
+//!    rounds of `--clients-per-round` among all the clients, in rounds per minute.
+//!
 //! Clients do not download the model or train: the point is the coordinator's cost per check-in and
 //! per update byte. One payload is encoded and hashed once and sent by every client.
 
@@ -32,6 +35,13 @@ use flotilla_proto::v1::{self, coordinator_client::CoordinatorClient};
 use serde_json::{Value, json};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+#[path = "bench_admin.rs"]
+mod admin;
+#[path = "bench_scale.rs"]
+mod scale;
+
+use admin::Admin;
 
 /// Arguments of `flotilla bench coordinator`.
 #[derive(Debug, clap::Args)]
@@ -92,6 +102,8 @@ pub struct CoordinatorArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    scale: scale::ScaleArgs,
 }
 
 /// Runs the benchmark and prints its result.
@@ -135,7 +147,11 @@ fn validate(a: &CoordinatorArgs) -> Result<()> {
         a.upload_concurrency >= 1,
         "--upload-concurrency must be ≥ 1"
     );
-    Ok(())
+    ensure!(
+        a.connections <= a.clients,
+        "--connections must be at most --clients"
+    );
+    a.scale.validate(a.clients)
 }
 
 /// One enrolled virtual client.
@@ -170,15 +186,25 @@ impl Virtual {
 async fn bench(a: &CoordinatorArgs) -> Result<Value> {
     let admin = Admin::new(a)?;
     let endpoint = endpoint(a)?;
-    let mut channels = Vec::with_capacity(a.connections);
-    for _ in 0..a.connections {
-        channels.push(
-            endpoint
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {}", a.coordinator))?,
-        );
+    let rss_before = a.server_pid.and_then(|p| proc_status_bytes(p, "VmRSS"));
+    // TLS handshakes, 32 at a time (one connection per client is what `--scale-rounds` measures).
+    let mut set = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(32));
+    for i in 0..a.connections {
+        let (endpoint, slots) = (endpoint.clone(), slots.clone());
+        set.spawn(async move {
+            let _slot = slots.acquire_owned().await?;
+            Ok::<_, anyhow::Error>((i, endpoint.connect().await?))
+        });
     }
+    let mut channels: Vec<Option<Channel>> = vec![None; a.connections];
+    while let Some(r) = set.join_next().await {
+        let (i, ch) = r
+            .context("connect task")?
+            .with_context(|| format!("connecting to {}", a.coordinator))?;
+        channels[i] = Some(ch);
+    }
+    let channels: Vec<Channel> = channels.into_iter().flatten().collect();
     let t = Instant::now();
     let clients = enroll(a, &channels).await?;
     let enroll_s = t.elapsed().as_secs_f64();
@@ -193,6 +219,9 @@ async fn bench(a: &CoordinatorArgs) -> Result<Value> {
     }
     if !a.no_ingest {
         report["ingest"] = ingest_phase(a, &admin, &clients).await?;
+    }
+    if a.scale.scale_rounds > 0 {
+        report["scale"] = scale::scale_phase(a, &admin, &clients, rss_before).await?;
     }
     Ok(report)
 }
@@ -679,73 +708,6 @@ async fn ingest_phase(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -
     }))
 }
 
-/// The admin API, just enough to submit, inspect and cancel the benchmark's jobs.
-struct Admin {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Admin {
-    fn new(a: &CoordinatorArgs) -> Result<Self> {
-        let base = a.admin_url.trim_end_matches('/').to_owned();
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(120));
-        if base.starts_with("https://") {
-            let path = a
-                .ca_cert
-                .as_ref()
-                .ok_or_else(|| anyhow!("--ca-cert is required for an https:// admin URL"))?;
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading --ca-cert {}", path.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .with_context(|| format!("--ca-cert {} is not PEM", path.display()))?;
-            builder = builder.tls_certs_only([cert]);
-        } else if !(base.starts_with("http://") && a.insecure) {
-            bail!("--admin-url must start with https:// (or http:// with --insecure), got {base}");
-        }
-        let http = builder.build().context("building the HTTP client")?;
-        Ok(Self {
-            base,
-            token: a.admin_token.clone(),
-            http,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        toml: Option<String>,
-    ) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
-        if let Some(t) = toml {
-            req = req.header("content-type", "application/toml").body(t);
-        }
-        let resp = req.send().await.with_context(|| format!("calling {url}"))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("{url}: {status}: {}", text.trim());
-        }
-        if text.trim().is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&text).with_context(|| format!("{url} answered with invalid JSON"))
-    }
-
-    async fn submit(&self, spec: &str) -> Result<String> {
-        let v = self
-            .call(reqwest::Method::POST, "/v1/jobs", Some(spec.to_owned()))
-            .await?;
-        match &v["job_id"] {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            _ => bail!("the coordinator's answer to a job submission has no job_id: {v}"),
-        }
-    }
-}
-
 fn print_text(r: &Value) {
     println!(
         "clients {} over {} connections (enrolled in {:.2} s)",
@@ -791,5 +753,8 @@ fn print_text(r: &Value) {
                 m["peak_over_baseline_in_models"].as_f64().unwrap_or(0.0)
             );
         }
+    }
+    if !r["scale"].is_null() {
+        scale::print_text(&r["scale"]);
     }
 }
