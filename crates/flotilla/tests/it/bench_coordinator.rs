@@ -98,6 +98,16 @@ fn bench_coordinator_counts_every_call_and_commits_the_round() {
             "--upload-concurrency",
             "3",
         ])
+        .args([
+            "--scale-rounds",
+            "3",
+            "--clients-per-round",
+            "5",
+            "--scale-params",
+            "100",
+            "--checkin-interval-ms",
+            "50",
+        ])
         .args(["--server-pid", &server.0[0].id().to_string(), "--json"])
         .env("FLOTILLA_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
@@ -152,6 +162,21 @@ fn bench_coordinator_counts_every_call_and_commits_the_round() {
     assert!(rss["peak_bytes"].as_u64().is_some_and(|v| v > 0), "{rss}");
     assert!(rss["vm_hwm_bytes"].as_u64().is_some_and(|v| v > 0), "{rss}");
     assert_eq!(rss["model_bytes"], 4000);
+
+    // The scale phase: the idle figure, then every round committed by 5 of the 12 clients.
+    let sc = &r["scale"];
+    assert_eq!(sc["clients"], clients, "{sc}");
+    assert_eq!(sc["idle"]["checkin_errors"], 0, "{sc}");
+    assert!(
+        sc["idle"]["bytes_per_idle_client"].as_f64().is_some(),
+        "{sc}"
+    );
+    let rp = &sc["rounds_phase"];
+    assert_eq!(rp["job_state"], "completed", "{rp}");
+    assert_eq!(rp["rounds_completed"], 3, "{rp}");
+    assert_eq!(rp["errors"], 0, "{rp}");
+    assert!(rp["uploads_accepted"].as_u64().unwrap() >= 15, "{rp}");
+    assert!(rp["rounds_per_minute"].as_f64().unwrap() > 0.0, "{rp}");
 
     // The coordinator agrees: one committed round with every client in it; the check-in job is gone.
     let job = i["job_id"].as_str().unwrap();
