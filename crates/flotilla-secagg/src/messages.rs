@@ -169,6 +169,34 @@ pub enum ServerMessage {
     UnmaskRequest(UnmaskRequest),
 }
 
+/// A client message as the server decodes it: like [`ClientMessage`] (same variants, same wire
+/// form), but a masked input's words stay in the received bytes, so the server adds them to its
+/// running sum without allocating and copying a vector per client.
+#[derive(Debug, Deserialize)]
+pub(crate) enum ClientMessageRef<'a> {
+    AdvertiseKeys(AdvertiseKeys),
+    ShareKeys(ShareKeys),
+    #[serde(borrow)]
+    MaskedInput(MaskedInputRef<'a>),
+    Unmask(UnmaskResponse),
+}
+
+/// [`MaskedInput`] borrowing its words from the received bytes.
+#[derive(Debug, Deserialize)]
+pub(crate) struct MaskedInputRef<'a> {
+    pub round: u64,
+    pub sender: ClientId,
+    /// Little-endian `u32` words (length not yet checked).
+    pub masked: &'a [u8],
+}
+
+impl<'a> ClientMessageRef<'a> {
+    /// Decodes untrusted bytes, refusing anything over [`Params::max_client_message_len`].
+    pub(crate) fn from_bytes(bytes: &'a [u8], params: &Params) -> Result<Self, DecodeError> {
+        decode(bytes, params.max_client_message_len())
+    }
+}
+
 impl ClientMessage {
     /// The stage this message belongs to.
     pub fn stage(&self) -> Stage {
@@ -220,7 +248,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], max: usize) -> Result<T, DecodeError> {
     if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -239,11 +267,13 @@ mod u32_le {
     use serde::de::Error as _;
     use serde::{Deserializer, Serializer};
 
+    /// Little-endian words as one byte string. On little-endian targets the vector's own bytes are
+    /// handed to the serializer: no intermediate copy of the (large) masked vector.
     pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(v.len() * 4);
-        for w in v {
-            bytes.extend_from_slice(&w.to_le_bytes());
+        if cfg!(target_endian = "little") {
+            return s.serialize_bytes(bytemuck::cast_slice(v));
         }
+        let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
         s.serialize_bytes(&bytes)
     }
 
@@ -255,10 +285,13 @@ mod u32_le {
                 bytes.len()
             )));
         }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-            .collect())
+        // One allocation and one copy; `from_le` is the identity on little-endian targets.
+        let mut words = vec![0u32; bytes.len() / 4];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words).copy_from_slice(bytes);
+        for w in &mut words {
+            *w = u32::from_le(*w);
+        }
+        Ok(words)
     }
 }
 

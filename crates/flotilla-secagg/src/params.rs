@@ -3,7 +3,7 @@
 //! # Ring size and quantization
 //!
 //! Updates are summed in Z_2^32 (wrapping `u32` arithmetic; masks cancel modulo 2^32). A coordinate
-//! `x` is clipped to `[-R, R]` and encoded as `q = round((clip(x) + R) · s)` with
+//! `x` is clipped to `[-R, R]` and encoded as `q = ⌊(clip(x) + R) · s + ½⌋` (nearest) with
 //! `M = ⌊(2^32 − 1) / n⌋` and scale `s = M / (2R)`, so `0 ≤ q ≤ M`. The sum of at most `n` encodings
 //! is at most `n · M ≤ 2^32 − 1`: **the true sum never wraps**, whatever the inputs. The server decodes
 //! the sum of `m` contributions as `Σq / s − m·R`.
@@ -179,16 +179,24 @@ impl Params {
     pub fn encode(&self, x: f32) -> u32 {
         let r = self.clip_range;
         let c = f64::from(x).clamp(-r, r);
-        let q = ((c + r) * self.scale()).round();
-        (q as u32).min(self.max_encoded())
+        // `v + 0.5` truncated is `round(v)` for `v ≥ 0` (a cast, where `f64::round` is a libm call).
+        (((c + r) * self.scale() + 0.5) as u32).min(self.max_encoded())
     }
 
     /// Encodes a whole update (every value must be finite); same as [`Params::encode`] per value.
     pub fn encode_all(&self, xs: &[f32]) -> Vec<u32> {
         let (r, scale, max) = (self.clip_range, self.scale(), self.max_encoded());
         xs.iter()
-            .map(|&x| ((((f64::from(x).clamp(-r, r)) + r) * scale).round() as u32).min(max))
+            .map(|&x| (((f64::from(x).clamp(-r, r) + r) * scale + 0.5) as u32).min(max))
             .collect()
+    }
+
+    /// Encodes `xs` into `out` (same length; every value must be finite), as [`Params::encode`].
+    pub fn encode_into(&self, xs: &[f32], out: &mut [u32]) {
+        let (r, scale, max) = (self.clip_range, self.scale(), self.max_encoded());
+        for (o, &x) in out.iter_mut().zip(xs) {
+            *o = (((f64::from(x).clamp(-r, r) + r) * scale + 0.5) as u32).min(max);
+        }
     }
 
     /// Decodes a sum of `m` encodings to the sum of the clipped values.
@@ -272,6 +280,9 @@ mod tests {
         for i in 0..100_000 {
             let x = -2.5 + 5.0 * (i as f32) / 100_000.0;
             assert_eq!(p.encode_all(&[x]), vec![p.encode(x)]);
+            let mut one = [7u32];
+            p.encode_into(&[x], &mut one);
+            assert_eq!(one[0], p.encode(x));
             let err = (p.decode_sum(p.encode(x), 1) - f64::from(x).clamp(-2.0, 2.0)).abs();
             worst = worst.max(err);
         }

@@ -26,11 +26,11 @@ use vsss_rs::Gf256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::crypto::{self, SEALED_LEN, SHARE_LEN};
-use crate::error::{Rejected, RoundError};
+use crate::error::{DecodeError, Rejected, RoundError};
 use crate::graph::Graph;
 use crate::messages::{
-    AdvertiseKeys, ClientMessage, IncomingShare, MaskedInput, Roster, RosterEntry, ShareBundle,
-    ShareKeys, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ClientMessage, ClientMessageRef, IncomingShare, MaskedInput, Roster,
+    RosterEntry, ShareBundle, ShareKeys, UnmaskRequest, UnmaskResponse,
 };
 use crate::{ClientId, Params, Stage};
 
@@ -159,7 +159,27 @@ impl Server {
 
     /// Decodes untrusted bytes from the authenticated client `from` and handles the message.
     pub fn receive(&mut self, from: ClientId, bytes: &[u8]) -> Result<(), Rejected> {
-        let msg = ClientMessage::from_bytes(bytes, &self.params)?;
+        let msg = match ClientMessageRef::from_bytes(bytes, &self.params)? {
+            // The hot path: the words are added to the running sum straight from `bytes`.
+            ClientMessageRef::MaskedInput(m) => {
+                if self.stage() != Stage::MaskedInput {
+                    return Err(Rejected::WrongStage {
+                        expected: self.stage(),
+                        got: Stage::MaskedInput,
+                    });
+                }
+                if !m.masked.len().is_multiple_of(4) {
+                    return Err(Rejected::Decode(DecodeError::Malformed(format!(
+                        "{} bytes is not a whole number of u32 words",
+                        m.masked.len()
+                    ))));
+                }
+                return self.on_masked(from, m.round, m.sender, Words::Le(m.masked));
+            }
+            ClientMessageRef::AdvertiseKeys(m) => ClientMessage::AdvertiseKeys(m),
+            ClientMessageRef::ShareKeys(m) => ClientMessage::ShareKeys(m),
+            ClientMessageRef::Unmask(m) => ClientMessage::Unmask(m),
+        };
         self.handle(from, msg)
     }
 
@@ -282,7 +302,17 @@ impl Server {
     }
 
     fn on_masked_input(&mut self, from: ClientId, m: MaskedInput) -> Result<(), Rejected> {
-        self.check_header(from, m.round, m.sender)?;
+        self.on_masked(from, m.round, m.sender, Words::Owned(m.masked))
+    }
+
+    fn on_masked(
+        &mut self,
+        from: ClientId,
+        round: u64,
+        sender: ClientId,
+        words: Words<'_>,
+    ) -> Result<(), Rejected> {
+        self.check_header(from, round, sender)?;
         if !self.shares.contains_key(&from) {
             return Err(Rejected::NotInCohort(from));
         }
@@ -290,18 +320,27 @@ impl Server {
             return Err(Rejected::Duplicate(from));
         }
         let d = self.params.vector_len();
-        if m.masked.len() != d {
+        if words.len() != d {
             return Err(Rejected::WrongLength {
                 what: "masked input",
                 expected: d,
-                got: m.masked.len(),
+                got: words.len(),
             });
         }
-        if self.masked_sum.is_empty() {
-            self.masked_sum = m.masked;
-        } else {
-            for (s, x) in self.masked_sum.iter_mut().zip(&m.masked) {
-                *s = s.wrapping_add(*x);
+        match words {
+            Words::Owned(v) if self.masked_sum.is_empty() => self.masked_sum = v,
+            Words::Owned(v) => {
+                for (s, x) in self.masked_sum.iter_mut().zip(&v) {
+                    *s = s.wrapping_add(*x);
+                }
+            }
+            Words::Le(bytes) => {
+                if self.masked_sum.is_empty() {
+                    self.masked_sum = vec![0; d];
+                }
+                for (s, x) in self.masked_sum.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *s = s.wrapping_add(u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
+                }
             }
         }
         self.contributors.insert(from);
@@ -574,7 +613,7 @@ impl Server {
         let Some(graph) = &self.graph else {
             unreachable!("graph exists after stage 0")
         };
-        let mut masks: Vec<([u8; 32], bool)> = Vec::new();
+        let mut masks: Vec<(crypto::MaskKey, bool)> = Vec::new();
         for &u in &self.contributors {
             let shares = self.seed_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
             let secret = combine(&shares[..t.min(shares.len())]).ok_or(
@@ -635,6 +674,21 @@ impl Server {
             contributors: self.contributors.iter().copied().collect(),
             error_bound: self.params.quantization_error_bound(m),
         })
+    }
+}
+
+/// The words of a masked input: decoded, or still in the received bytes (little-endian `u32`).
+enum Words<'a> {
+    Owned(Vec<u32>),
+    Le(&'a [u8]),
+}
+
+impl Words<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Words::Owned(v) => v.len(),
+            Words::Le(b) => b.len() / 4,
+        }
     }
 }
 
