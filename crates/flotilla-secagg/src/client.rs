@@ -381,8 +381,9 @@ impl Client {
         Ok(())
     }
 
-    /// Stage 2: encodes `update` (clipped to `[-R, R]`, fixed point), adds the self mask and the
-    /// pairwise masks with every live neighbour (`+` towards larger ids, `−` towards smaller).
+    /// Stage 2: encodes `update` (clipped to `[-R, R]`; fixed point, or stochastically quantized
+    /// when the parameters set `quantization_bits`), adds the self mask and the pairwise masks with
+    /// every live neighbour (`+` towards larger ids, `−` towards smaller), modulo the ring.
     pub fn masked_input(&mut self, update: &[f32]) -> Result<MaskedInput, ClientError> {
         self.check_live(Stage::MaskedInput)?;
         if update.len() != self.params.vector_len() {
@@ -425,10 +426,21 @@ impl Client {
         ));
         // One pass: each L1-sized chunk is encoded, then every mask is added to it in place.
         let mut masked = vec![0u32; update.len()];
-        let params = &self.params;
+        let (params, rng) = (&self.params, &mut self.rng);
+        let quantized = params.quantization_bits().is_some();
         crypto::mask_in_place(&pair_keys, &mut masked, 0, |at, chunk| {
-            params.encode_into(&update[at..at + chunk.len()], chunk);
+            let xs = &update[at..at + chunk.len()];
+            if quantized {
+                params.encode_stochastic_into(xs, chunk, rng);
+            } else {
+                params.encode_into(xs, chunk);
+            }
         });
+        let ring = params.ring_mask();
+        if ring != u32::MAX {
+            // Reduce modulo 2^16: 2^16 divides 2^32, so the masks still cancel in the ring.
+            masked.iter_mut().for_each(|w| *w &= ring);
+        }
         let State::HaveShares { live, held } = std::mem::replace(&mut self.state, State::Done)
         else {
             unreachable!("state checked above");

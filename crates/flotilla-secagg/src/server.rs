@@ -168,13 +168,19 @@ impl Server {
                         got: Stage::MaskedInput,
                     });
                 }
-                if !m.masked.len().is_multiple_of(4) {
+                let (width, bytes) = m.masked;
+                if !matches!(width, 2 | 4) || !bytes.len().is_multiple_of(usize::from(width)) {
                     return Err(Rejected::Decode(DecodeError::Malformed(format!(
-                        "{} bytes is not a whole number of u32 words",
-                        m.masked.len()
+                        "{} bytes is not a whole number of words of width {width} (2 or 4)",
+                        bytes.len()
                     ))));
                 }
-                return self.on_masked(from, m.round, m.sender, Words::Le(m.masked));
+                let words = if width == 2 {
+                    Words::Le16(bytes)
+                } else {
+                    Words::Le32(bytes)
+                };
+                return self.on_masked(from, m.round, m.sender, words);
             }
             ClientMessageRef::AdvertiseKeys(m) => ClientMessage::AdvertiseKeys(m),
             ClientMessageRef::ShareKeys(m) => ClientMessage::ShareKeys(m),
@@ -327,6 +333,23 @@ impl Server {
                 got: words.len(),
             });
         }
+        // Every word must be an element of the ring (below 2^16 in a 16-bit ring); 2-byte words
+        // always are.
+        let ring = self.params.ring_mask();
+        let outside = match &words {
+            Words::Owned(v) => v.iter().position(|&w| w > ring),
+            Words::Le32(b) if ring != u32::MAX => b
+                .chunks_exact(4)
+                .position(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) > ring),
+            Words::Le32(_) | Words::Le16(_) => None,
+        };
+        if let Some(index) = outside {
+            return Err(Rejected::OutOfRing {
+                client: from,
+                index,
+                ring_bits: self.params.ring_bits(),
+            });
+        }
         match words {
             Words::Owned(v) if self.masked_sum.is_empty() => self.masked_sum = v,
             Words::Owned(v) => {
@@ -334,12 +357,20 @@ impl Server {
                     *s = s.wrapping_add(*x);
                 }
             }
-            Words::Le(bytes) => {
+            Words::Le32(bytes) => {
                 if self.masked_sum.is_empty() {
                     self.masked_sum = vec![0; d];
                 }
                 for (s, x) in self.masked_sum.iter_mut().zip(bytes.chunks_exact(4)) {
                     *s = s.wrapping_add(u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
+                }
+            }
+            Words::Le16(bytes) => {
+                if self.masked_sum.is_empty() {
+                    self.masked_sum = vec![0; d];
+                }
+                for (s, x) in self.masked_sum.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *s = s.wrapping_add(u32::from(u16::from_le_bytes([x[0], x[1]])));
                 }
             }
         }
@@ -666,7 +697,13 @@ impl Server {
         let mut sum = std::mem::take(&mut self.masked_sum);
         crypto::apply_masks(&masks, &mut sum, self.threads);
         let m = self.contributors.len();
-        let aggregate: Vec<f64> = sum.iter().map(|&q| self.params.decode_sum(q, m)).collect();
+        // The running sum wraps modulo 2^32; reducing it modulo the ring (2^16 divides 2^32) gives
+        // the sum in the ring, which holds the true sum without overflow by construction.
+        let ring = self.params.ring_mask();
+        let aggregate: Vec<f64> = sum
+            .iter()
+            .map(|&q| self.params.decode_sum(q & ring, m))
+            .collect();
         self.aggregate = Some(aggregate.clone());
         self.stage = Stage::Finished;
         Ok(Aggregate {
@@ -677,17 +714,20 @@ impl Server {
     }
 }
 
-/// The words of a masked input: decoded, or still in the received bytes (little-endian `u32`).
+/// The words of a masked input: decoded, or still in the received bytes (little-endian, 4 or 2
+/// bytes each).
 enum Words<'a> {
     Owned(Vec<u32>),
-    Le(&'a [u8]),
+    Le32(&'a [u8]),
+    Le16(&'a [u8]),
 }
 
 impl Words<'_> {
     fn len(&self) -> usize {
         match self {
             Words::Owned(v) => v.len(),
-            Words::Le(b) => b.len() / 4,
+            Words::Le32(b) => b.len() / 4,
+            Words::Le16(b) => b.len() / 2,
         }
     }
 }

@@ -44,6 +44,11 @@ pub struct SecaggArgs {
     /// Threshold t (default: k/2 + 1).
     #[arg(long)]
     threshold: Option<usize>,
+    /// Quantize each coordinate to this many bits (stochastic rounding) and sum in the smallest
+    /// ring that holds the cohort's sum (16 bits for 8-bit values and ≤ 256 clients); default: the
+    /// 32-bit fixed-point encoding.
+    #[arg(long)]
+    quantization_bits: Option<u8>,
     /// Seed of the synthetic updates, the dropout choice and the clients' secrets.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -134,7 +139,9 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
     let rec = Params::recommended(n, d, 1.0).context("secure-aggregation parameters")?;
     let k = args.neighbours.unwrap_or(rec.neighbours());
     let t = args.threshold.unwrap_or(k / 2 + 1);
-    let params = Params::new(n, t, k, d, 1.0).context("secure-aggregation parameters")?;
+    let params = Params::new(n, t, k, d, 1.0)
+        .and_then(|p| p.with_quantization_bits(args.quantization_bits))
+        .context("secure-aggregation parameters")?;
     let cores = std::thread::available_parallelism().map_or(1, |p| p.get());
     let threads = args.threads.unwrap_or(cores);
     let workers = args.workers.unwrap_or(cores);
@@ -349,6 +356,8 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
         "dropped": n_drop,
         "neighbours_k": params.neighbours(),
         "threshold_t": params.threshold(),
+        "quantization_bits": params.quantization_bits(),
+        "ring_bits": params.ring_bits(),
         "server_threads": threads,
         "client_workers": workers,
         "round_seconds": round_s,
