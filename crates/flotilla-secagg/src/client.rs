@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use vsss_rs::Gf256;
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::{self, SHARE_LEN, SHARE_PAIR_LEN};
@@ -45,6 +45,9 @@ enum State {
     Advertised,
     SharedKeys {
         neighbours: Vec<Peer>,
+        /// X25519 secrets with each neighbour's `c_pk`, in `neighbours` order, kept from stage 1
+        /// so stage 2 opens the shares without computing them again (zeroized on drop).
+        share_secrets: Vec<SharedSecret>,
         graph: Graph,
     },
     HaveShares {
@@ -66,6 +69,8 @@ pub struct Client {
     round: u64,
     c_sk: StaticSecret,
     s_sk: StaticSecret,
+    /// `c_pk`, `s_pk`: computed once (each is a scalar multiplication).
+    public: ([u8; 32], [u8; 32]),
     seed: Zeroizing<[u8; 32]>,
     rng: ChaCha20Rng,
     state: State,
@@ -95,12 +100,17 @@ impl Client {
         let c_sk = StaticSecret::from(draw());
         let s_sk = StaticSecret::from(draw());
         let self_seed = Zeroizing::new(draw());
+        let public = (
+            PublicKey::from(&c_sk).to_bytes(),
+            PublicKey::from(&s_sk).to_bytes(),
+        );
         Self {
             params,
             id,
             round,
             c_sk,
             s_sk,
+            public,
             seed: self_seed,
             rng,
             state: State::Advertised,
@@ -130,8 +140,8 @@ impl Client {
         AdvertiseKeys {
             round: self.round,
             sender: self.id,
-            c_pk: PublicKey::from(&self.c_sk).to_bytes(),
-            s_pk: PublicKey::from(&self.s_sk).to_bytes(),
+            c_pk: self.public.0,
+            s_pk: self.public.1,
         }
     }
 
@@ -266,7 +276,11 @@ impl Client {
             sb.zeroize();
             sk.zeroize();
         }
-        self.state = State::SharedKeys { neighbours, graph };
+        self.state = State::SharedKeys {
+            neighbours,
+            share_secrets: shared_secrets,
+            graph,
+        };
         Ok(ShareKeys {
             round: self.round,
             sender: self.id,
@@ -280,8 +294,12 @@ impl Client {
     /// refuses the whole bundle (state unchanged).
     pub fn handle_shares(&mut self, bundle: &ShareBundle) -> Result<(), ClientError> {
         self.check_live(Stage::MaskedInput)?;
-        let (neighbours, graph) = match &self.state {
-            State::SharedKeys { neighbours, graph } => (neighbours, graph),
+        let (neighbours, share_secrets, graph) = match &self.state {
+            State::SharedKeys {
+                neighbours,
+                share_secrets,
+                graph,
+            } => (neighbours, share_secrets, graph),
             _ => {
                 return Err(Rejected::WrongStage {
                     expected: self.stage(),
@@ -310,7 +328,7 @@ impl Client {
                 .into());
             }
             last = Some(s.sender);
-            let Some(peer) = neighbours.iter().find(|p| p.id == s.sender) else {
+            let Some(at) = neighbours.iter().position(|p| p.id == s.sender) else {
                 return Err(Rejected::NotNeighbour {
                     client: self.id,
                     peer: s.sender,
@@ -322,7 +340,7 @@ impl Client {
                 holder: self.id,
                 reason,
             };
-            let shared = self.c_sk.diffie_hellman(&peer.c_pk);
+            let (peer, shared) = (&neighbours[at], &share_secrets[at]);
             let plain = Zeroizing::new(
                 crypto::open_share(
                     shared.as_bytes(),
@@ -363,8 +381,9 @@ impl Client {
         Ok(())
     }
 
-    /// Stage 2: encodes `update` (clipped to `[-R, R]`, fixed point), adds the self mask and the
-    /// pairwise masks with every live neighbour (`+` towards larger ids, `−` towards smaller).
+    /// Stage 2: encodes `update` (clipped to `[-R, R]`; fixed point, or stochastically quantized
+    /// when the parameters set `quantization_bits`), adds the self mask and the pairwise masks with
+    /// every live neighbour (`+` towards larger ids, `−` towards smaller), modulo the ring.
     pub fn masked_input(&mut self, update: &[f32]) -> Result<MaskedInput, ClientError> {
         self.check_live(Stage::MaskedInput)?;
         if update.len() != self.params.vector_len() {
@@ -401,15 +420,26 @@ impl Client {
                 self.id > peer.id,
             ));
         }
-        let mut masked = self.params.encode_all(update);
-        crypto::apply_mask(
-            &crypto::self_mask_key(&self.seed, self.round, self.id),
+        pair_keys.push((
+            crypto::self_mask_key(&self.seed, self.round, self.id),
             false,
-            &mut masked,
-            0,
-        );
-        for (key, negate) in &pair_keys {
-            crypto::apply_mask(key, *negate, &mut masked, 0);
+        ));
+        // One pass: each L1-sized chunk is encoded, then every mask is added to it in place.
+        let mut masked = vec![0u32; update.len()];
+        let (params, rng) = (&self.params, &mut self.rng);
+        let quantized = params.quantization_bits().is_some();
+        crypto::mask_in_place(&pair_keys, &mut masked, 0, |at, chunk| {
+            let xs = &update[at..at + chunk.len()];
+            if quantized {
+                params.encode_stochastic_into(xs, chunk, rng);
+            } else {
+                params.encode_into(xs, chunk);
+            }
+        });
+        let ring = params.ring_mask();
+        if ring != u32::MAX {
+            // Reduce modulo 2^16: 2^16 divides 2^32, so the masks still cancel in the ring.
+            masked.iter_mut().for_each(|w| *w &= ring);
         }
         let State::HaveShares { live, held } = std::mem::replace(&mut self.state, State::Done)
         else {

@@ -101,6 +101,16 @@ pub enum Rejected {
         /// Length received.
         got: usize,
     },
+    /// A masked word is not an element of the round's ring (2^16 with quantization to few bits).
+    #[error("{client}'s masked word {index} does not fit the {ring_bits}-bit ring")]
+    OutOfRing {
+        /// The sender.
+        client: ClientId,
+        /// The first offending coordinate.
+        index: usize,
+        /// Bits of the round's ring.
+        ring_bits: u32,
+    },
     /// The round parameters in a server message differ from the client's.
     #[error("round parameters differ from this client's: {0}")]
     ParamsMismatch(String),

@@ -2,8 +2,11 @@
 //! a size limit first, refuses trailing bytes, and never panics; the state machines then validate
 //! every field against the round.
 //!
-//! Public keys are raw 32-byte X25519 Montgomery `u` coordinates; shares and masked vectors are byte
-//! strings (masked vectors as little-endian `u32` words).
+//! Public keys are raw 32-byte X25519 Montgomery `u` coordinates; shares are byte strings. A masked
+//! vector is a width byte (2 or 4) and a byte string of its words as little-endian integers of that
+//! width, the narrowest that holds every word: vectors in a 16-bit ring (quantized rounds) take 2
+//! bytes per coordinate. The width is lossless either way; the server checks every word against the
+//! round's ring.
 
 use serde::{Deserialize, Serialize};
 
@@ -103,8 +106,9 @@ pub struct MaskedInput {
     pub round: u64,
     /// The sender.
     pub sender: ClientId,
-    /// Masked vector in Z_2^32.
-    #[serde(with = "u32_le")]
+    /// Masked vector in the round's ring (Z_2^32, or Z_2^16 with few quantization bits; each word
+    /// then below 2^16). On the wire: packed in the narrowest of 2 or 4 bytes per word.
+    #[serde(with = "packed_words")]
     pub masked: Vec<u32>,
 }
 
@@ -169,6 +173,35 @@ pub enum ServerMessage {
     UnmaskRequest(UnmaskRequest),
 }
 
+/// A client message as the server decodes it: like [`ClientMessage`] (same variants, same wire
+/// form), but a masked input's words stay in the received bytes, so the server adds them to its
+/// running sum without allocating and copying a vector per client.
+#[derive(Debug, Deserialize)]
+pub(crate) enum ClientMessageRef<'a> {
+    AdvertiseKeys(AdvertiseKeys),
+    ShareKeys(ShareKeys),
+    #[serde(borrow)]
+    MaskedInput(MaskedInputRef<'a>),
+    Unmask(UnmaskResponse),
+}
+
+/// [`MaskedInput`] borrowing its words from the received bytes.
+#[derive(Debug, Deserialize)]
+pub(crate) struct MaskedInputRef<'a> {
+    pub round: u64,
+    pub sender: ClientId,
+    /// `(width, bytes)`: little-endian words of 2 or 4 bytes (width and length not yet checked).
+    #[serde(borrow)]
+    pub masked: (u8, &'a [u8]),
+}
+
+impl<'a> ClientMessageRef<'a> {
+    /// Decodes untrusted bytes, refusing anything over [`Params::max_client_message_len`].
+    pub(crate) fn from_bytes(bytes: &'a [u8], params: &Params) -> Result<Self, DecodeError> {
+        decode(bytes, params.max_client_message_len())
+    }
+}
+
 impl ClientMessage {
     /// The stage this message belongs to.
     pub fn stage(&self) -> Stage {
@@ -220,7 +253,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], max: usize) -> Result<T, DecodeError> {
     if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -235,30 +268,58 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, D
     Ok(value)
 }
 
-mod u32_le {
+mod packed_words {
     use serde::de::Error as _;
-    use serde::{Deserializer, Serializer};
+    use serde::ser::SerializeTuple;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::Bytes;
 
+    /// `(width, bytes)`: the words as little-endian integers of `width` bytes, 2 if every word
+    /// fits in 16 bits, else 4. On little-endian targets 4-byte words are the vector's own bytes
+    /// (no intermediate copy of the large masked vector).
     pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(v.len() * 4);
-        for w in v {
-            bytes.extend_from_slice(&w.to_le_bytes());
-        }
-        s.serialize_bytes(&bytes)
+        let narrow = v.iter().all(|&w| w <= u32::from(u16::MAX));
+        let owned: Vec<u8>;
+        let (width, bytes): (u8, &[u8]) = if narrow {
+            owned = v.iter().flat_map(|&w| (w as u16).to_le_bytes()).collect();
+            (2, &owned)
+        } else if cfg!(target_endian = "little") {
+            (4, bytemuck::cast_slice(v))
+        } else {
+            owned = v.iter().flat_map(|w| w.to_le_bytes()).collect();
+            (4, &owned)
+        };
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&width)?;
+        t.serialize_element(Bytes::new(bytes))?;
+        t.end()
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
-        let bytes: &[u8] = serde_bytes::deserialize(d)?;
-        if !bytes.len().is_multiple_of(4) {
-            return Err(D::Error::custom(format!(
-                "{} bytes is not a whole number of u32 words",
-                bytes.len()
-            )));
+        let (width, body) = <(u8, &'de Bytes)>::deserialize(d)?;
+        let body: &[u8] = body;
+        match width {
+            2 if body.len().is_multiple_of(2) => Ok(body
+                .chunks_exact(2)
+                .map(|w| u32::from(u16::from_le_bytes([w[0], w[1]])))
+                .collect()),
+            4 if body.len().is_multiple_of(4) => {
+                // One allocation and one copy; `from_le` is the identity on little-endian targets.
+                let mut words = vec![0u32; body.len() / 4];
+                bytemuck::cast_slice_mut::<u32, u8>(&mut words).copy_from_slice(body);
+                for w in &mut words {
+                    *w = u32::from_le(*w);
+                }
+                Ok(words)
+            }
+            2 | 4 => Err(D::Error::custom(format!(
+                "{} bytes is not a whole number of {width}-byte words",
+                body.len()
+            ))),
+            _ => Err(D::Error::custom(format!(
+                "masked-vector width {width} is neither 2 nor 4"
+            ))),
         }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-            .collect())
     }
 }
 
@@ -302,11 +363,35 @@ mod tests {
 
     #[test]
     fn odd_byte_vectors_are_refused() {
-        // Variant 2 (MaskedInput), round 1, sender 2, 5 bytes.
-        let bytes = [2u8, 1, 2, 5, 1, 2, 3, 4, 5];
-        assert!(matches!(
-            ClientMessage::from_bytes(&bytes, &params()),
-            Err(DecodeError::Malformed(_))
-        ));
+        // Variant 2 (MaskedInput), round 1, sender 2, width 4 or 2, then 5 or 3 bytes; width 3.
+        for bytes in [
+            &[2u8, 1, 2, 4, 5, 1, 2, 3, 4, 5][..],
+            &[2u8, 1, 2, 2, 3, 1, 2, 3][..],
+            &[2u8, 1, 2, 3, 3, 1, 2, 3][..],
+        ] {
+            assert!(matches!(
+                ClientMessage::from_bytes(bytes, &params()),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn words_go_on_the_wire_in_the_narrowest_width() {
+        let msg = |masked: Vec<u32>| {
+            ClientMessage::MaskedInput(MaskedInput {
+                round: 1,
+                sender: ClientId(2),
+                masked,
+            })
+        };
+        let narrow = msg(vec![0, 1, 0xFFFF]);
+        let wide = msg(vec![0, 1, 0x1_0000]);
+        let (nb, wb) = (narrow.to_bytes(), wide.to_bytes());
+        // Header (variant, round, sender, width, length) + 2 or 4 bytes per word.
+        assert_eq!(nb.len(), 5 + 3 * 2);
+        assert_eq!(wb.len(), 5 + 3 * 4);
+        assert_eq!(ClientMessage::from_bytes(&nb, &params()).unwrap(), narrow);
+        assert_eq!(ClientMessage::from_bytes(&wb, &params()).unwrap(), wide);
     }
 }

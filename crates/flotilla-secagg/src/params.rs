@@ -1,9 +1,10 @@
-//! Round parameters and the fixed-point encoding of updates into the ring Z_2^32.
+//! Round parameters and the fixed-point encoding of updates into the ring Z_2^32 (default) or, with
+//! `b`-bit stochastic quantization, the smallest ring Z_2^16 or Z_2^32 that holds the sum.
 //!
-//! # Ring size and quantization
+//! # Ring size and quantization (default: 32-bit fixed point)
 //!
 //! Updates are summed in Z_2^32 (wrapping `u32` arithmetic; masks cancel modulo 2^32). A coordinate
-//! `x` is clipped to `[-R, R]` and encoded as `q = round((clip(x) + R) · s)` with
+//! `x` is clipped to `[-R, R]` and encoded as `q = ⌊(clip(x) + R) · s + ½⌋` (nearest) with
 //! `M = ⌊(2^32 − 1) / n⌋` and scale `s = M / (2R)`, so `0 ≤ q ≤ M`. The sum of at most `n` encodings
 //! is at most `n · M ≤ 2^32 − 1`: **the true sum never wraps**, whatever the inputs. The server decodes
 //! the sum of `m` contributions as `Σq / s − m·R`.
@@ -13,6 +14,21 @@
 //! ([`Params::quantization_error_bound`]). For `n = 1000`, `R = 1`: `2.3e-7` per client per
 //! coordinate, `2.3e-4` for a 1,000-client sum. The bits per client are `log2(M) ≈ 32 − log2 n`
 //! (≈ 22 for n = 1000); the upper limit on `n` (2^24) keeps at least 8 bits.
+//!
+//! # Quantized secure rounds (`quantization_bits = Some(b)`)
+//!
+//! With [`Params::with_quantization_bits`], each coordinate is quantized to `b` bits (`1..=16`):
+//! `v = (clip(x) + R) · s` with `s = (2^b − 1) / (2R)`, and `q = ⌊v⌋ + 1` with probability
+//! `v − ⌊v⌋`, else `⌊v⌋` (stochastic rounding drawn from the client's seeded CSPRNG, so
+//! `E[q] = v`: **unbiased**, up to the `2^-32` granularity of the draw). A sum of at most `n` such
+//! values is at most `n · (2^b − 1) < 2^(b + ⌈log2 n⌉)`, so the sum lives in the smallest ring
+//! `Z_2^16` or `Z_2^32` with `b + ⌈log2 n⌉` bits: **it cannot overflow by construction**, and a
+//! configuration that would need more than 32 bits is refused naming `quantization_bits`. Masks are
+//! the same PRG words reduced modulo the ring (2^16 divides 2^32, so reducing commutes with every
+//! sum), and masked vectors go on the wire in the ring's width: 2 bytes per coordinate in Z_2^16,
+//! half of the default. E.g. 8 bits and ≤ 256 clients: a 16-bit ring. The decoded sum of `m`
+//! clients is within `m / s` of the exact sum of the clipped inputs (each rounding moves a value by
+//! less than one step), and its expectation is that exact sum.
 //!
 //! # Graph degree and threshold
 //!
@@ -26,6 +42,7 @@
 //! client's refusal to reveal both secrets of one peer, the server never learns both — while
 //! tolerating up to `k/2 − 1` dropouts in any neighbourhood.
 
+use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ParamError;
@@ -38,6 +55,13 @@ pub const MAX_VECTOR_LEN: usize = 1 << 28;
 pub const MAX_NEIGHBOURS: usize = 255;
 /// Largest clip range.
 pub const MAX_CLIP_RANGE: f64 = 1e9;
+/// Largest `quantization_bits` (wider values gain nothing over the default 32-bit fixed point).
+pub const MAX_QUANTIZATION_BITS: u8 = 16;
+
+/// `⌈log2 n⌉` for `n ≥ 1`.
+fn ceil_log2(n: usize) -> u32 {
+    usize::BITS - n.saturating_sub(1).leading_zeros()
+}
 
 /// Validated parameters of a secure-aggregation round. Construct with [`Params::new`] or
 /// [`Params::recommended`]; every field is checked there.
@@ -48,6 +72,8 @@ pub struct Params {
     neighbours: usize,
     vector_len: usize,
     clip_range: f64,
+    /// `Some(b)`: `b`-bit stochastic quantization into the smallest ring that holds the sum.
+    quantization_bits: Option<u8>,
 }
 
 impl Params {
@@ -119,7 +145,40 @@ impl Params {
             neighbours: k,
             vector_len,
             clip_range,
+            quantization_bits: None,
         })
+    }
+
+    /// Sets `quantization_bits`: `None` (the default) encodes into Z_2^32 with `⌊(2^32 − 1)/n⌋`
+    /// levels; `Some(b)`, `b` in `1..=16`, quantizes each clipped coordinate stochastically to `2^b`
+    /// levels and sums in the smallest ring of 16 or 32 bits that holds `b + ⌈log2 n⌉` bits (see
+    /// the module documentation). Refused, naming `quantization_bits`, if `b` is out of range or
+    /// `b + ⌈log2 n⌉ > 32` (a sum of `n` clients could overflow every ring).
+    ///
+    /// This is the field a job's `[compression]` / `[secagg]` section maps to: 8 bits with at most
+    /// 256 clients per round gives a 16-bit ring and halves the bytes of every masked input.
+    pub fn with_quantization_bits(mut self, bits: Option<u8>) -> Result<Self, ParamError> {
+        if let Some(b) = bits {
+            if !(1..=MAX_QUANTIZATION_BITS).contains(&b) {
+                return Err(ParamError::new(
+                    "quantization_bits",
+                    format!("must be in 1..={MAX_QUANTIZATION_BITS}, got {b}"),
+                ));
+            }
+            let need = u32::from(b) + ceil_log2(self.max_clients);
+            if need > 32 {
+                return Err(ParamError::new(
+                    "quantization_bits",
+                    format!(
+                        "{b} bits for up to n = {} clients need a {need}-bit ring (b + ⌈log2 n⌉); \
+                         the largest is 32 bits: lower quantization_bits or n",
+                        self.max_clients
+                    ),
+                ));
+            }
+        }
+        self.quantization_bits = bits;
+        Ok(self)
     }
 
     /// The documented default for `n` clients: `k = 2·⌈1.5·log2 n⌉` (or the complete graph if that is
@@ -158,10 +217,36 @@ impl Params {
     pub fn clip_range(&self) -> f64 {
         self.clip_range
     }
+    /// Bits of stochastic quantization per coordinate, `None` for the default 32-bit fixed point.
+    pub fn quantization_bits(&self) -> Option<u8> {
+        self.quantization_bits
+    }
 
-    /// Largest encoded value of one coordinate of one client: `M = ⌊(2^32 − 1) / n⌋`.
+    /// Bits of the ring sums and masks live in: 16 or 32. Always 32 without quantization; with
+    /// `b` bits, 16 if `b + ⌈log2 n⌉ ≤ 16`.
+    pub fn ring_bits(&self) -> u32 {
+        match self.quantization_bits {
+            Some(b) if u32::from(b) + ceil_log2(self.max_clients) <= 16 => 16,
+            _ => 32,
+        }
+    }
+
+    /// `2^ring_bits − 1`: ring elements are the `u32` words `≤` this value.
+    pub fn ring_mask(&self) -> u32 {
+        if self.ring_bits() == 16 {
+            u32::from(u16::MAX)
+        } else {
+            u32::MAX
+        }
+    }
+
+    /// Largest encoded value of one coordinate of one client: `M = ⌊(2^32 − 1) / n⌋`, or
+    /// `2^b − 1` with `b`-bit quantization.
     pub fn max_encoded(&self) -> u32 {
-        (u32::MAX as usize / self.max_clients) as u32
+        match self.quantization_bits {
+            Some(b) => (1u32 << b) - 1,
+            None => (u32::MAX as usize / self.max_clients) as u32,
+        }
     }
 
     /// Fixed-point scale `s = M / (2R)`.
@@ -169,9 +254,14 @@ impl Params {
         f64::from(self.max_encoded()) / (2.0 * self.clip_range)
     }
 
-    /// Bound on `|decoded − Σ clip(x)|` per coordinate for a sum of `m` clients: `m / (2s)`.
+    /// Bound on `|decoded − Σ clip(x)|` per coordinate for a sum of `m` clients: `m / (2s)`
+    /// (rounding to nearest), or `m / s` with stochastic quantization (a value moves by less than
+    /// one step).
     pub fn quantization_error_bound(&self, m: usize) -> f64 {
-        m as f64 / (2.0 * self.scale())
+        match self.quantization_bits {
+            Some(_) => m as f64 / self.scale(),
+            None => m as f64 / (2.0 * self.scale()),
+        }
     }
 
     /// Encodes one coordinate (clipped to `[-R, R]`). `x` must be finite.
@@ -179,16 +269,46 @@ impl Params {
     pub fn encode(&self, x: f32) -> u32 {
         let r = self.clip_range;
         let c = f64::from(x).clamp(-r, r);
-        let q = ((c + r) * self.scale()).round();
-        (q as u32).min(self.max_encoded())
+        // `v + 0.5` truncated is `round(v)` for `v ≥ 0` (a cast, where `f64::round` is a libm call).
+        (((c + r) * self.scale() + 0.5) as u32).min(self.max_encoded())
     }
 
     /// Encodes a whole update (every value must be finite); same as [`Params::encode`] per value.
     pub fn encode_all(&self, xs: &[f32]) -> Vec<u32> {
         let (r, scale, max) = (self.clip_range, self.scale(), self.max_encoded());
         xs.iter()
-            .map(|&x| ((((f64::from(x).clamp(-r, r)) + r) * scale).round() as u32).min(max))
+            .map(|&x| (((f64::from(x).clamp(-r, r) + r) * scale + 0.5) as u32).min(max))
             .collect()
+    }
+
+    /// Quantizes `xs` into `out` (same length; every value must be finite) with stochastic
+    /// rounding: `⌊v⌋ + 1` with probability `v − ⌊v⌋` where `v = (clip(x) + R) · s`, so the
+    /// expected encoding is `v` (unbiased). The client calls this with `quantization_bits` set;
+    /// it works for any parameters (without quantization it dithers the 32-bit encoding).
+    pub fn encode_stochastic_into<R: Rng + ?Sized>(
+        &self,
+        xs: &[f32],
+        out: &mut [u32],
+        rng: &mut R,
+    ) {
+        const TWO_32: f64 = 4_294_967_296.0;
+        let (r, scale, max) = (self.clip_range, self.scale(), self.max_encoded());
+        for (o, &x) in out.iter_mut().zip(xs) {
+            let v = (f64::from(x).clamp(-r, r) + r) * scale;
+            // `v ≥ 0`: truncation is the floor (a cast, where `f64::floor` may be a libm call).
+            let floor = v as u32;
+            // P(up) = ⌈frac · 2^32⌉ / 2^32: within 2^-32 of frac.
+            let up = f64::from(rng.next_u32()) < (v - f64::from(floor)) * TWO_32;
+            *o = (floor + u32::from(up)).min(max);
+        }
+    }
+
+    /// Encodes `xs` into `out` (same length; every value must be finite), as [`Params::encode`].
+    pub fn encode_into(&self, xs: &[f32], out: &mut [u32]) {
+        let (r, scale, max) = (self.clip_range, self.scale(), self.max_encoded());
+        for (o, &x) in out.iter_mut().zip(xs) {
+            *o = (((f64::from(x).clamp(-r, r) + r) * scale + 0.5) as u32).min(max);
+        }
     }
 
     /// Decodes a sum of `m` encodings to the sum of the clipped values.
@@ -272,6 +392,9 @@ mod tests {
         for i in 0..100_000 {
             let x = -2.5 + 5.0 * (i as f32) / 100_000.0;
             assert_eq!(p.encode_all(&[x]), vec![p.encode(x)]);
+            let mut one = [7u32];
+            p.encode_into(&[x], &mut one);
+            assert_eq!(one[0], p.encode(x));
             let err = (p.decode_sum(p.encode(x), 1) - f64::from(x).clamp(-2.0, 2.0)).abs();
             worst = worst.max(err);
         }

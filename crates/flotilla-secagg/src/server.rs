@@ -26,11 +26,11 @@ use vsss_rs::Gf256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::crypto::{self, SEALED_LEN, SHARE_LEN};
-use crate::error::{Rejected, RoundError};
+use crate::error::{DecodeError, Rejected, RoundError};
 use crate::graph::Graph;
 use crate::messages::{
-    AdvertiseKeys, ClientMessage, IncomingShare, MaskedInput, Roster, RosterEntry, ShareBundle,
-    ShareKeys, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ClientMessage, ClientMessageRef, IncomingShare, MaskedInput, Roster,
+    RosterEntry, ShareBundle, ShareKeys, UnmaskRequest, UnmaskResponse,
 };
 use crate::{ClientId, Params, Stage};
 
@@ -159,7 +159,33 @@ impl Server {
 
     /// Decodes untrusted bytes from the authenticated client `from` and handles the message.
     pub fn receive(&mut self, from: ClientId, bytes: &[u8]) -> Result<(), Rejected> {
-        let msg = ClientMessage::from_bytes(bytes, &self.params)?;
+        let msg = match ClientMessageRef::from_bytes(bytes, &self.params)? {
+            // The hot path: the words are added to the running sum straight from `bytes`.
+            ClientMessageRef::MaskedInput(m) => {
+                if self.stage() != Stage::MaskedInput {
+                    return Err(Rejected::WrongStage {
+                        expected: self.stage(),
+                        got: Stage::MaskedInput,
+                    });
+                }
+                let (width, bytes) = m.masked;
+                if !matches!(width, 2 | 4) || !bytes.len().is_multiple_of(usize::from(width)) {
+                    return Err(Rejected::Decode(DecodeError::Malformed(format!(
+                        "{} bytes is not a whole number of words of width {width} (2 or 4)",
+                        bytes.len()
+                    ))));
+                }
+                let words = if width == 2 {
+                    Words::Le16(bytes)
+                } else {
+                    Words::Le32(bytes)
+                };
+                return self.on_masked(from, m.round, m.sender, words);
+            }
+            ClientMessageRef::AdvertiseKeys(m) => ClientMessage::AdvertiseKeys(m),
+            ClientMessageRef::ShareKeys(m) => ClientMessage::ShareKeys(m),
+            ClientMessageRef::Unmask(m) => ClientMessage::Unmask(m),
+        };
         self.handle(from, msg)
     }
 
@@ -282,7 +308,17 @@ impl Server {
     }
 
     fn on_masked_input(&mut self, from: ClientId, m: MaskedInput) -> Result<(), Rejected> {
-        self.check_header(from, m.round, m.sender)?;
+        self.on_masked(from, m.round, m.sender, Words::Owned(m.masked))
+    }
+
+    fn on_masked(
+        &mut self,
+        from: ClientId,
+        round: u64,
+        sender: ClientId,
+        words: Words<'_>,
+    ) -> Result<(), Rejected> {
+        self.check_header(from, round, sender)?;
         if !self.shares.contains_key(&from) {
             return Err(Rejected::NotInCohort(from));
         }
@@ -290,18 +326,52 @@ impl Server {
             return Err(Rejected::Duplicate(from));
         }
         let d = self.params.vector_len();
-        if m.masked.len() != d {
+        if words.len() != d {
             return Err(Rejected::WrongLength {
                 what: "masked input",
                 expected: d,
-                got: m.masked.len(),
+                got: words.len(),
             });
         }
-        if self.masked_sum.is_empty() {
-            self.masked_sum = m.masked;
-        } else {
-            for (s, x) in self.masked_sum.iter_mut().zip(&m.masked) {
-                *s = s.wrapping_add(*x);
+        // Every word must be an element of the ring (below 2^16 in a 16-bit ring); 2-byte words
+        // always are.
+        let ring = self.params.ring_mask();
+        let outside = match &words {
+            Words::Owned(v) => v.iter().position(|&w| w > ring),
+            Words::Le32(b) if ring != u32::MAX => b
+                .chunks_exact(4)
+                .position(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) > ring),
+            Words::Le32(_) | Words::Le16(_) => None,
+        };
+        if let Some(index) = outside {
+            return Err(Rejected::OutOfRing {
+                client: from,
+                index,
+                ring_bits: self.params.ring_bits(),
+            });
+        }
+        match words {
+            Words::Owned(v) if self.masked_sum.is_empty() => self.masked_sum = v,
+            Words::Owned(v) => {
+                for (s, x) in self.masked_sum.iter_mut().zip(&v) {
+                    *s = s.wrapping_add(*x);
+                }
+            }
+            Words::Le32(bytes) => {
+                if self.masked_sum.is_empty() {
+                    self.masked_sum = vec![0; d];
+                }
+                for (s, x) in self.masked_sum.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *s = s.wrapping_add(u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
+                }
+            }
+            Words::Le16(bytes) => {
+                if self.masked_sum.is_empty() {
+                    self.masked_sum = vec![0; d];
+                }
+                for (s, x) in self.masked_sum.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *s = s.wrapping_add(u32::from(u16::from_le_bytes([x[0], x[1]])));
+                }
             }
         }
         self.contributors.insert(from);
@@ -574,7 +644,7 @@ impl Server {
         let Some(graph) = &self.graph else {
             unreachable!("graph exists after stage 0")
         };
-        let mut masks: Vec<([u8; 32], bool)> = Vec::new();
+        let mut masks: Vec<(crypto::MaskKey, bool)> = Vec::new();
         for &u in &self.contributors {
             let shares = self.seed_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
             let secret = combine(&shares[..t.min(shares.len())]).ok_or(
@@ -627,7 +697,13 @@ impl Server {
         let mut sum = std::mem::take(&mut self.masked_sum);
         crypto::apply_masks(&masks, &mut sum, self.threads);
         let m = self.contributors.len();
-        let aggregate: Vec<f64> = sum.iter().map(|&q| self.params.decode_sum(q, m)).collect();
+        // The running sum wraps modulo 2^32; reducing it modulo the ring (2^16 divides 2^32) gives
+        // the sum in the ring, which holds the true sum without overflow by construction.
+        let ring = self.params.ring_mask();
+        let aggregate: Vec<f64> = sum
+            .iter()
+            .map(|&q| self.params.decode_sum(q & ring, m))
+            .collect();
         self.aggregate = Some(aggregate.clone());
         self.stage = Stage::Finished;
         Ok(Aggregate {
@@ -635,6 +711,24 @@ impl Server {
             contributors: self.contributors.iter().copied().collect(),
             error_bound: self.params.quantization_error_bound(m),
         })
+    }
+}
+
+/// The words of a masked input: decoded, or still in the received bytes (little-endian, 4 or 2
+/// bytes each).
+enum Words<'a> {
+    Owned(Vec<u32>),
+    Le32(&'a [u8]),
+    Le16(&'a [u8]),
+}
+
+impl Words<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Words::Owned(v) => v.len(),
+            Words::Le32(b) => b.len() / 4,
+            Words::Le16(b) => b.len() / 2,
+        }
     }
 }
 

@@ -44,6 +44,11 @@ pub struct SecaggArgs {
     /// Threshold t (default: k/2 + 1).
     #[arg(long)]
     threshold: Option<usize>,
+    /// Quantize each coordinate to this many bits (stochastic rounding) and sum in the smallest
+    /// ring that holds the cohort's sum (16 bits for 8-bit values and ≤ 256 clients); default: the
+    /// 32-bit fixed-point encoding.
+    #[arg(long)]
+    quantization_bits: Option<u8>,
     /// Seed of the synthetic updates, the dropout choice and the clients' secrets.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -59,12 +64,13 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Synthetic update in [-1.2, 1.2] (clip range 1: some coordinates are clipped).
-fn update(seed: u64, client: u64, len: usize) -> Vec<f32> {
+/// Synthetic update in [-1.2, 1.2] (clip range 1: some coordinates are clipped), written into `out`
+/// (one buffer per worker, reused: a fresh 4 bytes × D per client would time the allocator).
+fn update(seed: u64, client: u64, out: &mut [f32]) {
     let base = splitmix(seed ^ client.wrapping_mul(0xA24B_AED4_963E_E407));
-    (0..len as u64)
-        .map(|i| ((splitmix(base ^ i) >> 40) as f32 / (1u64 << 24) as f32) * 2.4 - 1.2)
-        .collect()
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = ((splitmix(base ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32) * 2.4 - 1.2;
+    }
 }
 
 /// Per-client bookkeeping of the benchmark.
@@ -76,24 +82,26 @@ struct Tally {
     down: usize,
 }
 
-/// Runs `work` for every index in `items` on `workers` threads; `work` returns the client's
-/// message bytes and its timed seconds, which `deliver` hands to the server under a lock.
+/// Runs `work` for every index in `items` on `workers` threads; `work` (given its worker's index)
+/// returns the client's message bytes and its timed seconds, which are handed to the server under
+/// a lock.
 fn stage<T: Send, C: Send>(
     workers: usize,
     items: &mut [(T, C)],
     server: &Mutex<(Server, f64)>,
-    work: impl Fn(&T, &mut C) -> anyhow::Result<Option<(ClientId, Vec<u8>, f64)>> + Sync,
+    work: impl Fn(usize, &T, &mut C) -> anyhow::Result<Option<(ClientId, Vec<u8>, f64)>> + Sync,
 ) -> anyhow::Result<Vec<(ClientId, usize, f64)>> {
     let per = items.len().div_ceil(workers.max(1)).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = items
             .chunks_mut(per)
-            .map(|chunk| {
+            .enumerate()
+            .map(|(w, chunk)| {
                 let work = &work;
                 s.spawn(move || -> anyhow::Result<Vec<(ClientId, usize, f64)>> {
                     let mut out = Vec::new();
                     for (t, c) in chunk.iter_mut() {
-                        let Some((id, bytes, secs)) = work(t, c)? else {
+                        let Some((id, bytes, secs)) = work(w, t, c)? else {
                             continue;
                         };
                         let mut guard = server
@@ -131,7 +139,9 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
     let rec = Params::recommended(n, d, 1.0).context("secure-aggregation parameters")?;
     let k = args.neighbours.unwrap_or(rec.neighbours());
     let t = args.threshold.unwrap_or(k / 2 + 1);
-    let params = Params::new(n, t, k, d, 1.0).context("secure-aggregation parameters")?;
+    let params = Params::new(n, t, k, d, 1.0)
+        .and_then(|p| p.with_quantization_bits(args.quantization_bits))
+        .context("secure-aggregation parameters")?;
     let cores = std::thread::available_parallelism().map_or(1, |p| p.get());
     let threads = args.threads.unwrap_or(cores);
     let workers = args.workers.unwrap_or(cores);
@@ -169,7 +179,7 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
         tally.up += up;
         tally.down += down;
     };
-    stage(workers, &mut items, &server, |&id, slot| {
+    stage(workers, &mut items, &server, |_, &id, slot| {
         let t0 = Instant::now();
         let mut secret = [0u8; 32];
         for (j, c) in secret.chunks_mut(8).enumerate() {
@@ -190,7 +200,7 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
         roster = ServerMessage::Roster(lock()?.0.close_advertise()?).to_bytes();
         Ok(())
     })?;
-    stage(workers, &mut items, &server, |&id, slot| {
+    stage(workers, &mut items, &server, |_, &id, slot| {
         let Some((c, tally)) = slot else {
             return Ok(None);
         };
@@ -215,8 +225,12 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
             .collect();
         Ok(())
     })?;
-    let plain_parts: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
-    stage(workers, &mut items, &server, |&id, slot| {
+    // Per worker (its lock is never contended): the plain-sum accumulator of the correctness check
+    // and the buffer the synthetic updates are generated into.
+    let plain_parts: Vec<Mutex<(Vec<f64>, Vec<f32>)>> = (0..workers.max(1))
+        .map(|_| Mutex::new((Vec::new(), Vec::new())))
+        .collect();
+    stage(workers, &mut items, &server, |w, &id, slot| {
         let Some((c, tally)) = slot else {
             return Ok(None);
         };
@@ -226,39 +240,38 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
         let Some(bundle) = bundles.get(&id) else {
             return Ok(None);
         };
-        let x = update(seed, id.0, d);
-        let clipped: Vec<f64> = x.iter().map(|v| f64::from(*v).clamp(-1.0, 1.0)).collect();
-        plain_parts
+        let mut part = plain_parts[w]
             .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .push(clipped);
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let (acc, x) = &mut *part;
+        if acc.is_empty() {
+            acc.resize(d, 0.0);
+            x.resize(d, 0.0);
+        }
+        update(seed, id.0, x);
+        for (s, v) in acc.iter_mut().zip(x.iter()) {
+            *s += f64::from(*v).clamp(-1.0, 1.0);
+        }
         let t0 = Instant::now();
         let ServerMessage::Shares(b) = ServerMessage::from_bytes(bundle, &params)? else {
             bail!("expected shares")
         };
         c.handle_shares(&b)?;
-        let bytes = ClientMessage::MaskedInput(c.masked_input(&x)?).to_bytes();
+        let bytes = ClientMessage::MaskedInput(c.masked_input(x)?).to_bytes();
         let secs = t0.elapsed().as_secs_f64();
         record(tally, 2, secs, bytes.len(), bundle.len());
-        // Fold the plain parts eagerly so memory stays O(workers × D).
-        let mut parts = plain_parts
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?;
-        while parts.len() > 1 {
-            let (Some(a), Some(mut b)) = (parts.pop(), parts.pop()) else {
-                break;
-            };
-            for (s, v) in b.iter_mut().zip(&a) {
-                *s += v;
-            }
-            parts.push(b);
-        }
         Ok(Some((id, bytes, secs)))
     })?;
     let plain_sum = plain_parts
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
         .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .map(|(acc, _)| acc)
+                .map_err(|_| anyhow::anyhow!("poisoned"))
+        })
+        .collect::<anyhow::Result<Vec<Vec<f64>>>>()?
+        .into_iter()
+        .filter(|v| !v.is_empty())
         .reduce(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(s, v)| *s += v);
             a
@@ -276,7 +289,7 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
             .collect();
         Ok(())
     })?;
-    stage(workers, &mut items, &server, |&id, slot| {
+    stage(workers, &mut items, &server, |_, &id, slot| {
         let Some((c, tally)) = slot else {
             return Ok(None);
         };
@@ -343,6 +356,8 @@ pub fn run(args: SecaggArgs) -> anyhow::Result<()> {
         "dropped": n_drop,
         "neighbours_k": params.neighbours(),
         "threshold_t": params.threshold(),
+        "quantization_bits": params.quantization_bits(),
+        "ring_bits": params.ring_bits(),
         "server_threads": threads,
         "client_workers": workers,
         "round_seconds": round_s,

@@ -57,6 +57,8 @@ pub struct Round {
     pub server: Server,
     pub clients: BTreeMap<ClientId, Client>,
     pub drops: BTreeMap<ClientId, Drop>,
+    /// Each client's update: `(id, len, clip range) → values` ([`update_for`] unless a test sets it).
+    pub update: fn(u64, usize, f64) -> Vec<f32>,
 }
 
 impl Round {
@@ -74,6 +76,7 @@ impl Round {
             server,
             clients,
             drops,
+            update: update_for,
         }
     }
 
@@ -140,7 +143,7 @@ impl Round {
             let c = self.clients.get_mut(&id).unwrap();
             c.handle_shares(&b).expect("bundle accepted");
             let m = c
-                .masked_input(&update_for(
+                .masked_input(&(self.update)(
                     id.0,
                     self.params.vector_len(),
                     self.params.clip_range(),

@@ -10,4 +10,5 @@ mod adversarial;
 mod common;
 mod properties;
 mod protocol;
+mod quantized;
 mod round_aggregator;
