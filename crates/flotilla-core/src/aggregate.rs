@@ -7,15 +7,56 @@ use serde::{Deserialize, Serialize};
 use crate::error::AggregateError;
 use crate::norms::{PAR_MIN, first_non_finite, in_pool, simd, simd_kernel};
 
+mod batch;
+#[cfg(test)]
+mod batch_tests;
+
+pub use batch::MAX_BATCH;
+
+/// Why [`FedAvg::accept_many`] refused a batch: which update, and what was wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("update {update} of the batch: {error}")]
+pub struct BatchError {
+    /// Position of the first offending update in the batch.
+    pub update: usize,
+    /// What was wrong with it.
+    #[source]
+    pub error: AggregateError,
+}
+
 /// Weighted federated averaging (McMahan et al. 2017), folded one update at a time.
 ///
 /// The running sum is kept in `f64`, so the result does not depend measurably on arrival order and a
 /// thousand `f32` updates lose no precision. The output is `Σ wᵢ·xᵢ / Σ wᵢ`, rounded once to `f32`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FedAvg {
     sum: Vec<f64>,
     total_weight: f64,
     count: usize,
+    /// Scratch for [`FedAvg::accept_many`], which writes the new sum here and swaps it in only when
+    /// the whole batch was valid; kept between calls so a stream of batches allocates once. Not part
+    /// of the aggregate's value (not serialised, cloned or compared).
+    #[serde(skip)]
+    spare: Vec<f64>,
+}
+
+impl Clone for FedAvg {
+    fn clone(&self) -> Self {
+        Self {
+            sum: self.sum.clone(),
+            total_weight: self.total_weight,
+            count: self.count,
+            spare: Vec::new(),
+        }
+    }
+}
+
+impl PartialEq for FedAvg {
+    fn eq(&self, other: &Self) -> bool {
+        self.sum == other.sum
+            && self.total_weight == other.total_weight
+            && self.count == other.count
+    }
 }
 
 impl FedAvg {
@@ -25,6 +66,7 @@ impl FedAvg {
             sum: vec![0.0; len],
             total_weight: 0.0,
             count: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -89,6 +131,43 @@ impl FedAvg {
         })?;
         self.total_weight += weight;
         self.count += 1;
+        Ok(())
+    }
+
+    /// Folds several resident updates at once, each `(update, weight)`, in one pass over the running sum.
+    ///
+    /// The result is bit-identical to calling [`FedAvg::accept`] on each in order (every coordinate
+    /// sees the same additions in the same order), but the memory traffic per update falls from ≈ 20
+    /// bytes per parameter to ≈ 4 + 24/B, so it runs near memory bandwidth. Batches longer than
+    /// [`MAX_BATCH`] are folded in groups of that size (same bits). Memory: one extra f64 buffer of
+    /// the model's size, kept for the next call.
+    ///
+    /// Every update is checked (length, weight, finiteness) before anything is committed: on error the
+    /// aggregate is unchanged and the error names the offending update (the first with a wrong length
+    /// or weight, else the first holding NaN or ±∞) and what [`FedAvg::accept`] would have said.
+    pub fn accept_many(&mut self, batch: &[(&[f32], f64)]) -> Result<(), BatchError> {
+        for (update, &(u, weight)) in batch.iter().enumerate() {
+            let error = if u.len() != self.sum.len() {
+                AggregateError::Length {
+                    expected: self.sum.len(),
+                    actual: u.len(),
+                }
+            } else if !(weight.is_finite() && weight > 0.0) {
+                AggregateError::Weight(weight)
+            } else {
+                continue;
+            };
+            return Err(BatchError { update, error });
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch::fold(self, batch)?;
+        // Added one by one, in order, so the total is the same f64 as after sequential `accept`s.
+        for &(_, weight) in batch {
+            self.total_weight += weight;
+        }
+        self.count += batch.len();
         Ok(())
     }
 

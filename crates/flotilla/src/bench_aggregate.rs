@@ -1,14 +1,15 @@
 //! `flotilla bench aggregate`: throughput of the aggregation kernels on K random client updates of D
 //! parameters, beside a memory-bandwidth probe on the same machine.
 //!
-//! GB/s counts the bytes of client updates read once: K·D·4. `fedavg` is the streaming fold the
-//! platform runs (`FedAvg::accept` one update at a time, then `finish`), not a batched kernel.
+//! GB/s counts the bytes of client updates read once: K·D·4. `fedavg` is the one-at-a-time fold
+//! (`FedAvg::accept` per update, then `finish`); `fedavg_batched` folds the same updates `--batch` at a
+//! time with `FedAvg::accept_many` (bit-identical result, checked).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use flotilla_core::{FedAvg, robust};
+use flotilla_core::{FedAvg, aggregate::MAX_BATCH, robust};
 use serde_json::{Map, Value, json};
 
 /// `flotilla bench aggregate`.
@@ -29,10 +30,18 @@ pub struct AggregateArgs {
     /// Krum's assumed number of attackers f (default ⌊K/10⌋; needs K ≥ 2f + 3).
     #[arg(long)]
     krum_f: Option<usize>,
-    /// Only streaming FedAvg, each update generated on the fly into one reused buffer (the K updates
-    /// are never resident), to show its peak memory is O(D) rather than O(K·D).
+    /// Only streaming FedAvg, each update generated on the fly into reused buffers (`--batch` of
+    /// them; the K updates are never resident), to show its peak memory is O(B·D) rather than O(K·D).
     #[arg(long)]
     streaming: bool,
+    /// Updates per `FedAvg::accept_many` call for `fedavg_batched` (1 ≤ B ≤ K; groups above the
+    /// kernel's ceiling `MAX_BATCH` are split by it); in `--streaming` mode, 1 means `accept`.
+    #[arg(long, default_value_t = MAX_BATCH)]
+    batch: usize,
+    /// Run only these strategies (comma-separated: fedavg, fedavg_batched, median, trimmed_mean,
+    /// krum, bandwidth); all by default. For instruction counts under callgrind.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -43,6 +52,23 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
     let (k, d) = (args.clients, args.params);
     if k == 0 || d == 0 || args.repeats == 0 {
         bail!("--clients, --params and --repeats must be ≥ 1");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be ≥ 1");
+    }
+    const KNOWN: [&str; 6] = [
+        "fedavg",
+        "fedavg_batched",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "bandwidth",
+    ];
+    if let Some(bad) = args.only.iter().find(|s| !KNOWN.contains(&s.as_str())) {
+        bail!(
+            "--only: unknown strategy {bad:?} (known: {})",
+            KNOWN.join(", ")
+        );
     }
     if !(0.0..0.5).contains(&args.beta) {
         bail!("--beta must be in [0, 0.5), got {}", args.beta);
@@ -90,40 +116,88 @@ fn batch(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyhow::R
         strategies.insert(name.into(), json!({ "seconds": s, "gb_per_s": gb / s }));
     };
 
-    // Streaming FedAvg as the platform runs it; peak memory above the resident inputs measured once.
-    let rss_before = proc_status_kb("VmRSS:");
-    let hwm_reset = reset_peak_rss();
-    let mut check = Vec::new();
-    let fedavg = timed(args.repeats, || {
-        let mut agg = FedAvg::new(d);
-        for (u, &w) in views.iter().zip(weights) {
-            agg.accept(u, w)?;
+    let run = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
+
+    // FedAvg one update at a time; peak memory above the resident inputs measured once.
+    let mut fedavg_extra = None;
+    let mut reference: Option<Vec<f64>> = None;
+    if run("fedavg") {
+        let rss_before = proc_status_kb("VmRSS:");
+        let hwm_reset = reset_peak_rss();
+        let mut check = Vec::new();
+        let mut sum = Vec::new();
+        let fedavg = timed(args.repeats, || {
+            let mut agg = FedAvg::new(d);
+            for (u, &w) in views.iter().zip(weights) {
+                agg.accept(u, w)?;
+            }
+            check = agg.finish()?;
+            sum = agg.sum().to_vec();
+            Ok(())
+        })?;
+        fedavg_extra = match (hwm_reset, rss_before, proc_status_kb("VmHWM:")) {
+            (true, Some(before), Some(hwm)) => Some(hwm.saturating_sub(before) * 1024),
+            _ => None,
+        };
+        verify_fedavg(&check, &views, weights)?;
+        reference = Some(sum);
+        record("fedavg", fedavg);
+    }
+    // The same fold, `--batch` updates per `accept_many`; must give the same bits.
+    let mut batched_extra = None;
+    if run("fedavg_batched") {
+        let pairs: Vec<(&[f32], f64)> =
+            views.iter().copied().zip(weights.iter().copied()).collect();
+        let rss_before = proc_status_kb("VmRSS:");
+        let hwm_reset = reset_peak_rss();
+        let mut check = Vec::new();
+        let mut sum = Vec::new();
+        let times = timed(args.repeats, || {
+            let mut agg = FedAvg::new(d);
+            for group in pairs.chunks(args.batch) {
+                agg.accept_many(group)?;
+            }
+            check = agg.finish()?;
+            sum = agg.sum().to_vec();
+            Ok(())
+        })?;
+        batched_extra = match (hwm_reset, rss_before, proc_status_kb("VmHWM:")) {
+            (true, Some(before), Some(hwm)) => Some(hwm.saturating_sub(before) * 1024),
+            _ => None,
+        };
+        verify_fedavg(&check, &views, weights)?;
+        if let Some(want) = &reference
+            && want
+                .iter()
+                .zip(&sum)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            bail!("fedavg_batched is not bit-identical to fedavg");
         }
-        check = agg.finish()?;
-        Ok(())
-    })?;
-    let fedavg_extra = match (hwm_reset, rss_before, proc_status_kb("VmHWM:")) {
-        (true, Some(before), Some(hwm)) => Some(hwm.saturating_sub(before) * 1024),
-        _ => None,
-    };
-    verify_fedavg(&check, &views, weights)?;
-    record("fedavg", fedavg);
-    record(
-        "median",
-        timed(args.repeats, || {
-            robust::coordinate_median(&views)?;
-            Ok(())
-        })?,
-    );
-    record(
-        "trimmed_mean",
-        timed(args.repeats, || {
-            robust::trimmed_mean(&views, args.beta)?;
-            Ok(())
-        })?,
-    );
+        record("fedavg_batched", times);
+    }
+    if run("median") {
+        record(
+            "median",
+            timed(args.repeats, || {
+                robust::coordinate_median(&views)?;
+                Ok(())
+            })?,
+        );
+    }
+    if run("trimmed_mean") {
+        record(
+            "trimmed_mean",
+            timed(args.repeats, || {
+                robust::trimmed_mean(&views, args.beta)?;
+                Ok(())
+            })?,
+        );
+    }
     let f = args.krum_f.unwrap_or(k / 10);
-    let krum_note = if k >= 2 * f + 3 {
+    let krum_note = if !run("krum") {
+        None
+    } else if k >= 2 * f + 3 {
         record(
             "krum",
             timed(args.repeats, || {
@@ -135,7 +209,15 @@ fn batch(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyhow::R
     } else {
         Some(format!("krum skipped: needs K ≥ 2f + 3 = {}", 2 * f + 3))
     };
-    let bw = bandwidth(&views, args.repeats.max(5));
+    let bw = if run("bandwidth") {
+        bandwidth(&views, args.repeats.max(5))
+    } else {
+        Bandwidth {
+            one_thread: f64::NAN,
+            all_threads: f64::NAN,
+            threads: 0,
+        }
+    };
     Ok(json!({
         "strategies": strategies,
         "bandwidth_gb_per_s": bw.all_threads,
@@ -152,30 +234,52 @@ fn batch(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyhow::R
         "trimmed_mean_beta": args.beta,
         "krum_f": f,
         "krum_note": krum_note,
+        "batch": args.batch,
+        "max_batch": MAX_BATCH,
+        "fedavg_batched_bit_identical": reference.is_some() && run("fedavg_batched"),
         "fedavg_memory": {
             "input_bytes": input_bytes,
             "peak_bytes_above_inputs": fedavg_extra,
             "peak_bytes_above_inputs_per_param": fedavg_extra.map(|b| b as f64 / d as f64),
-            "what": "VmHWM (reset through /proc/self/clear_refs) minus VmRSS before the fold: f64 sum + f32 result",
+            "batched_peak_bytes_above_inputs": batched_extra,
+            "batched_peak_bytes_above_inputs_per_param": batched_extra.map(|b| b as f64 / d as f64),
+            "what": "VmHWM (reset through /proc/self/clear_refs) minus VmRSS before the fold: f64 sum (+ f64 scratch when batched) + f32 result",
         },
     }))
 }
 
-/// Streaming FedAvg with one reused update buffer; times the folds only, reports the peak RSS.
+/// Streaming FedAvg with `--batch` reused update buffers (filled, then folded with one `accept_many`;
+/// `--batch 1` uses `accept`); times the folds only, reports the peak RSS.
 fn streaming(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyhow::Result<Value> {
     let d = args.params;
-    let mut buf = Vec::new();
-    buf.try_reserve_exact(d)
-        .context("allocating the update buffer")?;
-    buf.resize(d, 0f32);
+    let b = args.batch.min(args.clients);
+    let mut bufs: Vec<Vec<f32>> = Vec::new();
+    for _ in 0..b {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(d)
+            .context("allocating the update buffers")?;
+        buf.resize(d, 0f32);
+        bufs.push(buf);
+    }
     let mut folds = Vec::new();
     for _ in 0..args.repeats {
         let mut agg = FedAvg::new(d);
         let mut t = Duration::ZERO;
-        for (c, &w) in weights.iter().enumerate() {
-            fill_update(&mut buf, c as u64);
+        for (g, ws) in weights.chunks(b).enumerate() {
+            for (i, buf) in bufs.iter_mut().take(ws.len()).enumerate() {
+                fill_update(buf, (g * b + i) as u64);
+            }
             let t0 = Instant::now();
-            agg.accept(&buf, w)?;
+            if b == 1 {
+                agg.accept(&bufs[0], ws[0])?;
+            } else {
+                let group: Vec<(&[f32], f64)> = bufs
+                    .iter()
+                    .map(Vec::as_slice)
+                    .zip(ws.iter().copied())
+                    .collect();
+                agg.accept_many(&group)?;
+            }
             t += t0.elapsed();
         }
         let t0 = Instant::now();
@@ -186,9 +290,10 @@ fn streaming(args: &AggregateArgs, weights: &[f64], input_bytes: usize) -> anyho
     let peak = proc_status_kb("VmHWM:").map(|kb| kb * 1024);
     Ok(json!({
         "strategies": { "fedavg": { "seconds": s, "gb_per_s": input_bytes as f64 / 1e9 / s } },
-        "mode": "streaming: updates generated one at a time into one reused buffer; time of accept + finish only",
+        "mode": "streaming: updates generated --batch at a time into reused buffers; time of accept/accept_many + finish only",
         "clients": args.clients,
         "params": d,
+        "batch": b,
         "bytes_read": input_bytes,
         "peak_rss_bytes": peak,
         "peak_rss_over_input_bytes": peak.map(|p| p as f64 / input_bytes as f64),
