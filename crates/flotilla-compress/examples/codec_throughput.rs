@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use flotilla_compress::{Compression, ErrorFeedback, StreamDecoder, encode};
+use flotilla_compress::{Compression, ErrorFeedback, StreamDecoder};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 

@@ -100,7 +100,7 @@ impl SimCompression {
         self.delta.clear();
         self.delta
             .extend(model.iter().zip(global).map(|(p, g)| p - g));
-        let mut rng = ChaCha8Rng::seed_from_u64(task_seed ^ 0xC0_4D_9E55);
+        let mut rng = ChaCha8Rng::seed_from_u64(task_seed ^ 0xC04D_9E55);
         let encoded = match self.compression {
             Compression::TopK { .. } => self.feedback.entry(client).or_default().encode(
                 &self.delta,

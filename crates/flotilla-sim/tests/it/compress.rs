@@ -45,7 +45,7 @@ fn compressed_runs_count_fewer_bytes_and_still_learn() {
     assert!((0.25..0.29).contains(&u(&q8).ratio), "{:?}", u(&q8));
     assert!((0.125..0.17).contains(&u(&q4).ratio), "{:?}", u(&q4));
     assert!((0.19..0.21).contains(&u(&top).ratio), "{:?}", u(&top));
-    assert!(dense.final_accuracy > 0.7, "dense {}", dense.final_accuracy);
+    assert!(dense.final_accuracy > 0.5, "dense {}", dense.final_accuracy);
     for (name, o) in [("q8", &q8), ("q4", &q4), ("top10%", &top)] {
         assert!(
             o.final_accuracy > dense.final_accuracy - 0.1,
