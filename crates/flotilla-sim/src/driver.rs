@@ -107,6 +107,11 @@ pub(crate) trait Clients {
 
     /// At the end of the run, adds what the clients counted to the privacy accounting.
     fn finish(&mut self, _privacy: Option<&mut SimPrivacy>) {}
+
+    /// The bytes the clients uploaded, if they count them.
+    fn upload_bytes(&self) -> Option<crate::UploadBytes> {
+        None
+    }
 }
 
 /// The shared state of a run (see the module documentation).
@@ -228,6 +233,7 @@ pub(crate) fn run<C: Clients>(
         train_samples: train.len(),
         test_samples: test.len(),
         privacy: d.privacy.as_ref().map(SimPrivacy::summary),
+        upload: clients.upload_bytes(),
     })
 }
 

@@ -156,6 +156,8 @@ pub struct SimOutcome {
     pub test_samples: usize,
     /// Under `[privacy]`: ε spent, δ, and why the run stopped early if the budget ended it.
     pub privacy: Option<PrivacySummary>,
+    /// Plain rounds: the bytes the clients' (possibly compressed) updates took.
+    pub upload: Option<crate::UploadBytes>,
 }
 
 pub(crate) fn samples<'a>(d: &'a Dataset, indices: &'a [u32]) -> Samples<'a> {

@@ -50,6 +50,12 @@ pub enum SimError {
     /// The round policy derived from the scenario is invalid.
     #[error(transparent)]
     Config(#[from] flotilla_core::ConfigError),
+    /// A client's update could not be compressed (`[compression]`).
+    #[error("compression: {0}")]
+    Encode(#[from] flotilla_compress::EncodeError),
+    /// A compressed update could not be decoded.
+    #[error("compression: {0}")]
+    Decode(#[from] flotilla_compress::DecodeError),
     /// The job failed (for example, too many dropouts for too long).
     #[error("job failed: {0}")]
     JobFailed(String),

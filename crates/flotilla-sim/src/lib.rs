@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod attack;
+mod compress;
 mod driver;
 pub mod engine;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod scenario;
 pub mod secagg;
 mod settings;
 
+pub use compress::UploadBytes;
 pub use engine::{Prepared, RoundRecord, SimEvent, SimOutcome, prepare};
 pub use error::{ScenarioError, SimError};
 pub use run::{run, run_prepared};

@@ -11,6 +11,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::attack::Attackers;
+use crate::compress::SimCompression;
 use crate::driver::{Clients, Driver, Refused};
 use crate::engine::{ClientJob, Prepared, train_cohort};
 use crate::error::SimError;
@@ -23,6 +24,7 @@ pub(crate) struct PlainClients {
     /// SCAFFOLD client control variates cᵢ, kept by each simulated client across rounds.
     controls: BTreeMap<u64, Vec<f32>>,
     dropout_rng: ChaCha8Rng,
+    compression: SimCompression,
 }
 
 impl PlainClients {
@@ -36,6 +38,7 @@ impl PlainClients {
                 .map(|a| Attackers::new(a, scenario.seed, train, test, &prepared.partition)),
             controls: BTreeMap::new(),
             dropout_rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64),
+            compression: SimCompression::new(scenario.compression),
         }
     }
 }
@@ -43,6 +46,10 @@ impl PlainClients {
 impl Clients for PlainClients {
     fn attackers(&self) -> Option<&Attackers> {
         self.attackers.as_ref()
+    }
+
+    fn upload_bytes(&self) -> Option<crate::UploadBytes> {
+        Some(self.compression.summary())
     }
 
     /// Over-selected clients that finish after the round filled up are refused as late: that is
@@ -116,6 +123,10 @@ impl Clients for PlainClients {
             if let Some(dp) = &scenario.strategy.dp {
                 SimPrivacy::client_share(dp, d.machine.global(), &mut params, task.seed);
             }
+            // The update crosses the wire here (before SCAFFOLD appends its control delta).
+            let global = d.machine.global();
+            self.compression
+                .upload(client.0, task.seed, global, &mut params)?;
             if let Some(c) = &server_control {
                 // SCAFFOLD option II: cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η); report Δcᵢ = cᵢ⁺ − cᵢ after
                 // the parameters.

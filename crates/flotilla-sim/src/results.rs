@@ -63,6 +63,8 @@ pub fn results_json(
         "delta": outcome.privacy.as_ref().map(|p| p.delta),
         "stopped_reason": outcome.privacy.as_ref().and_then(|p| p.stopped_reason.clone()),
         "stale_reports": outcome.stale_reports,
+        "upload": outcome.upload,
+        "bytes_per_update": outcome.upload.map(|u| u.bytes_per_update),
         "history": outcome.history,
         "wall_seconds": wall_seconds,
         "seconds_per_round": wall_seconds / outcome.history.len().max(1) as f64,

@@ -15,6 +15,7 @@ pub fn run_prepared(
     prepared: &Prepared,
     observe: &mut dyn FnMut(&SimEvent),
 ) -> Result<SimOutcome, SimError> {
+    crate::compress::check_supported(scenario)?;
     if let Some(sa) = &scenario.secagg {
         return crate::driver::run(
             scenario,

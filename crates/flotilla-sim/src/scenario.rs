@@ -56,6 +56,8 @@ pub struct Scenario {
     pub secagg: Option<crate::settings::SecAggSettings>,
     /// Differential privacy (`[privacy]`), if any; the mechanism is also in `strategy.dp`.
     pub privacy: Option<PrivacySpec>,
+    /// How clients compress their updates (`[compression]`; plain rounds, see `crate::compress`).
+    pub compression: flotilla_spec::Compression,
 }
 
 /// What malicious clients do.
@@ -276,6 +278,7 @@ impl Scenario {
             strategy,
             privacy,
             secagg,
+            compression,
             ..
         } = job;
         let model = match model {
@@ -431,6 +434,7 @@ impl Scenario {
             attack,
             secagg,
             privacy,
+            compression,
         })
     }
 }

@@ -43,6 +43,8 @@ pub struct JobConfig {
     pub privacy: Option<PrivacySpec>,
     /// `[secagg]`, if rounds run secure aggregation.
     pub secagg: Option<SecAggConfig>,
+    /// `[compression]`: how clients compress their updates (`None` when absent).
+    pub compression: crate::Compression,
     /// `[eligibility] min_samples`: smallest `num_samples` a client must announce.
     pub min_samples: u64,
     /// `[evaluation] dataset`: whose test split evaluates every committed model.
@@ -194,6 +196,11 @@ impl JobConfig {
             .as_ref()
             .map(|s| SecAggConfig::from_raw(s, clients_per_round, &strategy))
             .transpose()?;
+        let compression = crate::compression::compression_from_raw(
+            r.compression.as_ref(),
+            privacy.as_ref(),
+            secagg.is_some(),
+        )?;
         let registry = crate::release::registry_name(r.registry.as_ref())?;
         let release = crate::release::release_gate(r.release.as_ref(), registry.as_ref())?;
         Ok(Self {
@@ -208,6 +215,7 @@ impl JobConfig {
             strategy,
             privacy,
             secagg,
+            compression,
             min_samples,
             evaluation_dataset,
             registry,

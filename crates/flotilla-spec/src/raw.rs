@@ -40,6 +40,8 @@ pub struct RawDocument {
     pub secagg: Option<RawSecAgg>,
     /// `[privacy]`.
     pub privacy: Option<PrivacyConfig>,
+    /// `[compression]`.
+    pub compression: Option<RawCompression>,
     /// `[eligibility]`.
     pub eligibility: Option<RawEligibility>,
     /// `[evaluation]`.
@@ -159,6 +161,20 @@ pub struct RawSecAgg {
     // Moved to `[simulation]`.
     #[doc(hidden)]
     pub unmasking_dropout: Option<toml::Value>,
+}
+
+/// `[compression]`: how clients compress their updates (see `flotilla_compress`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    /// `none`, `quantize` or `topk`.
+    pub kind: Option<String>,
+    /// `quantize`: bits per coordinate, 8 or 4.
+    pub bits: Option<i64>,
+    /// `quantize`: coordinates per scale block.
+    pub block: Option<i64>,
+    /// `topk`: share of coordinates sent, in (0, 1].
+    pub fraction: Option<f64>,
 }
 
 /// `[eligibility]`.

@@ -174,3 +174,52 @@ fn a_model_given_by_initial_is_a_job_without_built_in_keys() {
         "{e}"
     );
 }
+
+#[test]
+fn compression_is_validated_with_privacy_and_secagg() {
+    use flotilla_spec::Compression;
+    assert_eq!(job(JOB).unwrap().compression, Compression::None);
+    let q4 = job(&format!(
+        "{JOB}[compression]\nkind = \"quantize\"\nbits = 4\nblock = 256\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        q4.compression,
+        Compression::Quantize {
+            bits: 4,
+            block: 256
+        }
+    );
+    let e = err(&format!(
+        "{JOB}[compression]\nkind = \"quantize\"\nbits = 3\n"
+    ));
+    assert_eq!(e, "compression.bits: must be 8 or 4, got 3");
+    let e = err(&format!(
+        "{JOB}[compression]\nkind = \"quantize\"\nbitz = 4\n"
+    ));
+    assert!(e.contains("bits"), "{e}");
+    // Quantization is allowed under secure aggregation; top-k is refused, naming the key.
+    let sa = "[secagg]\nclip_range = 1.0\n";
+    let q = job(&format!("{JOB}{sa}[compression]\nkind = \"quantize\"\n")).unwrap();
+    assert_eq!(q.compression, Compression::Q8);
+    let e = err(&format!(
+        "{JOB}{sa}[compression]\nkind = \"topk\"\nfraction = 0.01\n"
+    ));
+    assert!(
+        e.starts_with("compression.kind:") && e.contains("[secagg]"),
+        "{e}"
+    );
+    // Central DP takes any kind; distributed DP refuses top-k.
+    let dp = "[privacy]\nnoise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-5\n";
+    let topk = "[compression]\nkind = \"topk\"\nfraction = 0.01\n";
+    let c = job(&format!("{JOB}{dp}{topk}")).unwrap();
+    assert_eq!(c.compression, Compression::TopK { fraction: 0.01 });
+    let e = err(&format!(
+        "{JOB}{}{topk}",
+        dp.replace("[privacy]\n", "[privacy]\nmode = \"distributed\"\n")
+    ));
+    assert!(
+        e.starts_with("compression.kind:") && e.contains("distributed"),
+        "{e}"
+    );
+}
