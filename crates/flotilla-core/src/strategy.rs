@@ -520,13 +520,11 @@ impl Strategy {
             return Err(AggregateError::Empty);
         }
         let views: Vec<&[f32]> = kept.iter().map(|b| b.delta.as_slice()).collect();
-        // The buffered deltas are all resident: fold them in batches (same bits as one by one, one
-        // pass over the sum per batch instead of per delta).
         let weighted_mean = |items: &[&Buffered]| -> Result<Vec<f32>, AggregateError> {
-            let batch: Vec<(&[f32], f64)> =
-                items.iter().map(|b| (&b.delta[..], b.weight)).collect();
             let mut sum = FedAvg::new(self.dim);
-            sum.accept_many(&batch).map_err(|e| e.error)?;
+            for b in items {
+                sum.accept(&b.delta, b.weight)?;
+            }
             sum.finish()
         };
         match &self.spec.aggregator {
@@ -549,9 +547,10 @@ impl Strategy {
                 }
                 let picked: Vec<&[f32]> = sel.selected.iter().map(|&i| views[i]).collect();
                 // Multi-Krum averages its selection without weights (Blanchard et al. 2017).
-                let batch: Vec<(&[f32], f64)> = picked.into_iter().map(|d| (d, 1.0)).collect();
                 let mut sum = FedAvg::new(self.dim);
-                sum.accept_many(&batch).map_err(|e| e.error)?;
+                for d in picked {
+                    sum.accept(d, 1.0)?;
+                }
                 sum.finish()
             }
         }
