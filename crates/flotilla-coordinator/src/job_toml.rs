@@ -24,6 +24,15 @@ impl JobSpec {
         let name = job.name.clone().unwrap_or_else(|| "job".to_owned());
         flotilla_core::names::check_job_name(&name)
             .map_err(|e| SpecError::new("name", e.to_string()))?;
+        // Compressed uploads exist in the simulator only: the wire format has no compressed payload
+        // yet, so a job that asks for it is refused rather than run uncompressed.
+        if job.compression != flotilla_spec::Compression::None {
+            return Err(SpecError::new(
+                "compression.kind",
+                "compressed uploads run in the simulator only (`flotilla sim`); the coordinator \
+                 does not negotiate them yet: remove [compression] from the job",
+            ));
+        }
         let policy = job.policy();
         crate::privacy::check(job.privacy.as_ref(), &policy, job.secagg.is_some())?;
         let model = match &job.model {
