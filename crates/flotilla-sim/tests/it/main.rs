@@ -8,6 +8,7 @@
 
 mod fedbuff;
 mod privacy;
+mod scale;
 mod secagg;
 mod secagg_dp;
 mod sim;
