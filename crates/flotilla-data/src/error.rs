@@ -179,6 +179,24 @@ pub enum PartitionError {
         /// Concentration parameter.
         alpha: f64,
     },
+    /// `sampled`: `samples_per_client` is 0 or larger than the data set.
+    #[error(
+        "`samples_per_client` must be in 1..={num_samples} (the training set's size), got {samples_per_client}"
+    )]
+    InvalidSamplesPerClient {
+        /// The value given.
+        samples_per_client: usize,
+        /// Number of samples available.
+        num_samples: usize,
+    },
+    /// `sampled`: more clients than the ceiling.
+    #[error("`num_clients` ({num_clients}) exceeds the ceiling of {max} sampled clients")]
+    TooManySampledClients {
+        /// Requested number of clients.
+        num_clients: usize,
+        /// The ceiling, [`crate::partition::MAX_SAMPLED_CLIENTS`].
+        max: usize,
+    },
     /// The natural partition needs per-sample groups.
     #[error("the natural partition needs per-sample `groups`, but none were given")]
     GroupsRequired,

@@ -33,7 +33,7 @@ pub use error::{DataError, PartitionError, UnknownDatasetError};
 pub use fetch::{FetchEvent, FetchOutcome, fetch, is_present};
 pub use loader::{LoadOptions, default_data_dir, load};
 pub use name::DatasetName;
-pub use partition::{Partition, PartitionSpec, PartitionStats, partition, stats};
+pub use partition::{Partition, PartitionSpec, PartitionStats, SampledPartition, partition, stats};
 
 /// Data directory for tests: `$FLOTILLA_DATA_DIR`, else the workspace's `data/`.
 #[cfg(test)]

@@ -4,9 +4,10 @@
 //! Data poisoning (label flip, backdoor) changes what an attacker trains on; model poisoning (sign
 //! flip, scaling, Gaussian noise) changes what it reports. Honest clients never see either.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
-use flotilla_data::{Dataset, Partition};
+use flotilla_data::Dataset;
 use rand::seq::index;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,15 +41,21 @@ fn stamp(row: &mut [f32], side: usize, value: f32) {
 }
 
 impl Attackers {
-    /// Picks `round(fraction × clients)` attackers (at least one) from `seed` and prepares their data.
-    pub fn new(
+    /// Picks `round(fraction × clients)` attackers (at least one) of `num_clients` from `seed` and
+    /// prepares their data; `client_samples(c)` gives client `c`'s training-set indices.
+    ///
+    /// Clients may share samples (`kind = "sampled"`): each sample is poisoned at most once (a
+    /// second label flip would undo the first). With disjoint lists that changes nothing.
+    pub fn new<'p>(
         settings: AttackSettings,
         seed: u64,
         train: &Dataset,
         test: &Dataset,
-        partition: &Partition,
+        num_clients: usize,
+        client_samples: impl Fn(u64) -> Cow<'p, [u32]>,
     ) -> Self {
-        let n = partition.clients.len();
+        let n = num_clients;
+        let mut poisoned = vec![false; train.len()];
         let k = ((settings.fraction * n as f64).round() as usize).clamp(1, n);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00A7_7AC4);
         let clients: BTreeSet<u64> = index::sample(&mut rng, n, k)
@@ -62,8 +69,10 @@ impl Attackers {
                 let mut d = train.clone();
                 let c = d.num_classes as u32;
                 for &client in &clients {
-                    for &i in &partition.clients[client as usize] {
-                        d.labels[i as usize] = c - 1 - d.labels[i as usize];
+                    for &i in client_samples(client).iter() {
+                        if !std::mem::replace(&mut poisoned[i as usize], true) {
+                            d.labels[i as usize] = c - 1 - d.labels[i as usize];
+                        }
                     }
                 }
                 poisoned_train = Some(d);
@@ -77,7 +86,10 @@ impl Attackers {
                 let bright = train.features.iter().copied().fold(f32::MIN, f32::max);
                 let mut d = train.clone();
                 for &client in &clients {
-                    for &i in &partition.clients[client as usize] {
+                    for &i in client_samples(client).iter() {
+                        if std::mem::replace(&mut poisoned[i as usize], true) {
+                            continue;
+                        }
                         if rng.random_bool(poison_fraction) {
                             let row = &mut d.features
                                 [i as usize * feature_len..(i as usize + 1) * feature_len];
@@ -151,6 +163,7 @@ impl Attackers {
 mod tests {
     use super::*;
     use crate::scenario::AttackSettings;
+    use flotilla_data::Partition;
 
     fn tiny() -> (Dataset, Partition) {
         let d = Dataset {
@@ -174,7 +187,9 @@ mod tests {
             kind: AttackKind::LabelFlip,
             fraction: 0.5,
         };
-        let a = Attackers::new(s, 1, &d, &d, &p);
+        let a = Attackers::new(s, 1, &d, &d, p.clients.len(), |c| {
+            Cow::Borrowed(&p.clients[c as usize])
+        });
         assert_eq!(a.clients.len(), 1);
         let bad = *a.clients.iter().next().unwrap() as usize;
         let poisoned = a.poisoned_train.as_ref().unwrap();
@@ -196,7 +211,9 @@ mod tests {
             },
             fraction: 0.5,
         };
-        let a = Attackers::new(s, 1, &d, &d, &p);
+        let a = Attackers::new(s, 1, &d, &d, p.clients.len(), |c| {
+            Cow::Borrowed(&p.clients[c as usize])
+        });
         let t = a.backdoor_test.as_ref().unwrap();
         assert_eq!(t.len(), 3, "samples of the target class are left out");
         assert!(t.labels.iter().all(|&l| l == 1));
@@ -213,7 +230,9 @@ mod tests {
             kind: AttackKind::SignFlip { scale: 2.0 },
             fraction: 0.5,
         };
-        let mut a = Attackers::new(s, 1, &d, &d, &p);
+        let mut a = Attackers::new(s, 1, &d, &d, p.clients.len(), |c| {
+            Cow::Borrowed(&p.clients[c as usize])
+        });
         let mut params = vec![1.5, 0.0];
         a.tamper(&[1.0, 1.0], &mut params);
         assert_eq!(params, vec![0.0, 3.0]);

@@ -13,13 +13,14 @@
 //! reports are fed back in cohort order whatever thread trained them. So one scenario and seed give a
 //! bit-identical final model, with any number of worker threads.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Instant;
 
 use flotilla_core::ParamLayout;
 use flotilla_core::round::{ClientId, CommitInfo, RoundMachine};
 use flotilla_core::strategy::Quarantined;
-use flotilla_data::{Dataset, LoadOptions, Partition, TrainTest};
+use flotilla_data::{Dataset, LoadOptions, Partition, PartitionSpec, SampledPartition, TrainTest};
 use flotilla_ml::{FitConfig, FitReport, LocalObjective, ModelSpec, Samples, Trainer};
 use serde::Serialize;
 
@@ -32,17 +33,68 @@ use crate::scenario::Scenario;
 pub struct Prepared {
     /// Train and test sets.
     pub data: TrainTest,
-    /// Sample indices of the training set per client.
+    /// Sample indices of the training set per client — empty under `[partition] kind =
+    /// "sampled"`, whose clients draw theirs when selected ([`Self::sampled`]); read a client's
+    /// samples through [`Self::client_samples`] and the whole split through
+    /// [`Self::partition_lists`].
     pub partition: Partition,
+    /// `kind = "sampled"`: the lazily drawn partition (a few bytes for any number of clients).
+    pub sampled: Option<SampledPartition>,
 }
 
-/// Loads the scenario's dataset from `data_dir` and partitions its training set.
+impl Prepared {
+    /// Number of clients the data is split among.
+    pub fn num_clients(&self) -> usize {
+        self.sampled
+            .map_or(self.partition.num_clients(), |s| s.num_clients())
+    }
+
+    /// Training-set indices of `client` (drawn now under `sampled`); empty for an unknown client.
+    pub fn client_samples(&self, client: u64) -> Cow<'_, [u32]> {
+        match &self.sampled {
+            Some(s) if (client as usize) < s.num_clients() => Cow::Owned(s.client(client)),
+            Some(_) => Cow::Borrowed(&[]),
+            None => Cow::Borrowed(
+                usize::try_from(client)
+                    .ok()
+                    .and_then(|c| self.partition.clients.get(c))
+                    .map_or(&[][..], Vec::as_slice),
+            ),
+        }
+    }
+
+    /// Every client's sample list, drawn now under `sampled` (for statistics: O(clients × N)).
+    pub fn partition_lists(&self) -> Cow<'_, Partition> {
+        match &self.sampled {
+            Some(s) => Cow::Owned(Partition {
+                clients: (0..s.num_clients() as u64).map(|c| s.client(c)).collect(),
+            }),
+            None => Cow::Borrowed(&self.partition),
+        }
+    }
+}
+
+/// Loads the scenario's dataset from `data_dir` and partitions its training set; a `sampled`
+/// partition is only validated here, its clients draw their samples when selected.
 pub fn prepare(scenario: &Scenario, data_dir: &Path) -> Result<Prepared, SimError> {
     let opts = LoadOptions {
         test_fraction: scenario.data.test_fraction,
         split_seed: scenario.data.split_seed,
     };
     let data = flotilla_data::load(scenario.data.dataset, data_dir, &opts)?;
+    if let PartitionSpec::Sampled { samples_per_client } = scenario.partition.spec {
+        let sampled = SampledPartition::new(
+            data.train.len(),
+            scenario.clients,
+            samples_per_client,
+            scenario.partition.seed,
+        )?;
+        return Ok(Prepared {
+            data,
+            partition: Partition::default(),
+            sampled: Some(sampled),
+        });
+    }
     let partition = flotilla_data::partition(
         &data.train.labels,
         data.train.groups.as_deref(),
@@ -51,7 +103,11 @@ pub fn prepare(scenario: &Scenario, data_dir: &Path) -> Result<Prepared, SimErro
         &scenario.partition.spec,
         scenario.partition.seed,
     )?;
-    Ok(Prepared { data, partition })
+    Ok(Prepared {
+        data,
+        partition,
+        sampled: None,
+    })
 }
 
 /// One committed round as the simulator saw it.
@@ -292,7 +348,7 @@ pub(crate) fn train_cohort(
 ) -> Result<Vec<Fitted>, SimError> {
     let n_threads = trainers.len();
     let fit_one = |trainer: &mut Box<dyn Trainer>, job: &ClientJob<'_>| {
-        let idx = &prepared.partition.clients[job.client.0 as usize];
+        let idx = prepared.client_samples(job.client.0);
         trainer.set_parameters(global)?;
         let cfg = FitConfig {
             epochs: scenario.train.local_epochs,
@@ -305,7 +361,7 @@ pub(crate) fn train_cohort(
             proximal_mu,
             gradient_correction: job.correction.as_deref(),
         };
-        let report = trainer.fit_with(&samples(job.data, idx), &cfg, &objective)?;
+        let report = trainer.fit_with(&samples(job.data, &idx), &cfg, &objective)?;
         Ok::<_, SimError>((trainer.parameters(), report))
     };
     if n_threads == 1 || work.len() == 1 {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use flotilla_core::round::{ClientId, Event, RejectReason, ReportMetrics, Task};
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
+use flotilla_ml::FitReport;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,6 +18,11 @@ use crate::engine::{ClientJob, Prepared, train_cohort};
 use crate::error::SimError;
 use crate::privacy::SimPrivacy;
 use crate::scenario::Scenario;
+
+/// Clients trained per worker thread before their reports are fed: enough to keep every worker
+/// busy between feeds, few enough that a chunk's trained models (threads × this × model size) stay
+/// small whatever the cohort.
+const CHUNK_PER_THREAD: usize = 4;
 
 /// The simulated clients of plain (synchronous, unmasked) rounds.
 pub(crate) struct PlainClients {
@@ -33,13 +39,73 @@ impl PlainClients {
         let train = &prepared.data.train;
         let test = &prepared.data.test;
         Self {
-            attackers: scenario
-                .attack
-                .map(|a| Attackers::new(a, scenario.seed, train, test, &prepared.partition)),
+            attackers: scenario.attack.map(|a| {
+                Attackers::new(a, scenario.seed, train, test, prepared.num_clients(), |c| {
+                    prepared.client_samples(c)
+                })
+            }),
             controls: BTreeMap::new(),
             dropout_rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64),
             compression: SimCompression::new(scenario.compression),
         }
+    }
+}
+
+impl PlainClients {
+    /// Feeds one trained client's report: an attacker tampers with it, a local-DP client adds its
+    /// noise share, a SCAFFOLD client updates its cᵢ (from the batch's server control `c`) and
+    /// appends Δcᵢ. The model an attacker or DP share is relative to is the machine's current one,
+    /// as it always was.
+    fn report(
+        &mut self,
+        d: &mut Driver<'_>,
+        client: ClientId,
+        task: &Task,
+        mut params: Vec<f32>,
+        report: &FitReport,
+        server_control: Option<&[f32]>,
+    ) -> Result<(), SimError> {
+        let scenario = d.scenario;
+        if let Some(a) = &mut self.attackers
+            && a.is_attacker(client.0)
+        {
+            a.tamper(d.machine.global(), &mut params);
+        }
+        if let Some(dp) = &scenario.strategy.dp {
+            SimPrivacy::client_share(dp, d.machine.global(), &mut params, task.seed);
+        }
+        // The update crosses the wire here (before SCAFFOLD appends its control delta).
+        self.compression
+            .upload(client.0, task.seed, d.machine.global(), &mut params)?;
+        if let Some(c) = server_control {
+            // SCAFFOLD option II: cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η); report Δcᵢ = cᵢ⁺ − cᵢ after
+            // the parameters.
+            let ci = self.controls.entry(client.0).or_default();
+            let delta_c = scaffold_client_update(
+                ci,
+                c,
+                d.machine.global(),
+                &params,
+                report.steps,
+                scenario.train.learning_rate,
+            );
+            params.extend_from_slice(&delta_c);
+        }
+        d.feed(
+            self,
+            Event::Report {
+                client,
+                round: task.round,
+                attempt: task.attempt,
+                stage: task.stage,
+                num_samples: report.num_samples as u64,
+                update: &params,
+                metrics: ReportMetrics {
+                    train_loss: report.mean_loss,
+                    eval: None,
+                },
+            },
+        )
     }
 }
 
@@ -82,80 +148,54 @@ impl Clients for PlainClients {
             .filter(|(_, d)| !**d)
             .map(|(c, _)| c.clone())
             .collect();
+        // Everyone trains from the model, server control and proximal term as they stood when the
+        // batch was configured, even when the round commits (and they move) while the cohort's
+        // reports are still being fed.
         let directive = d.machine.strategy().client_directive();
-        let jobs: Vec<ClientJob<'_>> = work
-            .iter()
-            .map(|(client, task)| {
-                let data = match &self.attackers {
-                    Some(a) if a.is_attacker(client.0) => {
-                        a.poisoned_train.as_ref().unwrap_or(train)
-                    }
-                    _ => train,
-                };
-                // SCAFFOLD: local gradients are corrected by c − cᵢ (cᵢ = 0 before the first round).
-                let correction = directive.server_control.map(|c| {
-                    scaffold_correction(c, self.controls.get(&client.0).map(Vec::as_slice))
-                });
-                ClientJob {
-                    client: *client,
-                    seed: task.seed,
-                    data,
-                    correction,
-                }
-            })
-            .collect();
-        let results = train_cohort(
-            scenario,
-            prepared,
-            d.machine.global(),
-            directive.proximal_mu as f32,
-            &jobs,
-            &mut d.trainers,
-        )?;
+        let global = d.machine.global().to_vec();
         let server_control = directive.server_control.map(<[f32]>::to_vec);
+        let proximal_mu = directive.proximal_mu as f32;
         d.now += 1;
-        for ((client, task), (mut params, report)) in work.iter().zip(results) {
-            if let Some(a) = &mut self.attackers
-                && a.is_attacker(client.0)
-            {
-                a.tamper(d.machine.global(), &mut params);
-            }
-            if let Some(dp) = &scenario.strategy.dp {
-                SimPrivacy::client_share(dp, d.machine.global(), &mut params, task.seed);
-            }
-            // The update crosses the wire here (before SCAFFOLD appends its control delta).
-            let global = d.machine.global();
-            self.compression
-                .upload(client.0, task.seed, global, &mut params)?;
-            if let Some(c) = &server_control {
-                // SCAFFOLD option II: cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η); report Δcᵢ = cᵢ⁺ − cᵢ after
-                // the parameters.
-                let ci = self.controls.entry(client.0).or_default();
-                let delta_c = scaffold_client_update(
-                    ci,
-                    c,
-                    d.machine.global(),
-                    &params,
-                    report.steps,
-                    scenario.train.learning_rate,
-                );
-                params.extend_from_slice(&delta_c);
-            }
-            d.feed(
-                self,
-                Event::Report {
-                    client: *client,
-                    round: task.round,
-                    attempt: task.attempt,
-                    stage: task.stage,
-                    num_samples: report.num_samples as u64,
-                    update: &params,
-                    metrics: ReportMetrics {
-                        train_loss: report.mean_loss,
-                        eval: None,
-                    },
-                },
+        // Train a chunk, feed its reports in cohort order, then the next chunk: at most
+        // `threads × CHUNK_PER_THREAD` trained models are alive at once, not the whole cohort's.
+        // The order reports are fed (so the machine's fold order) is cohort order, as before.
+        let chunk = d.trainers.len().max(1) * CHUNK_PER_THREAD;
+        for part in work.chunks(chunk) {
+            let jobs: Vec<ClientJob<'_>> = part
+                .iter()
+                .map(|(client, task)| {
+                    let data = match &self.attackers {
+                        Some(a) if a.is_attacker(client.0) => {
+                            a.poisoned_train.as_ref().unwrap_or(train)
+                        }
+                        _ => train,
+                    };
+                    // SCAFFOLD: local gradients are corrected by c − cᵢ (cᵢ = 0 before the first
+                    // round). A client is in a cohort once, so feeding earlier chunks never moved
+                    // this client's cᵢ.
+                    let correction = server_control.as_deref().map(|c| {
+                        scaffold_correction(c, self.controls.get(&client.0).map(Vec::as_slice))
+                    });
+                    ClientJob {
+                        client: *client,
+                        seed: task.seed,
+                        data,
+                        correction,
+                    }
+                })
+                .collect();
+            let results = train_cohort(
+                scenario,
+                prepared,
+                &global,
+                proximal_mu,
+                &jobs,
+                &mut d.trainers,
             )?;
+            drop(jobs);
+            for ((client, task), (params, report)) in part.iter().zip(results) {
+                self.report(d, *client, task, params, &report, server_control.as_deref())?;
+            }
         }
         for ((client, _), _) in cohort.iter().zip(&drops).filter(|(_, d)| **d) {
             d.feed(self, Event::ClientLost { client: *client })?;

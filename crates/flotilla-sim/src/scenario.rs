@@ -469,6 +469,7 @@ fn parse_partition(p: &RawPartition) -> Result<PartitionSpec, ScenarioError> {
             ("alpha", p.alpha.is_some()),
             ("min_samples", p.min_samples.is_some()),
             ("classes_per_client", p.classes_per_client.is_some()),
+            ("samples_per_client", p.samples_per_client.is_some()),
         ];
         for (name, set) in given {
             if set && !allowed.contains(&name) {
@@ -516,11 +517,28 @@ fn parse_partition(p: &RawPartition) -> Result<PartitionSpec, ScenarioError> {
                 min_samples: min_samples(1)?,
             }
         }
+        "sampled" => {
+            only(&["samples_per_client"])?;
+            // The upper bound here is the ceiling; the data set's size is checked once it is loaded.
+            PartitionSpec::Sampled {
+                samples_per_client: bounded(
+                    "partition.samples_per_client",
+                    p.samples_per_client.ok_or_else(|| {
+                        invalid(
+                            "partition.samples_per_client",
+                            "is required for partition kind `sampled`",
+                        )
+                    })?,
+                    1,
+                    limits::MAX_SAMPLES,
+                )?,
+            }
+        }
         other => {
             return Err(invalid(
                 "partition.kind",
                 format!(
-                    "unknown partitioner `{other}`; expected one of iid, dirichlet, shards, natural, quantity_skew"
+                    "unknown partitioner `{other}`; expected one of iid, dirichlet, shards, natural, quantity_skew, sampled"
                 ),
             ));
         }

@@ -251,6 +251,8 @@ pub struct RawPartition {
     pub min_samples: Option<i64>,
     /// Shards: classes per client.
     pub classes_per_client: Option<i64>,
+    /// Sampled: samples each client draws from the shared training set.
+    pub samples_per_client: Option<i64>,
     /// Partition seed (default: the master seed).
     pub seed: Option<i64>,
 }

@@ -9,6 +9,7 @@
 mod compress;
 mod fedbuff;
 mod privacy;
+mod scale;
 mod secagg;
 mod secagg_dp;
 mod sim;
