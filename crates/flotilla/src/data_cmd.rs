@@ -91,7 +91,9 @@ fn partition_stats(path: &Path, per_client: bool, json: bool, dir: PathBuf) -> R
     let scenario = crate::sim_cmd::load_scenario(path, &Overrides::default())?;
     let prepared = flotilla_sim::prepare(&scenario, &dir)?;
     let train = &prepared.data.train;
-    let s = flotilla_data::stats(&prepared.partition, &train.labels, train.num_classes);
+    // `sampled` partitions are drawn here, every client's list (they are lazy in a simulation).
+    let partition = prepared.partition_lists();
+    let s = flotilla_data::stats(&partition, &train.labels, train.num_classes);
     if json {
         println!(
             "{}",
@@ -103,7 +105,7 @@ fn partition_stats(path: &Path, per_client: bool, json: bool, dir: PathBuf) -> R
         "{}: {} on {} clients, partition {:?} (seed {})",
         scenario.name,
         scenario.data.dataset,
-        prepared.partition.clients.len(),
+        prepared.num_clients(),
         scenario.partition.spec,
         scenario.partition.seed
     );
