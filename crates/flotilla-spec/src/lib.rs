@@ -11,7 +11,7 @@
 //! | `[train]` | `local_epochs`, `batch_size`, `learning_rate`, `max_grad_norm` | both |
 //! | `[round]` | `min_clients`, `over_selection`, `min_report_fraction`, `deadline_seconds`, `max_attempts`, `selection_window_ms`, `retry_after_ms`, `checkin_ttl_seconds` | both |
 //! | `[strategy]`, `[privacy]`, `[secagg]` | see `flotilla_core::strategy`, `flotilla_core::dp`, [`SecAggConfig`] | both |
-//! | `[compression]` | `kind` (`none`, `quantize`, `topk`), `bits`, `block`, `fraction`; see [`compression`] | both |
+//! | `[compression]` | `kind` (`none`, `quantize`, `topk`), `bits`, `block`, `fraction`; see [`compression`] | simulation (the coordinator refuses it, naming it, until its upload carries compressed updates) |
 //! | `[eligibility]`, `[evaluation]` | `min_samples`; `dataset`, `federated_every`, `federated_clients` | both (the simulator ignores them) |
 //! | `[registry]`, `[release]` | `name`; the `flotilla_registry::Gate` fields (`min_accuracy`, `max_regression_points`, `max_cohort_regression_points`, `max_epsilon`, `require_secagg`, `min_eval_clients`, `auto_staging`) | both (the simulator ignores them) |
 //! | top level | `clients`, `eval_every` | simulation only |
