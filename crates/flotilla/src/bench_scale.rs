@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Result, anyhow, ensure};
 use flotilla_proto::v1;
 use serde_json::{Value, json};
 
@@ -300,7 +300,6 @@ async fn rounds(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -> Resu
         "first_problem": first_error,
         "server_peak_rss_bytes": peak,
     }))
-    .context("scale phase")
 }
 
 fn note(slot: &std::sync::Mutex<Option<String>>, what: String) {
