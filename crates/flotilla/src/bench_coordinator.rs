@@ -275,11 +275,19 @@ async fn enroll(a: &CoordinatorArgs, channels: &[Channel]) -> Result<Vec<Virtual
                 client_name: format!("bench-{i}"),
                 ..Default::default()
             };
-            let r = rpc
-                .enroll(req)
-                .await
-                .map_err(|s| anyhow!("enrolling client {i}: {}: {}", s.code(), s.message()))?
-                .into_inner();
+            // UNAVAILABLE ("retry later", e.g. a busy store under an enrollment storm) is retried
+            // with a growing pause, as the SDK does; anything else ends the benchmark.
+            let mut attempt = 0u64;
+            let r = loop {
+                match rpc.enroll(req.clone()).await {
+                    Ok(r) => break r.into_inner(),
+                    Err(s) if s.code() == tonic::Code::Unavailable && attempt < 20 => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    }
+                    Err(s) => bail!("enrolling client {i}: {}: {}", s.code(), s.message()),
+                }
+            };
             let auth: MetadataValue<Ascii> = format!("Bearer {}", r.credential)
                 .parse()
                 .map_err(|_| anyhow!("the coordinator sent a credential that is not ASCII"))?;
