@@ -9,7 +9,8 @@
 //! 2. **Rounds.** A job of R rounds with `--clients-per-round` K (logistic regression with
 //!    `--scale-params` parameters). Every client loops as the SDK does: check in, wait the
 //!    `RetryAfter` the coordinator asks for (spread by a per-client offset so 10,000 clients do not
-//!    call in lockstep), and when it gets a task upload an update of finite values. Rounds per minute
+//!    call in lockstep), and when it gets a task upload an update of finite values (re-sent after a
+//!    pause when the coordinator answers "retry later": its upload queue is bounded). Rounds per minute
 //!    = R / the time from the job's submission to its completion; every error is counted.
 
 use std::sync::Arc;
@@ -76,6 +77,7 @@ struct Counts {
     tasks: AtomicU64,
     accepted: AtomicU64,
     not_accepted: AtomicU64,
+    upload_retries: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -223,7 +225,23 @@ async fn rounds(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -> Resu
                             stage_index: t.stage_index,
                             ..Default::default()
                         };
-                        match upload(&c, header, &chunks).await {
+                        // A full upload queue (RESOURCE_EXHAUSTED) or a busy coordinator
+                        // (UNAVAILABLE) says "retry later": the SDK waits and re-sends the same
+                        // upload, and so does this loop (counted apart from errors).
+                        let mut result = upload(&c, header.clone(), &chunks).await;
+                        while let Err(st) = &result
+                            && matches!(
+                                st.code(),
+                                tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                            )
+                            && !done.load(Ordering::Relaxed)
+                        {
+                            counts.upload_retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(interval / 4 + offset % 50))
+                                .await;
+                            result = upload(&c, header.clone(), &chunks).await;
+                        }
+                        match result {
                             Ok(v1::UploadStatus::Accepted) => {
                                 counts.accepted.fetch_add(1, Ordering::Relaxed);
                             }
@@ -231,9 +249,12 @@ async fn rounds(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -> Resu
                                 counts.not_accepted.fetch_add(1, Ordering::Relaxed);
                                 note(&first_error, format!("upload status {other:?}"));
                             }
-                            Err(e) => {
+                            Err(st) => {
                                 counts.errors.fetch_add(1, Ordering::Relaxed);
-                                note(&first_error, e);
+                                note(
+                                    &first_error,
+                                    format!("upload: {}: {}", st.code(), st.message()),
+                                );
                             }
                         }
                         // Back in the pool at once, like an SDK client after its report.
@@ -296,6 +317,7 @@ async fn rounds(a: &CoordinatorArgs, admin: &Admin, clients: &[Virtual]) -> Resu
         "tasks": c.tasks.load(Ordering::Relaxed),
         "uploads_accepted": c.accepted.load(Ordering::Relaxed),
         "uploads_not_accepted": c.not_accepted.load(Ordering::Relaxed),
+        "upload_retries": c.upload_retries.load(Ordering::Relaxed),
         "errors": c.errors.load(Ordering::Relaxed),
         "first_problem": first_error,
         "server_peak_rss_bytes": peak,
@@ -313,7 +335,7 @@ async fn upload(
     c: &Virtual,
     header: v1::UpdateHeader,
     chunks: &Arc<Vec<(u64, Vec<u8>)>>,
-) -> Result<v1::UploadStatus, String> {
+) -> Result<v1::UploadStatus, tonic::Status> {
     let head = v1::UploadMessage {
         kind: Some(v1::upload_message::Kind::Header(header)),
     };
@@ -326,11 +348,9 @@ async fn upload(
     });
     let stream = tokio_stream::iter(std::iter::once(head).chain(body));
     let mut rpc = c.rpc.clone();
-    match rpc.upload_update(c.request(stream)).await {
-        Ok(resp) => v1::UploadStatus::try_from(resp.into_inner().status)
-            .map_err(|_| "unknown upload status".to_owned()),
-        Err(s) => Err(format!("upload: {}: {}", s.code(), s.message())),
-    }
+    let resp = rpc.upload_update(c.request(stream)).await?;
+    v1::UploadStatus::try_from(resp.into_inner().status)
+        .map_err(|_| tonic::Status::internal("unknown upload status"))
 }
 
 /// Text lines for the scale phase.
