@@ -29,6 +29,7 @@ use crate::trainer::{BoxError, LocalTrainer, TaskInfo, TrainOutcome};
 use flotilla_core::round::ClientEval;
 use flotilla_core::strategy::{scaffold_client_update, scaffold_correction};
 
+mod compress;
 mod eval;
 mod evaluation;
 mod failure;
@@ -43,7 +44,7 @@ use outage_log::{OUTAGE_LOG_INTERVAL, OutageLog};
 pub use pull::PulledModel;
 pub use task::upload_id;
 use task::{build_header, check_task};
-use transfer::Retries;
+use transfer::{Payload, Retries};
 
 /// Timeout of unary calls (enroll, check-in, query-upload) and of opening a download.
 const UNARY_TIMEOUT: Duration = Duration::from_secs(30);

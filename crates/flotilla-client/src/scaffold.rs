@@ -1,26 +1,34 @@
-//! SCAFFOLD's client control variate `cᵢ`, kept per job in the state directory so that it
-//! survives restarts of the client (it accumulates across every round the client serves).
+//! Per-job vectors a client keeps in its state directory so that they survive restarts: SCAFFOLD's
+//! client control variate `cᵢ` (it accumulates across every round the client serves) and the
+//! top-k compression's error-feedback residual (what the client has not sent yet).
 //!
-//! The file `state_dir/scaffold/<hex job id>.f32` holds the values little-endian. It is replaced
-//! atomically and only after the coordinator has accepted the update that reported `Δcᵢ`, so the
-//! client's `cᵢ` and the server's `c` never disagree about a round that did not count.
+//! The file `state_dir/<scaffold|compression>/<hex job id>.f32` holds the values little-endian. It
+//! is replaced atomically and only after the coordinator has accepted the update it belongs to, so
+//! the client's state and the server's never disagree about a round that did not count.
 
 use std::path::{Path, PathBuf};
 
 use crate::credential::{create_private_dir, write_private_atomic};
 use crate::error::ClientError;
 
-/// Where one client keeps its control variates.
+/// Where one client keeps one kind of per-job vector (control variates or residuals).
 #[derive(Debug, Clone)]
 pub(crate) struct ControlStore {
     dir: PathBuf,
 }
 
 impl ControlStore {
-    /// The store inside a client's state directory.
+    /// The SCAFFOLD control variates inside a client's state directory.
     pub(crate) fn new(state_dir: &Path) -> Self {
         Self {
             dir: state_dir.join("scaffold"),
+        }
+    }
+
+    /// The top-k error-feedback residuals inside a client's state directory.
+    pub(crate) fn residuals(state_dir: &Path) -> Self {
+        Self {
+            dir: state_dir.join("compression"),
         }
     }
 
@@ -38,14 +46,14 @@ impl ControlStore {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "SCAFFOLD control variate unreadable; starting from zero");
+                tracing::warn!(path = %path.display(), error = %e, "per-job state unreadable (SCAFFOLD control variate or compression residual); starting from zero");
                 return None;
             }
         };
         match flotilla_core::params_from_le_bytes(&bytes) {
             Some(v) if v.len() == len && v.iter().all(|x| x.is_finite()) => Some(v),
             _ => {
-                tracing::warn!(path = %path.display(), expected = len, "SCAFFOLD control variate has the wrong size or non-finite values; starting from zero");
+                tracing::warn!(path = %path.display(), expected = len, "per-job state (SCAFFOLD control variate or compression residual) has the wrong size or non-finite values; starting from zero");
                 None
             }
         }

@@ -24,15 +24,7 @@ impl JobSpec {
         let name = job.name.clone().unwrap_or_else(|| "job".to_owned());
         flotilla_core::names::check_job_name(&name)
             .map_err(|e| SpecError::new("name", e.to_string()))?;
-        // Compressed uploads exist in the simulator only: the wire format has no compressed payload
-        // yet, so a job that asks for it is refused rather than run uncompressed.
-        if job.compression != flotilla_spec::Compression::None {
-            return Err(SpecError::new(
-                "compression.kind",
-                "compressed uploads run in the simulator only (`flotilla sim`); the coordinator \
-                 does not negotiate them yet: remove [compression] from the job",
-            ));
-        }
+        check_compression(&job)?;
         let policy = job.policy();
         crate::privacy::check(job.privacy.as_ref(), &policy, job.secagg.is_some())?;
         let model = match &job.model {
@@ -85,8 +77,31 @@ impl JobSpec {
             privacy: job.privacy,
             registry: job.registry.map(String::from),
             release: job.release,
+            compression: job.compression,
         })
     }
+}
+
+/// The coordinator's own limits on `[compression]` (`flotilla_spec` checked it against `[privacy]`
+/// and `[secagg]`): a compressed upload is a delta from the round's global model, so a job whose
+/// uploads are not exactly that (SCAFFOLD, FedBuff) is refused, naming the key, rather than run
+/// uncompressed.
+fn check_compression(job: &JobConfig) -> Result<(), SpecError> {
+    if job.compression == flotilla_spec::Compression::None {
+        return Ok(());
+    }
+    let why = if job.strategy.scaffold {
+        "SCAFFOLD uploads carry the client's control-variate update after the parameters, which \
+         the compressed format does not; remove [compression] or use another strategy"
+    } else if job.strategy.fedbuff.is_some() {
+        "FedBuff updates start from older model versions than the current one, which the server \
+         would need to decode a delta; remove [compression] or use round-based aggregation"
+    } else {
+        // Under `[secagg]` only `quantize` passes `flotilla_spec`, and it becomes the secure
+        // round's quantization (`SecAggConfig::quantization_bits`), not a compressed upload.
+        return Ok(());
+    };
+    Err(SpecError::new("compression.kind", why))
 }
 
 #[cfg(test)]

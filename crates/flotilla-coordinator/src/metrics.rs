@@ -115,6 +115,11 @@ pub struct MetricsSnapshot {
     pub checkins: u64,
     /// Tasks handed out.
     pub tasks: u64,
+    /// Bytes of upload request bodies received (headers, chunks and gRPC framing, as they arrived;
+    /// compressed payloads count compressed).
+    pub received_bytes: u64,
+    /// Payload bytes of model chunks sent.
+    pub sent_bytes: u64,
     /// `RetryAfter` answers.
     pub retry_afters: u64,
     /// Enrollments that succeeded.
@@ -492,6 +497,8 @@ impl Metrics {
         MetricsSnapshot {
             checkins: g(&self.checkins),
             tasks: g(&self.tasks),
+            received_bytes: g(&self.received_bytes),
+            sent_bytes: g(&self.sent_bytes),
             retry_afters: g(&self.retry_afters),
             enrollments: g(&self.enrollments),
             downloads: g(&self.downloads),

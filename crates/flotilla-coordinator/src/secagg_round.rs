@@ -63,7 +63,18 @@ pub(crate) fn install(
         clip_range: params.clip_range(),
         dp_clip_norm: dp.map_or(0.0, |d| d.0),
         dp_noise_std: dp.map_or(0.0, |d| d.1),
+        quantization_bits: params.quantization_bits().map_or(0, u32::from),
     }))
+}
+
+/// The payload kind of a masked input for a job with secagg parameters `c`: 2-byte words in a
+/// 16-bit ring, 4-byte words otherwise.
+pub(crate) fn masked_kind(c: &v1::SecAggConfig) -> v1::PayloadKind {
+    let bits = u8::try_from(c.quantization_bits).ok().filter(|b| *b > 0);
+    match flotilla_secagg::Params::ring_bits_for(bits, c.max_clients as usize) {
+        16 => v1::PayloadKind::MaskedU16,
+        _ => v1::PayloadKind::MaskedU32,
+    }
 }
 
 /// A refused stage message: the rejection-counter reason and the gRPC status.

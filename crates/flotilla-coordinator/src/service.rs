@@ -69,6 +69,7 @@ fn transfer_reason(e: &TransferError) -> &'static str {
         TransferError::Incomplete { .. } => "incomplete",
         TransferError::ShaMismatch => "sha_mismatch",
         TransferError::NonFinite { .. } => "non_finite",
+        TransferError::BadEncoding(_) => "bad_encoding",
     }
 }
 
@@ -275,6 +276,12 @@ impl CoordinatorService {
                 .to_vec(),
             secagg: job.secagg,
             evaluation: None,
+            // Only a TRAIN task's upload can be compressed.
+            compression: if task.kind == flotilla_core::round::StageKind::Train {
+                flotilla_proto::compression_to_proto(&job.spec.compression)
+            } else {
+                None
+            },
         }
     }
 }

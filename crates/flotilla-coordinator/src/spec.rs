@@ -122,6 +122,18 @@ pub struct JobSpec {
     /// `[release]`: the release gate set on that model when the job registers it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<flotilla_registry::Gate>,
+    /// `[compression]`: how clients may compress their TRAIN uploads (`Task.compression`). Absent
+    /// from the stored JSON when none (so the spec hashes of jobs without it are unchanged).
+    #[serde(default = "no_compression", skip_serializing_if = "is_no_compression")]
+    pub compression: flotilla_spec::Compression,
+}
+
+fn no_compression() -> flotilla_spec::Compression {
+    flotilla_spec::Compression::None
+}
+
+fn is_no_compression(c: &flotilla_spec::Compression) -> bool {
+    *c == flotilla_spec::Compression::None
 }
 
 /// `[evaluation] federated_every = K`, `federated_clients = N`.

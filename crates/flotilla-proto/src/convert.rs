@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use flotilla_compress::Compression;
 use flotilla_core::round::StageKind;
 use flotilla_core::{ParamLayout, TensorSpec};
 
@@ -185,6 +186,48 @@ impl TryFrom<v1::Stage> for StageKind {
             other => Err(other),
         }
     }
+}
+
+/// The [`v1::CompressionConfig`] a task carries for `c`; `None` for [`Compression::None`] (dense
+/// uploads, as before compression existed).
+pub fn compression_to_proto(c: &Compression) -> Option<v1::CompressionConfig> {
+    match *c {
+        Compression::None => None,
+        Compression::Quantize { bits, block } => Some(v1::CompressionConfig {
+            kind: v1::CompressionKind::Quantize as i32,
+            bits: u32::from(bits),
+            block: u32::try_from(block).unwrap_or(u32::MAX),
+            fraction: 0.0,
+        }),
+        Compression::TopK { fraction } => Some(v1::CompressionConfig {
+            kind: v1::CompressionKind::Topk as i32,
+            bits: 0,
+            block: 0,
+            fraction,
+        }),
+    }
+}
+
+/// The compression a task's [`v1::CompressionConfig`] asks for, checked
+/// ([`Compression::validate`]); absent is [`Compression::None`]. The error says what is wrong with
+/// it, in one line (a client then uploads dense parameters, which every coordinator accepts).
+pub fn compression_from_proto(c: Option<&v1::CompressionConfig>) -> Result<Compression, String> {
+    let Some(c) = c else {
+        return Ok(Compression::None);
+    };
+    let out = match v1::CompressionKind::try_from(c.kind) {
+        Ok(v1::CompressionKind::None) => Compression::None,
+        Ok(v1::CompressionKind::Quantize) => Compression::Quantize {
+            bits: u8::try_from(c.bits).unwrap_or(0),
+            block: c.block as usize,
+        },
+        Ok(v1::CompressionKind::Topk) => Compression::TopK {
+            fraction: c.fraction,
+        },
+        Err(_) => return Err(format!("unknown compression kind {}", c.kind)),
+    };
+    out.validate().map_err(|e| format!("compression: {e}"))?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub enum HeaderError {
     /// The stage is unspecified, unknown, or does not match the payload kind (parameters go with
     /// STAGE_TRAIN, a masked input with STAGE_MASKED_INPUT).
     #[error(
-        "stage {0} is not supported for this payload kind (STAGE_TRAIN with PAYLOAD_KIND_PARAMETERS_F32, STAGE_MASKED_INPUT with PAYLOAD_KIND_MASKED_U32)"
+        "stage {0} is not supported for this payload kind (STAGE_TRAIN with PAYLOAD_KIND_PARAMETERS_F32 or PAYLOAD_KIND_COMPRESSED_DELTA, STAGE_MASKED_INPUT with PAYLOAD_KIND_MASKED_U32)"
     )]
     UnsupportedStage(i32),
     /// `num_samples` is zero.
@@ -95,6 +95,20 @@ pub enum HeaderError {
     /// A metric value is NaN or infinite.
     #[error("metric {0:?} is not finite")]
     NonFiniteMetric(String),
+    /// `PAYLOAD_KIND_COMPRESSED_DELTA` for a job that negotiated no compression.
+    #[error(
+        "the payload is compressed but the job negotiated no compression: upload PAYLOAD_KIND_PARAMETERS_F32"
+    )]
+    CompressionNotNegotiated,
+    /// A compressed payload's `total_bytes` is 0 or above the largest encoding of the job's
+    /// compression for the layout.
+    #[error("total_bytes {got} of a compressed update is not in 1..={max} (the job's compression)")]
+    CompressedSize {
+        /// Declared size.
+        got: u64,
+        /// The largest valid encoding, in bytes.
+        max: u64,
+    },
 }
 
 /// A [`crate::v1::ParamLayout`] that cannot be a Flotilla parameter layout.
@@ -220,6 +234,10 @@ pub enum TransferError {
         /// Index of the value in the flat vector.
         index: u64,
     },
+    /// A compressed payload is not a valid encoding of the job's compression for the layout. The
+    /// upload can never complete; start a new one.
+    #[error("compressed update refused: {0}")]
+    BadEncoding(String),
 }
 
 impl TransferError {
@@ -239,7 +257,7 @@ impl TransferError {
             Self::PastEnd { .. } => Code::OutOfRange,
             Self::Incomplete { .. } => Code::FailedPrecondition,
             Self::ShaMismatch => Code::DataLoss,
-            Self::NonFinite { .. } => Code::InvalidArgument,
+            Self::NonFinite { .. } | Self::BadEncoding(_) => Code::InvalidArgument,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! [`TransferError::UnexpectedOffset`], carrying the offset to resume from. Bytes are hashed as they
 //! arrive; the SHA-256 and the total length are verified at the end.
 
+use flotilla_compress::{Compression, StreamDecoder};
 use sha2::{Digest, Sha256};
 
 use crate::convert::{CheckedModelInfo, ExpectedLayout, MAX_NAME_LEN};
@@ -29,8 +30,8 @@ pub const MAX_METRICS: usize = 64;
 /// Values decoded per batch by [`UploadAssembler::drain_f32`].
 const DRAIN_BATCH: usize = 16 * 1024;
 
-/// Limits the coordinator applies to uploads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits the coordinator applies to uploads, and the compression the job negotiated.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UploadLimits {
     /// Largest accepted payload, in bytes.
     pub max_total_bytes: u64,
@@ -38,15 +39,19 @@ pub struct UploadLimits {
     pub max_chunk_bytes: usize,
     /// Largest accepted `num_samples` (the round policy's `max_samples_per_report`).
     pub max_samples: u64,
+    /// The job's update compression: with anything but [`Compression::None`], TRAIN uploads may
+    /// also be `PAYLOAD_KIND_COMPRESSED_DELTA` encodings of exactly this compression.
+    pub compression: Compression,
 }
 
 impl Default for UploadLimits {
-    /// 1 GiB payloads, [`MAX_CHUNK_BYTES`] chunks, no sample limit.
+    /// 1 GiB payloads, [`MAX_CHUNK_BYTES`] chunks, no sample limit, no compression.
     fn default() -> Self {
         Self {
             max_total_bytes: 1 << 30,
             max_chunk_bytes: MAX_CHUNK_BYTES,
             max_samples: u64::MAX,
+            compression: Compression::None,
         }
     }
 }
@@ -54,9 +59,11 @@ impl Default for UploadLimits {
 /// Structural validation of an update header against the model it claims to update.
 ///
 /// Checks: `job_id` non-empty and at most [`MAX_ID_LEN`] bytes; `upload_id` 1..=[`MAX_UPLOAD_ID_LEN`]
-/// characters from `A-Z a-z 0-9 . _ -`; stage `STAGE_TRAIN` (the only stage with an `f32` payload);
-/// `0 < num_samples <= limits.max_samples`; `total_bytes` a multiple of 4, at most
-/// `limits.max_total_bytes` and equal to 4 × `expected.len`; a 32-byte `layout_fingerprint` equal to
+/// characters from `A-Z a-z 0-9 . _ -`; stage `STAGE_TRAIN` with parameters (or, when
+/// `limits.compression` is set, a compressed delta) or `STAGE_MASKED_INPUT` with a masked input;
+/// `0 < num_samples <= limits.max_samples`; `total_bytes` at most `limits.max_total_bytes` and
+/// equal to 4 × `expected.len` (a compressed delta: in 1 ..= the largest encoding of the job's
+/// compression for `expected.len` values); a 32-byte `layout_fingerprint` equal to
 /// `expected.fingerprint`; a 32-byte `sha256`; at most [`MAX_METRICS`] metrics with names of
 /// 1..=[`MAX_NAME_LEN`] bytes and finite values.
 ///
@@ -86,8 +93,15 @@ pub fn validate_header(
         && h.payload_kind == v1::PayloadKind::ParametersF32 as i32;
     let masked = h.stage == v1::Stage::MaskedInput as i32
         && h.payload_kind == v1::PayloadKind::MaskedU32 as i32;
-    if !(plain || masked) {
+    let compressed = h.stage == v1::Stage::Train as i32
+        && h.payload_kind == v1::PayloadKind::CompressedDelta as i32;
+    let masked16 = h.stage == v1::Stage::MaskedInput as i32
+        && h.payload_kind == v1::PayloadKind::MaskedU16 as i32;
+    if !(plain || masked || compressed || masked16) {
         return Err(HeaderError::UnsupportedStage(h.stage));
+    }
+    if compressed && limits.compression == Compression::None {
+        return Err(HeaderError::CompressionNotNegotiated);
     }
     if h.num_samples == 0 {
         return Err(HeaderError::ZeroSamples);
@@ -98,7 +112,7 @@ pub fn validate_header(
             max: limits.max_samples,
         });
     }
-    if !h.total_bytes.is_multiple_of(4) {
+    if !compressed && !masked16 && !h.total_bytes.is_multiple_of(4) {
         return Err(HeaderError::NotF32Aligned(h.total_bytes));
     }
     if h.total_bytes > limits.max_total_bytes {
@@ -107,13 +121,33 @@ pub fn validate_header(
             max: limits.max_total_bytes,
         });
     }
-    match expected.payload_bytes() {
-        Some(e) if e == h.total_bytes => {}
-        e => {
-            return Err(HeaderError::SizeMismatch {
+    if compressed {
+        // The exact length depends on the encoding (top-k may send fewer entries); the decoder
+        // checks the bytes themselves. The bound keeps the declared size honest up front.
+        let max = usize::try_from(expected.len)
+            .ok()
+            .and_then(|dim| limits.compression.encoded_len(dim))
+            .map_or(0, |n| n as u64);
+        if h.total_bytes == 0 || h.total_bytes > max {
+            return Err(HeaderError::CompressedSize {
                 got: h.total_bytes,
-                expected: e.unwrap_or(u64::MAX),
+                max,
             });
+        }
+    } else {
+        let expected_bytes = if masked16 {
+            expected.len.checked_mul(2)
+        } else {
+            expected.payload_bytes()
+        };
+        match expected_bytes {
+            Some(e) if e == h.total_bytes => {}
+            e => {
+                return Err(HeaderError::SizeMismatch {
+                    got: h.total_bytes,
+                    expected: e.unwrap_or(u64::MAX),
+                });
+            }
         }
     }
     if h.layout_fingerprint.len() != 32 {
@@ -203,6 +237,16 @@ impl Reassembly {
     }
 
     fn push(&mut self, offset: u64, data: &[u8]) -> Result<PushOutcome, TransferError> {
+        let outcome = self.admit(offset, data)?;
+        if let PushOutcome::Appended { .. } = outcome {
+            self.pending.extend_from_slice(data);
+        }
+        Ok(outcome)
+    }
+
+    /// `push`'s checks and bookkeeping (offsets, limits, hash, duplicate detection) without keeping
+    /// the bytes: the caller consumes an `Appended` chunk itself.
+    fn admit(&mut self, offset: u64, data: &[u8]) -> Result<PushOutcome, TransferError> {
         if data.is_empty() {
             return Err(TransferError::EmptyChunk { offset });
         }
@@ -243,7 +287,6 @@ impl Reassembly {
             return Err(past_end);
         }
         self.accept(offset, data, end);
-        self.pending.extend_from_slice(data);
         Ok(PushOutcome::Appended { bytes: data.len() })
     }
 
@@ -391,10 +434,78 @@ impl Reassembly {
 /// [`UploadAssembler::finish`], after the last byte, so anything drained earlier must be folded
 /// somewhere it can be discarded from if `finish` fails. Each drained value is already known to be
 /// finite.
+///
+/// A compressed delta (`PAYLOAD_KIND_COMPRESSED_DELTA`, see [`UploadAssembler::is_compressed`]) is
+/// decoded as it arrives by a [`StreamDecoder`] that accepts only the job's compression: into the
+/// caller's buffer with [`UploadAssembler::push_into`] (resized to the layout's length), or into the
+/// assembler's own with [`UploadAssembler::push`], returned by `finish`. Its values are the *delta*
+/// from the base model, complete only at the end: `drain_f32` hands none out.
 #[derive(Debug, Clone)]
 pub struct UploadAssembler {
     header: v1::UpdateHeader,
     inner: Reassembly,
+    /// Payloads that are not 4-byte values: decoded here rather than by `inner`.
+    special: Option<Special>,
+}
+
+/// The decoding of a payload whose values are not little-endian 4-byte groups.
+#[derive(Debug, Clone)]
+enum Special {
+    /// `PAYLOAD_KIND_COMPRESSED_DELTA`: the job's codec; `own` holds the delta decoded by `push`.
+    Delta {
+        decoder: StreamDecoder,
+        dim: usize,
+        own: Vec<f32>,
+    },
+    /// `PAYLOAD_KIND_MASKED_U16`: 2-byte words, at most one byte carried between chunks; `own`
+    /// holds the words decoded by `push` (as `f32` bits, like a 32-bit masked input).
+    Words16 { carry: Option<u8>, own: Vec<f32> },
+}
+
+impl Special {
+    /// Decodes an admitted chunk into `out` (`None`: into `own`).
+    fn feed(&mut self, data: &[u8], out: Option<&mut Vec<f32>>) -> Result<(), TransferError> {
+        match self {
+            Self::Delta { decoder, dim, own } => {
+                let out = out.unwrap_or(own);
+                if out.len() != *dim {
+                    out.clear();
+                    out.resize(*dim, 0.0);
+                }
+                decoder
+                    .feed(data, out)
+                    .map_err(|e| TransferError::BadEncoding(e.to_string()))
+            }
+            Self::Words16 { carry, own } => {
+                let out = out.unwrap_or(own);
+                let word = |lo: u8, hi: u8| f32::from_bits(u32::from(u16::from_le_bytes([lo, hi])));
+                let mut rest = data;
+                if let (Some(lo), Some((&hi, tail))) = (*carry, rest.split_first()) {
+                    out.push(word(lo, hi));
+                    *carry = None;
+                    rest = tail;
+                }
+                let pairs = rest.chunks_exact(2);
+                *carry = pairs.remainder().first().copied();
+                out.extend(pairs.map(|b| word(b[0], b[1])));
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks the payload ended cleanly and returns what `push` decoded.
+    fn finish(self) -> Result<Vec<f32>, TransferError> {
+        match self {
+            Self::Delta { decoder, own, .. } => {
+                decoder
+                    .finish()
+                    .map_err(|e| TransferError::BadEncoding(e.to_string()))?;
+                Ok(own)
+            }
+            // `total_bytes` is even (2 × the layout), so a complete payload carries nothing.
+            Self::Words16 { own, .. } => Ok(own),
+        }
+    }
 }
 
 impl UploadAssembler {
@@ -411,15 +522,46 @@ impl UploadAssembler {
             .try_into()
             .map_err(|_| HeaderError::BadShaLength(header.sha256.len()))?;
         let mut inner = Reassembly::new(header.total_bytes, limits.max_chunk_bytes, sha);
-        inner.raw_words = header.payload_kind == v1::PayloadKind::MaskedU32 as i32;
-        Ok(Self { header, inner })
+        let kind = v1::PayloadKind::try_from(header.payload_kind);
+        inner.raw_words = matches!(
+            kind,
+            Ok(v1::PayloadKind::MaskedU32 | v1::PayloadKind::MaskedU16)
+        );
+        let special = match kind {
+            Ok(v1::PayloadKind::CompressedDelta) => {
+                // `validate_header` bounded the size by the compression's encoding of
+                // `expected.len` values, which exists only for a length that fits in `usize`.
+                let dim = usize::try_from(expected.len).unwrap_or(0);
+                Some(Special::Delta {
+                    decoder: StreamDecoder::expecting(dim, limits.compression),
+                    dim,
+                    own: Vec::new(),
+                })
+            }
+            Ok(v1::PayloadKind::MaskedU16) => Some(Special::Words16 {
+                carry: None,
+                own: Vec::new(),
+            }),
+            _ => None,
+        };
+        Ok(Self {
+            header,
+            inner,
+            special,
+        })
     }
 
-    /// Whether the payload is a secure-aggregation masked input (`PAYLOAD_KIND_MASKED_U32`): 32-bit
-    /// words with no finiteness check. The decoded "values" are then `f32`s carrying the words'
-    /// bits; recover the words with [`masked_words`].
+    /// Whether the payload is a secure-aggregation masked input (`PAYLOAD_KIND_MASKED_U32` or
+    /// `PAYLOAD_KIND_MASKED_U16`): words with no finiteness check. The decoded "values" are then
+    /// `f32`s carrying the words' bits; recover the words with [`masked_words`].
     pub fn is_masked(&self) -> bool {
         self.inner.raw_words
+    }
+
+    /// Whether the payload is a compressed delta (`PAYLOAD_KIND_COMPRESSED_DELTA`): the decoded
+    /// values are `parameters − base model`, to be added back by the receiver.
+    pub fn is_compressed(&self) -> bool {
+        matches!(self.special, Some(Special::Delta { .. }))
     }
 
     /// The validated header this upload was started with.
@@ -442,31 +584,63 @@ impl UploadAssembler {
         self.inner.received == self.inner.total
     }
 
-    /// Accepts the next chunk. See the module docs for the offset rules. A failed push changes nothing.
+    /// Accepts the next chunk. See the module docs for the offset rules. A failed push changes
+    /// nothing, except [`TransferError::BadEncoding`], after which the upload can never complete.
     pub fn push(&mut self, chunk: &v1::UpdateChunk) -> Result<PushOutcome, TransferError> {
-        self.inner.push(chunk.offset, &chunk.data)
+        match &mut self.special {
+            None => self.inner.push(chunk.offset, &chunk.data),
+            Some(special) => {
+                let outcome = self.inner.admit(chunk.offset, &chunk.data)?;
+                if let PushOutcome::Appended { .. } = outcome {
+                    special.feed(&chunk.data, None)?;
+                }
+                Ok(outcome)
+            }
+        }
     }
 
     /// [`UploadAssembler::push`] and [`UploadAssembler::drain_f32`] in one step, without buffering the
     /// chunk: the values it completes are decoded straight into `out` (appended, in order). The fast
-    /// path for a receiver that keeps the values anyway.
+    /// path for a receiver that keeps the values anyway. For a compressed delta, `out` is the whole
+    /// delta's buffer (resized to the layout's length on the first chunk) and the decoder writes
+    /// wherever the chunk's coordinates belong.
     ///
-    /// Offset and size errors change nothing (as `push`). On [`TransferError::NonFinite`], `out` ends
-    /// with the last finite value before it and the upload can never complete; drop it.
+    /// Offset and size errors change nothing (as `push`). On [`TransferError::NonFinite`] (`out`
+    /// ends with the last finite value before it) or [`TransferError::BadEncoding`] the upload can
+    /// never complete; drop it.
     pub fn push_into(
         &mut self,
         chunk: &v1::UpdateChunk,
         out: &mut Vec<f32>,
     ) -> Result<PushOutcome, TransferError> {
-        self.inner.push_into(chunk.offset, &chunk.data, out)
+        match &mut self.special {
+            None => self.inner.push_into(chunk.offset, &chunk.data, out),
+            Some(special) => {
+                let outcome = self.inner.admit(chunk.offset, &chunk.data)?;
+                if let PushOutcome::Appended { .. } = outcome {
+                    special.feed(&chunk.data, Some(out))?;
+                }
+                Ok(outcome)
+            }
+        }
     }
 
     /// Hands every complete value received so far to `sink` (possibly in several calls, in order) and
     /// forgets their bytes. Returns how many values were handed out. Fails with
     /// [`TransferError::NonFinite`] at the first NaN or infinity, before handing out the batch that
-    /// holds it; the values before that batch have been handed out.
+    /// holds it; the values before that batch have been handed out. A compressed delta hands out
+    /// nothing (its values are complete only at the end).
     pub fn drain_f32(&mut self, sink: &mut impl FnMut(&[f32])) -> Result<usize, TransferError> {
-        self.inner.drain(sink)
+        match &mut self.special {
+            None => self.inner.drain(sink),
+            Some(Special::Delta { .. }) => Ok(0),
+            Some(Special::Words16 { own, .. }) => {
+                let n = own.len();
+                sink(own);
+                own.clear();
+                Ok(n)
+            }
+        }
     }
 
     /// Number of values handed out by [`UploadAssembler::drain_f32`] so far.
@@ -474,13 +648,18 @@ impl UploadAssembler {
         self.inner.decoded
     }
 
-    /// Verifies the upload — every byte present, SHA-256 equal to the header's, every value finite —
-    /// and returns the values not yet drained (all of them if `drain_f32` was never called).
+    /// Verifies the upload — every byte present, SHA-256 equal to the header's, every value finite
+    /// (a compressed delta: a complete, valid encoding) — and returns the values not yet drained
+    /// (all of them if `drain_f32` was never called; for a compressed delta, the delta decoded by
+    /// `push`, empty if the chunks went through `push_into`).
     ///
     /// Call it once [`UploadAssembler::is_complete`]; it consumes the assembler, so an early call
     /// loses the partial upload ([`TransferError::Incomplete`]).
     pub fn finish(mut self) -> Result<Vec<f32>, TransferError> {
         self.inner.check_complete()?;
+        if let Some(special) = self.special {
+            return special.finish();
+        }
         let mut rest = Vec::with_capacity(self.inner.pending.len() / 4);
         self.inner.drain(&mut |vs| rest.extend_from_slice(vs))?;
         Ok(rest)
@@ -619,6 +798,35 @@ pub fn upload_messages(
             })),
         },
     ))
+}
+
+/// The messages of an `UploadUpdate` stream whose payload is already bytes (a compressed delta):
+/// `header`, then the chunks of `payload` from `offset`. A `chunk_bytes` of 0 is treated as 1.
+pub fn upload_byte_messages(
+    header: v1::UpdateHeader,
+    payload: &[u8],
+    chunk_bytes: usize,
+    offset: u64,
+) -> impl Iterator<Item = v1::UploadMessage> + '_ {
+    let head = v1::UploadMessage {
+        kind: Some(v1::upload_message::Kind::Header(header)),
+    };
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(payload.len());
+    let chunks = payload[start..]
+        .chunks(chunk_bytes.max(1))
+        .scan(offset, |next, data| {
+            let at = *next;
+            *next += data.len() as u64;
+            Some(v1::UploadMessage {
+                kind: Some(v1::upload_message::Kind::Chunk(v1::UpdateChunk {
+                    offset: at,
+                    data: data.to_vec(),
+                })),
+            })
+        });
+    std::iter::once(head).chain(chunks)
 }
 
 /// The `ModelChunk`s of a `DownloadModel` response starting at `offset`.

@@ -225,8 +225,14 @@ impl Params {
     /// Bits of the ring sums and masks live in: 16 or 32. Always 32 without quantization; with
     /// `b` bits, 16 if `b + ⌈log2 n⌉ ≤ 16`.
     pub fn ring_bits(&self) -> u32 {
-        match self.quantization_bits {
-            Some(b) if u32::from(b) + ceil_log2(self.max_clients) <= 16 => 16,
+        Self::ring_bits_for(self.quantization_bits, self.max_clients)
+    }
+
+    /// [`Params::ring_bits`] of parameters with `quantization_bits` and `max_clients` (for a peer
+    /// that knows only those two, e.g. a coordinator checking a masked input's word width).
+    pub fn ring_bits_for(quantization_bits: Option<u8>, max_clients: usize) -> u32 {
+        match quantization_bits {
+            Some(b) if u32::from(b) + ceil_log2(max_clients) <= 16 => 16,
             _ => 32,
         }
     }

@@ -17,24 +17,16 @@ use serde::Serialize;
 use crate::Scenario;
 use crate::error::{ScenarioError, SimError};
 
-/// Refuses `[compression]` where the simulator does not apply it yet (secure and FedBuff rounds),
-/// rather than running uncompressed and reporting it as compressed.
+/// Refuses `[compression]` where the simulator does not apply it (FedBuff rounds), rather than
+/// running uncompressed and reporting it as compressed. Under `[secagg]`, `quantize` is applied by
+/// secure aggregation itself (quantized before masking, `SecAggConfig::quantization_bits`).
 pub(crate) fn check_supported(scenario: &Scenario) -> Result<(), SimError> {
-    let mode = if scenario.secagg.is_some() {
-        "[secagg]"
-    } else if scenario.strategy.fedbuff.is_some() {
-        "FedBuff"
-    } else {
-        return Ok(());
-    };
-    if scenario.compression == Compression::None {
+    if scenario.compression == Compression::None || scenario.strategy.fedbuff.is_none() {
         return Ok(());
     }
     Err(ScenarioError::Invalid {
         field: "compression.kind".into(),
-        message: format!(
-            "the simulator compresses plain rounds only; {mode} rounds are not compressed yet"
-        ),
+        message: "the simulator does not compress FedBuff updates yet; remove [compression]".into(),
     }
     .into())
 }

@@ -21,6 +21,8 @@ pub struct SecAggSettings {
     pub neighbours: Option<usize>,
     /// Chance that a client vanishes right after sending its masked input.
     pub unmasking_dropout: f64,
+    /// Quantization before masking (`[compression] kind = "quantize"`), as in the job's `[secagg]`.
+    pub quantization_bits: Option<u8>,
 }
 
 impl SecAggSettings {
@@ -54,6 +56,7 @@ impl SecAggSettings {
             threshold: config.threshold,
             neighbours: config.neighbours,
             unmasking_dropout: u,
+            quantization_bits: config.quantization_bits,
         })
     }
 
@@ -68,6 +71,7 @@ impl SecAggSettings {
             clip_range: self.clip_range,
             threshold: self.threshold,
             neighbours: self.neighbours,
+            quantization_bits: self.quantization_bits,
         }
         .params(clients_per_round, vector_len)
         .map_err(|e| ScenarioError::Invalid {

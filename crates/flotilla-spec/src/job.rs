@@ -201,6 +201,13 @@ impl JobConfig {
             privacy.as_ref(),
             secagg.is_some(),
         )?;
+        // Under `[secagg]`, quantization happens before masking, into the smallest safe ring.
+        let secagg = match (secagg, compression) {
+            (Some(s), crate::Compression::Quantize { bits, .. }) => {
+                Some(s.with_quantization_bits(bits, clients_per_round)?)
+            }
+            (s, _) => s,
+        };
         let registry = crate::release::registry_name(r.registry.as_ref())?;
         let release = crate::release::release_gate(r.release.as_ref(), registry.as_ref())?;
         Ok(Self {

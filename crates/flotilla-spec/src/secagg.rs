@@ -22,6 +22,12 @@ pub struct SecAggConfig {
     /// ≈ 3·log2(clients_per_round).
     #[serde(default)]
     pub neighbours: Option<usize>,
+    /// Bits per coordinate of stochastic quantization before masking (`Params::with_quantization_bits`),
+    /// set from `[compression] kind = "quantize"`: the masked sums then live in the smallest ring
+    /// that cannot overflow (16 bits for 8-bit values and ≤ 256 clients), halving the bytes of every
+    /// masked input. `None`: the 32-bit fixed point. Absent from stored JSON when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_bits: Option<u8>,
 }
 
 impl SecAggConfig {
@@ -38,6 +44,7 @@ impl SecAggConfig {
             clip_range: need(raw.clip_range, "secagg.clip_range")?,
             threshold: count("secagg.threshold", raw.threshold)?,
             neighbours: count("secagg.neighbours", raw.neighbours)?,
+            quantization_bits: None,
         };
         // The vector length is only known once the model is built; 1 checks everything else.
         c.params(clients_per_round, 1)?;
@@ -49,9 +56,23 @@ impl SecAggConfig {
         Ok(c)
     }
 
+    /// Quantizes before masking with `bits` per coordinate (`[compression] kind = "quantize"`),
+    /// checked for rosters of `clients_per_round`: refused, naming `compression.bits`, when a sum
+    /// of that many clients would need more than a 32-bit ring.
+    pub fn with_quantization_bits(
+        mut self,
+        bits: u8,
+        clients_per_round: usize,
+    ) -> Result<Self, SpecError> {
+        self.quantization_bits = Some(bits);
+        self.params(clients_per_round, 1)?;
+        Ok(self)
+    }
+
     /// The secagg parameters for rosters of up to `clients_per_round` clients and vectors of
     /// `vector_len`: `neighbours`/`threshold` as given, else [`Params::recommended`]'s (with only
-    /// `neighbours` given, `t = k/2 + 1`). Errors name the key of the file.
+    /// `neighbours` given, `t = k/2 + 1`), quantized to `quantization_bits` if set. Errors name the
+    /// key of the file.
     pub fn params(&self, clients_per_round: usize, vector_len: usize) -> Result<Params, SpecError> {
         let built = match (self.neighbours, self.threshold) {
             (None, None) => Params::recommended(clients_per_round, vector_len, self.clip_range),
@@ -69,9 +90,11 @@ impl SecAggConfig {
                 )
             }
         };
-        built.map_err(|e| {
-            SpecError::new(config_key(&e), format!("secure aggregation: {}", e.reason))
-        })
+        built
+            .and_then(|p| p.with_quantization_bits(self.quantization_bits))
+            .map_err(|e| {
+                SpecError::new(config_key(&e), format!("secure aggregation: {}", e.reason))
+            })
     }
 }
 
@@ -82,6 +105,7 @@ fn config_key(e: &ParamError) -> &'static str {
         "t" => "secagg.threshold",
         "k" => "secagg.neighbours",
         "clip_range" => "secagg.clip_range",
+        "quantization_bits" => "compression.bits",
         _ => "model",
     }
 }

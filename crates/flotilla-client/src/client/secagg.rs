@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `ADVERTISE_KEYS` | draws a fresh 32-byte secret seed from the operating system's CSPRNG (never from the task seed, which the coordinator knows), creates a `flotilla_secagg::Client` and sends its public keys |
 //! | `SHARE_KEYS` | reads the roster from `Task.secagg_payload`, sends encrypted Shamir shares |
-//! | `MASKED_INPUT` | reads its share bundle, downloads the model, trains, forms its delta `new − global`; under distributed DP (`SecAggConfig.dp_clip_norm > 0`) clips it to that L2 norm and adds `N(0, dp_noise_std²)` per value from the OS-seeded thread CSPRNG; masks it (clipped to `±clip_range`, fixed-point) and uploads the `u32` words with `PAYLOAD_KIND_MASKED_U32` |
+//! | `MASKED_INPUT` | reads its share bundle, downloads the model, trains, forms its delta `new − global`; under distributed DP (`SecAggConfig.dp_clip_norm > 0`) clips it to that L2 norm and adds `N(0, dp_noise_std²)` per value from the OS-seeded thread CSPRNG; masks it (clipped to `±clip_range`, fixed-point, or quantized to `quantization_bits`) and uploads the words with `PAYLOAD_KIND_MASKED_U32`, or `PAYLOAD_KIND_MASKED_U16` in a 16-bit ring |
 //! | `UNMASKING` | reads the unmasking request and reveals the requested shares |
 //!
 //! Small messages go through `SubmitStageMessage`; a message the coordinator already accepted
@@ -14,6 +14,8 @@
 
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use flotilla_proto::v1;
 use flotilla_secagg::{
     Client as SecAggClient, ClientId as SecAggId, ClientMessage, Params, ServerMessage,
@@ -21,7 +23,7 @@ use flotilla_secagg::{
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request};
 
-use super::{Done, Failure, Retries, Session, UNARY_TIMEOUT, build_header, status_text};
+use super::{Done, Failure, Payload, Retries, Session, UNARY_TIMEOUT, build_header, status_text};
 use crate::error::ClientError;
 use crate::trainer::TaskInfo;
 use flotilla_proto::ModelReceiver;
@@ -40,6 +42,10 @@ fn task_params(task: &v1::Task, vector_len: usize) -> Result<Params, String> {
         .secagg
         .as_ref()
         .ok_or("a secure-aggregation task without secagg parameters")?;
+    let bits = match c.quantization_bits {
+        0 => None,
+        b => Some(u8::try_from(b).map_err(|_| format!("quantization_bits {b} is out of range"))?),
+    };
     Params::new(
         c.max_clients as usize,
         c.threshold as usize,
@@ -47,6 +53,7 @@ fn task_params(task: &v1::Task, vector_len: usize) -> Result<Params, String> {
         vector_len,
         c.clip_range,
     )
+    .and_then(|p| p.with_quantization_bits(bits))
     .map_err(|e| format!("secagg parameters: {e}"))
 }
 
@@ -325,15 +332,25 @@ impl Session<'_> {
             Ok(m) => m.masked,
             Err(e) => return self.skip_secagg(&task, &e.to_string()).await,
         };
-        // The words travel as little-endian u32; as f32 bit patterns they reuse the upload path.
-        let words: Vec<f32> = masked.into_iter().map(f32::from_bits).collect();
         header.stage = v1::Stage::MaskedInput as i32;
-        header.payload_kind = v1::PayloadKind::MaskedU32 as i32;
-        header.sha256 = flotilla_proto::payload_sha256(&words).to_vec();
-        match self
-            .upload(bearer, header, Arc::new(words), deadline)
-            .await?
-        {
+        let payload = if params.ring_bits() == 16 {
+            // A 16-bit ring: every word is below 2^16 and travels in 2 bytes.
+            let bytes: Vec<u8> = masked
+                .iter()
+                .flat_map(|w| (*w as u16).to_le_bytes())
+                .collect();
+            header.payload_kind = v1::PayloadKind::MaskedU16 as i32;
+            header.total_bytes = bytes.len() as u64;
+            header.sha256 = Sha256::digest(&bytes).to_vec();
+            Payload::Encoded(Arc::new(bytes))
+        } else {
+            // Little-endian u32; as f32 bit patterns the words reuse the parameters' path.
+            let words: Vec<f32> = masked.into_iter().map(f32::from_bits).collect();
+            header.payload_kind = v1::PayloadKind::MaskedU32 as i32;
+            header.sha256 = flotilla_proto::payload_sha256(&words).to_vec();
+            Payload::Values(Arc::new(words))
+        };
+        match self.upload(bearer, header, payload, deadline).await? {
             Done::Ok(()) => self.stats.tasks_done += 1,
             Done::Abandoned | Done::Outdated => self.pause_after_failed_task().await,
         }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use flotilla_compress::Compression;
 use flotilla_proto::v1::{self, check_in_response::Outcome};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request};
@@ -244,11 +245,20 @@ impl Session<'_> {
             }
             Err(_) => return Ok(()),
         }
+        let compression = match flotilla_proto::compression_from_proto(task.compression.as_ref()) {
+            Ok(c) => c,
+            Err(reason) => {
+                // Dense parameters are always accepted: the task is still worth doing.
+                tracing::warn!(job = %info.job_id, %reason, "the task's compression is unusable; uploading dense parameters");
+                Compression::None
+            }
+        };
         tracing::info!(
             job = %info.job_id,
             round = info.round,
             attempt = info.attempt,
             model_version = info.model_version,
+            compression = compression.kind_name(),
             "task received"
         );
         let deadline = info.deadline.map(|d| d + DEADLINE_GRACE);
@@ -330,7 +340,12 @@ impl Session<'_> {
             }
         };
         let extra = scaffold.as_ref().map(|(_, delta)| delta.as_slice());
-        let (header, params) = match build_header(&info, (outcome, eval), extra, self.client_id()) {
+        let (mut header, params) = match build_header(
+            &info,
+            (outcome, eval),
+            extra,
+            self.client_id(),
+        ) {
             Ok(x) => x,
             Err(reason) => {
                 tracing::warn!(job = %info.job_id, round = info.round, %reason, "trainer output unusable; task abandoned");
@@ -341,13 +356,36 @@ impl Session<'_> {
                 return Ok(());
             }
         };
+        // `[compression]`: the delta from the global model, encoded as the job negotiated (never
+        // with SCAFFOLD, whose report the coordinator refuses to compress).
+        let residuals = ControlStore::residuals(&self.client.config.state_dir);
+        let (payload, residual) = match compression {
+            Compression::None => (Payload::Values(Arc::new(params)), None),
+            _ if scaffold.is_some() => (Payload::Values(Arc::new(params)), None),
+            c => {
+                let kept = residuals.load(&info.job_id, params.len());
+                match compress::encode_update(&mut header, &params, &global, c, kept) {
+                    Ok(e) => (Payload::Encoded(Arc::new(e.bytes)), e.residual),
+                    Err(reason) => {
+                        tracing::warn!(job = %info.job_id, round = info.round, %reason, "update not compressible; uploading dense parameters");
+                        (Payload::Values(Arc::new(params)), None)
+                    }
+                }
+            }
+        };
         match self
-            .upload(bearer, header, Arc::new(params), deadline)
+            .upload(bearer, header, payload, deadline)
             .instrument(tracing::info_span!("upload"))
             .await?
         {
             Done::Ok(()) => {
                 self.stats.tasks_done += 1;
+                if let Some(r) = &residual
+                    && let Err(e) = residuals.save(&info.job_id, r)
+                {
+                    // Not fatal: the next round starts from the previous residual.
+                    tracing::warn!(error = %e, "could not keep the compression residual");
+                }
                 if let Some((ci, _)) = &scaffold
                     && let Err(e) = controls.save(&info.job_id, ci)
                 {

@@ -11,6 +11,30 @@ use tonic::{Code, Request, Status};
 
 use super::*;
 
+/// What an upload carries: parameters (or a masked input's words) as `f32`s, or bytes already
+/// encoded (a compressed delta). Shared, so a resumed stream re-reads it without a copy.
+#[derive(Debug, Clone)]
+pub(super) enum Payload {
+    /// Little-endian `f32` values.
+    Values(Arc<Vec<f32>>),
+    /// The payload's bytes as they go on the wire.
+    Encoded(Arc<Vec<u8>>),
+}
+
+impl Payload {
+    /// The chunk of at most `chunk_bytes` bytes starting at byte `offset`, if any is left.
+    fn chunk(&self, chunk_bytes: usize, offset: u64) -> Option<(u64, Vec<u8>)> {
+        match self {
+            Self::Values(v) => flotilla_proto::chunk_f32_from(v, chunk_bytes, offset).next(),
+            Self::Encoded(b) => {
+                let start = usize::try_from(offset).ok().filter(|s| *s < b.len())?;
+                let end = start.saturating_add(chunk_bytes.max(1)).min(b.len());
+                Some((offset, b[start..end].to_vec()))
+            }
+        }
+    }
+}
+
 /// Failure accounting of one transfer, deciding when to give a task up.
 ///
 /// Attempts that make no progress (or restart from zero) are bounded by [`MAX_STALLS`]; transient
@@ -165,7 +189,7 @@ impl Session<'_> {
         &mut self,
         bearer: &MetadataValue<Ascii>,
         header: v1::UpdateHeader,
-        params: Arc<Vec<f32>>,
+        payload: Payload,
         deadline: Option<SystemTime>,
     ) -> Result<Done<()>, ClientError> {
         let total = header.total_bytes;
@@ -229,7 +253,7 @@ impl Session<'_> {
                 self.stats.upload_resumes += 1;
                 tracing::info!(%upload_id, offset, total, "resuming upload");
             }
-            let messages = upload_stream(header.clone(), Arc::clone(&params), chunk, offset);
+            let messages = upload_stream(header.clone(), payload.clone(), chunk, offset);
             let call = rpc.upload_update(messages);
             let result = match tokio::time::timeout(upload_timeout(total, offset), call).await {
                 Ok(r) => r,
@@ -360,7 +384,7 @@ async fn stream_model(
 /// The `UploadUpdate` messages from `offset`, produced lazily from the shared parameters.
 fn upload_stream(
     header: v1::UpdateHeader,
-    params: Arc<Vec<f32>>,
+    payload: Payload,
     chunk_bytes: usize,
     offset: u64,
 ) -> impl tokio_stream::Stream<Item = v1::UploadMessage> + Send + 'static {
@@ -372,7 +396,7 @@ fn upload_stream(
                 kind: Some(v1::upload_message::Kind::Header(h)),
             });
         }
-        let (offset, data) = flotilla_proto::chunk_f32_from(&params, chunk_bytes, next).next()?;
+        let (offset, data) = payload.chunk(chunk_bytes, next)?;
         next = offset + data.len() as u64;
         Some(v1::UploadMessage {
             kind: Some(v1::upload_message::Kind::Chunk(v1::UpdateChunk {

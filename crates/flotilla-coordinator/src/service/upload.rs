@@ -119,10 +119,32 @@ impl CoordinatorService {
             max_total_bytes: shared.limits.max_upload_bytes,
             max_chunk_bytes: MAX_CHUNK_BYTES,
             max_samples: job.spec.policy().max_samples_per_report,
+            // Under `[secagg]` the compression is the masking's quantization, not an upload codec.
+            compression: if job.secagg.is_some() {
+                flotilla_proto::Compression::None
+            } else {
+                job.spec.compression
+            },
         };
         if let Err(e) = validate_header(&header, &job.expected, &limits) {
             let e = TransferError::from(e);
             return Err(self.refuse(transfer_reason(&e), e.into()));
+        }
+        // A masked input comes in its ring's width: 2-byte words in a 16-bit ring, 4 otherwise.
+        if header.stage == v1::Stage::MaskedInput as i32
+            && let Some(want) = job.secagg.as_ref().map(crate::secagg_round::masked_kind)
+            && header.payload_kind != want as i32
+        {
+            let msg = format!(
+                "this job's masked inputs are {}: the ring is {} bits wide",
+                want.as_str_name(),
+                if want == v1::PayloadKind::MaskedU16 {
+                    16
+                } else {
+                    32
+                }
+            );
+            return Err(self.refuse("invalid_header", Status::invalid_argument(msg)));
         }
         // Before any payload byte: an upload whose evaluation the machine would refuse is refused
         // now, naming the metric.
@@ -217,8 +239,8 @@ impl CoordinatorService {
             // Decoded straight from the chunk into the update's buffer: no intermediate copies.
             match part.assembler.push_into(&chunk, &mut part.values) {
                 Ok(_) => {}
-                // A non-finite value: the payload can never be accepted; drop it.
-                Err(e @ TransferError::NonFinite { .. }) => {
+                // A non-finite value or a bad encoding: the payload can never be accepted; drop it.
+                Err(e @ (TransferError::NonFinite { .. } | TransferError::BadEncoding(_))) => {
                     return Err(self.refuse(transfer_reason(&e), e.into()));
                 }
                 Err(e) => {
@@ -244,6 +266,7 @@ impl CoordinatorService {
         } = part;
         let total = assembler.total_bytes();
         let assembler_masked = assembler.is_masked();
+        let compressed = assembler.is_compressed();
         match assembler.finish() {
             Ok(rest) => values.extend_from_slice(&rest),
             Err(e) => return Err(self.refuse(transfer_reason(&e), e.into())),
@@ -260,6 +283,7 @@ impl CoordinatorService {
                 values,
                 total,
                 masked: assembler_masked,
+                compressed,
                 metrics,
                 permit,
             },

@@ -20,6 +20,9 @@ pub(crate) struct Finished {
     pub total: u64,
     /// A secure-aggregation masked input (`u32` words).
     pub masked: bool,
+    /// A compressed delta (`PAYLOAD_KIND_COMPRESSED_DELTA`): `values` are `parameters − base
+    /// model`, decoded; the base is added back here, under the job's lock.
+    pub compressed: bool,
     /// The header's training loss and federated evaluation (`upload::report_metrics`).
     pub metrics: ReportMetrics,
     /// The upload slot, released once the update is folded in.
@@ -36,9 +39,10 @@ impl CoordinatorService {
             job,
             header,
             key,
-            values,
+            mut values,
             total,
             masked,
+            compressed,
             metrics,
             permit,
         } = upload;
@@ -94,6 +98,11 @@ impl CoordinatorService {
                 Err((reason, status)) => Err(self.refuse(reason, status)),
             };
         }
+        if compressed && let Err(refusal) = add_base(&mut values, &header, &inner.current) {
+            drop(permit);
+            m.upload_rejected(refusal.0);
+            return Ok(upload_refused(refusal.0, refusal.1));
+        }
         let event = Event::Report {
             client,
             round: header.round,
@@ -129,4 +138,44 @@ impl CoordinatorService {
         m.upload_rejected(reject_name(&reason));
         Ok(upload_refused(reject_name(&reason), reason.to_string()))
     }
+}
+
+/// Turns a decoded compressed delta into the parameters it stands for: `base + delta`, where the
+/// base must be the model version the update was trained from (for round-based jobs, the current
+/// one). The refusal is the counter's reason and the one-line message.
+fn add_base(
+    delta: &mut [f32],
+    header: &v1::UpdateHeader,
+    base: &crate::state::ModelVersion,
+) -> Result<(), (&'static str, String)> {
+    if header.base_model_version != base.version {
+        return Err((
+            "stale_base",
+            format!(
+                "the compressed update is a delta from model version {}, but the round's model is version {}; train on the current model",
+                header.base_model_version, base.version
+            ),
+        ));
+    }
+    if delta.len() != base.params.len() {
+        return Err((
+            "size_mismatch",
+            format!(
+                "the compressed update decodes to {} values, the model has {}",
+                delta.len(),
+                base.params.len()
+            ),
+        ));
+    }
+    for (d, b) in delta.iter_mut().zip(base.params.iter()) {
+        *d += b;
+    }
+    // Decoded deltas are finite, but a sum near f32::MAX need not be.
+    if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
+        return Err((
+            "non_finite",
+            format!("parameter {i} of the decoded update (model + delta) is not finite"),
+        ));
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 
 mod bad_input;
 mod common;
+mod compressed_upload;
 mod fedbuff;
 mod federated_eval;
 mod federation;

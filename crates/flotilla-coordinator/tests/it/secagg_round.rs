@@ -25,6 +25,7 @@ fn rejections(m: &serde_json::Value, k: &str) -> u64 {
 
 fn params_of(task: &v1::Task) -> Params {
     let c = task.secagg.as_ref().expect("secagg parameters in the task");
+    let bits = (c.quantization_bits > 0).then_some(c.quantization_bits as u8);
     Params::new(
         c.max_clients as usize,
         c.threshold as usize,
@@ -32,7 +33,43 @@ fn params_of(task: &v1::Task) -> Params {
         LEN,
         c.clip_range,
     )
+    .and_then(|p| p.with_quantization_bits(bits))
     .unwrap()
+}
+
+/// Uploads a masked input in its ring's width: 2-byte words in a 16-bit ring, else 4. Also the
+/// request body's size (each message with gRPC's 5-byte prefix).
+async fn upload_masked(
+    c: &mut Client,
+    t: &v1::Task,
+    masked: &[u32],
+    sixteen: bool,
+) -> (Result<v1::UploadResponse, tonic::Status>, u64) {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+    let words: Vec<f32> = masked.iter().map(|w| f32::from_bits(*w)).collect();
+    let mut hd = header(t, &words, 10);
+    hd.stage = v1::Stage::MaskedInput as i32;
+    let bytes: Vec<u8> = if sixteen {
+        masked
+            .iter()
+            .flat_map(|w| (*w as u16).to_le_bytes())
+            .collect()
+    } else {
+        masked.iter().flat_map(|w| w.to_le_bytes()).collect()
+    };
+    hd.payload_kind = if sixteen {
+        v1::PayloadKind::MaskedU16
+    } else {
+        v1::PayloadKind::MaskedU32
+    } as i32;
+    hd.total_bytes = bytes.len() as u64;
+    hd.sha256 = Sha256::digest(&bytes).to_vec();
+    let msgs: Vec<_> = flotilla_proto::upload_byte_messages(hd, &bytes, 16, 0).collect();
+    let wire = msgs.iter().map(|m| 5 + m.encoded_len() as u64).sum();
+    let req = authed(tokio_stream::iter(msgs), &c.credential);
+    let r = c.grpc.upload_update(req).await.map(|r| r.into_inner());
+    (r, wire)
 }
 
 async fn send(
@@ -370,7 +407,11 @@ async fn stage_rpc_refuses_bad_input_and_a_round_with_a_dropout_commits_the_secu
 
 /// Runs one secure round with all of `cs` taking part; client `i` masks `input(i)` (its already
 /// clipped and noised delta). Returns the tasks of the masked-input stage.
-async fn secure_round(cs: &mut [Client], input: &dyn Fn(usize) -> Vec<f32>) -> Vec<v1::Task> {
+/// Also the bytes of the accepted masked uploads' request bodies.
+async fn secure_round(
+    cs: &mut [Client],
+    input: &dyn Fn(usize) -> Vec<f32>,
+) -> (Vec<v1::Task>, u64) {
     let tasks = wait_tasks(cs).await;
     let params = params_of(&tasks[0]);
     let rid = flotilla_secagg::round_id(tasks[0].round, tasks[0].attempt);
@@ -402,6 +443,7 @@ async fn secure_round(cs: &mut [Client], input: &dyn Fn(usize) -> Vec<f32>) -> V
             .expect("shares");
     }
     let mut masked_tasks = Vec::new();
+    let mut wire = 0;
     for (i, c) in cs.iter_mut().enumerate() {
         let t = task_for_stage(c, 2).await;
         let ServerMessage::Shares(b) =
@@ -410,17 +452,21 @@ async fn secure_round(cs: &mut [Client], input: &dyn Fn(usize) -> Vec<f32>) -> V
             panic!("shares")
         };
         sa[i].handle_shares(&b).unwrap();
-        let words: Vec<f32> = sa[i]
-            .masked_input(&input(i))
-            .unwrap()
-            .masked
-            .iter()
-            .map(|w| f32::from_bits(*w))
-            .collect();
-        let mut hd = header(&t, &words, 10);
-        hd.stage = v1::Stage::MaskedInput as i32;
-        hd.payload_kind = v1::PayloadKind::MaskedU32 as i32;
-        let r = c.upload_header(hd, &words).await.expect("masked upload");
+        let masked = sa[i].masked_input(&input(i)).unwrap().masked;
+        let sixteen = params.ring_bits() == 16;
+        if sixteen && i == 0 {
+            // The wrong width for this job's ring is refused, naming the kind it wants.
+            let e = upload_masked(c, &t, &masked, false).await.0.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(
+                e.message().contains("PAYLOAD_KIND_MASKED_U16"),
+                "{}",
+                e.message()
+            );
+        }
+        let (r, w) = upload_masked(c, &t, &masked, sixteen).await;
+        let r = r.expect("masked upload");
+        wire += w;
         assert_eq!(status_of(&r), v1::UploadStatus::Accepted, "{r:?}");
         masked_tasks.push(t);
     }
@@ -436,7 +482,7 @@ async fn secure_round(cs: &mut [Client], input: &dyn Fn(usize) -> Vec<f32>) -> V
             .await
             .expect("unmask");
     }
-    masked_tasks
+    (masked_tasks, wire)
 }
 
 /// Distributed DP over secure aggregation through the coordinator: every secure task carries the
@@ -489,7 +535,7 @@ async fn distributed_dp_over_secure_aggregation_commits_and_accounts() {
                 d
             })
             .collect();
-        let tasks = secure_round(&mut cs, &|i| inputs[i].clone()).await;
+        let (tasks, _) = secure_round(&mut cs, &|i| inputs[i].clone()).await;
         for t in &tasks {
             let c = t.secagg.as_ref().unwrap();
             assert_eq!(c.dp_clip_norm, 0.5);
@@ -544,5 +590,73 @@ async fn distributed_dp_over_secure_aggregation_commits_and_accounts() {
     let spent = st["privacy"]["epsilon_spent"].as_f64().unwrap_or(f64::NAN);
     assert!(spent > 0.0 && (spent - want).abs() < 1e-9 * want, "{st}");
     assert_eq!(st["privacy"]["delta"].as_f64(), Some(1e-5));
+    h.stop().await;
+}
+
+/// `[compression] kind = "quantize"` under `[secagg]`: 8-bit values for 4 clients sum in a 16-bit
+/// ring, so every masked input is 2 bytes per coordinate (half of the 32-bit default), and the
+/// committed model is the mean of the clipped deltas within the quantization error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantized_secure_rounds_send_half_the_bytes_and_commit_the_mean() {
+    let (_dir, data, certs) = tmp();
+    let h = start(&data, &certs, None).await;
+    let job = h
+        .submit(&format!(
+            "{}[secagg]\nclip_range = 1.0\n[compression]\nkind = \"quantize\"\nbits = 8\n",
+            job_toml(2, 4)
+        ))
+        .await;
+    let mut cs = vec![
+        h.enroll("a").await,
+        h.enroll("b").await,
+        h.enroll("c").await,
+        h.enroll("d").await,
+    ];
+    let received = |m: &serde_json::Value| {
+        let text = m.as_str().unwrap_or_default().to_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("flotilla_received_bytes_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let before = received(&h.admin("GET", "/metrics", "").await.1);
+    let (tasks, wire) = secure_round(&mut cs, &|i| delta(i)).await;
+    let after = received(&h.admin("GET", "/metrics", "").await.1);
+    // The round's base model (still served: the job has a second round to run).
+    let initial = cs[0].download(&tasks[0]).await;
+    let c = tasks[0].secagg.unwrap();
+    assert_eq!(c.quantization_bits, 8);
+    let params = params_of(&tasks[0]);
+    assert_eq!(params.ring_bits(), 16);
+    // Four accepted masked inputs of 2 bytes per coordinate: the request bodies, byte for byte (the
+    // 4-byte attempt was refused from its header; its body may have been read in part, so at most
+    // its size more).
+    assert!(wire > 4 * 2 * LEN as u64);
+    assert!(
+        (wire..=wire + 1000).contains(&(after - before)),
+        "{} bytes received, {wire} sent accepted",
+        after - before
+    );
+    for _ in 0..200 {
+        if h.job_status(job).await.job.rounds_completed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(h.job_status(job).await.job.rounds_completed, 1);
+    let model = committed_model(&data, &job.to_string(), 1);
+    let bound = params.quantization_error_bound(4) / 4.0 + 1e-6;
+    for k in 0..LEN {
+        let mean = (0..4)
+            .map(|i| f64::from(delta(i)[k].clamp(-1.0, 1.0)))
+            .sum::<f64>()
+            / 4.0;
+        let expected = f64::from(initial[k]) + mean;
+        assert!(
+            (f64::from(model[k]) - expected).abs() <= bound,
+            "coordinate {k}: {} vs {expected} (bound {bound})",
+            model[k]
+        );
+    }
     h.stop().await;
 }

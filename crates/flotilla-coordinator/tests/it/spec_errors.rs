@@ -53,16 +53,17 @@ async fn a_job_typo_gets_its_line_and_a_suggestion() {
         "{msg}"
     );
 
-    // `[compression]` is simulator-only for now: refused by name rather than run uncompressed.
+    // `[compression]` with SCAFFOLD cannot be a delta of the model alone: refused by name rather
+    // than run uncompressed.
     let compressed = format!(
-        "{}\n[compression]\nkind = \"quantize\"\nbits = 8\n",
+        "{}[strategy]\nname = \"scaffold\"\n[compression]\nkind = \"quantize\"\nbits = 8\n",
         job_toml(1, 2)
     );
     let (code, body) = h.admin("POST", "/v1/jobs", &compressed).await;
     assert_eq!(code, 400, "{body}");
     let msg = body["error"].as_str().unwrap();
     assert!(msg.starts_with("compression.kind: "), "{msg}");
-    assert!(msg.contains("simulator only"), "{msg}");
+    assert!(msg.contains("SCAFFOLD"), "{msg}");
 
     // Nothing was created.
     let (code, body) = h.admin("GET", "/v1/jobs", "").await;

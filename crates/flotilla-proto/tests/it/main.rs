@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod common;
+mod compressed_upload;
 mod grpc;
 mod masked_upload;
 mod messages;

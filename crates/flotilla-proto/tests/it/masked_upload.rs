@@ -104,3 +104,56 @@ fn masked_payloads_still_have_their_length_stage_and_sha_checked() {
     .unwrap();
     assert!(matches!(a.finish(), Err(TransferError::ShaMismatch)));
 }
+
+#[test]
+fn sixteen_bit_masked_words_arrive_in_two_bytes_each_across_any_split() {
+    use sha2::{Digest, Sha256};
+    let words: Vec<u32> = vec![0, 1, 0xffff, 0x8000, 0x1234, 7, 0xfffe];
+    let bytes: Vec<u8> = words
+        .iter()
+        .flat_map(|w| (*w as u16).to_le_bytes())
+        .collect();
+    let mut h = masked_header(&words);
+    h.payload_kind = v1::PayloadKind::MaskedU16 as i32;
+    h.total_bytes = bytes.len() as u64;
+    h.sha256 = Sha256::digest(&bytes).to_vec();
+    let limits = UploadLimits::default();
+    // 4 bytes per word would be the wrong size for this kind.
+    let mut wide = h.clone();
+    wide.total_bytes = 4 * words.len() as u64;
+    assert!(matches!(
+        validate_header(&wide, &expected(words.len()), &limits),
+        Err(HeaderError::SizeMismatch { .. })
+    ));
+    for split in 1..bytes.len() {
+        let mut a = UploadAssembler::new(h.clone(), &expected(words.len()), &limits).unwrap();
+        assert!(a.is_masked());
+        let mut out = Vec::new();
+        for (offset, part) in [(0, &bytes[..split]), (split, &bytes[split..])] {
+            let chunk = v1::UpdateChunk {
+                offset: offset as u64,
+                data: part.to_vec(),
+            };
+            a.push_into(&chunk, &mut out).unwrap();
+        }
+        out.extend(a.finish().unwrap());
+        assert_eq!(masked_words(&out), words, "split at {split}");
+    }
+    // Through `push` and `finish` too, and a wrong SHA-256 is caught.
+    let mut a = UploadAssembler::new(h.clone(), &expected(words.len()), &limits).unwrap();
+    a.push(&v1::UpdateChunk {
+        offset: 0,
+        data: bytes.clone(),
+    })
+    .unwrap();
+    assert_eq!(masked_words(&a.finish().unwrap()), words);
+    let mut bad = h;
+    bad.sha256 = vec![0; 32];
+    let mut a = UploadAssembler::new(bad, &expected(words.len()), &limits).unwrap();
+    a.push(&v1::UpdateChunk {
+        offset: 0,
+        data: bytes,
+    })
+    .unwrap();
+    assert_eq!(a.finish(), Err(TransferError::ShaMismatch));
+}

@@ -62,7 +62,24 @@ fn compressed_runs_count_fewer_bytes_and_still_learn() {
 }
 
 #[test]
-fn secure_rounds_refuse_compression_until_wired() {
-    let e = run("[secagg]\nclip_range = 1.0\n[compression]\nkind = \"quantize\"\n").unwrap_err();
+fn secure_rounds_quantize_before_masking_and_fedbuff_is_refused() {
+    let secure = "[secagg]\nclip_range = 0.5\n";
+    let plain = run(secure).unwrap();
+    let q8 = run(&format!(
+        "{secure}[compression]\nkind = \"quantize\"\nbits = 8\n"
+    ))
+    .unwrap();
+    // 8 bits for 6 clients: a 16-bit ring; another (coarser) encoding of the same deltas.
+    assert_ne!(q8.model_sha256, plain.model_sha256);
+    assert!(
+        q8.final_accuracy > plain.final_accuracy - 0.1,
+        "quantized {} vs 32-bit {}",
+        q8.final_accuracy,
+        plain.final_accuracy
+    );
+    let e = run(
+        "[strategy]\nname = \"fedbuff\"\nbuffer_size = 3\nconcurrency = 6\n[compression]\nkind = \"quantize\"\n",
+    )
+    .unwrap_err();
     assert!(e.to_string().starts_with("compression.kind:"), "{e}");
 }

@@ -10,6 +10,7 @@ mod bench_coordinator;
 mod ceilings;
 mod cli;
 mod common;
+mod compressed_federation;
 mod config_errors;
 mod console;
 mod custom_model;

@@ -4,7 +4,9 @@
 //! and kills each the moment it logs the accepted upload (in a secure round the masked input is the
 //! only upload). The committed model must equal the uniform mean of every contributor's clipped
 //! delta — recomputed here from each client's data share and task seed — within the quantization
-//! bound.
+//! bound. The job asks for `[compression] kind = "quantize"`, 8 bits: for 20 clients the sums live
+//! in a 16-bit ring, so the clients upload 2-byte masked words (`PAYLOAD_KIND_MASKED_U16`; the
+//! coordinator refuses the other width); the distributed-DP test below keeps the 32-bit path.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -93,7 +95,7 @@ fn job_spec() -> String {
         .replace("deadline_seconds = 60", "deadline_seconds = 20")
         .replace("min_report_fraction = 0.8", "min_report_fraction = 0.6")
         .replace("retry_after_ms = 500 ", "retry_after_ms = 200 ")
-        + "\n[secagg]\nclip_range = 0.25\n"
+        + "\n[secagg]\nclip_range = 0.25\n[compression]\nkind = \"quantize\"\nbits = 8\n"
 }
 
 /// The blob of model `version` whose SHA-256 is `sha`, found in the coordinator's data directory.
@@ -398,6 +400,11 @@ fn twenty_client_processes_secure_round_with_30_percent_dying_after_masked_input
         .unwrap()
         .params(CLIENTS, initial.len())
         .unwrap();
+    assert_eq!(
+        params.ring_bits(),
+        16,
+        "8-bit values of 20 clients: a 16-bit ring"
+    );
     let bound = params.quantization_error_bound(CLIENTS) / CLIENTS as f64 + 1e-6;
     let mut moved = 0;
     for (k, ((c, g), s)) in committed.iter().zip(&initial).zip(&sum).enumerate() {
