@@ -17,7 +17,7 @@ pub mod scenario;
 pub mod secagg;
 mod settings;
 
-pub use compress::UploadBytes;
+pub use compress::{MAX_FEEDBACK_BYTES, UploadBytes};
 pub use engine::{Prepared, RoundRecord, SimEvent, SimOutcome, prepare};
 pub use error::{ScenarioError, SimError};
 pub use run::{run, run_prepared};

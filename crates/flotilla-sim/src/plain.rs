@@ -34,11 +34,16 @@ pub(crate) struct PlainClients {
 }
 
 impl PlainClients {
-    /// The clients of `scenario`, its attackers among them.
-    pub(crate) fn new(scenario: &Scenario, prepared: &Prepared) -> Self {
+    /// The clients of `scenario` training a model of `num_params` parameters, its attackers among
+    /// them. Refused if their compression state would not fit (see [`SimCompression::new`]).
+    pub(crate) fn new(
+        scenario: &Scenario,
+        prepared: &Prepared,
+        num_params: usize,
+    ) -> Result<Self, SimError> {
         let train = &prepared.data.train;
         let test = &prepared.data.test;
-        Self {
+        Ok(Self {
             attackers: scenario.attack.map(|a| {
                 Attackers::new(a, scenario.seed, train, test, prepared.num_clients(), |c| {
                     prepared.client_samples(c)
@@ -46,8 +51,8 @@ impl PlainClients {
             }),
             controls: BTreeMap::new(),
             dropout_rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xD_2090_u64),
-            compression: SimCompression::new(scenario.compression),
-        }
+            compression: SimCompression::new(scenario, num_params)?,
+        })
     }
 }
 

@@ -33,7 +33,7 @@ pub fn run_prepared(
         prepared,
         scenario.clients_per_round,
         observe,
-        |_| Ok(PlainClients::new(scenario, prepared)),
+        |layout| PlainClients::new(scenario, prepared, layout.len()),
     )
 }
 

@@ -50,7 +50,7 @@ impl Store {
         .bind(to_db(rounds_total, "rounds_total")?)
         .bind(now)
         .bind(layout_json)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         JobId::from_db(row.try_get("id")?)
     }
@@ -70,7 +70,7 @@ impl Store {
         .bind(db_job)
         .bind(key)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             self.require_job(job_id).await?;
@@ -121,7 +121,7 @@ impl Store {
             .bind(db_job)
             .bind(to_db(round, "round")?)
             .bind(text)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 1 {
             return Ok(());

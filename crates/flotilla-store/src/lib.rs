@@ -17,6 +17,9 @@
 //!   [`Store::sweep_orphan_blobs`] removes orphans while no commit is in flight.
 //! * **Bounded calls.** Every call waits at most [`StoreConfig::acquire_timeout`] for a database
 //!   connection, so a database outage makes calls fail fast rather than hang.
+//! * **Writers wait their turn.** On SQLite the writes of a store go through one connection of
+//!   their own, handed out first come, first served: a burst of writes (an enrollment storm) queues
+//!   instead of being refused with `database is locked` (see [`StoreConfig::acquire_timeout`]).
 //! * **Secrets are never stored.** Enrollment token secrets and client credentials are 32 bytes
 //!   from the operating system's RNG; the database keeps only their SHA-256. Tokens have limited
 //!   uses and an expiry; credentials have an optional expiry and can be revoked.
@@ -126,12 +129,19 @@ pub struct StoreConfig {
     /// Model blobs: a directory path, `file:///abs/dir`, or `s3://bucket/prefix` (needs the `s3`
     /// feature; credentials, region and endpoint come from the `AWS_*` environment variables).
     pub blob_url: String,
-    /// Maximum number of pooled database connections.
+    /// Maximum number of pooled database connections. On SQLite these serve reads, and writes have
+    /// one more connection of their own (SQLite lets one writer in at a time anyway).
     pub max_connections: u32,
     /// How long a call waits for a database connection before it fails with
     /// [`StoreError::Database`] (`PoolTimedOut`), and SQLite's busy timeout (default
     /// [`DEFAULT_CALL_TIMEOUT`]). While the database is down every call fails within this time
     /// instead of waiting for the outage to end.
+    ///
+    /// On SQLite a write waits here, in arrival order, for the store's write connection; the busy
+    /// timeout then only matters when another process writes the same file. (Waiting on the busy
+    /// timeout alone was not fair: SQLite polls the lock with sleeps growing to 100 ms, so under a
+    /// burst of writes one that had waited longest could lose every poll to newer ones for the
+    /// whole timeout and fail with `database is locked`.)
     pub acquire_timeout: Duration,
 }
 
@@ -161,10 +171,16 @@ impl StoreConfig {
     }
 }
 
-/// The persistence layer. Cheap to clone (a connection pool and an object store handle).
+/// The persistence layer. Cheap to clone (connection pools and an object store handle).
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Reads, and PostgreSQL's writes.
     pool: AnyPool,
+    /// Every write, in a transaction of [`Store::begin_write`] or as one statement: on SQLite a
+    /// pool of one connection, whose fair queue lines writers up in arrival order instead of
+    /// letting them poll SQLite's lock against each other (see [`StoreConfig::acquire_timeout`]);
+    /// on PostgreSQL `pool` itself.
+    writer: AnyPool,
     backend: Backend,
     blobs: blobs::Blobs,
 }
@@ -208,7 +224,7 @@ impl Store {
                 })
             });
         }
-        let pool = options.connect(&config.database_url).await?;
+        let pool = options.clone().connect(&config.database_url).await?;
         match backend {
             Backend::Sqlite => {
                 // WAL lets readers run during a commit; it is a property of the database file.
@@ -219,9 +235,21 @@ impl Store {
             }
             Backend::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
+        let writer = match backend {
+            // sqlx's pools hand connections out first come, first served (`fair`).
+            Backend::Sqlite => {
+                options
+                    .max_connections(1)
+                    .connect(&config.database_url)
+                    .await?
+            }
+            // Row locks: writers of different rows run in parallel, waiters queue in the server.
+            Backend::Postgres => pool.clone(),
+        };
         let blobs = blobs::Blobs::open(&config.blob_url).await?;
         Ok(Store {
             pool,
+            writer,
             backend,
             blobs,
         })
@@ -239,16 +267,18 @@ impl Store {
 
     /// Closes the connection pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing
-    /// when a read lock cannot be upgraded.
+    /// Begins a transaction that will write, on the write connection (SQLite: in arrival order,
+    /// see [`Store::writer`]). On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
+    /// writer in another process is waited for on the busy timeout instead of failing when a read
+    /// lock cannot be upgraded.
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
         })
     }
 
@@ -449,7 +479,7 @@ impl Store {
         let done = sqlx::query("UPDATE clients SET last_seen_ms = $2 WHERE id = $1")
             .bind(client_id.to_db()?)
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::ClientNotFound(client_id));

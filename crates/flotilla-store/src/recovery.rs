@@ -62,7 +62,7 @@ impl Store {
         .bind(db_job)
         .bind(db_round)
         .bind(i64::from(attempt))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             // Already at or above it, or no such job.

@@ -156,7 +156,7 @@ impl Store {
         .bind(to_json(summary)?)
         .bind(started_at_ms)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         from_db(row.try_get("id")?, "evaluation id")
     }

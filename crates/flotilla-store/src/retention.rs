@@ -460,7 +460,7 @@ impl Store {
                         "UPDATE retention_deleted_blobs SET removed = 1 WHERE blob_key = $1",
                     )
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 }
                 Err(e) => blob_errors.push(format!("{key}: {e}")),

@@ -1,33 +1,21 @@
 //! `[compression]` in the simulator: clients' deltas cross the boundary through the codec, the bytes
 //! are counted, and training still works.
 
-use std::path::Path;
+use crate::common::Digits;
 
-use flotilla_sim::scenario::Overrides;
-use flotilla_sim::{Scenario, SimError, SimOutcome};
+use flotilla_sim::{SimError, SimOutcome};
 
-const BASE: &str = r#"
-name = "digits-compress"
-seed = 7
-rounds = 10
-clients = 30
-clients_per_round = 6
-[partition]
-kind = "dirichlet"
-alpha = 0.5
-min_samples = 2
-[model]
-kind = "logreg"
-dataset = "digits"
-[train]
-local_epochs = 2
-batch_size = 16
-learning_rate = 0.1
-"#;
+const DIGITS: Digits = Digits {
+    name: "digits-compress",
+    seed: 7,
+    rounds: 10,
+    clients: 30,
+    clients_per_round: 6,
+    ..Digits::DEFAULT
+};
 
 fn run(extra: &str) -> Result<SimOutcome, SimError> {
-    let s = Scenario::parse(&format!("{BASE}{extra}"), &Overrides::default())?;
-    flotilla_sim::run(&s, Path::new("unused-for-digits"), &mut |_| {})
+    DIGITS.run(extra)
 }
 
 #[test]

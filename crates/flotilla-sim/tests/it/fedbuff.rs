@@ -2,42 +2,28 @@
 
 use std::path::Path;
 
+use crate::common::Digits;
+
 use flotilla_sim::scenario::Overrides;
 use flotilla_sim::{Scenario, SimOutcome};
 
-const BASE: &str = r#"
-name = "digits-fedbuff"
-seed = 42
-rounds = 60
-clients = 40
-clients_per_round = 10
-[partition]
-kind = "dirichlet"
-alpha = 0.5
-min_samples = 2
-[model]
-kind = "logreg"
-dataset = "digits"
-[train]
-local_epochs = 2
-batch_size = 16
-learning_rate = 0.1
-[simulation]
-train_ticks_min = 5
-train_ticks_max = 100
-"#;
+const DIGITS: Digits = Digits {
+    name: "digits-fedbuff",
+    rounds: 60,
+    ..Digits::DEFAULT
+};
+
+/// Heterogeneous training times, so that updates arrive stale.
+const TICKS: &str = "[simulation]\ntrain_ticks_min = 5\ntrain_ticks_max = 100\n";
 
 fn parse(extra: &str) -> Result<Scenario, String> {
-    Scenario::parse(&format!("{BASE}{extra}"), &Overrides::default()).map_err(|e| e.to_string())
+    DIGITS
+        .parse(&format!("{TICKS}{extra}"))
+        .map_err(|e| e.to_string())
 }
 
 fn run(extra: &str) -> SimOutcome {
-    flotilla_sim::run(
-        &parse(extra).unwrap(),
-        Path::new("unused-for-digits"),
-        &mut |_| {},
-    )
-    .unwrap()
+    DIGITS.run(&format!("{TICKS}{extra}")).unwrap()
 }
 
 #[test]

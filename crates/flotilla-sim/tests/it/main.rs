@@ -6,6 +6,7 @@
 //! it file::`).
 #![forbid(unsafe_code)]
 
+mod common;
 mod compress;
 mod fedbuff;
 mod privacy;

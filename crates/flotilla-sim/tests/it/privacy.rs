@@ -1,38 +1,20 @@
 //! Differential privacy end to end in the simulator, on the built-in digits data.
 
-use std::path::Path;
+use crate::common::{Digits, IID};
 
-use flotilla_sim::scenario::Overrides;
-use flotilla_sim::{Scenario, SimOutcome};
+use flotilla_sim::SimOutcome;
 
-const BASE: &str = r#"
-name = "digits-dp"
-seed = 7
-rounds = 10
-clients = 40
-clients_per_round = 20
-[partition]
-kind = "iid"
-[model]
-kind = "logreg"
-dataset = "digits"
-[train]
-local_epochs = 2
-batch_size = 16
-learning_rate = 0.1
-"#;
-
-fn parse(extra: &str) -> Result<Scenario, flotilla_sim::ScenarioError> {
-    Scenario::parse(&format!("{BASE}{extra}"), &Overrides::default())
-}
+const DIGITS: Digits = Digits {
+    name: "digits-dp",
+    seed: 7,
+    rounds: 10,
+    clients_per_round: 20,
+    partition: IID,
+    ..Digits::DEFAULT
+};
 
 fn run(extra: &str) -> SimOutcome {
-    flotilla_sim::run(
-        &parse(extra).unwrap(),
-        Path::new("unused-for-digits"),
-        &mut |_| {},
-    )
-    .unwrap()
+    DIGITS.run(extra).unwrap()
 }
 
 const CENTRAL: &str = "[privacy]\nnoise_multiplier = 1.0\nclip_norm = 2.0\ndelta = 1e-5\n";
@@ -132,7 +114,7 @@ fn distributed_and_adaptive_modes_run_and_learn_with_little_noise() {
 
 #[test]
 fn invalid_privacy_settings_are_refused_by_name() {
-    let field = |extra: &str| match parse(extra) {
+    let field = |extra: &str| match DIGITS.parse(extra) {
         Err(flotilla_sim::ScenarioError::Invalid { field, .. }) => field,
         other => panic!("{extra}: {other:?}"),
     };
@@ -156,5 +138,9 @@ fn invalid_privacy_settings_are_refused_by_name() {
         field(&format!("[strategy]\nname = \"scaffold\"\n{CENTRAL}")),
         "privacy"
     );
-    assert!(parse(&format!("[strategy]\nname = \"fedavgm\"\n{CENTRAL}")).is_ok());
+    assert!(
+        DIGITS
+            .parse(&format!("[strategy]\nname = \"fedavgm\"\n{CENTRAL}"))
+            .is_ok()
+    );
 }

@@ -2,34 +2,17 @@
 
 use std::path::Path;
 
-use flotilla_sim::scenario::Overrides;
+use crate::common::{DIRICHLET, Digits, IID, LOGREG, run};
+
 use flotilla_sim::{Scenario, SimError, SimEvent};
 
-const BASE: &str = r#"
-name = "digits-test"
-seed = 42
-rounds = 12
-clients = 40
-clients_per_round = 8
-[partition]
-kind = "dirichlet"
-alpha = 0.5
-min_samples = 2
-[model]
-kind = "logreg"
-dataset = "digits"
-[train]
-local_epochs = 2
-batch_size = 16
-learning_rate = 0.1
-"#;
+const DIGITS: Digits = Digits {
+    clients_per_round: 8,
+    ..Digits::DEFAULT
+};
 
 fn scenario(extra: &str) -> Scenario {
-    Scenario::parse(&format!("{BASE}{extra}"), &Overrides::default()).unwrap()
-}
-
-fn run(s: &Scenario) -> Result<flotilla_sim::SimOutcome, SimError> {
-    flotilla_sim::run(s, Path::new("unused-for-digits"), &mut |_| {})
+    DIGITS.parse(extra).unwrap()
 }
 
 #[test]
@@ -120,30 +103,22 @@ fn over_selection_fills_the_round_despite_dropouts() {
 
 #[test]
 fn other_partitioners_and_models_run() {
-    for extra in [
-        (
-            "kind = \"dirichlet\"\nalpha = 0.5\nmin_samples = 2",
-            "kind = \"logreg\"",
-        ),
-        ("kind = \"iid\"", "kind = \"mlp\"\nhidden = 16"),
-        (
-            "kind = \"shards\"\nclasses_per_client = 2",
-            "kind = \"logreg\"",
-        ),
+    for (partition, model) in [
+        (DIRICHLET, LOGREG),
+        (IID, "kind = \"mlp\"\nhidden = 16"),
+        ("kind = \"shards\"\nclasses_per_client = 2", LOGREG),
         (
             "kind = \"quantity_skew\"\nalpha = 1.0\nmin_samples = 5",
-            "kind = \"logreg\"",
+            LOGREG,
         ),
     ] {
-        let text = BASE
-            .replace(
-                "kind = \"dirichlet\"\nalpha = 0.5\nmin_samples = 2",
-                extra.0,
-            )
-            .replace("kind = \"logreg\"", extra.1)
-            .replace("rounds = 12", "rounds = 3");
-        let s = Scenario::parse(&text, &Overrides::default()).unwrap();
-        let out = run(&s).unwrap();
-        assert_eq!(out.history.len(), 3, "{extra:?}");
+        let digits = Digits {
+            rounds: 3,
+            partition,
+            model,
+            ..DIGITS
+        };
+        let out = digits.run("").unwrap();
+        assert_eq!(out.history.len(), 3, "{partition:?} {model:?}");
     }
 }

@@ -1,36 +1,16 @@
 //! Strategies and attackers end to end on the built-in digits data.
 
-use std::path::Path;
+use crate::common::{Digits, IID};
 
-use flotilla_sim::scenario::Overrides;
-use flotilla_sim::{Scenario, SimOutcome};
+use flotilla_sim::SimOutcome;
 
-const BASE: &str = r#"
-name = "digits-strategies"
-seed = 42
-rounds = 12
-clients = 40
-clients_per_round = 10
-[partition]
-kind = "dirichlet"
-alpha = 0.5
-min_samples = 2
-[model]
-kind = "logreg"
-dataset = "digits"
-[train]
-local_epochs = 2
-batch_size = 16
-learning_rate = 0.1
-"#;
+const DIGITS: Digits = Digits {
+    name: "digits-strategies",
+    ..Digits::DEFAULT
+};
 
 fn run(extra: &str) -> SimOutcome {
-    run_on(BASE, extra)
-}
-
-fn run_on(base: &str, extra: &str) -> SimOutcome {
-    let s = Scenario::parse(&format!("{base}{extra}"), &Overrides::default()).unwrap();
-    flotilla_sim::run(&s, Path::new("unused-for-digits"), &mut |_| {}).unwrap()
+    DIGITS.run(extra).unwrap()
 }
 
 const SIGN_FLIP: &str = "[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale = 4.0\n";
@@ -39,13 +19,14 @@ const SIGN_FLIP: &str = "[attack]\nkind = \"sign_flip\"\nfraction = 0.2\nscale =
 fn sign_flip_hurts_fedavg_and_the_median_resists_it() {
     // IID, where the median's breakdown guarantee applies cleanly. (Under strong label skew the
     // honest deltas disagree per coordinate and a 20% minority moves the median too: BENCHMARKS.md.)
-    let iid = BASE.replace(
-        "kind = \"dirichlet\"\nalpha = 0.5\nmin_samples = 2",
-        "kind = \"iid\"",
-    );
-    let clean = run_on(&iid, "");
-    let attacked = run_on(&iid, SIGN_FLIP);
-    let median = run_on(&iid, &format!("[strategy]\nname = \"median\"\n{SIGN_FLIP}"));
+    let iid = Digits {
+        partition: IID,
+        ..DIGITS
+    };
+    let run_iid = |extra: &str| iid.run(extra).unwrap();
+    let clean = run_iid("");
+    let attacked = run_iid(SIGN_FLIP);
+    let median = run_iid(&format!("[strategy]\nname = \"median\"\n{SIGN_FLIP}"));
     assert_eq!(attacked.attackers.len(), 8, "20% of 40 clients");
     assert!(
         attacked.final_accuracy < clean.final_accuracy - 0.1,
@@ -157,11 +138,7 @@ fn backdoor_success_is_measured_and_label_flip_runs() {
 
 #[test]
 fn bad_strategy_and_attack_parameters_name_the_field() {
-    let err = |extra: &str| {
-        Scenario::parse(&format!("{BASE}{extra}"), &Overrides::default())
-            .unwrap_err()
-            .to_string()
-    };
+    let err = |extra: &str| DIGITS.parse(extra).unwrap_err().to_string();
     assert!(err("[strategy]\nname = \"trimmed_mean\"\nbeta = 0.5\n").starts_with("strategy.beta"));
     assert!(
         err("[round]\nmin_report_fraction = 0.5\n[strategy]\nname = \"krum\"\nf = 2\n")

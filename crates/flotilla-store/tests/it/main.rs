@@ -16,4 +16,5 @@ mod outage;
 mod registry;
 mod retention;
 mod store;
+mod storm;
 mod upgrade;
